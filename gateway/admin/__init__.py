@@ -1,0 +1,1 @@
+"""Admin: results from the CLI, a token-protected HTTP API and a web view."""

@@ -1,0 +1,95 @@
+"""The ``ecg-gateway`` command line.
+
+Each stage owns its sub-commands (``gateway/<stage>/cli.py``); this module
+only wires them together.  Those modules import nothing heavy at import time:
+TensorFlow is loaded only by commands that run the model, so ``--help``,
+``results``, ``hl7`` and ``db`` answer in about a second.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from gateway import __version__
+from gateway.admin.cli import ecg_app, results_app
+from gateway.config import Config, ConfigError, load_config
+from gateway.deliver.cli import app as hl7_app
+from gateway.demo import app as demo_app
+from gateway.infer.cli import app as model_app
+from gateway.receive.cli import ingest
+from gateway.store.cli import app as db_app
+
+app = typer.Typer(
+    name="ecg-gateway",
+    help="DICOM ECG in, AI reading (Ribeiro et al. 2020) out as HL7 ORU^R01 over MLLP.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def config_from(ctx: typer.Context) -> Config:
+    """The validated configuration; a bad one ends the program with exit 2."""
+    root = ctx.find_root()
+    if root.obj is None:
+        root.obj = {}
+    if "config" not in root.obj:
+        try:
+            root.obj["config"] = load_config(root.obj.get("config_path"))
+        except ConfigError as exc:
+            typer.echo(str(exc), err=True)
+            raise typer.Exit(2) from None
+    return root.obj["config"]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"ecg-gateway {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    config: Annotated[
+        Optional[Path],
+        typer.Option("--config", "-c", help="TOML configuration file [env: ECG_GATEWAY_CONFIG; default: config/gateway.toml]"),
+    ] = None,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+) -> None:
+    """Every key of the configuration can be overridden with ECG_GATEWAY_<SECTION>__<KEY>."""
+    ctx.obj = {"config_path": config}
+
+
+@app.command()
+def serve(ctx: typer.Context) -> None:
+    """Run the gateway: DICOM SCP, worker, HL7 sender and admin web in one process.
+
+    Applies database migrations first. Stops cleanly on SIGTERM or SIGINT.
+    """
+    from gateway.serve import run
+
+    cfg = config_from(ctx)
+    raise typer.Exit(run(cfg))
+
+
+app.add_typer(db_app, name="db")
+app.add_typer(model_app, name="model")
+app.command("ingest")(ingest)
+app.add_typer(results_app, name="results")
+app.add_typer(ecg_app, name="ecg")
+app.add_typer(hl7_app, name="hl7")
+app.add_typer(demo_app, name="demo")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

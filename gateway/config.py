@@ -1,0 +1,311 @@
+"""Configuration: one TOML file, overridable per key from the environment.
+
+Precedence (highest first): ``ECG_GATEWAY_<SECTION>__<KEY>`` environment
+variables, the TOML file (``--config PATH`` or ``ECG_GATEWAY_CONFIG``), the
+defaults below.  Relative paths are resolved against the working directory.
+
+Validation happens once, on load; any problem raises :class:`ConfigError` with
+one line that names the offending key, which the CLI prints before exiting 2.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "ECG_GATEWAY_"
+CONFIG_ENV = "ECG_GATEWAY_CONFIG"
+DEFAULT_CONFIG_PATH = Path("config/gateway.toml")
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+OptionalPort = Annotated[int, Field(ge=0, le=65535)]  # 0 = disabled
+AETitle = Annotated[str, Field(min_length=1, max_length=16, pattern=r"^[\x20-\x5b\x5d-\x7e]*[^ ][\x20-\x5b\x5d-\x7e]*$")]
+
+#: Paper thresholds (Ribeiro et al. 2020, chosen on validation for best F1).
+PAPER_THRESHOLDS: dict[str, float] = {
+    "1dAVb": 0.124,
+    "RBBB": 0.07,
+    "LBBB": 0.05,
+    "SB": 0.278,
+    "AF": 0.39,
+    "ST": 0.174,
+}
+
+ZENODO_MODEL_URL = "https://zenodo.org/records/3765717/files/model.zip?download=1"
+ZENODO_MODEL_MD5 = "82cdf807d3ed9dbdf664a66466fb4589"
+ZENODO_DATA_URL = "https://zenodo.org/records/3765780/files/data.zip?download=1"
+
+
+class ConfigError(Exception):
+    """A configuration problem, phrased as one line naming the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+def _existing_file(value: str, what: str) -> str:
+    if value and not Path(value).is_file():
+        raise ValueError(f"{what} file not found: {value}")
+    return value
+
+
+class DicomConfig(_Section):
+    """The storage SCP that carts send to."""
+
+    ae_title: AETitle = "ECGGW"
+    host: str = "0.0.0.0"
+    port: Port = 11112
+    #: Calling AE titles allowed to associate; empty = any.
+    allowed_calling_aets: list[AETitle] = []
+    #: Source hosts or networks (CIDR) allowed to connect; empty = any.
+    allowed_hosts: list[str] = []
+    #: Refuse associations whose Called AE title is not ``ae_title``.
+    require_called_aet: bool = True
+    max_associations: Annotated[int, Field(ge=1, le=1000)] = 10
+    acse_timeout: Annotated[float, Field(gt=0)] = 30.0
+    dimse_timeout: Annotated[float, Field(gt=0)] = 30.0
+    network_timeout: Annotated[float, Field(gt=0)] = 60.0
+    max_pdu: Annotated[int, Field(ge=0)] = 16382
+    #: Refuse C-STOREs (0xA700) when the spool has less free space than this.
+    min_free_disk_mb: Annotated[int, Field(ge=0)] = 500
+    #: A second listener with TLS; 0 = off.
+    tls_port: OptionalPort = 0
+    tls_cert: str = ""
+    tls_key: str = ""
+    #: When set, clients must present a certificate signed by this CA.
+    tls_ca: str = ""
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"not an IP address or network: {item!r}") from None
+        return value
+
+    @field_validator("tls_cert", "tls_key", "tls_ca")
+    @classmethod
+    def _tls_files(cls, value: str, info: Any) -> str:
+        return _existing_file(value, info.field_name)
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> "DicomConfig":
+        if self.tls_port and not (self.tls_cert and self.tls_key):
+            raise ValueError("tls_port needs tls_cert and tls_key")
+        if self.tls_port and self.tls_port == self.port:
+            raise ValueError("tls_port must differ from port")
+        return self
+
+
+class StorageConfig(_Section):
+    database_url: str = "sqlite:///var/gateway.db"
+    spool_dir: str = "var/spool"
+
+    @field_validator("database_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            raise ValueError(f"not a database URL: {value!r}") from None
+        if url.get_backend_name() not in ("sqlite", "postgresql"):
+            raise ValueError("only sqlite and postgresql databases are supported")
+        return value
+
+
+class ModelConfig(_Section):
+    #: Keras HDF5 files; more than one = ensemble (mean probability).
+    files: list[str] = ["models/model.hdf5"]
+    #: Per-finding decision thresholds; a finding is reported above its threshold.
+    thresholds: dict[str, Annotated[float, Field(gt=0, lt=1)]] = dict(PAPER_THRESHOLDS)
+    #: Micro-batching: run when this many ECGs wait, or after ``max_wait_ms``.
+    batch_size: Annotated[int, Field(ge=1, le=256)] = 8
+    max_wait_ms: Annotated[int, Field(ge=0, le=60000)] = 20
+    #: TensorFlow intra/inter-op threads; 0 = one per core.
+    threads: Annotated[int, Field(ge=0, le=256)] = 0
+    url: str = ZENODO_MODEL_URL
+    md5: str = ZENODO_MODEL_MD5
+    #: Where `model fetch` extracts to.
+    dir: str = "models"
+
+    @field_validator("files")
+    @classmethod
+    def _nonempty(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one model file is needed")
+        return value
+
+    @field_validator("thresholds", mode="before")
+    @classmethod
+    def _six(cls, value: Any) -> Any:
+        # Keys left out keep the paper's value; unknown keys are errors.
+        if isinstance(value, dict):
+            unknown = set(value) - set(PAPER_THRESHOLDS)
+            if unknown:
+                raise ValueError(f"unknown finding {sorted(unknown)[0]!r}; use {', '.join(PAPER_THRESHOLDS)}")
+            return {k: value.get(k, v) for k, v in PAPER_THRESHOLDS.items()}
+        return value
+
+
+LimbLead = Literal["I", "II", "III", "aVR", "aVL", "aVF"]
+
+
+class NormaliseConfig(_Section):
+    #: Multiplies the millivolt signal (the authors' preprocessing ``--scale``).
+    gain: Annotated[float, Field(gt=0, le=100)] = 1.0
+    #: Order of the six limb leads in the model input (V1-V6 always follow).
+    limb_lead_order: list[LimbLead] = ["I", "II", "III", "aVR", "aVL", "aVF"]
+    #: Recordings shorter than this are rejected.
+    min_duration_s: Annotated[float, Field(gt=0, le=60)] = 8.0
+
+    @field_validator("limb_lead_order")
+    @classmethod
+    def _permutation(cls, value: list[str]) -> list[str]:
+        if sorted(value) != sorted(["I", "II", "III", "aVR", "aVL", "aVF"]):
+            raise ValueError("must list I, II, III, aVR, aVL, aVF once each")
+        return value
+
+
+class ProcessConfig(_Section):
+    #: A claimed ECG whose worker died is retried after this lease.
+    lease_seconds: Annotated[int, Field(ge=5, le=86400)] = 300
+    #: Unexpected errors are retried this often before the ECG is ``failed``.
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 3
+    poll_interval_s: Annotated[float, Field(gt=0, le=60)] = 0.5
+
+
+class Hl7Config(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Port = 2575
+    sending_application: str = "ECGGW"
+    sending_facility: str = "ECGGW"
+    receiving_application: str = "EHR"
+    receiving_facility: str = "HOSPITAL"
+    #: MSH-18; names are encoded in this character set.
+    charset: Literal["UNICODE UTF-8", "8859/1", "ASCII"] = "UNICODE UTF-8"
+    #: OBR-4 universal service id, as ``code^text^system``.
+    order_code: str = "11524-6^EKG study^LN"
+    #: Add a PV1 segment (patient class ``pv1_patient_class``).
+    include_pv1: bool = False
+    pv1_patient_class: str = "O"
+    connect_timeout: Annotated[float, Field(gt=0)] = 10.0
+    ack_timeout: Annotated[float, Field(gt=0)] = 30.0
+    #: AE answers: give up after this many attempts and move the message aside.
+    max_attempts: Annotated[int, Field(ge=1, le=1000)] = 5
+    backoff_initial_s: Annotated[float, Field(gt=0)] = 1.0
+    backoff_max_s: Annotated[float, Field(gt=0)] = 300.0
+    tls: bool = False
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+
+    @field_validator("tls_ca", "tls_cert", "tls_key")
+    @classmethod
+    def _tls_files(cls, value: str, info: Any) -> str:
+        return _existing_file(value, info.field_name)
+
+
+class AdminConfig(_Section):
+    host: str = "127.0.0.1"
+    port: Port = 8080
+    #: Bearer token for /api and the web view; required to bind beyond loopback.
+    token: str = ""
+
+
+class LoggingConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Config(_Section):
+    dicom: DicomConfig = DicomConfig()
+    storage: StorageConfig = StorageConfig()
+    model: ModelConfig = ModelConfig()
+    normalise: NormaliseConfig = NormaliseConfig()
+    process: ProcessConfig = ProcessConfig()
+    hl7: Hl7Config = Hl7Config()
+    admin: AdminConfig = AdminConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+
+def _parse_env_value(raw: str) -> Any:
+    """An env value is read as a TOML value when it is one (``11112``,
+    ``true``, ``["A", "B"]``), else as a plain string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX):].partition("__")
+        out.setdefault(section.lower(), {})[key.lower()] = _parse_env_value(raw)
+    return out
+
+
+def _format_error(err: ValidationError, source: str, env: Mapping[str, Mapping[str, Any]]) -> str:
+    first = err.errors()[0]
+    loc = [str(p) for p in first["loc"]]
+    key = ".".join(loc) or "(top level)"
+    if len(loc) >= 2 and loc[1] in env.get(loc[0], {}):
+        source = f"environment ({ENV_PREFIX}{loc[0].upper()}__{loc[1].upper()})"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    msg = msg.removeprefix("Value error, ")
+    return f"config error in {source}: {key}: {msg}"
+
+
+def config_path(explicit: str | os.PathLike[str] | None, environ: Mapping[str, str] | None = None) -> Path | None:
+    """The file to read: ``--config``, else ``ECG_GATEWAY_CONFIG``, else the
+    example file when it exists (None = defaults only)."""
+    environ = os.environ if environ is None else environ
+    if explicit:
+        return Path(explicit)
+    if environ.get(CONFIG_ENV):
+        return Path(environ[CONFIG_ENV])
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.is_file() else None
+
+
+def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, merge and validate the configuration.
+
+    Raises :class:`ConfigError` with one line naming the key on any problem.
+    """
+    environ = os.environ if environ is None else environ
+    file = config_path(path, environ)
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if file is not None:
+        source = str(file)
+        try:
+            data = tomllib.loads(Path(file).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config error: file not found: {file}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config error in {file}: not valid TOML: {exc}") from None
+    env = _env_overrides(environ)
+    for section, values in env.items():
+        if not isinstance(data.get(section, {}), dict):
+            raise ConfigError(f"config error in environment: {section}: not a section")
+        data.setdefault(section, {}).update(values)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc, source, env)) from None

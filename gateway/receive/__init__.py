@@ -1,0 +1,1 @@
+"""Receive: the DICOM storage SCP and archive ingest; durable before acknowledging."""

@@ -1,0 +1,1 @@
+"""Store: the SQL database (schema, sessions, migrations) and the spool."""

@@ -1,0 +1,182 @@
+"""The database schema (SQLAlchemy 2).  Alembic migrations in ``migrations/``
+must agree with it; ``tests/test_migrations.py`` checks that they do.
+
+PHI (patient name, id, birth date) lives only here, behind the admin token;
+logs name SOP Instance UIDs and row ids.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: DateTime(timezone=True)}
+
+
+# ECG instance statuses.
+RECEIVED = "received"  # durable in the spool, waiting for the worker
+PROCESSING = "processing"  # claimed by a worker (lease in lease_expires_at)
+PROCESSED = "processed"
+REJECTED = "rejected"  # the input cannot be analysed; final
+FAILED = "failed"  # unexpected error after max attempts; final until an admin acts
+ECG_STATUSES = (RECEIVED, PROCESSING, PROCESSED, REJECTED, FAILED)
+
+# Outbound HL7 statuses.
+HL7_PENDING = "pending"
+HL7_DELIVERED = "delivered"
+HL7_FAILED = "failed"
+HL7_SUPERSEDED = "superseded"  # replaced by a manual resend
+HL7_STATUSES = (HL7_PENDING, HL7_DELIVERED, HL7_FAILED, HL7_SUPERSEDED)
+
+
+class EcgInstance(Base):
+    """One received DICOM ECG (one version of one SOP instance)."""
+
+    __tablename__ = "ecg_instances"
+    __table_args__ = (
+        # A SOP Instance UID is stored once; different bytes under the same
+        # UID become version 2, 3, ... and are flagged.
+        UniqueConstraint("sop_instance_uid", "version"),
+        Index("ix_ecg_instances_status_id", "status", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    transfer_syntax_uid: Mapped[str | None] = mapped_column(String(64))
+    study_instance_uid: Mapped[str | None] = mapped_column(String(64), index=True)
+    series_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    patient_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    issuer_of_patient_id: Mapped[str | None] = mapped_column(String(64))
+    patient_name: Mapped[str | None] = mapped_column(String(324))
+    patient_birth_date: Mapped[str | None] = mapped_column(String(8))
+    patient_sex: Mapped[str | None] = mapped_column(String(16))
+    accession_number: Mapped[str | None] = mapped_column(String(64), index=True)
+    placer_order_number: Mapped[str | None] = mapped_column(String(64))
+    filler_order_number: Mapped[str | None] = mapped_column(String(64))
+    requested_procedure_id: Mapped[str | None] = mapped_column(String(64))
+    manufacturer: Mapped[str | None] = mapped_column(String(64))
+    device_model: Mapped[str | None] = mapped_column(String(64))
+    device_serial: Mapped[str | None] = mapped_column(String(64))
+    #: DICOM DT as received (AcquisitionDateTime, else ContentDate+Time).
+    acquisition_datetime: Mapped[str | None] = mapped_column(String(32))
+    calling_ae: Mapped[str | None] = mapped_column(String(16))
+    peer_address: Mapped[str | None] = mapped_column(String(64))
+    spool_path: Mapped[str] = mapped_column(String(512))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default=RECEIVED)
+    error: Mapped[str | None] = mapped_column(Text)
+    #: Free-form markers, e.g. ["new_version"].
+    flags: Mapped[list[Any]] = mapped_column(default=list)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None]
+    received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    processed_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    prediction: Mapped["Prediction | None"] = relationship(back_populates="ecg", uselist=False)
+    messages: Mapped[list["Hl7Message"]] = relationship(back_populates="ecg", order_by="Hl7Message.id")
+
+
+class Prediction(Base):
+    """What the model said about one ECG, and everything needed to reproduce it."""
+
+    __tablename__ = "predictions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ecg_id: Mapped[int] = mapped_column(ForeignKey("ecg_instances.id", ondelete="CASCADE"), unique=True)
+    #: {"1dAVb": p, ...} (ensemble mean).
+    probabilities: Mapped[dict[str, Any]]
+    #: Ensemble spread per finding: {"1dAVb": {"min":, "max":, "std":}, ...}.
+    spread: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    #: Codes whose probability is above its threshold.
+    findings: Mapped[list[Any]]
+    thresholds: Mapped[dict[str, Any]]
+    #: [{"path": ..., "sha256": ..., "demo": bool}, ...]
+    model_files: Mapped[list[Any]]
+    #: sha256 of the single model file, or of the sorted ensemble hashes.
+    model_sha256: Mapped[str] = mapped_column(String(64))
+    demo_model: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: Normalisation parameters and report (source rate, units, leads, padding).
+    normalisation: Mapped[dict[str, Any]]
+    quality_flags: Mapped[list[Any]] = mapped_column(default=list)
+    #: The exact float32 (4096, 12) array the model saw, as .npy bytes.
+    input_npy: Mapped[bytes | None] = mapped_column(LargeBinary)
+    gateway_version: Mapped[str] = mapped_column(String(32))
+    #: {"normalise_ms":, "infer_ms":, "received_to_processed_ms":, "batch_size":}
+    timings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    ecg: Mapped[EcgInstance] = relationship(back_populates="prediction")
+
+
+class Hl7Message(Base):
+    """The outbox: one row per ORU^R01 to deliver, stored before it is sent."""
+
+    __tablename__ = "hl7_messages"
+    __table_args__ = (Index("ix_hl7_messages_status_next_attempt_at", "status", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ecg_id: Mapped[int] = mapped_column(ForeignKey("ecg_instances.id", ondelete="CASCADE"), index=True)
+    control_id: Mapped[str] = mapped_column(String(64), unique=True)
+    #: Messages with the same key go out in id order (one patient's results).
+    order_key: Mapped[str] = mapped_column(String(200), index=True)
+    payload: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default=HL7_PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    ack: Mapped[str | None] = mapped_column(Text)
+    #: Set when this row is a manual resend of another.
+    resend_of: Mapped[int | None] = mapped_column(ForeignKey("hl7_messages.id"))
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_attempt_at: Mapped[datetime | None]
+    delivered_at: Mapped[datetime | None]
+
+    ecg: Mapped[EcgInstance] = relationship(back_populates="messages")
+
+
+class AuditLog(Base):
+    """Every PHI export and every manual action: who, when, what."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str | None] = mapped_column(String(200))
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -1,0 +1,82 @@
+"""The command line: help everywhere, clear config errors, no TensorFlow for admin commands."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.main import get_command
+
+from gateway.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def all_command_paths():
+    def walk(cmd, path):
+        yield path
+        for name, sub in getattr(cmd, "commands", {}).items():
+            yield from walk(sub, path + [name])
+
+    return list(walk(get_command(app), []))
+
+
+def run_cli(*args: str, env: dict | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ECG_GATEWAY_")}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True, text=True,
+                          env=full_env, cwd=cwd, timeout=120)
+
+
+def test_required_groups_exist():
+    names = {tuple(p) for p in all_command_paths()}
+    for required in [("serve",), ("db", "upgrade"), ("model",), ("ingest",), ("results",), ("ecg",), ("hl7",), ("demo",)]:
+        assert required in names, required
+
+
+@pytest.mark.parametrize("path", all_command_paths(), ids=lambda p: " ".join(p) or "root")
+def test_help_everywhere(path):
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(app, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output
+
+
+def test_bad_config_exits_2_with_one_line(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[dicom]\nport = 70000\n")
+    r = run_cli("--config", str(bad), "db", "upgrade")
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"config error in {bad}: dicom.port: Input should be less than or equal to 65535"
+    assert "Traceback" not in r.stderr
+
+
+def test_serve_without_model_says_how_to_fetch(tmp_path):
+    r = run_cli("serve", env={"ECG_GATEWAY_MODEL__FILES": f'["{tmp_path}/none.hdf5"]',
+                              "ECG_GATEWAY_STORAGE__DATABASE_URL": f"sqlite:///{tmp_path}/g.db"})
+    assert r.returncode == 2
+    assert r.stderr.startswith("no model file: run `ecg-gateway model fetch`")
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_db_upgrade_from_cli(tmp_path):
+    r = run_cli("db", "upgrade", env={"ECG_GATEWAY_STORAGE__DATABASE_URL": f"sqlite:///{tmp_path}/g.db"})
+    assert r.returncode == 0, r.stderr
+    assert "database at revision" in r.stdout
+
+
+@pytest.mark.parametrize("args", [["--help"], ["results", "--help"], ["hl7", "--help"], ["db", "--help"], ["db", "current"]])
+def test_admin_commands_do_not_import_tensorflow(tmp_path, args):
+    code = (
+        "import sys, runpy; sys.argv = ['ecg-gateway', *sys.argv[1:]]\n"
+        "try:\n    runpy.run_module('gateway', run_name='__main__')\n"
+        "except SystemExit: pass\n"
+        "bad = [m for m in ('tensorflow', 'keras', 'tf_keras') if m in sys.modules]\n"
+        "print('HEAVY:' + ','.join(bad))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ECG_GATEWAY_")}
+    env["ECG_GATEWAY_STORAGE__DATABASE_URL"] = f"sqlite:///{tmp_path}/g.db"
+    r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    assert "HEAVY:\n" in r.stdout, r.stdout + r.stderr
