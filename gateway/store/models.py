@@ -98,6 +98,8 @@ class EcgInstance(Base):
     size_bytes: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16), default=RECEIVED)
     error: Mapped[str | None] = mapped_column(Text)
+    #: What normalisation learned (source rate, units, leads...), also for rejected ECGs.
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     #: Free-form markers, e.g. ["new_version"].
     flags: Mapped[list[Any]] = mapped_column(default=list)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
