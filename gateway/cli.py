@@ -67,15 +67,27 @@ def root(
 
 
 @app.command()
-def serve(ctx: typer.Context) -> None:
+def serve(
+    ctx: typer.Context,
+    components: Annotated[
+        str,
+        typer.Option(help="Comma-separated parts to run: scp, worker, hl7, admin. Extra machines behind one "
+                          "PostgreSQL database and a shared spool run e.g. 'worker,hl7'."),
+    ] = "scp,worker,hl7,admin",
+) -> None:
     """Run the gateway: DICOM SCP, worker, HL7 sender and admin web in one process.
 
     Applies database migrations first. Stops cleanly on SIGTERM or SIGINT.
     """
-    from gateway.serve import run
+    from gateway.serve import parse_components, run
 
     cfg = config_from(ctx)
-    raise typer.Exit(run(cfg))
+    try:
+        parts = parse_components(components)
+    except ValueError as exc:
+        typer.echo(f"--components: {exc}", err=True)
+        raise typer.Exit(2) from None
+    raise typer.Exit(run(cfg, parts))
 
 
 app.add_typer(db_app, name="db")

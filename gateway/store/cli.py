@@ -38,3 +38,26 @@ def current(ctx: typer.Context) -> None:
     from gateway.store.db import current_revision
 
     typer.echo(current_revision(config_from(ctx).storage.database_url) or "base (empty database)")
+
+
+@app.command("check-spool")
+def check_spool_cmd(ctx: typer.Context) -> None:
+    """Compare the spool folder with the database: files without a row, rows without a file.
+
+    Exits 1 when anything is inconsistent.
+    """
+    from gateway.cli import config_from
+    from gateway.process.recovery import check_spool
+    from gateway.store.db import make_engine, make_sessionmaker
+
+    cfg = config_from(ctx)
+    engine = make_engine(cfg.storage.database_url)
+    report = check_spool(cfg.storage.spool_dir, make_sessionmaker(engine))
+    engine.dispose()
+    for path in report.files_without_row:
+        typer.echo(f"file without row: {path}")
+    for ecg_id in report.rows_without_file:
+        typer.echo(f"row without file: ECG id={ecg_id}")
+    typer.echo("spool and database agree" if report.clean else
+               f"{len(report.files_without_row)} file(s) without row, {len(report.rows_without_file)} row(s) without file")
+    raise typer.Exit(0 if report.clean else 1)

@@ -1,0 +1,265 @@
+"""The worker: stored ECG -> normalised input -> model -> persisted result.
+
+One loop per process claims waiting ECGs in micro-batches, decodes and
+normalises each, runs the model once per batch, and then writes each ECG's
+outcome in ONE transaction: the prediction (or the rejection), the new
+status and the outbox row for the HL7 result.  Nothing in between is
+committed, so a crash leaves the ECG claimed, and its lease brings it back.
+
+Failure policy:
+- the input cannot be analysed (``NormaliseError``): final, ``rejected`` with
+  the reason, and an HL7 message saying so, so the order does not hang open;
+- anything else: retried with backoff, ``failed`` with the traceback after
+  ``max_attempts``; the loop itself never dies on one bad ECG.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy.orm import Session, sessionmaker
+
+from gateway import FINDINGS, __version__
+from gateway.config import Config
+from gateway.process import metrics
+from gateway.process.claim import claim_batch, still_claimed
+from gateway.store.models import FAILED, PROCESSED, RECEIVED, REJECTED, EcgInstance, Prediction
+
+log = logging.getLogger("gateway.process")
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class _Item:
+    """One claimed ECG on its way through a batch."""
+
+    ecg_id: int
+    sop_instance_uid: str = ""
+    received_at: datetime | None = None
+    attempts: int = 0
+    normalised: Any = None  # NormalisedEcg
+    rejection: str | None = None
+    report: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None  # unexpected failure, with traceback
+    normalise_ms: float = 0.0
+    output: dict[str, Any] | None = None
+
+
+def spool_file(spool_dir: str | Path, spool_path: str) -> Path:
+    """Rows store the spool path relative to ``spool_dir`` (absolute paths are kept as they are)."""
+    p = Path(spool_path)
+    return p if p.is_absolute() else Path(spool_dir) / p
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+class Worker:
+    """Processes ECGs until ``stop`` is set.  ``wake()`` (called by the SCP
+    after each stored instance) cuts the polling delay to nothing."""
+
+    def __init__(self, cfg: Config, session_factory: sessionmaker[Session], ensemble: Any,
+                 worker_id: str | None = None, on_outbox: Callable[[], None] | None = None) -> None:
+        from gateway.normalise import NormaliseParams
+
+        self.cfg = cfg
+        self.session_factory = session_factory
+        self.ensemble = ensemble
+        self.worker_id = worker_id or new_worker_id()
+        self.params = NormaliseParams(**cfg.normalise.model_dump())
+        self.on_outbox = on_outbox
+        self._wake = threading.Event()
+
+    def wake(self, _ecg_id: int | None = None) -> None:
+        self._wake.set()
+
+    def run(self, stop: threading.Event) -> None:
+        log.info("worker %s started (batch %d, wait %d ms)", self.worker_id,
+                 self.cfg.model.batch_size, self.cfg.model.max_wait_ms)
+        while not stop.is_set():
+            try:
+                done = self.run_once()
+            except Exception:  # database down, etc.: keep the loop alive
+                log.exception("worker loop error; retrying")
+                done = 0
+                stop.wait(min(5.0, self.cfg.process.poll_interval_s * 4))
+            if not done:
+                self._wake.wait(self.cfg.process.poll_interval_s)
+                self._wake.clear()
+        log.info("worker %s stopped", self.worker_id)
+
+    def _claim(self, limit: int) -> list[int]:
+        p = self.cfg.process
+        return claim_batch(self.session_factory, self.worker_id, limit, p.lease_seconds, p.max_attempts)
+
+    def run_once(self) -> int:
+        """Claim one micro-batch and finish it; returns how many ECGs were claimed."""
+        size, wait_s = self.cfg.model.batch_size, self.cfg.model.max_wait_ms / 1000
+        ids = self._claim(size)
+        if not ids:
+            return 0
+        # ECGs that arrive together share one model call: wait briefly for more.
+        deadline = time.monotonic() + wait_s
+        while len(ids) < size and time.monotonic() < deadline:
+            self._wake.wait(max(0.0, deadline - time.monotonic()))
+            self._wake.clear()
+            ids += self._claim(size - len(ids))
+        self.process(ids)
+        return len(ids)
+
+    # -- one batch ---------------------------------------------------------
+
+    def process(self, ids: Sequence[int]) -> None:
+        items = [self._prepare(ecg_id) for ecg_id in ids]
+        ready = [it for it in items if it.normalised is not None]
+        if ready:
+            self._infer(ready)
+        for it in items:
+            self._finish(it)
+
+    def _prepare(self, ecg_id: int) -> _Item:
+        import pydicom
+
+        from gateway.normalise import NormaliseError, normalise_dataset
+
+        item = _Item(ecg_id)
+        t0 = time.perf_counter()
+        try:
+            with self.session_factory() as session:
+                row = session.get(EcgInstance, ecg_id)
+                assert row is not None, f"ECG {ecg_id} vanished"
+                item.sop_instance_uid, item.received_at, item.attempts = row.sop_instance_uid, row.received_at, row.attempts
+                path = spool_file(self.cfg.storage.spool_dir, row.spool_path)
+            try:
+                ds = pydicom.dcmread(path)
+            except FileNotFoundError:
+                raise
+            except Exception as exc:  # the SCP checked the header; the body may still be corrupt
+                raise NormaliseError(f"DICOM data set cannot be parsed: {exc}") from exc
+            result = normalise_dataset(ds, self.params)
+            item.normalised, item.report = result, result.report
+        except NormaliseError as exc:
+            item.rejection = str(exc)
+            item.report = dict(getattr(exc, "report", None) or {})
+        except Exception:
+            item.error = traceback.format_exc()
+        item.normalise_ms = (time.perf_counter() - t0) * 1000
+        metrics.NORMALISE_SECONDS.observe(item.normalise_ms / 1000)
+        return item
+
+    def _infer(self, ready: list[_Item]) -> None:
+        x = np.stack([it.normalised.signal for it in ready]).astype(np.float32, copy=False)
+        t0 = time.perf_counter()
+        try:
+            out = self.ensemble.predict(x)
+        except Exception:
+            tb = traceback.format_exc()
+            for it in ready:
+                it.error = tb
+            return
+        infer_ms = (time.perf_counter() - t0) * 1000
+        metrics.BATCH_SIZE.observe(len(ready))
+        metrics.INFERENCE_SECONDS.observe(infer_ms / 1000)
+        for i, it in enumerate(ready):
+            it.output = {
+                "mean": out.mean[i], "min": out.min[i], "max": out.max[i], "std": out.std[i],
+                "infer_ms": infer_ms, "batch_size": len(ready),
+            }
+
+    def _finish(self, it: _Item) -> None:
+        """Write one ECG's outcome in one transaction (only while our claim holds)."""
+        from gateway.deliver.outbox import enqueue_result
+        from gateway.infer.thresholds import apply_thresholds
+
+        now = datetime.now(timezone.utc)
+        outcome = "failed"
+        enqueued = False
+        with self.session_factory() as session, session.begin():
+            row = still_claimed(session, it.ecg_id, self.worker_id)
+            if row is None:
+                log.warning("ECG id=%s sop=%s: claim lost (lease expired?); leaving it to its new owner",
+                            it.ecg_id, it.sop_instance_uid)
+                return
+            prediction = None
+            if it.error is None and it.output is not None:
+                probs = {code: float(it.output["mean"][k]) for k, code in enumerate(FINDINGS)}
+                thresholds = dict(self.cfg.model.thresholds)
+                identity = self.ensemble.identity
+                received = row.received_at if row.received_at.tzinfo else row.received_at.replace(tzinfo=timezone.utc)
+                prediction = Prediction(
+                    ecg_id=row.id,
+                    probabilities=probs,
+                    spread={code: {s: float(it.output[s][k]) for s in ("min", "max", "std")}
+                            for k, code in enumerate(FINDINGS)},
+                    findings=apply_thresholds(probs, thresholds),
+                    thresholds=thresholds,
+                    model_files=identity["files"],
+                    model_sha256=identity["model_sha256"],
+                    demo_model=bool(identity["demo"]),
+                    normalisation=it.report,
+                    quality_flags=list(it.normalised.quality_flags),
+                    input_npy=npy_bytes(it.normalised.signal),
+                    gateway_version=__version__,
+                    timings={
+                        "normalise_ms": round(it.normalise_ms, 3),
+                        "infer_ms": round(it.output["infer_ms"], 3),
+                        "batch_size": it.output["batch_size"],
+                        "received_to_processed_ms": round((now - received).total_seconds() * 1000, 3),
+                    },
+                )
+                session.add(prediction)
+                row.status, row.error, row.report = PROCESSED, None, it.report
+                outcome = "processed"
+            elif it.error is None and it.rejection is not None:
+                row.status, row.error, row.report = REJECTED, it.rejection, it.report
+                outcome = "rejected"
+            elif row.attempts < self.cfg.process.max_attempts:
+                # Unexpected: try again later, backing off.
+                row.status, row.error = RECEIVED, it.error
+                row.lease_expires_at = now + timedelta(seconds=min(300, 2 ** row.attempts))
+                row.claimed_by = None
+                outcome = "retry"
+            else:
+                row.status, row.error = FAILED, it.error
+                outcome = "failed"
+            if outcome != "retry":
+                row.claimed_by, row.lease_expires_at, row.processed_at = None, None, now
+            if outcome in ("processed", "rejected"):
+                session.flush()
+                enqueued = enqueue_result(session, row, prediction, self.cfg.hl7) is not None
+        metrics.ECG_OUTCOMES.labels(outcome).inc()
+        if outcome == "processed":
+            metrics.LATENCY.observe(prediction.timings["received_to_processed_ms"] / 1000)  # type: ignore[union-attr]
+            log.info("ECG id=%s sop=%s processed: findings=%s (%.0f ms after receipt)", it.ecg_id,
+                     it.sop_instance_uid, ",".join(prediction.findings) or "none",  # type: ignore[union-attr]
+                     prediction.timings["received_to_processed_ms"])  # type: ignore[union-attr]
+        elif outcome == "rejected":
+            log.warning("ECG id=%s sop=%s rejected: %s", it.ecg_id, it.sop_instance_uid, it.rejection)
+        elif outcome == "retry":
+            log.warning("ECG id=%s sop=%s: unexpected error (attempt %d of %d), will retry: %s", it.ecg_id,
+                        it.sop_instance_uid, it.attempts, self.cfg.process.max_attempts,
+                        (it.error or "").strip().splitlines()[-1])
+        else:
+            log.error("ECG id=%s sop=%s failed after %d attempts: %s", it.ecg_id, it.sop_instance_uid,
+                      it.attempts, (it.error or "").strip().splitlines()[-1])
+        if enqueued and self.on_outbox:
+            self.on_outbox()
