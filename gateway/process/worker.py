@@ -223,6 +223,7 @@ class Worker:
                         "normalise_ms": round(it.normalise_ms, 3),
                         "infer_ms": round(it.output["infer_ms"], 3),
                         "batch_size": it.output["batch_size"],
+                        "worker": self.worker_id,
                         "received_to_processed_ms": round((now - received).total_seconds() * 1000, 3),
                     },
                 )
