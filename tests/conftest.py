@@ -80,3 +80,18 @@ def free_port() -> int:
 @pytest.fixture
 def port() -> int:
     return free_port()
+
+
+@pytest.fixture(scope="session")
+def demo_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained same-architecture model file (seeded), shared by the session."""
+    from gateway.infer.demo import write_demo_model
+
+    return Path(write_demo_model(tmp_path_factory.mktemp("model") / "demo.hdf5", seed=0))
+
+
+@pytest.fixture(scope="session")
+def demo_ensemble(demo_model: Path):  # type: ignore[no-untyped-def]
+    from gateway.infer.runner import load_ensemble
+
+    return load_ensemble([str(demo_model)], batch_size=8)
