@@ -1,0 +1,199 @@
+"""``model fetch``: download the published archive, check it, extract the weights.
+
+The archive is downloaded to ``<dir>/model.zip.part``.  An interrupted
+transfer is resumed with an HTTP Range request (a server that ignores Range
+answers 200 and the download restarts from zero); a failed run leaves the
+``.part`` file so the next run resumes.  The whole archive is checked against
+the published md5 before anything is extracted; a mismatch deletes it.
+Nothing here imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import os
+import re
+import shutil
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from gateway.infer.manifest import record_files
+
+log = logging.getLogger("gateway.infer.fetch")
+
+ARCHIVE_NAME = "model.zip"
+#: Archive member -> path under the models directory.
+MAIN_MEMBER = ("model/model.hdf5", "model.hdf5")
+SEED_MEMBERS = tuple((f"other_seeds/model_{i}.hdf5", f"other_seeds/model_{i}.hdf5") for i in range(1, 11))
+CHUNK = 1 << 16
+
+
+class FetchError(Exception):
+    """The download or the archive is unusable; the message says what to do."""
+
+
+def _md5(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "md5").hexdigest()
+
+
+def _progress_bar(console: Any) -> Any:
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                               TransferSpeedColumn)
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                    TimeRemainingColumn(), console=console, transient=False)
+
+
+class _NullBar:
+    def __enter__(self) -> "_NullBar":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def add_task(self, *args: Any, **kwargs: Any) -> int:
+        return 0
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def _total_from(resp: http.client.HTTPResponse, offset: int) -> int | None:
+    """Full archive size from Content-Range (206) or Content-Length (200)."""
+    content_range = resp.headers.get("Content-Range", "")
+    m = re.match(r"bytes \d+-\d+/(\d+)", content_range)
+    if m:
+        return int(m.group(1))
+    length = resp.headers.get("Content-Length")
+    return offset + int(length) if length and length.isdigit() else None
+
+
+def _download_once(url: str, part: Path, timeout: float, bar: Any, task: int) -> None:
+    """One HTTP request continuing ``part``; raises OSError subclasses when cut."""
+    offset = part.stat().st_size if part.exists() else 0
+    req = urllib.request.Request(url, headers={"User-Agent": "ecg-gateway"})
+    if offset:
+        req.add_header("Range", f"bytes={offset}-")
+    try:
+        resp = urllib.request.urlopen(req, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and offset:
+            # The partial file is not a prefix the server knows: start over.
+            log.warning("server refused to resume at byte %d; restarting the download", offset)
+            part.unlink()
+            raise ConnectionResetError("range not satisfiable; restarting") from None
+        raise FetchError(f"download failed: HTTP {exc.code} {exc.reason} from {url}") from None
+    with resp:
+        if offset and resp.status == 200:
+            log.info("server ignored the Range request; restarting the download from zero")
+            offset = 0
+        mode = "ab" if offset else "wb"
+        total = _total_from(resp, offset)
+        bar.update(task, total=total, completed=offset)
+        received = offset
+        with open(part, mode) as out:
+            while chunk := resp.read(CHUNK):
+                out.write(chunk)
+                received += len(chunk)
+                bar.update(task, completed=received)
+            out.flush()
+            os.fsync(out.fileno())
+        if total is not None and received < total:
+            raise http.client.IncompleteRead(b"", total - received)
+
+
+def download(url: str, dest: Path, *, attempts: int = 5, timeout: float = 60.0, progress: bool = True,
+             console: Any = None, retry_delay_s: float = 1.0) -> Path:
+    """Download ``url`` to ``dest`` (via ``dest.part``), resuming after cuts.
+
+    Returns ``dest``.  After ``attempts`` failed transfers the ``.part`` file
+    stays for the next run to resume and :class:`FetchError` is raised.
+    """
+    part = dest.with_name(dest.name + ".part")
+    bar = _progress_bar(console) if progress else _NullBar()
+    with bar:
+        task = bar.add_task(f"{dest.name}", total=None)
+        for attempt in range(1, attempts + 1):
+            try:
+                _download_once(url, part, timeout, bar, task)
+                break
+            except (OSError, http.client.HTTPException) as exc:
+                have = part.stat().st_size if part.exists() else 0
+                log.warning("download interrupted (attempt %d/%d) at %d bytes: %s", attempt, attempts, have, exc)
+                if attempt == attempts:
+                    raise FetchError(
+                        f"download of {url} interrupted {attempts} times ({exc}); "
+                        f"{have} bytes kept in {part}: run `ecg-gateway model fetch` again to resume") from None
+                time.sleep(retry_delay_s)
+    os.replace(part, dest)
+    return dest
+
+
+def _extract(archive: Path, members: tuple[tuple[str, str], ...], dest_dir: Path) -> list[Path]:
+    out = []
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            names = set(zf.namelist())
+            missing = [m for m, _ in members if m not in names]
+            if missing:
+                raise FetchError(f"{archive}: not the published model archive: no {', '.join(missing)}")
+            for member, rel in members:
+                target = dest_dir / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_name(target.name + ".tmp")
+                with zf.open(member) as src, open(tmp, "wb") as dst:
+                    shutil.copyfileobj(src, dst, CHUNK)
+                    dst.flush()
+                    os.fsync(dst.fileno())
+                os.replace(tmp, target)
+                out.append(target)
+    except zipfile.BadZipFile as exc:
+        archive.unlink(missing_ok=True)
+        raise FetchError(f"{archive}: not a zip archive ({exc}); deleted it") from None
+    return out
+
+
+def fetch_model(url: str, md5: str, dest_dir: str | os.PathLike[str], include_seeds: bool = False,
+                progress: bool = True, *, keep_archive: bool = False, attempts: int = 5, timeout: float = 60.0,
+                console: Any = None, retry_delay_s: float = 1.0) -> list[Path]:
+    """Download the model archive, check its md5, extract the weights.
+
+    Extracts ``model/model.hdf5`` to ``<dest_dir>/model.hdf5`` and, with
+    ``include_seeds``, ``other_seeds/model_1..10.hdf5`` to
+    ``<dest_dir>/other_seeds/``; records each file's sha256 in
+    ``<dest_dir>/manifest.json``.  Returns the extracted paths.
+
+    Raises :class:`FetchError`; on an md5 mismatch the download is deleted.
+    An archive already downloaded and matching ``md5`` is not downloaded again.
+    """
+    dest = Path(dest_dir)
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = dest / ARCHIVE_NAME
+    expected = md5.strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{32}", expected):
+        raise FetchError(f"model.md5 is not an md5 digest: {md5!r}")
+    if archive.exists() and _md5(archive) != expected:
+        log.info("%s does not match md5 %s; downloading again", archive, expected)
+        archive.unlink()
+    if not archive.exists():
+        download(url, archive, attempts=attempts, timeout=timeout, progress=progress, console=console,
+                 retry_delay_s=retry_delay_s)
+        got = _md5(archive)
+        if got != expected:
+            archive.unlink()
+            raise FetchError(f"checksum mismatch for {url}: md5 {got}, expected {expected}; "
+                             "the download was deleted (check model.url and model.md5)")
+    members = (MAIN_MEMBER, *SEED_MEMBERS) if include_seeds else (MAIN_MEMBER,)
+    files = _extract(archive, members, dest)
+    for (member, _), path in zip(members, files):
+        record_files(dest, [path], source_url=url, archive_md5=expected, member=member)
+    if not keep_archive:
+        archive.unlink()
+    return files
