@@ -1,0 +1,365 @@
+"""Read what the door needs from a DICOM ECG file: identity, demographics and
+the shape of its waveform groups, from the header only.
+
+Carts write long undefined-length sequences (a Mortara file carries ~160
+waveform annotation items); pydicom parses those eagerly, which costs ~15 ms
+per instance, more than the network transfer itself.  So the top level and
+the WaveformSequence items are walked here, every sequence we do not need is
+skipped by its delimiters, and the elements we do need are handed to pydicom
+as raw elements, so pydicom still does all value decoding (character sets,
+VRs).  The samples themselves are decoded later, by the processing stage.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.filereader import _read_file_meta_info, read_preamble
+from pydicom.tag import BaseTag
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+
+#: The ECG waveform storage SOP classes the gateway accepts.
+ECG_STORAGE_SOP_CLASSES: dict[str, str] = {
+    "1.2.840.10008.5.1.4.1.1.9.1.1": "12-lead ECG Waveform Storage",
+    "1.2.840.10008.5.1.4.1.1.9.1.2": "General ECG Waveform Storage",
+    "1.2.840.10008.5.1.4.1.1.9.1.3": "Ambulatory ECG Waveform Storage",
+    "1.2.840.10008.5.1.4.1.1.9.1.4": "General 32-bit ECG Waveform Storage",
+    "1.2.840.10008.5.1.4.1.1.9.2.1": "Hemodynamic Waveform Storage",
+}
+
+#: Transfer syntaxes negotiated by the SCP.
+ECG_TRANSFER_SYNTAXES = [ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian]
+
+_ITEM = 0xFFFEE000
+_ITEM_DELIMITER = 0xFFFEE00D
+_SEQUENCE_DELIMITER = 0xFFFEE0DD
+_UNDEFINED = 0xFFFFFFFF
+_WAVEFORM_SEQUENCE = 0x54000100
+_WAVEFORM_DATA = 0x54001010
+#: Sequences kept (with their items fully decoded by pydicom): small ones that
+#: carry order numbers.
+_KEPT_SEQUENCES = {0x00400275}  # RequestAttributesSequence
+_LONG_LENGTH_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+_U32 = struct.Struct("<I")
+_U16 = struct.Struct("<H")
+_TAG = struct.Struct("<HH")
+
+
+class HeaderError(ValueError):
+    """The bytes are not a DICOM file this gateway can read."""
+
+
+@dataclass
+class WaveformGroup:
+    """The shape of one multiplex group (no samples)."""
+
+    label: str | None
+    originality: str | None
+    channels: int | None
+    samples: int | None
+    sampling_frequency: float | None
+    bits_allocated: int | None
+    sample_interpretation: str | None
+    data_bytes: int | None
+
+    def problem(self) -> str | None:
+        """Why this group cannot be decoded, or None when it can."""
+        if self.data_bytes is None:
+            return "no WaveformData"
+        for name in ("channels", "samples", "sampling_frequency", "bits_allocated"):
+            if not getattr(self, name):
+                return f"missing or zero {name}"
+        expected = self.channels * self.samples * self.bits_allocated // 8  # type: ignore[operator]
+        if self.data_bytes < expected:
+            return f"WaveformData has {self.data_bytes} bytes, {expected} expected"
+        return None
+
+
+@dataclass
+class EcgHeader:
+    """Identity and demographics of one received ECG."""
+
+    transfer_syntax_uid: str
+    dataset: Dataset = field(repr=False)
+    groups: list[WaveformGroup]
+
+    def get(self, keyword: str) -> str | None:
+        """A top-level attribute as a stripped string (None when absent or empty)."""
+        value = self.dataset.get(keyword)
+        if value is None or value == "":
+            return None
+        return str(value).strip() or None
+
+    @property
+    def sop_instance_uid(self) -> str | None:
+        return self.get("SOPInstanceUID")
+
+    @property
+    def sop_class_uid(self) -> str | None:
+        return self.get("SOPClassUID")
+
+    def waveform_problem(self) -> str | None:
+        """Why no group is usable, or None when at least one is."""
+        if not self.groups:
+            return "no WaveformSequence"
+        problems = [g.problem() for g in self.groups]
+        if any(p is None for p in problems):
+            return None
+        return "no usable waveform group: " + "; ".join(f"group {i}: {p}" for i, p in enumerate(problems))
+
+
+def _element_headers(buf: bytes, pos: int, end: int, implicit: bool) -> Iterator[tuple[int, bytes | None, int, int]]:
+    """(tag, vr, value offset, value end) of each element of one dataset
+    level, from ``pos`` up to ``end`` or an item delimiter.  Undefined-length
+    values are skipped by walking their items."""
+    while pos < end:
+        if pos + 8 > end:
+            raise HeaderError("truncated element header")
+        group, elem = _TAG.unpack_from(buf, pos)
+        tag = group << 16 | elem
+        if tag == _ITEM_DELIMITER:
+            return
+        if implicit or group == 0xFFFE:
+            vr = None
+            length = _U32.unpack_from(buf, pos + 4)[0]
+            pos += 8
+        else:
+            vr = buf[pos + 4 : pos + 6]
+            if vr in _LONG_LENGTH_VRS:
+                if pos + 12 > end:
+                    raise HeaderError("truncated element header")
+                length = _U32.unpack_from(buf, pos + 8)[0]
+                pos += 12
+            else:
+                length = _U16.unpack_from(buf, pos + 6)[0]
+                pos += 8
+        if length == _UNDEFINED:
+            value_end = _skip_undefined(buf, pos, end, implicit)
+            # value_end is past the sequence delimiter; the value excludes it
+            yield tag, vr, pos, value_end
+            pos = value_end
+        else:
+            if pos + length > end:
+                raise HeaderError(f"truncated: element ({tag >> 16:04X},{tag & 0xFFFF:04X}) runs past the end")
+            yield tag, vr, pos, pos + length
+            pos += length
+
+
+def _skip_undefined(buf: bytes, pos: int, end: int, implicit: bool) -> int:
+    """Offset just past the sequence delimiter of an undefined-length value.
+
+    One flat loop (no recursion, no generators): this is the hot path, run
+    over thousands of annotation elements per file.  Nesting is tracked by
+    counting undefined-length values opened and sequence delimiters seen.
+    """
+    unpack_tag, unpack_u32, unpack_u16 = _TAG.unpack_from, _U32.unpack_from, _U16.unpack_from
+    long_vrs = _LONG_LENGTH_VRS
+    depth = 1
+    while True:
+        if pos + 8 > end:
+            raise HeaderError("truncated: sequence without delimiter")
+        group, elem = unpack_tag(buf, pos)
+        if group == 0xFFFE:
+            length = unpack_u32(buf, pos + 4)[0]
+            pos += 8
+            if elem == 0xE0DD:  # sequence delimiter
+                depth -= 1
+                if depth == 0:
+                    return pos
+            elif elem == 0xE000 and length != _UNDEFINED:  # defined-length item
+                pos += length
+            # undefined-length item and item delimiter: step over the header only
+            continue
+        if implicit:
+            length = unpack_u32(buf, pos + 4)[0]
+            pos += 8
+        else:
+            vr = buf[pos + 4 : pos + 6]
+            if vr in long_vrs:
+                length = unpack_u32(buf, pos + 8)[0]
+                pos += 12
+            else:
+                length = unpack_u16(buf, pos + 6)[0]
+                pos += 8
+        if length == _UNDEFINED:
+            depth += 1
+        else:
+            pos += length
+            if pos > end:
+                raise HeaderError("truncated: element runs past the end")
+
+
+def _item_end(buf: bytes, pos: int, end: int, implicit: bool) -> int:
+    """Offset just past the item delimiter of an undefined-length item."""
+    for _tag, _vr, _start, value_end in _element_headers(buf, pos, end, implicit):
+        pos = value_end
+    if pos + 8 > end:
+        raise HeaderError("truncated: item without delimiter")
+    return pos + 8
+
+
+def _items(buf: bytes, start: int, end: int, implicit: bool) -> Iterator[tuple[int, int]]:
+    """(start, end) of each item's elements in a sequence value."""
+    pos = start
+    while pos + 8 <= end:
+        group, elem = _TAG.unpack_from(buf, pos)
+        tag = group << 16 | elem
+        length = _U32.unpack_from(buf, pos + 4)[0]
+        pos += 8
+        if tag == _SEQUENCE_DELIMITER:
+            return
+        if tag != _ITEM:
+            raise HeaderError("unexpected tag inside a sequence")
+        if length == _UNDEFINED:
+            item_end = _item_end(buf, pos, end, implicit)
+            yield pos, item_end - 8
+            pos = item_end
+        else:
+            yield pos, pos + length
+            pos += length
+
+
+def _raw(buf: bytes, tag: int, vr: bytes | None, start: int, end: int, implicit: bool) -> RawDataElement:
+    return RawDataElement(
+        BaseTag(tag), vr.decode("ascii") if vr else None, end - start, buf[start:end], start, implicit, True
+    )
+
+
+def _dataset(buf: bytes, start: int, end: int, implicit: bool, charset: object) -> tuple[Dataset, list[tuple[int, int]]]:
+    """The non-sequence elements of one level as a lazily decoded Dataset,
+    plus the WaveformSequence value span when present."""
+    elements: dict[BaseTag, RawDataElement] = {}
+    waveform: list[tuple[int, int]] = []
+    for tag, vr, vstart, vend in _element_headers(buf, start, end, implicit):
+        if tag == _WAVEFORM_SEQUENCE:
+            waveform.append((vstart, vend))
+            continue
+        if tag == _WAVEFORM_DATA:
+            # only its length matters here; keep the bytes out of memory copies
+            elements[BaseTag(tag)] = RawDataElement(BaseTag(tag), "OW", vend - vstart, b"", vstart, implicit, True)
+            continue
+        if vr == b"SQ" or (vr is None and _is_sequence(buf, vstart, vend)):
+            if tag not in _KEPT_SEQUENCES:
+                continue
+        elements[BaseTag(tag)] = _raw(buf, tag, vr, vstart, vend, implicit)
+    ds = Dataset(elements)
+    if charset is not None and "SpecificCharacterSet" not in ds:
+        ds.SpecificCharacterSet = charset
+    ds.set_original_encoding(implicit, True)
+    return ds, waveform
+
+
+def _is_sequence(buf: bytes, start: int, end: int) -> bool:
+    """Implicit VR: a value that starts with an item tag is a sequence."""
+    if end - start < 8:
+        return False
+    group, elem = _TAG.unpack_from(buf, start)
+    return (group << 16 | elem) == _ITEM
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _float(ds: Dataset, keyword: str) -> float | None:
+    try:
+        value = ds.get(keyword)
+        return float(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _str(ds: Dataset, keyword: str) -> str | None:
+    try:
+        value = ds.get(keyword)
+    except Exception:  # noqa: BLE001 - a garbled value is treated as absent
+        return None
+    return str(value).strip() or None if value is not None else None
+
+
+def read_header(raw: bytes) -> EcgHeader:
+    """Identity, demographics and waveform group shapes of a DICOM Part 10 file.
+
+    Raises :class:`HeaderError` when the bytes cannot be read as DICOM.
+    """
+    fp = io.BytesIO(raw)
+    try:
+        if read_preamble(fp, False) is None:
+            raise HeaderError("not a DICOM Part 10 file (no DICM prefix)")
+        file_meta = _read_file_meta_info(fp)
+    except HeaderError:
+        raise
+    except Exception as exc:  # pydicom raises many types for garbage
+        raise HeaderError(f"not a DICOM file: {exc}") from None
+    transfer_syntax = str(file_meta.get("TransferSyntaxUID", "")).strip()
+    if not transfer_syntax:
+        raise HeaderError("no TransferSyntaxUID in the file meta information")
+    body_start = fp.tell()
+    if transfer_syntax == DeflatedExplicitVRLittleEndian:
+        try:
+            # decompressobj: some writers omit the final deflate block marker
+            buf = zlib.decompressobj(-zlib.MAX_WBITS).decompress(raw[body_start:])
+        except zlib.error as exc:
+            raise HeaderError(f"deflated data set cannot be inflated: {exc}") from None
+        start, implicit = 0, False
+    elif transfer_syntax in (ImplicitVRLittleEndian, ExplicitVRLittleEndian):
+        buf, start, implicit = raw, body_start, transfer_syntax == ImplicitVRLittleEndian
+    else:
+        return _read_header_pydicom(raw, transfer_syntax)
+    try:
+        ds, waveform_spans = _dataset(buf, start, len(buf), implicit, None)
+        charset = ds.get("SpecificCharacterSet")
+        groups = []
+        for vstart, vend in waveform_spans:
+            for istart, iend in _items(buf, vstart, vend, implicit):
+                item, _ = _dataset(buf, istart, iend, implicit, charset)
+                groups.append(_group(item))
+    except HeaderError:
+        raise
+    except (struct.error, ValueError, IndexError) as exc:
+        raise HeaderError(f"cannot parse: {exc}") from None
+    ds.file_meta = file_meta
+    return EcgHeader(transfer_syntax, ds, groups)
+
+
+def _group(item: Dataset) -> WaveformGroup:
+    data = item.get_item(BaseTag(_WAVEFORM_DATA)) if BaseTag(_WAVEFORM_DATA) in item else None
+    data_bytes = None
+    if data is not None:
+        data_bytes = data.length if isinstance(data, RawDataElement) else len(data.value or b"")
+    return WaveformGroup(
+        label=_str(item, "MultiplexGroupLabel"),
+        originality=_str(item, "WaveformOriginality"),
+        channels=_int(item, "NumberOfWaveformChannels"),
+        samples=_int(item, "NumberOfWaveformSamples"),
+        sampling_frequency=_float(item, "SamplingFrequency"),
+        bits_allocated=_int(item, "WaveformBitsAllocated"),
+        sample_interpretation=_str(item, "WaveformSampleInterpretation"),
+        data_bytes=data_bytes,
+    )
+
+
+def _read_header_pydicom(raw: bytes, transfer_syntax: str) -> EcgHeader:
+    """Other transfer syntaxes (archive files only): pydicom reads it all."""
+    from pydicom import dcmread
+
+    try:
+        ds = dcmread(io.BytesIO(raw))
+        groups = [_group(item) for item in ds.get("WaveformSequence", [])]
+    except Exception as exc:  # noqa: BLE001
+        raise HeaderError(f"cannot parse: {exc}") from None
+    return EcgHeader(transfer_syntax, ds, groups)

@@ -1,0 +1,193 @@
+"""The DICOM storage SCP: ECG waveform storage and verification only, with
+the door policy (calling AE, source host, called AE, association limit,
+timeouts, optional TLS on its own port).
+
+Association policy is checked in one place (``EVT_REQUESTED``) so that each
+rejection is logged with the peer's address and AE titles; a rejected
+association gets an A-ASSOCIATE-RJ the cart can display.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy.orm import Session, sessionmaker
+
+from gateway.config import DicomConfig, StorageConfig
+from gateway.receive.header import ECG_STORAGE_SOP_CLASSES, ECG_TRANSFER_SYNTAXES
+from gateway.receive.spool import PROCESSING_FAILURE, SUCCESS, remove_stale_temp_files, store_instance
+
+log = logging.getLogger("gateway.receive")
+
+# A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4.
+_RJ_CALLING_AE_NOT_RECOGNISED = (0x01, 0x01, 0x03)
+_RJ_CALLED_AE_NOT_RECOGNISED = (0x01, 0x01, 0x07)
+_RJ_NO_REASON = (0x01, 0x01, 0x01)
+
+
+@dataclass
+class ScpServer:
+    """The running listeners (plain, and TLS when configured)."""
+
+    ae: AE
+    servers: list[ThreadedAssociationServer] = field(default_factory=list)
+
+    @property
+    def ports(self) -> list[int]:
+        """Bound ports: the plain listener first, then the TLS one."""
+        return [server.server_address[1] for server in self.servers]
+
+    def shutdown(self) -> None:
+        """Stop listening and close open associations."""
+        for server in self.servers:
+            server.shutdown()
+        self.servers.clear()
+
+
+def make_ae(dicom: DicomConfig) -> AE:
+    """An AE that accepts Verification and the ECG waveform storage classes
+    in Implicit, Explicit and Deflated Explicit VR Little Endian; any other
+    presentation context is rejected."""
+    ae = AE(ae_title=dicom.ae_title)
+    ae.add_supported_context(Verification)
+    for sop_class in ECG_STORAGE_SOP_CLASSES:
+        ae.add_supported_context(sop_class, ECG_TRANSFER_SYNTAXES)
+    ae.maximum_associations = dicom.max_associations
+    ae.acse_timeout = dicom.acse_timeout
+    ae.dimse_timeout = dicom.dimse_timeout
+    ae.network_timeout = dicom.network_timeout
+    ae.maximum_pdu_size = dicom.max_pdu
+    # Policy is enforced (and logged) by association_refusal() instead.
+    ae.require_called_aet = False
+    ae.require_calling_aet = []
+    return ae
+
+
+def association_refusal(
+    dicom: DicomConfig, calling_ae: str, called_ae: str, peer_address: str
+) -> tuple[str, tuple[int, int, int]] | None:
+    """Why an association request is refused (reason, A-ASSOCIATE-RJ
+    result/source/diagnostic), or None when it may proceed."""
+    if dicom.allowed_hosts:
+        try:
+            address = ipaddress.ip_address(peer_address)
+        except ValueError:
+            return f"peer address {peer_address!r} not understood", _RJ_NO_REASON
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        if not any(address in ipaddress.ip_network(net, strict=False) for net in dicom.allowed_hosts):
+            return "source host not in allowed_hosts", _RJ_NO_REASON
+    if dicom.allowed_calling_aets and calling_ae.strip() not in [a.strip() for a in dicom.allowed_calling_aets]:
+        return "calling AE title not in allowed_calling_aets", _RJ_CALLING_AE_NOT_RECOGNISED
+    if dicom.require_called_aet and called_ae.strip() != dicom.ae_title.strip():
+        return f"called AE title is not {dicom.ae_title!r}", _RJ_CALLED_AE_NOT_RECOGNISED
+    return None
+
+
+def tls_context(dicom: DicomConfig) -> ssl.SSLContext:
+    """Server-side TLS; with ``tls_ca`` a client certificate is required."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(dicom.tls_cert, dicom.tls_key)
+    if dicom.tls_ca:
+        context.load_verify_locations(dicom.tls_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def start_scp(
+    dicom: DicomConfig,
+    storage: StorageConfig,
+    session_factory: sessionmaker[Session],
+    on_stored: Callable[[int], None] | None = None,
+    *,
+    free_bytes: Callable[[Path], int] | None = None,
+) -> ScpServer:
+    """Start the listeners in background threads and return at once.
+
+    ``on_stored(ecg_id)`` is called after each new instance is committed
+    (never for duplicates or refusals); it must return quickly.
+    ``free_bytes`` overrides the disk-space probe (tests).
+    """
+    spool_dir = Path(storage.spool_dir)
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    stale = remove_stale_temp_files(spool_dir)
+    if stale:
+        log.info("removed %d unacknowledged temp files from the spool", stale)
+    store_kwargs: dict[str, Any] = {
+        "session_factory": session_factory,
+        "spool_dir": spool_dir,
+        "min_free_disk_mb": dicom.min_free_disk_mb,
+    }
+    if free_bytes is not None:
+        store_kwargs["free_bytes"] = free_bytes
+
+    def handle_requested(event: evt.Event) -> None:
+        assoc = event.assoc
+        primitive = assoc.requestor.primitive
+        calling = str(primitive.calling_ae_title).strip()
+        called = str(primitive.called_ae_title).strip()
+        peer = assoc.requestor.address
+        refusal = association_refusal(dicom, calling, called, peer)
+        if refusal is None:
+            return
+        reason, rsd = refusal
+        log.warning("rejected association from %s (calling AE %r, called AE %r): %s", peer, calling, called, reason)
+        assoc.acse.send_reject(*rsd)
+        assoc.kill()
+
+    def handle_rejected(event: evt.Event) -> None:
+        requestor = event.assoc.requestor
+        log.info("association from %s (calling AE %r) rejected", requestor.address, requestor.ae_title)
+
+    def handle_store(event: evt.Event) -> int:
+        requestor = event.assoc.requestor
+        try:
+            outcome = store_instance(
+                event.encoded_dataset(),
+                transfer_syntax_uid=str(event.context.transfer_syntax),
+                calling_ae=requestor.ae_title,
+                peer_address=requestor.address,
+                **store_kwargs,
+            )
+        except Exception:  # noqa: BLE001 - never let a bug look like success
+            log.exception("C-STORE from %s failed unexpectedly", requestor.address)
+            return PROCESSING_FAILURE
+        if on_stored is not None and outcome.status == SUCCESS and not outcome.duplicate and outcome.ecg_id is not None:
+            try:
+                on_stored(outcome.ecg_id)
+            except Exception:  # noqa: BLE001 - the instance is stored; the worker also polls
+                log.exception("on_stored(%d) failed", outcome.ecg_id)
+        return outcome.status
+
+    def handle_echo(event: evt.Event) -> int:
+        return SUCCESS
+
+    handlers = [
+        (evt.EVT_REQUESTED, handle_requested),
+        (evt.EVT_REJECTED, handle_rejected),
+        (evt.EVT_C_STORE, handle_store),
+        (evt.EVT_C_ECHO, handle_echo),
+    ]
+    ae = make_ae(dicom)
+    scp = ScpServer(ae)
+    try:
+        scp.servers.append(ae.start_server((dicom.host, dicom.port), block=False, evt_handlers=handlers))
+        if dicom.tls_port:
+            scp.servers.append(
+                ae.start_server((dicom.host, dicom.tls_port), block=False, evt_handlers=handlers, ssl_context=tls_context(dicom))
+            )
+    except BaseException:
+        scp.shutdown()
+        raise
+    log.info("DICOM SCP %s listening on %s port(s) %s", dicom.ae_title, dicom.host, scp.ports)
+    return scp

@@ -1,0 +1,349 @@
+"""The storage path shared by the SCP and ``ecg-gateway ingest``.
+
+What returns success is durable: the bytes are written to a temporary file,
+fsynced, renamed into place (and the folder fsynced), and the instance row is
+committed, all before the caller sends 0x0000.  Anything refused leaves no file
+in the spool proper; a refused data set is kept for the admin as
+``<spool>/rejected/<sha256>.dcm`` (named by content, never by a UID) with a
+``rejected`` row that says why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from gateway.receive.header import ECG_STORAGE_SOP_CLASSES, EcgHeader, HeaderError, read_header
+from gateway.store.models import RECEIVED, REJECTED, EcgInstance
+
+log = logging.getLogger("gateway.receive")
+
+# C-STORE response statuses (PS3.4 Annex B.2.3, PS3.7 Annex C).
+SUCCESS = 0x0000
+#: Refused: out of resources (disk below the watermark, database unavailable).
+OUT_OF_RESOURCES = 0xA700
+#: Error: data set does not match SOP class (no usable waveform, not an ECG class).
+DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+#: Error: cannot understand (not parseable as DICOM).
+CANNOT_UNDERSTAND = 0xC000
+#: Error: cannot understand, the SOP Instance UID is not a valid UID.
+CANNOT_UNDERSTAND_INVALID_UID = 0xC001
+#: Failure: processing failure (an unexpected error in the gateway).
+PROCESSING_FAILURE = 0x0110
+
+REJECTED_DIR = "rejected"
+_MIB = 1024 * 1024
+_DB_RETRIES = 3
+
+
+@dataclass
+class StoreOutcome:
+    """What happened to one received data set."""
+
+    status: int
+    ecg_id: int | None
+    duplicate: bool
+    reason: str | None
+
+
+def disk_free_bytes(path: Path) -> int:
+    """Free bytes on the file system holding ``path`` (the real statvfs)."""
+    return shutil.disk_usage(path).free
+
+
+def is_valid_uid(value: str | None) -> bool:
+    """A DICOM UID: at most 64 characters, digits and dots, no leading zeros."""
+    from pydicom.uid import UID
+
+    return bool(value) and UID(value).is_valid  # type: ignore[arg-type]
+
+
+def _clean(value: str | None, size: int) -> str | None:
+    """Fit a header value in its column; NULs and control characters go
+    (PostgreSQL refuses NUL in text)."""
+    if value is None:
+        return None
+    text = "".join(ch if ch.isprintable() else "?" for ch in value).strip()
+    return text[:size] or None
+
+
+def demographics(header: EcgHeader) -> dict[str, Any]:
+    """Column values for an :class:`EcgInstance`, from the header only."""
+    get = header.get
+    acquired = get("AcquisitionDateTime")
+    if acquired is None and get("ContentDate"):
+        acquired = (get("ContentDate") or "") + (get("ContentTime") or "")
+    requested_procedure_id = None
+    try:
+        for item in header.dataset.get("RequestAttributesSequence") or []:
+            requested_procedure_id = requested_procedure_id or item.get("RequestedProcedureID")
+    except Exception:  # noqa: BLE001 - an unreadable optional sequence is ignored
+        requested_procedure_id = None
+    values = {
+        "sop_class_uid": (get("SOPClassUID"), 64),
+        "study_instance_uid": (get("StudyInstanceUID"), 64),
+        "series_instance_uid": (get("SeriesInstanceUID"), 64),
+        "patient_id": (get("PatientID"), 64),
+        "issuer_of_patient_id": (get("IssuerOfPatientID"), 64),
+        "patient_name": (get("PatientName"), 324),
+        "patient_birth_date": (get("PatientBirthDate"), 8),
+        "patient_sex": (get("PatientSex"), 16),
+        "accession_number": (get("AccessionNumber"), 64),
+        "placer_order_number": (get("PlacerOrderNumberImagingServiceRequest"), 64),
+        "filler_order_number": (get("FillerOrderNumberImagingServiceRequest"), 64),
+        "requested_procedure_id": (str(requested_procedure_id) if requested_procedure_id else None, 64),
+        "manufacturer": (get("Manufacturer"), 64),
+        "device_model": (get("ManufacturerModelName"), 64),
+        "device_serial": (get("DeviceSerialNumber"), 64),
+        "acquisition_datetime": (acquired, 32),
+    }
+    out = {key: _clean(value, size) for key, (value, size) in values.items()}
+    out["sop_class_uid"] = out["sop_class_uid"] or ""
+    return out
+
+
+def write_durably(path: Path, data: bytes) -> bool:
+    """Write ``data`` to ``path`` atomically and durably: temp file in the same
+    folder, fsync, rename, fsync the folder.  Returns False when ``path``
+    already existed (so a caller that fails later knows not to delete it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".incoming-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        existed = path.exists()
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return not existed
+
+
+def remove_stale_temp_files(spool_dir: Path) -> int:
+    """Delete temp files left by a crash mid-write (never acknowledged)."""
+    count = 0
+    for tmp in Path(spool_dir).rglob(".incoming-*.tmp"):
+        tmp.unlink(missing_ok=True)
+        count += 1
+    return count
+
+
+def spool_path_for(spool_dir: Path, sop_instance_uid: str, sha256: str, received: datetime) -> Path:
+    """``<spool>/YYYY/MM/DD/<uid>_<sha256[:12]>.dcm``: ``sop_instance_uid``
+    must be validated first.  The content hash in the name means two versions
+    of one UID never share a file, even when they race."""
+    return Path(spool_dir) / received.strftime("%Y/%m/%d") / f"{sop_instance_uid}_{sha256[:12]}.dcm"
+
+
+def store_instance(
+    raw: bytes,
+    *,
+    session_factory: sessionmaker[Session],
+    spool_dir: Path,
+    min_free_disk_mb: int,
+    transfer_syntax_uid: str,
+    calling_ae: str | None,
+    peer_address: str | None,
+    free_bytes: Callable[[Path], int] = disk_free_bytes,
+) -> StoreOutcome:
+    """Store one DICOM Part 10 byte stream (preamble and file meta included)
+    durably, or refuse it with a C-STORE status and a reason.
+
+    ``free_bytes`` is the disk-space probe (injectable so a test can simulate
+    a full disk).  Success (0x0000) means the file and its ``received`` row are
+    committed; a duplicate (same UID, same bytes) is success with
+    ``duplicate=True`` and nothing new stored.
+    """
+    spool_dir = Path(spool_dir)
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    sha256 = hashlib.sha256(raw).hexdigest()
+    source = {"calling_ae": _clean(calling_ae, 16), "peer_address": _clean(peer_address, 64)}
+
+    if free_bytes(spool_dir) < min_free_disk_mb * _MIB + len(raw):
+        reason = f"less than {min_free_disk_mb} MB free in the spool"
+        log.warning("refused %s (sha256 %s) from %s: %s", "data set", sha256[:12], _who(source), reason)
+        return StoreOutcome(OUT_OF_RESOURCES, None, False, reason)
+
+    try:
+        header = read_header(raw)
+    except HeaderError as exc:
+        return _reject(raw, sha256, None, CANNOT_UNDERSTAND, str(exc), session_factory, spool_dir, source, transfer_syntax_uid)
+
+    uid = header.sop_instance_uid
+    if not is_valid_uid(uid):
+        reason = "SOP Instance UID is missing or not a valid DICOM UID"
+        return _reject(raw, sha256, header, CANNOT_UNDERSTAND_INVALID_UID, reason, session_factory, spool_dir, source, transfer_syntax_uid)
+    if header.sop_class_uid not in ECG_STORAGE_SOP_CLASSES:
+        reason = f"SOP Class {header.sop_class_uid} is not an ECG waveform storage class"
+        return _reject(raw, sha256, header, DATA_SET_DOES_NOT_MATCH_SOP_CLASS, reason, session_factory, spool_dir, source, transfer_syntax_uid)
+    problem = header.waveform_problem()
+    if problem:
+        return _reject(raw, sha256, header, DATA_SET_DOES_NOT_MATCH_SOP_CLASS, problem, session_factory, spool_dir, source, transfer_syntax_uid)
+
+    assert uid is not None
+    columns = demographics(header)
+    for _attempt in range(_DB_RETRIES):
+        try:
+            outcome = _store_version(raw, sha256, uid, columns, session_factory, spool_dir, source, transfer_syntax_uid)
+        except IntegrityError:
+            # Another association committed this UID's next version first: look again.
+            continue
+        except SQLAlchemyError as exc:
+            reason = f"database unavailable: {type(exc).__name__}"
+            log.error("refused SOP Instance UID %s from %s: %s", uid, _who(source), reason)
+            return StoreOutcome(OUT_OF_RESOURCES, None, False, reason)
+        return outcome
+    reason = "database conflict persisted; try again"
+    log.error("refused SOP Instance UID %s from %s: %s", uid, _who(source), reason)
+    return StoreOutcome(OUT_OF_RESOURCES, None, False, reason)
+
+
+def _store_version(
+    raw: bytes,
+    sha256: str,
+    uid: str,
+    columns: dict[str, Any],
+    session_factory: sessionmaker[Session],
+    spool_dir: Path,
+    source: dict[str, str | None],
+    transfer_syntax_uid: str,
+) -> StoreOutcome:
+    with session_factory() as session:
+        existing = session.execute(
+            select(EcgInstance.id, EcgInstance.version, EcgInstance.sha256, EcgInstance.status).where(
+                EcgInstance.sop_instance_uid == uid
+            )
+        ).all()
+        for row in existing:
+            if row.sha256 == sha256 and row.status != REJECTED:
+                log.info("duplicate SOP Instance UID %s (ecg id %s, same bytes) from %s: not stored again", uid, row.id, _who(source))
+                return StoreOutcome(SUCCESS, row.id, True, "duplicate")
+        version = max((row.version for row in existing), default=0) + 1
+        flags = ["new_version"] if any(row.status != REJECTED for row in existing) else []
+        received = datetime.now(timezone.utc)
+        path = spool_path_for(spool_dir, uid, sha256, received).resolve()
+        created = write_durably(path, raw)
+        instance = EcgInstance(
+            sop_instance_uid=uid,
+            version=version,
+            transfer_syntax_uid=transfer_syntax_uid or None,
+            spool_path=str(path),
+            sha256=sha256,
+            size_bytes=len(raw),
+            status=RECEIVED,
+            flags=flags,
+            received_at=received,
+            **columns,
+            **source,
+        )
+        session.add(instance)
+        try:
+            session.commit()
+        except BaseException:
+            # Not acknowledged, so not kept (unless the file was someone else's).
+            if created:
+                path.unlink(missing_ok=True)
+            raise
+        if flags:
+            log.warning(
+                "SOP Instance UID %s received again with different bytes: stored as version %d (ecg id %d), flagged new_version",
+                uid, version, instance.id,
+            )
+        else:
+            log.info("stored SOP Instance UID %s as ecg id %d (%d bytes) from %s", uid, instance.id, len(raw), _who(source))
+        return StoreOutcome(SUCCESS, instance.id, False, None)
+
+
+def _who(source: dict[str, str | None]) -> str:
+    return f"{source.get('calling_ae') or '-'}@{source.get('peer_address') or '-'}"
+
+
+def _reject(
+    raw: bytes,
+    sha256: str,
+    header: EcgHeader | None,
+    status: int,
+    reason: str,
+    session_factory: sessionmaker[Session],
+    spool_dir: Path,
+    source: dict[str, str | None],
+    transfer_syntax_uid: str,
+) -> StoreOutcome:
+    """Refuse with ``status``; keep a quarantine copy and a ``rejected`` row
+    when possible (best effort: the refusal stands either way)."""
+    uid = header.sop_instance_uid if header else None
+    shown = uid if is_valid_uid(uid) else "(none or invalid)"
+    ecg_id = None
+    try:
+        ecg_id = _record_rejection(raw, sha256, header, reason, session_factory, spool_dir, source, transfer_syntax_uid)
+    except (OSError, SQLAlchemyError) as exc:
+        log.error("could not record the rejection of sha256 %s: %s", sha256[:12], exc)
+    log.warning(
+        "rejected SOP Instance UID %s (sha256 %s, ecg id %s) from %s with status 0x%04X: %s",
+        shown, sha256[:12], ecg_id, _who(source), status, reason,
+    )
+    return StoreOutcome(status, ecg_id, False, reason)
+
+
+def _record_rejection(
+    raw: bytes,
+    sha256: str,
+    header: EcgHeader | None,
+    reason: str,
+    session_factory: sessionmaker[Session],
+    spool_dir: Path,
+    source: dict[str, str | None],
+    transfer_syntax_uid: str,
+) -> int | None:
+    columns = demographics(header) if header else {"sop_class_uid": ""}
+    # The UID is data here, never a path: an invalid one is kept as printable text.
+    uid = _clean(header.sop_instance_uid if header else None, 64) or ""
+    quarantine = (Path(spool_dir) / REJECTED_DIR / f"{sha256}.dcm").resolve()
+    for _attempt in range(_DB_RETRIES):
+        with session_factory() as session:
+            same = session.scalar(
+                select(EcgInstance.id).where(EcgInstance.sha256 == sha256, EcgInstance.status == REJECTED).limit(1)
+            )
+            if same is not None:
+                return same  # the same bytes were refused before
+            versions = session.scalars(select(EcgInstance.version).where(EcgInstance.sop_instance_uid == uid)).all()
+            write_durably(quarantine, raw)
+            row = EcgInstance(
+                sop_instance_uid=uid,
+                version=max(versions, default=0) + 1,
+                transfer_syntax_uid=transfer_syntax_uid or None,
+                spool_path=str(quarantine),
+                sha256=sha256,
+                size_bytes=len(raw),
+                status=REJECTED,
+                error=reason,
+                flags=["rejected_at_receive"],
+                **columns,
+                **source,
+            )
+            session.add(row)
+            try:
+                session.commit()
+            except IntegrityError:
+                continue
+            return row.id
+    return None
