@@ -223,6 +223,8 @@ class AdminConfig(_Section):
     port: Port = 8080
     #: Bearer token for /api and the web view; required to bind beyond loopback.
     token: str = ""
+    #: /healthz turns unhealthy above this many pending HL7 messages; 0 = never.
+    max_hl7_backlog: Annotated[int, Field(ge=0)] = 1000
 
 
 class LoggingConfig(_Section):

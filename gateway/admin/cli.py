@@ -1,22 +1,263 @@
-"""``ecg-gateway results`` and ``ecg-gateway ecg``: look up what arrived and what the model said."""
+"""``ecg-gateway results`` and ``ecg-gateway ecg``: look up what arrived and what the model said.
+
+Nothing heavy is imported at module level (no numpy, no TensorFlow): these
+commands must answer in about a second.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
 
 import typer
 
 results_app = typer.Typer(help="Query received ECGs and their results.", no_args_is_help=True)
 ecg_app = typer.Typer(help="Export one ECG: the model's input array or the stored DICOM file.", no_args_is_help=True)
 
+FORMATS = ("table", "json", "csv")
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(message, err=True)
+    return typer.Exit(code)
+
+
+def _session(ctx: typer.Context):  # type: ignore[no-untyped-def]
+    """A session on the configured database; exits 1 with a hint when it is
+    unreachable or not migrated."""
+    from sqlalchemy import inspect
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from gateway.cli import config_from
+    from gateway.store.db import make_engine, make_sessionmaker
+
+    cfg = config_from(ctx)
+    engine = make_engine(cfg.storage.database_url)
+    try:
+        with engine.connect() as conn:
+            ready = inspect(conn).has_table("ecg_instances")
+    except SQLAlchemyError as exc:
+        raise _fail(f"database unreachable: {type(exc.orig or exc).__name__}: {str(exc.orig or exc).splitlines()[0]}") from None
+    if not ready:
+        raise _fail("database not initialised: run `ecg-gateway db upgrade`")
+    return make_sessionmaker(engine)()
+
+
+def csv_text(rows: list[dict[str, Any]]) -> str:
+    """The row dicts as CSV: one ``p_<code>`` column per probability,
+    findings and quality flags joined with ``;``."""
+    import csv
+    import io
+
+    from gateway.admin.queries import FINDING_CODES, ROW_KEYS
+
+    header = [k for k in ROW_KEYS if k != "probabilities"]
+    at = header.index("findings")
+    header[at:at] = [f"p_{c}" for c in FINDING_CODES]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        probs = row["probabilities"] or {}
+        flat = dict(row)
+        flat.update({f"p_{c}": probs.get(c) for c in FINDING_CODES})
+        flat["findings"] = ";".join(row["findings"])
+        flat["quality_flags"] = ";".join(str(f) for f in row["quality_flags"])
+        flat["demo_model"] = "true" if row["demo_model"] else "false"
+        writer.writerow(["" if flat[k] is None else flat[k] for k in header])
+    return out.getvalue()
+
+
+def _table(rows: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    colour = {"processed": "green", "received": "cyan", "rejected": "yellow", "failed": "red"}
+    table = Table(show_lines=False)
+    for name in ("id", "received (UTC)", "patient id", "name", "accession", "status", "findings", "HL7", "note"):
+        table.add_column(name, overflow="fold")
+    for r in rows:
+        note = "DEMO MODEL" if r["demo_model"] else (r["error"] or "")
+        table.add_row(
+            str(r["id"]),
+            (r["received_at"] or "")[:19].replace("T", " "),
+            r["patient_id"] or "",
+            r["patient_name"] or "",
+            r["accession_number"] or "",
+            f"[{colour.get(r['status'], 'white')}]{r['status']}[/]",
+            " ".join(r["findings"]) or ("-" if r["probabilities"] else ""),
+            r["hl7_status"],
+            note,
+            end_section=False,
+        )
+    console = Console(soft_wrap=False)
+    console.print(table)
+    console.print(f"{len(rows)} row(s)")
+
 
 @results_app.command("list")
-def list_results(ctx: typer.Context) -> None:
-    """List ECGs with their status and findings."""
-    typer.echo("results list: not implemented yet", err=True)
-    raise typer.Exit(1)
+def list_results(
+    ctx: typer.Context,
+    patient_id: Annotated[Optional[str], typer.Option("--patient-id", help="DICOM Patient ID (exact).")] = None,
+    accession: Annotated[Optional[str], typer.Option("--accession", help="Accession Number (exact).")] = None,
+    since: Annotated[Optional[str], typer.Option(help="Received at or after (ISO 8601; naive = UTC).")] = None,
+    until: Annotated[Optional[str], typer.Option(help="Received before (ISO 8601; naive = UTC).")] = None,
+    status: Annotated[Optional[str], typer.Option(help="received, processed, rejected or failed.")] = None,
+    finding: Annotated[Optional[str], typer.Option("--finding", help="1dAVb, RBBB, LBBB, SB, AF or ST.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100000, help="At most this many rows, newest first.")] = 100,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table, json or csv.")] = "table",
+) -> None:
+    """List ECGs with their status, findings and HL7 delivery status, newest first."""
+    import json
+
+    from gateway.admin.queries import QueryError, ecg_rows, parse_time
+
+    if fmt not in FORMATS:
+        raise _fail(f"--format: unknown format {fmt!r}; use {', '.join(FORMATS)}", 2)
+    try:
+        t0 = parse_time(since, "--since") if since else None
+        t1 = parse_time(until, "--until") if until else None
+        with _session(ctx) as session:
+            rows = ecg_rows(session, patient_id=patient_id, accession=accession, since=t0, until=t1,
+                            status=status, finding=finding, limit=limit)
+    except QueryError as exc:
+        raise _fail(str(exc) if str(exc).startswith("--") else f"--{exc}", 2) from None
+    if fmt == "json":
+        typer.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+    elif fmt == "csv":
+        typer.echo(csv_text(rows), nl=False)
+    else:
+        _table(rows)
+
+
+@results_app.command("show")
+def show_result(
+    ctx: typer.Context,
+    ecg: Annotated[str, typer.Argument(metavar="ID|SOP_UID", help="Database id or SOP Instance UID.")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="text or json.")] = "text",
+) -> None:
+    """Everything about one ECG: patient, device, result, normalisation report, HL7 messages and ACKs."""
+    import json
+
+    from gateway.admin.queries import ecg_detail
+
+    if fmt not in ("text", "json"):
+        raise _fail(f"--format: unknown format {fmt!r}; use text, json", 2)
+    with _session(ctx) as session:
+        detail = ecg_detail(session, ecg)
+    if detail is None:
+        raise _fail(f"no ECG with id or SOP Instance UID {ecg!r}")
+    if fmt == "json":
+        typer.echo(json.dumps(detail, indent=2, ensure_ascii=False))
+        return
+    typer.echo(format_detail(detail))
+
+
+def format_detail(d: dict[str, Any]) -> str:
+    """The plain-text form of :func:`gateway.admin.queries.ecg_detail`."""
+    import json
+
+    lines = [
+        f"ECG {d['id']}  SOP Instance UID {d['sop_instance_uid']} (version {d['version']})",
+        f"  status        {d['status']}" + (f" ({d['db_status']})" if d["db_status"] != d["status"] else ""),
+    ]
+    if d["error"]:
+        lines.append(f"  error         {d['error']}")
+    lines += [
+        f"  received at   {d['received_at']}   processed at {d['processed_at'] or '-'}",
+        f"  patient       {d['patient_name'] or '-'}  id {d['patient_id'] or '-'}  born {d['patient_birth_date'] or '-'}"
+        f"  sex {d['patient_sex'] or '-'}",
+        f"  accession     {d['accession_number'] or '-'}   study {d['study_instance_uid'] or '-'}",
+        f"  device        {d['manufacturer'] or '-'} {d['device_model'] or ''} (from {d['calling_ae'] or '-'}"
+        f" at {d['peer_address'] or '-'})",
+        f"  file          {d['size_bytes']} bytes, sha256 {d['sha256']}",
+    ]
+    if d["flags"]:
+        lines.append(f"  flags         {', '.join(map(str, d['flags']))}")
+    p = d["prediction"]
+    if p:
+        if d["demo_model"]:
+            lines.append("  !! DEMO MODEL: untrained weights, not a reading !!")
+        lines.append(f"  model         sha256 {d['model_sha256']}  gateway {p['gateway_version']}")
+        lines.append("  finding  probability  threshold")
+        for code, prob in d["probabilities"].items():
+            thr = p["thresholds"].get(code)
+            mark = "  *" if code in d["findings"] else ""
+            prob_s = "-" if prob is None else f"{prob:.3f}"
+            thr_s = "-" if thr is None else f"{thr:.3f}"
+            lines.append(f"  {code:<7}  {prob_s:>11}  {thr_s:>9}{mark}")
+        lines.append(f"  findings      {' '.join(d['findings']) or 'none'}")
+        lines.append(f"  quality flags {', '.join(map(str, d['quality_flags'])) or 'none'}")
+        lines.append("  normalisation " + json.dumps(p["normalisation"], ensure_ascii=False, default=str))
+        if p["timings"]:
+            lines.append("  timings       " + json.dumps(p["timings"]))
+    elif d.get("report"):
+        lines.append("  normalisation " + json.dumps(d["report"], ensure_ascii=False, default=str))
+    lines.append(f"  HL7           {d['hl7_status']}")
+    for m in d["hl7_messages"]:
+        lines.append(f"  - message {m['id']} control id {m['control_id']}: {m['status']}, {m['attempts']} attempt(s)"
+                     + (f", resend of {m['resend_of']}" if m["resend_of"] else "")
+                     + (f", last error: {m['last_error']}" if m["last_error"] else ""))
+        lines += ["      " + seg for seg in m["payload"].replace("\r\n", "\r").split("\r") if seg]
+        if m["ack"]:
+            lines.append("    ACK:")
+            lines += ["      " + seg for seg in m["ack"].replace("\r\n", "\r").split("\r") if seg]
+    return "\n".join(lines)
+
+
+def _check_output(out: Path, force: bool) -> None:
+    if out.exists() and not force:
+        raise _fail(f"{out} exists; use --force to overwrite")
+    if not out.parent.is_dir():
+        raise _fail(f"folder not found: {out.parent}")
+
+
+@ecg_app.command("export-input")
+def export_input(
+    ctx: typer.Context,
+    ecg: Annotated[str, typer.Argument(metavar="ID|SOP_UID", help="Database id or SOP Instance UID.")],
+    out: Annotated[Path, typer.Option("--output", "-o", help="The .npy file to write.")],
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write the exact float32 (4096, 12) array the model saw, as .npy (audited)."""
+    from gateway.admin.exports import ExportError, input_npy
+
+    from gateway.admin.audit import audit, cli_actor
+
+    _check_output(out, force)
+    with _session(ctx) as session:
+        try:
+            ecg_id, data = input_npy(session, ecg)
+        except ExportError as exc:
+            raise _fail(str(exc)) from None
+        out.write_bytes(data)
+        audit(session, cli_actor(), "export_input", f"ecg:{ecg_id}", path=str(out.resolve()))
+        session.commit()
+    typer.echo(f"wrote {out} (ECG {ecg_id}, {len(data)} bytes)")
 
 
 @ecg_app.command("export-dicom")
-def export_dicom(ctx: typer.Context) -> None:
-    """Write the stored original DICOM file."""
-    typer.echo("ecg export-dicom: not implemented yet", err=True)
-    raise typer.Exit(1)
+def export_dicom(
+    ctx: typer.Context,
+    ecg: Annotated[str, typer.Argument(metavar="ID|SOP_UID", help="Database id or SOP Instance UID.")],
+    out: Annotated[Path, typer.Option("--output", "-o", help="The .dcm file to write.")],
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write the stored original DICOM file, checked against its sha256 (audited)."""
+    from gateway.admin.exports import ExportError, original_dicom
+
+    from gateway.admin.audit import audit, cli_actor
+
+    _check_output(out, force)
+    from gateway.cli import config_from
+
+    spool_dir = config_from(ctx).storage.spool_dir
+    with _session(ctx) as session:
+        try:
+            ecg_id, data = original_dicom(session, ecg, spool_dir)
+        except ExportError as exc:
+            raise _fail(str(exc)) from None
+        out.write_bytes(data)
+        audit(session, cli_actor(), "export_dicom", f"ecg:{ecg_id}", path=str(out.resolve()))
+        session.commit()
+    typer.echo(f"wrote {out} (ECG {ecg_id}, {len(data)} bytes)")

@@ -1,0 +1,304 @@
+"""Read-side queries shared by the CLI, the HTTP API and the web view.
+
+One function builds the row dicts (:func:`ecg_rows`), so ``results list
+--format json``, ``GET /api/ecgs`` and the CSV export agree key for key.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import String, cast, func, select
+from sqlalchemy.orm import Session, selectinload
+
+from gateway.store.models import (
+    ECG_STATUSES,
+    HL7_PENDING,
+    HL7_SUPERSEDED,
+    PROCESSING,
+    RECEIVED,
+    EcgInstance,
+    Hl7Message,
+    Prediction,
+)
+
+#: The model's six outputs, in output order (docs/ecg-model.md).
+FINDING_CODES = ("1dAVb", "RBBB", "LBBB", "SB", "AF", "ST")
+#: The keys of one row, in this order, for JSON and CSV alike.
+ROW_KEYS = (
+    "id", "sop_instance_uid", "study_instance_uid", "patient_id", "patient_name", "accession_number",
+    "received_at", "status", "error", "probabilities", "findings", "quality_flags", "model_sha256",
+    "demo_model", "hl7_status",
+)
+#: Statuses as the admin sees them: a claimed ECG is still only "received".
+ROW_STATUSES = ("received", "processed", "rejected", "failed")
+HL7_ROW_STATUSES = ("pending", "delivered", "failed", "not_sent")
+#: Model input lead order when the normalisation record does not name it.
+DEFAULT_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+
+
+class QueryError(ValueError):
+    """A filter value the caller must fix (message names the filter)."""
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """Aware UTC; SQLite hands back naive datetimes that were stored as UTC."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def iso(value: datetime | None) -> str | None:
+    value = as_utc(value)
+    return value.isoformat() if value else None
+
+
+def parse_time(text: str, name: str = "time") -> datetime:
+    """ISO 8601 date or date-time; naive values are UTC."""
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise QueryError(f"{name}: not an ISO 8601 date or date-time: {text!r}") from None
+    return as_utc(value)  # type: ignore[return-value]
+
+
+def _validate(status: str | None, finding: str | None) -> None:
+    if status is not None and status not in ROW_STATUSES:
+        raise QueryError(f"status: unknown status {status!r}; use {', '.join(ROW_STATUSES)}")
+    if finding is not None and finding not in FINDING_CODES:
+        raise QueryError(f"finding: unknown finding {finding!r}; use {', '.join(FINDING_CODES)}")
+
+
+def _filtered(stmt, *, patient_id, accession, since, until, status, finding):  # type: ignore[no-untyped-def]
+    _validate(status, finding)
+    if patient_id is not None:
+        stmt = stmt.where(EcgInstance.patient_id == patient_id)
+    if accession is not None:
+        stmt = stmt.where(EcgInstance.accession_number == accession)
+    # Stored as UTC (naive on SQLite): compare in UTC without tzinfo there.
+    if since is not None:
+        stmt = stmt.where(EcgInstance.received_at >= as_utc(since))
+    if until is not None:
+        stmt = stmt.where(EcgInstance.received_at < as_utc(until))
+    if status == RECEIVED:
+        stmt = stmt.where(EcgInstance.status.in_((RECEIVED, PROCESSING)))
+    elif status is not None:
+        stmt = stmt.where(EcgInstance.status == status)
+    if finding is not None:
+        # findings is a JSON list of distinct codes; its text holds '"AF"'
+        # exactly when AF is in it, on SQLite and PostgreSQL alike.
+        stmt = stmt.join(Prediction, Prediction.ecg_id == EcgInstance.id).where(
+            cast(Prediction.findings, String).like(f'%"{finding}"%')
+        )
+    return stmt
+
+
+def hl7_status(messages: list[Hl7Message]) -> str:
+    """Status of the newest non-superseded message; ``not_sent`` when none."""
+    live = [m for m in messages if m.status != HL7_SUPERSEDED]
+    return max(live, key=lambda m: m.id).status if live else "not_sent"
+
+
+def _row(ecg: EcgInstance, hl7: str) -> dict[str, Any]:
+    p = ecg.prediction
+    return {
+        "id": ecg.id,
+        "sop_instance_uid": ecg.sop_instance_uid,
+        "study_instance_uid": ecg.study_instance_uid,
+        "patient_id": ecg.patient_id,
+        "patient_name": ecg.patient_name,
+        "accession_number": ecg.accession_number,
+        "received_at": iso(ecg.received_at),
+        "status": RECEIVED if ecg.status == PROCESSING else ecg.status,
+        "error": ecg.error,
+        "probabilities": {k: p.probabilities.get(k) for k in FINDING_CODES} if p else None,
+        "findings": list(p.findings) if p else [],
+        "quality_flags": list(p.quality_flags or []) if p else [],
+        "model_sha256": p.model_sha256 if p else None,
+        "demo_model": bool(p.demo_model) if p else False,
+        "hl7_status": hl7,
+    }
+
+
+def _hl7_statuses(session: Session, ecg_ids: list[int]) -> dict[int, str]:
+    if not ecg_ids:
+        return {}
+    stmt = (
+        select(Hl7Message.ecg_id, Hl7Message.id, Hl7Message.status)
+        .where(Hl7Message.ecg_id.in_(ecg_ids), Hl7Message.status != HL7_SUPERSEDED)
+        .order_by(Hl7Message.id)
+    )
+    out: dict[int, str] = {}
+    for ecg_id, _id, status in session.execute(stmt):
+        out[ecg_id] = status  # ascending ids: the newest wins
+    return out
+
+
+def ecg_rows(
+    session: Session,
+    *,
+    patient_id: str | None = None,
+    accession: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    status: str | None = None,
+    finding: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[dict[str, Any]]:
+    """ECGs matching every given filter, newest first, as row dicts (:data:`ROW_KEYS`).
+
+    ``since`` is inclusive, ``until`` exclusive.  ``status="received"`` also
+    matches ECGs a worker has claimed.  Raises :class:`QueryError` for an
+    unknown status or finding code.
+    """
+    if limit < 0 or offset < 0:
+        raise QueryError("limit and offset must not be negative")
+    stmt = _filtered(
+        select(EcgInstance).options(selectinload(EcgInstance.prediction).defer(Prediction.input_npy)),
+        patient_id=patient_id, accession=accession, since=since, until=until, status=status, finding=finding,
+    )
+    stmt = stmt.order_by(EcgInstance.received_at.desc(), EcgInstance.id.desc()).limit(limit).offset(offset)
+    ecgs = list(session.scalars(stmt))
+    statuses = _hl7_statuses(session, [e.id for e in ecgs])
+    return [_row(e, statuses.get(e.id, "not_sent")) for e in ecgs]
+
+
+def count_ecgs(
+    session: Session,
+    *,
+    patient_id: str | None = None,
+    accession: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    status: str | None = None,
+    finding: str | None = None,
+) -> int:
+    """How many ECGs :func:`ecg_rows` would return without limit and offset."""
+    stmt = _filtered(
+        select(func.count(EcgInstance.id)),
+        patient_id=patient_id, accession=accession, since=since, until=until, status=status, finding=finding,
+    )
+    return int(session.scalar(stmt) or 0)
+
+
+def find_ecg(session: Session, id_or_uid: str | int) -> EcgInstance | None:
+    """By database id (digits) or SOP Instance UID (its newest version)."""
+    key = str(id_or_uid).strip()
+    if key.isdigit():
+        ecg = session.get(EcgInstance, int(key))
+        if ecg is not None:
+            return ecg
+    stmt = (
+        select(EcgInstance).where(EcgInstance.sop_instance_uid == key).order_by(EcgInstance.version.desc()).limit(1)
+    )
+    return session.scalars(stmt).first()
+
+
+def lead_names(normalisation: dict[str, Any] | None) -> list[str]:
+    """The model input's column order as recorded by normalisation, else the
+    documented default (I, II, III, aVR, aVL, aVF, V1-V6)."""
+    n = normalisation or {}
+    for where in (n, n.get("params") or {}, n.get("report") or {}):
+        for key in ("output_leads", "lead_order", "leads", "model_leads"):
+            value = where.get(key) if isinstance(where, dict) else None
+            if isinstance(value, list) and len(value) == 12 and all(isinstance(v, str) for v in value):
+                return list(value)
+    return list(DEFAULT_LEADS)
+
+
+def _message(m: Hl7Message) -> dict[str, Any]:
+    return {
+        "id": m.id,
+        "control_id": m.control_id,
+        "status": m.status,
+        "attempts": m.attempts,
+        "last_error": m.last_error,
+        "payload": m.payload,
+        "ack": m.ack,
+        "resend_of": m.resend_of,
+        "created_at": iso(m.created_at),
+        "last_attempt_at": iso(m.last_attempt_at),
+        "delivered_at": iso(m.delivered_at),
+        "next_attempt_at": iso(m.next_attempt_at),
+    }
+
+
+def ecg_detail(session: Session, id_or_uid: str) -> dict[str, Any] | None:
+    """Everything about one ECG: the row keys plus device, file, prediction
+    (thresholds, spread, normalisation report, timings) and HL7 messages.
+    None when no ECG has that id or SOP Instance UID."""
+    ecg = find_ecg(session, id_or_uid)
+    if ecg is None:
+        return None
+    messages = list(ecg.messages)
+    detail = _row(ecg, hl7_status(messages))
+    detail.update(
+        {
+            "db_status": ecg.status,
+            "version": ecg.version,
+            "sop_class_uid": ecg.sop_class_uid,
+            "transfer_syntax_uid": ecg.transfer_syntax_uid,
+            "series_instance_uid": ecg.series_instance_uid,
+            "issuer_of_patient_id": ecg.issuer_of_patient_id,
+            "patient_birth_date": ecg.patient_birth_date,
+            "patient_sex": ecg.patient_sex,
+            "placer_order_number": ecg.placer_order_number,
+            "filler_order_number": ecg.filler_order_number,
+            "manufacturer": ecg.manufacturer,
+            "device_model": ecg.device_model,
+            "device_serial": ecg.device_serial,
+            "acquisition_datetime": ecg.acquisition_datetime,
+            "calling_ae": ecg.calling_ae,
+            "peer_address": ecg.peer_address,
+            "sha256": ecg.sha256,
+            "size_bytes": ecg.size_bytes,
+            "flags": list(ecg.flags or []),
+            #: What normalisation learned, also for rejected ECGs.
+            "report": ecg.report,
+            "attempts": ecg.attempts,
+            "processed_at": iso(ecg.processed_at),
+            "prediction": None,
+            "hl7_messages": [_message(m) for m in messages],
+        }
+    )
+    p = ecg.prediction
+    if p is not None:
+        detail["prediction"] = {
+            "thresholds": p.thresholds,
+            "spread": p.spread,
+            "model_files": p.model_files,
+            "normalisation": p.normalisation,
+            "leads": lead_names(p.normalisation),
+            "gateway_version": p.gateway_version,
+            "timings": p.timings,
+            "created_at": iso(p.created_at),
+            "has_input": p.input_npy is not None,
+        }
+    return detail
+
+
+def status_counts(session: Session) -> dict[str, int]:
+    """ECG rows per database status (every status, zeros included)."""
+    counts = dict.fromkeys(ECG_STATUSES, 0)
+    for status, n in session.execute(select(EcgInstance.status, func.count()).group_by(EcgInstance.status)):
+        counts[status] = n
+    return counts
+
+
+def hl7_counts(session: Session) -> dict[str, int]:
+    """Outbox rows per status."""
+    from gateway.store.models import HL7_STATUSES
+
+    counts = dict.fromkeys(HL7_STATUSES, 0)
+    for status, n in session.execute(select(Hl7Message.status, func.count()).group_by(Hl7Message.status)):
+        counts[status] = n
+    return counts
+
+
+def hl7_backlog(session: Session) -> int:
+    """Messages still waiting to be delivered."""
+    return int(session.scalar(select(func.count(Hl7Message.id)).where(Hl7Message.status == HL7_PENDING)) or 0)

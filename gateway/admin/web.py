@@ -1,0 +1,194 @@
+"""The web view: server-rendered pages (Jinja2, autoescaped), no build step.
+
+Login posts the admin token; the cookie holds a value derived from it
+(HttpOnly, SameSite=Strict).  A successful login answers with a small page
+that moves on by itself instead of a 303: a navigation started by our own page
+is same-site, so the Strict cookie is sent even when the login form itself
+was opened from another site (an EHR link, a local bookmark file).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlencode
+
+from fastapi import FastAPI, Form, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from gateway.admin.auth import NO_TOKEN_MESSAGE, SESSION_COOKIE, cookie_ok, session_value, token_ok
+from gateway.admin.queries import (
+    FINDING_CODES,
+    ROW_STATUSES,
+    QueryError,
+    count_ecgs,
+    ecg_detail,
+    ecg_rows,
+    find_ecg,
+    parse_time,
+)
+from gateway.config import Config
+
+HERE = Path(__file__).parent
+PAGE_SIZE = 50
+
+
+def _env() -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(HERE / "templates"),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+    )
+    env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, ensure_ascii=False, default=str)
+    env.filters["segments"] = lambda text: [s for s in (text or "").replace("\r\n", "\r").split("\r") if s]
+    return env
+
+
+def _safe_next(target: str | None) -> str:
+    """Only local paths: no open redirect through the login form."""
+    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return "/ecgs"
+
+
+def ecg_paper_svg(npy: bytes, leads: list[str], normalisation: dict[str, Any]) -> str:
+    """SVG of a stored model input (.npy bytes)."""
+    import numpy as np
+
+    from gateway.admin.ecg_svg import ecg_svg
+
+    array = np.load(io.BytesIO(npy), allow_pickle=False)
+    gain = normalisation.get("gain", 1.0)
+    fs = (normalisation.get("resample") or {}).get("to_hz", 400.0)
+    ok = lambda v: isinstance(v, (int, float)) and v > 0  # noqa: E731 - older records may lack the keys
+    return ecg_svg(array, leads, fs=float(fs) if ok(fs) else 400.0, gain=float(gain) if ok(gain) else 1.0)
+
+
+def add_web_routes(app: FastAPI, cfg: Config, session_factory: Callable[[], Any]) -> None:
+    """Mount the pages on ``app`` (done by :func:`gateway.admin.api.create_app`)."""
+    env = _env()
+    token = cfg.admin.token
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+
+    def page(name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+        html = env.get_template(name).render(token_set=bool(token), **context)
+        return HTMLResponse(html, status_code=status_code, headers={"Cache-Control": "no-store"})
+
+    def signed_in(request: Request) -> bool:
+        return cookie_ok(request.cookies.get(SESSION_COOKIE), token)
+
+    def to_login(request: Request) -> Response:
+        if not token:
+            return page("login.html", 403, error=NO_TOKEN_MESSAGE, next="/ecgs")
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse("/login?" + urlencode({"next": target}), status_code=303)
+
+    @app.get("/", include_in_schema=False)
+    def index() -> Response:
+        return RedirectResponse("/ecgs", status_code=303)
+
+    @app.get("/login", include_in_schema=False)
+    def login_form(next: str = "/ecgs") -> Response:
+        if not token:
+            return page("login.html", 403, error=NO_TOKEN_MESSAGE, next=_safe_next(next))
+        return page("login.html", next=_safe_next(next), error=None)
+
+    @app.post("/login", include_in_schema=False)
+    def login(token_given: Annotated[str, Form(alias="token")] = "", next: Annotated[str, Form()] = "/ecgs") -> Response:
+        target = _safe_next(next)
+        if not token:
+            return page("login.html", 403, error=NO_TOKEN_MESSAGE, next=target)
+        if not token_ok(token_given, token):
+            return page("login.html", 401, error="wrong token", next=target)
+        response = page("continue.html", target=target)
+        response.set_cookie(SESSION_COOKIE, session_value(token), httponly=True, samesite="strict", path="/",
+                            secure=False)
+        return response
+
+    @app.post("/logout", include_in_schema=False)
+    def logout() -> Response:
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+        return response
+
+    @app.get("/ecgs", include_in_schema=False)
+    def list_page(
+        request: Request,
+        patient_id: str = "",
+        accession: str = "",
+        since: str = "",
+        until: str = "",
+        status: str = "",
+        finding: str = "",
+        page_no: Annotated[int, Query(alias="page", ge=1, le=1_000_000)] = 1,
+    ) -> Response:
+        if not signed_in(request):
+            return to_login(request)
+        form = dict(patient_id=patient_id, accession=accession, since=since, until=until, status=status,
+                    finding=finding)
+        error, rows, total = None, [], 0
+        try:
+            filters = dict(
+                patient_id=patient_id or None, accession=accession or None, status=status or None,
+                finding=finding or None, since=parse_time(since, "since") if since else None,
+                until=parse_time(until, "until") if until else None,
+            )
+            with session_factory() as session:
+                rows = ecg_rows(session, limit=PAGE_SIZE, offset=(page_no - 1) * PAGE_SIZE, **filters)
+                total = count_ecgs(session, **filters)
+        except QueryError as exc:
+            error = str(exc)
+        query = {k: v for k, v in form.items() if v}
+        pages = max(1, -(-total // PAGE_SIZE))
+        return page(
+            "list.html", 400 if error else 200, rows=rows, form=form, error=error, total=total, page_no=page_no,
+            pages=pages, statuses=ROW_STATUSES, findings=FINDING_CODES,
+            prev_url="/ecgs?" + urlencode({**query, "page": page_no - 1}) if page_no > 1 else None,
+            next_url="/ecgs?" + urlencode({**query, "page": page_no + 1}) if page_no < pages else None,
+        )
+
+    @app.get("/ecgs/{ecg}", include_in_schema=False)
+    def ecg_page(request: Request, ecg: str) -> Response:
+        if not signed_in(request):
+            return to_login(request)
+        with session_factory() as session:
+            detail = ecg_detail(session, ecg)
+            instance = find_ecg(session, ecg)
+            raw = instance.prediction.input_npy if instance is not None and instance.prediction else None
+        if detail is None:
+            return page("message.html", 404, title="Not found", message=f"No ECG with id or SOP Instance UID {ecg}.")
+        svg, svg_error = None, None
+        if raw is not None:
+            try:
+                svg = ecg_paper_svg(raw, detail["prediction"]["leads"], detail["prediction"]["normalisation"] or {})
+            except (ValueError, OSError) as exc:
+                svg_error = f"cannot draw the stored model input: {exc}"
+        p = detail["prediction"]
+        scores = []
+        if p:
+            for code in FINDING_CODES:
+                prob, thr = detail["probabilities"].get(code), (p["thresholds"] or {}).get(code)
+                scores.append({"code": code, "p": prob, "threshold": thr, "above": code in detail["findings"]})
+        return page("ecg.html", d=detail, svg=svg, svg_error=svg_error, scores=scores,
+                    resent=request.query_params.get("resent"))
+
+    @app.post("/ecgs/{ecg_id}/resend", include_in_schema=False)
+    def resend(request: Request, ecg_id: int, message_id: Annotated[int, Form()]) -> Response:
+        if not signed_in(request):
+            return to_login(request)
+        origin = request.headers.get("origin")
+        if origin and origin not in (f"{request.url.scheme}://{request.url.netloc}",):
+            return page("message.html", 403, title="Refused", message="Cross-site form submissions are refused.")
+        from gateway.admin.api import client_address, resend_message
+
+        try:
+            new = resend_message(session_factory, cfg, message_id, f"web:{client_address(request)}")
+        except LookupError as exc:
+            return page("message.html", 404, title="Not found", message=str(exc))
+        except ValueError as exc:
+            return page("message.html", 409, title="Not resent", message=str(exc))
+        return RedirectResponse(f"/ecgs/{ecg_id}?resent={new['id']}", status_code=303)

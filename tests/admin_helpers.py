@@ -1,0 +1,121 @@
+"""Known rows for the admin tests, built from a real normalisation of the sample ECG."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import shutil
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+
+from gateway.config import PAPER_THRESHOLDS
+from gateway.store.models import AuditLog, EcgInstance, Hl7Message, Prediction
+
+T0 = datetime(2026, 1, 1, 10, 0, tzinfo=timezone.utc)
+MODEL_SHA = "ab" * 32
+XSS_NAME = "<script>alert(1)</script>^EVIL"
+
+
+def model_input(sample_path: Path) -> tuple[np.ndarray, dict, list[str]]:
+    """(float32 (4096, 12) array, normalisation report, quality flags) of the sample."""
+    from pydicom import dcmread
+
+    from gateway.normalise import normalise_dataset
+
+    out = normalise_dataset(dcmread(sample_path))
+    return out.signal, out.report, list(out.quality_flags)
+
+
+def npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _ecg(n: int, spool: Path, *, status: str, patient_id: str, name: str, accession: str | None,
+         error: str | None = None, sha256: str | None = None, size: int = 0) -> EcgInstance:
+    return EcgInstance(
+        sop_instance_uid=f"1.2.826.0.1.3680043.10.1.{n}", sop_class_uid="1.2.840.10008.5.1.4.1.1.9.1.1",
+        study_instance_uid=f"1.2.826.0.1.3680043.10.2.{n}", patient_id=patient_id, patient_name=name,
+        accession_number=accession, spool_path=str(spool), sha256=sha256 or "0" * 64, size_bytes=size,
+        status=status, error=error, received_at=T0 + timedelta(days=n - 1), calling_ae="CART1",
+        peer_address="127.0.0.1", manufacturer="Mortara",
+    )
+
+
+def _prediction(ecg: EcgInstance, probs: dict, signal: np.ndarray, report: dict, flags: list[str],
+                demo: bool = False) -> Prediction:
+    findings = [c for c, p in probs.items() if p > PAPER_THRESHOLDS[c]]
+    return Prediction(
+        ecg=ecg, probabilities=probs, findings=findings, thresholds=dict(PAPER_THRESHOLDS),
+        model_files=[{"path": "models/model.hdf5", "sha256": MODEL_SHA, "demo": demo}], model_sha256=MODEL_SHA,
+        demo_model=demo, normalisation=report, quality_flags=flags, input_npy=npy(signal), gateway_version="test",
+        timings={"normalise_ms": 5.0},
+    )
+
+
+def _probs(**high: float) -> dict[str, float]:
+    base = {"1dAVb": 0.01, "RBBB": 0.01, "LBBB": 0.01, "SB": 0.02, "AF": 0.03, "ST": 0.04}
+    base.update(high)
+    return base
+
+
+def _msg(ecg: EcgInstance, n: int, status: str, ack: str | None = None, resend_of: int | None = None) -> Hl7Message:
+    return Hl7Message(
+        ecg=ecg, control_id=f"CTRL{n}", order_key=ecg.patient_id or "none", status=status, ack=ack,
+        payload=f"MSH|^~\\&|ECGGW|ECGGW|EHR|HOSPITAL|20260101||ORU^R01^ORU_R01|CTRL{n}|P|2.5.1\rPID|||{ecg.patient_id}",
+        attempts=1 if status != "pending" else 0, resend_of=resend_of,
+    )
+
+
+def seed(session_factory, sample_path: Path, spool_dir: Path) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """Six ECGs with known filters' answers; returns their ids by name.
+
+    ===  ==========  =======  =========  =========  ==============  ===========
+    n    status      patient  accession  findings   HL7             demo
+    ===  ==========  =======  =========  =========  ==============  ===========
+    1    processed   P1       A1         AF         delivered       no
+    2    processed   P2 (XSS) A2         RBBB LBBB  pending (2nd)   yes
+    3    rejected    P1       A3         -          not_sent        -
+    4    failed      P3       -          -          not_sent        -
+    5    processing  P3       A5         -          not_sent        -
+    6    processed   P4       A6         none       failed          no
+    ===  ==========  =======  =========  =========  ==============  ===========
+    """
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    stored = spool_dir / "2026/01/01/sample.dcm"
+    stored.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(sample_path, stored)
+    data = stored.read_bytes()
+    signal, report, flags = model_input(sample_path)
+    with session_factory() as s:
+        e1 = _ecg(1, stored.relative_to(spool_dir), status="processed", patient_id="P1", name="DOE^JANE",
+                  accession="A1", sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+        _prediction(e1, _probs(AF=0.91), signal, report, flags)
+        e1_msg = _msg(e1, 1, "delivered", ack="MSH|^~\\&|EHR|HOSPITAL|ECGGW|ECGGW|20260101||ACK|A1|P|2.5.1\rMSA|AA|CTRL1")
+        e2 = _ecg(2, spool_dir / "missing.dcm", status="processed", patient_id="P2", name=XSS_NAME, accession="A2")
+        _prediction(e2, _probs(RBBB=0.8, LBBB=0.6), signal, report, ["V1: flat line"], demo=True)
+        _msg(e2, 2, "superseded")
+        e3 = _ecg(3, spool_dir / "x3.dcm", status="rejected", patient_id="P1", name="DOE^JANE", accession="A3",
+                  error="recording too short: 4.0 s < 8.0 s")
+        e4 = _ecg(4, spool_dir / "x4.dcm", status="failed", patient_id="P3", name="ROE^RICHARD", accession=None,
+                  error="RuntimeError: boom")
+        e5 = _ecg(5, spool_dir / "x5.dcm", status="processing", patient_id="P3", name="ROE^RICHARD", accession="A5")
+        e6 = _ecg(6, spool_dir / "x6.dcm", status="processed", patient_id="P4", name="POE^EDGAR", accession="A6")
+        _prediction(e6, _probs(), signal, report, [])
+        _msg(e6, 6, "failed")
+        s.add_all([e1, e2, e3, e4, e5, e6])
+        s.flush()
+        s.add(_msg(e2, 22, "pending", resend_of=e2.messages[0].id))
+        s.commit()
+        return {"e1": e1.id, "e2": e2.id, "e3": e3.id, "e4": e4.id, "e5": e5.id, "e6": e6.id,
+                "m1": e1_msg.id, "m2": e2.messages[0].id}
+
+
+def audit_rows(session_factory) -> list[AuditLog]:  # type: ignore[no-untyped-def]
+    from sqlalchemy import select
+
+    with session_factory() as s:
+        return list(s.scalars(select(AuditLog).order_by(AuditLog.id)))
