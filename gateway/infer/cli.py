@@ -88,7 +88,7 @@ def verify(ctx: typer.Context) -> None:
             typer.echo(f"unknown  {f.path} sha256 {f.sha256} (not in the manifest)")
         else:
             bad += 1
-            detail = "file missing" if f.status == "missing" else f"sha256 {f.sha256}, manifest says {f.recorded_sha256}"
+            detail = "file missing: run `ecg-gateway model fetch`" if f.status == "missing" else f"sha256 {f.sha256}, manifest says {f.recorded_sha256}"
             typer.echo(f"{f.status.upper():8} {f.path} ({detail})", err=True)
     if not files:
         typer.echo(f"no model files in {cfg.model.dir} (run `ecg-gateway model fetch`)", err=True)
