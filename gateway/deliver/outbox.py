@@ -1,0 +1,123 @@
+"""The outbox: ``hl7_messages`` rows are the queue.
+
+A result is built, validated and stored in the caller's transaction, before
+anything is sent; the sender (``sender.py``) marks a row delivered only on a
+matching AA.  An ECG whose message cannot be built gets a ``failed`` row that
+says why, so nothing disappears silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import TYPE_CHECKING
+
+from sqlalchemy.orm import Session
+
+from gateway.deliver.oru import OruBuildError, build_oru, order_key
+from gateway.store.models import (
+    HL7_FAILED,
+    HL7_PENDING,
+    HL7_SUPERSEDED,
+    REJECTED,
+    AuditLog,
+    Hl7Message,
+    utcnow,
+)
+
+if TYPE_CHECKING:
+    from gateway.config import Hl7Config
+    from gateway.store.models import EcgInstance, Prediction
+
+log = logging.getLogger("gateway.deliver")
+
+
+def new_control_id() -> str:
+    """A unique MSH-10 (20 hex digits: the v2.5.1 length of MSH-10)."""
+    return uuid.uuid4().hex[:20]
+
+
+def enqueue_result(session: Session, ecg: EcgInstance, prediction: Prediction | None, cfg: Hl7Config) -> Hl7Message | None:
+    """Add the ORU^R01 for ``ecg`` to the outbox in the caller's transaction
+    (no commit).  None when HL7 is disabled.
+
+    ``prediction`` is None for a rejected ECG (``ecg.error`` is the reason).
+    When the message cannot be built (e.g. no Patient ID, a value too long
+    for HL7), the row is stored as ``failed`` with the reason in
+    ``last_error`` instead of raising, so the ECG's own transaction commits.
+    """
+    if not cfg.enabled:
+        return None
+    control_id = new_control_id()
+    status, payload, error = HL7_PENDING, "", None
+    try:
+        payload = build_oru(ecg, prediction, cfg, control_id)
+    except OruBuildError as exc:
+        status, error = HL7_FAILED, f"cannot build ORU^R01: {exc}"
+        log.warning("ecg %s (SOP %s): %s", ecg.id, ecg.sop_instance_uid, error)
+    msg = Hl7Message(
+        ecg=ecg,
+        control_id=control_id,
+        order_key=order_key(ecg),
+        payload=payload,
+        status=status,
+        attempts=0,
+        last_error=error,
+        next_attempt_at=utcnow(),
+        created_at=utcnow(),
+    )
+    session.add(msg)
+    return msg
+
+
+def resend(session: Session, message_id: int, actor: str, cfg: Hl7Config) -> Hl7Message:
+    """Queue a new copy of message ``message_id`` with a new control id.
+
+    The message is rebuilt from the stored ECG and prediction with the current
+    configuration (MSH-7 and MSH-10 change anyway).  A pending or failed
+    original becomes ``superseded``; a delivered one stays delivered (the
+    receiver gets a second, deliberate copy).  Writes an AuditLog row; the
+    caller commits.
+
+    Raises LookupError for an unknown id and OruBuildError when the message
+    cannot be built (nothing is changed then).
+    """
+    old = session.get(Hl7Message, message_id)
+    if old is None:
+        raise LookupError(f"no HL7 message with id {message_id}")
+    ecg = old.ecg
+    prediction = None if ecg.status == REJECTED else ecg.prediction
+    control_id = new_control_id()
+    payload = build_oru(ecg, prediction, cfg, control_id)
+    old_status = old.status
+    if old.status in (HL7_PENDING, HL7_FAILED):
+        old.status = HL7_SUPERSEDED
+    new = Hl7Message(
+        ecg=ecg,
+        control_id=control_id,
+        order_key=order_key(ecg),
+        payload=payload,
+        status=HL7_PENDING,
+        attempts=0,
+        resend_of=old.id,
+        next_attempt_at=utcnow(),
+        created_at=utcnow(),
+    )
+    session.add(new)
+    session.flush()
+    session.add(
+        AuditLog(
+            actor=actor,
+            action="hl7_resend",
+            target=f"hl7_message:{old.id}",
+            detail={
+                "ecg_id": ecg.id,
+                "old_control_id": old.control_id,
+                "old_status": old_status,
+                "new_message_id": new.id,
+                "new_control_id": control_id,
+            },
+        )
+    )
+    log.info("hl7 message %s resent as %s (ecg %s) by %s", old.id, new.id, ecg.id, actor)
+    return new

@@ -1,0 +1,90 @@
+#!/usr/bin/env node
+// An independent HL7 v2 / MLLP receiver for the deliver tests: a stand-in for
+// the hospital system, built on npm simple-hl7 (its TCP server parses each
+// message and builds the AA with MSA-2 = MSH-10).
+//
+//   node hl7_receiver.js PORT LOGFILE [MODE,MODE,...] [--match TEXT=MODE ...]
+//
+// MODE per message, in arrival order (the last one repeats):
+//   AA     answer simple-hl7's own ACK (AA)
+//   AE/AR  the same ACK with MSA-1 AE / AR
+//   wrong  an AA whose MSA-2 is another control id
+//   split  the AA written in several TCP writes (5-byte pieces, 20 ms apart)
+//   silent never answer
+// --match TEXT=MODE overrides the sequence for messages containing TEXT.
+// simple-hl7 can only answer with one write, so `split` writes the same ACK
+// through the node socket simple-hl7 hands to the handler.
+//
+// Every received message is appended to LOGFILE as one JSON line:
+// {"n": 1, "mode": "AA", "control_id": "...", "message": "<ER7>"}.
+// Prints "listening PORT" on stdout once the port accepts connections.
+'use strict';
+
+const fs = require('fs');
+const hl7 = require('simple-hl7');
+
+const VT = String.fromCharCode(0x0b);
+const FS = String.fromCharCode(0x1c);
+const CR = String.fromCharCode(0x0d);
+
+const args = process.argv.slice(2);
+const port = parseInt(args[0], 10);
+const logFile = args[1];
+let sequence = ['AA'];
+const matches = [];
+for (let i = 2; i < args.length; i++) {
+  if (args[i] === '--match') {
+    const rule = args[++i];
+    const eq = rule.lastIndexOf('=');
+    matches.push([rule.slice(0, eq), rule.slice(eq + 1)]);
+  } else {
+    sequence = args[i].split(',');
+  }
+}
+
+let count = 0;
+const server = hl7.Server.createTcpServer(function (err, req, res) {
+  if (err) {
+    console.error('receiver error: ' + err.message);
+    return;
+  }
+  count += 1;
+  const raw = req.raw.substring(req.raw.indexOf(VT) + 1, req.raw.length - 2);
+  let mode = sequence[Math.min(count, sequence.length) - 1];
+  for (const [text, m] of matches) {
+    if (raw.includes(text)) { mode = m; break; }
+  }
+  const controlId = req.msg.header.getField(8).toString();
+  fs.appendFileSync(logFile, JSON.stringify({ n: count, mode: mode, control_id: controlId, message: raw }) + '\n');
+
+  const msa = res.ack.getSegment('MSA');
+  if (mode === 'AE' || mode === 'AR') {
+    msa.setField(1, mode);
+    msa.addField('receiver test mode ' + mode); // MSA-3 text
+  } else if (mode === 'wrong') {
+    msa.setField(2, 'NOT-' + controlId);
+  }
+  if (mode === 'silent') return;
+  if (mode === 'split') {
+    const bytes = Buffer.from(VT + res.ack.toString() + FS + CR, 'utf-8');
+    let offset = 0;
+    const writeNext = function () {
+      res.socket.write(bytes.subarray(offset, offset + 5));
+      offset += 5;
+      if (offset < bytes.length) setTimeout(writeNext, 20);
+    };
+    writeNext();
+    return;
+  }
+  res.end();
+});
+
+server.start(port);
+server.server.on('listening', function () {
+  process.stdout.write('listening ' + port + '\n');
+});
+server.server.on('error', function (e) {
+  console.error('listen failed: ' + e.message);
+  process.exit(1);
+});
+process.on('SIGTERM', function () { process.exit(0); });
