@@ -211,11 +211,34 @@ class Hl7Config(_Section):
     tls_ca: str = ""
     tls_cert: str = ""
     tls_key: str = ""
+    #: OBX-3 coding system of the local codes (probabilities, quality, model).
+    probability_coding_system: Annotated[str, Field(min_length=1, max_length=20, pattern=r"^[^|^&~\\]+$")] = "L"
+    #: OBX-3 local code of each finding's probability (NM 0..1).
+    probability_codes: dict[str, Annotated[str, Field(min_length=1, max_length=20, pattern=r"^[^|^&~\\]+$")]] = {
+        k: f"{k.upper()}_PROB" for k in PAPER_THRESHOLDS
+    }
 
     @field_validator("tls_ca", "tls_cert", "tls_key")
     @classmethod
     def _tls_files(cls, value: str, info: Any) -> str:
         return _existing_file(value, info.field_name)
+
+    @field_validator("probability_codes", mode="before")
+    @classmethod
+    def _six_codes(cls, value: Any) -> Any:
+        # Keys left out keep their default; unknown keys are errors.
+        if isinstance(value, dict):
+            unknown = set(value) - set(PAPER_THRESHOLDS)
+            if unknown:
+                raise ValueError(f"unknown finding {sorted(unknown)[0]!r}; use {', '.join(PAPER_THRESHOLDS)}")
+            return {k: value.get(k, f"{k.upper()}_PROB") for k in PAPER_THRESHOLDS}
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> "Hl7Config":
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together (client certificate)")
+        return self
 
 
 class AdminConfig(_Section):
