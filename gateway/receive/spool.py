@@ -201,6 +201,7 @@ def store_instance(
 
     assert uid is not None
     columns = demographics(header)
+    transfer_syntax_uid = transfer_syntax_uid or header.transfer_syntax_uid
     for _attempt in range(_DB_RETRIES):
         try:
             outcome = _store_version(raw, sha256, uid, columns, session_factory, spool_dir, source, transfer_syntax_uid)
@@ -326,7 +327,7 @@ def _record_rejection(
             if same is not None:
                 return same  # the same bytes were refused before
             versions = session.scalars(select(EcgInstance.version).where(EcgInstance.sop_instance_uid == uid)).all()
-            write_durably(quarantine, raw)
+            created = write_durably(quarantine, raw)
             row = EcgInstance(
                 sop_instance_uid=uid,
                 version=max(versions, default=0) + 1,
@@ -345,5 +346,9 @@ def _record_rejection(
                 session.commit()
             except IntegrityError:
                 continue
+            except BaseException:
+                if created:
+                    quarantine.unlink(missing_ok=True)
+                raise
             return row.id
     return None
