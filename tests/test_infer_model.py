@@ -1,0 +1,324 @@
+"""Loading the legacy Keras file, the compiled ensemble, thresholds, micro-batching, the demo model.
+
+Building and saving the network takes seconds, so model files are written
+once per module and shared.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from gateway import FINDINGS
+from gateway.infer.batcher import MicroBatcher
+from gateway.infer.demo import DEMO_ATTR, DEMO_LABEL, is_demo_file, write_demo_model
+from gateway.infer.loader import ModelLoadError, load_model_file
+from gateway.infer.runner import EnsembleOutput, bucket_sizes, ensemble_sha256, load_ensemble, split_batch
+from gateway.infer.thresholds import apply_thresholds
+from infer_helpers import ecg_batch, legacy_model, write_legacy_file
+
+PAPER = {"1dAVb": 0.124, "RBBB": 0.07, "LBBB": 0.05, "SB": 0.278, "AF": 0.39, "ST": 0.174}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("infer")
+
+
+@pytest.fixture(scope="module")
+def legacy(workdir: Path) -> dict:
+    """A Keras 2.2.4-style file, its weights-only twin, and plain-Keras reference outputs."""
+    model = legacy_model(seed=1)
+    x = ecg_batch(5, seed=0)
+    path = write_legacy_file(model, workdir / "model.hdf5")
+    weights_only = workdir / "weights_only.h5"
+    model.save_weights(weights_only)
+    return {"path": path, "weights_only": weights_only, "x": x, "reference": model(x, training=False).numpy()}
+
+
+@pytest.fixture(scope="module")
+def demos(workdir: Path) -> list[Path]:
+    return [write_demo_model(workdir / f"demo_{seed}.hdf5", seed=seed) for seed in (1, 2, 3)]
+
+
+@pytest.fixture(scope="module")
+def single(legacy: dict):
+    return load_ensemble([str(legacy["path"])], batch_size=4)
+
+
+# --- loading --------------------------------------------------------------------------------------
+
+def test_legacy_file_is_really_keras_224_style(legacy):
+    with h5py.File(legacy["path"], "r") as f:
+        cfg = json.loads(f.attrs["model_config"])
+        assert f.attrs["keras_version"] in (b"2.2.4", "2.2.4")
+    assert cfg["class_name"] == "Model"
+    assert cfg["config"]["layers"][0]["config"]["batch_input_shape"] == [None, 4096, 12]
+
+
+def test_legacy_file_predictions_equal_plain_keras(legacy, single):
+    assert single.members[0].loader == "keras"
+    out = single.predict(legacy["x"])
+    np.testing.assert_allclose(out.mean, legacy["reference"], atol=1e-5, rtol=0)
+    # one model: no spread
+    np.testing.assert_array_equal(out.min, out.mean)
+    np.testing.assert_array_equal(out.max, out.mean)
+    np.testing.assert_array_equal(out.std, np.zeros_like(out.mean))
+    assert 0.05 < legacy["reference"].mean() < 0.95  # not saturated: the comparison means something
+
+
+def test_identity_records_sha256_of_the_file_used(legacy, single):
+    digest = hashlib.sha256(legacy["path"].read_bytes()).hexdigest()
+    assert single.identity == {"files": [{"path": str(legacy["path"]), "sha256": digest, "demo": False}],
+                               "model_sha256": digest, "demo": False}
+    assert single.demo is False
+
+
+def test_rejected_config_falls_back_to_building_the_architecture(legacy, workdir):
+    # A config naming a layer class no Keras knows: both loaders refuse it, the weights are still good.
+    broken = workdir / "unknown_layer.hdf5"
+    broken.write_bytes(legacy["path"].read_bytes())
+    with h5py.File(broken, "r+") as f:
+        cfg = json.loads(f.attrs["model_config"])
+        cfg["config"]["layers"][1]["class_name"] = "CuDNNConv1D"
+        f.attrs["model_config"] = np.bytes_(json.dumps(cfg))
+    loaded = load_model_file(broken)
+    assert loaded.loader == "by-layer"
+    np.testing.assert_allclose(loaded.model(legacy["x"], training=False), legacy["reference"], atol=1e-5, rtol=0)
+
+
+def test_weights_only_file_loads_by_layer(legacy):
+    loaded = load_model_file(legacy["weights_only"])
+    assert loaded.loader == "by-layer"
+    np.testing.assert_allclose(loaded.model(legacy["x"], training=False), legacy["reference"], atol=1e-5, rtol=0)
+
+
+def test_wrong_shapes_are_refused(workdir):
+    import tf_keras
+
+    inp = tf_keras.layers.Input(shape=(5000, 12))
+    out = tf_keras.layers.Dense(6, activation="sigmoid")(tf_keras.layers.GlobalAveragePooling1D()(inp))
+    path = workdir / "other_model.hdf5"
+    tf_keras.Model(inp, out).save(path, save_format="h5")
+    with pytest.raises(ModelLoadError, match=(
+            rf"^{path}: not the Ribeiro et al. ECG model: input \(None, 5000, 12\), output \(None, 6\); "
+            r"expected input \(None, 4096, 12\) and output \(None, 6\)$")):
+        load_model_file(path)
+
+
+def test_missing_and_non_hdf5_files_are_refused(tmp_path):
+    with pytest.raises(ModelLoadError, match=rf"^{tmp_path}/nope.hdf5: no such model file \(run `ecg-gateway model fetch`\)"):
+        load_model_file(tmp_path / "nope.hdf5")
+    junk = tmp_path / "model.hdf5"
+    junk.write_bytes(b"<html>Zenodo is down</html>")
+    with pytest.raises(ModelLoadError, match=rf"^{junk}: not an HDF5 file"):
+        load_model_file(junk)
+    with pytest.raises(ModelLoadError, match=rf"^{junk}: not an HDF5 file"):
+        load_ensemble([str(junk)])
+
+
+def test_hdf5_without_a_model_is_refused_naming_every_loader(tmp_path):
+    path = tmp_path / "empty.hdf5"
+    with h5py.File(path, "w") as f:
+        f["x"] = np.zeros(3)
+    with pytest.raises(ModelLoadError, match=rf"^{path}: cannot load as a Keras model: keras: .*; tf_keras: .*; by-layer: "):
+        load_model_file(path)
+
+
+# --- running --------------------------------------------------------------------------------------
+
+def test_bucket_sizes_and_split():
+    assert bucket_sizes(8) == [1, 2, 4, 8]
+    assert bucket_sizes(6) == [1, 2, 4, 6]
+    assert bucket_sizes(1) == [1]
+    assert split_batch(7, 8) == [4, 2, 1]
+    assert split_batch(19, 8) == [8, 8, 2, 1]
+    assert split_batch(13, 6) == [6, 6, 1]
+    assert sum(split_batch(100, 6)) == 100
+
+
+def test_mixed_batch_returns_each_ecg_its_own_result(legacy, single):
+    # 7 ECGs with batch_size 4 run as pieces of 4, 2 and 1; each row must match that ECG alone.
+    x = np.concatenate([legacy["x"], legacy["x"][::-1][:2]])
+    out = single.predict(x)
+    alone = np.stack([single.predict(x[i:i + 1]).mean[0] for i in range(len(x))])
+    np.testing.assert_allclose(out.mean, alone, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(out.mean[:5], legacy["reference"], atol=1e-5, rtol=0)
+    assert len({tuple(np.round(r, 6)) for r in out.mean[:5]}) == 5  # the inputs really differ
+
+
+def test_ensemble_of_three_is_mean_and_spread_of_the_three(demos, legacy):
+    x = legacy["x"]
+    each = np.stack([load_ensemble([str(p)], batch_size=4, warm_up=False).predict(x).mean for p in demos])
+    ens = load_ensemble([str(p) for p in demos], batch_size=4)
+    out = ens.predict(x)
+    np.testing.assert_allclose(out.mean, each.mean(axis=0), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(out.min, each.min(axis=0), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(out.max, each.max(axis=0), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(out.std, each.std(axis=0), atol=1e-6, rtol=0)
+    assert (out.std > 0).all() and (out.min < out.max).all()
+    hashes = [hashlib.sha256(p.read_bytes()).hexdigest() for p in demos]
+    assert ens.identity["model_sha256"] == hashlib.sha256(",".join(sorted(hashes)).encode()).hexdigest()
+    assert [f["sha256"] for f in ens.identity["files"]] == hashes
+
+
+def test_ensemble_sha256_of_one_file_is_the_file_hash():
+    assert ensemble_sha256(["ab" * 32]) == "ab" * 32
+    assert ensemble_sha256(["b", "a"]) == ensemble_sha256(["a", "b"]) == hashlib.sha256(b"a,b").hexdigest()
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.zeros((4096, 12), np.float32), r"must be \(n, 4096, 12\) with n >= 1, got \(4096, 12\)"),
+    (np.zeros((0, 4096, 12), np.float32), r"got \(0, 4096, 12\)"),
+    (np.zeros((1, 4000, 12), np.float32), r"got \(1, 4000, 12\)"),
+    (np.full((1, 4096, 12), np.nan, np.float32), "NaN or infinite"),
+    (np.array([[["a"] * 12] * 4096]), "must be numeric"),
+])
+def test_bad_input_is_refused(single, bad, message):
+    with pytest.raises(ValueError, match=message):
+        single.predict(bad)
+
+
+# --- demo model -----------------------------------------------------------------------------------
+
+def test_demo_model_is_marked_and_deterministic(demos, workdir, legacy):
+    assert all(is_demo_file(p) for p in demos)
+    assert not is_demo_file(legacy["path"])
+    with h5py.File(demos[0], "r") as f:
+        assert f.attrs[DEMO_ATTR].startswith(DEMO_LABEL)
+    again = write_demo_model(workdir / "again.hdf5", seed=1)
+    a = load_ensemble([str(demos[0])], warm_up=False).predict(legacy["x"]).mean
+    b = load_ensemble([str(again)], warm_up=False).predict(legacy["x"]).mean
+    np.testing.assert_array_equal(a, b)
+    c = load_ensemble([str(demos[1])], warm_up=False).predict(legacy["x"]).mean
+    assert np.abs(a - c).max() > 1e-3  # another seed, other weights
+
+
+def test_ensemble_with_a_demo_file_is_demo(demos, legacy):
+    ens = load_ensemble([str(legacy["path"]), str(demos[0])], warm_up=False)
+    assert ens.demo is True and ens.identity["demo"] is True
+    assert [f["demo"] for f in ens.identity["files"]] == [False, True]
+
+
+# --- micro-batching -------------------------------------------------------------------------------
+
+def test_micro_batcher_gives_each_ecg_its_own_row(single, legacy):
+    seen: list[int] = []
+
+    def predict(x: np.ndarray) -> EnsembleOutput:
+        seen.append(len(x))
+        return single.predict(x)
+
+    x = np.concatenate([legacy["x"], ecg_batch(3, seed=7)])  # 8 different ECGs
+    mb = MicroBatcher(predict, batch_size=4, max_wait_ms=5000)
+    futures = [mb.submit(e) for e in x]
+    results = [f.result(timeout=60) for f in futures]
+    mb.close()
+    assert seen == [4, 4]  # full batches run without waiting for the deadline
+    expected = single.predict(x)
+    for i, r in enumerate(results):
+        np.testing.assert_allclose(r.mean, expected.mean[i], atol=1e-6, rtol=0)
+        assert r.as_dict() == {c: float(v) for c, v in zip(FINDINGS, r.mean)}
+
+
+def _fake_predict(x: np.ndarray) -> EnsembleOutput:
+    """Row i = the first sample of ECG i in every column: shows which row went where."""
+    p = np.repeat(x[:, 0, :1], 6, axis=1).astype(np.float64)
+    return EnsembleOutput(mean=p, min=p - 1, max=p + 1, std=np.zeros_like(p))
+
+
+def _ecg(value: float) -> np.ndarray:
+    return np.full((4096, 12), value, np.float32)
+
+
+def test_micro_batcher_waits_at_most_max_wait_then_runs_a_partial_batch():
+    mb = MicroBatcher(_fake_predict, batch_size=8, max_wait_ms=10)
+    futures = [mb.submit(_ecg(v)) for v in (3.0, 5.0)]
+    assert [f.result(timeout=10).mean[0] for f in futures] == [3.0, 5.0]
+    assert futures[1].result().min[0] == 4.0 and futures[1].result().max[0] == 6.0
+    mb.close()
+
+
+def test_micro_batcher_close_finishes_queued_ecgs_then_refuses():
+    gate = threading.Event()
+
+    def slow(x: np.ndarray) -> EnsembleOutput:
+        gate.wait(10)
+        return _fake_predict(x)
+
+    mb = MicroBatcher(slow, batch_size=2, max_wait_ms=0)
+    futures = [mb.submit(_ecg(float(v))) for v in range(5)]
+    closer = threading.Thread(target=mb.close)
+    closer.start()
+    gate.set()
+    closer.join(10)
+    assert [f.result(timeout=0).mean[0] for f in futures] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    with pytest.raises(RuntimeError, match="closed"):
+        mb.submit(_ecg(1.0))
+
+
+def test_micro_batcher_failure_reaches_every_waiter():
+    def broken(x: np.ndarray) -> EnsembleOutput:
+        raise MemoryError("out of memory in the convolution")
+
+    mb = MicroBatcher(broken, batch_size=4, max_wait_ms=50)
+    futures = [mb.submit(_ecg(1.0)) for _ in range(3)]
+    for f in futures:
+        with pytest.raises(MemoryError, match="out of memory"):
+            f.result(timeout=10)
+    mb.close()
+
+
+def test_micro_batcher_refuses_wrong_shape_and_settings():
+    mb = MicroBatcher(_fake_predict, batch_size=2, max_wait_ms=1)
+    with pytest.raises(ValueError, match=r"an ECG must be \(4096, 12\), got \(1, 4096, 12\)"):
+        mb.submit(np.zeros((1, 4096, 12), np.float32))
+    mb.close()
+    with pytest.raises(ValueError, match="batch_size"):
+        MicroBatcher(_fake_predict, batch_size=0, max_wait_ms=1)
+
+
+# --- thresholds -----------------------------------------------------------------------------------
+
+def test_thresholds_strictly_above_in_findings_order():
+    probs = {"ST": 0.5, "AF": 0.39, "1dAVb": 0.125, "RBBB": 0.0, "LBBB": 0.05000001, "SB": 0.1}
+    assert apply_thresholds(probs, PAPER) == ["1dAVb", "LBBB", "ST"]  # AF equal to its threshold: not called
+    assert apply_thresholds({c: 0.0 for c in FINDINGS}, PAPER) == []
+    assert apply_thresholds({c: 1.0 for c in FINDINGS}, PAPER) == list(FINDINGS)
+
+
+def test_thresholds_missing_keys_are_errors():
+    with pytest.raises(KeyError, match="no probability for finding 'SB'"):
+        apply_thresholds({c: 0.5 for c in FINDINGS if c != "SB"}, PAPER)
+    with pytest.raises(KeyError, match="no threshold for finding 'AF'"):
+        apply_thresholds({c: 0.5 for c in FINDINGS}, {k: v for k, v in PAPER.items() if k != "AF"})
+
+
+def test_config_defaults_are_the_paper_thresholds():
+    from gateway.config import ModelConfig
+
+    assert ModelConfig().thresholds == PAPER
+
+
+def test_cli_demo_writes_marked_file_and_records_it(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from gateway.cli import app
+    from gateway.infer.manifest import read_manifest
+
+    monkeypatch.setenv("ECG_GATEWAY_MODEL__DIR", str(tmp_path / "models"))
+    out = tmp_path / "models" / "demo.hdf5"
+    result = CliRunner().invoke(app, ["model", "demo", "--out", str(out), "--seed", "4"])
+    assert result.exit_code == 0, result.output
+    assert f"wrote {out}: untrained demo model (seed 4), NOT for clinical use" in result.output
+    assert is_demo_file(out)
+    entry = read_manifest(tmp_path / "models")["files"]["demo.hdf5"]
+    assert entry["demo"] is True and entry["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    listed = CliRunner().invoke(app, ["model", "list"])
+    assert listed.exit_code == 0 and DEMO_LABEL in listed.output
