@@ -1,14 +1,113 @@
-"""``ecg-gateway hl7``: the outbound ORU^R01 queue."""
+"""``ecg-gateway hl7``: the outbound ORU^R01 queue (list, show, resend)."""
 
 from __future__ import annotations
+
+import getpass
+from typing import Annotated, Optional
 
 import typer
 
 app = typer.Typer(help="Outbound HL7 results: list, show, resend.", no_args_is_help=True)
 
+STATUSES = ("pending", "delivered", "failed", "superseded")
+
+
+def _session(ctx: typer.Context):  # type: ignore[no-untyped-def]
+    from gateway.cli import config_from
+    from gateway.store.db import make_engine, make_sessionmaker
+
+    cfg = config_from(ctx)
+    return cfg, make_sessionmaker(make_engine(cfg.storage.database_url))
+
+
+def _default_actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:  # no user name in some containers
+        return "cli"
+
 
 @app.command("list")
-def list_messages(ctx: typer.Context) -> None:
-    """List outbound messages."""
-    typer.echo("hl7 list: not implemented yet", err=True)
-    raise typer.Exit(1)
+def list_messages(
+    ctx: typer.Context,
+    status: Annotated[Optional[str], typer.Option("--status", "-s", help=f"Only this status: {', '.join(STATUSES)}.")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="At most this many, newest first.")] = 50,
+) -> None:
+    """List outbound messages: id, ECG, status, attempts, control id, last error."""
+    from sqlalchemy import select
+
+    from gateway.store.models import Hl7Message
+
+    if status is not None and status not in STATUSES:
+        typer.echo(f"unknown status {status!r}; use one of: {', '.join(STATUSES)}", err=True)
+        raise typer.Exit(2)
+    _cfg, factory = _session(ctx)
+    with factory() as session:
+        stmt = select(Hl7Message).order_by(Hl7Message.id.desc()).limit(limit)
+        if status:
+            stmt = stmt.where(Hl7Message.status == status)
+        rows = session.scalars(stmt).all()
+    typer.echo(f"{'ID':>6}  {'ECG':>6}  {'STATUS':<10}  {'TRIES':>5}  {'CONTROL ID':<20}  {'CREATED (UTC)':<19}  LAST ERROR")
+    for m in rows:
+        created = m.created_at.strftime("%Y-%m-%d %H:%M:%S") if m.created_at else ""
+        error = (m.last_error or "").replace("\n", " ")[:80]
+        typer.echo(f"{m.id:>6}  {m.ecg_id:>6}  {m.status:<10}  {m.attempts:>5}  {m.control_id:<20}  {created:<19}  {error}")
+    if not rows:
+        typer.echo("(no messages)", err=True)
+
+
+@app.command("show")
+def show_message(
+    ctx: typer.Context,
+    message_id: Annotated[int, typer.Argument(metavar="ID", help="Message id (from `hl7 list`).")],
+    actor: Annotated[str, typer.Option(help="Who looks (audit log).")] = "",
+) -> None:
+    """Show one message: status, attempts, the ER7 sent and the ACK received (audit-logged: PHI)."""
+    from gateway.store.models import AuditLog, Hl7Message
+
+    _cfg, factory = _session(ctx)
+    with factory() as session, session.begin():
+        m = session.get(Hl7Message, message_id)
+        if m is None:
+            typer.echo(f"no HL7 message with id {message_id}", err=True)
+            raise typer.Exit(1)
+        session.add(AuditLog(actor=actor or _default_actor(), action="hl7_show", target=f"hl7_message:{m.id}",
+                             detail={"ecg_id": m.ecg_id}))
+        fields = [
+            ("id", m.id), ("ecg", m.ecg_id), ("status", m.status), ("control id", m.control_id),
+            ("order key", m.order_key), ("attempts", m.attempts), ("last attempt", m.last_attempt_at),
+            ("next attempt", m.next_attempt_at if m.status == "pending" else None),
+            ("delivered", m.delivered_at), ("created", m.created_at), ("resend of", m.resend_of),
+            ("last error", m.last_error),
+        ]
+        for label, value in fields:
+            if value is not None:
+                typer.echo(f"{label + ':':<14}{value}")
+        typer.echo("\nmessage:")
+        typer.echo(m.payload.replace("\r", "\n").rstrip("\n") or "(none: it could not be built)")
+        typer.echo("\nack:")
+        typer.echo((m.ack or "(none)").replace("\r", "\n").rstrip("\n"))
+
+
+@app.command("resend")
+def resend_message(
+    ctx: typer.Context,
+    message_id: Annotated[int, typer.Argument(metavar="ID", help="Message id (from `hl7 list`).")],
+    actor: Annotated[str, typer.Option(help="Who asks (audit log); default cli:<user>.")] = "",
+) -> None:
+    """Queue the message again with a new control id (rebuilt from the stored result; audit-logged)."""
+    from gateway.deliver.oru import OruBuildError
+    from gateway.deliver.outbox import resend
+
+    cfg, factory = _session(ctx)
+    with factory() as session:
+        try:
+            with session.begin():
+                new = resend(session, message_id, actor or _default_actor(), cfg.hl7)
+        except LookupError as exc:
+            typer.echo(str(exc), err=True)
+            raise typer.Exit(1) from None
+        except OruBuildError as exc:
+            typer.echo(f"cannot rebuild message {message_id}: {exc}", err=True)
+            raise typer.Exit(1) from None
+        typer.echo(f"queued message {new.id} (control id {new.control_id}) as a resend of {message_id}")

@@ -1,0 +1,144 @@
+"""Helpers for the deliver tests: ECG rows, the npm receiver, the sender thread."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.config import Hl7Config
+from gateway.store.models import EcgInstance, Prediction
+
+PEERS = Path(__file__).resolve().parent / "peers"
+RECEIVER_JS = PEERS / "hl7_receiver.js"
+
+PROBS = {"1dAVb": 0.61234567, "RBBB": 0.01, "LBBB": 0.00012, "SB": 0.3, "AF": 0.95, "ST": 0.1}
+FINDINGS_ABOVE = ["1dAVb", "SB", "AF"]
+
+
+def hl7_config(port: int, **overrides: Any) -> Hl7Config:
+    """Fast timings for tests (no wall-clock assertions depend on them)."""
+    values: dict[str, Any] = dict(
+        host="127.0.0.1", port=port, connect_timeout=1.0, ack_timeout=1.0,
+        backoff_initial_s=0.05, backoff_max_s=0.2, max_attempts=3,
+    )
+    values.update(overrides)
+    return Hl7Config(**values)
+
+
+def make_ecg(session, *, prediction: bool = True, **fields: Any) -> EcgInstance:  # type: ignore[no-untyped-def]
+    """An ECG row (and its Prediction unless ``prediction=False``); flushed, not committed."""
+    sop = fields.pop("sop_instance_uid", f"2.25.{uuid.uuid4().int}")
+    values: dict[str, Any] = dict(
+        sop_instance_uid=sop, sop_class_uid="1.2.840.10008.5.1.4.1.1.9.1.1",
+        study_instance_uid=f"2.25.{uuid.uuid4().int}", patient_id="PAT1", issuer_of_patient_id="HOSP",
+        patient_name="Doe^John", patient_birth_date="19600101", patient_sex="M", accession_number="ACC1",
+        placer_order_number="PLACER1", filler_order_number="FILLER1", requested_procedure_id="RP1",
+        acquisition_datetime="20240102030405", spool_path="/nonexistent.dcm", sha256="0" * 64, size_bytes=1,
+        status="processed",
+    )
+    values.update(fields)
+    ecg = EcgInstance(**values)
+    session.add(ecg)
+    if prediction:
+        session.add(Prediction(
+            ecg=ecg, probabilities=dict(PROBS), findings=list(FINDINGS_ABOVE), thresholds={}, model_files=[],
+            model_sha256="ab" * 32, demo_model=False, normalisation={}, quality_flags=[], gateway_version="test",
+        ))
+    session.flush()
+    return ecg
+
+
+def require_receiver() -> None:
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed")
+    if not (PEERS / "node_modules" / "simple-hl7").is_dir():
+        pytest.skip("npm peers not installed: run `npm ci` in tests/peers (./dev test does)")
+
+
+class Receiver:
+    """The npm simple-hl7 receiver (tests/peers/hl7_receiver.js) in a child process."""
+
+    def __init__(self, port: int, log: Path, modes: str = "AA", matches: dict[str, str] | None = None) -> None:
+        require_receiver()
+        self.port, self.log = port, log
+        args = ["node", str(RECEIVER_JS), str(port), str(log), modes]
+        for text, mode in (matches or {}).items():
+            args += ["--match", f"{text}={mode}"]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        if not line.startswith("listening"):
+            self.stop()
+            raise RuntimeError(f"receiver did not start: {line!r} {self.proc.stderr.read() if self.proc.stderr else ''}")
+
+    def messages(self) -> list[dict[str, Any]]:
+        if not self.log.exists():
+            return []
+        return [json.loads(line) for line in self.log.read_text(encoding="utf-8").splitlines() if line]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream:
+                stream.close()
+
+
+@contextmanager
+def receiver(port: int, log: Path, modes: str = "AA", matches: dict[str, str] | None = None) -> Iterator[Receiver]:
+    r = Receiver(port, log, modes, matches)
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
+@contextmanager
+def sender(session_factory, cfg: Hl7Config) -> Iterator[threading.Event]:  # type: ignore[no-untyped-def]
+    """run_sender in a thread; yields its wake event; stops and joins it on exit."""
+    from gateway.deliver.sender import run_sender
+
+    stop, wake = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            run_sender(session_factory, cfg, stop, wake)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    t = threading.Thread(target=target, name="hl7-sender-test", daemon=True)
+    t.start()
+    try:
+        yield wake
+    finally:
+        stop.set()
+        t.join(15)
+        assert not t.is_alive(), "sender thread did not stop"
+        assert not errors, errors
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    """Poll until ``predicate()`` is truthy (a deadline, not a timing assertion)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
