@@ -22,6 +22,7 @@ from gateway.demo import app as demo_app
 from gateway.infer.cli import app as model_app
 from gateway.receive.cli import ingest
 from gateway.store.cli import app as db_app
+from gateway.validate.cli import validate
 
 app = typer.Typer(
     name="ecg-gateway",
@@ -97,6 +98,7 @@ app.add_typer(results_app, name="results")
 app.add_typer(ecg_app, name="ecg")
 app.add_typer(hl7_app, name="hl7")
 app.add_typer(demo_app, name="demo")
+app.command("validate")(validate)
 
 
 def main() -> None:

@@ -250,6 +250,32 @@ class AdminConfig(_Section):
     max_hl7_backlog: Annotated[int, Field(ge=0)] = 1000
 
 
+class ValidateConfig(_Section):
+    """``ecg-gateway validate``: commissioning on the published test set."""
+
+    #: data.zip of Zenodo record 3765780 (the paper's test set).
+    url: str = ZENODO_DATA_URL
+    #: md5 of data.zip; empty = the download is NOT verified (a loud warning).
+    md5: str = ""
+    #: Where ``validate --fetch`` puts ecg_tracings.hdf5 and gold_standard.csv.
+    data_dir: str = "var/validation/data"
+    #: Each run writes its report under ``<report_dir>/<timestamp>/``.
+    report_dir: str = "var/validation"
+    #: The round trip fails when a yes/no decision flips while the direct
+    #: probability is more than this away from the threshold.
+    flip_margin: Annotated[float, Field(ge=0, lt=1)] = 0.02
+    #: The round trip fails when any probability differs by more than this; 0 = not checked.
+    max_abs_difference: Annotated[float, Field(ge=0, le=1)] = 0.0
+
+    @field_validator("md5")
+    @classmethod
+    def _md5(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value and (len(value) != 32 or any(c not in "0123456789abcdef" for c in value)):
+            raise ValueError("not an md5 digest (32 hex digits), or empty for unverified")
+        return value
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -263,6 +289,8 @@ class Config(_Section):
     hl7: Hl7Config = Hl7Config()
     admin: AdminConfig = AdminConfig()
     logging: LoggingConfig = LoggingConfig()
+    # "validate" would shadow pydantic's BaseModel.validate: the field has another name.
+    validation: ValidateConfig = Field(default=ValidateConfig(), alias="validate")
 
 
 def _parse_env_value(raw: str) -> Any:
