@@ -90,7 +90,9 @@ def _table(rows: list[dict[str, Any]]) -> None:
             note,
             end_section=False,
         )
-    console = Console(soft_wrap=False)
+    console = Console()
+    if not console.is_terminal:  # piped: do not squeeze rows into 80 columns
+        console = Console(width=max(console.width, 240))
     console.print(table)
     console.print(f"{len(rows)} row(s)")
 

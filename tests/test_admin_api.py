@@ -1,0 +1,296 @@
+"""The admin HTTP API and web view (FastAPI TestClient over the real app and database)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from admin_helpers import XSS_NAME, audit_rows, model_input, seed
+from gateway.admin.api import check_admin_bind, create_app
+from gateway.admin.auth import SESSION_COOKIE
+from gateway.config import AdminConfig, Config
+from gateway.store.db import make_engine, make_sessionmaker
+
+TOKEN = "t0ken-for-tests"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+PHI = ("DOE^JANE", "ROE^RICHARD", "P1", "A1")
+
+
+def make_cfg(db_url, tmp_path, token=TOKEN, **admin):
+    return Config.model_validate({
+        "storage": {"database_url": db_url, "spool_dir": str(tmp_path / "spool")},
+        "admin": {"token": token, **admin},
+    })
+
+
+@pytest.fixture
+def seeded(session_factory, sample_path, tmp_path):
+    return seed(session_factory, sample_path, tmp_path / "spool")
+
+
+@pytest.fixture
+def client(db_url, session_factory, seeded, tmp_path):
+    return TestClient(create_app(make_cfg(db_url, tmp_path), session_factory))
+
+
+def api_routes(seeded):
+    e1, m1 = seeded["e1"], seeded["m1"]
+    return [("GET", "/api/ecgs"), ("GET", f"/api/ecgs/{e1}"), ("GET", f"/api/ecgs/{e1}/input.npy"),
+            ("GET", f"/api/ecgs/{e1}/original.dcm"), ("POST", f"/api/hl7/{m1}/resend")]
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"},
+                                     {"Authorization": "Bearer"}])
+def test_every_api_route_needs_the_token(client, seeded, session_factory, headers):
+    for method, path in api_routes(seeded):
+        r = client.request(method, path, headers=headers)
+        assert r.status_code == 401, (method, path)
+        assert r.headers["www-authenticate"] == "Bearer"
+        assert not any(v in r.text for v in PHI)
+    assert audit_rows(session_factory) == []
+
+
+def test_openapi_lists_every_api_route_as_bearer_protected(client, seeded):
+    schema = client.get("/openapi.json").json()
+    assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    templates = ["/api/ecgs", "/api/ecgs/{ecg}", "/api/ecgs/{ecg}/input.npy", "/api/ecgs/{ecg}/original.dcm",
+                 "/api/hl7/{message_id}/resend"]
+    for (method, _path), template in zip(api_routes(seeded), templates):
+        assert schema["paths"][template][method.lower()]["security"] == [{"HTTPBearer": []}]
+
+
+def test_without_a_configured_token_the_api_and_web_are_off(db_url, session_factory, seeded, tmp_path):
+    c = TestClient(create_app(make_cfg(db_url, tmp_path, token=""), session_factory))
+    for method, path in api_routes(seeded):
+        r = c.request(method, path, headers={"Authorization": "Bearer "})
+        assert r.status_code == 403 and "set [admin] token" in r.json()["detail"]
+    r = c.get("/ecgs", follow_redirects=False)
+    assert r.status_code == 403 and "set [admin] token" in r.text and "DOE" not in r.text
+    assert c.post("/login", data={"token": ""}).status_code == 403
+    assert c.get("/healthz").status_code == 200  # no PHI there
+
+
+def test_list_paginates(client, seeded):
+    r = client.get("/api/ecgs", params={"limit": 4}, headers=AUTH)
+    body = r.json()
+    assert r.status_code == 200
+    assert [i["id"] for i in body["items"]] == [seeded[k] for k in ("e6", "e5", "e4", "e3")]
+    assert (body["total"], body["limit"], body["offset"], body["next_offset"]) == (6, 4, 0, 4)
+    body = client.get("/api/ecgs", params={"limit": 4, "offset": 4}, headers=AUTH).json()
+    assert [i["id"] for i in body["items"]] == [seeded["e2"], seeded["e1"]]
+    assert body["next_offset"] is None
+    assert client.get("/api/ecgs", params={"limit": 0}, headers=AUTH).status_code == 422
+
+
+@pytest.mark.parametrize("params, expected, total", [
+    ({"patient_id": "P3"}, ["e5", "e4"], 2),
+    ({"accession": "A6"}, ["e6"], 1),
+    ({"since": "2026-01-05T00:00:00+00:00"}, ["e6", "e5"], 2),
+    ({"until": "2026-01-02"}, ["e1"], 1),
+    ({"status": "failed"}, ["e4"], 1),
+    ({"finding": "LBBB"}, ["e2"], 1),
+    ({"status": "processed", "limit": 1}, ["e6"], 3),
+])
+def test_list_filters(client, seeded, params, expected, total):
+    body = client.get("/api/ecgs", params=params, headers=AUTH).json()
+    assert [i["id"] for i in body["items"]] == [seeded[k] for k in expected]
+    assert body["total"] == total
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"status": "lost"}, "status: unknown status 'lost'"),
+    ({"finding": "MI"}, "finding: unknown finding 'MI'"),
+    ({"since": "last week"}, "since: not an ISO 8601 date or date-time"),
+])
+def test_bad_filters_are_422_with_the_reason(client, params, message):
+    r = client.get("/api/ecgs", params=params, headers=AUTH)
+    assert r.status_code == 422 and message in r.json()["detail"]
+
+
+def test_detail(client, seeded):
+    r = client.get(f"/api/ecgs/{seeded['e2']}", headers=AUTH)
+    d = r.json()
+    assert d["patient_name"] == XSS_NAME and d["demo_model"] is True and d["hl7_status"] == "pending"
+    assert [m["status"] for m in d["hl7_messages"]] == ["superseded", "pending"]
+    assert client.get("/api/ecgs/1.2.826.0.1.3680043.10.1.1", headers=AUTH).json()["id"] == seeded["e1"]
+    r = client.get("/api/ecgs/77777", headers=AUTH)
+    assert r.status_code == 404 and "no ECG" in r.json()["detail"]
+
+
+def test_input_npy_export_is_exact_and_audited(client, seeded, session_factory, sample_path):
+    r = client.get(f"/api/ecgs/{seeded['e1']}/input.npy", headers=AUTH)
+    assert r.status_code == 200 and r.headers["content-type"] == "application/octet-stream"
+    np.testing.assert_array_equal(np.load(io.BytesIO(r.content)), model_input(sample_path)[0])
+    (row,) = audit_rows(session_factory)
+    assert (row.actor, row.action, row.target) == ("api:testclient", "export_input", f"ecg:{seeded['e1']}")
+    assert row.at is not None
+    r = client.get(f"/api/ecgs/{seeded['e4']}/input.npy", headers=AUTH)
+    assert r.status_code == 409 and "has no model input (status failed" in r.json()["detail"]
+    assert len(audit_rows(session_factory)) == 1
+
+
+def test_original_dicom_export_is_audited(client, seeded, session_factory, sample_path):
+    r = client.get(f"/api/ecgs/{seeded['e1']}/original.dcm", headers=AUTH)
+    assert r.status_code == 200 and r.content == sample_path.read_bytes()
+    assert [a.action for a in audit_rows(session_factory)] == ["export_dicom"]
+
+
+def test_resend_queues_a_new_message_and_writes_an_audit_row(client, seeded, session_factory):
+    r = client.post(f"/api/hl7/{seeded['m1']}/resend", headers=AUTH)
+    assert r.status_code == 200, r.text
+    new = r.json()
+    assert new["resend_of"] == seeded["m1"] and new["status"] == "pending" and new["ecg_id"] == seeded["e1"]
+    (row,) = audit_rows(session_factory)
+    assert (row.actor, row.action, row.target) == ("api:testclient", "hl7_resend", f"hl7_message:{seeded['m1']}")
+    assert row.detail["new_message_id"] == new["id"]
+    d = client.get(f"/api/ecgs/{seeded['e1']}", headers=AUTH).json()
+    assert d["hl7_status"] == "pending" and d["hl7_messages"][-1]["id"] == new["id"]
+    r = client.post("/api/hl7/98765/resend", headers=AUTH)
+    assert r.status_code == 404 and "98765" in r.json()["detail"]
+
+
+def test_healthz_ok_and_metrics(client, seeded):
+    r = client.get("/healthz")
+    body = r.json()
+    assert r.status_code == 200 and body["status"] == "ok"
+    assert body["components"]["database"] == {"ok": True}
+    assert body["components"]["hl7_backlog"]["pending"] == 1
+    assert body["components"]["spool_disk"]["ok"] is True
+    text = client.get("/metrics").text
+    assert 'ecg_gateway_ecgs{status="processed"} 3.0' in text
+    assert 'ecg_gateway_ecgs{status="processing"} 1.0' in text
+    assert "ecg_gateway_queue_depth 1.0" in text
+    assert 'ecg_gateway_hl7_messages{status="superseded"} 1.0' in text
+    assert "ecg_gateway_database_up 1.0" in text
+    assert not any(v in text or v in json.dumps(body) for v in ("DOE^JANE", "ROE^RICHARD"))
+
+
+def test_healthz_is_503_when_the_database_is_unreachable(tmp_path):
+    from conftest import free_port
+
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nothing"  # nobody listens there
+    engine = make_engine(url, connect_args={"connect_timeout": 2})
+    c = TestClient(create_app(make_cfg(url, tmp_path), make_sessionmaker(engine)))
+    r = c.get("/healthz")
+    body = r.json()
+    assert r.status_code == 503 and body["status"] == "unhealthy"
+    assert body["components"]["database"]["ok"] is False
+    assert "OperationalError" in body["components"]["database"]["error"]
+    assert body["components"]["hl7_backlog"] == {"ok": False, "error": "database unreachable"}
+    assert "ecg_gateway_database_up 0.0" in c.get("/metrics").text
+    engine.dispose()
+
+
+@pytest.mark.parametrize("states, status", [
+    ({"scp_listening": True, "model_loaded": True}, 200),
+    ({"scp_listening": True, "model_loaded": "not in this process"}, 200),
+    ({"scp_listening": False, "model_loaded": True}, 503),
+    ({"scp_listening": True, "model_loaded": "loading models/model.hdf5"}, 503),
+])
+def test_healthz_includes_what_serve_reports(db_url, session_factory, tmp_path, states, status):
+    c = TestClient(create_app(make_cfg(db_url, tmp_path), session_factory, health=lambda: states))
+    r = c.get("/healthz")
+    assert r.status_code == status
+    assert {k: r.json()["components"][k]["ok"] for k in states} == {
+        k: v is True or v == "not in this process" for k, v in states.items()}
+
+
+def test_healthz_hl7_backlog_limit(db_url, session_factory, seeded, tmp_path):
+    c = TestClient(create_app(make_cfg(db_url, tmp_path, max_hl7_backlog=0), session_factory))
+    assert c.get("/healthz").status_code == 200  # 0 = off
+    c = TestClient(create_app(make_cfg(db_url, tmp_path, max_hl7_backlog=1), session_factory))
+    assert c.get("/healthz").status_code == 200  # 1 pending
+    client = TestClient(create_app(make_cfg(db_url, tmp_path), session_factory))
+    client.post(f"/api/hl7/{seeded['m1']}/resend", headers=AUTH)  # 2 pending now
+    r = c.get("/healthz")
+    assert r.status_code == 503 and r.json()["components"]["hl7_backlog"] == {"ok": False, "pending": 2, "max": 1}
+
+
+@pytest.mark.parametrize("host, token, refused", [
+    ("127.0.0.1", "", False), ("localhost", "", False), ("::1", "", False), ("127.0.0.2", "", False),
+    ("0.0.0.0", "", True), ("10.1.2.3", "", True), ("::", "", True), ("admin.example.org", "", True),
+    ("0.0.0.0", "secret", False),
+])
+def test_check_admin_bind(host, token, refused):
+    problem = check_admin_bind(AdminConfig(host=host, token=token))
+    assert (problem is not None) == refused
+    if refused:
+        assert f"admin.host is {host}" in problem and "set [admin] token" in problem
+
+
+# --- web view -----------------------------------------------------------------------------------
+
+def login(client, token=TOKEN, next_="/ecgs"):
+    return client.post("/login", data={"token": token, "next": next_}, follow_redirects=False)
+
+
+def test_web_needs_login_and_sets_a_derived_strict_cookie(client, seeded):
+    r = client.get(f"/ecgs/{seeded['e1']}", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == f"/login?next=%2Fecgs%2F{seeded['e1']}"
+    assert login(client, "wrong").status_code == 401
+    assert SESSION_COOKIE not in client.cookies
+    r = login(client, next_=f"/ecgs/{seeded['e1']}")
+    assert r.status_code == 200
+    cookie = r.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
+    assert TOKEN not in cookie
+    assert f'url=/ecgs/{seeded["e1"]}"' in r.text  # moves on by itself
+    assert client.get(f"/ecgs/{seeded['e1']}").status_code == 200
+    r = client.post("/logout", follow_redirects=False)
+    assert r.status_code == 303 and 'ecg_gateway_admin=""' in r.headers["set-cookie"]
+    assert client.get("/ecgs", follow_redirects=False).status_code == 303
+
+
+@pytest.mark.parametrize("target", ["//evil.example/x", "https://evil.example/", "javascript:alert(1)", "/\\evil"])
+def test_login_does_not_redirect_off_site(client, target):
+    r = login(client, next_=target)
+    assert r.status_code == 200 and "url=/ecgs\"" in r.text
+
+
+def test_a_cookie_from_another_token_is_refused(client, db_url, session_factory, tmp_path):
+    other = TestClient(create_app(make_cfg(db_url, tmp_path, token="another-token"), session_factory))
+    login(other, "another-token")
+    client.cookies.set(SESSION_COOKIE, other.cookies[SESSION_COOKIE])
+    assert client.get("/ecgs", follow_redirects=False).status_code == 303
+
+
+def test_list_page(client, seeded):
+    login(client)
+    page = client.get("/ecgs").text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>alert" not in page
+    assert 'class="status-processed has-findings"' in page and 'class="badge status failed"' in page
+    assert 'class="badge hl7 delivered"' in page and 'class="badge demo"' in page
+    page = client.get("/ecgs", params={"finding": "AF"}).text
+    assert "DOE^JANE" in page and "ROE^RICHARD" not in page and "1 ECG(s)" in page
+    r = client.get("/ecgs", params={"status": "lost"})
+    assert r.status_code == 400 and "unknown status" in r.text
+
+
+def test_ecg_page(client, seeded):
+    login(client)
+    page = client.get(f"/ecgs/{seeded['e2']}").text
+    assert 'class="banner demo"' in page and "DEMO MODEL" in page
+    assert page.count('class="lead-panel"') == 12 and page.count('class="rhythm-strip"') == 1
+    assert 'data-finding="RBBB"' in page and "0.800" in page and "0.070" in page
+    assert "V1: flat line" in page and "output_leads" in page
+    assert "&lt;script&gt;" in page and "<script>alert" not in page
+    page = client.get(f"/ecgs/{seeded['e1']}").text
+    assert "DEMO MODEL" not in page and "MSA|AA|CTRL1" in page and "Resend" in page
+    page = client.get(f"/ecgs/{seeded['e3']}").text
+    assert "recording too short" in page and "No model input stored" in page
+    assert client.get("/ecgs/4040404").status_code == 404
+
+
+def test_web_resend(client, seeded, session_factory):
+    login(client)
+    r = client.post(f"/ecgs/{seeded['e1']}/resend", data={"message_id": seeded["m1"]}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith(f"/ecgs/{seeded['e1']}?resent=")
+    (row,) = audit_rows(session_factory)
+    assert (row.actor, row.action) == ("web:testclient", "hl7_resend")
+    r = client.post(f"/ecgs/{seeded['e1']}/resend", data={"message_id": seeded["m1"]},
+                    headers={"Origin": "https://evil.example"}, follow_redirects=False)
+    assert r.status_code == 403 and len(audit_rows(session_factory)) == 1
