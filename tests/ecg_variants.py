@@ -95,7 +95,7 @@ def keep_channels(ds: Dataset, leads: list[str]) -> Dataset:
     present = channel_leads(group)
     index = [present.index(lead) for lead in leads]
     channels = list(group.ChannelDefinitionSequence)
-    group.ChannelDefinitionSequence = [channels[i] for i in index]
+    group.ChannelDefinitionSequence = [copy.deepcopy(channels[i]) for i in index]
     _set_samples(group, raw_samples(group)[:, index])
     return out
 

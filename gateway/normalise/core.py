@@ -157,7 +157,8 @@ def _normalise(ds: Dataset, params: NormaliseParams, report: dict[str, Any]) -> 
     gaps: dict[str, np.ndarray] = {}
     for lead, (col, negate) in found.items():
         ch = channels[col]
-        x = raw.samples[rows, col] * ch.mv_per_count + ch.baseline_mv
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is caught below as non-finite
+            x = raw.samples[rows, col] * ch.mv_per_count + ch.baseline_mv
         if negate:
             x = -x
         valid = None
@@ -174,7 +175,8 @@ def _normalise(ds: Dataset, params: NormaliseParams, report: dict[str, Any]) -> 
             if fraction >= quality.CLIPPED_UNUSABLE:
                 unusable.add(lead)
     if derived:
-        computed = derive_limb_leads(source["I"], source["II"])
+        with np.errstate(over="ignore", invalid="ignore"):
+            computed = derive_limb_leads(source["I"], source["II"])
         for lead in derived:
             source[lead] = computed[lead]
             gap = gaps.get("I", np.zeros(n_rows, bool)) | gaps.get("II", np.zeros(n_rows, bool))

@@ -11,8 +11,8 @@ from scipy.signal import resample_poly
 
 MODEL_RATE_HZ = 400
 MODEL_SAMPLES = 4096
-#: Beyond this the polyphase filter gets impractically long (rates like 499.7123 Hz).
-MAX_UP_DOWN = 4000
+#: Beyond this the polyphase filter gets impractically long (rates like 499.712 Hz).
+MAX_UP_DOWN = 2000
 
 
 def resampling_factors(fs: float | str) -> tuple[int, int]:
