@@ -1,0 +1,199 @@
+"""The storage SCP with DCMTK echoscu/storescu as the cart."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
+from sqlalchemy import select
+
+from gateway.config import DicomConfig, StorageConfig
+from gateway.receive.scp import ScpServer, start_scp
+from gateway.receive.spool import (
+    CANNOT_UNDERSTAND_INVALID_UID,
+    DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+    OUT_OF_RESOURCES,
+    SUCCESS,
+)
+from gateway.store.models import RECEIVED, REJECTED, EcgInstance
+from receive_helpers import GENERAL_32BIT_ECG, HEMODYNAMIC, ecg_bytes, spool_files, storescu, write
+
+SAMPLE_UID = "1.3.6.1.4.1.20029.40.20130125105919.5407.1.1"
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Path:
+    return tmp_path / "spool"
+
+
+@pytest.fixture
+def scp_factory(session_factory, spool: Path, port: int) -> Iterator:  # type: ignore[no-untyped-def]
+    started: list[ScpServer] = []
+
+    def start(on_stored=None, free_bytes=None, **dicom):  # type: ignore[no-untyped-def]
+        cfg = DicomConfig(**{"port": port, "host": "127.0.0.1", "min_free_disk_mb": 0, **dicom})
+        scp = start_scp(cfg, StorageConfig(spool_dir=str(spool)), session_factory, on_stored, free_bytes=free_bytes)
+        started.append(scp)
+        return scp
+
+    yield start
+    for scp in started:
+        scp.shutdown()
+
+
+def _rows(session_factory) -> list[EcgInstance]:  # type: ignore[no-untyped-def]
+    with session_factory() as s:
+        return list(s.scalars(select(EcgInstance).order_by(EcgInstance.id)))
+
+
+def test_echoscu_succeeds(scp_factory, port: int) -> None:
+    scp_factory()
+    proc = subprocess.run(["echoscu", "-v", "-aec", "ECGGW", "127.0.0.1", str(port)], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert "Received Echo Response (Success)" in proc.stdout + proc.stderr
+
+
+def test_storescu_sample_gives_success_and_one_row(scp_factory, port: int, sample_path: Path, session_factory, spool: Path) -> None:
+    woken: list[int] = []
+    scp = scp_factory(on_stored=woken.append)
+    assert scp.ports == [port]
+    results, out = storescu(port, [sample_path])
+    assert [s for _, s in results] == [SUCCESS], out
+    [row] = _rows(session_factory)
+    assert (row.sop_instance_uid, row.status, row.calling_ae, row.peer_address) == (SAMPLE_UID, RECEIVED, "CART1", "127.0.0.1")
+    assert row.transfer_syntax_uid == "1.2.840.10008.1.2.1"
+    assert hashlib.sha256(Path(row.spool_path).read_bytes()).hexdigest() == row.sha256
+    assert woken == [row.id]
+    # the same instance again: success, still one row, no second wake-up
+    results, out = storescu(port, [sample_path])
+    assert [s for _, s in results] == [SUCCESS], out
+    assert len(_rows(session_factory)) == 1 and len(spool_files(spool)) == 1
+    assert woken == [row.id]
+
+
+@pytest.mark.parametrize(
+    ("transfer_syntax", "option"),
+    [(ImplicitVRLittleEndian, "-xi"), (DeflatedExplicitVRLittleEndian, "-xd")],
+)
+def test_other_transfer_syntaxes(scp_factory, port: int, sample_path: Path, session_factory, tmp_path: Path, transfer_syntax: str, option: str) -> None:
+    scp_factory()
+    path = write(tmp_path / "in.dcm", ecg_bytes(sample_path, transfer_syntax=transfer_syntax))
+    results, out = storescu(port, [path], extra=[option])
+    assert [s for _, s in results] == [SUCCESS], out
+    [row] = _rows(session_factory)
+    assert row.transfer_syntax_uid == transfer_syntax
+    assert row.patient_id == "642341"
+
+
+def test_hemodynamic_class_with_storescu_and_32bit_with_pynetdicom(scp_factory, port: int, sample_path: Path, session_factory, tmp_path: Path) -> None:
+    scp_factory()
+    results, out = storescu(port, [write(tmp_path / "h.dcm", ecg_bytes(sample_path, sop_class=HEMODYNAMIC))])
+    assert [s for _, s in results] == [SUCCESS], out
+    # DCMTK 3.6.7 does not know General 32-bit ECG: pynetdicom is the cart here
+    import io
+
+    from pydicom import dcmread
+    from pynetdicom import AE
+
+    ae = AE(ae_title="CART2")
+    ae.add_requested_context(GENERAL_32BIT_ECG)
+    assoc = ae.associate("127.0.0.1", port, ae_title="ECGGW")
+    assert assoc.is_established
+    status = assoc.send_c_store(dcmread(io.BytesIO(ecg_bytes(sample_path, sop_class=GENERAL_32BIT_ECG))))
+    assoc.release()
+    assert status.Status == SUCCESS
+    assert sorted(r.sop_class_uid for r in _rows(session_factory)) == sorted([HEMODYNAMIC, GENERAL_32BIT_ECG])
+
+
+def test_disallowed_calling_ae_is_rejected_and_logged(scp_factory, port: int, sample_path: Path, session_factory, caplog) -> None:
+    scp_factory(allowed_calling_aets=["CART1"])
+    with caplog.at_level(logging.INFO, logger="gateway.receive"):
+        results, out = storescu(port, [sample_path], calling="INTRUDER")
+    assert results == [] and "Association Rejected" in out
+    assert "Calling AE Title Not Recognized" in out
+    assert "127.0.0.1 (calling AE 'INTRUDER'" in caplog.text and "allowed_calling_aets" in caplog.text
+    assert _rows(session_factory) == []
+    results, out = storescu(port, [sample_path], calling="CART1")
+    assert [s for _, s in results] == [SUCCESS], out
+
+
+def test_wrong_called_ae_and_host_are_rejected(scp_factory, port: int, sample_path: Path, session_factory, caplog) -> None:
+    scp = scp_factory(allowed_hosts=["10.0.0.0/8"])
+    with caplog.at_level(logging.INFO, logger="gateway.receive"):
+        results, out = storescu(port, [sample_path])
+    assert results == [] and "Association Rejected" in out
+    assert "source host not in allowed_hosts" in caplog.text
+    scp.shutdown()
+    scp_factory(allowed_hosts=["127.0.0.0/8"])
+    results, out = storescu(port, [sample_path], called="OTHERAE")
+    assert results == [] and "Called AE Title Not Recognized" in out
+    results, out = storescu(port, [sample_path])
+    assert [s for _, s in results] == [SUCCESS], out
+
+
+def test_ct_image_is_not_negotiated(scp_factory, port: int, session_factory, spool: Path) -> None:
+    from pydicom.data import get_testdata_file
+
+    scp_factory()
+    results, out = storescu(port, [Path(get_testdata_file("CT_small.dcm"))])
+    assert results == []
+    assert "no presentation context" in out.lower() or "no acceptable presentation contexts" in out.lower(), out
+    assert _rows(session_factory) == [] and spool_files(spool) == []
+
+
+def test_bad_inputs_get_statuses_and_leave_no_file(scp_factory, port: int, sample_path: Path, session_factory, spool: Path, tmp_path: Path) -> None:
+    scp_factory()
+    no_waveform = write(tmp_path / "in" / "no_waveform.dcm", ecg_bytes(sample_path, drop_waveform=True))
+    bad_uid = write(tmp_path / "in" / "bad_uid.dcm", ecg_bytes(sample_path, uid="1.2.3/../../../../escaped"))
+    results, out = storescu(port, [no_waveform, bad_uid])
+    assert dict(results) == {
+        str(no_waveform): DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+        str(bad_uid): CANNOT_UNDERSTAND_INVALID_UID,
+    }, out
+    assert spool_files(spool) == []
+    rows = _rows(session_factory)
+    assert [(r.status, r.error) for r in rows] == [
+        (REJECTED, "no WaveformSequence"),
+        (REJECTED, "SOP Instance UID is missing or not a valid DICOM UID"),
+    ]
+    # only the two quarantine copies (named by content) were written
+    written = {
+        p for p in tmp_path.rglob("*")
+        if p.is_file() and p.relative_to(tmp_path).parts[0] != "in" and not p.name.startswith("gateway.db")
+    }
+    assert written == {Path(r.spool_path) for r in rows}
+    assert all(p.parent == (spool / "rejected").resolve() for p in written)
+
+
+def test_truncated_file_is_refused(scp_factory, port: int, sample_path: Path, session_factory, spool: Path, tmp_path: Path, monkeypatch) -> None:
+    """DCMTK refuses to send a file cut mid-element ("premature end of
+    stream"), so pynetdicom sends it, as bytes read from the file unchanged."""
+    from pynetdicom import AE, _config
+
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+
+    scp_factory()
+    raw = ecg_bytes(sample_path)
+    cut = write(tmp_path / "cut.dcm", raw[: len(raw) - 30000])
+    ae = AE(ae_title="CART3")
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.9.1.1", "1.2.840.10008.1.2.1")
+    assoc = ae.associate("127.0.0.1", port, ae_title="ECGGW")
+    assert assoc.is_established
+    status = assoc.send_c_store(cut)
+    assoc.release()
+    assert status.Status == 0xC000
+    assert spool_files(spool) == []
+    [row] = _rows(session_factory)
+    assert row.status == REJECTED and "truncated" in row.error
+
+
+def test_simulated_full_disk_is_a700(scp_factory, port: int, sample_path: Path, session_factory, spool: Path) -> None:
+    scp_factory(free_bytes=lambda path: 0, min_free_disk_mb=1)
+    results, out = storescu(port, [sample_path])
+    assert [s for _, s in results] == [OUT_OF_RESOURCES], out
+    assert _rows(session_factory) == [] and [p for p in spool.rglob("*") if p.is_file()] == []
