@@ -168,7 +168,8 @@ def _normalise(ds: Dataset, params: NormaliseParams, report: dict[str, Any]) -> 
             x[gaps[lead]] = np.nan
         source[lead] = x
         fraction = quality.clipped_fraction(
-            raw.samples[rows, col], raw.rails[col], fs, ch.mv_per_count, ch.baseline_mv, valid
+            raw.samples[rows, col], raw.rails[col], fs, ch.mv_per_count, ch.baseline_mv, valid,
+            plateaus=raw.bits_allocated > 8,
         )
         if fraction > 0:
             flags.append(f"{lead}: clipped ({100 * fraction:.1f}% of samples)")

@@ -33,16 +33,20 @@ def _runs_at_least(mask: np.ndarray, length: int) -> np.ndarray:
 
 def clipped_fraction(
     samples: np.ndarray, rails: tuple[int, int], fs: float, mv_per_count: float, baseline_mv: float = 0.0,
-    valid: np.ndarray | None = None,
+    valid: np.ndarray | None = None, plateaus: bool = True,
 ) -> float:
     """Share of a channel's raw samples that sit on the converter's rails, or on
-    a plateau (>= 40 ms, >= 1 mV from zero) at the channel's own extreme value."""
+    a plateau (>= 40 ms, >= 1 mV from zero) at the channel's own extreme value.
+
+    ``plateaus=False`` for coarsely quantised (8-bit companded) data, whose
+    peaks sit on one code for long.
+    """
     x = samples if valid is None else samples[valid]
     if x.size == 0 or x.min() == x.max():
         return 0.0  # empty or constant: the flat check speaks for it
     saturated = (x <= rails[0]) | (x >= rails[1])
     run = max(2, int(round(CLIPPED_MIN_RUN_S * fs)))
-    for value in (x.max(), x.min()):
+    for value in (x.max(), x.min()) if plateaus else ():
         if abs(float(value) * mv_per_count + baseline_mv) < PLATEAU_MIN_MV:
             continue
         extreme = x == value

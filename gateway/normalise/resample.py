@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
-from scipy.signal import resample_poly
 
 MODEL_RATE_HZ = 400
 MODEL_SAMPLES = 4096
@@ -59,6 +58,8 @@ def resample_to_model(x: np.ndarray, up: int, down: int, window: Window) -> np.n
 
     ``x`` holds the rows ``window.source_start:window.source_stop`` only.
     """
+    from scipy.signal import resample_poly  # scipy.signal takes seconds to import: only when used
+
     y = resample_poly(x, up, down, axis=1) if (up, down) != (1, 1) else x
     if window.pad_before or window.pad_after:
         return np.pad(y, ((0, 0), (window.pad_before, window.pad_after)))
