@@ -277,6 +277,7 @@ def test_ecg_page(client, seeded):
     assert page.count('class="lead-panel"') == 12 and page.count('class="rhythm-strip"') == 1
     assert 'data-finding="RBBB"' in page and "0.800" in page and "0.070" in page
     assert "V1: flat line" in page and "output_leads" in page
+    assert "<dt>Padding</dt><dd>48 before, 48 after</dd>" in page and "1000.0 Hz -&gt; 400 Hz" in page
     assert "&lt;script&gt;" in page and "<script>alert" not in page
     page = client.get(f"/ecgs/{seeded['e1']}").text
     assert "DEMO MODEL" not in page and "MSA|AA|CTRL1" in page and "Resend" in page
