@@ -9,7 +9,7 @@
 //   AA     answer simple-hl7's own ACK (AA)
 //   AE/AR  the same ACK with MSA-1 AE / AR
 //   wrong  an AA whose MSA-2 is another control id
-//   split  the AA written in several TCP writes (5-byte pieces, 20 ms apart)
+//   split  the AA written in several TCP writes (16-byte pieces, 10 ms apart)
 //   silent never answer
 // --match TEXT=MODE overrides the sequence for messages containing TEXT.
 // simple-hl7 can only answer with one write, so `split` writes the same ACK
@@ -69,9 +69,9 @@ const server = hl7.Server.createTcpServer(function (err, req, res) {
     const bytes = Buffer.from(VT + res.ack.toString() + FS + CR, 'utf-8');
     let offset = 0;
     const writeNext = function () {
-      res.socket.write(bytes.subarray(offset, offset + 5));
-      offset += 5;
-      if (offset < bytes.length) setTimeout(writeNext, 20);
+      res.socket.write(bytes.subarray(offset, offset + 16));
+      offset += 16;
+      if (offset < bytes.length) setTimeout(writeNext, 10);
     };
     writeNext();
     return;
