@@ -1,0 +1,149 @@
+"""Normalise throughput: ECGs per second from pydicom's real sample (decode + normalise).
+
+One run prints ECG/s for
+
+  (a) decode only: ``pydicom.dcmread`` of the file bytes (the floor of any decode + normalise),
+  (b) the naive recipe: dcmread + ``waveform_array`` + uV->mV + ``resample_poly`` + pad,
+      the baseline the gateway's extra checks are compared with,
+  (c) ``normalise_dataset`` alone on an already decoded data set,
+  (d) decode + ``normalise_dataset`` in one process, and in ``--workers`` processes,
+
+  (e) a prototype of a faster decode: the receive stage's header walker skips the
+      ~77 undefined-length annotation items pydicom parses eagerly, and pydicom
+      decodes only the WaveformSequence (uses receive's private helpers: a
+      measurement for the lead, not production code; "n/a" if they change),
+
+and the ratios (c)/(b-normalise part), (d)/(b), (d)/model and (e)/(d).  The model figure
+(about 30 ECG/s compiled on 2 cores, docs/ecg-model.md) is quoted, not measured.
+
+Usage: .venv/bin/python bench/bench_normalise.py [--seconds 2] [--rounds 3] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import multiprocessing
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import pydicom  # noqa: E402
+from pydicom.data import get_testdata_file  # noqa: E402
+from scipy.signal import resample_poly  # noqa: E402
+
+from gateway.normalise import NormaliseParams, normalise_dataset  # noqa: E402
+
+MODEL_ECG_PER_S = 30.0  # compiled Keras on 2 cores (quoted from docs/ecg-model.md)
+
+
+def rate(fn: Callable[[], object], seconds: float, rounds: int) -> float:
+    """Best-of-rounds calls per second."""
+    fn()
+    best = 0.0
+    for _ in range(rounds):
+        n, start = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - start) < seconds:
+            fn()
+            n += 1
+        best = max(best, n / elapsed)
+    return best
+
+
+def naive(raw: bytes) -> np.ndarray:
+    ds = pydicom.dcmread(io.BytesIO(raw))
+    mv = ds.waveform_array(0) / 1000.0
+    y = resample_poly(mv, 2, 5, axis=0)
+    return np.pad(y, ((48, 48), (0, 0))).astype(np.float32)
+
+
+def decode_and_normalise(raw: bytes) -> np.ndarray:
+    return normalise_dataset(pydicom.dcmread(io.BytesIO(raw)), NormaliseParams()).signal
+
+
+def walker_decode(raw: bytes) -> pydicom.Dataset:
+    """Top level via gateway.receive.header's walker + the WaveformSequence via pydicom."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+    from pydicom.tag import BaseTag
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    from gateway.receive import header
+
+    fp = io.BytesIO(raw)
+    read_preamble(fp, False)
+    meta = _read_file_meta_info(fp)
+    implicit = meta.TransferSyntaxUID == ImplicitVRLittleEndian
+    ds, spans = header._dataset(raw, fp.tell(), len(raw), implicit, None)
+    (start, end), = spans
+    length = int.from_bytes(raw[start - 4:start], "little")  # the SQ's own length field
+    tag = BaseTag(0x54000100)
+    ds[tag] = RawDataElement(tag, None if implicit else "SQ", length, raw[start:end], start, implicit, True)
+    ds.file_meta = meta
+    return ds
+
+
+def _worker(args: tuple[bytes, float]) -> int:
+    raw, seconds = args
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        decode_and_normalise(raw)
+        n += 1
+    return n
+
+
+def parallel_rate(raw: bytes, workers: int, seconds: float) -> float:
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        pool.map(_worker, [(raw, 0.2)] * workers)  # warm up every worker
+        start = time.perf_counter()
+        counts = pool.map(_worker, [(raw, seconds)] * workers)
+        return sum(counts) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+
+    raw = Path(get_testdata_file("waveform_ecg.dcm")).read_bytes()
+    ds = pydicom.dcmread(io.BytesIO(raw))
+    np.testing.assert_allclose(decode_and_normalise(raw), naive(raw), atol=1e-5)  # same numbers, or the race is void
+
+    decode = rate(lambda: pydicom.dcmread(io.BytesIO(raw)), args.seconds, args.rounds)
+    baseline = rate(lambda: naive(raw), args.seconds, args.rounds)
+    alone = rate(lambda: normalise_dataset(ds), args.seconds, args.rounds)
+    combined = rate(lambda: decode_and_normalise(raw), args.seconds, args.rounds)
+    parallel = parallel_rate(raw, args.workers, args.seconds)
+    try:
+        np.testing.assert_array_equal(normalise_dataset(walker_decode(raw)).signal, decode_and_normalise(raw))
+        walker = rate(lambda: normalise_dataset(walker_decode(raw)), args.seconds, args.rounds)
+    except Exception as exc:  # noqa: BLE001 - a prototype on another stage's private helpers
+        walker, walker_error = 0.0, f"{type(exc).__name__}: {exc}"
+
+    naive_normalise = 1 / (1 / baseline - 1 / decode)  # the naive recipe's own part
+    print(f"sample: {len(raw)} bytes, 12 x 10000 at 1000 Hz; {os.cpu_count()} CPUs; load {os.getloadavg()[0]:.2f}")
+    print(f"(a) decode only (pydicom.dcmread)            {decode:8.1f} ECG/s  {1000 / decode:6.2f} ms")
+    print(f"(b) naive dcmread+waveform_array+resample    {baseline:8.1f} ECG/s  {1000 / baseline:6.2f} ms  (baseline)")
+    print(f"(c) normalise_dataset alone                  {alone:8.1f} ECG/s  {1000 / alone:6.2f} ms")
+    print(f"(d) decode + normalise_dataset, 1 process    {combined:8.1f} ECG/s  {1000 / combined:6.2f} ms")
+    print(f"(d) decode + normalise_dataset, {args.workers} processes  {parallel:8.1f} ECG/s")
+    print(f"ratio (d, 1 process) / (b) baseline          {combined / baseline:8.2f}")
+    print(f"ratio (c) / naive normalise part ({naive_normalise:.0f}/s)   {alone / naive_normalise:8.2f}")
+    print(f"ratio (d, {args.workers} processes) / model {MODEL_ECG_PER_S:g} ECG/s      {parallel / MODEL_ECG_PER_S:8.2f}")
+    print(f"share of decode in (d)                       {combined / decode:8.0%}")
+    if walker:
+        print(f"(e) walker decode + normalise, 1 process     {walker:8.1f} ECG/s  {1000 / walker:6.2f} ms")
+        print(f"ratio (e) / (d)                              {walker / combined:8.2f}")
+    else:
+        print(f"(e) walker decode: n/a ({walker_error})")
+
+
+if __name__ == "__main__":
+    main()
