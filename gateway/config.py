@@ -267,9 +267,13 @@ class ValidateConfig(_Section):
     #: The round trip fails when any probability differs by more than this; 0 = not checked.
     max_abs_difference: Annotated[float, Field(ge=0, le=1)] = 0.0
 
-    @field_validator("md5")
+    @field_validator("md5", mode="before")
     @classmethod
-    def _md5(cls, value: str) -> str:
+    def _md5(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # an all-digit md5 in the environment reads as a TOML integer
+        if not isinstance(value, str):
+            return value
         value = value.strip().lower()
         if value and (len(value) != 32 or any(c not in "0123456789abcdef" for c in value)):
             raise ValueError("not an md5 digest (32 hex digits), or empty for unverified")
