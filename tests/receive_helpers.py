@@ -99,3 +99,23 @@ def spool_files(spool_dir: Path) -> list[Path]:
     return sorted(
         p for p in spool_dir.rglob("*") if p.is_file() and "rejected" not in p.relative_to(spool_dir).parts
     )
+
+
+def same_length_uid(template: str, serial: int) -> str:
+    """A valid UID (2.25 root) of ``template``'s length, unique per ``serial``."""
+    import random
+
+    digits = len(template) - len("2.25.")
+    return "2.25." + str(serial + 1) + "".join(random.choice("0123456789") for _ in range(digits - len(str(serial + 1))))
+
+
+def copies_with_new_uids(raw: bytes, uid: str, count: int) -> list[tuple[str, bytes]]:
+    """``count`` copies of a file, each with a new SOP Instance UID patched
+    in place (same length, so every element length stays right): cheap
+    enough to build hundreds for a burst or a benchmark."""
+    assert raw.count(uid.encode()) >= 2, "UID expected in file meta and data set"
+    out = []
+    for serial in range(count):
+        new = same_length_uid(uid, serial)
+        out.append((new, raw.replace(uid.encode(), new.encode())))
+    return out
