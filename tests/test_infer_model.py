@@ -19,7 +19,7 @@ from gateway import FINDINGS
 from gateway.infer.batcher import MicroBatcher
 from gateway.infer.demo import DEMO_ATTR, DEMO_LABEL, is_demo_file, write_demo_model
 from gateway.infer.loader import ModelLoadError, load_model_file
-from gateway.infer.runner import EnsembleOutput, bucket_sizes, ensemble_sha256, load_ensemble, split_batch
+from gateway.infer.runner import Ensemble, EnsembleOutput, bucket_sizes, ensemble_sha256, load_ensemble, split_batch
 from gateway.infer.thresholds import apply_thresholds
 from infer_helpers import ecg_batch, legacy_model, write_legacy_file
 
@@ -153,19 +153,24 @@ def test_mixed_batch_returns_each_ecg_its_own_result(legacy, single):
     assert len({tuple(np.round(r, 6)) for r in out.mean[:5]}) == 5  # the inputs really differ
 
 
-def test_ensemble_of_three_is_mean_and_spread_of_the_three(demos, legacy):
+@pytest.fixture(scope="module")
+def three(demos):
+    return load_ensemble([str(p) for p in demos], batch_size=4, warm_up=False)
+
+
+def test_ensemble_of_three_is_mean_and_spread_of_the_three(three, demos, legacy):
     x = legacy["x"]
-    each = np.stack([load_ensemble([str(p)], batch_size=4, warm_up=False).predict(x).mean for p in demos])
-    ens = load_ensemble([str(p) for p in demos], batch_size=4)
-    out = ens.predict(x)
+    # Each member called the plain Keras way, outside the compiled function.
+    each = np.stack([np.asarray(m.model(x, training=False)) for m in three.members])
+    out = three.predict(x)
     np.testing.assert_allclose(out.mean, each.mean(axis=0), atol=1e-6, rtol=0)
     np.testing.assert_allclose(out.min, each.min(axis=0), atol=1e-6, rtol=0)
     np.testing.assert_allclose(out.max, each.max(axis=0), atol=1e-6, rtol=0)
     np.testing.assert_allclose(out.std, each.std(axis=0), atol=1e-6, rtol=0)
     assert (out.std > 0).all() and (out.min < out.max).all()
     hashes = [hashlib.sha256(p.read_bytes()).hexdigest() for p in demos]
-    assert ens.identity["model_sha256"] == hashlib.sha256(",".join(sorted(hashes)).encode()).hexdigest()
-    assert [f["sha256"] for f in ens.identity["files"]] == hashes
+    assert three.identity["model_sha256"] == hashlib.sha256(",".join(sorted(hashes)).encode()).hexdigest()
+    assert [f["sha256"] for f in three.identity["files"]] == hashes
 
 
 def test_ensemble_sha256_of_one_file_is_the_file_hash():
@@ -187,23 +192,30 @@ def test_bad_input_is_refused(single, bad, message):
 
 # --- demo model -----------------------------------------------------------------------------------
 
+def _stored_weights(path: Path) -> list[np.ndarray]:
+    from gateway.infer.loader import _file_layers
+
+    return [a for _, arrays in _file_layers(path) for a in arrays]
+
+
 def test_demo_model_is_marked_and_deterministic(demos, workdir, legacy):
     assert all(is_demo_file(p) for p in demos)
     assert not is_demo_file(legacy["path"])
     with h5py.File(demos[0], "r") as f:
         assert f.attrs[DEMO_ATTR].startswith(DEMO_LABEL)
     again = write_demo_model(workdir / "again.hdf5", seed=1)
-    a = load_ensemble([str(demos[0])], warm_up=False).predict(legacy["x"]).mean
-    b = load_ensemble([str(again)], warm_up=False).predict(legacy["x"]).mean
-    np.testing.assert_array_equal(a, b)
-    c = load_ensemble([str(demos[1])], warm_up=False).predict(legacy["x"]).mean
-    assert np.abs(a - c).max() > 1e-3  # another seed, other weights
+    first, second, other = _stored_weights(demos[0]), _stored_weights(again), _stored_weights(demos[1])
+    assert len(first) == len(second) == 9 * 4 + 13 + 2  # 9 batch-norms x 4, 13 conv kernels, dense kernel + bias
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
+    assert any(np.abs(a - c).max() > 1e-3 for a, c in zip(first, other))  # another seed, other weights
 
 
-def test_ensemble_with_a_demo_file_is_demo(demos, legacy):
-    ens = load_ensemble([str(legacy["path"]), str(demos[0])], warm_up=False)
+def test_ensemble_with_a_demo_file_is_demo(three, single):
+    ens = Ensemble([single.members[0], three.members[0]], batch_size=2)
     assert ens.demo is True and ens.identity["demo"] is True
     assert [f["demo"] for f in ens.identity["files"]] == [False, True]
+    assert single.demo is False
 
 
 # --- micro-batching -------------------------------------------------------------------------------
