@@ -54,20 +54,26 @@ def claim_batch(session_factory: sessionmaker[Session], worker_id: str, limit: i
                 # Every earlier attempt ended without an outcome (worker killed
                 # or crashed): stop retrying so one poison ECG cannot loop.
                 session.execute(
-                    update(EcgInstance).where(EcgInstance.id == ecg_id).values(
+                    update(EcgInstance).where(EcgInstance.id == ecg_id, EcgInstance.attempts == attempts, waiting).values(
                         status=FAILED, claimed_by=None, lease_expires_at=None, updated_at=now,
                         error=(f"gave up after {attempts} attempts"
                                + (" (a worker stopped while processing it)" if status == PROCESSING else "")),
                     )
                 )
                 continue
-            session.execute(
-                update(EcgInstance).where(EcgInstance.id == ecg_id).values(
+            # Compare-and-set: the row must still be waiting with the attempts we
+            # read.  PostgreSQL's row lock already guarantees it; on SQLite
+            # (no FOR UPDATE) this is what keeps two claimers apart.
+            result = session.execute(
+                update(EcgInstance)
+                .where(EcgInstance.id == ecg_id, EcgInstance.attempts == attempts, waiting)
+                .values(
                     status=PROCESSING, claimed_by=worker_id, attempts=attempts + 1, updated_at=now,
                     lease_expires_at=now + timedelta(seconds=lease_seconds),
                 )
             )
-            claimed.append(ecg_id)
+            if result.rowcount == 1:
+                claimed.append(ecg_id)
     return claimed
 
 

@@ -1,0 +1,97 @@
+"""Helpers for tests that run the real gateway process and real DICOM clients."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def wait_for_port(port: int, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing listening on port {port} after {timeout} s")
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 120.0, interval: float = 0.2, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"timed out waiting for {what or predicate}")
+
+
+def gateway_env(tmp: Path, db_url: str, model: Path, dicom_port: int, admin_port: int, **extra: str) -> dict[str, str]:
+    """Environment for a `serve` subprocess: everything under ``tmp``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ECG_GATEWAY_")}
+    env.update({
+        "ECG_GATEWAY_STORAGE__DATABASE_URL": db_url,
+        "ECG_GATEWAY_STORAGE__SPOOL_DIR": str(tmp / "spool"),
+        "ECG_GATEWAY_MODEL__FILES": f'["{model}"]',
+        "ECG_GATEWAY_DICOM__PORT": str(dicom_port),
+        "ECG_GATEWAY_DICOM__MIN_FREE_DISK_MB": "1",
+        "ECG_GATEWAY_ADMIN__PORT": str(admin_port),
+        "ECG_GATEWAY_ADMIN__TOKEN": "test-token-0123456789",
+        "ECG_GATEWAY_HL7__ENABLED": "false",
+        "ECG_GATEWAY_PROCESS__POLL_INTERVAL_S": "0.2",
+        "ECG_GATEWAY_LOGGING__LEVEL": "INFO",
+    })
+    env.update(extra)
+    return env
+
+
+def start_serve(env: dict[str, str], log_path: Path, *args: str) -> subprocess.Popen:
+    log = open(log_path, "ab")
+    return subprocess.Popen([sys.executable, "-m", "gateway", "serve", *args], cwd=ROOT, env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
+_SENT = re.compile(r"Sending Store Request: MsgID \d+, \((\w+)\)|Sending file: (.+)")
+_STATUS = re.compile(r"Received Store Response \(([^)]*)\)")
+
+
+def storescu(files: Iterable[Path], port: int, *, aet: str = "TESTCART", aec: str = "ECGGW",
+             extra: Iterable[str] = (), timeout: float = 300) -> tuple[list[tuple[str, str]], str]:
+    """Send files with DCMTK storescu over one association.
+
+    storescu exits 0 even when a store failed, so the per-file outcome is read
+    from its verbose output: returns ([(file, status text)], full output).
+    """
+    cmd = ["storescu", "-v", "-aet", aet, "-aec", aec, *extra, "127.0.0.1", str(port), *map(str, files)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    text = out.stdout + out.stderr
+    results: list[tuple[str, str]] = []
+    current = ""
+    for line in text.splitlines():
+        if line.startswith("I: Sending file: "):
+            current = line.removeprefix("I: Sending file: ").strip()
+        m = _STATUS.search(line)
+        if m:
+            results.append((current, m.group(1)))
+    return results, text
