@@ -319,7 +319,7 @@ def test_bits_stored_bounds_samples_and_sets_the_rails(sample):
         (lambda g: setattr(g.ChannelDefinitionSequence[6], "ChannelSensitivity", "0"),
          "channel 7 (V1): ChannelSensitivity '0' is not a positive number"),
         (lambda g: setattr(g.ChannelDefinitionSequence[6], "ChannelSensitivity", "-1.25"), "is not a positive number"),
-        (lambda g: g.ChannelDefinitionSequence[6].__delattr__("ChannelSensitivity"), "ChannelSensitivity None"),
+        (lambda g: g.ChannelDefinitionSequence[6].__delattr__("ChannelSensitivity"), "channel 7 (V1): no ChannelSensitivity"),
         (lambda g: setattr(g.ChannelDefinitionSequence[6], "ChannelSensitivityCorrectionFactor", "0"),
          "ChannelSensitivityCorrectionFactor 0.0 is not a positive number"),
         (lambda g: setattr(g.ChannelDefinitionSequence[6], "ChannelBaseline", "nan"), "ChannelBaseline"),
@@ -411,3 +411,46 @@ def test_sample_skew_is_reported(sample):
     ds = v.new_uids(sample)
     v.rhythm(ds).ChannelDefinitionSequence[3].ChannelSampleSkew = "0.5"
     assert normalise_dataset(ds).report["sample_skew_ignored_channels"] == [4]
+
+
+def _raw_ds(item: Dataset, keyword: str, text: bytes) -> None:
+    """Put a value as malformed bytes, as a file would carry it (pydicom refuses to set it)."""
+    from pydicom.datadict import tag_for_keyword
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    tag = Tag(tag_for_keyword(keyword))
+    item[tag] = RawDataElement(tag, "DS", len(text), text, 0, False, True)
+
+
+def test_malformed_numbers_in_the_file_are_named(sample):
+    ds = v.new_uids(sample)
+    _raw_ds(v.rhythm(ds).ChannelDefinitionSequence[0], "ChannelSensitivity", b"1,25")
+    assert str(reason(ds)) == "channel 1 (I): ChannelSensitivity '1,25' is not a positive number"
+    ds = v.new_uids(sample)
+    _raw_ds(v.rhythm(ds), "SamplingFrequency", b"1kHz")
+    assert str(reason(ds)) == "SamplingFrequency '1kHz' is not a number"
+
+
+def test_one_bit_stored_is_refused(sample):
+    ds = v.new_uids(sample)
+    v.rhythm(ds).ChannelDefinitionSequence[4].WaveformBitsStored = 1
+    assert str(reason(ds)) == "channel 5: WaveformBitsStored 1 is not usable"
+
+
+def test_heavily_clipped_lead_counts_as_unusable(sample):
+    ds = v.new_uids(sample)
+    group = v.rhythm(ds)
+    raw = v.raw_samples(group)
+    raw[:, 10] = np.clip(raw[:, 10].astype(np.int32) * 50, -32768, 32767)  # V5 saturates the converter
+    group.WaveformData = raw.tobytes()
+    result = normalise_dataset(ds)
+    assert result.quality_flags[0].startswith("V5: clipped (")
+    assert "V5" in result.report["unusable_leads"]
+
+
+def test_float32_overflow_is_refused_naming_the_lead(sample):
+    ds = v.new_uids(sample)
+    v.rhythm(ds).ChannelDefinitionSequence[9].ChannelSensitivity = "1e300"  # uV: finite in float64, not float32
+    err = reason(ds)
+    assert str(err).startswith("normalised signal is not finite (float32 overflow) in V4: V4: excessive amplitude (")

@@ -10,7 +10,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from gateway.normalise import quality
-from gateway.normalise.decode import decode_raw, is_little_endian, read_channels, select_multiplex_group
+from gateway.normalise.decode import decode_raw, is_little_endian, raw_text, read_channels, select_multiplex_group
 from gateway.normalise.errors import NormaliseError
 from gateway.normalise.leads import (
     DERIVABLE_LEADS, LIMB_LEADS, NEGATIVE_AVR, OUTPUT_LEADS, PRECORDIAL_LEADS, derive_limb_leads,
@@ -111,7 +111,7 @@ def _normalise(ds: Dataset, params: NormaliseParams, report: dict[str, Any]) -> 
     }
 
     # Sampling rate and duration, from the DS text exactly as written.
-    fs_text = str(group.get("SamplingFrequency", "")).strip()
+    fs_text = raw_text(group, "SamplingFrequency")
     try:
         fs = float(fs_text)
     except ValueError:
@@ -226,7 +226,8 @@ def _normalise(ds: Dataset, params: NormaliseParams, report: dict[str, Any]) -> 
         raise fail(f"{len(unusable)} of {len(params.output_leads)} leads unusable: {'; '.join(flags)}")
 
     signal = np.ascontiguousarray((y * params.gain).T, dtype=np.float32)
-    if not np.isfinite(signal).all():  # guard: the model must never see NaN/Inf
-        raise fail("normalised signal is not finite")
+    overflow = [lead for lead, column in zip(params.output_leads, signal.T) if not np.isfinite(column).all()]
+    if overflow:  # beyond float32 (absurd scale): the model must never see Inf
+        raise fail(f"normalised signal is not finite (float32 overflow) in {', '.join(overflow)}: {'; '.join(flags)}")
     report["gain"] = params.gain
     return NormalisedEcg(signal, report, flags)

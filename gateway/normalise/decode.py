@@ -47,13 +47,28 @@ def _text(item: Dataset, keyword: str) -> str:
     return "" if value is None else str(value).strip()
 
 
+def raw_text(item: Dataset, keyword: str) -> str:
+    """A value as the file wrote it (undecoded DS text), "" when absent.
+
+    pydicom raises on access to a malformed DS; the raw bytes let the caller
+    name the bad value instead."""
+    if keyword not in item:
+        return ""
+    element = item.get_item(keyword)
+    value = element.value
+    if isinstance(value, bytes):
+        return value.decode("ascii", "replace").strip(" \x00")
+    return "" if value is None else str(value).strip()
+
+
 def _number(item: Dataset, keyword: str) -> float | None:
-    value = item.get(keyword)
-    if value is None or value == "":
+    """A DS/IS value as float; None when absent, NaN when not a number."""
+    text = raw_text(item, keyword)
+    if text == "":
         return None
     try:
-        return float(value)
-    except (TypeError, ValueError):
+        return float(text)
+    except ValueError:
         return math.nan
 
 
@@ -82,8 +97,8 @@ def select_multiplex_group(ds: Dataset) -> tuple[int, str]:
     )
     for reason, indices in tiers:
         if indices:
-            return max(indices, key=lambda i: (duration(i), -i)), reason
-    raise AssertionError("unreachable: candidates is not empty")
+            break
+    return max(indices, key=lambda i: (duration(i), -i)), reason
 
 
 def is_little_endian(ds: Dataset) -> bool:
@@ -209,12 +224,14 @@ def read_channels(group: Dataset) -> list[Channel]:
         skew = _number(item, "ChannelSampleSkew")
         correction = 1.0 if correction is None else correction
         baseline = 0.0 if baseline is None else baseline
-        if sensitivity is None or not math.isfinite(sensitivity) or sensitivity <= 0:
-            raise NormaliseError(f"{where}: ChannelSensitivity {item.get('ChannelSensitivity')!r} is not a positive number")
+        if sensitivity is None:
+            raise NormaliseError(f"{where}: no ChannelSensitivity")
+        if not math.isfinite(sensitivity) or sensitivity <= 0:
+            raise NormaliseError(f"{where}: ChannelSensitivity {raw_text(item, 'ChannelSensitivity')!r} is not a positive number")
         if not math.isfinite(correction) or correction <= 0:
             raise NormaliseError(f"{where}: ChannelSensitivityCorrectionFactor {correction!r} is not a positive number")
         if not math.isfinite(baseline):
-            raise NormaliseError(f"{where}: ChannelBaseline {item.get('ChannelBaseline')!r} is not a number")
+            raise NormaliseError(f"{where}: ChannelBaseline {raw_text(item, 'ChannelBaseline')!r} is not a number")
         out.append(Channel(
             index, lead, label, unit, sensitivity * correction * unit_mv, baseline * unit_mv,
             0.0 if skew is None or not math.isfinite(skew) else skew,
