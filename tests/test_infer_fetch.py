@@ -304,3 +304,12 @@ def test_verify_with_nothing_installed_says_fetch(tmp_path):
     r = run_cli(tmp_path, "model", "verify")
     assert r.returncode == 1
     assert "run `ecg-gateway model fetch`" in r.stderr
+
+
+def test_internal_mirror_as_file_url(archive, tmp_path):
+    mirror = tmp_path / "share" / "model.zip"
+    mirror.parent.mkdir()
+    mirror.write_bytes(archive)
+    files = fetch_model(mirror.as_uri(), md5_of(archive), tmp_path / "models", progress=False)
+    assert files[0].read_bytes() == _member(archive, "model/model.hdf5")
+    assert read_manifest(tmp_path / "models")["files"]["model.hdf5"]["source_url"] == mirror.as_uri()
