@@ -1,8 +1,10 @@
 """The sender thread: outbox rows -> MLLP -> delivered / retried / failed.
 
-Each message is *claimed* in a short transaction (``attempts`` + 1 and a lease
-in ``next_attempt_at``), sent with no transaction open, and its outcome
-recorded in a second short transaction.  Several gateway processes may share
+Due messages are *claimed* in a short transaction (``attempts`` + 1 and a
+lease in ``next_attempt_at``; up to BATCH_SIZE at a time, one per order key),
+sent with no transaction open, and their outcomes recorded in a second short
+transaction.  A crash between an AA and that record means the message is sent
+again (same MSH-10) when the lease ends: delivery is at least once.  Several gateway processes may share
 one PostgreSQL database: claims use ``FOR UPDATE SKIP LOCKED`` and a process
 that dies mid-send leaves a row that becomes due again when its lease ends.
 
@@ -15,6 +17,7 @@ exponential backoff, indefinitely.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -22,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Callable
 
-from sqlalchemy import exists, func, select
+from sqlalchemy import bindparam, exists, func, select
 from sqlalchemy.orm import Session, aliased
 
 from gateway.deliver.mllp import MllpClient, SendResult, make_ssl_context
@@ -36,6 +39,12 @@ log = logging.getLogger("gateway.deliver")
 
 #: Longest idle sleep between outbox polls when nothing is due.
 IDLE_POLL_S = 1.0
+#: Rows claimed per transaction (distinct order keys); one commit claims them
+#: all and one records all outcomes.
+BATCH_SIZE = 32
+#: Part of the lease beyond one worst-case attempt: a batch starts no new send
+#: after this many seconds.
+LEASE_MARGIN_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -59,7 +68,7 @@ def backoff_delay(attempts: int, cfg: Hl7Config) -> float:
 def lease_seconds(cfg: Hl7Config) -> float:
     """How long a claimed row is hidden from other senders: one full attempt
     (including the one immediate reconnect) plus a margin."""
-    return 2 * (cfg.connect_timeout + cfg.ack_timeout) + 30.0
+    return 2 * (cfg.connect_timeout + cfg.ack_timeout) + LEASE_MARGIN_S + 5.0
 
 
 def _as_utc(value: datetime) -> datetime:
@@ -78,67 +87,114 @@ def _eligible():  # type: ignore[no-untyped-def]
     return (Hl7Message.status == HL7_PENDING) & ~blocked
 
 
-def claim_next(session: Session, cfg: Hl7Config, now: datetime) -> Claimed | None:
-    """Claim the oldest due, unblocked row and commit the claim; None when
-    nothing is due."""
+@functools.cache
+def _claim_statement(dialect: str):  # type: ignore[no-untyped-def]
+    # Built once: constructing the aliased subquery costs more than running it.
     stmt = (
         select(Hl7Message)
-        .where(_eligible(), Hl7Message.next_attempt_at <= now)
+        .where(_eligible(), Hl7Message.next_attempt_at <= bindparam("now", type_=Hl7Message.next_attempt_at.type))
         .order_by(Hl7Message.id)
-        .limit(1)
+        .limit(bindparam("limit"))
     )
-    if session.get_bind().dialect.name == "postgresql":
+    if dialect == "postgresql":
         stmt = stmt.with_for_update(skip_locked=True, of=Hl7Message)
+    return stmt
+
+
+@functools.cache
+def _due_statement():  # type: ignore[no-untyped-def]
+    return select(func.min(Hl7Message.next_attempt_at)).where(_eligible())
+
+
+def claim_due(session: Session, cfg: Hl7Config, now: datetime, limit: int = BATCH_SIZE) -> list[Claimed]:
+    """Claim up to ``limit`` due rows, oldest first, at most one per order key
+    (the head of each key), and commit the claim."""
+    stmt = _claim_statement(session.get_bind().dialect.name)
+    claimed = []
     with session.begin():
-        row = session.scalars(stmt).first()
-        if row is None:
-            return None
-        row.attempts += 1
-        row.last_attempt_at = now
-        row.next_attempt_at = now + timedelta(seconds=lease_seconds(cfg))
-        claimed = Claimed(row.id, row.ecg_id, row.control_id, row.payload, row.attempts)
+        for row in session.scalars(stmt, {"now": now, "limit": limit}):
+            row.attempts += 1
+            row.last_attempt_at = now
+            row.next_attempt_at = now + timedelta(seconds=lease_seconds(cfg))
+            claimed.append(Claimed(row.id, row.ecg_id, row.control_id, row.payload, row.attempts))
     return claimed
 
 
 def seconds_until_due(session: Session, now: datetime) -> float | None:
     """Seconds until the next unblocked pending row is due (None: no such row)."""
     with session.begin():
-        nxt = session.scalar(select(func.min(Hl7Message.next_attempt_at)).where(_eligible()))
+        nxt = session.scalar(_due_statement())
     if nxt is None:
         return None
     return max((_as_utc(nxt) - now).total_seconds(), 0.0)
 
 
-def record_result(session: Session, claimed: Claimed, result: SendResult, cfg: Hl7Config, now: datetime) -> str | None:
-    """Store the outcome of one attempt; returns the row's new status (None
-    when the row is no longer ours: lease lost or deleted)."""
+def record_results(
+    session: Session, outcomes: list[tuple[Claimed, SendResult | None]], cfg: Hl7Config, now: datetime
+) -> dict[int, str]:
+    """Store the outcome of each claimed row in one transaction (None = not
+    sent: the claim is undone).  Returns {id: new status}; rows that are no
+    longer ours (lease lost, deleted) are left alone."""
+    if not outcomes:
+        return {}
+    by_id = {c.id: (c, r) for c, r in outcomes}
+    stmt = select(Hl7Message).where(Hl7Message.id.in_(list(by_id))).with_for_update()
+    out: dict[int, str] = {}
     with session.begin():
-        row = session.get(Hl7Message, claimed.id, with_for_update=True)
-        if row is None or row.attempts != claimed.attempts:
-            log.warning("hl7 message %s: outcome %s dropped, row changed meanwhile", claimed.id, result.outcome)
-            return None
-        if result.ack is not None:
-            row.ack = result.ack
-        if result.outcome == "accepted":
-            row.delivered_at = now
-            if row.status == HL7_PENDING:  # a superseded row stays superseded
-                row.status = HL7_DELIVERED
-                row.last_error = None
-            log.info("hl7 message %s (ecg %s) delivered, attempt %s", row.id, row.ecg_id, row.attempts)
-            return row.status
-        if row.status != HL7_PENDING:
-            return row.status
-        row.last_error = result.detail
-        if result.outcome == "error" and row.attempts >= cfg.max_attempts:
-            row.status = HL7_FAILED
-            log.error("hl7 message %s (ecg %s) failed after %s attempts: %s",
-                      row.id, row.ecg_id, row.attempts, result.detail)
-        else:
-            delay = backoff_delay(row.attempts, cfg)
-            row.next_attempt_at = now + timedelta(seconds=delay)
-            log.warning("hl7 message %s (ecg %s) attempt %s: %s; retry in %.1f s",
-                        row.id, row.ecg_id, row.attempts, result.detail, delay)
+        for row in session.scalars(stmt):
+            claimed, result = by_id[row.id]
+            if row.attempts != claimed.attempts:
+                log.warning("hl7 message %s: outcome dropped, the row changed meanwhile", row.id)
+                continue
+            out[row.id] = _apply(row, result, cfg, now)
+    return out
+
+
+def _apply(row: Hl7Message, result: SendResult | None, cfg: Hl7Config, now: datetime) -> str:
+    if result is None:  # claimed but not sent (stop, link down, lease margin)
+        row.attempts -= 1
+        row.next_attempt_at = now
         return row.status
+    if result.ack is not None:
+        row.ack = result.ack
+    if result.outcome == "accepted":
+        row.delivered_at = now
+        if row.status == HL7_PENDING:  # a row superseded meanwhile stays superseded
+            row.status = HL7_DELIVERED
+            row.last_error = None
+        log.info("hl7 message %s (ecg %s) delivered, attempt %s", row.id, row.ecg_id, row.attempts)
+        return row.status
+    if row.status != HL7_PENDING:
+        return row.status
+    row.last_error = result.detail
+    if result.outcome == "error" and row.attempts >= cfg.max_attempts:
+        row.status = HL7_FAILED
+        log.error("hl7 message %s (ecg %s) failed after %s attempts: %s", row.id, row.ecg_id, row.attempts, result.detail)
+    else:
+        delay = backoff_delay(row.attempts, cfg)
+        row.next_attempt_at = now + timedelta(seconds=delay)
+        log.warning("hl7 message %s (ecg %s) attempt %s: %s; retry in %.1f s",
+                    row.id, row.ecg_id, row.attempts, result.detail, delay)
+    return row.status
+
+
+def send_batch(client: MllpClient, batch: list[Claimed], cfg: Hl7Config, stop: threading.Event) -> list[tuple[Claimed, SendResult | None]]:
+    """Send claimed rows in order over one connection.  After a transport
+    failure, a stop request, or when the lease margin is used up, the rest is
+    returned unsent (None) so its claim is undone."""
+    started = time.monotonic()
+    outcomes: list[tuple[Claimed, SendResult | None]] = []
+    halted = False
+    for claimed in batch:
+        # Start a send only while the lease still covers a full worst-case attempt.
+        if halted or stop.is_set() or time.monotonic() - started > LEASE_MARGIN_S:
+            outcomes.append((claimed, None))
+            continue
+        codec = payload_codec(claimed.payload)
+        result = client.send(claimed.payload.encode(codec), claimed.control_id, codec)
+        outcomes.append((claimed, result))
+        halted = result.outcome == "transport"
+    return outcomes
 
 
 def make_client(cfg: Hl7Config) -> MllpClient:
@@ -174,22 +230,21 @@ def run_sender(
         while not stop.is_set():
             try:
                 with session_factory() as session:
-                    claimed = claim_next(session, cfg, _utcnow())
-                    if claimed is None:
+                    batch = claim_due(session, cfg, _utcnow())
+                    if not batch:
                         due = seconds_until_due(session, _utcnow())
                         if due is None:
                             client.close()  # nothing queued: do not hold the receiver's connection
                         _wait(waiter, stop, IDLE_POLL_S if due is None else min(max(due, 0.01), IDLE_POLL_S))
                         continue
-                    codec = payload_codec(claimed.payload)
-                    result = client.send(claimed.payload.encode(codec), claimed.control_id, codec)
-                    record_result(session, claimed, result, cfg, _utcnow())
-            except Exception:  # the database may be briefly unavailable; keep the thread alive
+                    outcomes = send_batch(client, batch, cfg, stop)
+                    record_results(session, outcomes, cfg, _utcnow())
+            except Exception:  # e.g. the database briefly unavailable: keep the thread alive
                 log.exception("hl7 sender: unexpected error; retrying")
                 client.close()
                 _wait(waiter, stop, IDLE_POLL_S)
                 continue
-            if result.connect_failed:
+            if any(r is not None and r.connect_failed for _, r in outcomes):
                 link_failures += 1
                 _wait(stop, stop, backoff_delay(link_failures, cfg))
             else:

@@ -1,0 +1,191 @@
+"""HL7 delivery throughput and the cost of one ORU^R01.
+
+One run prints
+
+  (a) build + STRICT-validate one ORU^R01 with hl7apy (``build_oru``), ms each,
+      against a baseline: the same ER7 text assembled with plain string
+      formatting (no library, no validation) in the same run;
+  (b) raw MLLP round trips/s over one connection to a local receiver that
+      ACKs immediately (``MllpClient.send`` in a loop, no database): the
+      transport baseline;
+  (c) messages/s delivered by the real sender (``run_sender``: claim, send,
+      record, one row at a time) from a database outbox to the same receiver,
+      and (c)/(b);
+  (d) (c) and 1000/(a) against the model's ~30 ECG/s (ecg-model.md, quoted, not
+      measured) and the 200 messages/s aim.
+
+The receiver is the npm simple-hl7 peer of the tests (tests/peers; run
+`npm ci` there first), so the figures include a real, independent peer.
+
+Usage: .venv/bin/python bench/bench_hl7.py [--messages 500] [--builds 30]
+       [--database-url URL]   (default: a temporary SQLite file)
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from gateway import FINDINGS  # noqa: E402
+from gateway.config import Hl7Config  # noqa: E402
+from gateway.deliver.mllp import MllpClient  # noqa: E402
+from gateway.deliver.oru import FINDING_NAMES, FINDING_SNOMED, build_oru, escape  # noqa: E402
+
+MODEL_ECG_PER_S = 30.0
+AIM_MSG_PER_S = 200.0
+RECEIVER_JS = ROOT / "tests" / "peers" / "hl7_receiver.js"
+
+ECG = SimpleNamespace(
+    id=1, sop_instance_uid="2.25.1", patient_id="12^3", issuer_of_patient_id="HOSP",
+    patient_name="O'Brien^Anne-Marie^^Dr", patient_birth_date="19700101", patient_sex="F",
+    accession_number="ACC1", placer_order_number="PL1", filler_order_number="FI1", requested_procedure_id="RP1",
+    study_instance_uid="1.2.840.1.2", acquisition_datetime="20240102030405", error=None, status="processed",
+)
+PRED = SimpleNamespace(
+    probabilities={"1dAVb": 0.61, "RBBB": 0.01, "LBBB": 0.002, "SB": 0.3, "AF": 0.95, "ST": 0.1},
+    findings=["1dAVb", "SB", "AF"], quality_flags=[], model_sha256="ab" * 32, demo_model=False,
+)
+
+
+def plain_er7(control_id: str) -> str:
+    """The baseline: the same message by string formatting, unvalidated."""
+    now = time.strftime("%Y%m%d%H%M%S+0000", time.gmtime())
+    seg = [
+        f"MSH|^~\\&|ECGGW|ECGGW|EHR|HOSPITAL|{now}||ORU^R01^ORU_R01|{control_id}|P|2.5.1||||||UNICODE UTF-8",
+        f"PID|1||{escape(ECG.patient_id)}^^^HOSP||O'Brien^Anne-Marie^^^Dr||19700101|F",
+        f"ORC|RE|PL1|FI1||||||{now}",
+        f"OBR|1|PL1|FI1|11524-6^EKG study^LN|||20240102030405|||||||||||ACC1|RP1|||{now}||EC|F",
+    ]
+    n = 0
+    for c in FINDINGS:
+        n += 1
+        seg.append(f"OBX|{n}|NM|{c.upper()}_PROB^{FINDING_NAMES[c]} probability^L||{PRED.probabilities[c]:.4f}||||||F")
+    for c in PRED.findings:
+        n += 1
+        seg.append(f"OBX|{n}|CWE|8601-7^EKG impression^LN||{FINDING_SNOMED[c]}^{FINDING_NAMES[c]}^SCT|||A|||F")
+    seg.append(f"OBX|{n + 1}|ST|113014^DICOM Study^DCM||{ECG.study_instance_uid}||||||F")
+    return "\r".join(seg)
+
+
+def per_call_ms(fn, n: int) -> float:
+    fn(0)
+    t = time.perf_counter()
+    for i in range(n):
+        fn(i)
+    return (time.perf_counter() - t) / n * 1000
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_receiver(port: int, log: Path) -> subprocess.Popen:
+    if not (ROOT / "tests" / "peers" / "node_modules" / "simple-hl7").is_dir():
+        sys.exit("bench_hl7: run `npm ci` in tests/peers first (the receiver is npm simple-hl7)")
+    proc = subprocess.Popen(["node", str(RECEIVER_JS), str(port), str(log), "AA"], stdout=subprocess.PIPE, text=True)
+    if not (proc.stdout and proc.stdout.readline().startswith("listening")):
+        proc.kill()
+        sys.exit("bench_hl7: the receiver did not start")
+    return proc
+
+
+def raw_mllp_rate(port: int, payload: str, n: int) -> float:
+    client = MllpClient("127.0.0.1", port, 5.0, 5.0)
+    t = time.perf_counter()
+    for i in range(n):
+        cid = f"RAW{i:017d}"
+        result = client.send(payload.replace("|BENCHCTRL|", f"|{cid}|").encode(), cid)
+        assert result.outcome == "accepted", result
+    rate = n / (time.perf_counter() - t)
+    client.close()
+    return rate
+
+
+def sender_rate(database_url: str, cfg: Hl7Config, payload: str, n: int) -> float:
+    from sqlalchemy import func, select
+
+    from gateway.deliver.sender import run_sender
+    from gateway.store.db import make_engine, make_sessionmaker, upgrade
+    from gateway.store.models import EcgInstance, Hl7Message
+
+    upgrade(database_url)
+    engine = make_engine(database_url)
+    factory = make_sessionmaker(engine)
+    with factory() as s, s.begin():
+        ecg = EcgInstance(sop_instance_uid="2.25.1", sop_class_uid="1.2.840.10008.5.1.4.1.1.9.1.1",
+                          spool_path="/x", sha256="0" * 64, size_bytes=1)
+        s.add(ecg)
+        s.flush()
+        for i in range(n):
+            cid = f"B{time.time_ns() % 10**9:09d}{i:010d}"[:20]
+            # 50 patients: the per-patient ordering query is exercised
+            s.add(Hl7Message(ecg_id=ecg.id, control_id=cid, order_key=f"HOSP|P{i % 50}",
+                             payload=payload.replace("|BENCHCTRL|", f"|{cid}|")))
+    stop = threading.Event()
+    thread = threading.Thread(target=run_sender, args=(factory, cfg, stop))
+    t = time.perf_counter()
+    thread.start()
+    pending = n
+    while pending:
+        time.sleep(0.02)
+        with factory() as s:
+            pending = s.scalar(select(func.count()).select_from(Hl7Message).where(Hl7Message.status == "pending"))
+    elapsed = time.perf_counter() - t
+    stop.set()
+    thread.join()
+    with factory() as s:
+        delivered = s.scalar(select(func.count()).select_from(Hl7Message).where(Hl7Message.status == "delivered"))
+    engine.dispose()
+    assert delivered == n, f"only {delivered} of {n} delivered"
+    return n / elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--messages", type=int, default=500)
+    ap.add_argument("--builds", type=int, default=30)
+    ap.add_argument("--database-url", default="")
+    args = ap.parse_args()
+
+    cfg = Hl7Config()
+    build_ms = per_call_ms(lambda i: build_oru(ECG, PRED, cfg, f"C{i}"), args.builds)
+    plain_ms = per_call_ms(lambda i: plain_er7(f"C{i}"), args.builds * 100)
+    print(f"(a) build + STRICT validate (hl7apy): {build_ms:8.2f} ms/message   "
+          f"plain string baseline: {plain_ms:.3f} ms   ratio {build_ms / plain_ms:,.0f}x")
+
+    payload = build_oru(ECG, PRED, cfg, "BENCHCTRL")
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        rx = start_receiver(port, Path(tmp) / "rx.jsonl")
+        try:
+            raw = raw_mllp_rate(port, payload, args.messages)
+            print(f"(b) raw MLLP round trips (no database):  {raw:8.0f} messages/s   [baseline]")
+            url = args.database_url or f"sqlite:///{tmp}/bench.db"
+            hl7 = Hl7Config(host="127.0.0.1", port=port, connect_timeout=5, ack_timeout=5)
+            rate = sender_rate(url, hl7, payload, args.messages)
+            kind = url.split(":", 1)[0]
+            print(f"(c) outbox sender ({kind}):            {rate:8.0f} messages/s   (c)/(b) = {rate / raw:.2f}")
+        finally:
+            rx.terminate()
+            rx.wait(5)
+    print(f"(d) delivery vs model (~{MODEL_ECG_PER_S:.0f} ECG/s, quoted): {rate / MODEL_ECG_PER_S:.1f}x; "
+          f"aim {AIM_MSG_PER_S:.0f}/s: {'met' if rate > AIM_MSG_PER_S else 'NOT met'}; "
+          f"building alone allows {1000 / build_ms:.0f} messages/s per core "
+          f"({1000 / build_ms / MODEL_ECG_PER_S:.2f}x the model)")
+
+
+if __name__ == "__main__":
+    main()
