@@ -442,11 +442,14 @@ def test_heavily_clipped_lead_counts_as_unusable(sample):
     ds = v.new_uids(sample)
     group = v.rhythm(ds)
     raw = v.raw_samples(group)
-    raw[:, 10] = np.clip(raw[:, 10].astype(np.int32) * 50, -32768, 32767)  # V5 saturates the converter
+    raw[:, 10] = np.clip(raw[:, 10].astype(np.int32) * 8, -1000, 1000)  # V5's amplifier saturates at 1.25 mV
     group.WaveformData = raw.tobytes()
     result = normalise_dataset(ds)
-    assert result.quality_flags[0].startswith("V5: clipped (")
-    assert "V5" in result.report["unusable_leads"]
+    assert result.quality_flags == ["V5: clipped (11.2% of samples)"]
+    assert result.report["unusable_leads"] == ["V5"]
+    raw[:, 10] = np.clip(raw[:, 10].astype(np.int32) * 50, -32768, 32767)  # and one touching the converter's rails
+    group.WaveformData = raw.tobytes()
+    assert normalise_dataset(ds).quality_flags[0].startswith("V5: clipped (")
 
 
 def test_float32_overflow_is_refused_naming_the_lead(sample):
