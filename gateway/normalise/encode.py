@@ -7,6 +7,7 @@ into cart-like DICOM, and by other stages' tests.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -94,11 +95,16 @@ def make_ecg_dataset(
     ds.PatientSex = ""
     ds.StudyInstanceUID = study_instance_uid or generate_uid()
     ds.SeriesInstanceUID = generate_uid()
-    ds.StudyDate = ds.StudyTime = ds.ReferringPhysicianName = ds.StudyID = ""
+    # Waveform Identification makes these Type 1; "now", as a cart would (override via **header).
+    now = datetime.now(timezone.utc)
+    ds.StudyDate = ds.ContentDate = now.strftime("%Y%m%d")
+    ds.StudyTime = ds.ContentTime = now.strftime("%H%M%S")
+    ds.AcquisitionDateTime = now.strftime("%Y%m%d%H%M%S")
+    ds.ReferringPhysicianName = ds.StudyID = ""
     ds.AccessionNumber = accession_number
     ds.SeriesNumber = ds.InstanceNumber = 1
     ds.Manufacturer = ""
-    ds.ContentDate = ds.ContentTime = ds.AcquisitionDateTime = ""
+    ds.AcquisitionContextSequence = []
 
     group = Dataset()
     group.MultiplexGroupTimeOffset = "0"
