@@ -97,7 +97,7 @@ def spool_files(spool_dir: Path) -> list[Path]:
     if not spool_dir.exists():
         return []
     return sorted(
-        p for p in spool_dir.rglob("*") if p.is_file() and "rejected" not in p.relative_to(spool_dir).parts
+        p for p in spool_dir.rglob("*") if p.is_file() and not {"rejected", ".incoming"} & set(p.relative_to(spool_dir).parts)
     )
 
 

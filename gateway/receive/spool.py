@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -114,36 +115,101 @@ def demographics(header: EcgHeader) -> dict[str, Any]:
     return out
 
 
-def write_durably(path: Path, data: bytes) -> bool:
-    """Write ``data`` to ``path`` atomically and durably: temp file in the same
-    folder, fsync, rename, fsync the folder.  Returns False when ``path``
-    already existed (so a caller that fails later knows not to delete it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".incoming-", suffix=".tmp")
+INCOMING_DIR = ".incoming"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        existed = path.exists()
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
+        os.fsync(fd)
     finally:
-        os.close(dir_fd)
-    return not existed
+        os.close(fd)
+
+
+def ensure_dir(path: Path) -> None:
+    """``mkdir -p`` whose new entries are durable (each new folder's parent
+    is fsynced), so a file renamed into it survives a power cut."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        folder.mkdir(exist_ok=True)
+        _fsync_dir(folder.parent)
+
+
+class StagedFile:
+    """Received bytes written and fsynced to ``<spool>/.incoming/`` in a
+    background thread, while the association thread reads the header and
+    queries the database (fsync and sha256 release the GIL, so the waits
+    overlap); then moved into place with :meth:`move_to`, or discarded."""
+
+    def __init__(self, spool_dir: Path, data: bytes) -> None:
+        self._dir = Path(spool_dir) / INCOMING_DIR
+        self._tmp: Path | None = None
+        self._sha256 = ""
+        self._error: BaseException | None = None
+        #: True once moved to a path that did not exist before.
+        self.created = False
+        self.moved_to: Path | None = None
+        self._thread = threading.Thread(target=self._write, args=(data,), name="spool-write", daemon=True)
+        self._thread.start()
+
+    def _write(self, data: bytes) -> None:
+        try:
+            self._sha256 = hashlib.sha256(data).hexdigest()
+            ensure_dir(self._dir)
+            fd, tmp = tempfile.mkstemp(dir=self._dir, prefix="incoming-", suffix=".tmp")
+            self._tmp = Path(tmp)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException as exc:  # re-raised in the caller's thread
+            self._error = exc
+
+    def sha256(self) -> str:
+        self._thread.join()
+        if not self._sha256 and self._error:
+            raise self._error
+        return self._sha256
+
+    def move_to(self, dest: Path) -> None:
+        """Atomically rename into ``dest`` and make the rename durable.
+        Raises OSError when the background write failed (e.g. disk full)."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._tmp is not None and self.moved_to is None
+        ensure_dir(dest.parent)
+        existed = dest.exists()
+        os.replace(self._tmp, dest)
+        self._tmp = None
+        _fsync_dir(dest.parent)
+        self.moved_to, self.created = dest, not existed
+
+    def discard(self) -> None:
+        """Remove the temp file (a no-op once moved)."""
+        self._thread.join()
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+            self._tmp = None
+
+    def undo(self) -> None:
+        """Remove the moved file if this call created it (not acknowledged)."""
+        if self.moved_to is not None and self.created:
+            self.moved_to.unlink(missing_ok=True)
+            self.moved_to, self.created = None, False
 
 
 def remove_stale_temp_files(spool_dir: Path) -> int:
     """Delete temp files left by a crash mid-write (never acknowledged)."""
+    incoming = Path(spool_dir) / INCOMING_DIR
     count = 0
-    for tmp in Path(spool_dir).rglob(".incoming-*.tmp"):
-        tmp.unlink(missing_ok=True)
-        count += 1
+    if incoming.is_dir():
+        for tmp in incoming.glob("incoming-*.tmp"):
+            tmp.unlink(missing_ok=True)
+            count += 1
     return count
 
 
@@ -173,60 +239,78 @@ def store_instance(
     committed; a duplicate (same UID, same bytes) is success with
     ``duplicate=True`` and nothing new stored.
     """
-    spool_dir = Path(spool_dir)
+    spool_dir = Path(spool_dir).resolve()
     spool_dir.mkdir(parents=True, exist_ok=True)
-    sha256 = hashlib.sha256(raw).hexdigest()
     source = {"calling_ae": _clean(calling_ae, 16), "peer_address": _clean(peer_address, 64)}
 
     if free_bytes(spool_dir) < min_free_disk_mb * _MIB + len(raw):
         reason = f"less than {min_free_disk_mb} MB free in the spool"
-        log.warning("refused %s (sha256 %s) from %s: %s", "data set", sha256[:12], _who(source), reason)
+        log.warning("refused a data set (%d bytes) from %s: %s", len(raw), _who(source), reason)
         return StoreOutcome(OUT_OF_RESOURCES, None, False, reason)
+
+    staged = StagedFile(spool_dir, raw)
+    try:
+        return _check_and_store(raw, staged, session_factory, spool_dir, source, transfer_syntax_uid)
+    except OSError as exc:
+        reason = f"cannot write to the spool: {exc.strerror or exc}"
+        log.error("refused a data set from %s: %s", _who(source), reason)
+        return StoreOutcome(OUT_OF_RESOURCES, None, False, reason)
+    finally:
+        staged.discard()
+
+
+def _check_and_store(
+    raw: bytes,
+    staged: StagedFile,
+    session_factory: sessionmaker[Session],
+    spool_dir: Path,
+    source: dict[str, str | None],
+    transfer_syntax_uid: str,
+) -> StoreOutcome:
+    def reject(header: EcgHeader | None, status: int, reason: str) -> StoreOutcome:
+        return _reject(staged, header, status, reason, session_factory, spool_dir, source, transfer_syntax_uid)
 
     try:
         header = read_header(raw)
     except HeaderError as exc:
-        return _reject(raw, sha256, None, CANNOT_UNDERSTAND, str(exc), session_factory, spool_dir, source, transfer_syntax_uid)
-
+        return reject(None, CANNOT_UNDERSTAND, str(exc))
     uid = header.sop_instance_uid
     if not is_valid_uid(uid):
-        reason = "SOP Instance UID is missing or not a valid DICOM UID"
-        return _reject(raw, sha256, header, CANNOT_UNDERSTAND_INVALID_UID, reason, session_factory, spool_dir, source, transfer_syntax_uid)
+        return reject(header, CANNOT_UNDERSTAND_INVALID_UID, "SOP Instance UID is missing or not a valid DICOM UID")
     if header.sop_class_uid not in ECG_STORAGE_SOP_CLASSES:
-        reason = f"SOP Class {header.sop_class_uid} is not an ECG waveform storage class"
-        return _reject(raw, sha256, header, DATA_SET_DOES_NOT_MATCH_SOP_CLASS, reason, session_factory, spool_dir, source, transfer_syntax_uid)
+        return reject(header, DATA_SET_DOES_NOT_MATCH_SOP_CLASS, f"SOP Class {header.sop_class_uid} is not an ECG waveform storage class")
     problem = header.waveform_problem()
     if problem:
-        return _reject(raw, sha256, header, DATA_SET_DOES_NOT_MATCH_SOP_CLASS, problem, session_factory, spool_dir, source, transfer_syntax_uid)
+        return reject(header, DATA_SET_DOES_NOT_MATCH_SOP_CLASS, problem)
 
     assert uid is not None
     columns = demographics(header)
-    transfer_syntax_uid = transfer_syntax_uid or header.transfer_syntax_uid
-    for _attempt in range(_DB_RETRIES):
-        try:
-            outcome = _store_version(raw, sha256, uid, columns, session_factory, spool_dir, source, transfer_syntax_uid)
-        except IntegrityError:
-            # Another association committed this UID's next version first: look again.
-            continue
-        except SQLAlchemyError as exc:
-            reason = f"database unavailable: {type(exc).__name__}"
-            log.error("refused SOP Instance UID %s from %s: %s", uid, _who(source), reason)
-            return StoreOutcome(OUT_OF_RESOURCES, None, False, reason)
-        return outcome
-    reason = "database conflict persisted; try again"
+    columns["transfer_syntax_uid"] = transfer_syntax_uid or header.transfer_syntax_uid
+    received = datetime.now(timezone.utc)
+    try:
+        for _attempt in range(_DB_RETRIES):
+            try:
+                return _store_version(raw, staged, uid, columns, received, session_factory, spool_dir, source)
+            except IntegrityError:
+                # Another association committed this UID's next version first: look again.
+                continue
+        reason = "database conflict persisted; try again"
+    except SQLAlchemyError as exc:
+        reason = f"database unavailable: {type(exc).__name__}"
+    staged.undo()  # not acknowledged, so not kept
     log.error("refused SOP Instance UID %s from %s: %s", uid, _who(source), reason)
     return StoreOutcome(OUT_OF_RESOURCES, None, False, reason)
 
 
 def _store_version(
     raw: bytes,
-    sha256: str,
+    staged: StagedFile,
     uid: str,
     columns: dict[str, Any],
+    received: datetime,
     session_factory: sessionmaker[Session],
     spool_dir: Path,
     source: dict[str, str | None],
-    transfer_syntax_uid: str,
 ) -> StoreOutcome:
     with session_factory() as session:
         existing = session.execute(
@@ -234,19 +318,20 @@ def _store_version(
                 EcgInstance.sop_instance_uid == uid
             )
         ).all()
+        sha256 = staged.sha256()
         for row in existing:
             if row.sha256 == sha256 and row.status != REJECTED:
+                staged.undo()
                 log.info("duplicate SOP Instance UID %s (ecg id %s, same bytes) from %s: not stored again", uid, row.id, _who(source))
                 return StoreOutcome(SUCCESS, row.id, True, "duplicate")
         version = max((row.version for row in existing), default=0) + 1
         flags = ["new_version"] if any(row.status != REJECTED for row in existing) else []
-        received = datetime.now(timezone.utc)
-        path = spool_path_for(spool_dir, uid, sha256, received).resolve()
-        created = write_durably(path, raw)
+        path = spool_path_for(spool_dir, uid, sha256, received)
+        if staged.moved_to is None:
+            staged.move_to(path)
         instance = EcgInstance(
             sop_instance_uid=uid,
             version=version,
-            transfer_syntax_uid=transfer_syntax_uid or None,
             spool_path=str(path),
             sha256=sha256,
             size_bytes=len(raw),
@@ -257,13 +342,7 @@ def _store_version(
             **source,
         )
         session.add(instance)
-        try:
-            session.commit()
-        except BaseException:
-            # Not acknowledged, so not kept (unless the file was someone else's).
-            if created:
-                path.unlink(missing_ok=True)
-            raise
+        session.commit()
         if flags:
             log.warning(
                 "SOP Instance UID %s received again with different bytes: stored as version %d (ecg id %d), flagged new_version",
@@ -279,8 +358,7 @@ def _who(source: dict[str, str | None]) -> str:
 
 
 def _reject(
-    raw: bytes,
-    sha256: str,
+    staged: StagedFile,
     header: EcgHeader | None,
     status: int,
     reason: str,
@@ -293,10 +371,12 @@ def _reject(
     when possible (best effort: the refusal stands either way)."""
     uid = header.sop_instance_uid if header else None
     shown = uid if is_valid_uid(uid) else "(none or invalid)"
+    sha256 = staged.sha256()
     ecg_id = None
     try:
-        ecg_id = _record_rejection(raw, sha256, header, reason, session_factory, spool_dir, source, transfer_syntax_uid)
+        ecg_id = _record_rejection(staged, header, reason, session_factory, spool_dir, source, transfer_syntax_uid)
     except (OSError, SQLAlchemyError) as exc:
+        staged.undo()
         log.error("could not record the rejection of sha256 %s: %s", sha256[:12], exc)
     log.warning(
         "rejected SOP Instance UID %s (sha256 %s, ecg id %s) from %s with status 0x%04X: %s",
@@ -306,8 +386,7 @@ def _reject(
 
 
 def _record_rejection(
-    raw: bytes,
-    sha256: str,
+    staged: StagedFile,
     header: EcgHeader | None,
     reason: str,
     session_factory: sessionmaker[Session],
@@ -316,9 +395,11 @@ def _record_rejection(
     transfer_syntax_uid: str,
 ) -> int | None:
     columns = demographics(header) if header else {"sop_class_uid": ""}
+    columns["transfer_syntax_uid"] = transfer_syntax_uid or (header.transfer_syntax_uid if header else None)
     # The UID is data here, never a path: an invalid one is kept as printable text.
     uid = _clean(header.sop_instance_uid if header else None, 64) or ""
-    quarantine = (Path(spool_dir) / REJECTED_DIR / f"{sha256}.dcm").resolve()
+    sha256 = staged.sha256()
+    quarantine = Path(spool_dir) / REJECTED_DIR / f"{sha256}.dcm"
     for _attempt in range(_DB_RETRIES):
         with session_factory() as session:
             same = session.scalar(
@@ -327,14 +408,14 @@ def _record_rejection(
             if same is not None:
                 return same  # the same bytes were refused before
             versions = session.scalars(select(EcgInstance.version).where(EcgInstance.sop_instance_uid == uid)).all()
-            created = write_durably(quarantine, raw)
+            if staged.moved_to is None:
+                staged.move_to(quarantine)
             row = EcgInstance(
                 sop_instance_uid=uid,
                 version=max(versions, default=0) + 1,
-                transfer_syntax_uid=transfer_syntax_uid or None,
                 spool_path=str(quarantine),
                 sha256=sha256,
-                size_bytes=len(raw),
+                size_bytes=quarantine.stat().st_size,
                 status=REJECTED,
                 error=reason,
                 flags=["rejected_at_receive"],
@@ -346,9 +427,6 @@ def _record_rejection(
                 session.commit()
             except IntegrityError:
                 continue
-            except BaseException:
-                if created:
-                    quarantine.unlink(missing_ok=True)
-                raise
             return row.id
+    staged.undo()
     return None

@@ -1,0 +1,159 @@
+"""Storage SCP throughput: the durable gateway path against a bare SCP.
+
+N copies of pydicom's waveform_ecg.dcm (each with a new SOP Instance UID,
+patched in place) are sent by DCMTK storescu
+
+  (a) over one association, and
+  (b) over 4 concurrent associations (N/4 files each),
+
+to two servers started in this process with the same AE settings:
+
+  ceiling: a bare pynetdicom SCP whose handler only writes
+           event.encoded_dataset() to a file (no fsync, no parsing, no database);
+  gateway: start_scp(): header read and checks, temp file + fsync + rename +
+           folder fsync, duplicate lookup, row committed, then 0x0000.
+
+Prints instances/s and MB/s for each, and gateway/ceiling as a ratio (the aim
+is 0.8 or more).  Every response must be Success or the run fails.
+
+Usage: .venv/bin/python bench/bench_scp.py [--n 200] [--associations 4]
+       [--database-url URL]   (default: a temporary SQLite file)
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SAMPLE_UID = "1.3.6.1.4.1.20029.40.20130125105919.5407.1.1"
+
+
+def make_copies(dest: Path, n: int) -> list[Path]:
+    """``n`` copies of the sample, each with a new same-length UID."""
+    from pydicom.data import get_testdata_file
+
+    raw = Path(get_testdata_file("waveform_ecg.dcm")).read_bytes()
+    assert raw.count(SAMPLE_UID.encode()) >= 2
+    files = []
+    for i in range(n):
+        serial = str(i + 1)
+        uid = "2.25." + serial + "".join(random.choice("0123456789") for _ in range(len(SAMPLE_UID) - 5 - len(serial)))
+        path = dest / f"{i:05d}.dcm"
+        path.write_bytes(raw.replace(SAMPLE_UID.encode(), uid.encode()))
+        files.append(path)
+    return files
+
+
+def send(port: int, groups: list[list[Path]]) -> float:
+    """Seconds to send each group over its own association, concurrently."""
+    start = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            ["storescu", "-v", "-nh", "-aet", "BENCH", "-aec", "ECGGW", "127.0.0.1", str(port), *map(str, g)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for g in groups
+    ]
+    outputs = [p.communicate()[0] for p in procs]
+    elapsed = time.perf_counter() - start
+    ok = sum(o.count("Received Store Response (Success)") for o in outputs)
+    total = sum(len(g) for g in groups)
+    if ok != total:
+        sys.exit(f"only {ok} of {total} C-STOREs succeeded:\n{outputs[0][-2000:]}")
+    return elapsed
+
+
+def bare_scp(port: int, dest: Path, dicom):  # type: ignore[no-untyped-def]
+    """The ceiling: same contexts and limits, the handler only writes the bytes."""
+    from pynetdicom import evt
+
+    from gateway.receive.scp import make_ae
+
+    counter = iter(range(10**9))
+
+    def handle_store(event: evt.Event) -> int:
+        with open(dest / f"{next(counter)}.dcm", "wb") as f:
+            f.write(event.encoded_dataset())
+        return 0x0000
+
+    ae = make_ae(dicom)
+    return ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, handle_store)])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--associations", type=int, default=4)
+    parser.add_argument("--database-url", default="")
+    args = parser.parse_args()
+
+    import logging
+
+    from gateway.config import DicomConfig, StorageConfig
+    from gateway.receive.scp import start_scp
+    from gateway.store.db import make_engine, make_sessionmaker, upgrade
+
+    logging.basicConfig(level=logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix="bench_scp_") as tmp:
+        root = Path(tmp)
+        (root / "in").mkdir()
+        files = make_copies(root / "in", args.n)
+        mb = sum(f.stat().st_size for f in files) / 1e6
+        k = args.associations
+        scenarios = {"1 association": [files], f"{k} associations": [files[i::k] for i in range(k)]}
+        results: dict[tuple[str, str], float] = {}
+
+        import socket
+
+        def free_port() -> int:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                return s.getsockname()[1]
+
+        for scenario, groups in scenarios.items():
+            # ceiling
+            port = free_port()
+            out = root / f"bare_{len(groups)}"
+            out.mkdir()
+            dicom = DicomConfig(host="127.0.0.1", port=port, min_free_disk_mb=0, max_associations=max(10, k))
+            server = bare_scp(port, out, dicom)
+            try:
+                results[("ceiling", scenario)] = send(port, groups)
+            finally:
+                server.shutdown()
+            # gateway, fresh database and spool
+            port = free_port()
+            url = args.database_url or f"sqlite:///{root / f'gw_{len(groups)}.db'}"
+            upgrade(url)
+            engine = make_engine(url)
+            dicom = DicomConfig(host="127.0.0.1", port=port, min_free_disk_mb=0, max_associations=max(10, k))
+            scp = start_scp(dicom, StorageConfig(database_url=url, spool_dir=str(root / f"spool_{len(groups)}")), make_sessionmaker(engine))
+            try:
+                results[("gateway", scenario)] = send(port, groups)
+            finally:
+                scp.shutdown()
+                engine.dispose()
+            if args.database_url:
+                # a shared database: the second scenario must not see duplicates
+                files[:] = make_copies(root / "in", args.n)
+                for i, g in enumerate(scenarios[f"{k} associations"]):
+                    g[:] = files[i::k]
+
+    print(f"{args.n} x {mb / args.n * 1000:.0f} KB ECG (pydicom waveform_ecg.dcm), DCMTK storescu, "
+          f"database {'SQLite (temp file)' if not args.database_url else args.database_url.split('@')[-1]}")
+    print(f"{'scenario':<18} {'server':<8} {'inst/s':>8} {'MB/s':>7}")
+    for scenario in scenarios:
+        for server in ("ceiling", "gateway"):
+            s = results[(server, scenario)]
+            print(f"{scenario:<18} {server:<8} {args.n / s:8.1f} {mb / s:7.2f}")
+        ratio = results[("ceiling", scenario)] / results[("gateway", scenario)]
+        print(f"{scenario:<18} gateway/ceiling = {ratio:.2f} (aim >= 0.80)")
+
+
+if __name__ == "__main__":
+    main()
