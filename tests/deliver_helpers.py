@@ -68,12 +68,15 @@ def require_receiver() -> None:
 class Receiver:
     """The npm simple-hl7 receiver (tests/peers/hl7_receiver.js) in a child process."""
 
-    def __init__(self, port: int, log: Path, modes: str = "AA", matches: dict[str, str] | None = None) -> None:
+    def __init__(self, port: int, log: Path, modes: str = "AA", matches: dict[str, str] | None = None,
+                 tls: tuple[Path, Path] | None = None) -> None:
         require_receiver()
         self.port, self.log = port, log
         args = ["node", str(RECEIVER_JS), str(port), str(log), modes]
         for text, mode in (matches or {}).items():
             args += ["--match", f"{text}={mode}"]
+        if tls:
+            args += ["--tls", str(tls[0]), str(tls[1])]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline() if self.proc.stdout else ""
         if not line.startswith("listening"):
@@ -99,8 +102,9 @@ class Receiver:
 
 
 @contextmanager
-def receiver(port: int, log: Path, modes: str = "AA", matches: dict[str, str] | None = None) -> Iterator[Receiver]:
-    r = Receiver(port, log, modes, matches)
+def receiver(port: int, log: Path, modes: str = "AA", matches: dict[str, str] | None = None,
+             tls: tuple[Path, Path] | None = None) -> Iterator[Receiver]:
+    r = Receiver(port, log, modes, matches, tls)
     try:
         yield r
     finally:
@@ -142,3 +146,16 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "c
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+def self_signed_cert(folder: Path, name: str = "server") -> tuple[Path, Path]:
+    """A certificate for localhost / 127.0.0.1 made with the openssl CLI."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    cert, key = folder / f"{name}.pem", folder / f"{name}.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )
+    return cert, key

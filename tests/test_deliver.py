@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from conftest import free_port
-from deliver_helpers import PROBS, hl7_config, make_ecg, receiver, require_receiver, sender, wait_for
+from deliver_helpers import hl7_config, make_ecg, receiver, require_receiver, self_signed_cert, sender, wait_for
 from gateway import FINDINGS
 from gateway.deliver.oru import FINDING_SNOMED
 from gateway.deliver.outbox import enqueue_result, resend
@@ -177,6 +177,25 @@ def test_ack_split_over_many_tcp_segments(session_factory, port, tmp_path):
         wait_for(all_done(session_factory), what="delivery")
     db = rows(session_factory)
     assert all(db[i].status == "delivered" and db[i].attempts == 1 for i in ids)
+
+
+def test_tls_delivers_and_an_unknown_certificate_is_refused(session_factory, port, tmp_path):
+    cert, key = self_signed_cert(tmp_path)
+    other_ca, _ = self_signed_cert(tmp_path, "other")
+    refused = hl7_config(port, tls=True, tls_ca=str(other_ca))
+    [mid] = enqueue(session_factory, refused)
+    with receiver(port, tmp_path / "rx.jsonl", tls=(cert, key)) as rx:
+        with sender(session_factory, refused):
+            wait_for(lambda: rows(session_factory)[mid].last_error, what="a refused TLS connection")
+        m = rows(session_factory)[mid]
+        assert m.status == "pending" and "CERTIFICATE_VERIFY_FAILED" in m.last_error
+        assert rx.messages() == []
+        with sender(session_factory, hl7_config(port, tls=True, tls_ca=str(cert))):
+            wait_for(all_done(session_factory), what="delivery over TLS")
+        [got] = rx.messages()
+    m = rows(session_factory)[mid]
+    assert m.status == "delivered" and got["control_id"] == m.control_id
+    assert f"MSA|AA|{m.control_id}" in m.ack
 
 
 def test_disabled_enqueues_nothing_and_unbuildable_is_failed_with_reason(session_factory, port):

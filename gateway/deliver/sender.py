@@ -169,13 +169,22 @@ def _apply(row: Hl7Message, result: SendResult | None, cfg: Hl7Config, now: date
     row.last_error = result.detail
     if result.outcome == "error" and row.attempts >= cfg.max_attempts:
         row.status = HL7_FAILED
-        log.error("hl7 message %s (ecg %s) failed after %s attempts: %s", row.id, row.ecg_id, row.attempts, result.detail)
+        log.error("hl7 message %s (ecg %s) failed after %s attempts: %s", row.id, row.ecg_id, row.attempts,
+                  _loggable(result))
     else:
         delay = backoff_delay(row.attempts, cfg)
         row.next_attempt_at = now + timedelta(seconds=delay)
         log.warning("hl7 message %s (ecg %s) attempt %s: %s; retry in %.1f s",
-                    row.id, row.ecg_id, row.attempts, result.detail, delay)
+                    row.id, row.ecg_id, row.attempts, _loggable(result), delay)
     return row.status
+
+
+def _loggable(result: SendResult) -> str:
+    """The receiver's error text may quote patient data: logs get the code only
+    (the full text is in ``last_error``, shown by ``hl7 show``)."""
+    if result.outcome in ("error", "reject"):
+        return result.detail.split(":", 1)[0] + " (details: ecg-gateway hl7 show)"
+    return result.detail
 
 
 def send_batch(client: MllpClient, batch: list[Claimed], cfg: Hl7Config, stop: threading.Event) -> list[tuple[Claimed, SendResult | None]]:

@@ -4,6 +4,7 @@
 // message and builds the AA with MSA-2 = MSH-10).
 //
 //   node hl7_receiver.js PORT LOGFILE [MODE,MODE,...] [--match TEXT=MODE ...]
+//                        [--tls CERT.pem KEY.pem]
 //
 // MODE per message, in arrival order (the last one repeats):
 //   AA     answer simple-hl7's own ACK (AA)
@@ -12,6 +13,9 @@
 //   split  the AA written in several TCP writes (16-byte pieces, 10 ms apart)
 //   silent never answer
 // --match TEXT=MODE overrides the sequence for messages containing TEXT.
+// --tls: PORT speaks TLS (node's tls module terminates it and hands the plain
+// stream to the simple-hl7 server, which listens on a private loopback port;
+// simple-hl7 has no TLS of its own).
 // simple-hl7 can only answer with one write, so `split` writes the same ACK
 // through the node socket simple-hl7 hands to the handler.
 //
@@ -32,8 +36,11 @@ const port = parseInt(args[0], 10);
 const logFile = args[1];
 let sequence = ['AA'];
 const matches = [];
+let tlsFiles = null;
 for (let i = 2; i < args.length; i++) {
-  if (args[i] === '--match') {
+  if (args[i] === '--tls') {
+    tlsFiles = [args[++i], args[++i]];
+  } else if (args[i] === '--match') {
     const rule = args[++i];
     const eq = rule.lastIndexOf('=');
     matches.push([rule.slice(0, eq), rule.slice(eq + 1)]);
@@ -79,10 +86,28 @@ const server = hl7.Server.createTcpServer(function (err, req, res) {
   res.end();
 });
 
-server.start(port);
-server.server.on('listening', function () {
-  process.stdout.write('listening ' + port + '\n');
-});
+function announce() { process.stdout.write('listening ' + port + '\n'); }
+
+if (tlsFiles) {
+  const net = require('net');
+  const tls = require('tls');
+  server.start(0);
+  server.server.on('listening', function () {
+    const inner = server.server.address().port;
+    const front = tls.createServer({ cert: fs.readFileSync(tlsFiles[0]), key: fs.readFileSync(tlsFiles[1]) },
+      function (secure) {
+        const plain = net.connect(inner, '127.0.0.1');
+        secure.pipe(plain).pipe(secure);
+        const end = function () { secure.destroy(); plain.destroy(); };
+        secure.on('error', end); plain.on('error', end); secure.on('close', end); plain.on('close', end);
+      });
+    front.on('tlsClientError', function (e) { console.error('tls client error: ' + e.message); });
+    front.listen(port, announce);
+  });
+} else {
+  server.start(port);
+  server.server.on('listening', announce);
+}
 server.server.on('error', function (e) {
   console.error('listen failed: ' + e.message);
   process.exit(1);
