@@ -267,6 +267,7 @@ class StartedGateway:
     database_url: str
     log_path: Path
     process: subprocess.Popen
+    start_timeout: float = 300.0
 
 
 def gateway_environment(run_dir: Path, database_url: str, model_files: Sequence[str], port: int,
@@ -294,8 +295,9 @@ def started_gateway(run_dir: Path, database_url: str, model_files: Sequence[str]
                     config_path: str | None = None, port: int | None = None, start_timeout: float = 300.0,
                     ) -> Iterator[StartedGateway]:
     """Run ``ecg-gateway serve --components scp,worker`` for the duration of
-    the block; its output goes to ``run_dir/gateway.log``.  Raises
-    :class:`RoundTripError` (with the log's tail) when it does not come up."""
+    the block; its output goes to ``run_dir/gateway.log``.  The process is
+    started at once and NOT waited for (its model loads meanwhile): call
+    :func:`wait_listening` before sending."""
     run_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     log_path = run_dir / "gateway.log"
@@ -307,17 +309,9 @@ def started_gateway(run_dir: Path, database_url: str, model_files: Sequence[str]
     with open(log_path, "ab") as out:
         proc = subprocess.Popen(cmd, cwd=os.getcwd(), env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
+    log.info("gateway for the run started (pid %d, port %d, log %s)", proc.pid, port, log_path)
     try:
-        deadline = time.monotonic() + start_timeout
-        while not _port_open("127.0.0.1", port):
-            if proc.poll() is not None:
-                raise RoundTripError(f"the gateway exited with code {proc.returncode} before listening; "
-                                     f"last lines of {log_path}:\n{_tail(log_path)}")
-            if time.monotonic() > deadline:
-                raise RoundTripError(f"the gateway did not listen on port {port} within {start_timeout:.0f} s; "
-                                     f"see {log_path}")
-            time.sleep(0.2)
-        yield StartedGateway("127.0.0.1", port, ae_title, database_url, log_path, proc)
+        yield StartedGateway("127.0.0.1", port, ae_title, database_url, log_path, proc, start_timeout)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -326,6 +320,20 @@ def started_gateway(run_dir: Path, database_url: str, model_files: Sequence[str]
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def wait_listening(gw: StartedGateway) -> None:
+    """Block until the started gateway accepts connections; raises
+    :class:`RoundTripError` (with the log's tail) when it exits or times out."""
+    deadline = time.monotonic() + gw.start_timeout
+    while not _port_open(gw.host, gw.port):
+        if gw.process.poll() is not None:
+            raise RoundTripError(f"the gateway exited with code {gw.process.returncode} before listening; "
+                                 f"last lines of {gw.log_path}:\n{_tail(gw.log_path)}")
+        if time.monotonic() > deadline:
+            raise RoundTripError(f"the gateway did not listen on port {gw.port} within {gw.start_timeout:.0f} s; "
+                                 f"see {gw.log_path}")
+        time.sleep(0.2)
 
 
 def _tail(path: Path, lines: int = 15) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,7 +21,7 @@ from gateway import FINDINGS, __version__
 from gateway.config import PAPER_THRESHOLDS, Config
 from gateway.validate.dataset import TestSet, check_limb_leads, lead_names, load_test_set
 from gateway.validate.metrics import PUBLISHED_EXAMS, RoundTripComparison, compare_probabilities, direct_metrics
-from gateway.validate.roundtrip import RoundTripRun, Variant
+from gateway.validate.roundtrip import RoundTripRun, StartedGateway, Variant
 
 log = logging.getLogger("gateway.validate")
 
@@ -75,31 +76,27 @@ def per_variant_summary(run: RoundTripRun, direct: np.ndarray) -> dict[str, dict
     return out
 
 
-def run_roundtrip(cfg: Config, opts: ValidateOptions, test_set: TestSet, run_dir: Path,
+def run_roundtrip(cfg: Config, opts: ValidateOptions, test_set: TestSet, gw: StartedGateway | None,
                   progress: Callable[[str, int, int], None] | None = None) -> RoundTripRun:
-    """Send every tracing through a gateway and collect what it stored."""
-    from contextlib import nullcontext
-
-    from gateway.validate.roundtrip import collect_results, send_tracings, started_gateway
+    """Send every tracing through a gateway (``gw``, started for the run, or
+    ``opts.target``) and collect what it stored."""
+    from gateway.validate.roundtrip import collect_results, send_tracings, wait_listening
 
     indices = list(range(len(test_set)))
     leads = lead_names(cfg.normalise.limb_lead_order)
-    if opts.target:
-        host, port, aet = opts.target
-        assert opts.database_url, "a target needs its database URL"
-        db_url, target, ctx = opts.database_url, f"running gateway {host}:{port} ({aet})", nullcontext(None)
+    if gw is not None:
+        wait_listening(gw)
+        host, port, aet, db_url = gw.host, gw.port, gw.ae_title, gw.database_url
+        target = f"gateway started for the run on {host}:{port} (log {gw.log_path})"
     else:
-        db_url = opts.database_url or f"sqlite:///{(run_dir / 'gateway.db').resolve()}"
-        ctx = started_gateway(run_dir, db_url, cfg.model.files, cfg.dicom.ae_title, config_path=opts.config_path)
-    with ctx as gw:
-        if gw is not None:
-            host, port, aet = gw.host, gw.port, gw.ae_title
-            target = f"gateway started for the run on {host}:{port} (log {gw.log_path})"
-        n = len(indices)
-        results = send_tracings(test_set.tracings, indices, opts.variants, leads, opts.resolution_uv, host, port, aet,
-                                progress=(lambda k: progress("C-STORE", k, n)) if progress else None)
-        collect_results(db_url, results, test_set.tracings, cfg.normalise.gain, timeout=opts.timeout_s,
-                        progress=(lambda k: progress("gateway results", k, n)) if progress else None)
+        assert opts.target and opts.database_url, "without a started gateway, a target and its database are needed"
+        (host, port, aet), db_url = opts.target, opts.database_url
+        target = f"running gateway {host}:{port} ({aet})"
+    n = len(indices)
+    results = send_tracings(test_set.tracings, indices, opts.variants, leads, opts.resolution_uv, host, port, aet,
+                            progress=(lambda k: progress("C-STORE", k, n)) if progress else None)
+    collect_results(db_url, results, test_set.tracings, cfg.normalise.gain, timeout=opts.timeout_s,
+                    progress=(lambda k: progress("gateway results", k, n)) if progress else None)
     return RoundTripRun(results=results, target=target, resolution_uv=opts.resolution_uv,
                         variants=[v.label for v in opts.variants],
                         gateway_log=str(gw.log_path) if gw is not None else None)
@@ -143,9 +140,25 @@ def run_validation(cfg: Config, opts: ValidateOptions, *, ensemble: Any = None,
     report paths).  Raises :class:`~gateway.validate.dataset.DatasetError`
     for an unusable test set and :class:`~gateway.validate.roundtrip.RoundTripError`
     when the round trip cannot run."""
+    test_set = load_test_set(opts.data_dir, limit=opts.limit)
+    run_dir = new_run_dir(opts.report_dir)
+    with ExitStack() as stack:
+        gw = None
+        if opts.roundtrip and opts.target is None:
+            from gateway.validate.roundtrip import started_gateway
+
+            # Started first: it loads its model while the direct check runs.
+            db_url = opts.database_url or f"sqlite:///{(run_dir / 'gateway.db').resolve()}"
+            gw = stack.enter_context(started_gateway(run_dir, db_url, cfg.model.files, cfg.dicom.ae_title,
+                                                     config_path=opts.config_path))
+        return _run(cfg, opts, test_set, run_dir, gw, ensemble, progress)
+
+
+def _run(cfg: Config, opts: ValidateOptions, test_set: TestSet, run_dir: Path, gw: StartedGateway | None,
+         ensemble: Any, progress: Callable[[str, int, int], None] | None,
+         ) -> tuple[dict[str, Any], Path, dict[str, Path]]:
     from gateway.validate.report import write_reports
 
-    test_set = load_test_set(opts.data_dir, limit=opts.limit)
     order = list(cfg.normalise.limb_lead_order)
     notes = list(opts.notes)
     if ensemble is None:
@@ -157,7 +170,6 @@ def run_validation(cfg: Config, opts: ValidateOptions, *, ensemble: Any = None,
     thresholds = dict(cfg.model.thresholds)
     metrics = direct_metrics(test_set.gold, direct, thresholds)
 
-    run_dir = new_run_dir(opts.report_dir)
     check = check_limb_leads(test_set.tracings[:200], order)
     dataset = {**test_set.source, "lead_order": lead_names(order), "limb_lead_check": check}
     result: dict[str, Any] = {
@@ -170,7 +182,7 @@ def run_validation(cfg: Config, opts: ValidateOptions, *, ensemble: Any = None,
     failures: list[str] = []
     comparison = None
     if opts.roundtrip:
-        run = run_roundtrip(cfg, opts, test_set, run_dir, progress)
+        run = run_roundtrip(cfg, opts, test_set, gw, progress)
         section, comparison, failures = roundtrip_section(run, direct, cfg, opts)
         result["roundtrip"] = section
         short = [r for r in run.results if r.status == "rejected" and r.duration_s < cfg.normalise.min_duration_s]
