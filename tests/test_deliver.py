@@ -4,6 +4,7 @@ SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import threading
+import time
 
 import hl7
 import pytest
@@ -168,6 +169,26 @@ def test_never_a_good_ack_stays_pending(session_factory, port, tmp_path, modes, 
     m = rows(session_factory)[mid]
     assert m.status == "pending" and m.delivered_at is None
     assert error in m.last_error
+
+
+def test_restart_after_a_crash_mid_send(session_factory, db_url, port, tmp_path):
+    from gateway.deliver.sender import _utcnow, claim_due
+
+    cfg = hl7_config(port)
+    [mid] = enqueue(session_factory, cfg)
+    with session_factory() as s:
+        [claimed] = claim_due(s, cfg, _utcnow())  # a sender that then died: the row is leased
+    assert claimed.id == mid and rows(session_factory)[mid].attempts == 1
+    with receiver(port, tmp_path / "rx.jsonl") as rx:
+        if db_url.startswith("sqlite"):  # one process: a restart takes the row over at once
+            with sender(session_factory, cfg):
+                wait_for(all_done(session_factory), what="delivery after restart")
+            assert [g["control_id"] for g in rx.messages()] == [claimed.control_id]
+            assert rows(session_factory)[mid].attempts == 2
+        else:  # shared database: another process may still be sending it; the lease holds
+            with sender(session_factory, cfg):
+                time.sleep(1.0)  # several poll cycles: a sender ignoring the lease would have sent it
+            assert rx.messages() == [] and rows(session_factory)[mid].status == "pending"
 
 
 def test_ack_split_over_many_tcp_segments(session_factory, port, tmp_path):

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Callable
 
-from sqlalchemy import bindparam, exists, func, select
+from sqlalchemy import bindparam, exists, func, select, update
 from sqlalchemy.orm import Session, aliased
 
 from gateway.deliver.mllp import MllpClient, SendResult, make_ssl_context
@@ -206,6 +206,22 @@ def send_batch(client: MllpClient, batch: list[Claimed], cfg: Hl7Config, stop: t
     return outcomes
 
 
+def release_stale_claims(session: Session, now: datetime) -> int:
+    """SQLite only (one gateway process by design): rows claimed by a previous
+    run that died mid-send, and rows waiting out a backoff, become due now,
+    so a restart resumes at once.  On PostgreSQL another live process may
+    hold those leases, so they are left to expire."""
+    if session.get_bind().dialect.name != "sqlite":
+        return 0
+    with session.begin():
+        result = session.execute(
+            update(Hl7Message)
+            .where(Hl7Message.status == HL7_PENDING, Hl7Message.next_attempt_at > now)
+            .values(next_attempt_at=now)
+        )
+    return result.rowcount or 0
+
+
 def make_client(cfg: Hl7Config) -> MllpClient:
     ctx = make_ssl_context(cfg.tls_ca, cfg.tls_cert, cfg.tls_key) if cfg.tls else None
     return MllpClient(cfg.host, cfg.port, cfg.connect_timeout, cfg.ack_timeout, ctx)
@@ -235,6 +251,12 @@ def run_sender(
     waiter = wake if wake is not None else stop
     link_failures = 0
     log.info("hl7 sender started: %s:%s%s", cfg.host, cfg.port, " (TLS)" if cfg.tls else "")
+    try:
+        with session_factory() as session:
+            if released := release_stale_claims(session, _utcnow()):
+                log.info("hl7 sender: %s waiting message(s) due now (restart)", released)
+    except Exception:
+        log.exception("hl7 sender: could not release stale claims")
     try:
         while not stop.is_set():
             try:
