@@ -188,3 +188,14 @@ def test_normalise_error_carries_reason_and_report():
     err = NormaliseError("because", {"a": 1})
     assert (str(err), err.reason, err.report) == ("because", "because", {"a": 1, "error": "because"})
     assert isinstance(err, ValueError)
+
+
+@pytest.mark.parametrize("up, down", [(2, 5), (4, 5), (8, 5), (5, 3), (400, 1999)])
+def test_cached_filter_is_scipys_default(up, down):
+    from scipy.signal import resample_poly
+
+    from gateway.normalise.resample import _filter
+
+    x = np.random.default_rng(0).normal(size=(2, 3000))
+    np.testing.assert_array_equal(resample_poly(x, up, down, axis=1, window=_filter(up, down)),
+                                  resample_poly(x, up, down, axis=1))

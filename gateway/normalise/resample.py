@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import lru_cache
 
 import numpy as np
 
@@ -53,6 +54,17 @@ def plan_window(n_samples: int, fs: float, up: int, down: int) -> Window:
     return Window(start, stop, crop - k * up, 0, 0, crop, n_out - MODEL_SAMPLES - crop)
 
 
+@lru_cache(maxsize=32)
+def _filter(up: int, down: int) -> np.ndarray:
+    """resample_poly's own default low-pass (Kaiser, beta 5), designed once per ratio."""
+    from scipy.signal import firwin
+
+    max_rate = max(up, down)
+    taps = firwin(2 * 10 * max_rate + 1, 1.0 / max_rate, window=("kaiser", 5.0))
+    taps.setflags(write=False)
+    return taps
+
+
 def resample_to_model(x: np.ndarray, up: int, down: int, window: Window) -> np.ndarray:
     """(leads, window rows) at the source rate -> (leads, 4096) at 400 Hz.
 
@@ -60,7 +72,7 @@ def resample_to_model(x: np.ndarray, up: int, down: int, window: Window) -> np.n
     """
     from scipy.signal import resample_poly  # scipy.signal takes seconds to import: only when used
 
-    y = resample_poly(x, up, down, axis=1) if (up, down) != (1, 1) else x
+    y = resample_poly(x, up, down, axis=1, window=_filter(up, down)) if (up, down) != (1, 1) else x
     if window.pad_before or window.pad_after:
         return np.pad(y, ((0, 0), (window.pad_before, window.pad_after)))
     return y[:, window.offset:window.offset + MODEL_SAMPLES]
