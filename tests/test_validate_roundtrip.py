@@ -112,3 +112,22 @@ def test_validate_fetch_direct_and_dicom_round_trip(served_data_zip, demo_model,
     assert "VERDICT: PASS" in text and "paper F1" in text and result["model"]["files"][0]["sha256"] in text
     assert json.loads((run_dir / "report.json").read_text())["verdict"] == result["verdict"]
     assert "gateway started: scp, worker" in (run_dir / "gateway.log").read_text()
+
+
+def test_a_gateway_that_cannot_start_is_reported_with_its_log(served_data_zip, demo_ensemble, tmp_path, monkeypatch):
+    from gateway.config import Config
+    from gateway.validate.roundtrip import RoundTripError
+    from gateway.validate.run import ValidateOptions, run_validation
+
+    _, _, tracings, gold = served_data_zip
+    write_test_set(tmp_path / "data", tracings[:3], gold[:3])
+    for k in [k for k in os.environ if k.startswith("ECG_GATEWAY_")]:
+        monkeypatch.delenv(k)
+    # the direct check uses the loaded demo model; the gateway is configured with a file that is not there
+    cfg = Config.model_validate({"model": {"files": [str(tmp_path / "missing.hdf5")]}})
+    opts = ValidateOptions(data_dir=tmp_path / "data", report_dir=tmp_path / "reports",
+                           config_path=str(ROOT / "config/gateway.toml"))
+    with pytest.raises(RoundTripError, match=r"(?s)exited with code 2 before listening.*no model file"):
+        run_validation(cfg, opts, ensemble=demo_ensemble)
+    log = next((tmp_path / "reports").glob("*/gateway.log"))
+    assert "missing.hdf5" in log.read_text()
