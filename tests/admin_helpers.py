@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import io
 import shutil
 from datetime import datetime, timedelta, timezone
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pytest
+from conftest import DB_KINDS, PG_URL, _pg_database
 
 from gateway.config import PAPER_THRESHOLDS
 from gateway.store.models import AuditLog, EcgInstance, Hl7Message, Prediction
@@ -18,14 +23,19 @@ MODEL_SHA = "ab" * 32
 XSS_NAME = "<script>alert(1)</script>^EVIL"
 
 
-def model_input(sample_path: Path) -> tuple[np.ndarray, dict, list[str]]:
-    """(float32 (4096, 12) array, normalisation report, quality flags) of the sample."""
+@functools.lru_cache(maxsize=2)
+def _normalised(sample_path: Path):  # type: ignore[no-untyped-def]
     from pydicom import dcmread
 
     from gateway.normalise import normalise_dataset
 
-    out = normalise_dataset(dcmread(sample_path))
-    return out.signal, out.report, list(out.quality_flags)
+    return normalise_dataset(dcmread(sample_path))
+
+
+def model_input(sample_path: Path) -> tuple[np.ndarray, dict, list[str]]:
+    """(float32 (4096, 12) array, normalisation report, quality flags) of the sample."""
+    out = _normalised(sample_path)
+    return out.signal.copy(), copy.deepcopy(out.report), list(out.quality_flags)
 
 
 def npy(array: np.ndarray) -> bytes:
@@ -112,6 +122,37 @@ def seed(session_factory, sample_path: Path, spool_dir: Path) -> dict[str, int]:
         s.commit()
         return {"e1": e1.id, "e2": e2.id, "e3": e3.id, "e4": e4.id, "e5": e5.id, "e6": e6.id,
                 "m1": e1_msg.id, "m2": e2.messages[0].id}
+
+
+@dataclass
+class Seeded:
+    """A migrated, seeded database shared by the read-only tests of one module."""
+
+    url: str
+    session_factory: object
+    ids: dict[str, int]
+    spool_dir: Path
+
+
+def build_readonly_db(kind: str, tmp: Path, sample_path: Path):  # type: ignore[no-untyped-def]
+    """Yield a migrated, seeded :class:`Seeded` database of ``kind``; cleaned up afterwards."""
+    from gateway.store.db import make_engine, make_sessionmaker, upgrade
+
+    urls = iter([f"sqlite:///{tmp / 'gateway.db'}"]) if kind == "sqlite" else _pg_database(PG_URL)
+    url = next(urls)
+    upgrade(url)
+    engine = make_engine(url)
+    factory = make_sessionmaker(engine)
+    yield Seeded(url, factory, seed(factory, sample_path, tmp / "spool"), tmp / "spool")
+    engine.dispose()
+    for _ in urls:  # drops the PostgreSQL database
+        pass
+
+
+@pytest.fixture(scope="module", params=DB_KINDS)
+def readonly_db(request, tmp_path_factory, sample_path):  # type: ignore[no-untyped-def]
+    """Seeded once per module and database kind; tests using it must not write."""
+    yield from build_readonly_db(request.param, tmp_path_factory.mktemp("admin-ro"), sample_path)
 
 
 def audit_rows(session_factory) -> list[AuditLog]:  # type: ignore[no-untyped-def]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from admin_helpers import XSS_NAME, audit_rows, model_input, seed
+from admin_helpers import XSS_NAME, audit_rows, model_input, readonly_db, seed  # noqa: F401 (fixture)
 from gateway.admin.api import check_admin_bind, create_app
 from gateway.admin.auth import SESSION_COOKIE
 from gateway.config import AdminConfig, Config
@@ -37,6 +37,22 @@ def client(db_url, session_factory, seeded, tmp_path):
     return TestClient(create_app(make_cfg(db_url, tmp_path), session_factory))
 
 
+@pytest.fixture
+def ro_sf(readonly_db):
+    return readonly_db.session_factory
+
+
+@pytest.fixture
+def ro_ids(readonly_db):
+    return readonly_db.ids
+
+
+@pytest.fixture
+def ro_client(readonly_db):
+    """A fresh client (no cookies) on the shared read-only database."""
+    return TestClient(create_app(make_cfg(readonly_db.url, readonly_db.spool_dir.parent), readonly_db.session_factory))
+
+
 def api_routes(seeded):
     e1, m1 = seeded["e1"], seeded["m1"]
     return [("GET", "/api/ecgs"), ("GET", f"/api/ecgs/{e1}"), ("GET", f"/api/ecgs/{e1}/input.npy"),
@@ -45,27 +61,27 @@ def api_routes(seeded):
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"},
                                      {"Authorization": "Bearer"}])
-def test_every_api_route_needs_the_token(client, seeded, session_factory, headers):
-    for method, path in api_routes(seeded):
-        r = client.request(method, path, headers=headers)
+def test_every_api_route_needs_the_token(ro_client, ro_ids, ro_sf, headers):
+    for method, path in api_routes(ro_ids):
+        r = ro_client.request(method, path, headers=headers)
         assert r.status_code == 401, (method, path)
         assert r.headers["www-authenticate"] == "Bearer"
         assert not any(v in r.text for v in PHI)
-    assert audit_rows(session_factory) == []
+    assert audit_rows(ro_sf) == []
 
 
-def test_openapi_lists_every_api_route_as_bearer_protected(client, seeded):
-    schema = client.get("/openapi.json").json()
+def test_openapi_lists_every_api_route_as_bearer_protected(ro_client, ro_ids):
+    schema = ro_client.get("/openapi.json").json()
     assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     templates = ["/api/ecgs", "/api/ecgs/{ecg}", "/api/ecgs/{ecg}/input.npy", "/api/ecgs/{ecg}/original.dcm",
                  "/api/hl7/{message_id}/resend"]
-    for (method, _path), template in zip(api_routes(seeded), templates):
+    for (method, _path), template in zip(api_routes(ro_ids), templates):
         assert schema["paths"][template][method.lower()]["security"] == [{"HTTPBearer": []}]
 
 
-def test_without_a_configured_token_the_api_and_web_are_off(db_url, session_factory, seeded, tmp_path):
-    c = TestClient(create_app(make_cfg(db_url, tmp_path, token=""), session_factory))
-    for method, path in api_routes(seeded):
+def test_without_a_configured_token_the_api_and_web_are_off(readonly_db, tmp_path):
+    c = TestClient(create_app(make_cfg(readonly_db.url, tmp_path, token=""), readonly_db.session_factory))
+    for method, path in api_routes(readonly_db.ids):
         r = c.request(method, path, headers={"Authorization": "Bearer "})
         assert r.status_code == 403 and "set [admin] token" in r.json()["detail"]
     r = c.get("/ecgs", follow_redirects=False)
@@ -74,16 +90,16 @@ def test_without_a_configured_token_the_api_and_web_are_off(db_url, session_fact
     assert c.get("/healthz").status_code == 200  # no PHI there
 
 
-def test_list_paginates(client, seeded):
-    r = client.get("/api/ecgs", params={"limit": 4}, headers=AUTH)
+def test_list_paginates(ro_client, ro_ids):
+    r = ro_client.get("/api/ecgs", params={"limit": 4}, headers=AUTH)
     body = r.json()
     assert r.status_code == 200
-    assert [i["id"] for i in body["items"]] == [seeded[k] for k in ("e6", "e5", "e4", "e3")]
+    assert [i["id"] for i in body["items"]] == [ro_ids[k] for k in ("e6", "e5", "e4", "e3")]
     assert (body["total"], body["limit"], body["offset"], body["next_offset"]) == (6, 4, 0, 4)
-    body = client.get("/api/ecgs", params={"limit": 4, "offset": 4}, headers=AUTH).json()
-    assert [i["id"] for i in body["items"]] == [seeded["e2"], seeded["e1"]]
+    body = ro_client.get("/api/ecgs", params={"limit": 4, "offset": 4}, headers=AUTH).json()
+    assert [i["id"] for i in body["items"]] == [ro_ids["e2"], ro_ids["e1"]]
     assert body["next_offset"] is None
-    assert client.get("/api/ecgs", params={"limit": 0}, headers=AUTH).status_code == 422
+    assert ro_client.get("/api/ecgs", params={"limit": 0}, headers=AUTH).status_code == 422
 
 
 @pytest.mark.parametrize("params, expected, total", [
@@ -95,9 +111,9 @@ def test_list_paginates(client, seeded):
     ({"finding": "LBBB"}, ["e2"], 1),
     ({"status": "processed", "limit": 1}, ["e6"], 3),
 ])
-def test_list_filters(client, seeded, params, expected, total):
-    body = client.get("/api/ecgs", params=params, headers=AUTH).json()
-    assert [i["id"] for i in body["items"]] == [seeded[k] for k in expected]
+def test_list_filters(ro_client, ro_ids, params, expected, total):
+    body = ro_client.get("/api/ecgs", params=params, headers=AUTH).json()
+    assert [i["id"] for i in body["items"]] == [ro_ids[k] for k in expected]
     assert body["total"] == total
 
 
@@ -106,18 +122,18 @@ def test_list_filters(client, seeded, params, expected, total):
     ({"finding": "MI"}, "finding: unknown finding 'MI'"),
     ({"since": "last week"}, "since: not an ISO 8601 date or date-time"),
 ])
-def test_bad_filters_are_422_with_the_reason(client, params, message):
-    r = client.get("/api/ecgs", params=params, headers=AUTH)
+def test_bad_filters_are_422_with_the_reason(ro_client, params, message):
+    r = ro_client.get("/api/ecgs", params=params, headers=AUTH)
     assert r.status_code == 422 and message in r.json()["detail"]
 
 
-def test_detail(client, seeded):
-    r = client.get(f"/api/ecgs/{seeded['e2']}", headers=AUTH)
+def test_detail(ro_client, ro_ids):
+    r = ro_client.get(f"/api/ecgs/{ro_ids['e2']}", headers=AUTH)
     d = r.json()
     assert d["patient_name"] == XSS_NAME and d["demo_model"] is True and d["hl7_status"] == "pending"
     assert [m["status"] for m in d["hl7_messages"]] == ["superseded", "pending"]
-    assert client.get("/api/ecgs/1.2.826.0.1.3680043.10.1.1", headers=AUTH).json()["id"] == seeded["e1"]
-    r = client.get("/api/ecgs/77777", headers=AUTH)
+    assert ro_client.get("/api/ecgs/1.2.826.0.1.3680043.10.1.1", headers=AUTH).json()["id"] == ro_ids["e1"]
+    r = ro_client.get("/api/ecgs/77777", headers=AUTH)
     assert r.status_code == 404 and "no ECG" in r.json()["detail"]
 
 
@@ -153,14 +169,14 @@ def test_resend_queues_a_new_message_and_writes_an_audit_row(client, seeded, ses
     assert r.status_code == 404 and "98765" in r.json()["detail"]
 
 
-def test_healthz_ok_and_metrics(client, seeded):
-    r = client.get("/healthz")
+def test_healthz_ok_and_metrics(ro_client, ro_ids):
+    r = ro_client.get("/healthz")
     body = r.json()
     assert r.status_code == 200 and body["status"] == "ok"
     assert body["components"]["database"] == {"ok": True}
     assert body["components"]["hl7_backlog"]["pending"] == 1
     assert body["components"]["spool_disk"]["ok"] is True
-    text = client.get("/metrics").text
+    text = ro_client.get("/metrics").text
     assert 'ecg_gateway_ecgs{status="processed"} 3.0' in text
     assert 'ecg_gateway_ecgs{status="processing"} 1.0' in text
     assert "ecg_gateway_queue_depth 1.0" in text
@@ -191,8 +207,8 @@ def test_healthz_is_503_when_the_database_is_unreachable(tmp_path):
     ({"scp_listening": False, "model_loaded": True}, 503),
     ({"scp_listening": True, "model_loaded": "loading models/model.hdf5"}, 503),
 ])
-def test_healthz_includes_what_serve_reports(db_url, session_factory, tmp_path, states, status):
-    c = TestClient(create_app(make_cfg(db_url, tmp_path), session_factory, health=lambda: states))
+def test_healthz_includes_what_serve_reports(readonly_db, tmp_path, states, status):
+    c = TestClient(create_app(make_cfg(readonly_db.url, tmp_path), readonly_db.session_factory, health=lambda: states))
     r = c.get("/healthz")
     assert r.status_code == status
     assert {k: r.json()["components"][k]["ok"] for k in states} == {
@@ -228,62 +244,63 @@ def login(client, token=TOKEN, next_="/ecgs"):
     return client.post("/login", data={"token": token, "next": next_}, follow_redirects=False)
 
 
-def test_web_needs_login_and_sets_a_derived_strict_cookie(client, seeded):
-    r = client.get(f"/ecgs/{seeded['e1']}", follow_redirects=False)
-    assert r.status_code == 303 and r.headers["location"] == f"/login?next=%2Fecgs%2F{seeded['e1']}"
-    assert login(client, "wrong").status_code == 401
-    assert SESSION_COOKIE not in client.cookies
-    r = login(client, next_=f"/ecgs/{seeded['e1']}")
+def test_web_needs_login_and_sets_a_derived_strict_cookie(ro_client, ro_ids):
+    r = ro_client.get(f"/ecgs/{ro_ids['e1']}", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == f"/login?next=%2Fecgs%2F{ro_ids['e1']}"
+    assert login(ro_client, "wrong").status_code == 401
+    assert SESSION_COOKIE not in ro_client.cookies
+    r = login(ro_client, next_=f"/ecgs/{ro_ids['e1']}")
     assert r.status_code == 200
     cookie = r.headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
     assert TOKEN not in cookie
-    assert f'url=/ecgs/{seeded["e1"]}"' in r.text  # moves on by itself
-    assert client.get(f"/ecgs/{seeded['e1']}").status_code == 200
-    r = client.post("/logout", follow_redirects=False)
+    assert f'url=/ecgs/{ro_ids["e1"]}"' in r.text  # moves on by itself
+    assert ro_client.get(f"/ecgs/{ro_ids['e1']}").status_code == 200
+    r = ro_client.post("/logout", follow_redirects=False)
     assert r.status_code == 303 and 'ecg_gateway_admin=""' in r.headers["set-cookie"]
-    assert client.get("/ecgs", follow_redirects=False).status_code == 303
+    assert ro_client.get("/ecgs", follow_redirects=False).status_code == 303
 
 
 @pytest.mark.parametrize("target", ["//evil.example/x", "https://evil.example/", "javascript:alert(1)", "/\\evil"])
-def test_login_does_not_redirect_off_site(client, target):
-    r = login(client, next_=target)
+def test_login_does_not_redirect_off_site(ro_client, target):
+    r = login(ro_client, next_=target)
     assert r.status_code == 200 and "url=/ecgs\"" in r.text
 
 
-def test_a_cookie_from_another_token_is_refused(client, db_url, session_factory, tmp_path):
-    other = TestClient(create_app(make_cfg(db_url, tmp_path, token="another-token"), session_factory))
+def test_a_cookie_from_another_token_is_refused(ro_client, readonly_db, tmp_path):
+    other = TestClient(create_app(make_cfg(readonly_db.url, tmp_path, token="another-token"),
+                                  readonly_db.session_factory))
     login(other, "another-token")
-    client.cookies.set(SESSION_COOKIE, other.cookies[SESSION_COOKIE])
-    assert client.get("/ecgs", follow_redirects=False).status_code == 303
+    ro_client.cookies.set(SESSION_COOKIE, other.cookies[SESSION_COOKIE])
+    assert ro_client.get("/ecgs", follow_redirects=False).status_code == 303
 
 
-def test_list_page(client, seeded):
-    login(client)
-    page = client.get("/ecgs").text
+def test_list_page(ro_client, ro_ids):
+    login(ro_client)
+    page = ro_client.get("/ecgs").text
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>alert" not in page
     assert 'class="status-processed has-findings"' in page and 'class="badge status failed"' in page
     assert 'class="badge hl7 delivered"' in page and 'class="badge demo"' in page
-    page = client.get("/ecgs", params={"finding": "AF"}).text
+    page = ro_client.get("/ecgs", params={"finding": "AF"}).text
     assert "DOE^JANE" in page and "ROE^RICHARD" not in page and "1 ECG(s)" in page
-    r = client.get("/ecgs", params={"status": "lost"})
+    r = ro_client.get("/ecgs", params={"status": "lost"})
     assert r.status_code == 400 and "unknown status" in r.text
 
 
-def test_ecg_page(client, seeded):
-    login(client)
-    page = client.get(f"/ecgs/{seeded['e2']}").text
+def test_ecg_page(ro_client, ro_ids):
+    login(ro_client)
+    page = ro_client.get(f"/ecgs/{ro_ids['e2']}").text
     assert 'class="banner demo"' in page and "DEMO MODEL" in page
     assert page.count('class="lead-panel"') == 12 and page.count('class="rhythm-strip"') == 1
     assert 'data-finding="RBBB"' in page and "0.800" in page and "0.070" in page
     assert "V1: flat line" in page and "output_leads" in page
     assert "<dt>Padding</dt><dd>48 before, 48 after</dd>" in page and "1000.0 Hz -&gt; 400 Hz" in page
     assert "&lt;script&gt;" in page and "<script>alert" not in page
-    page = client.get(f"/ecgs/{seeded['e1']}").text
+    page = ro_client.get(f"/ecgs/{ro_ids['e1']}").text
     assert "DEMO MODEL" not in page and "MSA|AA|CTRL1" in page and "Resend" in page
-    page = client.get(f"/ecgs/{seeded['e3']}").text
+    page = ro_client.get(f"/ecgs/{ro_ids['e3']}").text
     assert "recording too short" in page and "No model input stored" in page
-    assert client.get("/ecgs/4040404").status_code == 404
+    assert ro_client.get("/ecgs/4040404").status_code == 404
 
 
 def test_web_resend(client, seeded, session_factory):

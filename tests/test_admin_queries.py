@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from admin_helpers import MODEL_SHA, XSS_NAME, audit_rows, model_input, seed
+from admin_helpers import MODEL_SHA, XSS_NAME, audit_rows, model_input, readonly_db, seed  # noqa: F401 (fixture)
 from gateway.admin.queries import ROW_KEYS, QueryError, ecg_detail, ecg_rows
 from gateway.cli import app
 
@@ -34,17 +34,34 @@ def config_file(db_url, tmp_path):
     return p
 
 
+@pytest.fixture
+def ro_sf(readonly_db):
+    return readonly_db.session_factory
+
+
+@pytest.fixture
+def ro_ids(readonly_db):
+    return readonly_db.ids
+
+
+@pytest.fixture
+def ro_config(readonly_db, tmp_path):
+    p = tmp_path / "gateway.toml"
+    p.write_text(f'[storage]\ndatabase_url = "{readonly_db.url}"\nspool_dir = "{readonly_db.spool_dir}"\n')
+    return p
+
+
 def ids(rows):
     return [r["id"] for r in rows]
 
 
-def test_rows_have_the_documented_keys_and_values(session_factory, seeded):
-    with session_factory() as s:
+def test_rows_have_the_documented_keys_and_values(ro_sf, ro_ids):
+    with ro_sf() as s:
         rows = ecg_rows(s)
-    assert ids(rows) == [seeded[k] for k in ("e6", "e5", "e4", "e3", "e2", "e1")]  # newest first
+    assert ids(rows) == [ro_ids[k] for k in ("e6", "e5", "e4", "e3", "e2", "e1")]  # newest first
     assert all(tuple(r) == ROW_KEYS for r in rows)
     by_id = {r["id"]: r for r in rows}
-    r1 = by_id[seeded["e1"]]
+    r1 = by_id[ro_ids["e1"]]
     assert r1["patient_id"] == "P1" and r1["patient_name"] == "DOE^JANE" and r1["accession_number"] == "A1"
     assert r1["received_at"] == "2026-01-01T10:00:00+00:00"
     assert r1["status"] == "processed" and r1["error"] is None
@@ -52,14 +69,14 @@ def test_rows_have_the_documented_keys_and_values(session_factory, seeded):
     assert r1["probabilities"]["AF"] == pytest.approx(0.91)
     assert r1["findings"] == ["AF"] and r1["model_sha256"] == MODEL_SHA and r1["demo_model"] is False
     assert r1["hl7_status"] == "delivered"
-    r2 = by_id[seeded["e2"]]
+    r2 = by_id[ro_ids["e2"]]
     assert r2["demo_model"] is True and r2["findings"] == ["RBBB", "LBBB"] and r2["quality_flags"] == ["V1: flat line"]
     assert r2["hl7_status"] == "pending"  # the newest non-superseded message
-    r3 = by_id[seeded["e3"]]
+    r3 = by_id[ro_ids["e3"]]
     assert (r3["status"], r3["probabilities"], r3["findings"], r3["hl7_status"]) == ("rejected", None, [], "not_sent")
     assert r3["error"].startswith("recording too short")
-    assert by_id[seeded["e5"]]["status"] == "received"  # claimed by a worker, still awaiting a result
-    assert by_id[seeded["e6"]]["hl7_status"] == "failed"
+    assert by_id[ro_ids["e5"]]["status"] == "received"  # claimed by a worker, still awaiting a result
+    assert by_id[ro_ids["e6"]]["hl7_status"] == "failed"
     json.dumps(rows)  # serialisable as is
 
 
@@ -85,9 +102,9 @@ def test_rows_have_the_documented_keys_and_values(session_factory, seeded):
         ({"limit": 2, "offset": 4}, ["e2", "e1"]),
     ],
 )
-def test_filters(session_factory, seeded, filters, expected):
-    with session_factory() as s:
-        assert ids(ecg_rows(s, **filters)) == [seeded[k] for k in expected]
+def test_filters(ro_sf, ro_ids, filters, expected):
+    with ro_sf() as s:
+        assert ids(ecg_rows(s, **filters)) == [ro_ids[k] for k in expected]
 
 
 @pytest.mark.parametrize("filters, message", [
@@ -95,14 +112,14 @@ def test_filters(session_factory, seeded, filters, expected):
     ({"finding": "AFIB"}, "finding: unknown finding 'AFIB'"),
     ({"offset": -1}, "must not be negative"),
 ])
-def test_bad_filters_are_named(session_factory, seeded, filters, message):
-    with session_factory() as s, pytest.raises(QueryError, match=message):
+def test_bad_filters_are_named(ro_sf, ro_ids, filters, message):
+    with ro_sf() as s, pytest.raises(QueryError, match=message):
         ecg_rows(s, **filters)
 
 
-def test_detail_by_id_and_by_uid(session_factory, seeded):
-    with session_factory() as s:
-        by_id = ecg_detail(s, str(seeded["e1"]))
+def test_detail_by_id_and_by_uid(ro_sf, ro_ids):
+    with ro_sf() as s:
+        by_id = ecg_detail(s, str(ro_ids["e1"]))
         by_uid = ecg_detail(s, "1.2.826.0.1.3680043.10.1.1")
         assert ecg_detail(s, "999999") is None and ecg_detail(s, "1.2.3.4") is None
     assert by_id == by_uid
@@ -118,12 +135,12 @@ def cli(config_file, *args):
     return CliRunner().invoke(app, ["--config", str(config_file), *args])
 
 
-def test_cli_list_json_equals_the_query_rows(session_factory, seeded, config_file):
-    r = cli(config_file, "results", "list", "--format", "json", "--patient-id", "P1")
+def test_cli_list_json_equals_the_query_rows(ro_sf, ro_ids, ro_config):
+    r = cli(ro_config, "results", "list", "--format", "json", "--patient-id", "P1")
     assert r.exit_code == 0, r.output
-    with session_factory() as s:
+    with ro_sf() as s:
         assert json.loads(r.stdout) == ecg_rows(s, patient_id="P1")
-    assert ids(json.loads(r.stdout)) == [seeded["e3"], seeded["e1"]]
+    assert ids(json.loads(r.stdout)) == [ro_ids["e3"], ro_ids["e1"]]
 
 
 @pytest.mark.parametrize("args, expected", [
@@ -132,25 +149,25 @@ def test_cli_list_json_equals_the_query_rows(session_factory, seeded, config_fil
     (["--status", "processed", "--limit", "2"], ["e6", "e2"]),
     (["--finding", "AF"], ["e1"]),
 ])
-def test_cli_list_filters(seeded, config_file, args, expected):
-    r = cli(config_file, "results", "list", "-f", "json", *args)
+def test_cli_list_filters(ro_ids, ro_config, args, expected):
+    r = cli(ro_config, "results", "list", "-f", "json", *args)
     assert r.exit_code == 0, r.output
-    assert ids(json.loads(r.stdout)) == [seeded[k] for k in expected]
+    assert ids(json.loads(r.stdout)) == [ro_ids[k] for k in expected]
 
 
-def test_cli_list_csv(seeded, config_file):
-    r = cli(config_file, "results", "list", "--format", "csv", "--finding", "RBBB")
+def test_cli_list_csv(ro_ids, ro_config):
+    r = cli(ro_config, "results", "list", "--format", "csv", "--finding", "RBBB")
     assert r.exit_code == 0, r.output
     rows = list(csv.DictReader(io.StringIO(r.stdout)))
     assert len(rows) == 1
     row = rows[0]
-    assert row["id"] == str(seeded["e2"]) and row["patient_name"] == XSS_NAME
+    assert row["id"] == str(ro_ids["e2"]) and row["patient_name"] == XSS_NAME
     assert float(row["p_RBBB"]) == pytest.approx(0.8) and row["findings"] == "RBBB;LBBB"
     assert row["demo_model"] == "true" and row["hl7_status"] == "pending" and row["error"] == ""
 
 
-def test_cli_list_table(seeded, config_file):
-    r = cli(config_file, "results", "list")
+def test_cli_list_table(ro_ids, ro_config):
+    r = cli(ro_config, "results", "list")
     assert r.exit_code == 0, r.output
     assert "DOE^JANE" in r.stdout and "RBBB LBBB" in r.stdout and "DEMO MODEL" in r.stdout
     assert "6 row(s)" in r.stdout
@@ -162,8 +179,8 @@ def test_cli_list_table(seeded, config_file):
     (["--since", "yesterday"], "--since: not an ISO 8601 date or date-time: 'yesterday'"),
     (["--format", "xml"], "--format: unknown format 'xml'"),
 ])
-def test_cli_list_bad_input(seeded, config_file, args, message):
-    r = cli(config_file, "results", "list", *args)
+def test_cli_list_bad_input(ro_ids, ro_config, args, message):
+    r = cli(ro_config, "results", "list", *args)
     assert r.exit_code == 2
     assert message in r.stderr
 
@@ -176,19 +193,19 @@ def test_cli_on_an_unmigrated_database(empty_db_url, tmp_path):
     assert "database not initialised: run `ecg-gateway db upgrade`" in r.stderr
 
 
-def test_cli_show(seeded, config_file):
-    r = cli(config_file, "results", "show", "1.2.826.0.1.3680043.10.1.1")
+def test_cli_show(ro_ids, ro_config):
+    r = cli(ro_config, "results", "show", "1.2.826.0.1.3680043.10.1.1")
     assert r.exit_code == 0, r.output
     out = r.stdout
-    assert f"ECG {seeded['e1']}" in out and "DOE^JANE" in out
+    assert f"ECG {ro_ids['e1']}" in out and "DOE^JANE" in out
     assert "AF" in out and "0.910" in out and "0.390" in out
     assert '"output_leads"' in out  # the normalisation report
     assert "HL7           delivered" in out and "MSA|AA|CTRL1" in out
-    r = cli(config_file, "results", "show", str(seeded["e2"]))
+    r = cli(ro_config, "results", "show", str(ro_ids["e2"]))
     assert "DEMO MODEL" in r.stdout
-    r = cli(config_file, "results", "show", str(seeded["e3"]), "--format", "json")
+    r = cli(ro_config, "results", "show", str(ro_ids["e3"]), "--format", "json")
     assert json.loads(r.stdout)["error"].startswith("recording too short")
-    r = cli(config_file, "results", "show", "424242")
+    r = cli(ro_config, "results", "show", "424242")
     assert r.exit_code == 1 and "no ECG with id or SOP Instance UID '424242'" in r.stderr
 
 
@@ -230,17 +247,20 @@ def test_export_dicom_is_the_stored_original_and_audited(seeded, config_file, se
 
 
 def test_results_and_ecg_commands_do_not_import_tensorflow(seeded, config_file, tmp_path):
+    # One interpreter runs the three commands; none may have pulled in TensorFlow/Keras.
+    out = tmp_path / "a.npy"
+    commands = [["results", "list", "-f", "json"], ["results", "show", str(seeded["e1"])],
+                ["ecg", "export-input", str(seeded["e1"]), "-o", str(out)]]
     code = (
-        "import sys, runpy; sys.argv = ['ecg-gateway', *sys.argv[1:]]\n"
-        "try:\n    runpy.run_module('gateway', run_name='__main__')\n"
-        "except SystemExit: pass\n"
+        "import json, runpy, sys\n"
+        f"for args in json.loads({json.dumps(json.dumps(commands))}):\n"
+        f"    sys.argv = ['ecg-gateway', '--config', {str(config_file)!r}, *args]\n"
+        "    try:\n        runpy.run_module('gateway', run_name='__main__')\n"
+        "    except SystemExit as exc:\n        assert not exc.code, (args, exc.code)\n"
         "bad = [m for m in ('tensorflow', 'keras', 'tf_keras') if m in sys.modules]\n"
         "print('HEAVY:' + ','.join(bad))\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("ECG_GATEWAY_")}
-    for args in (["results", "list", "-f", "json"], ["results", "show", str(seeded["e1"])],
-                 ["ecg", "export-input", str(seeded["e1"]), "-o", str(tmp_path / "a.npy")]):
-        r = subprocess.run([sys.executable, "-c", code, "--config", str(config_file), *args], capture_output=True,
-                           text=True, env=env, cwd=ROOT, timeout=60)
-        assert "HEAVY:\n" in r.stdout, r.stdout[-500:] + r.stderr
-    assert (tmp_path / "a.npy").is_file()
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    assert "HEAVY:\n" in r.stdout, r.stdout[-500:] + r.stderr
+    assert out.is_file()
