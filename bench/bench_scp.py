@@ -13,8 +13,12 @@ to two servers started in this process with the same AE settings:
   gateway: start_scp(): header read and checks, temp file + fsync + rename +
            folder fsync, duplicate lookup, row committed, then 0x0000.
 
+  fsync:   the bare SCP plus temp file + fsync + rename + folder fsync (what
+           durability alone costs on this disk, no checks, no database);
+
 Prints instances/s and MB/s for each, and gateway/ceiling as a ratio (the aim
-is 0.8 or more).  Every response must be Success or the run fails.
+is 0.8 or more), plus the two ratios that split the gap into file-system
+durability and the gateway's own work (header, duplicate lookup, commit).  Every response must be Success or the run fails.
 
 Usage: .venv/bin/python bench/bench_scp.py [--n 200] [--associations 4]
        [--database-url URL]   (default: a temporary SQLite file)
@@ -68,8 +72,12 @@ def send(port: int, groups: list[list[Path]]) -> float:
     return elapsed
 
 
-def bare_scp(port: int, dest: Path, dicom):  # type: ignore[no-untyped-def]
-    """The ceiling: same contexts and limits, the handler only writes the bytes."""
+def bare_scp(port: int, dest: Path, dicom, durable: bool = False):  # type: ignore[no-untyped-def]
+    """The ceiling: same contexts and limits, the handler only writes the
+    bytes.  ``durable``: also temp file + fsync + rename + folder fsync, i.e.
+    the file-system cost of durability without any checks or database."""
+    import os
+
     from pynetdicom import evt
 
     from gateway.receive.scp import make_ae
@@ -77,8 +85,18 @@ def bare_scp(port: int, dest: Path, dicom):  # type: ignore[no-untyped-def]
     counter = iter(range(10**9))
 
     def handle_store(event: evt.Event) -> int:
-        with open(dest / f"{next(counter)}.dcm", "wb") as f:
+        name = dest / f"{next(counter)}.dcm"
+        tmp = name.with_suffix(".tmp") if durable else name
+        with open(tmp, "wb") as f:
             f.write(event.encoded_dataset())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        if durable:
+            os.replace(tmp, name)
+            fd = os.open(dest, os.O_RDONLY)
+            os.fsync(fd)
+            os.close(fd)
         return 0x0000
 
     ae = make_ae(dicom)
@@ -116,16 +134,16 @@ def main() -> None:
                 return s.getsockname()[1]
 
         for scenario, groups in scenarios.items():
-            # ceiling
-            port = free_port()
-            out = root / f"bare_{len(groups)}"
-            out.mkdir()
-            dicom = DicomConfig(host="127.0.0.1", port=port, min_free_disk_mb=0, max_associations=max(10, k))
-            server = bare_scp(port, out, dicom)
-            try:
-                results[("ceiling", scenario)] = send(port, groups)
-            finally:
-                server.shutdown()
+            for name, durable in (("ceiling", False), ("fsync", True)):
+                port = free_port()
+                out = root / f"{name}_{len(groups)}"
+                out.mkdir()
+                dicom = DicomConfig(host="127.0.0.1", port=port, min_free_disk_mb=0, max_associations=max(10, k))
+                server = bare_scp(port, out, dicom, durable)
+                try:
+                    results[(name, scenario)] = send(port, groups)
+                finally:
+                    server.shutdown()
             # gateway, fresh database and spool
             port = free_port()
             url = args.database_url or f"sqlite:///{root / f'gw_{len(groups)}.db'}"
@@ -148,11 +166,13 @@ def main() -> None:
           f"database {'SQLite (temp file)' if not args.database_url else args.database_url.split('@')[-1]}")
     print(f"{'scenario':<18} {'server':<8} {'inst/s':>8} {'MB/s':>7}")
     for scenario in scenarios:
-        for server in ("ceiling", "gateway"):
+        for server in ("ceiling", "fsync", "gateway"):
             s = results[(server, scenario)]
             print(f"{scenario:<18} {server:<8} {args.n / s:8.1f} {mb / s:7.2f}")
         ratio = results[("ceiling", scenario)] / results[("gateway", scenario)]
-        print(f"{scenario:<18} gateway/ceiling = {ratio:.2f} (aim >= 0.80)")
+        print(f"{scenario:<18} gateway/ceiling = {ratio:.2f} (aim >= 0.80); "
+              f"fsync-only/ceiling = {results[('ceiling', scenario)] / results[('fsync', scenario)]:.2f}; "
+              f"gateway/fsync-only = {results[('fsync', scenario)] / results[('gateway', scenario)]:.2f}")
 
 
 if __name__ == "__main__":

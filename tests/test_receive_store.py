@@ -278,3 +278,35 @@ def test_commit_failure_removes_the_written_file(sample_path: Path, session_fact
         event.remove(factory.class_, "before_commit", fail)
     assert outcome.status == OUT_OF_RESOURCES
     assert spool_files(spool) == [] and _rows(factory) == []
+
+
+def test_write_error_is_a700_and_leaves_nothing(sample_path: Path, session_factory, tmp_path: Path, monkeypatch) -> None:
+    """ENOSPC while writing (a fault the real disk will not produce on
+    demand): refused as out of resources, no row, no temp file."""
+    import errno
+    import os
+
+    import gateway.receive.spool as spool_module
+
+    def no_space(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(spool_module.os, "fsync", no_space)
+    spool = tmp_path / "spool"
+    outcome = _store(sample_path.read_bytes(), session_factory, spool)
+    assert outcome.status == OUT_OF_RESOURCES
+    assert "No space left on device" in (outcome.reason or "")
+    assert _rows(session_factory) == [] and [p for p in spool.rglob("*") if p.is_file()] == []
+
+
+def test_stale_temp_files_are_removed(tmp_path: Path) -> None:
+    from gateway.receive.spool import INCOMING_DIR, remove_stale_temp_files
+
+    incoming = tmp_path / INCOMING_DIR
+    incoming.mkdir()
+    (incoming / "incoming-abc.tmp").write_bytes(b"half")
+    keep = tmp_path / "2026" / "01" / "01" / "1.2.3_abc.dcm"
+    keep.parent.mkdir(parents=True)
+    keep.write_bytes(b"stored")
+    assert remove_stale_temp_files(tmp_path) == 1
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == [keep]
