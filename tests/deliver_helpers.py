@@ -131,6 +131,7 @@ def sender(session_factory, cfg: Hl7Config) -> Iterator[threading.Event]:  # typ
         yield wake
     finally:
         stop.set()
+        wake.set()  # ends the idle wait at once
         t.join(15)
         assert not t.is_alive(), "sender thread did not stop"
         assert not errors, errors

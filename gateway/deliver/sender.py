@@ -239,7 +239,8 @@ def run_sender(
 ) -> None:
     """Deliver the outbox until ``stop`` is set (meant to run in a thread).
 
-    ``wake`` (optional) is set by whoever enqueues, to skip the idle wait.
+    ``wake`` (optional) is set by whoever enqueues, to skip the idle wait
+    (set it after ``stop`` too, for an immediate exit).
     While the receiver cannot be reached, the sender backs off as a whole
     (no other message is tried) and only the message that found it down is
     charged an attempt.
