@@ -84,13 +84,21 @@ def split_batch(n: int, batch_size: int) -> list[int]:
     return pieces
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (CPU affinity, e.g. a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def configure_threads(threads: int) -> None:
     """Intra-op threads = ``threads`` (0 = cores), inter-op 1: this network is a
     chain of layers, so all cores are best spent inside each convolution.
     Only possible before TensorFlow starts its runtime; later calls log and go on."""
     import tensorflow as tf
 
-    intra = threads or os.cpu_count() or 1
+    intra = threads or usable_cores()
     try:
         tf.config.threading.set_intra_op_parallelism_threads(intra)
         tf.config.threading.set_inter_op_parallelism_threads(1)
