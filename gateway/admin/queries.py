@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import String, cast, func, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
 from gateway.store.models import (
     ECG_STATUSES,
@@ -72,7 +72,8 @@ def _validate(status: str | None, finding: str | None) -> None:
         raise QueryError(f"finding: unknown finding {finding!r}; use {', '.join(FINDING_CODES)}")
 
 
-def _filtered(stmt, *, patient_id, accession, since, until, status, finding):  # type: ignore[no-untyped-def]
+def _filtered(stmt, *, patient_id, accession, since, until, status, finding, joined=False):  # type: ignore[no-untyped-def]
+    """``stmt`` with the filters; ``joined`` = it already joins predictions."""
     _validate(status, finding)
     if patient_id is not None:
         stmt = stmt.where(EcgInstance.patient_id == patient_id)
@@ -90,9 +91,9 @@ def _filtered(stmt, *, patient_id, accession, since, until, status, finding):  #
     if finding is not None:
         # findings is a JSON list of distinct codes; its text holds '"AF"'
         # exactly when AF is in it, on SQLite and PostgreSQL alike.
-        stmt = stmt.join(Prediction, Prediction.ecg_id == EcgInstance.id).where(
-            cast(Prediction.findings, String).like(f'%"{finding}"%')
-        )
+        if not joined:
+            stmt = stmt.join(Prediction, Prediction.ecg_id == EcgInstance.id)
+        stmt = stmt.where(cast(Prediction.findings, String).like(f'%"{finding}"%'))
     return stmt
 
 
@@ -102,25 +103,49 @@ def hl7_status(messages: list[Hl7Message]) -> str:
     return max(live, key=lambda m: m.id).status if live else "not_sent"
 
 
-def _row(ecg: EcgInstance, hl7: str) -> dict[str, Any]:
-    p = ecg.prediction
+#: The columns a row is built from (one SELECT, no ORM objects: the list is hot).
+_ROW_COLUMNS = (
+    EcgInstance.id, EcgInstance.sop_instance_uid, EcgInstance.study_instance_uid, EcgInstance.patient_id,
+    EcgInstance.patient_name, EcgInstance.accession_number, EcgInstance.received_at, EcgInstance.status,
+    EcgInstance.error, Prediction.id.label("prediction_id"), Prediction.probabilities, Prediction.findings,
+    Prediction.quality_flags, Prediction.model_sha256, Prediction.demo_model,
+)
+
+
+def _row(v: Any, hl7: str) -> dict[str, Any]:
+    """A row dict from anything with the :data:`_ROW_COLUMNS` attributes."""
+    has_prediction = v.prediction_id is not None
     return {
-        "id": ecg.id,
-        "sop_instance_uid": ecg.sop_instance_uid,
-        "study_instance_uid": ecg.study_instance_uid,
-        "patient_id": ecg.patient_id,
-        "patient_name": ecg.patient_name,
-        "accession_number": ecg.accession_number,
-        "received_at": iso(ecg.received_at),
-        "status": RECEIVED if ecg.status == PROCESSING else ecg.status,
-        "error": ecg.error,
-        "probabilities": {k: p.probabilities.get(k) for k in FINDING_CODES} if p else None,
-        "findings": list(p.findings) if p else [],
-        "quality_flags": list(p.quality_flags or []) if p else [],
-        "model_sha256": p.model_sha256 if p else None,
-        "demo_model": bool(p.demo_model) if p else False,
+        "id": v.id,
+        "sop_instance_uid": v.sop_instance_uid,
+        "study_instance_uid": v.study_instance_uid,
+        "patient_id": v.patient_id,
+        "patient_name": v.patient_name,
+        "accession_number": v.accession_number,
+        "received_at": iso(v.received_at),
+        "status": RECEIVED if v.status == PROCESSING else v.status,
+        "error": v.error,
+        "probabilities": {k: (v.probabilities or {}).get(k) for k in FINDING_CODES} if has_prediction else None,
+        "findings": list(v.findings or []) if has_prediction else [],
+        "quality_flags": list(v.quality_flags or []) if has_prediction else [],
+        "model_sha256": v.model_sha256 if has_prediction else None,
+        "demo_model": bool(v.demo_model) if has_prediction else False,
         "hl7_status": hl7,
     }
+
+
+def _orm_values(ecg: EcgInstance) -> Any:
+    from types import SimpleNamespace
+
+    p = ecg.prediction
+    return SimpleNamespace(
+        id=ecg.id, sop_instance_uid=ecg.sop_instance_uid, study_instance_uid=ecg.study_instance_uid,
+        patient_id=ecg.patient_id, patient_name=ecg.patient_name, accession_number=ecg.accession_number,
+        received_at=ecg.received_at, status=ecg.status, error=ecg.error, prediction_id=p.id if p else None,
+        probabilities=p.probabilities if p else None, findings=p.findings if p else None,
+        quality_flags=p.quality_flags if p else None, model_sha256=p.model_sha256 if p else None,
+        demo_model=p.demo_model if p else None,
+    )
 
 
 def _hl7_statuses(session: Session, ecg_ids: list[int]) -> dict[int, str]:
@@ -158,13 +183,14 @@ def ecg_rows(
     if limit < 0 or offset < 0:
         raise QueryError("limit and offset must not be negative")
     stmt = _filtered(
-        select(EcgInstance).options(selectinload(EcgInstance.prediction).defer(Prediction.input_npy)),
+        select(*_ROW_COLUMNS).outerjoin(Prediction, Prediction.ecg_id == EcgInstance.id),
         patient_id=patient_id, accession=accession, since=since, until=until, status=status, finding=finding,
+        joined=True,
     )
     stmt = stmt.order_by(EcgInstance.received_at.desc(), EcgInstance.id.desc()).limit(limit).offset(offset)
-    ecgs = list(session.scalars(stmt))
-    statuses = _hl7_statuses(session, [e.id for e in ecgs])
-    return [_row(e, statuses.get(e.id, "not_sent")) for e in ecgs]
+    found = session.execute(stmt).all()
+    statuses = _hl7_statuses(session, [v.id for v in found])
+    return [_row(v, statuses.get(v.id, "not_sent")) for v in found]
 
 
 def count_ecgs(
@@ -235,7 +261,7 @@ def ecg_detail(session: Session, id_or_uid: str) -> dict[str, Any] | None:
     if ecg is None:
         return None
     messages = list(ecg.messages)
-    detail = _row(ecg, hl7_status(messages))
+    detail = _row(_orm_values(ecg), hl7_status(messages))
     detail.update(
         {
             "db_status": ecg.status,
