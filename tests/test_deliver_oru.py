@@ -209,3 +209,27 @@ def test_parse_ack_any_version_and_bad_acks():
 def test_backoff_is_exponential_and_capped():
     cfg = Hl7Config(backoff_initial_s=1, backoff_max_s=10)
     assert [backoff_delay(n, cfg) for n in (1, 2, 3, 4, 5, 6, 1000)] == [1, 2, 4, 8, 10, 10, 10]
+
+
+@pytest.mark.parametrize(
+    "toml, expected",
+    [("[hl7.probability_codes]\nAFIB = \"X\"\n", "hl7.probability_codes: unknown finding 'AFIB'"),
+     ('[hl7]\nprobability_coding_system = "L^X"\n', "hl7.probability_coding_system: String should match pattern"),
+     ('[hl7]\ntls_cert = "{cert}"\n', "hl7: tls_cert and tls_key go together")],
+)
+def test_bad_hl7_config_is_one_line_naming_the_key(tmp_path, toml, expected):
+    from gateway.config import ConfigError, load_config
+
+    cert = tmp_path / "c.pem"
+    cert.write_text("x")
+    path = tmp_path / "g.toml"
+    path.write_text(toml.replace("{cert}", str(cert)))
+    with pytest.raises(ConfigError) as exc:
+        load_config(path, environ={})
+    assert expected in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_probability_codes_left_out_keep_their_default():
+    cfg = Hl7Config(probability_codes={"AF": "AFIB-P"})
+    assert cfg.probability_codes == {"1dAVb": "1DAVB_PROB", "RBBB": "RBBB_PROB", "LBBB": "LBBB_PROB",
+                                     "SB": "SB_PROB", "AF": "AFIB-P", "ST": "ST_PROB"}
