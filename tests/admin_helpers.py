@@ -20,7 +20,7 @@ from gateway.store.models import AuditLog, EcgInstance, Hl7Message, Prediction
 
 T0 = datetime(2026, 1, 1, 10, 0, tzinfo=timezone.utc)
 MODEL_SHA = "ab" * 32
-XSS_NAME = "<script>alert(1)</script>^EVIL"
+XSS_NAME = "<script>alert(1)</script>^[/]EVIL\x1b[2J"  # HTML, rich markup, a terminal escape
 
 
 @functools.lru_cache(maxsize=2)

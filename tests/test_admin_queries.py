@@ -170,6 +170,7 @@ def test_cli_list_table(ro_ids, ro_config):
     r = cli(ro_config, "results", "list")
     assert r.exit_code == 0, r.output
     assert "DOE^JANE" in r.stdout and "RBBB LBBB" in r.stdout and "DEMO MODEL" in r.stdout
+    assert "<script>alert(1)</script>^[/]EVIL?[2J" in r.stdout and "\x1b" not in r.stdout
     assert "6 row(s)" in r.stdout
 
 
@@ -199,10 +200,11 @@ def test_cli_show(ro_ids, ro_config):
     out = r.stdout
     assert f"ECG {ro_ids['e1']}" in out and "DOE^JANE" in out
     assert "AF" in out and "0.910" in out and "0.390" in out
-    assert '"output_leads"' in out  # the normalisation report
+    assert "Padding           48 before, 48 after" in out  # the normalisation report
+    assert "Model lead order  I, II, III, aVR, aVL, aVF, V1, V2, V3, V4, V5, V6" in out
     assert "HL7           delivered" in out and "MSA|AA|CTRL1" in out
     r = cli(ro_config, "results", "show", str(ro_ids["e2"]))
-    assert "DEMO MODEL" in r.stdout
+    assert "DEMO MODEL" in r.stdout and "^[/]EVIL?[2J" in r.stdout and "\x1b" not in r.stdout
     r = cli(ro_config, "results", "show", str(ro_ids["e3"]), "--format", "json")
     assert json.loads(r.stdout)["error"].startswith("recording too short")
     r = cli(ro_config, "results", "show", "424242")

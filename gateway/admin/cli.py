@@ -43,6 +43,13 @@ def _session(ctx: typer.Context):  # type: ignore[no-untyped-def]
     return make_sessionmaker(engine)()
 
 
+def printable(value: object) -> str:
+    """For terminals: control characters (ESC sequences in a patient name...) become ``?``."""
+    if value is None:
+        return ""
+    return "".join("?" if (ord(c) < 32 and c not in "\t") or ord(c) == 127 else c for c in str(value))
+
+
 def csv_text(rows: list[dict[str, Any]]) -> str:
     """The row dicts as CSV: one ``p_<code>`` column per probability,
     findings and quality flags joined with ``;``."""
@@ -72,23 +79,25 @@ def _table(rows: list[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from rich.text import Text
+
     colour = {"processed": "green", "received": "cyan", "rejected": "yellow", "failed": "red"}
     table = Table(show_lines=False)
     for name in ("id", "received (UTC)", "patient id", "name", "accession", "status", "findings", "HL7", "note"):
         table.add_column(name, overflow="fold")
     for r in rows:
         note = "DEMO MODEL" if r["demo_model"] else (r["error"] or "")
+        # Text(), not str: DICOM values are data, never rich markup.
         table.add_row(
             str(r["id"]),
             (r["received_at"] or "")[:19].replace("T", " "),
-            r["patient_id"] or "",
-            r["patient_name"] or "",
-            r["accession_number"] or "",
-            f"[{colour.get(r['status'], 'white')}]{r['status']}[/]",
+            Text(printable(r["patient_id"])),
+            Text(printable(r["patient_name"])),
+            Text(printable(r["accession_number"])),
+            Text(r["status"], style=colour.get(r["status"], "")),
             " ".join(r["findings"]) or ("-" if r["probabilities"] else ""),
             r["hl7_status"],
-            note,
-            end_section=False,
+            Text(printable(note), style="bold red" if r["demo_model"] else ""),
         )
     console = Console()
     if not console.is_terminal:  # piped: do not squeeze rows into 80 columns
@@ -127,7 +136,9 @@ def list_results(
     if fmt == "json":
         typer.echo(json.dumps(rows, indent=2, ensure_ascii=False))
     elif fmt == "csv":
-        typer.echo(csv_text(rows), nl=False)
+        import sys
+
+        sys.stdout.write(csv_text(rows))  # exact data: echo() would strip what looks like ANSI codes
     else:
         _table(rows)
 
@@ -159,6 +170,9 @@ def format_detail(d: dict[str, Any]) -> str:
     """The plain-text form of :func:`gateway.admin.queries.ecg_detail`."""
     import json
 
+    from gateway.admin.queries import report_summary
+
+    d = {k: printable(v) if isinstance(v, str) and k not in ("hl7_messages",) else v for k, v in d.items()}
     lines = [
         f"ECG {d['id']}  SOP Instance UID {d['sop_instance_uid']} (version {d['version']})",
         f"  status        {d['status']}" + (f" ({d['db_status']})" if d["db_status"] != d["status"] else ""),
@@ -190,20 +204,21 @@ def format_detail(d: dict[str, Any]) -> str:
             lines.append(f"  {code:<7}  {prob_s:>11}  {thr_s:>9}{mark}")
         lines.append(f"  findings      {' '.join(d['findings']) or 'none'}")
         lines.append(f"  quality flags {', '.join(map(str, d['quality_flags'])) or 'none'}")
-        lines.append("  normalisation " + json.dumps(p["normalisation"], ensure_ascii=False, default=str))
         if p["timings"]:
             lines.append("  timings       " + json.dumps(p["timings"]))
-    elif d.get("report"):
-        lines.append("  normalisation " + json.dumps(d["report"], ensure_ascii=False, default=str))
+    report = (p["normalisation"] if p else d.get("report")) or {}
+    if report:
+        lines.append("  normalisation (full report: --format json)")
+        lines += [f"    {label:<17} {printable(value)}" for label, value in report_summary(report)]
     lines.append(f"  HL7           {d['hl7_status']}")
     for m in d["hl7_messages"]:
         lines.append(f"  - message {m['id']} control id {m['control_id']}: {m['status']}, {m['attempts']} attempt(s)"
                      + (f", resend of {m['resend_of']}" if m["resend_of"] else "")
                      + (f", last error: {m['last_error']}" if m["last_error"] else ""))
-        lines += ["      " + seg for seg in m["payload"].replace("\r\n", "\r").split("\r") if seg]
+        lines += ["      " + printable(seg) for seg in m["payload"].replace("\r\n", "\r").split("\r") if seg]
         if m["ack"]:
             lines.append("    ACK:")
-            lines += ["      " + seg for seg in m["ack"].replace("\r\n", "\r").split("\r") if seg]
+            lines += ["      " + printable(seg) for seg in m["ack"].replace("\r\n", "\r").split("\r") if seg]
     return "\n".join(lines)
 
 

@@ -328,3 +328,37 @@ def hl7_counts(session: Session) -> dict[str, int]:
 def hl7_backlog(session: Session) -> int:
     """Messages still waiting to be delivered."""
     return int(session.scalar(select(func.count(Hl7Message.id)).where(Hl7Message.status == HL7_PENDING)) or 0)
+
+
+def report_summary(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """The lines of a normalisation report an admin reads first (missing keys are left out)."""
+    def get(*path: str) -> Any:
+        value: Any = report
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        return value
+
+    def text(value: Any) -> str:
+        if isinstance(value, list):
+            return ", ".join(str(v) for v in value) or "none"
+        if isinstance(value, dict):
+            return ", ".join(f"{k}: {v}" for k, v in value.items()) or "none"
+        return str(value)
+
+    rows = [
+        ("Source", get("source", "sampling_frequency_hz") and
+         f"{get('source', 'sampling_frequency_hz')} Hz, {get('source', 'duration_s')} s, "
+         f"{get('source', 'channels')} channels"),
+        ("Units", get("units")),
+        ("Resampled", get("resample") and f"{get('resample', 'from_hz')} Hz -> {get('resample', 'to_hz')} Hz"
+         f" (up {get('resample', 'up')}, down {get('resample', 'down')})"),
+        ("Padding", get("fit") and f"{get('fit', 'pad_before')} before, {get('fit', 'pad_after')} after"),
+        ("Gain", get("gain") if get("gain") is not None else get("params", "gain")),
+        ("Leads found", get("leads_found")),
+        ("Leads derived", get("leads_derived")),
+        ("Model lead order", get("output_leads")),
+        ("Unusable leads", get("unusable_leads")),
+        ("Gaps", get("gaps")),
+        ("Quality flags", get("quality_flags")),
+    ]
+    return [(label, text(value)) for label, value in rows if value is not None and value != ""]

@@ -31,6 +31,7 @@ from gateway.admin.queries import (
     ecg_rows,
     find_ecg,
     parse_time,
+    report_summary,
 )
 from gateway.config import Config
 
@@ -66,40 +67,6 @@ def ecg_paper_svg(npy: bytes, leads: list[str], normalisation: dict[str, Any]) -
     fs = (normalisation.get("resample") or {}).get("to_hz", 400.0)
     ok = lambda v: isinstance(v, (int, float)) and v > 0  # noqa: E731 - older records may lack the keys
     return ecg_svg(array, leads, fs=float(fs) if ok(fs) else 400.0, gain=float(gain) if ok(gain) else 1.0)
-
-
-def report_summary(report: dict[str, Any]) -> list[tuple[str, str]]:
-    """The lines of a normalisation report an admin reads first (missing keys are left out)."""
-    def get(*path: str) -> Any:
-        value: Any = report
-        for key in path:
-            value = value.get(key) if isinstance(value, dict) else None
-        return value
-
-    def text(value: Any) -> str:
-        if isinstance(value, list):
-            return ", ".join(str(v) for v in value) or "none"
-        if isinstance(value, dict):
-            return ", ".join(f"{k}: {v}" for k, v in value.items()) or "none"
-        return str(value)
-
-    rows = [
-        ("Source", get("source", "sampling_frequency_hz") and
-         f"{get('source', 'sampling_frequency_hz')} Hz, {get('source', 'duration_s')} s, "
-         f"{get('source', 'channels')} channels"),
-        ("Units", get("units")),
-        ("Resampled", get("resample") and f"{get('resample', 'from_hz')} Hz -> {get('resample', 'to_hz')} Hz"
-         f" (up {get('resample', 'up')}, down {get('resample', 'down')})"),
-        ("Padding", get("fit") and f"{get('fit', 'pad_before')} before, {get('fit', 'pad_after')} after"),
-        ("Gain", get("gain") if get("gain") is not None else get("params", "gain")),
-        ("Leads found", get("leads_found")),
-        ("Leads derived", get("leads_derived")),
-        ("Model lead order", get("output_leads")),
-        ("Unusable leads", get("unusable_leads")),
-        ("Gaps", get("gaps")),
-        ("Quality flags", get("quality_flags")),
-    ]
-    return [(label, text(value)) for label, value in rows if value is not None and value != ""]
 
 
 def add_web_routes(app: FastAPI, cfg: Config, session_factory: Callable[[], Any]) -> None:
