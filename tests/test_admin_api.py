@@ -99,6 +99,7 @@ def test_list_paginates(ro_client, ro_ids):
     body = ro_client.get("/api/ecgs", params={"limit": 4, "offset": 4}, headers=AUTH).json()
     assert [i["id"] for i in body["items"]] == [ro_ids["e2"], ro_ids["e1"]]
     assert body["next_offset"] is None
+    assert ro_client.get("/api/ecgs", headers=AUTH).headers["cache-control"] == "no-store"
     assert ro_client.get("/api/ecgs", params={"limit": 0}, headers=AUTH).status_code == 422
 
 
@@ -290,6 +291,10 @@ def test_list_page(ro_client, ro_ids):
 def test_ecg_page(ro_client, ro_ids):
     login(ro_client)
     page = ro_client.get(f"/ecgs/{ro_ids['e2']}").text
+    r = ro_client.get(f"/ecgs/{ro_ids['e2']}")
+    assert "script-src" not in r.headers["content-security-policy"]  # default-src 'none': no script runs
+    assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+    assert r.headers["cache-control"] == "no-store"
     assert 'class="banner demo"' in page and "DEMO MODEL" in page
     assert page.count('class="lead-panel"') == 12 and page.count('class="rhythm-strip"') == 1
     assert 'data-finding="RBBB"' in page and "0.800" in page and "0.070" in page

@@ -79,6 +79,13 @@ def create_app(
 
     Actor = Annotated[str, Depends(require_token)]
 
+    @app.middleware("http")
+    async def _no_store(request: Request, call_next: Callable[..., Any]) -> Response:
+        response = await call_next(request)
+        if request.url.path.startswith("/api/"):  # PHI: never in a cache
+            response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
     @app.exception_handler(QueryError)
     async def _query_error(_request: Request, exc: QueryError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=422)

@@ -37,6 +37,14 @@ from gateway.config import Config
 
 HERE = Path(__file__).parent
 PAGE_SIZE = 50
+#: Pages hold PHI: not cached, not framed, no script at all (inline styles only for the bars).
+PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": "default-src 'none'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 def _env() -> Environment:
@@ -77,7 +85,7 @@ def add_web_routes(app: FastAPI, cfg: Config, session_factory: Callable[[], Any]
 
     def page(name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
         html = env.get_template(name).render(token_set=bool(token), **context)
-        return HTMLResponse(html, status_code=status_code, headers={"Cache-Control": "no-store"})
+        return HTMLResponse(html, status_code=status_code, headers=PAGE_HEADERS)
 
     def signed_in(request: Request) -> bool:
         return cookie_ok(request.cookies.get(SESSION_COOKIE), token)
