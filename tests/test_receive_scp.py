@@ -197,3 +197,20 @@ def test_simulated_full_disk_is_a700(scp_factory, port: int, sample_path: Path, 
     results, out = storescu(port, [sample_path])
     assert [s for _, s in results] == [OUT_OF_RESOURCES], out
     assert _rows(session_factory) == [] and [p for p in spool.rglob("*") if p.is_file()] == []
+
+
+def test_max_associations_is_enforced_and_logged(scp_factory, port: int, sample_path: Path, caplog) -> None:
+    from pynetdicom import AE
+
+    scp_factory(max_associations=1)
+    ae = AE(ae_title="HOLDER")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    held = ae.associate("127.0.0.1", port, ae_title="ECGGW")
+    assert held.is_established
+    try:
+        with caplog.at_level(logging.INFO, logger="gateway.receive"):
+            results, out = storescu(port, [sample_path])
+        assert results == [] and "Local Limit Exceeded" in out, out
+        assert "max_associations (1) reached" in caplog.text
+    finally:
+        held.release()

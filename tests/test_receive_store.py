@@ -310,3 +310,18 @@ def test_stale_temp_files_are_removed(tmp_path: Path) -> None:
     keep.write_bytes(b"stored")
     assert remove_stale_temp_files(tmp_path) == 1
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == [keep]
+
+
+def test_garbled_optional_value_does_not_refuse_the_ecg(sample_path: Path, session_factory, tmp_path: Path) -> None:
+    """A PatientBirthDate that is not a date, a name in an unknown character
+    set: stored, with what could be read."""
+    ds = dcmread(sample_path)
+    ds.SpecificCharacterSet = "ISO_IR 999"  # unknown: pydicom falls back with a warning
+    ds.PatientName = "Test^Name"
+    ds.PatientBirthDate = "19xx"
+    out = io.BytesIO()
+    ds.save_as(out)
+    outcome = _store(out.getvalue(), session_factory, tmp_path / "spool")
+    assert outcome.status == SUCCESS
+    [row] = _rows(session_factory)
+    assert row.patient_id == "642341" and row.patient_birth_date == "19xx"

@@ -96,11 +96,16 @@ class EcgHeader:
     groups: list[WaveformGroup]
 
     def get(self, keyword: str) -> str | None:
-        """A top-level attribute as a stripped string (None when absent or empty)."""
-        value = self.dataset.get(keyword)
-        if value is None or value == "":
+        """A top-level attribute as a stripped string (None when absent,
+        empty, or not decodable: a garbled optional value must not refuse
+        the ECG; a garbled UID is refused as invalid)."""
+        try:
+            value = self.dataset.get(keyword)
+            if value is None or value == "":
+                return None
+            return str(value).strip() or None
+        except Exception:  # noqa: BLE001 - pydicom raises many types for bad values
             return None
-        return str(value).strip() or None
 
     @property
     def sop_instance_uid(self) -> str | None:

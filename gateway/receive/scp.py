@@ -146,8 +146,10 @@ def start_scp(
         assoc.kill()
 
     def handle_rejected(event: evt.Event) -> None:
+        # pynetdicom's own refusals (our policy ones are logged above): the association limit
         requestor = event.assoc.requestor
-        log.info("association from %s (calling AE %r) rejected", requestor.address, requestor.ae_title)
+        log.warning("rejected association from %s (calling AE %r): max_associations (%d) reached",
+                    requestor.address, requestor.ae_title, dicom.max_associations)
 
     def handle_store(event: evt.Event) -> int:
         requestor = event.assoc.requestor
