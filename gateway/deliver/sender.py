@@ -155,6 +155,12 @@ def _apply(row: Hl7Message, result: SendResult | None, cfg: Hl7Config, now: date
         row.attempts -= 1
         row.next_attempt_at = now
         return row.status
+    if result.connect_failed:  # the message never left: not an attempt; the sender backs off as a whole
+        row.attempts -= 1
+        row.next_attempt_at = now
+        if row.status == HL7_PENDING:
+            row.last_error = result.detail
+        return row.status
     if result.ack is not None:
         row.ack = result.ack
     if result.outcome == "accepted":
@@ -242,8 +248,9 @@ def run_sender(
     ``wake`` (optional) is set by whoever enqueues, to skip the idle wait
     (set it after ``stop`` too, for an immediate exit).
     While the receiver cannot be reached, the sender backs off as a whole
-    (no other message is tried) and only the message that found it down is
-    charged an attempt.
+    (capped exponential backoff) and no message is charged an attempt, so
+    ``attempts`` counts real sends and hours of downtime do not use up
+    ``max_attempts``.
     """
     if not cfg.enabled:
         log.info("hl7 sender disabled")
