@@ -18,7 +18,8 @@ The receiver is the npm simple-hl7 peer of the tests (tests/peers; run
 `npm ci` there first), so the figures include a real, independent peer.
 
 Usage: .venv/bin/python bench/bench_hl7.py [--messages 500] [--builds 30]
-       [--database-url URL]   (default: a temporary SQLite file)
+       [--database-url URL]   (default: a temporary SQLite file; a PostgreSQL
+       URL names the server: a temporary database is created there and dropped)
 """
 
 from __future__ import annotations
@@ -116,6 +117,27 @@ def raw_mllp_rate(port: int, payload: str, n: int) -> float:
 
 
 def sender_rate(database_url: str, cfg: Hl7Config, payload: str, n: int) -> float:
+    if database_url.startswith("postgresql"):
+        import uuid
+
+        from sqlalchemy import create_engine, text
+        from sqlalchemy.engine import make_url
+
+        base = make_url(database_url)
+        name = f"bench_hl7_{uuid.uuid4().hex[:10]}"
+        admin = create_engine(base, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        try:
+            return _sender_rate(base.set(database=name).render_as_string(hide_password=False), cfg, payload, n)
+        finally:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            admin.dispose()
+    return _sender_rate(database_url, cfg, payload, n)
+
+
+def _sender_rate(database_url: str, cfg: Hl7Config, payload: str, n: int) -> float:
     from sqlalchemy import func, select
 
     from gateway.deliver.sender import run_sender
@@ -178,8 +200,8 @@ def main() -> None:
             url = args.database_url or f"sqlite:///{tmp}/bench.db"
             hl7 = Hl7Config(host="127.0.0.1", port=port, connect_timeout=5, ack_timeout=5)
             rate = sender_rate(url, hl7, payload, args.messages)
-            kind = url.split(":", 1)[0]
-            print(f"(c) outbox sender ({kind}):            {rate:8.0f} messages/s   (c)/(b) = {rate / raw:.2f}")
+            kind = url.split(":", 1)[0].split("+")[0]
+            print(f"(c) outbox sender ({kind + "):":<12}          {rate:8.0f} messages/s   (c)/(b) = {rate / raw:.2f}")
         finally:
             rx.terminate()
             rx.wait(5)
