@@ -201,7 +201,7 @@ def main() -> None:
             hl7 = Hl7Config(host="127.0.0.1", port=port, connect_timeout=5, ack_timeout=5)
             rate = sender_rate(url, hl7, payload, args.messages)
             kind = url.split(":", 1)[0].split("+")[0]
-            print(f"(c) outbox sender ({kind + "):":<12}          {rate:8.0f} messages/s   (c)/(b) = {rate / raw:.2f}")
+            print(f"(c) outbox sender ({kind + '):':<12}          {rate:8.0f} messages/s   (c)/(b) = {rate / raw:.2f}")
         finally:
             rx.terminate()
             rx.wait(5)
