@@ -296,6 +296,20 @@ def _str(ds: Dataset, keyword: str) -> str | None:
     return str(value).strip() or None if value is not None else None
 
 
+def meta_sop_instance_uid(raw: bytes) -> str | None:
+    """MediaStorageSOPInstanceUID from the file meta (None when unreadable):
+    a cheap early guess of the instance's spool name, checked later against
+    the data set's own SOPInstanceUID."""
+    fp = io.BytesIO(raw)
+    try:
+        if read_preamble(fp, False) is None:
+            return None
+        value = _read_file_meta_info(fp).get("MediaStorageSOPInstanceUID")
+    except Exception:  # noqa: BLE001
+        return None
+    return str(value).strip() if value else None
+
+
 def read_header(raw: bytes) -> EcgHeader:
     """Identity, demographics and waveform group shapes of a DICOM Part 10 file.
 

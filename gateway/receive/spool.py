@@ -26,7 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from gateway.receive.header import ECG_STORAGE_SOP_CLASSES, EcgHeader, HeaderError, read_header
+from gateway.receive.header import ECG_STORAGE_SOP_CLASSES, EcgHeader, HeaderError, meta_sop_instance_uid, read_header
 from gateway.store.models import RECEIVED, REJECTED, EcgInstance
 
 log = logging.getLogger("gateway.receive")
@@ -142,13 +142,17 @@ class StagedFile:
     """Received bytes written and fsynced to ``<spool>/.incoming/`` in a
     background thread, while the association thread reads the header and
     queries the database (fsync and sha256 release the GIL, so the waits
-    overlap); then moved into place with :meth:`move_to`, or discarded."""
+    overlap).  ``place(sha256)`` may name the final path up front (from the
+    file meta UID); the thread then also renames the file there, so only the
+    database commit is left on the association thread.  The file is moved
+    with :meth:`move_to` (a no-op when already there), or removed."""
 
-    def __init__(self, spool_dir: Path, data: bytes) -> None:
+    def __init__(self, spool_dir: Path, data: bytes, place: Callable[[str], Path | None] | None = None) -> None:
         self._dir = Path(spool_dir) / INCOMING_DIR
         self._tmp: Path | None = None
         self._sha256 = ""
         self._error: BaseException | None = None
+        self._place = place
         #: True once moved to a path that did not exist before.
         self.created = False
         self.moved_to: Path | None = None
@@ -165,8 +169,22 @@ class StagedFile:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
+            dest = self._place(self._sha256) if self._place else None
+            # never over an existing file: that one may belong to a stored instance
+            if dest is not None and not dest.exists():
+                self._move(dest)
         except BaseException as exc:  # re-raised in the caller's thread
             self._error = exc
+
+    def _move(self, dest: Path) -> None:
+        src = self._tmp if self._tmp is not None else self.moved_to
+        assert src is not None
+        ensure_dir(dest.parent)
+        existed = dest.exists()
+        os.replace(src, dest)
+        self._tmp = None
+        _fsync_dir(dest.parent)
+        self.moved_to, self.created = dest, not existed
 
     def sha256(self) -> str:
         self._thread.join()
@@ -180,13 +198,8 @@ class StagedFile:
         self._thread.join()
         if self._error is not None:
             raise self._error
-        assert self._tmp is not None and self.moved_to is None
-        ensure_dir(dest.parent)
-        existed = dest.exists()
-        os.replace(self._tmp, dest)
-        self._tmp = None
-        _fsync_dir(dest.parent)
-        self.moved_to, self.created = dest, not existed
+        if self.moved_to != dest:
+            self._move(dest)
 
     def discard(self) -> None:
         """Remove the temp file (a no-op once moved)."""
@@ -197,6 +210,7 @@ class StagedFile:
 
     def undo(self) -> None:
         """Remove the moved file if this call created it (not acknowledged)."""
+        self._thread.join()
         if self.moved_to is not None and self.created:
             self.moved_to.unlink(missing_ok=True)
             self.moved_to, self.created = None, False
@@ -248,13 +262,23 @@ def store_instance(
         log.warning("refused a data set (%d bytes) from %s: %s", len(raw), _who(source), reason)
         return StoreOutcome(OUT_OF_RESOURCES, None, False, reason)
 
-    staged = StagedFile(spool_dir, raw)
+    received = datetime.now(timezone.utc)
+
+    def place(sha256: str) -> Path | None:
+        uid = meta_sop_instance_uid(raw)
+        return spool_path_for(spool_dir, uid, sha256, received) if uid and is_valid_uid(uid) else None
+
+    staged = StagedFile(spool_dir, raw, place)
     try:
-        return _check_and_store(raw, staged, session_factory, spool_dir, source, transfer_syntax_uid)
+        return _check_and_store(raw, staged, received, session_factory, spool_dir, source, transfer_syntax_uid)
     except OSError as exc:
+        staged.undo()
         reason = f"cannot write to the spool: {exc.strerror or exc}"
         log.error("refused a data set from %s: %s", _who(source), reason)
         return StoreOutcome(OUT_OF_RESOURCES, None, False, reason)
+    except BaseException:
+        staged.undo()
+        raise
     finally:
         staged.discard()
 
@@ -262,6 +286,7 @@ def store_instance(
 def _check_and_store(
     raw: bytes,
     staged: StagedFile,
+    received: datetime,
     session_factory: sessionmaker[Session],
     spool_dir: Path,
     source: dict[str, str | None],
@@ -286,7 +311,6 @@ def _check_and_store(
     assert uid is not None
     columns = demographics(header)
     columns["transfer_syntax_uid"] = transfer_syntax_uid or header.transfer_syntax_uid
-    received = datetime.now(timezone.utc)
     try:
         for _attempt in range(_DB_RETRIES):
             try:
@@ -327,8 +351,7 @@ def _store_version(
         version = max((row.version for row in existing), default=0) + 1
         flags = ["new_version"] if any(row.status != REJECTED for row in existing) else []
         path = spool_path_for(spool_dir, uid, sha256, received)
-        if staged.moved_to is None:
-            staged.move_to(path)
+        staged.move_to(path)  # usually already there (placed by the writer thread)
         instance = EcgInstance(
             sop_instance_uid=uid,
             version=version,
@@ -406,10 +429,10 @@ def _record_rejection(
                 select(EcgInstance.id).where(EcgInstance.sha256 == sha256, EcgInstance.status == REJECTED).limit(1)
             )
             if same is not None:
+                staged.undo()  # drop an early placement in the spool
                 return same  # the same bytes were refused before
             versions = session.scalars(select(EcgInstance.version).where(EcgInstance.sop_instance_uid == uid)).all()
-            if staged.moved_to is None:
-                staged.move_to(quarantine)
+            staged.move_to(quarantine)
             row = EcgInstance(
                 sop_instance_uid=uid,
                 version=max(versions, default=0) + 1,
