@@ -11,6 +11,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from gateway.admin.auth import check_admin_bind  # noqa: F401 - re-exported for serve (light: stdlib only)
+
 results_app = typer.Typer(help="Query received ECGs and their results.", no_args_is_help=True)
 ecg_app = typer.Typer(help="Export one ECG: the model's input array or the stored DICOM file.", no_args_is_help=True)
 
