@@ -205,6 +205,8 @@ def test_same_rejected_bytes_are_recorded_once(sample_path: Path, session_factor
     second = _store(raw, session_factory, tmp_path / "spool")
     assert second.status == first.status == DATA_SET_DOES_NOT_MATCH_SOP_CLASS
     assert second.ecg_id == first.ecg_id and len(_rows(session_factory)) == 1
+    assert spool_files(tmp_path / "spool") == []  # the early placement was withdrawn
+    assert len(list((tmp_path / "spool" / "rejected").iterdir())) == 1
 
 
 def test_rejection_then_valid_instance_under_same_uid(sample_path: Path, session_factory, tmp_path: Path) -> None:
@@ -325,3 +327,18 @@ def test_garbled_optional_value_does_not_refuse_the_ecg(sample_path: Path, sessi
     assert outcome.status == SUCCESS
     [row] = _rows(session_factory)
     assert row.patient_id == "642341" and row.patient_birth_date == "19xx"
+
+
+def test_file_meta_uid_differing_from_the_data_set_uid(sample_path: Path, session_factory, tmp_path: Path) -> None:
+    """The spool name comes from the data set's SOPInstanceUID; an early
+    placement under the file meta's UID is moved, not left behind."""
+    ds = dcmread(sample_path)
+    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4.5"
+    out = io.BytesIO()
+    ds.save_as(out)
+    spool = tmp_path / "spool"
+    outcome = _store(out.getvalue(), session_factory, spool)
+    assert outcome.status == SUCCESS
+    [row] = _rows(session_factory)
+    assert spool_files(spool) == [Path(row.spool_path)]
+    assert Path(row.spool_path).name.startswith(SAMPLE_UID + "_")
