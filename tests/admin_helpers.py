@@ -110,6 +110,8 @@ def seed(session_factory, sample_path: Path, spool_dir: Path) -> dict[str, int]:
         _msg(e2, 2, "superseded")
         e3 = _ecg(3, spool_dir / "x3.dcm", status="rejected", patient_id="P1", name="DOE^JANE", accession="A3",
                   error="recording too short: 4.0 s < 8.0 s")
+        e3.report = {"source": {"sampling_frequency_hz": 500.0, "duration_s": 4.0, "channels": 12},
+                     "leads_found": ["I", "II"], "units": ["uV"]}
         e4 = _ecg(4, spool_dir / "x4.dcm", status="failed", patient_id="P3", name="ROE^RICHARD", accession=None,
                   error="RuntimeError: boom")
         e5 = _ecg(5, spool_dir / "x5.dcm", status="processing", patient_id="P3", name="ROE^RICHARD", accession="A5")

@@ -288,6 +288,20 @@ def test_list_page(ro_client, ro_ids):
     assert r.status_code == 400 and "unknown status" in r.text
 
 
+def test_list_page_paginates(ro_client, ro_ids, monkeypatch):
+    import gateway.admin.web as web
+
+    monkeypatch.setattr(web, "PAGE_SIZE", 4)
+    login(ro_client)
+    page = ro_client.get("/ecgs", params={"patient_id": "", "status": ""}).text
+    assert "6 ECG(s), page 1 of 2" in page and 'href="/ecgs?page=2"' in page and "&larr; newer" not in page
+    assert f'href="/ecgs/{ro_ids["e3"]}"' in page and f'href="/ecgs/{ro_ids["e2"]}"' not in page
+    page = ro_client.get("/ecgs", params={"page": 2}).text
+    assert f'href="/ecgs/{ro_ids["e2"]}"' in page and 'href="/ecgs?page=1"' in page and "older &rarr;" not in page
+    page = ro_client.get("/ecgs", params={"patient_id": "P3", "page": 1}).text
+    assert "2 ECG(s)" in page and "page 1 of" not in page
+
+
 def test_ecg_page(ro_client, ro_ids):
     login(ro_client)
     page = ro_client.get(f"/ecgs/{ro_ids['e2']}").text
@@ -305,6 +319,7 @@ def test_ecg_page(ro_client, ro_ids):
     assert "DEMO MODEL" not in page and "MSA|AA|CTRL1" in page and "Resend" in page
     page = ro_client.get(f"/ecgs/{ro_ids['e3']}").text
     assert "recording too short" in page and "No model input stored" in page
+    assert "<dt>Source</dt><dd>500.0 Hz, 4.0 s, 12 channels</dd>" in page  # a rejection keeps its report
     assert ro_client.get("/ecgs/4040404").status_code == 404
 
 
