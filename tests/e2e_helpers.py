@@ -28,11 +28,17 @@ def wait_for_port(port: int, timeout: float = 60.0, proc: subprocess.Popen | Non
     raise TimeoutError(f"nothing listening on port {port} after {timeout} s")
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 120.0, interval: float = 0.2, what: str = "") -> None:
+def wait_until(predicate: Callable[[], bool], timeout: float = 120.0, interval: float = 0.2, what: str = "",
+               procs: Iterable[subprocess.Popen] = ()) -> None:
+    """Poll ``predicate``; fail at once if one of ``procs`` has exited."""
     deadline = time.monotonic() + timeout
+    procs = list(procs)
     while time.monotonic() < deadline:
         if predicate():
             return
+        for p in procs:
+            if p.poll() is not None:
+                raise RuntimeError(f"gateway process exited with {p.returncode} while waiting for {what}")
         time.sleep(interval)
     raise TimeoutError(f"timed out waiting for {what or predicate}")
 

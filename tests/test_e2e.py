@@ -1,0 +1,215 @@
+"""The whole gateway as a process: real storescu in, real npm MLLP receiver out.
+
+These start `ecg-gateway serve` (untrained demo model) as a subprocess.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import ecg_variants as v
+import httpx
+import pytest
+from conftest import PG_URL, free_port
+from deliver_helpers import receiver
+from e2e_helpers import gateway_env, start_serve, stop, storescu, wait_for_port, wait_until
+from pydicom import dcmread
+from sqlalchemy import func, select
+
+from gateway.store.db import make_engine, make_sessionmaker
+from gateway.store.models import PROCESSED, REJECTED, EcgInstance, Hl7Message, Prediction
+
+FINAL = (PROCESSED, REJECTED, "failed")
+
+VARIANTS = {
+    "sample": (lambda ds: ds, PROCESSED, None),
+    "500Hz": (lambda ds: v.with_rate(ds, 500), PROCESSED, None),
+    "250Hz": (lambda ds: v.with_rate(ds, 250), PROCESSED, None),
+    "8-lead": (v.eight_lead, PROCESSED, None),
+    "mV-baseline": (v.millivolts_with_baseline, PROCESSED, None),
+    "MDC": (v.mdc_codes, PROCESSED, None),
+    "shuffled": (v.shuffled, PROCESSED, None),
+    "20s": (lambda ds: v.with_duration(ds, 20.0), PROCESSED, None),
+    "5s": (lambda ds: v.with_duration(ds, 5.0), REJECTED, "short"),
+    "no-V3": (lambda ds: v.drop_lead(ds, "V3"), REJECTED, "V3"),
+    "median-only": (v.median_beat_only, REJECTED, "rhythm"),
+}
+
+
+def write_variants(sample_path: Path, folder: Path) -> dict[str, tuple[Path, str]]:
+    folder.mkdir()
+    out = {}
+    for name, (build, _, _) in VARIANTS.items():
+        ds = v.new_uids(build(dcmread(sample_path)))
+        out[name] = (v.save(ds, folder / f"{name}.dcm"), str(ds.SOPInstanceUID))
+    return out
+
+
+def counts_by_ecg(session, model) -> Counter:  # type: ignore[no-untyped-def]
+    return Counter(dict(session.execute(select(model.ecg_id, func.count()).group_by(model.ecg_id)).all()))
+
+
+@pytest.mark.slow
+def test_cart_to_ehr(db_url, tmp_path, demo_model, sample_path):
+    files = write_variants(sample_path, tmp_path / "in")
+    dicom_port, admin_port, hl7_port = free_port(), free_port(), free_port()
+    env = gateway_env(tmp_path, db_url, demo_model, dicom_port, admin_port, ECG_GATEWAY_HL7__ENABLED="true",
+                      ECG_GATEWAY_HL7__PORT=str(hl7_port))
+    engine = make_engine(db_url)
+    sf = make_sessionmaker(engine)
+    with receiver(hl7_port, tmp_path / "hl7.jsonl") as ehr:
+        proc = start_serve(env, tmp_path / "serve.log")
+        try:
+            wait_for_port(dicom_port, proc=proc)
+            results, text = storescu([p for p, _ in files.values()], dicom_port)
+            assert [s for _, s in results] == ["Success"] * len(files), text
+
+            def all_final() -> bool:
+                with sf() as s:
+                    return s.scalar(select(func.count()).where(EcgInstance.status.in_(FINAL))) == len(files)
+
+            wait_until(all_final, 180, what="every ECG final", procs=[proc])
+            wait_until(lambda: len(ehr.messages()) >= len(files), 60, what="every ORU at the receiver")
+            health = httpx.get(f"http://127.0.0.1:{admin_port}/healthz", timeout=10)
+            assert health.status_code == 200, health.text
+        finally:
+            assert stop(proc) == 0, (tmp_path / "serve.log").read_text()[-3000:]
+        time.sleep(0.5)
+        received = ehr.messages()
+    with sf() as s:
+        rows = {r.sop_instance_uid: r for r in s.scalars(select(EcgInstance))}
+        outbox = counts_by_ecg(s, Hl7Message)
+        predictions = counts_by_ecg(s, Prediction)
+        for name, (_, uid) in files.items():
+            _, status, reason = VARIANTS[name]
+            row = rows[uid]
+            assert row.status == status, (name, row.status, row.error)
+            if reason:
+                assert reason.lower() in row.error.lower(), (name, row.error)
+            assert outbox[row.id] == 1, name
+            assert predictions[row.id] == (1 if status == PROCESSED else 0), name
+        assert set(s.scalars(select(Hl7Message.status))) == {"delivered"}
+    engine.dispose()
+    # exactly one ORU per ECG, each for its own study
+    log = (tmp_path / "serve.log").read_text()
+    assert len(received) == len(files), log[-2000:]
+    payloads = "\n".join(str(m) for m in received)
+    for _, uid in files.values():
+        assert payloads.count(str(rows[uid].study_instance_uid)) >= 1
+    # PHI never in the log
+    sample = dcmread(sample_path)
+    assert str(sample.PatientID) not in log
+    assert str(sample.PatientName).split("^")[0] not in log
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not PG_URL, reason="scale-out needs PostgreSQL (set ECG_GATEWAY_TEST_DATABASE_URL)")
+def test_two_worker_processes_share_the_queue_on_postgresql(tmp_path, demo_model, sample_path, request):
+    from conftest import _pg_database
+
+    from gateway.receive.spool import store_instance
+    from gateway.store.db import upgrade
+
+    gen = _pg_database(PG_URL)
+    db_url = next(gen)
+    request.addfinalizer(lambda: next(gen, None))
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    sf = make_sessionmaker(engine)
+    raw_ds = dcmread(sample_path)
+    n = 200
+    for _ in range(n):
+        ds = v.new_uids(raw_ds)
+        path = v.save(ds, tmp_path / "one.dcm")
+        out = store_instance(path.read_bytes(), session_factory=sf, spool_dir=tmp_path / "spool", min_free_disk_mb=0,
+                             transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID), calling_ae="BACKFILL",
+                             peer_address=None)
+        assert out.status == 0
+    procs = []
+    for i in range(2):
+        env = gateway_env(tmp_path, db_url, demo_model, free_port(), free_port(), ECG_GATEWAY_MODEL__THREADS="1",
+                          ECG_GATEWAY_MODEL__BATCH_SIZE="4", ECG_GATEWAY_PROCESS__LEASE_SECONDS="120",
+                          ECG_GATEWAY_HL7__ENABLED="true")  # outbox rows are written; no sender runs
+        procs.append(start_serve(env, tmp_path / f"worker{i}.log", "--components", "worker"))
+    try:
+        def done() -> bool:
+            with sf() as s:
+                return s.scalar(select(func.count()).where(EcgInstance.status == PROCESSED)) == n
+
+        wait_until(done, 300, what=f"{n} ECGs processed", procs=procs)
+    finally:
+        codes = [stop(p) for p in procs]
+    assert codes == [0, 0]
+    with sf() as s:
+        per_ecg = counts_by_ecg(s, Prediction)
+        assert len(per_ecg) == n and set(per_ecg.values()) == {1}
+        assert set(counts_by_ecg(s, Hl7Message).values()) == {1}
+        workers = Counter(t["worker"] for t in s.scalars(select(Prediction.timings)))
+    assert len(workers) == 2, workers  # both processes took a share
+    engine.dispose()
+
+
+@pytest.mark.slow
+def test_kill_9_during_burst_loses_nothing_acknowledged(db_url, tmp_path, demo_model, sample_path):
+    n = 40
+    folder = tmp_path / "burst"
+    folder.mkdir()
+    sample = dcmread(sample_path)
+    files = []
+    for i in range(n):
+        ds = v.new_uids(sample)
+        files.append(v.save(ds, folder / f"{i:03d}.dcm"))
+    uid_of = {str(p): str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files}
+    engine = make_engine(db_url)
+    sf = make_sessionmaker(engine)
+    acked: set[str] = set()
+    rng = random.Random(1234)
+    for round_ in range(2):
+        dicom_port = free_port()
+        env = gateway_env(tmp_path, db_url, demo_model, dicom_port, free_port(), ECG_GATEWAY_MODEL__THREADS="1",
+                          ECG_GATEWAY_PROCESS__LEASE_SECONDS="5")
+        proc = start_serve(env, tmp_path / "serve.log", "--components", "scp,worker")
+        wait_for_port(dicom_port, proc=proc)
+        sender = subprocess.Popen(["storescu", "-v", "-aet", "TESTCART", "-aec", "ECGGW", "127.0.0.1", str(dicom_port),
+                                   *map(str, files)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(rng.uniform(0.5, 2.5))  # a random point in the burst, with processing under way
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        out, _ = sender.communicate(timeout=60)
+        current = ""
+        for line in out.splitlines():
+            if line.startswith("I: Sending file: "):
+                current = line.removeprefix("I: Sending file: ").strip()
+            elif "Received Store Response (Success)" in line:
+                acked.add(uid_of[current])
+    assert acked, "the burst was killed before any acknowledgement; nothing was tested"
+    # restart and let it finish
+    env = gateway_env(tmp_path, db_url, demo_model, free_port(), free_port(), ECG_GATEWAY_MODEL__THREADS="1",
+                          ECG_GATEWAY_PROCESS__LEASE_SECONDS="5")
+    proc = start_serve(env, tmp_path / "serve.log", "--components", "scp,worker")
+    try:
+        def acked_final() -> bool:
+            with sf() as s:
+                rows = s.execute(select(EcgInstance.sop_instance_uid, EcgInstance.status)).all()
+            final = {u for u, st in rows if st in FINAL}
+            return acked <= final
+
+        wait_until(acked_final, 240, what="every acknowledged ECG final", procs=[proc])
+    finally:
+        assert stop(proc) == 0
+    with sf() as s:
+        rows = {r.sop_instance_uid: r for r in s.scalars(select(EcgInstance))}
+        for uid in acked:
+            row = rows[uid]
+            assert row.status == PROCESSED, (uid, row.status, row.error)
+            path = Path(row.spool_path)
+            path = path if path.is_absolute() else tmp_path / "spool" / path
+            assert path.is_file()
+        assert max(counts_by_ecg(s, Prediction).values()) == 1
+        assert max(counts_by_ecg(s, Hl7Message).values(), default=0) <= 1
+    engine.dispose()
