@@ -306,13 +306,22 @@ def _parse_env_value(raw: str) -> Any:
         return raw
 
 
+def _wants_text(section: str, key: str) -> bool:
+    field = Config.model_fields.get(section) or next(
+        (f for f in Config.model_fields.values() if f.alias == section), None)
+    sub = getattr(field.annotation, "model_fields", {}).get(key) if field else None
+    return sub is not None and sub.annotation is str
+
+
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV or "__" not in name:
             continue
         section, _, key = name[len(ENV_PREFIX):].partition("__")
-        out.setdefault(section.lower(), {})[key.lower()] = _parse_env_value(raw)
+        section, key = section.lower(), key.lower()
+        # A text key keeps the text as given: an AE title "104" is not a number.
+        out.setdefault(section, {})[key] = raw if _wants_text(section, key) else _parse_env_value(raw)
     return out
 
 

@@ -88,3 +88,12 @@ def test_missing_file(tmp_path):
 def test_partial_thresholds_keep_paper_values(tmp_path):
     c = load_config(write(tmp_path, "[model.thresholds]\nAF = 0.5\n"), environ={})
     assert c.model.thresholds == {**PAPER_THRESHOLDS, "AF": 0.5}
+
+
+def test_env_text_keys_stay_text(tmp_path):
+    env = {"ECG_GATEWAY_DICOM__AE_TITLE": "104", "ECG_GATEWAY_ADMIN__TOKEN": "12345678901234567890",
+           "ECG_GATEWAY_VALIDATE__MD5": "12345678901234567890123456789012"}
+    c = load_config(write(tmp_path, ""), environ=env)
+    assert c.dicom.ae_title == "104"
+    assert c.admin.token == "12345678901234567890"
+    assert c.validation.md5 == "12345678901234567890123456789012"
