@@ -154,7 +154,8 @@ def mdc_codes(ds: Dataset) -> Dataset:
         code = channel.ChannelSourceSequence[0]
         number = str(code.CodeValue).rsplit("-", 1)[1]
         code.CodeValue, code.CodingSchemeDesignator = f"2:{number}", "MDC"
-        del code.CodingSchemeVersion
+        if "CodingSchemeVersion" in code:
+            del code.CodingSchemeVersion
     return out
 
 
