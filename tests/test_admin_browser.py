@@ -52,14 +52,14 @@ def served(readonly_db, port):
     thread.join(10)
 
 
-def browse(base: str, page: str, tmp_path: Path, *, screenshot: Path | None = None) -> str:
+def browse(base: str, page: str, tmp_path: Path, *, screenshot: Path | None = None, token: str = TOKEN) -> str:
     """Log in through the form and open ``page``; the DOM after scripts ran (or '' with a screenshot)."""
     if CHROMIUM is None:
         pytest.skip("chromium is not installed (./dev test installs the Debian package)")
     form = tmp_path / "login.html"
     form.write_text(
         f'<!doctype html><form method="post" action="{base}/login">'
-        f'<input type="hidden" name="token" value="{html.escape(TOKEN)}">'
+        f'<input type="hidden" name="token" value="{html.escape(token)}">'
         f'<input type="hidden" name="next" value="{html.escape(page)}"></form>'
         "<script>document.forms[0].submit()</script>"
     )

@@ -54,6 +54,27 @@ def counts_by_ecg(session, model) -> Counter:  # type: ignore[no-untyped-def]
     return Counter(dict(session.execute(select(model.ecg_id, func.count()).group_by(model.ecg_id)).all()))
 
 
+def check_web_view(base: str, sf, sop_uid: str, tmp_path: Path, env: dict) -> None:  # type: ignore[no-untyped-def]
+    """What an admin sees in a real browser after a real C-STORE."""
+    from test_admin_browser import ARTIFACTS, browse
+
+    with sf() as s:
+        row = s.scalar(select(EcgInstance).where(EcgInstance.sop_instance_uid == sop_uid))
+        probs = row.prediction.probabilities
+    token = env["ECG_GATEWAY_ADMIN__TOKEN"]
+    dom = browse(base, "/ecgs", tmp_path, token=token)
+    assert f'href="/ecgs/{row.id}"' in dom, dom[-2000:]
+    dom = browse(base, f"/ecgs/{row.id}", tmp_path, token=token)
+    assert dom.count('class="lead-panel"') == 12 and dom.count('class="rhythm-strip"') == 1
+    assert 'class="banner demo"' in dom  # the untrained demo model is never mistaken for a reading
+    for code, p in probs.items():
+        assert f'data-finding="{code}"' in dom and f"{p:.3f}" in dom
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "e2e_ecg_page.png"
+    browse(base, f"/ecgs/{row.id}", tmp_path, token=token, screenshot=shot)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 @pytest.mark.slow
 def test_cart_to_ehr(db_url, tmp_path, demo_model, sample_path):
     files = write_variants(sample_path, tmp_path / "in")
@@ -77,6 +98,7 @@ def test_cart_to_ehr(db_url, tmp_path, demo_model, sample_path):
             wait_until(lambda: len(ehr.messages()) >= len(files), 60, what="every ORU at the receiver")
             health = httpx.get(f"http://127.0.0.1:{admin_port}/healthz", timeout=10)
             assert health.status_code == 200, health.text
+            check_web_view(f"http://127.0.0.1:{admin_port}", sf, files["sample"][1], tmp_path, env)
         finally:
             assert stop(proc) == 0, (tmp_path / "serve.log").read_text()[-3000:]
         time.sleep(0.5)
