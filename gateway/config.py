@@ -285,16 +285,16 @@ class LoggingConfig(_Section):
 
 
 class Config(_Section):
-    dicom: DicomConfig = DicomConfig()
-    storage: StorageConfig = StorageConfig()
-    model: ModelConfig = ModelConfig()
-    normalise: NormaliseConfig = NormaliseConfig()
-    process: ProcessConfig = ProcessConfig()
-    hl7: Hl7Config = Hl7Config()
-    admin: AdminConfig = AdminConfig()
-    logging: LoggingConfig = LoggingConfig()
+    dicom: DicomConfig = Field(default_factory=DicomConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    normalise: NormaliseConfig = Field(default_factory=NormaliseConfig)
+    process: ProcessConfig = Field(default_factory=ProcessConfig)
+    hl7: Hl7Config = Field(default_factory=Hl7Config)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
     # "validate" would shadow pydantic's BaseModel.validate: the field has another name.
-    validation: ValidateConfig = Field(default=ValidateConfig(), alias="validate")
+    validation: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
 
 
 def _parse_env_value(raw: str) -> Any:
