@@ -137,8 +137,13 @@ def order_key(ecg: EcgInstance) -> str:
     return f"sop:{ecg.sop_instance_uid}"
 
 
-def _now_ts() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S+0000")
+def _now_ts(now: datetime | None = None) -> str:
+    # A naive datetime is taken as UTC.
+    if now is None:
+        now = datetime.now(timezone.utc)
+    elif now.tzinfo is not None:
+        now = now.astimezone(timezone.utc)
+    return now.strftime("%Y%m%d%H%M%S+0000")
 
 
 def _set(segment: Any, field: str, er7: str) -> None:
@@ -198,12 +203,17 @@ def _prediction_observations(obs: _Observations, prediction: Prediction, cfg: Hl
                 "DEMO MODEL (untrained) - NOT FOR CLINICAL USE", abnormal="")
 
 
-def build_oru(ecg: EcgInstance, prediction: Prediction | None, cfg: Hl7Config, control_id: str) -> str:
+def build_oru(
+    ecg: EcgInstance, prediction: Prediction | None, cfg: Hl7Config, control_id: str, *, now: datetime | None = None
+) -> str:
     """The ORU^R01 for ``ecg`` as ER7 (segments separated by ``\\r``).
 
     ``prediction`` is None for a rejected ECG: the message then carries
     "ECG could not be analysed: <reason>" instead of findings.  The result is
     STRICT-validated: each field on assignment, the whole message at the end.
+
+    ``now`` (default: the current time) is the message time (MSH-7, ORC-9,
+    OBR-22), sent in UTC; a naive datetime is taken as UTC.
 
     Raises :class:`OruBuildError` (field named, value not) when the ECG cannot
     be expressed in a valid message.
@@ -228,7 +238,7 @@ def build_oru(ecg: EcgInstance, prediction: Prediction | None, cfg: Hl7Config, c
     _set(msh, "msh_4", cfg.sending_facility)
     _set(msh, "msh_5", cfg.receiving_application)
     _set(msh, "msh_6", cfg.receiving_facility)
-    _set(msh, "msh_7", _now_ts())
+    _set(msh, "msh_7", _now_ts(now))
     _set(msh, "msh_9", "ORU^R01^ORU_R01")
     _set(msh, "msh_10", control_id)
     _set(msh, "msh_11", "D" if demo else "P")
@@ -254,7 +264,7 @@ def build_oru(ecg: EcgInstance, prediction: Prediction | None, cfg: Hl7Config, c
         _set(pv1, "pv1_2", cfg.pv1_patient_class)
 
     order = result.add_group("ORU_R01_ORDER_OBSERVATION")
-    now = _now_ts()
+    now = _now_ts(now)
     placer = text(ecg.placer_order_number, "ORC-2")
     filler = text(ecg.filler_order_number, "ORC-3")
     orc = order.add_segment("ORC")
