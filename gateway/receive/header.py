@@ -276,7 +276,7 @@ def _int(ds: Dataset, keyword: str) -> int | None:
     try:
         value = ds.get(keyword)
         return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
+    except Exception:  # noqa: BLE001 - pydicom raises many types (unknown VR, bad length): absent
         return None
 
 
@@ -284,7 +284,7 @@ def _float(ds: Dataset, keyword: str) -> float | None:
     try:
         value = ds.get(keyword)
         return float(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
+    except Exception:  # noqa: BLE001 - pydicom raises many types (unknown VR, bad length): absent
         return None
 
 
@@ -320,11 +320,11 @@ def read_header(raw: bytes) -> EcgHeader:
         if read_preamble(fp, False) is None:
             raise HeaderError("not a DICOM Part 10 file (no DICM prefix)")
         file_meta = _read_file_meta_info(fp)
+        transfer_syntax = str(file_meta.get("TransferSyntaxUID", "")).strip()  # decoded here: may be garbage too
     except HeaderError:
         raise
     except Exception as exc:  # pydicom raises many types for garbage
         raise HeaderError(f"not a DICOM file: {exc}") from None
-    transfer_syntax = str(file_meta.get("TransferSyntaxUID", "")).strip()
     if not transfer_syntax:
         raise HeaderError("no TransferSyntaxUID in the file meta information")
     body_start = fp.tell()
@@ -349,7 +349,7 @@ def read_header(raw: bytes) -> EcgHeader:
                 groups.append(_group(item))
     except HeaderError:
         raise
-    except (struct.error, ValueError, IndexError) as exc:
+    except Exception as exc:  # noqa: BLE001 - struct, value, unknown-VR, length errors from garbage
         raise HeaderError(f"cannot parse: {exc}") from None
     ds.file_meta = file_meta
     return EcgHeader(transfer_syntax, ds, groups)
