@@ -12,16 +12,23 @@ VRs).  The samples themselves are decoded later, by the processing stage.
 
 from __future__ import annotations
 
+import functools
 import io
+import logging
 import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from pydicom.dataelem import RawDataElement
+from pydicom.charset import convert_encodings, default_encoding
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement, empty_value_for_VR
 from pydicom.dataset import Dataset
-from pydicom.filereader import _read_file_meta_info, read_preamble
+from pydicom.filereader import ENCODED_VR, _read_file_meta_info, read_preamble
+from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
+from pydicom.values import convert_string
+from pydicom.valuerep import VR
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
@@ -382,3 +389,188 @@ def _read_header_pydicom(raw: bytes, transfer_syntax: str) -> EcgHeader:
     except Exception as exc:  # noqa: BLE001
         raise HeaderError(f"cannot parse: {exc}") from None
     return EcgHeader(transfer_syntax, ds, groups)
+
+
+# -- the processing stage's read: the waveform, without the annotations -----------------------------
+
+log = logging.getLogger("gateway.receive.header")
+
+_SPECIFIC_CHARACTER_SET = 0x00080005
+#: VRs pydicom's reader knows; any other explicit VR makes pydicom guess
+#: (implicit VR inside a sequence, or a 2-byte length), so such files are
+#: left to pydicom.
+_KNOWN_VRS = frozenset(ENCODED_VR)
+
+
+class _Unusual(Exception):
+    """An encoding the fast read leaves to pydicom (not an error by itself)."""
+
+
+def read_waveform_dataset(raw: bytes) -> Dataset:
+    """A DICOM Part 10 ECG as the processing stage needs it, parsed fast.
+
+    The returned data set has the file meta, every non-sequence top-level
+    element (raw, decoded by pydicom on access as after ``dcmread``) and the
+    whole WaveformSequence with every nested sequence, built as
+    ``pydicom.dcmread`` builds them.  The other top-level sequences
+    (WaveformAnnotationSequence, AcquisitionContextSequence, ...) are skipped
+    by their lengths and delimiters: that is what pydicom spends most of its
+    time on for a cart's file.
+
+    Implicit VR LE, Explicit VR LE and Deflated Explicit VR LE are read here.
+    Anything else - big endian, no preamble, a VR encoding other than the
+    transfer syntax says, undefined-length values that are not sequences, a
+    truncated or corrupt body - is read by ``pydicom.dcmread`` exactly as
+    before, so unusual files behave as they always did.
+
+    Raises :class:`HeaderError` (with dcmread's message) when dcmread fails too.
+    """
+    try:
+        return _read_waveform_fast(raw)
+    except Exception as exc:  # noqa: BLE001 - any doubt: pydicom decides, as before
+        log.debug("fast read not used (%s: %s); reading with pydicom.dcmread", type(exc).__name__, exc)
+    from pydicom import dcmread
+
+    try:
+        return dcmread(io.BytesIO(raw))
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for garbage
+        raise HeaderError(str(exc) or type(exc).__name__) from exc
+
+
+def _read_waveform_fast(raw: bytes) -> Dataset:
+    fp = io.BytesIO(raw)
+    if read_preamble(fp, False) is None:
+        raise _Unusual("no DICM prefix")
+    file_meta = _read_file_meta_info(fp)
+    transfer_syntax = file_meta.get("TransferSyntaxUID")
+    body_start = fp.tell()
+    if transfer_syntax == DeflatedExplicitVRLittleEndian:
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        buf, start, implicit = inflater.decompress(raw[body_start:]), 0, False
+        if not inflater.eof:
+            raise _Unusual("deflated stream without its final block")
+    elif transfer_syntax in (ImplicitVRLittleEndian, ExplicitVRLittleEndian):
+        buf, start, implicit = raw, body_start, transfer_syntax == ImplicitVRLittleEndian
+    else:
+        raise _Unusual(f"transfer syntax {transfer_syntax}")
+    if len(buf) >= start + 6:
+        # pydicom switches VR mode when the first element says otherwise
+        looks_explicit = 0x40 < buf[start + 4] < 0x5B and 0x40 < buf[start + 5] < 0x5B
+        if looks_explicit == implicit:
+            raise _Unusual("the data set's VR encoding differs from its transfer syntax")
+    elements, encoding, _ = _level(buf, start, len(buf), implicit, default_encoding, top=True)
+    ds = Dataset(elements)
+    ds.set_original_encoding(implicit, True, encoding)
+    ds.file_meta = file_meta
+    return ds
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_sequence_tag(tag: int) -> bool:
+    """Implicit VR: the data dictionary says whether a value is a sequence."""
+    try:
+        return dictionary_VR(tag) == VR.SQ
+    except KeyError:
+        return False
+
+
+def _level(buf: bytes, pos: int, end: int, implicit: bool, encoding: str | list[str],
+           top: bool = False) -> tuple[dict[BaseTag, RawDataElement | DataElement], str | list[str], int]:
+    """The elements of one data set level as pydicom's reader yields them,
+    the character encodings in force at its end, and the offset past its
+    item delimiter (-1 when it ran to ``end`` without one).
+
+    At the top level only the WaveformSequence is parsed among sequences;
+    the others are skipped."""
+    elements: dict[BaseTag, RawDataElement | DataElement] = {}
+    unpack, unpack_u16, unpack_u32 = _IMPLICIT.unpack_from, _U16.unpack_from, _U32.unpack_from
+    known, long_vrs = _KNOWN_VRS, _LONG_LENGTH_VRS
+    while pos < end:
+        if pos + 8 > end:
+            raise HeaderError("truncated element header")
+        group, elem, length = unpack(buf, pos)
+        tag = group << 16 | elem
+        if group == 0xFFFE:
+            if tag == _ITEM_DELIMITER:
+                return elements, encoding, pos + 8
+            raise _Unusual(f"({group:04X},{elem:04X}) inside a data set")
+        if implicit:
+            vr = None
+            pos += 8
+            is_sequence = _is_sequence_tag(tag)
+        else:
+            vr = buf[pos + 4 : pos + 6]
+            if vr not in known:
+                raise _Unusual(f"VR {vr!r} in ({group:04X},{elem:04X})")
+            if vr in long_vrs:
+                if pos + 12 > end:
+                    raise HeaderError("truncated element header")
+                length = unpack_u32(buf, pos + 8)[0]
+                pos += 12
+            else:
+                length = unpack_u16(buf, pos + 6)[0]
+                pos += 8
+            is_sequence = vr == b"SQ"
+        undefined = length == _UNDEFINED
+        value_end = pos if undefined else pos + length
+        if value_end > end:
+            raise HeaderError(f"truncated: element ({group:04X},{elem:04X}) runs past the end")
+        if top and tag != _WAVEFORM_SEQUENCE and (is_sequence or undefined):
+            # annotations, acquisition context, ...: normalise does not read them
+            pos = _skip_undefined(buf, pos, end, implicit) if undefined else value_end
+            continue
+        if is_sequence:
+            if top and BaseTag(tag) in elements:
+                raise _Unusual("more than one WaveformSequence")
+            element, after = _sequence(buf, tag, pos, end if undefined else value_end, undefined, implicit, encoding)
+            elements[element.tag] = element
+            pos = after if undefined else value_end
+            continue
+        if undefined or tag == _WAVEFORM_SEQUENCE:
+            raise _Unusual(f"({group:04X},{elem:04X}) {vr!r} {'undefined length' if undefined else ''}")
+        vr_text = vr.decode("ascii") if vr is not None else None
+        value = buf[pos:value_end] if length else empty_value_for_VR(vr_text, raw=True)
+        element = RawDataElement(BaseTag(tag), vr_text, length, value, pos, implicit, True)
+        elements[element.tag] = element
+        if tag == _SPECIFIC_CHARACTER_SET and value:
+            # as pydicom's reader: the encodings for the sequences that follow
+            encoding = convert_encodings(convert_string(value, True))
+        pos = value_end
+    return elements, encoding, -1
+
+
+def _sequence(buf: bytes, tag: int, pos: int, end: int, undefined: bool, implicit: bool,
+              encoding: str | list[str]) -> tuple[DataElement, int]:
+    """A sequence element with every item (and nested sequence) parsed, and
+    the offset past its value (past the sequence delimiter when undefined)."""
+    items = []
+    value_start = pos
+    unpack = _IMPLICIT.unpack_from
+    while undefined or pos < end:
+        if pos + 8 > end:
+            raise HeaderError("truncated: sequence without its delimiter")
+        group, elem, length = unpack(buf, pos)
+        item_tag = group << 16 | elem
+        pos += 8
+        if item_tag == _SEQUENCE_DELIMITER:
+            break
+        if item_tag != _ITEM:
+            raise _Unusual(f"({group:04X},{elem:04X}) where a sequence item was expected")
+        if length == _UNDEFINED:
+            elements, item_encoding, after = _level(buf, pos, end, implicit, encoding)
+            if after < 0:
+                raise HeaderError("truncated: sequence item without its delimiter")
+            pos = after
+        else:
+            item_end = pos + length
+            if item_end > end:
+                raise HeaderError("truncated: sequence item runs past the end")
+            elements, item_encoding, after = _level(buf, pos, item_end, implicit, encoding)
+            if after not in (-1, item_end):
+                raise _Unusual("item delimiter inside a defined-length item")
+            pos = item_end
+        item = Dataset(elements, parent_encoding=encoding)
+        item.set_original_encoding(implicit, True, item_encoding)
+        item.is_undefined_length_sequence_item = length == _UNDEFINED
+        items.append(item)
+    return DataElement(BaseTag(tag), VR.SQ, Sequence(items), value_start, is_undefined_length=undefined), pos

@@ -1,0 +1,258 @@
+"""read_waveform_dataset: the processing stage's fast read gives normalise
+exactly what pydicom.dcmread gives it, for the sample, every variant, all
+three transfer syntaxes, and truncated or corrupt bytes."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import warnings
+from typing import Any
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+
+import ecg_variants as v
+from gateway.normalise import NormaliseError, NormaliseParams, normalise_dataset
+from gateway.receive.header import HeaderError, read_waveform_dataset
+
+SYNTAXES = {"implicit": ImplicitVRLittleEndian, "explicit": ExplicitVRLittleEndian,
+            "deflated": DeflatedExplicitVRLittleEndian}
+
+
+def _set(path: str, value: Any):
+    """A builder setting one attribute of the rhythm group (dotted path below it)."""
+    def build(ds: Dataset) -> Dataset:
+        out = v.new_uids(ds)
+        target = v.rhythm(out)
+        *parents, name = path.split(".")
+        for part in parents:
+            target = target[int(part)] if part.isdigit() else getattr(target, part)
+        setattr(target, name, value)
+        return out
+    return build
+
+
+#: Every builder of tests/ecg_variants.py, plus rejections normalise names.
+VARIANTS = {
+    "sample": lambda ds: ds,
+    "new-uids": v.new_uids,
+    "rate-500": lambda ds: v.with_rate(ds, 500),
+    "rate-250": lambda ds: v.with_rate(ds, 250),
+    "eight-lead": v.eight_lead,
+    "keep-channels-no-ii": lambda ds: v.keep_channels(ds, ["I", "V1", "V2", "V3", "V4", "V5", "V6"]),
+    "drop-v3": lambda ds: v.drop_lead(ds, "V3"),
+    "shuffled": v.shuffled,
+    "mv-baseline": v.millivolts_with_baseline,
+    "unit-mv": lambda ds: v.with_unit(ds, "mV", "0.00125"),
+    "unit-mmhg": lambda ds: v.with_unit(ds, "mmHg", "1"),
+    "mdc-codes": v.mdc_codes,
+    "general-32bit": v.general_32bit,
+    "twenty-seconds": lambda ds: v.with_duration(ds, 20),
+    "five-seconds": lambda ds: v.with_duration(ds, 5),
+    "median-beat-only": v.median_beat_only,
+    "rate-99": _set("SamplingFrequency", "99"),
+    "unsigned": _set("WaveformSampleInterpretation", "US"),
+    "sensitivity-0": _set("ChannelDefinitionSequence.6.ChannelSensitivity", "0"),
+    "no-waveform": lambda ds: _without_waveform(ds),
+}
+
+
+def _without_waveform(ds: Dataset) -> Dataset:
+    out = v.new_uids(ds)
+    del out.WaveformSequence
+    return out
+
+
+def encode(ds: Dataset, syntax: str) -> bytes:
+    out = v.new_uids(ds)
+    out.file_meta.TransferSyntaxUID = syntax
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def outcome(ds: Dataset, params: NormaliseParams = NormaliseParams()) -> tuple:
+    """What normalise makes of ``ds``: signal, report and flags, or the reason."""
+    try:
+        result = normalise_dataset(ds, params)
+    except NormaliseError as exc:
+        return "rejected", str(exc), json.dumps(exc.report, sort_keys=True, default=str)
+    except Exception as exc:  # noqa: BLE001 - compared, not hidden: both reads must fail alike
+        return "error", type(exc).__name__, str(exc)
+    return "ok", result.signal, json.dumps(result.report, sort_keys=True, default=str), result.quality_flags
+
+
+def assert_same(fast: tuple, slow: tuple) -> None:
+    assert fast[0] == slow[0], (fast[:2], slow[:2])
+    if fast[0] == "ok":
+        assert fast[1].dtype == slow[1].dtype
+        np.testing.assert_array_equal(fast[1], slow[1])
+        assert fast[2:] == slow[2:]
+    else:
+        assert fast == slow
+
+
+def dcmread_outcome(raw: bytes) -> tuple:
+    """Today's worker: dcmread, and its failure as the parse error."""
+    try:
+        ds = pydicom.dcmread(io.BytesIO(raw))
+    except Exception as exc:  # noqa: BLE001
+        return "unreadable", str(exc) or type(exc).__name__
+    return outcome(ds)
+
+
+def fast_outcome(raw: bytes) -> tuple:
+    try:
+        ds = read_waveform_dataset(raw)
+    except HeaderError as exc:
+        return "unreadable", str(exc)
+    return outcome(ds)
+
+
+@pytest.fixture(scope="module")
+def sample() -> Dataset:
+    return v.load_sample()
+
+
+@pytest.mark.parametrize("syntax", list(SYNTAXES))
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_every_variant_normalises_exactly_as_after_dcmread(sample, variant, syntax):
+    raw = encode(VARIANTS[variant](sample), SYNTAXES[syntax])
+    fast = read_waveform_dataset(raw)
+    # the fast path itself ran (the fallback, dcmread, keeps the annotations)
+    assert "WaveformAnnotationSequence" not in fast and "AcquisitionContextSequence" not in fast
+    assert fast.file_meta.TransferSyntaxUID == SYNTAXES[syntax]
+    assert_same(outcome(fast), outcome(pydicom.dcmread(io.BytesIO(raw))))
+
+
+def test_the_real_file_as_the_cart_wrote_it(sample_path):
+    raw = sample_path.read_bytes()
+    fast = read_waveform_dataset(raw)
+    assert "WaveformAnnotationSequence" not in fast
+    slow = pydicom.dcmread(io.BytesIO(raw))
+    assert fast.SOPInstanceUID == slow.SOPInstanceUID and fast.SOPClassUID == slow.SOPClassUID
+    assert fast.PatientName == slow.PatientName  # non-sequence top-level elements are all there
+    assert fast.WaveformSequence == slow.WaveformSequence  # every group, channel and nested code
+    result = outcome(fast)
+    assert result[0] == "ok" and result[1].shape == (4096, 12)
+    assert_same(result, outcome(slow))
+    params = NormaliseParams(gain=2.0, limb_lead_order=("aVR", "I", "II", "III", "aVL", "aVF"))
+    assert_same(outcome(fast, params), outcome(slow, params))
+
+
+def test_character_sets_reach_the_waveform_items(sample):
+    ds = v.new_uids(sample)
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    v.rhythm(ds).MultiplexGroupLabel = "RHYTHM"
+    v.rhythm(ds).ChannelDefinitionSequence[0].ChannelLabel = "Ableitung Ü"
+    for syntax in SYNTAXES.values():
+        raw = encode(ds, syntax)
+        fast, slow = read_waveform_dataset(raw), pydicom.dcmread(io.BytesIO(raw))
+        assert "WaveformAnnotationSequence" not in fast
+        assert v.rhythm(fast).ChannelDefinitionSequence[0].ChannelLabel == "Ableitung Ü"
+        assert_same(outcome(fast), outcome(slow))
+
+
+def test_big_endian_falls_back_to_dcmread(sample):
+    ds = v.new_uids(sample)
+    out = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
+        pydicom.dcmwrite(out, ds, little_endian=False, implicit_vr=False)
+    raw = out.getvalue()
+    fast = read_waveform_dataset(raw)
+    assert "WaveformAnnotationSequence" in fast  # read by dcmread
+    assert_same(outcome(fast), outcome(pydicom.dcmread(io.BytesIO(raw))))
+
+
+def test_no_preamble_and_garbage_fail_with_dcmreads_message(sample_path):
+    raw = sample_path.read_bytes()
+    for data in (raw[128:], b"", b"\x00" * 10):
+        with pytest.raises(HeaderError, match="File is missing DICOM File Meta Information header"):
+            read_waveform_dataset(data)
+    # a prefix and then nonsense: dcmread reads what it can, and so does the fallback
+    garbage = b"\x00" * 128 + b"DICM" + b"\xff" * 64
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert fast_outcome(garbage) == dcmread_outcome(garbage)
+
+
+def _waveform_data_spans(raw: bytes) -> list[tuple[int, int]]:
+    """File offsets of the sample values (flipping them tests nothing structural)."""
+    ds = pydicom.dcmread(io.BytesIO(raw))
+    spans = []
+    for group in ds.WaveformSequence:
+        element = group.get_item("WaveformData")
+        spans.append((element.value_tell, element.value_tell + element.length))
+    return spans
+
+
+def _mutations(raw: bytes, seed: int) -> list[tuple[str, bytes, int | None]]:
+    rng = random.Random(seed)
+    spans = _waveform_data_spans(raw)
+    body = 132 + 200  # past the preamble and most of the file meta
+    structural = [i for i in range(body, len(raw)) if not any(a + 4 <= i < b - 4 for a, b in spans)]
+    cases = [(f"truncated at {n}", raw[:n], None) for n in sorted(rng.sample(range(len(raw)), 20))]
+    cases += [(f"truncated at {n}", raw[:n], None) for n in (0, 131, 132, 140, len(raw) - 1, len(raw) - 7)]
+    cases += [(f"truncated at {a}{d:+}", raw[:a + d], None) for a, _ in spans for d in (-12, -8, -4, 0, 2)]
+    for i in sorted(rng.sample(structural, 120)):
+        mutated = bytearray(raw)
+        mutated[i] ^= rng.choice((0x01, 0x10, 0x80, 0xFF))
+        cases.append((f"byte {i} flipped", bytes(mutated), i))
+    return cases
+
+
+def _skipped_span(raw: bytes) -> tuple[int, int]:
+    """File offsets from the first top-level sequence the fast read skips
+    (the acquisition context) to the WaveformSequence."""
+    ds = pydicom.dcmread(io.BytesIO(raw))
+    first = ds["AcquisitionContextSequence"].file_tell
+    waveform = ds["WaveformSequence"].file_tell
+    assert first < ds["WaveformAnnotationSequence"].file_tell < waveform
+    return first - 12, waveform - 12  # element headers included
+
+
+@pytest.mark.parametrize("syntax", ["implicit", "explicit", "deflated"])
+def test_truncated_and_corrupt_bytes_fail_as_dcmread_does(sample, syntax):
+    """Any damage gives the fast read's HeaderError or a data set; the worker's
+    outcome (parse error text, rejection reason, signal) is the one dcmread
+    gives today - except that damage inside the sequences normalise never
+    reads (annotations, acquisition context) no longer loses an ECG whose
+    waveform is intact: then the outcome is exactly the undamaged file's."""
+    raw = encode(sample, SYNTAXES[syntax])
+    intact = outcome(pydicom.dcmread(io.BytesIO(raw)))
+    if syntax == "deflated":
+        cases = [(f"truncated at {n}", raw[:n], None) for n in range(0, len(raw), max(1, len(raw) // 20))]
+        cases += [(f"byte {i} flipped", raw[:i] + bytes([raw[i] ^ 0xFF]) + raw[i + 1:], None)
+                  for i in random.Random(1).sample(range(400, len(raw)), 20)]
+    else:
+        cases = _mutations(raw, seed=7)
+    skipped = _skipped_span(raw) if syntax != "deflated" else (0, 0)
+    differ, tolerated = [], 0
+    for name, data, flipped in cases:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns about what it guesses
+            fast, slow = fast_outcome(data), dcmread_outcome(data)
+        try:
+            assert_same(fast, slow)
+        except AssertionError as exc:
+            if flipped is not None and skipped[0] <= flipped < skipped[1] and slow[0] == "unreadable":
+                assert_same(fast, intact)
+                tolerated += 1
+            else:
+                differ.append(f"{name}: {exc}")
+    assert not differ, "\n".join(differ[:10])
+    assert tolerated < len(cases) // 10
