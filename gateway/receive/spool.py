@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -192,6 +192,14 @@ class StagedFile:
             raise self._error
         return self._sha256
 
+    def placed_at(self, dest: Path) -> bool:
+        """True when the writer thread renamed the file to ``dest``, a path
+        that did not exist before (so no earlier copy shares it)."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self.moved_to == dest and self.created
+
     def move_to(self, dest: Path) -> None:
         """Atomically rename into ``dest`` and make the rename durable.
         Raises OSError when the background write failed (e.g. disk full)."""
@@ -326,6 +334,14 @@ def _check_and_store(
     return StoreOutcome(OUT_OF_RESOURCES, None, False, reason)
 
 
+#: One statement, no ORM unit of work: the row id comes back with the insert.
+_INSERT_INSTANCE = insert(EcgInstance.__table__).returning(EcgInstance.__table__.c.id)
+_SAME_UID = (
+    select(EcgInstance.id, EcgInstance.version, EcgInstance.sha256, EcgInstance.status)
+    .where(EcgInstance.sop_instance_uid == bindparam("uid"))
+)
+
+
 def _store_version(
     raw: bytes,
     staged: StagedFile,
@@ -336,44 +352,49 @@ def _store_version(
     spool_dir: Path,
     source: dict[str, str | None],
 ) -> StoreOutcome:
+    """Commit the row for one accepted instance (its file durable first).
+
+    Optimistic: when the writer thread placed the file at a path that did not
+    exist (so no same-day copy of these bytes), version 1 is inserted straight
+    away and the unique (sop_instance_uid, version) constraint arbitrates;
+    only on a clash are the UID's rows looked up (duplicate or new version).
+    Versions are never deleted, so version 1 exists whenever any row does.
+    """
+    sha256 = staged.sha256()
+    path = spool_path_for(spool_dir, uid, sha256, received)
+    row = {
+        "sop_instance_uid": uid, "spool_path": str(path), "sha256": sha256, "size_bytes": len(raw),
+        "status": RECEIVED, "received_at": received, **columns, **source,
+    }
     with session_factory() as session:
-        existing = session.execute(
-            select(EcgInstance.id, EcgInstance.version, EcgInstance.sha256, EcgInstance.status).where(
-                EcgInstance.sop_instance_uid == uid
-            )
-        ).all()
-        sha256 = staged.sha256()
-        for row in existing:
-            if row.sha256 == sha256 and row.status != REJECTED:
+        if staged.placed_at(path):
+            try:
+                ecg_id = session.connection().execute(_INSERT_INSTANCE, {**row, "version": 1, "flags": []}).scalar_one()
+                session.commit()
+            except IntegrityError:
+                session.rollback()  # this UID is known: look at its versions
+            else:
+                log.info("stored SOP Instance UID %s as ecg id %d (%d bytes) from %s", uid, ecg_id, len(raw), _who(source))
+                return StoreOutcome(SUCCESS, ecg_id, False, None)
+        existing = session.connection().execute(_SAME_UID, {"uid": uid}).all()
+        for same in existing:
+            if same.sha256 == sha256 and same.status != REJECTED:
                 staged.undo()
-                log.info("duplicate SOP Instance UID %s (ecg id %s, same bytes) from %s: not stored again", uid, row.id, _who(source))
-                return StoreOutcome(SUCCESS, row.id, True, "duplicate")
-        version = max((row.version for row in existing), default=0) + 1
-        flags = ["new_version"] if any(row.status != REJECTED for row in existing) else []
-        path = spool_path_for(spool_dir, uid, sha256, received)
+                log.info("duplicate SOP Instance UID %s (ecg id %s, same bytes) from %s: not stored again", uid, same.id, _who(source))
+                return StoreOutcome(SUCCESS, same.id, True, "duplicate")
+        version = max((same.version for same in existing), default=0) + 1
+        flags = ["new_version"] if any(same.status != REJECTED for same in existing) else []
         staged.move_to(path)  # usually already there (placed by the writer thread)
-        instance = EcgInstance(
-            sop_instance_uid=uid,
-            version=version,
-            spool_path=str(path),
-            sha256=sha256,
-            size_bytes=len(raw),
-            status=RECEIVED,
-            flags=flags,
-            received_at=received,
-            **columns,
-            **source,
-        )
-        session.add(instance)
+        ecg_id = session.connection().execute(_INSERT_INSTANCE, {**row, "version": version, "flags": flags}).scalar_one()
         session.commit()
-        if flags:
-            log.warning(
-                "SOP Instance UID %s received again with different bytes: stored as version %d (ecg id %d), flagged new_version",
-                uid, version, instance.id,
-            )
-        else:
-            log.info("stored SOP Instance UID %s as ecg id %d (%d bytes) from %s", uid, instance.id, len(raw), _who(source))
-        return StoreOutcome(SUCCESS, instance.id, False, None)
+    if flags:
+        log.warning(
+            "SOP Instance UID %s received again with different bytes: stored as version %d (ecg id %d), flagged new_version",
+            uid, version, ecg_id,
+        )
+    else:
+        log.info("stored SOP Instance UID %s as ecg id %d (%d bytes) from %s", uid, ecg_id, len(raw), _who(source))
+    return StoreOutcome(SUCCESS, ecg_id, False, None)
 
 
 def _who(source: dict[str, str | None]) -> str:
