@@ -256,3 +256,46 @@ def test_truncated_and_corrupt_bytes_fail_as_dcmread_does(sample, syntax):
                 differ.append(f"{name}: {exc}")
     assert not differ, "\n".join(differ[:10])
     assert tolerated < len(cases) // 10
+
+
+def test_worker_rejects_a_spooled_file_that_cannot_be_parsed(db_url, session_factory, tmp_path, demo_model,
+                                                              demo_ensemble, sample):
+    """Through the real worker: the receive stage accepted the files, then
+    their bodies were damaged on disk; the reasons are dcmread's, as before."""
+    from pathlib import Path
+
+    from gateway.config import Config
+    from gateway.process.worker import Worker
+    from gateway.receive.spool import store_instance
+    from gateway.store.models import PROCESSED, REJECTED, EcgInstance
+
+    cfg = Config.model_validate({
+        "storage": {"database_url": db_url, "spool_dir": str(tmp_path / "spool")},
+        "model": {"files": [str(demo_model)], "batch_size": 4, "max_wait_ms": 0},
+    })
+    ids = []
+    for syntax in (ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, None, None):
+        raw = encode(sample, syntax or ExplicitVRLittleEndian)
+        out = store_instance(raw, session_factory=session_factory, spool_dir=Path(cfg.storage.spool_dir),
+                             min_free_disk_mb=0, transfer_syntax_uid=syntax or ExplicitVRLittleEndian,
+                             calling_ae="TESTCART", peer_address="127.0.0.1")
+        assert out.status == 0, out
+        ids.append(out.ecg_id)
+    with session_factory() as s:
+        paths = [Path(cfg.storage.spool_dir) / s.get(EcgInstance, i).spool_path for i in ids]
+    no_preamble, truncated = paths[3].read_bytes()[128:], paths[4].read_bytes()[:-1000]
+    paths[3].write_bytes(no_preamble)
+    paths[4].write_bytes(truncated)
+    worker = Worker(cfg, session_factory, demo_ensemble)
+    while worker.run_once():
+        pass
+    with session_factory() as s:
+        rows = [s.get(EcgInstance, i) for i in ids]
+        assert [r.status for r in rows] == [PROCESSED] * 3 + [REJECTED] * 2
+        assert rows[3].error == "DICOM data set cannot be parsed: " + dcmread_outcome(no_preamble)[1]
+        assert rows[3].error.startswith("DICOM data set cannot be parsed: File is missing DICOM File Meta")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert dcmread_outcome(truncated)[0] == "unreadable"
+            assert rows[4].error == "DICOM data set cannot be parsed: " + dcmread_outcome(truncated)[1]
+        assert rows[4].error.startswith("DICOM data set cannot be parsed: No tag to read at file position")

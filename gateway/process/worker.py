@@ -137,9 +137,8 @@ class Worker:
             self._finish(it)
 
     def _prepare(self, ecg_id: int) -> _Item:
-        import pydicom
-
         from gateway.normalise import NormaliseError, normalise_dataset
+        from gateway.receive.header import read_waveform_dataset
 
         item = _Item(ecg_id)
         t0 = time.perf_counter()
@@ -149,10 +148,9 @@ class Worker:
                 assert row is not None, f"ECG {ecg_id} vanished"
                 item.sop_instance_uid, item.received_at, item.attempts = row.sop_instance_uid, row.received_at, row.attempts
                 path = spool_file(self.cfg.storage.spool_dir, row.spool_path)
+            raw = path.read_bytes()  # FileNotFoundError: not a rejection, handled as before
             try:
-                ds = pydicom.dcmread(path)
-            except FileNotFoundError:
-                raise
+                ds = read_waveform_dataset(raw)  # skips the annotations pydicom parses eagerly
             except Exception as exc:  # the SCP checked the header; the body may still be corrupt
                 raise NormaliseError(f"DICOM data set cannot be parsed: {exc}") from exc
             result = normalise_dataset(ds, self.params)
