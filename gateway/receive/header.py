@@ -57,11 +57,12 @@ _WAVEFORM_DATA = 0x54001010
 #: carry order numbers.
 _KEPT_SEQUENCES = {0x00400275}  # RequestAttributesSequence
 _LONG_LENGTH_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+#: The same VRs as little-endian 16-bit numbers (compared without slicing bytes).
+_LONG_LENGTH_VR_CODES = frozenset(int.from_bytes(vr, "little") for vr in _LONG_LENGTH_VRS)
 _U32 = struct.Struct("<I")
 _U16 = struct.Struct("<H")
 _TAG = struct.Struct("<HH")
 _IMPLICIT = struct.Struct("<HHI")
-_EXPLICIT = struct.Struct("<HH2sH")
 
 
 class HeaderError(ValueError):
@@ -132,43 +133,6 @@ class EcgHeader:
         return "no usable waveform group: " + "; ".join(f"group {i}: {p}" for i, p in enumerate(problems))
 
 
-def _element_headers(buf: bytes, pos: int, end: int, implicit: bool) -> Iterator[tuple[int, bytes | None, int, int]]:
-    """(tag, vr, value offset, value end) of each element of one dataset
-    level, from ``pos`` up to ``end`` or an item delimiter.  Undefined-length
-    values are skipped by walking their items."""
-    while pos < end:
-        if pos + 8 > end:
-            raise HeaderError("truncated element header")
-        group, elem = _TAG.unpack_from(buf, pos)
-        tag = group << 16 | elem
-        if tag == _ITEM_DELIMITER:
-            return
-        if implicit or group == 0xFFFE:
-            vr = None
-            length = _U32.unpack_from(buf, pos + 4)[0]
-            pos += 8
-        else:
-            vr = buf[pos + 4 : pos + 6]
-            if vr in _LONG_LENGTH_VRS:
-                if pos + 12 > end:
-                    raise HeaderError("truncated element header")
-                length = _U32.unpack_from(buf, pos + 8)[0]
-                pos += 12
-            else:
-                length = _U16.unpack_from(buf, pos + 6)[0]
-                pos += 8
-        if length == _UNDEFINED:
-            value_end = _skip_undefined(buf, pos, end, implicit)
-            # value_end is past the sequence delimiter; the value excludes it
-            yield tag, vr, pos, value_end
-            pos = value_end
-        else:
-            if pos + length > end:
-                raise HeaderError(f"truncated: element ({tag >> 16:04X},{tag & 0xFFFF:04X}) runs past the end")
-            yield tag, vr, pos, pos + length
-            pos += length
-
-
 def _skip_undefined(buf: bytes, pos: int, end: int, implicit: bool) -> int:
     """Offset just past the sequence delimiter of an undefined-length value.
 
@@ -177,8 +141,8 @@ def _skip_undefined(buf: bytes, pos: int, end: int, implicit: bool) -> int:
     Nesting is tracked by counting undefined-length values opened and
     sequence delimiters seen.
     """
-    unpack_explicit, unpack_implicit, unpack_u32 = _EXPLICIT.unpack_from, _IMPLICIT.unpack_from, _U32.unpack_from
-    long_vrs = _LONG_LENGTH_VRS
+    unpack_implicit, unpack_u32 = _IMPLICIT.unpack_from, _U32.unpack_from
+    long_vrs = _LONG_LENGTH_VR_CODES
     depth = 1
     while True:
         if pos + 8 > end:
@@ -196,13 +160,12 @@ def _skip_undefined(buf: bytes, pos: int, end: int, implicit: bool) -> int:
             continue
         if implicit:
             pos += 8
+        elif length & 0xFFFF in long_vrs:  # explicit VR: the VR is the low half of what was read as a length
+            length = unpack_u32(buf, pos + 8)[0]
+            pos += 12
         else:
-            _, _, vr, length = unpack_explicit(buf, pos)
-            if vr in long_vrs:
-                length = unpack_u32(buf, pos + 8)[0]
-                pos += 12
-            else:
-                pos += 8
+            length >>= 16
+            pos += 8
         if length == _UNDEFINED:
             depth += 1
         else:
@@ -211,64 +174,104 @@ def _skip_undefined(buf: bytes, pos: int, end: int, implicit: bool) -> int:
                 raise HeaderError("truncated: element runs past the end")
 
 
-def _item_end(buf: bytes, pos: int, end: int, implicit: bool) -> int:
-    """Offset just past the item delimiter of an undefined-length item."""
-    for _tag, _vr, _start, value_end in _element_headers(buf, pos, end, implicit):
-        pos = value_end
-    if pos + 8 > end:
-        raise HeaderError("truncated: item without delimiter")
-    return pos + 8
-
-
-def _items(buf: bytes, start: int, end: int, implicit: bool) -> Iterator[tuple[int, int]]:
-    """(start, end) of each item's elements in a sequence value."""
-    pos = start
-    while pos + 8 <= end:
-        group, elem = _TAG.unpack_from(buf, pos)
-        tag = group << 16 | elem
-        length = _U32.unpack_from(buf, pos + 4)[0]
-        pos += 8
-        if tag == _SEQUENCE_DELIMITER:
-            return
-        if tag != _ITEM:
-            raise HeaderError("unexpected tag inside a sequence")
-        if length == _UNDEFINED:
-            item_end = _item_end(buf, pos, end, implicit)
-            yield pos, item_end - 8
-            pos = item_end
-        else:
-            yield pos, pos + length
-            pos += length
-
-
 def _raw(buf: bytes, tag: int, vr: bytes | None, start: int, end: int, implicit: bool) -> RawDataElement:
     return RawDataElement(
         BaseTag(tag), vr.decode("ascii") if vr else None, end - start, buf[start:end], start, implicit, True
     )
 
 
-def _dataset(buf: bytes, start: int, end: int, implicit: bool, charset: object) -> tuple[Dataset, list[tuple[int, int]]]:
-    """The non-sequence elements of one level as a lazily decoded Dataset,
-    plus the WaveformSequence value span when present."""
+def _dataset(
+    buf: bytes, start: int, end: int, implicit: bool, waveform_items: list[Dataset] | None = None
+) -> tuple[Dataset, int]:
+    """One level's non-sequence elements as a lazily decoded Dataset (pydicom
+    decodes a value when it is read), and the offset just past the item
+    delimiter that ended the level (-1 when ``end`` was reached first).
+
+    Each element is visited once: sequences we do not keep are skipped by
+    their delimiters; with ``waveform_items`` (the top level), the
+    WaveformSequence's items are parsed into that list on the way, so its
+    value is walked once, not skipped and then walked again.
+    """
+    unpack, unpack_u32, long_vrs = _IMPLICIT.unpack_from, _U32.unpack_from, _LONG_LENGTH_VRS
     elements: dict[BaseTag, RawDataElement] = {}
-    waveform: list[tuple[int, int]] = []
-    for tag, vr, vstart, vend in _element_headers(buf, start, end, implicit):
+    pos = start
+    while pos < end:
+        if pos + 8 > end:
+            raise HeaderError("truncated element header")
+        group, elem, length = unpack(buf, pos)
+        tag = group << 16 | elem
+        if tag == _ITEM_DELIMITER:
+            return _lazy_dataset(elements, implicit), pos + 8
+        if implicit or group == 0xFFFE:
+            vr = None
+            pos += 8
+        else:
+            vr = buf[pos + 4 : pos + 6]
+            if vr in long_vrs:
+                if pos + 12 > end:
+                    raise HeaderError("truncated element header")
+                length = unpack_u32(buf, pos + 8)[0]
+                pos += 12
+            else:
+                length >>= 16  # the 2-byte length sits after the VR, in the high half
+                pos += 8
+        vstart = pos
+        if length == _UNDEFINED:
+            if tag == _WAVEFORM_SEQUENCE and waveform_items is not None:
+                pos = _waveform_items(buf, vstart, end, implicit, waveform_items, undefined=True)
+                continue
+            # the value keeps its sequence delimiter (pydicom reads it so)
+            pos = _skip_undefined(buf, vstart, end, implicit)
+        else:
+            pos += length
+            if pos > end:
+                raise HeaderError(f"truncated: element ({group:04X},{elem:04X}) runs past the end")
         if tag == _WAVEFORM_SEQUENCE:
-            waveform.append((vstart, vend))
+            if waveform_items is not None:
+                _waveform_items(buf, vstart, pos, implicit, waveform_items, undefined=False)
             continue
         if tag == _WAVEFORM_DATA:
             # only its length matters here; keep the bytes out of memory copies
-            elements[BaseTag(tag)] = RawDataElement(BaseTag(tag), "OW", vend - vstart, b"", vstart, implicit, True)
+            elements[BaseTag(tag)] = RawDataElement(BaseTag(tag), "OW", pos - vstart, b"", vstart, implicit, True)
             continue
-        if vr == b"SQ" or (vr is None and _is_sequence(buf, vstart, vend)):
+        if vr == b"SQ" or (vr is None and _is_sequence(buf, vstart, pos)):
             if tag not in _KEPT_SEQUENCES:
                 continue
-        elements[BaseTag(tag)] = _raw(buf, tag, vr, vstart, vend, implicit)
+        elements[BaseTag(tag)] = _raw(buf, tag, vr, vstart, pos, implicit)
+    return _lazy_dataset(elements, implicit), -1
+
+
+def _lazy_dataset(elements: dict[BaseTag, RawDataElement], implicit: bool) -> Dataset:
     ds = Dataset(elements)
-    if charset is not None and "SpecificCharacterSet" not in ds:
-        ds.SpecificCharacterSet = charset
     ds.set_original_encoding(implicit, True)
-    return ds, waveform
+    return ds
+
+
+def _waveform_items(buf: bytes, pos: int, end: int, implicit: bool, items: list[Dataset], *, undefined: bool) -> int:
+    """Parse each item of a WaveformSequence value (from ``pos``) into
+    ``items``; the offset just past the value (past its sequence delimiter
+    when ``undefined``, else ``end``, the value's end)."""
+    while pos + 8 <= end:
+        group, elem, length = _IMPLICIT.unpack_from(buf, pos)
+        tag = group << 16 | elem
+        pos += 8
+        if tag == _SEQUENCE_DELIMITER:
+            return pos
+        if tag != _ITEM:
+            raise HeaderError("unexpected tag inside a sequence")
+        if length == _UNDEFINED:
+            item, pos = _dataset(buf, pos, end, implicit)
+            if pos < 0:
+                raise HeaderError("truncated: item without delimiter")
+        else:
+            if pos + length > end:
+                raise HeaderError("truncated: sequence item runs past the end")
+            item, _ = _dataset(buf, pos, pos + length, implicit)
+            pos += length
+        items.append(item)
+    if undefined:
+        raise HeaderError("truncated: sequence without delimiter")
+    return end
 
 
 def _is_sequence(buf: bytes, start: int, end: int) -> bool:
@@ -347,13 +350,14 @@ def read_header(raw: bytes) -> EcgHeader:
     else:
         return _read_header_pydicom(raw, transfer_syntax)
     try:
-        ds, waveform_spans = _dataset(buf, start, len(buf), implicit, None)
+        items: list[Dataset] = []
+        ds, _ = _dataset(buf, start, len(buf), implicit, items)
         charset = ds.get("SpecificCharacterSet")
         groups = []
-        for vstart, vend in waveform_spans:
-            for istart, iend in _items(buf, vstart, vend, implicit):
-                item, _ = _dataset(buf, istart, iend, implicit, charset)
-                groups.append(_group(item))
+        for item in items:
+            if charset is not None and "SpecificCharacterSet" not in item:
+                item.SpecificCharacterSet = charset
+            groups.append(_group(item))
     except HeaderError:
         raise
     except Exception as exc:  # noqa: BLE001 - struct, value, unknown-VR, length errors from garbage
