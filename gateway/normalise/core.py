@@ -155,10 +155,11 @@ def _normalise(ds: Dataset, params: NormaliseParams, report: dict[str, Any]) -> 
     # Scale each present lead to mV; padded samples become NaN (gaps), never numbers.
     source: dict[str, np.ndarray] = {}
     gaps: dict[str, np.ndarray] = {}
+    columns = np.ascontiguousarray(raw.samples[rows].T)  # one copy: per-lead maths on strided columns is ~2x slower
     for lead, (col, negate) in found.items():
         ch = channels[col]
         with np.errstate(over="ignore", invalid="ignore"):  # overflow is caught below as non-finite
-            x = raw.samples[rows, col] * ch.mv_per_count + ch.baseline_mv
+            x = columns[col] * ch.mv_per_count + ch.baseline_mv
         if negate:
             x = -x
         valid = None
@@ -168,7 +169,7 @@ def _normalise(ds: Dataset, params: NormaliseParams, report: dict[str, Any]) -> 
             x[gaps[lead]] = np.nan
         source[lead] = x
         fraction = quality.clipped_fraction(
-            raw.samples[rows, col], raw.rails[col], fs, ch.mv_per_count, ch.baseline_mv, valid,
+            columns[col], raw.rails[col], fs, ch.mv_per_count, ch.baseline_mv, valid,
             plateaus=raw.bits_allocated > 8,
         )
         if fraction > 0:
