@@ -133,3 +133,124 @@ def test_now_is_sent_in_utc_and_a_naive_time_is_utc():
     for t in (local, naive):
         er7 = build_oru(ecg_, prediction_, cfg, "CTRL1", now=t)
         assert er7 == build("processed_findings_special_chars")
+
+
+# --- the fast path (ER7 text + per-shape hl7apy validation) equals the reference ---------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from gateway.deliver import oru  # noqa: E402
+from gateway.deliver.oru import OruBuildError, build_oru_reference  # noqa: E402
+
+
+def outcome(fn, *args):
+    """The ER7, or the OruBuildError text, of one build."""
+    try:
+        return fn(*args, now=NOW)
+    except OruBuildError as exc:
+        return f"OruBuildError: {exc}"
+
+
+def shape_of(name):
+    ecg_, prediction_, cfg, control_id = CASES[name]
+    return oru._render_er7(oru._oru_segments(ecg_, prediction_, cfg, control_id, NOW))[1]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_golden_cases_take_the_fast_path(name):
+    # a shape hl7apy could not learn would silently cost ~60 ms per message
+    checks = oru._shape_checks(shape_of(name))
+    assert checks is not None
+    assert ("DTM", "MSH-7") in checks and ("ST", "MSH-10") in checks
+
+
+ERROR_CASES = {
+    "no name": (ecg(patient_name=None), prediction(), Hl7Config(), "C",
+                "ORU^R01 validation: ValidationError: Missing required child PID.PID_5"),
+    "name of separators only": (ecg(patient_name="^^"), prediction(), Hl7Config(), "C",
+                                "ORU^R01 validation: ValidationError: Missing required child PID.PID_5"),
+    "sub-component in HD": (ecg(), prediction(), Hl7Config(receiving_application="EHR&X"), "C",
+                            "MSH-5: MaxChildLimitReached"),
+    "issuer over 20": (ecg(issuer_of_patient_id="I" * 21), prediction(), Hl7Config(), "C",
+                       "PID-3: value longer than HL7 v2.5.1 allows"),
+    "patient id over 199": (ecg(patient_id="P" * 200), prediction(), Hl7Config(), "C",
+                            "PID-3: value longer than HL7 v2.5.1 allows"),
+    "escaping makes it too long": (ecg(patient_name="|" * 67), prediction(), Hl7Config(), "C",
+                                   "PID-5: value longer than HL7 v2.5.1 allows"),
+    "impossible birth date": (ecg(patient_birth_date="19701399"), prediction(), Hl7Config(), "C",
+                              "PID-7: ValueError"),
+    "impossible acquisition time": (ecg(acquisition_datetime="20241399"), prediction(), Hl7Config(), "C",
+                                    "OBR-7: ValueError"),
+    "long quality flag": (ecg(), prediction(quality_flags=["q" * 200]), Hl7Config(), "C",
+                          "OBX-5: value longer than HL7 v2.5.1 allows"),
+    "long configured order code": (ecg(), prediction(), Hl7Config(order_code="X" * 200 + "^t^LN"), "C",
+                                   "OBR-4: value longer than HL7 v2.5.1 allows"),
+    "long PV1 class": (ecg(), prediction(), Hl7Config(include_pv1=True, pv1_patient_class="C" * 21), "C",
+                       "PV1-2: value longer than HL7 v2.5.1 allows"),
+    "long control id": (ecg(), prediction(), Hl7Config(), "C" * 200, "MSH-10: value longer than HL7 v2.5.1 allows"),
+    "long rejection reason": (ecg(error="e" * 200), None, Hl7Config(), "C",
+                              "OBX-5: value longer than HL7 v2.5.1 allows"),
+    "two problems: the first in message order": (
+        ecg(placer_order_number="p" * 200, study_instance_uid="1" * 200), prediction(), Hl7Config(), "C",
+        "ORC-2: value longer than HL7 v2.5.1 allows"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ERROR_CASES))
+def test_errors_are_the_references_naming_the_field(name):
+    ecg_, prediction_, cfg, control_id, expected = ERROR_CASES[name]
+    assert outcome(build_oru, ecg_, prediction_, cfg, control_id) == f"OruBuildError: {expected}"
+    assert outcome(build_oru_reference, ecg_, prediction_, cfg, control_id) == f"OruBuildError: {expected}"
+
+
+def test_a_bad_value_in_a_known_shape_is_still_rejected():
+    # the shape is learnt (and cached) from a valid message; the value check runs on every build
+    build_oru(ecg(patient_birth_date="19700101"), prediction(), Hl7Config(), "C", now=NOW)
+    hits = oru._shape_checks.cache_info().hits
+    with pytest.raises(OruBuildError, match="^PID-7: ValueError$"):
+        build_oru(ecg(patient_birth_date="19701399"), prediction(), Hl7Config(), "C", now=NOW)
+    assert oru._shape_checks.cache_info().hits == hits + 1
+    with pytest.raises(OruBuildError, match="^OBX-5: value longer"):
+        build_oru(ecg(study_instance_uid="1" * 200), prediction(), Hl7Config(), "C", now=NOW)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"issuer_of_patient_id": "  "},  # CX with an empty assigning authority
+     {"patient_name": "Doe^ ^X"},  # blank given name
+     {"error": " "}, {"study_instance_uid": " "},
+     {"acquisition_datetime": "0999"}],  # hl7apy writes this DTM as 999
+)
+def test_values_hl7apy_would_write_differently_equal_the_reference(changes):
+    kw = dict(changes)
+    pred = None if "error" in kw else prediction(quality_flags=[" ", "  x  "])
+    args = (ecg(**kw), pred, Hl7Config(), "C")
+    assert outcome(build_oru, *args) == outcome(build_oru_reference, *args)
+
+
+# Text with every ER7 delimiter, escapes, blanks, accents, ideographs and lengths around hl7apy's limits.
+_PIECES = st.sampled_from(list("aZ09 .-'|^&~\\=éÜ山\x7f") + ["\\F\\", "  ", "Ørsted"])
+_short = st.lists(_PIECES, min_size=1, max_size=8).map("".join)
+_long = st.lists(_PIECES, min_size=15, max_size=70).map("".join)
+_text = st.one_of(st.none(), _short, _short, _short, _long)
+_digits = st.one_of(st.none(), st.from_regex(r"\A\d{4,14}(\.\d{1,6})?([+-]\d{4})?\Z"), st.sampled_from(
+    ["19701399", "20240230", "2024-01-02", "20240102030405.123456+0100"]))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(patient_id=_short, issuer=_text, name=_short, birth=_digits, sex=st.sampled_from([None, "", "M", "f", " x"]),
+       accession=_text, placer=_text, filler=_text, requested=_text, study=_text, acquired=_digits,
+       flags=st.lists(_short, max_size=2), findings=st.sets(st.sampled_from(list(PROBS))),
+       rejected=st.booleans(), demo=st.booleans(), charset=st.sampled_from(["UNICODE UTF-8", "8859/1", "ASCII"]),
+       pv1=st.booleans())
+def test_fast_path_equals_the_reference_for_any_input(patient_id, issuer, name, birth, sex, accession, placer, filler,
+                                                     requested, study, acquired, flags, findings, rejected, demo,
+                                                     charset, pv1):
+    e = ecg(patient_id=patient_id, issuer_of_patient_id=issuer, patient_name=name, patient_birth_date=birth,
+            patient_sex=sex, accession_number=accession, placer_order_number=placer, filler_order_number=filler,
+            requested_procedure_id=requested, study_instance_uid=study, acquisition_datetime=acquired,
+            error=(name or "no reason") if rejected else None)
+    p = None if rejected else prediction(findings=sorted(findings), quality_flags=flags, demo_model=demo)
+    cfg = Hl7Config(charset=charset, include_pv1=pv1)
+    assert outcome(build_oru, e, p, cfg, "C1") == outcome(build_oru_reference, e, p, cfg, "C1")

@@ -264,7 +264,12 @@ def build_oru(
       cached per shape (few: optional fields present, number of OBX, config);
     * every masked value is checked on every build by hl7apy's STRICT
       datatype class for its position (length, number, date/time format),
-      which is all that STRICT checks of a value.
+      which is all that STRICT checks of a value, and must be written back
+      unchanged by it.
+
+    Whatever the fast path cannot vouch for (a shape hl7apy rejects or writes
+    differently, a value it rewrites) goes the reference way, so errors and
+    output are the reference's.
 
     Raises :class:`OruBuildError` (field named, value not) when the ECG cannot
     be expressed in a valid message.
@@ -284,9 +289,11 @@ def build_oru(
             continue
         checked.add((datatype, value))
         try:
-            datatype_factory(datatype, value, _VERSION, VALIDATION_LEVEL.STRICT)
+            written = datatype_factory(datatype, value, _VERSION, VALIDATION_LEVEL.STRICT).to_er7()
         except Exception as exc:  # hl7apy raises several unrelated types
             raise OruBuildError(f"{label}: {_detail(exc)}") from None
+        if written != value:  # e.g. hl7apy writes the DTM year 0999 as 999
+            return _render_hl7apy(segments)
     return er7
 
 
