@@ -299,3 +299,28 @@ def test_worker_rejects_a_spooled_file_that_cannot_be_parsed(db_url, session_fac
             assert dcmread_outcome(truncated)[0] == "unreadable"
             assert rows[4].error == "DICOM data set cannot be parsed: " + dcmread_outcome(truncated)[1]
         assert rows[4].error.startswith("DICOM data set cannot be parsed: No tag to read at file position")
+
+
+@pytest.mark.parametrize("options", [
+    ["+e", "+te"],  # explicit lengths in every sequence and item, Explicit VR LE
+    ["+e", "+ti"],  # ... Implicit VR LE
+    ["+e", "+g", "+te"],  # with group length elements
+    ["-e", "+td"],  # undefined lengths, Deflated
+])
+def test_files_written_by_dcmtk(sample, tmp_path, options):
+    """A second writer (DCMTK dcmconv), with defined-length sequences and
+    items, which pydicom's writer never produces."""
+    import shutil
+    import subprocess
+
+    if shutil.which("dcmconv") is None:
+        pytest.skip("DCMTK dcmconv is not installed")
+    source = v.save(v.new_uids(v.eight_lead(sample)), tmp_path / "in.dcm")
+    target = tmp_path / "out.dcm"
+    subprocess.run(["dcmconv", *options, str(source), str(target)], check=True, capture_output=True)
+    raw = target.read_bytes()
+    fast = read_waveform_dataset(raw)
+    assert "WaveformAnnotationSequence" not in fast  # the fast path itself
+    result = outcome(fast)
+    assert result[0] == "ok" and result[3] == []
+    assert_same(result, outcome(pydicom.dcmread(io.BytesIO(raw))))

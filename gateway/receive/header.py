@@ -8,6 +8,10 @@ the WaveformSequence items are walked here, every sequence we do not need is
 skipped by its delimiters, and the elements we do need are handed to pydicom
 as raw elements, so pydicom still does all value decoding (character sets,
 VRs).  The samples themselves are decoded later, by the processing stage.
+
+The processing stage reads its files with :func:`read_waveform_dataset`: the
+same walk, but the whole WaveformSequence is built as ``pydicom.dcmread``
+builds it (samples included), and anything unusual is left to dcmread.
 """
 
 from __future__ import annotations
@@ -309,15 +313,32 @@ def _str(ds: Dataset, keyword: str) -> str | None:
 def meta_sop_instance_uid(raw: bytes) -> str | None:
     """MediaStorageSOPInstanceUID from the file meta (None when unreadable):
     a cheap early guess of the instance's spool name, checked later against
-    the data set's own SOPInstanceUID."""
-    fp = io.BytesIO(raw)
-    try:
-        if read_preamble(fp, False) is None:
-            return None
-        value = _read_file_meta_info(fp).get("MediaStorageSOPInstanceUID")
-    except Exception:  # noqa: BLE001
+    the data set's own SOPInstanceUID.
+
+    Runs for every instance beside the full header read, so it walks the file
+    meta group (always Explicit VR Little Endian) itself instead of having
+    pydicom build a FileMetaDataset; any oddity gives None (no early guess).
+    """
+    if raw[128:132] != b"DICM":
         return None
-    return str(value).strip() if value else None
+    pos, end = 132, len(raw)
+    while pos + 8 <= end:
+        group, elem, length = _IMPLICIT.unpack_from(raw, pos)
+        if group != 0x0002:
+            return None
+        if length & 0xFFFF in _LONG_LENGTH_VR_CODES:
+            if pos + 12 > end:
+                return None
+            length = _U32.unpack_from(raw, pos + 8)[0]
+            pos += 12
+        else:
+            length >>= 16
+            pos += 8
+        if elem == 0x0003:  # MediaStorageSOPInstanceUID (UI: ASCII, NUL- or space-padded)
+            value = raw[pos : pos + length].decode("latin-1").rstrip("\0").strip()
+            return value or None
+        pos += length
+    return None
 
 
 def read_header(raw: bytes) -> EcgHeader:
