@@ -313,7 +313,7 @@ def test_kill_9_during_each_stage(db_url, tmp_path, demo_model, sample_path):
     After the last restart: every ECG processed once (one prediction, one
     outbox row), every outbox row delivered, the receiver saw every control
     id (a message cut off mid-send may arrive twice, with the same MSH-10)."""
-    n = 24
+    n = 16
     copies = ecg_copies(sample_path, tmp_path / "in", n)
     studies = {study for _, study in copies.values()}
     by_name = {str(p): uid for p, (uid, _) in copies.items()}
