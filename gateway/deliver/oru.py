@@ -149,9 +149,9 @@ def _now_ts(now: datetime | None = None) -> str:
 
 
 class Input(str):
-    """A field value taken from the ECG, the prediction, the clock or the
-    control id (as opposed to a constant or a configured value): it varies
-    from message to message, so its leaves are checked on every build."""
+    """A field value that varies from message to message (ECG, prediction,
+    clock, control id), as opposed to a constant or a configured value: it is
+    masked in the message shape, and hl7apy checks it on every build."""
 
     __slots__ = ()
 
@@ -180,7 +180,7 @@ def _oru_segments(
     demo = bool(prediction is not None and prediction.demo_model)
     segments: list[Segment] = [("MSH", {
         3: cfg.sending_application, 4: cfg.sending_facility, 5: cfg.receiving_application,
-        6: cfg.receiving_facility, 7: ts, 9: "ORU^R01^ORU_R01", 10: Input(control_id), 11: "D" if demo else "P",
+        6: cfg.receiving_facility, 7: ts, 9: "ORU^R01^ORU_R01", 10: Input(control_id), 11: Input("D" if demo else "P"),
         12: "2.5.1", 18: charset,
     })]
 
@@ -192,7 +192,7 @@ def _oru_segments(
     if ecg.patient_birth_date and _DICOM_DA.match(ecg.patient_birth_date):
         pid[7] = Input(ecg.patient_birth_date)
     sex = (ecg.patient_sex or "").strip().upper()
-    pid[8] = sex if sex in ("M", "F", "O") else ("U" if sex else "")
+    pid[8] = Input(sex if sex in ("M", "F", "O") else ("U" if sex else ""))
     segments.append(("PID", pid))
     if cfg.include_pv1:
         segments.append(("PV1", {1: "1", 2: cfg.pv1_patient_class}))
@@ -232,7 +232,7 @@ def _prediction_observations(obx: Any, prediction: Prediction, cfg: Hl7Config) -
             Input(f"{p:.{PROBABILITY_DECIMALS}f}"))
     findings = [c for c in FINDINGS if c in set(prediction.findings or [])]
     for code in findings:
-        obx("CWE", IMPRESSION, f"{FINDING_SNOMED[code]}^{FINDING_NAMES[code]}^SCT", abnormal="A")
+        obx("CWE", IMPRESSION, Input(f"{FINDING_SNOMED[code]}^{FINDING_NAMES[code]}^SCT"), abnormal="A")
     if not findings:
         obx("ST", IMPRESSION, escape("None of " + ", ".join(FINDINGS) + " found above threshold"), abnormal="N")
     for flag in prediction.quality_flags or []:
@@ -350,7 +350,7 @@ def _mask(values: list[str], leaf: re.Match[str]) -> str:
     return _MASK
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=2048)
 def _shape_checks(shape: str) -> tuple[tuple[str, str], ...] | None:
     """For each masked leaf of ``shape``: (hl7apy datatype, field label), or
     None when hl7apy at STRICT rejects the shape or would write it differently.
