@@ -11,7 +11,8 @@ to two servers started in this process with the same AE settings:
   ceiling: a bare pynetdicom SCP whose handler only writes
            event.encoded_dataset() to a file (no fsync, no parsing, no database);
   gateway: start_scp(): header read and checks, temp file + fsync + rename +
-           folder fsync, duplicate lookup, row committed, then 0x0000.
+           folder fsync, row inserted and committed (SQLite: WAL, synchronous
+           FULL; the duplicate lookup only runs on a UID clash), then 0x0000.
 
   fsync:   the bare SCP plus temp file + fsync + rename + folder fsync (what
            durability alone costs on this disk, no checks, no database);
@@ -20,18 +21,28 @@ Prints instances/s and MB/s for each, and gateway/ceiling as a ratio (the aim
 is 0.8 or more), plus the two ratios that split the gap into file-system
 durability and the gateway's own work (header, duplicate lookup, commit).  Every response must be Success or the run fails.
 
+Also printed: this process's CPU time per instance (all its threads: the
+SCP's receiving plus the handler; storescu runs in its own processes), a
+figure that a busy shared machine disturbs far less than the wall clock, and
+the load average before and after.
+
 Usage: .venv/bin/python bench/bench_scp.py [--n 200] [--associations 4]
-       [--database-url URL]   (default: a temporary SQLite file)
+       [--database-url URL]   (default: a temporary SQLite file; with a
+       PostgreSQL URL, a temporary database created beside it and dropped)
+       [--rounds 2] [--max-pdu N]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import random
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 SAMPLE_UID = "1.3.6.1.4.1.20029.40.20130125105919.5407.1.1"
@@ -53,9 +64,10 @@ def make_copies(dest: Path, n: int) -> list[Path]:
     return files
 
 
-def send(port: int, groups: list[list[Path]]) -> float:
-    """Seconds to send each group over its own association, concurrently."""
-    start = time.perf_counter()
+def send(port: int, groups: list[list[Path]]) -> tuple[float, float]:
+    """Seconds to send each group over its own association, concurrently,
+    and this process's CPU seconds meanwhile."""
+    start, cpu = time.perf_counter(), time.process_time()
     procs = [
         subprocess.Popen(
             ["storescu", "-v", "-nh", "-aet", "BENCH", "-aec", "ECGGW", "127.0.0.1", str(port), *map(str, g)],
@@ -64,19 +76,18 @@ def send(port: int, groups: list[list[Path]]) -> float:
         for g in groups
     ]
     outputs = [p.communicate()[0] for p in procs]
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     ok = sum(o.count("Received Store Response (Success)") for o in outputs)
     total = sum(len(g) for g in groups)
     if ok != total:
         sys.exit(f"only {ok} of {total} C-STOREs succeeded:\n{outputs[0][-2000:]}")
-    return elapsed
+    return elapsed, cpu
 
 
 def bare_scp(port: int, dest: Path, dicom, durable: bool = False):  # type: ignore[no-untyped-def]
     """The ceiling: same contexts and limits, the handler only writes the
     bytes.  ``durable``: also temp file + fsync + rename + folder fsync, i.e.
     the file-system cost of durability without any checks or database."""
-    import os
 
     from pynetdicom import evt
 
@@ -103,12 +114,39 @@ def bare_scp(port: int, dest: Path, dicom, durable: bool = False):  # type: igno
     return ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, handle_store)])
 
 
+@contextlib.contextmanager
+def scratch_database(database_url: str) -> Iterator[str]:
+    """A PostgreSQL URL gets a temporary database beside the one named
+    (created here, dropped after), so the bench never writes into it."""
+    if not database_url.startswith("postgresql"):
+        yield database_url
+        return
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    base = make_url(database_url)
+    name = f"bench_scp_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield base.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--associations", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=2, help="servers alternate; the best round of each counts")
     parser.add_argument("--database-url", default="")
+    parser.add_argument("--max-pdu", type=int, default=None,
+                        help="[dicom] max_pdu for every server (default: the config default)")
     args = parser.parse_args()
 
     import logging
@@ -128,9 +166,11 @@ def main() -> None:
     scenarios = {"1 association": 1, f"{k} associations": k}
     servers = ("ceiling", "fsync", "gateway")
     best: dict[tuple[str, str], float] = {}
-    with tempfile.TemporaryDirectory(prefix="bench_scp_") as tmp:
+    cpu_best: dict[tuple[str, str], float] = {}
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="bench_scp_") as tmp, scratch_database(args.database_url) as scratch:
         root = Path(tmp)
-        url = args.database_url or f"sqlite:///{root / 'gateway.db'}"
+        url = scratch or f"sqlite:///{root / 'gateway.db'}"
         upgrade(url)
         engine = make_engine(url)
         mb = 0.0
@@ -144,7 +184,8 @@ def main() -> None:
                     mb = sum(f.stat().st_size for f in files) / 1e6
                     groups = [files[i::n_assoc] for i in range(n_assoc)]
                     port = free_port()
-                    dicom = DicomConfig(host="127.0.0.1", port=port, min_free_disk_mb=0, max_associations=max(10, k))
+                    pdu = {} if args.max_pdu is None else {"max_pdu": args.max_pdu}
+                    dicom = DicomConfig(host="127.0.0.1", port=port, min_free_disk_mb=0, max_associations=max(10, k), **pdu)
                     if server == "gateway":
                         storage = StorageConfig(database_url=url, spool_dir=str(run / "out"))
                         scp = start_scp(dicom, storage, make_sessionmaker(engine))
@@ -152,21 +193,25 @@ def main() -> None:
                     else:
                         stop = bare_scp(port, run / "out", dicom, durable=server == "fsync").shutdown
                     try:
-                        elapsed = send(port, groups)
+                        elapsed, cpu = send(port, groups)
                     finally:
                         stop()
                     key = (server, scenario)
                     best[key] = min(best.get(key, elapsed), elapsed)
+                    cpu_best[key] = min(cpu_best.get(key, cpu), cpu)
         engine.dispose()
 
-    db = "SQLite (temp file)" if not args.database_url else args.database_url.split("@")[-1]
+    db = "SQLite (temp file)" if not args.database_url else "temporary database at " + args.database_url.split("@")[-1]
     print(f"{args.n} x {mb / args.n * 1000:.0f} KB ECG (pydicom waveform_ecg.dcm), DCMTK storescu, database {db}, "
-          f"best of {args.rounds} alternating rounds")
-    print(f"{'scenario':<18} {'server':<8} {'inst/s':>8} {'MB/s':>7}")
+          f"best of {args.rounds} alternating rounds, max PDU {DicomConfig(**pdu).max_pdu}")
+    print("load average (1, 5, 15 min): before {:.2f} {:.2f} {:.2f}, after {:.2f} {:.2f} {:.2f} on {} CPUs".format(
+        *load_before, *os.getloadavg(), os.cpu_count()))
+    print(f"{'scenario':<18} {'server':<8} {'inst/s':>8} {'MB/s':>7} {'CPU ms/inst':>12}")
     for scenario in scenarios:
         for server in servers:
             s = best[(server, scenario)]
-            print(f"{scenario:<18} {server:<8} {args.n / s:8.1f} {mb / s:7.2f}")
+            cpu_ms = cpu_best[(server, scenario)] / args.n * 1000
+            print(f"{scenario:<18} {server:<8} {args.n / s:8.1f} {mb / s:7.2f} {cpu_ms:12.2f}")
         c, f, g = (best[(srv, scenario)] for srv in servers)
         print(f"{scenario:<18} gateway/ceiling = {c / g:.2f} (aim >= 0.80); fsync/ceiling = {c / f:.2f}; gateway/fsync = {f / g:.2f}")
 

@@ -76,8 +76,9 @@ def _clean(value: str | None, size: int) -> str | None:
     (PostgreSQL refuses NUL in text)."""
     if value is None:
         return None
-    text = "".join(ch if ch.isprintable() else "?" for ch in value).strip()
-    return text[:size] or None
+    if not value.isprintable():  # rare: spare the per-character pass otherwise
+        value = "".join(ch if ch.isprintable() else "?" for ch in value)
+    return value.strip()[:size] or None
 
 
 def demographics(header: EcgHeader) -> dict[str, Any]:
