@@ -71,3 +71,18 @@ def test_versions_count_up_and_a_resent_version_is_its_duplicate(sample_path: Pa
     assert (again.status, again.duplicate, again.ecg_id) == (SUCCESS, True, outcomes[1].ecg_id)
     assert len(_rows(session_factory)) == 3
     assert spool_files(spool) == sorted([earlier, Path(rows[0].spool_path), Path(rows[2].spool_path)])
+
+
+def test_resent_instance_whose_file_went_missing_gets_it_back(sample_path: Path, session_factory, tmp_path: Path) -> None:
+    """The stored row's path was free when the resend was placed (the file
+    had gone, or a concurrent copy of these bytes committed first): the new
+    copy is that row's file, so it stays."""
+    raw = sample_path.read_bytes()
+    spool = (tmp_path / "spool").resolve()
+    first = _store(raw, session_factory, spool)
+    [row] = _rows(session_factory)
+    Path(row.spool_path).unlink()
+    again = _store(raw, session_factory, spool)
+    assert (again.status, again.duplicate, again.ecg_id) == (SUCCESS, True, first.ecg_id)
+    assert spool_files(spool) == [Path(row.spool_path)]
+    assert hashlib.sha256(Path(row.spool_path).read_bytes()).hexdigest() == row.sha256

@@ -338,7 +338,7 @@ def _check_and_store(
 #: One statement, no ORM unit of work: the row id comes back with the insert.
 _INSERT_INSTANCE = insert(EcgInstance.__table__).returning(EcgInstance.__table__.c.id)
 _SAME_UID = (
-    select(EcgInstance.id, EcgInstance.version, EcgInstance.sha256, EcgInstance.status)
+    select(EcgInstance.id, EcgInstance.version, EcgInstance.sha256, EcgInstance.status, EcgInstance.spool_path)
     .where(EcgInstance.sop_instance_uid == bindparam("uid"))
 )
 
@@ -380,7 +380,11 @@ def _store_version(
         existing = session.connection().execute(_SAME_UID, {"uid": uid}).all()
         for same in existing:
             if same.sha256 == sha256 and same.status != REJECTED:
-                staged.undo()
+                # Our copy goes, unless it sits at the stored row's own path: then it
+                # is that row's file (same bytes; a concurrent resend may have
+                # committed first, or the file had gone missing).
+                if staged.moved_to != Path(same.spool_path):
+                    staged.undo()
                 log.info("duplicate SOP Instance UID %s (ecg id %s, same bytes) from %s: not stored again", uid, same.id, _who(source))
                 return StoreOutcome(SUCCESS, same.id, True, "duplicate")
         version = max((same.version for same in existing), default=0) + 1
