@@ -72,6 +72,9 @@ class DicomConfig(_Section):
     acse_timeout: Annotated[float, Field(gt=0)] = 30.0
     dimse_timeout: Annotated[float, Field(gt=0)] = 30.0
     network_timeout: Annotated[float, Field(gt=0)] = 60.0
+    #: Seconds a peer may take to send one PDU header or body once it started;
+    #: a peer stalling longer is dropped (frees its association slot).
+    pdu_timeout: Annotated[float, Field(gt=0)] = 30.0
     max_pdu: Annotated[int, Field(ge=0)] = 16382
     #: Refuse C-STOREs (0xA700) when the spool has less free space than this.
     min_free_disk_mb: Annotated[int, Field(ge=0)] = 500
@@ -248,6 +251,11 @@ class AdminConfig(_Section):
     token: str = ""
     #: /healthz turns unhealthy above this many pending HL7 messages; 0 = never.
     max_hl7_backlog: Annotated[int, Field(ge=0)] = 1000
+    #: Close a connection that has not sent a complete request within this many
+    #: seconds of connecting or of the previous response (slow-loris defence).
+    request_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    #: Concurrent connections (or requests) beyond which uvicorn answers 503.
+    max_connections: Annotated[int, Field(ge=1, le=100000)] = 100
 
 
 class ValidateConfig(_Section):

@@ -43,7 +43,7 @@ def scp(session_factory, spool: Path, port: int):  # type: ignore[no-untyped-def
     from gateway.receive.scp import start_scp
 
     dicom = DicomConfig(port=port, host="127.0.0.1", min_free_disk_mb=0, max_associations=2,
-                        acse_timeout=TIMEOUT_S, network_timeout=TIMEOUT_S, dimse_timeout=5)
+                        acse_timeout=TIMEOUT_S, network_timeout=TIMEOUT_S, pdu_timeout=TIMEOUT_S, dimse_timeout=5)
     server = start_scp(dicom, StorageConfig(spool_dir=str(spool)), session_factory)
     yield server
     server.shutdown()
@@ -84,13 +84,6 @@ def _associate_rq_absurd() -> bytes:
     return struct.pack(">BBI", 0x01, 0, len(body)) + body
 
 
-#: FINDING (open): pynetdicom 3.0.4 does not drop a peer that stalls inside a PDU (its
-#: socket read blocks past network_timeout), nor one whose junk it answers with
-#: A-ABORT; each such peer holds an association slot, so max_associations of them
-#: lock carts out.  Strict xfail: these start failing (XPASS) once it is fixed.
-STALL_FINDING = pytest.mark.xfail(strict=True, reason="open finding: a stalled partial PDU holds its association "
-                                  "(docs/security.md, 'Slow-loris')")
-
 MALFORMED = {
     "garbage": b"\x00GARBAGE\xff" * 10,
     "http-on-dicom-port": b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -101,8 +94,7 @@ MALFORMED = {
 }
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=STALL_FINDING) if n in ("http-on-dicom-port", "unknown-pdu-type") else n for n in MALFORMED])
+@pytest.mark.parametrize("name", MALFORMED)
 def test_malformed_pdu_is_dropped_and_scp_stays_up(scp, port: int, name: str, session_factory) -> None:
     with socket.create_connection(("127.0.0.1", port)) as sock:
         sock.sendall(MALFORMED[name])
@@ -114,7 +106,6 @@ def test_malformed_pdu_is_dropped_and_scp_stays_up(scp, port: int, name: str, se
         assert s.scalar(select(func.count()).select_from(EcgInstance)) == 0
 
 
-@STALL_FINDING
 def test_huge_pdu_length_does_not_grow_memory_and_is_dropped(scp, port: int) -> None:
     """A P-DATA PDU claiming 4 GiB: the bytes that never come are never
     allocated, and the stalled connection is dropped after network_timeout."""
@@ -128,8 +119,8 @@ def test_huge_pdu_length_does_not_grow_memory_and_is_dropped(scp, port: int) -> 
 
 @pytest.mark.parametrize("stall_after", [
     pytest.param(b"", id="silent"),
-    pytest.param(b"\x01\x00\x00", id="half-pdu-header", marks=STALL_FINDING),
-    pytest.param(_associate_rq_absurd()[:40], id="partial-associate-rq", marks=STALL_FINDING)])
+    pytest.param(b"\x01\x00\x00", id="half-pdu-header"),
+    pytest.param(_associate_rq_absurd()[:40], id="partial-associate-rq")])
 def test_slow_loris_on_the_dicom_listener_is_dropped(scp, port: int, stall_after: bytes) -> None:
     """Connect, send a few bytes (or none), stall: dropped after the ACSE/network timeout."""
     with socket.create_connection(("127.0.0.1", port)) as sock:
@@ -137,6 +128,126 @@ def test_slow_loris_on_the_dicom_listener_is_dropped(scp, port: int, stall_after
             sock.sendall(stall_after)
         _closed_by_peer(sock)
     assert _echo(port) == SUCCESS
+
+
+def _wait_for(check, limit_s: float = 15.0):  # type: ignore[no-untyped-def]
+    """Poll ``check()`` until it returns a truthy value (a generous bound; not a timing assertion)."""
+    deadline = time.monotonic() + limit_s
+    while not (result := check()):
+        if time.monotonic() > deadline:
+            return result
+        time.sleep(0.1)
+    return result
+
+
+def test_stalled_peers_do_not_lock_carts_out(scp, port: int, tmp_path: Path, sample_path: Path) -> None:
+    """``max_associations`` peers stalled inside a PDU hold every slot only
+    until ``pdu_timeout``: then a cart's storescu gets through, and the
+    stalled connections' threads are gone."""
+    threads_before = threading.active_count()
+    stalled = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]  # max_associations = 2
+    for sock in stalled:
+        sock.sendall(_associate_rq_absurd()[:40])
+    path = write(tmp_path / "in" / "cart.dcm", ecg_bytes(sample_path))
+    results = _wait_for(lambda: [r for r in storescu(port, [path])[0] if r[1] == SUCCESS])
+    assert [status for _, status in results] == [SUCCESS]
+    for sock in stalled:
+        _closed_by_peer(sock)
+        sock.close()
+    assert _wait_for(lambda: threading.active_count() <= threads_before), threading.enumerate()
+
+
+def test_a_peer_dripping_one_pdu_is_dropped(scp, port: int) -> None:
+    """One byte at a time keeps a per-read socket timeout happy forever; the
+    PDU deadline still drops the peer long before the PDU is complete."""
+    pdu = _associate_rq_absurd()
+    sent, closed = 0, False
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(0.3)  # the pace: one byte, then 0.3 s listening for the close
+        while sent < len(pdu) and not closed:  # ~30 s for the whole PDU
+            try:
+                sock.sendall(pdu[sent : sent + 1])
+                sent += 1
+                closed = sock.recv(1) == b""
+            except TimeoutError:
+                continue
+            except ConnectionError:
+                closed = True
+    assert closed and sent < len(pdu) // 2, sent
+    assert sent < len(pdu) // 2, sent
+    assert _echo(port) == SUCCESS
+
+
+def test_a_stream_behind_a_huge_pdu_length_is_not_read(scp, port: int) -> None:
+    """4 GiB announced and bytes keep coming: the SCP refuses to read the body
+    at all (length above max(max_pdu, 256 KiB)), so it never buffers it."""
+    rss = fh.rss_kib()
+    pushed = 0
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(10)
+        try:
+            sock.sendall(struct.pack(">BBI", 0x04, 0, 0xFFFFFFFF))
+            while pushed < 256 * 1024 * 1024:
+                sock.sendall(bytes(1024 * 1024))
+                pushed += 1024 * 1024
+        except (ConnectionError, TimeoutError):
+            pass
+    assert pushed < 256 * 1024 * 1024, "the SCP swallowed 256 MiB of one PDU"
+    assert fh.rss_kib() - rss < 64 * 1024
+    assert _echo(port) == SUCCESS
+
+
+class SteadyProxy:
+    """Forwards one connection to the SCP, cart -> SCP in ``chunk`` bytes
+    every ``pause`` seconds: a slow but steady link."""
+
+    def __init__(self, target_port: int, chunk: int, pause: float) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.target_port, self.chunk, self.pause = target_port, chunk, pause
+        self.chunks = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, throttle: bool) -> None:
+        try:
+            while data := src.recv(self.chunk):
+                dst.sendall(data)
+                if throttle:
+                    self.chunks += 1
+                    time.sleep(self.pause)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def _serve(self) -> None:
+        cart, _ = self.listener.accept()
+        scp_side = socket.create_connection(("127.0.0.1", self.target_port))
+        back = threading.Thread(target=self._pipe, args=(scp_side, cart, False), daemon=True)
+        back.start()
+        self._pipe(cart, scp_side, True)
+        back.join(10)
+        cart.close()
+        scp_side.close()
+        self.listener.close()
+
+
+def test_slow_but_steady_cart_is_served(scp, port: int, tmp_path: Path, sample_path: Path, session_factory) -> None:
+    """A transfer that takes several times ``pdu_timeout`` (and the network
+    timeout) as a whole, each PDU well within it, is stored."""
+    proxy = SteadyProxy(port, chunk=8192, pause=0.04)
+    path = write(tmp_path / "in" / "slow.dcm", ecg_bytes(sample_path))
+    results, out = storescu(proxy.port, [path])
+    assert [status for _, status in results] == [SUCCESS], out
+    proxy.thread.join(10)
+    assert proxy.chunks * proxy.pause > 1.5 * TIMEOUT_S  # the link, not a clock: the transfer was throttled that long
+    with session_factory() as s:
+        assert s.scalar(select(func.count()).select_from(EcgInstance)) == 1
 
 
 def test_association_flood_beyond_max_associations(scp, port: int) -> None:
@@ -261,3 +372,123 @@ def test_admin_with_no_token_configured_refuses_everyone(db_url, session_factory
     client = TestClient(create_app_for(db_url, tmp_path, session_factory, token=""))
     assert client.get("/api/ecgs").status_code == 403
     assert client.get("/api/ecgs", headers={"Authorization": "Bearer "}).status_code == 403
+
+
+# -- the admin listener: slow-loris and connection limit -------------------------------------------
+
+ADMIN_TIMEOUT_S = 0.5  # [admin] request_timeout_s of the server under test
+
+
+@pytest.fixture
+def admin_server(db_url, session_factory, tmp_path: Path, port: int):  # type: ignore[no-untyped-def]
+    """make_server on a free port; ``health`` sleeps 2 request deadlines, so
+    /healthz is a slow handler (which the deadline must not cut off)."""
+    from gateway.admin.api import create_app, make_server
+
+    cfg = Config.model_validate({
+        "storage": {"database_url": db_url, "spool_dir": str(tmp_path / "spool")},
+        "admin": {"host": "127.0.0.1", "port": port, "token": TOKEN, "request_timeout_s": ADMIN_TIMEOUT_S,
+                  "max_connections": 3}})
+
+    def slow_health() -> dict[str, bool | str]:
+        time.sleep(2 * ADMIN_TIMEOUT_S)
+        return {"scp_listening": True, "model_loaded": True}
+
+    server = make_server(create_app(cfg, session_factory, slow_health), cfg)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    assert _wait_for(lambda: server.started or not thread.is_alive(), 20) and thread.is_alive(), "uvicorn did not start"
+    yield port
+    server.should_exit = True
+    thread.join(10)
+
+
+def _http_response(sock: socket.socket) -> bytes:
+    """One complete HTTP response (Content-Length bodies) read from ``sock``."""
+    data = b""
+    sock.settimeout(10)
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before a response: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+GET_METRICS = b"GET /metrics HTTP/1.1\r\nHost: gw\r\n\r\n"
+
+
+@pytest.mark.parametrize("partial", [
+    pytest.param(b"", id="silent"),
+    pytest.param(b"GET /api/ecgs HTTP/1.1\r\nHost: gw\r\n", id="headers-unfinished"),
+    pytest.param(b"POST /login HTTP/1.1\r\nHost: gw\r\nContent-Length: 100\r\n\r\ntoken=", id="body-unfinished")])
+def test_admin_slow_loris_is_closed(admin_server: int, partial: bytes) -> None:
+    with socket.create_connection(("127.0.0.1", admin_server)) as sock:
+        sock.sendall(partial)
+        reply = _closed_by_peer(sock)
+    # closed; the login form may be answered (401) before its body is complete, never with success
+    assert reply == b"" or (partial.startswith(b"POST") and reply.startswith(b"HTTP/1.1 401")), reply[:60]
+    with socket.create_connection(("127.0.0.1", admin_server)) as sock:  # and the listener still serves
+        sock.sendall(GET_METRICS)
+        assert _http_response(sock).startswith(b"HTTP/1.1 200")
+
+
+def test_admin_partial_request_after_a_response_is_closed(admin_server: int) -> None:
+    """The uvicorn gap itself: a keep-alive connection that got its answer,
+    then sends part of a second request, used to be held forever."""
+    with socket.create_connection(("127.0.0.1", admin_server)) as sock:
+        sock.sendall(GET_METRICS)
+        assert _http_response(sock).startswith(b"HTTP/1.1 200")
+        sock.sendall(GET_METRICS)  # keep-alive: a second full request is served too
+        assert _http_response(sock).startswith(b"HTTP/1.1 200")
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHo")
+        assert _closed_by_peer(sock) == b""
+
+
+def test_admin_dripping_headers_are_closed(admin_server: int) -> None:
+    """A header line every 0.2 s keeps each read busy; the request deadline still closes it."""
+    lines = [b"GET /metrics HTTP/1.1\r\n", *[f"X-Pad-{i}: x\r\n".encode() for i in range(100)], b"\r\n"]
+    sent, closed = 0, False
+    with socket.create_connection(("127.0.0.1", admin_server)) as sock:
+        sock.settimeout(0.2)
+        while sent < len(lines) and not closed:
+            try:
+                sock.sendall(lines[sent])
+                sent += 1
+                closed = sock.recv(1) == b""
+            except TimeoutError:
+                continue
+            except ConnectionError:
+                closed = True
+    assert closed and sent < len(lines) // 2, sent
+
+
+def test_admin_slow_handler_is_not_cut_off(admin_server: int) -> None:
+    """The deadline covers receiving the request, not the application: /healthz
+    (2 deadlines long here) answers in full."""
+    with socket.create_connection(("127.0.0.1", admin_server)) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
+        response = _http_response(sock)
+    assert response.split(b" ")[1] in (b"200", b"503") and b"scp_listening" in response, response[:200]
+
+
+def test_admin_connections_beyond_max_connections_get_503(admin_server: int) -> None:
+    held = [socket.create_connection(("127.0.0.1", admin_server)) for _ in range(3)]  # max_connections = 3
+    try:
+        for sock in held:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\n")  # partial: holds a connection
+        time.sleep(0.1)  # let the server accept them (ordering, not a timing assertion)
+        with socket.create_connection(("127.0.0.1", admin_server)) as sock:
+            sock.sendall(GET_METRICS)
+            assert _http_response(sock).startswith(b"HTTP/1.1 503")
+        for sock in held:  # the held ones are closed at the deadline, which frees the slots
+            assert _closed_by_peer(sock) == b""
+    finally:
+        for sock in held:
+            sock.close()
+    with socket.create_connection(("127.0.0.1", admin_server)) as sock:
+        sock.sendall(GET_METRICS)
+        assert _http_response(sock).startswith(b"HTTP/1.1 200")

@@ -2,6 +2,11 @@
 the door policy (calling AE, source host, called AE, association limit,
 timeouts, optional TLS on its own port).
 
+Every accepted connection's PDU reads are bounded (:func:`bound_pdu_reads`):
+pynetdicom 3.0.4 reads a PDU with a blocking ``recv`` once its first byte has
+arrived, so a peer that stalls inside a PDU (or claims a 4 GiB one) would
+hold its association slot forever.
+
 Association policy is checked in one place (``EVT_REQUESTED``) so that each
 rejection is logged with the peer's address and AE titles; a rejected
 association gets an A-ASSOCIATE-RJ the cart can display.
@@ -10,8 +15,11 @@ association gets an A-ASSOCIATE-RJ the cart can display.
 from __future__ import annotations
 
 import ipaddress
+import functools
 import logging
+import socket
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +40,11 @@ log = logging.getLogger("gateway.receive")
 _RJ_CALLING_AE_NOT_RECOGNISED = (0x01, 0x01, 0x03)
 _RJ_CALLED_AE_NOT_RECOGNISED = (0x01, 0x01, 0x07)
 _RJ_NO_REASON = (0x01, 0x01, 0x01)
+
+#: Floor of the PDU length cap: an A-ASSOCIATE-RQ proposing many contexts may
+#: legitimately exceed a small ``max_pdu`` (which only binds P-DATA-TF PDUs).
+_MIN_PDU_CAP = 256 * 1024
+_RECV_CHUNK = 64 * 1024
 
 
 @dataclass
@@ -93,6 +106,58 @@ def association_refusal(
     return None
 
 
+def pdu_length_cap(dicom: DicomConfig) -> int | None:
+    """The longest PDU the SCP reads: ``max_pdu`` (at least 256 KiB, for
+    A-ASSOCIATE-RQs), or None (no cap) when ``max_pdu`` is 0 = unlimited."""
+    return max(dicom.max_pdu, _MIN_PDU_CAP) if dicom.max_pdu else None
+
+
+def _recv_within(
+    assoc_socket: Any, nr_bytes: int, *, pdu_timeout: float, length_cap: int | None, peer: str
+) -> bytearray:
+    """``AssociationSocket.recv`` with a deadline and a length cap.
+
+    Returns what arrived when the deadline passes, the peer closes, or
+    ``nr_bytes`` exceeds the cap (nothing read then); the DUL treats a short
+    read as "transport closed" (Evt17) and closes the socket, which frees the
+    association slot without a traceback.
+    """
+    sock: socket.socket = assoc_socket.socket
+    received = bytearray()
+    if length_cap is not None and nr_bytes > length_cap:
+        log.warning("dropping %s: PDU of %d bytes announced, more than the %d-byte cap", peer, nr_bytes, length_cap)
+        return received
+    deadline = time.monotonic() + pdu_timeout
+    try:
+        while len(received) < nr_bytes:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            sock.settimeout(remaining)
+            chunk = sock.recv(min(_RECV_CHUNK, nr_bytes - len(received)))
+            if not chunk:  # closed by the peer
+                break
+            received += chunk
+    except TimeoutError:
+        log.warning("dropping %s: stalled for %g s inside a PDU (%d of %d bytes received)",
+                    peer, pdu_timeout, len(received), nr_bytes)
+    except OSError as exc:  # reset, TLS error: the DUL sees a short read
+        log.info("connection from %s lost while reading a PDU: %s", peer, exc)
+    else:
+        sock.settimeout(pdu_timeout)  # also bounds sends to a peer that stops reading
+    return received
+
+
+def bound_pdu_reads(assoc_socket: Any, *, pdu_timeout: float, length_cap: int | None, peer: str) -> None:
+    """Make ``assoc_socket`` (a pynetdicom ``AssociationSocket``) read each
+    PDU header and body within ``pdu_timeout`` seconds and refuse a body
+    longer than ``length_cap``; sends get the same timeout."""
+    assoc_socket.recv = functools.partial(_recv_within, assoc_socket, pdu_timeout=pdu_timeout,
+                                          length_cap=length_cap, peer=peer)
+    if assoc_socket.socket is not None:
+        assoc_socket.socket.settimeout(pdu_timeout)
+
+
 def tls_context(dicom: DicomConfig) -> ssl.SSLContext:
     """Server-side TLS; with ``tls_ca`` a client certificate is required."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -130,6 +195,13 @@ def start_scp(
     }
     if free_bytes is not None:
         store_kwargs["free_bytes"] = free_bytes
+
+    length_cap = pdu_length_cap(dicom)
+
+    def handle_conn_open(event: evt.Event) -> None:
+        # Runs in the connection's thread before its DUL reads anything.
+        bound_pdu_reads(event.assoc.dul.socket, pdu_timeout=dicom.pdu_timeout, length_cap=length_cap,
+                        peer=str(event.address[0]))
 
     def handle_requested(event: evt.Event) -> None:
         assoc = event.assoc
@@ -175,6 +247,7 @@ def start_scp(
         return SUCCESS
 
     handlers = [
+        (evt.EVT_CONN_OPEN, handle_conn_open),
         (evt.EVT_REQUESTED, handle_requested),
         (evt.EVT_REJECTED, handle_rejected),
         (evt.EVT_C_STORE, handle_store),
