@@ -134,17 +134,14 @@ def run(cfg: Config, components: tuple[str, ...] = COMPONENTS) -> int:
 
     uvicorn_server = None
     if "admin" in components:
-        import uvicorn
-
-        from gateway.admin.api import create_app
+        from gateway.admin.api import create_app, make_server
 
         def health() -> dict[str, Any]:
             return {"scp_listening": state["scp_listening"] if "scp" in components else "not in this process",
                     "model_loaded": state["model_loaded"] if needs_model else "not in this process"}
 
         app = create_app(cfg, session_factory, health)
-        uvicorn_server = uvicorn.Server(uvicorn.Config(app, host=cfg.admin.host, port=cfg.admin.port,
-                                                       log_level="warning", access_log=False))
+        uvicorn_server = make_server(app, cfg)  # request deadline + connection limit
         threads.append(_Thread("admin", uvicorn_server.run))
 
     for t in threads:

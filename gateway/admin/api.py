@@ -182,9 +182,15 @@ def create_app(
 def make_server(app: FastAPI, cfg: Config):  # type: ignore[no-untyped-def]
     """A uvicorn server for ``app`` on ``[admin] host``/``port`` (call
     ``check_admin_bind`` first); run it with ``server.run()`` in a thread and
-    stop it with ``server.should_exit = True``."""
+    stop it with ``server.should_exit = True``.  A connection without a
+    complete request for ``[admin] request_timeout_s`` is closed; beyond
+    ``max_connections`` concurrent connections requests get 503."""
     import uvicorn
 
+    from gateway.admin.deadline import request_deadline_protocol
+
     config = uvicorn.Config(app, host=cfg.admin.host, port=cfg.admin.port, log_level="warning",
-                            access_log=False, lifespan="off")
+                            access_log=False, lifespan="off",
+                            http=request_deadline_protocol(cfg.admin.request_timeout_s),
+                            limit_concurrency=cfg.admin.max_connections)
     return uvicorn.Server(config)
