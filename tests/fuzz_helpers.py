@@ -77,8 +77,21 @@ def encode(ds: Dataset) -> bytes:
     return out.getvalue()
 
 
-def _fresh(ds: Dataset) -> Dataset:
-    return variants.new_uids(ds)
+def seeded_uid(*seed: object) -> str:
+    """A valid 64-character UID (2.25 root) derived from ``seed`` only: the
+    same seed gives the same UID in every run, so every fuzz byte offset and
+    every file sent is the same from run to run."""
+    return generate_uid(prefix="2.25.", entropy_srcs=[repr(part) for part in seed])
+
+
+def _fresh(ds: Dataset, name: str) -> Dataset:
+    """``ds`` with SOP Instance, Series and Study UIDs seeded by ``name``."""
+    out = copy.deepcopy(ds)
+    out.SOPInstanceUID = seeded_uid(name, "sop")
+    out.SeriesInstanceUID = seeded_uid(name, "series")
+    out.StudyInstanceUID = seeded_uid(name, "study")
+    out.file_meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
+    return out
 
 
 def put_raw(item: Dataset, keyword: str, value: str | int | bytes) -> None:
@@ -223,14 +236,14 @@ STRUCTURAL: dict[str, Callable[[Dataset], Dataset]] = {
 
 
 def base_datasets() -> dict[str, Dataset]:
-    """The real sample and variants a cart could send (fresh UIDs each)."""
+    """The real sample and variants a cart could send (distinct seeded UIDs each)."""
     sample = variants.load_sample()
     return {
-        "sample": _fresh(sample),
-        "eight-lead": _fresh(variants.eight_lead(sample)),
-        "general-32bit": _fresh(variants.general_32bit(sample)),
-        "500hz-mv": _fresh(variants.millivolts_with_baseline(variants.with_rate(sample, 500))),
-        "mdc-shuffled": _fresh(variants.shuffled(variants.mdc_codes(sample), seed=3)),
+        "sample": _fresh(sample, "sample"),
+        "eight-lead": _fresh(variants.eight_lead(sample), "eight-lead"),
+        "general-32bit": _fresh(variants.general_32bit(sample), "general-32bit"),
+        "500hz-mv": _fresh(variants.millivolts_with_baseline(variants.with_rate(sample, 500)), "500hz-mv"),
+        "mdc-shuffled": _fresh(variants.shuffled(variants.mdc_codes(sample), seed=3), "mdc-shuffled"),
     }
 
 
@@ -256,8 +269,8 @@ def structural_cases() -> list[Case]:
     bases = base_datasets()
     sample = bases["sample"]
     cases = [Case(f"base:{name}", encode(ds)) for name, ds in bases.items()]
-    cases.append(Case("base:implicit", encode(_fresh(_with_syntax(sample, ImplicitVRLittleEndian)))))
-    cases.append(Case("base:deflated", encode(_fresh(_with_syntax(sample, DeflatedExplicitVRLittleEndian)))))
+    cases.append(Case("base:implicit", encode(_fresh(_with_syntax(sample, ImplicitVRLittleEndian), "implicit"))))
+    cases.append(Case("base:deflated", encode(_fresh(_with_syntax(sample, DeflatedExplicitVRLittleEndian), "deflated"))))
     for name, build in STRUCTURAL.items():
         cases.append(Case(f"sample+{name}", encode(build(sample))))
     for name in ("sensitivity-nan", "samples-2^31", "no-channel-source-first", "rate-0"):
@@ -372,9 +385,10 @@ def mutated_cases(count: int, seed: int, bases: list[Case] | None = None) -> Ite
 
 
 def with_new_uid(data: bytes, serial: int) -> bytes:
-    """``data`` with every copy of its SOP Instance UID swapped for a fresh
-    one of the same length (element lengths stay right), so each fuzz case is
-    a distinct instance; unchanged when no UID can be found."""
+    """``data`` with every copy of its SOP Instance UID swapped for another
+    of the same length (element lengths stay right), seeded by the UID and
+    ``serial`` (the same bytes in every run), so each fuzz case is a distinct
+    instance; unchanged when no UID can be found."""
     try:
         ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
         uid = str(ds.SOPInstanceUID)
@@ -382,8 +396,7 @@ def with_new_uid(data: bytes, serial: int) -> bytes:
         return data
     if len(uid) < 20 or not uid.replace(".", "").isdigit():
         return data
-    new = generate_uid(prefix="2.25.")[: len(uid)].ljust(len(uid), "1")
-    new = new[:-len(str(serial))] + str(serial) if len(str(serial)) < len(uid) - 6 else new
+    new = seeded_uid(uid, serial)[: len(uid)]  # 64 characters: long enough for any UID
     return data.replace(uid.encode(), new.encode())
 
 
