@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.uid import ExplicitVRBigEndian
 
 from gateway.normalise.errors import NormaliseError
@@ -72,6 +73,27 @@ def _number(item: Dataset, keyword: str) -> float | None:
         return math.nan
 
 
+def count_value(item: Dataset, keyword: str) -> int | None:
+    """A US/UL value (a count or bit depth) as int; None when absent or empty.
+
+    A value pydicom cannot decode (a length that is not a whole number of
+    values) or a multi-valued one is a :class:`NormaliseError` naming the
+    element, not an exception escaping from the arithmetic (found by fuzzing)."""
+    try:
+        value = item.get(keyword)
+    except Exception as exc:  # noqa: BLE001 - pydicom's decoding errors have no common base
+        raise NormaliseError(f"{keyword} cannot be decoded: {exc}") from None
+    if value is None or value == "":
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, (list, tuple, MultiValue)):
+        if len(value) == 1 and isinstance(value[0], int):
+            return value[0]
+        raise NormaliseError(f"{keyword} has {len(value)} values where one number is expected")
+    raise NormaliseError(f"{keyword} {value!r} is not a number")
+
+
 def select_multiplex_group(ds: Dataset) -> tuple[int, str]:
     """Index of the rhythm group and why it was chosen; never a median beat.
 
@@ -87,7 +109,7 @@ def select_multiplex_group(ds: Dataset) -> tuple[int, str]:
 
     def duration(i: int) -> float:
         fs = _number(groups[i], "SamplingFrequency")
-        n = groups[i].get("NumberOfWaveformSamples") or 0
+        n = count_value(groups[i], "NumberOfWaveformSamples") or 0
         return n / fs if fs and math.isfinite(fs) and fs > 0 else 0.0
 
     tiers = (
@@ -120,7 +142,7 @@ class RawGroup:
 
 def decode_raw(group: Dataset, little_endian: bool = True) -> RawGroup:
     """Read WaveformData as (samples, channels), checking size, type and bits stored."""
-    bits = group.get("WaveformBitsAllocated")
+    bits = count_value(group, "WaveformBitsAllocated")
     interpretation = _text(group, "WaveformSampleInterpretation").upper()
     stored = STORED_DTYPES.get((bits, interpretation))
     if stored is None:
@@ -129,8 +151,8 @@ def decode_raw(group: Dataset, little_endian: bool = True) -> RawGroup:
             " (supported: 16-bit SS, 32-bit SL, 8-bit MB/AB)"
         )
     dtype = np.dtype(("<" if little_endian else ">") + stored)
-    n_channels = int(group.get("NumberOfWaveformChannels") or 0)
-    n_samples = int(group.get("NumberOfWaveformSamples") or 0)
+    n_channels = count_value(group, "NumberOfWaveformChannels") or 0
+    n_samples = count_value(group, "NumberOfWaveformSamples") or 0
     if n_channels < 1 or n_samples < 1:
         raise NormaliseError(f"empty waveform: {n_channels} channels x {n_samples} samples")
     data = group.get("WaveformData")
@@ -158,12 +180,12 @@ def decode_raw(group: Dataset, little_endian: bool = True) -> RawGroup:
     rails = [full] * n_channels
     channels = list(group.get("ChannelDefinitionSequence") or [])
     for index, channel in enumerate(channels[:n_channels]):
-        bits_stored = channel.get("WaveformBitsStored")
-        if bits_stored is None or int(bits_stored) >= bits:
+        bits_stored = count_value(channel, "WaveformBitsStored")
+        if bits_stored is None or bits_stored >= bits:
             continue
-        if int(bits_stored) < 2:
+        if bits_stored < 2:
             raise NormaliseError(f"channel {index + 1}: WaveformBitsStored {bits_stored} is not usable")
-        b_lo, b_hi = -(1 << (int(bits_stored) - 1)), (1 << (int(bits_stored) - 1)) - 1
+        b_lo, b_hi = -(1 << (bits_stored - 1)), (1 << (bits_stored - 1)) - 1
         column = codes[:, index] if padding is None else codes[~padding[:, index], index]
         if column.size and (column.min() < b_lo or column.max() > b_hi):
             raise NormaliseError(
@@ -196,7 +218,7 @@ class Channel:
 
 def read_channels(group: Dataset) -> list[Channel]:
     """Identify and scale every channel of a group; bad headers are errors."""
-    n_channels = int(group.get("NumberOfWaveformChannels") or 0)
+    n_channels = count_value(group, "NumberOfWaveformChannels") or 0
     items = list(group.get("ChannelDefinitionSequence") or [])
     if len(items) != n_channels:
         raise NormaliseError(f"{len(items)} channel definitions for {n_channels} waveform channels")
