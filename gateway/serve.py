@@ -125,6 +125,7 @@ def run(cfg: Config, components: tuple[str, ...] = COMPONENTS) -> int:
             log.warning("UNTRAINED DEMO MODEL in use: results are meaningless; HL7 goes out with MSH-11 = D")
         recover_on_start(cfg, session_factory)
         worker = Worker(cfg, session_factory, ensemble, on_outbox=hl7_wake.set)
+        worker.warm_up()
         threads.append(_Thread("worker", lambda: worker.run(stop)))
 
     if "hl7" in components and cfg.hl7.enabled:

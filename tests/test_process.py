@@ -200,3 +200,11 @@ def test_spool_check_reports_both_directions(session_factory, tmp_path):
     report = check_spool(spool, session_factory)
     assert report.rows_without_file == [b]
     assert report.files_without_row == [str(spool / "x" / "orphan.dcm")]
+
+
+def test_warm_up_runs_the_read_and_normalise_path(db_url, session_factory, tmp_path, demo_model, demo_ensemble):
+    cfg = make_config(db_url, tmp_path, demo_model)
+    out = Worker(cfg, session_factory, demo_ensemble).warm_up()
+    assert out.signal.shape == (4096, 12) and out.quality_flags == []
+    with session_factory() as s:  # nothing is written
+        assert s.scalar(select(func.count()).select_from(EcgInstance)) == 0

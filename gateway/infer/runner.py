@@ -149,9 +149,9 @@ class Ensemble:
             return fn
 
     def warm_up(self, sizes: Sequence[int] | None = None) -> None:
-        """Trace and run the given batch sizes once (default: 1 and batch_size),
-        so the first ECGs do not pay for tracing."""
-        for size in sizes or sorted({1, self.batch_size}):
+        """Trace and run the given batch sizes once (default: every bucket a
+        batch can be split into), so the first ECGs do not pay for tracing."""
+        for size in sizes or bucket_sizes(self.batch_size):
             self.predict_members(np.zeros((size, *INPUT_SHAPE), np.float32))
 
     def predict_members(self, x: np.ndarray) -> np.ndarray:
