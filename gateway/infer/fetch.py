@@ -145,19 +145,23 @@ def _extract(archive: Path, members: tuple[tuple[str, str], ...], dest_dir: Path
             if missing:
                 raise FetchError(f"{archive}: not the published model archive: no {', '.join(missing)}")
             for member, rel in members:
-                target = dest_dir / rel
-                target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_name(target.name + ".tmp")
-                with zf.open(member) as src, open(tmp, "wb") as dst:
-                    shutil.copyfileobj(src, dst, CHUNK)
-                    dst.flush()
-                    os.fsync(dst.fileno())
-                os.replace(tmp, target)
-                out.append(target)
+                out.append(extract_member(zf, member, dest_dir / rel))
     except zipfile.BadZipFile as exc:
         archive.unlink(missing_ok=True)
         raise FetchError(f"{archive}: not a zip archive ({exc}); deleted it") from None
     return out
+
+
+def extract_member(zf: zipfile.ZipFile, member: zipfile.ZipInfo | str, target: Path) -> Path:
+    """Extract one archive member durably: temp file, fsync, atomic rename."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    with zf.open(member) as src, open(tmp, "wb") as dst:
+        shutil.copyfileobj(src, dst, CHUNK)
+        dst.flush()
+        os.fsync(dst.fileno())
+    os.replace(tmp, target)
+    return target
 
 
 def fetch_model(url: str, md5: str, dest_dir: str | os.PathLike[str], include_seeds: bool = False,

@@ -14,7 +14,6 @@ import csv
 import hashlib
 import logging
 import os
-import shutil
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -208,6 +207,8 @@ def check_limb_leads(tracings: np.ndarray, limb_lead_order: Sequence[str]) -> di
 
 def _extract_members(archive: Path, dest: Path) -> list[Path]:
     """Extract the members named in :data:`MEMBERS` (at any depth) to ``dest``."""
+    from gateway.infer.fetch import extract_member
+
     out = []
     try:
         with zipfile.ZipFile(archive) as zf:
@@ -218,14 +219,7 @@ def _extract_members(archive: Path, dest: Path) -> list[Path]:
             for name in MEMBERS:
                 if name not in by_name:
                     continue
-                target = dest / name
-                tmp = target.with_name(target.name + ".tmp")
-                with zf.open(by_name[name]) as src, open(tmp, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-                    dst.flush()
-                    os.fsync(dst.fileno())
-                os.replace(tmp, target)
-                out.append(target)
+                out.append(extract_member(zf, by_name[name], dest / name))
     except zipfile.BadZipFile as exc:
         archive.unlink(missing_ok=True)
         raise DatasetError(f"{archive}: not a zip archive ({exc}); deleted it") from None
