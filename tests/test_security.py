@@ -250,6 +250,56 @@ def test_slow_but_steady_cart_is_served(scp, port: int, tmp_path: Path, sample_p
         assert s.scalar(select(func.count()).select_from(EcgInstance)) == 1
 
 
+@pytest.fixture
+def tls_scp(session_factory, spool: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """The SCP with its TLS listener (a self-signed certificate); yields (plain, TLS) ports."""
+    import subprocess
+
+    from conftest import free_port
+    from gateway.receive.scp import start_scp
+
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", "gw.key", "-out", "gw.pem", "-days", "2", "-subj", "/CN=localhost"],
+                   cwd=tmp_path, check=True, capture_output=True, timeout=60)
+    dicom = DicomConfig(port=free_port(), tls_port=free_port(), host="127.0.0.1", min_free_disk_mb=0,
+                        tls_cert=str(tmp_path / "gw.pem"), tls_key=str(tmp_path / "gw.key"), max_associations=4,
+                        acse_timeout=TIMEOUT_S, network_timeout=TIMEOUT_S, pdu_timeout=TIMEOUT_S, dimse_timeout=5)
+    server = start_scp(dicom, StorageConfig(spool_dir=str(spool)), session_factory)
+    yield server.ports
+    server.shutdown()
+
+
+def _tls_echo(port: int) -> int:
+    import ssl
+
+    from pynetdicom import AE
+
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # self-signed: encryption is what is tested
+    ae = AE(ae_title="TLSCART")
+    ae.connection_timeout = ae.acse_timeout = 5  # the handshake runs under connection_timeout: fail, never hang
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate("127.0.0.1", port, ae_title="ECGGW", tls_args=(context, None))
+    assert assoc.is_established
+    status = assoc.send_c_echo().Status
+    assoc.release()
+    return status
+
+
+def test_a_silent_peer_on_the_tls_port_does_not_block_tls_carts(tls_scp: list[int]) -> None:
+    """pynetdicom does the TLS handshake in its one accept thread: a TCP peer
+    that never sends a ClientHello blocked every TLS cart.  The handshake now
+    happens in the connection's own thread, bounded by pdu_timeout."""
+    _, tls_port = tls_scp
+    with socket.create_connection(("127.0.0.1", tls_port)) as silent, \
+            socket.create_connection(("127.0.0.1", tls_port)) as not_tls:
+        not_tls.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # not a ClientHello
+        assert _tls_echo(tls_port) == SUCCESS  # while both are still connected
+        assert _closed_by_peer(not_tls) == b""
+        _closed_by_peer(silent)
+    assert _tls_echo(tls_port) == SUCCESS
+
+
 def test_association_flood_beyond_max_associations(scp, port: int) -> None:
     from pynetdicom import AE
 

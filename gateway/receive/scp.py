@@ -141,7 +141,9 @@ def _recv_within(
     except TimeoutError:
         log.warning("dropping %s: stalled for %g s inside a PDU (%d of %d bytes received)",
                     peer, pdu_timeout, len(received), nr_bytes)
-    except OSError as exc:  # reset, TLS error: the DUL sees a short read
+    except ssl.SSLError as exc:  # the (deferred) handshake failed: no or a wrong client certificate, not TLS
+        log.warning("dropping %s: TLS failed: %s", peer, exc)
+    except OSError as exc:  # reset: the DUL sees a short read
         log.info("connection from %s lost while reading a PDU: %s", peer, exc)
     else:
         sock.settimeout(pdu_timeout)  # also bounds sends to a peer that stops reading
@@ -158,9 +160,21 @@ def bound_pdu_reads(assoc_socket: Any, *, pdu_timeout: float, length_cap: int | 
         assoc_socket.socket.settimeout(pdu_timeout)
 
 
+class _DeferredHandshakeContext(ssl.SSLContext):
+    """Wraps accepted sockets without the handshake: pynetdicom wraps them in
+    its single accept thread, where one silent TCP peer would block every TLS
+    cart.  The handshake then happens on the connection's first read, in its
+    own thread, within ``pdu_timeout`` (:func:`bound_pdu_reads`)."""
+
+    def wrap_socket(self, sock: socket.socket, server_side: bool = False,  # type: ignore[override]
+                    do_handshake_on_connect: bool = True, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        return super().wrap_socket(sock, server_side, False, *args, **kwargs)
+
+
 def tls_context(dicom: DicomConfig) -> ssl.SSLContext:
-    """Server-side TLS; with ``tls_ca`` a client certificate is required."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    """Server-side TLS; with ``tls_ca`` a client certificate is required.
+    The handshake is deferred to the connection's thread (see above)."""
+    context = _DeferredHandshakeContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(dicom.tls_cert, dicom.tls_key)
     if dicom.tls_ca:
