@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from datetime import datetime, timezone
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -24,25 +23,7 @@ from gateway.deliver.oru import OruBuildError, build_oru, build_oru_reference
 
 GOLDEN = Path(__file__).parent / "fixtures" / "oru_golden"
 NOW = datetime(2024, 5, 6, 7, 8, 9, tzinfo=timezone.utc)
-PROBS = {"1dAVb": 0.61234567, "RBBB": 0.01, "LBBB": 0.00012, "SB": 0.3, "AF": 0.95, "ST": 0.1}
-
-
-def ecg(**kw):
-    values = dict(
-        patient_id="12^3", issuer_of_patient_id="HOSP", patient_name="O'Brien^Anne-Marie^^Dr|x&y",
-        patient_birth_date="19700101", patient_sex="F", accession_number="ACC~1\\2", placer_order_number="PL|1",
-        filler_order_number="FI&1", requested_procedure_id="RP1", study_instance_uid="1.2.840.1.2",
-        acquisition_datetime="20240102030405.123456+0100", error=None, sop_instance_uid="1.2.840.1.3", id=7,
-    )
-    values.update(kw)
-    return SimpleNamespace(**values)
-
-
-def prediction(**kw):
-    values = dict(probabilities=dict(PROBS), findings=["AF", "1dAVb"], quality_flags=[], model_sha256="ab" * 32,
-                  demo_model=False)
-    values.update(kw)
-    return SimpleNamespace(**values)
+from test_deliver_oru import PROBS, ecg, prediction  # noqa: E402 - the shared ORU inputs
 
 
 #: name -> (ecg, prediction or None, config, control id)

@@ -21,7 +21,8 @@ import io
 import logging
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 from dataclasses import dataclass, field
 
 from pydicom.charset import convert_encodings, default_encoding
@@ -286,20 +287,20 @@ def _is_sequence(buf: bytes, start: int, end: int) -> bool:
     return (group << 16 | elem) == _ITEM
 
 
-def _int(ds: Dataset, keyword: str) -> int | None:
+def _number(ds: Dataset, keyword: str, convert: Callable[[Any], Any]) -> Any:
     try:
         value = ds.get(keyword)
-        return int(value) if value not in (None, "") else None
+        return convert(value) if value not in (None, "") else None
     except Exception:  # noqa: BLE001 - pydicom raises many types (unknown VR, bad length): absent
         return None
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    return _number(ds, keyword, int)
 
 
 def _float(ds: Dataset, keyword: str) -> float | None:
-    try:
-        value = ds.get(keyword)
-        return float(value) if value not in (None, "") else None
-    except Exception:  # noqa: BLE001 - pydicom raises many types (unknown VR, bad length): absent
-        return None
+    return _number(ds, keyword, float)
 
 
 def _str(ds: Dataset, keyword: str) -> str | None:
