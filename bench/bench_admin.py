@@ -19,7 +19,7 @@ Usage: .venv/bin/python bench/bench_admin.py [--ecgs 5000] [--rounds 7] [--datab
 from __future__ import annotations
 
 import argparse
-import io
+import hashlib
 import sys
 import tempfile
 import time
@@ -59,10 +59,15 @@ def sample_input() -> tuple[np.ndarray, dict]:
     return out.signal, out.report
 
 
-def fill(engine, n: int) -> int:
+def fill(engine, n: int, spool: Path) -> int:
+    """``n`` processed ECGs; the last has its spooled original (its page rebuilds and draws the input)."""
+    from pydicom.data import get_testdata_file
+
+    from gateway.normalise import input_sha256, normaliser_version
+
     signal, report = sample_input()
-    buf = io.BytesIO()
-    np.save(buf, signal, allow_pickle=False)
+    original = Path(get_testdata_file("waveform_ecg.dcm")).read_bytes()
+    (spool / "sample.dcm").write_bytes(original)
     rng = np.random.default_rng(0)
     t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
     codes = list(PAPER_THRESHOLDS)
@@ -70,16 +75,19 @@ def fill(engine, n: int) -> int:
         conn.execute(insert(EcgInstance), [
             {"id": i, "sop_instance_uid": f"1.2.826.0.1.3680043.10.9.{i}", "sop_class_uid": "1.2.840.10008.5.1.4.1.1.9.1.1",
              "patient_id": f"P{i % 997}", "patient_name": f"PATIENT^{i}", "accession_number": f"A{i}",
-             "spool_path": f"x/{i}.dcm", "sha256": "0" * 64, "size_bytes": 1, "status": "processed",
-             "received_at": t0 + timedelta(seconds=i), "updated_at": t0, "flags": [], "attempts": 1}
+             "spool_path": "sample.dcm" if i == n else f"x/{i}.dcm", "status": "processed",
+             "sha256": hashlib.sha256(original).hexdigest() if i == n else "0" * 64, "size_bytes": len(original),
+             "received_at": t0 + timedelta(seconds=i), "updated_at": t0, "flags": [], "attempts": 1,
+             "report": report}
             for i in range(1, n + 1)])
         preds = []
         for i in range(1, n + 1):
             probs = {c: float(p) for c, p in zip(codes, rng.random(6) * 0.5)}
             preds.append({"ecg_id": i, "probabilities": probs, "findings": [c for c in codes if probs[c] > PAPER_THRESHOLDS[c]],
                           "thresholds": PAPER_THRESHOLDS, "model_files": [], "model_sha256": "ab" * 32,
-                          "demo_model": False, "normalisation": report, "quality_flags": [], "spread": {},
-                          "input_npy": buf.getvalue() if i == n else None, "gateway_version": "bench",
+                          "demo_model": False, "quality_flags": [], "spread": {},
+                          "input_sha256": input_sha256(signal), "normaliser_version": normaliser_version(),
+                          "gateway_version": "bench",
                           "timings": {}, "created_at": t0})
         conn.execute(insert(Prediction), preds)
         conn.execute(insert(Hl7Message), [
@@ -106,7 +114,7 @@ def main() -> int:
         engine = make_engine(url)
         sf = make_sessionmaker(engine)
         t = time.perf_counter()
-        last = fill(engine, args.ecgs)
+        last = fill(engine, args.ecgs, Path(tmp))
         print(f"database: {engine.url.get_backend_name()}, {args.ecgs} ECGs filled in {time.perf_counter() - t:.1f} s")
 
         def baseline() -> None:

@@ -57,12 +57,15 @@ def _ecg(n: int, spool: Path, *, status: str, patient_id: str, name: str, access
 
 def _prediction(ecg: EcgInstance, probs: dict, signal: np.ndarray, report: dict, flags: list[str],
                 demo: bool = False) -> Prediction:
+    from gateway.normalise import input_sha256, normaliser_version
+
     findings = [c for c, p in probs.items() if p > PAPER_THRESHOLDS[c]]
+    ecg.report = report  # the worker stores the report on the ECG, once
     return Prediction(
         ecg=ecg, probabilities=probs, findings=findings, thresholds=dict(PAPER_THRESHOLDS),
         model_files=[{"path": "models/model.hdf5", "sha256": MODEL_SHA, "demo": demo}], model_sha256=MODEL_SHA,
-        demo_model=demo, normalisation=report, quality_flags=flags, input_npy=npy(signal), gateway_version="test",
-        timings={"normalise_ms": 5.0},
+        demo_model=demo, quality_flags=flags, input_sha256=input_sha256(signal),
+        normaliser_version=normaliser_version(), gateway_version="test", timings={"normalise_ms": 5.0},
     )
 
 
@@ -87,11 +90,11 @@ def seed(session_factory, sample_path: Path, spool_dir: Path) -> dict[str, int]:
     n    status      patient  accession  findings   HL7             demo
     ===  ==========  =======  =========  =========  ==============  ===========
     1    processed   P1       A1         AF         delivered       no
-    2    processed   P2 (XSS) A2         RBBB LBBB  pending (2nd)   yes
+    2    processed   P2 (XSS) A2         RBBB LBBB  pending (2nd)   yes (spool file absolute)
     3    rejected    P1       A3         -          not_sent        -
     4    failed      P3       -          -          not_sent        -
     5    processing  P3       A5         -          not_sent        -
-    6    processed   P4       A6         none       failed          no
+    6    processed   P4       A6         none       failed          no  (spool file missing)
     ===  ==========  =======  =========  =========  ==============  ===========
     """
     spool_dir.mkdir(parents=True, exist_ok=True)
@@ -105,7 +108,11 @@ def seed(session_factory, sample_path: Path, spool_dir: Path) -> dict[str, int]:
                   accession="A1", sha256=hashlib.sha256(data).hexdigest(), size=len(data))
         _prediction(e1, _probs(AF=0.91), signal, report, flags)
         e1_msg = _msg(e1, 1, "delivered", ack="MSH|^~\\&|EHR|HOSPITAL|ECGGW|ECGGW|20260101||ACK|A1|P|2.5.1\rMSA|AA|CTRL1")
-        e2 = _ecg(2, spool_dir / "missing.dcm", status="processed", patient_id="P2", name=XSS_NAME, accession="A2")
+        copy2 = spool_dir / "2026/01/02/sample.dcm"  # the page draws its trace from the spooled original
+        copy2.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(sample_path, copy2)
+        e2 = _ecg(2, copy2, status="processed", patient_id="P2", name=XSS_NAME, accession="A2",
+                  sha256=hashlib.sha256(data).hexdigest(), size=len(data))
         _prediction(e2, _probs(RBBB=0.8, LBBB=0.6), signal, report, ["V1: flat line"], demo=True)
         _msg(e2, 2, "superseded")
         e3 = _ecg(3, spool_dir / "x3.dcm", status="rejected", patient_id="P1", name="DOE^JANE", accession="A3",

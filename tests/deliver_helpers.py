@@ -52,7 +52,7 @@ def make_ecg(session, *, prediction: bool = True, **fields: Any) -> EcgInstance:
     if prediction:
         session.add(Prediction(
             ecg=ecg, probabilities=dict(PROBS), findings=list(FINDINGS_ABOVE), thresholds={}, model_files=[],
-            model_sha256="ab" * 32, demo_model=False, normalisation={}, quality_flags=[], gateway_version="test",
+            model_sha256="ab" * 32, demo_model=False, quality_flags=[], gateway_version="test",
         ))
     session.flush()
     return ecg

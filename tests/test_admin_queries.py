@@ -228,6 +228,9 @@ def test_export_input_is_the_exact_model_input_and_audited(seeded, config_file, 
     r = cli(config_file, "ecg", "export-input", str(seeded["e3"]), "-o", str(tmp_path / "no.npy"))
     assert r.exit_code == 1
     assert "has no model input (status rejected: recording too short" in r.stderr
+    # The input is rebuilt from the spooled original: without it there is none.
+    r = cli(config_file, "ecg", "export-input", str(seeded["e6"]), "-o", str(tmp_path / "no.npy"))
+    assert r.exit_code == 1 and f"ECG {seeded['e6']}: stored file unreadable" in r.stderr
     assert not (tmp_path / "no.npy").exists() and len(audit_rows(session_factory)) == 1
 
 
@@ -239,7 +242,7 @@ def test_export_dicom_is_the_stored_original_and_audited(seeded, config_file, se
     (row,) = audit_rows(session_factory)
     assert (row.action, row.target) == ("export_dicom", f"ecg:{seeded['e1']}")
 
-    r = cli(config_file, "ecg", "export-dicom", str(seeded["e2"]), "-o", str(tmp_path / "x.dcm"))
+    r = cli(config_file, "ecg", "export-dicom", str(seeded["e6"]), "-o", str(tmp_path / "x.dcm"))
     assert r.exit_code == 1 and "stored file unreadable" in r.stderr
     stored = tmp_path / "spool/2026/01/01/sample.dcm"
     stored.write_bytes(stored.read_bytes() + b"\0")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -60,7 +61,10 @@ def sample(sample_path):  # type: ignore[no-untyped-def]
 def test_outcomes_are_complete_and_reproducible(db_url, session_factory, tmp_path, demo_model, demo_ensemble, sample):
     import ecg_variants as v
 
-    from gateway.normalise import NormaliseParams, normalise_dataset
+    from gateway.admin.exports import model_input_array
+    from gateway.normalise import (
+        NORMALISER_VERSION, NormaliseParams, input_sha256, normalise_dataset, normaliser_version,
+    )
 
     cfg = make_config(db_url, tmp_path, demo_model)
     ok_id = store(cfg, session_factory, v.new_uids(sample))
@@ -86,10 +90,19 @@ def test_outcomes_are_complete_and_reproducible(db_url, session_factory, tmp_pat
         assert p.findings == [c for c in FINDINGS if p.probabilities[c] > cfg.model.thresholds[c]]
         assert {"normalise_ms", "infer_ms", "batch_size", "received_to_processed_ms", "worker"} <= set(p.timings)
         assert p.timings["batch_size"] == 1
-        seen = np.load(io.BytesIO(p.input_npy))
-    # the stored input is exactly what normalisation gives, and the stored
+        # The input is not stored: its hash and the normaliser version are, and the
+        # report once, on the ECG (its parameters rebuild the input).
+        assert "input_npy" not in Prediction.__table__.c and "normalisation" not in Prediction.__table__.c
+        assert p.normaliser_version == normaliser_version() and p.normaliser_version.startswith(NORMALISER_VERSION)
+        assert ok.report["params"] == {"gain": 1.0, "limb_lead_order": ["I", "II", "III", "aVR", "aVL", "aVF"],
+                                       "min_duration_s": 8.0}
+        seen = model_input_array(ok, cfg.storage.spool_dir)
+    # the recorded input is exactly what normalisation gives, and the stored
     # probabilities are what the model says on it
-    expected = normalise_dataset(sample, NormaliseParams(**cfg.normalise.model_dump())).signal
+    normalised = normalise_dataset(sample, NormaliseParams(**cfg.normalise.model_dump()))
+    expected = normalised.signal
+    assert p.input_sha256 == input_sha256(expected) == hashlib.sha256(expected.astype("<f4").tobytes()).hexdigest()
+    assert ok.report == json.loads(json.dumps({**normalised.report, "sop_instance_uid": ok.sop_instance_uid}))
     assert seen.dtype == np.float32 and seen.shape == (4096, 12)
     np.testing.assert_array_equal(seen, expected)
     direct = demo_ensemble.predict(expected[None])

@@ -137,8 +137,10 @@ def create_app(
     @app.get("/api/ecgs/{ecg}/input.npy", tags=["ecgs"], response_class=Response,
              responses={200: {"content": {"application/octet-stream": {}}}})
     def get_input(ecg: str, actor: Actor) -> Response:
-        """The exact float32 (4096, 12) array the model saw (NumPy .npy); audited."""
-        ecg_id, data = _export(ecg, actor, "export_input", input_npy)
+        """The exact float32 (4096, 12) array the model saw (NumPy .npy), rebuilt from the
+        stored original and checked against the result's hash (409 if it does not match); audited."""
+        ecg_id, data = _export(ecg, actor, "export_input",
+                               lambda session, key: input_npy(session, key, cfg.storage.spool_dir))
         return Response(data, media_type="application/octet-stream",
                         headers={"Content-Disposition": f'attachment; filename="ecg-{ecg_id}-input.npy"'})
 

@@ -238,15 +238,21 @@ def export_input(
     out: Annotated[Path, typer.Option("--output", "-o", help="The .npy file to write.")],
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
 ) -> None:
-    """Write the exact float32 (4096, 12) array the model saw, as .npy (audited)."""
+    """Write the exact float32 (4096, 12) array the model saw, as .npy (audited).
+
+    Rebuilt from the stored original and checked against the hash recorded with the result.
+    """
     from gateway.admin.exports import ExportError, input_npy
 
     from gateway.admin.audit import audit, cli_actor
 
     _check_output(out, force)
+    from gateway.cli import config_from
+
+    spool_dir = config_from(ctx).storage.spool_dir
     with _session(ctx) as session:
         try:
-            ecg_id, data = input_npy(session, ecg)
+            ecg_id, data = input_npy(session, ecg, spool_dir)
         except ExportError as exc:
             raise _fail(str(exc)) from None
         out.write_bytes(data)

@@ -1,6 +1,8 @@
-"""The two PHI exports (model input, original DICOM), shared by CLI and API.
+"""The two PHI exports (model input, original DICOM), shared by CLI, API and web view.
 
-They only read; the caller writes the audit row and commits.
+Both read the spooled original; the model input is rebuilt from it and
+checked against the hash stored with the result.  They only read; the caller
+writes the audit row and commits.
 """
 
 from __future__ import annotations
@@ -8,37 +10,60 @@ from __future__ import annotations
 import hashlib
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
 from gateway.admin.queries import find_ecg
+from gateway.store.models import EcgInstance
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class ExportError(Exception):
     """Why an export is impossible, in one line (no PHI)."""
 
 
-def input_npy(session: Session, id_or_uid: str) -> tuple[int, bytes]:
-    """``(ecg id, .npy bytes)`` of the exact array the model saw.
+def model_input_array(ecg: EcgInstance, spool_dir: str | Path) -> np.ndarray:
+    """The exact float32 (4096, 12) array the model saw for ``ecg``.
 
-    Checks that the stored bytes load as a float32 (4096, 12) array.
+    The array is not stored: it is rebuilt from the spooled original (checked
+    against the file's sha256) by the worker's own read-and-normalise path,
+    with the parameters recorded in the ECG's report, and must hash to the
+    prediction's ``input_sha256``.  When it does not, the error names the
+    normaliser version that made the input and the one running now.
     """
-    import numpy as np
+    from gateway.normalise import NormaliseError, NormaliseParams, input_sha256, normaliser_version
+    from gateway.process.worker import model_input
 
-    ecg = find_ecg(session, id_or_uid)
-    if ecg is None:
-        raise ExportError(f"no ECG with id or SOP Instance UID {id_or_uid!r}")
     p = ecg.prediction
-    if p is None or p.input_npy is None:
+    if p is None or p.input_sha256 is None:
         why = f": {ecg.error}" if ecg.error else ""
         raise ExportError(f"ECG {ecg.id} has no model input (status {ecg.status}{why})")
+    _, raw = _spooled_bytes(ecg, spool_dir)
     try:
-        array = np.load(io.BytesIO(p.input_npy), allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise ExportError(f"ECG {ecg.id}: stored model input is not a .npy array: {exc}") from None
-    if array.dtype != np.float32 or array.shape != (4096, 12):
-        raise ExportError(f"ECG {ecg.id}: stored model input is {array.dtype} {array.shape}, not float32 (4096, 12)")
-    return ecg.id, bytes(p.input_npy)
+        params = NormaliseParams(**(ecg.report or {}).get("params", {}))
+        signal = model_input(raw, params).signal
+    except (NormaliseError, TypeError, ValueError) as exc:
+        raise ExportError(f"ECG {ecg.id}: the model input cannot be rebuilt from the stored file: {exc}") from None
+    if input_sha256(signal) != p.input_sha256:
+        then = p.normaliser_version or f"unknown (processed by gateway {p.gateway_version})"
+        raise ExportError(
+            f"ECG {ecg.id}: the model input rebuilt from the stored file does not match the one the model saw "
+            f"(sha256 {input_sha256(signal)[:12]}... != {p.input_sha256[:12]}...): normaliser {then} made it, "
+            f"normaliser {normaliser_version()} runs now")
+    return signal
+
+
+def input_npy(session: Session, id_or_uid: str, spool_dir: str | Path) -> tuple[int, bytes]:
+    """``(ecg id, .npy bytes)`` of the exact array the model saw (see :func:`model_input_array`)."""
+    import numpy as np
+
+    ecg = _find(session, id_or_uid)
+    buf = io.BytesIO()
+    np.save(buf, model_input_array(ecg, spool_dir), allow_pickle=False)
+    return ecg.id, buf.getvalue()
 
 
 def spool_file(spool_dir: str | Path, spool_path: str) -> Path:
@@ -47,11 +72,14 @@ def spool_file(spool_dir: str | Path, spool_path: str) -> Path:
     return p if p.is_absolute() else Path(spool_dir) / p
 
 
-def original_dicom(session: Session, id_or_uid: str, spool_dir: str | Path) -> tuple[int, bytes]:
-    """``(ecg id, file bytes)`` of the spooled original, verified against its sha256."""
+def _find(session: Session, id_or_uid: str) -> EcgInstance:
     ecg = find_ecg(session, id_or_uid)
     if ecg is None:
         raise ExportError(f"no ECG with id or SOP Instance UID {id_or_uid!r}")
+    return ecg
+
+
+def _spooled_bytes(ecg: EcgInstance, spool_dir: str | Path) -> tuple[Path, bytes]:
     path = spool_file(spool_dir, ecg.spool_path)
     try:
         data = path.read_bytes()
@@ -59,4 +87,10 @@ def original_dicom(session: Session, id_or_uid: str, spool_dir: str | Path) -> t
         raise ExportError(f"ECG {ecg.id}: stored file unreadable: {exc.strerror}: {path}") from None
     if hashlib.sha256(data).hexdigest() != ecg.sha256:
         raise ExportError(f"ECG {ecg.id}: stored file {path} does not match its sha256 (changed on disk)")
-    return ecg.id, data
+    return path, data
+
+
+def original_dicom(session: Session, id_or_uid: str, spool_dir: str | Path) -> tuple[int, bytes]:
+    """``(ecg id, file bytes)`` of the spooled original, verified against its sha256."""
+    ecg = _find(session, id_or_uid)
+    return ecg.id, _spooled_bytes(ecg, spool_dir)[1]

@@ -297,12 +297,14 @@ def ecg_detail(session: Session, id_or_uid: str) -> dict[str, Any] | None:
             "thresholds": p.thresholds,
             "spread": p.spread,
             "model_files": p.model_files,
-            "normalisation": p.normalisation,
-            "leads": lead_names(p.normalisation),
+            "normalisation": ecg.report,  # stored once, on the ECG
+            "leads": lead_names(ecg.report),
             "gateway_version": p.gateway_version,
             "timings": p.timings,
             "created_at": iso(p.created_at),
-            "has_input": p.input_npy is not None,
+            "has_input": p.input_sha256 is not None,
+            "input_sha256": p.input_sha256,
+            "normaliser_version": p.normaliser_version,
         }
     return detail
 

@@ -9,7 +9,6 @@ was opened from another site (an EHR link, a local bookmark file).
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -64,13 +63,10 @@ def _safe_next(target: str | None) -> str:
     return "/ecgs"
 
 
-def ecg_paper_svg(npy: bytes, leads: list[str], normalisation: dict[str, Any]) -> str:
-    """SVG of a stored model input (.npy bytes)."""
-    import numpy as np
-
+def ecg_paper_svg(array: Any, leads: list[str], normalisation: dict[str, Any]) -> str:
+    """SVG of a model input (the float32 (4096, 12) array)."""
     from gateway.admin.ecg_svg import ecg_svg
 
-    array = np.load(io.BytesIO(npy), allow_pickle=False)
     gain = normalisation.get("gain", 1.0)
     fs = (normalisation.get("resample") or {}).get("to_hz", 400.0)
     ok = lambda v: isinstance(v, (int, float)) and v > 0  # noqa: E731 - older records may lack the keys
@@ -164,18 +160,24 @@ def add_web_routes(app: FastAPI, cfg: Config, session_factory: Callable[[], Any]
     def ecg_page(request: Request, ecg: str) -> Response:
         if not signed_in(request):
             return to_login(request)
+        from gateway.admin.exports import ExportError, model_input_array
+
+        signal, svg, svg_error = None, None, None
         with session_factory() as session:
             detail = ecg_detail(session, ecg)
             instance = find_ecg(session, ecg)
-            raw = instance.prediction.input_npy if instance is not None and instance.prediction else None
+            if instance is not None and instance.prediction is not None and instance.prediction.input_sha256:
+                try:  # rebuilt from the spooled original and checked against the stored hash
+                    signal = model_input_array(instance, cfg.storage.spool_dir)
+                except ExportError as exc:
+                    svg_error = f"cannot draw the model input: {exc}"
         if detail is None:
             return page("message.html", 404, title="Not found", message=f"No ECG with id or SOP Instance UID {ecg}.")
-        svg, svg_error = None, None
-        if raw is not None:
+        if signal is not None:
             try:
-                svg = ecg_paper_svg(raw, detail["prediction"]["leads"], detail["prediction"]["normalisation"] or {})
-            except (ValueError, OSError) as exc:
-                svg_error = f"cannot draw the stored model input: {exc}"
+                svg = ecg_paper_svg(signal, detail["prediction"]["leads"], detail["prediction"]["normalisation"] or {})
+            except ValueError as exc:
+                svg_error = f"cannot draw the model input: {exc}"
         p = detail["prediction"]
         scores = []
         if p:

@@ -5,13 +5,15 @@ report, quality flags) or raises :class:`NormaliseError` whose text is the
 reason stored with the ECG and sent in HL7.
 """
 
-from gateway.normalise.core import NormalisedEcg, NormaliseParams, normalise_dataset
+from gateway.normalise.core import (
+    NORMALISER_VERSION, NormalisedEcg, NormaliseParams, input_sha256, normalise_dataset, normaliser_version,
+)
 from gateway.normalise.errors import NormaliseError
 from gateway.normalise.leads import LIMB_LEADS, OUTPUT_LEADS, PRECORDIAL_LEADS, derive_limb_leads, identify_lead
 from gateway.normalise.resample import MODEL_RATE_HZ, MODEL_SAMPLES
 
 __all__ = [
-    "LIMB_LEADS", "MODEL_RATE_HZ", "MODEL_SAMPLES", "OUTPUT_LEADS", "PRECORDIAL_LEADS",
-    "NormaliseError", "NormaliseParams", "NormalisedEcg", "derive_limb_leads", "identify_lead",
-    "normalise_dataset",
+    "LIMB_LEADS", "MODEL_RATE_HZ", "MODEL_SAMPLES", "NORMALISER_VERSION", "OUTPUT_LEADS", "PRECORDIAL_LEADS",
+    "NormaliseError", "NormaliseParams", "NormalisedEcg", "derive_limb_leads", "identify_lead", "input_sha256",
+    "normalise_dataset", "normaliser_version",
 ]

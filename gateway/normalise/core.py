@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -21,6 +22,22 @@ from gateway.normalise.resample import (
 
 MIN_RATE_HZ = 100.0
 MAX_RATE_HZ = 2000.0
+
+#: Bump when ``normalise_dataset`` gives a different signal for any input.  Each
+#: result records the version that made its input; the input itself is not
+#: stored but rebuilt from the spooled original and checked against its hash.
+NORMALISER_VERSION = "1"
+
+
+def normaliser_version() -> str:
+    """The version recorded with each result: ours and numpy's (the arithmetic's)."""
+    return f"{NORMALISER_VERSION} (numpy {np.__version__})"
+
+
+def input_sha256(signal: np.ndarray) -> str:
+    """sha256 of a model input as little-endian float32 in C order (the .npy payload;
+    independent of the .npy header, so of numpy's file-format details)."""
+    return hashlib.sha256(np.ascontiguousarray(signal, dtype="<f4").tobytes()).hexdigest()
 
 
 @dataclass(frozen=True)

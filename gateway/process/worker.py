@@ -67,10 +67,21 @@ def spool_file(spool_dir: str | Path, spool_path: str) -> Path:
     return p if p.is_absolute() else Path(spool_dir) / p
 
 
-def npy_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array, allow_pickle=False)
-    return buf.getvalue()
+def model_input(raw: bytes, params: Any) -> Any:
+    """Spooled DICOM bytes -> ``NormalisedEcg``: the one read-and-normalise path,
+    shared by the worker and by everything that rebuilds a stored result's
+    input (export, web view), so a rebuild runs exactly what the model saw.
+
+    Raises ``NormaliseError`` when the data set cannot be read or analysed.
+    """
+    from gateway.normalise import NormaliseError, normalise_dataset
+    from gateway.receive.header import read_waveform_dataset
+
+    try:
+        ds = read_waveform_dataset(raw)  # skips the annotations pydicom parses eagerly
+    except Exception as exc:  # the SCP checked the header; the body may still be corrupt
+        raise NormaliseError(f"DICOM data set cannot be parsed: {exc}") from exc
+    return normalise_dataset(ds, params)
 
 
 class Worker:
@@ -151,8 +162,7 @@ class Worker:
             self._finish(it)
 
     def _prepare(self, ecg_id: int) -> _Item:
-        from gateway.normalise import NormaliseError, normalise_dataset
-        from gateway.receive.header import read_waveform_dataset
+        from gateway.normalise import NormaliseError
 
         item = _Item(ecg_id)
         t0 = time.perf_counter()
@@ -163,11 +173,7 @@ class Worker:
                 item.sop_instance_uid, item.received_at, item.attempts = row.sop_instance_uid, row.received_at, row.attempts
                 path = spool_file(self.cfg.storage.spool_dir, row.spool_path)
             raw = path.read_bytes()  # FileNotFoundError: not a rejection, handled as before
-            try:
-                ds = read_waveform_dataset(raw)  # skips the annotations pydicom parses eagerly
-            except Exception as exc:  # the SCP checked the header; the body may still be corrupt
-                raise NormaliseError(f"DICOM data set cannot be parsed: {exc}") from exc
-            result = normalise_dataset(ds, self.params)
+            result = model_input(raw, self.params)
             item.normalised, item.report = result, result.report
         except NormaliseError as exc:
             item.rejection = str(exc)
@@ -201,6 +207,7 @@ class Worker:
         """Write one ECG's outcome in one transaction (only while our claim holds)."""
         from gateway.deliver.outbox import enqueue_result
         from gateway.infer.thresholds import apply_thresholds
+        from gateway.normalise import input_sha256, normaliser_version
 
         now = datetime.now(timezone.utc)
         outcome = "failed"
@@ -227,9 +234,10 @@ class Worker:
                     model_files=identity["files"],
                     model_sha256=identity["model_sha256"],
                     demo_model=bool(identity["demo"]),
-                    normalisation=it.report,
                     quality_flags=list(it.normalised.quality_flags),
-                    input_npy=npy_bytes(it.normalised.signal),
+                    # The input is rebuilt from the spool on demand and checked against this.
+                    input_sha256=input_sha256(it.normalised.signal),
+                    normaliser_version=normaliser_version(),
                     gateway_version=__version__,
                     timings={
                         "normalise_ms": round(it.normalise_ms, 3),

@@ -26,8 +26,9 @@ def downgrade(ctx: typer.Context, revision: str = typer.Argument(..., help="Targ
     from gateway.store.db import current_revision
     from gateway.store.db import downgrade as do_downgrade
 
-    url = config_from(ctx).storage.database_url
-    do_downgrade(url, revision)
+    cfg = config_from(ctx)
+    url = cfg.storage.database_url
+    do_downgrade(url, revision, spool_dir=cfg.storage.spool_dir)
     typer.echo(f"database at revision {current_revision(url) or 'base'}")
 
 
@@ -38,6 +39,18 @@ def current(ctx: typer.Context) -> None:
     from gateway.store.db import current_revision
 
     typer.echo(current_revision(config_from(ctx).storage.database_url) or "base (empty database)")
+
+
+@app.command()
+def compact(ctx: typer.Context) -> None:
+    """Return freed space to the disk (SQLite VACUUM; PostgreSQL VACUUM FULL, which locks
+    each table while it runs: use a quiet hour).  Useful after `db prune` or the upgrade
+    that dropped the stored model inputs (0003)."""
+    from gateway.cli import config_from
+    from gateway.store.db import compact as do_compact
+
+    for statement in do_compact(config_from(ctx).storage.database_url):
+        typer.echo(f"done: {statement}")
 
 
 @app.command("check-spool")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -23,9 +25,15 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
     cur.close()
 
 
-def make_engine(database_url: str, **kwargs: object) -> Engine:
+def _compact_json(value: Any) -> str:
+    # No spaces after separators: about a tenth of every JSON column, per row.
+    return json.dumps(value, separators=(",", ":"))
+
+
+def make_engine(database_url: str, **kwargs: Any) -> Engine:
     """An engine for ``database_url``; SQLite files get their folder created."""
     url = make_url(database_url)
+    kwargs.setdefault("json_serializer", _compact_json)
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
@@ -40,7 +48,9 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-def alembic_config(database_url: str):  # type: ignore[no-untyped-def]
+def alembic_config(database_url: str, spool_dir: str | Path | None = None):  # type: ignore[no-untyped-def]
+    """Alembic's configuration for ``database_url``; ``spool_dir`` is handed to
+    migrations that read spooled files (0003's downgrade rebuilds inputs)."""
     from alembic.config import Config as AlembicConfig
 
     if not (MIGRATIONS_DIR / "env.py").is_file():
@@ -48,6 +58,8 @@ def alembic_config(database_url: str):  # type: ignore[no-untyped-def]
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    if spool_dir is not None:
+        cfg.attributes["spool_dir"] = str(spool_dir)
     return cfg
 
 
@@ -59,10 +71,12 @@ def upgrade(database_url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(database_url), revision)
 
 
-def downgrade(database_url: str, revision: str) -> None:
+def downgrade(database_url: str, revision: str, spool_dir: str | Path | None = None) -> None:
+    """Roll back to ``revision``; ``spool_dir`` resolves relative spool paths for
+    migrations that rebuild data from the spooled originals."""
     from alembic import command
 
-    command.downgrade(alembic_config(database_url), revision)
+    command.downgrade(alembic_config(database_url, spool_dir), revision)
 
 
 def current_revision(database_url: str) -> str | None:
@@ -74,3 +88,24 @@ def current_revision(database_url: str) -> str | None:
             return MigrationContext.configure(conn).get_current_revision()
     finally:
         engine.dispose()
+
+
+def compact(database_url: str) -> list[str]:
+    """Give the space of deleted rows and dropped columns back to the file system
+    (SQLite: ``VACUUM``; PostgreSQL: ``VACUUM (FULL, ANALYZE)`` of the gateway's
+    tables, which locks each table while it is rewritten).  Returns what ran."""
+    from gateway.store.models import Base
+
+    engine = make_engine(database_url)
+    ran: list[str] = []
+    try:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            if engine.url.get_backend_name() == "sqlite":
+                ran += ["VACUUM", "PRAGMA wal_checkpoint(TRUNCATE)"]
+            else:
+                ran += [f'VACUUM (FULL, ANALYZE) "{name}"' for name in sorted(Base.metadata.tables)]
+            for statement in ran:
+                conn.exec_driver_sql(statement)
+    finally:
+        engine.dispose()
+    return ran

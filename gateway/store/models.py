@@ -17,7 +17,6 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
-    LargeBinary,
     MetaData,
     String,
     Text,
@@ -98,7 +97,8 @@ class EcgInstance(Base):
     size_bytes: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16), default=RECEIVED)
     error: Mapped[str | None] = mapped_column(Text)
-    #: What normalisation learned (source rate, units, leads...), also for rejected ECGs.
+    #: What normalisation learned (parameters, source rate, units, leads...), also for
+    #: rejected ECGs; stored once here (a prediction reads it through ``ecg``).
     report: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     #: Free-form markers, e.g. ["new_version"].
     flags: Mapped[list[Any]] = mapped_column(default=list)
@@ -132,11 +132,15 @@ class Prediction(Base):
     #: sha256 of the single model file, or of the sorted ensemble hashes.
     model_sha256: Mapped[str] = mapped_column(String(64))
     demo_model: Mapped[bool] = mapped_column(Boolean, default=False)
-    #: Normalisation parameters and report (source rate, units, leads, padding).
-    normalisation: Mapped[dict[str, Any]]
     quality_flags: Mapped[list[Any]] = mapped_column(default=list)
-    #: The exact float32 (4096, 12) array the model saw, as .npy bytes.
-    input_npy: Mapped[bytes | None] = mapped_column(LargeBinary)
+    #: sha256 of the exact float32 (4096, 12) array the model saw (``normalise.input_sha256``).
+    #: The array itself is not stored: it is rebuilt from the spooled original with the
+    #: parameters in ``ecg.report["params"]`` and checked against this hash.
+    #: NULL only for rows migrated from a database that had no input bytes for them.
+    input_sha256: Mapped[str | None] = mapped_column(String(64))
+    #: ``normalise.normaliser_version()`` that made the input; NULL for rows
+    #: processed before revision 0003 (``gateway_version`` says by which release).
+    normaliser_version: Mapped[str | None] = mapped_column(String(64))
     gateway_version: Mapped[str] = mapped_column(String(32))
     #: {"normalise_ms":, "infer_ms":, "received_to_processed_ms":, "batch_size":}
     timings: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -192,45 +192,51 @@ def send_tracings(tracings: np.ndarray, indices: Sequence[int], variants: Sequen
 
 def collect_results(database_url: str, results: Sequence[InstanceResult], tracings: np.ndarray, gain: float, *,
                     timeout: float = 600.0, poll_s: float = 0.5, findings: Sequence[str] | None = None,
-                    progress: Callable[[int], None] | None = None) -> None:
+                    progress: Callable[[int], None] | None = None, spool_dir: str | Path | None = None) -> None:
     """Poll the gateway's database until every stored instance is final (or
     ``timeout`` passes) and fill in status, error, probabilities and the
-    model-input difference of each result, in place."""
-    import io
-
+    model-input difference of each result, in place.  The model input is
+    rebuilt from the gateway's spool (``spool_dir``; without it, or when the
+    rebuild fails, the difference stays None)."""
     from sqlalchemy import select
+    from sqlalchemy.orm import selectinload
 
     from gateway import FINDINGS
-    from gateway.store.db import make_engine
-    from gateway.store.models import EcgInstance, Prediction
+    from gateway.admin.exports import ExportError, model_input_array
+    from gateway.store.db import make_engine, make_sessionmaker
+    from gateway.store.models import EcgInstance
 
     codes = list(findings or FINDINGS)
     waiting = {r.sop_instance_uid: r for r in results if r.status == "not final"}
     engine = make_engine(database_url)
+    session_factory = make_sessionmaker(engine)
     deadline = time.monotonic() + timeout
     try:
         while waiting:
             uids = list(waiting)
-            with engine.connect() as conn:
+            with session_factory() as session:
                 for start in range(0, len(uids), 400):
                     chunk = uids[start:start + 400]
-                    rows = conn.execute(
-                        select(EcgInstance.sop_instance_uid, EcgInstance.status, EcgInstance.error,
-                               Prediction.probabilities, Prediction.input_npy)
-                        .outerjoin(Prediction, Prediction.ecg_id == EcgInstance.id)
+                    rows = session.scalars(
+                        select(EcgInstance).options(selectinload(EcgInstance.prediction))
                         .where(EcgInstance.sop_instance_uid.in_(chunk))
                         .where(EcgInstance.status.in_(FINAL_STATUSES))
                         .order_by(EcgInstance.version.desc())
                     ).all()
-                    for uid, status, error, probs, npy in rows:
-                        r = waiting.pop(uid, None)
+                    for ecg in rows:
+                        r = waiting.pop(ecg.sop_instance_uid, None)
                         if r is None:
                             continue
-                        r.status, r.error = status, error
-                        if status == "processed" and probs is not None:
-                            r.probabilities = [float(probs[c]) for c in codes]
-                            if npy is not None:
-                                seen = np.load(io.BytesIO(npy), allow_pickle=False)
+                        r.status, r.error = ecg.status, ecg.error
+                        p = ecg.prediction
+                        if ecg.status == "processed" and p is not None:
+                            r.probabilities = [float(p.probabilities[c]) for c in codes]
+                            if spool_dir is not None and p.input_sha256 is not None:
+                                try:
+                                    seen = model_input_array(ecg, spool_dir)
+                                except ExportError as exc:
+                                    log.warning("%s", exc)
+                                    continue
                                 expected = tracings[r.index].astype(np.float64) * gain
                                 r.input_max_abs_diff_mv = float(np.max(np.abs(seen - expected)))
             if progress:
@@ -268,6 +274,7 @@ class StartedGateway:
     log_path: Path
     process: subprocess.Popen
     start_timeout: float = 300.0
+    spool_dir: Path | None = None
 
 
 def gateway_environment(run_dir: Path, database_url: str, model_files: Sequence[str], port: int,
@@ -311,7 +318,8 @@ def started_gateway(run_dir: Path, database_url: str, model_files: Sequence[str]
                                 start_new_session=True)
     log.info("gateway for the run started (pid %d, port %d, log %s)", proc.pid, port, log_path)
     try:
-        yield StartedGateway("127.0.0.1", port, ae_title, database_url, log_path, proc, start_timeout)
+        yield StartedGateway("127.0.0.1", port, ae_title, database_url, log_path, proc, start_timeout,
+                             spool_dir=run_dir / "spool")
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)

@@ -96,7 +96,8 @@ def run_roundtrip(cfg: Config, opts: ValidateOptions, test_set: TestSet, gw: Sta
     results = send_tracings(test_set.tracings, indices, opts.variants, leads, opts.resolution_uv, host, port, aet,
                             progress=(lambda k: progress("C-STORE", k, n)) if progress else None)
     collect_results(db_url, results, test_set.tracings, cfg.normalise.gain, timeout=opts.timeout_s,
-                    progress=(lambda k: progress("gateway results", k, n)) if progress else None)
+                    progress=(lambda k: progress("gateway results", k, n)) if progress else None,
+                    spool_dir=gw.spool_dir if gw is not None else cfg.storage.spool_dir)
     return RoundTripRun(results=results, target=target, resolution_uv=opts.resolution_uv,
                         variants=[v.label for v in opts.variants],
                         gateway_log=str(gw.log_path) if gw is not None else None)
