@@ -9,16 +9,82 @@ statements run; SQLite ignores ``FOR UPDATE`` and serialises writers.
 The outcome is written only while the claim still holds (``finish_claim``
 checks ``claimed_by``), so an ECG whose lease expired and was taken over is
 never written twice; the unique ``predictions.ecg_id`` backs that up.
+
+Each claim also records who holds it (:class:`Claimer`: host, pid and the
+process's start time).  A claim whose holder is *provably* dead - same host,
+and that pid is not running or is a different process now - is released at
+once by :func:`release_dead_claims` (at start and periodically) instead of
+waiting out the lease; claims of other hosts still wait for their lease.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import socket
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from functools import cache
+from pathlib import Path
 
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.store.models import FAILED, PROCESSING, RECEIVED, EcgInstance
+
+log = logging.getLogger("gateway.process")
+
+
+@dataclass(frozen=True)
+class Claimer:
+    """Who holds a claim, precisely enough to prove it dead later.
+
+    ``host`` is ``hostname/boot id/pid namespace``: two claimers with the same
+    ``host`` see the same process table, so a pid means the same process for
+    both.  ``started`` is the process's start time in clock ticks after boot
+    (field 22 of ``/proc/<pid>/stat``), which tells a reused pid apart.
+    """
+
+    host: str
+    pid: int
+    started: int
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, start ticks) of a running pid from /proc; None when there is no such process."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = raw[raw.rindex(")") + 2:].split()  # after "pid (comm) ": the comm may hold spaces
+    return fields[0], int(fields[19])
+
+
+@cache
+def _host_id() -> str | None:
+    """``hostname/boot id/pid namespace``, or None off Linux (no claim is ever proven dead there)."""
+    try:
+        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        pid_ns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+    return f"{socket.gethostname()}/{boot_id}/{pid_ns}"[:200]
+
+
+def this_process() -> Claimer | None:
+    """The :class:`Claimer` of the calling process (None where it cannot be proven dead later)."""
+    host = _host_id()
+    stat = _proc_stat(os.getpid()) if host else None
+    return Claimer(host, os.getpid(), stat[1]) if host and stat else None
+
+
+def claimer_alive(pid: int, started: int | None) -> bool:
+    """False only when provably dead: no such pid, a zombie, or another
+    process under that pid (start time differs).  Call on the claimer's host."""
+    stat = _proc_stat(pid)
+    if stat is None or stat[0] in ("Z", "X"):  # a killed process its parent has not reaped yet is a zombie
+        return False
+    return started is None or stat[1] == started
 
 
 def _now() -> datetime:
@@ -26,11 +92,13 @@ def _now() -> datetime:
 
 
 def claim_batch(session_factory: sessionmaker[Session], worker_id: str, limit: int, lease_seconds: int,
-                max_attempts: int) -> list[int]:
+                max_attempts: int, claimer: Claimer | None = None) -> list[int]:
     """Claim up to ``limit`` ECGs that are waiting (or whose lease ran out).
 
     Returns the claimed ids in arrival order.  A row whose attempts are used up
     (e.g. it crashed the process every time) is marked ``failed`` instead.
+    ``claimer`` (normally :func:`this_process`) is recorded with each claim so
+    that :func:`release_dead_claims` can release it if this process dies.
     """
     now = _now()
     waiting = or_(
@@ -70,6 +138,8 @@ def claim_batch(session_factory: sessionmaker[Session], worker_id: str, limit: i
                 .values(
                     status=PROCESSING, claimed_by=worker_id, attempts=attempts + 1, updated_at=now,
                     lease_expires_at=now + timedelta(seconds=lease_seconds),
+                    claim_host=claimer.host if claimer else None, claim_pid=claimer.pid if claimer else None,
+                    claim_started=claimer.started if claimer else None,
                 )
             )
             if result.rowcount == 1:
@@ -86,14 +156,56 @@ def still_claimed(session: Session, ecg_id: int, worker_id: str) -> EcgInstance 
     ).scalar_one_or_none()
 
 
-def release_all_claims(session_factory: sessionmaker[Session]) -> int:
-    """Single-process start-up recovery (SQLite): put every mid-claim row back.
+#: What a released claim becomes: waiting again, its attempts kept (so an ECG
+#: that kills its worker every time still ends ``failed`` after max_attempts).
+_RELEASED = dict(status=RECEIVED, claimed_by=None, lease_expires_at=None, claim_host=None, claim_pid=None,
+                 claim_started=None)
 
-    Only safe when no other process can be working on the database.
+
+def release_dead_claims(session_factory: sessionmaker[Session], me: Claimer | None,
+                        include_unknown: bool = False) -> dict[int, list[int]]:
+    """Put back the claims of processes on this host that provably died.
+
+    A claim is released when it was made on ``me.host`` and its pid is not
+    running, is a zombie, or now belongs to another process (start time
+    differs); claims of live processes and of other hosts are left to their
+    leases.  ``include_unknown`` also releases claims without a recorded
+    claimer (made before claimers were recorded): only safe when no other
+    process can hold claims, i.e. SQLite.  Returns {dead pid: [ECG ids]}
+    (pid 0: no claimer recorded) and logs one WARNING per dead process.
     """
+    if me is None and not include_unknown:
+        return {}
+    mine = EcgInstance.claim_host == me.host if me else None
+    unknown = EcgInstance.claim_host.is_(None) if include_unknown else None
+    where = or_(*(c for c in (mine, unknown) if c is not None))
+    released: dict[int, list[int]] = {}
     with session_factory() as session, session.begin():
-        result = session.execute(
-            update(EcgInstance).where(EcgInstance.status == PROCESSING).values(
-                status=RECEIVED, claimed_by=None, lease_expires_at=None, updated_at=_now())
-        )
-        return result.rowcount or 0
+        rows = session.execute(
+            select(EcgInstance.id, EcgInstance.claimed_by, EcgInstance.claim_host, EcgInstance.claim_pid,
+                   EcgInstance.claim_started)
+            .where(EcgInstance.status == PROCESSING, where).order_by(EcgInstance.id)
+        ).all()
+        for ecg_id, claimed_by, host, pid, started in rows:
+            if host is not None:
+                if me is not None and pid == me.pid and started == me.started:
+                    continue  # our own live claim
+                if claimer_alive(pid, started):
+                    continue
+            # Compare-and-set on the claim token: a claim taken over meanwhile stays.
+            result = session.execute(
+                update(EcgInstance)
+                .where(EcgInstance.id == ecg_id, EcgInstance.status == PROCESSING,
+                       EcgInstance.claimed_by == claimed_by if claimed_by is not None else EcgInstance.claimed_by.is_(None))
+                .values(updated_at=_now(), **_RELEASED)
+            )
+            if result.rowcount == 1:
+                released.setdefault(pid or 0, []).append(ecg_id)
+    for pid, ids in released.items():
+        shown = ", ".join(map(str, ids[:20])) + (", ..." if len(ids) > 20 else "")
+        if pid:
+            log.warning("released %d ECG claim(s) of process %d on this host, which is no longer running "
+                        "(ids %s): processed again now, not after the lease", len(ids), pid, shown)
+        else:
+            log.warning("released %d ECG claim(s) left by an earlier run (ids %s)", len(ids), shown)
+    return released

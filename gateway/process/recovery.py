@@ -11,7 +11,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.config import Config
-from gateway.process.claim import release_all_claims
+from gateway.process.claim import release_dead_claims, this_process
 from gateway.process.worker import spool_file
 from gateway.store.models import EcgInstance
 
@@ -63,14 +63,13 @@ def log_spool_report(report: SpoolReport, limit: int = 20) -> None:
 def recover_on_start(cfg: Config, session_factory: sessionmaker[Session]) -> SpoolReport:
     """Make unfinished work claimable again and report spool inconsistencies.
 
-    On SQLite only this process can be working, so every mid-claim row goes
-    back to ``received`` now; on PostgreSQL other processes may hold live
-    claims, so their leases decide.
+    Claims of processes on this host that died (killed, crashed) go back to
+    ``received`` now; live claims and other hosts' claims are left to their
+    leases.  On SQLite claims recorded without a claimer (older versions) are
+    released too, as only one host can use the file.
     """
-    if make_url(cfg.storage.database_url).get_backend_name() == "sqlite":
-        n = release_all_claims(session_factory)
-        if n:
-            log.warning("recovered %d ECG(s) left mid-processing by an earlier run", n)
+    sqlite = make_url(cfg.storage.database_url).get_backend_name() == "sqlite"
+    release_dead_claims(session_factory, this_process(), include_unknown=sqlite)
     report = check_spool(cfg.storage.spool_dir, session_factory)
     log_spool_report(report)
     return report

@@ -35,10 +35,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from gateway import FINDINGS, __version__
 from gateway.config import Config
 from gateway.process import metrics
-from gateway.process.claim import claim_batch, still_claimed
+from gateway.process.claim import claim_batch, release_dead_claims, still_claimed, this_process
 from gateway.store.models import FAILED, PROCESSED, RECEIVED, REJECTED, EcgInstance, Prediction
 
 log = logging.getLogger("gateway.process")
+
+#: Seconds between checks for claims of dead processes on this host (another
+#: gateway process there may have been killed while this one runs).
+DEAD_CLAIM_CHECK_S = 10.0
 
 
 def new_worker_id() -> str:
@@ -99,6 +103,8 @@ class Worker:
         self.params = NormaliseParams(**cfg.normalise.model_dump())
         self.on_outbox = on_outbox
         self._wake = threading.Event()
+        self.claimer = this_process()
+        self._next_dead_check = time.monotonic() + DEAD_CLAIM_CHECK_S
 
     def warm_up(self) -> Any:
         """Run a synthetic ECG through the read and normalise path once, so
@@ -122,6 +128,9 @@ class Worker:
                  self.cfg.model.batch_size, self.cfg.model.max_wait_ms)
         while not stop.is_set():
             try:
+                if time.monotonic() >= self._next_dead_check:
+                    self._next_dead_check = time.monotonic() + DEAD_CLAIM_CHECK_S
+                    release_dead_claims(self.session_factory, self.claimer)
                 done = self.run_once()
             except Exception:  # database down, etc.: keep the loop alive
                 log.exception("worker loop error; retrying")
@@ -134,7 +143,7 @@ class Worker:
 
     def _claim(self, limit: int) -> list[int]:
         p = self.cfg.process
-        return claim_batch(self.session_factory, self.worker_id, limit, p.lease_seconds, p.max_attempts)
+        return claim_batch(self.session_factory, self.worker_id, limit, p.lease_seconds, p.max_attempts, self.claimer)
 
     def run_once(self) -> int:
         """Claim one micro-batch and finish it; returns how many ECGs were claimed."""

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     ForeignKey,
@@ -105,6 +106,11 @@ class EcgInstance(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     claimed_by: Mapped[str | None] = mapped_column(String(128))
     lease_expires_at: Mapped[datetime | None]
+    #: Who holds the claim (process.claim.Claimer): "hostname/boot id/pid
+    #: namespace", pid, and the pid's start time in clock ticks after boot.
+    claim_host: Mapped[str | None] = mapped_column(String(200))
+    claim_pid: Mapped[int | None] = mapped_column(Integer)
+    claim_started: Mapped[int | None] = mapped_column(BigInteger)
     received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     processed_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
