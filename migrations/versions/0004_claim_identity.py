@@ -1,14 +1,14 @@
 """claim identity: host, pid and process start time of an ECG's claimer
 
-Revision ID: 0003_claim_identity
-Revises: 0002
+Revision ID: 0004_claim_identity
+Revises: 0003_input_hash
 """
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0003_claim_identity'
-down_revision = '0002'
+revision = '0004_claim_identity'
+down_revision = '0003_input_hash'
 branch_labels = None
 depends_on = None
 
