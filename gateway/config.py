@@ -26,6 +26,8 @@ DEFAULT_CONFIG_PATH = Path("config/gateway.toml")
 Port = Annotated[int, Field(ge=1, le=65535)]
 OptionalPort = Annotated[int, Field(ge=0, le=65535)]  # 0 = disabled
 AETitle = Annotated[str, Field(min_length=1, max_length=16, pattern=r"^[\x20-\x5b\x5d-\x7e]*[^ ][\x20-\x5b\x5d-\x7e]*$")]
+#: An HL7 namespace id (HD-1, IS): 1-20 printable characters, no HL7 delimiter.
+Hl7Namespace = Annotated[str, Field(min_length=1, max_length=20, pattern=r"^[!-%'-\[\]_-{}](?:[ -%'-\[\]_-{}]*[!-%'-\[\]_-{}])?$")]
 
 #: Paper thresholds (Ribeiro et al. 2020, chosen on validation for best F1).
 PAPER_THRESHOLDS: dict[str, float] = {
@@ -220,6 +222,21 @@ class Hl7Config(_Section):
     probability_codes: dict[str, Annotated[str, Field(min_length=1, max_length=20, pattern=r"^[^|^&~\\]+$")]] = {
         k: f"{k.upper()}_PROB" for k in PAPER_THRESHOLDS
     }
+    #: PID-3.5 identifier type code (HL7 table 0203: MR medical record number,
+    #: PI patient internal identifier, ...); empty = not sent.
+    identifier_type_code: Annotated[str, Field(pattern=r"^[A-Z0-9]{0,5}$")] = "MR"
+    #: PID-3.4: DICOM IssuerOfPatientID -> HL7 assigning authority (HD-1, at most
+    #: 20 characters).  An issuer that is not listed is sent as it is, cut to 20
+    #: characters (with a WARNING) when longer.
+    assigning_authorities: dict[
+        Annotated[str, Field(min_length=1, max_length=64)], Hl7Namespace
+    ] = {}
+    #: ORC-3/OBR-3 namespace (EI-2) of the gateway's own filler order number,
+    #: sent when the ECG carries no Filler Order Number: ``<ecg id>^<namespace>``.
+    filler_namespace: Hl7Namespace = "ECGGW"
+    #: Keep one MLLP connection open across messages (false: one connection per
+    #: message, closed after its ACK).
+    keep_connection_open: bool = True
 
     @field_validator("tls_ca", "tls_cert", "tls_key")
     @classmethod

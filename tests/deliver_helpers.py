@@ -20,6 +20,8 @@ from gateway.store.models import EcgInstance, Prediction
 
 PEERS = Path(__file__).resolve().parent / "peers"
 RECEIVER_JS = PEERS / "hl7_receiver.js"
+#: The npm receivers: package -> script (same command line and log format).
+RECEIVERS = {"simple-hl7": RECEIVER_JS, "node-hl7-server": PEERS / "hl7_server_receiver.js"}
 
 PROBS = {"1dAVb": 0.61234567, "RBBB": 0.01, "LBBB": 0.00012, "SB": 0.3, "AF": 0.95, "ST": 0.1}
 FINDINGS_ABOVE = ["1dAVb", "SB", "AF"]
@@ -58,21 +60,22 @@ def make_ecg(session, *, prediction: bool = True, **fields: Any) -> EcgInstance:
     return ecg
 
 
-def require_receiver() -> None:
+def require_receiver(package: str = "simple-hl7") -> None:
     if shutil.which("node") is None:
         pytest.skip("node is not installed")
-    if not (PEERS / "node_modules" / "simple-hl7").is_dir():
-        pytest.skip("npm peers not installed: run `npm ci` in tests/peers (./dev test does)")
+    if not (PEERS / "node_modules" / package).is_dir():
+        pytest.skip(f"npm peer {package} not installed: run `npm ci` in tests/peers (./dev test does)")
 
 
 class Receiver:
-    """The npm simple-hl7 receiver (tests/peers/hl7_receiver.js) in a child process."""
+    """An npm receiver in a child process: simple-hl7 (tests/peers/hl7_receiver.js,
+    every mode) or node-hl7-server (tests/peers/hl7_server_receiver.js: AA/AE/AR)."""
 
     def __init__(self, port: int, log: Path, modes: str = "AA", matches: dict[str, str] | None = None,
-                 tls: tuple[Path, Path] | None = None) -> None:
-        require_receiver()
+                 tls: tuple[Path, Path] | None = None, package: str = "simple-hl7") -> None:
+        require_receiver(package)
         self.port, self.log = port, log
-        args = ["node", str(RECEIVER_JS), str(port), str(log), modes]
+        args = ["node", str(RECEIVERS[package]), str(port), str(log), modes]
         for text, mode in (matches or {}).items():
             args += ["--match", f"{text}={mode}"]
         if tls:
@@ -84,6 +87,8 @@ class Receiver:
             raise RuntimeError(f"receiver did not start: {line!r} {self.proc.stderr.read() if self.proc.stderr else ''}")
 
     def messages(self) -> list[dict[str, Any]]:
+        """Every message the receiver handed to its application, in order
+        (``connection``: the number of the TCP connection it came on)."""
         if not self.log.exists():
             return []
         return [json.loads(line) for line in self.log.read_text(encoding="utf-8").splitlines() if line]
@@ -103,8 +108,8 @@ class Receiver:
 
 @contextmanager
 def receiver(port: int, log: Path, modes: str = "AA", matches: dict[str, str] | None = None,
-             tls: tuple[Path, Path] | None = None) -> Iterator[Receiver]:
-    r = Receiver(port, log, modes, matches, tls)
+             tls: tuple[Path, Path] | None = None, package: str = "simple-hl7") -> Iterator[Receiver]:
+    r = Receiver(port, log, modes, matches, tls, package)
     try:
         yield r
     finally:

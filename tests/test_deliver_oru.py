@@ -10,16 +10,21 @@ import pytest
 
 from gateway import FINDINGS
 from gateway.config import Hl7Config
-from gateway.deliver.mllp import MllpError, parse_ack
+from gateway.deliver.mllp import MllpError, frame_problem, parse_ack
 from gateway.deliver.oru import (
     FINDING_SNOMED,
+    MORE,
+    REASON_LIMIT,
     OruBuildError,
+    OruOptions,
     build_oru,
     dicom_dt_to_hl7,
     dicom_pn_to_xpn,
     escape,
+    escape_bounded,
     order_key,
     payload_codec,
+    short_reason,
 )
 from gateway.deliver.sender import backoff_delay
 
@@ -144,7 +149,7 @@ def test_name_not_representable_in_charset_is_a_clear_error():
 @pytest.mark.parametrize(
     "changes, expected",
     [({"patient_id": None}, "PID-3: the ECG has no Patient ID"),
-     ({"issuer_of_patient_id": "SECRET-ISSUER-" + "X" * 40}, "PID-3"),
+     ({"patient_id": "SECRET" * 40}, "PID-3"),
      ({"accession_number": "SECRET" * 40}, "OBR-18")],
 )
 def test_invalid_ecg_raises_naming_the_field_not_the_value(changes, expected):
@@ -233,3 +238,170 @@ def test_probability_codes_left_out_keep_their_default():
     cfg = Hl7Config(probability_codes={"AF": "AFIB-P"})
     assert cfg.probability_codes == {"1dAVb": "1DAVB_PROB", "RBBB": "RBBB_PROB", "LBBB": "LBBB_PROB",
                                      "SB": "SB_PROB", "AF": "AFIB-P", "ST": "ST_PROB"}
+
+
+# --- issue 13 §1: no control character reaches the wire ---------------------------------------------------------
+
+ATTACK_LABEL = "A\x1c\r\x0bMSH!#$%*!LAB!LAB!EHR!HOSPITAL!20260101!!ADT#A08!INJ1!P!2.5.1\rPID!1!!666666!!Hacked#Ed\rZ"
+CONTROLS = "".join(map(chr, range(0x20))) + "\x7f" + "".join(map(chr, range(0x80, 0xA0))) + "\u2028\u2029\ud800"
+
+
+def segment_types(er7):
+    return [s[:3] for s in er7.split("\r")]
+
+
+def test_escape_replaces_every_control_character_and_escapes_delimiters():
+    assert escape("a" + CONTROLS + "b") == "a" + "?" * len(CONTROLS) + "b"
+    assert escape("x\r|\x0b^\x1c&~\\") == "x?\\F\\?\\S\\?\\T\\\\R\\\\E\\"
+
+
+def test_escape_bounded_never_cuts_inside_an_escape_sequence():
+    assert escape_bounded("ab|", 5) == ("ab\\F\\", False)
+    assert escape_bounded("ab|", 4) == ("ab", True)
+    assert escape_bounded("a |b", 4) == ("a", True)  # trailing blank of a cut dropped
+    assert escape_bounded("|" * 67, 199) == ("\\F\\" * 66, True)
+
+
+@pytest.mark.parametrize("field", ["patient_id", "issuer_of_patient_id", "patient_name", "accession_number",
+                                   "placer_order_number", "filler_order_number", "requested_procedure_id",
+                                   "study_instance_uid", "error"])
+def test_control_characters_in_any_ecg_value_never_reach_the_message(field):
+    value = "V" + CONTROLS + "MSH|^~\\&|X\rPID|1||666666"
+    rejected = field == "error"
+    er7 = build_oru(ecg(**{field: value}), None if rejected else prediction(quality_flags=[value]), Hl7Config(), "C")
+    assert not any(ch in er7.replace("\r", "") for ch in CONTROLS)
+    msg = hl7.parse(er7)
+    assert len(msg.segments("MSH")) == 1 and len(msg.segments("PID")) == 1
+    assert segment_types(er7)[:5] == ["MSH", "PID", "ORC", "OBR", "OBX"]
+    assert frame_problem(er7.encode("utf-8")) is None
+
+
+def test_the_attack_label_through_normalise_is_one_message_with_the_reason_quoted():
+    """The attack of issue 13 §1 as far as the builder: the worker's reason quotes the label repr-style."""
+    import ecg_variants as v
+    from gateway.normalise import NormaliseError, normalise_dataset
+
+    for label in (ATTACK_LABEL, ATTACK_LABEL.replace("\x1c", "").replace("\x0b", "")):  # and CR only
+        ds = v.load_sample()
+        channel = v.rhythm(ds).ChannelDefinitionSequence[0]
+        del channel.ChannelSourceSequence
+        del channel.ChannelSensitivityUnitsSequence
+        channel.ChannelLabel = label
+        with pytest.raises(NormaliseError) as exc:
+            normalise_dataset(ds)
+        reason = str(exc.value)
+        assert reason.isprintable() and reason.startswith("channel 1 ('A")
+        er7 = build_oru(ecg(error=reason), None, Hl7Config(), "C")
+        assert segment_types(er7) == ["MSH", "PID", "ORC", "OBR", "OBX", "OBX"]
+        msg = hl7.parse(er7)
+        assert msg["MSH.F10"] == "C" and msg["PID.F3.R1.C1"] == "12^3"
+        [impression] = [r for r in msg.segments("OBX") if str(r[3][0][0]) == "8601-7"]
+        sent, full = msg.unescape(str(impression[5])), "ECG could not be analysed: " + reason
+        assert sent == full or (sent.endswith(MORE) and full.startswith(sent[:-len(MORE)]))
+        assert "\\x1c\\r\\x0bMSH" in sent or "\\rMSH" in sent  # the label, readable, repr-style
+
+
+def test_frame_problem_refuses_what_would_break_the_frame_or_the_segments():
+    good = build_oru(ecg(), prediction(), Hl7Config(), "C").encode()
+    assert frame_problem(good) is None and frame_problem(good + b"\r") is None
+    assert "0x0B" in frame_problem(good.replace(b"|F|", b"|\x0b|", 1))
+    assert "0x1C" in frame_problem(good + b"\x1c\rMSH|^~\\&|X")
+    assert "0x0B" in frame_problem(good + b"\x1c\r\x0bMSH|^~\\&|X")
+    assert "does not end a segment" in frame_problem(good.replace(b"ORC|RE", b"ORC|R\rE!", 1))
+    assert "second MSH" in frame_problem(good + b"\rMSH|^~\\&|LAB")
+    assert "control byte 0x0A" in frame_problem(good.replace(b"\r", b"\n", 1))
+    assert "MSH" in frame_problem(b"PID|1")
+
+
+# --- issue 13 §3: lengths are handled, never a failed message because a DICOM value was long -----------------
+
+def test_short_reason_keeps_whole_problems_then_points_to_the_admin_view():
+    flat = "12 of 12 leads unusable: " + "; ".join(f"{lead}: flat (peak-to-peak 0.000 mV)" for lead in
+                                                  ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2"))
+    out = short_reason(flat)
+    assert len(out) <= REASON_LIMIT and out.endswith(MORE)
+    assert out.startswith("12 of 12 leads unusable: I: flat (peak-to-peak 0.000 mV);")
+    assert short_reason("recording shorter than 8 s") == "recording shorter than 8 s"
+    one_long = short_reason("x|" * 200)  # no "; " to cut at: the first problem is cut, escapes kept whole
+    assert len(one_long) <= REASON_LIMIT and one_long.endswith("x" + MORE) and one_long.count("\\F\\") > 10
+
+
+@pytest.mark.parametrize("reason", ["e" * 200, "|" * 400, "12 of 12 leads unusable: " + "; ".join(["I: flat"] * 80)])
+def test_any_long_reason_is_sent_short(reason, caplog):
+    er7 = build_oru(ecg(error=reason), None, Hl7Config(), "C")
+    obx5 = hl7.parse(er7).segments("OBX")[0][5]
+    assert len(str(obx5)) <= len("ECG could not be analysed: ") + REASON_LIMIT
+    assert "sent shortened" in caplog.text and "ecg 7" in caplog.text
+
+
+def test_long_issuer_is_mapped_else_cut_with_a_warning_naming_no_phi(caplog):
+    long = "UNIVERSITY-HOSPITAL-X"
+    mapped = hl7.parse(build_oru(ecg(issuer_of_patient_id=long), prediction(),
+                                 Hl7Config(assigning_authorities={long: "UHX"}), "C"))
+    assert mapped["PID.F3.R1.C4"] == "UHX" and caplog.text == ""
+    cut = hl7.parse(build_oru(ecg(issuer_of_patient_id=long, patient_name="Secretname^Jo"), prediction(),
+                              Hl7Config(), "C"))
+    assert cut["PID.F3.R1.C4"] == "UNIVERSITY-HOSPITAL-" and cut["PID.F3.R1.C1"] == "12^3"
+    [record] = caplog.records
+    assert record.levelname == "WARNING" and "'UNIVERSITY-HOSPITAL-X'" in record.getMessage()
+    assert "assigning_authorities" in record.getMessage()
+    assert "12^3" not in caplog.text and "Secretname" not in caplog.text
+    # an issuer with delimiters is cut on its escaped form, never inside an escape sequence
+    er7 = build_oru(ecg(issuer_of_patient_id="AB&CD" * 5), prediction(), Hl7Config(), "C")
+    assert hl7.parse(er7)["PID.F3.R1.C4"] == "AB&CD" * 2 + "AB&C"  # "AB\\T\\CD" x2 + "AB\\T\\C": 20
+
+
+def test_long_name_component_is_cut_with_a_warning(caplog):
+    msg = hl7.parse(build_oru(ecg(patient_name="Q" * 250 + "^Jo"), prediction(), Hl7Config(), "C"))
+    assert msg["PID.F5.R1.C1"] == "Q" * 199 and msg["PID.F5.R1.C2"] == "Jo"
+    assert "PID-5: a name component longer than 199" in caplog.text and "QQQ" not in caplog.text
+
+
+@pytest.mark.parametrize("field, path", [("patient_id", "PID.F3.R1.C1"), ("accession_number", "OBR.F18"),
+                                         ("placer_order_number", "ORC.F2"), ("filler_order_number", "ORC.F3"),
+                                         ("requested_procedure_id", "OBR.F19")])
+def test_identifiers_the_receiver_accepts_always_fit(field, path):
+    # the receiver keeps at most 64 characters of a header value; escaping at most triples them
+    worst = "|^&~\\" * 12 + "|^&~"
+    assert len(worst) == 64
+    msg = hl7.parse(build_oru(ecg(**{field: worst}), prediction(), Hl7Config(), "C"))
+    assert msg[path] == worst  # (python-hl7 unescapes)
+
+
+def test_long_quality_flag_is_cut_and_marked():
+    er7 = build_oru(ecg(), prediction(quality_flags=["q" * 300]), Hl7Config(), "C")
+    [flag] = [r for r in hl7.parse(er7).segments("OBX") if str(r[3][0][0]) == "QUALITY"]
+    assert str(flag[5]) == "q" * (199 - len(MORE)) + MORE
+
+
+def test_free_text_outside_the_charset_is_replaced_identity_is_an_error():
+    er7 = build_oru(ecg(error="Signal 山田 à revoir"), None, Hl7Config(charset="ASCII"), "C")
+    assert "Signal ?? a revoir" in er7
+    with pytest.raises(OruBuildError, match="PID-3: characters not representable"):
+        build_oru(ecg(patient_id="山田"), prediction(), Hl7Config(charset="ASCII"), "C")
+
+
+# --- issue 14 §10: filler order number, PID-3.5, result status ------------------------------------------------
+
+def test_filler_order_number_is_the_carts_else_the_gateways_id_in_its_namespace():
+    assert hl7.parse(build_oru(ecg(), prediction(), Hl7Config(), "C"))["ORC.F3"] == "FI&1"
+    own = hl7.parse(build_oru(ecg(filler_order_number=None, id=123), prediction(), Hl7Config(), "C"))
+    assert (own["ORC.F3.R1.C1"], own["ORC.F3.R1.C2"], own["OBR.F3.R1.C1"], own["OBR.F3.R1.C2"]) == (
+        "123", "ECGGW", "123", "ECGGW")
+    ns = hl7.parse(build_oru(ecg(filler_order_number="  ", id=5), prediction(), Hl7Config(filler_namespace="CARDIO"),
+                             "C", options=OruOptions(filler_id="4")))
+    assert (ns["OBR.F3.R1.C1"], ns["OBR.F3.R1.C2"]) == ("4", "CARDIO")
+    with pytest.raises(OruBuildError, match="ORC-3"):
+        build_oru(ecg(filler_order_number=None, id=None), prediction(), Hl7Config(), "C")
+
+
+@pytest.mark.parametrize("type_code, issuer, cx", [("MR", "HOSP", "12\\S\\3^^^HOSP^MR"), ("PI", None, "12\\S\\3^^^^PI"),
+                                                   ("", "HOSP", "12\\S\\3^^^HOSP"), ("", None, "12\\S\\3")])
+def test_pid_3_5_identifier_type_code(type_code, issuer, cx):
+    er7 = build_oru(ecg(issuer_of_patient_id=issuer), prediction(), Hl7Config(identifier_type_code=type_code), "C")
+    assert er7.split("\r")[1].split("|")[3] == cx
+
+
+def test_a_correction_is_obr_25_and_obx_11_c():
+    msg = hl7.parse(build_oru(ecg(), prediction(), Hl7Config(), "C", options=OruOptions(result_status="C")))
+    assert msg["OBR.F25"] == "C" and {str(r[11]) for r in msg.segments("OBX")} == {"C"}

@@ -19,14 +19,14 @@ from hypothesis import strategies as st
 
 from gateway.config import Hl7Config
 from gateway.deliver import oru
-from gateway.deliver.oru import OruBuildError, build_oru, build_oru_reference
+from gateway.deliver.oru import OruBuildError, OruOptions, build_oru, build_oru_reference
 
 GOLDEN = Path(__file__).parent / "fixtures" / "oru_golden"
 NOW = datetime(2024, 5, 6, 7, 8, 9, tzinfo=timezone.utc)
 from test_deliver_oru import PROBS, ecg, prediction  # noqa: E402 - the shared ORU inputs
 
 
-#: name -> (ecg, prediction or None, config, control id)
+#: name -> (ecg, prediction or None, config, control id[, options])
 CASES = {
     "processed_findings_special_chars": (ecg(), prediction(), Hl7Config(), "CTRL1"),
     "processed_no_findings_quality_flags": (
@@ -69,6 +69,21 @@ CASES = {
     "rejected_latin1_rounding": (
         ecg(error="Überlauf: lead I clipped", patient_id="A\\B", study_instance_uid="2.25.99"), None,
         Hl7Config(charset="8859/1", include_pv1=True), "C11"),
+    # issue 13 §1: control characters from the data set (here raw in every text; the worker's reasons
+    # quote labels repr-style first) are replaced by "?", never sent
+    "control_characters_replaced": (
+        ecg(patient_id="P\r1", patient_name="Doe\x0b^Jo\x1che", accession_number="A\x85\u2028",
+            error="channel 1 (A\x1c\r\x0bMSH|^~\\&|LAB\rPID|1||666666): no unit\x7f"), None,
+        Hl7Config(receiving_facility="HOSP\rZ"), "C13"),
+    # issue 13 §3: a long reason is sent short (full reason in the database), a long issuer is mapped or cut
+    "long_reason_and_issuer": (
+        ecg(error="12 of 12 leads unusable: " + "; ".join(f"{lead}: flat (peak-to-peak 0.000 mV)" for lead in (
+            "I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")),
+            issuer_of_patient_id="UNIVERSITY-HOSPITAL-X", filler_order_number=None), None, Hl7Config(), "C14"),
+    "issuer_mapped_correction_no_type_code": (
+        ecg(issuer_of_patient_id="UNIVERSITY-HOSPITAL-X", filler_order_number=None, id=123), prediction(),
+        Hl7Config(assigning_authorities={"UNIVERSITY-HOSPITAL-X": "UHX"}, identifier_type_code="",
+                  filler_namespace="GW1"), "C15", OruOptions(result_status="C", filler_id="99")),
     "probabilities_rounding_half": (
         ecg(acquisition_datetime="20240102030405.5-0500"),
         prediction(probabilities={"1dAVb": 0.00005, "RBBB": 0.99995, "LBBB": 0.12345, "SB": 1, "AF": 0,
@@ -78,8 +93,8 @@ CASES = {
 
 
 def build(name: str, fn=build_oru) -> str:
-    ecg_, prediction_, cfg, control_id = CASES[name]
-    return fn(ecg_, prediction_, cfg, control_id, now=NOW)
+    ecg_, prediction_, cfg, control_id, *options = CASES[name]
+    return fn(ecg_, prediction_, cfg, control_id, now=NOW, options=options[0] if options else OruOptions())
 
 
 @pytest.mark.skipif(not os.environ.get("ORU_GOLDEN_REGENERATE"), reason="set ORU_GOLDEN_REGENERATE=1 to rewrite")
@@ -132,8 +147,8 @@ def outcome(fn, *args):
 
 
 def shape_of(name):
-    ecg_, prediction_, cfg, control_id = CASES[name]
-    return oru._render_er7(oru._oru_segments(ecg_, prediction_, cfg, control_id, NOW))[1]
+    ecg_, prediction_, cfg, control_id, *options = CASES[name]
+    return oru._render_er7(oru._oru_segments(ecg_, prediction_, cfg, control_id, NOW, *options))[1]
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -151,25 +166,20 @@ ERROR_CASES = {
                                 "ORU^R01 validation: ValidationError: Missing required child PID.PID_5"),
     "sub-component in HD": (ecg(), prediction(), Hl7Config(receiving_application="EHR&X"), "C",
                             "MSH-5: MaxChildLimitReached"),
-    "issuer over 20": (ecg(issuer_of_patient_id="I" * 21), prediction(), Hl7Config(), "C",
-                       "PID-3: value longer than HL7 v2.5.1 allows"),
     "patient id over 199": (ecg(patient_id="P" * 200), prediction(), Hl7Config(), "C",
                             "PID-3: value longer than HL7 v2.5.1 allows"),
-    "escaping makes it too long": (ecg(patient_name="|" * 67), prediction(), Hl7Config(), "C",
-                                   "PID-5: value longer than HL7 v2.5.1 allows"),
+    # identifiers are never cut: one longer than HL7 allows (impossible from the door: <= 64 characters) fails
+    "accession over 199 once escaped": (ecg(accession_number="|" * 67), prediction(), Hl7Config(), "C",
+                                        "OBR-18: value longer than HL7 v2.5.1 allows"),
     "impossible birth date": (ecg(patient_birth_date="19701399"), prediction(), Hl7Config(), "C",
                               "PID-7: ValueError"),
     "impossible acquisition time": (ecg(acquisition_datetime="20241399"), prediction(), Hl7Config(), "C",
                                     "OBR-7: ValueError"),
-    "long quality flag": (ecg(), prediction(quality_flags=["q" * 200]), Hl7Config(), "C",
-                          "OBX-5: value longer than HL7 v2.5.1 allows"),
     "long configured order code": (ecg(), prediction(), Hl7Config(order_code="X" * 200 + "^t^LN"), "C",
                                    "OBR-4: value longer than HL7 v2.5.1 allows"),
     "long PV1 class": (ecg(), prediction(), Hl7Config(include_pv1=True, pv1_patient_class="C" * 21), "C",
                        "PV1-2: value longer than HL7 v2.5.1 allows"),
     "long control id": (ecg(), prediction(), Hl7Config(), "C" * 200, "MSH-10: value longer than HL7 v2.5.1 allows"),
-    "long rejection reason": (ecg(error="e" * 200), None, Hl7Config(), "C",
-                              "OBX-5: value longer than HL7 v2.5.1 allows"),
     "two problems: the first in message order": (
         ecg(placer_order_number="p" * 200, study_instance_uid="1" * 200), prediction(), Hl7Config(), "C",
         "ORC-2: value longer than HL7 v2.5.1 allows"),

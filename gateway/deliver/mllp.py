@@ -1,14 +1,20 @@
-"""MLLP client: one persistent TCP (or TLS) connection, one message at a time.
+"""MLLP client: one TCP (or TLS) connection, one message at a time.
 
-Frame: 0x0B + message + 0x1C 0x0D.  The ACK is read until 0x1C 0x0D under a
+Frame: 0x0B + message (every segment ending with CR) + 0x1C 0x0D.  The ACK is read until 0x1C 0x0D under a
 deadline (a peer may split it over many TCP segments, or never answer), and is
 accepted only when its MSA-2 equals the MSH-10 that was sent: after any
 timeout or protocol error the connection is closed, so a late ACK can never
-confirm the next message.
+confirm the next message.  The connection is kept open across messages, or
+closed after each ACK (``keep_open=False``: one connection per message).
+
+Before a message is framed, :func:`frame_problem` checks that it cannot
+break the frame or the segment structure (the last line of defence behind
+the ORU builder's escaping): such a message is never sent.
 """
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 import time
@@ -17,12 +23,19 @@ from typing import Literal
 
 START_BLOCK = b"\x0b"
 END_BLOCK = b"\x1c\x0d"
+SEGMENT_END = b"\x0d"
 #: An ACK larger than this is a protocol error (a misbehaving peer, not an ACK).
 MAX_ACK_BYTES = 1 << 20
 
 #: accepted: MSA-1 AA/CA; error: AE/CE; reject: AR/CR; transport: no usable ACK
-#: (connect failure, timeout, closed connection, bad frame, wrong MSA-2).
-Outcome = Literal["accepted", "error", "reject", "transport"]
+#: (connect failure, timeout, closed connection, bad frame, wrong MSA-2);
+#: unsendable: the message failed :func:`frame_problem` and was not sent.
+Outcome = Literal["accepted", "error", "reject", "transport", "unsendable"]
+
+#: A segment starts with its 3-character id and the field separator.
+_SEGMENT_ID = re.compile(rb"[A-Z][A-Z0-9]{2}")
+#: Control bytes other than CR: none belongs in an ER7 message.
+_CONTROL_BYTES = re.compile(rb"[\x00-\x0c\x0e-\x1f\x7f]")
 
 
 class MllpError(Exception):
@@ -49,7 +62,40 @@ class SendResult:
 
 
 def frame(message: bytes) -> bytes:
-    return START_BLOCK + message + END_BLOCK
+    """0x0B + ``message`` + 0x1C 0x0D.  HL7 ends every segment with CR, the
+    last one too: the stored ER7 joins segments with CR, so the last CR is
+    added here."""
+    return START_BLOCK + message + (b"" if message.endswith(SEGMENT_END) else SEGMENT_END) + END_BLOCK
+
+
+def frame_problem(message: bytes) -> str | None:
+    """Why ``message`` (encoded ER7) must not be sent, or None.
+
+    Refused: a start (0x0B) or end (0x1C) block byte or any other control
+    byte but CR; a message that does not start with ``MSH`` or holds a second
+    MSH; a CR that does not end a segment (one not followed by a segment id
+    and the field separator).  The reason names the byte offset, never the
+    content."""
+    for byte, name in ((START_BLOCK, "0x0B (MLLP start block)"), (b"\x1c", "0x1C (MLLP end block)")):
+        if byte in message:
+            return f"contains {name} at byte {message.index(byte)}"
+    if not message.startswith(b"MSH") or len(message) < 8:
+        return "does not start with an MSH segment"
+    bad = _CONTROL_BYTES.search(message)
+    if bad:
+        return f"contains control byte 0x{bad.group()[0]:02X} at byte {bad.start()}"
+    separator = message[3:4]
+    offset = 0
+    for n, segment in enumerate(message.split(b"\r")):
+        if n and segment:
+            if not (_SEGMENT_ID.match(segment) and segment[3:4] in (separator, b"")):
+                return f"a CR at byte {offset - 1} does not end a segment"
+            if segment.startswith(b"MSH"):
+                return f"a second MSH segment at byte {offset}"
+        elif n and not segment and offset < len(message):
+            return f"an empty segment at byte {offset}"
+        offset += len(segment) + 1
+    return None
 
 
 def parse_ack(raw: str) -> Ack:
@@ -89,6 +135,8 @@ class MllpClient:
     connect_timeout: float
     ack_timeout: float
     ssl_context: ssl.SSLContext | None = None
+    #: False: close the connection after every ACK (one connection per message).
+    keep_open: bool = True
     _sock: socket.socket | None = field(default=None, repr=False)
     _buffer: bytes = field(default=b"", repr=False)
 
@@ -152,7 +200,18 @@ class MllpClient:
     def send(self, message: bytes, control_id: str, codec: str = "utf-8") -> SendResult:
         """Send one framed message and classify the ACK; never raises for
         network or protocol problems (they become ``transport`` results and
-        close the connection)."""
+        close the connection).  A message that fails :func:`frame_problem`
+        is not sent (``unsendable``)."""
+        problem = frame_problem(message)
+        if problem:
+            return SendResult("unsendable", f"not sent: the message {problem}")
+        try:
+            return self._send(message, control_id, codec)
+        finally:
+            if not self.keep_open:
+                self.close()
+
+    def _send(self, message: bytes, control_id: str, codec: str) -> SendResult:
         reused = self._sock is not None
         if not reused:
             try:

@@ -1,4 +1,4 @@
-"""Build one ORU^R01 (HL7 v2.5.1) result message for one ECG.
+r"""Build one ORU^R01 (HL7 v2.5.1) result message for one ECG.
 
 Pure: ORM rows + configuration in, ER7 text out.  The ER7 is written as
 text and validated with hl7apy at STRICT (see :func:`build_oru`: the
@@ -7,23 +7,60 @@ and the same errors as assigning every field to an hl7apy message
 (:func:`build_oru_reference`) at ~1/70 of the cost.  Any problem raises
 :class:`OruBuildError` with a message that names the HL7 field but never the
 (PHI) value.
+
+What a value from the ECG becomes (the rule; README "HL7 results")
+--------------------------------------------------------------------
+Every field value of every segment leaves through :func:`_oru_segments`, and
+every text taken from the ECG row (names, ids, issuer, order numbers,
+accession, rejection reason, quality flags, UIDs) through :func:`escape`:
+
+1. Control characters - C0 (U+0000-U+001F: CR, LF, VT 0x0B, FS 0x1C, ...),
+   DEL, C1 (U+0080-U+009F), U+2028/U+2029 and lone surrogates - are replaced
+   by ``?`` (the receiver already does the same to header values).  None can
+   reach the wire, so a value can never end a segment or an MLLP frame.  A
+   data-set value quoted inside a reason was already written repr-style
+   upstream (``'A\x1c\rMSH'``, :mod:`gateway.quoting`), so what it held stays
+   readable.  hl7apy rewrites the ``\Xhh\`` hex escape (as ``\E\Xhh\E\``), so
+   a hex escape could not be validated: replacement it is.
+2. The HL7 delimiters are escaped: ``\`` -> ``\E\``, ``|`` -> ``\F\``,
+   ``^`` -> ``\S\``, ``&`` -> ``\T\``, ``~`` -> ``\R\``.
+3. Characters outside MSH-18: accents are folded (Müller -> Muller);
+   anything else is an error in identifying fields and ``?`` in free text.
+4. Length, counted on the escaped text as hl7apy does (ST 199, IS 20):
+   identifiers (PID-3.1, order numbers, accession, requested procedure id,
+   Study UID) are never cut (a cut id can name another patient or order);
+   the receiver stores at most 64 characters, which fit even fully escaped
+   (3 x 64 = 192).  The assigning authority (PID-3.4, IS 20) is mapped by
+   ``[hl7] assigning_authorities``, else cut to 20 characters with a WARNING.
+   A name component longer than 199 characters is cut (WARNING).  Free text
+   is cut to fit, marked; a rejection reason is sent as a short reason of at
+   most :data:`REASON_LIMIT` characters (its leading problems, then
+   "... (full report in the admin view)"); the full reason stays in the
+   database (``results show``, API, web view).
+
+The message passes one more check before it is framed (``mllp.frame_problem``).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import re
 import unicodedata
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from gateway import FINDINGS
+from gateway.quoting import quote
 
 if TYPE_CHECKING:  # ORM and config types only; nothing heavy at import time
     from gateway.config import Hl7Config
     from gateway.store.models import EcgInstance, Prediction
+
+log = logging.getLogger("gateway.deliver")
 
 #: Display names and SNOMED CT codes of the six findings (ecg-model.md).
 FINDING_NAMES: dict[str, str] = {
@@ -53,32 +90,106 @@ IMPRESSION = "8601-7^EKG impression^LN"
 STUDY_UID = "113014^DICOM Study^DCM"
 REJECTED_PREFIX = "ECG could not be analysed: "
 
+#: hl7apy's (v2.5.1) maximum lengths, counted on the escaped text.
+ST_MAX = 199
+IS_MAX = 20
+#: The longest rejection reason sent (escaped characters after
+#: :data:`REJECTED_PREFIX`): well below ST_MAX, short enough for a result list.
+REASON_LIMIT = 150
+#: Ends a reason or text that was shortened to fit.
+MORE = "... (full report in the admin view)"
+
+#: Replaced by :data:`REPLACEMENT` in every field value (rule 1 above).
+CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+REPLACEMENT = "?"
+
 _DICOM_DT = re.compile(r"^(\d{4}(?:\d{2}){0,5})(?:\.(\d{1,6}))?([+-]\d{4})?$")
 _DICOM_DA = re.compile(r"^\d{8}$")
+_DELIMITERS = (("\\", "\\E\\"), ("|", "\\F\\"), ("^", "\\S\\"), ("&", "\\T\\"), ("~", "\\R\\"))
 
 
 class OruBuildError(ValueError):
     """The ECG cannot be expressed as a valid ORU^R01; names the field, never the value."""
 
 
+@dataclass(frozen=True)
+class OruOptions:
+    """Choices for one message beyond the ECG, its prediction and the
+    configuration (keyword fields; add new ones with a default)."""
+
+    #: OBR-25 and OBX-11: "F" final, "C" a correction of a result already sent
+    #: for this order (e.g. a same-patient new version of the SOP instance).
+    result_status: Literal["F", "C"] = "F"
+    #: EI-1 of the gateway's filler order number (ORC-3/OBR-3) when the ECG
+    #: carries no Filler Order Number; None = the ECG's row id.  A correction
+    #: should repeat the number of the message it corrects.
+    filler_id: str | None = None
+
+
+def replace_controls(text: str) -> str:
+    """``text`` with every control character replaced by ``?`` (rule 1)."""
+    return CONTROL_CHARACTERS.sub(REPLACEMENT, text) if CONTROL_CHARACTERS.search(text) else text
+
+
 def escape(text: str) -> str:
-    """Escape HL7 delimiters in free text (``\\`` first, then ``| ^ & ~``).
+    """Free text as an ER7 leaf: control characters replaced by ``?``, then
+    the delimiters escaped (``\\`` first, then ``| ^ & ~``).
 
     hl7apy's own escaping leaves a backslash alone when it already looks like an
     escape sequence (``\\H\\``), which would change text coming from DICOM.
     """
-    return (
-        text.replace("\\", "\\E\\")
-        .replace("|", "\\F\\")
-        .replace("^", "\\S\\")
-        .replace("&", "\\T\\")
-        .replace("~", "\\R\\")
-    )
+    text = replace_controls(text)
+    for char, sequence in _DELIMITERS:
+        if char in text:
+            text = text.replace(char, sequence)
+    return text
 
 
-def to_charset(text: str, charset: str, field: str) -> str:
+def escape_bounded(text: str, limit: int) -> tuple[str, bool]:
+    """(:func:`escape` of the longest prefix of ``text`` whose escaped form has
+    at most ``limit`` characters, whether anything was cut).  Never cuts
+    inside an escape sequence; trailing blanks of a cut are dropped."""
+    out = escape(text)
+    if len(out) <= limit:
+        return out, False
+    pieces, used = [], 0
+    for ch in text:
+        piece = escape(ch)
+        if used + len(piece) > limit:
+            break
+        pieces.append(piece)
+        used += len(piece)
+    return "".join(pieces).rstrip(), True
+
+
+def short_reason(reason: str, limit: int = REASON_LIMIT) -> str:
+    """An escaped rejection reason of at most ``limit`` characters.
+
+    A reason that fits is sent whole.  A longer one keeps its leading
+    ``"; "``-separated problems that fit (at least the start of the first),
+    then :data:`MORE`: "12 of 12 leads unusable: I: flat (...); II: flat
+    (...)... (full report in the admin view)"."""
+    reason = reason.strip()
+    full = escape(reason)
+    if len(full) <= limit:
+        return full
+    budget = limit - len(MORE)
+    parts = reason.split("; ")
+    kept = ""
+    for k in range(1, len(parts) + 1):
+        candidate = escape("; ".join(parts[:k]))
+        if len(candidate) > budget:
+            break
+        kept = candidate
+    if not kept:
+        kept, _ = escape_bounded(parts[0], budget)
+    return kept + MORE
+
+
+def to_charset(text: str, charset: str, field: str, *, replace: bool = False) -> str:
     """Text representable in MSH-18 ``charset``: accents are folded (Müller ->
-    Muller) for 8859/1 and ASCII when needed; anything else is an error."""
+    Muller) for 8859/1 and ASCII when needed; anything else is an error, or
+    ``?`` when ``replace`` (free text)."""
     codec = CHARSET_CODECS[charset]
     try:
         text.encode(codec)
@@ -91,7 +202,9 @@ def to_charset(text: str, charset: str, field: str) -> str:
             # NFKD splits a letter from its accents; keep the letter, drop the marks.
             ch = "".join(c for c in unicodedata.normalize("NFKD", ch) if not unicodedata.combining(c))
             if not ch or not _encodable(ch, codec):
-                raise OruBuildError(f"{field}: characters not representable in MSH-18 charset {charset!r}")
+                if not replace:
+                    raise OruBuildError(f"{field}: characters not representable in MSH-18 charset {charset!r}")
+                ch = REPLACEMENT
         out.append(ch)
     return "".join(out)
 
@@ -119,19 +232,41 @@ def dicom_dt_to_hl7(value: str | None) -> str:
     return out + (tz or "")
 
 
-def dicom_pn_to_xpn(pn: str | None, charset: str) -> str:
+def dicom_pn_to_xpn(pn: str | None, charset: str, notes: list[str] | None = None) -> str:
     """DICOM PN ``family^given^middle^prefix^suffix`` as an escaped HL7 XPN
     ``family^given^middle^suffix^prefix`` (the last two swap places).
 
     Uses the first non-empty component group (alphabetic, else ideographic,
-    else phonetic)."""
+    else phonetic).  A component longer than HL7 allows (199 escaped
+    characters) is cut; ``notes`` (when given) then says so, without the name."""
     if not pn:
         return ""
     group = next((g for g in pn.split("=") if g.strip("^ ")), "")
     parts = (group.split("^") + [""] * 5)[:5]
-    family, given, middle, prefix, suffix = (to_charset(p.strip(), charset, "PID-5") for p in parts)
-    xpn = [escape(family), escape(given), escape(middle), escape(suffix), escape(prefix)]
-    return "^".join(xpn).rstrip("^")
+    family, given, middle, prefix, suffix = (
+        escape_bounded(to_charset(replace_controls(p.strip()), charset, "PID-5"), ST_MAX) for p in parts)
+    xpn = [family, given, middle, suffix, prefix]
+    if notes is not None and any(cut for _, cut in xpn):
+        notes.append(f"PID-5: a name component longer than {ST_MAX} characters (escaped) was cut to fit")
+    return "^".join(text for text, _ in xpn).rstrip("^")
+
+
+def assigning_authority(issuer: str | None, cfg: Hl7Config, notes: list[str] | None = None) -> str:
+    """PID-3.4 (HD-1, IS: at most 20 characters) for a DICOM IssuerOfPatientID,
+    escaped: ``[hl7] assigning_authorities[issuer]`` when listed, else the
+    issuer itself, cut to 20 characters when longer (``notes`` says so, with
+    the issuer quoted: an issuer is not PHI)."""
+    issuer = (issuer or "").strip()
+    if not issuer:
+        return ""
+    mapped = cfg.assigning_authorities.get(issuer)
+    if mapped is not None:
+        return escape(mapped)
+    text, cut = escape_bounded(to_charset(replace_controls(issuer), cfg.charset, "PID-3"), IS_MAX)
+    if cut and notes is not None:
+        notes.append(f"PID-3.4: IssuerOfPatientID {quote(issuer)} is longer than {IS_MAX} characters; sent cut to"
+                     f" {quote(text)}; map it in [hl7] assigning_authorities")
+    return text
 
 
 def order_key(ecg: EcgInstance) -> str:
@@ -164,9 +299,16 @@ Segment = tuple[str, dict[int, str]]
 
 
 def _oru_segments(
-    ecg: EcgInstance, prediction: Prediction | None, cfg: Hl7Config, control_id: str, now: datetime | None
+    ecg: EcgInstance, prediction: Prediction | None, cfg: Hl7Config, control_id: str, now: datetime | None,
+    options: OruOptions = OruOptions(), notes: list[str] | None = None,
 ) -> list[Segment]:
     """What the ORU^R01 says, segment by segment, as escaped ER7 field values.
+
+    The one place every field value passes: values from the ECG go through
+    :func:`escape` (and the length rules of the module docstring), and every
+    field of every segment, configured ones included, through
+    :func:`replace_controls` at the end.  ``notes`` (when given) collects
+    what was shortened, without PHI.
 
     Raises :class:`OruBuildError` for problems found before HL7 rules apply
     (no patient id, characters outside MSH-18, bad probabilities)."""
@@ -176,10 +318,22 @@ def _oru_segments(
     if prediction is None and not ecg.error:
         raise OruBuildError("OBX-5: no prediction and no rejection reason")
 
-    def text(value: str | None, field: str) -> Input:
-        return Input(escape(to_charset(value.strip(), charset, field)) if value else "")
+    def ident(value: str | None, field: str) -> Input:
+        # identifiers are never cut: hl7apy names the field when one is too long
+        return Input(escape(to_charset(replace_controls(value.strip()), charset, field)) if value else "")
+
+    def free_text(value: str) -> Input:
+        # free text is cut to fit, and the cut is marked
+        text = to_charset(replace_controls(value.strip()), charset, "OBX-5", replace=True)
+        out, cut = escape_bounded(text, ST_MAX)
+        if cut:
+            out = escape_bounded(text, ST_MAX - len(MORE))[0] + MORE
+            if notes is not None:
+                notes.append(f"OBX-5: a text longer than {ST_MAX} characters (escaped) is sent shortened")
+        return Input(out)
 
     ts = Input(_now_ts(now))
+    status = options.result_status
     demo = bool(prediction is not None and prediction.demo_model)
     segments: list[Segment] = [("MSH", {
         3: cfg.sending_application, 4: cfg.sending_facility, 5: cfg.receiving_application,
@@ -187,11 +341,11 @@ def _oru_segments(
         12: "2.5.1", 18: charset,
     })]
 
-    cx = text(ecg.patient_id, "PID-3")
-    issuer = text(ecg.issuer_of_patient_id, "PID-3")
-    if issuer:  # CX-4 assigning authority
-        cx = Input(cx + "^^^" + issuer)
-    pid = {1: "1", 3: cx, 5: Input(dicom_pn_to_xpn(ecg.patient_name, charset))}
+    # CX: ID ^ check digit ^ check digit scheme ^ assigning authority ^ identifier type code
+    cx_parts = [ident(ecg.patient_id, "PID-3"), "", "", Input(assigning_authority(ecg.issuer_of_patient_id, cfg, notes)),
+                cfg.identifier_type_code]
+    cx = Input("^".join(cx_parts).rstrip("^"))
+    pid = {1: "1", 3: cx, 5: Input(dicom_pn_to_xpn(ecg.patient_name, charset, notes))}
     if ecg.patient_birth_date and _DICOM_DA.match(ecg.patient_birth_date):
         pid[7] = Input(ecg.patient_birth_date)
     sex = (ecg.patient_sex or "").strip().upper()
@@ -200,31 +354,44 @@ def _oru_segments(
     if cfg.include_pv1:
         segments.append(("PV1", {1: "1", 2: cfg.pv1_patient_class}))
 
-    placer = text(ecg.placer_order_number, "ORC-2")
-    filler = text(ecg.filler_order_number, "ORC-3")
+    placer = ident(ecg.placer_order_number, "ORC-2")
+    # EI: the cart's Filler Order Number, else the gateway's own id in its namespace
+    filler = ident(ecg.filler_order_number, "ORC-3")
+    if not filler:
+        own = options.filler_id if options.filler_id is not None else ecg.id
+        if own is None or not str(own).strip():
+            raise OruBuildError("ORC-3: the ECG has no id for the filler order number (not stored yet)")
+        filler = Input(escape(str(own).strip()) + "^" + escape(cfg.filler_namespace))
     segments.append(("ORC", {1: "RE", 2: placer, 3: filler, 9: ts}))  # RE: observations to follow
     observed_at = Input(dicom_dt_to_hl7(ecg.acquisition_datetime))
     segments.append(("OBR", {
         1: "1", 2: placer, 3: filler, 4: cfg.order_code, 7: observed_at,
-        18: text(ecg.accession_number, "OBR-18"), 19: text(ecg.requested_procedure_id, "OBR-19"), 22: ts,
-        24: "EC", 25: "F",  # diagnostic service section: electrocardiac; final
+        18: ident(ecg.accession_number, "OBR-18"), 19: ident(ecg.requested_procedure_id, "OBR-19"), 22: ts,
+        24: "EC", 25: status,  # diagnostic service section: electrocardiac; F final, C corrected
     }))
 
     def obx(value_type: str, identifier: str, value: str, abnormal: str = "") -> None:
         n = sum(1 for name, _ in segments if name == "OBX") + 1
-        segments.append(("OBX", {1: str(n), 2: value_type, 3: identifier, 5: value, 8: abnormal, 11: "F",
+        segments.append(("OBX", {1: str(n), 2: value_type, 3: identifier, 5: value, 8: abnormal, 11: status,
                                  14: observed_at}))
 
     if prediction is None:
-        obx("ST", IMPRESSION, text(REJECTED_PREFIX + ecg.error, "OBX-5"))
+        text = to_charset(replace_controls(ecg.error or ""), charset, "OBX-5", replace=True)
+        reason = short_reason(text)
+        if notes is not None and reason != escape(text.strip()):
+            notes.append(f"OBX-5: the rejection reason is sent shortened to {len(reason)} characters"
+                         " (the full reason stays in the database)")
+        obx("ST", IMPRESSION, Input(escape(REJECTED_PREFIX) + reason))
     else:
-        _prediction_observations(obx, prediction, cfg)
+        _prediction_observations(obx, free_text, prediction, cfg)
     if ecg.study_instance_uid:
-        obx("ST", STUDY_UID, Input(escape(ecg.study_instance_uid)))
-    return segments
+        obx("ST", STUDY_UID, ident(ecg.study_instance_uid, "OBX-5"))
+    # Configured values and constants too: no control character reaches the wire.
+    return [(name, {i: v if not CONTROL_CHARACTERS.search(v) else type(v)(replace_controls(v))
+                    for i, v in fields.items()}) for name, fields in segments]
 
 
-def _prediction_observations(obx: Any, prediction: Prediction, cfg: Hl7Config) -> None:
+def _prediction_observations(obx: Any, free_text: Any, prediction: Prediction, cfg: Hl7Config) -> None:
     probabilities = prediction.probabilities or {}
     for code in FINDINGS:
         p = probabilities.get(code)
@@ -239,27 +406,44 @@ def _prediction_observations(obx: Any, prediction: Prediction, cfg: Hl7Config) -
     if not findings:
         obx("ST", IMPRESSION, escape("None of " + ", ".join(FINDINGS) + " found above threshold"), abnormal="N")
     for flag in prediction.quality_flags or []:
-        obx("ST", f"QUALITY^Signal quality flag^{cfg.probability_coding_system}", Input(escape(str(flag))))
+        obx("ST", f"QUALITY^Signal quality flag^{cfg.probability_coding_system}", free_text(str(flag)))
     obx("ST", f"MODEL_SHA256^AI model SHA-256^{cfg.probability_coding_system}", Input(escape(prediction.model_sha256)))
     if prediction.demo_model:
         obx("ST", f"MODEL_DEMO^AI model is a demo^{cfg.probability_coding_system}",
             "DEMO MODEL (untrained) - NOT FOR CLINICAL USE")
 
 
+def _segments_logged(
+    ecg: EcgInstance, prediction: Prediction | None, cfg: Hl7Config, control_id: str, now: datetime | None,
+    options: OruOptions,
+) -> list[Segment]:
+    """:func:`_oru_segments`, with one WARNING per value that was shortened
+    (names the ECG and the field, never PHI)."""
+    notes: list[str] = []
+    segments = _oru_segments(ecg, prediction, cfg, control_id, now, options, notes)
+    for note in notes:
+        log.warning("ecg %s (SOP %s): %s", getattr(ecg, "id", None), getattr(ecg, "sop_instance_uid", None), note)
+    return segments
+
+
 def build_oru(
-    ecg: EcgInstance, prediction: Prediction | None, cfg: Hl7Config, control_id: str, *, now: datetime | None = None
+    ecg: EcgInstance, prediction: Prediction | None, cfg: Hl7Config, control_id: str, *, now: datetime | None = None,
+    options: OruOptions = OruOptions(),
 ) -> str:
     """The ORU^R01 for ``ecg`` as ER7 (segments separated by ``\\r``).
 
     ``prediction`` is None for a rejected ECG: the message then carries
-    "ECG could not be analysed: <reason>" instead of findings.
+    "ECG could not be analysed: <reason>" instead of findings (the reason
+    shortened to :data:`REASON_LIMIT` characters when longer).
 
     ``now`` (default: the current time) is the message time (MSH-7, ORC-9,
-    OBR-22), sent in UTC; a naive datetime is taken as UTC.
+    OBR-22), sent in UTC; a naive datetime is taken as UTC.  ``options``:
+    result status (final or correction) and the gateway's filler order id.
 
     Validated with hl7apy at STRICT, in two parts that together equal
     :func:`build_oru_reference` (field-by-field assignment, then
-    ``validate()``), at a fraction of its cost (~1 ms instead of ~60):
+    ``validate()``), at a fraction of its cost (~0.3 ms instead of ~30; the
+    plain build cannot reach 3x the model's throughput, bench/bench_hl7.py):
 
     * the message *shape* - the ER7 with every value from the ECG, the
       prediction, the clock and the control id masked - is parsed by hl7apy
@@ -272,7 +456,8 @@ def build_oru(
 
     Whatever the fast path cannot vouch for (a shape hl7apy rejects or writes
     differently, a value it rewrites) goes the reference way, so errors and
-    output are the reference's.
+    output are the reference's.  Both ways take the same segments, so both
+    pass the one escaping place (:func:`_oru_segments`).
 
     Raises :class:`OruBuildError` (field named, value not) when the ECG cannot
     be expressed in a valid message.
@@ -280,7 +465,7 @@ def build_oru(
     from hl7apy.consts import VALIDATION_LEVEL
     from hl7apy.factories import datatype_factory
 
-    segments = _oru_segments(ecg, prediction, cfg, control_id, now)
+    segments = _segments_logged(ecg, prediction, cfg, control_id, now, options)
     er7, shape, values = _render_er7(segments)
     # (a configured value holding the mask character could misalign the check)
     checks = _shape_checks(shape) if shape.count(_MASK) == len(values) else None
@@ -301,12 +486,13 @@ def build_oru(
 
 
 def build_oru_reference(
-    ecg: EcgInstance, prediction: Prediction | None, cfg: Hl7Config, control_id: str, *, now: datetime | None = None
+    ecg: EcgInstance, prediction: Prediction | None, cfg: Hl7Config, control_id: str, *, now: datetime | None = None,
+    options: OruOptions = OruOptions(),
 ) -> str:
-    """:func:`build_oru` the slow, direct way (~60 ms): hl7apy assigns every
+    """:func:`build_oru` the slow, direct way (~30 ms): hl7apy assigns every
     field at STRICT, then validates the whole message.  The fast path is
     checked against it (tests, bench) and defers to it to name problems."""
-    return _render_hl7apy(_oru_segments(ecg, prediction, cfg, control_id, now))
+    return _render_hl7apy(_oru_segments(ecg, prediction, cfg, control_id, now, options))
 
 
 _VERSION = "2.5.1"

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
-from gateway.deliver.oru import OruBuildError, build_oru, order_key
+from gateway.deliver.oru import OruBuildError, OruOptions, build_oru, order_key
 from gateway.store.models import (
     HL7_FAILED,
     HL7_PENDING,
@@ -37,11 +37,15 @@ def new_control_id() -> str:
     return uuid.uuid4().hex[:20]
 
 
-def enqueue_result(session: Session, ecg: EcgInstance, prediction: Prediction | None, cfg: Hl7Config) -> Hl7Message | None:
+def enqueue_result(
+    session: Session, ecg: EcgInstance, prediction: Prediction | None, cfg: Hl7Config, *,
+    options: OruOptions = OruOptions(),
+) -> Hl7Message | None:
     """Add the ORU^R01 for ``ecg`` to the outbox in the caller's transaction
     (no commit).  None when HL7 is disabled.
 
     ``prediction`` is None for a rejected ECG (``ecg.error`` is the reason).
+    ``options``: e.g. a correction (OBR-25 C), see :class:`OruOptions`.
     When the message cannot be built (e.g. no Patient ID, a value too long
     for HL7), the row is stored as ``failed`` with the reason in
     ``last_error`` instead of raising, so the ECG's own transaction commits.
@@ -51,7 +55,7 @@ def enqueue_result(session: Session, ecg: EcgInstance, prediction: Prediction | 
     control_id = new_control_id()
     status, payload, error = HL7_PENDING, "", None
     try:
-        payload = build_oru(ecg, prediction, cfg, control_id)
+        payload = build_oru(ecg, prediction, cfg, control_id, options=options)
     except OruBuildError as exc:
         status, error = HL7_FAILED, f"cannot build ORU^R01: {exc}"
         log.warning("ecg %s (SOP %s): %s", ecg.id, ecg.sop_instance_uid, error)
@@ -70,7 +74,9 @@ def enqueue_result(session: Session, ecg: EcgInstance, prediction: Prediction | 
     return msg
 
 
-def resend(session: Session, message_id: int, actor: str, cfg: Hl7Config) -> Hl7Message:
+def resend(
+    session: Session, message_id: int, actor: str, cfg: Hl7Config, *, options: OruOptions = OruOptions()
+) -> Hl7Message:
     """Queue a new copy of message ``message_id`` with a new control id.
 
     The message is rebuilt from the stored ECG and prediction with the current
@@ -88,7 +94,7 @@ def resend(session: Session, message_id: int, actor: str, cfg: Hl7Config) -> Hl7
     ecg = old.ecg
     prediction = None if ecg.status == REJECTED else ecg.prediction
     control_id = new_control_id()
-    payload = build_oru(ecg, prediction, cfg, control_id)
+    payload = build_oru(ecg, prediction, cfg, control_id, options=options)
     old_status = old.status
     if old.status in (HL7_PENDING, HL7_FAILED):
         old.status = HL7_SUPERSEDED

@@ -12,7 +12,9 @@ Per order key (one patient) rows go out in id order: a row is eligible only
 when no earlier row of its key is still pending.  AA -> delivered (ACK
 stored); AE -> retried with backoff, failed after ``max_attempts``; AR,
 timeouts, wrong MSA-2 and connection problems -> retried with capped
-exponential backoff, indefinitely.
+exponential backoff, indefinitely.  A message that fails the check before
+framing (``mllp.frame_problem``) is never sent: failed at once, with the
+reason and a WARNING.
 """
 
 from __future__ import annotations
@@ -161,6 +163,11 @@ def _apply(row: Hl7Message, result: SendResult | None, cfg: Hl7Config, now: date
         if row.status == HL7_PENDING:
             row.last_error = result.detail
         return row.status
+    if result.outcome == "unsendable":  # failed the last check before framing: never sent, never retried
+        if row.status == HL7_PENDING:
+            row.status, row.last_error = HL7_FAILED, result.detail
+            log.warning("hl7 message %s (ecg %s) failed: %s", row.id, row.ecg_id, result.detail)
+        return row.status
     if result.ack is not None:
         row.ack = result.ack
     if result.outcome == "accepted":
@@ -230,7 +237,7 @@ def release_stale_claims(session: Session, now: datetime) -> int:
 
 def make_client(cfg: Hl7Config) -> MllpClient:
     ctx = make_ssl_context(cfg.tls_ca, cfg.tls_cert, cfg.tls_key) if cfg.tls else None
-    return MllpClient(cfg.host, cfg.port, cfg.connect_timeout, cfg.ack_timeout, ctx)
+    return MllpClient(cfg.host, cfg.port, cfg.connect_timeout, cfg.ack_timeout, ctx, keep_open=cfg.keep_connection_open)
 
 
 def _utcnow() -> datetime:

@@ -13,6 +13,7 @@ from pydicom.dataset import Dataset
 from gateway.normalise import quality
 from gateway.normalise.decode import decode_raw, is_little_endian, raw_text, read_channels, select_multiplex_group
 from gateway.normalise.errors import NormaliseError
+from gateway.quoting import printable, quote
 from gateway.normalise.leads import (
     DERIVABLE_LEADS, LIMB_LEADS, NEGATIVE_AVR, OUTPUT_LEADS, PRECORDIAL_LEADS, derive_limb_leads,
 )
@@ -132,12 +133,12 @@ def _normalise(ds: Dataset, params: NormaliseParams, report: dict[str, Any]) -> 
     try:
         fs = float(fs_text)
     except ValueError:
-        raise fail(f"SamplingFrequency {fs_text!r} is not a number") from None
+        raise fail(f"SamplingFrequency {quote(fs_text)} is not a number") from None
     if not (math.isfinite(fs) and MIN_RATE_HZ <= fs <= MAX_RATE_HZ):
-        raise fail(f"sampling rate {fs_text} Hz is outside {MIN_RATE_HZ:g}-{MAX_RATE_HZ:g} Hz")
+        raise fail(f"sampling rate {printable(fs_text, 32)} Hz is outside {MIN_RATE_HZ:g}-{MAX_RATE_HZ:g} Hz")
     up, down = resampling_factors(fs_text)
     if max(up, down) > MAX_UP_DOWN:
-        raise fail(f"sampling rate {fs_text} Hz needs resampling by {up}/{down}: unsupported")
+        raise fail(f"sampling rate {printable(fs_text, 32)} Hz needs resampling by {up}/{down}: unsupported")
     raw = decode_raw(group, is_little_endian(ds))
     n_samples = raw.samples.shape[0]
     duration = n_samples / fs

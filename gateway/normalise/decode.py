@@ -15,6 +15,7 @@ from pydicom.multival import MultiValue
 from pydicom.uid import ExplicitVRBigEndian
 
 from gateway.normalise.errors import NormaliseError
+from gateway.quoting import printable, quote
 from gateway.normalise.leads import LeadId, identify_lead
 from gateway.normalise.units import UnknownUnitError, millivolts_per_unit
 
@@ -82,7 +83,7 @@ def count_value(item: Dataset, keyword: str) -> int | None:
     try:
         value = item.get(keyword)
     except Exception as exc:  # noqa: BLE001 - pydicom's decoding errors have no common base
-        raise NormaliseError(f"{keyword} cannot be decoded: {exc}") from None
+        raise NormaliseError(f"{keyword} cannot be decoded: {printable(exc)}") from None
     if value is None or value == "":
         return None
     if isinstance(value, int):
@@ -91,7 +92,7 @@ def count_value(item: Dataset, keyword: str) -> int | None:
         if len(value) == 1 and isinstance(value[0], int):
             return value[0]
         raise NormaliseError(f"{keyword} has {len(value)} values where one number is expected")
-    raise NormaliseError(f"{keyword} {value!r} is not a number")
+    raise NormaliseError(f"{keyword} {quote(value)} is not a number")
 
 
 def select_multiplex_group(ds: Dataset) -> tuple[int, str]:
@@ -147,7 +148,7 @@ def decode_raw(group: Dataset, little_endian: bool = True) -> RawGroup:
     stored = STORED_DTYPES.get((bits, interpretation))
     if stored is None:
         raise NormaliseError(
-            f"unsupported sample encoding: {bits}-bit {interpretation or '(none)'}"
+            f"unsupported sample encoding: {bits}-bit {printable(interpretation, 16) or '(none)'}"
             " (supported: 16-bit SS, 32-bit SL, 8-bit MB/AB)"
         )
     dtype = np.dtype(("<" if little_endian else ">") + stored)
@@ -230,7 +231,8 @@ def read_channels(group: Dataset) -> list[Channel]:
             _text(source, "CodeValue"), _text(source, "CodingSchemeDesignator"),
             _text(source, "CodeMeaning"), label,
         )
-        name = lead.lead or label or lead.code or "?"
+        # a label or code is data-set text: quoted (one printable line, bounded)
+        name = lead.lead or (quote(label) if label else quote(lead.code) if lead.code else "?")
         where = f"channel {index + 1} ({name})"
         units = item.get("ChannelSensitivityUnitsSequence") or []
         unit = _text(units[0], "CodeValue") if units else ""
@@ -249,11 +251,11 @@ def read_channels(group: Dataset) -> list[Channel]:
         if sensitivity is None:
             raise NormaliseError(f"{where}: no ChannelSensitivity")
         if not math.isfinite(sensitivity) or sensitivity <= 0:
-            raise NormaliseError(f"{where}: ChannelSensitivity {raw_text(item, 'ChannelSensitivity')!r} is not a positive number")
+            raise NormaliseError(f"{where}: ChannelSensitivity {quote(raw_text(item, 'ChannelSensitivity'))} is not a positive number")
         if not math.isfinite(correction) or correction <= 0:
             raise NormaliseError(f"{where}: ChannelSensitivityCorrectionFactor {correction!r} is not a positive number")
         if not math.isfinite(baseline):
-            raise NormaliseError(f"{where}: ChannelBaseline {raw_text(item, 'ChannelBaseline')!r} is not a number")
+            raise NormaliseError(f"{where}: ChannelBaseline {quote(raw_text(item, 'ChannelBaseline'))} is not a number")
         out.append(Channel(
             index, lead, label, unit, sensitivity * correction * unit_mv, baseline * unit_mv,
             0.0 if skew is None or not math.isfinite(skew) else skew,

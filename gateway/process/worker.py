@@ -36,6 +36,7 @@ from gateway import FINDINGS, __version__
 from gateway.config import Config
 from gateway.process import metrics
 from gateway.process.claim import claim_batch, release_dead_claims, still_claimed, this_process
+from gateway.quoting import printable
 from gateway.store.models import FAILED, PROCESSED, RECEIVED, REJECTED, EcgInstance, Prediction
 
 log = logging.getLogger("gateway.process")
@@ -84,7 +85,7 @@ def model_input(raw: bytes, params: Any) -> Any:
     try:
         ds = read_waveform_dataset(raw)  # skips the annotations pydicom parses eagerly
     except Exception as exc:  # the SCP checked the header; the body may still be corrupt
-        raise NormaliseError(f"DICOM data set cannot be parsed: {exc}") from exc
+        raise NormaliseError(f"DICOM data set cannot be parsed: {printable(exc)}") from exc
     return normalise_dataset(ds, params)
 
 

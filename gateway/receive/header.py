@@ -40,6 +40,8 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
+from gateway.quoting import printable
+
 #: The ECG waveform storage SOP classes the gateway accepts.
 ECG_STORAGE_SOP_CLASSES: dict[str, str] = {
     "1.2.840.10008.5.1.4.1.1.9.1.1": "12-lead ECG Waveform Storage",
@@ -356,7 +358,7 @@ def read_header(raw: bytes) -> EcgHeader:
     except HeaderError:
         raise
     except Exception as exc:  # pydicom raises many types for garbage
-        raise HeaderError(f"not a DICOM file: {exc}") from None
+        raise HeaderError(f"not a DICOM file: {printable(exc)}") from None
     if not transfer_syntax:
         raise HeaderError("no TransferSyntaxUID in the file meta information")
     body_start = fp.tell()
@@ -365,7 +367,7 @@ def read_header(raw: bytes) -> EcgHeader:
             # decompressobj: some writers omit the final deflate block marker
             buf = zlib.decompressobj(-zlib.MAX_WBITS).decompress(raw[body_start:])
         except zlib.error as exc:
-            raise HeaderError(f"deflated data set cannot be inflated: {exc}") from None
+            raise HeaderError(f"deflated data set cannot be inflated: {printable(exc)}") from None
         start, implicit = 0, False
     elif transfer_syntax in (ImplicitVRLittleEndian, ExplicitVRLittleEndian):
         buf, start, implicit = raw, body_start, transfer_syntax == ImplicitVRLittleEndian
@@ -383,7 +385,7 @@ def read_header(raw: bytes) -> EcgHeader:
     except HeaderError:
         raise
     except Exception as exc:  # noqa: BLE001 - struct, value, unknown-VR, length errors from garbage
-        raise HeaderError(f"cannot parse: {exc}") from None
+        raise HeaderError(f"cannot parse: {printable(exc)}") from None
     ds.file_meta = file_meta
     return EcgHeader(transfer_syntax, ds, groups)
 
@@ -413,7 +415,7 @@ def _read_header_pydicom(raw: bytes, transfer_syntax: str) -> EcgHeader:
         ds = dcmread(io.BytesIO(raw))
         groups = [_group(item) for item in ds.get("WaveformSequence", [])]
     except Exception as exc:  # noqa: BLE001
-        raise HeaderError(f"cannot parse: {exc}") from None
+        raise HeaderError(f"cannot parse: {printable(exc)}") from None
     return EcgHeader(transfer_syntax, ds, groups)
 
 
@@ -460,7 +462,7 @@ def read_waveform_dataset(raw: bytes) -> Dataset:
     try:
         return dcmread(io.BytesIO(raw))
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types for garbage
-        raise HeaderError(str(exc) or type(exc).__name__) from exc
+        raise HeaderError(printable(exc) or type(exc).__name__) from exc
 
 
 def _read_waveform_fast(raw: bytes) -> Dataset:

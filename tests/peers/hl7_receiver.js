@@ -20,7 +20,8 @@
 // through the node socket simple-hl7 hands to the handler.
 //
 // Every received message is appended to LOGFILE as one JSON line:
-// {"n": 1, "mode": "AA", "control_id": "...", "message": "<ER7>"}.
+// {"n": 1, "mode": "AA", "control_id": "...", "message": "<ER7>", "connection": 1}
+// (connection: the number of the TCP connection it came on, from 1).
 // Prints "listening PORT" on stdout once the port accepts connections.
 'use strict';
 
@@ -62,7 +63,8 @@ const server = hl7.Server.createTcpServer(function (err, req, res) {
     if (raw.includes(text)) { mode = m; break; }
   }
   const controlId = req.msg.header.getField(8).toString();
-  fs.appendFileSync(logFile, JSON.stringify({ n: count, mode: mode, control_id: controlId, message: raw }) + '\n');
+  fs.appendFileSync(logFile, JSON.stringify({ n: count, mode: mode, control_id: controlId, message: raw,
+                                              connection: res.socket.connectionNumber }) + '\n');
 
   const msa = res.ack.getSegment('MSA');
   if (mode === 'AE' || mode === 'AR') {
@@ -108,6 +110,11 @@ if (tlsFiles) {
   server.start(port);
   server.server.on('listening', announce);
 }
+let connections = 0;
+server.server.on('connection', function (socket) {
+  connections += 1;
+  socket.connectionNumber = connections;
+});
 server.server.on('error', function (e) {
   console.error('listen failed: ' + e.message);
   process.exit(1);
