@@ -273,6 +273,14 @@ class AdminConfig(_Section):
     request_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
     #: Concurrent connections (or requests) beyond which uvicorn answers 503.
     max_connections: Annotated[int, Field(ge=1, le=100000)] = 100
+    #: A web login lasts this many hours (server-side expiry); logout ends it at once.
+    session_hours: Annotated[float, Field(gt=0, le=720)] = 8.0
+    #: The session cookie's Secure flag: "auto" = when the request came over
+    #: https (directly or through a proxy sending X-Forwarded-Proto: https).
+    cookie_secure: Literal["auto", "always", "never"] = "auto"
+    #: Serve the API schema at /openapi.json (token or web login needed).
+    #: /docs and /redoc are never served: they load third-party script.
+    openapi: bool = False
 
 
 class ValidateConfig(_Section):

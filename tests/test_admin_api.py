@@ -70,8 +70,28 @@ def test_every_api_route_needs_the_token(ro_client, ro_ids, ro_sf, headers):
     assert audit_rows(ro_sf) == []
 
 
-def test_openapi_lists_every_api_route_as_bearer_protected(ro_client, ro_ids):
-    schema = ro_client.get("/openapi.json").json()
+@pytest.mark.parametrize("path", ["/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"])
+def test_no_api_docs_by_default(ro_client, path):
+    """/docs and /redoc load Swagger/ReDoc script from a CDN: never served; the schema only on request."""
+    for headers in ({}, AUTH):
+        r = ro_client.get(path, headers=headers)
+        assert r.status_code == 404 and "swagger" not in r.text.lower() and "cdn" not in r.text
+
+
+def test_openapi_schema_when_enabled_needs_the_token(readonly_db, tmp_path):
+    c = TestClient(create_app(make_cfg(readonly_db.url, tmp_path, openapi=True), readonly_db.session_factory))
+    assert c.get("/docs").status_code == 404 and c.get("/redoc").status_code == 404
+    r = c.get("/openapi.json")
+    assert r.status_code == 401 and "paths" not in r.text
+    assert c.get("/openapi.json", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert c.get("/openapi.json", headers=AUTH).json()["info"]["title"] == "ECG gateway admin API"
+    login(c)  # a signed-in browser may read it too
+    assert "/api/ecgs" in c.get("/openapi.json").json()["paths"]
+
+
+def test_openapi_lists_every_api_route_as_bearer_protected(readonly_db, tmp_path, ro_ids):
+    c = TestClient(create_app(make_cfg(readonly_db.url, tmp_path, openapi=True), readonly_db.session_factory))
+    schema = c.get("/openapi.json", headers=AUTH).json()
     assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     templates = ["/api/ecgs", "/api/ecgs/{ecg}", "/api/ecgs/{ecg}/input.npy", "/api/ecgs/{ecg}/original.dcm",
                  "/api/hl7/{message_id}/resend"]
@@ -245,7 +265,7 @@ def login(client, token=TOKEN, next_="/ecgs"):
     return client.post("/login", data={"token": token, "next": next_}, follow_redirects=False)
 
 
-def test_web_needs_login_and_sets_a_derived_strict_cookie(ro_client, ro_ids):
+def test_web_needs_login_and_sets_a_random_strict_cookie(ro_client, ro_ids):
     r = ro_client.get(f"/ecgs/{ro_ids['e1']}", follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == f"/login?next=%2Fecgs%2F{ro_ids['e1']}"
     assert login(ro_client, "wrong").status_code == 401
@@ -254,7 +274,10 @@ def test_web_needs_login_and_sets_a_derived_strict_cookie(ro_client, ro_ids):
     assert r.status_code == 200
     cookie = r.headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
+    assert "Secure" not in cookie and "Max-Age" not in cookie.title()  # plain http; ends with the browser
     assert TOKEN not in cookie
+    first = ro_client.cookies[SESSION_COOKIE]
+    assert len(first) >= 43 and first != login(TestClient(ro_client.app)).cookies[SESSION_COOKIE]  # random
     assert f'url=/ecgs/{ro_ids["e1"]}"' in r.text  # moves on by itself
     assert ro_client.get(f"/ecgs/{ro_ids['e1']}").status_code == 200
     r = ro_client.post("/logout", follow_redirects=False)
@@ -262,10 +285,13 @@ def test_web_needs_login_and_sets_a_derived_strict_cookie(ro_client, ro_ids):
     assert ro_client.get("/ecgs", follow_redirects=False).status_code == 303
 
 
-@pytest.mark.parametrize("target", ["//evil.example/x", "https://evil.example/", "javascript:alert(1)", "/\\evil"])
+@pytest.mark.parametrize("target", ["//evil.example/x", "https://evil.example/", "javascript:alert(1)", "/\\evil",
+                                    "/\t/127.0.0.1:2691/pwned", "/\n/evil.example", " //evil.example", "///evil"])
 def test_login_does_not_redirect_off_site(ro_client, target):
     r = login(ro_client, next_=target)
     assert r.status_code == 200 and "url=/ecgs\"" in r.text
+    page = ro_client.get("/login", params={"next": target}).text
+    assert 'name="next" value="/ecgs"' in page and "evil" not in page and "2691" not in page
 
 
 def test_a_cookie_from_another_token_is_refused(ro_client, readonly_db, tmp_path):
@@ -306,8 +332,10 @@ def test_ecg_page(ro_client, ro_ids):
     login(ro_client)
     page = ro_client.get(f"/ecgs/{ro_ids['e2']}").text
     r = ro_client.get(f"/ecgs/{ro_ids['e2']}")
-    assert "script-src" not in r.headers["content-security-policy"]  # default-src 'none': no script runs
+    assert "script-src 'none'" in r.headers["content-security-policy"]  # no script runs
     assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+    assert "unsafe-inline" not in r.headers["content-security-policy"] and "style=" not in r.text
+    assert f"<title>ECG {ro_ids['e2']} - processed - ECG gateway</title>" in r.text
     assert r.headers["cache-control"] == "no-store"
     assert 'class="banner demo"' in page and "DEMO MODEL" in page
     assert page.count('class="lead-panel"') == 12 and page.count('class="rhythm-strip"') == 1
@@ -332,3 +360,231 @@ def test_web_resend(client, seeded, session_factory):
     r = client.post(f"/ecgs/{seeded['e1']}/resend", data={"message_id": seeded["m1"]},
                     headers={"Origin": "https://evil.example"}, follow_redirects=False)
     assert r.status_code == 403 and len(audit_rows(session_factory)) == 1
+
+
+# --- sessions: logout revokes, expiry, Secure -------------------------------------------------
+
+def _session_rows(session_factory):
+    from sqlalchemy import select
+
+    from gateway.store.models import AdminSession
+
+    with session_factory() as s:
+        return list(s.scalars(select(AdminSession).order_by(AdminSession.id)))
+
+
+def test_logout_revokes_the_session_and_a_replayed_cookie_is_refused(client, seeded, session_factory):
+    login(client)
+    stolen = client.cookies[SESSION_COOKIE]
+    assert client.get(f"/ecgs/{seeded['e1']}").status_code == 200
+    (row,) = _session_rows(session_factory)
+    assert (row.principal, row.client_address, row.revoked_at) == ("token", "testclient", None)
+    r = client.post("/logout", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/login"
+    assert f'{SESSION_COOKIE}=""' in r.headers["set-cookie"]
+    (row,) = _session_rows(session_factory)
+    assert row.revoked_at is not None
+    replay = TestClient(client.app)  # the old cookie, sent again (copied before logout)
+    replay.cookies.set(SESSION_COOKIE, stolen)
+    for path in ("/ecgs", f"/ecgs/{seeded['e1']}"):
+        r = replay.get(path, follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"].startswith("/login?next="), path
+        assert "DOE^JANE" not in r.text
+    r = replay.post(f"/ecgs/{seeded['e1']}/resend", data={"message_id": seeded["m1"]}, follow_redirects=False)
+    assert r.status_code == 303 and audit_rows(session_factory) == []
+
+
+def test_an_expired_session_is_refused(db_url, session_factory, seeded, tmp_path):
+    from datetime import timedelta
+
+    from gateway.store.models import AdminSession
+
+    c = TestClient(create_app(make_cfg(db_url, tmp_path, session_hours=0.5), session_factory))
+    login(c)
+    (row,) = _session_rows(session_factory)
+    assert row.expires_at - row.created_at == timedelta(minutes=30)  # [admin] session_hours
+    assert c.get("/ecgs").status_code == 200
+    with session_factory() as s:  # half an hour later
+        s.get(AdminSession, row.id).expires_at -= timedelta(minutes=31)
+        s.commit()
+    r = c.get("/ecgs", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/login?next=%2Fecgs"
+    login(c)  # a new login is a new session
+    assert c.get("/ecgs").status_code == 200 and len(_session_rows(session_factory)) == 2
+
+
+def test_the_old_token_derived_cookie_is_refused(ro_client):
+    import hashlib
+    import hmac
+
+    old = hmac.new(TOKEN.encode(), b"ecg-gateway admin session v1", hashlib.sha256).hexdigest()
+    ro_client.cookies.set(SESSION_COOKIE, old)  # what every admin's browser held before sessions
+    assert ro_client.get("/ecgs", follow_redirects=False).status_code == 303
+
+
+def test_login_again_replaces_the_browsers_session(client, session_factory):
+    login(client)
+    first = client.cookies[SESSION_COOKIE]
+    login(client)
+    assert client.cookies[SESSION_COOKIE] != first
+    assert [r.revoked_at is not None for r in _session_rows(session_factory)] == [True, False]
+
+
+@pytest.mark.parametrize("mode, base, headers, secure", [
+    ("auto", "http://testserver", {}, False),
+    ("auto", "https://testserver", {}, True),
+    ("auto", "http://testserver", {"X-Forwarded-Proto": "https"}, True),
+    ("auto", "http://testserver", {"Forwarded": "for=10.0.0.1;proto=https"}, True),
+    ("auto", "http://testserver", {"X-Forwarded-Proto": "http"}, False),
+    ("always", "http://testserver", {}, True),
+    ("never", "https://testserver", {"X-Forwarded-Proto": "https"}, False),
+])
+def test_session_cookie_is_secure_over_https(readonly_db, tmp_path, mode, base, headers, secure):
+    c = TestClient(create_app(make_cfg(readonly_db.url, tmp_path, cookie_secure=mode), readonly_db.session_factory),
+                   base_url=base)
+    r = c.post("/login", data={"token": TOKEN, "next": "/ecgs"}, headers=headers)
+    assert r.status_code == 200
+    assert ("; Secure" in r.headers["set-cookie"]) is secure
+    assert ("; Secure" in c.post("/logout", headers=headers, follow_redirects=False).headers["set-cookie"]) is secure
+
+
+# --- numeric parameters: bounded, 422 (never a 500) ----------------------------------------------
+
+BIG = [2**31, 2**63, 2**64, 10**30]
+
+
+@pytest.mark.parametrize("params", [
+    *({"offset": v} for v in [-1, *BIG]), *({"limit": v} for v in [0, -1, 1001, *BIG]),
+    {"offset": "1e3"}, {"limit": "ten"},
+])
+def test_api_list_bounds(ro_client, params):
+    r = ro_client.get("/api/ecgs", params=params, headers=AUTH)
+    assert r.status_code == 422, r.text
+    (name,) = params
+    assert r.json()["detail"][0]["loc"] == ["query", name]
+
+
+def test_api_list_largest_offset_is_fine(ro_client):
+    body = ro_client.get("/api/ecgs", params={"offset": 2**31 - 1, "limit": 1000}, headers=AUTH).json()
+    assert body["items"] == [] and body["total"] == 6 and body["next_offset"] is None
+
+
+@pytest.mark.parametrize("key", ["0", "2147483648", str(2**63), str(2**64), "9" * 64, "1" * 65, "1.2." * 20])
+@pytest.mark.parametrize("suffix", ["", "/input.npy", "/original.dcm"])
+def test_api_ecg_key_bounds(ro_client, ro_sf, key, suffix):
+    r = ro_client.get(f"/api/ecgs/{key}{suffix}", headers=AUTH)
+    assert r.status_code == 422, (key, r.text)
+    detail = r.json()["detail"]
+    assert "out of range" in detail if isinstance(detail, str) else detail[0]["loc"] == ["path", "ecg"]
+    assert audit_rows(ro_sf) == []
+
+
+@pytest.mark.parametrize("key", ["2147483647", "\u00b2", "\u0663", "00000000000000000000000001"])
+def test_api_ecg_keys_inside_the_bounds_are_404(ro_client, key):
+    """Largest id, and digits that are not ASCII ("²".isdigit() is True in Python): not found, no 500."""
+    assert ro_client.get(f"/api/ecgs/{key}", headers=AUTH).status_code == 404
+
+
+@pytest.mark.parametrize("message_id", ["0", "-1", "2147483648", str(2**63), str(10**30), "x"])
+def test_api_resend_id_bounds(ro_client, message_id):
+    r = ro_client.post(f"/api/hl7/{message_id}/resend", headers=AUTH)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["path", "message_id"]
+
+
+def test_api_resend_largest_id_is_404(ro_client):
+    assert ro_client.post("/api/hl7/2147483647/resend", headers=AUTH).status_code == 404
+
+
+@pytest.mark.parametrize("path, status", [
+    ("/ecgs?page=0", 422), ("/ecgs?page=-1", 422), ("/ecgs?page=1000001", 422), (f"/ecgs?page={2**63}", 422),
+    ("/ecgs?page=x", 422), ("/ecgs?page=1000000", 200),
+    ("/ecgs/0", 422), (f"/ecgs/{2**31}", 422), (f"/ecgs/{2**63}", 422), ("/ecgs/" + "1" * 65, 422),
+    ("/ecgs/2147483647", 404), ("/ecgs/\u00b2", 404),
+])
+def test_web_page_bounds(ro_client, path, status):
+    login(ro_client)
+    r = ro_client.get(path)
+    assert r.status_code == status, r.text
+    if status == 422:
+        assert r.headers["content-type"].startswith("text/html") and "Bad request" in r.text
+
+
+@pytest.mark.parametrize("ecg_id, message_id", [
+    ("0", "1"), (str(2**31), "1"), (str(2**63), "1"), ("1", "0"), ("1", str(2**31)), ("1", str(2**63)), ("1", "x"),
+])
+def test_web_resend_bounds(client, seeded, session_factory, ecg_id, message_id):
+    login(client)
+    r = client.post(f"/ecgs/{ecg_id}/resend", data={"message_id": message_id}, follow_redirects=False)
+    assert r.status_code == 422 and "Bad request" in r.text
+    assert audit_rows(session_factory) == []
+
+
+# --- security headers on every response -----------------------------------------------------------
+
+def _assert_security_headers(r, where):
+    from gateway.admin.api import CONTENT_SECURITY_POLICY
+
+    h = r.headers
+    assert h["content-security-policy"] == CONTENT_SECURITY_POLICY, where
+    assert "default-src 'self'" in CONTENT_SECURITY_POLICY and "frame-ancestors 'none'" in CONTENT_SECURITY_POLICY
+    assert h["x-content-type-options"] == "nosniff" and h["referrer-policy"] == "no-referrer", where
+    assert h["x-frame-options"] == "DENY", where
+
+
+def test_every_response_carries_the_security_headers(ro_client, ro_ids):
+    anonymous = [("GET", "/"), ("GET", "/login"), ("GET", "/ecgs"), ("GET", "/static/style.css"),
+                 ("GET", "/api/ecgs"), ("GET", "/healthz"), ("GET", "/metrics"), ("GET", "/nowhere"),
+                 ("GET", "/docs"), ("POST", "/login"), ("POST", "/logout"), ("GET", "/api/ecgs/" + "1" * 65),
+                 ("PUT", "/api/ecgs")]
+    for method, path in anonymous:
+        _assert_security_headers(ro_client.request(method, path, follow_redirects=False), (method, path))
+    login(ro_client)
+    for path in ["/ecgs", f"/ecgs/{ro_ids['e1']}", f"/ecgs/{ro_ids['e3']}", "/ecgs/404040", "/ecgs?page=0"]:
+        r = ro_client.get(path)
+        _assert_security_headers(r, path)
+        assert r.headers["cache-control"] == "no-store"
+    for path in ["/api/ecgs", f"/api/ecgs/{ro_ids['e1']}", f"/api/ecgs/{ro_ids['e1']}/input.npy"]:
+        r = ro_client.get(path, headers=AUTH)
+        _assert_security_headers(r, path)
+        assert r.headers["cache-control"] == "no-store"
+    assert "no-store" not in ro_client.get("/static/style.css").headers.get("cache-control", "")
+
+
+def test_even_an_unexpected_error_carries_the_security_headers(tmp_path):
+    def broken_session():
+        raise RuntimeError("database on fire")
+
+    c = TestClient(create_app(make_cfg("sqlite:///unused.db", tmp_path), broken_session),
+                   raise_server_exceptions=False)
+    r = c.get("/api/ecgs", headers=AUTH)
+    assert r.status_code == 500 and "database on fire" not in r.text
+    _assert_security_headers(r, "500")
+
+
+def test_pages_load_nothing_from_elsewhere_and_run_no_script(ro_client, ro_ids):
+    from pathlib import Path
+
+    import gateway.admin.web as web
+
+    for template in Path(web.HERE / "templates").glob("*.html"):
+        text = template.read_text()
+        assert "<script" not in text and "style=" not in text and "://" not in text, template.name
+    login(ro_client)
+    for path in ["/login", "/ecgs", f"/ecgs/{ro_ids['e1']}", f"/ecgs/{ro_ids['e2']}", f"/ecgs/{ro_ids['e3']}"]:
+        page = ro_client.get(path).text
+        assert "<script" not in page and " style=" not in page and 'src="http' not in page, path
+        assert 'href="http' not in page, path
+
+
+def test_ecg_page_title_is_short(ro_client, ro_ids):
+    """The whole normalisation report (thousands of characters) used to land in <title>."""
+    import re
+
+    login(ro_client)
+    for key, status in (("e1", "processed"), ("e3", "rejected"), ("e4", "failed")):
+        page = ro_client.get(f"/ecgs/{ro_ids[key]}").text
+        (title,) = re.findall(r"<title>(.*?)</title>", page, re.S)
+        assert title == f"ECG {ro_ids[key]} - {status} - ECG gateway"
+        assert page.count("Normalisation report") == (0 if key == "e4" else 1)  # the report: once, in <main>
+    page = ro_client.get(f"/ecgs/{ro_ids['e1']}").text
+    assert page.index("</title>") < page.index("<main>") < page.index("Full report") < page.index("output_leads")

@@ -5,11 +5,17 @@ travel in a URL (logs, history).  So the browser opens a local HTML file that
 posts the token to /login like an admin would; the login answer moves on to
 the requested page by itself, carrying the SameSite=Strict session cookie.
 The screenshots are kept in tests/artifacts/.
+
+The open-redirect and Content-Security-Policy tests drive the same chromium
+with npm ``playwright-core`` (tests/peers/browse.js): it types the token into
+the login form and reports the URL the browser ends on, every request and
+every CSP violation.
 """
 
 from __future__ import annotations
 
 import html
+import json
 import shutil
 import subprocess
 import threading
@@ -25,6 +31,7 @@ from gateway.config import Config
 pytestmark = pytest.mark.slow
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+PEERS = Path(__file__).resolve().parent / "peers"
 TOKEN = "browser-test-token"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -96,4 +103,80 @@ def test_list_and_ecg_pages_in_chromium(served, tmp_path):
     shot = ARTIFACTS / "admin_ecg_page.png"
     shot.unlink(missing_ok=True)
     browse(base, f"/ecgs/{ids['e1']}", tmp_path, screenshot=shot)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+
+
+def drive(base: str, steps: list[dict], tmp_path: Path) -> list[dict]:
+    """Run tests/peers/browse.js (playwright-core driving Debian chromium) over ``steps``."""
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (./dev test installs the Debian package)")
+    if not (PEERS / "node_modules" / "playwright-core").is_dir():
+        pytest.skip("npm playwright-core is not installed (./dev test runs npm ci in tests/peers)")
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"chromium": CHROMIUM, "base": base, "token": TOKEN, "steps": steps}))
+    r = subprocess.run(["node", str(PEERS / "browse.js"), str(plan)], capture_output=True, text=True, timeout=180,
+                       cwd=PEERS)
+    assert r.returncode == 0, r.stderr[-3000:]
+    results = json.loads(r.stdout)
+    assert len(results) == len(steps)
+    return results
+
+
+# Each of these passed the old check; Chromium strips tab/CR/LF and reads "\\" as "/".
+REDIRECT_ATTACKS = ["/\t/127.0.0.1:{trap}/pwned", "/\n/127.0.0.1:{trap}/pwned", "/\r/127.0.0.1:{trap}/pwned",
+                    "/\t\\127.0.0.1:{trap}/pwned", "//127.0.0.1:{trap}/pwned", "///127.0.0.1:{trap}/pwned",
+                    "/\\127.0.0.1:{trap}/pwned", " //127.0.0.1:{trap}/pwned", "http://127.0.0.1:{trap}/pwned"]
+
+
+def test_login_never_sends_the_browser_off_site(served, tmp_path):
+    """The reported attack and its variants: the browser ends on /ecgs of this server."""
+    import socket
+
+    base, ids = served
+    with socket.socket() as trap:  # the "attacker" host: a port that counts who comes
+        trap.bind(("127.0.0.1", 0))
+        trap.listen(8)
+        trap.settimeout(0.2)
+        port = trap.getsockname()[1]
+        attacks = [a.format(trap=port) for a in REDIRECT_ATTACKS]
+        results = drive(base, [{"next": a} for a in attacks] + [{"next": f"/ecgs/{ids['e1']}"}], tmp_path)
+        visitors = 0
+        try:
+            while True:
+                trap.accept()[0].close()
+                visitors += 1
+        except TimeoutError:
+            pass
+    for attack, res in zip(attacks, results):
+        assert "error" not in res, (attack, res)
+        assert res["url"] == f"{base}/ecgs", (attack, res["url"])
+        assert res["h1"] == "ECGs" and all(u.startswith(base + "/") for u in res["requests"]), attack
+    assert results[-1]["url"] == f"{base}/ecgs/{ids['e1']}"  # a local next is followed
+    assert visitors == 0
+
+
+def test_pages_work_under_the_csp_without_violations(served, tmp_path):
+    base, ids = served
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "admin_ecg_page_csp.png"
+    shot.unlink(missing_ok=True)
+    pages = ["/ecgs", f"/ecgs/{ids['e1']}", f"/ecgs/{ids['e2']}", f"/ecgs/{ids['e3']}", f"/ecgs/{ids['e6']}",
+             "/ecgs?status=lost", "/ecgs/4040404", "/ecgs?page=0"]
+    steps = [{"next": p} for p in pages]
+    steps[1]["screenshot"] = str(shot)
+    steps.append({"next": "/ecgs", "inject_inline_style": True})  # control: the harness sees a violation
+    results = drive(base, steps, tmp_path)
+    for page, res in zip(pages, results):
+        assert "error" not in res, (page, res)
+        assert res["url"] == base + page, res["url"]
+        assert res["csp"] == [] and not any("Content Security Policy" in m for m in res["console_errors"]), res
+        assert res["page_errors"] == [], res
+        assert res["header_background"] == "rgb(34, 51, 68)", page  # style.css applies
+        assert all(u.startswith(base + "/") for u in res["requests"]), res["requests"]  # nothing from elsewhere
+    e1 = results[1]
+    assert e1["title"] == f"ECG {ids['e1']} - processed - ECG gateway"
+    assert sorted(e1["bar_fills"]) == ["rgb(102, 153, 204)"] * 5 + ["rgb(255, 153, 51)"]  # AF above threshold
+    control = results[-1]
+    assert [v["directive"] for v in control["csp"]] == ["style-src-attr"], control
+    assert any("Content Security Policy" in m for m in control["console_errors"])
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000

@@ -6,7 +6,7 @@ from sqlalchemy import inspect
 
 from gateway.store import db
 
-TABLES = {"ecg_instances", "predictions", "hl7_messages", "audit_log", "alembic_version"}
+TABLES = {"ecg_instances", "predictions", "hl7_messages", "audit_log", "admin_sessions", "alembic_version"}
 
 
 def test_upgrade_check_downgrade(empty_db_url):

@@ -4,16 +4,26 @@ Every ``/api`` route needs ``Authorization: Bearer <[admin] token>`` (401
 otherwise; 403 while no token is configured).  ``/healthz`` and ``/metrics``
 carry no PHI and need no token.  PHI exports and resends are audited with the
 caller (``api:<client address>``).
+
+Every response carries ``SECURITY_HEADERS`` (a Content-Security-Policy that
+allows only this origin's style sheet and no script, nosniff, no referrer, no
+framing), set by the outermost layer so errors carry them too.  No page loads
+anything from another site: /docs and /redoc (which load Swagger/ReDoc script
+from a CDN) are not served; ``[admin] openapi = true`` serves /openapi.json
+behind the token.  Numeric parameters are bounded (422 outside): ids to the
+database's INTEGER range, ``offset`` likewise.
 """
 
 
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import __version__
 from gateway.admin.audit import audit
@@ -26,6 +36,80 @@ from gateway.config import Config
 __all__ = ["check_admin_bind", "create_app", "make_server"]
 
 _bearer = HTTPBearer(auto_error=False, description="The [admin] token of the gateway configuration.")
+
+#: Largest database id (INTEGER primary keys on PostgreSQL); ids outside 1..MAX_DB_ID are a 422.
+MAX_DB_ID = 2**31 - 1
+#: Largest ``offset`` (SQLite and PostgreSQL overflow at 2**63; no real list is near this).
+MAX_OFFSET = 2**31 - 1
+#: A path's ECG key is a database id or a SOP Instance UID (64 characters at most).
+MAX_ECG_KEY = 64
+
+#: No script at all, style sheets and images only from this origin (so no inline
+#: style attributes either), forms post only here, no framing, no <base>.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'none'; style-src 'self'; img-src 'self'; object-src 'none'; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",  # frame-ancestors for browsers that predate it
+}
+
+
+class _SecurityHeaders:
+    """ASGI layer adding ``SECURITY_HEADERS`` (and ``Cache-Control: no-store``
+    outside /static: pages and API answers hold PHI) to every response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        static = scope.get("path", "").startswith("/static/")
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    headers.setdefault(name, value)
+                if not static:
+                    headers.setdefault("Cache-Control", "no-store")
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class AdminApp(FastAPI):
+    """FastAPI with :class:`_SecurityHeaders` outside every other layer, so even
+    the 500 answer of an unexpected error carries the headers."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return _SecurityHeaders(super().build_middleware_stack())
+
+
+def ecg_key_problem(ecg: str) -> str | None:
+    """Why a path's ECG key is refused (a database id outside 1..MAX_DB_ID), else None.
+    (Its length, at most MAX_ECG_KEY, is checked by the route's parameter.)"""
+    if ecg.isascii() and ecg.isdigit() and not 1 <= int(ecg) <= MAX_DB_ID:
+        return f"ecg: database id out of range 1..{MAX_DB_ID}"
+    return None
+
+
+def check_ecg_key(ecg: str) -> str:
+    """``ecg`` when :func:`ecg_key_problem` finds nothing; HTTP 422 otherwise."""
+    problem = ecg_key_problem(ecg)
+    if problem:
+        raise HTTPException(422, problem)
+    return ecg
+
+
+EcgKey = Annotated[str, Path(min_length=1, max_length=MAX_ECG_KEY,
+                             description="database id (1..2147483647) or SOP Instance UID")]
+DbId = Annotated[int, Path(ge=1, le=MAX_DB_ID)]
 
 
 def client_address(request: Request) -> str:
@@ -58,10 +142,11 @@ def create_app(
     ``session_factory`` makes SQLAlchemy sessions; ``health`` reports what only
     serve can see (e.g. ``{"scp_listening": True, "model_loaded": "loading"}``).
     """
-    app = FastAPI(
+    app = AdminApp(
         title="ECG gateway admin API",
         version=__version__,
         description="Query received ECGs, model results and HL7 delivery. Bearer token = [admin] token.",
+        docs_url=None, redoc_url=None, openapi_url=None,  # see the module docstring
     )
     token = cfg.admin.token
     registry = CollectorRegistry(auto_describe=False)
@@ -79,13 +164,6 @@ def create_app(
 
     Actor = Annotated[str, Depends(require_token)]
 
-    @app.middleware("http")
-    async def _no_store(request: Request, call_next: Callable[..., Any]) -> Response:
-        response = await call_next(request)
-        if request.url.path.startswith("/api/"):  # PHI: never in a cache
-            response.headers.setdefault("Cache-Control", "no-store")
-        return response
-
     @app.exception_handler(QueryError)
     async def _query_error(_request: Request, exc: QueryError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=422)
@@ -100,7 +178,7 @@ def create_app(
         status: Annotated[str | None, Query(description="received, processed, rejected, failed")] = None,
         finding: Annotated[str | None, Query(description="1dAVb, RBBB, LBBB, SB, AF, ST")] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     ) -> dict[str, Any]:
         """ECGs newest first: ``items`` (row dicts), ``total``, ``limit``, ``offset``, ``next_offset``."""
         filters = dict(
@@ -115,10 +193,10 @@ def create_app(
                 "next_offset": offset + len(items) if more else None}
 
     @app.get("/api/ecgs/{ecg}", tags=["ecgs"])
-    def get_ecg(ecg: str, _actor: Actor) -> dict[str, Any]:
+    def get_ecg(ecg: EcgKey, _actor: Actor) -> dict[str, Any]:
         """One ECG by database id or SOP Instance UID, with its prediction and HL7 messages."""
         with session_factory() as session:
-            detail = ecg_detail(session, ecg)
+            detail = ecg_detail(session, check_ecg_key(ecg))
         if detail is None:
             raise HTTPException(404, f"no ECG with id or SOP Instance UID {ecg}")
         return detail
@@ -126,7 +204,7 @@ def create_app(
     def _export(ecg: str, actor: str, action: str, read: Callable[..., tuple[int, bytes]]) -> tuple[int, bytes]:
         with session_factory() as session:
             try:
-                ecg_id, data = read(session, ecg)
+                ecg_id, data = read(session, check_ecg_key(ecg))
             except ExportError as exc:
                 code = 404 if str(exc).startswith("no ECG") else 409
                 raise HTTPException(code, str(exc)) from None
@@ -136,7 +214,7 @@ def create_app(
 
     @app.get("/api/ecgs/{ecg}/input.npy", tags=["ecgs"], response_class=Response,
              responses={200: {"content": {"application/octet-stream": {}}}})
-    def get_input(ecg: str, actor: Actor) -> Response:
+    def get_input(ecg: EcgKey, actor: Actor) -> Response:
         """The exact float32 (4096, 12) array the model saw (NumPy .npy), rebuilt from the
         stored original and checked against the result's hash (409 if it does not match); audited."""
         ecg_id, data = _export(ecg, actor, "export_input",
@@ -146,7 +224,7 @@ def create_app(
 
     @app.get("/api/ecgs/{ecg}/original.dcm", tags=["ecgs"], response_class=Response,
              responses={200: {"content": {"application/dicom": {}}}})
-    def get_dicom(ecg: str, actor: Actor) -> Response:
+    def get_dicom(ecg: EcgKey, actor: Actor) -> Response:
         """The stored original DICOM file (checked against its sha256); audited."""
         ecg_id, data = _export(ecg, actor, "export_dicom",
                                lambda session, key: original_dicom(session, key, cfg.storage.spool_dir))
@@ -154,7 +232,7 @@ def create_app(
                         headers={"Content-Disposition": f'attachment; filename="ecg-{ecg_id}.dcm"'})
 
     @app.post("/api/hl7/{message_id}/resend", tags=["hl7"])
-    def resend(message_id: int, actor: Actor) -> dict[str, Any]:
+    def resend(message_id: DbId, actor: Actor) -> dict[str, Any]:
         """Send outbox message ``message_id`` again under a new control id; audited."""
         try:
             return resend_message(session_factory, cfg, message_id, actor)
@@ -175,7 +253,18 @@ def create_app(
         """Prometheus text format: the process's own metrics plus database gauges."""
         return Response(generate_latest(REGISTRY) + generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    from gateway.admin.web import add_web_routes
+    from gateway.admin.web import add_web_routes, session_principal
+
+    if cfg.admin.openapi:
+        @app.get("/openapi.json", include_in_schema=False)
+        def openapi_schema(request: Request) -> JSONResponse:
+            """The API schema, for a bearer token or a signed-in browser ([admin] openapi = true)."""
+            if not token:
+                raise HTTPException(403, NO_TOKEN_MESSAGE)
+            if not (bearer_ok(request.headers.get("authorization"), token)
+                    or session_principal(request, token, session_factory)):
+                raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+            return JSONResponse(app.openapi())
 
     add_web_routes(app, cfg, session_factory)
     return app

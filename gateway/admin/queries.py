@@ -214,7 +214,8 @@ def count_ecgs(
 def find_ecg(session: Session, id_or_uid: str | int) -> EcgInstance | None:
     """By database id (digits) or SOP Instance UID (its newest version)."""
     key = str(id_or_uid).strip()
-    if key.isdigit():
+    # ASCII digits only ("²".isdigit() is True), and within INTEGER: no overflow in the driver
+    if key.isascii() and key.isdigit() and len(key) <= 10 and int(key) <= 2**31 - 1:
         ecg = session.get(EcgInstance, int(key))
         if ecg is not None:
             return ecg

@@ -1,26 +1,44 @@
-"""The web view: server-rendered pages (Jinja2, autoescaped), no build step.
+"""The web view: server-rendered pages (Jinja2, autoescaped), no build step, no script.
 
-Login posts the admin token; the cookie holds a value derived from it
-(HttpOnly, SameSite=Strict).  A successful login answers with a small page
-that moves on by itself instead of a 303: a navigation started by our own page
-is same-site, so the Strict cookie is sent even when the login form itself
-was opened from another site (an EHR link, a local bookmark file).
+Login posts the admin token and opens a server-side session
+(:mod:`gateway.admin.auth`): the cookie holds a random session id (HttpOnly,
+SameSite=Strict, Secure over https); logout revokes the session in the
+database, so a copied cookie is refused afterwards, as is one past
+``[admin] session_hours``.  A successful login answers with a small page that
+moves on by itself instead of a 303: a navigation started by our own page is
+same-site, so the Strict cookie is sent even when the login form itself was
+opened from another site (an EHR link, a local bookmark file).  Where it moves
+on to (``next``) must pass :func:`gateway.admin.auth.safe_next`.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from fastapi import FastAPI, Form, Query, Request
+from fastapi import Path as PathParam
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from gateway.admin.auth import NO_TOKEN_MESSAGE, SESSION_COOKIE, cookie_ok, session_value, token_ok
+from gateway.admin.api import MAX_DB_ID, MAX_ECG_KEY, client_address, ecg_key_problem, resend_message
+from gateway.admin.auth import (
+    NO_TOKEN_MESSAGE,
+    SESSION_COOKIE,
+    TOKEN_PRINCIPAL,
+    live_session,
+    open_session,
+    revoke_session,
+    safe_next,
+    token_ok,
+)
 from gateway.admin.queries import (
     FINDING_CODES,
     ROW_STATUSES,
@@ -36,14 +54,9 @@ from gateway.config import Config
 
 HERE = Path(__file__).parent
 PAGE_SIZE = 50
-#: Pages hold PHI: not cached, not framed, no script at all (inline styles only for the bars).
-PAGE_HEADERS = {
-    "Cache-Control": "no-store",
-    "Content-Security-Policy": "default-src 'none'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
-                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-}
+MAX_PAGE = 1_000_000
+# The CSP, nosniff, no-referrer and no-store headers come from gateway.admin.api's outer layer.
+_FORWARDED_HTTPS = re.compile(r"(?:^|[;,\s])proto=\"?https\"?(?:$|[;,\s])", re.IGNORECASE)
 
 
 def _env() -> Environment:
@@ -56,11 +69,28 @@ def _env() -> Environment:
     return env
 
 
-def _safe_next(target: str | None) -> str:
-    """Only local paths: no open redirect through the login form."""
-    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
-        return target
-    return "/ecgs"
+def came_over_https(request: Request) -> bool:
+    """The request reached us over https, or a proxy says it did (X-Forwarded-Proto
+    or Forwarded: proto=https).  Only used to set the cookie's Secure flag, so a
+    client that lies only makes its own cookie https-only."""
+    forwarded_proto = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+    forwarded = request.headers.get("forwarded", "").split(",")[0]
+    return request.url.scheme == "https" or forwarded_proto == "https" or bool(_FORWARDED_HTTPS.search(forwarded))
+
+
+def secure_cookie(request: Request, mode: str) -> bool:
+    """The session cookie's Secure flag for ``[admin] cookie_secure`` = ``mode``."""
+    return mode == "always" or (mode == "auto" and came_over_https(request))
+
+
+def session_principal(request: Request, token: str, session_factory: Callable[[], Any]) -> str | None:
+    """Who the request's session cookie signs in (``"token"``), or None."""
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if not token or not cookie:
+        return None
+    with session_factory() as db:
+        row = live_session(db, cookie, token)
+        return row.principal if row is not None else None
 
 
 def ecg_paper_svg(array: Any, leads: list[str], normalisation: dict[str, Any]) -> str:
@@ -81,16 +111,26 @@ def add_web_routes(app: FastAPI, cfg: Config, session_factory: Callable[[], Any]
 
     def page(name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
         html = env.get_template(name).render(token_set=bool(token), **context)
-        return HTMLResponse(html, status_code=status_code, headers=PAGE_HEADERS)
+        return HTMLResponse(html, status_code=status_code)
 
     def signed_in(request: Request) -> bool:
-        return cookie_ok(request.cookies.get(SESSION_COOKIE), token)
+        return session_principal(request, token, session_factory) is not None
 
     def to_login(request: Request) -> Response:
         if not token:
             return page("login.html", 403, error=NO_TOKEN_MESSAGE, next="/ecgs")
-        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        # quote(): the decoded path may hold any character; next must be plain ASCII
+        target = quote(request.url.path) + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse("/login?" + urlencode({"next": target}), status_code=303)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        """A bad parameter: JSON for the API (FastAPI's own answer), a page for the web view."""
+        if request.url.path.startswith("/api/"):
+            return await request_validation_exception_handler(request, exc)
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'request'}: {e['msg']}"
+                             for e in exc.errors())
+        return page("message.html", 422, title="Bad request", message=problems)
 
     @app.get("/", include_in_schema=False)
     def index() -> Response:
@@ -99,25 +139,35 @@ def add_web_routes(app: FastAPI, cfg: Config, session_factory: Callable[[], Any]
     @app.get("/login", include_in_schema=False)
     def login_form(next: str = "/ecgs") -> Response:
         if not token:
-            return page("login.html", 403, error=NO_TOKEN_MESSAGE, next=_safe_next(next))
-        return page("login.html", next=_safe_next(next), error=None)
+            return page("login.html", 403, error=NO_TOKEN_MESSAGE, next=safe_next(next))
+        return page("login.html", next=safe_next(next), error=None)
 
     @app.post("/login", include_in_schema=False)
-    def login(token_given: Annotated[str, Form(alias="token")] = "", next: Annotated[str, Form()] = "/ecgs") -> Response:
-        target = _safe_next(next)
+    def login(request: Request, token_given: Annotated[str, Form(alias="token")] = "",
+              next: Annotated[str, Form()] = "/ecgs") -> Response:
+        target = safe_next(next)
         if not token:
             return page("login.html", 403, error=NO_TOKEN_MESSAGE, next=target)
         if not token_ok(token_given, token):
             return page("login.html", 401, error="wrong token", next=target)
+        with session_factory() as db:
+            session_id = open_session(db, principal=TOKEN_PRINCIPAL, credential=token, client_address=client_address(request),
+                                      hours=cfg.admin.session_hours, replaces=request.cookies.get(SESSION_COOKIE))
+            db.commit()
         response = page("continue.html", target=target)
-        response.set_cookie(SESSION_COOKIE, session_value(token), httponly=True, samesite="strict", path="/",
-                            secure=False)
+        # No Max-Age: the browser forgets it when closed; the server ends it after session_hours.
+        response.set_cookie(SESSION_COOKIE, session_id, httponly=True, samesite="strict", path="/",
+                            secure=secure_cookie(request, cfg.admin.cookie_secure))
         return response
 
     @app.post("/logout", include_in_schema=False)
-    def logout() -> Response:
+    def logout(request: Request) -> Response:
+        with session_factory() as db:
+            revoke_session(db, request.cookies.get(SESSION_COOKIE))
+            db.commit()
         response = RedirectResponse("/login", status_code=303)
-        response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+        response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict",
+                               secure=secure_cookie(request, cfg.admin.cookie_secure))
         return response
 
     @app.get("/ecgs", include_in_schema=False)
@@ -129,7 +179,7 @@ def add_web_routes(app: FastAPI, cfg: Config, session_factory: Callable[[], Any]
         until: str = "",
         status: str = "",
         finding: str = "",
-        page_no: Annotated[int, Query(alias="page", ge=1, le=1_000_000)] = 1,
+        page_no: Annotated[int, Query(alias="page", ge=1, le=MAX_PAGE)] = 1,
     ) -> Response:
         if not signed_in(request):
             return to_login(request)
@@ -157,9 +207,12 @@ def add_web_routes(app: FastAPI, cfg: Config, session_factory: Callable[[], Any]
         )
 
     @app.get("/ecgs/{ecg}", include_in_schema=False)
-    def ecg_page(request: Request, ecg: str) -> Response:
+    def ecg_page(request: Request, ecg: Annotated[str, PathParam(min_length=1, max_length=MAX_ECG_KEY)]) -> Response:
         if not signed_in(request):
             return to_login(request)
+        problem = ecg_key_problem(ecg)
+        if problem:
+            return page("message.html", 422, title="Bad request", message=problem)
         from gateway.admin.exports import ExportError, model_input_array
 
         signal, svg, svg_error = None, None, None
@@ -189,14 +242,13 @@ def add_web_routes(app: FastAPI, cfg: Config, session_factory: Callable[[], Any]
                     resent=request.query_params.get("resent"))
 
     @app.post("/ecgs/{ecg_id}/resend", include_in_schema=False)
-    def resend(request: Request, ecg_id: int, message_id: Annotated[int, Form()]) -> Response:
+    def resend(request: Request, ecg_id: Annotated[int, PathParam(ge=1, le=MAX_DB_ID)],
+               message_id: Annotated[int, Form(ge=1, le=MAX_DB_ID)]) -> Response:
         if not signed_in(request):
             return to_login(request)
         origin = request.headers.get("origin")
         if origin and origin not in (f"{request.url.scheme}://{request.url.netloc}",):
             return page("message.html", 403, title="Refused", message="Cross-site form submissions are refused.")
-        from gateway.admin.api import client_address, resend_message
-
         try:
             new = resend_message(session_factory, cfg, message_id, f"web:{client_address(request)}")
         except LookupError as exc:

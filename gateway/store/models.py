@@ -192,3 +192,25 @@ class AuditLog(Base):
     action: Mapped[str] = mapped_column(String(64))
     target: Mapped[str | None] = mapped_column(String(200))
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class AdminSession(Base):
+    """A web view login (``gateway.admin.auth``): the browser holds the random
+    session id, this row only its SHA-256.  ``principal`` is who signed in:
+    ``"token"`` for the shared ``[admin] token``; per-user logins store their
+    own principal here (and may add a user reference beside it)."""
+
+    __tablename__ = "admin_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: hex SHA-256 of the session id in the cookie.
+    session_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    principal: Mapped[str] = mapped_column(String(200))
+    #: HMAC of the session id keyed with the credential used at login: a
+    #: changed admin token ends the sessions it opened.
+    credential_mac: Mapped[str | None] = mapped_column(String(64))
+    client_address: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    #: Set at logout; a revoked session is never accepted again.
+    revoked_at: Mapped[datetime | None]
