@@ -360,6 +360,12 @@ def test_web_resend(client, seeded, session_factory):
     r = client.post(f"/ecgs/{seeded['e1']}/resend", data={"message_id": seeded["m1"]},
                     headers={"Origin": "https://evil.example"}, follow_redirects=False)
     assert r.status_code == 403 and len(audit_rows(session_factory)) == 1
+    r = client.post(f"/ecgs/{seeded['e1']}/resend", data={"message_id": seeded["m1"]},
+                    headers={"Origin": "https://testserver"}, follow_redirects=False)
+    assert r.status_code == 403 and len(audit_rows(session_factory)) == 1  # https origin, plain http request
+    r = client.post(f"/ecgs/{seeded['e1']}/resend", data={"message_id": seeded["m1"]},
+                    headers={"Origin": "https://testserver", "X-Forwarded-Proto": "https"}, follow_redirects=False)
+    assert r.status_code == 303 and len(audit_rows(session_factory)) == 2  # behind a TLS proxy
 
 
 # --- sessions: logout revokes, expiry, Secure -------------------------------------------------

@@ -247,7 +247,10 @@ def add_web_routes(app: FastAPI, cfg: Config, session_factory: Callable[[], Any]
         if not signed_in(request):
             return to_login(request)
         origin = request.headers.get("origin")
-        if origin and origin not in (f"{request.url.scheme}://{request.url.netloc}",):
+        # behind a TLS proxy the browser's origin is https even where uvicorn saw http
+        ours = {f"{request.url.scheme}://{request.url.netloc}"} | (
+            {f"https://{request.url.netloc}"} if came_over_https(request) else set())
+        if origin and origin not in ours:
             return page("message.html", 403, title="Refused", message="Cross-site form submissions are refused.")
         try:
             new = resend_message(session_factory, cfg, message_id, f"web:{client_address(request)}")
