@@ -8,6 +8,7 @@ import re
 import subprocess
 import warnings
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
 from pydicom.uid import generate_uid
@@ -27,9 +28,10 @@ def ecg_bytes(
     transfer_syntax: str | None = None,
     drop_waveform: bool = False,
     patient_id: str | None = None,
+    changes: dict[str, Any] | None = None,
 ) -> bytes:
     """The sample re-encoded with the given changes (a fresh valid UID when
-    ``uid`` is None)."""
+    ``uid`` is None); ``changes`` sets top-level attributes by keyword."""
     ds = dcmread(sample_path)
     new_uid = uid if uid is not None else generate_uid()
     with warnings.catch_warnings():
@@ -45,6 +47,8 @@ def ecg_bytes(
         del ds.WaveformSequence
     if patient_id is not None:
         ds.PatientID = patient_id
+    for keyword, value in (changes or {}).items():
+        setattr(ds, keyword, value)
     out = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # invalid UIDs are the point of some variants

@@ -147,10 +147,10 @@ def test_duplicate_is_success_without_second_copy(sample_path: Path, session_fac
 def test_same_uid_different_bytes_is_a_flagged_new_version(sample_path: Path, session_factory, tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     first = _store(ecg_bytes(sample_path, uid=SAMPLE_UID), session_factory, spool)
-    second = _store(ecg_bytes(sample_path, uid=SAMPLE_UID, patient_id="999"), session_factory, spool)
+    second = _store(ecg_bytes(sample_path, uid=SAMPLE_UID, changes={"StationName": "ROOM 2"}), session_factory, spool)
     assert second.status == SUCCESS and not second.duplicate and second.ecg_id != first.ecg_id
     rows = _rows(session_factory)
-    assert [(r.version, r.flags, r.patient_id) for r in rows] == [(1, [], "642341"), (2, ["new_version"], "999")]
+    assert [(r.version, r.flags, r.patient_id) for r in rows] == [(1, [], "642341"), (2, ["new_version"], "642341")]
     assert rows[0].spool_path != rows[1].spool_path
     assert len(spool_files(spool)) == 2
 

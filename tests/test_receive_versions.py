@@ -55,14 +55,14 @@ def test_duplicate_of_an_earlier_day_is_found_and_its_new_copy_removed(sample_pa
 
 def test_versions_count_up_and_a_resent_version_is_its_duplicate(sample_path: Path, session_factory, tmp_path: Path) -> None:
     spool = (tmp_path / "spool").resolve()
-    versions = [ecg_bytes(sample_path, uid=SAMPLE_UID, patient_id=pid) for pid in ("1", "2", "3")]
+    versions = [ecg_bytes(sample_path, uid=SAMPLE_UID, changes={"StationName": name}) for name in ("1", "2", "3")]
     outcomes = [_store(raw, session_factory, spool) for raw in versions]
     assert [o.status for o in outcomes] == [SUCCESS] * 3 and not any(o.duplicate for o in outcomes)
     rows = _rows(session_factory)
     assert [(r.id, r.version, r.flags, r.patient_id, r.status) for r in rows] == [
-        (outcomes[0].ecg_id, 1, [], "1", RECEIVED),
-        (outcomes[1].ecg_id, 2, ["new_version"], "2", RECEIVED),
-        (outcomes[2].ecg_id, 3, ["new_version"], "3", RECEIVED),
+        (outcomes[0].ecg_id, 1, [], "642341", RECEIVED),
+        (outcomes[1].ecg_id, 2, ["new_version"], "642341", RECEIVED),
+        (outcomes[2].ecg_id, 3, ["new_version"], "642341", RECEIVED),
     ]
     assert spool_files(spool) == sorted(Path(r.spool_path) for r in rows)
     # version 2's bytes again, its earlier copy under another day: a duplicate of version 2

@@ -22,6 +22,7 @@ from gateway.store.models import (
     Hl7Message,
     Prediction,
 )
+from gateway.store.versions import quarantined
 
 #: The model's six outputs, in output order (docs/ecg-model.md).
 FINDING_CODES = ("1dAVb", "RBBB", "LBBB", "SB", "AF", "ST")
@@ -212,17 +213,18 @@ def count_ecgs(
 
 
 def find_ecg(session: Session, id_or_uid: str | int) -> EcgInstance | None:
-    """By database id (digits) or SOP Instance UID (its newest version)."""
+    """By database id (digits) or SOP Instance UID: its newest version not
+    quarantined (a version refused at the door, or one for another patient,
+    never stands for the UID), else its newest version."""
     key = str(id_or_uid).strip()
     # ASCII digits only ("²".isdigit() is True), and within INTEGER: no overflow in the driver
     if key.isascii() and key.isdigit() and len(key) <= 10 and int(key) <= 2**31 - 1:
         ecg = session.get(EcgInstance, int(key))
         if ecg is not None:
             return ecg
-    stmt = (
-        select(EcgInstance).where(EcgInstance.sop_instance_uid == key).order_by(EcgInstance.version.desc()).limit(1)
-    )
-    return session.scalars(stmt).first()
+    stmt = select(EcgInstance).where(EcgInstance.sop_instance_uid == key).order_by(EcgInstance.version.desc())
+    versions = session.scalars(stmt).all()
+    return next((ecg for ecg in versions if not quarantined(ecg.flags)), versions[0] if versions else None)
 
 
 def lead_names(normalisation: dict[str, Any] | None) -> list[str]:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.orm import Session
 
 from gateway.deliver.oru import OruBuildError, OruOptions, build_oru, order_key
+from gateway.store.versions import corrected_version
 from gateway.store.models import (
     HL7_FAILED,
     HL7_PENDING,
@@ -35,6 +36,14 @@ log = logging.getLogger("gateway.deliver")
 def new_control_id() -> str:
     """A unique MSH-10 (20 hex digits: the v2.5.1 length of MSH-10)."""
     return uuid.uuid4().hex[:20]
+
+
+def result_options(session: Session, ecg: EcgInstance) -> OruOptions:
+    """A correction (OBR-25/OBX-11 = C, the corrected version's filler order
+    id) when an earlier version of the instance has a result in the outbox,
+    else a final result (``gateway.store.versions.corrected_version``)."""
+    corrected = corrected_version(session, ecg)
+    return OruOptions() if corrected is None else OruOptions(result_status="C", filler_id=str(corrected))
 
 
 def enqueue_result(
@@ -75,7 +84,7 @@ def enqueue_result(
 
 
 def resend(
-    session: Session, message_id: int, actor: str, cfg: Hl7Config, *, options: OruOptions = OruOptions()
+    session: Session, message_id: int, actor: str, cfg: Hl7Config, *, options: OruOptions | None = None
 ) -> Hl7Message:
     """Queue a new copy of message ``message_id`` with a new control id.
 
@@ -84,6 +93,9 @@ def resend(
     original becomes ``superseded``; a delivered one stays delivered (the
     receiver gets a second, deliberate copy).  Writes an AuditLog row; the
     caller commits.
+
+    ``options`` default: as the first build (:func:`result_options`), so a
+    correction is resent as a correction.
 
     Raises LookupError for an unknown id and OruBuildError when the message
     cannot be built (nothing is changed then).
@@ -94,6 +106,7 @@ def resend(
     ecg = old.ecg
     prediction = None if ecg.status == REJECTED else ecg.prediction
     control_id = new_control_id()
+    options = options if options is not None else result_options(session, ecg)
     payload = build_oru(ecg, prediction, cfg, control_id, options=options)
     old_status = old.status
     if old.status in (HL7_PENDING, HL7_FAILED):

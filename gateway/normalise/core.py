@@ -11,7 +11,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from gateway.normalise import quality
-from gateway.normalise.decode import decode_raw, is_little_endian, raw_text, read_channels, select_multiplex_group
+from gateway.normalise.decode import decode_raw, dicom_text, is_little_endian, raw_text, read_channels, select_multiplex_group
 from gateway.normalise.errors import NormaliseError
 from gateway.quoting import printable, quote
 from gateway.normalise.leads import (
@@ -107,8 +107,8 @@ def normalise_dataset(ds: Dataset, params: NormaliseParams = NormaliseParams()) 
     """
     report: dict[str, Any] = {
         "params": {**asdict(params), "limb_lead_order": list(params.limb_lead_order)},
-        "sop_class_uid": str(ds.get("SOPClassUID", "")),
-        "sop_instance_uid": str(ds.get("SOPInstanceUID", "")),
+        "sop_class_uid": dicom_text(ds.get("SOPClassUID")),
+        "sop_instance_uid": dicom_text(ds.get("SOPInstanceUID")),
     }
     try:
         return _normalise(ds, params, report)
@@ -124,8 +124,8 @@ def _normalise(ds: Dataset, params: NormaliseParams, report: dict[str, Any]) -> 
     index, why = select_multiplex_group(ds)
     group = ds.WaveformSequence[index]
     report["multiplex_group"] = {
-        "index": index, "label": str(group.get("MultiplexGroupLabel", "")),
-        "originality": str(group.get("WaveformOriginality", "")), "chosen_by": why,
+        "index": index, "label": dicom_text(group.get("MultiplexGroupLabel")),
+        "originality": dicom_text(group.get("WaveformOriginality")), "chosen_by": why,
     }
 
     # Sampling rate and duration, from the DS text exactly as written.

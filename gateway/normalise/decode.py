@@ -44,9 +44,19 @@ def _alaw_table() -> np.ndarray:
 G711_TABLES: dict[str, np.ndarray] = {"MB": _ulaw_table(), "AB": _alaw_table()}
 
 
+def dicom_text(value: object) -> str:
+    """A decoded value as text, "" when absent; several values (a multi-valued
+    label, unit or code) as their DICOM text, joined by ``\\``, never as
+    Python's list text."""
+    if value is None:
+        return ""
+    if isinstance(value, (MultiValue, list, tuple)):
+        return "\\".join(str(v).strip() for v in value).strip()
+    return str(value).strip()
+
+
 def _text(item: Dataset, keyword: str) -> str:
-    value = item.get(keyword)
-    return "" if value is None else str(value).strip()
+    return dicom_text(item.get(keyword))
 
 
 def raw_text(item: Dataset, keyword: str) -> str:
@@ -60,7 +70,7 @@ def raw_text(item: Dataset, keyword: str) -> str:
     value = element.value
     if isinstance(value, bytes):
         return value.decode("ascii", "replace").strip(" \x00")
-    return "" if value is None else str(value).strip()
+    return dicom_text(value)
 
 
 def _number(item: Dataset, keyword: str) -> float | None:

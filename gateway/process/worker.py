@@ -7,6 +7,9 @@ status and the outbox row for the HL7 result.  Nothing in between is
 committed, so a crash leaves the ECG claimed, and its lease brings it back.
 
 Failure policy:
+- a later version of a SOP Instance UID with another patient identity than
+  its first version (``gateway.store.versions``): quarantined, ``rejected``,
+  no ORU, audited;
 - the input cannot be analysed (``NormaliseError``): final, ``rejected`` with
   the reason, and an HL7 message saying so, so the order does not hang open;
 - anything else: retried with backoff, ``failed`` with the traceback after
@@ -38,6 +41,12 @@ from gateway.process import metrics
 from gateway.process.claim import claim_batch, release_dead_claims, still_claimed, this_process
 from gateway.quoting import printable
 from gateway.store.models import FAILED, PROCESSED, RECEIVED, REJECTED, EcgInstance, Prediction
+from gateway.store.versions import (
+    IDENTITY_CHANGED,
+    IDENTITY_CHANGED_AUDIT,
+    IDENTITY_CHANGED_REASON,
+    identity_conflict,
+)
 
 log = logging.getLogger("gateway.process")
 
@@ -64,6 +73,8 @@ class _Item:
     error: str | None = None  # unexpected failure, with traceback
     normalise_ms: float = 0.0
     output: dict[str, Any] | None = None
+    #: Another patient than the UID's first version: (ecg id, version) of that version.
+    identity_conflict: tuple[int, int] | None = None
 
 
 def spool_file(spool_dir: str | Path, spool_path: str) -> Path:
@@ -182,6 +193,11 @@ class Worker:
                 assert row is not None, f"ECG {ecg_id} vanished"
                 item.sop_instance_uid, item.received_at, item.attempts = row.sop_instance_uid, row.received_at, row.attempts
                 path = spool_file(self.cfg.storage.spool_dir, row.spool_path)
+                # The door quarantines such versions; rows stored before it did are caught here.
+                conflict = identity_conflict(session, row) if row.version > 1 else None
+            if conflict is not None:
+                item.identity_conflict = (conflict.id, conflict.version)
+                return item
             raw = path.read_bytes()  # FileNotFoundError: not a rejection, handled as before
             result = model_input(raw, self.params)
             item.normalised, item.report = result, result.report
@@ -215,7 +231,8 @@ class Worker:
 
     def _finish(self, it: _Item) -> None:
         """Write one ECG's outcome in one transaction (only while our claim holds)."""
-        from gateway.deliver.outbox import enqueue_result
+        from gateway.admin.audit import audit
+        from gateway.deliver.outbox import enqueue_result, result_options
         from gateway.infer.thresholds import apply_thresholds
         from gateway.normalise import input_sha256, normaliser_version
 
@@ -229,7 +246,15 @@ class Worker:
                             it.ecg_id, it.sop_instance_uid)
                 return
             prediction = None
-            if it.error is None and it.output is not None:
+            if it.identity_conflict is not None:
+                ref_id, ref_version = it.identity_conflict
+                row.status, row.error = REJECTED, f"{IDENTITY_CHANGED_REASON} (version {ref_version} is ecg id {ref_id})"
+                row.flags = [*(row.flags or []), IDENTITY_CHANGED]
+                audit(session, f"worker:{self.worker_id}", IDENTITY_CHANGED_AUDIT, f"ecg:{row.id}",
+                      sop_instance_uid=row.sop_instance_uid, version=row.version,
+                      reference_ecg_id=ref_id, reference_version=ref_version)
+                outcome = "quarantined"
+            elif it.error is None and it.output is not None:
                 probs = {code: float(it.output["mean"][k]) for k, code in enumerate(FINDINGS)}
                 thresholds = dict(self.cfg.model.thresholds)
                 identity = self.ensemble.identity
@@ -276,8 +301,10 @@ class Worker:
                 row.claimed_by, row.lease_expires_at, row.processed_at = None, None, now
             if outcome in ("processed", "rejected"):
                 session.flush()
-                enqueued = enqueue_result(session, row, prediction, self.cfg.hl7) is not None
-        metrics.ECG_OUTCOMES.labels(outcome).inc()
+                # a later version of an instance whose result went out corrects it (OBR-25 = C)
+                enqueued = enqueue_result(session, row, prediction, self.cfg.hl7,
+                                          options=result_options(session, row)) is not None
+        metrics.ECG_OUTCOMES.labels("rejected" if outcome == "quarantined" else outcome).inc()
         if outcome == "processed":
             metrics.LATENCY.observe(prediction.timings["received_to_processed_ms"] / 1000)  # type: ignore[union-attr]
             log.info("ECG id=%s sop=%s processed: findings=%s (%.0f ms after receipt)", it.ecg_id,
@@ -285,6 +312,10 @@ class Worker:
                      prediction.timings["received_to_processed_ms"])  # type: ignore[union-attr]
         elif outcome == "rejected":
             log.warning("ECG id=%s sop=%s rejected: %s", it.ecg_id, it.sop_instance_uid, it.rejection)
+        elif outcome == "quarantined":
+            log.warning("ECG id=%s sop=%s quarantined, no ORU: %s (version %d is ecg id %d)", it.ecg_id,
+                        it.sop_instance_uid, IDENTITY_CHANGED_REASON, it.identity_conflict[1],  # type: ignore[index]
+                        it.identity_conflict[0])  # type: ignore[index]
         elif outcome == "retry":
             log.warning("ECG id=%s sop=%s: unexpected error (attempt %d of %d), will retry: %s", it.ecg_id,
                         it.sop_instance_uid, it.attempts, self.cfg.process.max_attempts,

@@ -20,20 +20,22 @@ import functools
 import io
 import logging
 import struct
+import unicodedata
 import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 from dataclasses import dataclass, field
 
 from pydicom.charset import convert_encodings, default_encoding
-from pydicom.datadict import dictionary_VR
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement, RawDataElement, empty_value_for_VR
 from pydicom.dataset import Dataset
 from pydicom.filereader import ENCODED_VR, _read_file_meta_info, read_preamble
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 from pydicom.values import convert_string
-from pydicom.valuerep import VR
+from pydicom.valuerep import MAX_VALUE_LEN, VR
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
@@ -113,14 +115,19 @@ class EcgHeader:
     def get(self, keyword: str) -> str | None:
         """A top-level attribute as a stripped string (None when absent,
         empty, or not decodable: a garbled optional value must not refuse
-        the ECG; a garbled UID is refused as invalid)."""
+        the ECG; a garbled UID is refused as invalid).  Several values are
+        the DICOM text, joined by ``\\`` (never Python's list text).
+
+        Lenient: identity and stored values go through :meth:`value`."""
         try:
-            value = self.dataset.get(keyword)
-            if value is None or value == "":
-                return None
-            return str(value).strip() or None
+            return _text(self.dataset.get(keyword))
         except Exception:  # noqa: BLE001 - pydicom raises many types for bad values
             return None
+
+    def value(self, keyword: str) -> str | None:
+        """A top-level VM-1 text attribute checked against its VR
+        (:func:`checked_text`); raises :class:`ValueProblem`."""
+        return checked_text(self.dataset, keyword)
 
     @property
     def sop_instance_uid(self) -> str | None:
@@ -138,6 +145,80 @@ class EcgHeader:
         if any(p is None for p in problems):
             return None
         return "no usable waveform group: " + "; ".join(f"group {i}: {p}" for i, p in enumerate(problems))
+
+
+class ValueProblem(ValueError):
+    """A header value breaks its VR: several values where the dictionary
+    allows one, longer than the VR allows, a control character, or not text.
+    The message names the problem, never the value (it may be PHI)."""
+
+
+#: Maximum characters per VR (PS3.5 Table 6.2-1) beyond pydicom's table:
+#: DA, DT and TM as stored (not the longer query forms).
+_MAX_CHARS = {**MAX_VALUE_LEN, "DA": 8, "DT": 26, "TM": 14}
+#: PN: characters per component group, groups, components per group.
+_PN_GROUP_CHARS, _PN_GROUPS, _PN_COMPONENTS = 64, 3, 5
+_BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UN"})
+#: Unicode categories never allowed in a checked value: control (C0, DEL,
+#: C1), format (e.g. U+202E, which reverses the text shown), surrogates,
+#: line and paragraph separators.
+_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def _text(value: Any) -> str | None:
+    """A pydicom value as stripped text, several values joined by ``\\``
+    (their DICOM encoding); None when absent or empty."""
+    if value is None:
+        return None
+    if isinstance(value, (MultiValue, list, tuple)):
+        return "\\".join(str(v).strip() for v in value).strip() or None
+    return str(value).strip() or None
+
+
+def checked_text(ds: Dataset, keyword: str) -> str | None:
+    """The value of ``keyword`` (a VM-1 text attribute) in ``ds``, stripped;
+    None when absent or empty.
+
+    Raises :class:`ValueProblem` when the value breaks its VR: several
+    values (backslash), longer than the VR allows (PN: per component group),
+    a control or format character, bytes that could not be decoded in the
+    declared character set (U+FFFD), or a binary VR.  Values are never cut."""
+    tag = tag_for_keyword(keyword)
+    if tag is None or tag not in ds:
+        return None
+    try:
+        element = ds[tag]
+        value = element.value
+    except Exception:  # noqa: BLE001 - pydicom raises many types for bad values
+        raise ValueProblem("cannot be decoded") from None
+    if element.VR in _BINARY_VRS or isinstance(value, (bytes, bytearray)):
+        raise ValueProblem(f"encoded as VR {element.VR}, not text")
+    if isinstance(value, (MultiValue, list, tuple)):
+        if len(value) > 1:
+            raise ValueProblem(f"{len(value)} values where DICOM allows one (VM 1)")
+        value = value[0] if value else None
+    text = None if value is None else str(value).strip()
+    if not text:
+        return None
+    if not text.isprintable() or "\ufffd" in text:  # the common case skips the per-character pass
+        for ch in text:
+            if ch == "\ufffd":
+                raise ValueProblem("bytes not decodable in its character set")
+            if unicodedata.category(ch) in _FORBIDDEN_CATEGORIES:
+                raise ValueProblem(f"control or format character U+{ord(ch):04X}")
+    vr = dictionary_VR(tag)
+    if vr == "PN":
+        groups = text.split("=")
+        if len(groups) > _PN_GROUPS:
+            raise ValueProblem(f"{len(groups)} name groups; PN allows {_PN_GROUPS}")
+        for group in groups:
+            if len(group) > _PN_GROUP_CHARS:
+                raise ValueProblem(f"a name group of {len(group)} characters; PN allows {_PN_GROUP_CHARS}")
+            if group.count("^") >= _PN_COMPONENTS:
+                raise ValueProblem(f"{group.count('^') + 1} name components; PN allows {_PN_COMPONENTS}")
+    elif len(text) > _MAX_CHARS.get(vr, len(text)):
+        raise ValueProblem(f"{len(text)} characters; VR {vr} allows {_MAX_CHARS[vr]}")
+    return text
 
 
 def _skip_undefined(buf: bytes, pos: int, end: int, implicit: bool) -> int:
@@ -307,10 +388,9 @@ def _float(ds: Dataset, keyword: str) -> float | None:
 
 def _str(ds: Dataset, keyword: str) -> str | None:
     try:
-        value = ds.get(keyword)
+        return _text(ds.get(keyword))
     except Exception:  # noqa: BLE001 - a garbled value is treated as absent
         return None
-    return str(value).strip() or None if value is not None else None
 
 
 def meta_sop_instance_uid(raw: bytes) -> str | None:

@@ -26,8 +26,26 @@ from sqlalchemy import bindparam, insert, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from gateway.receive.header import ECG_STORAGE_SOP_CLASSES, EcgHeader, HeaderError, meta_sop_instance_uid, read_header
+from gateway.admin.audit import audit
+from gateway.quoting import printable
+from gateway.receive.header import (
+    ECG_STORAGE_SOP_CLASSES,
+    EcgHeader,
+    HeaderError,
+    ValueProblem,
+    checked_text,
+    meta_sop_instance_uid,
+    read_header,
+)
 from gateway.store.models import RECEIVED, REJECTED, EcgInstance
+from gateway.store.versions import (
+    IDENTITY_CHANGED,
+    IDENTITY_CHANGED_AUDIT,
+    IDENTITY_CHANGED_REASON,
+    REJECTED_AT_RECEIVE,
+    patient_identity,
+    quarantined,
+)
 
 log = logging.getLogger("gateway.receive")
 
@@ -41,6 +59,8 @@ DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 #: Error: cannot understand, the SOP Instance UID is not a valid UID.
 CANNOT_UNDERSTAND_INVALID_UID = 0xC001
+#: Error: another patient under a known SOP Instance UID (the data set is quarantined).
+IDENTITY_CONFLICT = 0xC002
 #: Failure: processing failure (an unexpected error in the gateway).
 PROCESSING_FAILURE = 0x0110
 
@@ -81,39 +101,87 @@ def _clean(value: str | None, size: int) -> str | None:
     return value.strip()[:size] or None
 
 
-def demographics(header: EcgHeader) -> dict[str, Any]:
-    """Column values for an :class:`EcgInstance`, from the header only."""
-    get = header.get
-    acquired = get("AcquisitionDateTime")
-    if acquired is None and get("ContentDate"):
-        acquired = (get("ContentDate") or "") + (get("ContentTime") or "")
+#: Header values that say which patient, order, study and instance an ECG
+#: belongs to (column -> keyword).  One that breaks its VR (several values
+#: where VM is 1, too long, control characters: see ``checked_text``) refuses
+#: the data set with the reason: such a value is never cut, joined or guessed.
+IDENTITY_VALUES: dict[str, str] = {
+    "sop_class_uid": "SOPClassUID",
+    "study_instance_uid": "StudyInstanceUID",
+    "series_instance_uid": "SeriesInstanceUID",
+    "patient_id": "PatientID",
+    "issuer_of_patient_id": "IssuerOfPatientID",
+    "patient_name": "PatientName",
+    "accession_number": "AccessionNumber",
+    "placer_order_number": "PlacerOrderNumberImagingServiceRequest",
+    "filler_order_number": "FillerOrderNumberImagingServiceRequest",
+}
+#: The other stored values.  One that breaks its VR is left out (not stored,
+#: not sent), the ECG is flagged ``invalid_value:<keyword>`` and analysed.
+OTHER_VALUES: dict[str, str] = {
+    "patient_birth_date": "PatientBirthDate",
+    "patient_sex": "PatientSex",
+    "manufacturer": "Manufacturer",
+    "device_model": "ManufacturerModelName",
+    "device_serial": "DeviceSerialNumber",
+}
+INVALID_VALUE_FLAG = "invalid_value:"
+
+
+@dataclass
+class HeaderValues:
+    """The columns of an :class:`EcgInstance` from the header, checked."""
+
+    columns: dict[str, Any]
+    #: Identity values that break their VR ("PatientID: 2 values ..."): refuse.
+    problems: list[str]
+    #: Other values left out for breaking their VR ("PatientSex: ..."): flag.
+    dropped: list[str]
+
+    @property
+    def flags(self) -> list[str]:
+        return [INVALID_VALUE_FLAG + text.split(":", 1)[0] for text in self.dropped]
+
+
+def header_values(header: EcgHeader) -> HeaderValues:
+    """Column values for an :class:`EcgInstance`, from the header only,
+    each checked against its VR (:data:`IDENTITY_VALUES`, :data:`OTHER_VALUES`).
+    A value that breaks its VR is None in ``columns``; problems name the
+    keyword and the problem, never the value."""
+    out = HeaderValues({}, [], [])
+
+    def read(keyword: str, problems: list[str], ds: Any = None) -> str | None:
+        try:
+            return checked_text(header.dataset if ds is None else ds, keyword)
+        except ValueProblem as exc:
+            problems.append(f"{keyword}: {exc}")
+            return None
+
+    for column, keyword in IDENTITY_VALUES.items():
+        out.columns[column] = read(keyword, out.problems)
     requested_procedure_id = None
     try:
-        for item in header.dataset.get("RequestAttributesSequence") or []:
-            requested_procedure_id = requested_procedure_id or item.get("RequestedProcedureID")
+        items = list(header.dataset.get("RequestAttributesSequence") or [])
     except Exception:  # noqa: BLE001 - an unreadable optional sequence is ignored
-        requested_procedure_id = None
-    values = {
-        "sop_class_uid": (get("SOPClassUID"), 64),
-        "study_instance_uid": (get("StudyInstanceUID"), 64),
-        "series_instance_uid": (get("SeriesInstanceUID"), 64),
-        "patient_id": (get("PatientID"), 64),
-        "issuer_of_patient_id": (get("IssuerOfPatientID"), 64),
-        "patient_name": (get("PatientName"), 324),
-        "patient_birth_date": (get("PatientBirthDate"), 8),
-        "patient_sex": (get("PatientSex"), 16),
-        "accession_number": (get("AccessionNumber"), 64),
-        "placer_order_number": (get("PlacerOrderNumberImagingServiceRequest"), 64),
-        "filler_order_number": (get("FillerOrderNumberImagingServiceRequest"), 64),
-        "requested_procedure_id": (str(requested_procedure_id) if requested_procedure_id else None, 64),
-        "manufacturer": (get("Manufacturer"), 64),
-        "device_model": (get("ManufacturerModelName"), 64),
-        "device_serial": (get("DeviceSerialNumber"), 64),
-        "acquisition_datetime": (acquired, 32),
-    }
-    out = {key: _clean(value, size) for key, (value, size) in values.items()}
-    out["sop_class_uid"] = out["sop_class_uid"] or ""
+        items = []
+    for item in items:
+        requested_procedure_id = requested_procedure_id or read("RequestedProcedureID", out.problems, item)
+    out.columns["requested_procedure_id"] = requested_procedure_id
+    for column, keyword in OTHER_VALUES.items():
+        out.columns[column] = read(keyword, out.dropped)
+    acquired = read("AcquisitionDateTime", out.dropped)
+    if acquired is None:
+        date, time = read("ContentDate", out.dropped), read("ContentTime", out.dropped)
+        acquired = date + (time or "") if date else None
+    out.columns["acquisition_datetime"] = acquired
+    out.columns["sop_class_uid"] = out.columns["sop_class_uid"] or ""
     return out
+
+
+def demographics(header: EcgHeader) -> dict[str, Any]:
+    """Column values for an :class:`EcgInstance`, from the header only (see
+    :func:`header_values`; values that break their VR are None)."""
+    return header_values(header).columns
 
 
 INCOMING_DIR = ".incoming"
@@ -301,8 +369,8 @@ def _check_and_store(
     source: dict[str, str | None],
     transfer_syntax_uid: str,
 ) -> StoreOutcome:
-    def reject(header: EcgHeader | None, status: int, reason: str) -> StoreOutcome:
-        return _reject(staged, header, status, reason, session_factory, spool_dir, source, transfer_syntax_uid)
+    def reject(header: EcgHeader | None, status: int, reason: str, **kw: Any) -> StoreOutcome:
+        return _reject(staged, header, status, reason, session_factory, spool_dir, source, transfer_syntax_uid, **kw)
 
     try:
         header = read_header(raw)
@@ -312,21 +380,37 @@ def _check_and_store(
     if not is_valid_uid(uid):
         return reject(header, CANNOT_UNDERSTAND_INVALID_UID, "SOP Instance UID is missing or not a valid DICOM UID")
     if header.sop_class_uid not in ECG_STORAGE_SOP_CLASSES:
-        return reject(header, DATA_SET_DOES_NOT_MATCH_SOP_CLASS, f"SOP Class {header.sop_class_uid} is not an ECG waveform storage class")
+        return reject(header, DATA_SET_DOES_NOT_MATCH_SOP_CLASS, f"SOP Class {printable(header.sop_class_uid)} is not an ECG waveform storage class")
     problem = header.waveform_problem()
     if problem:
         return reject(header, DATA_SET_DOES_NOT_MATCH_SOP_CLASS, problem)
+    values = header_values(header)
+    if values.problems:
+        # never cut or guessed: a wrong identity would file the result under another patient or order
+        return reject(header, DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+                      "identity values break their VR: " + "; ".join(values.problems))
 
     assert uid is not None
-    columns = demographics(header)
+    columns = dict(values.columns)
     columns["transfer_syntax_uid"] = transfer_syntax_uid or header.transfer_syntax_uid
     try:
         for _attempt in range(_DB_RETRIES):
             try:
-                return _store_version(raw, staged, uid, columns, received, session_factory, spool_dir, source)
+                stored = _store_version(raw, staged, uid, columns, values.flags, received, session_factory,
+                                        spool_dir, source)
             except IntegrityError:
                 # Another association committed this UID's next version first: look again.
                 continue
+            if isinstance(stored, _IdentityConflict):
+                return reject(
+                    header, IDENTITY_CONFLICT,
+                    f"{IDENTITY_CHANGED_REASON} (version {stored.version} is ecg id {stored.ecg_id})",
+                    flags=[IDENTITY_CHANGED], conflict=stored,
+                )
+            if values.dropped and not stored.duplicate:
+                log.warning("SOP Instance UID %s (ecg id %s): left out, breaking their VR: %s",
+                            uid, stored.ecg_id, "; ".join(values.dropped))
+            return stored
         reason = "database conflict persisted; try again"
     except SQLAlchemyError as exc:
         reason = f"database unavailable: {type(exc).__name__}"
@@ -335,11 +419,21 @@ def _check_and_store(
     return StoreOutcome(OUT_OF_RESOURCES, None, False, reason)
 
 
+@dataclass
+class _IdentityConflict:
+    """The version whose patient identity a new version does not share."""
+
+    ecg_id: int
+    version: int
+
+
 #: One statement, no ORM unit of work: the row id comes back with the insert.
 _INSERT_INSTANCE = insert(EcgInstance.__table__).returning(EcgInstance.__table__.c.id)
 _SAME_UID = (
-    select(EcgInstance.id, EcgInstance.version, EcgInstance.sha256, EcgInstance.status, EcgInstance.spool_path)
+    select(EcgInstance.id, EcgInstance.version, EcgInstance.sha256, EcgInstance.status, EcgInstance.spool_path,
+           EcgInstance.flags, EcgInstance.patient_id, EcgInstance.issuer_of_patient_id)
     .where(EcgInstance.sop_instance_uid == bindparam("uid"))
+    .order_by(EcgInstance.version)
 )
 
 
@@ -348,11 +442,12 @@ def _store_version(
     staged: StagedFile,
     uid: str,
     columns: dict[str, Any],
+    flags: list[str],
     received: datetime,
     session_factory: sessionmaker[Session],
     spool_dir: Path,
     source: dict[str, str | None],
-) -> StoreOutcome:
+) -> StoreOutcome | _IdentityConflict:
     """Commit the row for one accepted instance (its file durable first).
 
     Optimistic: when the writer thread placed the file at a path that did not
@@ -360,6 +455,9 @@ def _store_version(
     away and the unique (sop_instance_uid, version) constraint arbitrates;
     only on a clash are the UID's rows looked up (duplicate or new version).
     Versions are never deleted, so version 1 exists whenever any row does.
+
+    A new version whose patient identity differs from the first version
+    accepted at the door is not stored here: the caller quarantines it.
     """
     sha256 = staged.sha256()
     path = spool_path_for(spool_dir, uid, sha256, received)
@@ -370,7 +468,7 @@ def _store_version(
     with session_factory() as session:
         if staged.placed_at(path):
             try:
-                ecg_id = session.connection().execute(_INSERT_INSTANCE, {**row, "version": 1, "flags": []}).scalar_one()
+                ecg_id = session.connection().execute(_INSERT_INSTANCE, {**row, "version": 1, "flags": flags}).scalar_one()
                 session.commit()
             except IntegrityError:
                 session.rollback()  # this UID is known: look at its versions
@@ -387,12 +485,17 @@ def _store_version(
                     staged.undo()
                 log.info("duplicate SOP Instance UID %s (ecg id %s, same bytes) from %s: not stored again", uid, same.id, _who(source))
                 return StoreOutcome(SUCCESS, same.id, True, "duplicate")
+        accepted = [same for same in existing if not quarantined(same.flags)]
+        if accepted and patient_identity(accepted[0].patient_id, accepted[0].issuer_of_patient_id) != patient_identity(
+                columns.get("patient_id"), columns.get("issuer_of_patient_id")):
+            return _IdentityConflict(accepted[0].id, accepted[0].version)
         version = max((same.version for same in existing), default=0) + 1
-        flags = ["new_version"] if any(same.status != REJECTED for same in existing) else []
+        if any(same.status != REJECTED for same in existing):
+            flags = ["new_version", *flags]
         staged.move_to(path)  # usually already there (placed by the writer thread)
         ecg_id = session.connection().execute(_INSERT_INSTANCE, {**row, "version": version, "flags": flags}).scalar_one()
         session.commit()
-    if flags:
+    if "new_version" in flags:
         log.warning(
             "SOP Instance UID %s received again with different bytes: stored as version %d (ecg id %d), flagged new_version",
             uid, version, ecg_id,
@@ -415,15 +518,20 @@ def _reject(
     spool_dir: Path,
     source: dict[str, str | None],
     transfer_syntax_uid: str,
+    *,
+    flags: list[str] | None = None,
+    conflict: _IdentityConflict | None = None,
 ) -> StoreOutcome:
     """Refuse with ``status``; keep a quarantine copy and a ``rejected`` row
-    when possible (best effort: the refusal stands either way)."""
+    when possible (best effort: the refusal stands either way).  A
+    ``conflict`` (another patient under a known UID) is also audited."""
     uid = header.sop_instance_uid if header else None
     shown = uid if is_valid_uid(uid) else "(none or invalid)"
     sha256 = staged.sha256()
     ecg_id = None
     try:
-        ecg_id = _record_rejection(staged, header, reason, session_factory, spool_dir, source, transfer_syntax_uid)
+        ecg_id = _record_rejection(staged, header, reason, session_factory, spool_dir, source, transfer_syntax_uid,
+                                   flags or [], conflict)
     except (OSError, SQLAlchemyError) as exc:
         staged.undo()
         log.error("could not record the rejection of sha256 %s: %s", sha256[:12], exc)
@@ -442,8 +550,11 @@ def _record_rejection(
     spool_dir: Path,
     source: dict[str, str | None],
     transfer_syntax_uid: str,
+    flags: list[str],
+    conflict: _IdentityConflict | None,
 ) -> int | None:
-    columns = demographics(header) if header else {"sop_class_uid": ""}
+    values = header_values(header) if header else None
+    columns = values.columns if values else {"sop_class_uid": ""}
     columns["transfer_syntax_uid"] = transfer_syntax_uid or (header.transfer_syntax_uid if header else None)
     # The UID is data here, never a path: an invalid one is kept as printable text.
     uid = _clean(header.sop_instance_uid if header else None, 64) or ""
@@ -467,12 +578,17 @@ def _record_rejection(
                 size_bytes=quarantine.stat().st_size,
                 status=REJECTED,
                 error=reason,
-                flags=["rejected_at_receive"],
+                flags=[REJECTED_AT_RECEIVE, *flags, *(values.flags if values else [])],
                 **columns,
                 **source,
             )
             session.add(row)
             try:
+                session.flush()
+                if conflict is not None:
+                    audit(session, f"dicom:{_who(source)}", IDENTITY_CHANGED_AUDIT, f"ecg:{row.id}",
+                          sop_instance_uid=uid, version=row.version, sha256=sha256,
+                          reference_ecg_id=conflict.ecg_id, reference_version=conflict.version)
                 session.commit()
             except IntegrityError:
                 continue
