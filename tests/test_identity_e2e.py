@@ -266,6 +266,7 @@ def test_another_patient_under_a_known_uid_is_quarantined_and_a_same_patient_ver
     assert str(correction.segment("OBR")[25]) == "C"
     obx = correction.segments("OBX")
     assert len(obx) >= 8 and {str(seg[11]) for seg in obx} == {"C"}
+    assert correction["OBR.F3.R1.C1"] == first["OBR.F3.R1.C1"] == str(v1.id)  # the order it corrects
     for msg in orus:
         assert msg["PID.F3.R1.C1"] == "PATAAA111"
         assert msg["PID.F3.R1.C4"] == "HOSP"

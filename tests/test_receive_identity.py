@@ -318,6 +318,8 @@ def test_same_patient_new_version_is_processed_and_sent_as_a_correction(
         obx = msg.segments("OBX")
         assert len(obx) >= 8 and {str(seg[11]) for seg in obx} == {status}
         assert msg["PID.F3.R1.C1"] == PATIENT_A
+    # the correction names the order it corrects: the first version's filler order number
+    assert c["ORC.F3.R1.C1"] == c["OBR.F3.R1.C1"] == f["ORC.F3.R1.C1"] == str(first.ecg_id)
     with session_factory() as s:
         assert s.get(EcgInstance, second.ecg_id).status == PROCESSED
         # a manual resend of the correction is still a correction; of the first, still final
