@@ -218,8 +218,9 @@ def test_values_hl7apy_would_write_differently_equal_the_reference(changes):
     assert outcome(build_oru, *args) == outcome(build_oru_reference, *args)
 
 
-# Text with every ER7 delimiter, escapes, blanks, accents, ideographs and lengths around hl7apy's limits.
-_PIECES = st.sampled_from(list("aZ09 .-'|^&~\\=éÜ山\x7f") + ["\\F\\", "  ", "Ørsted"])
+# Text with every ER7 delimiter, escapes, control characters, blanks, accents, ideographs and lengths around
+# hl7apy's limits.
+_PIECES = st.sampled_from(list("aZ09 .-'|^&~\\=éÜ山\x7f\r\n\x0b\x1c\x85\u2028") + ["\\F\\", "  ", "Ørsted"])
 _short = st.lists(_PIECES, min_size=1, max_size=8).map("".join)
 _long = st.lists(_PIECES, min_size=15, max_size=70).map("".join)
 _text = st.one_of(st.none(), _short, _short, _short, _long)

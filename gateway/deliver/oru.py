@@ -313,9 +313,9 @@ def _oru_segments(
     Raises :class:`OruBuildError` for problems found before HL7 rules apply
     (no patient id, characters outside MSH-18, bad probabilities)."""
     charset = cfg.charset
-    if not ecg.patient_id:
+    if not (ecg.patient_id or "").strip():
         raise OruBuildError("PID-3: the ECG has no Patient ID")
-    if prediction is None and not ecg.error:
+    if prediction is None and not (ecg.error or "").strip():
         raise OruBuildError("OBX-5: no prediction and no rejection reason")
 
     def ident(value: str | None, field: str) -> Input:
@@ -376,7 +376,7 @@ def _oru_segments(
                                  14: observed_at}))
 
     if prediction is None:
-        text = to_charset(replace_controls(ecg.error or ""), charset, "OBX-5", replace=True)
+        text = to_charset(replace_controls((ecg.error or "").strip()), charset, "OBX-5", replace=True)
         reason = short_reason(text)
         if notes is not None and reason != escape(text.strip()):
             notes.append(f"OBX-5: the rejection reason is sent shortened to {len(reason)} characters"
@@ -384,8 +384,9 @@ def _oru_segments(
         obx("ST", IMPRESSION, Input(escape(REJECTED_PREFIX) + reason))
     else:
         _prediction_observations(obx, free_text, prediction, cfg)
-    if ecg.study_instance_uid:
-        obx("ST", STUDY_UID, ident(ecg.study_instance_uid, "OBX-5"))
+    study = ident(ecg.study_instance_uid, "OBX-5")
+    if study:
+        obx("ST", STUDY_UID, study)
     # Configured values and constants too: no control character reaches the wire.
     return [(name, {i: v if not CONTROL_CHARACTERS.search(v) else type(v)(replace_controls(v))
                     for i, v in fields.items()}) for name, fields in segments]
