@@ -114,6 +114,9 @@ class DicomConfig(_Section):
 class StorageConfig(_Section):
     database_url: str = "sqlite:///var/gateway.db"
     spool_dir: str = "var/spool"
+    #: Days to keep finished ECGs (rows and spool files; the audit log stays);
+    #: ``serve`` prunes once a day.  0 = keep everything (the default).
+    retention_days: int = Field(0, ge=0)
 
     @field_validator("database_url")
     @classmethod

@@ -127,6 +127,11 @@ def run(cfg: Config, components: tuple[str, ...] = COMPONENTS) -> int:
         worker = Worker(cfg, session_factory, ensemble, on_outbox=hl7_wake.set)
         worker.warm_up()
         threads.append(_Thread("worker", lambda: worker.run(stop)))
+        if cfg.storage.retention_days:  # the processes that read the spool also prune it, daily
+            from gateway.store.retention import run_daily
+
+            threads.append(_Thread("retention", lambda: run_daily(
+                session_factory, cfg.storage.spool_dir, cfg.storage.retention_days, stop)))
 
     if "hl7" in components and cfg.hl7.enabled:
         from gateway.deliver.sender import run_sender

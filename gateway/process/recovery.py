@@ -25,6 +25,9 @@ _PARTIAL_SUFFIXES = (".tmp", ".part")
 class SpoolReport:
     files_without_row: list[str] = field(default_factory=list)
     rows_without_file: list[int] = field(default_factory=list)
+    #: Rows a retention prune marked and has not finished (their file may be gone
+    #: already); consistent, and the next prune removes them.
+    mid_prune: list[int] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
@@ -35,11 +38,12 @@ def check_spool(spool_dir: str | Path, session_factory: sessionmaker[Session]) -
     """Compare the spool folder with the rows that point into it."""
     root = Path(spool_dir)
     with session_factory() as session:
-        rows = session.execute(select(EcgInstance.id, EcgInstance.spool_path)).all()
-    expected = {spool_file(root, p).resolve(): ecg_id for ecg_id, p in rows}
-    report = SpoolReport()
+        rows = session.execute(select(EcgInstance.id, EcgInstance.spool_path, EcgInstance.pruning_since)).all()
+    expected = {spool_file(root, p).resolve(): ecg_id for ecg_id, p, _ in rows}
+    report = SpoolReport(mid_prune=sorted(ecg_id for ecg_id, _, marked in rows if marked is not None))
+    pruning = set(report.mid_prune)
     for ecg_id_path, ecg_id in expected.items():
-        if not ecg_id_path.is_file():
+        if ecg_id not in pruning and not ecg_id_path.is_file():
             report.rows_without_file.append(ecg_id)
     if root.is_dir():
         for f in sorted(root.rglob("*")):

@@ -71,6 +71,47 @@ def check_spool_cmd(ctx: typer.Context) -> None:
         typer.echo(f"file without row: {path}")
     for ecg_id in report.rows_without_file:
         typer.echo(f"row without file: ECG id={ecg_id}")
+    if report.mid_prune:
+        typer.echo(f"{len(report.mid_prune)} row(s) marked by an unfinished prune (their files may be gone "
+                   "already): `ecg-gateway db prune` finishes them")
     typer.echo("spool and database agree" if report.clean else
                f"{len(report.files_without_row)} file(s) without row, {len(report.rows_without_file)} row(s) without file")
     raise typer.Exit(0 if report.clean else 1)
+
+
+@app.command()
+def prune(
+    ctx: typer.Context,
+    older_than: int = typer.Option(
+        0, "--older-than", metavar="DAYS", min=0,
+        help="Remove finished ECGs received more than DAYS days ago (default: [storage] retention_days)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only print what would be removed."),
+    list_rows: bool = typer.Option(False, "--list", help="Also print one line per ECG (id, SOP Instance UID, file)."),
+) -> None:
+    """Remove finished ECGs past the retention limit: their rows, predictions, HL7
+    messages and spool files (rejected copies too). The audit log is kept.
+
+    Kept: ECGs still waiting or processing, with an HL7 message not yet delivered,
+    or with a newer version of the same SOP Instance UID inside the limit.
+    Safe to interrupt: a crash leaves no row without a file and no file without a row
+    (run it again to finish).
+    """
+    from gateway.admin.audit import cli_actor
+    from gateway.cli import config_from
+    from gateway.store.db import make_engine, make_sessionmaker
+    from gateway.store.retention import prune as do_prune
+
+    cfg = config_from(ctx)
+    days = older_than or cfg.storage.retention_days
+    if days < 1:
+        typer.echo("db prune: give --older-than DAYS (at least 1) or set [storage] retention_days", err=True)
+        raise typer.Exit(2)
+    engine = make_engine(cfg.storage.database_url)
+    try:
+        result = do_prune(make_sessionmaker(engine), cfg.storage.spool_dir, days, dry_run=dry_run,
+                          actor=cli_actor(), list_rows=list_rows)
+    finally:
+        engine.dispose()
+    for line in result.lines:
+        typer.echo(line)
+    typer.echo(result.summary())

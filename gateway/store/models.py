@@ -114,6 +114,9 @@ class EcgInstance(Base):
     received_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     processed_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    #: Set when retention pruning has chosen this row: its spool file may already be
+    #: gone (``store.retention``), and the row goes next.
+    pruning_since: Mapped[datetime | None]
 
     prediction: Mapped["Prediction | None"] = relationship(back_populates="ecg", uselist=False)
     messages: Mapped[list["Hl7Message"]] = relationship(back_populates="ecg", order_by="Hl7Message.id")
