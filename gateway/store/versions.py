@@ -43,8 +43,8 @@ def patient_identity(patient_id: str | None, issuer: str | None) -> tuple[str, s
 def reference_version(session: Session, sop_instance_uid: str) -> Any | None:
     """The first version of ``sop_instance_uid`` not quarantined (id,
     version, patient_id, issuer_of_patient_id), or None when there is none.
-    Versions are never deleted and only later ones are quarantined, so the
-    answer never changes once given."""
+    Only later versions are quarantined, and versions are deleted only all
+    together (retention), so the answer never changes while any is kept."""
     rows = session.execute(
         select(EcgInstance.id, EcgInstance.version, EcgInstance.patient_id, EcgInstance.issuer_of_patient_id,
                EcgInstance.flags)
