@@ -19,6 +19,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.receive.limits import DEFAULT_MAX_DATASET_MB
+
 ENV_PREFIX = "ECG_GATEWAY_"
 CONFIG_ENV = "ECG_GATEWAY_CONFIG"
 DEFAULT_CONFIG_PATH = Path("config/gateway.toml")
@@ -80,6 +82,9 @@ class DicomConfig(_Section):
     max_pdu: Annotated[int, Field(ge=0)] = 16382
     #: Refuse C-STOREs (0xA700) when the spool has less free space than this.
     min_free_disk_mb: Annotated[int, Field(ge=0)] = 500
+    #: The largest data set accepted, as received and (Deflated) inflated; a
+    #: larger one is refused while it arrives. At most 2047 (size_bytes column).
+    max_dataset_mb: Annotated[int, Field(ge=1, le=2047)] = DEFAULT_MAX_DATASET_MB
     #: A second listener with TLS; 0 = off.
     tls_port: OptionalPort = 0
     tls_cert: str = ""

@@ -40,6 +40,7 @@ from gateway.config import Config
 from gateway.process import metrics
 from gateway.process.claim import claim_batch, release_dead_claims, still_claimed, this_process
 from gateway.quoting import printable
+from gateway.receive.limits import DEFAULT_MAX_DATASET_BYTES
 from gateway.store.models import FAILED, PROCESSED, RECEIVED, REJECTED, EcgInstance, Prediction
 from gateway.store.versions import (
     IDENTITY_CHANGED,
@@ -83,18 +84,22 @@ def spool_file(spool_dir: str | Path, spool_path: str) -> Path:
     return p if p.is_absolute() else Path(spool_dir) / p
 
 
-def model_input(raw: bytes, params: Any) -> Any:
+def model_input(raw: bytes, params: Any, max_bytes: int = DEFAULT_MAX_DATASET_BYTES) -> Any:
     """Spooled DICOM bytes -> ``NormalisedEcg``: the one read-and-normalise path,
     shared by the worker and by everything that rebuilds a stored result's
     input (export, web view), so a rebuild runs exactly what the model saw.
 
-    Raises ``NormaliseError`` when the data set cannot be read or analysed.
+    Raises ``NormaliseError`` when the data set cannot be read or analysed, or
+    is (or inflates to) more than ``max_bytes`` (``[dicom] max_dataset_mb``).
     """
     from gateway.normalise import NormaliseError, normalise_dataset
     from gateway.receive.header import read_waveform_dataset
+    from gateway.receive.limits import DatasetTooLarge
 
     try:
-        ds = read_waveform_dataset(raw)  # skips the annotations pydicom parses eagerly
+        ds = read_waveform_dataset(raw, max_bytes)  # skips the annotations pydicom parses eagerly
+    except DatasetTooLarge as exc:  # a deflate bomb: refused at the limit, never inflated whole
+        raise NormaliseError(str(exc)) from None
     except Exception as exc:  # the SCP checked the header; the body may still be corrupt
         raise NormaliseError(f"DICOM data set cannot be parsed: {printable(exc)}") from exc
     return normalise_dataset(ds, params)
@@ -184,6 +189,7 @@ class Worker:
 
     def _prepare(self, ecg_id: int) -> _Item:
         from gateway.normalise import NormaliseError
+        from gateway.receive.limits import MIB, DatasetTooLarge, check_size
 
         item = _Item(ecg_id)
         t0 = time.perf_counter()
@@ -198,8 +204,13 @@ class Worker:
             if conflict is not None:
                 item.identity_conflict = (conflict.id, conflict.version)
                 return item
-            raw = path.read_bytes()  # FileNotFoundError: not a rejection, handled as before
-            result = model_input(raw, self.params)
+            max_bytes = self.cfg.dicom.max_dataset_mb * MIB
+            try:  # FileNotFoundError: not a rejection, handled as before
+                check_size(path.stat().st_size, max_bytes)  # stored before the limit (or under a higher one): unread
+            except DatasetTooLarge as exc:
+                raise NormaliseError(str(exc)) from None
+            raw = path.read_bytes()
+            result = model_input(raw, self.params, max_bytes)
             item.normalised, item.report = result, result.report
         except NormaliseError as exc:
             item.rejection = str(exc)

@@ -22,7 +22,8 @@ def ingest(ctx: typer.Context, paths: list[Path] = typer.Argument(..., help="DIC
     """Store DICOM ECG files or folders as if a cart had sent them.
 
     Each file gets the same checks, duplicate handling and durability as a
-    C-STORE. Prints a summary; exits 1 when any file was refused.
+    C-STORE, and the same size limit ([dicom] max_dataset_mb; a larger file is
+    not read at all). Prints a summary; exits 1 when any file was refused.
     """
     from collections import Counter
 
@@ -31,7 +32,8 @@ def ingest(ctx: typer.Context, paths: list[Path] = typer.Argument(..., help="DIC
 
     from gateway.cli import config_from
     from gateway.logs import setup_logging
-    from gateway.receive.spool import SUCCESS, StoreOutcome, store_instance
+    from gateway.receive.limits import MIB, DatasetTooLarge, check_size
+    from gateway.receive.spool import DATA_SET_TOO_LARGE, SUCCESS, StoreOutcome, store_instance
     from gateway.store.db import make_engine, make_sessionmaker, upgrade
 
     cfg = config_from(ctx)
@@ -44,6 +46,7 @@ def ingest(ctx: typer.Context, paths: list[Path] = typer.Argument(..., help="DIC
     upgrade(cfg.storage.database_url)
     engine = make_engine(cfg.storage.database_url)
     session_factory = make_sessionmaker(engine)
+    max_bytes = cfg.dicom.max_dataset_mb * MIB
     counts: Counter[str] = Counter()
     refused: list[tuple[Path, StoreOutcome | None, str]] = []
     console = Console(stderr=True)
@@ -52,7 +55,13 @@ def ingest(ctx: typer.Context, paths: list[Path] = typer.Argument(..., help="DIC
             task = progress.add_task("ingest", total=len(files))
             for path in files:
                 try:
+                    check_size(path.stat().st_size, max_bytes)
                     raw = path.read_bytes()
+                except DatasetTooLarge as exc:
+                    counts["rejected"] += 1
+                    refused.append((path, StoreOutcome(DATA_SET_TOO_LARGE, None, False, str(exc)), str(exc)))
+                    progress.advance(task)
+                    continue
                 except OSError as exc:
                     counts["unreadable"] += 1
                     refused.append((path, None, f"cannot read: {exc.strerror}"))
@@ -66,6 +75,7 @@ def ingest(ctx: typer.Context, paths: list[Path] = typer.Argument(..., help="DIC
                     transfer_syntax_uid="",
                     calling_ae=None,
                     peer_address="ingest",
+                    max_dataset_bytes=max_bytes,
                 )
                 if outcome.status == SUCCESS:
                     counts["duplicate" if outcome.duplicate else "accepted"] += 1

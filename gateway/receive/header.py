@@ -12,6 +12,9 @@ VRs).  The samples themselves are decoded later, by the processing stage.
 The processing stage reads its files with :func:`read_waveform_dataset`: the
 same walk, but the whole WaveformSequence is built as ``pydicom.dcmread``
 builds it (samples included), and anything unusual is left to dcmread.
+
+Both reads are held to ``[dicom] max_dataset_mb`` (:mod:`gateway.receive.limits`),
+including the inflation of deflated data sets and the pydicom fallbacks.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from pydicom.uid import (
 )
 
 from gateway.quoting import printable
+from gateway.receive.limits import DEFAULT_MAX_DATASET_BYTES, DatasetTooLarge, check_size, inflate, read_dicom
 
 #: The ECG waveform storage SOP classes the gateway accepts.
 ECG_STORAGE_SOP_CLASSES: dict[str, str] = {
@@ -424,11 +428,14 @@ def meta_sop_instance_uid(raw: bytes) -> str | None:
     return None
 
 
-def read_header(raw: bytes) -> EcgHeader:
+def read_header(raw: bytes, max_bytes: int = DEFAULT_MAX_DATASET_BYTES) -> EcgHeader:
     """Identity, demographics and waveform group shapes of a DICOM Part 10 file.
 
-    Raises :class:`HeaderError` when the bytes cannot be read as DICOM.
+    Raises :class:`HeaderError` when the bytes cannot be read as DICOM, and
+    :class:`~gateway.receive.limits.DatasetTooLarge` when the file or its
+    inflated data set is larger than ``max_bytes``.
     """
+    check_size(len(raw), max_bytes)
     fp = io.BytesIO(raw)
     try:
         if read_preamble(fp, False) is None:
@@ -444,15 +451,15 @@ def read_header(raw: bytes) -> EcgHeader:
     body_start = fp.tell()
     if transfer_syntax == DeflatedExplicitVRLittleEndian:
         try:
-            # decompressobj: some writers omit the final deflate block marker
-            buf = zlib.decompressobj(-zlib.MAX_WBITS).decompress(raw[body_start:])
+            # incomplete is accepted: some writers omit the final deflate block marker
+            buf = inflate(memoryview(raw)[body_start:], max_bytes).data
         except zlib.error as exc:
             raise HeaderError(f"deflated data set cannot be inflated: {printable(exc)}") from None
         start, implicit = 0, False
     elif transfer_syntax in (ImplicitVRLittleEndian, ExplicitVRLittleEndian):
         buf, start, implicit = raw, body_start, transfer_syntax == ImplicitVRLittleEndian
     else:
-        return _read_header_pydicom(raw, transfer_syntax)
+        return _read_header_pydicom(raw, transfer_syntax, max_bytes)
     try:
         items: list[Dataset] = []
         ds, _ = _dataset(buf, start, len(buf), implicit, items)
@@ -487,13 +494,13 @@ def _group(item: Dataset) -> WaveformGroup:
     )
 
 
-def _read_header_pydicom(raw: bytes, transfer_syntax: str) -> EcgHeader:
+def _read_header_pydicom(raw: bytes, transfer_syntax: str, max_bytes: int) -> EcgHeader:
     """Other transfer syntaxes (archive files only): pydicom reads it all."""
-    from pydicom import dcmread
-
     try:
-        ds = dcmread(io.BytesIO(raw))
+        ds = read_dicom(raw, max_bytes)
         groups = [_group(item) for item in ds.get("WaveformSequence", [])]
+    except DatasetTooLarge:
+        raise
     except Exception as exc:  # noqa: BLE001
         raise HeaderError(f"cannot parse: {printable(exc)}") from None
     return EcgHeader(transfer_syntax, ds, groups)
@@ -514,7 +521,7 @@ class _Unusual(Exception):
     """An encoding the fast read leaves to pydicom (not an error by itself)."""
 
 
-def read_waveform_dataset(raw: bytes) -> Dataset:
+def read_waveform_dataset(raw: bytes, max_bytes: int = DEFAULT_MAX_DATASET_BYTES) -> Dataset:
     """A DICOM Part 10 ECG as the processing stage needs it, parsed fast.
 
     The returned data set has the file meta, every non-sequence top-level
@@ -531,21 +538,26 @@ def read_waveform_dataset(raw: bytes) -> Dataset:
     truncated or corrupt body - is read by ``pydicom.dcmread`` exactly as
     before, so unusual files behave as they always did.
 
-    Raises :class:`HeaderError` (with dcmread's message) when dcmread fails too.
+    Raises :class:`HeaderError` (with dcmread's message) when dcmread fails
+    too, and :class:`~gateway.receive.limits.DatasetTooLarge` (never falling
+    back to dcmread) when the file or its inflated data set exceeds ``max_bytes``.
     """
+    check_size(len(raw), max_bytes)
     try:
-        return _read_waveform_fast(raw)
+        return _read_waveform_fast(raw, max_bytes)
+    except DatasetTooLarge:
+        raise
     except Exception as exc:  # noqa: BLE001 - any doubt: pydicom decides, as before
         log.debug("fast read not used (%s: %s); reading with pydicom.dcmread", type(exc).__name__, exc)
-    from pydicom import dcmread
-
     try:
-        return dcmread(io.BytesIO(raw))
+        return read_dicom(raw, max_bytes)
+    except DatasetTooLarge:
+        raise
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types for garbage
         raise HeaderError(printable(exc) or type(exc).__name__) from exc
 
 
-def _read_waveform_fast(raw: bytes) -> Dataset:
+def _read_waveform_fast(raw: bytes, max_bytes: int) -> Dataset:
     fp = io.BytesIO(raw)
     if read_preamble(fp, False) is None:
         raise _Unusual("no DICM prefix")
@@ -553,9 +565,9 @@ def _read_waveform_fast(raw: bytes) -> Dataset:
     transfer_syntax = file_meta.get("TransferSyntaxUID")
     body_start = fp.tell()
     if transfer_syntax == DeflatedExplicitVRLittleEndian:
-        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-        buf, start, implicit = inflater.decompress(raw[body_start:]), 0, False
-        if not inflater.eof:
+        inflated = inflate(memoryview(raw)[body_start:], max_bytes)
+        buf, start, implicit = inflated.data, 0, False
+        if not inflated.complete:
             raise _Unusual("deflated stream without its final block")
     elif transfer_syntax in (ImplicitVRLittleEndian, ExplicitVRLittleEndian):
         buf, start, implicit = raw, body_start, transfer_syntax == ImplicitVRLittleEndian

@@ -7,6 +7,11 @@ pynetdicom 3.0.4 reads a PDU with a blocking ``recv`` once its first byte has
 arrived, so a peer that stalls inside a PDU (or claims a 4 GiB one) would
 hold its association slot forever.
 
+Every association's DIMSE messages are bounded too (:func:`bound_dimse_messages`):
+pynetdicom gathers a C-STORE's P-DATA fragments in memory until the last
+one, so a data set larger than ``[dicom] max_dataset_mb`` is dropped as soon
+as it passes the limit and the association is aborted.
+
 Association policy is checked in one place (``EVT_REQUESTED``) so that each
 rejection is logged with the peer's address and AE titles; a rejected
 association gets an A-ASSOCIATE-RJ the cart can display.
@@ -32,7 +37,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.config import DicomConfig, StorageConfig
 from gateway.receive.header import ECG_STORAGE_SOP_CLASSES, ECG_TRANSFER_SYNTAXES
-from gateway.receive.spool import PROCESSING_FAILURE, SUCCESS, remove_stale_temp_files, store_instance
+from gateway.receive.limits import MIB, limit_text
+from gateway.receive.spool import PROCESSING_FAILURE, SUCCESS, is_valid_uid, remove_stale_temp_files, store_instance
 
 log = logging.getLogger("gateway.receive")
 
@@ -160,6 +166,51 @@ def bound_pdu_reads(assoc_socket: Any, *, pdu_timeout: float, length_cap: int | 
         assoc_socket.socket.settimeout(pdu_timeout)
 
 
+def _stop_reading(nr_bytes: int) -> bytearray:
+    """A PDU read that finds the transport closed (the DUL's Evt17)."""
+    return bytearray()
+
+
+def bound_dimse_messages(assoc: Any, *, max_bytes: int) -> None:
+    """Make ``assoc`` (an acceptor ``Association``) refuse a DIMSE message
+    whose P-DATA fragments add up to more than ``max_bytes``.
+
+    pynetdicom's DIMSE provider gathers the fragments of a message (the
+    C-STORE data set) in memory until the last one.  Here the bytes of the
+    current message are counted before pynetdicom sees them; past the limit
+    the partial message is dropped, one WARNING line names the peer, the
+    calling AE and the SOP Instance UID of the C-STORE (its command set is
+    complete by then), and the association is aborted (A-ABORT, source
+    service-user): the DUL sends the A-ABORT, then finds the transport closed
+    instead of reading the rest of the stream.  No C-STORE response exists
+    for a request that was never received whole; the cart keeps its copy.
+    """
+    dimse, dul = assoc.dimse, assoc.dul
+    receive = dimse.receive_primitive
+    received = 0
+
+    def receive_bounded(primitive: Any) -> None:
+        nonlocal received
+        if dimse.message is None:  # pynetdicom starts a new message (resets to None after each)
+            received = 0
+        received += sum(len(data) - 1 for _, data in primitive.presentation_data_value_list)  # minus the header byte
+        if received <= max_bytes:
+            receive(primitive)
+            return
+        command = getattr(dimse.message, "command_set", None)
+        uid = str(command.get("AffectedSOPInstanceUID", "") or "") if command is not None else ""
+        requestor = assoc.requestor
+        log.warning("aborted association from %s (calling AE %r): SOP Instance UID %s: data set larger than %s "
+                    "(%d bytes received); nothing kept", requestor.address, requestor.ae_title,
+                    uid if is_valid_uid(uid) else "(none or invalid)", limit_text(max_bytes), received)
+        dimse.message = None  # the fragments gathered so far go now
+        if dul.socket is not None:
+            dul.socket.recv = _stop_reading
+        assoc.acse.send_abort(0x00)
+
+    dimse.receive_primitive = receive_bounded
+
+
 class _DeferredHandshakeContext(ssl.SSLContext):
     """Wraps accepted sockets without the handshake: pynetdicom wraps them in
     its single accept thread, where one silent TCP peer would block every TLS
@@ -206,6 +257,7 @@ def start_scp(
         "session_factory": session_factory,
         "spool_dir": spool_dir,
         "min_free_disk_mb": dicom.min_free_disk_mb,
+        "max_dataset_bytes": dicom.max_dataset_mb * MIB,
     }
     if free_bytes is not None:
         store_kwargs["free_bytes"] = free_bytes
@@ -216,6 +268,7 @@ def start_scp(
         # Runs in the connection's thread before its DUL reads anything.
         bound_pdu_reads(event.assoc.dul.socket, pdu_timeout=dicom.pdu_timeout, length_cap=length_cap,
                         peer=str(event.address[0]))
+        bound_dimse_messages(event.assoc, max_bytes=dicom.max_dataset_mb * MIB)
 
     def handle_requested(event: evt.Event) -> None:
         assoc = event.assoc

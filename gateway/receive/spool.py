@@ -5,7 +5,9 @@ fsynced, renamed into place (and the folder fsynced), and the instance row is
 committed, all before the caller sends 0x0000.  Anything refused leaves no file
 in the spool proper; a refused data set is kept for the admin as
 ``<spool>/rejected/<sha256>.dcm`` (named by content, never by a UID) with a
-``rejected`` row that says why.
+``rejected`` row that says why - except one larger than ``max_dataset_mb``
+(as received or inflated), of which nothing is kept: storing it is what the
+limit prevents, and the cart still has it (never acknowledged).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from gateway.receive.header import (
     meta_sop_instance_uid,
     read_header,
 )
+from gateway.receive.limits import DEFAULT_MAX_DATASET_BYTES, DatasetTooLarge, check_size
 from gateway.store.models import RECEIVED, REJECTED, EcgInstance
 from gateway.store.versions import (
     IDENTITY_CHANGED,
@@ -53,6 +56,10 @@ log = logging.getLogger("gateway.receive")
 SUCCESS = 0x0000
 #: Refused: out of resources (disk below the watermark, database unavailable).
 OUT_OF_RESOURCES = 0xA700
+#: Refused: out of resources, the data set is larger than ``max_dataset_mb``
+#: (as received or inflated).  A7xx: the gateway will not hold it, although
+#: it may be a readable, valid data set (so neither A9xx nor Cxxx).
+DATA_SET_TOO_LARGE = 0xA701
 #: Error: data set does not match SOP class (no usable waveform, not an ECG class).
 DATA_SET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 #: Error: cannot understand (not parseable as DICOM).
@@ -321,6 +328,7 @@ def store_instance(
     calling_ae: str | None,
     peer_address: str | None,
     free_bytes: Callable[[Path], int] = disk_free_bytes,
+    max_dataset_bytes: int = DEFAULT_MAX_DATASET_BYTES,
 ) -> StoreOutcome:
     """Store one DICOM Part 10 byte stream (preamble and file meta included)
     durably, or refuse it with a C-STORE status and a reason.
@@ -328,11 +336,17 @@ def store_instance(
     ``free_bytes`` is the disk-space probe (injectable so a test can simulate
     a full disk).  Success (0x0000) means the file and its ``received`` row are
     committed; a duplicate (same UID, same bytes) is success with
-    ``duplicate=True`` and nothing new stored.
+    ``duplicate=True`` and nothing new stored.  A data set larger than
+    ``max_dataset_bytes`` (as given or inflated) is refused with
+    :data:`DATA_SET_TOO_LARGE` and nothing is kept.
     """
     spool_dir = Path(spool_dir).resolve()
     spool_dir.mkdir(parents=True, exist_ok=True)
     source = {"calling_ae": _clean(calling_ae, 16), "peer_address": _clean(peer_address, 64)}
+    try:
+        check_size(len(raw), max_dataset_bytes)
+    except DatasetTooLarge as exc:
+        return refuse_too_large(raw, str(exc), source)
 
     if free_bytes(spool_dir) < min_free_disk_mb * _MIB + len(raw):
         reason = f"less than {min_free_disk_mb} MB free in the spool"
@@ -347,7 +361,11 @@ def store_instance(
 
     staged = StagedFile(spool_dir, raw, place)
     try:
-        return _check_and_store(raw, staged, received, session_factory, spool_dir, source, transfer_syntax_uid)
+        return _check_and_store(raw, staged, received, session_factory, spool_dir, source, transfer_syntax_uid,
+                                max_dataset_bytes)
+    except DatasetTooLarge as exc:
+        staged.undo()  # an early placement in the spool goes too
+        return refuse_too_large(raw, str(exc), source)
     except OSError as exc:
         staged.undo()
         reason = f"cannot write to the spool: {exc.strerror or exc}"
@@ -368,12 +386,13 @@ def _check_and_store(
     spool_dir: Path,
     source: dict[str, str | None],
     transfer_syntax_uid: str,
+    max_dataset_bytes: int,
 ) -> StoreOutcome:
     def reject(header: EcgHeader | None, status: int, reason: str, **kw: Any) -> StoreOutcome:
         return _reject(staged, header, status, reason, session_factory, spool_dir, source, transfer_syntax_uid, **kw)
 
     try:
-        header = read_header(raw)
+        header = read_header(raw, max_dataset_bytes)  # DatasetTooLarge: refused by the caller
     except HeaderError as exc:
         return reject(None, CANNOT_UNDERSTAND, str(exc))
     uid = header.sop_instance_uid
@@ -507,6 +526,15 @@ def _store_version(
 
 def _who(source: dict[str, str | None]) -> str:
     return f"{source.get('calling_ae') or '-'}@{source.get('peer_address') or '-'}"
+
+
+def refuse_too_large(raw: bytes, reason: str, source: dict[str, str | None]) -> StoreOutcome:
+    """Refuse a data set over ``max_dataset_mb``: one WARNING line (source and,
+    when valid, the file meta's SOP Instance UID; no PHI), no row, no file."""
+    uid = meta_sop_instance_uid(raw)
+    log.warning("refused SOP Instance UID %s from %s with status 0x%04X: %s; nothing kept",
+                uid if is_valid_uid(uid) else "(none or invalid)", _who(source), DATA_SET_TOO_LARGE, reason)
+    return StoreOutcome(DATA_SET_TOO_LARGE, None, False, reason)
 
 
 def _reject(

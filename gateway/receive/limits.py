@@ -1,0 +1,138 @@
+"""How big a DICOM data set may be, and the bounded reads that hold every
+reader to it (``[dicom] max_dataset_mb``).
+
+One limit for every path that reads DICOM bytes: the SCP while it receives
+P-DATA (:mod:`gateway.receive.scp`), the header read at the door, ``ingest``,
+the worker's read and their pydicom fallbacks.  It bounds the encoded data
+set: the bytes as received and, for Deflated Explicit VR Little Endian, the
+inflated bytes.  Inflation runs with an output bound, so a deflate stream of
+a megabyte that would inflate to gigabytes (a decompression bomb) costs one
+output chunk of memory and the time to inflate ``max_bytes``, never more.
+"""
+
+from __future__ import annotations
+
+import io
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pydicom is imported where it is used: gateway.config imports this module
+    from pydicom.dataset import Dataset
+
+MIB = 1024 * 1024
+#: The default of ``[dicom] max_dataset_mb``.  Real carts send 0.1-1 MB (pydicom's
+#: Mortara sample: 291 KB); the 12-lead IOD's own maximum is about 2 MB
+#: (5 groups x 13 channels x 16384 samples x 2 bytes); 64 MB still holds a
+#: 10-minute, 24-channel, 32-bit General ECG at 1000 Hz.
+DEFAULT_MAX_DATASET_MB = 64
+DEFAULT_MAX_DATASET_BYTES = DEFAULT_MAX_DATASET_MB * MIB
+
+_IN_CHUNK = 64 * 1024  # deflate input per call: keeps zlib's unconsumed_tail copies small
+_OUT_CHUNK = 1 * MIB  # inflated output per call
+#: Inflated output kept on the first pass; a bigger data set is only counted
+#: there and inflated again once it is known to fit (so a bomb never holds more).
+_KEEP = 4 * MIB
+
+
+class DatasetTooLarge(ValueError):
+    """The data set is larger than ``max_dataset_mb``: refused, not an
+    unreadable file.  The message is short and names the setting."""
+
+
+def limit_text(max_bytes: int) -> str:
+    """``[dicom] max_dataset_mb (64 MB)``: how refusals name the limit."""
+    size = f"{max_bytes // MIB} MB" if max_bytes % MIB == 0 else f"{max_bytes} bytes"
+    return f"[dicom] max_dataset_mb ({size})"
+
+
+def check_size(size: int, max_bytes: int) -> None:
+    """Raise :class:`DatasetTooLarge` when ``size`` bytes exceed ``max_bytes``."""
+    if size > max_bytes:
+        raise DatasetTooLarge(f"data set of {size} bytes is larger than {limit_text(max_bytes)}")
+
+
+@dataclass(frozen=True)
+class Inflated:
+    """An inflated data set; ``complete`` is False when the deflate stream
+    ended without its final block (some writers omit it; truncation looks
+    the same)."""
+
+    data: bytes
+    complete: bool
+
+
+def _chunks(inflater: "zlib._Decompress", deflated: bytes | memoryview) -> Iterator[bytes]:
+    view = memoryview(deflated)
+    for start in range(0, len(view), _IN_CHUNK):
+        data: bytes | memoryview = view[start : start + _IN_CHUNK]
+        while True:
+            out = inflater.decompress(data, _OUT_CHUNK)
+            if out:
+                yield out
+            if inflater.eof:
+                return
+            data = inflater.unconsumed_tail
+            # a full output chunk may leave output pending inside zlib: ask again
+            if not data and len(out) < _OUT_CHUNK:
+                break
+
+
+def inflate(deflated: bytes | memoryview, max_bytes: int) -> Inflated:
+    """Inflate a raw deflate stream (Deflated Explicit VR Little Endian's
+    body) of at most ``max_bytes`` inflated bytes.
+
+    Raises :class:`DatasetTooLarge` as soon as the output passes ``max_bytes``
+    (memory used: about one output chunk), and ``zlib.error`` when the bytes
+    are not a deflate stream.  Bytes after the end of the stream are ignored,
+    as pydicom ignores them.
+    """
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    kept: list[bytes] | None = []
+    total = 0
+    for chunk in _chunks(inflater, deflated):
+        total += len(chunk)
+        if total > max_bytes:
+            raise DatasetTooLarge(f"deflated data set inflates to more than {limit_text(max_bytes)}")
+        if kept is not None:
+            kept.append(chunk)
+            if total > _KEEP:
+                kept = None  # count only from here; inflate again below if it fits
+    if kept is not None:
+        return Inflated(b"".join(kept), inflater.eof)
+    # It fits, so the same stream inflates to the same `total` bytes again.
+    again = zlib.decompressobj(-zlib.MAX_WBITS)
+    return Inflated(again.decompress(deflated, max_bytes + 1), inflater.eof)
+
+
+def read_dicom(raw: bytes, max_bytes: int) -> "Dataset":
+    """``pydicom.dcmread`` of a Part 10 byte string, held to ``max_bytes``.
+
+    dcmread inflates a deflated data set whole (``zlib.decompress``) before
+    parsing it; here the inflation is :func:`inflate` and pydicom parses the
+    result with the reader dcmread itself uses, so the data set is the one
+    dcmread would return.  An incomplete deflate stream fails as in dcmread.
+    Raises :class:`DatasetTooLarge`, or what dcmread raises.
+    """
+    from pydicom.dataset import FileDataset
+    from pydicom.filereader import _read_file_meta_info, dcmread, read_dataset, read_preamble
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    check_size(len(raw), max_bytes)
+    fp = io.BytesIO(raw)
+    try:
+        preamble = read_preamble(fp, False)
+        file_meta = _read_file_meta_info(fp)
+    except Exception:  # noqa: BLE001 - dcmread below reports it as it always did
+        return dcmread(io.BytesIO(raw))
+    if file_meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+        return dcmread(io.BytesIO(raw))
+    inflated = inflate(memoryview(raw)[fp.tell() :], max_bytes)
+    if not inflated.complete:
+        raise zlib.error("Error -5 while decompressing data: incomplete or truncated stream")
+    body = io.BytesIO(inflated.data)
+    dataset = read_dataset(body, is_implicit_VR=False, is_little_endian=True)
+    ds = FileDataset(body, dataset, preamble, file_meta, False, True)
+    ds.set_original_encoding(False, True, dataset._character_set)
+    return ds
