@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DB_KINDS, PG_URL, _pg_database
+from conftest import DB_KINDS, migrated_database
 
 from gateway.config import PAPER_THRESHOLDS
 from gateway.store.models import AuditLog, EcgInstance, Hl7Message, Prediction
@@ -143,13 +143,12 @@ class Seeded:
     spool_dir: Path
 
 
-def build_readonly_db(kind: str, tmp: Path, sample_path: Path):  # type: ignore[no-untyped-def]
+def build_readonly_db(request, kind: str, tmp: Path, sample_path: Path):  # type: ignore[no-untyped-def]
     """Yield a migrated, seeded :class:`Seeded` database of ``kind``; cleaned up afterwards."""
-    from gateway.store.db import make_engine, make_sessionmaker, upgrade
+    from gateway.store.db import make_engine, make_sessionmaker
 
-    urls = iter([f"sqlite:///{tmp / 'gateway.db'}"]) if kind == "sqlite" else _pg_database(PG_URL)
+    urls = migrated_database(request, kind, tmp)
     url = next(urls)
-    upgrade(url)
     engine = make_engine(url)
     factory = make_sessionmaker(engine)
     yield Seeded(url, factory, seed(factory, sample_path, tmp / "spool"), tmp / "spool")
@@ -161,7 +160,7 @@ def build_readonly_db(kind: str, tmp: Path, sample_path: Path):  # type: ignore[
 @pytest.fixture(scope="module", params=DB_KINDS)
 def readonly_db(request, tmp_path_factory, sample_path):  # type: ignore[no-untyped-def]
     """Seeded once per module and database kind; tests using it must not write."""
-    yield from build_readonly_db(request.param, tmp_path_factory.mktemp("admin-ro"), sample_path)
+    yield from build_readonly_db(request, request.param, tmp_path_factory.mktemp("admin-ro"), sample_path)
 
 
 def audit_rows(session_factory) -> list[AuditLog]:  # type: ignore[no-untyped-def]

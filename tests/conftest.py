@@ -1,15 +1,49 @@
-"""Shared fixtures.
+"""Shared fixtures, and the two test tiers.
 
-Database tests run on SQLite always, and on PostgreSQL too when
-``ECG_GATEWAY_TEST_DATABASE_URL`` is set (CI sets it).  Each PostgreSQL test
-gets a database of its own, created from the server named by that URL and
-dropped afterwards, so test runs never see each other's rows.
+Tiers (markers are declared in pyproject.toml; ``--strict-markers`` is on):
+
+- ``./dev test`` runs the FAST tier: ``-m "not slow and not postgresql"``.
+  Unit tests on SQLite plus one end-to-end test (``test_e2e.py::
+  test_cart_to_ehr[sqlite]``); it must stay under 4 minutes on 2 cores.
+- ``./dev test --all`` (what CI runs, with PostgreSQL) runs everything.
+  Plain ``pytest`` with no ``-m`` runs everything too.
+
+Where a new test goes:
+
+- ``@pytest.mark.slow``: the test starts a process (``ecg-gateway serve``,
+  the CLI as a subprocess, a browser), kills one, waits on timeouts, or takes
+  more than ~2 s of CPU (big fuzz counts, soak).  The fast tier keeps one
+  test per behaviour that needs a process; write the rest as in-process tests
+  where they can be (``start_scp``, ``Worker``, ``run_sender`` in a thread).
+  The summary at the end of a run names unmarked tests that took over
+  ``FAST_TEST_BUDGET_S``.
+- ``postgresql``: added here to every test that runs on PostgreSQL (the
+  ``postgresql`` parameter of ``db_url``/``empty_db_url``/``DB_KINDS``, and
+  any test using ``pg_db_url``); never written by hand.
+- A process-starting test runs on ONE database unless what it proves is
+  database-specific (claims/SKIP LOCKED, concurrency, migrations): use
+  ``sqlite_db_url`` (or ``pg_db_url``) rather than ``db_url``.
+
+Databases: ``db_url`` is a database migrated to head, on SQLite always and on
+PostgreSQL too when ``ECG_GATEWAY_TEST_DATABASE_URL`` is set (CI sets it).
+Migrations run once per session into a template (a SQLite file; a PostgreSQL
+database) that each test gets a copy of (file copy; ``CREATE DATABASE ...
+TEMPLATE``, made ahead and dropped afterwards by a background thread).  Each
+PostgreSQL test gets a database of its own, so test runs never see each
+other's rows.  ``empty_db_url`` is an unmigrated database, for tests of the
+migrations themselves (tests/test_migrations.py runs real upgrades and
+downgrades on it).  For a database in a fixture of wider scope, or a kind of
+your choosing: :func:`migrated_database`.
 """
 
 from __future__ import annotations
 
 import os
+import queue
+import shutil
 import socket
+import sqlite3
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +53,11 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 PG_URL = os.environ.get("ECG_GATEWAY_TEST_DATABASE_URL", "")
-DB_KINDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
+#: Parameters for a fixture that runs once per database kind; the PostgreSQL one is marked ``postgresql``.
+DB_KINDS = [pytest.param("sqlite", id="sqlite")] + (
+    [pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgresql)] if PG_URL else [])
+#: A test outside ``slow`` that takes longer than this (call phase) is named in the run's summary.
+FAST_TEST_BUDGET_S = 5.0
 
 
 @pytest.fixture(scope="session")
@@ -30,12 +68,15 @@ def sample_path() -> Path:
     return Path(get_testdata_file("waveform_ecg.dcm"))
 
 
-def _pg_database(base_url: str) -> Iterator[str]:
+# -- databases -------------------------------------------------------------------------------------
+
+def _pg_database(base_url: str, template: str | None = None) -> Iterator[str]:
+    """Yield the URL of a new PostgreSQL database (a copy of ``template`` if given); dropped afterwards."""
     url = make_url(base_url)
     name = f"gw_test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
+        conn.execute(text(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")))
     try:
         yield url.set(database=name).render_as_string(hide_password=False)
     finally:
@@ -44,22 +85,134 @@ def _pg_database(base_url: str) -> Iterator[str]:
         admin.dispose()
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated to head once per session; tests get copies."""
+    from gateway.store.db import upgrade
+
+    path = tmp_path_factory.mktemp("db-template") / "gateway.db"
+    upgrade(f"sqlite:///{path}")
+    conn = sqlite3.connect(path)  # fold the WAL into the file so the file alone is the whole database
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    assert not Path(f"{path}-wal").exists() or Path(f"{path}-wal").stat().st_size == 0
+    return path
+
+
+class _PgDatabases:
+    """Copies of the template made ahead of need, and used ones dropped, by one
+    background thread: neither CREATE nor DROP DATABASE waits in a test."""
+
+    def __init__(self, base_url: str, template: str, ahead: int = 2) -> None:
+        self.url = make_url(base_url)
+        self.template = template
+        self.admin = create_engine(self.url, isolation_level="AUTOCOMMIT")
+        self.ready: queue.Queue[str | BaseException] = queue.Queue()
+        self.jobs: queue.Queue[str | None] = queue.Queue()  # "" = create one, a name = drop it, None = stop
+        self.thread = threading.Thread(target=self._run, name="pg-test-databases", daemon=True)
+        self.thread.start()
+        for _ in range(ahead):
+            self.jobs.put("")
+
+    def _run(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            try:
+                if job:
+                    self._execute(f'DROP DATABASE IF EXISTS "{job}" WITH (FORCE)')
+                else:
+                    name = f"gw_test_{uuid.uuid4().hex[:12]}"
+                    self._execute(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"')
+                    self.ready.put(name)
+            except BaseException as exc:  # handed to the test waiting for a database
+                self.ready.put(exc)
+
+    def _execute(self, sql: str) -> None:
+        with self.admin.connect() as conn:
+            conn.execute(text(sql))
+
+    def take(self) -> str:
+        """URL of a new migrated database (the caller gives its name back with :meth:`drop`)."""
+        self.jobs.put("")  # the next test's copy
+        got = self.ready.get(timeout=300)
+        if isinstance(got, BaseException):
+            raise got
+        return self.url.set(database=got).render_as_string(hide_password=False)
+
+    def drop(self, url: str) -> None:
+        self.jobs.put(make_url(url).database or "")
+
+    def close(self) -> None:
+        self.jobs.put(None)
+        self.thread.join()
+        while not self.ready.empty():
+            if isinstance(name := self.ready.get(), str):
+                self._execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        self.admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_databases() -> Iterator[_PgDatabases]:
+    """Migrated PostgreSQL databases: migrations run once per session into a
+    template database; each test gets a ``CREATE DATABASE ... TEMPLATE`` copy.
+    Nothing stays connected to the template (the copy needs that)."""
+    if not PG_URL:
+        pytest.skip("needs PostgreSQL (set ECG_GATEWAY_TEST_DATABASE_URL)")
+    from gateway.store.db import upgrade
+
+    template = _pg_database(PG_URL)
+    url = next(template)
+    upgrade(url)
+    databases = _PgDatabases(PG_URL, make_url(url).database or "")
+    yield databases
+    databases.close()
+    next(template, None)
+
+
+def migrated_database(request: pytest.FixtureRequest, kind: str, folder: Path) -> Iterator[str]:
+    """Yield the URL of a new database of ``kind`` migrated to head: a copy
+    of the session's template (SQLite: ``folder/gateway.db``); a PostgreSQL
+    one is dropped afterwards.  For fixtures of any scope."""
+    if kind == "sqlite":
+        dest = folder / "gateway.db"
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), dest)
+        yield f"sqlite:///{dest}"
+    else:
+        databases = request.getfixturevalue("pg_databases")
+        url = databases.take()
+        try:
+            yield url
+        finally:
+            databases.drop(url)
+
+
 @pytest.fixture(params=DB_KINDS)
 def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """URL of an empty database, once per supported kind."""
+    """URL of an empty (unmigrated) database, once per supported kind."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'gateway.db'}"
     else:
         yield from _pg_database(PG_URL)
 
 
-@pytest.fixture
-def db_url(empty_db_url: str) -> str:
-    """URL of a database migrated to head."""
-    from gateway.store.db import upgrade
+@pytest.fixture(params=DB_KINDS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """URL of a database migrated to head, once per supported kind."""
+    yield from migrated_database(request, request.param, tmp_path)
 
-    upgrade(empty_db_url)
-    return empty_db_url
+
+@pytest.fixture
+def sqlite_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """URL of a migrated SQLite database (``tmp_path/gateway.db``): for tests
+    that prove the same thing on any database."""
+    yield from migrated_database(request, "sqlite", tmp_path)
+
+
+@pytest.fixture
+def pg_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """URL of a migrated PostgreSQL database; the test is skipped without one."""
+    if not PG_URL:
+        pytest.skip("needs PostgreSQL (set ECG_GATEWAY_TEST_DATABASE_URL)")
+    yield from migrated_database(request, "postgresql", tmp_path)
 
 
 @pytest.fixture
@@ -70,6 +223,51 @@ def session_factory(db_url: str):  # type: ignore[no-untyped-def]
     yield make_sessionmaker(engine)
     engine.dispose()
 
+
+def _db_kind(item: pytest.Item) -> str | None:
+    """The database kind a DB-parametrized test item runs on (None: not parametrized by kind)."""
+    if item.get_closest_marker("postgresql"):
+        return "postgresql"
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return "sqlite" if any(isinstance(v, str) and v == "sqlite" for v in params.values()) else None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test that needs PostgreSQL is marked ``postgresql``; ``one_db``
+    tests keep only the item of the first configured kind of the marker."""
+    configured = {"sqlite"} | ({"postgresql"} if PG_URL else set())
+    keep, dropped = [], []
+    for item in items:
+        if "pg_db_url" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.postgresql)
+        marker = item.get_closest_marker("one_db")
+        kind = _db_kind(item)
+        if marker and kind:
+            wanted = next((k for k in (marker.args or ("sqlite",)) if k in configured), None)
+            if kind != wanted:
+                dropped.append(item)
+                continue
+        keep.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # type: ignore[no-untyped-def]
+    """Name fast-tier tests that took longer than the budget: mark them slow or make them faster."""
+    over = []
+    for report in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", []):
+        if report.when == "call" and report.duration > FAST_TEST_BUDGET_S and "slow" not in report.keywords:
+            over.append((report.duration, report.nodeid))
+    if over:
+        terminalreporter.section("fast-tier tests over budget")
+        terminalreporter.write_line(f"not marked slow, yet over {FAST_TEST_BUDGET_S:.0f} s "
+                                    "(mark them @pytest.mark.slow or make them faster):")
+        for duration, nodeid in sorted(over, reverse=True):
+            terminalreporter.write_line(f"  {duration:6.1f}s {nodeid}")
+
+
+# -- other shared fixtures -------------------------------------------------------------------------
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -37,9 +37,9 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture(scope="module")
-def readonly_db(tmp_path_factory, sample_path):
+def readonly_db(request, tmp_path_factory, sample_path):
     """SQLite only: the browser checks rendering; the queries are tested on both databases."""
-    yield from build_readonly_db("sqlite", tmp_path_factory.mktemp("admin-browser"), sample_path)
+    yield from build_readonly_db(request, "sqlite", tmp_path_factory.mktemp("admin-browser"), sample_path)
 
 
 @pytest.fixture

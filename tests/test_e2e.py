@@ -15,7 +15,7 @@ from pathlib import Path
 import ecg_variants as v
 import httpx
 import pytest
-from conftest import PG_URL, free_port
+from conftest import free_port
 from deliver_helpers import receiver
 from e2e_helpers import gateway_env, start_serve, stop, storescu, wait_for_port, wait_until
 from pydicom import dcmread
@@ -75,7 +75,7 @@ def check_web_view(base: str, sf, sop_uid: str, tmp_path: Path, env: dict) -> No
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.slow
+# The fast tier's one end-to-end test (on SQLite; the PostgreSQL run is in the full tier).
 def test_cart_to_ehr(db_url, tmp_path, demo_model, sample_path):
     files = write_variants(sample_path, tmp_path / "in")
     dicom_port, admin_port, hl7_port = free_port(), free_port(), free_port()
@@ -130,17 +130,11 @@ def test_cart_to_ehr(db_url, tmp_path, demo_model, sample_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not PG_URL, reason="scale-out needs PostgreSQL (set ECG_GATEWAY_TEST_DATABASE_URL)")
-def test_two_worker_processes_share_the_queue_on_postgresql(tmp_path, demo_model, sample_path, request):
-    from conftest import _pg_database
-
+def test_two_worker_processes_share_the_queue_on_postgresql(pg_db_url, tmp_path, demo_model, sample_path):
+    """Scale-out needs PostgreSQL (skipped without ECG_GATEWAY_TEST_DATABASE_URL)."""
     from gateway.receive.spool import store_instance
-    from gateway.store.db import upgrade
 
-    gen = _pg_database(PG_URL)
-    db_url = next(gen)
-    request.addfinalizer(lambda: next(gen, None))
-    upgrade(db_url)
+    db_url = pg_db_url
     engine = make_engine(db_url)
     sf = make_sessionmaker(engine)
     raw_ds = dcmread(sample_path)
@@ -177,6 +171,7 @@ def test_two_worker_processes_share_the_queue_on_postgresql(tmp_path, demo_model
 
 
 @pytest.mark.slow
+@pytest.mark.one_db("sqlite")  # test_faults.py kills each stage on PostgreSQL
 def test_kill_9_during_burst_loses_nothing_acknowledged(db_url, tmp_path, demo_model, sample_path):
     n = 40
     folder = tmp_path / "burst"

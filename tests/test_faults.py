@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import PG_URL, free_port
+from conftest import free_port
 from deliver_helpers import Receiver, receiver
 from e2e_helpers import ROOT, gateway_env, start_serve, stop, storescu, wait_for_port, wait_until
 from fault_helpers import (
@@ -37,7 +37,7 @@ from fault_helpers import (
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
-from gateway.store.db import make_engine, make_sessionmaker, upgrade
+from gateway.store.db import make_engine, make_sessionmaker
 from gateway.store.models import HL7_DELIVERED, HL7_FAILED, HL7_PENDING, PROCESSED, EcgInstance, Hl7Message, Prediction
 
 pytestmark = pytest.mark.slow
@@ -92,16 +92,8 @@ def test_model_file_missing_at_start(tmp_path, sample_path):
 # -- database unavailable ----------------------------------------------------------
 
 @pytest.fixture
-def pg_url_only(request):  # type: ignore[no-untyped-def]
-    if not PG_URL:
-        pytest.skip("needs PostgreSQL (set ECG_GATEWAY_TEST_DATABASE_URL)")
-    from conftest import _pg_database
-
-    gen = _pg_database(PG_URL)
-    url = next(gen)
-    request.addfinalizer(lambda: next(gen, None))
-    upgrade(url)
-    return url
+def pg_url_only(pg_db_url: str) -> str:
+    return pg_db_url  # skipped without ECG_GATEWAY_TEST_DATABASE_URL
 
 
 def test_database_unavailable(pg_url_only, tmp_path, demo_model, sample_path):
@@ -239,6 +231,7 @@ def test_spool_disk_full(tmp_path, demo_model, sample_path):
 
 # -- receiver answers AE / AR -------------------------------------------------------------
 
+@pytest.mark.one_db("sqlite")  # HL7 acks; the outbox's claims are tested on both databases in test_deliver.py
 def test_receiver_answers_ae_and_ar(db_url, tmp_path, demo_model, sample_path):
     """Cart: Success for every ECG (delivery is decoupled).  Stored: an AE'd
     message is retried and ``failed`` after max_attempts; an AR'd one stays
@@ -306,6 +299,7 @@ def test_receiver_answers_ae_and_ar(db_url, tmp_path, demo_model, sample_path):
 
 # -- kill -9 during each stage ---------------------------------------------------------------
 
+@pytest.mark.one_db("postgresql", "sqlite")  # lease takeover: the production database when configured
 def test_kill_9_during_each_stage(db_url, tmp_path, demo_model, sample_path):
     """serve is killed with SIGKILL three times: while receiving (a burst in
     flight), while processing (a batch claimed), while sending HL7 (a message

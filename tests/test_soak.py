@@ -26,13 +26,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import PG_URL, free_port
+from conftest import PG_URL, free_port, migrated_database
 from deliver_helpers import Receiver
 from e2e_helpers import gateway_env, start_serve, stop, storescu, wait_for_port, wait_until
 from fault_helpers import ResourceSampler, open_fds, proc_status_kb
 from sqlalchemy import func, select
 
-from gateway.store.db import make_engine, make_sessionmaker, upgrade
+from gateway.store.db import make_engine, make_sessionmaker
 from gateway.store.models import HL7_DELIVERED, PROCESSED, EcgInstance, Hl7Message, Prediction
 
 SECONDS = float(os.environ.get("ECG_GATEWAY_SOAK_SECONDS", "40"))
@@ -48,16 +48,7 @@ FD_GROWTH = 8
 
 @pytest.fixture
 def soak_db_url(request, tmp_path):  # type: ignore[no-untyped-def]
-    if PG_URL:
-        from conftest import _pg_database
-
-        gen = _pg_database(PG_URL)
-        url = next(gen)
-        request.addfinalizer(lambda: next(gen, None))
-    else:
-        url = f"sqlite:///{tmp_path / 'gateway.db'}"
-    upgrade(url)
-    return url
+    yield from migrated_database(request, "postgresql" if PG_URL else "sqlite", tmp_path)
 
 
 class Cart(threading.Thread):
