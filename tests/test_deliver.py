@@ -333,7 +333,8 @@ def test_stop_event_ends_an_idle_sender_promptly(session_factory, port):
      "contains 0x0B (MLLP start block)"),
     (lambda p: p.replace("|F|||", "|F\x1c\rZ|||", 1), "contains 0x1C (MLLP end block)"),
     (lambda p: p.replace("|F|||", "|F\rPID!1!!666666!!Hacked#Ed|||", 1), "does not end a segment"),
-], ids=["vt-fs-forged-message", "fs", "cr-only"])
+    (lambda p: p.replace("UNICODE UTF-8", "ASCII", 1).replace("|F|||", "|F\u00e9|||", 1), "cannot be encoded as ascii"),
+], ids=["vt-fs-forged-message", "fs", "cr-only", "unencodable"])
 def test_a_message_that_would_break_the_frame_is_never_sent_and_fails(session_factory, port, tmp_path, caplog,
                                                                       corrupt, problem):
     cfg = hl7_config(port)

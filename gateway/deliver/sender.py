@@ -213,7 +213,12 @@ def send_batch(client: MllpClient, batch: list[Claimed], cfg: Hl7Config, stop: t
             outcomes.append((claimed, None))
             continue
         codec = payload_codec(claimed.payload)
-        result = client.send(claimed.payload.encode(codec), claimed.control_id, codec)
+        try:
+            data = claimed.payload.encode(codec)
+        except UnicodeEncodeError as exc:  # never raised for a built message; one bad row must not stop the sender
+            result = SendResult("unsendable", f"not sent: the message cannot be encoded as {codec} (character {exc.start})")
+        else:
+            result = client.send(data, claimed.control_id, codec)
         outcomes.append((claimed, result))
         halted = result.outcome == "transport"
     return outcomes
