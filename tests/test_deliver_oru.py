@@ -405,3 +405,10 @@ def test_pid_3_5_identifier_type_code(type_code, issuer, cx):
 def test_a_correction_is_obr_25_and_obx_11_c():
     msg = hl7.parse(build_oru(ecg(), prediction(), Hl7Config(), "C", options=OruOptions(result_status="C")))
     assert msg["OBR.F25"] == "C" and {str(r[11]) for r in msg.segments("OBX")} == {"C"}
+
+
+@pytest.mark.parametrize("name", [None, "", "^^", " ^ ", "=^"])
+def test_an_ecg_without_a_name_is_sent_with_name_type_unspecified(name):
+    msg = hl7.parse(build_oru(ecg(patient_name=name), prediction(), Hl7Config(), "C"))
+    assert [msg[f"PID.F5.R1.C{i}"] for i in range(1, 8)] == ["", "", "", "", "", "", "U"]
+    assert msg["PID.F3.R1.C1"] == "12^3"

@@ -160,10 +160,6 @@ def test_golden_cases_take_the_fast_path(name):
 
 
 ERROR_CASES = {
-    "no name": (ecg(patient_name=None), prediction(), Hl7Config(), "C",
-                "ORU^R01 validation: ValidationError: Missing required child PID.PID_5"),
-    "name of separators only": (ecg(patient_name="^^"), prediction(), Hl7Config(), "C",
-                                "ORU^R01 validation: ValidationError: Missing required child PID.PID_5"),
     "sub-component in HD": (ecg(), prediction(), Hl7Config(receiving_application="EHR&X"), "C",
                             "MSH-5: MaxChildLimitReached"),
     "patient id over 199": (ecg(patient_id="P" * 200), prediction(), Hl7Config(), "C",

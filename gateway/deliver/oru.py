@@ -32,7 +32,8 @@ accession, rejection reason, quality flags, UIDs) through :func:`escape`:
    the receiver stores at most 64 characters, which fit even fully escaped
    (3 x 64 = 192).  The assigning authority (PID-3.4, IS 20) is mapped by
    ``[hl7] assigning_authorities``, else cut to 20 characters with a WARNING.
-   A name component longer than 199 characters is cut (WARNING).  Free text
+   A name component longer than 199 characters is cut (WARNING); no name at
+   all is sent as :data:`NO_NAME` (PID-5 is required).  Free text
    is cut to fit, marked; a rejection reason is sent as a short reason of at
    most :data:`REASON_LIMIT` characters (its leading problems, then
    "... (full report in the admin view)"); the full reason stays in the
@@ -96,6 +97,8 @@ IS_MAX = 20
 #: The longest rejection reason sent (escaped characters after
 #: :data:`REJECTED_PREFIX`): well below ST_MAX, short enough for a result list.
 REASON_LIMIT = 150
+#: PID-5 of an ECG without a patient name: XPN-7 name type "U" (unspecified, HL7 table 0200).
+NO_NAME = "^^^^^^U"
 #: Ends a reason or text that was shortened to fit.
 MORE = "... (full report in the admin view)"
 
@@ -345,7 +348,8 @@ def _oru_segments(
     cx_parts = [ident(ecg.patient_id, "PID-3"), "", "", Input(assigning_authority(ecg.issuer_of_patient_id, cfg, notes)),
                 cfg.identifier_type_code]
     cx = Input("^".join(cx_parts).rstrip("^"))
-    pid = {1: "1", 3: cx, 5: Input(dicom_pn_to_xpn(ecg.patient_name, charset, notes))}
+    # PID-5 is required: an ECG without a name says "name unspecified" (XPN-7 name type U), never a made-up name
+    pid = {1: "1", 3: cx, 5: Input(dicom_pn_to_xpn(ecg.patient_name, charset, notes) or NO_NAME)}
     if ecg.patient_birth_date and _DICOM_DA.match(ecg.patient_birth_date):
         pid[7] = Input(ecg.patient_birth_date)
     sex = (ecg.patient_sex or "").strip().upper()
