@@ -41,8 +41,8 @@ def _deflate(data: bytes, level: int = 6) -> bytes:
 
 # -- the bounded inflate ------------------------------------------------------------------------
 
-# around the output chunk (1 MiB) and the first-pass budget (4 MiB) of gateway.receive.limits
-SIZES = [0, 1, 1000, MIB - 1, MIB, MIB + 1, 4 * MIB, 4 * MIB + 1, 5 * MIB + 3]
+# around the output chunk (1 MiB) and the output kept on the first pass (2 MiB) of gateway.receive.limits
+SIZES = [0, 1, 1000, MIB - 1, MIB, MIB + 1, 2 * MIB, 2 * MIB + 1, 5 * MIB + 3]
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -255,9 +255,84 @@ def test_scp_answers_a701_to_a_bomb_and_aborts_an_oversize_transfer(session_fact
     assert 8 * MIB < received <= 8 * MIB + dicom.max_pdu  # stopped at the first PDU past the limit
 
 
+def _data_set_bytes(raw: bytes) -> bytes:
+    """A Part 10 file's bytes after its file meta (the SCP writes its own meta)."""
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    fp = io.BytesIO(raw)
+    read_preamble(fp, False)
+    _read_file_meta_info(fp)
+    return raw[fp.tell():]
+
+
+def test_scp_gathers_a_large_data_set_in_a_file_and_stores_it_whole(session_factory, tmp_path: Path, port: int,
+                                                                      sample_path: Path) -> None:
+    """A 20 MiB data set (within the 64 MB limit, past the 8 MB kept in memory
+    while it arrives) is gathered in a temporary file and stored byte for byte."""
+    from gateway.config import DicomConfig, StorageConfig
+    from gateway.receive.scp import DATASET_IN_MEMORY, start_scp
+
+    spool = tmp_path / "spool"
+    big = oversize_file(sample_path, tmp_path / "in" / "big.dcm", 20)
+    assert big.stat().st_size > DATASET_IN_MEMORY
+    server = start_scp(DicomConfig(port=port, host="127.0.0.1", min_free_disk_mb=0), StorageConfig(spool_dir=str(spool)),
+                       session_factory)
+    try:
+        sent = send_file(port, big, aet="CART")
+    finally:
+        server.shutdown()
+    assert sent.status == SUCCESS, sent
+    with session_factory() as s:
+        row = s.scalars(select(EcgInstance)).one()
+    assert _data_set_bytes(Path(row.spool_path).read_bytes()) == _data_set_bytes(big.read_bytes())
+    assert not list((spool / ".incoming").glob("*"))
+
+
+def test_oversize_transfers_at_once_hold_little_memory(session_factory, tmp_path: Path, port: int,
+                                                       sample_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Four plain data sets of 80 MiB at once against the default 64 MB limit:
+    each is aborted once 64 MB have arrived, while at most 8 MB of each is in
+    memory (the rest goes to a temporary file), so the SCP's RSS grows by far
+    less than 4 x 64 MB; no descriptor or file is left behind."""
+    from fault_helpers import ResourceSampler, open_fds
+
+    from bomb_helpers import sender_result, start_sender
+    from gateway.config import DicomConfig, StorageConfig
+    from gateway.receive.scp import start_scp
+
+    spool = tmp_path / "spool"
+    caplog.set_level(logging.WARNING, "gateway.receive")
+    uids = [generate_uid() for _ in range(4)]
+    files = [oversize_file(sample_path, tmp_path / "in" / f"big{i}.dcm", 80, uid=uid) for i, uid in enumerate(uids)]
+    server = start_scp(DicomConfig(port=port, host="127.0.0.1", min_free_disk_mb=0), StorageConfig(spool_dir=str(spool)),
+                       session_factory)
+    try:
+        time.sleep(0.2)
+        fds = open_fds(os.getpid())
+        rss = fh.rss_kib()
+        sampler = ResourceSampler(os.getpid(), interval=0.05)
+        sent = [sender_result(p) for p in [start_sender(port, f) for f in files]]
+        sampler.stop()
+        time.sleep(0.5)  # association threads wind down
+        fds_after = open_fds(os.getpid())
+    finally:
+        server.shutdown()
+    peak_growth_mib = (max(kb for _, kb, _ in sampler.samples) - rss) / 1024
+    print(f"\nfour 80 MiB transfers at once: SCP RSS +{peak_growth_mib:.0f} MiB at the peak")
+    assert [s.status for s in sent] == [None] * 4, sent  # all aborted
+    assert peak_growth_mib < 4 * 8 + 48, f"RSS grew by {peak_growth_mib:.0f} MiB"
+    assert fds_after <= fds, (fds, fds_after)
+    lines = [r.getMessage() for r in caplog.records if "max_dataset_mb (64 MB)" in r.getMessage()]
+    assert sorted(uid for uid in uids if any(uid in line for line in lines)) == sorted(uids), lines
+    with session_factory() as s:
+        assert s.scalar(select(func.count()).select_from(EcgInstance)) == 0
+    assert _kept_files(spool) == []
+
+
 # -- the real path: ten bombs against a running `serve` while a cart sends ------------------------------
 
 BOMBS = 10
+PLAIN = 3
 CART_ECGS = 20
 REFUSE_WITHIN_S = 5.0  # the issue's bound for a bomb, from A-ASSOCIATE-RQ to the refusal the sender sees
 #: A plain oversize data set is refused once max_dataset_mb (64 MB) has arrived:
@@ -271,9 +346,9 @@ RSS_HEADROOM_MB = 256  # the issue's bound over idle
 def test_ten_bombs_against_serve_while_a_cart_sends(db_url: str, session_factory, tmp_path: Path, demo_model: Path,
                                                      sample_path: Path) -> None:
     """`serve` with the default limit (64 MB).  Ten pynetdicom senders each
-    send a 1.1 MB deflate bomb (1 GiB inflated) and one sends a 128 MiB plain
+    send a 1.1 MB deflate bomb (1 GiB inflated) and three send a 96 MiB plain
     data set, all at once, while DCMTK storescu (the cart) sends 20 ECGs.
-    Every bomb is refused within 5 s with 0xA701 (the plain one is aborted
+    Every bomb is refused within 5 s with 0xA701 (the plain ones are aborted
     once 64 MB have arrived), serve's
     RSS (/proc) stays below idle + 256 MB, nothing of the bombs is kept and
     every cart ECG is stored and processed."""
@@ -285,7 +360,7 @@ def test_ten_bombs_against_serve_while_a_cart_sends(db_url: str, session_factory
 
     dicom_port = free_port()
     env = gateway_env(tmp_path, db_url, demo_model, dicom_port, free_port(),
-                      ECG_GATEWAY_DICOM__MAX_ASSOCIATIONS="16",  # 11 attackers + the cart at once
+                      ECG_GATEWAY_DICOM__MAX_ASSOCIATIONS="16",  # 13 attackers + the cart at once
                       ECG_GATEWAY_MODEL__THREADS="1")
     log_path = tmp_path / "serve.log"
     warm = ecg_copies(sample_path, tmp_path / "warm", 4, prefix="warm")
@@ -293,8 +368,8 @@ def test_ten_bombs_against_serve_while_a_cart_sends(db_url: str, session_factory
     bombs = {generate_uid(): tmp_path / "bombs" / f"bomb{i}.dcm" for i in range(BOMBS)}
     for uid, path in bombs.items():
         write(path, deflated_bomb(sample_path, 1024, uid=uid))
-    plain_uid = generate_uid()
-    plain = oversize_file(sample_path, tmp_path / "bombs" / "plain.dcm", 128, uid=plain_uid)
+    plains = {uid: oversize_file(sample_path, tmp_path / "bombs" / f"plain{i}.dcm", 96, uid=uid)
+              for i, uid in enumerate(generate_uid() for _ in range(PLAIN))}
 
     def processed() -> int:
         with session_factory() as s:
@@ -310,7 +385,7 @@ def test_ten_bombs_against_serve_while_a_cart_sends(db_url: str, session_factory
         idle_mb = proc_status_kb(proc.pid, "VmRSS") / 1024
 
         sampler = ResourceSampler(proc.pid, interval=0.05)
-        senders = {uid: start_sender(dicom_port, path) for uid, path in [*bombs.items(), (plain_uid, plain)]}
+        senders = {uid: start_sender(dicom_port, path) for uid, path in [*bombs.items(), *plains.items()]}
         # the cart: four associations of five ECGs, one after the other, while the bombs arrive
         batches = [list(cart)[i : i + 5] for i in range(0, CART_ECGS, 5)]
         with ThreadPoolExecutor(1) as pool:
@@ -331,9 +406,10 @@ def test_ten_bombs_against_serve_while_a_cart_sends(db_url: str, session_factory
 
     for uid in bombs:
         assert sent[uid].status == DATA_SET_TOO_LARGE, (uid, sent[uid])
-    assert sent[plain_uid].status is None, sent[plain_uid]  # aborted mid-transfer: no response
+    for uid in plains:
+        assert sent[uid].status is None, sent[uid]  # aborted mid-transfer: no response
     assert max(sent[uid].seconds for uid in bombs) < REFUSE_WITHIN_S, {uid: s.seconds for uid, s in sent.items()}
-    assert sent[plain_uid].seconds < PLAIN_REFUSED_WITHIN_S, sent[plain_uid]
+    assert max(sent[uid].seconds for uid in plains) < PLAIN_REFUSED_WITHIN_S, {uid: sent[uid] for uid in plains}
     assert peak_mb < idle_mb + RSS_HEADROOM_MB, (idle_mb, peak_mb)
 
     outcomes = store_outcomes(cart_out)
@@ -348,12 +424,13 @@ def test_ten_bombs_against_serve_while_a_cart_sends(db_url: str, session_factory
 
     # one refusal line per attacker: peer, calling AE, SOP Instance UID; no PHI
     refusals = [line for line in log.splitlines() if "max_dataset_mb" in line]
-    assert len(refusals) == BOMBS + 1, refusals
+    assert len(refusals) == BOMBS + PLAIN, refusals
     for uid in bombs:
         assert sum(f"refused SOP Instance UID {uid} from BOMBER@127.0.0.1 with status 0xA701" in line
                    for line in refusals) == 1
-    assert sum(f"aborted association from 127.0.0.1 (calling AE 'BOMBER'): SOP Instance UID {plain_uid}" in line
-               for line in refusals) == 1
+    for uid in plains:
+        assert sum(f"aborted association from 127.0.0.1 (calling AE 'BOMBER'): SOP Instance UID {uid}" in line
+                   for line in refusals) == 1
     assert not any("642341" in line or "Anonymous" in line for line in refusals)
 
 

@@ -33,7 +33,7 @@ _IN_CHUNK = 64 * 1024  # deflate input per call: keeps zlib's unconsumed_tail co
 _OUT_CHUNK = 1 * MIB  # inflated output per call
 #: Inflated output kept on the first pass; a bigger data set is only counted
 #: there and inflated again once it is known to fit (so a bomb never holds more).
-_KEEP = 4 * MIB
+_KEEP = 2 * MIB
 
 
 class DatasetTooLarge(ValueError):

@@ -10,7 +10,8 @@ hold its association slot forever.
 Every association's DIMSE messages are bounded too (:func:`bound_dimse_messages`):
 pynetdicom gathers a C-STORE's P-DATA fragments in memory until the last
 one, so a data set larger than ``[dicom] max_dataset_mb`` is dropped as soon
-as it passes the limit and the association is aborted.
+as it passes the limit and the association is aborted, and one larger than
+8 MB is gathered in a temporary file meanwhile.
 
 Association policy is checked in one place (``EVT_REQUESTED``) so that each
 rejection is logged with the peer's address and AE titles; a rejected
@@ -19,11 +20,13 @@ association gets an A-ASSOCIATE-RJ the cart can display.
 
 from __future__ import annotations
 
-import ipaddress
 import functools
+import io
+import ipaddress
 import logging
 import socket
 import ssl
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from pynetdicom import AE, evt
+from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.orm import Session, sessionmaker
@@ -38,7 +42,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from gateway.config import DicomConfig, StorageConfig
 from gateway.receive.header import ECG_STORAGE_SOP_CLASSES, ECG_TRANSFER_SYNTAXES
 from gateway.receive.limits import MIB, limit_text
-from gateway.receive.spool import PROCESSING_FAILURE, SUCCESS, is_valid_uid, remove_stale_temp_files, store_instance
+from gateway.receive.spool import (
+    INCOMING_DIR,
+    PROCESSING_FAILURE,
+    SUCCESS,
+    is_valid_uid,
+    remove_stale_temp_files,
+    store_instance,
+)
 
 log = logging.getLogger("gateway.receive")
 
@@ -171,42 +182,87 @@ def _stop_reading(nr_bytes: int) -> bytearray:
     return bytearray()
 
 
-def bound_dimse_messages(assoc: Any, *, max_bytes: int) -> None:
+#: A C-STORE data set still arriving moves from memory to a temporary file
+#: once it passes this, so an association on its way to ``max_dataset_mb``
+#: holds at most this much (real ECGs, 0.1-1 MB, never move).
+DATASET_IN_MEMORY = 8 * MIB
+
+
+class _SpilledDataSet(io.BytesIO):
+    """The data set pynetdicom is gathering, moved to an unlinked temporary
+    file.  pynetdicom's primitives require a ``BytesIO``: this is one, but it
+    holds nothing itself; ``write`` appends to the file and ``getvalue``
+    reads it back (for the C-STORE handler, once the data set is complete)."""
+
+    def __init__(self, gathered: io.BytesIO, folder: Path) -> None:
+        super().__init__()
+        folder.mkdir(parents=True, exist_ok=True)
+        self._file = tempfile.TemporaryFile(dir=folder, prefix="dimse-")
+        self._file.write(gathered.getbuffer())
+
+    def write(self, data: Any) -> int:  # type: ignore[override]
+        return self._file.write(data)
+
+    def getvalue(self) -> bytes:
+        self._file.seek(0)
+        data = self._file.read()
+        self._file.seek(0, io.SEEK_END)
+        return data
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+def bound_dimse_messages(assoc: Any, *, max_bytes: int, spill_dir: Path,
+                         in_memory: int = DATASET_IN_MEMORY) -> None:
     """Make ``assoc`` (an acceptor ``Association``) refuse a DIMSE message
-    whose P-DATA fragments add up to more than ``max_bytes``.
+    whose P-DATA fragments add up to more than ``max_bytes``, and gather a
+    C-STORE data set beyond ``in_memory`` bytes in a temporary file in
+    ``spill_dir`` rather than in memory.
 
     pynetdicom's DIMSE provider gathers the fragments of a message (the
-    C-STORE data set) in memory until the last one.  Here the bytes of the
-    current message are counted before pynetdicom sees them; past the limit
-    the partial message is dropped, one WARNING line names the peer, the
-    calling AE and the SOP Instance UID of the C-STORE (its command set is
-    complete by then), and the association is aborted (A-ABORT, source
+    C-STORE data set) in a ``BytesIO`` until the last one.  Here the bytes of
+    the current message are counted before pynetdicom sees them; past the
+    limit the partial message is dropped, one WARNING line names the peer,
+    the calling AE and the SOP Instance UID of the C-STORE (its command set
+    is complete by then), and the association is aborted (A-ABORT, source
     service-user): the DUL sends the A-ABORT, then finds the transport closed
     instead of reading the rest of the stream.  No C-STORE response exists
     for a request that was never received whole; the cart keeps its copy.
     """
-    dimse, dul = assoc.dimse, assoc.dul
+    dimse = assoc.dimse
     receive = dimse.receive_primitive
     received = 0
+
+    def refuse(reason: str) -> None:
+        command = getattr(dimse.message, "command_set", None)
+        uid = str(command.get("AffectedSOPInstanceUID", "") or "") if command is not None else ""
+        requestor = assoc.requestor
+        log.warning("aborted association from %s (calling AE %r): SOP Instance UID %s: %s (%d bytes received); "
+                    "nothing kept", requestor.address, requestor.ae_title, uid if is_valid_uid(uid) else
+                    "(none or invalid)", reason, received)
+        dimse.message = None  # the fragments gathered so far go now (a temporary file closes with them)
+        if assoc.dul.socket is not None:
+            assoc.dul.socket.recv = _stop_reading
+        assoc.acse.send_abort(0x00)
 
     def receive_bounded(primitive: Any) -> None:
         nonlocal received
         if dimse.message is None:  # pynetdicom starts a new message (resets to None after each)
             received = 0
         received += sum(len(data) - 1 for _, data in primitive.presentation_data_value_list)  # minus the header byte
-        if received <= max_bytes:
-            receive(primitive)
+        if received > max_bytes:
+            refuse(f"data set larger than {limit_text(max_bytes)}")
             return
-        command = getattr(dimse.message, "command_set", None)
-        uid = str(command.get("AffectedSOPInstanceUID", "") or "") if command is not None else ""
-        requestor = assoc.requestor
-        log.warning("aborted association from %s (calling AE %r): SOP Instance UID %s: data set larger than %s "
-                    "(%d bytes received); nothing kept", requestor.address, requestor.ae_title,
-                    uid if is_valid_uid(uid) else "(none or invalid)", limit_text(max_bytes), received)
-        dimse.message = None  # the fragments gathered so far go now
-        if dul.socket is not None:
-            dul.socket.recv = _stop_reading
-        assoc.acse.send_abort(0x00)
+        message = dimse.message
+        if received > in_memory and isinstance(message, C_STORE_RQ) and type(message.data_set) is io.BytesIO:
+            try:
+                message.data_set = _SpilledDataSet(message.data_set, spill_dir)
+            except OSError as exc:
+                refuse(f"cannot gather a data set over {in_memory // MIB} MB: {exc.strerror or exc}")
+                return
+        receive(primitive)
 
     dimse.receive_primitive = receive_bounded
 
@@ -268,7 +324,8 @@ def start_scp(
         # Runs in the connection's thread before its DUL reads anything.
         bound_pdu_reads(event.assoc.dul.socket, pdu_timeout=dicom.pdu_timeout, length_cap=length_cap,
                         peer=str(event.address[0]))
-        bound_dimse_messages(event.assoc, max_bytes=dicom.max_dataset_mb * MIB)
+        bound_dimse_messages(event.assoc, max_bytes=dicom.max_dataset_mb * MIB, spill_dir=spool_dir / INCOMING_DIR,
+                             in_memory=DATASET_IN_MEMORY)
 
     def handle_requested(event: evt.Event) -> None:
         assoc = event.assoc
