@@ -10,19 +10,25 @@ Tiers (markers are declared in pyproject.toml; ``--strict-markers`` is on):
 
 Where a new test goes:
 
-- ``@pytest.mark.slow``: the test starts a process (``ecg-gateway serve``,
-  the CLI as a subprocess, a browser), kills one, waits on timeouts, or takes
-  more than ~2 s of CPU (big fuzz counts, soak).  The fast tier keeps one
-  test per behaviour that needs a process; write the rest as in-process tests
-  where they can be (``start_scp``, ``Worker``, ``run_sender`` in a thread).
-  The summary at the end of a run names unmarked tests that took over
-  ``FAST_TEST_BUDGET_S``.
+- ``@pytest.mark.slow``: the test starts ``ecg-gateway serve`` or a browser,
+  kills a process, waits out timeouts, or takes more than ~3 s (big fuzz
+  counts, soak).  A short CLI subprocess (exit codes, "does not import
+  TensorFlow") may stay in the fast tier.  Test behaviour in-process where
+  it can be (``start_scp``, ``Worker``, ``run_sender`` in a thread); the
+  fast tier's one end-to-end test covers the process as a whole.  A fuzz
+  test runs a small count in the fast tier and its full count under
+  ``slow`` (a ``smoke``/``full`` parameter).  The end of every run names
+  the unmarked tests that took over ``FAST_TEST_BUDGET_S``.
 - ``postgresql``: added here to every test that runs on PostgreSQL (the
   ``postgresql`` parameter of ``db_url``/``empty_db_url``/``DB_KINDS``, and
   any test using ``pg_db_url``); never written by hand.
 - A process-starting test runs on ONE database unless what it proves is
-  database-specific (claims/SKIP LOCKED, concurrency, migrations): use
-  ``sqlite_db_url`` (or ``pg_db_url``) rather than ``db_url``.
+  database-specific (claims/SKIP LOCKED, concurrency, SQL, migrations):
+  ``@pytest.mark.one_db`` keeps only its SQLite item (``one_db("postgresql",
+  "sqlite")``: PostgreSQL when configured, else SQLite); a test the kind
+  does not matter to at all can take ``sqlite_db_url`` instead of
+  ``db_url``.  ``@pytest.mark.every_db`` undoes a module's ``one_db`` for
+  one test.
 
 Databases: ``db_url`` is a database migrated to head, on SQLite always and on
 PostgreSQL too when ``ECG_GATEWAY_TEST_DATABASE_URL`` is set (CI sets it).
@@ -240,9 +246,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "pg_db_url" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.postgresql)
-        marker = item.get_closest_marker("one_db")
+        marker = next((m for m in item.iter_markers() if m.name in ("one_db", "every_db")), None)
         kind = _db_kind(item)
-        if marker and kind:
+        if marker and marker.name == "one_db" and kind:
             wanted = next((k for k in (marker.args or ("sqlite",)) if k in configured), None)
             if kind != wanted:
                 dropped.append(item)

@@ -12,9 +12,9 @@ with a finite float32 (4096, 12) signal, or ``NormaliseError`` (or, for the
 bytes path, the reader's ``HeaderError``) with a non-empty reason.  Anything
 else is a bug.
 
-Deterministic (``derandomize=True``, fixed example count); the recipe of a
-failing example is printed by Hypothesis and can be replayed with
-:func:`apply_recipe`.
+Deterministic (``derandomize=True``, fixed example counts: ``smoke`` in the
+fast tier, ``full`` under ``./dev test --all``); the recipe of a failing
+example is printed by Hypothesis and can be replayed with :func:`apply_recipe`.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import math
 import struct
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -40,7 +41,9 @@ from gateway.receive.header import HeaderError, read_waveform_dataset
 
 pytestmark = pytest.mark.filterwarnings("ignore")  # pydicom warns about every invalid value, by design
 
-EXAMPLES = 150  # per test; ~0.1 s each on a loaded CI machine
+EXAMPLES = 150  # per test in the full tier; ~0.1 s each on a loaded CI machine
+#: The example count per tier: the fast tier's smoke run still reaches both outcomes.
+TIERS = [pytest.param(30, id="smoke"), pytest.param(EXAMPLES, id="full", marks=pytest.mark.slow)]
 
 NUMBERS = ["0", "-0", "NaN", "inf", "-inf", "-1.25", "1e308", "-1e308", "1e-308", "5e-324", "", "abc", "1e999",
            " 1.25 ", "1_000", "0x10", "1.25\\2.5", "+1.25", ".", "1e", "000000000000000001"]
@@ -246,30 +249,30 @@ def check_bytes_outcome(raw: bytes) -> str:
     return check_outcome(ds)
 
 
-OUTCOMES: Counter[str] = Counter()
+def fuzz(examples: int, check: Callable[[str, list[tuple[str, tuple[Any, ...]]]], str]) -> Counter[str]:
+    """Run ``check(base, mutations)`` on ``examples`` recipes; how often each outcome came."""
+    outcomes: Counter[str] = Counter()
+
+    @settings(FUZZ, max_examples=examples)
+    @given(RECIPES)
+    def run(recipe) -> None:  # type: ignore[no-untyped-def]
+        outcomes[check(*recipe)] += 1
+
+    run()
+    return outcomes
 
 
-@FUZZ
-@given(RECIPES)
-def test_normalise_dataset_survives_mutations(recipe) -> None:  # type: ignore[no-untyped-def]
-    base, mutations = recipe
-    OUTCOMES[check_outcome(apply_recipe(base, mutations))] += 1
+@pytest.mark.parametrize("examples", TIERS)
+def test_normalise_dataset_survives_mutations(examples: int) -> None:
+    outcomes = fuzz(examples, lambda base, mutations: check_outcome(apply_recipe(base, mutations)))
+    # the mutations reach the maths and do not all break the file
+    assert outcomes["normalised"] and outcomes["NormaliseError"], outcomes
 
 
-@FUZZ
-@given(RECIPES)
-def test_normalise_from_bytes_survives_mutations(recipe) -> None:  # type: ignore[no-untyped-def]
-    base, mutations = recipe
-    OUTCOMES["bytes:" + check_bytes_outcome(fh.encode(apply_recipe(base, mutations)))] += 1
-
-
-def test_both_outcomes_occurred() -> None:
-    """The mutations reach the maths and do not all break the file (run after the two above)."""
-    if not OUTCOMES:
-        pytest.skip("run with the fuzz tests above")
-    print(f"outcomes: {dict(OUTCOMES)}")
-    assert OUTCOMES["normalised"] and OUTCOMES["NormaliseError"], OUTCOMES
-    assert OUTCOMES["bytes:normalised"] and OUTCOMES["bytes:NormaliseError"], OUTCOMES
+@pytest.mark.parametrize("examples", TIERS)
+def test_normalise_from_bytes_survives_mutations(examples: int) -> None:
+    outcomes = fuzz(examples, lambda base, mutations: check_bytes_outcome(fh.encode(apply_recipe(base, mutations))))
+    assert outcomes["normalised"] and outcomes["NormaliseError"], outcomes
 
 
 @pytest.mark.parametrize("base", sorted(_bases()))

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from pydicom import dcmread
 from sqlalchemy import select
 
@@ -32,6 +33,8 @@ def _start_scp(env: dict[str, str]) -> subprocess.Popen:
     return proc
 
 
+@pytest.mark.slow
+@pytest.mark.one_db("sqlite")  # commit-before-acknowledge is the code's order, the same on any database
 def test_kill_9_mid_burst_loses_no_acknowledged_instance(db_url: str, session_factory, sample_path: Path, tmp_path: Path) -> None:
     port = free_port()
     spool = tmp_path / "spool"

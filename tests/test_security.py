@@ -25,7 +25,8 @@ from gateway.receive.spool import CANNOT_UNDERSTAND_INVALID_UID, SUCCESS, store_
 from gateway.store.models import EcgInstance
 from receive_helpers import ecg_bytes, storescu, write
 
-pytestmark = pytest.mark.filterwarnings("ignore")
+# the hostile peer is the subject: SQLite only, but for the SQL test (every_db)
+pytestmark = [pytest.mark.filterwarnings("ignore"), pytest.mark.one_db("sqlite")]
 TIMEOUT_S = 1.0  # acse/network timeout of the SCP under test
 TOKEN = "test-token-0123456789"
 SQL_NAME = "O'Brien'); DROP TABLE ecg_instances;--^Robert"
@@ -369,6 +370,7 @@ def _store_hostile_names(session_factory, spool: Path, sample_path: Path) -> Non
         assert out.status == SUCCESS
 
 
+@pytest.mark.every_db
 def test_sql_and_html_in_patient_values_are_data(db_url, session_factory, tmp_path: Path, sample_path: Path) -> None:
     _store_hostile_names(session_factory, tmp_path / "spool", sample_path)
     client = TestClient(create_app_for(db_url, tmp_path, session_factory))

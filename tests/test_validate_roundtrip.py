@@ -1,6 +1,7 @@
 """validate end to end: data.zip from a local HTTP server -> direct check -> every tracing
 as a cart-like DICOM ECG by C-STORE to a real gateway process -> stored probabilities
-compared with the direct ones -> reports.  Runs once per database kind."""
+compared with the direct ones -> reports.  On SQLite only: validate migrates the empty
+database it is given like serve does, and what it checks does not depend on the kind."""
 
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ def served_data_zip(tmp_path_factory: pytest.TempPathFactory):
         yield f"{base}/data.zip", md5, tracings, gold
 
 
+@pytest.mark.slow
+@pytest.mark.one_db("sqlite")
 def test_validate_fetch_direct_and_dicom_round_trip(served_data_zip, demo_model, demo_ensemble, empty_db_url,
                                                     tmp_path, monkeypatch):
     from typer.testing import CliRunner
