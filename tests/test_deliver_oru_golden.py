@@ -4,12 +4,11 @@ time pinned through ``now=``.  Then: the fast path equals that field-by-field
 build (``build_oru_reference``) in output and in errors, for any input.
 
 Regenerate (only when a change of output is intended and reviewed):
-    ORU_GOLDEN_REGENERATE=1 .venv/bin/pytest -q tests/test_deliver_oru_golden.py
+    .venv/bin/python tests/fixtures/oru_golden/regenerate.py
 """
 
 from __future__ import annotations
 
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -95,13 +94,6 @@ CASES = {
 def build(name: str, fn=build_oru) -> str:
     ecg_, prediction_, cfg, control_id, *options = CASES[name]
     return fn(ecg_, prediction_, cfg, control_id, now=NOW, options=options[0] if options else OruOptions())
-
-
-@pytest.mark.skipif(not os.environ.get("ORU_GOLDEN_REGENERATE"), reason="set ORU_GOLDEN_REGENERATE=1 to rewrite")
-def test_regenerate_golden_files():
-    GOLDEN.mkdir(parents=True, exist_ok=True)
-    for name in CASES:
-        (GOLDEN / f"{name}.er7").write_bytes(build(name, build_oru_reference).encode("utf-8"))
 
 
 def test_every_case_has_a_golden_file_and_no_file_is_orphaned():
