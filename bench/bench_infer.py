@@ -4,8 +4,8 @@ One run, one set of weights (an untrained demo file of the published
 architecture; speed does not depend on the weights).  Prints ECG/s of
 
   (a) Keras ``model.predict`` on one ECG at a time (what naive code does),
-  (b) the gateway's ``Ensemble.predict`` at batch 1 and at the micro-batch size,
-      and through the ``MicroBatcher`` with ECGs submitted one by one,
+  (b) the gateway's ``Ensemble.predict`` at batch 1 and at the micro-batch size
+      (the worker claims its micro-batches from the database and calls it once per batch),
   (c) the best raw compiled call (``tf.function`` of ``model(x)``, fixed shapes)
       at the same batch sizes: the baseline (b) is compared with,
   (d) the FLOP ceiling of this CPU (about 3.65 GFLOP per ECG).
@@ -77,7 +77,6 @@ def main() -> int:
     import keras
     import tensorflow as tf
 
-    from gateway.infer.batcher import MicroBatcher
     from gateway.infer.demo import write_demo_model
     from gateway.infer.runner import load_ensemble
 
@@ -103,19 +102,10 @@ def main() -> int:
             model.predict(x[i:i + 1], verbose=0)
         return 2
 
-    def batcher_stream() -> int:
-        mb = MicroBatcher(ens.predict, batch_size=bs, max_wait_ms=20)
-        futures = [mb.submit(x[i % bs]) for i in range(4 * bs)]
-        for f in futures:
-            f.result()
-        mb.close()
-        return len(futures)
-
     cases: dict[str, Callable[[], int]] = {
         "(a) keras model.predict, one ECG per call": predict_one_by_one,
         "(b) gateway Ensemble.predict, batch 1": lambda: (ens.predict(x[:1]), 1)[1],
         f"(b) gateway Ensemble.predict, batch {bs}": lambda: (ens.predict(x), bs)[1],
-        f"(b) gateway MicroBatcher, {bs} ECGs submitted singly x4": batcher_stream,
         "(c) raw compiled call, batch 1": lambda: (raw[1](xt[1]).numpy(), 1)[1],
         f"(c) raw compiled call, batch {bs}": lambda: (raw[bs](xt[bs]).numpy(), bs)[1],
     }

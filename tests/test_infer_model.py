@@ -1,4 +1,4 @@
-"""Loading the legacy Keras file, the compiled ensemble, thresholds, micro-batching, the demo model.
+"""Loading the legacy Keras file, the compiled ensemble, thresholds, the demo model.
 
 Building and saving the network takes seconds, so model files are written
 once per module and shared.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from pathlib import Path
 
 import h5py
@@ -16,10 +15,9 @@ import numpy as np
 import pytest
 
 from gateway import FINDINGS
-from gateway.infer.batcher import MicroBatcher
 from gateway.infer.demo import DEMO_ATTR, DEMO_LABEL, is_demo_file, write_demo_model
 from gateway.infer.loader import ModelLoadError, load_model_file
-from gateway.infer.runner import Ensemble, EnsembleOutput, bucket_sizes, ensemble_sha256, load_ensemble, split_batch
+from gateway.infer.runner import Ensemble, bucket_sizes, ensemble_sha256, load_ensemble, split_batch
 from gateway.infer.thresholds import apply_thresholds
 from infer_helpers import ecg_batch, legacy_model, write_legacy_file
 
@@ -216,84 +214,6 @@ def test_ensemble_with_a_demo_file_is_demo(three, single):
     assert ens.demo is True and ens.identity["demo"] is True
     assert [f["demo"] for f in ens.identity["files"]] == [False, True]
     assert single.demo is False
-
-
-# --- micro-batching -------------------------------------------------------------------------------
-
-def test_micro_batcher_gives_each_ecg_its_own_row(single, legacy):
-    seen: list[int] = []
-
-    def predict(x: np.ndarray) -> EnsembleOutput:
-        seen.append(len(x))
-        return single.predict(x)
-
-    x = np.concatenate([legacy["x"], ecg_batch(3, seed=7)])  # 8 different ECGs
-    mb = MicroBatcher(predict, batch_size=4, max_wait_ms=5000)
-    futures = [mb.submit(e) for e in x]
-    results = [f.result(timeout=60) for f in futures]
-    mb.close()
-    assert seen == [4, 4]  # full batches run without waiting for the deadline
-    expected = single.predict(x)
-    for i, r in enumerate(results):
-        np.testing.assert_allclose(r.mean, expected.mean[i], atol=1e-6, rtol=0)
-        assert r.as_dict() == {c: float(v) for c, v in zip(FINDINGS, r.mean)}
-
-
-def _fake_predict(x: np.ndarray) -> EnsembleOutput:
-    """Row i = the first sample of ECG i in every column: shows which row went where."""
-    p = np.repeat(x[:, 0, :1], 6, axis=1).astype(np.float64)
-    return EnsembleOutput(mean=p, min=p - 1, max=p + 1, std=np.zeros_like(p))
-
-
-def _ecg(value: float) -> np.ndarray:
-    return np.full((4096, 12), value, np.float32)
-
-
-def test_micro_batcher_waits_at_most_max_wait_then_runs_a_partial_batch():
-    mb = MicroBatcher(_fake_predict, batch_size=8, max_wait_ms=10)
-    futures = [mb.submit(_ecg(v)) for v in (3.0, 5.0)]
-    assert [f.result(timeout=10).mean[0] for f in futures] == [3.0, 5.0]
-    assert futures[1].result().min[0] == 4.0 and futures[1].result().max[0] == 6.0
-    mb.close()
-
-
-def test_micro_batcher_close_finishes_queued_ecgs_then_refuses():
-    gate = threading.Event()
-
-    def slow(x: np.ndarray) -> EnsembleOutput:
-        gate.wait(10)
-        return _fake_predict(x)
-
-    mb = MicroBatcher(slow, batch_size=2, max_wait_ms=0)
-    futures = [mb.submit(_ecg(float(v))) for v in range(5)]
-    closer = threading.Thread(target=mb.close)
-    closer.start()
-    gate.set()
-    closer.join(10)
-    assert [f.result(timeout=0).mean[0] for f in futures] == [0.0, 1.0, 2.0, 3.0, 4.0]
-    with pytest.raises(RuntimeError, match="closed"):
-        mb.submit(_ecg(1.0))
-
-
-def test_micro_batcher_failure_reaches_every_waiter():
-    def broken(x: np.ndarray) -> EnsembleOutput:
-        raise MemoryError("out of memory in the convolution")
-
-    mb = MicroBatcher(broken, batch_size=4, max_wait_ms=50)
-    futures = [mb.submit(_ecg(1.0)) for _ in range(3)]
-    for f in futures:
-        with pytest.raises(MemoryError, match="out of memory"):
-            f.result(timeout=10)
-    mb.close()
-
-
-def test_micro_batcher_refuses_wrong_shape_and_settings():
-    mb = MicroBatcher(_fake_predict, batch_size=2, max_wait_ms=1)
-    with pytest.raises(ValueError, match=r"an ECG must be \(4096, 12\), got \(1, 4096, 12\)"):
-        mb.submit(np.zeros((1, 4096, 12), np.float32))
-    mb.close()
-    with pytest.raises(ValueError, match="batch_size"):
-        MicroBatcher(_fake_predict, batch_size=0, max_wait_ms=1)
 
 
 # --- thresholds -----------------------------------------------------------------------------------

@@ -20,25 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from gateway import FINDINGS
 from gateway.infer.architecture import INPUT_SHAPE
 from gateway.infer.loader import LoadedModel, load_model_file
 
 log = logging.getLogger("gateway.infer.runner")
-
-
-@dataclass(frozen=True)
-class EcgOutput:
-    """One ECG's result: each array has one value per finding (FINDINGS order)."""
-
-    mean: np.ndarray
-    min: np.ndarray
-    max: np.ndarray
-    std: np.ndarray
-
-    def as_dict(self, which: str = "mean") -> dict[str, float]:
-        """``{code: value}`` of ``mean``, ``min``, ``max`` or ``std``."""
-        return {code: float(v) for code, v in zip(FINDINGS, getattr(self, which))}
 
 
 @dataclass(frozen=True)
@@ -52,9 +37,6 @@ class EnsembleOutput:
 
     def __len__(self) -> int:
         return int(self.mean.shape[0])
-
-    def row(self, i: int) -> EcgOutput:
-        return EcgOutput(self.mean[i], self.min[i], self.max[i], self.std[i])
 
     @classmethod
     def from_members(cls, probs: np.ndarray) -> "EnsembleOutput":
