@@ -41,11 +41,11 @@ from types import SimpleNamespace
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gateway import FINDINGS  # noqa: E402
 from gateway.config import Hl7Config  # noqa: E402
 from gateway.deliver.mllp import MllpClient  # noqa: E402
 from gateway.deliver import oru  # noqa: E402
-from gateway.deliver.oru import FINDING_NAMES, FINDING_SNOMED, build_oru, build_oru_reference, escape  # noqa: E402
+from gateway.deliver.oru import build_oru, build_oru_reference, escape  # noqa: E402
+from gateway.findings import BY_CODE, FINDINGS  # noqa: E402
 
 MODEL_ECG_PER_S = 38.0
 #: Each stage must sustain this multiple of the model's throughput (issue 15).
@@ -77,10 +77,10 @@ def plain_er7(control_id: str) -> str:
     n = 0
     for c in FINDINGS:
         n += 1
-        seg.append(f"OBX|{n}|NM|{c.upper()}_PROB^{FINDING_NAMES[c]} probability^L||{PRED.probabilities[c]:.4f}||||||F")
+        seg.append(f"OBX|{n}|NM|{c.upper()}_PROB^{BY_CODE[c].name} probability^L||{PRED.probabilities[c]:.4f}||||||F")
     for c in PRED.findings:
         n += 1
-        seg.append(f"OBX|{n}|CWE|8601-7^EKG impression^LN||{FINDING_SNOMED[c]}^{FINDING_NAMES[c]}^SCT|||A|||F")
+        seg.append(f"OBX|{n}|CWE|8601-7^EKG impression^LN||{BY_CODE[c].snomed}^{BY_CODE[c].name}^SCT|||A|||F")
     seg.append(f"OBX|{n + 1}|ST|113014^DICOM Study^DCM||{ECG.study_instance_uid}||||||F")
     return "\r".join(seg)
 

@@ -4,7 +4,10 @@ The sub-packages follow the data's way: receive -> normalise -> infer ->
 process -> store -> deliver -> admin.
 """
 
-__version__ = "0.1.0"
+# The six findings' codes in the model's output order, defined in
+# gateway.findings; re-exported here for older imports.
+from gateway.findings import FINDINGS
 
-#: The six findings of Ribeiro et al. 2020, in the model's output order.
-FINDINGS: tuple[str, ...] = ("1dAVb", "RBBB", "LBBB", "SB", "AF", "ST")
+__all__ = ["FINDINGS", "__version__"]
+
+__version__ = "0.1.0"

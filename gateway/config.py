@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.findings import BY_CODE, REGISTRY
 from gateway.receive.limits import DEFAULT_MAX_DATASET_MB
 
 ENV_PREFIX = "ECG_GATEWAY_"
@@ -32,14 +33,7 @@ AETitle = Annotated[str, Field(min_length=1, max_length=16, pattern=r"^[\x20-\x5
 Hl7Namespace = Annotated[str, Field(min_length=1, max_length=20, pattern=r"^[!-%'-\[\]_-{}](?:[ -%'-\[\]_-{}]*[!-%'-\[\]_-{}])?$")]
 
 #: Paper thresholds (Ribeiro et al. 2020, chosen on validation for best F1).
-PAPER_THRESHOLDS: dict[str, float] = {
-    "1dAVb": 0.124,
-    "RBBB": 0.07,
-    "LBBB": 0.05,
-    "SB": 0.278,
-    "AF": 0.39,
-    "ST": 0.174,
-}
+PAPER_THRESHOLDS: dict[str, float] = {f.code: f.threshold for f in REGISTRY}
 
 ZENODO_MODEL_URL = "https://zenodo.org/records/3765717/files/model.zip?download=1"
 ZENODO_MODEL_MD5 = "82cdf807d3ed9dbdf664a66466fb4589"
@@ -228,7 +222,7 @@ class Hl7Config(_Section):
     probability_coding_system: Annotated[str, Field(min_length=1, max_length=20, pattern=r"^[^|^&~\\]+$")] = "L"
     #: OBX-3 local code of each finding's probability (NM 0..1).
     probability_codes: dict[str, Annotated[str, Field(min_length=1, max_length=20, pattern=r"^[^|^&~\\]+$")]] = {
-        k: f"{k.upper()}_PROB" for k in PAPER_THRESHOLDS
+        f.code: f.probability_code for f in REGISTRY
     }
     #: PID-3.5 identifier type code (HL7 table 0203: MR medical record number,
     #: PI patient internal identifier, ...); empty = not sent.
@@ -259,7 +253,7 @@ class Hl7Config(_Section):
             unknown = set(value) - set(PAPER_THRESHOLDS)
             if unknown:
                 raise ValueError(f"unknown finding {sorted(unknown)[0]!r}; use {', '.join(PAPER_THRESHOLDS)}")
-            return {k: value.get(k, f"{k.upper()}_PROB") for k in PAPER_THRESHOLDS}
+            return {k: value.get(k, BY_CODE[k].probability_code) for k in PAPER_THRESHOLDS}
         return value
 
     @model_validator(mode="after")

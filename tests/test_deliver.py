@@ -12,9 +12,8 @@ from sqlalchemy import select
 
 from conftest import free_port
 from deliver_helpers import hl7_config, make_ecg, receiver, require_receiver, self_signed_cert, sender, wait_for
-from gateway import FINDINGS
-from gateway.deliver.oru import FINDING_SNOMED
 from gateway.deliver.outbox import enqueue_result, resend
+from gateway.findings import BY_CODE, FINDINGS
 from gateway.store.models import AuditLog, EcgInstance, Hl7Message
 
 pytestmark = pytest.mark.usefixtures("_receiver_available")
@@ -78,7 +77,7 @@ def test_one_correct_oru_per_ecg(session_factory, port, tmp_path):
                 continue
             assert nm == [round(ecg.prediction.probabilities[c], 4) for c in FINDINGS]
             coded = [str(r[5][0][0]) for r in msg.segments("OBX") if str(r[2]) == "CWE"]
-            assert coded == [FINDING_SNOMED[c] for c in FINDINGS if c in ecg.prediction.findings]
+            assert coded == [BY_CODE[c].snomed for c in FINDINGS if c in ecg.prediction.findings]
     for m in db.values():
         assert m.attempts == 1 and m.delivered_at is not None and m.last_error is None
         assert f"MSA|AA|{m.control_id}" in m.ack
@@ -171,12 +170,13 @@ def test_never_a_good_ack_stays_pending(session_factory, port, tmp_path, modes, 
 
 
 def test_restart_after_a_crash_mid_send(session_factory, db_url, port, tmp_path):
-    from gateway.deliver.sender import _utcnow, claim_due
+    from gateway.deliver.sender import claim_due
+    from gateway.timeutil import utcnow
 
     cfg = hl7_config(port)
     [mid] = enqueue(session_factory, cfg)
     with session_factory() as s:
-        [claimed] = claim_due(s, cfg, _utcnow())  # a sender that then died: the row is leased
+        [claimed] = claim_due(s, cfg, utcnow())  # a sender that then died: the row is leased
     assert claimed.id == mid and rows(session_factory)[mid].attempts == 1
     with receiver(port, tmp_path / "rx.jsonl") as rx:
         if db_url.startswith("sqlite"):  # one process: a restart takes the row over at once

@@ -12,7 +12,6 @@ from gateway import FINDINGS
 from gateway.config import Hl7Config
 from gateway.deliver.mllp import MllpError, frame_problem, parse_ack
 from gateway.deliver.oru import (
-    FINDING_SNOMED,
     MORE,
     REASON_LIMIT,
     OruBuildError,
@@ -82,7 +81,7 @@ def test_observations_probabilities_findings_model_and_study():
     cwe = [r for r in rows if str(r[2]) == "CWE"]
     # model output order, not the order of the findings list
     assert [(str(r[3][0][0]), str(r[5][0][0]), str(r[5][0][2]), str(r[8])) for r in cwe] == [
-        ("8601-7", FINDING_SNOMED["1dAVb"], "SCT", "A"), ("8601-7", FINDING_SNOMED["AF"], "SCT", "A")]
+        ("8601-7", "270492004", "SCT", "A"), ("8601-7", "164889003", "SCT", "A")]  # SNOMED CT: 1dAVb, AF
     by_code = {str(r[3][0][0]): str(r[5]) for r in rows if str(r[2]) == "ST"}
     assert by_code["QUALITY"] == "noisy V1"
     assert by_code["MODEL_SHA256"] == "ab" * 32

@@ -32,6 +32,7 @@ from gateway.admin.exports import ExportError, input_npy, original_dicom
 from gateway.admin.monitor import DatabaseCollector, health_report
 from gateway.admin.queries import QueryError, count_ecgs, ecg_detail, ecg_rows, parse_time
 from gateway.config import Config
+from gateway.findings import listed as listed_findings
 
 __all__ = ["check_admin_bind", "create_app", "make_server"]
 
@@ -176,7 +177,7 @@ def create_app(
         since: Annotated[str | None, Query(description="ISO 8601; naive = UTC; inclusive")] = None,
         until: Annotated[str | None, Query(description="ISO 8601; naive = UTC; exclusive")] = None,
         status: Annotated[str | None, Query(description="received, processed, rejected, failed")] = None,
-        finding: Annotated[str | None, Query(description="1dAVb, RBBB, LBBB, SB, AF, ST")] = None,
+        finding: Annotated[str | None, Query(description=listed_findings())] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     ) -> dict[str, Any]:

@@ -21,13 +21,14 @@ import hmac
 import ipaddress
 import re
 import secrets
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from gateway.config import AdminConfig
 from gateway.store.models import AdminSession
+from gateway.timeutil import as_utc, utcnow
 
 #: Name of the web view's session cookie.
 SESSION_COOKIE = "ecg_gateway_admin"
@@ -99,15 +100,6 @@ def safe_next(target: object, default: str = DEFAULT_NEXT) -> str:
 
 # --- web sessions ---------------------------------------------------------------------------------
 
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def _as_utc(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes that were stored as UTC."""
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
-
-
 def session_hash(session_id: str) -> str:
     """What the database stores of a session id (hex SHA-256)."""
     return hashlib.sha256(session_id.encode("utf-8")).hexdigest()
@@ -129,7 +121,7 @@ def open_session(db: Session, *, principal: str, credential: str, client_address
     session is revoked (no two live sessions in one browser, no fixation).
     Sessions that ended more than ``SESSION_RETENTION`` ago are deleted.
     The caller commits."""
-    now = _as_utc(now or _utcnow())
+    now = as_utc(now or utcnow())
     if replaces:
         revoke_session(db, replaces, now=now)
     db.execute(delete(AdminSession).where(AdminSession.expires_at < now - SESSION_RETENTION))
@@ -149,7 +141,7 @@ def live_session(db: Session, session_id: str | None, credential: str,
     if not session_id or not credential or len(session_id) > 128:
         return None
     row = db.scalars(select(AdminSession).where(AdminSession.session_hash == session_hash(session_id))).first()
-    if row is None or row.revoked_at is not None or _as_utc(row.expires_at) <= _as_utc(now or _utcnow()):
+    if row is None or row.revoked_at is not None or as_utc(row.expires_at) <= as_utc(now or utcnow()):
         return None
     if not row.credential_mac or not hmac.compare_digest(row.credential_mac, credential_mac(credential, session_id)):
         return None
@@ -163,6 +155,6 @@ def revoke_session(db: Session, session_id: str | None, now: datetime | None = N
     result = db.execute(
         update(AdminSession)
         .where(AdminSession.session_hash == session_hash(session_id), AdminSession.revoked_at.is_(None))
-        .values(revoked_at=now or _utcnow())
+        .values(revoked_at=now or utcnow())
     )
     return bool(result.rowcount)

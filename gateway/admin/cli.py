@@ -12,6 +12,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from gateway.admin.auth import check_admin_bind  # noqa: F401 - re-exported for serve (light: stdlib only)
+from gateway.findings import listed as listed_findings
 
 results_app = typer.Typer(help="Query received ECGs and their results.", no_args_is_help=True)
 ecg_app = typer.Typer(help="Export one ECG: the model's input array or the stored DICOM file.", no_args_is_help=True)
@@ -116,7 +117,7 @@ def list_results(
     since: Annotated[Optional[str], typer.Option(help="Received at or after (ISO 8601; naive = UTC).")] = None,
     until: Annotated[Optional[str], typer.Option(help="Received before (ISO 8601; naive = UTC).")] = None,
     status: Annotated[Optional[str], typer.Option(help="received, processed, rejected or failed.")] = None,
-    finding: Annotated[Optional[str], typer.Option("--finding", help="1dAVb, RBBB, LBBB, SB, AF or ST.")] = None,
+    finding: Annotated[Optional[str], typer.Option("--finding", help=f"{listed_findings(' or ')}.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=100000, help="At most this many rows, newest first.")] = 100,
     fmt: Annotated[str, typer.Option("--format", "-f", help="table, json or csv.")] = "table",
 ) -> None:

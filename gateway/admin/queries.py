@@ -6,12 +6,13 @@ One function builds the row dicts (:func:`ecg_rows`), so ``results list
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import String, cast, func, select
 from sqlalchemy.orm import Session
 
+from gateway.findings import FINDINGS
 from gateway.store.models import (
     ECG_STATUSES,
     HL7_PENDING,
@@ -23,9 +24,10 @@ from gateway.store.models import (
     Prediction,
 )
 from gateway.store.versions import quarantined
+from gateway.timeutil import as_utc
 
-#: The model's six outputs, in output order (docs/ecg-model.md).
-FINDING_CODES = ("1dAVb", "RBBB", "LBBB", "SB", "AF", "ST")
+#: The model's six outputs, in output order (gateway.findings).
+FINDING_CODES = FINDINGS
 #: The keys of one row, in this order, for JSON and CSV alike.
 ROW_KEYS = (
     "id", "sop_instance_uid", "study_instance_uid", "patient_id", "patient_name", "accession_number",
@@ -43,15 +45,6 @@ class QueryError(ValueError):
     """A filter value the caller must fix (message names the filter)."""
 
 
-def as_utc(value: datetime | None) -> datetime | None:
-    """Aware UTC; SQLite hands back naive datetimes that were stored as UTC."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
-
-
 def iso(value: datetime | None) -> str | None:
     value = as_utc(value)
     return value.isoformat() if value else None
@@ -63,7 +56,7 @@ def parse_time(text: str, name: str = "time") -> datetime:
         value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
         raise QueryError(f"{name}: not an ISO 8601 date or date-time: {text!r}") from None
-    return as_utc(value)  # type: ignore[return-value]
+    return as_utc(value)
 
 
 def _validate(status: str | None, finding: str | None) -> None:

@@ -50,36 +50,19 @@ import math
 import re
 import unicodedata
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
-from gateway import FINDINGS
+from gateway.findings import BY_CODE, FINDINGS
 from gateway.quoting import quote
+from gateway.timeutil import as_utc, utcnow
 
 if TYPE_CHECKING:  # ORM and config types only; nothing heavy at import time
     from gateway.config import Hl7Config
     from gateway.store.models import EcgInstance, Prediction
 
 log = logging.getLogger("gateway.deliver")
-
-#: Display names and SNOMED CT codes of the six findings (ecg-model.md).
-FINDING_NAMES: dict[str, str] = {
-    "1dAVb": "1st degree AV block",
-    "RBBB": "Right bundle branch block",
-    "LBBB": "Left bundle branch block",
-    "SB": "Sinus bradycardia",
-    "AF": "Atrial fibrillation",
-    "ST": "Sinus tachycardia",
-}
-FINDING_SNOMED: dict[str, str] = {
-    "1dAVb": "270492004",
-    "RBBB": "59118001",
-    "LBBB": "164909002",
-    "SB": "426177001",
-    "AF": "164889003",
-    "ST": "427084000",
-}
 
 #: Python codec for each MSH-18 value the configuration allows.
 CHARSET_CODECS: dict[str, str] = {"UNICODE UTF-8": "utf-8", "8859/1": "latin-1", "ASCII": "ascii"}
@@ -282,11 +265,7 @@ def order_key(ecg: EcgInstance) -> str:
 
 def _now_ts(now: datetime | None = None) -> str:
     # A naive datetime is taken as UTC.
-    if now is None:
-        now = datetime.now(timezone.utc)
-    elif now.tzinfo is not None:
-        now = now.astimezone(timezone.utc)
-    return now.strftime("%Y%m%d%H%M%S+0000")
+    return as_utc(now or utcnow()).strftime("%Y%m%d%H%M%S+0000")
 
 
 class Input(str):
@@ -403,11 +382,11 @@ def _prediction_observations(obx: Any, free_text: Any, prediction: Prediction, c
         if p is None or not isinstance(p, (int, float)) or not math.isfinite(p) or not 0.0 <= p <= 1.0:
             raise OruBuildError(f"OBX-5: probability of {code} missing or not in [0, 1]")
         local = cfg.probability_codes[code]
-        obx("NM", f"{escape(local)}^{escape(FINDING_NAMES[code])} probability^{cfg.probability_coding_system}",
+        obx("NM", f"{escape(local)}^{escape(BY_CODE[code].name)} probability^{cfg.probability_coding_system}",
             Input(f"{p:.{PROBABILITY_DECIMALS}f}"))
     findings = [c for c in FINDINGS if c in set(prediction.findings or [])]
     for code in findings:
-        obx("CWE", IMPRESSION, Input(f"{FINDING_SNOMED[code]}^{FINDING_NAMES[code]}^SCT"), abnormal="A")
+        obx("CWE", IMPRESSION, Input(f"{BY_CODE[code].snomed}^{BY_CODE[code].name}^SCT"), abnormal="A")
     if not findings:
         obx("ST", IMPRESSION, escape("None of " + ", ".join(FINDINGS) + " found above threshold"), abnormal="N")
     for flag in prediction.quality_flags or []:

@@ -23,8 +23,8 @@ from gateway.store.models import (
     REJECTED,
     AuditLog,
     Hl7Message,
-    utcnow,
 )
+from gateway.timeutil import utcnow
 
 if TYPE_CHECKING:
     from gateway.config import Hl7Config

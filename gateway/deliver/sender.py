@@ -24,7 +24,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Callable
 
 from sqlalchemy import bindparam, exists, func, select, update
@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session, aliased
 from gateway.deliver.mllp import MllpClient, SendResult, make_ssl_context
 from gateway.deliver.oru import payload_codec
 from gateway.store.models import HL7_DELIVERED, HL7_FAILED, HL7_PENDING, Hl7Message
+from gateway.timeutil import as_utc, utcnow
 
 if TYPE_CHECKING:
     from gateway.config import Hl7Config
@@ -71,11 +72,6 @@ def lease_seconds(cfg: Hl7Config) -> float:
     """How long a claimed row is hidden from other senders: one full attempt
     (including the one immediate reconnect) plus a margin."""
     return 2 * (cfg.connect_timeout + cfg.ack_timeout) + LEASE_MARGIN_S + 5.0
-
-
-def _as_utc(value: datetime) -> datetime:
-    # SQLite hands back naive datetimes; everything stored is UTC.
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 def _eligible():  # type: ignore[no-untyped-def]
@@ -128,7 +124,7 @@ def seconds_until_due(session: Session, now: datetime) -> float | None:
         nxt = session.scalar(_due_statement())
     if nxt is None:
         return None
-    return max((_as_utc(nxt) - now).total_seconds(), 0.0)
+    return max((as_utc(nxt) - now).total_seconds(), 0.0)
 
 
 def record_results(
@@ -245,10 +241,6 @@ def make_client(cfg: Hl7Config) -> MllpClient:
     return MllpClient(cfg.host, cfg.port, cfg.connect_timeout, cfg.ack_timeout, ctx, keep_open=cfg.keep_connection_open)
 
 
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
 def run_sender(
     session_factory: Callable[[], Session],
     cfg: Hl7Config,
@@ -273,7 +265,7 @@ def run_sender(
     log.info("hl7 sender started: %s:%s%s", cfg.host, cfg.port, " (TLS)" if cfg.tls else "")
     try:
         with session_factory() as session:
-            if released := release_stale_claims(session, _utcnow()):
+            if released := release_stale_claims(session, utcnow()):
                 log.info("hl7 sender: %s waiting message(s) due now (restart)", released)
     except Exception:
         log.exception("hl7 sender: could not release stale claims")
@@ -281,15 +273,15 @@ def run_sender(
         while not stop.is_set():
             try:
                 with session_factory() as session:
-                    batch = claim_due(session, cfg, _utcnow())
+                    batch = claim_due(session, cfg, utcnow())
                     if not batch:
-                        due = seconds_until_due(session, _utcnow())
+                        due = seconds_until_due(session, utcnow())
                         if due is None:
                             client.close()  # nothing queued: do not hold the receiver's connection
                         _wait(waiter, stop, IDLE_POLL_S if due is None else min(max(due, 0.01), IDLE_POLL_S))
                         continue
                     outcomes = send_batch(client, batch, cfg, stop)
-                    record_results(session, outcomes, cfg, _utcnow())
+                    record_results(session, outcomes, cfg, utcnow())
             except Exception:  # e.g. the database briefly unavailable: keep the thread alive
                 log.exception("hl7 sender: unexpected error; retrying")
                 client.close()

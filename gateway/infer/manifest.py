@@ -11,11 +11,11 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from gateway.infer.hashing import file_digest
+from gateway.timeutil import utcnow
 
 MANIFEST_NAME = "manifest.json"
 MODEL_SUFFIXES = (".hdf5", ".h5")
@@ -55,7 +55,7 @@ def record_files(models_dir: str | os.PathLike[str], files: list[Path], **source
     """
     root = Path(models_dir)
     data = read_manifest(root)
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    now = utcnow().isoformat(timespec="seconds")
     for file in files:
         rel = Path(file).resolve().relative_to(root.resolve()).as_posix()
         entry = {"sha256": file_digest(file), "size": Path(file).stat().st_size, "recorded_at": now}

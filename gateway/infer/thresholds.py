@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from gateway import FINDINGS
+from gateway.findings import FINDINGS
 
 
 def apply_thresholds(probs: Mapping[str, float], thresholds: Mapping[str, float]) -> list[str]:

@@ -7,7 +7,6 @@ into cart-like DICOM, and by other stages' tests.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -15,6 +14,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
 
 from gateway.normalise.leads import LEAD_BY_NUMBER
+from gateway.timeutil import utcnow
 
 TWELVE_LEAD_ECG = "1.2.840.10008.5.1.4.1.1.9.1.1"
 GENERAL_ECG = "1.2.840.10008.5.1.4.1.1.9.1.2"
@@ -96,7 +96,7 @@ def make_ecg_dataset(
     ds.StudyInstanceUID = study_instance_uid or generate_uid()
     ds.SeriesInstanceUID = generate_uid()
     # Waveform Identification makes these Type 1; "now", as a cart would (override via **header).
-    now = datetime.now(timezone.utc)
+    now = utcnow()
     ds.StudyDate = ds.ContentDate = now.strftime("%Y%m%d")
     ds.StudyTime = ds.ContentTime = now.strftime("%H%M%S")
     ds.AcquisitionDateTime = now.strftime("%Y%m%d%H%M%S")

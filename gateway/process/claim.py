@@ -6,9 +6,10 @@ two workers never take the same row, and a row whose worker died becomes
 claimable again when its lease runs out.  On SQLite (one process) the same
 statements run; SQLite ignores ``FOR UPDATE`` and serialises writers.
 
-The outcome is written only while the claim still holds (``finish_claim``
-checks ``claimed_by``), so an ECG whose lease expired and was taken over is
-never written twice; the unique ``predictions.ecg_id`` backs that up.
+The outcome is written only while the claim still holds (the worker writes
+it under :func:`still_claimed`, which locks the row and checks ``claimed_by``),
+so an ECG whose lease expired and was taken over is never written twice; the
+unique ``predictions.ecg_id`` backs that up.
 
 Each claim also records who holds it (:class:`Claimer`: host, pid and the
 process's start time).  A claim whose holder is *provably* dead - same host,
@@ -23,7 +24,7 @@ import logging
 import os
 import socket
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from functools import cache
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.store.models import FAILED, PROCESSING, RECEIVED, EcgInstance
+from gateway.timeutil import utcnow
 
 log = logging.getLogger("gateway.process")
 
@@ -87,10 +89,6 @@ def claimer_alive(pid: int, started: int | None) -> bool:
     return started is None or stat[1] == started
 
 
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
 def claim_batch(session_factory: sessionmaker[Session], worker_id: str, limit: int, lease_seconds: int,
                 max_attempts: int, claimer: Claimer | None = None) -> list[int]:
     """Claim up to ``limit`` ECGs that are waiting (or whose lease ran out).
@@ -100,7 +98,7 @@ def claim_batch(session_factory: sessionmaker[Session], worker_id: str, limit: i
     ``claimer`` (normally :func:`this_process`) is recorded with each claim so
     that :func:`release_dead_claims` can release it if this process dies.
     """
-    now = _now()
+    now = utcnow()
     waiting = or_(
         # received and not backing off after an error
         and_(EcgInstance.status == RECEIVED,
@@ -197,7 +195,7 @@ def release_dead_claims(session_factory: sessionmaker[Session], me: Claimer | No
                 update(EcgInstance)
                 .where(EcgInstance.id == ecg_id, EcgInstance.status == PROCESSING,
                        EcgInstance.claimed_by == claimed_by if claimed_by is not None else EcgInstance.claimed_by.is_(None))
-                .values(updated_at=_now(), **_RELEASED)
+                .values(updated_at=utcnow(), **_RELEASED)
             )
             if result.rowcount == 1:
                 released.setdefault(pid or 0, []).append(ecg_id)

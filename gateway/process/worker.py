@@ -28,15 +28,16 @@ import traceback
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
-from gateway import FINDINGS, __version__
+from gateway import __version__
 from gateway.config import Config
+from gateway.findings import FINDINGS
 from gateway.process import metrics
 from gateway.process.claim import claim_batch, release_dead_claims, still_claimed, this_process
 from gateway.quoting import printable
@@ -48,6 +49,7 @@ from gateway.store.versions import (
     IDENTITY_CHANGED_REASON,
     identity_conflict,
 )
+from gateway.timeutil import as_utc, utcnow
 
 log = logging.getLogger("gateway.process")
 
@@ -247,7 +249,7 @@ class Worker:
         from gateway.infer.thresholds import apply_thresholds
         from gateway.normalise import input_sha256, normaliser_version
 
-        now = datetime.now(timezone.utc)
+        now = utcnow()
         outcome = "failed"
         enqueued = False
         with self.session_factory() as session, session.begin():
@@ -269,7 +271,7 @@ class Worker:
                 probs = {code: float(it.output["mean"][k]) for k, code in enumerate(FINDINGS)}
                 thresholds = dict(self.cfg.model.thresholds)
                 identity = self.ensemble.identity
-                received = row.received_at if row.received_at.tzinfo else row.received_at.replace(tzinfo=timezone.utc)
+                received = as_utc(row.received_at)
                 prediction = Prediction(
                     ecg_id=row.id,
                     probabilities=probs,

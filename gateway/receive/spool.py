@@ -20,7 +20,7 @@ import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ from gateway.store.versions import (
     patient_identity,
     quarantined,
 )
+from gateway.timeutil import utcnow
 
 log = logging.getLogger("gateway.receive")
 
@@ -353,7 +354,7 @@ def store_instance(
         log.warning("refused a data set (%d bytes) from %s: %s", len(raw), _who(source), reason)
         return StoreOutcome(OUT_OF_RESOURCES, None, False, reason)
 
-    received = datetime.now(timezone.utc)
+    received = utcnow()
 
     def place(sha256: str) -> Path | None:
         uid = meta_sop_instance_uid(raw)

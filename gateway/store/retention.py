@@ -25,7 +25,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import and_, delete, exists, func, or_, select, update
@@ -42,6 +42,7 @@ from gateway.store.models import (
     Hl7Message,
     Prediction,
 )
+from gateway.timeutil import as_utc, utcnow
 
 log = logging.getLogger("gateway.store")
 
@@ -147,7 +148,7 @@ def prune(session_factory: sessionmaker[Session], spool_dir: str | Path, older_t
     ``stop`` ends the work between batches (what is left waits for the next prune)."""
     if older_than_days < 1:
         raise ValueError("older_than_days must be at least 1")
-    cutoff = (now or datetime.now(timezone.utc)) - timedelta(days=older_than_days)
+    cutoff = (now or utcnow()) - timedelta(days=older_than_days)
     result = PruneResult(cutoff=cutoff, dry_run=dry_run)
     root = Path(spool_dir)
     if dry_run:
@@ -171,7 +172,7 @@ def prune(session_factory: sessionmaker[Session], spool_dir: str | Path, older_t
             if path.is_file():
                 result.files += 1
                 result.file_bytes += path.stat().st_size
-        result.kept = past - sum(1 for r in rows if r.received_at is not None and _aware(r.received_at) < cutoff)
+        result.kept = past - sum(1 for r in rows if r.received_at is not None and as_utc(r.received_at) < cutoff)
         return result
 
     while not (stop is not None and stop.is_set()):
@@ -188,16 +189,12 @@ def prune(session_factory: sessionmaker[Session], spool_dir: str | Path, older_t
     return result
 
 
-def _aware(dt: datetime) -> datetime:
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
-
-
 def _count(result: PruneResult, row, list_rows: bool) -> None:  # type: ignore[no-untyped-def]
     result.ecgs += 1
     result.by_status[row.status] += 1
     if list_rows:
         result.lines.append(f"ECG id={row.id} sop={row.sop_instance_uid or '-'} {row.status} "
-                            f"received {_aware(row.received_at).isoformat(timespec='seconds')} file {row.spool_path}")
+                            f"received {as_utc(row.received_at).isoformat(timespec='seconds')} file {row.spool_path}")
 
 
 def _mark(session_factory: sessionmaker[Session], cutoff: datetime, batch: int) -> list[int]:
@@ -214,7 +211,7 @@ def _mark(session_factory: sessionmaker[Session], cutoff: datetime, batch: int) 
             return []
         # The conditions again in the UPDATE: a row resent or requeued meanwhile stays.
         s.execute(update(EcgInstance).where(EcgInstance.id.in_(ids), _candidates(cutoff))
-                  .values(pruning_since=datetime.now(timezone.utc)).execution_options(synchronize_session=False))
+                  .values(pruning_since=utcnow()).execution_options(synchronize_session=False))
     with session_factory() as s:
         return list(s.scalars(select(EcgInstance.id).where(EcgInstance.id.in_(ids),
                                                            EcgInstance.pruning_since.is_not(None))))

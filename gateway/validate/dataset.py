@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway import FINDINGS
+from gateway.findings import FINDINGS
 
 log = logging.getLogger("gateway.validate")
 

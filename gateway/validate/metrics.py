@@ -15,27 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway import FINDINGS
-
-#: Ribeiro et al. 2020, Table 2 (DNN on the 827-exam test set):
-#: precision, recall, specificity, F1.  These came from another seed than
-#: the published model.hdf5 (see docs/ecg-model.md).
-PAPER_TABLE2: dict[str, tuple[float, float, float, float]] = {
-    "1dAVb": (0.867, 0.929, 0.995, 0.897),
-    "RBBB": (0.895, 1.00, 0.995, 0.944),
-    "LBBB": (1.00, 1.00, 1.00, 1.00),
-    "SB": (0.833, 0.938, 0.996, 0.882),
-    "AF": (1.00, 0.769, 1.00, 0.870),
-    "ST": (0.947, 0.973, 0.997, 0.960),
-}
-#: F1 of the published model.hdf5 at the paper's thresholds, computed from
-#: the authors' published prediction files.
-PUBLISHED_MODEL_F1: dict[str, float] = {
-    "1dAVb": 0.857, "RBBB": 0.919, "LBBB": 0.984, "SB": 0.833, "AF": 0.783, "ST": 0.947,
-}
-#: Gold-standard positives in the published 827 exams.
-PUBLISHED_POSITIVES: dict[str, int] = {"1dAVb": 28, "RBBB": 34, "LBBB": 30, "SB": 16, "AF": 13, "ST": 37}
-PUBLISHED_EXAMS = 827
+from gateway.findings import BY_CODE, FINDINGS
 
 
 def _ratio(num: int, den: int) -> float | None:
@@ -125,9 +105,9 @@ class DirectMetrics:
             "n": self.n,
             "thresholds": self.thresholds,
             "findings": {f: {**self.per_finding[f].as_dict(),
-                             "paper_table2": dict(zip(("precision", "recall", "specificity", "f1"), PAPER_TABLE2[f]))
-                             if f in PAPER_TABLE2 else None,
-                             "published_model_f1": PUBLISHED_MODEL_F1.get(f)}
+                             # the published figures (gateway.findings); None for a code of a test's own
+                             "paper_table2": asdict(BY_CODE[f].table2) if f in BY_CODE else None,
+                             "published_model_f1": BY_CODE[f].published_model_f1 if f in BY_CODE else None}
                          for f in self.findings},
             "micro": self.micro.as_dict(),
             "macro": self.macro,

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from gateway.findings import FINDINGS
 from gateway.validate.dataset import FS, strip_padding
 
 log = logging.getLogger("gateway.validate")
@@ -201,7 +202,6 @@ def collect_results(database_url: str, results: Sequence[InstanceResult], tracin
     from sqlalchemy import select
     from sqlalchemy.orm import selectinload
 
-    from gateway import FINDINGS
     from gateway.admin.exports import ExportError, model_input_array
     from gateway.store.db import make_engine, make_sessionmaker
     from gateway.store.models import EcgInstance

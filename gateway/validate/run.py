@@ -11,16 +11,18 @@ import logging
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from gateway import FINDINGS, __version__
+from gateway import __version__
 from gateway.config import PAPER_THRESHOLDS, Config
+from gateway.findings import FINDINGS, TEST_SET_EXAMS
+from gateway.timeutil import utcnow
 from gateway.validate.dataset import TestSet, check_limb_leads, lead_names, load_test_set
-from gateway.validate.metrics import PUBLISHED_EXAMS, RoundTripComparison, compare_probabilities, direct_metrics
+from gateway.validate.metrics import RoundTripComparison, compare_probabilities, direct_metrics
 from gateway.validate.roundtrip import RoundTripRun, StartedGateway, Variant
 
 log = logging.getLogger("gateway.validate")
@@ -54,7 +56,7 @@ class ValidateOptions:
 
 def new_run_dir(report_dir: Path, now: datetime | None = None) -> Path:
     """``<report_dir>/<UTC timestamp>``, suffixed when that already exists."""
-    stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+    stamp = (now or utcnow()).strftime("%Y%m%dT%H%M%SZ")
     run_dir = report_dir / stamp
     n = 1
     while run_dir.exists():
@@ -174,7 +176,7 @@ def _run(cfg: Config, opts: ValidateOptions, test_set: TestSet, run_dir: Path, g
     check = check_limb_leads(test_set.tracings[:200], order)
     dataset = {**test_set.source, "lead_order": lead_names(order), "limb_lead_check": check}
     result: dict[str, Any] = {
-        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "generated_at": utcnow().isoformat(timespec="seconds"),
         "gateway_version": __version__, "model": identity, "dataset": dataset, "thresholds": thresholds,
         "direct": metrics.as_dict(), "direct_probabilities_file": str(run_dir / "direct_probabilities.npy"),
     }
@@ -205,8 +207,8 @@ def _run(cfg: Config, opts: ValidateOptions, test_set: TestSet, run_dir: Path, g
     notes.append(SEED_NOTE)
     if thresholds != PAPER_THRESHOLDS:
         notes.append("The configured thresholds differ from the paper's: the comparison with Table 2 is not like for like.")
-    if len(test_set) != PUBLISHED_EXAMS or test_set.source.get("exams_in_file") != PUBLISHED_EXAMS:
-        notes.append(f"{len(test_set)} exams were used, not the published {PUBLISHED_EXAMS}: "
+    if len(test_set) != TEST_SET_EXAMS or test_set.source.get("exams_in_file") != TEST_SET_EXAMS:
+        notes.append(f"{len(test_set)} exams were used, not the published {TEST_SET_EXAMS}: "
                      "the metrics are not comparable with the paper's.")
     notes.append(f"The file's columns were read as {', '.join(lead_names(order))} ([normalise] limb_lead_order); "
                  "the DICOM objects are labelled accordingly.")
