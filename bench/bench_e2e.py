@@ -33,7 +33,6 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,6 +110,7 @@ def main() -> int:
     from gateway.infer.demo import write_demo_model
     from gateway.store.db import make_engine, make_sessionmaker, upgrade
     from gateway.store.models import PROCESSED, EcgInstance
+    from gateway.timeutil import as_utc, utcnow
 
     logging.basicConfig(level=logging.WARNING)
     sample = Path(get_testdata_file("waveform_ecg.dcm")).read_bytes()
@@ -197,7 +197,7 @@ def main() -> int:
                 start = time.monotonic()
                 out = subprocess.run(["storescu", "-aet", "BENCH", "-aec", "ECGGW", "127.0.0.1", str(dicom_port),
                                       str(path)], capture_output=True, text=True)
-                responded = datetime.now(timezone.utc)
+                responded = utcnow()
                 if out.returncode != 0:
                     raise RuntimeError(out.stdout + out.stderr)
                 processed_at = []
@@ -212,7 +212,7 @@ def main() -> int:
                     return False
 
                 wait_for(done, 120, serve, f"ECG {uid} processed")
-                at = processed_at[0] if processed_at[0].tzinfo else processed_at[0].replace(tzinfo=timezone.utc)
+                at = as_utc(processed_at[0])
                 latencies.append(max((at - responded).total_seconds() * 1000, 0.0))
                 time.sleep(max(0.0, 1.0 - (time.monotonic() - start)))
             # (d) peak RSS
