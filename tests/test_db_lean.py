@@ -124,6 +124,9 @@ def test_migration_0003_up_and_down_with_real_rows(empty_db_url, tmp_path, sampl
     assert after[ids["nobytes"]]["input_sha256"] is None and after[ids["garbage"]]["input_sha256"] is None
     engine = db.make_engine(empty_db_url)
     factory = db.make_sessionmaker(engine)
+    with engine.connect() as conn:  # kept once, compressed (0007): 2.6 KB of JSON in well under 1 KB
+        stored = conn.execute(sa.text("SELECT report FROM ecg_instances WHERE id = :i"), {"i": ids["abs"]}).scalar()
+    assert len(json.dumps(report)) > 2500 and 300 < len(stored) < 1000
     with factory() as s:
         rel = s.get(EcgInstance, ids["rel"])
         assert rel.report == json.loads(json.dumps(report))  # copied from the prediction, kept once
@@ -196,3 +199,52 @@ def test_the_normaliser_version_is_bumped_when_its_output_changes(sample_path):
 
     assert (NORMALISER_VERSION, input_sha256(model_input(sample_path)[0])) == (
         "1", "ba086bd7524c8f6458e783187a3603a59b53bf0ffe02107c335db7e95aab6a7d")
+
+
+def test_sqlite_files_use_8k_pages_and_compact_converts_older_ones(tmp_path):
+    """4 KB pages held one ~2 KB HL7 outbox row each; new files get 8 KB pages and
+    `db compact` rewrites an older file (stays in WAL mode, keeps its rows)."""
+    import sqlite3
+    from contextlib import closing
+
+    def pragmas(path: Path) -> tuple[int, str]:
+        with closing(sqlite3.connect(path)) as conn:
+            return (conn.execute("PRAGMA page_size").fetchone()[0], conn.execute("PRAGMA journal_mode").fetchone()[0])
+
+    db.upgrade(f"sqlite:///{tmp_path / 'new.db'}")
+    assert pragmas(tmp_path / "new.db") == (8192, "wal")
+
+    old = tmp_path / "old.db"
+    with closing(sqlite3.connect(old)) as conn:  # as every file made before: 4 KB pages, WAL
+        conn.execute("PRAGMA page_size=4096")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE keep (x)")
+        conn.execute("INSERT INTO keep VALUES (42)")
+        conn.commit()
+    url = f"sqlite:///{old}"
+    db.upgrade(url)
+    assert pragmas(old) == (4096, "wal")  # an existing file keeps its page size
+    ran = db.compact(url)
+    assert "VACUUM" in ran and pragmas(old) == (8192, "wal")
+    with closing(sqlite3.connect(old)) as conn:
+        assert conn.execute("SELECT x FROM keep").fetchall() == [(42,)]
+    assert db.current_revision(url) is not None
+
+
+def test_compact_while_the_gateway_holds_the_sqlite_file_says_to_stop_it(tmp_path):
+    import os
+    import sqlite3
+    import subprocess
+    import sys
+    from contextlib import closing
+
+    url = f"sqlite:///{tmp_path / 'g.db'}"
+    db.upgrade(url)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ECG_GATEWAY_")}
+    env["ECG_GATEWAY_STORAGE__DATABASE_URL"] = url
+    with closing(sqlite3.connect(tmp_path / "g.db")) as other:  # a running gateway's connection
+        other.execute("SELECT count(*) FROM ecg_instances").fetchall()
+        r = subprocess.run([sys.executable, "-m", "gateway", "db", "compact"], capture_output=True, text=True,
+                           cwd=Path(__file__).resolve().parents[1], env=env, timeout=120)
+    assert r.returncode == 1 and "database is locked (stop the gateway first)" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr

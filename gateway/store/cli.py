@@ -46,10 +46,18 @@ def compact(ctx: typer.Context) -> None:
     """Return freed space to the disk (SQLite VACUUM; PostgreSQL VACUUM FULL, which locks
     each table while it runs: use a quiet hour).  Useful after `db prune` or the upgrade
     that dropped the stored model inputs (0003)."""
+    from sqlalchemy.exc import OperationalError
+
     from gateway.cli import config_from
     from gateway.store.db import compact as do_compact
 
-    for statement in do_compact(config_from(ctx).storage.database_url):
+    try:
+        ran = do_compact(config_from(ctx).storage.database_url)
+    except OperationalError as exc:
+        hint = " (stop the gateway first)" if "locked" in str(exc.orig) else ""
+        typer.echo(f"db compact: {exc.orig}{hint}", err=True)
+        raise typer.Exit(1) from None
+    for statement in ran:
         typer.echo(f"done: {statement}")
 
 

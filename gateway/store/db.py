@@ -14,8 +14,15 @@ from sqlalchemy.orm import Session, sessionmaker
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
 
+SQLITE_PAGE_SIZE = 8192
+
+
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
     cur = dbapi_connection.cursor()
+    # 8 KB pages for a new file (a no-op on an existing one; `db compact` converts):
+    # an HL7 outbox row is ~2 KB, and 4 KB pages held one such row each.
+    # Set before WAL, which fixes the page size.
+    cur.execute(f"PRAGMA page_size={SQLITE_PAGE_SIZE}")
     # WAL lets the admin read while the SCP writes; FULL sync makes a commit
     # durable before the C-STORE is acknowledged.
     cur.execute("PRAGMA journal_mode=WAL")
@@ -101,7 +108,9 @@ def compact(database_url: str) -> list[str]:
     try:
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             if engine.url.get_backend_name() == "sqlite":
-                ran += ["VACUUM", "PRAGMA wal_checkpoint(TRUNCATE)"]
+                # The page size changes only by a VACUUM outside WAL mode.
+                ran += ["PRAGMA journal_mode=DELETE", f"PRAGMA page_size={SQLITE_PAGE_SIZE}", "VACUUM",
+                        "PRAGMA journal_mode=WAL"]
             else:
                 ran += [f'VACUUM (FULL, ANALYZE) "{name}"' for name in sorted(Base.metadata.tables)]
             for statement in ran:

@@ -7,6 +7,8 @@ logs name SOP Instance UIDs and row ids.
 
 from __future__ import annotations
 
+import json
+import zlib
 from datetime import datetime
 from typing import Any
 
@@ -18,9 +20,11 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -34,6 +38,23 @@ NAMING = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+class CompressedJSON(TypeDecorator[Any]):
+    """JSON stored zlib-compressed: the normalisation report (2.6 KB of repetitive
+    per-channel JSON) takes 0.7 KB, and an ECG row fits a SQLite page several
+    times over.  Read and written as the value itself; not for SQL queries."""
+
+    impl = LargeBinary
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> bytes | None:
+        if value is None:
+            return None
+        return zlib.compress(json.dumps(value, separators=(",", ":")).encode(), 6)
+
+    def process_result_value(self, value: Any, dialect: Any) -> Any:
+        return None if value is None else json.loads(zlib.decompress(value))
 
 
 class Base(DeclarativeBase):
@@ -97,8 +118,8 @@ class EcgInstance(Base):
     status: Mapped[str] = mapped_column(String(16), default=RECEIVED)
     error: Mapped[str | None] = mapped_column(Text)
     #: What normalisation learned (parameters, source rate, units, leads...), also for
-    #: rejected ECGs; stored once here (a prediction reads it through ``ecg``).
-    report: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    #: rejected ECGs; stored once here (a prediction reads it through ``ecg``), compressed.
+    report: Mapped[dict[str, Any] | None] = mapped_column(CompressedJSON)
     #: Free-form markers, e.g. ["new_version"].
     flags: Mapped[list[Any]] = mapped_column(default=list)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
