@@ -73,6 +73,7 @@ def _drop(url: str) -> None:
         admin.dispose()
 
 
+@pytest.mark.slow
 def test_backup_order_and_restore_as_documented(db_url, session_factory, tmp_path, sample_path, demo_ensemble):
     spool = tmp_path / "spool"
     cfg = Config.model_validate({"storage": {"database_url": db_url, "spool_dir": str(spool)},

@@ -165,7 +165,9 @@ def test_prune_removes_old_finished_ecgs_with_their_files_and_keeps_the_rest(sce
     assert retention.prune(session_factory, spool, 30).ecgs == 0
 
 
-@pytest.mark.parametrize("crash_at", ["after_mark", "mid_files", "after_files", "before_commit"])
+@pytest.mark.parametrize("crash_at", [pytest.param("after_mark", marks=pytest.mark.slow),
+                                      pytest.param("mid_files", marks=pytest.mark.slow), "after_files",
+                                      pytest.param("before_commit", marks=pytest.mark.slow)])
 def test_a_crash_in_the_middle_leaves_no_row_without_file_and_no_file_without_row(
         scenario, session_factory, tmp_path, monkeypatch, crash_at):
     spool = tmp_path / "spool"
@@ -221,6 +223,7 @@ def _env(session_factory, spool: Path) -> dict[str, str]:  # type: ignore[no-unt
     return {"ECG_GATEWAY_STORAGE__DATABASE_URL": url, "ECG_GATEWAY_STORAGE__SPOOL_DIR": str(spool)}
 
 
+@pytest.mark.slow
 def test_db_prune_command(scenario, session_factory, tmp_path):
     spool = tmp_path / "spool"
     env = {k: val for k, val in os.environ.items() if not k.startswith("ECG_GATEWAY_")}
