@@ -270,6 +270,13 @@ class AdminConfig(_Section):
     token: str = ""
     #: /healthz turns unhealthy above this many pending HL7 messages; 0 = never.
     max_hl7_backlog: Annotated[int, Field(ge=0)] = 1000
+    #: /healthz ``hl7`` unhealthy while the oldest pending message waits longer than this; 0 = never.
+    healthz_max_hl7_pending_age_s: Annotated[float, Field(ge=0)] = 120.0
+    #: /healthz ``hl7`` unhealthy while the link has been down (or the receiver
+    #: rejecting) this long with messages pending; 0 = never.
+    healthz_max_hl7_link_down_s: Annotated[float, Field(ge=0)] = 30.0
+    #: /healthz ``hl7`` unhealthy while any outbox message is ``failed`` (until resent).
+    healthz_fail_on_failed_hl7: bool = True
     #: Close a connection that has not sent a complete request within this many
     #: seconds of connecting or of the previous response (slow-loris defence).
     request_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 10.0

@@ -107,7 +107,8 @@ def test_without_a_configured_token_the_api_and_web_are_off(readonly_db, tmp_pat
     r = c.get("/ecgs", follow_redirects=False)
     assert r.status_code == 403 and "set [admin] token" in r.text and "DOE" not in r.text
     assert c.post("/login", data={"token": ""}).status_code == 403
-    assert c.get("/healthz").status_code == 200  # no PHI there
+    r = c.get("/healthz")  # answers without a token (503: the seeded failed HL7 message); no PHI there
+    assert r.status_code == 503 and r.json()["components"]["hl7"]["failed"] == 1
 
 
 def test_list_paginates(ro_client, ro_ids):
@@ -190,13 +191,20 @@ def test_resend_queues_a_new_message_and_writes_an_audit_row(client, seeded, ses
     assert r.status_code == 404 and "98765" in r.json()["detail"]
 
 
-def test_healthz_ok_and_metrics(ro_client, ro_ids):
-    r = ro_client.get("/healthz")
+def test_healthz_ok_and_metrics(ro_client, ro_ids, readonly_db):
+    r = ro_client.get("/healthz")  # the seeded failed HL7 message makes it unhealthy (the default)
     body = r.json()
-    assert r.status_code == 200 and body["status"] == "ok"
+    assert r.status_code == 503 and body["status"] == "unhealthy"
     assert body["components"]["database"] == {"ok": True}
-    assert body["components"]["hl7_backlog"]["pending"] == 1
-    assert body["components"]["spool_disk"]["ok"] is True
+    assert body["components"]["spool"]["ok"] is True and body["components"]["spool"]["writable"] is True
+    hl7 = body["components"]["hl7"]
+    assert (hl7["ok"], hl7["pending"], hl7["failed"], hl7["link"]) == (False, 1, 1, "not in this process")
+    assert hl7["problems"] == ["1 failed message(s): see ecg-gateway hl7 list, then hl7 resend"]
+    ok_client = TestClient(create_app(make_cfg(readonly_db.url, readonly_db.spool_dir.parent,
+                                               healthz_fail_on_failed_hl7=False), readonly_db.session_factory))
+    r = ok_client.get("/healthz")
+    assert r.status_code == 200 and r.json()["status"] == "ok"
+    assert r.json()["components"]["hl7"]["failed"] == 1  # still shown
     text = ro_client.get("/metrics").text
     assert 'ecg_gateway_ecgs{status="processed"} 3.0' in text
     assert 'ecg_gateway_ecgs{status="processing"} 1.0' in text
@@ -217,7 +225,8 @@ def test_healthz_is_503_when_the_database_is_unreachable(tmp_path):
     assert r.status_code == 503 and body["status"] == "unhealthy"
     assert body["components"]["database"]["ok"] is False
     assert "OperationalError" in body["components"]["database"]["error"]
-    assert body["components"]["hl7_backlog"] == {"ok": False, "error": "database unreachable"}
+    assert body["components"]["hl7"]["ok"] is False
+    assert body["components"]["hl7"]["problems"] == ["database unreachable"]
     assert "ecg_gateway_database_up 0.0" in c.get("/metrics").text
     engine.dispose()
 
@@ -229,7 +238,8 @@ def test_healthz_is_503_when_the_database_is_unreachable(tmp_path):
     ({"scp_listening": True, "model_loaded": "loading models/model.hdf5"}, 503),
 ])
 def test_healthz_includes_what_serve_reports(readonly_db, tmp_path, states, status):
-    c = TestClient(create_app(make_cfg(readonly_db.url, tmp_path), readonly_db.session_factory, health=lambda: states))
+    cfg = make_cfg(readonly_db.url, tmp_path, healthz_fail_on_failed_hl7=False)  # the seeded failed message aside
+    c = TestClient(create_app(cfg, readonly_db.session_factory, health=lambda: states))
     r = c.get("/healthz")
     assert r.status_code == status
     assert {k: r.json()["components"][k]["ok"] for k in states} == {
@@ -237,14 +247,17 @@ def test_healthz_includes_what_serve_reports(readonly_db, tmp_path, states, stat
 
 
 def test_healthz_hl7_backlog_limit(db_url, session_factory, seeded, tmp_path):
-    c = TestClient(create_app(make_cfg(db_url, tmp_path, max_hl7_backlog=0), session_factory))
+    quiet = {"healthz_fail_on_failed_hl7": False}  # the seeded failed message is not the point here
+    c = TestClient(create_app(make_cfg(db_url, tmp_path, max_hl7_backlog=0, **quiet), session_factory))
     assert c.get("/healthz").status_code == 200  # 0 = off
-    c = TestClient(create_app(make_cfg(db_url, tmp_path, max_hl7_backlog=1), session_factory))
+    c = TestClient(create_app(make_cfg(db_url, tmp_path, max_hl7_backlog=1, **quiet), session_factory))
     assert c.get("/healthz").status_code == 200  # 1 pending
     client = TestClient(create_app(make_cfg(db_url, tmp_path), session_factory))
     client.post(f"/api/hl7/{seeded['m1']}/resend", headers=AUTH)  # 2 pending now
     r = c.get("/healthz")
-    assert r.status_code == 503 and r.json()["components"]["hl7_backlog"] == {"ok": False, "pending": 2, "max": 1}
+    hl7 = r.json()["components"]["hl7"]
+    assert r.status_code == 503 and (hl7["ok"], hl7["pending"], hl7["max_pending"]) == (False, 2, 1)
+    assert hl7["problems"] == ["2 messages pending (max 1)"]
 
 
 @pytest.mark.parametrize("host, token, refused", [

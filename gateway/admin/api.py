@@ -151,7 +151,7 @@ def create_app(
     )
     token = cfg.admin.token
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(DatabaseCollector(session_factory))
+    registry.register(DatabaseCollector(session_factory, cfg, health))
 
     def require_token(
         request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]

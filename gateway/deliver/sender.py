@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session, aliased
 
 from gateway.deliver.mllp import MllpClient, SendResult, make_ssl_context
 from gateway.deliver.oru import payload_codec
+from gateway.deliver.watch import Hl7Watch
 from gateway.store.models import HL7_DELIVERED, HL7_FAILED, HL7_PENDING, Hl7Message
 from gateway.timeutil import as_utc, utcnow
 
@@ -183,8 +184,9 @@ def _apply(row: Hl7Message, result: SendResult | None, cfg: Hl7Config, now: date
     else:
         delay = backoff_delay(row.attempts, cfg)
         row.next_attempt_at = now + timedelta(seconds=delay)
-        log.warning("hl7 message %s (ecg %s) attempt %s: %s; retry in %.1f s",
-                    row.id, row.ecg_id, row.attempts, _loggable(result), delay)
+        # INFO: the link watch logs the state change (down, rejecting) once, not every retry
+        log.info("hl7 message %s (ecg %s) attempt %s: %s; retry in %.1f s",
+                 row.id, row.ecg_id, row.attempts, _loggable(result), delay)
     return row.status
 
 
@@ -262,6 +264,10 @@ def run_sender(
     client = make_client(cfg)
     waiter = wake if wake is not None else stop
     link_failures = 0
+    watch = Hl7Watch(cfg, session_factory)  # link state and failed messages, for the log and /healthz
+    watch.register()
+    watcher = threading.Thread(target=watch.run, args=(stop,), name="hl7-watch", daemon=True)
+    watcher.start()
     log.info("hl7 sender started: %s:%s%s", cfg.host, cfg.port, " (TLS)" if cfg.tls else "")
     try:
         with session_factory() as session:
@@ -281,7 +287,10 @@ def run_sender(
                         _wait(waiter, stop, IDLE_POLL_S if due is None else min(max(due, 0.01), IDLE_POLL_S))
                         continue
                     outcomes = send_batch(client, batch, cfg, stop)
-                    record_results(session, outcomes, cfg, utcnow())
+                    statuses = record_results(session, outcomes, cfg, utcnow())
+                watch.link_result(outcomes)
+                if HL7_FAILED in statuses.values():
+                    watch.poke()
             except Exception:  # e.g. the database briefly unavailable: keep the thread alive
                 log.exception("hl7 sender: unexpected error; retrying")
                 client.close()
@@ -294,6 +303,9 @@ def run_sender(
                 link_failures = 0
     finally:
         client.close()
+        watch.unregister()
+        watch.poke()
+        watcher.join(5)
         log.info("hl7 sender stopped")
 
 

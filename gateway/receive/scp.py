@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydicom.uid import UID
 from pynetdicom import AE, evt
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.sop_class import Verification
@@ -62,6 +63,8 @@ _RJ_NO_REASON = (0x01, 0x01, 0x01)
 #: legitimately exceed a small ``max_pdu`` (which only binds P-DATA-TF PDUs).
 _MIN_PDU_CAP = 256 * 1024
 _RECV_CHUNK = 64 * 1024
+#: SOP classes named in the "refused presentation contexts" line at most.
+_REFUSED_SHOWN = 10
 
 
 @dataclass
@@ -347,6 +350,27 @@ def start_scp(
         log.warning("rejected association from %s (calling AE %r): max_associations (%d) reached",
                     requestor.address, requestor.ae_title, dicom.max_associations)
 
+    def handle_accepted(event: evt.Event) -> None:
+        # The cart only hears "no presentation context" (e.g. a CT sender): one line per
+        # association names the SOP classes none of whose contexts was accepted.
+        assoc = event.assoc
+        accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
+        refused: dict[str, int] = {}
+        for cx in sorted(assoc.rejected_contexts, key=lambda c: c.context_id or 0):
+            if str(cx.abstract_syntax) not in accepted:
+                refused.setdefault(str(cx.abstract_syntax), cx.result)
+        if not refused:
+            return
+        shown = [(f"{uid} ({UID(uid).name})" if UID(uid).is_valid else repr(uid))  # a peer's text: no raw controls
+                 + (" [its transfer syntaxes]" if result == 0x04 else "")
+                 for uid, result in list(refused.items())[:_REFUSED_SHOWN]]
+        more = f" and {len(refused) - _REFUSED_SHOWN} more (all at DEBUG)" if len(refused) > _REFUSED_SHOWN else ""
+        log.info("refused presentation contexts from %s (calling AE %r): %d SOP class(es) not accepted: %s%s",
+                 assoc.requestor.address, assoc.requestor.ae_title, len(refused), ", ".join(shown), more)
+        if more:  # an SCU proposing every class it knows (storescu's default)
+            log.debug("refused SOP classes from %s: %s", assoc.requestor.address,
+                      " ".join(uid if UID(uid).is_valid else repr(uid) for uid in refused))
+
     def handle_store(event: evt.Event) -> int:
         requestor = event.assoc.requestor
         try:
@@ -374,6 +398,7 @@ def start_scp(
         (evt.EVT_CONN_OPEN, handle_conn_open),
         (evt.EVT_REQUESTED, handle_requested),
         (evt.EVT_REJECTED, handle_rejected),
+        (evt.EVT_ACCEPTED, handle_accepted),
         (evt.EVT_C_STORE, handle_store),
         (evt.EVT_C_ECHO, handle_echo),
     ]
