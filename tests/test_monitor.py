@@ -231,8 +231,9 @@ def test_failed_message_warning_and_healthz(db_url, session_factory, tmp_path, c
         wait_for(lambda: any("no failed hl7 messages any more" in r.getMessage() for r in caplog.records),
                  what="the all-clear")
     failed_lines = [w for w in deliver_warnings(caplog) if w.startswith("hl7 message")]
-    assert failed_lines == [f"hl7 message {msg_id} (ecg {ecg_id}) failed: it will not be sent again without an "
-                            f"admin (ecg-gateway hl7 show {msg_id}; hl7 resend {msg_id}); 0 pending, 1 failed"]
+    # one line for the failure (the sender's, with the reason code and the counts), not one more from the watch
+    assert failed_lines == [f"hl7 message {msg_id} (ecg {ecg_id}) failed after 1 attempts: AE (details: "
+                            f"ecg-gateway hl7 show); 0 pending, 1 failed"]
     with session_factory() as s:
         assert (s.get(Hl7Message, msg_id).status, s.get(Hl7Message, new.id).status) == ("superseded", HL7_DELIVERED)
 

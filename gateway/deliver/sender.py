@@ -28,11 +28,11 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Callable
 
 from sqlalchemy import bindparam, exists, func, select, update
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session, aliased, object_session
 
 from gateway.deliver.mllp import MllpClient, SendResult, make_ssl_context
 from gateway.deliver.oru import payload_codec
-from gateway.deliver.watch import Hl7Watch
+from gateway.deliver.watch import Hl7Watch, outbox_snapshot
 from gateway.store.models import HL7_DELIVERED, HL7_FAILED, HL7_PENDING, Hl7Message
 from gateway.timeutil import as_utc, utcnow
 
@@ -163,7 +163,7 @@ def _apply(row: Hl7Message, result: SendResult | None, cfg: Hl7Config, now: date
     if result.outcome == "unsendable":  # failed the last check before framing: never sent, never retried
         if row.status == HL7_PENDING:
             row.status, row.last_error = HL7_FAILED, result.detail
-            log.warning("hl7 message %s (ecg %s) failed: %s", row.id, row.ecg_id, result.detail)
+            log.warning("hl7 message %s (ecg %s) failed: %s; %s", row.id, row.ecg_id, result.detail, _queue_state(row))
         return row.status
     if result.ack is not None:
         row.ack = result.ack
@@ -179,8 +179,8 @@ def _apply(row: Hl7Message, result: SendResult | None, cfg: Hl7Config, now: date
     row.last_error = result.detail
     if result.outcome == "error" and row.attempts >= cfg.max_attempts:
         row.status = HL7_FAILED
-        log.error("hl7 message %s (ecg %s) failed after %s attempts: %s", row.id, row.ecg_id, row.attempts,
-                  _loggable(result))
+        log.warning("hl7 message %s (ecg %s) failed after %s attempts: %s; %s", row.id, row.ecg_id, row.attempts,
+                    _loggable(result), _queue_state(row))
     else:
         delay = backoff_delay(row.attempts, cfg)
         row.next_attempt_at = now + timedelta(seconds=delay)
@@ -188,6 +188,13 @@ def _apply(row: Hl7Message, result: SendResult | None, cfg: Hl7Config, now: date
         log.info("hl7 message %s (ecg %s) attempt %s: %s; retry in %.1f s",
                  row.id, row.ecg_id, row.attempts, _loggable(result), delay)
     return row.status
+
+
+def _queue_state(row: Hl7Message) -> str:
+    """``N pending (oldest S s), F failed`` for a failure's log line, read in
+    the row's own transaction (the row already counts as failed)."""
+    session = object_session(row)
+    return outbox_snapshot(session).describe() if session is not None else ""
 
 
 def _loggable(result: SendResult) -> str:
@@ -287,10 +294,10 @@ def run_sender(
                         _wait(waiter, stop, IDLE_POLL_S if due is None else min(max(due, 0.01), IDLE_POLL_S))
                         continue
                     outcomes = send_batch(client, batch, cfg, stop)
-                    statuses = record_results(session, outcomes, cfg, utcnow())
+                    with watch.recording() as failed_here:  # failures logged by _apply, not again by the watch
+                        statuses = record_results(session, outcomes, cfg, utcnow())
+                        failed_here.update(i for i, st in statuses.items() if st == HL7_FAILED)
                 watch.link_result(outcomes)
-                if HL7_FAILED in statuses.values():
-                    watch.poke()
             except Exception:  # e.g. the database briefly unavailable: keep the thread alive
                 log.exception("hl7 sender: unexpected error; retrying")
                 client.close()

@@ -4,10 +4,11 @@
 reports each batch's results (:meth:`Hl7Watch.link_result`); the watch keeps
 the link state (``up``: the receiver answers; ``rejecting``: it answers AR;
 ``down``: no usable answer - connection refused, timeout, broken frame) and
-logs ONE line per change, not one per retry.  A thread
-(:meth:`Hl7Watch.run`) notices outbox rows that became ``failed`` - whatever
-marked them (AE after max_attempts, a message that could not be built or
-failed the last check before framing) - and logs a WARNING for them.
+logs ONE line per change, not one per retry.  A message the sender fails
+(AE after max_attempts, the last check before framing) gets its WARNING from
+the sender, with the reason and the counts; a thread (:meth:`Hl7Watch.run`)
+notices outbox rows that became ``failed`` by any other hand (an ORU that
+could not be built, another process) and logs a WARNING for them.
 /healthz and /metrics read :func:`outbox_snapshot` and :func:`current_watch`.
 
 Log lines carry message and ECG ids, counts and ages, never message text:
@@ -19,7 +20,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -106,6 +108,7 @@ class Hl7Watch:
         self._failed_ids: set[int] | None = None  # None: not read yet
         self._failed_fingerprint: tuple[int, int, int] | None = None
         self._failed_lock = threading.Lock()
+        self._reported: set[int] = set()  # failed ids the sender has logged itself
         self._poke = threading.Event()
 
     # -- registration -------------------------------------------------------------------------
@@ -173,8 +176,23 @@ class Hl7Watch:
     # -- failed messages ----------------------------------------------------------------------
 
     def poke(self) -> None:
-        """Check for failed messages now (the sender just failed one), not at the next poll."""
+        """Check for failed messages now, not at the next poll."""
         self._poke.set()
+
+    @contextmanager
+    def recording(self) -> Iterator[set[int]]:
+        """Around the sender's record of a batch: the ids it adds to the
+        yielded set became failed and were logged by the sender (with the
+        reason only it knows), so the watch does not log them again.  Holds
+        the check's lock, so no check sees them committed but not yet noted."""
+        noted: set[int] = set()
+        with self._failed_lock:
+            yield noted
+            if self._failed_ids is None:  # before the first check: keep them out of its report
+                self._reported |= noted
+            elif noted:  # known failed from now on (an all-clear follows when they are resent)
+                self._failed_ids |= noted
+                self._failed_fingerprint = None  # the known set changed: the next check reads the rows
 
     def check_failed(self) -> list[int]:
         """Log a WARNING for messages that became ``failed`` since the last
@@ -199,7 +217,8 @@ class Hl7Watch:
         known = self._failed_ids or set()
         self._failed_ids = {i for i, _ in rows}
         self._failed_fingerprint = fingerprint
-        new = [(i, e) for i, e in rows if i not in known]
+        new = [(i, e) for i, e in rows if i not in known and i not in self._reported]
+        self._reported -= self._failed_ids
         if new and first:
             log.warning("%d hl7 message(s) failed and wait for an admin (ids %s); %s; "
                         "see ecg-gateway hl7 list, resend with ecg-gateway hl7 resend ID",
