@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 
 from conftest import free_port
-from deliver_helpers import hl7_config, make_ecg, receiver, require_receiver, sender, wait_for
+from deliver_helpers import make_ecg, receiver, require_receiver, sender, wait_for
 from gateway.admin.api import create_app
 from gateway.admin.monitor import spool_health
 from gateway.config import Config

@@ -23,13 +23,14 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from gateway.store.models import HL7_FAILED, HL7_PENDING, Hl7Message
+from gateway.timeutil import as_utc, utcnow
 
 if TYPE_CHECKING:
     from gateway.config import Hl7Config
@@ -59,13 +60,9 @@ class OutboxSnapshot:
         return f"{self.pending} pending{oldest}, {self.failed} failed"
 
 
-def _as_utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)  # SQLite hands back naive UTC
-
-
 def outbox_snapshot(session: Session, now: datetime | None = None) -> OutboxSnapshot:
     """Pending count, age of the oldest pending message, failed count (one query)."""
-    now = now or datetime.now(timezone.utc)
+    now = now or utcnow()
     pending, oldest, failed = session.execute(
         select(
             func.count(Hl7Message.id).filter(Hl7Message.status == HL7_PENDING),
@@ -73,7 +70,7 @@ def outbox_snapshot(session: Session, now: datetime | None = None) -> OutboxSnap
             func.count(Hl7Message.id).filter(Hl7Message.status == HL7_FAILED),
         ).where(Hl7Message.status.in_((HL7_PENDING, HL7_FAILED)))
     ).one()
-    age = max((now - _as_utc(oldest)).total_seconds(), 0.0) if oldest is not None else None
+    age = max((now - as_utc(oldest)).total_seconds(), 0.0) if oldest is not None else None
     return OutboxSnapshot(int(pending or 0), age, int(failed or 0))
 
 
