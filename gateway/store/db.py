@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,23 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-#: ``migrations/`` sits beside the package in the source tree.
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+
+def migrations_dir() -> Path:
+    """Alembic's script folder.
+
+    A wheel carries the top-level ``migrations/`` inside the package as
+    ``gateway/migrations`` (setup.py maps it); a checkout (editable install or
+    ``PYTHONPATH``) has it beside the package.  Looked up through the package
+    itself, not ``gateway.migrations``: an editable install's finder would map
+    that name to the installed checkout's folder, not this tree's.
+    """
+    packaged = resources.files("gateway").joinpath("migrations")
+    if packaged.is_dir():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parents[2] / "migrations"
+
+
+MIGRATIONS_DIR = migrations_dir()
 
 
 SQLITE_PAGE_SIZE = 8192
