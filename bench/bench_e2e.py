@@ -109,6 +109,7 @@ def main() -> int:
     from bench_scp import SAMPLE_UID
     from gateway.infer.demo import write_demo_model
     from gateway.store.db import make_engine, make_sessionmaker, upgrade
+    from gateway.serve import STARTED_LINE
     from gateway.store.models import PROCESSED, EcgInstance
     from gateway.timeutil import as_utc, utcnow
 
@@ -159,12 +160,8 @@ def main() -> int:
             return len(rx_log.read_text().splitlines()) if rx_log.exists() else 0
 
         try:
-            def listening() -> bool:
-                try:
-                    socket.create_connection(("127.0.0.1", dicom_port), 0.5).close()
-                    return True
-                except OSError:
-                    return False
+            def listening() -> bool:  # serve binds before it loads the model: wait for its start line
+                return STARTED_LINE in (tmp / "serve.log").read_text()
 
             wait_for(listening, 120, serve, "the SCP")
             # (b) burst

@@ -24,6 +24,8 @@ from gateway.receive.limits import DEFAULT_MAX_DATASET_MB
 
 ENV_PREFIX = "ECG_GATEWAY_"
 CONFIG_ENV = "ECG_GATEWAY_CONFIG"
+#: Variables of the test suite and benchmarks, not settings (no warning for them).
+TEST_ENV_PREFIXES = ("ECG_GATEWAY_TEST_", "ECG_GATEWAY_FUZZ_", "ECG_GATEWAY_SOAK_", "ECG_GATEWAY_BENCH_")
 DEFAULT_CONFIG_PATH = Path("config/gateway.toml")
 
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -324,6 +326,8 @@ class ValidateConfig(_Section):
 
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: "text": one line per record; "json": one JSON object per line (log shippers).
+    format: Literal["text", "json"] = "text"
 
 
 class Config(_Section):
@@ -364,6 +368,41 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
         section, key = section.lower(), key.lower()
         # A text key keeps the text as given: an AE title "104" is not a number.
         out.setdefault(section, {})[key] = raw if _wants_text(section, key) else _parse_env_value(raw)
+    return out
+
+
+def setting_variables() -> list[str]:
+    """Every ``ECG_GATEWAY_<SECTION>__<KEY>`` variable that names a setting."""
+    names = []
+    for name, field in Config.model_fields.items():
+        section = field.alias or name
+        for key in getattr(field.annotation, "model_fields", {}):
+            names.append(f"{ENV_PREFIX}{section.upper()}__{key.upper()}")
+    return names
+
+
+def env_warnings(environ: Mapping[str, str] | None = None) -> list[str]:
+    """One line for each ``ECG_GATEWAY_*`` variable that names no setting and
+    would be ignored (``ECG_GATEWAY_DICOM_PORT``: one underscore), with the
+    variable probably meant.  Misspelt section or key names after a double
+    underscore are not here: :func:`load_config` refuses them."""
+    import difflib
+
+    environ = os.environ if environ is None else environ
+    known = setting_variables()
+    out = []
+    for name in sorted(environ):
+        if (not name.startswith(ENV_PREFIX) or "__" in name or name == CONFIG_ENV
+                or name.startswith(TEST_ENV_PREFIXES)):
+            continue
+        rest = name[len(ENV_PREFIX):]
+        # ECG_GATEWAY_DICOM_PORT -> ECG_GATEWAY_DICOM__PORT: one underscore where two belong
+        guesses = [f"{ENV_PREFIX}{rest[:i]}_{rest[i:]}" for i, c in enumerate(rest) if c == "_"]
+        meant = next((g for g in guesses if g.upper() in known), None)
+        meant = meant.upper() if meant else next(iter(difflib.get_close_matches(
+            name.upper(), [*known, CONFIG_ENV], n=1, cutoff=0.8)), None)
+        hint = f"did you mean {meant}?" if meant else f"settings are {ENV_PREFIX}<SECTION>__<KEY> (two underscores)"
+        out.append(f"warning: environment variable {name} is not a setting and is ignored; {hint}")
     return out
 
 

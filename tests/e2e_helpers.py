@@ -12,20 +12,38 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from gateway.serve import STARTED_LINE
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def wait_for_port(port: int, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+    """Until ``port`` accepts connections and, for a ``serve`` started by
+    :func:`start_serve`, until it logged that it started: ``serve`` binds its
+    ports before loading the model, so an open port alone is not ready."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
+                pass
         except OSError:
             time.sleep(0.1)
+            continue
+        if _serve_started(proc):
+            return
+        time.sleep(0.1)
     raise TimeoutError(f"nothing listening on port {port} after {timeout} s")
+
+
+def _serve_started(proc: subprocess.Popen | None) -> bool:
+    log_path, offset = getattr(proc, "log_path", None), getattr(proc, "log_offset", 0)
+    if log_path is None:
+        return True
+    with open(log_path, "rb") as f:
+        f.seek(offset)
+        return STARTED_LINE.encode() in f.read()
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 120.0, interval: float = 0.2, what: str = "",
@@ -63,9 +81,12 @@ def gateway_env(tmp: Path, db_url: str, model: Path, dicom_port: int, admin_port
 
 
 def start_serve(env: dict[str, str], log_path: Path, *args: str) -> subprocess.Popen:
+    offset = log_path.stat().st_size if log_path.exists() else 0
     log = open(log_path, "ab")
-    return subprocess.Popen([sys.executable, "-m", "gateway", "serve", *args], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", *args], cwd=ROOT, env=env,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc.log_path, proc.log_offset = log_path, offset  # type: ignore[attr-defined] # for wait_for_port
+    return proc
 
 
 def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 60) -> int:

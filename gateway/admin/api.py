@@ -281,7 +281,8 @@ def make_server(app: FastAPI, cfg: Config):  # type: ignore[no-untyped-def]
 
     from gateway.admin.deadline import request_deadline_protocol
 
-    config = uvicorn.Config(app, host=cfg.admin.host, port=cfg.admin.port, log_level="warning",
+    # log_config=None: uvicorn's records go through the gateway's handler (format, escaping)
+    config = uvicorn.Config(app, host=cfg.admin.host, port=cfg.admin.port, log_level="warning", log_config=None,
                             access_log=False, lifespan="off",
                             http=request_deadline_protocol(cfg.admin.request_timeout_s),
                             limit_concurrency=cfg.admin.max_connections)

@@ -24,9 +24,11 @@ import functools
 import io
 import ipaddress
 import logging
+import os
 import socket
 import ssl
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +40,7 @@ from pynetdicom import AE, evt
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.utils import make_target
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.config import DicomConfig, StorageConfig
@@ -67,23 +70,61 @@ _RECV_CHUNK = 64 * 1024
 _REFUSED_SHOWN = 10
 
 
+class ListenError(OSError):
+    """A listener could not bind; the message names it and its host:port."""
+
+    def __init__(self, what: str, host: str, port: int, cause: OSError) -> None:
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        # os.strerror: socket.create_server appends the address to strerror
+        reason = os.strerror(cause.errno) if cause.errno and cause.errno > 0 else (cause.strerror or str(cause))
+        super().__init__(cause.errno, f"cannot listen on {where} ({what}): {reason}")
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
 @dataclass
 class ScpServer:
-    """The running listeners (plain, and TLS when configured)."""
+    """The listeners (plain, and TLS when configured): bound by :func:`bind_scp`,
+    accepting once :meth:`serve` runs."""
 
     ae: AE
     servers: list[ThreadedAssociationServer] = field(default_factory=list)
+    accepting: bool = False
 
     @property
     def ports(self) -> list[int]:
         """Bound ports: the plain listener first, then the TLS one."""
         return [server.server_address[1] for server in self.servers]
 
+    def listen(self, host: str, port: int, what: str, ssl_context: ssl.SSLContext | None = None) -> None:
+        """Bind one listener now (connections wait in the backlog until
+        :meth:`serve`); raises :class:`ListenError`."""
+        try:
+            server = self.ae.make_server((host, port), ssl_context=ssl_context, server_class=ThreadedAssociationServer)
+        except OSError as exc:
+            raise ListenError(what, host, port, exc) from None
+        self.servers.append(server)
+
+    def serve(self, handlers: list[tuple[Any, Callable[..., Any]]]) -> None:
+        """Start accepting on every bound listener, as ``AE.start_server`` does."""
+        for server in self.servers:
+            for event, handler in handlers:
+                server.bind(event, handler)
+            threading.Thread(target=make_target(server.serve_forever), name=f"scp-accept-{server.server_address[1]}",
+                             daemon=True).start()
+            self.ae._servers.append(server)  # noqa: SLF001 - what start_server does; server.shutdown() expects it
+        self.accepting = True
+
     def shutdown(self) -> None:
         """Stop listening and close open associations."""
         for server in self.servers:
-            server.shutdown()
+            if self.accepting:
+                server.shutdown()
+            else:
+                server.server_close()
         self.servers.clear()
+        self.accepting = False
 
 
 def make_ae(dicom: DicomConfig) -> AE:
@@ -293,6 +334,21 @@ def tls_context(dicom: DicomConfig) -> ssl.SSLContext:
     return context
 
 
+def bind_scp(dicom: DicomConfig) -> ScpServer:
+    """Bind the DICOM listeners (plain, then TLS) without accepting yet and
+    without writing anything, so that ``serve`` fails before it touches the
+    database when a port is taken.  Raises :class:`ListenError`."""
+    scp = ScpServer(make_ae(dicom))
+    try:
+        scp.listen(dicom.host, dicom.port, "DICOM")
+        if dicom.tls_port:
+            scp.listen(dicom.host, dicom.tls_port, "DICOM TLS", tls_context(dicom))
+    except BaseException:
+        scp.shutdown()
+        raise
+    return scp
+
+
 def start_scp(
     dicom: DicomConfig,
     storage: StorageConfig,
@@ -300,8 +356,10 @@ def start_scp(
     on_stored: Callable[[int], None] | None = None,
     *,
     free_bytes: Callable[[Path], int] | None = None,
+    bound: ScpServer | None = None,
 ) -> ScpServer:
-    """Start the listeners in background threads and return at once.
+    """Start accepting in background threads and return at once: on the
+    listeners ``bound`` by :func:`bind_scp`, else on new ones.
 
     ``on_stored(ecg_id)`` is called after each new instance is committed
     (never for duplicates or refusals); it must return quickly.
@@ -402,14 +460,9 @@ def start_scp(
         (evt.EVT_C_STORE, handle_store),
         (evt.EVT_C_ECHO, handle_echo),
     ]
-    ae = make_ae(dicom)
-    scp = ScpServer(ae)
+    scp = bound if bound is not None else bind_scp(dicom)
     try:
-        scp.servers.append(ae.start_server((dicom.host, dicom.port), block=False, evt_handlers=handlers))
-        if dicom.tls_port:
-            scp.servers.append(
-                ae.start_server((dicom.host, dicom.tls_port), block=False, evt_handlers=handlers, ssl_context=tls_context(dicom))
-            )
+        scp.serve(handlers)
     except BaseException:
         scp.shutdown()
         raise

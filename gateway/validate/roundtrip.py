@@ -275,6 +275,8 @@ class StartedGateway:
     process: subprocess.Popen
     start_timeout: float = 300.0
     spool_dir: Path | None = None
+    #: Where this process's lines start in ``log_path`` (the file is appended to).
+    log_offset: int = 0
 
 
 def gateway_environment(run_dir: Path, database_url: str, model_files: Sequence[str], port: int,
@@ -313,13 +315,14 @@ def started_gateway(run_dir: Path, database_url: str, model_files: Sequence[str]
         cmd += ["--config", str(Path(config_path).resolve())]
     cmd += ["serve", "--components", "scp,worker"]
     env = gateway_environment(run_dir, database_url, model_files, port)
+    log_offset = log_path.stat().st_size if log_path.exists() else 0
     with open(log_path, "ab") as out:
         proc = subprocess.Popen(cmd, cwd=os.getcwd(), env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     log.info("gateway for the run started (pid %d, port %d, log %s)", proc.pid, port, log_path)
     try:
         yield StartedGateway("127.0.0.1", port, ae_title, database_url, log_path, proc, start_timeout,
-                             spool_dir=run_dir / "spool")
+                             spool_dir=run_dir / "spool", log_offset=log_offset)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -330,11 +333,23 @@ def started_gateway(run_dir: Path, database_url: str, model_files: Sequence[str]
                 proc.wait()
 
 
+def _logged_started(gw: StartedGateway) -> bool:
+    from gateway.serve import STARTED_LINE
+
+    try:
+        with open(gw.log_path, "rb") as f:
+            f.seek(gw.log_offset)
+            return STARTED_LINE.encode() in f.read()
+    except OSError:
+        return False
+
+
 def wait_listening(gw: StartedGateway) -> None:
-    """Block until the started gateway accepts connections; raises
+    """Block until the started gateway accepts connections and has logged
+    that it started (it binds its port before loading the model); raises
     :class:`RoundTripError` (with the log's tail) when it exits or times out."""
     deadline = time.monotonic() + gw.start_timeout
-    while not _port_open(gw.host, gw.port):
+    while not (_port_open(gw.host, gw.port) and _logged_started(gw)):
         if gw.process.poll() is not None:
             raise RoundTripError(f"the gateway exited with code {gw.process.returncode} before listening; "
                                  f"last lines of {gw.log_path}:\n{_tail(gw.log_path)}")
