@@ -8,15 +8,17 @@ TensorFlow is loaded only by commands that run the model, so ``--help``,
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from gateway import __version__
 from gateway.admin.cli import ecg_app, results_app
-from gateway.config import Config, ConfigError, load_config
+from gateway.config import Config, ConfigError, env_warnings, load_config
 from gateway.deliver.cli import app as hl7_app
 from gateway.demo import app as demo_app
 from gateway.infer.cli import app as model_app
@@ -24,8 +26,44 @@ from gateway.receive.cli import ingest
 from gateway.store.cli import app as db_app
 from gateway.validate.cli import validate
 
+def _config_after_command(ctx: Any, _param: Any, value: Optional[Path]) -> None:
+    """``--config`` given after a sub-command (``serve --config F``): the
+    root's callback has run by then, so this one wins."""
+    if value is not None:
+        root = ctx.find_root()
+        if root.obj is None:
+            root.obj = {}
+        root.obj["config_path"] = value
+
+
+def _give_config_option(command: Any, template: Any) -> None:
+    """Add a copy of the root's ``--config`` option to ``command`` and every
+    command below it, so it is accepted wherever people type it."""
+    taken = {opt for p in command.params for opt in getattr(p, "opts", [])}
+    if "--config" not in taken:
+        option = copy.copy(template)
+        option.opts = [o for o in template.opts if o not in taken]
+        option.secondary_opts = []
+        option.expose_value = False
+        option.callback = _config_after_command
+        command.params.append(option)
+    for sub in getattr(command, "commands", {}).values():
+        _give_config_option(sub, template)
+
+
+class _ConfigEverywhere(TyperGroup):
+    """The root group: ``--config`` before or after any sub-command."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        template = next(p for p in self.params if p.name == "config")
+        for command in self.commands.values():
+            _give_config_option(command, template)
+
+
 app = typer.Typer(
     name="ecg-gateway",
+    cls=_ConfigEverywhere,
     help="DICOM ECG in, AI reading (Ribeiro et al. 2020) out as HL7 ORU^R01 over MLLP.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -45,6 +83,8 @@ def config_from(ctx: typer.Context) -> Config:
         except ConfigError as exc:
             typer.echo(str(exc), err=True)
             raise typer.Exit(2) from None
+        for warning in env_warnings():
+            typer.echo(warning, err=True)
     return root.obj["config"]
 
 
@@ -59,7 +99,8 @@ def root(
     ctx: typer.Context,
     config: Annotated[
         Optional[Path],
-        typer.Option("--config", "-c", help="TOML configuration file [env: ECG_GATEWAY_CONFIG; default: config/gateway.toml]"),
+        typer.Option("--config", "-c", help="TOML configuration file (also accepted after the command; env ECG_GATEWAY_CONFIG; "
+                                             "default config/gateway.toml)"),
     ] = None,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
 ) -> None:
@@ -78,7 +119,8 @@ def serve(
 ) -> None:
     """Run the gateway: DICOM SCP, worker, HL7 sender and admin web in one process.
 
-    Applies database migrations first. Stops cleanly on SIGTERM or SIGINT.
+    Binds its ports first (a port in use: one line naming it, exit 1, nothing written), then applies
+    database migrations. Logs the admin URL. Stops cleanly on SIGTERM or SIGINT.
     """
     from gateway.serve import parse_components, run
 

@@ -80,3 +80,51 @@ def test_admin_commands_do_not_import_tensorflow(tmp_path, args):
     env["ECG_GATEWAY_STORAGE__DATABASE_URL"] = f"sqlite:///{tmp_path}/g.db"
     r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
     assert "HEAVY:\n" in r.stdout, r.stdout + r.stderr
+
+
+def _leaf_paths() -> list[list[str]]:
+    root = get_command(app)
+
+    def walk(cmd, path):  # type: ignore[no-untyped-def]
+        subs = getattr(cmd, "commands", {})
+        if not subs:
+            yield path
+        for name, sub in subs.items():
+            yield from walk(sub, path + [name])
+
+    return list(walk(root, []))
+
+
+@pytest.mark.parametrize("path", _leaf_paths(), ids=lambda p: " ".join(p))
+def test_config_is_accepted_after_every_command(path, tmp_path):
+    """`ecg-gateway <command> --config F` parses (click rejects an unknown
+    option before --help is acted on), on every command of the tree."""
+    from typer.testing import CliRunner
+
+    cfg = tmp_path / "gateway.toml"
+    cfg.write_text("")
+    for placement in ([*path, "--config", str(cfg), "--help"], [*path, "-c", str(cfg), "--help"],
+                      [*path[:1], "--config", str(cfg), *path[1:], "--help"]):
+        result = CliRunner().invoke(app, placement)
+        assert result.exit_code == 0, (placement, result.output)
+        assert "Usage:" in result.output
+
+
+@pytest.mark.parametrize("args", [["serve", "--config", "{f}"], ["db", "upgrade", "--config", "{f}"],
+                                  ["db", "--config", "{f}", "current"], ["--config", "{f}", "results", "list"],
+                                  ["results", "list", "-c", "{f}"]])
+def test_config_after_the_command_is_the_file_read(args, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[dicom]\nport = 70000\n")
+    r = run_cli(*[a.format(f=bad) for a in args])
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"config error in {bad}: dicom.port: Input should be less than or equal to 65535"
+
+
+def test_config_after_the_command_wins_over_the_one_before(tmp_path):
+    good, bad = tmp_path / "good.toml", tmp_path / "bad.toml"
+    good.write_text(f'[storage]\ndatabase_url = "sqlite:///{tmp_path}/from-good.db"\n')
+    bad.write_text("[dicom]\nport = 70000\n")
+    r = run_cli("--config", str(bad), "db", "upgrade", "--config", str(good))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "from-good.db").is_file()

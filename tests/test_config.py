@@ -97,3 +97,50 @@ def test_env_text_keys_stay_text(tmp_path):
     assert c.dicom.ae_title == "104"
     assert c.admin.token == "12345678901234567890"
     assert c.validation.md5 == "12345678901234567890123456789012"
+
+
+def test_unknown_env_variables_are_warned_with_the_likely_name():
+    from gateway.config import env_warnings
+
+    warnings = env_warnings({
+        "ECG_GATEWAY_DICOM_PORT": "11113",  # one underscore
+        "ECG_GATEWAY_ADMIN_TOKEN": "x",
+        "ECG_GATEWAY_CONFG": "f.toml",
+        "ECG_GATEWAY_NONSENSE": "1",
+        # not warned: settings, the config file, the test suite's own variables, other programs'
+        "ECG_GATEWAY_DICOM__PORT": "11113", "ECG_GATEWAY_CONFIG": "f.toml",
+        "ECG_GATEWAY_TEST_DATABASE_URL": "postgresql://", "ECG_GATEWAY_FUZZ_EXAMPLES": "10", "PATH": "/bin",
+    })
+    assert warnings == [
+        "warning: environment variable ECG_GATEWAY_ADMIN_TOKEN is not a setting and is ignored; "
+        "did you mean ECG_GATEWAY_ADMIN__TOKEN?",
+        "warning: environment variable ECG_GATEWAY_CONFG is not a setting and is ignored; did you mean ECG_GATEWAY_CONFIG?",
+        "warning: environment variable ECG_GATEWAY_DICOM_PORT is not a setting and is ignored; "
+        "did you mean ECG_GATEWAY_DICOM__PORT?",
+        "warning: environment variable ECG_GATEWAY_NONSENSE is not a setting and is ignored; "
+        "settings are ECG_GATEWAY_<SECTION>__<KEY> (two underscores)",
+    ]
+
+
+def test_every_setting_has_a_variable_that_load_config_accepts():
+    from gateway.config import Config, env_warnings, load_config, setting_variables
+
+    names = setting_variables()
+    assert "ECG_GATEWAY_DICOM__PORT" in names and "ECG_GATEWAY_VALIDATE__URL" in names
+    assert env_warnings({n: "" for n in names}) == []
+    assert load_config(None, {"ECG_GATEWAY_DICOM__PORT": "11113"}).dicom.port == 11113
+    assert len(names) == sum(len(f.annotation.model_fields) for f in Config.model_fields.values())
+
+
+def test_cli_prints_the_warning(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ECG_GATEWAY_")}
+    env.update({"ECG_GATEWAY_DICOM_PORT": "11113", "ECG_GATEWAY_STORAGE__DATABASE_URL": f"sqlite:///{tmp_path}/g.db"})
+    r = subprocess.run([sys.executable, "-m", "gateway", "db", "current"], capture_output=True, text=True, env=env,
+                       cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.splitlines() == ["warning: environment variable ECG_GATEWAY_DICOM_PORT is not a setting and is "
+                                     "ignored; did you mean ECG_GATEWAY_DICOM__PORT?"]
