@@ -116,6 +116,11 @@ def serve(
         typer.Option(help="Comma-separated parts to run: scp, worker, hl7, admin. Extra machines behind one "
                           "PostgreSQL database and a shared spool run e.g. 'worker,hl7'."),
     ] = "scp,worker,hl7,admin",
+    fetch_model: Annotated[
+        bool,
+        typer.Option("--fetch-model", help="When the configured model files are missing and are the published "
+                                           "ones, download them first (what ./dev serve does)."),
+    ] = False,
 ) -> None:
     """Run the gateway: DICOM SCP, worker, HL7 sender and admin web in one process.
 
@@ -130,7 +135,34 @@ def serve(
     except ValueError as exc:
         typer.echo(f"--components: {exc}", err=True)
         raise typer.Exit(2) from None
+    if fetch_model and "worker" in parts:
+        _fetch_missing_model(cfg)
     raise typer.Exit(run(cfg, parts))
+
+
+def _fetch_missing_model(cfg: Config) -> None:
+    """``serve --fetch-model``: install the published model when it is what
+    is missing; one line and exit 1 when it cannot be fetched.  A missing
+    file the archive does not provide is left to ``serve``'s own refusal."""
+    from rich.console import Console
+
+    from gateway.infer.fetch import WAYS_ON, FetchError, fetch_model, fetch_plan
+    from gateway.serve import missing_model_files
+
+    missing = missing_model_files(cfg)
+    seeds = fetch_plan(missing, cfg.model.dir) if missing else None
+    if seeds is None:
+        return
+    try:  # the progress bar appears once bytes flow: offline, the one line below is all
+        files = fetch_model(cfg.model.url, cfg.model.md5, cfg.model.dir, include_seeds=seeds, progress=True,
+                            console=Console(stderr=True))
+    except FetchError as exc:
+        text = str(exc)
+        typer.echo(f"no model file, and fetching it failed: {text}" + ("" if WAYS_ON in text else f"; {WAYS_ON}"),
+                   err=True)
+        raise typer.Exit(1) from None
+    for f in files:
+        typer.echo(f"installed {f} (md5-checked archive from {cfg.model.url})", err=True)
 
 
 app.add_typer(db_app, name="db")

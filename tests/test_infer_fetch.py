@@ -313,3 +313,88 @@ def test_internal_mirror_as_file_url(archive, tmp_path):
     files = fetch_model(mirror.as_uri(), md5_of(archive), tmp_path / "models", progress=False)
     assert files[0].read_bytes() == _member(archive, "model/model.hdf5")
     assert read_manifest(tmp_path / "models")["files"]["model.hdf5"]["source_url"] == mirror.as_uri()
+
+
+# --- no model yet: `serve --fetch-model` (what ./dev serve runs), offline and from a file:// mirror -----
+
+def _closed_port_url() -> str:
+    import socket
+
+    with socket.socket() as s:  # bound and closed: nothing listens there (no network here to be offline from)
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}/records/3765717/files/model.zip?download=1"
+
+
+@pytest.mark.parametrize("args", [["model", "fetch"], ["serve", "--fetch-model"]])
+def test_offline_is_one_line_naming_the_ways_on(tmp_path, args):
+    url = _closed_port_url()
+    r = run_cli(tmp_path, *args, ECG_GATEWAY_MODEL__URL=url)
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert f"cannot download {url}: [Errno 111] Connection refused" in lines[0]
+    assert "[model] url" in lines[0] and "file://" in lines[0] and "ecg-gateway demo" in lines[0]
+    assert "resume" not in lines[0]
+    assert "HEAVY:\n" in r.stdout
+    assert not (tmp_path / "g.db").exists()  # serve stopped before touching the database
+
+
+def test_missing_mirror_file_is_one_line_too(tmp_path):
+    r = run_cli(tmp_path, "model", "fetch", ECG_GATEWAY_MODEL__URL=(tmp_path / "share" / "model.zip").as_uri())
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        f"model fetch: cannot download {(tmp_path / 'share' / 'model.zip').as_uri()}: [Errno 2] No such file or "
+        f"directory: '{tmp_path / 'share' / 'model.zip'}'; set [model] url (ECG_GATEWAY_MODEL__URL) to a mirror of "
+        "model.zip (file:///path/to/model.zip works too), or try the pipeline without it: ecg-gateway demo"]
+
+
+def test_file_mirror_ignores_a_stale_part_file(archive, tmp_path):
+    mirror = tmp_path / "share" / "model.zip"
+    mirror.parent.mkdir()
+    mirror.write_bytes(archive)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "model.zip.part").write_bytes(archive[:1000])  # left by an earlier HTTP attempt
+    files = fetch_model(mirror.as_uri(), md5_of(archive), tmp_path / "models", progress=False)
+    assert files[0].read_bytes() == _member(archive, "model/model.hdf5")
+
+
+def test_serve_fetch_model_from_a_file_mirror_then_serves(tmp_path, demo_model):
+    """No model installed, [model] url a file:// mirror holding the archive
+    with a (demo) model: serve fetches it, checks the md5, and starts."""
+    import signal
+    import socket
+    import time
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.write(demo_model, "model/model.hdf5")
+    mirror = tmp_path / "share" / "model.zip"
+    mirror.parent.mkdir()
+    mirror.write_bytes(buf.getvalue())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    full = {k: v for k, v in os.environ.items() if not k.startswith("ECG_GATEWAY_")}
+    full.update({"ECG_GATEWAY_MODEL__DIR": str(tmp_path / "models"),
+                 "ECG_GATEWAY_MODEL__FILES": f'["{tmp_path}/models/model.hdf5"]',
+                 "ECG_GATEWAY_MODEL__URL": mirror.as_uri(), "ECG_GATEWAY_MODEL__MD5": md5_of(buf.getvalue()),
+                 "ECG_GATEWAY_STORAGE__DATABASE_URL": f"sqlite:///{tmp_path}/g.db",
+                 "ECG_GATEWAY_STORAGE__SPOOL_DIR": str(tmp_path / "spool"),
+                 "ECG_GATEWAY_DICOM__PORT": str(port), "ECG_GATEWAY_DICOM__MIN_FREE_DISK_MB": "1"})
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--fetch-model", "--components", "scp,worker"],
+                                cwd=ROOT, env=full, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while "gateway started: scp, worker" not in log.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, log.read_text()
+    text = log.read_text()
+    assert "gateway started: scp, worker" in text
+    assert f"installed {tmp_path / 'models' / 'model.hdf5'} (md5-checked archive from {mirror.as_uri()})" in text
+    assert (tmp_path / "models" / "model.hdf5").read_bytes() == demo_model.read_bytes()
+    assert read_manifest(tmp_path / "models")["files"]["model.hdf5"]["source_url"] == mirror.as_uri()

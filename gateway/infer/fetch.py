@@ -38,6 +38,16 @@ class FetchError(Exception):
     """The download or the archive is unusable; the message says what to do."""
 
 
+#: The two ways on when the published archive cannot be reached.
+WAYS_ON = ("set [model] url (ECG_GATEWAY_MODEL__URL) to a mirror of model.zip (file:///path/to/model.zip works too), "
+           "or try the pipeline without it: ecg-gateway demo")
+
+
+def _resumable(url: str) -> bool:
+    """HTTP(S) servers may honour Range; file:// and others are read whole."""
+    return url.lower().startswith(("http://", "https://"))
+
+
 def _md5(path: Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "md5").hexdigest()
@@ -49,6 +59,31 @@ def _progress_bar(console: Any) -> Any:
 
     return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                     TimeRemainingColumn(), console=console, transient=False)
+
+
+class _LazyBar:
+    """A progress bar shown from the first byte on: a download that cannot
+    even connect prints its one error line and nothing else."""
+
+    def __init__(self, progress: Any) -> None:
+        self.progress = progress
+        self.shown = False
+
+    def __enter__(self) -> "_LazyBar":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.shown:
+            self.progress.stop()
+
+    def add_task(self, *args: Any, **kwargs: Any) -> int:
+        return self.progress.add_task(*args, **kwargs)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        if not self.shown:
+            self.progress.start()
+            self.shown = True
+        self.progress.update(*args, **kwargs)
 
 
 class _NullBar:
@@ -75,8 +110,14 @@ def _total_from(resp: http.client.HTTPResponse, offset: int) -> int | None:
     return offset + int(length) if length and length.isdigit() else None
 
 
+class _Unreachable(Exception):
+    """No connection could be made (offline, DNS, refused, no such file)."""
+
+
 def _download_once(url: str, part: Path, timeout: float, bar: Any, task: int) -> None:
     """One HTTP request continuing ``part``; raises OSError subclasses when cut."""
+    if part.exists() and not _resumable(url):
+        part.unlink()  # a file:// mirror ignores Range: read it whole
     offset = part.stat().st_size if part.exists() else 0
     req = urllib.request.Request(url, headers={"User-Agent": "ecg-gateway"})
     if offset:
@@ -90,6 +131,8 @@ def _download_once(url: str, part: Path, timeout: float, bar: Any, task: int) ->
             part.unlink()
             raise ConnectionResetError("range not satisfiable; restarting") from None
         raise FetchError(f"download failed: HTTP {exc.code} {exc.reason} from {url}") from None
+    except urllib.error.URLError as exc:
+        raise _Unreachable(exc.reason) from None
     with resp:
         if offset and resp.status == 200:
             log.info("server ignored the Range request; restarting the download from zero")
@@ -114,16 +157,29 @@ def download(url: str, dest: Path, *, attempts: int = 5, timeout: float = 60.0, 
     """Download ``url`` to ``dest`` (via ``dest.part``), resuming after cuts.
 
     Returns ``dest``.  After ``attempts`` failed transfers the ``.part`` file
-    stays for the next run to resume and :class:`FetchError` is raised.
+    stays for the next run to resume and :class:`FetchError` is raised.  When
+    no connection can be made at all (offline, a wrong mirror path) it fails
+    at once, naming the two ways on (a mirror, or the demo).
     """
     part = dest.with_name(dest.name + ".part")
-    bar = _progress_bar(console) if progress else _NullBar()
+    bar = _LazyBar(_progress_bar(console)) if progress else _NullBar()
     with bar:
         task = bar.add_task(f"{dest.name}", total=None)
         for attempt in range(1, attempts + 1):
             try:
                 _download_once(url, part, timeout, bar, task)
                 break
+            except _Unreachable as exc:
+                if attempt == 1 or not part.exists():
+                    raise FetchError(f"cannot download {url}: {exc}; {WAYS_ON}") from None
+                # the connection went away after part of the file: retried below like a cut
+                have = part.stat().st_size
+                log.warning("download interrupted (attempt %d/%d) at %d bytes: %s", attempt, attempts, have, exc)
+                if attempt == attempts:
+                    raise FetchError(
+                        f"download of {url} interrupted {attempts} times ({exc}); {have} bytes kept in {part}: "
+                        f"run `ecg-gateway model fetch` again to resume once it is reachable") from None
+                time.sleep(retry_delay_s)
             except (OSError, http.client.HTTPException) as exc:
                 have = part.stat().st_size if part.exists() else 0
                 log.warning("download interrupted (attempt %d/%d) at %d bytes: %s", attempt, attempts, have, exc)
@@ -201,3 +257,15 @@ def fetch_model(url: str, md5: str, dest_dir: str | os.PathLike[str], include_se
     if not keep_archive:
         archive.unlink()
     return files
+
+
+def fetch_plan(missing: list[str], models_dir: str | os.PathLike[str]) -> bool | None:
+    """Whether ``model fetch`` installs every one of the ``missing`` model
+    files: None when one of them is not a file of the published archive (a
+    site's own model), else whether the ten seed models are needed too."""
+    provided = {(Path(models_dir) / rel).resolve(): member.startswith("other_seeds/")
+                for member, rel in (MAIN_MEMBER, *SEED_MEMBERS)}
+    wanted = [Path(f).resolve() for f in missing]
+    if not wanted or any(p not in provided for p in wanted):
+        return None
+    return any(provided[p] for p in wanted)
