@@ -12,9 +12,9 @@ title), :class:`EscapeControlCharacters` writes every control character (C0,
 DEL, C1, U+2028/U+2029) as its Python escape (``\\r``, ``\\x0b``,
 ``\\u2028``), so no data-set value can start a forged line in the log.
 
-Libraries' start-up chatter (Alembic's context and plugin lines, TensorFlow's
-C++ and absl lines, pynetdicom's per-PDU lines) is kept below INFO unless the
-level is DEBUG.
+Libraries' chatter (Alembic's context and plugin lines, TensorFlow's C++ and
+absl lines, pynetdicom's per-PDU lines, pydicom's per-element warnings) is
+kept below INFO unless the level is DEBUG; Python warnings are log records.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import os
 import re
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Literal, TextIO
@@ -36,6 +37,7 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _CHATTY = {
     "alembic.runtime.plugins": logging.WARNING,  # "setup plugin ..." x 7
     "pynetdicom": logging.WARNING,  # every PDU at INFO
+    "pydicom": logging.ERROR,  # "value length exceeds ..." per element; the gateway names the ECG and the reason
     "absl": logging.ERROR,
     "tensorflow": logging.ERROR,
     "tensorflow.native": logging.WARNING,  # import_tensorflow_quietly(): the native start-up lines at DEBUG
@@ -130,6 +132,10 @@ def setup_logging(level: str = "INFO", fmt: LogFormat = "text", stream: TextIO |
         logger = logging.getLogger(name)
         logger.filters[:] = [f for f in logger.filters if not isinstance(f, _Demote)]
         logger.addFilter(_Demote(prefixes))
+    # Python warnings become log records (one escaped line each, in the chosen format); pydicom's
+    # per-element validation warnings are the data-quality chatter the gateway's own reasons replace.
+    logging.captureWarnings(True)
+    warnings.filterwarnings("default" if debug else "ignore", category=UserWarning, module=r"pydicom(\.|$)")
     if not debug:  # TensorFlow's C++ INFO/WARNING lines after start-up; an operator's own setting wins
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
