@@ -358,6 +358,7 @@ def test_file_mirror_ignores_a_stale_part_file(archive, tmp_path):
     assert files[0].read_bytes() == _member(archive, "model/model.hdf5")
 
 
+@pytest.mark.slow
 def test_serve_fetch_model_from_a_file_mirror_then_serves(tmp_path, demo_model):
     """No model installed, [model] url a file:// mirror holding the archive
     with a (demo) model: serve fetches it, checks the md5, and starts."""

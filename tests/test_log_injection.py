@@ -77,6 +77,7 @@ def test_channel_label_with_cr_vt_fs_never_reaches_the_log_raw(db_url, tmp_path,
     assert len(rejection) == 1 and "\\x1c\\r\\x0bMSH!#$%*!LAB" in rejection[0], rejection
 
 
+@pytest.mark.slow
 def test_json_format_through_serve_one_object_per_line(tmp_path):
     """[logging] format = "json": every line serve writes is one JSON object."""
     env = gateway_env(tmp_path, f"sqlite:///{tmp_path}/g.db", tmp_path / "unused.hdf5", free_port(), free_port(),

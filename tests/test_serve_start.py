@@ -57,6 +57,7 @@ def tls_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return d / "cert.pem", d / "key.pem"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("busy", ["dicom", "tls", "admin"])
 def test_a_busy_port_is_one_line_exit_1_and_nothing_written(busy, empty_db_url, tmp_path, tls_pair):
     cert, key = tls_pair
@@ -78,6 +79,8 @@ def test_a_busy_port_is_one_line_exit_1_and_nothing_written(busy, empty_db_url, 
     assert not (tmp_path / "spool").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.one_db("postgresql", "sqlite")
 def test_a_second_gateway_on_the_same_ports_loses_without_touching_the_database(empty_db_url, tmp_path):
     first_dir, second_dir = tmp_path / "first", tmp_path / "second"
     first_dir.mkdir()
@@ -102,8 +105,9 @@ def test_a_second_gateway_on_the_same_ports_loses_without_touching_the_database(
     assert not (second_dir / "spool").exists()
 
 
-def test_start_line_names_what_started_and_the_admin_url(db_url, tmp_path):
-    env = serve_env(tmp_path, db_url)
+@pytest.mark.slow
+def test_start_line_names_what_started_and_the_admin_url(sqlite_db_url, tmp_path):
+    env = serve_env(tmp_path, sqlite_db_url)
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--components", "scp,hl7,admin"], cwd=ROOT,
