@@ -25,6 +25,19 @@ NOW = datetime(2024, 5, 6, 7, 8, 9, tzinfo=timezone.utc)
 from test_deliver_oru import PROBS, ecg, prediction  # noqa: E402 - the shared ORU inputs
 
 
+def _mortara() -> dict:
+    """The measurements of pydicom's Mortara sample as the worker stores them."""
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+
+    from gateway.report.measurements import extract
+
+    return extract(dcmread(get_testdata_file("waveform_ecg.dcm"))).measurements
+
+
+MORTARA_MEASUREMENTS = _mortara()
+
+
 #: name -> (ecg, prediction or None, config, control id[, options])
 CASES = {
     "processed_findings_special_chars": (ecg(), prediction(), Hl7Config(), "CTRL1"),
@@ -88,6 +101,19 @@ CASES = {
         prediction(probabilities={"1dAVb": 0.00005, "RBBB": 0.99995, "LBBB": 0.12345, "SB": 1, "AF": 0,
                                   "ST": 0.5}, findings=["RBBB"]),
         Hl7Config(), "C12"),
+    # issue 16 §1: the cart's measurements (NM, LOINC, UCUM; the derived heart rate marked in OBX-17) and its
+    # statements (ST, marked as the device's in OBX-18), before the AI's observations; unknown codes not sent
+    "cart_measurements_and_statements": (
+        ecg(measurements=MORTARA_MEASUREMENTS, cart_statements=["RITMO SINUSALE", "ECG NORMALE", "ST|T ^ change"],
+            manufacturer="Mortara Instrument, Inc.", device_model="ELI 250", device_serial="A&1"),
+        prediction(), Hl7Config(), "C16"),
+    "rejected_with_cart_measurements": (
+        ecg(error="only 3 leads", measurements={
+            "heart_rate": {"value": 69, "unit": "/min", "code": "8867-4", "name": "Heart rate", "source": "cart"},
+            "qtc_interval": {"value": 412.5, "unit": "ms", "code": "8636-3", "name": "QTc interval", "source": "cart"},
+            "MDC:2:16016": {"value": 70, "unit": "/min", "code": None, "name": "Ventricular rate", "source": "cart"}},
+            cart_statements=[]),
+        None, Hl7Config(charset="8859/1"), "C17"),
 }
 
 

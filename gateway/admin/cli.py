@@ -74,6 +74,9 @@ def csv_text(rows: list[dict[str, Any]]) -> str:
         flat["findings"] = ";".join(row["findings"])
         flat["quality_flags"] = ";".join(str(f) for f in row["quality_flags"])
         flat["demo_model"] = "true" if row["demo_model"] else "false"
+        flat["measurements"] = ";".join(f"{k}={m.get('value')} {m.get('unit') or ''}".rstrip()
+                                        for k, m in (row["measurements"] or {}).items())
+        flat["cart_statements"] = ";".join(str(t) for t in row["cart_statements"] or [])
         writer.writerow(["" if flat[k] is None else flat[k] for k in header])
     return out.getvalue()
 
@@ -193,6 +196,14 @@ def format_detail(d: dict[str, Any]) -> str:
     ]
     if d["flags"]:
         lines.append(f"  flags         {', '.join(map(str, d['flags']))}")
+    if d.get("measurements"):
+        from gateway.report.measurements import display_value
+
+        lines.append("  cart measured " + printable(", ".join(
+            f"{m.get('name') or k} {display_value(m)}" + (" (derived)" if m.get("source") == "derived" else "")
+            for k, m in d["measurements"].items())))
+    if d.get("cart_statements"):
+        lines.append("  cart says     " + printable("; ".join(map(str, d["cart_statements"]))))
     p = d["prediction"]
     if p:
         if d["demo_model"]:

@@ -32,7 +32,7 @@ FINDING_CODES = FINDINGS
 ROW_KEYS = (
     "id", "sop_instance_uid", "study_instance_uid", "patient_id", "patient_name", "accession_number",
     "received_at", "status", "error", "probabilities", "findings", "quality_flags", "model_sha256",
-    "demo_model", "hl7_status",
+    "demo_model", "hl7_status", "measurements", "cart_statements",
 )
 #: Statuses as the admin sees them: a claimed ECG is still only "received".
 ROW_STATUSES = ("received", "processed", "rejected", "failed")
@@ -102,7 +102,8 @@ _ROW_COLUMNS = (
     EcgInstance.id, EcgInstance.sop_instance_uid, EcgInstance.study_instance_uid, EcgInstance.patient_id,
     EcgInstance.patient_name, EcgInstance.accession_number, EcgInstance.received_at, EcgInstance.status,
     EcgInstance.error, Prediction.id.label("prediction_id"), Prediction.probabilities, Prediction.findings,
-    Prediction.quality_flags, Prediction.model_sha256, Prediction.demo_model,
+    Prediction.quality_flags, Prediction.model_sha256, Prediction.demo_model, EcgInstance.measurements,
+    EcgInstance.cart_statements,
 )
 
 
@@ -125,6 +126,9 @@ def _row(v: Any, hl7: str) -> dict[str, Any]:
         "model_sha256": v.model_sha256 if has_prediction else None,
         "demo_model": bool(v.demo_model) if has_prediction else False,
         "hl7_status": hl7,
+        # the cart's own reading; None when it was never read (processed before revision 0008)
+        "measurements": v.measurements,
+        "cart_statements": v.cart_statements,
     }
 
 
@@ -138,7 +142,7 @@ def _orm_values(ecg: EcgInstance) -> Any:
         received_at=ecg.received_at, status=ecg.status, error=ecg.error, prediction_id=p.id if p else None,
         probabilities=p.probabilities if p else None, findings=p.findings if p else None,
         quality_flags=p.quality_flags if p else None, model_sha256=p.model_sha256 if p else None,
-        demo_model=p.demo_model if p else None,
+        demo_model=p.demo_model if p else None, measurements=ecg.measurements, cart_statements=ecg.cart_statements,
     )
 
 

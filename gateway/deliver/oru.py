@@ -353,11 +353,14 @@ def _oru_segments(
         24: "EC", 25: status,  # diagnostic service section: electrocardiac; F final, C corrected
     }))
 
-    def obx(value_type: str, identifier: str, value: str, abnormal: str = "") -> None:
+    def obx(value_type: str, identifier: str, value: str, abnormal: str = "", units: str = "", method: str = "",
+            equipment: str = "") -> None:
         n = sum(1 for name, _ in segments if name == "OBX") + 1
-        segments.append(("OBX", {1: str(n), 2: value_type, 3: identifier, 5: value, 8: abnormal, 11: status,
-                                 14: observed_at}))
+        segments.append(("OBX", {1: str(n), 2: value_type, 3: identifier, 5: value, 6: units, 8: abnormal,
+                                 11: status, 14: observed_at, 17: method, 18: equipment}))
 
+    # The cart's own reading first, marked as the device's (OBX-18), never mixed with the AI's below.
+    _cart_observations(obx, free_text, ecg, cfg)
     if prediction is None:
         text = to_charset(replace_controls((ecg.error or "").strip()), charset, "OBX-5", replace=True)
         reason = short_reason(text)
@@ -373,6 +376,55 @@ def _oru_segments(
     # Configured values and constants too: no control character reaches the wire.
     return [(name, {i: v if not CONTROL_CHARACTERS.search(v) else type(v)(replace_controls(v))
                     for i, v in fields.items()}) for name, fields in segments]
+
+
+#: OBX-6 (CE) of each unit the cart's measurements are converted to: UCUM code ^ text ^ UCUM.
+UCUM_UNITS: dict[str, str] = {"ms": "ms^milliseconds^UCUM", "/min": "/min^per minute^UCUM", "deg": "deg^degrees^UCUM"}
+#: OBX-3 of a statement of the cart's own interpretation (coding system: ``[hl7] probability_coding_system``).
+CART_STATEMENT = "CART_STATEMENT^ECG cart statement"
+#: OBX-17 of a measurement the gateway derived (the heart rate from the cart's RR interval).
+DERIVED_METHOD = "DERIVED_RR^Computed by the gateway from the cart's RR interval"
+
+
+def _number_text(value: Any) -> str:
+    """An NM value: plain decimal notation, no exponent, no trailing zeros."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise OruBuildError("OBX-5: a cart measurement is not a finite number")
+    if isinstance(value, int):
+        return str(value)
+    return format(value, "f").rstrip("0").rstrip(".") or "0"
+
+
+def _cart_observations(obx: Any, free_text: Any, ecg: EcgInstance, cfg: Hl7Config) -> None:
+    """The cart's global measurements that have a LOINC code (NM, UCUM units)
+    and its statements (ST, :data:`CART_STATEMENT`), each with the device in
+    OBX-18 (EI-1: manufacturer, model, serial); a derived heart rate carries
+    :data:`DERIVED_METHOD` in OBX-17 instead.  Measurements without a LOINC
+    code (unknown to ``gateway.report.measurements``) stay in the database."""
+    from gateway.report.measurements import BY_KEY
+
+    measurements = getattr(ecg, "measurements", None) or {}
+    statements = getattr(ecg, "cart_statements", None) or []
+    if not measurements and not statements:
+        return
+    device = " ".join(str(v).strip() for v in (getattr(ecg, "manufacturer", None), getattr(ecg, "device_model", None))
+                      if v and str(v).strip())
+    serial = (getattr(ecg, "device_serial", None) or "").strip()
+    if serial:
+        device = f"{device} SN {serial}".strip()
+    equipment = free_text(device or "ECG cart")
+    system = cfg.probability_coding_system
+    for key, entry in measurements.items():
+        kind = BY_KEY.get(key)
+        if kind is None or not isinstance(entry, dict) or entry.get("code") != kind.loinc or entry.get("unit") != kind.unit:
+            continue
+        derived = entry.get("source") == "derived"
+        obx("NM", f"{kind.loinc}^{escape(kind.loinc_display)}^LN", Input(_number_text(entry.get("value"))),
+            units=UCUM_UNITS[kind.unit], method=f"{DERIVED_METHOD}^{system}" if derived else "",
+            equipment="" if derived else equipment)
+    for text in statements:
+        if str(text).strip():
+            obx("ST", f"{CART_STATEMENT}^{system}", free_text(str(text)), equipment=equipment)
 
 
 def _prediction_observations(obx: Any, free_text: Any, prediction: Prediction, cfg: Hl7Config) -> None:

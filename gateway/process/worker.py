@@ -78,6 +78,8 @@ class _Item:
     output: dict[str, Any] | None = None
     #: Another patient than the UID's first version: (ecg id, version) of that version.
     identity_conflict: tuple[int, int] | None = None
+    #: The cart's measurements and statements (``gateway.report.measurements.CartReport``).
+    cart: Any = None
 
 
 def spool_file(spool_dir: str | Path, spool_path: str) -> Path:
@@ -94,17 +96,26 @@ def model_input(raw: bytes, params: Any, max_bytes: int = DEFAULT_MAX_DATASET_BY
     Raises ``NormaliseError`` when the data set cannot be read or analysed, or
     is (or inflates to) more than ``max_bytes`` (``[dicom] max_dataset_mb``).
     """
-    from gateway.normalise import NormaliseError, normalise_dataset
+    from gateway.normalise import normalise_dataset
+
+    return normalise_dataset(read_dataset(raw, max_bytes), params)
+
+
+def read_dataset(raw: bytes, max_bytes: int = DEFAULT_MAX_DATASET_BYTES, *, annotations: bool = False) -> Any:
+    """The worker's read of spooled DICOM bytes (``read_waveform_dataset``:
+    the waveform, and the cart's annotations when ``annotations``).
+    Raises ``NormaliseError`` as :func:`model_input` does."""
+    from gateway.normalise import NormaliseError
     from gateway.receive.header import read_waveform_dataset
     from gateway.receive.limits import DatasetTooLarge
 
     try:
-        ds = read_waveform_dataset(raw, max_bytes)  # skips the annotations pydicom parses eagerly
+        # skips the other sequences pydicom parses eagerly
+        return read_waveform_dataset(raw, max_bytes, annotations=annotations)
     except DatasetTooLarge as exc:  # a deflate bomb: refused at the limit, never inflated whole
         raise NormaliseError(str(exc)) from None
     except Exception as exc:  # the SCP checked the header; the body may still be corrupt
         raise NormaliseError(f"DICOM data set cannot be parsed: {printable(exc)}") from exc
-    return normalise_dataset(ds, params)
 
 
 class Worker:
@@ -190,8 +201,9 @@ class Worker:
             self._finish(it)
 
     def _prepare(self, ecg_id: int) -> _Item:
-        from gateway.normalise import NormaliseError
+        from gateway.normalise import NormaliseError, normalise_dataset
         from gateway.receive.limits import MIB, DatasetTooLarge, check_size
+        from gateway.report.measurements import extract as cart_report
 
         item = _Item(ecg_id)
         t0 = time.perf_counter()
@@ -212,7 +224,9 @@ class Worker:
             except DatasetTooLarge as exc:
                 raise NormaliseError(str(exc)) from None
             raw = path.read_bytes()
-            result = model_input(raw, self.params, max_bytes)
+            ds = read_dataset(raw, max_bytes, annotations=True)
+            item.cart = cart_report(ds)  # the cart's own reading, also for an ECG the model cannot read
+            result = normalise_dataset(ds, self.params)
             item.normalised, item.report = result, result.report
         except NormaliseError as exc:
             item.rejection = str(exc)
@@ -313,6 +327,8 @@ class Worker:
             if outcome != "retry":
                 row.claimed_by, row.lease_expires_at, row.processed_at = None, None, now
             if outcome in ("processed", "rejected"):
+                if it.cart is not None:
+                    row.measurements, row.cart_statements = it.cart.measurements, it.cart.statements
                 session.flush()
                 # a later version of an instance whose result went out corrects it (OBR-25 = C)
                 enqueued = enqueue_result(session, row, prediction, self.cfg.hl7,

@@ -65,6 +65,7 @@ _ITEM_DELIMITER = 0xFFFEE00D
 _SEQUENCE_DELIMITER = 0xFFFEE0DD
 _UNDEFINED = 0xFFFFFFFF
 _WAVEFORM_SEQUENCE = 0x54000100
+_WAVEFORM_ANNOTATION_SEQUENCE = 0x0040B020
 _WAVEFORM_DATA = 0x54001010
 #: Sequences kept (with their items fully decoded by pydicom): small ones that
 #: carry order numbers.
@@ -521,7 +522,8 @@ class _Unusual(Exception):
     """An encoding the fast read leaves to pydicom (not an error by itself)."""
 
 
-def read_waveform_dataset(raw: bytes, max_bytes: int = DEFAULT_MAX_DATASET_BYTES) -> Dataset:
+def read_waveform_dataset(raw: bytes, max_bytes: int = DEFAULT_MAX_DATASET_BYTES, *,
+                          annotations: bool = False) -> Dataset:
     """A DICOM Part 10 ECG as the processing stage needs it, parsed fast.
 
     The returned data set has the file meta, every non-sequence top-level
@@ -530,7 +532,9 @@ def read_waveform_dataset(raw: bytes, max_bytes: int = DEFAULT_MAX_DATASET_BYTES
     ``pydicom.dcmread`` builds them.  The other top-level sequences
     (WaveformAnnotationSequence, AcquisitionContextSequence, ...) are skipped
     by their lengths and delimiters: that is what pydicom spends most of its
-    time on for a cart's file.
+    time on for a cart's file.  ``annotations=True`` parses the
+    WaveformAnnotationSequence too (the cart's measurements and statements,
+    :mod:`gateway.report.measurements`).
 
     Implicit VR LE, Explicit VR LE and Deflated Explicit VR LE are read here.
     Anything else - big endian, no preamble, a VR encoding other than the
@@ -544,7 +548,7 @@ def read_waveform_dataset(raw: bytes, max_bytes: int = DEFAULT_MAX_DATASET_BYTES
     """
     check_size(len(raw), max_bytes)
     try:
-        return _read_waveform_fast(raw, max_bytes)
+        return _read_waveform_fast(raw, max_bytes, annotations)
     except DatasetTooLarge:
         raise
     except Exception as exc:  # noqa: BLE001 - any doubt: pydicom decides, as before
@@ -557,7 +561,7 @@ def read_waveform_dataset(raw: bytes, max_bytes: int = DEFAULT_MAX_DATASET_BYTES
         raise HeaderError(printable(exc) or type(exc).__name__) from exc
 
 
-def _read_waveform_fast(raw: bytes, max_bytes: int) -> Dataset:
+def _read_waveform_fast(raw: bytes, max_bytes: int, annotations: bool = False) -> Dataset:
     fp = io.BytesIO(raw)
     if read_preamble(fp, False) is None:
         raise _Unusual("no DICM prefix")
@@ -578,7 +582,8 @@ def _read_waveform_fast(raw: bytes, max_bytes: int) -> Dataset:
         looks_explicit = 0x40 < buf[start + 4] < 0x5B and 0x40 < buf[start + 5] < 0x5B
         if looks_explicit == implicit:
             raise _Unusual("the data set's VR encoding differs from its transfer syntax")
-    elements, encoding, _ = _level(buf, start, len(buf), implicit, default_encoding, top=True)
+    kept = _KEPT_TOP_WITH_ANNOTATIONS if annotations else _KEPT_TOP
+    elements, encoding, _ = _level(buf, start, len(buf), implicit, default_encoding, top=True, kept=kept)
     ds = Dataset(elements)
     ds.set_original_encoding(implicit, True, encoding)
     ds.file_meta = file_meta
@@ -594,14 +599,20 @@ def _is_sequence_tag(tag: int) -> bool:
         return False
 
 
+#: The top-level sequences :func:`_level` parses (the others are skipped).
+_KEPT_TOP = frozenset({_WAVEFORM_SEQUENCE})
+_KEPT_TOP_WITH_ANNOTATIONS = frozenset({_WAVEFORM_SEQUENCE, _WAVEFORM_ANNOTATION_SEQUENCE})
+
+
 def _level(buf: bytes, pos: int, end: int, implicit: bool, encoding: str | list[str],
-           top: bool = False) -> tuple[dict[BaseTag, RawDataElement | DataElement], str | list[str], int]:
+           top: bool = False, kept: frozenset[int] = _KEPT_TOP,
+           ) -> tuple[dict[BaseTag, RawDataElement | DataElement], str | list[str], int]:
     """The elements of one data set level as pydicom's reader yields them,
     the character encodings in force at its end, and the offset past its
     item delimiter (-1 when it ran to ``end`` without one).
 
-    At the top level only the WaveformSequence is parsed among sequences;
-    the others are skipped."""
+    At the top level only the sequences in ``kept`` (the WaveformSequence)
+    are parsed; the others are skipped."""
     elements: dict[BaseTag, RawDataElement | DataElement] = {}
     unpack, unpack_u16, unpack_u32 = _IMPLICIT.unpack_from, _U16.unpack_from, _U32.unpack_from
     known, long_vrs = _KNOWN_VRS, _LONG_LENGTH_VRS
@@ -635,18 +646,18 @@ def _level(buf: bytes, pos: int, end: int, implicit: bool, encoding: str | list[
         value_end = pos if undefined else pos + length
         if value_end > end:
             raise HeaderError(f"truncated: element ({group:04X},{elem:04X}) runs past the end")
-        if top and tag != _WAVEFORM_SEQUENCE and (is_sequence or undefined):
+        if top and tag not in kept and (is_sequence or undefined):
             # annotations, acquisition context, ...: normalise does not read them
             pos = _skip_undefined(buf, pos, end, implicit) if undefined else value_end
             continue
         if is_sequence:
             if top and BaseTag(tag) in elements:
-                raise _Unusual("more than one WaveformSequence")
+                raise _Unusual("a top-level sequence twice")
             element, after = _sequence(buf, tag, pos, end if undefined else value_end, undefined, implicit, encoding)
             elements[element.tag] = element
             pos = after if undefined else value_end
             continue
-        if undefined or tag == _WAVEFORM_SEQUENCE:
+        if undefined or tag == _WAVEFORM_SEQUENCE or (top and tag in kept):
             raise _Unusual(f"({group:04X},{elem:04X}) {vr!r} {'undefined length' if undefined else ''}")
         vr_text = vr.decode("ascii") if vr is not None else None
         value = buf[pos:value_end] if length else empty_value_for_VR(vr_text, raw=True)

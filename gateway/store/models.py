@@ -120,6 +120,12 @@ class EcgInstance(Base):
     #: What normalisation learned (parameters, source rate, units, leads...), also for
     #: rejected ECGs; stored once here (a prediction reads it through ``ecg``), compressed.
     report: Mapped[dict[str, Any] | None] = mapped_column(CompressedJSON)
+    #: The cart's global measurements (``gateway.report.measurements``):
+    #: {"heart_rate": {"value": 61, "unit": "/min", "code": "8867-4", "source": "derived", ...}, ...};
+    #: NULL when not read (rows processed before revision 0008, or an unreadable file).
+    measurements: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    #: The cart's own interpretation statements (its text, in its order); NULL as above.
+    cart_statements: Mapped[list[Any] | None] = mapped_column(JSON)
     #: Free-form markers, e.g. ["new_version"].
     flags: Mapped[list[Any]] = mapped_column(default=list)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
