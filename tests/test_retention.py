@@ -275,3 +275,28 @@ def test_the_running_gateway_prunes_daily(scenario, session_factory, tmp_path):
         thread.join(10)
     assert not thread.is_alive()
     assert check_spool(spool, session_factory).clean
+
+
+@pytest.mark.slow
+def test_serve_prunes_when_retention_days_is_set(scenario, session_factory, db_url, tmp_path, demo_model):
+    """The hook in ``serve``: with ``[storage] retention_days`` the running gateway prunes
+    (at start, then daily) and says so in its log; stopping it is clean."""
+    from conftest import free_port
+    from e2e_helpers import gateway_env, start_serve, stop, wait_until
+
+    env = gateway_env(tmp_path, db_url, demo_model, free_port(), free_port(),
+                      ECG_GATEWAY_STORAGE__RETENTION_DAYS="30")
+    log = tmp_path / "serve.log"
+    proc = start_serve(env, log, "--components", "worker")
+    try:
+        wait_until(lambda: counts(session_factory)[0] == len(scenario) - len(GONE), timeout=180,
+                   what="the prune by serve", procs=[proc])
+    finally:
+        code = stop(proc)
+    text = log.read_text()
+    assert code == 0, text[-3000:]
+    assert "retention: keeping 30 day(s)" in text and "retention: removed 4 ECG(s)" in text, text[-3000:]
+    with session_factory() as s:
+        (row,) = s.scalars(select(AuditLog).where(AuditLog.action == "prune")).all()
+    assert row.actor == "serve:retention"
+    assert check_spool(tmp_path / "spool", session_factory).clean

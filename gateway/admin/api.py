@@ -33,6 +33,7 @@ from gateway.admin.monitor import DatabaseCollector, health_report
 from gateway.admin.queries import QueryError, count_ecgs, ecg_detail, ecg_rows, parse_time
 from gateway.config import Config
 from gateway.findings import listed as listed_findings
+from gateway.receive.limits import MIB
 
 __all__ = ["check_admin_bind", "create_app", "make_server"]
 
@@ -219,7 +220,8 @@ def create_app(
         """The exact float32 (4096, 12) array the model saw (NumPy .npy), rebuilt from the
         stored original and checked against the result's hash (409 if it does not match); audited."""
         ecg_id, data = _export(ecg, actor, "export_input",
-                               lambda session, key: input_npy(session, key, cfg.storage.spool_dir))
+                               lambda session, key: input_npy(session, key, cfg.storage.spool_dir,
+                                                                cfg.dicom.max_dataset_mb * MIB))
         return Response(data, media_type="application/octet-stream",
                         headers={"Content-Disposition": f'attachment; filename="ecg-{ecg_id}-input.npy"'})
 

@@ -260,11 +260,13 @@ def export_input(
 
     _check_output(out, force)
     from gateway.cli import config_from
+    from gateway.receive.limits import MIB
 
-    spool_dir = config_from(ctx).storage.spool_dir
+    cfg = config_from(ctx)
+    spool_dir, max_bytes = cfg.storage.spool_dir, cfg.dicom.max_dataset_mb * MIB
     with _session(ctx) as session:
         try:
-            ecg_id, data = input_npy(session, ecg, spool_dir)
+            ecg_id, data = input_npy(session, ecg, spool_dir, max_bytes)
         except ExportError as exc:
             raise _fail(str(exc)) from None
         out.write_bytes(data)

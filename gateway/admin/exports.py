@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.orm import Session
 
 from gateway.admin.queries import find_ecg
+from gateway.receive.limits import DEFAULT_MAX_DATASET_BYTES
 from gateway.store.models import EcgInstance
 
 if TYPE_CHECKING:
@@ -25,7 +26,8 @@ class ExportError(Exception):
     """Why an export is impossible, in one line (no PHI)."""
 
 
-def model_input_array(ecg: EcgInstance, spool_dir: str | Path) -> np.ndarray:
+def model_input_array(ecg: EcgInstance, spool_dir: str | Path, max_bytes: int = DEFAULT_MAX_DATASET_BYTES,
+                      ) -> np.ndarray:
     """The exact float32 (4096, 12) array the model saw for ``ecg``.
 
     The array is not stored: it is rebuilt from the spooled original (checked
@@ -44,7 +46,7 @@ def model_input_array(ecg: EcgInstance, spool_dir: str | Path) -> np.ndarray:
     _, raw = _spooled_bytes(ecg, spool_dir)
     try:
         params = NormaliseParams(**(ecg.report or {}).get("params", {}))
-        signal = model_input(raw, params).signal
+        signal = model_input(raw, params, max_bytes).signal
     except (NormaliseError, TypeError, ValueError) as exc:
         raise ExportError(f"ECG {ecg.id}: the model input cannot be rebuilt from the stored file: {exc}") from None
     if input_sha256(signal) != p.input_sha256:
@@ -56,13 +58,14 @@ def model_input_array(ecg: EcgInstance, spool_dir: str | Path) -> np.ndarray:
     return signal
 
 
-def input_npy(session: Session, id_or_uid: str, spool_dir: str | Path) -> tuple[int, bytes]:
+def input_npy(session: Session, id_or_uid: str, spool_dir: str | Path,
+              max_bytes: int = DEFAULT_MAX_DATASET_BYTES) -> tuple[int, bytes]:
     """``(ecg id, .npy bytes)`` of the exact array the model saw (see :func:`model_input_array`)."""
     import numpy as np
 
     ecg = _find(session, id_or_uid)
     buf = io.BytesIO()
-    np.save(buf, model_input_array(ecg, spool_dir), allow_pickle=False)
+    np.save(buf, model_input_array(ecg, spool_dir, max_bytes), allow_pickle=False)
     return ecg.id, buf.getvalue()
 
 

@@ -214,6 +214,7 @@ def add_web_routes(app: FastAPI, cfg: Config, session_factory: Callable[[], Any]
         if problem:
             return page("message.html", 422, title="Bad request", message=problem)
         from gateway.admin.exports import ExportError, model_input_array
+        from gateway.receive.limits import MIB
 
         signal, svg, svg_error = None, None, None
         with session_factory() as session:
@@ -221,7 +222,7 @@ def add_web_routes(app: FastAPI, cfg: Config, session_factory: Callable[[], Any]
             instance = find_ecg(session, ecg)
             if instance is not None and instance.prediction is not None and instance.prediction.input_sha256:
                 try:  # rebuilt from the spooled original and checked against the stored hash
-                    signal = model_input_array(instance, cfg.storage.spool_dir)
+                    signal = model_input_array(instance, cfg.storage.spool_dir, cfg.dicom.max_dataset_mb * MIB)
                 except ExportError as exc:
                     svg_error = f"cannot draw the model input: {exc}"
         if detail is None:
