@@ -300,3 +300,27 @@ def test_serve_prunes_when_retention_days_is_set(scenario, session_factory, db_u
         (row,) = s.scalars(select(AuditLog).where(AuditLog.action == "prune")).all()
     assert row.actor == "serve:retention"
     assert check_spool(tmp_path / "spool", session_factory).clean
+
+
+def test_a_file_outside_the_spool_is_never_deleted(session_factory, tmp_path):
+    """A database restored on another machine may name absolute paths that are not this
+    spool's: the row goes, the file stays, the summary says so."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    elsewhere = tmp_path / "elsewhere.dcm"
+    elsewhere.write_bytes(b"not ours to delete")
+    inside = spool / "2020/01/01/x.dcm"
+    inside.parent.mkdir(parents=True)
+    inside.write_bytes(b"dicm")
+    old = datetime.now(timezone.utc) - OLD
+    with session_factory.begin() as s:
+        for uid, path in (("1.2.3.1", elsewhere), ("1.2.3.2", inside)):
+            s.add(EcgInstance(sop_instance_uid=uid, sop_class_uid="1.2.840.10008.5.1.4.1.1.9.1.1",
+                              spool_path=str(path), sha256="0" * 64, size_bytes=4, status="rejected",
+                              received_at=old))
+    result = retention.prune(session_factory, spool, 30)
+    assert (result.ecgs, result.files, result.outside_spool) == (2, 1, 1)
+    assert "1 file(s) outside the spool folder left in place" in result.summary()
+    assert elsewhere.read_bytes() == b"not ours to delete" and not inside.exists()
+    assert not (spool / "2020").exists()  # emptied date folders go
+    assert counts(session_factory)[0] == 0

@@ -68,6 +68,8 @@ class PruneResult:
     file_bytes: int = 0
     #: Rows past the limit that stay: in progress, HL7 not delivered, or a newer version kept.
     kept: int = 0
+    #: Files named by pruned rows but outside the spool folder: left in place.
+    outside_spool: int = 0
     #: One line per ECG (id, SOP Instance UID, status, received, file); no PHI.
     lines: list[str] = field(default_factory=list)
 
@@ -77,7 +79,9 @@ class PruneResult:
         return (f"{verb} {self.ecgs} ECG(s) received before {self.cutoff.isoformat(timespec='seconds')} "
                 f"({statuses}), {self.predictions} prediction(s), {self.hl7_messages} HL7 message(s), "
                 f"{self.files} spool file(s) ({self.file_bytes / 2**20:.1f} MB); kept {self.kept} older ECG(s) "
-                f"still in progress, awaiting HL7 delivery, or with a newer version; audit log kept")
+                f"still in progress, awaiting HL7 delivery, or with a newer version; audit log kept"
+                + (f"; {self.outside_spool} file(s) outside the spool folder left in place" if self.outside_spool
+                   else ""))
 
 
 def _prunable(ecg: type[EcgInstance] | EcgInstance, cutoff: datetime):  # type: ignore[no-untyped-def]
@@ -224,10 +228,17 @@ def _remove_files(session_factory: sessionmaker[Session], root: Path, ids: list[
         shared = set(s.scalars(select(EcgInstance.spool_path).where(EcgInstance.spool_path.in_(paths),
                                                                     EcgInstance.pruning_since.is_(None))))
     dirs: set[Path] = set()
+    inside = root.resolve()
     for spool_path in paths:
         if spool_path in shared:
             continue
         path = spool_file(root, spool_path)
+        if inside not in path.resolve().parents:
+            # Only the spool is ours to delete from (a database restored elsewhere may name
+            # absolute paths of another machine): the file stays, the row goes.
+            log.warning("retention: %s is not under the spool folder %s: file left in place", path, inside)
+            result.outside_spool += 1
+            continue
         size = remove_file(path)
         dirs.add(path.parent)
         if size:
