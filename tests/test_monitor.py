@@ -88,6 +88,9 @@ def test_healthz_components_on_an_idle_gateway(db_url, session_factory, tmp_path
     assert gauge(client, "ecg_gateway_spool_min_free_bytes") == 1e6
     assert gauge(client, "ecg_gateway_hl7_link_up") is None  # no sender here: no link to report
     assert list((tmp_path).glob("**/.healthz-*")) == []  # the write probe leaves nothing behind
+    off = make_cfg(db_url, tmp_path)
+    off = off.model_copy(update={"hl7": off.hl7.model_copy(update={"enabled": False})})
+    assert healthz(TestClient(create_app(off, session_factory)))[1]["hl7"]["link"] == "disabled"
 
 
 def test_healthz_oldest_pending_age(db_url, session_factory, tmp_path):

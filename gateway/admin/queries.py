@@ -15,7 +15,6 @@ from sqlalchemy.orm import Session
 from gateway.findings import FINDINGS
 from gateway.store.models import (
     ECG_STATUSES,
-    HL7_PENDING,
     HL7_SUPERSEDED,
     PROCESSING,
     RECEIVED,
@@ -325,11 +324,6 @@ def hl7_counts(session: Session) -> dict[str, int]:
     for status, n in session.execute(select(Hl7Message.status, func.count()).group_by(Hl7Message.status)):
         counts[status] = n
     return counts
-
-
-def hl7_backlog(session: Session) -> int:
-    """Messages still waiting to be delivered."""
-    return int(session.scalar(select(func.count(Hl7Message.id)).where(Hl7Message.status == HL7_PENDING)) or 0)
 
 
 def report_summary(report: dict[str, Any]) -> list[tuple[str, str]]:
