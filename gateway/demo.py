@@ -21,11 +21,12 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from gateway.timeutil import utcnow
 
 app = typer.Typer(help="Try the pipeline: a throwaway gateway with sample ECGs (`demo`), or send sample ECGs to a "
                        "running gateway (`demo send`).")
@@ -115,7 +116,7 @@ def summarise_oru(message: str) -> str:
 def ack_for(message: str) -> str:
     """ACK^R01 AA whose MSA-2 is the message's MSH-10."""
     msh = next((s for s in message.split("\r") if s.startswith("MSH")), "MSH|^~\\&")
-    now = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
+    now = utcnow().strftime("%Y%m%d%H%M%S")
     control_id = _field(msh, 10)
     return (f"MSH|^~\\&|{_field(msh, 5)}|{_field(msh, 6)}|{_field(msh, 3)}|{_field(msh, 4)}|{now}||ACK^R01^ACK|"
             f"ACK{control_id}|P|2.5.1\rMSA|AA|{control_id}\r")
