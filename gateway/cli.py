@@ -18,13 +18,15 @@ from typer.core import TyperGroup
 
 from gateway import __version__
 from gateway.admin.cli import ecg_app, results_app
-from gateway.config import Config, ConfigError, env_warnings, load_config
+from gateway.cliconfig import config_from
+from gateway.config import Config
 from gateway.deliver.cli import app as hl7_app
 from gateway.demo import app as demo_app
 from gateway.infer.cli import app as model_app
 from gateway.receive.cli import ingest
 from gateway.store.cli import app as db_app
 from gateway.validate.cli import validate
+
 
 def _config_after_command(ctx: Any, _param: Any, value: Optional[Path]) -> None:
     """``--config`` given after a sub-command (``serve --config F``): the
@@ -70,22 +72,6 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-
-def config_from(ctx: typer.Context) -> Config:
-    """The validated configuration; a bad one ends the program with exit 2."""
-    root = ctx.find_root()
-    if root.obj is None:
-        root.obj = {}
-    if "config" not in root.obj:
-        try:
-            root.obj["config"] = load_config(root.obj.get("config_path"))
-        except ConfigError as exc:
-            typer.echo(str(exc), err=True)
-            raise typer.Exit(2) from None
-        for warning in env_warnings():
-            typer.echo(warning, err=True)
-    return root.obj["config"]
 
 
 def _version(value: bool) -> None:

@@ -20,13 +20,17 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway.findings import BY_CODE, REGISTRY
-from gateway.receive.limits import DEFAULT_MAX_DATASET_MB
 
 ENV_PREFIX = "ECG_GATEWAY_"
 CONFIG_ENV = "ECG_GATEWAY_CONFIG"
 #: Variables of the test suite and benchmarks, not settings (no warning for them).
 TEST_ENV_PREFIXES = ("ECG_GATEWAY_TEST_", "ECG_GATEWAY_FUZZ_", "ECG_GATEWAY_SOAK_", "ECG_GATEWAY_BENCH_")
 DEFAULT_CONFIG_PATH = Path("config/gateway.toml")
+#: The default of ``[dicom] max_dataset_mb``.  Real carts send 0.1-1 MB (pydicom's
+#: Mortara sample: 291 KB); the 12-lead IOD's own maximum is about 2 MB
+#: (5 groups x 13 channels x 16384 samples x 2 bytes); 64 MB still holds a
+#: 10-minute, 24-channel, 32-bit General ECG at 1000 Hz.
+DEFAULT_MAX_DATASET_MB = 64
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 OptionalPort = Annotated[int, Field(ge=0, le=65535)]  # 0 = disabled

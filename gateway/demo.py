@@ -26,6 +26,7 @@ from typing import Annotated, Any
 
 import typer
 
+from gateway.cliconfig import config_from
 from gateway.timeutil import utcnow
 
 app = typer.Typer(help="Try the pipeline: a throwaway gateway with sample ECGs (`demo`), or send sample ECGs to a "
@@ -79,8 +80,6 @@ def send(
 
     Prints the C-STORE status of each copy; exits 1 if any was not 0x0000.
     """
-    from gateway.cli import config_from
-
     cfg = config_from(ctx)
     try:
         _, failed = send_samples(host, port or cfg.dicom.port, cfg.dicom.ae_title, count, calling_ae, typer.echo)
@@ -206,7 +205,7 @@ def _wait_for_results(cfg: Any, uids: list[str], timeout: float) -> list[dict[st
 
 def _show(cfg: Any, count: int, home: Path) -> None:
     """Runs in a thread once the gateway is up: send, wait, print."""
-    from gateway.admin.cli import _table as print_results_table
+    from gateway.admin.table import print_results as print_results_table
     from gateway.serve import admin_url
 
     try:

@@ -26,7 +26,6 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import __version__
-from gateway.admin.audit import audit
 from gateway.admin.auth import NO_TOKEN_MESSAGE, bearer_ok, check_admin_bind
 from gateway.admin.exports import ExportError, input_npy, original_dicom
 from gateway.admin.monitor import DatabaseCollector, health_report
@@ -34,6 +33,7 @@ from gateway.admin.queries import QueryError, count_ecgs, ecg_detail, ecg_rows, 
 from gateway.config import Config
 from gateway.findings import listed as listed_findings
 from gateway.receive.limits import MIB
+from gateway.store.audit import audit
 
 __all__ = ["check_admin_bind", "create_app", "make_server"]
 

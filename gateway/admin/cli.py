@@ -11,7 +11,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from gateway.admin.auth import check_admin_bind  # noqa: F401 - re-exported for serve (light: stdlib only)
+from gateway.admin.table import print_results, printable
+from gateway.cliconfig import config_from
 from gateway.findings import listed as listed_findings
 
 results_app = typer.Typer(help="Query received ECGs and their results.", no_args_is_help=True)
@@ -31,7 +32,6 @@ def _session(ctx: typer.Context):  # type: ignore[no-untyped-def]
     from sqlalchemy import inspect
     from sqlalchemy.exc import SQLAlchemyError
 
-    from gateway.cli import config_from
     from gateway.store.db import make_engine, make_sessionmaker
 
     cfg = config_from(ctx)
@@ -44,13 +44,6 @@ def _session(ctx: typer.Context):  # type: ignore[no-untyped-def]
     if not ready:
         raise _fail("database not initialised: run `ecg-gateway db upgrade`")
     return make_sessionmaker(engine)()
-
-
-def printable(value: object) -> str:
-    """For terminals: control characters (ESC sequences in a patient name...) become ``?``."""
-    if value is None:
-        return ""
-    return "".join("?" if (ord(c) < 32 and c not in "\t") or ord(c) == 127 else c for c in str(value))
 
 
 def csv_text(rows: list[dict[str, Any]]) -> str:
@@ -79,37 +72,6 @@ def csv_text(rows: list[dict[str, Any]]) -> str:
         flat["cart_statements"] = ";".join(str(t) for t in row["cart_statements"] or [])
         writer.writerow(["" if flat[k] is None else flat[k] for k in header])
     return out.getvalue()
-
-
-def _table(rows: list[dict[str, Any]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    from rich.text import Text
-
-    colour = {"processed": "green", "received": "cyan", "rejected": "yellow", "failed": "red"}
-    table = Table(show_lines=False)
-    for name in ("id", "received (UTC)", "patient id", "name", "accession", "status", "findings", "HL7", "note"):
-        table.add_column(name, overflow="fold")
-    for r in rows:
-        note = "DEMO MODEL" if r["demo_model"] else (r["error"] or "")
-        # Text(), not str: DICOM values are data, never rich markup.
-        table.add_row(
-            str(r["id"]),
-            (r["received_at"] or "")[:19].replace("T", " "),
-            Text(printable(r["patient_id"])),
-            Text(printable(r["patient_name"])),
-            Text(printable(r["accession_number"])),
-            Text(r["status"], style=colour.get(r["status"], "")),
-            " ".join(r["findings"]) or ("-" if r["probabilities"] else ""),
-            r["hl7_status"],
-            Text(printable(note), style="bold red" if r["demo_model"] else ""),
-        )
-    console = Console()
-    if not console.is_terminal:  # piped: do not squeeze rows into 80 columns
-        console = Console(width=max(console.width, 240))
-    console.print(table)
-    console.print(f"{len(rows)} row(s)")
 
 
 @results_app.command("list")
@@ -146,7 +108,7 @@ def list_results(
 
         sys.stdout.write(csv_text(rows))  # exact data: echo() would strip what looks like ANSI codes
     else:
-        _table(rows)
+        print_results(rows)
 
 
 @results_app.command("show")
@@ -255,11 +217,9 @@ def export_input(
     Rebuilt from the stored original and checked against the hash recorded with the result.
     """
     from gateway.admin.exports import ExportError, input_npy
-
-    from gateway.admin.audit import audit, cli_actor
+    from gateway.store.audit import audit, cli_actor
 
     _check_output(out, force)
-    from gateway.cli import config_from
     from gateway.receive.limits import MIB
 
     cfg = config_from(ctx)
@@ -284,11 +244,9 @@ def export_dicom(
 ) -> None:
     """Write the stored original DICOM file, checked against its sha256 (audited)."""
     from gateway.admin.exports import ExportError, original_dicom
-
-    from gateway.admin.audit import audit, cli_actor
+    from gateway.store.audit import audit, cli_actor
 
     _check_output(out, force)
-    from gateway.cli import config_from
 
     spool_dir = config_from(ctx).storage.spool_dir
     with _session(ctx) as session:

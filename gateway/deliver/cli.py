@@ -7,13 +7,14 @@ from typing import Annotated, Optional
 
 import typer
 
+from gateway.cliconfig import config_from
+
 app = typer.Typer(help="Outbound HL7 results: list, show, resend.", no_args_is_help=True)
 
 STATUSES = ("pending", "delivered", "failed", "superseded")
 
 
 def _session(ctx: typer.Context):  # type: ignore[no-untyped-def]
-    from gateway.cli import config_from
     from gateway.store.db import make_engine, make_sessionmaker
 
     cfg = config_from(ctx)

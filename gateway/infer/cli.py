@@ -11,6 +11,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from gateway.cliconfig import config_from
+
 app = typer.Typer(help="Model files: fetch the published weights, list, verify, or write a demo model.", no_args_is_help=True)
 
 
@@ -27,7 +29,6 @@ def fetch(
     """Download the published model (Zenodo record 3765717 by default), check its md5, extract into models/."""
     from rich.console import Console
 
-    from gateway.cli import config_from
     from gateway.infer.fetch import FetchError, fetch_model
     from gateway.logs import setup_logging
 
@@ -50,7 +51,6 @@ def list_(ctx: typer.Context) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from gateway.cli import config_from
     from gateway.infer.demo import DEMO_LABEL
     from gateway.infer.manifest import survey
 
@@ -71,7 +71,6 @@ def list_(ctx: typer.Context) -> None:
 @app.command()
 def verify(ctx: typer.Context) -> None:
     """Re-hash the model files against the manifest; exit 1 on any difference or missing file."""
-    from gateway.cli import config_from
     from gateway.infer.manifest import survey
 
     cfg = config_from(ctx)
@@ -107,7 +106,6 @@ def demo(
 
     Every result, HL7 message (MSH-11 = D) and admin view produced with it says "untrained demo model".
     """
-    from gateway.cli import config_from
     from gateway.infer.demo import DEMO_LABEL, write_demo_model
     from gateway.infer.manifest import record_files
 

@@ -258,10 +258,10 @@ class Worker:
 
     def _finish(self, it: _Item) -> None:
         """Write one ECG's outcome in one transaction (only while our claim holds)."""
-        from gateway.admin.audit import audit
         from gateway.deliver.outbox import enqueue_result, result_options
         from gateway.infer.thresholds import apply_thresholds
         from gateway.normalise import input_sha256, normaliser_version
+        from gateway.store.audit import audit
 
         now = utcnow()
         outcome = "failed"

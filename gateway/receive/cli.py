@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from gateway.cliconfig import config_from
+
 #: Media Storage Directory (DICOMDIR): an index of a CD's files, not an instance.
 _DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 
@@ -125,7 +127,6 @@ def ingest(ctx: typer.Context, paths: list[Path] = typer.Argument(
     from rich.console import Console
     from rich.progress import Progress
 
-    from gateway.cli import config_from
     from gateway.logs import setup_logging
     from gateway.receive.limits import MIB, DatasetTooLarge, check_size
     from gateway.receive.spool import DATA_SET_TOO_LARGE, SUCCESS, StoreOutcome, store_instance

@@ -18,15 +18,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # pydicom is imported where it is used: gateway.config imports this module
+from gateway.config import DEFAULT_MAX_DATASET_MB
+
+if TYPE_CHECKING:  # pydicom is imported where it is used: light commands import this module
     from pydicom.dataset import Dataset
 
 MIB = 1024 * 1024
-#: The default of ``[dicom] max_dataset_mb``.  Real carts send 0.1-1 MB (pydicom's
-#: Mortara sample: 291 KB); the 12-lead IOD's own maximum is about 2 MB
-#: (5 groups x 13 channels x 16384 samples x 2 bytes); 64 MB still holds a
-#: 10-minute, 24-channel, 32-bit General ECG at 1000 Hz.
-DEFAULT_MAX_DATASET_MB = 64
+#: ``[dicom] max_dataset_mb``'s default (gateway.config owns it) in bytes.
 DEFAULT_MAX_DATASET_BYTES = DEFAULT_MAX_DATASET_MB * MIB
 
 _IN_CHUNK = 64 * 1024  # deflate input per call: keeps zlib's unconsumed_tail copies small

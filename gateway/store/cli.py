@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import typer
 
+from gateway.cliconfig import config_from
+
 app = typer.Typer(help="Database schema: apply, inspect or roll back migrations.", no_args_is_help=True)
 
 
 @app.command()
 def upgrade(ctx: typer.Context, revision: str = typer.Argument("head", help="Target revision.")) -> None:
     """Apply migrations up to REVISION (default: the latest). Safe to repeat."""
-    from gateway.cli import config_from
     from gateway.store.db import current_revision
     from gateway.store.db import upgrade as do_upgrade
 
@@ -22,7 +23,6 @@ def upgrade(ctx: typer.Context, revision: str = typer.Argument("head", help="Tar
 @app.command()
 def downgrade(ctx: typer.Context, revision: str = typer.Argument(..., help="Target revision, e.g. base.")) -> None:
     """Roll migrations back to REVISION (``base`` drops every table)."""
-    from gateway.cli import config_from
     from gateway.store.db import current_revision
     from gateway.store.db import downgrade as do_downgrade
 
@@ -35,7 +35,6 @@ def downgrade(ctx: typer.Context, revision: str = typer.Argument(..., help="Targ
 @app.command()
 def current(ctx: typer.Context) -> None:
     """Print the database's migration revision."""
-    from gateway.cli import config_from
     from gateway.store.db import current_revision
 
     typer.echo(current_revision(config_from(ctx).storage.database_url) or "base (empty database)")
@@ -48,7 +47,6 @@ def compact(ctx: typer.Context) -> None:
     that dropped the stored model inputs (0003)."""
     from sqlalchemy.exc import OperationalError
 
-    from gateway.cli import config_from
     from gateway.store.db import compact as do_compact
 
     try:
@@ -67,7 +65,6 @@ def check_spool_cmd(ctx: typer.Context) -> None:
 
     Exits 1 when anything is inconsistent.
     """
-    from gateway.cli import config_from
     from gateway.process.recovery import check_spool
     from gateway.store.db import make_engine, make_sessionmaker
 
@@ -104,8 +101,7 @@ def prune(
     Safe to interrupt: a crash leaves no row without a file and no file without a row
     (run it again to finish).
     """
-    from gateway.admin.audit import cli_actor
-    from gateway.cli import config_from
+    from gateway.store.audit import cli_actor
     from gateway.store.db import make_engine, make_sessionmaker
     from gateway.store.retention import prune as do_prune
 

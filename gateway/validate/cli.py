@@ -12,6 +12,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from gateway.cliconfig import config_from
+
 
 def validate(
     ctx: typer.Context,
@@ -55,7 +57,6 @@ def validate(
 
     from rich.console import Console
 
-    from gateway.cli import config_from
     from gateway.logs import setup_logging
     from gateway.validate.dataset import DatasetError, fetch_test_set
     from gateway.validate.roundtrip import RoundTripError, parse_target, parse_variants
