@@ -83,6 +83,16 @@ def _msg(ecg: EcgInstance, n: int, status: str, ack: str | None = None, resend_o
     )
 
 
+def cart_reading(sample_path: Path) -> tuple[dict, list[str]]:
+    """The sample's measurements and statements as the worker stores them."""
+    from pydicom import dcmread
+
+    from gateway.report.measurements import extract
+
+    report = extract(dcmread(sample_path))
+    return report.measurements, report.statements
+
+
 def seed(session_factory, sample_path: Path, spool_dir: Path) -> dict[str, int]:  # type: ignore[no-untyped-def]
     """Six ECGs with known filters' answers; returns their ids by name.
 
@@ -107,6 +117,9 @@ def seed(session_factory, sample_path: Path, spool_dir: Path) -> dict[str, int]:
         e1 = _ecg(1, stored.relative_to(spool_dir), status="processed", patient_id="P1", name="DOE^JANE",
                   accession="A1", sha256=hashlib.sha256(data).hexdigest(), size=len(data))
         _prediction(e1, _probs(AF=0.91), signal, report, flags)
+        # the sample's own header values and cart reading (what the worker stores)
+        e1.patient_birth_date, e1.patient_sex, e1.acquisition_datetime = "19710123", "F", "20130125105919"
+        e1.measurements, e1.cart_statements = cart_reading(sample_path)
         e1_msg = _msg(e1, 1, "delivered", ack="MSH|^~\\&|EHR|HOSPITAL|ECGGW|ECGGW|20260101||ACK|A1|P|2.5.1\rMSA|AA|CTRL1")
         copy2 = spool_dir / "2026/01/02/sample.dcm"  # the page draws its trace from the spooled original
         copy2.parent.mkdir(parents=True, exist_ok=True)

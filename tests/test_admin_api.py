@@ -17,7 +17,7 @@ from gateway.store.db import make_engine, make_sessionmaker
 
 TOKEN = "t0ken-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-PHI = ("DOE^JANE", "ROE^RICHARD", "P1", "A1")
+PHI = ("DOE^JANE", "DOE, JANE", "ROE^RICHARD", "ROE, RICHARD", "P1", "A1")  # names raw and as pages write them
 
 
 def make_cfg(db_url, tmp_path, token=TOKEN, **admin):
@@ -211,7 +211,7 @@ def test_healthz_ok_and_metrics(ro_client, ro_ids, readonly_db):
     assert "ecg_gateway_queue_depth 1.0" in text
     assert 'ecg_gateway_hl7_messages{status="superseded"} 1.0' in text
     assert "ecg_gateway_database_up 1.0" in text
-    assert not any(v in text or v in json.dumps(body) for v in ("DOE^JANE", "ROE^RICHARD"))
+    assert not any(v in text or v in json.dumps(body) for v in ("DOE^JANE", "ROE^RICHARD", "DOE, JANE", "ROE, RICHARD"))
 
 
 def test_healthz_is_503_when_the_database_is_unreachable(tmp_path):
@@ -322,7 +322,8 @@ def test_list_page(ro_client, ro_ids):
     assert 'class="status-processed has-findings"' in page and 'class="badge status failed"' in page
     assert 'class="badge hl7 delivered"' in page and 'class="badge demo"' in page
     page = ro_client.get("/ecgs", params={"finding": "AF"}).text
-    assert "DOE^JANE" in page and "ROE^RICHARD" not in page and "1 ECG(s)" in page
+    # names as a person reads them: "Family, Given", not the DICOM PN
+    assert "DOE, JANE" in page and "DOE^JANE" not in page and "ROE, RICHARD" not in page and "1 ECG(s)" in page
     r = ro_client.get("/ecgs", params={"status": "lost"})
     assert r.status_code == 400 and "unknown status" in r.text
 
@@ -358,6 +359,17 @@ def test_ecg_page(ro_client, ro_ids):
     assert "&lt;script&gt;" in page and "<script>alert" not in page
     page = ro_client.get(f"/ecgs/{ro_ids['e1']}").text
     assert "DEMO MODEL" not in page and "MSA|AA|CTRL1" in page and "Resend" in page
+    # issue 16 §1: name formatted, birth date with the age at the recording, the cart's time, finding names
+    assert '<span class="patient-name">DOE, JANE</span>' in page and "DOE^JANE" not in page
+    assert "1971-01-23 (42 y)" in page and "2013-01-25 10:59:19" in page and "<dd>female</dd>" in page
+    assert "AF <span class=\"finding-name\">Atrial fibrillation</span>" in page
+    assert '<span class="badge finding">AF</span> Atrial fibrillation' in page
+    # the measurements panel: value, LOINC, source; the derived rate says so; the statements apart
+    assert '<tr data-measurement="qtc_interval">' in page and "370 ms" in page and "8636-3" in page
+    assert "52\u00b0" in page and "8638-9" in page and "cart (SCPECG:5.13.5-7)" in page
+    assert "61 /min" in page and "derived by the gateway from the RR interval" in page
+    assert '<ul class="cart-statements"><li>RITMO SINUSALE</li><li>ECG NORMALE</li></ul>' in page
+    assert "Not read for this ECG" in ro_client.get(f"/ecgs/{ro_ids['e6']}").text  # a row from before 0008
     page = ro_client.get(f"/ecgs/{ro_ids['e3']}").text
     assert "recording too short" in page and "No model input stored" in page
     assert "<dt>Source</dt><dd>500.0 Hz, 4.0 s, 12 channels</dd>" in page  # a rejection keeps its report
@@ -408,7 +420,7 @@ def test_logout_revokes_the_session_and_a_replayed_cookie_is_refused(client, see
     for path in ("/ecgs", f"/ecgs/{seeded['e1']}"):
         r = replay.get(path, follow_redirects=False)
         assert r.status_code == 303 and r.headers["location"].startswith("/login?next="), path
-        assert "DOE^JANE" not in r.text
+        assert "DOE^JANE" not in r.text and "DOE, JANE" not in r.text
     r = replay.post(f"/ecgs/{seeded['e1']}/resend", data={"message_id": seeded["m1"]}, follow_redirects=False)
     assert r.status_code == 303 and audit_rows(session_factory) == []
 

@@ -89,7 +89,7 @@ def test_list_and_ecg_pages_in_chromium(served, tmp_path):
     base, ids = served
     dom = browse(base, "/ecgs", tmp_path)
     assert "<h1>ECGs</h1>" in dom, dom[-2000:]
-    assert "6 ECG(s)" in dom and "DOE^JANE" in dom
+    assert "6 ECG(s)" in dom and "DOE, JANE" in dom
     assert 'class="badge finding">AF<' in dom and 'class="badge status rejected"' in dom
 
     dom = browse(base, f"/ecgs/{ids['e2']}", tmp_path)

@@ -66,6 +66,16 @@ def _env() -> Environment:
     )
     env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, ensure_ascii=False, default=str)
     env.filters["segments"] = lambda text: [s for s in (text or "").replace("\r\n", "\r").split("\r") if s]
+    from gateway.findings import BY_CODE
+    from gateway.report import people
+    from gateway.report.measurements import display_value
+
+    env.filters["person_name"] = people.person_name
+    env.filters["dicom_dt"] = people.dicom_datetime_text
+    env.filters["sex_text"] = people.sex_text
+    env.filters["measurement"] = display_value
+    env.filters["finding_name"] = lambda code: BY_CODE[code].name if code in BY_CODE else ""
+    env.globals["birth_and_age"] = people.birth_and_age
     return env
 
 
