@@ -56,7 +56,8 @@ def ro_client(readonly_db):
 def api_routes(seeded):
     e1, m1 = seeded["e1"], seeded["m1"]
     return [("GET", "/api/ecgs"), ("GET", f"/api/ecgs/{e1}"), ("GET", f"/api/ecgs/{e1}/input.npy"),
-            ("GET", f"/api/ecgs/{e1}/original.dcm"), ("POST", f"/api/hl7/{m1}/resend")]
+            ("GET", f"/api/ecgs/{e1}/original.dcm"), ("GET", f"/api/ecgs/{e1}/report.pdf"),
+            ("POST", f"/api/hl7/{m1}/resend")]
 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"},

@@ -90,7 +90,7 @@ def test_list_and_ecg_pages_in_chromium(served, tmp_path):
     dom = browse(base, "/ecgs", tmp_path)
     assert "<h1>ECGs</h1>" in dom, dom[-2000:]
     assert "6 ECG(s)" in dom and "DOE, JANE" in dom
-    assert 'class="badge finding">AF<' in dom and 'class="badge status rejected"' in dom
+    assert 'class="badge finding" title="Atrial fibrillation">AF<' in dom and 'class="badge status rejected"' in dom
 
     dom = browse(base, f"/ecgs/{ids['e2']}", tmp_path)
     assert f"<h1>ECG {ids['e2']}" in dom, dom[-2000:]
@@ -164,6 +164,8 @@ def test_pages_work_under_the_csp_without_violations(served, tmp_path):
              "/ecgs?status=lost", "/ecgs/4040404", "/ecgs?page=0"]
     steps = [{"next": p} for p in pages]
     steps[1]["screenshot"] = str(shot)
+    # issue 16: the PDF download button works under the CSP (a plain link, no script)
+    steps[1].update(download="a.report-pdf", download_to=str(tmp_path / "downloaded.pdf"))
     steps.append({"next": "/ecgs", "inject_inline_style": True})  # control: the harness sees a violation
     results = drive(base, steps, tmp_path)
     for page, res in zip(pages, results):
@@ -176,6 +178,13 @@ def test_pages_work_under_the_csp_without_violations(served, tmp_path):
     e1 = results[1]
     assert e1["title"] == f"ECG {ids['e1']} - processed - ECG gateway"
     assert sorted(e1["bar_fills"]) == ["rgb(102, 153, 204)"] * 5 + ["rgb(255, 153, 51)"]  # AF above threshold
+    assert e1["measurements"][:3] == ["heart_rate", "rr_interval", "pr_interval"] and len(e1["measurements"]) == 10
+    assert e1["download"] == {"name": f"ecg-{ids['e1']}-report.pdf", "size": e1["download"]["size"], "head": "%PDF-"}
+    assert e1["download_border"] == "rgb(34, 51, 68)"  # style.css's a.button
+    from pypdf import PdfReader
+
+    text = PdfReader(tmp_path / "downloaded.pdf").pages[0].extract_text()
+    assert "DOE, JANE" in text and "Atrial fibrillation" in text
     control = results[-1]
     assert [v["directive"] for v in control["csp"]] == ["style-src-attr"], control
     assert any("Content Security Policy" in m for m in control["console_errors"])

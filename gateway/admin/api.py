@@ -234,6 +234,20 @@ def create_app(
         return Response(data, media_type="application/dicom",
                         headers={"Content-Disposition": f'attachment; filename="ecg-{ecg_id}.dcm"'})
 
+    @app.get("/api/ecgs/{ecg}/report.pdf", tags=["ecgs"], response_class=Response,
+             responses={200: {"content": {"application/pdf": {}}}})
+    def get_report(ecg: EcgKey, actor: Actor,
+                   page: Annotated[str, Query(pattern="^(A4|letter)$", description="Paper size, landscape.")] = "A4",
+                   ) -> Response:
+        """The one-page 12-lead PDF report (tracing on a true-scale grid, the cart's measurements,
+        the AI findings, the model identity); 409 when the ECG has no AI result; audited."""
+        from gateway.admin.exports import report_pdf
+
+        ecg_id, data = _export(ecg, actor, "export_report",
+                               lambda session, key: report_pdf(session, key, cfg.storage.spool_dir, page))
+        return Response(data, media_type="application/pdf",
+                        headers={"Content-Disposition": f'attachment; filename="ecg-{ecg_id}-report.pdf"'})
+
     @app.post("/api/hl7/{message_id}/resend", tags=["hl7"])
     def resend(message_id: DbId, actor: Actor) -> dict[str, Any]:
         """Send outbox message ``message_id`` again under a new control id; audited."""

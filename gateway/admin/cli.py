@@ -235,6 +235,40 @@ def export_input(
     typer.echo(f"wrote {out} (ECG {ecg_id}, {len(data)} bytes)")
 
 
+@ecg_app.command("export-report")
+def export_report(
+    ctx: typer.Context,
+    ecg: Annotated[str, typer.Argument(metavar="ID|SOP_UID", help="Database id or SOP Instance UID.")],
+    out: Annotated[Path, typer.Option("--output", "-o", help="The .pdf file to write.")],
+    page: Annotated[str, typer.Option("--page", help="Paper size, landscape: A4 or letter.")] = "A4",
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write the one-page 12-lead PDF report (audited).
+
+    Tracing at 25 mm/s and 10 mm/mV on a true-scale grid (print at 100 %), the cart's
+    measurements and statements, the AI findings against their thresholds, the model identity.
+    """
+    from gateway.admin.exports import ExportError, report_pdf
+
+    from gateway.admin.audit import audit, cli_actor
+
+    if page not in ("A4", "letter"):
+        raise _fail(f"--page: {page!r}; use A4 or letter", 2)
+    _check_output(out, force)
+    from gateway.cli import config_from
+
+    spool_dir = config_from(ctx).storage.spool_dir
+    with _session(ctx) as session:
+        try:
+            ecg_id, data = report_pdf(session, ecg, spool_dir, page)
+        except ExportError as exc:
+            raise _fail(str(exc)) from None
+        out.write_bytes(data)
+        audit(session, cli_actor(), "export_report", f"ecg:{ecg_id}", path=str(out.resolve()), page=page)
+        session.commit()
+    typer.echo(f"wrote {out} (ECG {ecg_id}, {len(data)} bytes)")
+
+
 @ecg_app.command("export-dicom")
 def export_dicom(
     ctx: typer.Context,

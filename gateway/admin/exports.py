@@ -1,4 +1,4 @@
-"""The two PHI exports (model input, original DICOM), shared by CLI, API and web view.
+"""The PHI exports (model input, original DICOM, the PDF report), shared by CLI, API and web view.
 
 Both read the spooled original; the model input is rebuilt from it and
 checked against the hash stored with the result.  They only read; the caller
@@ -97,3 +97,33 @@ def original_dicom(session: Session, id_or_uid: str, spool_dir: str | Path) -> t
     """``(ecg id, file bytes)`` of the spooled original, verified against its sha256."""
     ecg = _find(session, id_or_uid)
     return ecg.id, _spooled_bytes(ecg, spool_dir)[1]
+
+
+def report_pdf(session: Session, id_or_uid: str, spool_dir: str | Path, page: str = "A4") -> tuple[int, bytes]:
+    """``(ecg id, PDF bytes)`` of the one-page 12-lead report (:mod:`gateway.report.pdf`):
+    the tracing is the model input rebuilt from the stored original (see
+    :func:`model_input_array`), the values those of the database rows."""
+    from gateway import __version__
+    from gateway.admin.queries import lead_names
+    from gateway.report.pdf import ReportError, build_pdf, report_data
+    from gateway.timeutil import utcnow
+
+    ecg = _find(session, id_or_uid)
+    signal = model_input_array(ecg, spool_dir)
+    fs, gain = signal_scale(ecg.report)
+    try:
+        data = report_data(ecg, signal, lead_names(ecg.report), fs, gain,
+                           generated_at=utcnow().strftime("%Y-%m-%d %H:%M UTC"), gateway_version=__version__)
+        return ecg.id, build_pdf(data, page)
+    except ReportError as exc:
+        raise ExportError(f"ECG {ecg.id}: no report: {exc}") from None
+
+
+def signal_scale(normalisation: dict | None) -> tuple[float, float]:
+    """(sampling rate in Hz, gain) of a model input, from its normalisation
+    report (older records may lack them: 400 Hz, gain 1)."""
+    n = normalisation or {}
+    gain = n.get("gain", 1.0)
+    fs = (n.get("resample") or {}).get("to_hz", 400.0)
+    ok = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0  # noqa: E731
+    return (float(fs) if ok(fs) else 400.0), (float(gain) if ok(gain) else 1.0)

@@ -107,10 +107,10 @@ def ecg_paper_svg(array: Any, leads: list[str], normalisation: dict[str, Any]) -
     """SVG of a model input (the float32 (4096, 12) array)."""
     from gateway.admin.ecg_svg import ecg_svg
 
-    gain = normalisation.get("gain", 1.0)
-    fs = (normalisation.get("resample") or {}).get("to_hz", 400.0)
-    ok = lambda v: isinstance(v, (int, float)) and v > 0  # noqa: E731 - older records may lack the keys
-    return ecg_svg(array, leads, fs=float(fs) if ok(fs) else 400.0, gain=float(gain) if ok(gain) else 1.0)
+    from gateway.admin.exports import signal_scale
+
+    fs, gain = signal_scale(normalisation)
+    return ecg_svg(array, leads, fs=fs, gain=gain)
 
 
 def add_web_routes(app: FastAPI, cfg: Config, session_factory: Callable[[], Any]) -> None:
@@ -251,6 +251,27 @@ def add_web_routes(app: FastAPI, cfg: Config, session_factory: Callable[[], Any]
         report = (p["normalisation"] if p else detail.get("report")) or {}
         return page("ecg.html", d=detail, svg=svg, svg_error=svg_error, scores=scores, summary=report_summary(report),
                     resent=request.query_params.get("resent"))
+
+    @app.get("/ecgs/{ecg_id}/report.pdf", include_in_schema=False)
+    def report(request: Request, ecg_id: Annotated[int, PathParam(ge=1, le=MAX_DB_ID)],
+               page_size: Annotated[str, Query(alias="page", pattern="^(A4|letter)$")] = "A4") -> Response:
+        """The one-page PDF report (download button of the ECG page); audited."""
+        if not signed_in(request):
+            return to_login(request)
+        from gateway.admin.audit import audit
+        from gateway.admin.exports import ExportError, report_pdf
+
+        with session_factory() as session:
+            try:
+                found_id, data = report_pdf(session, str(ecg_id), cfg.storage.spool_dir, page_size)
+            except ExportError as exc:
+                code = 404 if str(exc).startswith("no ECG") else 409
+                return page("message.html", code, title="No report", message=str(exc))
+            audit(session, f"web:{client_address(request)}", "export_report", f"ecg:{found_id}", via="web",
+                  page=page_size)
+            session.commit()
+        return Response(data, media_type="application/pdf",
+                        headers={"Content-Disposition": f'attachment; filename="ecg-{found_id}-report.pdf"'})
 
     @app.post("/ecgs/{ecg_id}/resend", include_in_schema=False)
     def resend(request: Request, ecg_id: Annotated[int, PathParam(ge=1, le=MAX_DB_ID)],

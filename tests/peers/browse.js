@@ -5,19 +5,23 @@
 //   node browse.js plan.json   ->  JSON on stdout: one result per step
 //
 // plan.json: {"chromium": "/usr/bin/chromium", "base": "http://127.0.0.1:PORT", "token": "...",
-//             "steps": [{"next": "/ecgs/1", "screenshot": "/tmp/x.png", "inject_inline_style": false}]}
+//             "steps": [{"next": "/ecgs/1", "screenshot": "/tmp/x.png", "inject_inline_style": false,
+//                        "download": "a.report-pdf", "download_to": "/tmp/r.pdf"}]}
 // Each step: a fresh browser context opens /login?next=<next>, types the token, submits, and
 // waits until the browser has left /login (the login answer moves on by itself). Reported:
 // the final URL, <title>, the first <h1>, the header's computed background (is style.css
 // applied?), every request URL, every Content-Security-Policy violation (securitypolicyviolation
 // events and console messages) and every console error. "inject_inline_style" adds an element
 // with an inline style attribute afterwards: a control that the CSP check reports violations.
+// "download" clicks the first element matching that selector and reports the file the browser
+// saved (suggested name, size, first bytes; copied to "download_to" when given); also reported:
+// the measurement rows of the page (table.measurements).
 "use strict";
 const fs = require("fs");
 const { chromium } = require("playwright-core");
 
 async function step(browser, plan, s) {
-  const context = await browser.newContext({ viewport: { width: 1400, height: 1000 } });
+  const context = await browser.newContext({ viewport: { width: 1400, height: 1000 }, acceptDownloads: true });
   const result = { next: s.next, requests: [], csp: [], console_errors: [], page_errors: [] };
   await context.exposeBinding("__reportCsp", (_source, v) => result.csp.push(v));
   await context.addInitScript(() => {
@@ -47,6 +51,20 @@ async function step(browser, plan, s) {
     result.bar_fills = await page
       .evaluate(() => Array.from(document.querySelectorAll("svg.track rect.fill"), (r) => getComputedStyle(r).fill))
       .catch(() => []);
+    result.measurements = await page
+      .evaluate(() => Array.from(document.querySelectorAll("table.measurements tr[data-measurement]"),
+                                 (r) => r.getAttribute("data-measurement")))
+      .catch(() => []);
+    if (s.download) {
+      // click a link (a CSS selector) as an admin would; report the file the browser saved
+      const link = page.locator(s.download).first();
+      result.download_border = await link.evaluate((a) => getComputedStyle(a).borderTopColor).catch(() => null);
+      const [download] = await Promise.all([page.waitForEvent("download", { timeout: 30000 }), link.click()]);
+      const saved = await download.path();
+      const bytes = fs.readFileSync(saved);
+      result.download = { name: download.suggestedFilename(), size: bytes.length, head: bytes.subarray(0, 5).toString("latin1") };
+      if (s.download_to) fs.copyFileSync(saved, s.download_to);
+    }
     if (s.inject_inline_style) {
       await page.evaluate(() => document.body.insertAdjacentHTML("beforeend", '<p id="control" style="color: red">x</p>'));
       await page.waitForTimeout(300);
