@@ -95,7 +95,7 @@ def test_openapi_lists_every_api_route_as_bearer_protected(readonly_db, tmp_path
     schema = c.get("/openapi.json", headers=AUTH).json()
     assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     templates = ["/api/ecgs", "/api/ecgs/{ecg}", "/api/ecgs/{ecg}/input.npy", "/api/ecgs/{ecg}/original.dcm",
-                 "/api/hl7/{message_id}/resend"]
+                 "/api/ecgs/{ecg}/report.pdf", "/api/hl7/{message_id}/resend"]
     for (method, _path), template in zip(api_routes(ro_ids), templates):
         assert schema["paths"][template][method.lower()]["security"] == [{"HTTPBearer": []}]
 
