@@ -255,8 +255,6 @@ def export_report(
     if page not in ("A4", "letter"):
         raise _fail(f"--page: {page!r}; use A4 or letter", 2)
     _check_output(out, force)
-    from gateway.cli import config_from
-
     spool_dir = config_from(ctx).storage.spool_dir
     with _session(ctx) as session:
         try:
