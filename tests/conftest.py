@@ -7,6 +7,10 @@ Tiers (markers are declared in pyproject.toml; ``--strict-markers`` is on):
   test_cart_to_ehr[sqlite]``); it must stay under 4 minutes on 2 cores.
 - ``./dev test --all`` (what CI runs, with PostgreSQL) runs everything.
   Plain ``pytest`` with no ``-m`` runs everything too.
+- ``./dev`` runs two pytest-xdist workers, a module's tests in one worker
+  (``--dist loadscope``): session fixtures (model, database templates) are
+  made once per worker, module fixtures once; tests must not share files
+  or ports outside ``tmp_path`` / ``free_port()``.
 
 Where a new test goes:
 

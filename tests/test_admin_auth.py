@@ -103,6 +103,7 @@ _TRICKY = st.sampled_from(list("/\\\t\n\r .:@%?#;&=") + ["\x00", "\x0b", "\x0c",
 _TEXT = st.text(st.one_of(_TRICKY, st.characters()), max_size=24)
 
 
+@pytest.mark.slow  # 3000 examples; the known attacks above run in the fast tier
 @settings(max_examples=PROPERTY_EXAMPLES, derandomize=True, database=None, deadline=None)
 @given(prefix=st.sampled_from(["", "/", "//", "/\\", "\\", " /", "/\t/", "http://"]), rest=_TEXT)
 def test_whatever_passes_stays_on_this_site(prefix, rest):

@@ -343,6 +343,7 @@ RSS_HEADROOM_MB = 256  # the issue's bound over idle
 
 
 @pytest.mark.slow
+@pytest.mark.one_db("sqlite")  # the bound is at the door, before any database
 def test_ten_bombs_against_serve_while_a_cart_sends(db_url: str, session_factory, tmp_path: Path, demo_model: Path,
                                                      sample_path: Path) -> None:
     """`serve` with the default limit (64 MB).  Ten pynetdicom senders each

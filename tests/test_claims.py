@@ -181,6 +181,7 @@ def test_a_running_worker_releases_a_dead_siblings_claims(db_url, session_factor
 # -- through the real path: serve killed with SIGKILL while it holds claims ---------------------------------
 
 @pytest.mark.slow
+@pytest.mark.one_db("postgresql", "sqlite")  # one serve; the claim SQL runs on both in the tests above
 def test_kill_9_while_claimed_reprocessed_soon_after_restart(db_url, tmp_path, demo_model, sample_path):
     """`serve` (lease 300 s) is killed with SIGKILL while its worker holds a
     batch; the cart resends what was not acknowledged.  After the restart

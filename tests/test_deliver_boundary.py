@@ -81,6 +81,7 @@ def write_cases(folder: Path) -> dict[str, Path]:
 
 
 @pytest.mark.slow
+@pytest.mark.one_db("postgresql", "sqlite")  # through serve once; the builder and the store are tested on both
 def test_attack_flat_clipped_and_long_issuers_each_yield_one_oru(db_url, tmp_path, demo_model):
     files = write_cases(tmp_path / "in")
     dicom_port, admin_port, hl7_port = free_port(), free_port(), free_port()

@@ -242,6 +242,7 @@ _digits = st.one_of(st.none(), st.from_regex(r"\A\d{4,14}(\.\d{1,6})?([+-]\d{4})
     ["19701399", "20240230", "2024-01-02", "20240102030405.123456+0100"]))
 
 
+@pytest.mark.slow  # Hypothesis over every field; the golden cases above run in the fast tier
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(patient_id=_short, issuer=_text, name=_short, birth=_digits, sex=st.sampled_from([None, "", "M", "f", " x"]),
        accession=_text, placer=_text, filler=_text, requested=_text, study=_text, acquired=_digits,

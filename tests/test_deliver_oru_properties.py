@@ -39,6 +39,7 @@ from gateway.deliver.oru import (
 from test_deliver_oru import ecg, prediction
 
 EXAMPLES = int(os.environ.get("ECG_GATEWAY_FUZZ_EXAMPLES", "500"))
+pytestmark = pytest.mark.slow  # hundreds of examples: the full tier (the builder's golden and unit tests are fast)
 #: How many examples each test ran (printed at the end of the session by the report below).
 RAN: dict[str, int] = {}
 

@@ -225,6 +225,7 @@ def _skipped_span(raw: bytes) -> tuple[int, int]:
     return first - 12, waveform - 12  # element headers included
 
 
+@pytest.mark.slow  # hundreds of damaged files through both readers and normalise
 @pytest.mark.parametrize("syntax", ["implicit", "explicit", "deflated"])
 def test_truncated_and_corrupt_bytes_fail_as_dcmread_does(sample, syntax):
     """Any damage gives the fast read's HeaderError or a data set; the worker's

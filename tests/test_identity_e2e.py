@@ -17,7 +17,7 @@ from typing import Any
 import hl7
 import httpx
 import pytest
-from conftest import DB_KINDS, PG_URL, _pg_database, free_port
+from conftest import DB_KINDS, free_port, migrated_database
 from deliver_helpers import Receiver, receiver
 from e2e_helpers import gateway_env, start_serve, stop, wait_for_port, wait_until
 from pydicom import dcmread
@@ -25,11 +25,12 @@ from pydicom.uid import generate_uid
 from receive_helpers import storescu
 from sqlalchemy import select
 
-from gateway.store.db import make_engine, make_sessionmaker, upgrade
+from gateway.store.db import make_engine, make_sessionmaker
 from gateway.store.models import PROCESSED, REJECTED, AuditLog, EcgInstance
 from gateway.store.versions import IDENTITY_CHANGED_AUDIT, IDENTITY_CHANGED_REASON
 
-pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore")]
+# one serve per module; identity SQL is tested in-process on both databases (test_receive_identity.py)
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore"), pytest.mark.one_db("postgresql", "sqlite")]
 TOKEN = "test-token-0123456789"
 SAMPLE_PATIENT_ID = "642341"  # pydicom's sample ECG
 A900, C002 = 0xA900, 0xC002
@@ -85,9 +86,8 @@ class Gateway:
 @pytest.fixture(scope="module", params=DB_KINDS)
 def gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, demo_model: Path) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp(f"identity-{request.param}")
-    pg = _pg_database(PG_URL) if request.param == "postgresql" else None
-    db_url = next(pg) if pg else f"sqlite:///{tmp / 'gateway.db'}"
-    upgrade(db_url)
+    urls = migrated_database(request, request.param, tmp)
+    db_url = next(urls)
     engine = make_engine(db_url)
     dicom_port, admin_port, hl7_port = free_port(), free_port(), free_port()
     env = gateway_env(tmp, db_url, demo_model, dicom_port, admin_port, ECG_GATEWAY_HL7__ENABLED="true",
@@ -103,8 +103,7 @@ def gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
                 assert stop(proc) == 0, (tmp / "serve.log").read_text()[-3000:]
     finally:
         engine.dispose()
-        if pg:
-            pg.close()  # drops the test database
+        urls.close()  # drops a PostgreSQL test database
 
 
 def _ecg(sample_path: Path, folder: Path, name: str, *, sop_uid: str | None = None, study_uid: str | None = None,
