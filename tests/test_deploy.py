@@ -129,6 +129,7 @@ def _wait_port(port: int, timeout: float = 20) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.one_db("sqlite")  # nginx in front of the admin view: the database kind does not matter
 @pytest.mark.parametrize("cookie_secure", ["always", "auto"])  # auto: from the proxy's X-Forwarded-Proto
 def test_nginx_example_serves_the_admin_view_over_tls_with_a_secure_cookie(db_url, session_factory, tmp_path,
                                                                            cookie_secure):

@@ -46,6 +46,7 @@ def attack_file(folder: Path) -> tuple[Path, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.one_db("sqlite")  # what reaches the log does not depend on the database kind
 def test_channel_label_with_cr_vt_fs_never_reaches_the_log_raw(db_url, tmp_path, demo_model):
     path, uid = attack_file(tmp_path / "in")
     dicom_port = free_port()

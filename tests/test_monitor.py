@@ -343,6 +343,7 @@ def test_refused_presentation_context_is_logged(session_factory, tmp_path, sampl
 # -- through serve ------------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
+@pytest.mark.one_db("sqlite")  # through serve once; the health queries run on both databases above
 @pytest.mark.usefixtures("_receiver_available")
 def test_stuck_results_are_visible_through_serve(db_url, tmp_path, demo_model, sample_path):
     """`serve` with the EHR down: an ECG sent by storescu is processed, its

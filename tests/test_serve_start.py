@@ -58,6 +58,7 @@ def tls_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.mark.slow
+@pytest.mark.one_db("sqlite")  # serve stops before it opens the database, whatever its kind
 @pytest.mark.parametrize("busy", ["dicom", "tls", "admin"])
 def test_a_busy_port_is_one_line_exit_1_and_nothing_written(busy, empty_db_url, tmp_path, tls_pair):
     cert, key = tls_pair
