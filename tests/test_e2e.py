@@ -5,6 +5,8 @@ These start `ecg-gateway serve` (untrained demo model) as a subprocess.
 
 from __future__ import annotations
 
+import io
+
 import random
 import signal
 import subprocess
@@ -61,6 +63,7 @@ def check_web_view(base: str, sf, sop_uid: str, tmp_path: Path, env: dict) -> No
     with sf() as s:
         row = s.scalar(select(EcgInstance).where(EcgInstance.sop_instance_uid == sop_uid))
         probs = row.prediction.probabilities
+        patient_id, model_sha256 = row.patient_id, row.prediction.model_sha256
     token = env["ECG_GATEWAY_ADMIN__TOKEN"]
     dom = browse(base, "/ecgs", tmp_path, token=token)
     assert f'href="/ecgs/{row.id}"' in dom, dom[-2000:]
@@ -69,6 +72,14 @@ def check_web_view(base: str, sf, sop_uid: str, tmp_path: Path, env: dict) -> No
     assert 'class="banner demo"' in dom  # the untrained demo model is never mistaken for a reading
     for code, p in probs.items():
         assert f'data-finding="{code}"' in dom and f"{p:.3f}" in dom
+    # issue 16: the cart's measurements on the page, the PDF report downloadable (audited by the API)
+    assert '<tr data-measurement="qtc_interval">' in dom and "RITMO SINUSALE" in dom
+    r = httpx.get(f"{base}/api/ecgs/{row.id}/report.pdf", headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    assert r.status_code == 200 and r.content.startswith(b"%PDF-"), r.text[:500]
+    from pypdf import PdfReader
+
+    text = PdfReader(io.BytesIO(r.content)).pages[0].extract_text()
+    assert patient_id in text and model_sha256 in text and "370 ms" in text
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "e2e_ecg_page.png"
     browse(base, f"/ecgs/{row.id}", tmp_path, token=token, screenshot=shot)
@@ -123,6 +134,14 @@ def test_cart_to_ehr(db_url, tmp_path, demo_model, sample_path):
     payloads = "\n".join(str(m) for m in received)
     for _, uid in files.values():
         assert payloads.count(str(rows[uid].study_instance_uid)) >= 1
+    # issue 16 §1: the cart's measurements reached the EHR as NM OBX with LOINC and UCUM, its statements as its own
+    sample_oru = next(m["message"] for m in received if str(rows[files["sample"][1]].study_instance_uid) in m["message"])
+    segments = sample_oru.replace("\n", "\r").split("\r")
+    for loinc, value, unit in (("8867-4", "61", "/min"), ("8625-6", "161", "ms"), ("8636-3", "370", "ms"),
+                               ("8638-9", "57", "deg")):
+        assert any(seg.startswith("OBX|") and f"|NM|{loinc}^" in seg and f"||{value}|{unit}^" in seg
+                   for seg in segments), (loinc, sample_oru)
+    assert any("CART_STATEMENT^" in seg and "RITMO SINUSALE" in seg for seg in segments)
     # PHI never in the log
     sample = dcmread(sample_path)
     assert str(sample.PatientID) not in log
