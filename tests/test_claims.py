@@ -184,11 +184,18 @@ def test_a_running_worker_releases_a_dead_siblings_claims(db_url, session_factor
 @pytest.mark.one_db("postgresql", "sqlite")  # one serve; the claim SQL runs on both in the tests above
 def test_kill_9_while_claimed_reprocessed_soon_after_restart(db_url, tmp_path, demo_model, sample_path):
     """`serve` (lease 300 s) is killed with SIGKILL while its worker holds a
-    batch; the cart resends what was not acknowledged.  After the restart
-    every ECG is processed within 30 s (not after the 300 s lease) and the
-    EHR gets exactly one ORU^R01 per ECG.  While serve is killed the EHR is
-    down, so no message is on the wire (a cut-off send may legitimately
-    arrive twice: that is test_faults' kill test)."""
+    batch; the cart resends what was not acknowledged.  The restarted serve
+    releases the dead process's claims at start, before its worker starts
+    (not after the lease); they are processed soon after the restart and
+    the EHR gets exactly one ORU^R01 per ECG.  While serve is killed the EHR
+    is down, so no message is on the wire (a cut-off send may legitimately
+    arrive twice: that is test_faults' kill test).
+
+    Issue 13 asks for 30 s after the restart; measured 16-26 s on the shared
+    2-CPU VM (docs/reliability.md).  The assertion allows 60 s, generous as
+    the house rule asks: start-up alone (TensorFlow import, model load,
+    warm-up) took up to 29 s there at load average 10, and the lease this
+    replaces is 300 s."""
     from collections import Counter
 
     from conftest import free_port
@@ -271,8 +278,12 @@ def test_kill_9_while_claimed_reprocessed_soon_after_restart(db_url, tmp_path, d
     assert code == 0, text[-3000:]
     print(f"\n{engine.dialect.name}: the {len(held)} ECG(s) claimed by the killed process processed "
           f"{held_s:.1f} s after the restart (model load included); all {n} after {all_s:.1f} s")
-    assert held_s < 30, f"the killed worker's ECGs were processed {held_s:.1f} s after the restart"
-    assert f"ECG claim(s) of process {dead_pid} on this host, which is no longer running" in text
+    assert held_s < 60, f"the killed worker's ECGs were processed {held_s:.1f} s after the restart"
+    lines = text.splitlines()
+    released = next(i for i, line in enumerate(lines)
+                    if f"ECG claim(s) of process {dead_pid} on this host, which is no longer running" in line)
+    started = max(i for i, line in enumerate(lines) if "gateway.process: worker " in line and " started" in line)
+    assert released < started  # released at start, before the new worker claims anything
     with sf() as s:
         attempts = dict(s.execute(select(EcgInstance.id, EcgInstance.attempts)).all())
     assert all(attempts[i] == 2 for i in held)  # the killed claim counted as one attempt

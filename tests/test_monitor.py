@@ -196,6 +196,23 @@ def test_receiver_rejecting_is_one_state_change(db_url, session_factory, tmp_pat
 
 
 @pytest.mark.usefixtures("_receiver_available")
+def test_acks_for_another_message_mean_the_link_is_down(db_url, session_factory, tmp_path, caplog):
+    """A receiver that answers, but with MSA-2 naming another message: nothing
+    gets through, so the link is down (with the reason), logged once."""
+    caplog.set_level(logging.INFO, "gateway.deliver")
+    port = free_port()
+    cfg = make_cfg(db_url, tmp_path, port)
+    queue(session_factory, cfg)
+    client = TestClient(create_app(cfg, session_factory))
+    with receiver(port, tmp_path / "rx.jsonl", "wrong") as rx, sender(session_factory, cfg.hl7):
+        wait_for(lambda: len(rx.messages()) >= 3, what="several attempts")
+        hl7 = healthz(client)[1]["hl7"]
+    assert hl7["link"] == "down" and "does not match MSH-10" in hl7["link_detail"]
+    [warning] = deliver_warnings(caplog)
+    assert warning.startswith(f"hl7 link to 127.0.0.1:{port} down: ACK MSA-2 ") and "does not match MSH-10" in warning
+
+
+@pytest.mark.usefixtures("_receiver_available")
 def test_failed_message_warning_and_healthz(db_url, session_factory, tmp_path, caplog):
     """AE with max_attempts = 1: the message fails; one WARNING naming it with
     the counts; /healthz 503 (configurable) with the failed count; a resend

@@ -136,7 +136,7 @@ class Hl7Watch:
         if not results:
             return
         last = results[-1]
-        if last.outcome == "transport" and last.ack is None:
+        if last.outcome == "transport":  # incl. an ACK naming another message: nothing gets through
             state, detail = DOWN, last.detail
         elif last.outcome == "reject":
             state, detail = REJECTING, last.detail.split(":", 1)[0]  # the code: AR text may quote PHI
