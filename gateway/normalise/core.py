@@ -11,7 +11,15 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from gateway.normalise import quality
-from gateway.normalise.decode import decode_raw, dicom_text, is_little_endian, raw_text, read_channels, select_multiplex_group
+from gateway.normalise.decode import (
+    Channel,
+    decode_raw,
+    dicom_text,
+    is_little_endian,
+    raw_text,
+    read_channels,
+    select_multiplex_group,
+)
 from gateway.normalise.errors import NormaliseError
 from gateway.quoting import printable, quote
 from gateway.normalise.leads import (
@@ -74,7 +82,7 @@ class NormalisedEcg:
     quality_flags: list[str] = field(default_factory=list)
 
 
-def _assign_leads(channels: list, report: dict[str, Any]) -> dict[str, tuple[int, bool]]:
+def _assign_leads(channels: list[Channel], report: dict[str, Any]) -> dict[str, tuple[int, bool]]:
     """lead -> (channel index, negate); unknown and duplicate channels are reported."""
     found: dict[str, tuple[int, bool]] = {}
     unknown, duplicates, inverted = [], [], []

@@ -155,8 +155,8 @@ def decode_raw(group: Dataset, little_endian: bool = True) -> RawGroup:
     """Read WaveformData as (samples, channels), checking size, type and bits stored."""
     bits = count_value(group, "WaveformBitsAllocated")
     interpretation = _text(group, "WaveformSampleInterpretation").upper()
-    stored = STORED_DTYPES.get((bits, interpretation))
-    if stored is None:
+    stored = STORED_DTYPES.get((bits, interpretation)) if bits is not None else None
+    if bits is None or stored is None:
         raise NormaliseError(
             f"unsupported sample encoding: {bits}-bit {printable(interpretation, 16) or '(none)'}"
             " (supported: 16-bit SS, 32-bit SL, 8-bit MB/AB)"

@@ -60,7 +60,7 @@ def _filter(up: int, down: int) -> np.ndarray:
     from scipy.signal import firwin
 
     max_rate = max(up, down)
-    taps = firwin(2 * 10 * max_rate + 1, 1.0 / max_rate, window=("kaiser", 5.0))
+    taps: np.ndarray = firwin(2 * 10 * max_rate + 1, 1.0 / max_rate, window=("kaiser", 5.0))
     taps.setflags(write=False)
     return taps
 
