@@ -104,7 +104,7 @@ def main() -> int:
     args = ap.parse_args()
     from fastapi.testclient import TestClient
 
-    from gateway.admin.api import create_app
+    from gateway.admin.app import create_app
     from gateway.admin.ecg_svg import ecg_svg
     from gateway.admin.queries import count_ecgs, ecg_rows
 

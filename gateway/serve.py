@@ -248,7 +248,7 @@ def _run_bound(cfg: Config, components: tuple[str, ...], listeners: Listeners,
             log.info("HL7 sender not started: [hl7] enabled = false")
 
         if listeners.admin is not None:
-            from gateway.admin.api import create_app, make_server
+            from gateway.admin.app import create_app, make_server
 
             def health() -> dict[str, Any]:
                 return {"scp_listening": state["scp_listening"] if "scp" in components else "not in this process",

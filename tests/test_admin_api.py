@@ -10,8 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from admin_helpers import XSS_NAME, audit_rows, model_input, readonly_db, seed  # noqa: F401 (fixture)
-from gateway.admin.api import check_admin_bind, create_app
-from gateway.admin.auth import SESSION_COOKIE
+from gateway.admin.app import create_app
+from gateway.admin.auth import SESSION_COOKIE, check_admin_bind
 from gateway.config import AdminConfig, Config
 from gateway.store.db import make_engine, make_sessionmaker
 
@@ -554,7 +554,7 @@ def test_web_resend_bounds(client, seeded, session_factory, ecg_id, message_id):
 # --- security headers on every response -----------------------------------------------------------
 
 def _assert_security_headers(r, where):
-    from gateway.admin.api import CONTENT_SECURITY_POLICY
+    from gateway.admin.app import CONTENT_SECURITY_POLICY
 
     h = r.headers
     assert h["content-security-policy"] == CONTENT_SECURITY_POLICY, where

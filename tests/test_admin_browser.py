@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from admin_helpers import build_readonly_db
-from gateway.admin.api import create_app, make_server
+from gateway.admin.app import create_app, make_server
 from gateway.config import Config
 
 pytestmark = pytest.mark.slow

@@ -159,7 +159,7 @@ def test_export_names_both_normaliser_versions_when_the_rebuild_differs(session_
                                                                         sample_path):
     """A result whose input was made by another normaliser is not silently re-made:
     the export, API and web view say so, naming the versions."""
-    from gateway.admin.api import create_app
+    from gateway.admin.app import create_app
     from gateway.admin.exports import input_npy
     from gateway.config import Config
     from gateway.store.models import EcgInstance

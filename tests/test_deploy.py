@@ -135,7 +135,7 @@ def test_nginx_example_serves_the_admin_view_over_tls_with_a_secure_cookie(db_ur
                                                                            cookie_secure):
     if shutil.which("nginx") is None:
         pytest.skip("nginx is not installed (./dev test installs Debian's nginx)")
-    from gateway.admin.api import create_app, make_server
+    from gateway.admin.app import create_app, make_server
     from gateway.config import Config
 
     https_port, http_port, admin_port = free_port(), free_port(), free_port()

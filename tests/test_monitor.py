@@ -22,7 +22,7 @@ from sqlalchemy import update
 
 from conftest import free_port
 from deliver_helpers import make_ecg, receiver, require_receiver, sender, wait_for
-from gateway.admin.api import create_app
+from gateway.admin.app import create_app
 from gateway.admin.monitor import spool_health
 from gateway.config import Config
 from gateway.deliver import watch as watch_mod

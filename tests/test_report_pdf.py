@@ -216,7 +216,7 @@ def make_cfg(db_url, tmp_path):  # type: ignore[no-untyped-def]
 
 
 def test_api_and_web_download_are_audited(db_url, session_factory, seeded, tmp_path):
-    from gateway.admin.api import create_app
+    from gateway.admin.app import create_app
 
     client = TestClient(create_app(make_cfg(db_url, tmp_path), session_factory))
     auth = {"Authorization": "Bearer t0ken"}

@@ -393,7 +393,7 @@ def test_sql_and_html_in_patient_values_are_data(db_url, session_factory, tmp_pa
 
 
 def create_app_for(db_url: str, tmp_path: Path, session_factory, token: str = TOKEN):  # type: ignore[no-untyped-def]
-    from gateway.admin.api import create_app
+    from gateway.admin.app import create_app
 
     return create_app(_admin_cfg(db_url, tmp_path, token), session_factory)
 
@@ -435,7 +435,7 @@ ADMIN_TIMEOUT_S = 0.5  # [admin] request_timeout_s of the server under test
 def admin_server(db_url, session_factory, tmp_path: Path, port: int):  # type: ignore[no-untyped-def]
     """make_server on a free port; ``health`` sleeps 2 request deadlines, so
     /healthz is a slow handler (which the deadline must not cut off)."""
-    from gateway.admin.api import create_app, make_server
+    from gateway.admin.app import create_app, make_server
 
     cfg = Config.model_validate({
         "storage": {"database_url": db_url, "spool_dir": str(tmp_path / "spool")},

@@ -16,7 +16,6 @@ from gateway.admin.queries import hl7_counts, status_counts
 from gateway.config import Config
 from gateway.store.models import PROCESSING, RECEIVED
 
-
 #: What serve reports for a component another process runs.
 NOT_HERE = "not in this process"
 

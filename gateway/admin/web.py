@@ -16,19 +16,18 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
-from fastapi import FastAPI, Form, Query, Request
+from fastapi import APIRouter, Form, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from gateway.admin.api import MAX_DB_ID, MAX_ECG_KEY, client_address, ecg_key_problem, resend_message
 from gateway.admin.auth import (
     NO_TOKEN_MESSAGE,
     SESSION_COOKIE,
@@ -39,6 +38,7 @@ from gateway.admin.auth import (
     safe_next,
     token_ok,
 )
+from gateway.admin.http import MAX_DB_ID, MAX_ECG_KEY, client_address, ecg_key_problem, resend_message
 from gateway.admin.queries import (
     FINDING_CODES,
     ROW_STATUSES,
@@ -53,12 +53,14 @@ from gateway.admin.queries import (
 from gateway.config import Config
 
 HERE = Path(__file__).parent
+STATIC_DIR = HERE / "static"
 PAGE_SIZE = 50
 MAX_PAGE = 1_000_000
-# The CSP, nosniff, no-referrer and no-store headers come from gateway.admin.api's outer layer.
+# The CSP, nosniff, no-referrer and no-store headers come from gateway.admin.app's outer layer.
 _FORWARDED_HTTPS = re.compile(r"(?:^|[;,\s])proto=\"?https\"?(?:$|[;,\s])", re.IGNORECASE)
 
 
+@cache
 def _env() -> Environment:
     env = Environment(
         loader=FileSystemLoader(HERE / "templates"),
@@ -106,22 +108,35 @@ def session_principal(request: Request, token: str, session_factory: Callable[[]
 def ecg_paper_svg(array: Any, leads: list[str], normalisation: dict[str, Any]) -> str:
     """SVG of a model input (the float32 (4096, 12) array)."""
     from gateway.admin.ecg_svg import ecg_svg
-
     from gateway.admin.exports import signal_scale
 
     fs, gain = signal_scale(normalisation)
     return ecg_svg(array, leads, fs=fs, gain=gain)
 
 
-def add_web_routes(app: FastAPI, cfg: Config, session_factory: Callable[[], Any]) -> None:
-    """Mount the pages on ``app`` (done by :func:`gateway.admin.api.create_app`)."""
-    env = _env()
+def render(name: str, status_code: int = 200, *, token_set: bool, **context: Any) -> HTMLResponse:
+    """Template ``name`` as a page (``token_set``: whether the gateway has an admin token)."""
+    return HTMLResponse(_env().get_template(name).render(token_set=token_set, **context), status_code=status_code)
+
+
+async def invalid_request(request: Request, exc: RequestValidationError, token_set: bool) -> Response:
+    """The application's answer to a bad parameter: FastAPI's own JSON for the
+    API, a page for the web view."""
+    if request.url.path.startswith("/api/"):
+        return await request_validation_exception_handler(request, exc)
+    problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'request'}: {e['msg']}"
+                         for e in exc.errors())
+    return render("message.html", 422, token_set=token_set, title="Bad request", message=problems)
+
+
+def web_router(cfg: Config, session_factory: Callable[[], Any]) -> APIRouter:
+    """The pages (:mod:`gateway.admin.app` adds them, /static and
+    the :func:`invalid_request` handler to the application)."""
+    router = APIRouter(include_in_schema=False)
     token = cfg.admin.token
-    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
     def page(name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
-        html = env.get_template(name).render(token_set=bool(token), **context)
-        return HTMLResponse(html, status_code=status_code)
+        return render(name, status_code, token_set=bool(token), **context)
 
     def signed_in(request: Request) -> bool:
         return session_principal(request, token, session_factory) is not None
@@ -133,26 +148,17 @@ def add_web_routes(app: FastAPI, cfg: Config, session_factory: Callable[[], Any]
         target = quote(request.url.path) + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse("/login?" + urlencode({"next": target}), status_code=303)
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
-        """A bad parameter: JSON for the API (FastAPI's own answer), a page for the web view."""
-        if request.url.path.startswith("/api/"):
-            return await request_validation_exception_handler(request, exc)
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'request'}: {e['msg']}"
-                             for e in exc.errors())
-        return page("message.html", 422, title="Bad request", message=problems)
-
-    @app.get("/", include_in_schema=False)
+    @router.get("/", include_in_schema=False)
     def index() -> Response:
         return RedirectResponse("/ecgs", status_code=303)
 
-    @app.get("/login", include_in_schema=False)
+    @router.get("/login", include_in_schema=False)
     def login_form(next: str = "/ecgs") -> Response:
         if not token:
             return page("login.html", 403, error=NO_TOKEN_MESSAGE, next=safe_next(next))
         return page("login.html", next=safe_next(next), error=None)
 
-    @app.post("/login", include_in_schema=False)
+    @router.post("/login", include_in_schema=False)
     def login(request: Request, token_given: Annotated[str, Form(alias="token")] = "",
               next: Annotated[str, Form()] = "/ecgs") -> Response:
         target = safe_next(next)
@@ -170,7 +176,7 @@ def add_web_routes(app: FastAPI, cfg: Config, session_factory: Callable[[], Any]
                             secure=secure_cookie(request, cfg.admin.cookie_secure))
         return response
 
-    @app.post("/logout", include_in_schema=False)
+    @router.post("/logout", include_in_schema=False)
     def logout(request: Request) -> Response:
         with session_factory() as db:
             revoke_session(db, request.cookies.get(SESSION_COOKIE))
@@ -180,7 +186,7 @@ def add_web_routes(app: FastAPI, cfg: Config, session_factory: Callable[[], Any]
                                secure=secure_cookie(request, cfg.admin.cookie_secure))
         return response
 
-    @app.get("/ecgs", include_in_schema=False)
+    @router.get("/ecgs", include_in_schema=False)
     def list_page(
         request: Request,
         patient_id: str = "",
@@ -216,7 +222,7 @@ def add_web_routes(app: FastAPI, cfg: Config, session_factory: Callable[[], Any]
             next_url="/ecgs?" + urlencode({**query, "page": page_no + 1}) if page_no < pages else None,
         )
 
-    @app.get("/ecgs/{ecg}", include_in_schema=False)
+    @router.get("/ecgs/{ecg}", include_in_schema=False)
     def ecg_page(request: Request, ecg: Annotated[str, PathParam(min_length=1, max_length=MAX_ECG_KEY)]) -> Response:
         if not signed_in(request):
             return to_login(request)
@@ -252,14 +258,14 @@ def add_web_routes(app: FastAPI, cfg: Config, session_factory: Callable[[], Any]
         return page("ecg.html", d=detail, svg=svg, svg_error=svg_error, scores=scores, summary=report_summary(report),
                     resent=request.query_params.get("resent"))
 
-    @app.get("/ecgs/{ecg_id}/report.pdf", include_in_schema=False)
+    @router.get("/ecgs/{ecg_id}/report.pdf", include_in_schema=False)
     def report(request: Request, ecg_id: Annotated[int, PathParam(ge=1, le=MAX_DB_ID)],
                page_size: Annotated[str, Query(alias="page", pattern="^(A4|letter)$")] = "A4") -> Response:
         """The one-page PDF report (download button of the ECG page); audited."""
         if not signed_in(request):
             return to_login(request)
-        from gateway.admin.audit import audit
         from gateway.admin.exports import ExportError, report_pdf
+        from gateway.store.audit import audit
 
         with session_factory() as session:
             try:
@@ -273,7 +279,7 @@ def add_web_routes(app: FastAPI, cfg: Config, session_factory: Callable[[], Any]
         return Response(data, media_type="application/pdf",
                         headers={"Content-Disposition": f'attachment; filename="ecg-{found_id}-report.pdf"'})
 
-    @app.post("/ecgs/{ecg_id}/resend", include_in_schema=False)
+    @router.post("/ecgs/{ecg_id}/resend", include_in_schema=False)
     def resend(request: Request, ecg_id: Annotated[int, PathParam(ge=1, le=MAX_DB_ID)],
                message_id: Annotated[int, Form(ge=1, le=MAX_DB_ID)]) -> Response:
         if not signed_in(request):
@@ -291,3 +297,5 @@ def add_web_routes(app: FastAPI, cfg: Config, session_factory: Callable[[], Any]
         except ValueError as exc:
             return page("message.html", 409, title="Not resent", message=str(exc))
         return RedirectResponse(f"/ecgs/{ecg_id}?resent={new['id']}", status_code=303)
+
+    return router

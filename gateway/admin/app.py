@@ -1,0 +1,141 @@
+"""The admin application: the API's and the web view's routes in one FastAPI
+app behind one security layer, and the uvicorn server that serves it.
+
+Every response carries ``SECURITY_HEADERS`` (a Content-Security-Policy that
+allows only this origin's style sheet and no script, nosniff, no referrer, no
+framing), set by the outermost layer so errors carry them too.  No page loads
+anything from another site: /docs and /redoc (which load Swagger/ReDoc script
+from a CDN) are not served; ``[admin] openapi = true`` serves /openapi.json
+behind the token (or a signed-in browser).
+"""
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway import __version__
+from gateway.admin.api import api_router
+from gateway.admin.auth import NO_TOKEN_MESSAGE, bearer_ok
+from gateway.admin.queries import QueryError
+from gateway.admin.web import STATIC_DIR, invalid_request, session_principal, web_router
+from gateway.config import Config
+
+if TYPE_CHECKING:
+    import uvicorn
+
+__all__ = ["CONTENT_SECURITY_POLICY", "SECURITY_HEADERS", "create_app", "make_server"]
+
+#: No script at all, style sheets and images only from this origin (so no inline
+#: style attributes either), forms post only here, no framing, no <base>.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'none'; style-src 'self'; img-src 'self'; object-src 'none'; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",  # frame-ancestors for browsers that predate it
+}
+
+
+class _SecurityHeaders:
+    """ASGI layer adding ``SECURITY_HEADERS`` (and ``Cache-Control: no-store``
+    outside /static: pages and API answers hold PHI) to every response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        static = scope.get("path", "").startswith("/static/")
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    headers.setdefault(name, value)
+                if not static:
+                    headers.setdefault("Cache-Control", "no-store")
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class AdminApp(FastAPI):
+    """FastAPI with :class:`_SecurityHeaders` outside every other layer, so even
+    the 500 answer of an unexpected error carries the headers."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return _SecurityHeaders(super().build_middleware_stack())
+
+
+def create_app(
+    cfg: Config,
+    session_factory: Callable[[], Any],
+    health: Callable[[], dict[str, bool | str]] | None = None,
+) -> FastAPI:
+    """The admin application: /api, /healthz, /metrics and the web view.
+
+    ``session_factory`` makes SQLAlchemy sessions; ``health`` reports what only
+    serve can see (e.g. ``{"scp_listening": True, "model_loaded": "loading"}``).
+    """
+    app = AdminApp(
+        title="ECG gateway admin API",
+        version=__version__,
+        description="Query received ECGs, model results and HL7 delivery. Bearer token = [admin] token.",
+        docs_url=None, redoc_url=None, openapi_url=None,  # see the module docstring
+    )
+    token = cfg.admin.token
+
+    @app.exception_handler(QueryError)
+    async def _query_error(_request: Request, exc: QueryError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        """A bad parameter: FastAPI's JSON answer under /api/, a page elsewhere."""
+        return await invalid_request(request, exc, token_set=bool(token))
+
+    app.include_router(api_router(cfg, session_factory, health))
+
+    if cfg.admin.openapi:
+        @app.get("/openapi.json", include_in_schema=False)
+        def openapi_schema(request: Request) -> JSONResponse:
+            """The API schema, for a bearer token or a signed-in browser ([admin] openapi = true)."""
+            if not token:
+                raise HTTPException(403, NO_TOKEN_MESSAGE)
+            if not (bearer_ok(request.headers.get("authorization"), token)
+                    or session_principal(request, token, session_factory)):
+                raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+            return JSONResponse(app.openapi())
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.include_router(web_router(cfg, session_factory))
+    return app
+
+
+def make_server(app: FastAPI, cfg: Config) -> "uvicorn.Server":
+    """A uvicorn server for ``app`` on ``[admin] host``/``port`` (call
+    :func:`gateway.admin.auth.check_admin_bind` first); run it with
+    ``server.run()`` in a thread and stop it with ``server.should_exit = True``.
+    A connection without a complete request for ``[admin] request_timeout_s``
+    is closed; beyond ``max_connections`` concurrent connections requests get 503."""
+    import uvicorn
+
+    from gateway.admin.deadline import request_deadline_protocol
+
+    # log_config=None: uvicorn's records go through the gateway's handler (format, escaping)
+    config = uvicorn.Config(app, host=cfg.admin.host, port=cfg.admin.port, log_level="warning", log_config=None,
+                            access_log=False, lifespan="off",
+                            http=request_deadline_protocol(cfg.admin.request_timeout_s),
+                            limit_concurrency=cfg.admin.max_connections)
+    return uvicorn.Server(config)
