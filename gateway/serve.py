@@ -192,7 +192,7 @@ def _run_bound(cfg: Config, components: tuple[str, ...], listeners: Listeners,
     from gateway.store.db import make_engine, make_sessionmaker, upgrade
 
     needs_model = "worker" in components
-    upgrade(cfg.storage.database_url)
+    upgrade(cfg.storage.database_url, spool_dir=cfg.storage.spool_dir)
     engine = make_engine(cfg.storage.database_url)
     session_factory = make_sessionmaker(engine)
     Path(cfg.storage.spool_dir).mkdir(parents=True, exist_ok=True)

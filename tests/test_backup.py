@@ -25,11 +25,11 @@ from sqlalchemy.engine import make_url
 
 import ecg_variants as v
 from gateway.config import Config
-from gateway.process.recovery import check_spool
 from gateway.process.worker import Worker
 from gateway.store import retention
 from gateway.store.db import make_engine, make_sessionmaker
 from gateway.store.models import EcgInstance
+from gateway.store.spool import Spool
 from test_retention import _store, encode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,7 +107,7 @@ def test_backup_order_and_restore_as_documented(db_url, session_factory, tmp_pat
     engine = make_engine(restored_url)
     factory = make_sessionmaker(engine)
     try:
-        report = check_spool(spool, factory)
+        report = Spool(spool).check(factory)
         with factory() as s:
             assert set(s.scalars(select(EcgInstance.id))) == {*kept, old}  # the dump's rows
         # The late ECG's file has no row; the pruned ECG's row has no file: exactly those.

@@ -25,7 +25,8 @@ import fuzz_helpers as fh
 from bomb_helpers import MIB, bomb_stream, deflated_bomb, oversize_file, send_file
 from gateway.receive.header import HeaderError, read_header, read_waveform_dataset
 from gateway.receive.limits import DEFAULT_MAX_DATASET_BYTES, DatasetTooLarge, inflate, read_dicom
-from gateway.receive.spool import DATA_SET_TOO_LARGE, SUCCESS, store_instance
+from gateway.receive.spool import DATA_SET_TOO_LARGE, SUCCESS, IncomingInstance, StoreContext, store_instance
+from gateway.store.spool import Spool
 from gateway.store.models import PROCESSED, REJECTED, EcgInstance, Hl7Message
 from receive_helpers import ecg_bytes, write
 
@@ -134,9 +135,9 @@ def test_store_instance_refuses_a_bomb_and_keeps_nothing(session_factory, tmp_pa
     uid = generate_uid()
     spool = tmp_path / "spool"
     caplog.set_level(logging.WARNING, "gateway.receive")
-    out = store_instance(deflated_bomb(sample_path, 1024, uid=uid), session_factory=session_factory, spool_dir=spool,
-                         min_free_disk_mb=0, transfer_syntax_uid=DeflatedExplicitVRLittleEndian, calling_ae="BOMBER",
-                         peer_address="192.0.2.7")
+    out = store_instance(IncomingInstance.from_file(deflated_bomb(sample_path, 1024, uid=uid), calling_ae="BOMBER",
+                                                    peer_address="192.0.2.7"),
+                         StoreContext(session_factory, Spool(spool)))
     assert (out.status, out.ecg_id, out.reason) == (DATA_SET_TOO_LARGE, None, INFLATES_64)
     assert _kept_files(spool) == []  # not in the spool, not in rejected/, no temp file
     with session_factory() as s:
@@ -192,8 +193,8 @@ def test_worker_refuses_oversize_spool_files_unread(db_url, session_factory, tmp
     plain = oversize_file(sample_path, tmp_path / "plain.dcm", 2).read_bytes()
     ids = {}
     for name, raw in {"bomb": deflated_bomb(sample_path, 3), "plain": plain, "ok": ecg_bytes(sample_path)}.items():
-        out = store_instance(raw, session_factory=session_factory, spool_dir=spool, min_free_disk_mb=0,
-                             transfer_syntax_uid="", calling_ae="CART", peer_address="127.0.0.1")
+        out = store_instance(IncomingInstance.from_file(raw, calling_ae="CART", peer_address="127.0.0.1"),
+                             StoreContext(session_factory, Spool(spool)))
         assert out.status == SUCCESS, out
         ids[name] = out.ecg_id
     drain(Worker(cfg, session_factory, demo_ensemble))
@@ -284,7 +285,7 @@ def test_scp_gathers_a_large_data_set_in_a_file_and_stores_it_whole(session_fact
     assert sent.status == SUCCESS, sent
     with session_factory() as s:
         row = s.scalars(select(EcgInstance)).one()
-    assert _data_set_bytes(Path(row.spool_path).read_bytes()) == _data_set_bytes(big.read_bytes())
+    assert _data_set_bytes((spool / row.spool_path).read_bytes()) == _data_set_bytes(big.read_bytes())
     assert not list((spool / ".incoming").glob("*"))
 
 

@@ -151,7 +151,8 @@ def test_cart_to_ehr(db_url, tmp_path, demo_model, sample_path):
 @pytest.mark.slow
 def test_two_worker_processes_share_the_queue_on_postgresql(pg_db_url, tmp_path, demo_model, sample_path):
     """Scale-out needs PostgreSQL (skipped without ECG_GATEWAY_TEST_DATABASE_URL)."""
-    from gateway.receive.spool import store_instance
+    from gateway.receive.spool import IncomingInstance, StoreContext, store_instance
+    from gateway.store.spool import Spool
 
     db_url = pg_db_url
     engine = make_engine(db_url)
@@ -161,9 +162,8 @@ def test_two_worker_processes_share_the_queue_on_postgresql(pg_db_url, tmp_path,
     for _ in range(n):
         ds = v.new_uids(raw_ds)
         path = v.save(ds, tmp_path / "one.dcm")
-        out = store_instance(path.read_bytes(), session_factory=sf, spool_dir=tmp_path / "spool", min_free_disk_mb=0,
-                             transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID), calling_ae="BACKFILL",
-                             peer_address=None)
+        out = store_instance(IncomingInstance.from_file(path.read_bytes(), calling_ae="BACKFILL", peer_address=None),
+                             StoreContext(sf, Spool(tmp_path / "spool")))
         assert out.status == 0
     procs = []
     for i in range(2):
@@ -243,9 +243,7 @@ def test_kill_9_during_burst_loses_nothing_acknowledged(db_url, tmp_path, demo_m
         for uid in acked:
             row = rows[uid]
             assert row.status == PROCESSED, (uid, row.status, row.error)
-            path = Path(row.spool_path)
-            path = path if path.is_absolute() else tmp_path / "spool" / path
-            assert path.is_file()
+            assert (tmp_path / "spool" / row.spool_path).is_file()
         assert max(counts_by_ecg(s, Prediction).values()) == 1
         assert max(counts_by_ecg(s, Hl7Message).values(), default=0) <= 1
     engine.dispose()

@@ -267,7 +267,8 @@ def test_worker_rejects_a_spooled_file_that_cannot_be_parsed(db_url, session_fac
 
     from gateway.config import Config
     from gateway.process.worker import Worker
-    from gateway.receive.spool import store_instance
+    from gateway.receive.spool import IncomingInstance, StoreContext, store_instance
+    from gateway.store.spool import Spool
     from gateway.store.models import PROCESSED, REJECTED, EcgInstance
 
     cfg = Config.model_validate({
@@ -277,13 +278,13 @@ def test_worker_rejects_a_spooled_file_that_cannot_be_parsed(db_url, session_fac
     ids = []
     for syntax in (ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, None, None):
         raw = encode(sample, syntax or ExplicitVRLittleEndian)
-        out = store_instance(raw, session_factory=session_factory, spool_dir=Path(cfg.storage.spool_dir),
-                             min_free_disk_mb=0, transfer_syntax_uid=syntax or ExplicitVRLittleEndian,
-                             calling_ae="TESTCART", peer_address="127.0.0.1")
+        out = store_instance(IncomingInstance.from_file(raw, calling_ae="TESTCART", peer_address="127.0.0.1",
+                                                        transfer_syntax_uid=syntax or ExplicitVRLittleEndian),
+                             StoreContext(session_factory, Spool.from_config(cfg.storage)))
         assert out.status == 0, out
         ids.append(out.ecg_id)
     with session_factory() as s:
-        paths = [Path(cfg.storage.spool_dir) / s.get(EcgInstance, i).spool_path for i in ids]
+        paths = [Spool.from_config(cfg.storage).resolve(s.get(EcgInstance, i).spool_path) for i in ids]
     no_preamble, truncated = paths[3].read_bytes()[128:], paths[4].read_bytes()[:-1000]
     paths[3].write_bytes(no_preamble)
     paths[4].write_bytes(truncated)

@@ -27,7 +27,15 @@ from sqlalchemy import select
 import fuzz_helpers as fh
 from gateway.config import Config, DicomConfig, StorageConfig
 from gateway.receive.header import EcgHeader, HeaderError, read_header
-from gateway.receive.spool import PROCESSING_FAILURE, SUCCESS, demographics, store_instance
+from gateway.receive.spool import (
+    PROCESSING_FAILURE,
+    SUCCESS,
+    IncomingInstance,
+    StoreContext,
+    demographics,
+    store_instance,
+)
+from gateway.store.spool import Spool
 from gateway.store.models import FAILED, PROCESSED, REJECTED, EcgInstance
 from receive_helpers import parse_statuses
 
@@ -126,9 +134,8 @@ def test_store_instance_then_worker(db_url, session_factory, tmp_path: Path, dem
     rss_before = fh.rss_kib()
     for serial, case in enumerate(cases):
         outcome = store_instance(
-            fh.with_new_uid(case.data, serial), session_factory=session_factory,
-            spool_dir=Path(cfg.storage.spool_dir), min_free_disk_mb=0,
-            transfer_syntax_uid="", calling_ae="FUZZ", peer_address="127.0.0.1",
+            IncomingInstance.from_file(fh.with_new_uid(case.data, serial), calling_ae="FUZZ", peer_address="127.0.0.1"),
+            StoreContext(session_factory, Spool.from_config(cfg.storage)),
         )
         assert fh.is_valid_store_status(outcome.status), f"{case.name}: status 0x{outcome.status:04X} {outcome.reason}"
         statuses[outcome.status] += 1

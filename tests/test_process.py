@@ -17,9 +17,9 @@ from sqlalchemy import func, select, update
 from gateway import FINDINGS, __version__
 from gateway.config import Config
 from gateway.process.claim import claim_batch
-from gateway.process.recovery import check_spool
 from gateway.process.worker import Worker
 from gateway.store.models import FAILED, PROCESSED, PROCESSING, RECEIVED, REJECTED, EcgInstance, Hl7Message, Prediction
+from gateway.store.spool import Spool
 
 
 def make_config(db_url: str, tmp_path: Path, model: Path, **process: object) -> Config:
@@ -37,11 +37,10 @@ def encode(ds) -> bytes:  # type: ignore[no-untyped-def]
 
 
 def store(cfg: Config, session_factory, ds) -> int:  # type: ignore[no-untyped-def]
-    from gateway.receive.spool import store_instance
+    from gateway.receive.spool import IncomingInstance, StoreContext, store_instance
 
-    out = store_instance(encode(ds), session_factory=session_factory, spool_dir=Path(cfg.storage.spool_dir),
-                         min_free_disk_mb=0, transfer_syntax_uid=str(ds.file_meta.TransferSyntaxUID),
-                         calling_ae="TESTCART", peer_address="127.0.0.1")
+    out = store_instance(IncomingInstance.from_file(encode(ds), calling_ae="TESTCART", peer_address="127.0.0.1"),
+                         StoreContext(session_factory, Spool.from_config(cfg.storage)))
     assert out.status == 0 and out.ecg_id is not None, out
     return out.ecg_id
 
@@ -117,7 +116,7 @@ def test_unexpected_error_is_retried_then_failed_and_others_go_on(db_url, sessio
     lost_id = store(cfg, session_factory, v.new_uids(sample))
     ok_id = store(cfg, session_factory, v.new_uids(sample))
     with session_factory() as s:
-        path = Path(cfg.storage.spool_dir) / s.get(EcgInstance, lost_id).spool_path
+        path = Spool.from_config(cfg.storage).resolve(s.get(EcgInstance, lost_id).spool_path)
     path.unlink()  # a real fault: the file vanished from the spool
     worker = Worker(cfg, session_factory, demo_ensemble)
     worker.run_once()
@@ -210,7 +209,7 @@ def test_spool_check_reports_both_directions(session_factory, tmp_path):
     (spool / "x" / "0.dcm").write_bytes(b"dicm")
     (spool / "x" / "orphan.dcm").write_bytes(b"dicm")
     (spool / "x" / "half.dcm.tmp").write_bytes(b"di")  # a write in progress is not an orphan
-    report = check_spool(spool, session_factory)
+    report = Spool(spool).check(session_factory)
     assert report.rows_without_file == [b]
     assert report.files_without_row == [str(spool / "x" / "orphan.dcm")]
 

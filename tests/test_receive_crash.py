@@ -84,9 +84,9 @@ def test_kill_9_mid_burst_loses_no_acknowledged_instance(db_url: str, session_fa
         for uid in acknowledged:
             row = rows[uid]
             assert row.status == RECEIVED
-            data = Path(row.spool_path).read_bytes()
+            data = (spool / row.spool_path).read_bytes()
             assert hashlib.sha256(data).hexdigest() == row.sha256 and len(data) == row.size_bytes
-            assert len(dcmread(row.spool_path).WaveformSequence[0].WaveformData) == 240000
+            assert len(dcmread(spool / row.spool_path).WaveformSequence[0].WaveformData) == 240000
         assert list(spool.rglob(".incoming-*")) == []
     finally:
         restarted.send_signal(signal.SIGTERM)

@@ -28,10 +28,13 @@ from gateway.receive.spool import (
     DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
     IDENTITY_CONFLICT,
     SUCCESS,
+    IncomingInstance,
+    StoreContext,
     header_values,
     store_instance,
 )
 from gateway.store.models import PROCESSED, RECEIVED, REJECTED, AuditLog, EcgInstance, Hl7Message
+from gateway.store.spool import Spool
 from gateway.store.versions import IDENTITY_CHANGED_AUDIT, IDENTITY_CHANGED_REASON
 from receive_helpers import ecg_bytes, spool_files
 
@@ -43,8 +46,9 @@ PATIENT_A, PATIENT_B = "PATAAA111", "PATBBB222"
 
 def _store(raw: bytes, session_factory, spool: Path, calling_ae: str = "CART1"):  # type: ignore[no-untyped-def]
     return store_instance(
-        raw, session_factory=session_factory, spool_dir=spool, min_free_disk_mb=0,
-        transfer_syntax_uid="1.2.840.10008.1.2.1", calling_ae=calling_ae, peer_address="127.0.0.1",
+        IncomingInstance.from_file(raw, calling_ae=calling_ae, peer_address="127.0.0.1",
+                                   transfer_syntax_uid="1.2.840.10008.1.2.1"),
+        StoreContext(session_factory, Spool(spool)),
     )
 
 
@@ -193,7 +197,7 @@ def test_identity_value_breaking_its_vr_is_refused_at_the_door(
     assert spool_files(spool) == []  # nothing stored as an instance
     [row] = _rows(session_factory)
     assert (row.id, row.status, row.error, row.flags) == (outcome.ecg_id, REJECTED, outcome.reason, ["rejected_at_receive"])
-    assert Path(row.spool_path).read_bytes() == raw  # kept for the admin, quarantined
+    assert (spool / row.spool_path).read_bytes() == raw  # kept for the admin, quarantined
     column = {"PatientID": "patient_id", "PatientName": "patient_name", "IssuerOfPatientID": "issuer_of_patient_id",
               "AccessionNumber": "accession_number", "StudyInstanceUID": "study_instance_uid",
               "RequestAttributesSequence": "requested_procedure_id"}[keyword]
@@ -233,8 +237,8 @@ def test_another_patient_under_a_known_uid_is_quarantined_and_audited(
     assert (quarantined.id, quarantined.version, quarantined.status, quarantined.calling_ae) == (
         second.ecg_id, 2, REJECTED, "CART2")
     assert quarantined.flags == ["rejected_at_receive", "identity_changed"] and quarantined.error == second.reason
-    assert Path(quarantined.spool_path).parent == (spool / "rejected").resolve()
-    assert spool_files(spool) == [Path(v1.spool_path)]
+    assert Spool(spool).resolve(quarantined.spool_path).parent == Spool(spool).rejected
+    assert spool_files(spool) == [spool / v1.spool_path]
     with session_factory() as s:
         [entry] = s.scalars(select(AuditLog)).all()
         assert (entry.actor, entry.action, entry.target) == (

@@ -21,6 +21,7 @@ from gateway.receive.spool import (
     SUCCESS,
 )
 from gateway.store.models import RECEIVED, REJECTED, EcgInstance
+from gateway.store.spool import Spool
 from receive_helpers import GENERAL_32BIT_ECG, HEMODYNAMIC, ecg_bytes, spool_files, storescu, write
 
 SAMPLE_UID = "1.3.6.1.4.1.20029.40.20130125105919.5407.1.1"
@@ -67,7 +68,7 @@ def test_storescu_sample_gives_success_and_one_row(scp_factory, port: int, sampl
     [row] = _rows(session_factory)
     assert (row.sop_instance_uid, row.status, row.calling_ae, row.peer_address) == (SAMPLE_UID, RECEIVED, "CART1", "127.0.0.1")
     assert row.transfer_syntax_uid == "1.2.840.10008.1.2.1"
-    assert hashlib.sha256(Path(row.spool_path).read_bytes()).hexdigest() == row.sha256
+    assert hashlib.sha256((spool / row.spool_path).read_bytes()).hexdigest() == row.sha256
     assert woken == [row.id]
     # the same instance again: success, still one row, no second wake-up
     results, out = storescu(port, [sample_path])
@@ -166,7 +167,7 @@ def test_bad_inputs_get_statuses_and_leave_no_file(scp_factory, port: int, sampl
         p for p in tmp_path.rglob("*")
         if p.is_file() and p.relative_to(tmp_path).parts[0] != "in" and not p.name.startswith("gateway.db")
     }
-    assert written == {Path(r.spool_path) for r in rows}
+    assert written == {Spool(spool).resolve(r.spool_path) for r in rows}
     assert all(p.parent == (spool / "rejected").resolve() for p in written)
 
 

@@ -19,8 +19,11 @@ from gateway.receive.spool import (
     DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
     OUT_OF_RESOURCES,
     SUCCESS,
+    IncomingInstance,
+    StoreContext,
     store_instance,
 )
+from gateway.store.spool import Spool
 from gateway.store.models import RECEIVED, REJECTED, EcgInstance
 from conftest import free_port
 from receive_helpers import GENERAL_32BIT_ECG, ecg_bytes, spool_files
@@ -28,17 +31,10 @@ from receive_helpers import GENERAL_32BIT_ECG, ecg_bytes, spool_files
 SAMPLE_UID = "1.3.6.1.4.1.20029.40.20130125105919.5407.1.1"
 
 
-def _store(raw: bytes, session_factory, spool: Path, **kw):  # type: ignore[no-untyped-def]
-    args = dict(
-        session_factory=session_factory,
-        spool_dir=spool,
-        min_free_disk_mb=0,
-        transfer_syntax_uid="1.2.840.10008.1.2.1",
-        calling_ae="CART1",
-        peer_address="127.0.0.1",
-    )
-    args.update(kw)
-    return store_instance(raw, **args)
+def _store(raw: bytes, session_factory, spool: Path, **context):  # type: ignore[no-untyped-def]
+    incoming = IncomingInstance.from_file(raw, calling_ae="CART1", peer_address="127.0.0.1",
+                                          transfer_syntax_uid="1.2.840.10008.1.2.1")
+    return store_instance(incoming, StoreContext(session_factory, Spool(spool), **context))
 
 
 def _rows(session_factory) -> list[EcgInstance]:  # type: ignore[no-untyped-def]
@@ -127,9 +123,12 @@ def test_store_writes_file_and_row(sample_path: Path, session_factory, tmp_path:
     assert row.acquisition_datetime == "20130125105919"
     assert row.sop_class_uid == "1.2.840.10008.5.1.4.1.1.9.1.1"
     assert (row.calling_ae, row.peer_address, row.size_bytes) == ("CART1", "127.0.0.1", len(raw))
-    assert Path(row.spool_path).read_bytes() == raw
     assert row.sha256 == hashlib.sha256(raw).hexdigest()
-    assert spool_files(spool) == [Path(row.spool_path)]
+    # relative to the spool root: any process mounting the spool anywhere reads the same row
+    day = row.received_at.strftime("%Y/%m/%d")
+    assert row.spool_path == f"{day}/{SAMPLE_UID}_{row.sha256[:12]}.dcm"
+    assert Spool(spool).resolve(row.spool_path).read_bytes() == raw
+    assert spool_files(spool) == [spool / row.spool_path]
 
 
 def test_duplicate_is_success_without_second_copy(sample_path: Path, session_factory, tmp_path: Path, caplog) -> None:
@@ -168,8 +167,8 @@ def _assert_rejected(outcome, status: int, session_factory, spool: Path, raw: by
     sha = hashlib.sha256(raw).hexdigest()
     assert (row.status, row.id, row.sha256) == (REJECTED, outcome.ecg_id, sha)
     assert reason in row.error
-    assert Path(row.spool_path) == (spool / "rejected" / f"{sha}.dcm").resolve()
-    assert Path(row.spool_path).read_bytes() == raw
+    assert row.spool_path == f"rejected/{sha}.dcm"
+    assert (spool / row.spool_path).read_bytes() == raw
     return row
 
 
@@ -196,7 +195,7 @@ def test_invalid_uid_never_becomes_a_path(sample_path: Path, session_factory, tm
     assert row.sop_instance_uid == bad_uid[:64]
     # nothing anywhere under tmp_path but the database and the quarantine copy
     written = {p for p in tmp_path.rglob("*") if p.is_file() and not p.name.startswith("gateway.db")}
-    assert written == {Path(row.spool_path)}
+    assert written == {Spool(spool).resolve(row.spool_path)}
 
 
 def test_same_rejected_bytes_are_recorded_once(sample_path: Path, session_factory, tmp_path: Path) -> None:
@@ -302,15 +301,13 @@ def test_write_error_is_a700_and_leaves_nothing(sample_path: Path, session_facto
 
 
 def test_stale_temp_files_are_removed(tmp_path: Path) -> None:
-    from gateway.receive.spool import INCOMING_DIR, remove_stale_temp_files
-
-    incoming = tmp_path / INCOMING_DIR
+    incoming = Spool(tmp_path).incoming
     incoming.mkdir()
     (incoming / "incoming-abc.tmp").write_bytes(b"half")
     keep = tmp_path / "2026" / "01" / "01" / "1.2.3_abc.dcm"
     keep.parent.mkdir(parents=True)
     keep.write_bytes(b"stored")
-    assert remove_stale_temp_files(tmp_path) == 1
+    assert Spool(tmp_path).remove_stale_temp_files() == 1
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == [keep]
 
 
@@ -340,5 +337,5 @@ def test_file_meta_uid_differing_from_the_data_set_uid(sample_path: Path, sessio
     outcome = _store(out.getvalue(), session_factory, spool)
     assert outcome.status == SUCCESS
     [row] = _rows(session_factory)
-    assert spool_files(spool) == [Path(row.spool_path)]
+    assert spool_files(spool) == [spool / row.spool_path]
     assert Path(row.spool_path).name.startswith(SAMPLE_UID + "_")

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from sqlalchemy import select, update
 
-from gateway.receive.spool import SUCCESS, store_instance
+from gateway.receive.spool import SUCCESS, IncomingInstance, StoreContext, store_instance
+from gateway.store.spool import Spool
 from gateway.store.models import RECEIVED, EcgInstance
 from receive_helpers import ecg_bytes, spool_files
 
@@ -19,8 +20,9 @@ SAMPLE_UID = "1.3.6.1.4.1.20029.40.20130125105919.5407.1.1"
 
 def _store(raw: bytes, session_factory, spool: Path):  # type: ignore[no-untyped-def]
     return store_instance(
-        raw, session_factory=session_factory, spool_dir=spool, min_free_disk_mb=0,
-        transfer_syntax_uid="1.2.840.10008.1.2.1", calling_ae="CART1", peer_address="127.0.0.1",
+        IncomingInstance.from_file(raw, calling_ae="CART1", peer_address="127.0.0.1",
+                                   transfer_syntax_uid="1.2.840.10008.1.2.1"),
+        StoreContext(session_factory, Spool(spool)),
     )
 
 
@@ -34,9 +36,9 @@ def _as_if_received_earlier(session_factory, spool: Path, row: EcgInstance) -> P
     on an earlier day sits), so a new copy's path does not exist yet."""
     earlier = spool / "2001" / "02" / "03" / Path(row.spool_path).name
     earlier.parent.mkdir(parents=True)
-    shutil.move(row.spool_path, earlier)
+    shutil.move(spool / row.spool_path, earlier)
     with session_factory() as s:
-        s.execute(update(EcgInstance).where(EcgInstance.id == row.id).values(spool_path=str(earlier)))
+        s.execute(update(EcgInstance).where(EcgInstance.id == row.id).values(spool_path=Spool(spool).stored(earlier)))
         s.commit()
     return earlier
 
@@ -64,13 +66,13 @@ def test_versions_count_up_and_a_resent_version_is_its_duplicate(sample_path: Pa
         (outcomes[1].ecg_id, 2, ["new_version"], "642341", RECEIVED),
         (outcomes[2].ecg_id, 3, ["new_version"], "642341", RECEIVED),
     ]
-    assert spool_files(spool) == sorted(Path(r.spool_path) for r in rows)
+    assert spool_files(spool) == sorted(spool / r.spool_path for r in rows)
     # version 2's bytes again, its earlier copy under another day: a duplicate of version 2
     earlier = _as_if_received_earlier(session_factory, spool, rows[1])
     again = _store(versions[1], session_factory, spool)
     assert (again.status, again.duplicate, again.ecg_id) == (SUCCESS, True, outcomes[1].ecg_id)
     assert len(_rows(session_factory)) == 3
-    assert spool_files(spool) == sorted([earlier, Path(rows[0].spool_path), Path(rows[2].spool_path)])
+    assert spool_files(spool) == sorted([earlier, spool / rows[0].spool_path, spool / rows[2].spool_path])
 
 
 def test_resent_instance_whose_file_went_missing_gets_it_back(sample_path: Path, session_factory, tmp_path: Path) -> None:
@@ -81,8 +83,25 @@ def test_resent_instance_whose_file_went_missing_gets_it_back(sample_path: Path,
     spool = (tmp_path / "spool").resolve()
     first = _store(raw, session_factory, spool)
     [row] = _rows(session_factory)
-    Path(row.spool_path).unlink()
+    (spool / row.spool_path).unlink()
     again = _store(raw, session_factory, spool)
     assert (again.status, again.duplicate, again.ecg_id) == (SUCCESS, True, first.ecg_id)
-    assert spool_files(spool) == [Path(row.spool_path)]
-    assert hashlib.sha256(Path(row.spool_path).read_bytes()).hexdigest() == row.sha256
+    assert spool_files(spool) == [spool / row.spool_path]
+    assert hashlib.sha256((spool / row.spool_path).read_bytes()).hexdigest() == row.sha256
+
+
+def test_a_row_from_before_relative_paths_is_found_by_a_resend(sample_path: Path, session_factory, tmp_path: Path) -> None:
+    """A row that still names its file by the absolute path (written before
+    migration 0009, outside the spool it converted): a resend is its
+    duplicate and the file stays."""
+    raw = sample_path.read_bytes()
+    spool = (tmp_path / "spool").resolve()
+    first = _store(raw, session_factory, spool)
+    [row] = _rows(session_factory)
+    with session_factory() as s:
+        s.execute(update(EcgInstance).values(spool_path=str(spool / row.spool_path)))
+        s.commit()
+    again = _store(raw, session_factory, spool)
+    assert (again.status, again.duplicate, again.ecg_id) == (SUCCESS, True, first.ecg_id)
+    assert spool_files(spool) == [spool / row.spool_path]
+    assert Spool(spool).check(session_factory).clean

@@ -22,9 +22,8 @@ from sqlalchemy import func, select, update
 
 import ecg_variants as v
 from gateway.config import Config
-from gateway.process.recovery import check_spool
-from gateway.process.worker import Worker, spool_file
-from gateway.receive.spool import store_instance
+from gateway.process.worker import Worker
+from gateway.receive.spool import IncomingInstance, StoreContext, store_instance
 from gateway.store import retention
 from gateway.store.models import (
     FAILED,
@@ -33,6 +32,7 @@ from gateway.store.models import (
     Hl7Message,
     Prediction,
 )
+from gateway.store.spool import Spool
 
 ROOT = Path(__file__).resolve().parents[1]
 OLD = timedelta(days=40)
@@ -49,8 +49,8 @@ def encode(ds) -> bytes:  # type: ignore[no-untyped-def]
 
 
 def _store(session_factory, spool: Path, raw: bytes) -> int:  # type: ignore[no-untyped-def]
-    out = store_instance(raw, session_factory=session_factory, spool_dir=spool, min_free_disk_mb=0,
-                         transfer_syntax_uid="", calling_ae="CART", peer_address="127.0.0.1")
+    out = store_instance(IncomingInstance.from_file(raw, calling_ae="CART", peer_address="127.0.0.1"),
+                         StoreContext(session_factory, Spool(spool)))
     assert out.ecg_id is not None, out
     return out.ecg_id
 
@@ -113,7 +113,7 @@ GONE = ("old_processed", "old_rejected", "old_refused", "old_failed")
 
 def paths(session_factory, spool: Path) -> dict[int, Path]:  # type: ignore[no-untyped-def]
     with session_factory() as s:
-        return {i: spool_file(spool, p) for i, p in s.execute(select(EcgInstance.id, EcgInstance.spool_path))}
+        return {i: Spool(spool).resolve(p) for i, p in s.execute(select(EcgInstance.id, EcgInstance.spool_path))}
 
 
 def counts(session_factory) -> tuple[int, int, int, int]:  # type: ignore[no-untyped-def]
@@ -158,7 +158,7 @@ def test_prune_removes_old_finished_ecgs_with_their_files_and_keeps_the_rest(sce
     assert audit[1].detail["ecgs"] == 4 and audit[1].detail["older_than_days"] == 30
     for name, ecg_id in scenario.items():
         assert files[ecg_id].is_file() == (name not in GONE), name
-    report = check_spool(spool, session_factory)
+    report = Spool(spool).check(session_factory)
     assert report.clean and not report.mid_prune, report
     assert (spool / "rejected").is_dir()  # the quarantine folder itself stays
     # Nothing more to do: a second run removes nothing.
@@ -172,23 +172,23 @@ def test_a_crash_in_the_middle_leaves_no_row_without_file_and_no_file_without_ro
         scenario, session_factory, tmp_path, monkeypatch, crash_at):
     spool = tmp_path / "spool"
     files = paths(session_factory, spool)
-    real_remove = retention.remove_file
+    real_remove = Spool.remove_file
     calls = []
 
     def crash(*_a, **_k):  # type: ignore[no-untyped-def]
         raise Crash(crash_at)
 
-    def remove_then_crash(path: Path) -> int:
+    def remove_then_crash(self: Spool, path: Path) -> int:
         calls.append(path)
         if len(calls) == 3:
             raise Crash("mid_files")
-        return real_remove(path)
+        return real_remove(self, path)
 
     with monkeypatch.context() as m:
         if crash_at == "after_mark":
             m.setattr(retention, "_remove_files", crash)
         elif crash_at == "mid_files":
-            m.setattr(retention, "remove_file", remove_then_crash)
+            m.setattr(Spool, "remove_file", remove_then_crash)
         elif crash_at == "after_files":
             m.setattr(retention, "_delete_rows", crash)
         else:  # the delete transaction dies before its commit
@@ -196,7 +196,7 @@ def test_a_crash_in_the_middle_leaves_no_row_without_file_and_no_file_without_ro
         with pytest.raises(Crash):
             retention.prune(session_factory, spool, 30)
 
-    report = check_spool(spool, session_factory)
+    report = Spool(spool).check(session_factory)
     assert report.clean, report  # no row without its file, no file without its row
     assert report.mid_prune == sorted(scenario[k] for k in GONE)
     removed = {i for i, f in files.items() if not f.exists()}
@@ -210,7 +210,7 @@ def test_a_crash_in_the_middle_leaves_no_row_without_file_and_no_file_without_ro
 
     result = retention.prune(session_factory, spool, 30)  # the next prune finishes the marked rows first
     assert result.ecgs == 4 and result.files == 4 - expected_removed
-    report = check_spool(spool, session_factory)
+    report = Spool(spool).check(session_factory)
     assert report.clean and not report.mid_prune, report
     with session_factory() as s:
         assert set(s.scalars(select(EcgInstance.id))) == {i for k, i in scenario.items() if k not in GONE}
@@ -274,7 +274,7 @@ def test_the_running_gateway_prunes_daily(scenario, session_factory, tmp_path):
         stop.set()
         thread.join(10)
     assert not thread.is_alive()
-    assert check_spool(spool, session_factory).clean
+    assert Spool(spool).check(session_factory).clean
 
 
 @pytest.mark.slow
@@ -299,7 +299,7 @@ def test_serve_prunes_when_retention_days_is_set(scenario, session_factory, db_u
     with session_factory() as s:
         (row,) = s.scalars(select(AuditLog).where(AuditLog.action == "prune")).all()
     assert row.actor == "serve:retention"
-    assert check_spool(tmp_path / "spool", session_factory).clean
+    assert Spool(tmp_path / "spool").check(session_factory).clean
 
 
 def test_a_file_outside_the_spool_is_never_deleted(session_factory, tmp_path):

@@ -21,7 +21,8 @@ from sqlalchemy import func, select
 
 import fuzz_helpers as fh
 from gateway.config import Config, DicomConfig, StorageConfig
-from gateway.receive.spool import CANNOT_UNDERSTAND_INVALID_UID, SUCCESS, store_instance
+from gateway.receive.spool import CANNOT_UNDERSTAND_INVALID_UID, SUCCESS, IncomingInstance, StoreContext, store_instance
+from gateway.store.spool import Spool
 from gateway.store.models import EcgInstance
 from receive_helpers import ecg_bytes, storescu, write
 
@@ -337,7 +338,7 @@ def test_path_like_uids_never_become_paths(scp, port: int, uid: str, tmp_path: P
     assert len(kept) == 1 and next(iter(kept)).parent == spool / "rejected" and len(next(iter(kept)).stem) == 64, new_files
     with session_factory() as s:
         [row] = s.scalars(select(EcgInstance))
-    assert row.status == "rejected" and Path(row.spool_path) == next(iter(kept))
+    assert row.status == "rejected" and spool / row.spool_path == next(iter(kept))
 
 
 def test_path_like_meta_uid_with_a_valid_data_set_uid(session_factory, spool: Path, sample_path: Path) -> None:
@@ -346,8 +347,8 @@ def test_path_like_meta_uid_with_a_valid_data_set_uid(session_factory, spool: Pa
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds.file_meta.MediaStorageSOPInstanceUID = "../../../../tmp/ecg-gateway-meta"
-    outcome = store_instance(fh.encode(ds), session_factory=session_factory, spool_dir=spool, min_free_disk_mb=0,
-                             transfer_syntax_uid="", calling_ae="X", peer_address="127.0.0.1")
+    outcome = store_instance(IncomingInstance.from_file(fh.encode(ds), calling_ae="X", peer_address="127.0.0.1"),
+                             StoreContext(session_factory, Spool(spool)))
     assert outcome.status == SUCCESS
     assert not list(Path("/tmp").glob("ecg-gateway-meta*"))
     [stored] = [p for p in spool.rglob("*.dcm")]
@@ -365,8 +366,8 @@ def _store_hostile_names(session_factory, spool: Path, sample_path: Path) -> Non
     for name, pid in ((SQL_NAME, SQL_ID), (HTML_NAME, "P<b>2</b>")):
         ds = fh.variants.new_uids(dcmread(sample_path))
         ds.PatientName, ds.PatientID = name, pid
-        out = store_instance(fh.encode(ds), session_factory=session_factory, spool_dir=spool, min_free_disk_mb=0,
-                             transfer_syntax_uid="", calling_ae="X", peer_address="127.0.0.1")
+        out = store_instance(IncomingInstance.from_file(fh.encode(ds), calling_ae="X", peer_address="127.0.0.1"),
+                             StoreContext(session_factory, Spool(spool)))
         assert out.status == SUCCESS
 
 

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from gateway.admin.queries import find_ecg
 from gateway.receive.limits import DEFAULT_MAX_DATASET_BYTES
 from gateway.store.models import EcgInstance
+from gateway.store.spool import Spool
 
 if TYPE_CHECKING:
     import numpy as np
@@ -69,12 +70,6 @@ def input_npy(session: Session, id_or_uid: str, spool_dir: str | Path,
     return ecg.id, buf.getvalue()
 
 
-def spool_file(spool_dir: str | Path, spool_path: str) -> Path:
-    """Rows store the spool path relative to ``spool_dir`` (absolute paths are kept)."""
-    p = Path(spool_path)
-    return p if p.is_absolute() else Path(spool_dir) / p
-
-
 def _find(session: Session, id_or_uid: str) -> EcgInstance:
     ecg = find_ecg(session, id_or_uid)
     if ecg is None:
@@ -83,7 +78,7 @@ def _find(session: Session, id_or_uid: str) -> EcgInstance:
 
 
 def _spooled_bytes(ecg: EcgInstance, spool_dir: str | Path) -> tuple[Path, bytes]:
-    path = spool_file(spool_dir, ecg.spool_path)
+    path = Spool(Path(spool_dir)).resolve(ecg.spool_path)
     try:
         data = path.read_bytes()
     except OSError as exc:

@@ -29,7 +29,6 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,6 +42,7 @@ from gateway.process.claim import claim_batch, release_dead_claims, still_claime
 from gateway.quoting import printable
 from gateway.receive.limits import DEFAULT_MAX_DATASET_BYTES
 from gateway.store.models import FAILED, PROCESSED, RECEIVED, REJECTED, EcgInstance, Prediction
+from gateway.store.spool import Spool
 from gateway.store.versions import (
     IDENTITY_CHANGED,
     IDENTITY_CHANGED_AUDIT,
@@ -80,12 +80,6 @@ class _Item:
     identity_conflict: tuple[int, int] | None = None
     #: The cart's measurements and statements (``gateway.report.measurements.CartReport``).
     cart: Any = None
-
-
-def spool_file(spool_dir: str | Path, spool_path: str) -> Path:
-    """Rows store the spool path relative to ``spool_dir`` (absolute paths are kept as they are)."""
-    p = Path(spool_path)
-    return p if p.is_absolute() else Path(spool_dir) / p
 
 
 def model_input(raw: bytes, params: Any, max_bytes: int = DEFAULT_MAX_DATASET_BYTES) -> Any:
@@ -134,6 +128,7 @@ class Worker:
         self.on_outbox = on_outbox
         self._wake = threading.Event()
         self.claimer = this_process()
+        self.spool = Spool.from_config(cfg.storage)
         self._next_dead_check = time.monotonic() + DEAD_CLAIM_CHECK_S
 
     def warm_up(self) -> Any:
@@ -212,7 +207,7 @@ class Worker:
                 row = session.get(EcgInstance, ecg_id)
                 assert row is not None, f"ECG {ecg_id} vanished"
                 item.sop_instance_uid, item.received_at, item.attempts = row.sop_instance_uid, row.received_at, row.attempts
-                path = spool_file(self.cfg.storage.spool_dir, row.spool_path)
+                path = self.spool.resolve(row.spool_path)
                 # The door quarantines such versions; rows stored before it did are caught here.
                 conflict = identity_conflict(session, row) if row.version > 1 else None
             if conflict is not None:

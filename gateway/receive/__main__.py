@@ -24,7 +24,7 @@ def main() -> int:
         print(exc, file=sys.stderr)
         return 2
     setup_logging(cfg.logging.level)
-    upgrade(cfg.storage.database_url)
+    upgrade(cfg.storage.database_url, spool_dir=cfg.storage.spool_dir)
     engine = make_engine(cfg.storage.database_url)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

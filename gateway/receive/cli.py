@@ -129,7 +129,14 @@ def ingest(ctx: typer.Context, paths: list[Path] = typer.Argument(
 
     from gateway.logs import setup_logging
     from gateway.receive.limits import MIB, DatasetTooLarge, check_size
-    from gateway.receive.spool import DATA_SET_TOO_LARGE, SUCCESS, StoreOutcome, store_instance
+    from gateway.receive.spool import (
+        DATA_SET_TOO_LARGE,
+        SUCCESS,
+        IncomingInstance,
+        StoreContext,
+        StoreOutcome,
+        store_instance,
+    )
     from gateway.store.db import make_engine, make_sessionmaker, upgrade
 
     cfg = config_from(ctx)
@@ -140,9 +147,9 @@ def ingest(ctx: typer.Context, paths: list[Path] = typer.Argument(
         raise typer.Exit(2)
     max_bytes = cfg.dicom.max_dataset_mb * MIB
     files, skipped = collect_files(paths, max_bytes)
-    upgrade(cfg.storage.database_url)
+    upgrade(cfg.storage.database_url, spool_dir=cfg.storage.spool_dir)
     engine = make_engine(cfg.storage.database_url)
-    session_factory = make_sessionmaker(engine)
+    ctx = StoreContext.from_config(cfg.dicom, cfg.storage, make_sessionmaker(engine))
     counts: Counter[str] = Counter()
     refused: list[tuple[Path, StoreOutcome | None, str]] = []
     console = Console(stderr=True)
@@ -163,16 +170,7 @@ def ingest(ctx: typer.Context, paths: list[Path] = typer.Argument(
                     refused.append((path, None, f"cannot read: {exc.strerror}"))
                     progress.advance(task)
                     continue
-                outcome = store_instance(
-                    raw,
-                    session_factory=session_factory,
-                    spool_dir=Path(cfg.storage.spool_dir),
-                    min_free_disk_mb=cfg.dicom.min_free_disk_mb,
-                    transfer_syntax_uid="",
-                    calling_ae=None,
-                    peer_address="ingest",
-                    max_dataset_bytes=max_bytes,
-                )
+                outcome = store_instance(IncomingInstance.from_file(raw, peer_address="ingest"), ctx)
                 if outcome.status == SUCCESS:
                     counts["duplicate" if outcome.duplicate else "accepted"] += 1
                 else:

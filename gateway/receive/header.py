@@ -26,7 +26,7 @@ import struct
 import unicodedata
 import zlib
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 from dataclasses import dataclass, field
 
 from pydicom.charset import convert_encodings, default_encoding
@@ -398,35 +398,47 @@ def _str(ds: Dataset, keyword: str) -> str | None:
         return None
 
 
-def meta_sop_instance_uid(raw: bytes) -> str | None:
-    """MediaStorageSOPInstanceUID from the file meta (None when unreadable):
-    a cheap early guess of the instance's spool name, checked later against
-    the data set's own SOPInstanceUID.
+class FileMetaUids(NamedTuple):
+    """The UIDs of a Part 10 file's meta information (None when absent)."""
 
-    Runs for every instance beside the full header read, so it walks the file
-    meta group (always Explicit VR Little Endian) itself instead of having
-    pydicom build a FileMetaDataset; any oddity gives None (no early guess).
+    sop_class_uid: str | None
+    sop_instance_uid: str | None
+    transfer_syntax_uid: str | None
+
+
+_META_UID_ELEMENTS = {0x0002: 0, 0x0003: 1, 0x0010: 2}  # MediaStorageSOPClass/InstanceUID, TransferSyntaxUID
+
+
+def file_meta_uids(raw: bytes) -> FileMetaUids:
+    """MediaStorageSOPClassUID, MediaStorageSOPInstanceUID and TransferSyntaxUID
+    from the file meta (each None when absent or unreadable): what ``ingest``
+    announces for a file, as the C-STORE request does for the SCP.
+
+    Walks the file meta group (always Explicit VR Little Endian) itself
+    instead of having pydicom build a FileMetaDataset; any oddity ends the
+    walk (what was read so far is kept).
     """
+    found: list[str | None] = [None, None, None]
     if raw[128:132] != b"DICM":
-        return None
+        return FileMetaUids(*found)
     pos, end = 132, len(raw)
     while pos + 8 <= end:
         group, elem, length = _IMPLICIT.unpack_from(raw, pos)
         if group != 0x0002:
-            return None
+            break
         if length & 0xFFFF in _LONG_LENGTH_VR_CODES:
             if pos + 12 > end:
-                return None
+                break
             length = _U32.unpack_from(raw, pos + 8)[0]
             pos += 12
         else:
             length >>= 16
             pos += 8
-        if elem == 0x0003:  # MediaStorageSOPInstanceUID (UI: ASCII, NUL- or space-padded)
-            value = raw[pos : pos + length].decode("latin-1").rstrip("\0").strip()
-            return value or None
+        index = _META_UID_ELEMENTS.get(elem)
+        if index is not None:  # UI: ASCII, NUL- or space-padded
+            found[index] = raw[pos : pos + length].decode("latin-1").rstrip("\0").strip() or None
         pos += length
-    return None
+    return FileMetaUids(*found)
 
 
 def read_header(raw: bytes, max_bytes: int = DEFAULT_MAX_DATASET_BYTES) -> EcgHeader:

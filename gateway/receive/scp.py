@@ -47,11 +47,11 @@ from gateway.config import DicomConfig, StorageConfig
 from gateway.receive.header import ECG_STORAGE_SOP_CLASSES, ECG_TRANSFER_SYNTAXES
 from gateway.receive.limits import MIB, limit_text
 from gateway.receive.spool import (
-    INCOMING_DIR,
     PROCESSING_FAILURE,
     SUCCESS,
+    IncomingInstance,
+    StoreContext,
     is_valid_uid,
-    remove_stale_temp_files,
     store_instance,
 )
 
@@ -349,6 +349,45 @@ def bind_scp(dicom: DicomConfig) -> ScpServer:
     return scp
 
 
+def incoming_c_store(event: evt.Event) -> IncomingInstance:
+    """The record of one C-STORE request (``EVT_C_STORE``): the data set as a
+    Part 10 byte string, the SOP Instance and Class UIDs the request carries,
+    the negotiated transfer syntax, the calling AE and the peer's address."""
+    request, requestor = event.request, event.assoc.requestor
+    return IncomingInstance(
+        event.encoded_dataset(),
+        sop_instance_uid=str(request.AffectedSOPInstanceUID or "").strip() or None,
+        sop_class_uid=str(request.AffectedSOPClassUID or "").strip() or None,
+        transfer_syntax_uid=str(event.context.transfer_syntax),
+        calling_ae=requestor.ae_title,
+        peer_address=requestor.address,
+    )
+
+
+@dataclass(frozen=True)
+class StoreHandler:
+    """The ``EVT_C_STORE`` handler: stores each data set with ``ctx`` and
+    answers with the outcome's status (0x0110 for an unexpected error, never
+    success).  ``on_stored(ecg_id)`` is called after each new instance is
+    committed (never for duplicates or refusals); it must return quickly."""
+
+    ctx: StoreContext
+    on_stored: Callable[[int], None] | None = None
+
+    def __call__(self, event: evt.Event) -> int:
+        try:
+            outcome = store_instance(incoming_c_store(event), self.ctx)
+        except Exception:  # noqa: BLE001 - never let a bug look like success
+            log.exception("C-STORE from %s failed unexpectedly", event.assoc.requestor.address)
+            return PROCESSING_FAILURE
+        if self.on_stored is not None and outcome.status == SUCCESS and not outcome.duplicate and outcome.ecg_id is not None:
+            try:
+                self.on_stored(outcome.ecg_id)
+            except Exception:  # noqa: BLE001 - the instance is stored; the worker also polls
+                log.exception("on_stored(%d) failed", outcome.ecg_id)
+        return outcome.status
+
+
 def start_scp(
     dicom: DicomConfig,
     storage: StorageConfig,
@@ -365,19 +404,11 @@ def start_scp(
     (never for duplicates or refusals); it must return quickly.
     ``free_bytes`` overrides the disk-space probe (tests).
     """
-    spool_dir = Path(storage.spool_dir)
-    spool_dir.mkdir(parents=True, exist_ok=True)
-    stale = remove_stale_temp_files(spool_dir)
+    ctx = StoreContext.from_config(dicom, storage, session_factory, free_bytes=free_bytes)
+    ctx.spool.root.mkdir(parents=True, exist_ok=True)
+    stale = ctx.spool.remove_stale_temp_files()
     if stale:
         log.info("removed %d unacknowledged temp files from the spool", stale)
-    store_kwargs: dict[str, Any] = {
-        "session_factory": session_factory,
-        "spool_dir": spool_dir,
-        "min_free_disk_mb": dicom.min_free_disk_mb,
-        "max_dataset_bytes": dicom.max_dataset_mb * MIB,
-    }
-    if free_bytes is not None:
-        store_kwargs["free_bytes"] = free_bytes
 
     length_cap = pdu_length_cap(dicom)
 
@@ -385,7 +416,7 @@ def start_scp(
         # Runs in the connection's thread before its DUL reads anything.
         bound_pdu_reads(event.assoc.dul.socket, pdu_timeout=dicom.pdu_timeout, length_cap=length_cap,
                         peer=str(event.address[0]))
-        bound_dimse_messages(event.assoc, max_bytes=dicom.max_dataset_mb * MIB, spill_dir=spool_dir / INCOMING_DIR,
+        bound_dimse_messages(event.assoc, max_bytes=dicom.max_dataset_mb * MIB, spill_dir=ctx.spool.incoming,
                              in_memory=DATASET_IN_MEMORY)
 
     def handle_requested(event: evt.Event) -> None:
@@ -429,26 +460,6 @@ def start_scp(
             log.debug("refused SOP classes from %s: %s", assoc.requestor.address,
                       " ".join(uid if UID(uid).is_valid else repr(uid) for uid in refused))
 
-    def handle_store(event: evt.Event) -> int:
-        requestor = event.assoc.requestor
-        try:
-            outcome = store_instance(
-                event.encoded_dataset(),
-                transfer_syntax_uid=str(event.context.transfer_syntax),
-                calling_ae=requestor.ae_title,
-                peer_address=requestor.address,
-                **store_kwargs,
-            )
-        except Exception:  # noqa: BLE001 - never let a bug look like success
-            log.exception("C-STORE from %s failed unexpectedly", requestor.address)
-            return PROCESSING_FAILURE
-        if on_stored is not None and outcome.status == SUCCESS and not outcome.duplicate and outcome.ecg_id is not None:
-            try:
-                on_stored(outcome.ecg_id)
-            except Exception:  # noqa: BLE001 - the instance is stored; the worker also polls
-                log.exception("on_stored(%d) failed", outcome.ecg_id)
-        return outcome.status
-
     def handle_echo(event: evt.Event) -> int:
         return SUCCESS
 
@@ -457,7 +468,7 @@ def start_scp(
         (evt.EVT_REQUESTED, handle_requested),
         (evt.EVT_REJECTED, handle_rejected),
         (evt.EVT_ACCEPTED, handle_accepted),
-        (evt.EVT_C_STORE, handle_store),
+        (evt.EVT_C_STORE, StoreHandler(ctx, on_stored)),
         (evt.EVT_C_ECHO, handle_echo),
     ]
     scp = bound if bound is not None else bind_scp(dicom)

@@ -1,5 +1,11 @@
 """The storage path shared by the SCP and ``ecg-gateway ingest``.
 
+Each data set comes as an :class:`IncomingInstance`, the record built at the
+door (the C-STORE request or the file meta give its SOP Instance UID and
+class; the UID is validated once, and its spool path computed once), and is
+stored with a :class:`StoreContext` (database, :class:`~gateway.store.spool.Spool`,
+limits), set up once per SCP or ingest run.
+
 What returns success is durable: the bytes are written to a temporary file,
 fsynced, renamed into place (and the folder fsynced), and the instance row is
 committed, all before the caller sends 0x0000.  Anything refused leaves no file
@@ -19,10 +25,10 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import bindparam, insert, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -36,11 +42,12 @@ from gateway.receive.header import (
     HeaderError,
     ValueProblem,
     checked_text,
-    meta_sop_instance_uid,
+    file_meta_uids,
     read_header,
 )
 from gateway.receive.limits import DEFAULT_MAX_DATASET_BYTES, DatasetTooLarge, check_size
 from gateway.store.models import RECEIVED, REJECTED, EcgInstance
+from gateway.store.spool import Spool, ensure_dir, fsync_dir
 from gateway.store.versions import (
     IDENTITY_CHANGED,
     IDENTITY_CHANGED_AUDIT,
@@ -50,6 +57,9 @@ from gateway.store.versions import (
     quarantined,
 )
 from gateway.timeutil import utcnow
+
+if TYPE_CHECKING:
+    from gateway.config import DicomConfig, StorageConfig
 
 log = logging.getLogger("gateway.receive")
 
@@ -72,19 +82,8 @@ IDENTITY_CONFLICT = 0xC002
 #: Failure: processing failure (an unexpected error in the gateway).
 PROCESSING_FAILURE = 0x0110
 
-REJECTED_DIR = "rejected"
 _MIB = 1024 * 1024
 _DB_RETRIES = 3
-
-
-@dataclass
-class StoreOutcome:
-    """What happened to one received data set."""
-
-    status: int
-    ecg_id: int | None
-    duplicate: bool
-    reason: str | None
 
 
 def disk_free_bytes(path: Path) -> int:
@@ -107,6 +106,82 @@ def _clean(value: str | None, size: int) -> str | None:
     if not value.isprintable():  # rare: spare the per-character pass otherwise
         value = "".join(ch if ch.isprintable() else "?" for ch in value)
     return value.strip()[:size] or None
+
+
+@dataclass
+class StoreOutcome:
+    """What happened to one received data set."""
+
+    status: int
+    ecg_id: int | None
+    duplicate: bool
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class IncomingInstance:
+    """One data set as it arrives at the door, before anything is read from
+    its body: the bytes (preamble and file meta included) and what the
+    C-STORE request (or, for ``ingest``, the file meta) says about it.
+
+    ``sop_instance_uid`` is validated once, here (:attr:`uid_valid`); the
+    data set's own SOPInstanceUID, read with the header, is the one stored,
+    and is validated again only when it differs (a sender out of PS3.4).
+    """
+
+    raw: bytes = field(repr=False)
+    #: The SOP Instance UID announced (DIMSE Affected SOP Instance UID, or MediaStorageSOPInstanceUID).
+    sop_instance_uid: str | None
+    #: The SOP Class UID announced (DIMSE Affected SOP Class UID, or MediaStorageSOPClassUID).
+    sop_class_uid: str | None
+    #: The transfer syntax the bytes are in (negotiated, or the file meta's); "" when unknown.
+    transfer_syntax_uid: str
+    calling_ae: str | None = None
+    peer_address: str | None = None
+    uid_valid: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "uid_valid", is_valid_uid(self.sop_instance_uid))
+        # fitted to their columns once; NULs and control characters go
+        object.__setattr__(self, "calling_ae", _clean(self.calling_ae, 16))
+        object.__setattr__(self, "peer_address", _clean(self.peer_address, 64))
+
+    @classmethod
+    def from_file(cls, raw: bytes, *, calling_ae: str | None = None, peer_address: str | None = "ingest",
+                  transfer_syntax_uid: str | None = None) -> IncomingInstance:
+        """A DICOM Part 10 file (``ingest``): UIDs and transfer syntax from its
+        file meta (None or "" where the file meta does not give them)."""
+        meta = file_meta_uids(raw)
+        return cls(raw, meta.sop_instance_uid, meta.sop_class_uid,
+                   meta.transfer_syntax_uid or "" if transfer_syntax_uid is None else transfer_syntax_uid,
+                   calling_ae, peer_address)
+
+    @property
+    def who(self) -> str:
+        """``AE@address`` for log lines."""
+        return f"{self.calling_ae or '-'}@{self.peer_address or '-'}"
+
+
+@dataclass(frozen=True)
+class StoreContext:
+    """What storing needs beside the data set, set up once per SCP or ingest run."""
+
+    session_factory: sessionmaker[Session]
+    spool: Spool
+    #: Refuse (0xA700) when the spool has less free space than this (plus the data set).
+    min_free_disk_mb: int = 0
+    #: ``[dicom] max_dataset_mb`` in bytes (as received or inflated).
+    max_dataset_bytes: int = DEFAULT_MAX_DATASET_BYTES
+    #: The disk-space probe (a test may simulate a full disk).
+    free_bytes: Callable[[Path], int] = disk_free_bytes
+
+    @classmethod
+    def from_config(cls, dicom: DicomConfig, storage: StorageConfig, session_factory: sessionmaker[Session],
+                    *, free_bytes: Callable[[Path], int] | None = None) -> StoreContext:
+        """The context ``[dicom]`` and ``[storage]`` describe."""
+        extra = {} if free_bytes is None else {"free_bytes": free_bytes}
+        return cls(session_factory, Spool.from_config(storage), dicom.min_free_disk_mb,
+                   dicom.max_dataset_mb * _MIB, **extra)
 
 
 #: Header values that say which patient, order, study and instance an ECG
@@ -192,44 +267,24 @@ def demographics(header: EcgHeader) -> dict[str, Any]:
     return header_values(header).columns
 
 
-INCOMING_DIR = ".incoming"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def ensure_dir(path: Path) -> None:
-    """``mkdir -p`` whose new entries are durable (each new folder's parent
-    is fsynced), so a file renamed into it survives a power cut."""
-    missing = []
-    while not path.exists():
-        missing.append(path)
-        path = path.parent
-    for folder in reversed(missing):
-        folder.mkdir(exist_ok=True)
-        _fsync_dir(folder.parent)
-
-
 class StagedFile:
     """Received bytes written and fsynced to ``<spool>/.incoming/`` in a
     background thread, while the association thread reads the header and
     queries the database (fsync and sha256 release the GIL, so the waits
     overlap).  ``place(sha256)`` may name the final path up front (from the
-    file meta UID); the thread then also renames the file there, so only the
-    database commit is left on the association thread.  The file is moved
-    with :meth:`move_to` (a no-op when already there), or removed."""
+    announced UID): the thread computes it once (:attr:`planned`) and also
+    renames the file there, so only the database commit is left on the
+    association thread.  The file is moved with :meth:`move_to` (a no-op when
+    already there), or removed."""
 
-    def __init__(self, spool_dir: Path, data: bytes, place: Callable[[str], Path | None] | None = None) -> None:
-        self._dir = Path(spool_dir) / INCOMING_DIR
+    def __init__(self, spool: Spool, data: bytes, place: Callable[[str], Path] | None = None) -> None:
+        self._dir = spool.incoming
         self._tmp: Path | None = None
         self._sha256 = ""
         self._error: BaseException | None = None
         self._place = place
+        #: Where ``place`` put the file (or would have: a file was there already).
+        self.planned: Path | None = None
         #: True once moved to a path that did not exist before.
         self.created = False
         self.moved_to: Path | None = None
@@ -246,10 +301,11 @@ class StagedFile:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-            dest = self._place(self._sha256) if self._place else None
-            # never over an existing file: that one may belong to a stored instance
-            if dest is not None and not dest.exists():
-                self._move(dest)
+            if self._place is not None:
+                self.planned = self._place(self._sha256)
+                # never over an existing file: that one may belong to a stored instance
+                if not self.planned.exists():
+                    self._move(self.planned)
         except BaseException as exc:  # re-raised in the caller's thread
             self._error = exc
 
@@ -260,7 +316,7 @@ class StagedFile:
         existed = dest.exists()
         os.replace(src, dest)
         self._tmp = None
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
         self.moved_to, self.created = dest, not existed
 
     def sha256(self) -> str:
@@ -301,76 +357,44 @@ class StagedFile:
             self.moved_to, self.created = None, False
 
 
-def remove_stale_temp_files(spool_dir: Path) -> int:
-    """Delete temp files left by a crash mid-write (never acknowledged)."""
-    incoming = Path(spool_dir) / INCOMING_DIR
-    count = 0
-    if incoming.is_dir():
-        for tmp in incoming.glob("incoming-*.tmp"):
-            tmp.unlink(missing_ok=True)
-            count += 1
-    return count
+def store_instance(incoming: IncomingInstance, ctx: StoreContext) -> StoreOutcome:
+    """Store one data set durably, or refuse it with a C-STORE status and a reason.
 
-
-def spool_path_for(spool_dir: Path, sop_instance_uid: str, sha256: str, received: datetime) -> Path:
-    """``<spool>/YYYY/MM/DD/<uid>_<sha256[:12]>.dcm``: ``sop_instance_uid``
-    must be validated first.  The content hash in the name means two versions
-    of one UID never share a file, even when they race."""
-    return Path(spool_dir) / received.strftime("%Y/%m/%d") / f"{sop_instance_uid}_{sha256[:12]}.dcm"
-
-
-def store_instance(
-    raw: bytes,
-    *,
-    session_factory: sessionmaker[Session],
-    spool_dir: Path,
-    min_free_disk_mb: int,
-    transfer_syntax_uid: str,
-    calling_ae: str | None,
-    peer_address: str | None,
-    free_bytes: Callable[[Path], int] = disk_free_bytes,
-    max_dataset_bytes: int = DEFAULT_MAX_DATASET_BYTES,
-) -> StoreOutcome:
-    """Store one DICOM Part 10 byte stream (preamble and file meta included)
-    durably, or refuse it with a C-STORE status and a reason.
-
-    ``free_bytes`` is the disk-space probe (injectable so a test can simulate
-    a full disk).  Success (0x0000) means the file and its ``received`` row are
-    committed; a duplicate (same UID, same bytes) is success with
-    ``duplicate=True`` and nothing new stored.  A data set larger than
-    ``max_dataset_bytes`` (as given or inflated) is refused with
-    :data:`DATA_SET_TOO_LARGE` and nothing is kept.
+    Success (0x0000) means the file and its ``received`` row are committed; a
+    duplicate (same UID, same bytes) is success with ``duplicate=True`` and
+    nothing new stored.  A data set larger than ``ctx.max_dataset_bytes`` (as
+    given or inflated) is refused with :data:`DATA_SET_TOO_LARGE` and nothing
+    is kept.
     """
-    spool_dir = Path(spool_dir).resolve()
-    spool_dir.mkdir(parents=True, exist_ok=True)
-    source = {"calling_ae": _clean(calling_ae, 16), "peer_address": _clean(peer_address, 64)}
+    raw = incoming.raw
     try:
-        check_size(len(raw), max_dataset_bytes)
+        check_size(len(raw), ctx.max_dataset_bytes)
     except DatasetTooLarge as exc:
-        return refuse_too_large(raw, str(exc), source)
-
-    if free_bytes(spool_dir) < min_free_disk_mb * _MIB + len(raw):
-        reason = f"less than {min_free_disk_mb} MB free in the spool"
-        log.warning("refused a data set (%d bytes) from %s: %s", len(raw), _who(source), reason)
+        return refuse_too_large(incoming, str(exc))
+    ctx.spool.root.mkdir(parents=True, exist_ok=True)
+    if ctx.free_bytes(ctx.spool.root) < ctx.min_free_disk_mb * _MIB + len(raw):
+        reason = f"less than {ctx.min_free_disk_mb} MB free in the spool"
+        log.warning("refused a data set (%d bytes) from %s: %s", len(raw), incoming.who, reason)
         return StoreOutcome(OUT_OF_RESOURCES, None, False, reason)
 
     received = utcnow()
+    announced = incoming.sop_instance_uid
 
-    def place(sha256: str) -> Path | None:
-        uid = meta_sop_instance_uid(raw)
-        return spool_path_for(spool_dir, uid, sha256, received) if uid and is_valid_uid(uid) else None
+    def place(sha256: str) -> Path:
+        assert announced is not None
+        return ctx.spool.new_file(announced, sha256, received)
 
-    staged = StagedFile(spool_dir, raw, place)
+    staged = StagedFile(ctx.spool, raw, place if incoming.uid_valid else None)
+    arrival = _Arrival(incoming, ctx, staged, received)
     try:
-        return _check_and_store(raw, staged, received, session_factory, spool_dir, source, transfer_syntax_uid,
-                                max_dataset_bytes)
+        return arrival.check_and_store()
     except DatasetTooLarge as exc:
         staged.undo()  # an early placement in the spool goes too
-        return refuse_too_large(raw, str(exc), source)
+        return refuse_too_large(incoming, str(exc))
     except OSError as exc:
         staged.undo()
         reason = f"cannot write to the spool: {exc.strerror or exc}"
-        log.error("refused a data set from %s: %s", _who(source), reason)
+        log.error("refused a data set from %s: %s", incoming.who, reason)
         return StoreOutcome(OUT_OF_RESOURCES, None, False, reason)
     except BaseException:
         staged.undo()
@@ -379,64 +403,13 @@ def store_instance(
         staged.discard()
 
 
-def _check_and_store(
-    raw: bytes,
-    staged: StagedFile,
-    received: datetime,
-    session_factory: sessionmaker[Session],
-    spool_dir: Path,
-    source: dict[str, str | None],
-    transfer_syntax_uid: str,
-    max_dataset_bytes: int,
-) -> StoreOutcome:
-    def reject(header: EcgHeader | None, status: int, reason: str, **kw: Any) -> StoreOutcome:
-        return _reject(staged, header, status, reason, session_factory, spool_dir, source, transfer_syntax_uid, **kw)
-
-    try:
-        header = read_header(raw, max_dataset_bytes)  # DatasetTooLarge: refused by the caller
-    except HeaderError as exc:
-        return reject(None, CANNOT_UNDERSTAND, str(exc))
-    uid = header.sop_instance_uid
-    if not is_valid_uid(uid):
-        return reject(header, CANNOT_UNDERSTAND_INVALID_UID, "SOP Instance UID is missing or not a valid DICOM UID")
-    if header.sop_class_uid not in ECG_STORAGE_SOP_CLASSES:
-        return reject(header, DATA_SET_DOES_NOT_MATCH_SOP_CLASS, f"SOP Class {printable(header.sop_class_uid)} is not an ECG waveform storage class")
-    problem = header.waveform_problem()
-    if problem:
-        return reject(header, DATA_SET_DOES_NOT_MATCH_SOP_CLASS, problem)
-    values = header_values(header)
-    if values.problems:
-        # never cut or guessed: a wrong identity would file the result under another patient or order
-        return reject(header, DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
-                      "identity values break their VR: " + "; ".join(values.problems))
-
-    assert uid is not None
-    columns = dict(values.columns)
-    columns["transfer_syntax_uid"] = transfer_syntax_uid or header.transfer_syntax_uid
-    try:
-        for _attempt in range(_DB_RETRIES):
-            try:
-                stored = _store_version(raw, staged, uid, columns, values.flags, received, session_factory,
-                                        spool_dir, source)
-            except IntegrityError:
-                # Another association committed this UID's next version first: look again.
-                continue
-            if isinstance(stored, _IdentityConflict):
-                return reject(
-                    header, IDENTITY_CONFLICT,
-                    f"{IDENTITY_CHANGED_REASON} (version {stored.version} is ecg id {stored.ecg_id})",
-                    flags=[IDENTITY_CHANGED], conflict=stored,
-                )
-            if values.dropped and not stored.duplicate:
-                log.warning("SOP Instance UID %s (ecg id %s): left out, breaking their VR: %s",
-                            uid, stored.ecg_id, "; ".join(values.dropped))
-            return stored
-        reason = "database conflict persisted; try again"
-    except SQLAlchemyError as exc:
-        reason = f"database unavailable: {type(exc).__name__}"
-    staged.undo()  # not acknowledged, so not kept
-    log.error("refused SOP Instance UID %s from %s: %s", uid, _who(source), reason)
-    return StoreOutcome(OUT_OF_RESOURCES, None, False, reason)
+def refuse_too_large(incoming: IncomingInstance, reason: str) -> StoreOutcome:
+    """Refuse a data set over ``max_dataset_mb``: one WARNING line (source and,
+    when valid, the announced SOP Instance UID; no PHI), no row, no file."""
+    log.warning("refused SOP Instance UID %s from %s with status 0x%04X: %s; nothing kept",
+                incoming.sop_instance_uid if incoming.uid_valid else "(none or invalid)", incoming.who,
+                DATA_SET_TOO_LARGE, reason)
+    return StoreOutcome(DATA_SET_TOO_LARGE, None, False, reason)
 
 
 @dataclass
@@ -457,170 +430,198 @@ _SAME_UID = (
 )
 
 
-def _store_version(
-    raw: bytes,
-    staged: StagedFile,
-    uid: str,
-    columns: dict[str, Any],
-    flags: list[str],
-    received: datetime,
-    session_factory: sessionmaker[Session],
-    spool_dir: Path,
-    source: dict[str, str | None],
-) -> StoreOutcome | _IdentityConflict:
-    """Commit the row for one accepted instance (its file durable first).
+class _Arrival:
+    """One data set on its way through :func:`store_instance`: the record,
+    the context, its staged file and its time of receipt, shared by the
+    checks, the commit and the refusal paths."""
 
-    Optimistic: when the writer thread placed the file at a path that did not
-    exist (so no same-day copy of these bytes), version 1 is inserted straight
-    away and the unique (sop_instance_uid, version) constraint arbitrates;
-    only on a clash are the UID's rows looked up (duplicate or new version).
-    Versions are never deleted, so version 1 exists whenever any row does.
+    def __init__(self, incoming: IncomingInstance, ctx: StoreContext, staged: StagedFile, received: datetime) -> None:
+        self.incoming, self.ctx, self.staged, self.received = incoming, ctx, staged, received
+        self.header: EcgHeader | None = None
+        #: The data set's SOPInstanceUID and whether it is valid (set once the header is read).
+        self.uid: str | None = None
+        self.uid_valid = False
 
-    A new version whose patient identity differs from the first version
-    accepted at the door is not stored here: the caller quarantines it.
-    """
-    sha256 = staged.sha256()
-    path = spool_path_for(spool_dir, uid, sha256, received)
-    row = {
-        "sop_instance_uid": uid, "spool_path": str(path), "sha256": sha256, "size_bytes": len(raw),
-        "status": RECEIVED, "received_at": received, **columns, **source,
-    }
-    with session_factory() as session:
-        if staged.placed_at(path):
-            try:
-                ecg_id = session.connection().execute(_INSERT_INSTANCE, {**row, "version": 1, "flags": flags}).scalar_one()
-                session.commit()
-            except IntegrityError:
-                session.rollback()  # this UID is known: look at its versions
-            else:
-                log.info("stored SOP Instance UID %s as ecg id %d (%d bytes) from %s", uid, ecg_id, len(raw), _who(source))
-                return StoreOutcome(SUCCESS, ecg_id, False, None)
-        existing = session.connection().execute(_SAME_UID, {"uid": uid}).all()
-        for same in existing:
-            if same.sha256 == sha256 and same.status != REJECTED:
-                # Our copy goes, unless it sits at the stored row's own path: then it
-                # is that row's file (same bytes; a concurrent resend may have
-                # committed first, or the file had gone missing).
-                if staged.moved_to != Path(same.spool_path):
-                    staged.undo()
-                log.info("duplicate SOP Instance UID %s (ecg id %s, same bytes) from %s: not stored again", uid, same.id, _who(source))
-                return StoreOutcome(SUCCESS, same.id, True, "duplicate")
-        accepted = [same for same in existing if not quarantined(same.flags)]
-        if accepted and patient_identity(accepted[0].patient_id, accepted[0].issuer_of_patient_id) != patient_identity(
-                columns.get("patient_id"), columns.get("issuer_of_patient_id")):
-            return _IdentityConflict(accepted[0].id, accepted[0].version)
-        version = max((same.version for same in existing), default=0) + 1
-        if any(same.status != REJECTED for same in existing):
-            flags = ["new_version", *flags]
-        staged.move_to(path)  # usually already there (placed by the writer thread)
-        ecg_id = session.connection().execute(_INSERT_INSTANCE, {**row, "version": version, "flags": flags}).scalar_one()
-        session.commit()
-    if "new_version" in flags:
+    def check_and_store(self) -> StoreOutcome:
+        incoming = self.incoming
+        try:
+            self.header = header = read_header(incoming.raw, self.ctx.max_dataset_bytes)  # DatasetTooLarge: refused by the caller
+        except HeaderError as exc:
+            return self.reject(CANNOT_UNDERSTAND, str(exc))
+        self.uid = uid = header.sop_instance_uid
+        # the announced UID was validated at the door; only a data set that says otherwise is checked again
+        self.uid_valid = incoming.uid_valid if uid == incoming.sop_instance_uid else is_valid_uid(uid)
+        if not self.uid_valid:
+            return self.reject(CANNOT_UNDERSTAND_INVALID_UID, "SOP Instance UID is missing or not a valid DICOM UID")
+        if header.sop_class_uid not in ECG_STORAGE_SOP_CLASSES:
+            return self.reject(DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+                               f"SOP Class {printable(header.sop_class_uid)} is not an ECG waveform storage class")
+        problem = header.waveform_problem()
+        if problem:
+            return self.reject(DATA_SET_DOES_NOT_MATCH_SOP_CLASS, problem)
+        values = header_values(header)
+        if values.problems:
+            # never cut or guessed: a wrong identity would file the result under another patient or order
+            return self.reject(DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+                               "identity values break their VR: " + "; ".join(values.problems))
+
+        assert uid is not None
+        columns = dict(values.columns)
+        columns["transfer_syntax_uid"] = incoming.transfer_syntax_uid or header.transfer_syntax_uid
+        try:
+            for _attempt in range(_DB_RETRIES):
+                try:
+                    stored = self._store_version(uid, columns, values.flags)
+                except IntegrityError:
+                    # Another association committed this UID's next version first: look again.
+                    continue
+                if isinstance(stored, _IdentityConflict):
+                    return self.reject(
+                        IDENTITY_CONFLICT,
+                        f"{IDENTITY_CHANGED_REASON} (version {stored.version} is ecg id {stored.ecg_id})",
+                        flags=[IDENTITY_CHANGED], conflict=stored,
+                    )
+                if values.dropped and not stored.duplicate:
+                    log.warning("SOP Instance UID %s (ecg id %s): left out, breaking their VR: %s",
+                                uid, stored.ecg_id, "; ".join(values.dropped))
+                return stored
+            reason = "database conflict persisted; try again"
+        except SQLAlchemyError as exc:
+            reason = f"database unavailable: {type(exc).__name__}"
+        self.staged.undo()  # not acknowledged, so not kept
+        log.error("refused SOP Instance UID %s from %s: %s", uid, incoming.who, reason)
+        return StoreOutcome(OUT_OF_RESOURCES, None, False, reason)
+
+    def _path(self, uid: str, sha256: str) -> Path:
+        """The spool file for ``uid``: the one the writer thread planned when
+        the data set's UID is the announced one (the usual case)."""
+        staged = self.staged
+        if staged.planned is not None and uid == self.incoming.sop_instance_uid:
+            return staged.planned
+        return self.ctx.spool.new_file(uid, sha256, self.received)
+
+    def _store_version(self, uid: str, columns: dict[str, Any], flags: list[str]) -> StoreOutcome | _IdentityConflict:
+        """Commit the row for one accepted instance (its file durable first).
+
+        Optimistic: when the writer thread placed the file at a path that did not
+        exist (so no same-day copy of these bytes), version 1 is inserted straight
+        away and the unique (sop_instance_uid, version) constraint arbitrates;
+        only on a clash are the UID's rows looked up (duplicate or new version).
+        Versions are never deleted, so version 1 exists whenever any row does.
+
+        A new version whose patient identity differs from the first version
+        accepted at the door is not stored here: the caller quarantines it.
+        """
+        staged, spool, incoming = self.staged, self.ctx.spool, self.incoming
+        size = len(incoming.raw)
+        sha256 = staged.sha256()
+        path = self._path(uid, sha256)
+        row = {
+            "sop_instance_uid": uid, "spool_path": spool.stored(path), "sha256": sha256, "size_bytes": size,
+            "status": RECEIVED, "received_at": self.received, **columns,
+            "calling_ae": incoming.calling_ae, "peer_address": incoming.peer_address,
+        }
+        with self.ctx.session_factory() as session:
+            if staged.placed_at(path):
+                try:
+                    ecg_id = session.connection().execute(_INSERT_INSTANCE, {**row, "version": 1, "flags": flags}).scalar_one()
+                    session.commit()
+                except IntegrityError:
+                    session.rollback()  # this UID is known: look at its versions
+                else:
+                    log.info("stored SOP Instance UID %s as ecg id %d (%d bytes) from %s", uid, ecg_id, size, incoming.who)
+                    return StoreOutcome(SUCCESS, ecg_id, False, None)
+            existing = session.connection().execute(_SAME_UID, {"uid": uid}).all()
+            for same in existing:
+                if same.sha256 == sha256 and same.status != REJECTED:
+                    # Our copy goes, unless it sits at the stored row's own path: then it
+                    # is that row's file (same bytes; a concurrent resend may have
+                    # committed first, or the file had gone missing).
+                    if staged.moved_to != spool.resolve(same.spool_path):
+                        staged.undo()
+                    log.info("duplicate SOP Instance UID %s (ecg id %s, same bytes) from %s: not stored again",
+                             uid, same.id, incoming.who)
+                    return StoreOutcome(SUCCESS, same.id, True, "duplicate")
+            accepted = [same for same in existing if not quarantined(same.flags)]
+            if accepted and patient_identity(accepted[0].patient_id, accepted[0].issuer_of_patient_id) != patient_identity(
+                    columns.get("patient_id"), columns.get("issuer_of_patient_id")):
+                return _IdentityConflict(accepted[0].id, accepted[0].version)
+            version = max((same.version for same in existing), default=0) + 1
+            if any(same.status != REJECTED for same in existing):
+                flags = ["new_version", *flags]
+            staged.move_to(path)  # usually already there (placed by the writer thread)
+            ecg_id = session.connection().execute(_INSERT_INSTANCE, {**row, "version": version, "flags": flags}).scalar_one()
+            session.commit()
+        if "new_version" in flags:
+            log.warning(
+                "SOP Instance UID %s received again with different bytes: stored as version %d (ecg id %d), flagged new_version",
+                uid, version, ecg_id,
+            )
+        else:
+            log.info("stored SOP Instance UID %s as ecg id %d (%d bytes) from %s", uid, ecg_id, size, incoming.who)
+        return StoreOutcome(SUCCESS, ecg_id, False, None)
+
+    def reject(self, status: int, reason: str, *, flags: list[str] | None = None,
+               conflict: _IdentityConflict | None = None) -> StoreOutcome:
+        """Refuse with ``status``; keep a quarantine copy and a ``rejected`` row
+        when possible (best effort: the refusal stands either way).  A
+        ``conflict`` (another patient under a known UID) is also audited."""
+        shown = self.uid if self.uid_valid else "(none or invalid)"
+        sha256 = self.staged.sha256()
+        ecg_id = None
+        try:
+            ecg_id = self._record_rejection(reason, flags or [], conflict)
+        except (OSError, SQLAlchemyError) as exc:
+            self.staged.undo()
+            log.error("could not record the rejection of sha256 %s: %s", sha256[:12], exc)
         log.warning(
-            "SOP Instance UID %s received again with different bytes: stored as version %d (ecg id %d), flagged new_version",
-            uid, version, ecg_id,
+            "rejected SOP Instance UID %s (sha256 %s, ecg id %s) from %s with status 0x%04X: %s",
+            shown, sha256[:12], ecg_id, self.incoming.who, status, reason,
         )
-    else:
-        log.info("stored SOP Instance UID %s as ecg id %d (%d bytes) from %s", uid, ecg_id, len(raw), _who(source))
-    return StoreOutcome(SUCCESS, ecg_id, False, None)
+        return StoreOutcome(status, ecg_id, False, reason)
 
-
-def _who(source: dict[str, str | None]) -> str:
-    return f"{source.get('calling_ae') or '-'}@{source.get('peer_address') or '-'}"
-
-
-def refuse_too_large(raw: bytes, reason: str, source: dict[str, str | None]) -> StoreOutcome:
-    """Refuse a data set over ``max_dataset_mb``: one WARNING line (source and,
-    when valid, the file meta's SOP Instance UID; no PHI), no row, no file."""
-    uid = meta_sop_instance_uid(raw)
-    log.warning("refused SOP Instance UID %s from %s with status 0x%04X: %s; nothing kept",
-                uid if is_valid_uid(uid) else "(none or invalid)", _who(source), DATA_SET_TOO_LARGE, reason)
-    return StoreOutcome(DATA_SET_TOO_LARGE, None, False, reason)
-
-
-def _reject(
-    staged: StagedFile,
-    header: EcgHeader | None,
-    status: int,
-    reason: str,
-    session_factory: sessionmaker[Session],
-    spool_dir: Path,
-    source: dict[str, str | None],
-    transfer_syntax_uid: str,
-    *,
-    flags: list[str] | None = None,
-    conflict: _IdentityConflict | None = None,
-) -> StoreOutcome:
-    """Refuse with ``status``; keep a quarantine copy and a ``rejected`` row
-    when possible (best effort: the refusal stands either way).  A
-    ``conflict`` (another patient under a known UID) is also audited."""
-    uid = header.sop_instance_uid if header else None
-    shown = uid if is_valid_uid(uid) else "(none or invalid)"
-    sha256 = staged.sha256()
-    ecg_id = None
-    try:
-        ecg_id = _record_rejection(staged, header, reason, session_factory, spool_dir, source, transfer_syntax_uid,
-                                   flags or [], conflict)
-    except (OSError, SQLAlchemyError) as exc:
+    def _record_rejection(self, reason: str, flags: list[str], conflict: _IdentityConflict | None) -> int | None:
+        header, staged, incoming = self.header, self.staged, self.incoming
+        values = header_values(header) if header else None
+        columns = values.columns if values else {"sop_class_uid": ""}
+        columns["transfer_syntax_uid"] = incoming.transfer_syntax_uid or (header.transfer_syntax_uid if header else None)
+        # The UID is data here, never a path: an invalid one is kept as printable text.
+        uid = _clean(self.uid, 64) or ""
+        sha256 = staged.sha256()
+        quarantine = self.ctx.spool.rejected_file(sha256)
+        for _attempt in range(_DB_RETRIES):
+            with self.ctx.session_factory() as session:
+                same = session.scalar(
+                    select(EcgInstance.id).where(EcgInstance.sha256 == sha256, EcgInstance.status == REJECTED).limit(1)
+                )
+                if same is not None:
+                    staged.undo()  # drop an early placement in the spool
+                    return same  # the same bytes were refused before
+                versions = session.scalars(select(EcgInstance.version).where(EcgInstance.sop_instance_uid == uid)).all()
+                staged.move_to(quarantine)
+                row = EcgInstance(
+                    sop_instance_uid=uid,
+                    version=max(versions, default=0) + 1,
+                    spool_path=self.ctx.spool.stored(quarantine),
+                    sha256=sha256,
+                    size_bytes=quarantine.stat().st_size,
+                    status=REJECTED,
+                    error=reason,
+                    flags=[REJECTED_AT_RECEIVE, *flags, *(values.flags if values else [])],
+                    **columns,
+                    calling_ae=incoming.calling_ae,
+                    peer_address=incoming.peer_address,
+                )
+                session.add(row)
+                try:
+                    session.flush()
+                    if conflict is not None:
+                        audit(session, f"dicom:{incoming.who}", IDENTITY_CHANGED_AUDIT, f"ecg:{row.id}",
+                              sop_instance_uid=uid, version=row.version, sha256=sha256,
+                              reference_ecg_id=conflict.ecg_id, reference_version=conflict.version)
+                    session.commit()
+                except IntegrityError:
+                    continue
+                return row.id
         staged.undo()
-        log.error("could not record the rejection of sha256 %s: %s", sha256[:12], exc)
-    log.warning(
-        "rejected SOP Instance UID %s (sha256 %s, ecg id %s) from %s with status 0x%04X: %s",
-        shown, sha256[:12], ecg_id, _who(source), status, reason,
-    )
-    return StoreOutcome(status, ecg_id, False, reason)
-
-
-def _record_rejection(
-    staged: StagedFile,
-    header: EcgHeader | None,
-    reason: str,
-    session_factory: sessionmaker[Session],
-    spool_dir: Path,
-    source: dict[str, str | None],
-    transfer_syntax_uid: str,
-    flags: list[str],
-    conflict: _IdentityConflict | None,
-) -> int | None:
-    values = header_values(header) if header else None
-    columns = values.columns if values else {"sop_class_uid": ""}
-    columns["transfer_syntax_uid"] = transfer_syntax_uid or (header.transfer_syntax_uid if header else None)
-    # The UID is data here, never a path: an invalid one is kept as printable text.
-    uid = _clean(header.sop_instance_uid if header else None, 64) or ""
-    sha256 = staged.sha256()
-    quarantine = Path(spool_dir) / REJECTED_DIR / f"{sha256}.dcm"
-    for _attempt in range(_DB_RETRIES):
-        with session_factory() as session:
-            same = session.scalar(
-                select(EcgInstance.id).where(EcgInstance.sha256 == sha256, EcgInstance.status == REJECTED).limit(1)
-            )
-            if same is not None:
-                staged.undo()  # drop an early placement in the spool
-                return same  # the same bytes were refused before
-            versions = session.scalars(select(EcgInstance.version).where(EcgInstance.sop_instance_uid == uid)).all()
-            staged.move_to(quarantine)
-            row = EcgInstance(
-                sop_instance_uid=uid,
-                version=max(versions, default=0) + 1,
-                spool_path=str(quarantine),
-                sha256=sha256,
-                size_bytes=quarantine.stat().st_size,
-                status=REJECTED,
-                error=reason,
-                flags=[REJECTED_AT_RECEIVE, *flags, *(values.flags if values else [])],
-                **columns,
-                **source,
-            )
-            session.add(row)
-            try:
-                session.flush()
-                if conflict is not None:
-                    audit(session, f"dicom:{_who(source)}", IDENTITY_CHANGED_AUDIT, f"ecg:{row.id}",
-                          sop_instance_uid=uid, version=row.version, sha256=sha256,
-                          reference_ecg_id=conflict.ecg_id, reference_version=conflict.version)
-                session.commit()
-            except IntegrityError:
-                continue
-            return row.id
-    staged.undo()
-    return None
+        return None

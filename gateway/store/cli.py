@@ -15,8 +15,9 @@ def upgrade(ctx: typer.Context, revision: str = typer.Argument("head", help="Tar
     from gateway.store.db import current_revision
     from gateway.store.db import upgrade as do_upgrade
 
-    url = config_from(ctx).storage.database_url
-    do_upgrade(url, revision)
+    cfg = config_from(ctx)
+    url = cfg.storage.database_url
+    do_upgrade(url, revision, spool_dir=cfg.storage.spool_dir)
     typer.echo(f"database at revision {current_revision(url)}")
 
 
@@ -65,12 +66,12 @@ def check_spool_cmd(ctx: typer.Context) -> None:
 
     Exits 1 when anything is inconsistent.
     """
-    from gateway.process.recovery import check_spool
     from gateway.store.db import make_engine, make_sessionmaker
+    from gateway.store.spool import Spool
 
     cfg = config_from(ctx)
     engine = make_engine(cfg.storage.database_url)
-    report = check_spool(cfg.storage.spool_dir, make_sessionmaker(engine))
+    report = Spool.from_config(cfg.storage).check(make_sessionmaker(engine))
     engine.dispose()
     for path in report.files_without_row:
         typer.echo(f"file without row: {path}")

@@ -73,7 +73,8 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
 
 def alembic_config(database_url: str, spool_dir: str | Path | None = None):  # type: ignore[no-untyped-def]
     """Alembic's configuration for ``database_url``; ``spool_dir`` is handed to
-    migrations that read spooled files (0003's downgrade rebuilds inputs)."""
+    migrations that need the spool (0003's downgrade rebuilds inputs from its
+    files; 0009 makes stored paths relative to it)."""
     from alembic.config import Config as AlembicConfig
 
     if not (MIGRATIONS_DIR / "env.py").is_file():
@@ -86,12 +87,14 @@ def alembic_config(database_url: str, spool_dir: str | Path | None = None):  # t
     return cfg
 
 
-def upgrade(database_url: str, revision: str = "head") -> None:
-    """Apply migrations up to ``revision`` (idempotent)."""
+def upgrade(database_url: str, revision: str = "head", spool_dir: str | Path | None = None) -> None:
+    """Apply migrations up to ``revision`` (idempotent); ``spool_dir`` is the
+    configured spool (``[storage] spool_dir``; without it a migration that
+    needs it reads the configuration as the gateway does)."""
     from alembic import command
 
     make_engine(database_url).dispose()  # creates the SQLite folder
-    command.upgrade(alembic_config(database_url), revision)
+    command.upgrade(alembic_config(database_url, spool_dir), revision)
 
 
 def downgrade(database_url: str, revision: str, spool_dir: str | Path | None = None) -> None:

@@ -20,7 +20,6 @@ any version is kept (the receive path numbers versions from the stored ones).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -31,7 +30,6 @@ from pathlib import Path
 from sqlalchemy import and_, delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
-from gateway.process.worker import spool_file
 from gateway.store.models import (
     FAILED,
     HL7_PENDING,
@@ -42,6 +40,7 @@ from gateway.store.models import (
     Hl7Message,
     Prediction,
 )
+from gateway.store.spool import Spool
 from gateway.timeutil import as_utc, utcnow
 
 log = logging.getLogger("gateway.store")
@@ -105,44 +104,6 @@ def _candidates(cutoff: datetime):  # type: ignore[no-untyped-def]
     )
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def remove_file(path: Path) -> int:
-    """Delete one spool file; returns its size (0 when it was already gone)."""
-    try:
-        size = path.stat().st_size
-        path.unlink()
-    except FileNotFoundError:
-        return 0
-    return size
-
-
-def _remove_empty_dirs(dirs: set[Path], root: Path) -> None:
-    """Remove date folders (YYYY/MM/DD) left empty, up to the spool root; a folder
-    that gained a file meanwhile stays (rmdir refuses)."""
-    from gateway.receive.spool import INCOMING_DIR, REJECTED_DIR
-
-    root = root.resolve()
-    keep = {root, root / REJECTED_DIR, root / INCOMING_DIR}
-    for d in sorted((d.resolve() for d in dirs), key=lambda p: len(p.parts), reverse=True):
-        while d not in keep and root in d.parents:
-            try:
-                d.rmdir()
-            except OSError:
-                break
-            _fsync_dir(d.parent)
-            d = d.parent
-
-
 def prune(session_factory: sessionmaker[Session], spool_dir: str | Path, older_than_days: int, *,
           dry_run: bool = False, actor: str = "retention", now: datetime | None = None,
           list_rows: bool = False, batch: int = BATCH, stop: threading.Event | None = None) -> PruneResult:
@@ -154,7 +115,7 @@ def prune(session_factory: sessionmaker[Session], spool_dir: str | Path, older_t
         raise ValueError("older_than_days must be at least 1")
     cutoff = (now or utcnow()) - timedelta(days=older_than_days)
     result = PruneResult(cutoff=cutoff, dry_run=dry_run)
-    root = Path(spool_dir)
+    spool = Spool(Path(spool_dir))
     if dry_run:
         with session_factory() as s:
             past = s.scalar(select(func.count()).select_from(EcgInstance)
@@ -172,7 +133,7 @@ def prune(session_factory: sessionmaker[Session], spool_dir: str | Path, older_t
                                                 .where(Hl7Message.ecg_id.in_(chunk))) or 0
         for r in rows:
             _count(result, r, list_rows)
-            path = spool_file(root, r.spool_path)
+            path = spool.resolve(r.spool_path)
             if path.is_file():
                 result.files += 1
                 result.file_bytes += path.stat().st_size
@@ -183,7 +144,7 @@ def prune(session_factory: sessionmaker[Session], spool_dir: str | Path, older_t
         marked = _mark(session_factory, cutoff, batch)
         if not marked:
             break
-        _remove_files(session_factory, root, marked, result)
+        _remove_files(session_factory, spool, marked, result)
         _delete_rows(session_factory, marked, result, actor, older_than_days, list_rows)
     with session_factory() as s:
         result.kept = s.scalar(select(func.count()).select_from(EcgInstance)
@@ -221,32 +182,29 @@ def _mark(session_factory: sessionmaker[Session], cutoff: datetime, batch: int) 
                                                            EcgInstance.pruning_since.is_not(None))))
 
 
-def _remove_files(session_factory: sessionmaker[Session], root: Path, ids: list[int], result: PruneResult) -> None:
+def _remove_files(session_factory: sessionmaker[Session], spool: Spool, ids: list[int], result: PruneResult) -> None:
     """Step 2: the marked rows' files (a file another, unmarked row still names stays)."""
     with session_factory() as s:
         paths = s.scalars(select(EcgInstance.spool_path).where(EcgInstance.id.in_(ids))).all()
-        shared = set(s.scalars(select(EcgInstance.spool_path).where(EcgInstance.spool_path.in_(paths),
+        # a row from before migration 0009 may name the same file by its absolute path
+        forms = {form for p in paths for form in spool.stored_forms(p)}
+        shared = set(s.scalars(select(EcgInstance.spool_path).where(EcgInstance.spool_path.in_(forms),
                                                                     EcgInstance.pruning_since.is_(None))))
-    dirs: set[Path] = set()
-    inside = root.resolve()
-    for spool_path in paths:
-        if spool_path in shared:
+    kept = {spool.resolve(p) for p in shared}
+    remove = []
+    for path in map(spool.resolve, paths):
+        if path in kept:
             continue
-        path = spool_file(root, spool_path)
-        if inside not in path.resolve().parents:
+        if not spool.contains(path):
             # Only the spool is ours to delete from (a database restored elsewhere may name
             # absolute paths of another machine): the file stays, the row goes.
-            log.warning("retention: %s is not under the spool folder %s: file left in place", path, inside)
+            log.warning("retention: %s is not under the spool folder %s: file left in place", path, spool.root)
             result.outside_spool += 1
             continue
-        size = remove_file(path)
-        dirs.add(path.parent)
-        if size:
-            result.files += 1
-            result.file_bytes += size
-    for d in dirs:
-        _fsync_dir(d)  # the deletions are durable before the rows go
-    _remove_empty_dirs(dirs, root)
+        remove.append(path)
+    files, size = spool.remove_files(remove)
+    result.files += files
+    result.file_bytes += size
 
 
 def _delete_rows(session_factory: sessionmaker[Session], ids: list[int], result: PruneResult, actor: str,
