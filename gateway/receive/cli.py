@@ -149,7 +149,7 @@ def ingest(ctx: typer.Context, paths: list[Path] = typer.Argument(
     files, skipped = collect_files(paths, max_bytes)
     upgrade(cfg.storage.database_url, spool_dir=cfg.storage.spool_dir)
     engine = make_engine(cfg.storage.database_url)
-    ctx = StoreContext.from_config(cfg.dicom, cfg.storage, make_sessionmaker(engine))
+    store = StoreContext.from_config(cfg.dicom, cfg.storage, make_sessionmaker(engine))
     counts: Counter[str] = Counter()
     refused: list[tuple[Path, StoreOutcome | None, str]] = []
     console = Console(stderr=True)
@@ -170,7 +170,7 @@ def ingest(ctx: typer.Context, paths: list[Path] = typer.Argument(
                     refused.append((path, None, f"cannot read: {exc.strerror}"))
                     progress.advance(task)
                     continue
-                outcome = store_instance(IncomingInstance.from_file(raw, peer_address="ingest"), ctx)
+                outcome = store_instance(IncomingInstance.from_file(raw, peer_address="ingest"), store)
                 if outcome.status == SUCCESS:
                     counts["duplicate" if outcome.duplicate else "accepted"] += 1
                 else:

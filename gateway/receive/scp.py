@@ -33,11 +33,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydicom.uid import UID
 from pynetdicom import AE, evt
 from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.utils import make_target
@@ -353,7 +354,7 @@ def incoming_c_store(event: evt.Event) -> IncomingInstance:
     """The record of one C-STORE request (``EVT_C_STORE``): the data set as a
     Part 10 byte string, the SOP Instance and Class UIDs the request carries,
     the negotiated transfer syntax, the calling AE and the peer's address."""
-    request, requestor = event.request, event.assoc.requestor
+    request, requestor = cast(C_STORE, event.request), event.assoc.requestor
     return IncomingInstance(
         event.encoded_dataset(),
         sop_instance_uid=str(request.AffectedSOPInstanceUID or "").strip() or None,
@@ -380,7 +381,8 @@ class StoreHandler:
         except Exception:  # noqa: BLE001 - never let a bug look like success
             log.exception("C-STORE from %s failed unexpectedly", event.assoc.requestor.address)
             return PROCESSING_FAILURE
-        if self.on_stored is not None and outcome.status == SUCCESS and not outcome.duplicate and outcome.ecg_id is not None:
+        if self.on_stored is not None and outcome.ecg_id is not None and outcome.status == SUCCESS \
+                and not outcome.duplicate:
             try:
                 self.on_stored(outcome.ecg_id)
             except Exception:  # noqa: BLE001 - the instance is stored; the worker also polls

@@ -34,7 +34,6 @@ from sqlalchemy import bindparam, insert, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from gateway.admin.audit import audit
 from gateway.quoting import printable
 from gateway.receive.header import (
     ECG_STORAGE_SOP_CLASSES,
@@ -46,6 +45,7 @@ from gateway.receive.header import (
     read_header,
 )
 from gateway.receive.limits import DEFAULT_MAX_DATASET_BYTES, DatasetTooLarge, check_size
+from gateway.store.audit import audit
 from gateway.store.models import RECEIVED, REJECTED, EcgInstance
 from gateway.store.spool import Spool, ensure_dir, fsync_dir
 from gateway.store.versions import (
@@ -445,7 +445,8 @@ class _Arrival:
     def check_and_store(self) -> StoreOutcome:
         incoming = self.incoming
         try:
-            self.header = header = read_header(incoming.raw, self.ctx.max_dataset_bytes)  # DatasetTooLarge: refused by the caller
+            # DatasetTooLarge: refused by the caller
+            self.header = header = read_header(incoming.raw, self.ctx.max_dataset_bytes)
         except HeaderError as exc:
             return self.reject(CANNOT_UNDERSTAND, str(exc))
         self.uid = uid = header.sop_instance_uid
@@ -524,12 +525,14 @@ class _Arrival:
         with self.ctx.session_factory() as session:
             if staged.placed_at(path):
                 try:
-                    ecg_id = session.connection().execute(_INSERT_INSTANCE, {**row, "version": 1, "flags": flags}).scalar_one()
+                    first = {**row, "version": 1, "flags": flags}
+                    ecg_id = session.connection().execute(_INSERT_INSTANCE, first).scalar_one()
                     session.commit()
                 except IntegrityError:
                     session.rollback()  # this UID is known: look at its versions
                 else:
-                    log.info("stored SOP Instance UID %s as ecg id %d (%d bytes) from %s", uid, ecg_id, size, incoming.who)
+                    log.info("stored SOP Instance UID %s as ecg id %d (%d bytes) from %s",
+                             uid, ecg_id, size, incoming.who)
                     return StoreOutcome(SUCCESS, ecg_id, False, None)
             existing = session.connection().execute(_SAME_UID, {"uid": uid}).all()
             for same in existing:
@@ -543,18 +546,21 @@ class _Arrival:
                              uid, same.id, incoming.who)
                     return StoreOutcome(SUCCESS, same.id, True, "duplicate")
             accepted = [same for same in existing if not quarantined(same.flags)]
-            if accepted and patient_identity(accepted[0].patient_id, accepted[0].issuer_of_patient_id) != patient_identity(
-                    columns.get("patient_id"), columns.get("issuer_of_patient_id")):
+            first_identity = accepted and patient_identity(accepted[0].patient_id, accepted[0].issuer_of_patient_id)
+            if accepted and first_identity != patient_identity(columns.get("patient_id"),
+                                                               columns.get("issuer_of_patient_id")):
                 return _IdentityConflict(accepted[0].id, accepted[0].version)
             version = max((same.version for same in existing), default=0) + 1
             if any(same.status != REJECTED for same in existing):
                 flags = ["new_version", *flags]
             staged.move_to(path)  # usually already there (placed by the writer thread)
-            ecg_id = session.connection().execute(_INSERT_INSTANCE, {**row, "version": version, "flags": flags}).scalar_one()
+            next_version = {**row, "version": version, "flags": flags}
+            ecg_id = session.connection().execute(_INSERT_INSTANCE, next_version).scalar_one()
             session.commit()
         if "new_version" in flags:
             log.warning(
-                "SOP Instance UID %s received again with different bytes: stored as version %d (ecg id %d), flagged new_version",
+                "SOP Instance UID %s received again with different bytes: stored as version %d (ecg id %d), "
+                "flagged new_version",
                 uid, version, ecg_id,
             )
         else:
@@ -583,8 +589,9 @@ class _Arrival:
     def _record_rejection(self, reason: str, flags: list[str], conflict: _IdentityConflict | None) -> int | None:
         header, staged, incoming = self.header, self.staged, self.incoming
         values = header_values(header) if header else None
-        columns = values.columns if values else {"sop_class_uid": ""}
-        columns["transfer_syntax_uid"] = incoming.transfer_syntax_uid or (header.transfer_syntax_uid if header else None)
+        columns: dict[str, Any] = values.columns if values else {"sop_class_uid": ""}
+        from_header = header.transfer_syntax_uid if header else None
+        columns["transfer_syntax_uid"] = incoming.transfer_syntax_uid or from_header
         # The UID is data here, never a path: an invalid one is kept as printable text.
         uid = _clean(self.uid, 64) or ""
         sha256 = staged.sha256()
