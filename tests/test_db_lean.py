@@ -12,6 +12,7 @@ import json
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -248,3 +249,56 @@ def test_compact_while_the_gateway_holds_the_sqlite_file_says_to_stop_it(tmp_pat
                            cwd=Path(__file__).resolve().parents[1], env=env, timeout=120)
     assert r.returncode == 1 and "database is locked (stop the gateway first)" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_migration_0009_compresses_outbox_payloads_and_measurements_both_ways(empty_db_url, sample_path):
+    """The ORU text (with non-ASCII) and the cart's measurements survive up, down and up
+    again unchanged, and are stored compressed at head."""
+    from pydicom import dcmread
+
+    from gateway.report.measurements import extract
+    from gateway.store.models import EcgInstance, Hl7Message
+
+    cart = extract(dcmread(sample_path))
+    payload = ("MSH|^~\\&|ECGGW|ECGGW|EHR|HOSPITAL|20260101||ORU^R01^ORU_R01|C1|P|2.5.1||||||UNICODE UTF-8\r"
+               "PID|1||P1^^^H^MR||MÜLLER^JÖRG||19600101|M\r"
+               + "".join(f"OBX|{i}|NM|X^Y^L||0.{i}||||||F\r" for i in range(40)))
+    db.upgrade(empty_db_url, "0008_cart_measurements")
+    engine = db.make_engine(empty_db_url)
+    meta = sa.MetaData()
+    with engine.begin() as conn:
+        ecg = sa.Table("ecg_instances", meta, autoload_with=conn)
+        hl7 = sa.Table("hl7_messages", meta, autoload_with=conn)
+        ecg_id = conn.execute(ecg.insert().returning(ecg.c.id), dict(
+            sop_instance_uid="1.2.3", version=1, sop_class_uid="1.2", spool_path="x", sha256="0" * 64,
+            size_bytes=1, status="processed", flags=[], attempts=1, received_at=T0, updated_at=T0,
+            measurements=cart.measurements, cart_statements=cart.statements)).scalar_one()
+        conn.execute(hl7.insert(), [dict(ecg_id=ecg_id, control_id=f"C{i}", order_key="k", payload=text,
+                                         status="delivered", attempts=1, next_attempt_at=T0, created_at=T0)
+                                    for i, text in enumerate((payload, ""))])
+    engine.dispose()
+
+    def raw() -> tuple[Any, list[Any]]:
+        eng = db.make_engine(empty_db_url)
+        with eng.connect() as conn:
+            m = conn.execute(sa.text("SELECT measurements FROM ecg_instances")).scalar()
+            p = conn.execute(sa.text("SELECT payload FROM hl7_messages ORDER BY id")).scalars().all()
+        eng.dispose()
+        return m, p
+
+    for _ in range(2):
+        db.upgrade(empty_db_url)
+        m, p = raw()
+        assert isinstance(m, (bytes, memoryview)) and len(m) < 500 < len(json.dumps(cart.measurements))
+        assert len(p[0]) < len(payload.encode()) / 2
+        engine = db.make_engine(empty_db_url)
+        with db.make_sessionmaker(engine)() as s:
+            row = s.get(EcgInstance, ecg_id)
+            assert (row.measurements, row.cart_statements) == (json.loads(json.dumps(cart.measurements)),
+                                                               cart.statements)
+            assert [m.payload for m in s.scalars(sa.select(Hl7Message).order_by(Hl7Message.id))] == [payload, ""]
+        engine.dispose()
+        db.downgrade(empty_db_url, "0008_cart_measurements")
+        m, p = raw()
+        assert p == [payload, ""]
+        assert (json.loads(m) if isinstance(m, str) else m) == json.loads(json.dumps(cart.measurements))
