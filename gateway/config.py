@@ -245,6 +245,9 @@ class Hl7Config(_Section):
     #: Keep one MLLP connection open across messages (false: one connection per
     #: message, closed after its ACK).
     keep_connection_open: bool = True
+    #: Add the one-page PDF report to each analysed ECG's ORU: one OBX of type ED,
+    #: ``^AP^PDF^Base64^<data>`` (about 130 KB more per message).
+    embed_pdf: bool = False
 
     @field_validator("tls_ca", "tls_cert", "tls_key")
     @classmethod

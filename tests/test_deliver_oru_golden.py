@@ -114,6 +114,9 @@ CASES = {
             "MDC:2:16016": {"value": 70, "unit": "/min", "code": None, "name": "Ventricular rate", "source": "cart"}},
             cart_statements=[]),
         None, Hl7Config(charset="8859/1"), "C17"),
+    # issue 16 §3: the PDF report in one ED OBX, base64 (validated with a placeholder, then filled in)
+    "embedded_pdf": (ecg(), prediction(findings=[]), Hl7Config(embed_pdf=True), "C18",
+                     OruOptions(report_pdf=b"%PDF-1.4\n%\xe2\xe3\xcf\xd3 |^~\\& not a real report\n%%EOF\n")),
 }
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import shutil
 import subprocess
+from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -43,7 +44,7 @@ def data(sample_path: Path, *, demo: bool = False, **changes):  # type: ignore[n
     prediction = SimpleNamespace(
         probabilities={"1dAVb": 0.01, "RBBB": 0.02, "LBBB": 0.001, "SB": 0.1, "AF": 0.91, "ST": 0.05},
         thresholds=THRESHOLDS, findings=["AF"], quality_flags=flags, model_sha256=SHA, gateway_version="9.9.9",
-        demo_model=demo)
+        demo_model=demo, created_at=datetime(2026, 11, 30, 8, 0, tzinfo=timezone.utc))
     ecg = SimpleNamespace(
         id=7, status="processed", prediction=prediction, patient_name="Müller^Hans^Peter^Dr", patient_id="642341",
         patient_birth_date="19710123", patient_sex="F", acquisition_datetime="20130125105919",
@@ -51,7 +52,7 @@ def data(sample_path: Path, *, demo: bool = False, **changes):  # type: ignore[n
         device_serial="", sop_instance_uid="1.2.840.1.3", measurements=measurements, cart_statements=statements)
     for key, value in changes.items():
         setattr(ecg, key, value)
-    return report_data(ecg, signal, LEADS, 400.0, 1.0, generated_at="2026-11-30 08:00 UTC")
+    return report_data(ecg, signal, LEADS, 400.0, 1.0)
 
 
 def text_of(pdf: bytes) -> tuple[PdfReader, str]:
@@ -83,7 +84,7 @@ def test_one_page_with_what_a_clinician_needs(sample_path, page):
     assert "Reported: AF (Atrial fibrillation)" in text
     assert f"AI model sha256 {SHA}" in text and "ECG gateway 9.9.9" in text
     assert "AI result, not confirmed by a physician" in text
-    assert "25 mm/s" in text and "10 mm/mV" in text
+    assert "25 mm/s" in text and "10 mm/mV" in text and "AI result of 2026-11-30 08:00 UTC" in text
     assert report_pdf.WATERMARK not in text
     assert not reader.metadata.title or "Müller" not in reader.metadata.title  # no PHI in the metadata
 

@@ -98,27 +98,16 @@ def report_pdf(session: Session, id_or_uid: str, spool_dir: str | Path, page: st
     """``(ecg id, PDF bytes)`` of the one-page 12-lead report (:mod:`gateway.report.pdf`):
     the tracing is the model input rebuilt from the stored original (see
     :func:`model_input_array`), the values those of the database rows."""
-    from gateway import __version__
     from gateway.admin.queries import lead_names
-    from gateway.report.pdf import ReportError, build_pdf, report_data
-    from gateway.timeutil import utcnow
+    from gateway.report.pdf import ReportError, build_pdf, input_scale, report_data
 
     ecg = _find(session, id_or_uid)
     signal = model_input_array(ecg, spool_dir)
-    fs, gain = signal_scale(ecg.report)
+    fs, gain = input_scale(ecg.report)
     try:
-        data = report_data(ecg, signal, lead_names(ecg.report), fs, gain,
-                           generated_at=utcnow().strftime("%Y-%m-%d %H:%M UTC"), gateway_version=__version__)
+        # the gateway version that made the result, so this is the PDF its ORU carried ([hl7] embed_pdf)
+        data = report_data(ecg, signal, lead_names(ecg.report), fs, gain)
         return ecg.id, build_pdf(data, page)
     except ReportError as exc:
         raise ExportError(f"ECG {ecg.id}: no report: {exc}") from None
 
-
-def signal_scale(normalisation: dict | None) -> tuple[float, float]:
-    """(sampling rate in Hz, gain) of a model input, from its normalisation
-    report (older records may lack them: 400 Hz, gain 1)."""
-    n = normalisation or {}
-    gain = n.get("gain", 1.0)
-    fs = (n.get("resample") or {}).get("to_hz", 400.0)
-    ok = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0  # noqa: E731
-    return (float(fs) if ok(fs) else 400.0), (float(gain) if ok(gain) else 1.0)

@@ -108,9 +108,9 @@ def session_principal(request: Request, token: str, session_factory: Callable[[]
 def ecg_paper_svg(array: Any, leads: list[str], normalisation: dict[str, Any]) -> str:
     """SVG of a model input (the float32 (4096, 12) array)."""
     from gateway.admin.ecg_svg import ecg_svg
-    from gateway.admin.exports import signal_scale
+    from gateway.report.pdf import input_scale
 
-    fs, gain = signal_scale(normalisation)
+    fs, gain = input_scale(normalisation)
     return ecg_svg(array, leads, fs=fs, gain=gain)
 
 

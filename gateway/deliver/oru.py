@@ -110,6 +110,8 @@ class OruOptions:
     #: carries no Filler Order Number; None = the ECG's row id.  A correction
     #: should repeat the number of the message it corrects.
     filler_id: str | None = None
+    #: The PDF report to carry in an ED OBX (``[hl7] embed_pdf``); only with a prediction.
+    report_pdf: bytes | None = None
 
 
 def replace_controls(text: str) -> str:
@@ -370,12 +372,55 @@ def _oru_segments(
         obx("ST", IMPRESSION, Input(escape(REJECTED_PREFIX) + reason))
     else:
         _prediction_observations(obx, free_text, prediction, cfg)
+        if options.report_pdf:
+            # validated with a placeholder (hl7apy checks OBX-5 as ST, at most 199 characters);
+            # the base64 text, which needs no escaping, replaces it in the finished message
+            obx("ED", f"{REPORT_PDF}^{cfg.probability_coding_system}", ED_PDF_PREFIX + ED_PLACEHOLDER)
     study = ident(ecg.study_instance_uid, "OBX-5")
     if study:
         obx("ST", STUDY_UID, study)
     # Configured values and constants too: no control character reaches the wire.
     return [(name, {i: v if not CONTROL_CHARACTERS.search(v) else type(v)(replace_controls(v))
                     for i, v in fields.items()}) for name, fields in segments]
+
+
+#: OBX-3 of the embedded PDF report, and OBX-5 before its data: ED = source application ^ type
+#: (table 0191 AP: other application data) ^ subtype (PDF; outside 2.5.1's table 0291) ^ encoding ^ data.
+REPORT_PDF = "REPORT_PDF^12-lead ECG report (PDF)"
+ED_PDF_PREFIX = "^AP^PDF^Base64^"
+ED_PLACEHOLDER = "PDF"
+_BASE64 = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
+
+
+def embed_pdf(er7: str, pdf: bytes | None) -> str:
+    """``er7`` with the ED OBX's placeholder replaced by ``pdf`` as base64 (no
+    line breaks: ``b64encode`` does not wrap; its alphabet holds no HL7 delimiter)."""
+    if not pdf:
+        return er7
+    import base64
+
+    data = base64.b64encode(pdf).decode("ascii")
+    if not _BASE64.match(data):  # cannot happen; the wire must never see a delimiter from here
+        raise OruBuildError("OBX-5: the PDF's base64 text holds a character outside its alphabet")
+    segments = er7.split("\r")
+    for i, segment in enumerate(segments):
+        fields = segment.split("|")
+        if fields[0] == "OBX" and len(fields) > 5 and fields[2] == "ED" and fields[5] == ED_PDF_PREFIX + ED_PLACEHOLDER:
+            fields[5] = ED_PDF_PREFIX + data
+            segments[i] = "|".join(fields)
+            return "\r".join(segments)
+    raise OruBuildError("OBX-5: no place for the PDF report in the message")
+
+
+def embedded_pdf(er7: str) -> bytes | None:
+    """The PDF report an ORU carries (:func:`embed_pdf`), or None."""
+    import base64
+
+    for segment in er7.replace("\n", "\r").split("\r"):
+        fields = segment.split("|")
+        if fields[0] == "OBX" and len(fields) > 5 and fields[2] == "ED" and fields[5].startswith(ED_PDF_PREFIX):
+            return base64.b64decode(fields[5][len(ED_PDF_PREFIX):])
+    return None
 
 
 #: OBX-6 (CE) of each unit the cart's measurements are converted to: UCUM code ^ text ^ UCUM.
@@ -506,7 +551,7 @@ def build_oru(
     # (a configured value holding the mask character could misalign the check)
     checks = _shape_checks(shape) if shape.count(_MASK) == len(values) else None
     if checks is None:  # hl7apy does not accept this shape as it is: let it name the problem
-        return _render_hl7apy(segments)
+        return embed_pdf(_render_hl7apy(segments), options.report_pdf)
     checked = set()
     for (datatype, label), value in zip(checks, values):
         if (datatype, value) in checked:  # e.g. OBX-14 repeats one time stamp
@@ -517,8 +562,8 @@ def build_oru(
         except Exception as exc:  # hl7apy raises several unrelated types
             raise OruBuildError(f"{label}: {_detail(exc)}") from None
         if written != value:  # e.g. hl7apy writes the DTM year 0999 as 999
-            return _render_hl7apy(segments)
-    return er7
+            return embed_pdf(_render_hl7apy(segments), options.report_pdf)
+    return embed_pdf(er7, options.report_pdf)
 
 
 def build_oru_reference(
@@ -528,7 +573,7 @@ def build_oru_reference(
     """:func:`build_oru` the slow, direct way (~30 ms): hl7apy assigns every
     field at STRICT, then validates the whole message.  The fast path is
     checked against it (tests, bench) and defers to it to name problems."""
-    return _render_hl7apy(_oru_segments(ecg, prediction, cfg, control_id, now, options))
+    return embed_pdf(_render_hl7apy(_oru_segments(ecg, prediction, cfg, control_id, now, options)), options.report_pdf)
 
 
 _VERSION = "2.5.1"

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
-from gateway.deliver.oru import OruBuildError, OruOptions, build_oru, order_key
+from gateway.deliver.oru import OruBuildError, OruOptions, build_oru, embedded_pdf, order_key
 from gateway.store.versions import corrected_version
 from gateway.store.models import (
     HL7_FAILED,
@@ -107,6 +108,9 @@ def resend(
     prediction = None if ecg.status == REJECTED else ecg.prediction
     control_id = new_control_id()
     options = options if options is not None else result_options(session, ecg)
+    if cfg.embed_pdf and prediction is not None and options.report_pdf is None:
+        # the PDF the first message carried (the outbox has no model input to draw a new one)
+        options = replace(options, report_pdf=embedded_pdf(old.payload))
     payload = build_oru(ecg, prediction, cfg, control_id, options=options)
     old_status = old.status
     if old.status in (HL7_PENDING, HL7_FAILED):

@@ -27,7 +27,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -251,6 +251,42 @@ class Worker:
                 "infer_ms": infer_ms, "batch_size": len(ready),
             }
 
+    def _report_pdf(self, it: _Item, now: datetime) -> bytes | None:
+        """The PDF report for the ORU when ``[hl7] embed_pdf`` (else None), from
+        the model input in memory and the values the result will store (the
+        same bytes ``ecg export-report`` gives later).  A report that cannot be
+        drawn is logged and left out: the result goes without it."""
+        hl7 = self.cfg.hl7
+        if not (hl7.enabled and hl7.embed_pdf) or it.output is None or it.error is not None \
+                or it.identity_conflict is not None:
+            return None
+        from types import SimpleNamespace
+
+        from gateway.infer.thresholds import apply_thresholds
+        from gateway.normalise import OUTPUT_LEADS
+        from gateway.report.pdf import build_pdf, input_scale, report_data
+
+        try:
+            probs = {code: float(it.output["mean"][k]) for k, code in enumerate(FINDINGS)}
+            thresholds = dict(self.cfg.model.thresholds)
+            identity = self.ensemble.identity
+            prediction = SimpleNamespace(
+                probabilities=probs, thresholds=thresholds, findings=apply_thresholds(probs, thresholds),
+                quality_flags=list(it.normalised.quality_flags), model_sha256=identity["model_sha256"],
+                demo_model=bool(identity["demo"]), gateway_version=__version__, created_at=now)
+            with self.session_factory() as session:
+                row = session.get(EcgInstance, it.ecg_id)
+                ecg = SimpleNamespace(**{c.key: getattr(row, c.key) for c in EcgInstance.__table__.columns})
+            cart = it.cart
+            ecg.measurements = cart.measurements if cart is not None else None
+            ecg.cart_statements = cart.statements if cart is not None else []
+            fs, gain = input_scale(it.report)
+            return build_pdf(report_data(ecg, it.normalised.signal, list(OUTPUT_LEADS), fs, gain, prediction=prediction))
+        except Exception:  # noqa: BLE001 - the result must not wait for its picture
+            log.exception("ECG id=%s sop=%s: the PDF report for the ORU could not be built; sent without it",
+                          it.ecg_id, it.sop_instance_uid)
+            return None
+
     def _finish(self, it: _Item) -> None:
         """Write one ECG's outcome in one transaction (only while our claim holds)."""
         from gateway.deliver.outbox import enqueue_result, result_options
@@ -261,6 +297,7 @@ class Worker:
         now = utcnow()
         outcome = "failed"
         enqueued = False
+        report_pdf = self._report_pdf(it, now)  # before the transaction: it takes ~50 ms
         with self.session_factory() as session, session.begin():
             row = still_claimed(session, it.ecg_id, self.worker_id)
             if row is None:
@@ -288,6 +325,7 @@ class Worker:
                             for k, code in enumerate(FINDINGS)},
                     findings=apply_thresholds(probs, thresholds),
                     thresholds=thresholds,
+                    created_at=now,  # the PDF report shows this time ([hl7] embed_pdf built it already)
                     model_files=identity["files"],
                     model_sha256=identity["model_sha256"],
                     demo_model=bool(identity["demo"]),
@@ -327,7 +365,9 @@ class Worker:
                 session.flush()
                 # a later version of an instance whose result went out corrects it (OBR-25 = C)
                 enqueued = enqueue_result(session, row, prediction, self.cfg.hl7,
-                                          options=result_options(session, row)) is not None
+                                          options=replace(result_options(session, row),
+                                                          report_pdf=report_pdf if prediction is not None else None),
+                                          ) is not None
         metrics.ECG_OUTCOMES.labels("rejected" if outcome == "quarantined" else outcome).inc()
         if outcome == "processed":
             metrics.LATENCY.observe(prediction.timings["received_to_processed_ms"] / 1000)  # type: ignore[union-attr]

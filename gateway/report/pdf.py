@@ -25,9 +25,14 @@ import io
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timezone
 from typing import Any
 
 import numpy as np
+from reportlab import rl_config
+
+# Compressed streams stay binary (ASCII85 would make the file a quarter bigger and take ~0.1 s per report).
+rl_config.useA85 = 0
 
 from gateway.findings import BY_CODE, FINDINGS
 from gateway.report.measurements import KINDS, display_value
@@ -91,17 +96,21 @@ class ReportData:
     leads: Sequence[str] = ()
     fs: float = 400.0
     gain: float = 1.0
-    #: When the report was made (shown in the footer; the caller's clock).
-    generated_at: str = ""
+    #: When the AI result was made (shown in the footer): the prediction's time,
+    #: so every build of one result gives the same bytes (export, ORU, PACS).
+    result_time: str = ""
 
 
-def report_data(ecg: Any, signal: Any, leads: Sequence[str], fs: float, gain: float, generated_at: str = "",
+def report_data(ecg: Any, signal: Any, leads: Sequence[str], fs: float, gain: float, *, prediction: Any = None,
                 gateway_version: str | None = None) -> ReportData:
-    """A :class:`ReportData` from an ECG row with its prediction (any object
-    with those attributes) and its model input."""
-    p = ecg.prediction
+    """A :class:`ReportData` from an ECG row and its prediction (``prediction``,
+    default ``ecg.prediction``; any objects with those attributes) and its model input."""
+    p = prediction if prediction is not None else ecg.prediction
     if p is None:
         raise ReportError(f"ECG {ecg.id} has no AI result (status {ecg.status})")
+    created = getattr(p, "created_at", None)
+    if created is not None and created.tzinfo is None:  # SQLite hands back naive UTC
+        created = created.replace(tzinfo=timezone.utc)
     return ReportData(
         ecg_id=ecg.id, patient_name=ecg.patient_name, patient_id=ecg.patient_id,
         patient_birth_date=ecg.patient_birth_date, patient_sex=ecg.patient_sex,
@@ -112,8 +121,19 @@ def report_data(ecg: Any, signal: Any, leads: Sequence[str], fs: float, gain: fl
         thresholds=dict(p.thresholds or {}), findings=tuple(p.findings or ()),
         quality_flags=tuple(str(f) for f in p.quality_flags or ()), model_sha256=p.model_sha256,
         gateway_version=gateway_version or p.gateway_version, demo_model=bool(p.demo_model),
-        signal=signal, leads=tuple(leads), fs=fs, gain=gain, generated_at=generated_at,
+        signal=signal, leads=tuple(leads), fs=fs, gain=gain,
+        result_time=created.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC") if created else "",
     )
+
+
+def input_scale(normalisation: Mapping[str, Any] | None) -> tuple[float, float]:
+    """(sampling rate in Hz, gain) of a model input, from its normalisation
+    report (older records may lack them: 400 Hz, gain 1)."""
+    n = normalisation or {}
+    gain = n.get("gain", 1.0)
+    fs = (n.get("resample") or {}).get("to_hz", 400.0)
+    ok = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0  # noqa: E731
+    return (float(fs) if ok(fs) else 400.0), (float(gain) if ok(gain) else 1.0)
 
 
 def latin1(text: Any) -> str:
@@ -383,7 +403,7 @@ def _footer(c: Any, d: ReportData, left: float, bottom: float, page: str) -> Non
     note = ("Decision support (Ribeiro et al., Nat Commun 2020; 1dAVb, RBBB, LBBB, SB, AF, ST only): "
             "a result without findings is not a normal ECG.")
     _text(c, left, bottom + 0.5, note, 2.4, colour=(0.35, 0.35, 0.35))
-    tail = f"SOP Instance UID {d.sop_instance_uid or '-'}" + (f"   made {d.generated_at}" if d.generated_at else "")
+    tail = f"SOP Instance UID {d.sop_instance_uid or '-'}" + (f"   AI result of {d.result_time}" if d.result_time else "")
     _text(c, right, bottom + 0.5, _fit(c, tail, 2.4, 120), 2.4, anchor="right", colour=(0.35, 0.35, 0.35))
 
 
