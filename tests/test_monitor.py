@@ -213,10 +213,11 @@ def test_acks_for_another_message_mean_the_link_is_down(db_url, session_factory,
 
 
 @pytest.mark.usefixtures("_receiver_available")
-def test_failed_message_warning_and_healthz(db_url, session_factory, tmp_path, caplog):
+def test_failed_message_warning_and_healthz(db_url, session_factory, tmp_path, caplog, monkeypatch):
     """AE with max_attempts = 1: the message fails; one WARNING naming it with
     the counts; /healthz 503 (configurable) with the failed count; a resend
     that is delivered clears it."""
+    monkeypatch.setattr(watch_mod, "POLL_S", 0.2)  # the all-clear comes from the watch's poll
     caplog.set_level(logging.INFO, "gateway.deliver")
     port = free_port()
     cfg = make_cfg(db_url, tmp_path, port)
