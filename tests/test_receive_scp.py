@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 from sqlalchemy import select
 
@@ -96,9 +98,6 @@ def test_hemodynamic_class_with_storescu_and_32bit_with_pynetdicom(scp_factory, 
     results, out = storescu(port, [write(tmp_path / "h.dcm", ecg_bytes(sample_path, sop_class=HEMODYNAMIC))])
     assert [s for _, s in results] == [SUCCESS], out
     # DCMTK 3.6.7 does not know General 32-bit ECG: pynetdicom is the cart here
-    import io
-
-    from pydicom import dcmread
     from pynetdicom import AE
 
     ae = AE(ae_title="CART2")
@@ -215,3 +214,84 @@ def test_max_associations_is_enforced_and_logged(scp_factory, port: int, sample_
         assert "max_associations (1) reached" in caplog.text
     finally:
         held.release()
+
+
+# --- the C-STORE handler alone (pynetdicom's own event objects, no network) ---------------------
+
+
+def _c_store_event(raw: bytes, *, request_uid: str, calling_ae: str = "CART1", address: str = "127.0.0.1"):  # type: ignore[no-untyped-def]
+    """The ``EVT_C_STORE`` event pynetdicom hands the handler when ``raw`` (a
+    Part 10 file in Explicit VR Little Endian) arrives under ``request_uid``."""
+    import struct
+
+    from pynetdicom import AE, evt
+    from pynetdicom.association import Association
+    from pynetdicom.dimse_primitives import C_STORE
+    from pynetdicom.presentation import build_context
+    from pynetdicom.transport import AddressInformation
+
+    sop_class = str(dcmread(io.BytesIO(raw)).SOPClassUID)
+    assoc = Association(AE(), "acceptor")
+    assoc.requestor.ae_title, assoc.requestor.address_info = calling_ae, AddressInformation(address, 11112)
+    request = C_STORE()
+    request.MessageID = 1
+    request.AffectedSOPClassUID = sop_class
+    request.AffectedSOPInstanceUID = request_uid
+    # the data set as sent: after the preamble, "DICM" and the file meta group (its length at 140)
+    request.DataSet = io.BytesIO(raw[144 + struct.unpack_from("<I", raw, 140)[0]:])
+    context = build_context(sop_class, "1.2.840.10008.1.2.1")
+    context.context_id = 1
+    return evt.Event(assoc, evt.EVT_C_STORE, {"request": request, "context": context.as_tuple})
+
+
+def test_the_store_handler_alone(sample_path: Path, session_factory, spool: Path) -> None:
+    """StoreHandler with the event pynetdicom gives it: the record carries the
+    request's UIDs, calling AE and peer; success wakes the worker once."""
+    from gateway.receive.scp import StoreHandler, incoming_c_store
+    from gateway.receive.spool import StoreContext
+
+    raw = ecg_bytes(sample_path, uid=SAMPLE_UID)
+    event = _c_store_event(raw, request_uid=SAMPLE_UID)
+    incoming = incoming_c_store(event)
+    assert (incoming.sop_instance_uid, incoming.sop_class_uid, incoming.transfer_syntax_uid) == (
+        SAMPLE_UID, "1.2.840.10008.5.1.4.1.1.9.1.1", "1.2.840.10008.1.2.1")
+    assert (incoming.calling_ae, incoming.peer_address, incoming.uid_valid) == ("CART1", "127.0.0.1", True)
+    assert dcmread(io.BytesIO(incoming.raw)).SOPInstanceUID == SAMPLE_UID
+    woken: list[int] = []
+    handler = StoreHandler(StoreContext(session_factory, Spool(spool)), woken.append)
+    assert handler(event) == SUCCESS
+    [row] = _rows(session_factory)
+    assert (row.sop_instance_uid, row.calling_ae, row.peer_address) == (SAMPLE_UID, "CART1", "127.0.0.1")
+    assert woken == [row.id]
+    assert handler(_c_store_event(raw, request_uid=SAMPLE_UID)) == SUCCESS  # a duplicate: no second wake-up
+    assert woken == [row.id] and spool_files(spool) == [spool / row.spool_path]
+
+
+def test_the_store_handler_stores_under_the_data_sets_uid(sample_path: Path, session_factory, spool: Path) -> None:
+    """A request announcing another SOP Instance UID than its data set's (a
+    sender out of PS3.4): stored under the data set's, nothing left under the other."""
+    from gateway.receive.scp import StoreHandler
+    from gateway.receive.spool import StoreContext
+
+    handler = StoreHandler(StoreContext(session_factory, Spool(spool)))
+    assert handler(_c_store_event(ecg_bytes(sample_path, uid=SAMPLE_UID), request_uid="1.2.3.4")) == SUCCESS
+    [row] = _rows(session_factory)
+    assert row.sop_instance_uid == SAMPLE_UID and Path(row.spool_path).name.startswith(SAMPLE_UID + "_")
+    assert spool_files(spool) == [spool / row.spool_path]
+
+
+def test_the_store_handler_answers_0110_when_storing_fails_unexpectedly(
+        sample_path: Path, session_factory, spool: Path, caplog) -> None:
+    """A bug in storing is a processing failure (0x0110), never success."""
+    from gateway.receive.scp import StoreHandler
+    from gateway.receive.spool import PROCESSING_FAILURE, StoreContext
+
+    def broken_probe(path: Path) -> int:
+        raise RuntimeError("probe broke")
+
+    woken: list[int] = []
+    handler = StoreHandler(StoreContext(session_factory, Spool(spool), free_bytes=broken_probe), woken.append)
+    with caplog.at_level(logging.ERROR, logger="gateway.receive"):
+        assert handler(_c_store_event(ecg_bytes(sample_path), request_uid=SAMPLE_UID)) == PROCESSING_FAILURE == 0x0110
+    assert "C-STORE from 127.0.0.1 failed unexpectedly" in caplog.text
+    assert woken == [] and _rows(session_factory) == []
