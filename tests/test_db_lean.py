@@ -251,7 +251,7 @@ def test_compact_while_the_gateway_holds_the_sqlite_file_says_to_stop_it(tmp_pat
     assert "Traceback" not in r.stderr
 
 
-def test_migration_0009_compresses_outbox_payloads_and_measurements_both_ways(empty_db_url, sample_path):
+def test_migration_0010_compresses_outbox_payloads_and_measurements_both_ways(empty_db_url, sample_path):
     """The ORU text (with non-ASCII) and the cart's measurements survive up, down and up
     again unchanged, and are stored compressed at head."""
     from pydicom import dcmread
@@ -263,7 +263,7 @@ def test_migration_0009_compresses_outbox_payloads_and_measurements_both_ways(em
     payload = ("MSH|^~\\&|ECGGW|ECGGW|EHR|HOSPITAL|20260101||ORU^R01^ORU_R01|C1|P|2.5.1||||||UNICODE UTF-8\r"
                "PID|1||P1^^^H^MR||MÜLLER^JÖRG||19600101|M\r"
                + "".join(f"OBX|{i}|NM|X^Y^L||0.{i}||||||F\r" for i in range(40)))
-    db.upgrade(empty_db_url, "0008_cart_measurements")
+    db.upgrade(empty_db_url, "0009_relative_spool_paths")
     engine = db.make_engine(empty_db_url)
     meta = sa.MetaData()
     with engine.begin() as conn:
@@ -298,7 +298,7 @@ def test_migration_0009_compresses_outbox_payloads_and_measurements_both_ways(em
                                                                cart.statements)
             assert [m.payload for m in s.scalars(sa.select(Hl7Message).order_by(Hl7Message.id))] == [payload, ""]
         engine.dispose()
-        db.downgrade(empty_db_url, "0008_cart_measurements")
+        db.downgrade(empty_db_url, "0009_relative_spool_paths")
         m, p = raw()
         assert p == [payload, ""]
         assert (json.loads(m) if isinstance(m, str) else m) == json.loads(json.dumps(cart.measurements))

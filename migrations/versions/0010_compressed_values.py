@@ -6,8 +6,8 @@ cart's measurements is ~3 KB of text (~1 KB compressed), the measurements
 filled an 8 KB page with room for one more only.  Upgrade and downgrade
 convert every row, in batches.
 
-Revision ID: 0009_compressed_values
-Revises: 0008_cart_measurements
+Revision ID: 0010_compressed_values
+Revises: 0009_relative_spool_paths
 """
 import json
 import zlib
@@ -17,8 +17,8 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0009_compressed_values'
-down_revision = '0008_cart_measurements'
+revision = '0010_compressed_values'
+down_revision = '0009_relative_spool_paths'
 branch_labels = None
 depends_on = None
 
