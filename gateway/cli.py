@@ -21,6 +21,7 @@ from gateway.admin.cli import ecg_app, results_app
 from gateway.cliconfig import config_from
 from gateway.config import Config
 from gateway.deliver.cli import app as hl7_app
+from gateway.deliver.pacs_cli import app as pacs_app
 from gateway.demo import app as demo_app
 from gateway.infer.cli import app as model_app
 from gateway.receive.cli import ingest
@@ -99,9 +100,10 @@ def serve(
     ctx: typer.Context,
     components: Annotated[
         str,
-        typer.Option(help="Comma-separated parts to run: scp, worker, hl7, admin. Extra machines behind one "
-                          "PostgreSQL database and a shared spool run e.g. 'worker,hl7'."),
-    ] = "scp,worker,hl7,admin",
+        typer.Option(help="Comma-separated parts to run: scp, worker, hl7, pacs, admin (pacs: only with [pacs] "
+                          "enabled). Extra machines behind one PostgreSQL database and a shared spool run e.g. "
+                          "'worker,hl7'."),
+    ] = "scp,worker,hl7,pacs,admin",
     fetch_model: Annotated[
         bool,
         typer.Option("--fetch-model", help="When the configured model files are missing and are the published "
@@ -157,6 +159,7 @@ app.command("ingest")(ingest)
 app.add_typer(results_app, name="results")
 app.add_typer(ecg_app, name="ecg")
 app.add_typer(hl7_app, name="hl7")
+app.add_typer(pacs_app, name="pacs")
 app.add_typer(demo_app, name="demo")
 app.command("validate")(validate)
 

@@ -272,6 +272,50 @@ class Hl7Config(_Section):
         return self
 
 
+class PacsConfig(_Section):
+    """The result back to PACS (issue 16 §4): a DICOM Encapsulated PDF of the
+    report and/or a Comprehensive SR per analysed ECG, sent by C-STORE from a
+    durable outbox."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: Port = 104
+    called_ae_title: AETitle = "PACS"
+    calling_ae_title: AETitle = "ECGGW"
+    #: What goes to PACS for each analysed ECG: "pdf" (Encapsulated PDF), "sr" (Comprehensive SR).
+    send: list[Literal["pdf", "sr"]] = ["pdf", "sr"]
+    connect_timeout: Annotated[float, Field(gt=0)] = 10.0
+    dimse_timeout: Annotated[float, Field(gt=0)] = 30.0
+    #: Failed C-STOREs (refused, no association, timeouts) are retried with capped
+    #: exponential backoff; after this many attempts the object is "failed" (resend).
+    max_attempts: Annotated[int, Field(ge=1, le=1000)] = 10
+    backoff_initial_s: Annotated[float, Field(gt=0)] = 5.0
+    backoff_max_s: Annotated[float, Field(gt=0)] = 600.0
+    #: TLS to PACS (DICOM TLS): tls_ca verifies the PACS, tls_cert/tls_key are this client's.
+    tls: bool = False
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+
+    @field_validator("tls_ca", "tls_cert", "tls_key")
+    @classmethod
+    def _tls_files(cls, value: str, info: Any) -> str:
+        return _existing_file(value, info.field_name)
+
+    @field_validator("send")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("each of pdf, sr at most once")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> "PacsConfig":
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together (client certificate)")
+        return self
+
+
 class AdminConfig(_Section):
     host: str = "127.0.0.1"
     port: Port = 8080
@@ -344,6 +388,7 @@ class Config(_Section):
     normalise: NormaliseConfig = Field(default_factory=NormaliseConfig)
     process: ProcessConfig = Field(default_factory=ProcessConfig)
     hl7: Hl7Config = Field(default_factory=Hl7Config)
+    pacs: PacsConfig = Field(default_factory=PacsConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     # "validate" would shadow pydantic's BaseModel.validate: the field has another name.

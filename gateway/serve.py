@@ -6,7 +6,7 @@ Start-up happens in three phases, so a gateway that cannot run changes nothing:
 2. bind every listener (DICOM, DICOM TLS, admin HTTP) without accepting: a
    port in use ends the program here with one line naming host:port, exit 1,
    before anything is written;
-3. database (migrated) -> model -> recovery -> worker -> HL7 sender -> admin
+3. database (migrated) -> model -> recovery -> worker -> HL7 and PACS senders -> admin
    web -> DICOM SCP accepting.  This follows the data's way backwards, so
    nothing is accepted before it can be handled.
 
@@ -35,7 +35,7 @@ from gateway.logs import setup_logging
 
 log = logging.getLogger("gateway.serve")
 
-COMPONENTS = ("scp", "worker", "hl7", "admin")
+COMPONENTS = ("scp", "worker", "hl7", "pacs", "admin")
 
 NO_MODEL_HINT = (
     "no model file: run `ecg-gateway model fetch` "
@@ -246,6 +246,10 @@ def _run_bound(cfg: Config, components: tuple[str, ...], listeners: Listeners,
             threads.append(_Thread("hl7-sender", lambda: run_sender(session_factory, cfg.hl7, stop, hl7_wake)))
         elif "hl7" in components:
             log.info("HL7 sender not started: [hl7] enabled = false")
+        if "pacs" in components and cfg.pacs.enabled:
+            from gateway.deliver.pacs import run_pacs_sender
+
+            threads.append(_Thread("pacs-sender", lambda: run_pacs_sender(session_factory, cfg, stop)))
 
         if listeners.admin is not None:
             from gateway.admin.app import create_app, make_server
@@ -261,7 +265,7 @@ def _run_bound(cfg: Config, components: tuple[str, ...], listeners: Listeners,
 
         for t in threads:
             t.start()
-            started.append({"hl7-sender": "hl7"}.get(t.name, t.name))
+            started.append({"hl7-sender": "hl7", "pacs-sender": "pacs"}.get(t.name, t.name))
         if uvicorn_server is not None and not _wait_admin_started(uvicorn_server, threads[-1]):
             log.error("the admin web server did not start on %s; stopping", host_port(cfg.admin.host, cfg.admin.port))
             stop.set()

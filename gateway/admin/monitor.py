@@ -14,6 +14,7 @@ from sqlalchemy import text
 
 from gateway.admin.queries import hl7_counts, status_counts
 from gateway.config import Config
+from gateway.deliver.pacs import pacs_counts
 from gateway.store.models import PROCESSING, RECEIVED
 
 #: What serve reports for a component another process runs.
@@ -90,6 +91,20 @@ def hl7_health(cfg: Config, snapshot: Any) -> dict[str, Any]:
     return {"ok": not problems, **out, "problems": problems}
 
 
+def pacs_health(cfg: Config, counts: dict[str, int] | None) -> dict[str, Any]:
+    """The ``pacs`` component: objects pending and failed; a failed object
+    (``max_attempts`` used up) makes it unhealthy until it is resent."""
+    if not cfg.pacs.enabled:
+        return {"ok": True, "enabled": False}
+    if counts is None:
+        return {"ok": False, "enabled": True, "error": "database unreachable"}
+    out: dict[str, Any] = {"ok": not counts["failed"], "enabled": True, "pending": counts["pending"],
+                           "failed": counts["failed"]}
+    if counts["failed"]:
+        out["problems"] = [f"{counts['failed']} failed object(s): see ecg-gateway pacs list, then pacs resend"]
+    return out
+
+
 def health_report(
     cfg: Config, session_factory: Callable[[], Any], health: Callable[[], dict[str, bool | str]] | None = None
 ) -> tuple[bool, dict[str, dict[str, Any]]]:
@@ -106,16 +121,18 @@ def health_report(
     from gateway.deliver.watch import outbox_snapshot
 
     components: dict[str, dict[str, Any]] = {}
-    snapshot = None
+    snapshot = pacs = None
     try:
         with session_factory() as session:
             session.execute(text("SELECT 1"))
             snapshot = outbox_snapshot(session)
+            pacs = pacs_counts(session) if cfg.pacs.enabled else None
         components["database"] = {"ok": True}
     except Exception as exc:  # any driver error means "unreachable" here
         components["database"] = {"ok": False, "error": _first_line(exc)}
     components["spool"] = spool_health(cfg)
     components["hl7"] = hl7_health(cfg, snapshot)
+    components["pacs"] = pacs_health(cfg, pacs)
     if health is not None:
         try:
             states = health()
@@ -147,6 +164,7 @@ class DatabaseCollector:
         try:
             with self._session_factory() as session:
                 ecgs, hl7 = status_counts(session), hl7_counts(session)
+                pacs = pacs_counts(session)
         except Exception:
             up.add_metric([], 0)
             yield up
@@ -164,6 +182,11 @@ class DatabaseCollector:
         for status, n in hl7.items():
             messages.add_metric([status], n)
         yield messages
+        objects = GaugeMetricFamily("ecg_gateway_pacs_messages", "Objects for PACS (PDF, SR) per status",
+                                    labels=["status"])
+        for status, n in pacs.items():
+            objects.add_metric([status], n)
+        yield objects
 
     def _health_gauges(self, cfg: Config) -> Iterator[Metric]:
         _ok, components = health_report(cfg, self._session_factory, self._health)

@@ -290,6 +290,7 @@ class Worker:
     def _finish(self, it: _Item) -> None:
         """Write one ECG's outcome in one transaction (only while our claim holds)."""
         from gateway.deliver.outbox import enqueue_result, result_options
+        from gateway.deliver.pacs import enqueue_pacs
         from gateway.infer.thresholds import apply_thresholds
         from gateway.normalise import input_sha256, normaliser_version
         from gateway.store.audit import audit
@@ -368,6 +369,8 @@ class Worker:
                                           options=replace(result_options(session, row),
                                                           report_pdf=report_pdf if prediction is not None else None),
                                           ) is not None
+                if prediction is not None:  # the report and the SR to PACS ([pacs] send), with the result
+                    enqueue_pacs(session, row, self.cfg.pacs)
         metrics.ECG_OUTCOMES.labels("rejected" if outcome == "quarantined" else outcome).inc()
         if outcome == "processed":
             metrics.LATENCY.observe(prediction.timings["received_to_processed_ms"] / 1000)  # type: ignore[union-attr]

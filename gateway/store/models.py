@@ -226,6 +226,35 @@ class Hl7Message(Base):
     ecg: Mapped[EcgInstance] = relationship(back_populates="messages")
 
 
+# Outbound PACS statuses (as HL7's).
+PACS_PENDING, PACS_DELIVERED, PACS_FAILED, PACS_SUPERSEDED = "pending", "delivered", "failed", "superseded"
+PACS_STATUSES = (PACS_PENDING, PACS_DELIVERED, PACS_FAILED, PACS_SUPERSEDED)
+
+
+class PacsMessage(Base):
+    """The PACS outbox: one row per DICOM object (Encapsulated PDF, SR) to store,
+    written in the result's transaction.  Its SOP Instance UID is fixed here,
+    so a send repeated after a crash stores the same instance, never a second."""
+
+    __tablename__ = "pacs_messages"
+    __table_args__ = (Index("ix_pacs_messages_status_next_attempt_at", "status", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ecg_id: Mapped[int] = mapped_column(ForeignKey("ecg_instances.id", ondelete="CASCADE"), index=True)
+    #: "pdf" (Encapsulated PDF) or "sr" (Comprehensive SR).
+    kind: Mapped[str] = mapped_column(String(8))
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    series_instance_uid: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default=PACS_PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_attempt_at: Mapped[datetime | None]
+    delivered_at: Mapped[datetime | None]
+
+
 class AuditLog(Base):
     """Every PHI export and every manual action: who, when, what."""
 
