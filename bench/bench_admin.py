@@ -23,7 +23,7 @@ import hashlib
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,26 +69,53 @@ def fill(engine, n: int, spool: Path) -> int:
     original = Path(get_testdata_file("waveform_ecg.dcm")).read_bytes()
     (spool / "sample.dcm").write_bytes(original)
     rng = np.random.default_rng(0)
-    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
     codes = list(PAPER_THRESHOLDS)
     with engine.begin() as conn:
-        conn.execute(insert(EcgInstance), [
-            {"id": i, "sop_instance_uid": f"1.2.826.0.1.3680043.10.9.{i}", "sop_class_uid": "1.2.840.10008.5.1.4.1.1.9.1.1",
-             "patient_id": f"P{i % 997}", "patient_name": f"PATIENT^{i}", "accession_number": f"A{i}",
-             "spool_path": "sample.dcm" if i == n else f"x/{i}.dcm", "status": "processed",
-             "sha256": hashlib.sha256(original).hexdigest() if i == n else "0" * 64, "size_bytes": len(original),
-             "received_at": t0 + timedelta(seconds=i), "updated_at": t0, "flags": [], "attempts": 1,
-             "report": report}
-            for i in range(1, n + 1)])
+        conn.execute(
+            insert(EcgInstance),
+            [
+                {
+                    "id": i,
+                    "sop_instance_uid": f"1.2.826.0.1.3680043.10.9.{i}",
+                    "sop_class_uid": "1.2.840.10008.5.1.4.1.1.9.1.1",
+                    "patient_id": f"P{i % 997}",
+                    "patient_name": f"PATIENT^{i}",
+                    "accession_number": f"A{i}",
+                    "spool_path": "sample.dcm" if i == n else f"x/{i}.dcm",
+                    "status": "processed",
+                    "sha256": hashlib.sha256(original).hexdigest() if i == n else "0" * 64,
+                    "size_bytes": len(original),
+                    "received_at": t0 + timedelta(seconds=i),
+                    "updated_at": t0,
+                    "flags": [],
+                    "attempts": 1,
+                    "report": report,
+                }
+                for i in range(1, n + 1)
+            ],
+        )
         preds = []
         for i in range(1, n + 1):
-            probs = {c: float(p) for c, p in zip(codes, rng.random(6) * 0.5)}
-            preds.append({"ecg_id": i, "probabilities": probs, "findings": [c for c in codes if probs[c] > PAPER_THRESHOLDS[c]],
-                          "thresholds": PAPER_THRESHOLDS, "model_files": [], "model_sha256": "ab" * 32,
-                          "demo_model": False, "quality_flags": [], "spread": {},
-                          "input_sha256": input_sha256(signal), "normaliser_version": normaliser_version(),
-                          "gateway_version": "bench",
-                          "timings": {}, "created_at": t0})
+            probs = {c: float(p) for c, p in zip(codes, rng.random(6) * 0.5, strict=True)}
+            preds.append(
+                {
+                    "ecg_id": i,
+                    "probabilities": probs,
+                    "findings": [c for c in codes if probs[c] > PAPER_THRESHOLDS[c]],
+                    "thresholds": PAPER_THRESHOLDS,
+                    "model_files": [],
+                    "model_sha256": "ab" * 32,
+                    "demo_model": False,
+                    "quality_flags": [],
+                    "spread": {},
+                    "input_sha256": input_sha256(signal),
+                    "normaliser_version": normaliser_version(),
+                    "gateway_version": "bench",
+                    "timings": {},
+                    "created_at": t0,
+                }
+            )
         conn.execute(insert(Prediction), preds)
         conn.execute(insert(Hl7Message), [
             {"ecg_id": i, "control_id": f"C{i}", "order_key": f"P{i % 997}", "payload": "MSH|^~\\&|", "status":
@@ -118,12 +145,27 @@ def main() -> int:
         print(f"database: {engine.url.get_backend_name()}, {args.ecgs} ECGs filled in {time.perf_counter() - t:.1f} s")
 
         def baseline() -> None:
-            stmt = (select(EcgInstance.id, EcgInstance.sop_instance_uid, EcgInstance.study_instance_uid,
-                           EcgInstance.patient_id, EcgInstance.patient_name, EcgInstance.accession_number,
-                           EcgInstance.received_at, EcgInstance.status, EcgInstance.error, Prediction.probabilities,
-                           Prediction.findings, Prediction.quality_flags, Prediction.model_sha256, Prediction.demo_model)
-                    .outerjoin(Prediction, Prediction.ecg_id == EcgInstance.id)
-                    .order_by(EcgInstance.received_at.desc(), EcgInstance.id.desc()).limit(100))
+            stmt = (
+                select(
+                    EcgInstance.id,
+                    EcgInstance.sop_instance_uid,
+                    EcgInstance.study_instance_uid,
+                    EcgInstance.patient_id,
+                    EcgInstance.patient_name,
+                    EcgInstance.accession_number,
+                    EcgInstance.received_at,
+                    EcgInstance.status,
+                    EcgInstance.error,
+                    Prediction.probabilities,
+                    Prediction.findings,
+                    Prediction.quality_flags,
+                    Prediction.model_sha256,
+                    Prediction.demo_model,
+                )
+                .outerjoin(Prediction, Prediction.ecg_id == EcgInstance.id)
+                .order_by(EcgInstance.received_at.desc(), EcgInstance.id.desc())
+                .limit(100)
+            )
             with engine.connect() as conn:
                 conn.execute(stmt).all()
 

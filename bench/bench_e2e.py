@@ -67,8 +67,8 @@ def raw_compiled_rate(model_path: str, batch_size: int, threads: int, seconds: f
     configure_threads(threads)
     import numpy as np
     import tensorflow as tf
-
     from bench_infer import rate
+
     from gateway.infer.runner import load_ensemble
 
     model = load_ensemble([model_path], threads=threads, batch_size=batch_size).members[0].model
@@ -102,14 +102,14 @@ def main() -> int:
 
     import logging
 
+    from bench_scp import SAMPLE_UID
     from pydicom.data import get_testdata_file
     from sqlalchemy import create_engine, func, select, text
     from sqlalchemy.engine import make_url
 
-    from bench_scp import SAMPLE_UID
     from gateway.infer.demo import write_demo_model
-    from gateway.store.db import make_engine, make_sessionmaker, upgrade
     from gateway.serve import STARTED_LINE
+    from gateway.store.db import make_engine, make_sessionmaker, upgrade
     from gateway.store.models import PROCESSED, EcgInstance
     from gateway.timeutil import as_utc, utcnow
 
@@ -199,7 +199,7 @@ def main() -> int:
                     raise RuntimeError(out.stdout + out.stderr)
                 processed_at = []
 
-                def done() -> bool:
+                def done(uid: str = uid, processed_at: list = processed_at) -> bool:
                     with sf() as s:
                         row = s.execute(select(EcgInstance.status, EcgInstance.processed_at)
                                         .where(EcgInstance.sop_instance_uid == uid)).first()

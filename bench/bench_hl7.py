@@ -34,7 +34,7 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -42,8 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gateway.config import Hl7Config  # noqa: E402
-from gateway.deliver.mllp import MllpClient  # noqa: E402
 from gateway.deliver import oru  # noqa: E402
+from gateway.deliver.mllp import MllpClient  # noqa: E402
 from gateway.deliver.oru import build_oru, build_oru_reference, escape  # noqa: E402
 from gateway.findings import BY_CODE, FINDINGS  # noqa: E402
 
@@ -192,7 +192,7 @@ def main() -> None:
     args = ap.parse_args()
 
     cfg = Hl7Config()
-    pinned = datetime(2024, 5, 6, 7, 8, 9, tzinfo=timezone.utc)
+    pinned = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
     if build_oru(ECG, PRED, cfg, "C", now=pinned) != build_oru_reference(ECG, PRED, cfg, "C", now=pinned):
         sys.exit("bench_hl7: build_oru and build_oru_reference disagree")
     ref_ms, ref_cpu = per_call_ms(lambda i: build_oru_reference(ECG, PRED, cfg, f"C{i}"), args.builds)
@@ -208,9 +208,12 @@ def main() -> None:
           f"build/plain {build_cpu / plain_cpu:,.1f}x (CPU)")
     need = STAGE_MULTIPLE * MODEL_ECG_PER_S
     plain_rate, fast_rate = 1000 / ref_cpu, 1000 / build_cpu
-    print(f"    plain hl7apy build: {plain_rate:.0f} messages/s per core (CPU); {STAGE_MULTIPLE:g}x the model = "
-          f"{need:.0f}/s: {'reached: the fast path could go' if plain_rate >= need else 'NOT reached: the fast path stays'}"
-          f"; fast path: {fast_rate:,.0f}/s ({fast_rate / MODEL_ECG_PER_S:,.0f}x the model)")
+    print(
+        f"    plain hl7apy build: {plain_rate:.0f} messages/s per core (CPU); {STAGE_MULTIPLE:g}x the model = "
+        f"{need:.0f}/s: "
+        f"{'reached: the fast path could go' if plain_rate >= need else 'NOT reached: the fast path stays'}"
+        f"; fast path: {fast_rate:,.0f}/s ({fast_rate / MODEL_ECG_PER_S:,.0f}x the model)"
+    )
 
     payload = build_oru(ECG, PRED, cfg, "BENCHCTRL")
     port = free_port()

@@ -127,7 +127,9 @@ def main() -> int:
         load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     except OSError:
         load = "?"
-    print(f"model file: {path} (loader: {ens.members[0].loader}); TensorFlow {tf.__version__}, Keras {keras.__version__}")
+    print(
+        f"model file: {path} (loader: {ens.members[0].loader}); TensorFlow {tf.__version__}, Keras {keras.__version__}"
+    )
     print(f"threads: intra-op {tf.config.threading.get_intra_op_parallelism_threads()}, "
           f"inter-op {tf.config.threading.get_inter_op_parallelism_threads()}; micro-batch size {bs}; "
           f"best of {args.rounds} rounds; load average {load} on {os.cpu_count()} CPUs")

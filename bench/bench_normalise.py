@@ -131,14 +131,19 @@ def main() -> None:
     print(f"(d) decode + normalise_dataset, {args.workers} processes  {parallel:8.1f} ECG/s")
     print(f"ratio (d, 1 process) / (b) baseline          {combined / baseline:8.2f}")
     print(f"ratio (c) / naive normalise part ({naive_normalise:.0f}/s)   {alone / naive_normalise:8.2f}")
-    print(f"ratio (d, {args.workers} processes) / model {MODEL_ECG_PER_S:g} ECG/s      {parallel / MODEL_ECG_PER_S:8.2f}")
+    print(
+        f"ratio (d, {args.workers} processes) / model {MODEL_ECG_PER_S:g} ECG/s      {parallel / MODEL_ECG_PER_S:8.2f}"
+    )
     print(f"share of decode in (d)                       {combined / decode:8.0%}")
     print(f"(e) read_waveform_dataset only               {fast_read:8.1f} ECG/s  {1000 / fast_read:6.2f} ms")
     print(f"(e) read_waveform_dataset + normalise, 1 p.  {fast:8.1f} ECG/s  {1000 / fast:6.2f} ms")
     print(f"(e) read_waveform_dataset + normalise, {args.workers} p.  {fast_parallel:8.1f} ECG/s")
     print(f"ratio (e) / (d), 1 process                   {fast / combined:8.2f}")
     print(f"ratio (e) / (d), {args.workers} processes                  {fast_parallel / parallel:8.2f}")
-    print(f"ratio (e, {args.workers} processes) / model {MODEL_ECG_PER_S:g} ECG/s      {fast_parallel / MODEL_ECG_PER_S:8.2f}")
+    print(
+        f"ratio (e, {args.workers} processes) / model {MODEL_ECG_PER_S:g} ECG/s      "
+        f"{fast_parallel / MODEL_ECG_PER_S:8.2f}"
+    )
     print(f"load average after the run                   {os.getloadavg()[0]:8.2f}")
 
 

@@ -19,7 +19,8 @@ to two servers started in this process with the same AE settings:
 
 Prints instances/s and MB/s for each, and gateway/ceiling as a ratio (the aim
 is 0.8 or more), plus the two ratios that split the gap into file-system
-durability and the gateway's own work (header, duplicate lookup, commit).  Every response must be Success or the run fails.
+durability and the gateway's own work (header, duplicate lookup, commit).
+Every response must be Success or the run fails.
 
 Also printed: this process's CPU time per instance (all its threads: the
 SCP's receiving plus the handler; storescu runs in its own processes), a
@@ -185,7 +186,9 @@ def main() -> None:
                     groups = [files[i::n_assoc] for i in range(n_assoc)]
                     port = free_port()
                     pdu = {} if args.max_pdu is None else {"max_pdu": args.max_pdu}
-                    dicom = DicomConfig(host="127.0.0.1", port=port, min_free_disk_mb=0, max_associations=max(10, k), **pdu)
+                    dicom = DicomConfig(
+                        host="127.0.0.1", port=port, min_free_disk_mb=0, max_associations=max(10, k), **pdu
+                    )
                     if server == "gateway":
                         storage = StorageConfig(database_url=url, spool_dir=str(run / "out"))
                         scp = start_scp(dicom, storage, make_sessionmaker(engine))
@@ -213,7 +216,10 @@ def main() -> None:
             cpu_ms = cpu_best[(server, scenario)] / args.n * 1000
             print(f"{scenario:<18} {server:<8} {args.n / s:8.1f} {mb / s:7.2f} {cpu_ms:12.2f}")
         c, f, g = (best[(srv, scenario)] for srv in servers)
-        print(f"{scenario:<18} gateway/ceiling = {c / g:.2f} (aim >= 0.80); fsync/ceiling = {c / f:.2f}; gateway/fsync = {f / g:.2f}")
+        print(
+            f"{scenario:<18} gateway/ceiling = {c / g:.2f} (aim >= 0.80); fsync/ceiling = {c / f:.2f}; "
+            f"gateway/fsync = {f / g:.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -42,7 +42,12 @@ def main() -> None:
     from gateway.infer.runner import load_ensemble
     from gateway.validate.dataset import lead_names
     from gateway.validate.roundtrip import (
-        Variant, collect_results, encode_tracing, send_tracings, started_gateway, wait_listening,
+        Variant,
+        collect_results,
+        encode_tracing,
+        send_tracings,
+        started_gateway,
+        wait_listening,
     )
     from validate_helpers import make_tracings
 

@@ -9,9 +9,8 @@ TensorFlow is loaded only by commands that run the model, so ``--help``,
 from __future__ import annotations
 
 import copy
-import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperGroup
@@ -29,7 +28,7 @@ from gateway.store.cli import app as db_app
 from gateway.validate.cli import validate
 
 
-def _config_after_command(ctx: Any, _param: Any, value: Optional[Path]) -> None:
+def _config_after_command(ctx: Any, _param: Any, value: Path | None) -> None:
     """``--config`` given after a sub-command (``serve --config F``): the
     root's callback has run by then, so this one wins."""
     if value is not None:
@@ -85,11 +84,17 @@ def _version(value: bool) -> None:
 def root(
     ctx: typer.Context,
     config: Annotated[
-        Optional[Path],
-        typer.Option("--config", "-c", help="TOML configuration file (also accepted after the command; env ECG_GATEWAY_CONFIG; "
-                                             "default config/gateway.toml)"),
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="TOML configuration file (also accepted after the command; env ECG_GATEWAY_CONFIG; "
+            "default config/gateway.toml)",
+        ),
     ] = None,
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
 ) -> None:
     """Every key of the configuration can be overridden with ECG_GATEWAY_<SECTION>__<KEY>."""
     ctx.obj = {"config_path": config}
@@ -169,4 +174,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

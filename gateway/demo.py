@@ -47,7 +47,10 @@ def send_samples(host: str, port: int, called_ae: str, count: int, calling_ae: s
     from pydicom.uid import generate_uid
     from pynetdicom import AE
 
-    ds = dcmread(get_testdata_file("waveform_ecg.dcm"))
+    sample = get_testdata_file("waveform_ecg.dcm")
+    if not isinstance(sample, str):
+        raise FileNotFoundError("pydicom's sample ECG (waveform_ecg.dcm) is not installed")
+    ds = dcmread(sample)
     ae = AE(ae_title=calling_ae)
     ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
     assoc = ae.associate(host, port, ae_title=called_ae)

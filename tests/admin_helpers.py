@@ -7,18 +7,18 @@ import functools
 import hashlib
 import io
 import shutil
-from datetime import datetime, timedelta, timezone
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DB_KINDS, migrated_database
 
+from conftest import DB_KINDS, migrated_database
 from gateway.config import PAPER_THRESHOLDS
 from gateway.store.models import AuditLog, EcgInstance, Hl7Message, Prediction
 
-T0 = datetime(2026, 1, 1, 10, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
 MODEL_SHA = "ab" * 32
 XSS_NAME = "<script>alert(1)</script>^[/]EVIL\x1b[2J"  # HTML, rich markup, a terminal escape
 
@@ -120,7 +120,9 @@ def seed(session_factory, sample_path: Path, spool_dir: Path) -> dict[str, int]:
         # the sample's own header values and cart reading (what the worker stores)
         e1.patient_birth_date, e1.patient_sex, e1.acquisition_datetime = "19710123", "F", "20130125105919"
         e1.measurements, e1.cart_statements = cart_reading(sample_path)
-        e1_msg = _msg(e1, 1, "delivered", ack="MSH|^~\\&|EHR|HOSPITAL|ECGGW|ECGGW|20260101||ACK|A1|P|2.5.1\rMSA|AA|CTRL1")
+        e1_msg = _msg(
+            e1, 1, "delivered", ack="MSH|^~\\&|EHR|HOSPITAL|ECGGW|ECGGW|20260101||ACK|A1|P|2.5.1\rMSA|AA|CTRL1"
+        )
         copy2 = spool_dir / "2026/01/02/sample.dcm"  # the page draws its trace from the spooled original
         copy2.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(sample_path, copy2)

@@ -62,6 +62,10 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+# Fixtures shared from helper modules (so a test module does not import a
+# fixture only to have its name shadowed by the test's parameter).
+pytest_plugins = ["admin_helpers"]
+
 PG_URL = os.environ.get("ECG_GATEWAY_TEST_DATABASE_URL", "")
 #: Parameters for a fixture that runs once per database kind; the PostgreSQL one is marked ``postgresql``.
 DB_KINDS = [pytest.param("sqlite", id="sqlite")] + (

@@ -84,7 +84,9 @@ class Receiver:
         line = self.proc.stdout.readline() if self.proc.stdout else ""
         if not line.startswith("listening"):
             self.stop()
-            raise RuntimeError(f"receiver did not start: {line!r} {self.proc.stderr.read() if self.proc.stderr else ''}")
+            raise RuntimeError(
+                f"receiver did not start: {line!r} {self.proc.stderr.read() if self.proc.stderr else ''}"
+            )
 
     def messages(self) -> list[dict[str, Any]]:
         """Every message the receiver handed to its application, in order
@@ -160,8 +162,27 @@ def self_signed_cert(folder: Path, name: str = "server") -> tuple[Path, Path]:
         pytest.skip("openssl is not installed")
     cert, key = folder / f"{name}.pem", folder / f"{name}.key"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out", str(cert),
-         "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
     )
     return cert, key

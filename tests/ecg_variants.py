@@ -185,5 +185,7 @@ def with_duration(ds: Dataset, seconds: float) -> Dataset:
 def median_beat_only(ds: Dataset) -> Dataset:
     """Only the MEDIAN BEAT group, as some exports send."""
     out = copy.deepcopy(ds)
-    out.WaveformSequence = [g for g in out.WaveformSequence if "MEDIAN" in str(g.get("MultiplexGroupLabel", "")).upper()]
+    out.WaveformSequence = [
+        g for g in out.WaveformSequence if "MEDIAN" in str(g.get("MultiplexGroupLabel", "")).upper()
+    ]
     return out

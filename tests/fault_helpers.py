@@ -120,7 +120,9 @@ class ResourceSampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self.samples.append((time.monotonic() - self._t0, proc_status_kb(self.pid, "VmRSS"), open_fds(self.pid)))
+                self.samples.append(
+                    (time.monotonic() - self._t0, proc_status_kb(self.pid, "VmRSS"), open_fds(self.pid))
+                )
             except (OSError, KeyError):
                 return  # the process is gone
             self._stop.wait(self.interval)
@@ -149,8 +151,9 @@ class ResourceSampler:
 def ecg_copies(sample_path: Path, folder: Path, n: int, prefix: str = "ecg") -> dict[Path, tuple[str, str]]:
     """``n`` copies of the sample with fresh SOP/Series/Study UIDs:
     {path: (SOP Instance UID, Study Instance UID)}."""
-    import ecg_variants as v
     from pydicom import dcmread
+
+    import ecg_variants as v
 
     folder.mkdir(parents=True, exist_ok=True)
     sample = dcmread(sample_path)

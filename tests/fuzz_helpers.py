@@ -270,7 +270,9 @@ def structural_cases() -> list[Case]:
     sample = bases["sample"]
     cases = [Case(f"base:{name}", encode(ds)) for name, ds in bases.items()]
     cases.append(Case("base:implicit", encode(_fresh(_with_syntax(sample, ImplicitVRLittleEndian), "implicit"))))
-    cases.append(Case("base:deflated", encode(_fresh(_with_syntax(sample, DeflatedExplicitVRLittleEndian), "deflated"))))
+    cases.append(
+        Case("base:deflated", encode(_fresh(_with_syntax(sample, DeflatedExplicitVRLittleEndian), "deflated")))
+    )
     for name, build in STRUCTURAL.items():
         cases.append(Case(f"sample+{name}", encode(build(sample))))
     for name in ("sensitivity-nan", "samples-2^31", "no-channel-source-first", "rate-0"):
@@ -316,7 +318,9 @@ def _header_region(raw: bytes) -> int:
 def mutate(raw: bytes, rng: random.Random, offsets: list[int]) -> tuple[str, bytes]:
     """One byte-level mutation of ``raw``: (recipe, bytes)."""
     data = bytearray(raw)
-    kind = rng.choice(["flip", "flip", "truncate", "vr", "u16", "u32", "text", "length", "delete", "duplicate", "multi"])
+    kind = rng.choice(
+        ["flip", "flip", "truncate", "vr", "u16", "u32", "text", "length", "delete", "duplicate", "multi"]
+    )
     header_end = _header_region(raw)
 
     def flip() -> str:

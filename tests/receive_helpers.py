@@ -101,7 +101,9 @@ def spool_files(spool_dir: Path) -> list[Path]:
     if not spool_dir.exists():
         return []
     return sorted(
-        p for p in spool_dir.rglob("*") if p.is_file() and not {"rejected", ".incoming"} & set(p.relative_to(spool_dir).parts)
+        p
+        for p in spool_dir.rglob("*")
+        if p.is_file() and not {"rejected", ".incoming"} & set(p.relative_to(spool_dir).parts)
     )
 
 
@@ -110,7 +112,9 @@ def same_length_uid(template: str, serial: int) -> str:
     import random
 
     digits = len(template) - len("2.25.")
-    return "2.25." + str(serial + 1) + "".join(random.choice("0123456789") for _ in range(digits - len(str(serial + 1))))
+    return (
+        "2.25." + str(serial + 1) + "".join(random.choice("0123456789") for _ in range(digits - len(str(serial + 1))))
+    )
 
 
 def copies_with_new_uids(raw: bytes, uid: str, count: int) -> list[tuple[str, bytes]]:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from admin_helpers import XSS_NAME, audit_rows, model_input, readonly_db, seed  # noqa: F401 (fixture)
+from admin_helpers import XSS_NAME, audit_rows, model_input, seed
 from gateway.admin.app import create_app
 from gateway.admin.auth import SESSION_COOKIE, check_admin_bind
 from gateway.config import AdminConfig, Config
@@ -96,7 +96,7 @@ def test_openapi_lists_every_api_route_as_bearer_protected(readonly_db, tmp_path
     assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     templates = ["/api/ecgs", "/api/ecgs/{ecg}", "/api/ecgs/{ecg}/input.npy", "/api/ecgs/{ecg}/original.dcm",
                  "/api/ecgs/{ecg}/report.pdf", "/api/hl7/{message_id}/resend"]
-    for (method, _path), template in zip(api_routes(ro_ids), templates):
+    for (method, _path), template in zip(api_routes(ro_ids), templates, strict=True):
         assert schema["paths"][template][method.lower()]["security"] == [{"HTTPBearer": []}]
 
 

@@ -8,14 +8,14 @@ import json
 import os
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from admin_helpers import MODEL_SHA, XSS_NAME, audit_rows, model_input, readonly_db, seed  # noqa: F401 (fixture)
+from admin_helpers import MODEL_SHA, XSS_NAME, audit_rows, model_input, seed
 from gateway.admin.queries import ROW_KEYS, QueryError, ecg_detail, ecg_rows
 from gateway.cli import app
 
@@ -86,8 +86,8 @@ def test_rows_have_the_documented_keys_and_values(ro_sf, ro_ids):
         ({"patient_id": "P1"}, ["e3", "e1"]),
         ({"patient_id": "nobody"}, []),
         ({"accession": "A2"}, ["e2"]),
-        ({"since": datetime(2026, 1, 3, tzinfo=timezone.utc)}, ["e6", "e5", "e4", "e3"]),
-        ({"until": datetime(2026, 1, 3, 10, tzinfo=timezone.utc)}, ["e2", "e1"]),  # exclusive
+        ({"since": datetime(2026, 1, 3, tzinfo=UTC)}, ["e6", "e5", "e4", "e3"]),
+        ({"until": datetime(2026, 1, 3, 10, tzinfo=UTC)}, ["e2", "e1"]),  # exclusive
         ({"since": datetime(2026, 1, 2), "until": datetime(2026, 1, 4)}, ["e3", "e2"]),  # naive = UTC
         ({"status": "received"}, ["e5"]),
         ({"status": "processed"}, ["e6", "e2", "e1"]),

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select, update
@@ -55,7 +55,7 @@ def _claim_as(session_factory, ecg_id: int, who: Claimer | None, token: str, att
     with session_factory.begin() as s:
         s.execute(update(EcgInstance).where(EcgInstance.id == ecg_id).values(
             status=PROCESSING, claimed_by=token, attempts=attempts,
-            lease_expires_at=datetime.now(timezone.utc) + timedelta(seconds=300),
+            lease_expires_at=datetime.now(UTC) + timedelta(seconds=300),
             claim_host=who.host if who else None, claim_pid=who.pid if who else None,
             claim_started=who.started if who else None))
 
@@ -150,11 +150,11 @@ def test_a_running_worker_releases_a_dead_siblings_claims(db_url, session_factor
     """Another gateway process on this host was killed while this one runs:
     the periodic check hands its claims to this worker well before the lease."""
     from pydicom import dcmread
-    from test_process import make_config, store
 
     import ecg_variants as v
     from gateway.process import worker as worker_mod
     from gateway.process.worker import Worker
+    from test_process import make_config, store
 
     monkeypatch.setattr(worker_mod, "DEAD_CLAIM_CHECK_S", 0.2)
     cfg = make_config(db_url, tmp_path, demo_model, lease_seconds=600)
@@ -198,12 +198,12 @@ def test_kill_9_while_claimed_reprocessed_soon_after_restart(db_url, tmp_path, d
     replaces is 300 s."""
     from collections import Counter
 
+    from sqlalchemy import func
+
     from conftest import free_port
     from deliver_helpers import receiver, require_receiver
     from e2e_helpers import gateway_env, start_serve, stop, wait_for_port, wait_until
     from fault_helpers import ecg_copies, start_storescu, store_outcomes
-    from sqlalchemy import func
-
     from gateway.store.db import make_engine, make_sessionmaker
     from gateway.store.models import HL7_DELIVERED, Hl7Message
 

@@ -31,7 +31,16 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path = ROOT) -> subprocess
 
 def test_required_groups_exist():
     names = {tuple(p) for p in all_command_paths()}
-    for required in [("serve",), ("db", "upgrade"), ("model",), ("ingest",), ("results",), ("ecg",), ("hl7",), ("demo",)]:
+    for required in [
+        ("serve",),
+        ("db", "upgrade"),
+        ("model",),
+        ("ingest",),
+        ("results",),
+        ("ecg",),
+        ("hl7",),
+        ("demo",),
+    ]:
         assert required in names, required
 
 
@@ -67,7 +76,9 @@ def test_db_upgrade_from_cli(tmp_path):
     assert "database at revision" in r.stdout
 
 
-@pytest.mark.parametrize("args", [["--help"], ["results", "--help"], ["hl7", "--help"], ["db", "--help"], ["db", "current"]])
+@pytest.mark.parametrize(
+    "args", [["--help"], ["results", "--help"], ["hl7", "--help"], ["db", "--help"], ["db", "current"]]
+)
 def test_admin_commands_do_not_import_tensorflow(tmp_path, args):
     code = (
         "import sys, runpy; sys.argv = ['ecg-gateway', *sys.argv[1:]]\n"
@@ -78,7 +89,9 @@ def test_admin_commands_do_not_import_tensorflow(tmp_path, args):
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("ECG_GATEWAY_")}
     env["ECG_GATEWAY_STORAGE__DATABASE_URL"] = f"sqlite:///{tmp_path}/g.db"
-    r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60
+    )
     assert "HEAVY:\n" in r.stdout, r.stdout + r.stderr
 
 

@@ -55,14 +55,22 @@ def test_config_env_variable_selects_file(tmp_path):
         ("[dicomm]\n", "dicomm: unknown key"),
         ('[dicom]\nport = "many"\n', "dicom.port: Input should be a valid integer"),
         ('[dicom]\nae_title = "THIS_TITLE_IS_TOO_LONG"\n', "dicom.ae_title: String should have at most 16 characters"),
-        ('[dicom]\ntls_port = 2762\ntls_cert = "/nonexistent.pem"\ntls_key = "/nonexistent.key"\n',
-         "dicom.tls_cert: tls_cert file not found: /nonexistent.pem"),
+        (
+            '[dicom]\ntls_port = 2762\ntls_cert = "/nonexistent.pem"\ntls_key = "/nonexistent.key"\n',
+            "dicom.tls_cert: tls_cert file not found: /nonexistent.pem",
+        ),
         ("[dicom]\ntls_port = 2762\n", "dicom: tls_port needs tls_cert and tls_key"),
-        ('[dicom]\nallowed_hosts = ["10.0.0.0/33"]\n', "dicom.allowed_hosts: not an IP address or network: '10.0.0.0/33'"),
+        (
+            '[dicom]\nallowed_hosts = ["10.0.0.0/33"]\n',
+            "dicom.allowed_hosts: not an IP address or network: '10.0.0.0/33'",
+        ),
         ('[storage]\ndatabase_url = "mysql://x/y"\n', "storage.database_url: only sqlite and postgresql"),
         ("[model]\nfiles = []\n", "model.files: at least one model file is needed"),
         ("[model.thresholds]\nAF = 1.5\n", "model.thresholds.AF: Input should be less than 1"),
-        ('[normalise]\nlimb_lead_order = ["I", "I", "III", "aVR", "aVL", "aVF"]\n', "normalise.limb_lead_order: must list"),
+        (
+            '[normalise]\nlimb_lead_order = ["I", "I", "III", "aVR", "aVL", "aVF"]\n',
+            "normalise.limb_lead_order: must list",
+        ),
         ("[model.thresholds]\nAFIB = 0.3\n", "model.thresholds: unknown finding 'AFIB'"),
         ("[dicom\n", "not valid TOML"),
     ],
@@ -114,7 +122,8 @@ def test_unknown_env_variables_are_warned_with_the_likely_name():
     assert warnings == [
         "warning: environment variable ECG_GATEWAY_ADMIN_TOKEN is not a setting and is ignored; "
         "did you mean ECG_GATEWAY_ADMIN__TOKEN?",
-        "warning: environment variable ECG_GATEWAY_CONFG is not a setting and is ignored; did you mean ECG_GATEWAY_CONFIG?",
+        "warning: environment variable ECG_GATEWAY_CONFG is not a setting and is ignored; "
+        "did you mean ECG_GATEWAY_CONFIG?",
         "warning: environment variable ECG_GATEWAY_DICOM_PORT is not a setting and is ignored; "
         "did you mean ECG_GATEWAY_DICOM__PORT?",
         "warning: environment variable ECG_GATEWAY_NONSENSE is not a setting and is ignored; "

@@ -52,7 +52,9 @@ def all_done(session_factory):
 def test_one_correct_oru_per_ecg(session_factory, port, tmp_path):
     cfg = hl7_config(port)
     with session_factory() as s, s.begin():
-        ecgs = [make_ecg(s, patient_id=f"P{i}", accession_number=f"ACC{i}", patient_name=f"Doe{i}^Jane") for i in range(3)]
+        ecgs = [
+            make_ecg(s, patient_id=f"P{i}", accession_number=f"ACC{i}", patient_name=f"Doe{i}^Jane") for i in range(3)
+        ]
         ecgs.append(make_ecg(s, patient_id="R1", accession_number="ACCR", prediction=False, status="rejected",
                              error="recording shorter than 8 s"))
         for e in ecgs:

@@ -15,15 +15,15 @@ import copy
 import time
 from pathlib import Path
 
-import ecg_variants as v
 import hl7
 import numpy as np
 import pytest
+from sqlalchemy import select
+
+import ecg_variants as v
 from conftest import free_port
 from deliver_helpers import receiver
 from e2e_helpers import gateway_env, start_serve, stop, storescu, wait_for_port, wait_until
-from sqlalchemy import select
-
 from gateway.deliver.oru import MORE, REASON_LIMIT, REJECTED_PREFIX
 from gateway.store.db import make_engine, make_sessionmaker
 from gateway.store.models import PROCESSED, REJECTED, EcgInstance, Hl7Message
@@ -145,7 +145,9 @@ def test_attack_flat_clipped_and_long_issuers_each_yield_one_oru(db_url, tmp_pat
     # §1: the reason quotes the label repr-style, and arrives whole and readable
     for name in ("attack", "cr-only"):
         row, msg = rows[CASES[name][1]], by_patient[CASES[name][1]]
-        assert row.error.startswith("channel 1 ('A\\") and row.error.endswith("): no ChannelSensitivityUnitsSequence unit")
+        assert row.error.startswith("channel 1 ('A\\") and row.error.endswith(
+            "): no ChannelSensitivityUnitsSequence unit"
+        )
         assert impression(msg) == REJECTED_PREFIX + row.error
     assert "\\x1c\\r\\x0bMSH!#$%*!LAB" in rows["PAT-ATTACK"].error
     assert "'A\\rPID|1||666666||Hacked^Ed\\rZ'" in rows["PAT-CR"].error

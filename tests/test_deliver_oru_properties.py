@@ -48,8 +48,9 @@ _NASTY = st.sampled_from(["\r", "\n", "\x0b", "\x1c", "\x1d", "\x1e", "\x00", "\
                           "\ud800", "é", "山", "A", "9"])
 _unicode = st.text(alphabet=st.characters(exclude_categories=()), max_size=80)  # every code point, surrogates too
 _dense = st.lists(_NASTY, max_size=30).map("".join)
-_from_bytes = st.tuples(st.binary(max_size=80), st.sampled_from(["latin-1", "utf-8/replace", "utf-8/surrogateescape"])) \
-    .map(lambda b: b[0].decode(*b[1].split("/")) if "/" in b[1] else b[0].decode(b[1]))
+_from_bytes = st.tuples(
+    st.binary(max_size=80), st.sampled_from(["latin-1", "utf-8/replace", "utf-8/surrogateescape"])
+).map(lambda b: b[0].decode(*b[1].split("/")) if "/" in b[1] else b[0].decode(b[1]))
 TEXT = st.one_of(_unicode, _dense, _from_bytes)
 #: DICOM values reach the builder at most 64 characters long (the receiver's columns); reasons are any length.
 VALUE = TEXT.map(lambda s: s[:64])
@@ -150,9 +151,9 @@ def test_data_set_text_quoted_in_reasons_is_one_well_formed_message(sample, labe
                                                                     channel):
     import copy
 
-    import ecg_variants as v
     from pydicom.dataset import Dataset
 
+    import ecg_variants as v
     from gateway.normalise import NormaliseError, normalise_dataset
 
     report("normalise")

@@ -16,12 +16,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+
 from conftest import free_port
 from deliver_helpers import Receiver, receiver
 from e2e_helpers import ROOT, gateway_env, start_serve, stop, storescu, wait_for_port, wait_until
@@ -34,9 +36,6 @@ from fault_helpers import (
     start_storescu,
     store_outcomes,
 )
-from sqlalchemy import func, select
-from sqlalchemy.engine import make_url
-
 from gateway.store.db import make_engine, make_sessionmaker
 from gateway.store.models import HL7_DELIVERED, HL7_FAILED, HL7_PENDING, PROCESSED, EcgInstance, Hl7Message, Prediction
 

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import math
-import struct
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -191,28 +189,42 @@ def apply_recipe(base: str, recipe: list[tuple[str, tuple[Any, ...]]]) -> Datase
 
 which = st.integers(-1, 12)
 MUTATIONS = st.one_of(
-    st.tuples(st.just("channel-text"), st.tuples(st.sampled_from(sorted(CHANNEL_TEXT)), st.sampled_from(NUMBERS), which)),
-    st.tuples(st.just("rate"), st.tuples(st.one_of(st.sampled_from(RATES),
-                                                   st.floats(50, 3000).map(lambda f: f"{f:.6g}")))),
+    st.tuples(
+        st.just("channel-text"), st.tuples(st.sampled_from(sorted(CHANNEL_TEXT)), st.sampled_from(NUMBERS), which)
+    ),
+    st.tuples(
+        st.just("rate"), st.tuples(st.one_of(st.sampled_from(RATES), st.floats(50, 3000).map(lambda f: f"{f:.6g}")))
+    ),
     st.tuples(st.just("channels"), st.tuples(st.sampled_from(COUNTS))),
     st.tuples(st.just("samples"), st.tuples(st.sampled_from(SAMPLE_COUNTS))),
     st.tuples(st.just("bits-allocated"), st.tuples(st.sampled_from(BITS))),
     st.tuples(st.just("bits-stored"), st.tuples(st.sampled_from(BITS), which)),
-    st.tuples(st.just("raw-count"), st.tuples(st.sampled_from([*GROUP_COUNTS, "WaveformBitsStored"]),
-                                              st.sampled_from(RAW_COUNTS), which)),
+    st.tuples(
+        st.just("raw-count"),
+        st.tuples(st.sampled_from([*GROUP_COUNTS, "WaveformBitsStored"]), st.sampled_from(RAW_COUNTS), which),
+    ),
     st.tuples(st.just("interpretation"), st.tuples(st.sampled_from(INTERPRETATIONS))),
     st.tuples(st.just("padding"), st.tuples(st.sampled_from(PADDINGS))),
     st.tuples(st.just("unit"), st.tuples(st.sampled_from(UNITS), which)),
-    st.tuples(st.just("code"), st.tuples(st.sampled_from(CODES), st.sampled_from(SCHEMES), st.sampled_from(MEANINGS),
-                                         which)),
+    st.tuples(
+        st.just("code"), st.tuples(st.sampled_from(CODES), st.sampled_from(SCHEMES), st.sampled_from(MEANINGS), which)
+    ),
     st.tuples(st.just("label"), st.tuples(st.sampled_from(MEANINGS), which)),
     st.tuples(st.just("truncate-data"), st.tuples(st.sampled_from([0.0, 0.1, 0.5, 0.999, 0.9999]))),
-    st.tuples(st.just("fill-data"), st.tuples(st.sampled_from([b"\x00\x80", b"\xff\x7f", b"\x00\x00", b"\xff\xff",
-                                                               b"\x00\x00\x00\x80", b"\x01\x00\x00\x80"]))),
+    st.tuples(
+        st.just("fill-data"),
+        st.tuples(
+            st.sampled_from(
+                [b"\x00\x80", b"\xff\x7f", b"\x00\x00", b"\xff\xff", b"\x00\x00\x00\x80", b"\x01\x00\x00\x80"]
+            )
+        ),
+    ),
     st.tuples(st.just("drop-channel-item"), st.tuples(st.integers(0, 11))),
     st.tuples(st.just("duplicate-channel-item"), st.tuples(st.integers(0, 11))),
-    st.tuples(st.just("remove-in-channels"), st.tuples(st.sampled_from([*SEQUENCES, *CHANNEL_TEXT,
-                                                                         "WaveformBitsStored"]), which)),
+    st.tuples(
+        st.just("remove-in-channels"),
+        st.tuples(st.sampled_from([*SEQUENCES, *CHANNEL_TEXT, "WaveformBitsStored"]), which),
+    ),
     st.tuples(st.just("empty-in-channels"), st.tuples(st.sampled_from(SEQUENCES), which)),
     st.tuples(st.just("remove-in-group"), st.tuples(st.sampled_from(GROUP_ELEMENTS))),
     st.tuples(st.just("remove-waveform-sequence"), st.just(())),

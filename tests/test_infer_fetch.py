@@ -384,8 +384,14 @@ def test_serve_fetch_model_from_a_file_mirror_then_serves(tmp_path, demo_model):
                  "ECG_GATEWAY_DICOM__PORT": str(port), "ECG_GATEWAY_DICOM__MIN_FREE_DISK_MB": "1"})
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--fetch-model", "--components", "scp,worker"],
-                                cwd=ROOT, env=full, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--fetch-model", "--components", "scp,worker"],
+            cwd=ROOT,
+            env=full,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 180
         while "gateway started: scp, worker" not in log.read_text() and time.monotonic() < deadline:

@@ -111,7 +111,9 @@ def test_wrong_shapes_are_refused(workdir):
 
 
 def test_missing_and_non_hdf5_files_are_refused(tmp_path):
-    with pytest.raises(ModelLoadError, match=rf"^{tmp_path}/nope.hdf5: no such model file \(run `ecg-gateway model fetch`\)"):
+    with pytest.raises(
+        ModelLoadError, match=rf"^{tmp_path}/nope.hdf5: no such model file \(run `ecg-gateway model fetch`\)"
+    ):
         load_model_file(tmp_path / "nope.hdf5")
     junk = tmp_path / "model.hdf5"
     junk.write_bytes(b"<html>Zenodo is down</html>")
@@ -125,7 +127,9 @@ def test_hdf5_without_a_model_is_refused_naming_every_loader(tmp_path):
     path = tmp_path / "empty.hdf5"
     with h5py.File(path, "w") as f:
         f["x"] = np.zeros(3)
-    with pytest.raises(ModelLoadError, match=rf"^{path}: cannot load as a Keras model: keras: .*; tf_keras: .*; by-layer: "):
+    with pytest.raises(
+        ModelLoadError, match=rf"^{path}: cannot load as a Keras model: keras: .*; tf_keras: .*; by-layer: "
+    ):
         load_model_file(path)
 
 
@@ -204,9 +208,9 @@ def test_demo_model_is_marked_and_deterministic(demos, workdir, legacy):
     again = write_demo_model(workdir / "again.hdf5", seed=1)
     first, second, other = _stored_weights(demos[0]), _stored_weights(again), _stored_weights(demos[1])
     assert len(first) == len(second) == 9 * 4 + 13 + 2  # 9 batch-norms x 4, 13 conv kernels, dense kernel + bias
-    for a, b in zip(first, second):
+    for a, b in zip(first, second, strict=True):
         np.testing.assert_array_equal(a, b)
-    assert any(np.abs(a - c).max() > 1e-3 for a, c in zip(first, other))  # another seed, other weights
+    assert any(np.abs(a - c).max() > 1e-3 for a, c in zip(first, other, strict=True))  # another seed, other weights
 
 
 def test_ensemble_with_a_demo_file_is_demo(three, single):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -68,25 +68,25 @@ def test_listed_codes_for_help_texts():
 
 def test_as_utc_takes_a_naive_value_as_utc():
     got = as_utc(datetime(2024, 5, 6, 7, 8, 9))
-    assert got == datetime(2024, 5, 6, 7, 8, 9, tzinfo=timezone.utc) and got.tzinfo is timezone.utc
+    assert got == datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC) and got.tzinfo is UTC
 
 
 def test_as_utc_converts_an_aware_value():
     got = as_utc(datetime(2024, 5, 6, 1, 0, tzinfo=timezone(timedelta(hours=2))))
-    assert (got.day, got.hour, got.tzinfo) == (5, 23, timezone.utc)
+    assert (got.day, got.hour, got.tzinfo) == (5, 23, UTC)
 
 
 def test_as_utc_keeps_utc_and_none():
-    value = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=timezone.utc)
+    value = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
     assert as_utc(value) == value and as_utc(value).isoformat() == "2024-05-06T07:08:09.123456+00:00"
     assert as_utc(None) is None
 
 
 def test_utcnow_is_aware_utc():
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     now = utcnow()
-    after = datetime.now(timezone.utc)
-    assert now.tzinfo is timezone.utc and before <= now <= after
+    after = datetime.now(UTC)
+    assert now.tzinfo is UTC and before <= now <= after
 
 
 # --- layering -------------------------------------------------------------------------------------

@@ -9,19 +9,18 @@ every message again; tests/test_logs.py shows the latter on raw values.
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 import subprocess
 import warnings
 from pathlib import Path
 
-import ecg_variants as v
 import pytest
-from conftest import free_port
-from e2e_helpers import ROOT, gateway_env, start_serve, stop, storescu, wait_for_port, wait_until
 from sqlalchemy import select
 
+import ecg_variants as v
+from conftest import free_port
+from e2e_helpers import gateway_env, start_serve, stop, storescu, wait_for_port, wait_until
 from gateway.store.db import make_engine, make_sessionmaker
 from gateway.store.models import REJECTED, EcgInstance
 

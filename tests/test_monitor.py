@@ -10,10 +10,10 @@ over the real database (SQLite and PostgreSQL)."""
 from __future__ import annotations
 
 import logging
-import time
 import re
 import subprocess
-from datetime import datetime, timedelta, timezone
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -98,7 +98,7 @@ def test_healthz_oldest_pending_age(db_url, session_factory, tmp_path):
     [msg_id] = queue(session_factory, cfg)
     with session_factory.begin() as s:
         s.execute(update(Hl7Message).where(Hl7Message.id == msg_id).values(
-            created_at=datetime.now(timezone.utc) - timedelta(seconds=200)))
+            created_at=datetime.now(UTC) - timedelta(seconds=200)))
     client = TestClient(create_app(cfg, session_factory))
     code, comps = healthz(client)
     hl7 = comps["hl7"]
@@ -370,6 +370,7 @@ def test_stuck_results_are_visible_through_serve(db_url, tmp_path, demo_model, s
     starts: delivered, one 'up again' WARNING, healthy.  A CT sent to the
     same serve: the refused presentation context is in its log."""
     import httpx
+
     from e2e_helpers import gateway_env, start_serve, stop, storescu, wait_for_port, wait_until
 
     dicom_port, admin_port, hl7_port = free_port(), free_port(), free_port()
@@ -381,7 +382,11 @@ def test_stuck_results_are_visible_through_serve(db_url, tmp_path, demo_model, s
     base = f"http://127.0.0.1:{admin_port}"
 
     def link_lines() -> list[str]:
-        return [line for line in log.read_text(errors="replace").splitlines() if " WARNING gateway.deliver: hl7 link" in line]
+        return [
+            line
+            for line in log.read_text(errors="replace").splitlines()
+            if " WARNING gateway.deliver: hl7 link" in line
+        ]
 
     def health() -> tuple[int, dict]:
         r = httpx.get(f"{base}/healthz", timeout=10)

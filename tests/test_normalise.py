@@ -56,8 +56,17 @@ def test_sample_shape_units_padding_and_order(sample, reference):
 def test_sample_report_explains_itself(reference):
     r = reference.report
     json.dumps(r)  # stored per ECG as JSON
-    assert r["params"] == {"gain": 1.0, "limb_lead_order": ["I", "II", "III", "aVR", "aVL", "aVF"], "min_duration_s": 8.0}
-    assert r["multiplex_group"] == {"index": 0, "label": "RHYTHM", "originality": "ORIGINAL", "chosen_by": "label RHYTHM"}
+    assert r["params"] == {
+        "gain": 1.0,
+        "limb_lead_order": ["I", "II", "III", "aVR", "aVL", "aVF"],
+        "min_duration_s": 8.0,
+    }
+    assert r["multiplex_group"] == {
+        "index": 0,
+        "label": "RHYTHM",
+        "originality": "ORIGINAL",
+        "chosen_by": "label RHYTHM",
+    }
     assert r["source"]["sampling_frequency_hz"] == 1000 and r["source"]["samples"] == 10000
     assert r["units"] == ["uV"]
     assert r["leads_found"] == list(OUTPUT_LEADS) and r["leads_derived"] == []
@@ -310,25 +319,43 @@ def test_bits_stored_bounds_samples_and_sets_the_rails(sample):
         (lambda g: setattr(g, "WaveformBitsAllocated", 8), "unsupported sample encoding: 8-bit SS"),
         (lambda g: setattr(g, "WaveformData", g.WaveformData[:-2]), "WaveformData holds 239998 bytes"),
         (lambda g: setattr(g, "NumberOfWaveformSamples", 0), "empty waveform"),
-        (lambda g: setattr(g, "ChannelDefinitionSequence", list(g.ChannelDefinitionSequence)[:11]),
-         "11 channel definitions for 12 waveform channels"),
+        (
+            lambda g: setattr(g, "ChannelDefinitionSequence", list(g.ChannelDefinitionSequence)[:11]),
+            "11 channel definitions for 12 waveform channels",
+        ),
         (lambda g: setattr(g, "SamplingFrequency", "99"), "sampling rate 99 Hz is outside 100-2000 Hz"),
         (lambda g: setattr(g, "SamplingFrequency", "2001"), "sampling rate 2001 Hz is outside 100-2000 Hz"),
-        (lambda g: setattr(g, "SamplingFrequency", "499.712"), "sampling rate 499.712 Hz needs resampling by 3125/3904"),
+        (
+            lambda g: setattr(g, "SamplingFrequency", "499.712"),
+            "sampling rate 499.712 Hz needs resampling by 3125/3904",
+        ),
         (lambda g: g.__delattr__("SamplingFrequency"), "SamplingFrequency '' is not a number"),
-        (lambda g: setattr(g.ChannelDefinitionSequence[6], "ChannelSensitivity", "0"),
-         "channel 7 (V1): ChannelSensitivity '0' is not a positive number"),
+        (
+            lambda g: setattr(g.ChannelDefinitionSequence[6], "ChannelSensitivity", "0"),
+            "channel 7 (V1): ChannelSensitivity '0' is not a positive number",
+        ),
         (lambda g: setattr(g.ChannelDefinitionSequence[6], "ChannelSensitivity", "-1.25"), "is not a positive number"),
-        (lambda g: g.ChannelDefinitionSequence[6].__delattr__("ChannelSensitivity"), "channel 7 (V1): no ChannelSensitivity"),
-        (lambda g: setattr(g.ChannelDefinitionSequence[6], "ChannelSensitivityCorrectionFactor", "0"),
-         "ChannelSensitivityCorrectionFactor 0.0 is not a positive number"),
+        (
+            lambda g: g.ChannelDefinitionSequence[6].__delattr__("ChannelSensitivity"),
+            "channel 7 (V1): no ChannelSensitivity",
+        ),
+        (
+            lambda g: setattr(g.ChannelDefinitionSequence[6], "ChannelSensitivityCorrectionFactor", "0"),
+            "ChannelSensitivityCorrectionFactor 0.0 is not a positive number",
+        ),
         (lambda g: setattr(g.ChannelDefinitionSequence[6], "ChannelBaseline", "nan"), "ChannelBaseline"),
-        (lambda g: setattr(g.ChannelDefinitionSequence[0].ChannelSensitivityUnitsSequence[0], "CodeValue", "mmHg"),
-         "channel 1 (I): unknown channel sensitivity unit 'mmHg'"),
-        (lambda g: setattr(g.ChannelDefinitionSequence[0].ChannelSensitivityUnitsSequence[0], "CodeValue", "MV"),
-         "unknown channel sensitivity unit 'MV'"),
-        (lambda g: g.ChannelDefinitionSequence[0].__delattr__("ChannelSensitivityUnitsSequence"),
-         "channel 1 (I): no ChannelSensitivityUnitsSequence unit"),
+        (
+            lambda g: setattr(g.ChannelDefinitionSequence[0].ChannelSensitivityUnitsSequence[0], "CodeValue", "mmHg"),
+            "channel 1 (I): unknown channel sensitivity unit 'mmHg'",
+        ),
+        (
+            lambda g: setattr(g.ChannelDefinitionSequence[0].ChannelSensitivityUnitsSequence[0], "CodeValue", "MV"),
+            "unknown channel sensitivity unit 'MV'",
+        ),
+        (
+            lambda g: g.ChannelDefinitionSequence[0].__delattr__("ChannelSensitivityUnitsSequence"),
+            "channel 1 (I): no ChannelSensitivityUnitsSequence unit",
+        ),
     ],
 )
 def test_bad_headers_are_errors_not_numbers(sample, change, message):

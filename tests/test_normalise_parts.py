@@ -46,7 +46,9 @@ def test_lead_text(text, lead):
 
 def test_identify_lead_order_of_evidence():
     assert identify_lead("5.6.3-9-2", "SCPECG", "Lead I", "V1").identified_by == "code"
-    assert identify_lead("", "", "Lead III", "V1") == identify_lead("", "", "Lead III", "").__class__("III", "", "code meaning")
+    assert identify_lead("", "", "Lead III", "V1") == identify_lead("", "", "Lead III", "").__class__(
+        "III", "", "code meaning"
+    )
     assert identify_lead("X99", "99LOCAL", "nonsense", "V4").identified_by == "channel label"
     assert identify_lead("X99", "99LOCAL", "", "").lead is None
 
@@ -117,7 +119,12 @@ def test_make_ecg_dataset_is_a_complete_writable_file(tmp_path):
     ds.save_as(path, enforce_file_format=True)
     back = pydicom.dcmread(path)
     assert back.file_meta.MediaStorageSOPInstanceUID == back.SOPInstanceUID == "1.2.3.5"
-    assert (back.PatientID, str(back.PatientName), back.AccessionNumber, back.StudyInstanceUID) == ("P1", "Doe^Jane", "A1", "1.2.3.4")
+    assert (back.PatientID, str(back.PatientName), back.AccessionNumber, back.StudyInstanceUID) == (
+        "P1",
+        "Doe^Jane",
+        "A1",
+        "1.2.3.4",
+    )
     assert (back.Manufacturer, back.InstitutionName, back.Modality) == ("ACME", "General", "ECG")
     group = back.WaveformSequence[0]
     assert (group.MultiplexGroupLabel, group.SamplingFrequency, group.NumberOfWaveformChannels) == ("RHYTHM", 500, 3)

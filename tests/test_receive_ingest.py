@@ -13,6 +13,7 @@ from gateway.store.models import RECEIVED, REJECTED, EcgInstance
 from receive_helpers import ecg_bytes, spool_files, write
 
 ROOT = Path(__file__).resolve().parents[1]
+NOT_DICOM = "not DICOM (no DICM prefix, and no data set with a SOP Class and Instance UID)"
 
 
 def test_ingest_folder_summary_and_rows(db_url: str, session_factory, sample_path: Path, tmp_path: Path) -> None:
@@ -30,7 +31,9 @@ def test_ingest_folder_summary_and_rows(db_url: str, session_factory, sample_pat
         "ECG_GATEWAY_STORAGE__SPOOL_DIR": str(spool),
         "ECG_GATEWAY_DICOM__MIN_FREE_DISK_MB": "0",
     }
-    result = CliRunner().invoke(app, ["--config", str(ROOT / "config" / "gateway.toml"), "ingest", str(archive)], env=env)
+    result = CliRunner().invoke(
+        app, ["--config", str(ROOT / "config" / "gateway.toml"), "ingest", str(archive)], env=env
+    )
     assert result.exit_code == 1, result.output
     assert "4 files: 2 accepted, 1 duplicate, 1 refused; 2 skipped" in result.output
     assert f"refused {archive / 'no_waveform.dcm'}: 0xA900 no WaveformSequence" in result.output
@@ -44,14 +47,18 @@ def test_ingest_folder_summary_and_rows(db_url: str, session_factory, sample_pat
     assert len(spool_files(spool)) == 2
 
     # the same folder again: everything is a duplicate or refused again, nothing new
-    again = CliRunner().invoke(app, ["--config", str(ROOT / "config" / "gateway.toml"), "ingest", str(archive / "a.dcm")], env=env)
+    again = CliRunner().invoke(
+        app, ["--config", str(ROOT / "config" / "gateway.toml"), "ingest", str(archive / "a.dcm")], env=env
+    )
     assert again.exit_code == 0, again.output
     assert "1 files: 0 accepted, 1 duplicate, 0 refused" in again.output
 
 
 def test_ingest_missing_path_is_exit_2(db_url: str, tmp_path: Path) -> None:
     env = {"ECG_GATEWAY_STORAGE__DATABASE_URL": db_url, "ECG_GATEWAY_STORAGE__SPOOL_DIR": str(tmp_path / "spool")}
-    result = CliRunner().invoke(app, ["--config", str(ROOT / "config" / "gateway.toml"), "ingest", str(tmp_path / "nope")], env=env)
+    result = CliRunner().invoke(
+        app, ["--config", str(ROOT / "config" / "gateway.toml"), "ingest", str(tmp_path / "nope")], env=env
+    )
     assert result.exit_code == 2
     assert "no such file or folder" in result.output
 
@@ -81,13 +88,15 @@ def test_ingest_recognises_dicom_by_content_not_name(db_url: str, session_factor
     write(archive / "EMPTY", b"")
     env = {"ECG_GATEWAY_STORAGE__DATABASE_URL": db_url, "ECG_GATEWAY_STORAGE__SPOOL_DIR": str(tmp_path / "spool"),
            "ECG_GATEWAY_DICOM__MIN_FREE_DISK_MB": "0"}
-    result = CliRunner().invoke(app, ["--config", str(ROOT / "config" / "gateway.toml"), "ingest", str(archive)], env=env)
+    result = CliRunner().invoke(
+        app, ["--config", str(ROOT / "config" / "gateway.toml"), "ingest", str(archive)], env=env
+    )
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines == [
         f"skipped {archive / 'DICOMDIR'}: DICOMDIR (an index of the other files, not an ECG)",
-        f"skipped {archive / 'EMPTY'}: not DICOM (no DICM prefix, and no data set with a SOP Class and Instance UID)",
-        f"skipped {archive / 'README.TXT'}: not DICOM (no DICM prefix, and no data set with a SOP Class and Instance UID)",
+        f"skipped {archive / 'EMPTY'}: {NOT_DICOM}",
+        f"skipped {archive / 'README.TXT'}: {NOT_DICOM}",
         "2 files: 2 accepted, 0 duplicate, 0 refused; 3 skipped",
     ], result.output
     with session_factory() as s:

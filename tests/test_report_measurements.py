@@ -14,8 +14,8 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.tag import Tag
 from pydicom.sequence import Sequence
+from pydicom.tag import Tag
 
 from gateway.report.measurements import (
     CODES,
@@ -86,7 +86,13 @@ def test_the_mortara_sample_as_the_issue_lists_it(sample):
     assert report.measurements["pr_interval"]["cart_code"] == "SCPECG:5.13.5-7"
     # PP Interval (0 ms) has no LOINC in the table: kept as the cart wrote it, not guessed
     assert report.measurements["SCPECG:5.10.2.1-5"] == {
-        "value": 0, "unit": "ms", "code": None, "name": "PP Interval", "source": "cart", "cart_code": "SCPECG:5.10.2.1-5"}
+        "value": 0,
+        "unit": "ms",
+        "code": None,
+        "name": "PP Interval",
+        "source": "cart",
+        "cart_code": "SCPECG:5.10.2.1-5",
+    }
     assert len(report.measurements) == len(MORTARA) + 1  # fiducial points (no value) are not measurements
     assert report.statements == ["RITMO SINUSALE", "ECG NORMALE"]
     json.dumps(report.measurements)  # stored as JSON
@@ -98,7 +104,9 @@ def test_a_loinc_coded_heart_rate_is_taken_and_nothing_is_derived():
     assert report.measurements == {"heart_rate": {"value": 69, "unit": "/min", "code": "8867-4", "name": "Heart rate",
                                                   "source": "cart", "cart_code": "LN:8867-4"}}
     # a cart that gives RR and its own rate: the cart's rate stands
-    report = extract(dataset(numeric("5.10.2.1-3", "SCPECG", "1000", "ms"), numeric("8867-4", "LN", "59", "{beats}/min")))
+    report = extract(
+        dataset(numeric("5.10.2.1-3", "SCPECG", "1000", "ms"), numeric("8867-4", "LN", "59", "{beats}/min"))
+    )
     assert report.measurements["heart_rate"]["value"] == 59 and report.measurements["heart_rate"]["source"] == "cart"
 
 
@@ -178,11 +186,10 @@ def test_the_workers_fast_read_keeps_the_annotations_as_pydicom_reads_them(sampl
 def test_the_worker_stores_them_and_rows_and_the_oru_carry_them(db_url, session_factory, tmp_path, demo_model,
                                                                 demo_ensemble, sample):
     import ecg_variants as v
-    from test_process import drain, make_config, store
-
     from gateway.admin.queries import ecg_detail, ecg_rows
     from gateway.process.worker import Worker
     from gateway.store.models import EcgInstance, Hl7Message
+    from test_process import drain, make_config, store
 
     cfg = make_config(db_url, tmp_path, demo_model)
     ok_id = store(cfg, session_factory, v.new_uids(sample))
@@ -195,7 +202,10 @@ def test_the_worker_stores_them_and_rows_and_the_oru_carry_them(db_url, session_
     with session_factory() as s:
         ok, short, plain = (s.get(EcgInstance, i) for i in (ok_id, short_id, bare_id))
         assert ok.status == "processed" and short.status == "rejected"
-        assert ok.measurements["qtc_interval"]["value"] == 370 and ok.cart_statements == ["RITMO SINUSALE", "ECG NORMALE"]
+        assert ok.measurements["qtc_interval"]["value"] == 370 and ok.cart_statements == [
+            "RITMO SINUSALE",
+            "ECG NORMALE",
+        ]
         # the cart's reading is kept even when the model could not read the ECG
         assert short.measurements == ok.measurements and short.cart_statements == ok.cart_statements
         assert plain.measurements == {} and plain.cart_statements == []
@@ -219,7 +229,10 @@ def test_the_worker_stores_them_and_rows_and_the_oru_carry_them(db_url, session_
                   "8638-9": ("57", "deg")}
     statements = [(value, equipment) for vt, ident, value, _, equipment in obx if ident == "CART_STATEMENT"]
     # marked as the device's: OBX-18 names the cart (Manufacturer, ManufacturerModelName)
-    assert statements == [("RITMO SINUSALE", "Mortara Instrument, Inc. el250"), ("ECG NORMALE", "Mortara Instrument, Inc. el250")]
+    assert statements == [
+        ("RITMO SINUSALE", "Mortara Instrument, Inc. el250"),
+        ("ECG NORMALE", "Mortara Instrument, Inc. el250"),
+    ]
     # the cart's block comes before the AI's and the statements are not EKG impressions (8601-7)
     idents = [ident for _, ident, *_ in obx]
     assert idents.index("CART_STATEMENT") < idents.index("1DAVB_PROB")

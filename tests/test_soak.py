@@ -26,12 +26,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from sqlalchemy import func, select
+
 from conftest import PG_URL, free_port, migrated_database
 from deliver_helpers import Receiver
 from e2e_helpers import gateway_env, start_serve, stop, storescu, wait_for_port, wait_until
 from fault_helpers import ResourceSampler, open_fds, proc_status_kb
-from sqlalchemy import func, select
-
 from gateway.store.db import make_engine, make_sessionmaker
 from gateway.store.models import HL7_DELIVERED, PROCESSED, EcgInstance, Hl7Message, Prediction
 

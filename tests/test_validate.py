@@ -11,7 +11,12 @@ import pytest
 
 from gateway import FINDINGS
 from gateway.validate.dataset import (
-    DatasetError, check_limb_leads, fetch_test_set, lead_names, load_test_set, strip_padding,
+    DatasetError,
+    check_limb_leads,
+    fetch_test_set,
+    lead_names,
+    load_test_set,
+    strip_padding,
 )
 from gateway.validate.metrics import Confusion, compare_probabilities, confusion, direct_metrics
 from gateway.validate.report import html_report, svg_differences, text_report
@@ -57,7 +62,7 @@ def test_f1_is_zero_with_positives_but_no_call():
 
 def test_paper_columns_in_direct_metrics():
     gold = np.zeros((3, 6), int)
-    d = direct_metrics(gold, np.zeros((3, 6)), dict(zip(FINDINGS, [0.5] * 6))).as_dict()
+    d = direct_metrics(gold, np.zeros((3, 6)), dict(zip(FINDINGS, [0.5] * 6, strict=True))).as_dict()
     assert d["findings"]["1dAVb"]["paper_table2"] == {"precision": 0.867, "recall": 0.929, "specificity": 0.995,
                                                       "f1": 0.897}
     assert d["findings"]["AF"]["published_model_f1"] == 0.783
@@ -65,9 +70,9 @@ def test_paper_columns_in_direct_metrics():
 
 def test_metrics_refuse_mismatched_shapes():
     with pytest.raises(ValueError, match="must both be"):
-        direct_metrics(np.zeros((3, 6)), np.zeros((4, 6)), dict(zip(FINDINGS, [0.5] * 6)))
+        direct_metrics(np.zeros((3, 6)), np.zeros((4, 6)), dict(zip(FINDINGS, [0.5] * 6, strict=True)))
     with pytest.raises(ValueError, match="must both be"):
-        compare_probabilities(np.zeros((0, 6)), np.zeros((0, 6)), dict(zip(FINDINGS, [0.5] * 6)))
+        compare_probabilities(np.zeros((0, 6)), np.zeros((0, 6)), dict(zip(FINDINGS, [0.5] * 6, strict=True)))
 
 
 def test_compare_probabilities_flips_and_margin():
@@ -247,7 +252,7 @@ def test_encode_tracing_writes_a_cart_like_object():
 def _fake_result() -> dict:
     gold = np.array([[1, 0, 0, 0, 0, 0], [0, 1, 0, 0, 0, 0]])
     probs = np.array([[0.9, 0.0, 0, 0, 0, 0], [0.0, 0.9, 0, 0, 0, 0]])
-    thr = dict(zip(FINDINGS, [0.5] * 6))
+    thr = dict(zip(FINDINGS, [0.5] * 6, strict=True))
     comparison = compare_probabilities(probs, probs + 1e-5, thr)
     rt = {"target": "x", "resolution_uv": 1.0, "variants": ["400 Hz SCPECG"], "status_counts": {"processed": 2},
           "not_processed": [], "compared": 2, "per_variant": {}, **comparison.as_dict()}
@@ -310,4 +315,6 @@ def test_cli_fetch_reports_a_checksum_mismatch(tmp_path, monkeypatch):
             "ECG_GATEWAY_VALIDATE__URL": f"{base}/data.zip", "ECG_GATEWAY_VALIDATE__MD5": "1" * 32,
             "ECG_GATEWAY_VALIDATE__DATA_DIR": str(tmp_path / "data")})
     assert out.exit_code == 2
-    assert "WARNING" not in out.output and "checksum mismatch" in out.output and not (tmp_path / "data/data.zip").exists()
+    assert (
+        "WARNING" not in out.output and "checksum mismatch" in out.output and not (tmp_path / "data/data.zip").exists()
+    )

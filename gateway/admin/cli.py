@@ -7,13 +7,16 @@ commands must answer in about a second.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from gateway.admin.table import print_results, printable
 from gateway.cliconfig import config_from
 from gateway.findings import listed as listed_findings
+
+if TYPE_CHECKING:  # SQLAlchemy is loaded by the commands that use it (light --help)
+    from sqlalchemy.orm import Session
 
 results_app = typer.Typer(help="Query received ECGs and their results.", no_args_is_help=True)
 ecg_app = typer.Typer(help="Export one ECG: the model's input array or the stored DICOM file.", no_args_is_help=True)
@@ -26,7 +29,7 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _session(ctx: typer.Context):  # type: ignore[no-untyped-def]
+def _session(ctx: typer.Context) -> Session:
     """A session on the configured database; exits 1 with a hint when it is
     unreachable or not migrated."""
     from sqlalchemy import inspect
@@ -40,7 +43,10 @@ def _session(ctx: typer.Context):  # type: ignore[no-untyped-def]
         with engine.connect() as conn:
             ready = inspect(conn).has_table("ecg_instances")
     except SQLAlchemyError as exc:
-        raise _fail(f"database unreachable: {type(exc.orig or exc).__name__}: {str(exc.orig or exc).splitlines()[0]}") from None
+        cause = getattr(exc, "orig", None) or exc  # the driver's error, when there is one
+        raise _fail(
+            f"database unreachable: {type(cause).__name__}: {str(cause).splitlines()[0]}"
+        ) from None
     if not ready:
         raise _fail("database not initialised: run `ecg-gateway db upgrade`")
     return make_sessionmaker(engine)()
@@ -77,12 +83,12 @@ def csv_text(rows: list[dict[str, Any]]) -> str:
 @results_app.command("list")
 def list_results(
     ctx: typer.Context,
-    patient_id: Annotated[Optional[str], typer.Option("--patient-id", help="DICOM Patient ID (exact).")] = None,
-    accession: Annotated[Optional[str], typer.Option("--accession", help="Accession Number (exact).")] = None,
-    since: Annotated[Optional[str], typer.Option(help="Received at or after (ISO 8601; naive = UTC).")] = None,
-    until: Annotated[Optional[str], typer.Option(help="Received before (ISO 8601; naive = UTC).")] = None,
-    status: Annotated[Optional[str], typer.Option(help="received, processed, rejected or failed.")] = None,
-    finding: Annotated[Optional[str], typer.Option("--finding", help=f"{listed_findings(' or ')}.")] = None,
+    patient_id: Annotated[str | None, typer.Option("--patient-id", help="DICOM Patient ID (exact).")] = None,
+    accession: Annotated[str | None, typer.Option("--accession", help="Accession Number (exact).")] = None,
+    since: Annotated[str | None, typer.Option(help="Received at or after (ISO 8601; naive = UTC).")] = None,
+    until: Annotated[str | None, typer.Option(help="Received before (ISO 8601; naive = UTC).")] = None,
+    status: Annotated[str | None, typer.Option(help="received, processed, rejected or failed.")] = None,
+    finding: Annotated[str | None, typer.Option("--finding", help=f"{listed_findings(' or ')}.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=100000, help="At most this many rows, newest first.")] = 100,
     fmt: Annotated[str, typer.Option("--format", "-f", help="table, json or csv.")] = "table",
 ) -> None:
@@ -149,7 +155,8 @@ def format_detail(d: dict[str, Any]) -> str:
         lines.append(f"  error         {d['error']}")
     lines += [
         f"  received at   {d['received_at']}   processed at {d['processed_at'] or '-'}",
-        f"  patient       {d['patient_name'] or '-'}  id {d['patient_id'] or '-'}  born {d['patient_birth_date'] or '-'}"
+        f"  patient       {d['patient_name'] or '-'}  id {d['patient_id'] or '-'}"
+        f"  born {d['patient_birth_date'] or '-'}"
         f"  sex {d['patient_sex'] or '-'}",
         f"  accession     {d['accession_number'] or '-'}   study {d['study_instance_uid'] or '-'}",
         f"  device        {d['manufacturer'] or '-'} {d['device_model'] or ''} (from {d['calling_ae'] or '-'}"

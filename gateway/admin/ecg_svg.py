@@ -47,7 +47,7 @@ def recording_span(signal: np.ndarray) -> tuple[int, int]:
 def _points(values: np.ndarray, x0: float, baseline: float, fs: float, gain: float) -> str:
     x = x0 + np.arange(values.size) * (MM_PER_S / fs)
     y = baseline - np.nan_to_num(values.astype(np.float64) / gain) * MM_PER_MV
-    return " ".join(f"{a:.2f},{b:.2f}" for a, b in zip(x, y))
+    return " ".join(f"{a:.2f},{b:.2f}" for a, b in zip(x, y, strict=True))
 
 
 def _calibration(x0: float, baseline: float) -> str:
@@ -59,7 +59,10 @@ def _calibration(x0: float, baseline: float) -> str:
 
 
 def _trace(cls: str, lead: str, values: np.ndarray, x0: float, baseline: float, fs: float, gain: float) -> str:
-    label = f'<text x="{x0 + 1:.2f}" y="{baseline - ROW_MM / 2 + 5:.2f}" font-size="3.5" font-family="sans-serif">{escape(lead)}</text>'
+    label = (
+        f'<text x="{x0 + 1:.2f}" y="{baseline - ROW_MM / 2 + 5:.2f}" font-size="3.5" font-family="sans-serif">'
+        f"{escape(lead)}</text>"
+    )
     line = (
         f'<polyline points="{_points(values, x0, baseline, fs, gain)}" fill="none" stroke="#000" '
         'stroke-width="0.22" stroke-linejoin="round"/>'

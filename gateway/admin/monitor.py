@@ -202,7 +202,9 @@ class DatabaseCollector:
                                      "only where the sender runs")
             link.add_metric([], 1 if hl7["link"] == "up" else 0)
             yield link
-            since = GaugeMetricFamily("ecg_gateway_hl7_link_state_seconds", "Seconds the HL7 link has been in its state")
+            since = GaugeMetricFamily(
+                "ecg_gateway_hl7_link_state_seconds", "Seconds the HL7 link has been in its state"
+            )
             since.add_metric([], hl7["link_for_s"] or 0)
             yield since
         if "oldest_pending_s" in hl7:

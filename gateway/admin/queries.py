@@ -7,9 +7,9 @@ One function builds the row dicts (:func:`ecg_rows`), so ``results list
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import String, cast, func, select
+from sqlalchemy import Select, String, cast, func, select
 from sqlalchemy.orm import Session
 
 from gateway.findings import FINDINGS
@@ -24,6 +24,8 @@ from gateway.store.models import (
 )
 from gateway.store.versions import quarantined
 from gateway.timeutil import as_utc
+
+_Select = TypeVar("_Select", bound=Select[Any])
 
 #: The model's six outputs, in output order (gateway.findings).
 FINDING_CODES = FINDINGS
@@ -65,7 +67,8 @@ def _validate(status: str | None, finding: str | None) -> None:
         raise QueryError(f"finding: unknown finding {finding!r}; use {', '.join(FINDING_CODES)}")
 
 
-def _filtered(stmt, *, patient_id, accession, since, until, status, finding, joined=False):  # type: ignore[no-untyped-def]
+def _filtered(stmt: _Select, *, patient_id: str | None, accession: str | None, since: datetime | None,
+              until: datetime | None, status: str | None, finding: str | None, joined: bool = False) -> _Select:
     """``stmt`` with the filters; ``joined`` = it already joins predictions."""
     _validate(status, finding)
     if patient_id is not None:

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import getpass
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from gateway.cliconfig import config_from
+
+if TYPE_CHECKING:  # SQLAlchemy is loaded by the commands that use it (light --help)
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from gateway.config import Config
 
 app = typer.Typer(help="Outbound HL7 results: list, show, resend.", no_args_is_help=True)
 
 STATUSES = ("pending", "delivered", "failed", "superseded")
 
 
-def _session(ctx: typer.Context):  # type: ignore[no-untyped-def]
+def _session(ctx: typer.Context) -> tuple[Config, sessionmaker[Session]]:
     from gateway.store.db import make_engine, make_sessionmaker
 
     cfg = config_from(ctx)
@@ -31,7 +36,9 @@ def _default_actor() -> str:
 @app.command("list")
 def list_messages(
     ctx: typer.Context,
-    status: Annotated[Optional[str], typer.Option("--status", "-s", help=f"Only this status: {', '.join(STATUSES)}.")] = None,
+    status: Annotated[
+        str | None, typer.Option("--status", "-s", help=f"Only this status: {', '.join(STATUSES)}.")
+    ] = None,
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="At most this many, newest first.")] = 50,
 ) -> None:
     """List outbound messages: id, ECG, status, attempts, control id, last error."""
@@ -48,11 +55,15 @@ def list_messages(
         if status:
             stmt = stmt.where(Hl7Message.status == status)
         rows = session.scalars(stmt).all()
-    typer.echo(f"{'ID':>6}  {'ECG':>6}  {'STATUS':<10}  {'TRIES':>5}  {'CONTROL ID':<20}  {'CREATED (UTC)':<19}  LAST ERROR")
+    typer.echo(
+        f"{'ID':>6}  {'ECG':>6}  {'STATUS':<10}  {'TRIES':>5}  {'CONTROL ID':<20}  {'CREATED (UTC)':<19}  LAST ERROR"
+    )
     for m in rows:
         created = m.created_at.strftime("%Y-%m-%d %H:%M:%S") if m.created_at else ""
         error = (m.last_error or "").replace("\n", " ")[:80]
-        typer.echo(f"{m.id:>6}  {m.ecg_id:>6}  {m.status:<10}  {m.attempts:>5}  {m.control_id:<20}  {created:<19}  {error}")
+        typer.echo(
+            f"{m.id:>6}  {m.ecg_id:>6}  {m.status:<10}  {m.attempts:>5}  {m.control_id:<20}  {created:<19}  {error}"
+        )
     if not rows:
         typer.echo("(no messages)", err=True)
 

@@ -98,6 +98,11 @@ def frame_problem(message: bytes) -> str | None:
     return None
 
 
+def _field(fields: list[str], i: int) -> str:
+    """Field ``i`` of a split segment; "" when the segment is shorter."""
+    return fields[i] if len(fields) > i else ""
+
+
 def parse_ack(raw: str) -> Ack:
     """MSA-1/2/3 of an ACK of any HL7 v2 version (tolerant: only MSH's field
     separator and the MSA segment are needed).  Raises :class:`MllpError`
@@ -110,10 +115,10 @@ def parse_ack(raw: str) -> Ack:
     for seg in segments:
         if seg.startswith("MSA" + sep):
             f = seg.split(sep)
-            get = lambda i: f[i] if len(f) > i else ""  # noqa: E731
             err = next((s for s in segments if s.startswith("ERR" + sep)), "")
-            text = get(3) or err
-            return Ack(code=get(1).strip().upper(), control_id=get(2).split(comp)[0].strip(), text=text, raw=raw)
+            text = _field(f, 3) or err
+            return Ack(code=_field(f, 1).strip().upper(), control_id=_field(f, 2).split(comp)[0].strip(), text=text,
+                       raw=raw)
     raise MllpError("ACK has no MSA segment")
 
 
@@ -179,7 +184,7 @@ class MllpClient:
             self._sock.settimeout(remaining)
             try:
                 chunk = self._sock.recv(65536)
-            except (socket.timeout, TimeoutError):
+            except TimeoutError:
                 raise MllpError(f"no ACK within {self.ack_timeout:g} s") from None
             if not chunk:
                 raise MllpError("connection closed by the receiver before the ACK")

@@ -23,11 +23,12 @@ import functools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import bindparam, exists, func, select, update
+from sqlalchemy import ColumnElement, CursorResult, Select, bindparam, exists, func, select, update
 from sqlalchemy.orm import Session, aliased, object_session
 
 from gateway.deliver.mllp import MllpClient, SendResult, make_ssl_context
@@ -75,7 +76,7 @@ def lease_seconds(cfg: Hl7Config) -> float:
     return 2 * (cfg.connect_timeout + cfg.ack_timeout) + LEASE_MARGIN_S + 5.0
 
 
-def _eligible():  # type: ignore[no-untyped-def]
+def _eligible() -> ColumnElement[bool]:
     """WHERE clause: pending and no earlier pending row of the same order key."""
     earlier = aliased(Hl7Message)
     blocked = exists().where(
@@ -87,7 +88,7 @@ def _eligible():  # type: ignore[no-untyped-def]
 
 
 @functools.cache
-def _claim_statement(dialect: str):  # type: ignore[no-untyped-def]
+def _claim_statement(dialect: str) -> Select[Hl7Message]:
     # Built once: constructing the aliased subquery costs more than running it.
     stmt = (
         select(Hl7Message)
@@ -101,7 +102,7 @@ def _claim_statement(dialect: str):  # type: ignore[no-untyped-def]
 
 
 @functools.cache
-def _due_statement():  # type: ignore[no-untyped-def]
+def _due_statement() -> Select[datetime]:
     return select(func.min(Hl7Message.next_attempt_at)).where(_eligible())
 
 
@@ -205,7 +206,9 @@ def _loggable(result: SendResult) -> str:
     return result.detail
 
 
-def send_batch(client: MllpClient, batch: list[Claimed], cfg: Hl7Config, stop: threading.Event) -> list[tuple[Claimed, SendResult | None]]:
+def send_batch(
+    client: MllpClient, batch: list[Claimed], cfg: Hl7Config, stop: threading.Event
+) -> list[tuple[Claimed, SendResult | None]]:
     """Send claimed rows in order over one connection.  After a transport
     failure, a stop request, or when the lease margin is used up, the rest is
     returned unsent (None) so its claim is undone."""
@@ -221,7 +224,9 @@ def send_batch(client: MllpClient, batch: list[Claimed], cfg: Hl7Config, stop: t
         try:
             data = claimed.payload.encode(codec)
         except UnicodeEncodeError as exc:  # never raised for a built message; one bad row must not stop the sender
-            result = SendResult("unsendable", f"not sent: the message cannot be encoded as {codec} (character {exc.start})")
+            result = SendResult(
+                "unsendable", f"not sent: the message cannot be encoded as {codec} (character {exc.start})"
+            )
         else:
             result = client.send(data, claimed.control_id, codec)
         outcomes.append((claimed, result))
@@ -242,7 +247,7 @@ def release_stale_claims(session: Session, now: datetime) -> int:
             .where(Hl7Message.status == HL7_PENDING, Hl7Message.next_attempt_at > now)
             .values(next_attempt_at=now)
         )
-    return result.rowcount or 0
+    return cast(CursorResult[Any], result).rowcount or 0
 
 
 def make_client(cfg: Hl7Config) -> MllpClient:

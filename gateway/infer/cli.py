@@ -7,22 +7,26 @@ verify use the standard library, h5py and rich.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from gateway.cliconfig import config_from
 
-app = typer.Typer(help="Model files: fetch the published weights, list, verify, or write a demo model.", no_args_is_help=True)
+app = typer.Typer(
+    help="Model files: fetch the published weights, list, verify, or write a demo model.", no_args_is_help=True
+)
 
 
 @app.command()
 def fetch(
     ctx: typer.Context,
-    all_seeds: Annotated[bool, typer.Option("--all", help="Also extract the ten other_seeds/model_N.hdf5 files.")] = False,
-    url: Annotated[Optional[str], typer.Option(help="Archive URL [default: model.url].")] = None,
-    md5: Annotated[Optional[str], typer.Option(help="Archive md5 [default: model.md5].")] = None,
-    directory: Annotated[Optional[Path], typer.Option("--dir", help="Extract here [default: model.dir].")] = None,
+    all_seeds: Annotated[
+        bool, typer.Option("--all", help="Also extract the ten other_seeds/model_N.hdf5 files.")
+    ] = False,
+    url: Annotated[str | None, typer.Option(help="Archive URL [default: model.url].")] = None,
+    md5: Annotated[str | None, typer.Option(help="Archive md5 [default: model.md5].")] = None,
+    directory: Annotated[Path | None, typer.Option("--dir", help="Extract here [default: model.dir].")] = None,
     keep_archive: Annotated[bool, typer.Option(help="Keep model.zip after extracting.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
@@ -87,7 +91,11 @@ def verify(ctx: typer.Context) -> None:
             typer.echo(f"unknown  {f.path} sha256 {f.sha256} (not in the manifest)")
         else:
             bad += 1
-            detail = "file missing: run `ecg-gateway model fetch`" if f.status == "missing" else f"sha256 {f.sha256}, manifest says {f.recorded_sha256}"
+            detail = (
+                "file missing: run `ecg-gateway model fetch`"
+                if f.status == "missing"
+                else f"sha256 {f.sha256}, manifest says {f.recorded_sha256}"
+            )
             typer.echo(f"{f.status.upper():8} {f.path} ({detail})", err=True)
     if not files:
         typer.echo(f"no model files in {cfg.model.dir} (run `ecg-gateway model fetch`)", err=True)

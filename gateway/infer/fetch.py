@@ -54,8 +54,7 @@ def _md5(path: Path) -> str:
 
 
 def _progress_bar(console: Any) -> Any:
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                               TransferSpeedColumn)
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
     return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                     TimeRemainingColumn(), console=console, transient=False)
@@ -69,7 +68,7 @@ class _LazyBar:
         self.progress = progress
         self.shown = False
 
-    def __enter__(self) -> "_LazyBar":
+    def __enter__(self) -> _LazyBar:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -87,7 +86,7 @@ class _LazyBar:
 
 
 class _NullBar:
-    def __enter__(self) -> "_NullBar":
+    def __enter__(self) -> _NullBar:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -252,7 +251,7 @@ def fetch_model(url: str, md5: str, dest_dir: str | os.PathLike[str], include_se
                              "the download was deleted (check model.url and model.md5)")
     members = (MAIN_MEMBER, *SEED_MEMBERS) if include_seeds else (MAIN_MEMBER,)
     files = _extract(archive, members, dest)
-    for (member, _), path in zip(members, files):
+    for (member, _), path in zip(members, files, strict=True):
         record_files(dest, [path], source_url=url, archive_md5=expected, member=member)
     if not keep_archive:
         archive.unlink()

@@ -39,7 +39,7 @@ class EnsembleOutput:
         return int(self.mean.shape[0])
 
     @classmethod
-    def from_members(cls, probs: np.ndarray) -> "EnsembleOutput":
+    def from_members(cls, probs: np.ndarray) -> EnsembleOutput:
         """Statistics of ``probs`` (models, n, 6) over the models."""
         p = probs.astype(np.float64)
         return cls(mean=p.mean(axis=0), min=p.min(axis=0), max=p.max(axis=0), std=p.std(axis=0))

@@ -6,7 +6,12 @@ reason stored with the ECG and sent in HL7.
 """
 
 from gateway.normalise.core import (
-    NORMALISER_VERSION, NormalisedEcg, NormaliseParams, input_sha256, normalise_dataset, normaliser_version,
+    NORMALISER_VERSION,
+    NormalisedEcg,
+    NormaliseParams,
+    input_sha256,
+    normalise_dataset,
+    normaliser_version,
 )
 from gateway.normalise.errors import NormaliseError
 from gateway.normalise.leads import LIMB_LEADS, OUTPUT_LEADS, PRECORDIAL_LEADS, derive_limb_leads, identify_lead

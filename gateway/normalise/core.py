@@ -21,13 +21,23 @@ from gateway.normalise.decode import (
     select_multiplex_group,
 )
 from gateway.normalise.errors import NormaliseError
-from gateway.quoting import printable, quote
 from gateway.normalise.leads import (
-    DERIVABLE_LEADS, LIMB_LEADS, NEGATIVE_AVR, OUTPUT_LEADS, PRECORDIAL_LEADS, derive_limb_leads,
+    DERIVABLE_LEADS,
+    LIMB_LEADS,
+    NEGATIVE_AVR,
+    OUTPUT_LEADS,
+    PRECORDIAL_LEADS,
+    derive_limb_leads,
 )
 from gateway.normalise.resample import (
-    MAX_UP_DOWN, MODEL_RATE_HZ, MODEL_SAMPLES, plan_window, resample_to_model, resampling_factors,
+    MAX_UP_DOWN,
+    MODEL_RATE_HZ,
+    MODEL_SAMPLES,
+    plan_window,
+    resample_to_model,
+    resampling_factors,
 )
+from gateway.quoting import printable, quote
 
 MIN_RATE_HZ = 100.0
 MAX_RATE_HZ = 2000.0
@@ -216,7 +226,11 @@ def _normalise(ds: Dataset, params: NormaliseParams, report: dict[str, Any]) -> 
     for lead in params.output_leads:
         if lead in gaps:
             count = int(gaps[lead].sum())
-            report["gaps"][lead] = {"samples": count, "seconds": round(count / fs, 4), "fraction": round(count / n_rows, 4)}
+            report["gaps"][lead] = {
+                "samples": count,
+                "seconds": round(count / fs, 4),
+                "fraction": round(count / n_rows, 4),
+            }
             flags.append(f"{lead}: gap {count / fs:.2f} s (padding)")
             if count / n_rows >= quality.GAP_UNUSABLE:
                 unusable.add(lead)
@@ -253,7 +267,9 @@ def _normalise(ds: Dataset, params: NormaliseParams, report: dict[str, Any]) -> 
         raise fail(f"{len(unusable)} of {len(params.output_leads)} leads unusable: {'; '.join(flags)}")
 
     signal = np.ascontiguousarray((y * params.gain).T, dtype=np.float32)
-    overflow = [lead for lead, column in zip(params.output_leads, signal.T) if not np.isfinite(column).all()]
+    overflow = [
+        lead for lead, column in zip(params.output_leads, signal.T, strict=True) if not np.isfinite(column).all()
+    ]
     if overflow:  # beyond float32 (absurd scale): the model must never see Inf
         raise fail(f"normalised signal is not finite (float32 overflow) in {', '.join(overflow)}: {'; '.join(flags)}")
     report["gain"] = params.gain

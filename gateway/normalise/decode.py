@@ -15,9 +15,9 @@ from pydicom.multival import MultiValue
 from pydicom.uid import ExplicitVRBigEndian
 
 from gateway.normalise.errors import NormaliseError
-from gateway.quoting import printable, quote
 from gateway.normalise.leads import LeadId, identify_lead
 from gateway.normalise.units import UnknownUnitError, millivolts_per_unit
+from gateway.quoting import printable, quote
 
 #: (WaveformBitsAllocated, WaveformSampleInterpretation) -> stored dtype.
 STORED_DTYPES: dict[tuple[int, str], str] = {(16, "SS"): "i2", (32, "SL"): "i4", (8, "MB"): "u1", (8, "AB"): "u1"}
@@ -125,12 +125,13 @@ def select_multiplex_group(ds: Dataset) -> tuple[int, str]:
 
     tiers = (
         ("label RHYTHM", [i for i in candidates if _text(groups[i], "MultiplexGroupLabel").upper() == "RHYTHM"]),
-        ("originality ORIGINAL", [i for i in candidates if _text(groups[i], "WaveformOriginality").upper() == "ORIGINAL"]),
+        (
+            "originality ORIGINAL",
+            [i for i in candidates if _text(groups[i], "WaveformOriginality").upper() == "ORIGINAL"],
+        ),
         ("longest group", candidates),
     )
-    for reason, indices in tiers:
-        if indices:
-            break
+    reason, indices = next((tier for tier in tiers if tier[1]), tiers[-1])
     return max(indices, key=lambda i: (duration(i), -i)), reason
 
 
@@ -261,7 +262,9 @@ def read_channels(group: Dataset) -> list[Channel]:
         if sensitivity is None:
             raise NormaliseError(f"{where}: no ChannelSensitivity")
         if not math.isfinite(sensitivity) or sensitivity <= 0:
-            raise NormaliseError(f"{where}: ChannelSensitivity {quote(raw_text(item, 'ChannelSensitivity'))} is not a positive number")
+            raise NormaliseError(
+                f"{where}: ChannelSensitivity {quote(raw_text(item, 'ChannelSensitivity'))} is not a positive number"
+            )
         if not math.isfinite(correction) or correction <= 0:
             raise NormaliseError(f"{where}: ChannelSensitivityCorrectionFactor {correction!r} is not a positive number")
         if not math.isfinite(baseline):

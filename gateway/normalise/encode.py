@@ -42,7 +42,12 @@ def lead_code(lead: str, code_scheme: str = "SCPECG") -> Dataset:
 
 def _unit(code: str, meaning: str) -> Dataset:
     item = Dataset()
-    item.CodeValue, item.CodingSchemeDesignator, item.CodingSchemeVersion, item.CodeMeaning = code, "UCUM", "1.4", meaning
+    item.CodeValue, item.CodingSchemeDesignator, item.CodingSchemeVersion, item.CodeMeaning = (
+        code,
+        "UCUM",
+        "1.4",
+        meaning,
+    )
     return item
 
 

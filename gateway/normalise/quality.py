@@ -25,7 +25,7 @@ def _runs_at_least(mask: np.ndarray, length: int) -> np.ndarray:
     edges = np.diff(np.concatenate(([0], mask.astype(np.int8), [0])))
     starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
     out = np.zeros(mask.shape, dtype=bool)
-    for a, b in zip(starts, stops):
+    for a, b in zip(starts, stops, strict=True):
         if b - a >= length:
             out[a:b] = True
     return out

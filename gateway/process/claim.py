@@ -120,10 +120,17 @@ def claim_batch(session_factory: sessionmaker[Session], worker_id: str, limit: i
                 # Every earlier attempt ended without an outcome (worker killed
                 # or crashed): stop retrying so one poison ECG cannot loop.
                 session.execute(
-                    update(EcgInstance).where(EcgInstance.id == ecg_id, EcgInstance.attempts == attempts, waiting).values(
-                        status=FAILED, claimed_by=None, lease_expires_at=None, updated_at=now,
-                        error=(f"gave up after {attempts} attempts"
-                               + (" (a worker stopped while processing it)" if status == PROCESSING else "")),
+                    update(EcgInstance)
+                    .where(EcgInstance.id == ecg_id, EcgInstance.attempts == attempts, waiting)
+                    .values(
+                        status=FAILED,
+                        claimed_by=None,
+                        lease_expires_at=None,
+                        updated_at=now,
+                        error=(
+                            f"gave up after {attempts} attempts"
+                            + (" (a worker stopped while processing it)" if status == PROCESSING else "")
+                        ),
                     )
                 )
                 continue
@@ -193,8 +200,13 @@ def release_dead_claims(session_factory: sessionmaker[Session], me: Claimer | No
             # Compare-and-set on the claim token: a claim taken over meanwhile stays.
             result = session.execute(
                 update(EcgInstance)
-                .where(EcgInstance.id == ecg_id, EcgInstance.status == PROCESSING,
-                       EcgInstance.claimed_by == claimed_by if claimed_by is not None else EcgInstance.claimed_by.is_(None))
+                .where(
+                    EcgInstance.id == ecg_id,
+                    EcgInstance.status == PROCESSING,
+                    EcgInstance.claimed_by == claimed_by
+                    if claimed_by is not None
+                    else EcgInstance.claimed_by.is_(None),
+                )
                 .values(updated_at=utcnow(), **_RELEASED)
             )
             if result.rowcount == 1:

@@ -61,7 +61,7 @@ class Inflated:
     complete: bool
 
 
-def _chunks(inflater: "zlib._Decompress", deflated: bytes | memoryview) -> Iterator[bytes]:
+def _chunks(inflater: zlib._Decompress, deflated: bytes | memoryview) -> Iterator[bytes]:
     view = memoryview(deflated)
     for start in range(0, len(view), _IN_CHUNK):
         data: bytes | memoryview = view[start : start + _IN_CHUNK]
@@ -104,7 +104,7 @@ def inflate(deflated: bytes | memoryview, max_bytes: int) -> Inflated:
     return Inflated(again.decompress(deflated, max_bytes + 1), inflater.eof)
 
 
-def read_dicom(raw: bytes, max_bytes: int) -> "Dataset":
+def read_dicom(raw: bytes, max_bytes: int) -> Dataset:
     """``pydicom.dcmread`` of a Part 10 byte string, held to ``max_bytes``.
 
     dcmread inflates a deflated data set whole (``zlib.decompress``) before

@@ -8,40 +8,65 @@ Exit codes: 0 passed, 1 failed the pass criteria, 2 could not run
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from gateway.cliconfig import config_from
 
+if TYPE_CHECKING:
+    from rich.progress import TaskID
+
 
 def validate(
     ctx: typer.Context,
-    data: Annotated[Optional[Path], typer.Option(
-        "--data", help="Folder holding ecg_tracings.hdf5 and gold_standard.csv [default: validate.data_dir].")] = None,
-    fetch: Annotated[bool, typer.Option(
-        "--fetch", help="Download data.zip (validate.url, md5 validate.md5) into the data folder first.")] = False,
-    roundtrip: Annotated[bool, typer.Option(
-        "--roundtrip/--no-roundtrip", help="Also send every tracing as DICOM through a gateway.")] = True,
-    target: Annotated[Optional[str], typer.Option(
-        help="HOST:PORT[:AET] of a RUNNING gateway instead of starting one (needs --database-url). It will "
-             "process, store and - unless its HL7 is off - send results for the test ECGs "
-             "(patient id ECGGW-VALIDATION): use a test installation.")] = None,
-    database_url: Annotated[Optional[str], typer.Option(
-        help="With --target: that gateway's database. Without: an EMPTY database for the gateway started "
-             "for the run [default: SQLite under the run folder].")] = None,
-    rates: Annotated[str, typer.Option(
-        help="Cart sampling rates, comma-separated: 400 = as stored, others resampled.")] = "400,500",
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data", help="Folder holding ecg_tracings.hdf5 and gold_standard.csv [default: validate.data_dir]."
+        ),
+    ] = None,
+    fetch: Annotated[
+        bool,
+        typer.Option("--fetch", help="Download data.zip (validate.url, md5 validate.md5) into the data folder first."),
+    ] = False,
+    roundtrip: Annotated[
+        bool, typer.Option("--roundtrip/--no-roundtrip", help="Also send every tracing as DICOM through a gateway.")
+    ] = True,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            help="HOST:PORT[:AET] of a RUNNING gateway instead of starting one (needs --database-url). It will "
+            "process, store and - unless its HL7 is off - send results for the test ECGs "
+            "(patient id ECGGW-VALIDATION): use a test installation."
+        ),
+    ] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            help="With --target: that gateway's database. Without: an EMPTY database for the gateway started "
+            "for the run [default: SQLite under the run folder]."
+        ),
+    ] = None,
+    rates: Annotated[
+        str, typer.Option(help="Cart sampling rates, comma-separated: 400 = as stored, others resampled.")
+    ] = "400,500",
     code_schemes: Annotated[str, typer.Option(help="Lead code schemes, comma-separated: SCPECG, MDC.")] = "SCPECG,MDC",
-    resolution_uv: Annotated[float, typer.Option(
-        min=0.01, max=100.0, help="Sample resolution of the DICOM objects in uV (16-bit samples).")] = 1.0,
-    limit: Annotated[Optional[int], typer.Option(min=1, help="Use only the first N tracings (a quick check).")] = None,
-    flip_margin: Annotated[Optional[float], typer.Option(
-        min=0.0, max=1.0, help="Pass criterion [default: validate.flip_margin].")] = None,
-    max_abs_difference: Annotated[Optional[float], typer.Option(
-        min=0.0, max=1.0, help="Pass criterion, 0 = off [default: validate.max_abs_difference].")] = None,
+    resolution_uv: Annotated[
+        float, typer.Option(min=0.01, max=100.0, help="Sample resolution of the DICOM objects in uV (16-bit samples).")
+    ] = 1.0,
+    limit: Annotated[int | None, typer.Option(min=1, help="Use only the first N tracings (a quick check).")] = None,
+    flip_margin: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="Pass criterion [default: validate.flip_margin].")
+    ] = None,
+    max_abs_difference: Annotated[
+        float | None,
+        typer.Option(min=0.0, max=1.0, help="Pass criterion, 0 = off [default: validate.max_abs_difference]."),
+    ] = None,
     timeout: Annotated[float, typer.Option(min=1.0, help="Seconds to wait for the gateway's results.")] = 900.0,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of the text report.")] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the result as JSON instead of the text report.")
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars (on stderr).")] = True,
 ) -> None:
     """Commission this installation: the published model's answers on the paper's test set, directly and
@@ -105,7 +130,7 @@ def validate(
         timeout_s=timeout, config_path=str(ctx.find_root().obj.get("config_path") or "") or None, notes=notes,
     )
 
-    bars: dict[str, int] = {}
+    bars: dict[str, TaskID] = {}
     bar = None
     if progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn

@@ -49,7 +49,7 @@ class Confusion:
         # and defined (0) when there are positives but no call.
         return _ratio(2 * self.tp, 2 * self.tp + self.fp + self.fn)
 
-    def __add__(self, other: "Confusion") -> "Confusion":
+    def __add__(self, other: Confusion) -> Confusion:
         return Confusion(self.tp + other.tp, self.fp + other.fp, self.fn + other.fn, self.tn + other.tn)
 
     def as_dict(self) -> dict[str, Any]:

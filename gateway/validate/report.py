@@ -55,8 +55,8 @@ def roundtrip_rows(rt: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = lambda cells: "  ".join(str(c).rjust(w) for c, w in zip(cells, widths))  # noqa: E731
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
+    line = lambda cells: "  ".join(str(c).rjust(w) for c, w in zip(cells, widths, strict=True))  # noqa: E731
     return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
 
@@ -71,9 +71,13 @@ def text_report(result: dict[str, Any]) -> str:
     if len(model["files"]) > 1:
         out.append(f"  ensemble sha256 {model['model_sha256']} (mean of {len(model['files'])} files)")
     ds = result["dataset"]
-    out += ["", f"Test set: {ds['tracings']} ({ds['exams_used']} of {ds['exams_in_file']} exams)",
-            f"  sha256 {ds['tracings_sha256']}", f"  gold standard {ds['gold_standard']} sha256 {ds['gold_standard_sha256']}",
-            f"  leads read as: {', '.join(ds['lead_order'])} ([normalise] limb_lead_order)"]
+    out += [
+        "",
+        f"Test set: {ds['tracings']} ({ds['exams_used']} of {ds['exams_in_file']} exams)",
+        f"  sha256 {ds['tracings_sha256']}",
+        f"  gold standard {ds['gold_standard']} sha256 {ds['gold_standard_sha256']}",
+        f"  leads read as: {', '.join(ds['lead_order'])} ([normalise] limb_lead_order)",
+    ]
     check = ds.get("limb_lead_check")
     if check:
         out.append(f"  limb-lead check: columns 0-5 look like {', '.join(check['looks_like'])} -> "
@@ -82,10 +86,13 @@ def text_report(result: dict[str, Any]) -> str:
             _table(*direct_rows(result["direct"]))]
     rt = result.get("roundtrip")
     if rt:
-        out += ["", f"DICOM round trip via {rt['target']} ({', '.join(rt['variants'])}; "
-                    f"16-bit samples at {rt['resolution_uv']:g} uV; quantisation step {rt['resolution_uv'] / 1000:g} mV):",
-                f"  instances: " + ", ".join(f"{k} {v}" for k, v in sorted(rt["status_counts"].items())),
-                f"  compared: {rt['compared']}; findings with a flipped decision: {rt['findings_flipped']}"]
+        out += [
+            "",
+            f"DICOM round trip via {rt['target']} ({', '.join(rt['variants'])}; "
+            f"16-bit samples at {rt['resolution_uv']:g} uV; quantisation step {rt['resolution_uv'] / 1000:g} mV):",
+            "  instances: " + ", ".join(f"{k} {v}" for k, v in sorted(rt["status_counts"].items())),
+            f"  compared: {rt['compared']}; findings with a flipped decision: {rt['findings_flipped']}",
+        ]
         for label, v in rt.get("per_variant", {}).items():
             out.append(f"  {label}: {v['compared']} compared, max |prob diff| {fmt_small(v['max_abs_prob_diff'])}, "
                        f"max |input diff| {fmt_small(v['max_abs_input_diff_mv'])} mV")
@@ -134,8 +141,8 @@ def svg_differences(abs_diff: np.ndarray, findings: Sequence[str], *, width: int
         y0 = top + row_h * j + row_h / 2
         parts.append(f'<text x="{left - 8}" y="{y0 + 4:.1f}" text-anchor="end">{html.escape(f)}</text>')
         values = abs_diff[:, j] if abs_diff.size else np.array([])
-        jitter = rng.uniform(-row_h * 0.3, row_h * 0.3, size=values.shape[0])
-        for v, dy in zip(values, jitter):
+        jitter = rng.uniform(-row_h * 0.3, row_h * 0.3, size=(values.shape[0],))
+        for v, dy in zip(values, jitter, strict=True):
             parts.append(f'<circle cx="{x_of(float(v)):.1f}" cy="{y0 + dy:.1f}" r="2" fill="#1f77b4" '
                          f'fill-opacity="0.45"/>')
         if values.size:

@@ -156,10 +156,10 @@ def send_tracings(tracings: np.ndarray, indices: Sequence[int], variants: Sequen
     C-STORE each over ONE association; returns the result records with the
     C-STORE status filled in.  Raises :class:`RoundTripError` when the
     association is refused or lost."""
+    from pydicom.uid import ExplicitVRLittleEndian
     from pynetdicom import AE
 
     from gateway.normalise.encode import TWELVE_LEAD_ECG
-    from pydicom.uid import ExplicitVRLittleEndian
 
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout

@@ -27,9 +27,11 @@ from gateway.validate.roundtrip import RoundTripRun, StartedGateway, Variant
 
 log = logging.getLogger("gateway.validate")
 
-SEED_NOTE = ("The published model.hdf5 is not the seed behind the paper's Table 2 (its outputs equal "
-             "other_seeds/model_6.hdf5): differences of a few F1 points to Table 2 are expected. The column "
-             "'model.hdf5 F1' is that file's own F1 at the paper's thresholds, from the authors' published predictions.")
+SEED_NOTE = (
+    "The published model.hdf5 is not the seed behind the paper's Table 2 (its outputs equal "
+    "other_seeds/model_6.hdf5): differences of a few F1 points to Table 2 are expected. The column "
+    "'model.hdf5 F1' is that file's own F1 at the paper's thresholds, from the authors' published predictions."
+)
 
 
 @dataclass
@@ -206,7 +208,9 @@ def _run(cfg: Config, opts: ValidateOptions, test_set: TestSet, run_dir: Path, g
                      "shows whether the DICOM path distorts the model input.")
     notes.append(SEED_NOTE)
     if thresholds != PAPER_THRESHOLDS:
-        notes.append("The configured thresholds differ from the paper's: the comparison with Table 2 is not like for like.")
+        notes.append(
+            "The configured thresholds differ from the paper's: the comparison with Table 2 is not like for like."
+        )
     if len(test_set) != TEST_SET_EXAMS or test_set.source.get("exams_in_file") != TEST_SET_EXAMS:
         notes.append(f"{len(test_set)} exams were used, not the published {TEST_SET_EXAMS}: "
                      "the metrics are not comparable with the paper's.")

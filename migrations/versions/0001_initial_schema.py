@@ -1,12 +1,11 @@
 """initial schema
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-26 09:22:54.868757
 """
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0001'
 down_revision = None
@@ -73,50 +72,58 @@ def upgrade() -> None:
         batch_op.create_index('ix_ecg_instances_status_id', ['status', 'id'], unique=False)
         batch_op.create_index(batch_op.f('ix_ecg_instances_study_instance_uid'), ['study_instance_uid'], unique=False)
 
-    op.create_table('hl7_messages',
-    sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('ecg_id', sa.Integer(), nullable=False),
-    sa.Column('control_id', sa.String(length=64), nullable=False),
-    sa.Column('order_key', sa.String(length=200), nullable=False),
-    sa.Column('payload', sa.Text(), nullable=False),
-    sa.Column('status', sa.String(length=16), nullable=False),
-    sa.Column('attempts', sa.Integer(), nullable=False),
-    sa.Column('last_error', sa.Text(), nullable=True),
-    sa.Column('ack', sa.Text(), nullable=True),
-    sa.Column('resend_of', sa.Integer(), nullable=True),
-    sa.Column('next_attempt_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('last_attempt_at', sa.DateTime(timezone=True), nullable=True),
-    sa.Column('delivered_at', sa.DateTime(timezone=True), nullable=True),
-    sa.ForeignKeyConstraint(['ecg_id'], ['ecg_instances.id'], name=op.f('fk_hl7_messages_ecg_id_ecg_instances'), ondelete='CASCADE'),
-    sa.ForeignKeyConstraint(['resend_of'], ['hl7_messages.id'], name=op.f('fk_hl7_messages_resend_of_hl7_messages')),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_hl7_messages')),
-    sa.UniqueConstraint('control_id', name=op.f('uq_hl7_messages_control_id'))
+    op.create_table(
+        "hl7_messages",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("ecg_id", sa.Integer(), nullable=False),
+        sa.Column("control_id", sa.String(length=64), nullable=False),
+        sa.Column("order_key", sa.String(length=200), nullable=False),
+        sa.Column("payload", sa.Text(), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("last_error", sa.Text(), nullable=True),
+        sa.Column("ack", sa.Text(), nullable=True),
+        sa.Column("resend_of", sa.Integer(), nullable=True),
+        sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("last_attempt_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("delivered_at", sa.DateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["ecg_id"], ["ecg_instances.id"], name=op.f("fk_hl7_messages_ecg_id_ecg_instances"), ondelete="CASCADE"
+        ),
+        sa.ForeignKeyConstraint(
+            ["resend_of"], ["hl7_messages.id"], name=op.f("fk_hl7_messages_resend_of_hl7_messages")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_hl7_messages")),
+        sa.UniqueConstraint("control_id", name=op.f("uq_hl7_messages_control_id")),
     )
     with op.batch_alter_table('hl7_messages', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_hl7_messages_ecg_id'), ['ecg_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_hl7_messages_order_key'), ['order_key'], unique=False)
         batch_op.create_index('ix_hl7_messages_status_next_attempt_at', ['status', 'next_attempt_at'], unique=False)
 
-    op.create_table('predictions',
-    sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('ecg_id', sa.Integer(), nullable=False),
-    sa.Column('probabilities', sa.JSON(), nullable=False),
-    sa.Column('spread', sa.JSON(), nullable=False),
-    sa.Column('findings', sa.JSON(), nullable=False),
-    sa.Column('thresholds', sa.JSON(), nullable=False),
-    sa.Column('model_files', sa.JSON(), nullable=False),
-    sa.Column('model_sha256', sa.String(length=64), nullable=False),
-    sa.Column('demo_model', sa.Boolean(), nullable=False),
-    sa.Column('normalisation', sa.JSON(), nullable=False),
-    sa.Column('quality_flags', sa.JSON(), nullable=False),
-    sa.Column('input_npy', sa.LargeBinary(), nullable=True),
-    sa.Column('gateway_version', sa.String(length=32), nullable=False),
-    sa.Column('timings', sa.JSON(), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.ForeignKeyConstraint(['ecg_id'], ['ecg_instances.id'], name=op.f('fk_predictions_ecg_id_ecg_instances'), ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_predictions')),
-    sa.UniqueConstraint('ecg_id', name=op.f('uq_predictions_ecg_id'))
+    op.create_table(
+        "predictions",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("ecg_id", sa.Integer(), nullable=False),
+        sa.Column("probabilities", sa.JSON(), nullable=False),
+        sa.Column("spread", sa.JSON(), nullable=False),
+        sa.Column("findings", sa.JSON(), nullable=False),
+        sa.Column("thresholds", sa.JSON(), nullable=False),
+        sa.Column("model_files", sa.JSON(), nullable=False),
+        sa.Column("model_sha256", sa.String(length=64), nullable=False),
+        sa.Column("demo_model", sa.Boolean(), nullable=False),
+        sa.Column("normalisation", sa.JSON(), nullable=False),
+        sa.Column("quality_flags", sa.JSON(), nullable=False),
+        sa.Column("input_npy", sa.LargeBinary(), nullable=True),
+        sa.Column("gateway_version", sa.String(length=32), nullable=False),
+        sa.Column("timings", sa.JSON(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["ecg_id"], ["ecg_instances.id"], name=op.f("fk_predictions_ecg_id_ecg_instances"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_predictions")),
+        sa.UniqueConstraint("ecg_id", name=op.f("uq_predictions_ecg_id")),
     )
 
 

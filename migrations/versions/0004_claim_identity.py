@@ -3,9 +3,8 @@
 Revision ID: 0004_claim_identity
 Revises: 0003_input_hash
 """
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0004_claim_identity'
 down_revision = '0003_input_hash'

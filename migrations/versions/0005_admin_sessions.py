@@ -3,9 +3,8 @@
 Revision ID: 0005_admin_sessions
 Revises: 0004_claim_identity
 """
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0005_admin_sessions'
 down_revision = '0004_claim_identity'

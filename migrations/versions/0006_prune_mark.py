@@ -3,9 +3,8 @@
 Revision ID: 0006_prune_mark
 Revises: 0005_admin_sessions
 """
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0006_prune_mark'
 down_revision = '0005_admin_sessions'

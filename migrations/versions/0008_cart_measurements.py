@@ -3,9 +3,8 @@
 Revision ID: 0008_cart_measurements
 Revises: 0007_report_zlib
 """
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0008_cart_measurements'
 down_revision = '0007_report_zlib'
