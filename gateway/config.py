@@ -34,9 +34,13 @@ DEFAULT_MAX_DATASET_MB = 64
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 OptionalPort = Annotated[int, Field(ge=0, le=65535)]  # 0 = disabled
-AETitle = Annotated[str, Field(min_length=1, max_length=16, pattern=r"^[\x20-\x5b\x5d-\x7e]*[^ ][\x20-\x5b\x5d-\x7e]*$")]
+AETitle = Annotated[
+    str, Field(min_length=1, max_length=16, pattern=r"^[\x20-\x5b\x5d-\x7e]*[^ ][\x20-\x5b\x5d-\x7e]*$")
+]
 #: An HL7 namespace id (HD-1, IS): 1-20 printable characters, no HL7 delimiter.
-Hl7Namespace = Annotated[str, Field(min_length=1, max_length=20, pattern=r"^[!-%'-\[\]_-{}](?:[ -%'-\[\]_-{}]*[!-%'-\[\]_-{}])?$")]
+Hl7Namespace = Annotated[
+    str, Field(min_length=1, max_length=20, pattern=r"^[!-%'-\[\]_-{}](?:[ -%'-\[\]_-{}]*[!-%'-\[\]_-{}])?$")
+]
 
 #: Paper thresholds (Ribeiro et al. 2020, chosen on validation for best F1).
 PAPER_THRESHOLDS: dict[str, float] = {f.code: f.threshold for f in REGISTRY}
@@ -108,7 +112,7 @@ class DicomConfig(_Section):
         return _existing_file(value, info.field_name)
 
     @model_validator(mode="after")
-    def _tls_complete(self) -> "DicomConfig":
+    def _tls_complete(self) -> DicomConfig:
         if self.tls_port and not (self.tls_cert and self.tls_key):
             raise ValueError("tls_port needs tls_cert and tls_key")
         if self.tls_port and self.tls_port == self.port:
@@ -266,7 +270,7 @@ class Hl7Config(_Section):
         return value
 
     @model_validator(mode="after")
-    def _tls_pair(self) -> "Hl7Config":
+    def _tls_pair(self) -> Hl7Config:
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert and tls_key go together (client certificate)")
         return self

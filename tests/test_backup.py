@@ -15,7 +15,7 @@ import subprocess
 import sys
 import uuid
 from contextlib import closing
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -86,7 +86,7 @@ def test_backup_order_and_restore_as_documented(db_url, session_factory, tmp_pat
         pass
     with session_factory.begin() as s:
         s.execute(update(EcgInstance).where(EcgInstance.id == old)
-                  .values(received_at=datetime.now(timezone.utc) - timedelta(days=400)))
+                  .values(received_at=datetime.now(UTC) - timedelta(days=400)))
         s.execute(text("UPDATE hl7_messages SET status = 'delivered'"))
 
     # 1. the database ...

@@ -26,8 +26,8 @@ from bomb_helpers import MIB, bomb_stream, deflated_bomb, oversize_file, send_fi
 from gateway.receive.header import HeaderError, read_header, read_waveform_dataset
 from gateway.receive.limits import DEFAULT_MAX_DATASET_BYTES, DatasetTooLarge, inflate, read_dicom
 from gateway.receive.spool import DATA_SET_TOO_LARGE, SUCCESS, IncomingInstance, StoreContext, store_instance
-from gateway.store.spool import Spool
 from gateway.store.models import PROCESSED, REJECTED, EcgInstance, Hl7Message
+from gateway.store.spool import Spool
 from receive_helpers import ecg_bytes, write
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,7 +72,9 @@ def test_inflate_truncated_stream_gives_what_it_has_and_says_incomplete(size: in
     assert not inflate(b"", size).complete and inflate(b"", size).data == b""
 
 
-@pytest.mark.parametrize("garbage", [b"\xff" * 64, b"not a deflate stream at all", os.urandom(4096)[:1] + b"\x07" * 100])
+@pytest.mark.parametrize(
+    "garbage", [b"\xff" * 64, b"not a deflate stream at all", os.urandom(4096)[:1] + b"\x07" * 100]
+)
 def test_inflate_garbage_is_a_zlib_error(garbage: bytes) -> None:
     with pytest.raises(zlib.error):
         inflate(garbage, MIB)
@@ -183,9 +185,8 @@ def test_worker_refuses_oversize_spool_files_unread(db_url, session_factory, tmp
     worker with ``max_dataset_mb = 1``: a small deflate bomb and a plain
     oversize file are `rejected` with the reason (and an HL7 result, so the
     order does not hang open); a normal ECG beside them is processed."""
-    from test_process import drain, make_config
-
     from gateway.process.worker import Worker
+    from test_process import drain, make_config
 
     cfg = make_config(db_url, tmp_path, demo_model)
     cfg.dicom.max_dataset_mb = 1
@@ -276,8 +277,11 @@ def test_scp_gathers_a_large_data_set_in_a_file_and_stores_it_whole(session_fact
     spool = tmp_path / "spool"
     big = oversize_file(sample_path, tmp_path / "in" / "big.dcm", 20)
     assert big.stat().st_size > DATASET_IN_MEMORY
-    server = start_scp(DicomConfig(port=port, host="127.0.0.1", min_free_disk_mb=0), StorageConfig(spool_dir=str(spool)),
-                       session_factory)
+    server = start_scp(
+        DicomConfig(port=port, host="127.0.0.1", min_free_disk_mb=0),
+        StorageConfig(spool_dir=str(spool)),
+        session_factory,
+    )
     try:
         sent = send_file(port, big, aet="CART")
     finally:
@@ -295,9 +299,8 @@ def test_oversize_transfers_at_once_hold_little_memory(session_factory, tmp_path
     each is aborted once 64 MB have arrived, while at most 8 MB of each is in
     memory (the rest goes to a temporary file), so the SCP's RSS grows by far
     less than 4 x 64 MB; no descriptor or file is left behind."""
-    from fault_helpers import ResourceSampler, open_fds
-
     from bomb_helpers import sender_result, start_sender
+    from fault_helpers import ResourceSampler, open_fds
     from gateway.config import DicomConfig, StorageConfig
     from gateway.receive.scp import start_scp
 
@@ -305,8 +308,11 @@ def test_oversize_transfers_at_once_hold_little_memory(session_factory, tmp_path
     caplog.set_level(logging.WARNING, "gateway.receive")
     uids = [generate_uid() for _ in range(4)]
     files = [oversize_file(sample_path, tmp_path / "in" / f"big{i}.dcm", 80, uid=uid) for i, uid in enumerate(uids)]
-    server = start_scp(DicomConfig(port=port, host="127.0.0.1", min_free_disk_mb=0), StorageConfig(spool_dir=str(spool)),
-                       session_factory)
+    server = start_scp(
+        DicomConfig(port=port, host="127.0.0.1", min_free_disk_mb=0),
+        StorageConfig(spool_dir=str(spool)),
+        session_factory,
+    )
     try:
         time.sleep(0.2)
         fds = open_fds(os.getpid())
@@ -354,11 +360,10 @@ def test_ten_bombs_against_serve_while_a_cart_sends(db_url: str, session_factory
     once 64 MB have arrived), serve's
     RSS (/proc) stays below idle + 256 MB, nothing of the bombs is kept and
     every cart ECG is stored and processed."""
+    from bomb_helpers import sender_result, start_sender
     from conftest import free_port
     from e2e_helpers import gateway_env, start_serve, stop, wait_for_port, wait_until
     from fault_helpers import ResourceSampler, ecg_copies, proc_status_kb, spool_files, start_storescu, store_outcomes
-
-    from bomb_helpers import sender_result, start_sender
 
     dicom_port = free_port()
     env = gateway_env(tmp_path, db_url, demo_model, dicom_port, free_port(),

@@ -10,7 +10,7 @@ import hashlib
 import io
 import json
 import shutil
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from admin_helpers import model_input, seed
 from gateway.normalise import input_sha256, normaliser_version
 from gateway.store import db
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 # The 0002 schema, as far as these rows need it.
 meta = sa.MetaData()
@@ -95,7 +95,9 @@ def _table_bytes(url: str) -> int:
     engine = db.make_engine(url)
     with engine.connect() as conn:
         if engine.url.get_backend_name() == "sqlite":
-            size = conn.exec_driver_sql("PRAGMA page_count").scalar() * conn.exec_driver_sql("PRAGMA page_size").scalar()
+            size = (
+                conn.exec_driver_sql("PRAGMA page_count").scalar() * conn.exec_driver_sql("PRAGMA page_size").scalar()
+            )
         else:
             size = conn.exec_driver_sql("SELECT pg_total_relation_size('predictions')").scalar()
     engine.dispose()

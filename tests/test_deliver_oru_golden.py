@@ -9,7 +9,7 @@ Regenerate (only when a change of output is intended and reviewed):
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,7 @@ from gateway.deliver import oru
 from gateway.deliver.oru import OruBuildError, OruOptions, build_oru, build_oru_reference
 
 GOLDEN = Path(__file__).parent / "fixtures" / "oru_golden"
-NOW = datetime(2024, 5, 6, 7, 8, 9, tzinfo=timezone.utc)
+NOW = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
 from test_deliver_oru import PROBS, ecg, prediction  # noqa: E402 - the shared ORU inputs
 
 

@@ -6,7 +6,6 @@ These start `ecg-gateway serve` (untrained demo model) as a subprocess.
 from __future__ import annotations
 
 import io
-
 import random
 import signal
 import subprocess
@@ -14,15 +13,15 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import ecg_variants as v
 import httpx
 import pytest
-from conftest import free_port
-from deliver_helpers import receiver
-from e2e_helpers import gateway_env, start_serve, stop, storescu, wait_for_port, wait_until
 from pydicom import dcmread
 from sqlalchemy import func, select
 
+import ecg_variants as v
+from conftest import free_port
+from deliver_helpers import receiver
+from e2e_helpers import gateway_env, start_serve, stop, storescu, wait_for_port, wait_until
 from gateway.store.db import make_engine, make_sessionmaker
 from gateway.store.models import PROCESSED, REJECTED, EcgInstance, Hl7Message, Prediction
 
@@ -135,7 +134,9 @@ def test_cart_to_ehr(db_url, tmp_path, demo_model, sample_path):
     for _, uid in files.values():
         assert payloads.count(str(rows[uid].study_instance_uid)) >= 1
     # issue 16 §1: the cart's measurements reached the EHR as NM OBX with LOINC and UCUM, its statements as its own
-    sample_oru = next(m["message"] for m in received if str(rows[files["sample"][1]].study_instance_uid) in m["message"])
+    sample_oru = next(
+        m["message"] for m in received if str(rows[files["sample"][1]].study_instance_uid) in m["message"]
+    )
     segments = sample_oru.replace("\n", "\r").split("\r")
     for loinc, value, unit in (("8867-4", "61", "/min"), ("8625-6", "161", "ms"), ("8636-3", "370", "ms"),
                                ("8638-9", "57", "deg")):

@@ -263,13 +263,12 @@ def test_worker_rejects_a_spooled_file_that_cannot_be_parsed(db_url, session_fac
                                                               demo_ensemble, sample):
     """Through the real worker: the receive stage accepted the files, then
     their bodies were damaged on disk; the reasons are dcmread's, as before."""
-    from pathlib import Path
 
     from gateway.config import Config
     from gateway.process.worker import Worker
     from gateway.receive.spool import IncomingInstance, StoreContext, store_instance
-    from gateway.store.spool import Spool
     from gateway.store.models import PROCESSED, REJECTED, EcgInstance
+    from gateway.store.spool import Spool
 
     cfg = Config.model_validate({
         "storage": {"database_url": db_url, "spool_dir": str(tmp_path / "spool")},

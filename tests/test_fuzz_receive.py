@@ -35,8 +35,8 @@ from gateway.receive.spool import (
     demographics,
     store_instance,
 )
-from gateway.store.spool import Spool
 from gateway.store.models import FAILED, PROCESSED, REJECTED, EcgInstance
+from gateway.store.spool import Spool
 from receive_helpers import parse_statuses
 
 pytestmark = pytest.mark.filterwarnings("ignore")  # pydicom warns about every invalid value, by design

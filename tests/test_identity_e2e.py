@@ -17,17 +17,17 @@ from typing import Any
 import hl7
 import httpx
 import pytest
+from pydicom import dcmread
+from pydicom.uid import generate_uid
+from sqlalchemy import select
+
 from conftest import DB_KINDS, free_port, migrated_database
 from deliver_helpers import Receiver, receiver
 from e2e_helpers import gateway_env, start_serve, stop, wait_for_port, wait_until
-from pydicom import dcmread
-from pydicom.uid import generate_uid
-from receive_helpers import storescu
-from sqlalchemy import select
-
 from gateway.store.db import make_engine, make_sessionmaker
 from gateway.store.models import PROCESSED, REJECTED, AuditLog, EcgInstance
 from gateway.store.versions import IDENTITY_CHANGED_AUDIT, IDENTITY_CHANGED_REASON
+from receive_helpers import storescu
 
 # one serve per module; identity SQL is tested in-process on both databases (test_receive_identity.py)
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore"), pytest.mark.one_db("postgresql", "sqlite")]
@@ -84,7 +84,9 @@ class Gateway:
 
 
 @pytest.fixture(scope="module", params=DB_KINDS)
-def gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, demo_model: Path) -> Iterator[Gateway]:
+def gateway(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, demo_model: Path
+) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp(f"identity-{request.param}")
     urls = migrated_database(request, request.param, tmp)
     db_url = next(urls)
@@ -98,7 +100,9 @@ def gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             try:
                 wait_for_port(dicom_port, proc=proc)
                 wait_for_port(admin_port, proc=proc)
-                yield Gateway(db_url, make_sessionmaker(engine), dicom_port, admin_port, ehr, tmp / "serve.log", proc, tmp)
+                yield Gateway(
+                    db_url, make_sessionmaker(engine), dicom_port, admin_port, ehr, tmp / "serve.log", proc, tmp
+                )
             finally:
                 assert stop(proc) == 0, (tmp / "serve.log").read_text()[-3000:]
     finally:
@@ -206,7 +210,9 @@ def test_overlong_identity_is_refused_not_cut(gateway: Gateway, sample_path: Pat
                   "name": "patient_name"}[name]
         assert getattr(row, column) is None  # not cut to fit
         [(keyword, value)] = cases[name][0].items()
-        assert str(dcmread(gw.tmp / "spool" / row.spool_path).get(keyword)) == value  # kept whole, quarantined, for the admin
+        assert (
+            str(dcmread(gw.tmp / "spool" / row.spool_path).get(keyword)) == value
+        )  # kept whole, quarantined, for the admin
     ok = gw.wait_processed(_one_row(gw, ok_sop).id)
     assert ok.status == PROCESSED and ok.patient_id == "7" * 64
     [oru] = _wait_for_orus(gw, ok_study, 1)

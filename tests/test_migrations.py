@@ -1,6 +1,6 @@
 """Migrations apply to an empty database of each kind, agree with the models, and downgrade."""
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from alembic import command
 from alembic.util.exc import CommandError
@@ -45,7 +45,7 @@ def test_ecg_unique_per_version(session_factory):
         s.commit()
 
 
-T0 = datetime(2026, 1, 31, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 31, tzinfo=UTC)
 
 
 def _paths_at_0008(url: str, rows: dict[str, str]) -> dict[str, int]:

@@ -6,7 +6,7 @@ import hashlib
 import io
 import json
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -59,10 +59,13 @@ def sample(sample_path):  # type: ignore[no-untyped-def]
 
 def test_outcomes_are_complete_and_reproducible(db_url, session_factory, tmp_path, demo_model, demo_ensemble, sample):
     import ecg_variants as v
-
     from gateway.admin.exports import model_input_array
     from gateway.normalise import (
-        NORMALISER_VERSION, NormaliseParams, input_sha256, normalise_dataset, normaliser_version,
+        NORMALISER_VERSION,
+        NormaliseParams,
+        input_sha256,
+        normalise_dataset,
+        normaliser_version,
     )
 
     cfg = make_config(db_url, tmp_path, demo_model)
@@ -128,7 +131,7 @@ def test_unexpected_error_is_retried_then_failed_and_others_go_on(db_url, sessio
         assert s.get(EcgInstance, ok_id).status == PROCESSED
     assert worker.run_once() == 0  # still backing off: not retried at once
     with session_factory.begin() as s:  # let the backoff pass
-        s.execute(update(EcgInstance).values(lease_expires_at=datetime.now(timezone.utc) - timedelta(seconds=1)))
+        s.execute(update(EcgInstance).values(lease_expires_at=datetime.now(UTC) - timedelta(seconds=1)))
     worker.run_once()
     with session_factory() as s:
         lost = s.get(EcgInstance, lost_id)
@@ -177,7 +180,7 @@ def test_expired_lease_is_taken_over_and_old_owner_cannot_write(db_url, session_
     alive = Worker(cfg, session_factory, demo_ensemble, worker_id="alive-worker")
     assert alive.run_once() == 0  # lease still valid
     with session_factory.begin() as s:
-        s.execute(update(EcgInstance).values(lease_expires_at=datetime.now(timezone.utc) - timedelta(seconds=1)))
+        s.execute(update(EcgInstance).values(lease_expires_at=datetime.now(UTC) - timedelta(seconds=1)))
     assert alive._claim(1) == [ecg_id]
     dead.process([ecg_id])  # the old owner wakes up: its result must not land
     with session_factory() as s:
@@ -194,7 +197,7 @@ def test_ecg_that_keeps_killing_its_worker_ends_failed(session_factory):
     [ecg_id] = _bare_rows(session_factory, 1)
     with session_factory.begin() as s:
         s.execute(update(EcgInstance).values(status=PROCESSING, attempts=3, claimed_by="gone",
-                                             lease_expires_at=datetime.now(timezone.utc) - timedelta(seconds=1)))
+                                             lease_expires_at=datetime.now(UTC) - timedelta(seconds=1)))
     assert claim_batch(session_factory, "w", 5, lease_seconds=60, max_attempts=3) == []
     with session_factory() as s:
         row = s.get(EcgInstance, ecg_id)

@@ -27,7 +27,11 @@ BURST = 60
 
 def _start_scp(env: dict[str, str]) -> subprocess.Popen:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.receive"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [sys.executable, "-m", "gateway.receive"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     wait_for_port(int(env["ECG_GATEWAY_DICOM__PORT"]), timeout=60, proc=proc)
     return proc
@@ -35,7 +39,9 @@ def _start_scp(env: dict[str, str]) -> subprocess.Popen:
 
 @pytest.mark.slow
 @pytest.mark.one_db("sqlite")  # commit-before-acknowledge is the code's order, the same on any database
-def test_kill_9_mid_burst_loses_no_acknowledged_instance(db_url: str, session_factory, sample_path: Path, tmp_path: Path) -> None:
+def test_kill_9_mid_burst_loses_no_acknowledged_instance(
+    db_url: str, session_factory, sample_path: Path, tmp_path: Path
+) -> None:
     port = free_port()
     spool = tmp_path / "spool"
     env = {

@@ -85,22 +85,47 @@ BAD_IDENTITY = {
     "PatientID control character": ("PatientID", "12\r34", "PatientID: control or format character U+000D"),
     "PatientID right-to-left override": ("PatientID", "12\u202e34", "PatientID: control or format character U+202E"),
     "PatientName multi-valued": ("PatientName", "Doe^John\\Roe^Richard", "PatientName: 2 values"),
-    "PatientName group of 65": ("PatientName", "D" * 40 + "^" + "J" * 24, "PatientName: a name group of 65 characters; PN allows 64"),
+    "PatientName group of 65": (
+        "PatientName",
+        "D" * 40 + "^" + "J" * 24,
+        "PatientName: a name group of 65 characters; PN allows 64",
+    ),
     "PatientName 6 components": ("PatientName", "a^b^c^d^e^f", "PatientName: 6 name components; PN allows 5"),
     "PatientName 4 groups": ("PatientName", "a=b=c=d", "PatientName: 4 name groups; PN allows 3"),
     "IssuerOfPatientID multi-valued": ("IssuerOfPatientID", "HOSP\\OTHER", "IssuerOfPatientID: 2 values"),
-    "IssuerOfPatientID 65 characters": ("IssuerOfPatientID", "I" * 65, "IssuerOfPatientID: 65 characters; VR LO allows 64"),
+    "IssuerOfPatientID 65 characters": (
+        "IssuerOfPatientID",
+        "I" * 65,
+        "IssuerOfPatientID: 65 characters; VR LO allows 64",
+    ),
     "AccessionNumber 17 characters": ("AccessionNumber", "A" * 17, "AccessionNumber: 17 characters; VR SH allows 16"),
     "AccessionNumber multi-valued": ("AccessionNumber", "A1\\A2", "AccessionNumber: 2 values"),
-    "StudyInstanceUID 65 characters": ("StudyInstanceUID", "1." + "2" * 63, "StudyInstanceUID: 65 characters; VR UI allows 64"),
+    "StudyInstanceUID 65 characters": (
+        "StudyInstanceUID",
+        "1." + "2" * 63,
+        "StudyInstanceUID: 65 characters; VR UI allows 64",
+    ),
     "StudyInstanceUID multi-valued": ("StudyInstanceUID", "1.2.3\\1.2.4", "StudyInstanceUID: 2 values"),
-    "SeriesInstanceUID 65 characters": ("SeriesInstanceUID", "1." + "2" * 63, "SeriesInstanceUID: 65 characters; VR UI allows 64"),
-    "PlacerOrderNumber 65 characters": ("PlacerOrderNumberImagingServiceRequest", "P" * 65,
-                                        "PlacerOrderNumberImagingServiceRequest: 65 characters; VR LO allows 64"),
-    "FillerOrderNumber multi-valued": ("FillerOrderNumberImagingServiceRequest", "F1\\F2",
-                                       "FillerOrderNumberImagingServiceRequest: 2 values"),
-    "RequestedProcedureID 17 characters": ("RequestAttributesSequence", _requested("R" * 17),
-                                           "RequestedProcedureID: 17 characters; VR SH allows 16"),
+    "SeriesInstanceUID 65 characters": (
+        "SeriesInstanceUID",
+        "1." + "2" * 63,
+        "SeriesInstanceUID: 65 characters; VR UI allows 64",
+    ),
+    "PlacerOrderNumber 65 characters": (
+        "PlacerOrderNumberImagingServiceRequest",
+        "P" * 65,
+        "PlacerOrderNumberImagingServiceRequest: 65 characters; VR LO allows 64",
+    ),
+    "FillerOrderNumber multi-valued": (
+        "FillerOrderNumberImagingServiceRequest",
+        "F1\\F2",
+        "FillerOrderNumberImagingServiceRequest: 2 values",
+    ),
+    "RequestedProcedureID 17 characters": (
+        "RequestAttributesSequence",
+        _requested("R" * 17),
+        "RequestedProcedureID: 17 characters; VR SH allows 16",
+    ),
 }
 
 
@@ -175,7 +200,10 @@ def test_other_values_breaking_their_vr_are_left_out_and_flagged(
     else:
         assert getattr(row, column) is None
     assert row.patient_id == "642341"
-    assert f"SOP Instance UID {row.sop_instance_uid} (ecg id {row.id}): left out, breaking their VR: {keyword}:" in caplog.text
+    assert (
+        f"SOP Instance UID {row.sop_instance_uid} (ecg id {row.id}): left out, breaking their VR: {keyword}:"
+        in caplog.text
+    )
     for part in value.split("\\"):  # (single letters are everywhere)
         assert len(part) < 4 or part not in _gateway_log(caplog)
 
@@ -196,7 +224,12 @@ def test_identity_value_breaking_its_vr_is_refused_at_the_door(
     assert outcome.reason.startswith("identity values break their VR: " + problem), outcome.reason
     assert spool_files(spool) == []  # nothing stored as an instance
     [row] = _rows(session_factory)
-    assert (row.id, row.status, row.error, row.flags) == (outcome.ecg_id, REJECTED, outcome.reason, ["rejected_at_receive"])
+    assert (row.id, row.status, row.error, row.flags) == (
+        outcome.ecg_id,
+        REJECTED,
+        outcome.reason,
+        ["rejected_at_receive"],
+    )
     assert (spool / row.spool_path).read_bytes() == raw  # kept for the admin, quarantined
     column = {"PatientID": "patient_id", "PatientName": "patient_name", "IssuerOfPatientID": "issuer_of_patient_id",
               "AccessionNumber": "accession_number", "StudyInstanceUID": "study_instance_uid",
@@ -277,7 +310,11 @@ def test_identity_is_compared_with_the_first_version_accepted_at_the_door(
     refused = _store(_version(sample_path, "9" * 65), session_factory, spool)
     first = _store(_version(sample_path, PATIENT_A), session_factory, spool)
     other = _store(_version(sample_path, PATIENT_B), session_factory, spool)
-    assert (refused.status, first.status, other.status) == (DATA_SET_DOES_NOT_MATCH_SOP_CLASS, SUCCESS, IDENTITY_CONFLICT)
+    assert (refused.status, first.status, other.status) == (
+        DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+        SUCCESS,
+        IDENTITY_CONFLICT,
+    )
     with session_factory() as s:
         assert s.get(EcgInstance, first.ecg_id).flags == []  # no accepted version before it
         assert find_ecg(s, UID).id == first.ecg_id
@@ -361,6 +398,9 @@ def test_worker_quarantines_an_identity_change_stored_before_the_door_checked(
             IDENTITY_CHANGED_AUDIT, f"ecg:{v2.id}", first.ecg_id)
         assert entry.actor.startswith("worker:")
         assert find_ecg(s, UID).id == first.ecg_id  # the UID still stands for patient A's version
-    assert f"ECG id={v2.id} sop={UID} quarantined, no ORU: {IDENTITY_CHANGED_REASON} (version 1 is ecg id {first.ecg_id})" in caplog.text
+    assert (
+        f"ECG id={v2.id} sop={UID} quarantined, no ORU: {IDENTITY_CHANGED_REASON} (version 1 is ecg id {first.ecg_id})"
+        in caplog.text
+    )
     log = _gateway_log(caplog)
     assert PATIENT_A not in log and PATIENT_B not in log

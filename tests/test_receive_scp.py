@@ -56,19 +56,28 @@ def _rows(session_factory) -> list[EcgInstance]:  # type: ignore[no-untyped-def]
 
 def test_echoscu_succeeds(scp_factory, port: int) -> None:
     scp_factory()
-    proc = subprocess.run(["echoscu", "-v", "-aec", "ECGGW", "127.0.0.1", str(port)], capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        ["echoscu", "-v", "-aec", "ECGGW", "127.0.0.1", str(port)], capture_output=True, text=True, timeout=30
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Received Echo Response (Success)" in proc.stdout + proc.stderr
 
 
-def test_storescu_sample_gives_success_and_one_row(scp_factory, port: int, sample_path: Path, session_factory, spool: Path) -> None:
+def test_storescu_sample_gives_success_and_one_row(
+    scp_factory, port: int, sample_path: Path, session_factory, spool: Path
+) -> None:
     woken: list[int] = []
     scp = scp_factory(on_stored=woken.append)
     assert scp.ports == [port]
     results, out = storescu(port, [sample_path])
     assert [s for _, s in results] == [SUCCESS], out
     [row] = _rows(session_factory)
-    assert (row.sop_instance_uid, row.status, row.calling_ae, row.peer_address) == (SAMPLE_UID, RECEIVED, "CART1", "127.0.0.1")
+    assert (row.sop_instance_uid, row.status, row.calling_ae, row.peer_address) == (
+        SAMPLE_UID,
+        RECEIVED,
+        "CART1",
+        "127.0.0.1",
+    )
     assert row.transfer_syntax_uid == "1.2.840.10008.1.2.1"
     assert hashlib.sha256((spool / row.spool_path).read_bytes()).hexdigest() == row.sha256
     assert woken == [row.id]
@@ -83,7 +92,9 @@ def test_storescu_sample_gives_success_and_one_row(scp_factory, port: int, sampl
     ("transfer_syntax", "option"),
     [(ImplicitVRLittleEndian, "-xi"), (DeflatedExplicitVRLittleEndian, "-xd")],
 )
-def test_other_transfer_syntaxes(scp_factory, port: int, sample_path: Path, session_factory, tmp_path: Path, transfer_syntax: str, option: str) -> None:
+def test_other_transfer_syntaxes(
+    scp_factory, port: int, sample_path: Path, session_factory, tmp_path: Path, transfer_syntax: str, option: str
+) -> None:
     scp_factory()
     path = write(tmp_path / "in.dcm", ecg_bytes(sample_path, transfer_syntax=transfer_syntax))
     results, out = storescu(port, [path], extra=[option])
@@ -93,7 +104,9 @@ def test_other_transfer_syntaxes(scp_factory, port: int, sample_path: Path, sess
     assert row.patient_id == "642341"
 
 
-def test_hemodynamic_class_with_storescu_and_32bit_with_pynetdicom(scp_factory, port: int, sample_path: Path, session_factory, tmp_path: Path) -> None:
+def test_hemodynamic_class_with_storescu_and_32bit_with_pynetdicom(
+    scp_factory, port: int, sample_path: Path, session_factory, tmp_path: Path
+) -> None:
     scp_factory()
     results, out = storescu(port, [write(tmp_path / "h.dcm", ecg_bytes(sample_path, sop_class=HEMODYNAMIC))])
     assert [s for _, s in results] == [SUCCESS], out
@@ -110,7 +123,9 @@ def test_hemodynamic_class_with_storescu_and_32bit_with_pynetdicom(scp_factory, 
     assert sorted(r.sop_class_uid for r in _rows(session_factory)) == sorted([HEMODYNAMIC, GENERAL_32BIT_ECG])
 
 
-def test_disallowed_calling_ae_is_rejected_and_logged(scp_factory, port: int, sample_path: Path, session_factory, caplog) -> None:
+def test_disallowed_calling_ae_is_rejected_and_logged(
+    scp_factory, port: int, sample_path: Path, session_factory, caplog
+) -> None:
     scp_factory(allowed_calling_aets=["CART1"])
     with caplog.at_level(logging.INFO, logger="gateway.receive"):
         results, out = storescu(port, [sample_path], calling="INTRUDER")
@@ -122,7 +137,9 @@ def test_disallowed_calling_ae_is_rejected_and_logged(scp_factory, port: int, sa
     assert [s for _, s in results] == [SUCCESS], out
 
 
-def test_wrong_called_ae_and_host_are_rejected(scp_factory, port: int, sample_path: Path, session_factory, caplog) -> None:
+def test_wrong_called_ae_and_host_are_rejected(
+    scp_factory, port: int, sample_path: Path, session_factory, caplog
+) -> None:
     scp = scp_factory(allowed_hosts=["10.0.0.0/8"])
     with caplog.at_level(logging.INFO, logger="gateway.receive"):
         results, out = storescu(port, [sample_path])
@@ -146,7 +163,9 @@ def test_ct_image_is_not_negotiated(scp_factory, port: int, session_factory, spo
     assert _rows(session_factory) == [] and spool_files(spool) == []
 
 
-def test_bad_inputs_get_statuses_and_leave_no_file(scp_factory, port: int, sample_path: Path, session_factory, spool: Path, tmp_path: Path) -> None:
+def test_bad_inputs_get_statuses_and_leave_no_file(
+    scp_factory, port: int, sample_path: Path, session_factory, spool: Path, tmp_path: Path
+) -> None:
     scp_factory()
     no_waveform = write(tmp_path / "in" / "no_waveform.dcm", ecg_bytes(sample_path, drop_waveform=True))
     bad_uid = write(tmp_path / "in" / "bad_uid.dcm", ecg_bytes(sample_path, uid="1.2.3/../../../../escaped"))
@@ -170,7 +189,9 @@ def test_bad_inputs_get_statuses_and_leave_no_file(scp_factory, port: int, sampl
     assert all(p.parent == (spool / "rejected").resolve() for p in written)
 
 
-def test_truncated_file_is_refused(scp_factory, port: int, sample_path: Path, session_factory, spool: Path, tmp_path: Path, monkeypatch) -> None:
+def test_truncated_file_is_refused(
+    scp_factory, port: int, sample_path: Path, session_factory, spool: Path, tmp_path: Path, monkeypatch
+) -> None:
     """DCMTK refuses to send a file cut mid-element ("premature end of
     stream"), so pynetdicom sends it, as bytes read from the file unchanged."""
     from pynetdicom import AE, _config

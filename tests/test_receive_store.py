@@ -12,6 +12,7 @@ from pydicom import dcmread
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 from sqlalchemy import select
 
+from conftest import free_port
 from gateway.receive.header import HeaderError, read_header
 from gateway.receive.spool import (
     CANNOT_UNDERSTAND,
@@ -23,9 +24,8 @@ from gateway.receive.spool import (
     StoreContext,
     store_instance,
 )
-from gateway.store.spool import Spool
 from gateway.store.models import RECEIVED, REJECTED, EcgInstance
-from conftest import free_port
+from gateway.store.spool import Spool
 from receive_helpers import GENERAL_32BIT_ECG, ecg_bytes, spool_files
 
 SAMPLE_UID = "1.3.6.1.4.1.20029.40.20130125105919.5407.1.1"
@@ -53,9 +53,17 @@ def test_header_matches_a_full_pydicom_read(sample_path: Path, transfer_syntax: 
     for keyword in ("SOPInstanceUID", "SOPClassUID", "PatientID", "PatientName", "PatientBirthDate", "PatientSex",
                     "AccessionNumber", "StudyInstanceUID", "Manufacturer", "ManufacturerModelName", "ContentTime"):
         assert header.get(keyword) == (str(full.get(keyword)).strip() or None), keyword
-    assert [(g.label, g.channels, g.samples, g.sampling_frequency, g.bits_allocated, g.data_bytes) for g in header.groups] == [
-        (str(w.MultiplexGroupLabel), w.NumberOfWaveformChannels, w.NumberOfWaveformSamples, float(w.SamplingFrequency),
-         w.WaveformBitsAllocated, len(w.WaveformData))
+    assert [
+        (g.label, g.channels, g.samples, g.sampling_frequency, g.bits_allocated, g.data_bytes) for g in header.groups
+    ] == [
+        (
+            str(w.MultiplexGroupLabel),
+            w.NumberOfWaveformChannels,
+            w.NumberOfWaveformSamples,
+            float(w.SamplingFrequency),
+            w.WaveformBitsAllocated,
+            len(w.WaveformData),
+        )
         for w in full.WaveformSequence
     ]
     assert header.groups[0].label == "RHYTHM" and header.groups[0].data_bytes == 240000
@@ -118,7 +126,12 @@ def test_store_writes_file_and_row(sample_path: Path, session_factory, tmp_path:
     [row] = _rows(session_factory)
     assert row.id == outcome.ecg_id
     assert (row.sop_instance_uid, row.version, row.status, row.flags) == (SAMPLE_UID, 1, RECEIVED, [])
-    assert (row.patient_id, row.accession_number, row.patient_sex, row.patient_birth_date) == ("642341", "03028041970546", "F", "19710123")
+    assert (row.patient_id, row.accession_number, row.patient_sex, row.patient_birth_date) == (
+        "642341",
+        "03028041970546",
+        "F",
+        "19710123",
+    )
     assert row.manufacturer == "Mortara Instrument, Inc." and row.device_model == "el250"
     assert row.acquisition_datetime == "20130125105919"
     assert row.sop_class_uid == "1.2.840.10008.5.1.4.1.1.9.1.1"
@@ -175,7 +188,9 @@ def _assert_rejected(outcome, status: int, session_factory, spool: Path, raw: by
 def test_missing_waveform_is_refused_with_a900(sample_path: Path, session_factory, tmp_path: Path) -> None:
     raw = ecg_bytes(sample_path, drop_waveform=True)
     outcome = _store(raw, session_factory, tmp_path / "spool")
-    row = _assert_rejected(outcome, DATA_SET_DOES_NOT_MATCH_SOP_CLASS, session_factory, tmp_path / "spool", raw, "no WaveformSequence")
+    row = _assert_rejected(
+        outcome, DATA_SET_DOES_NOT_MATCH_SOP_CLASS, session_factory, tmp_path / "spool", raw, "no WaveformSequence"
+    )
     assert row.patient_id == "642341"  # demographics kept so the admin can find it
 
 
@@ -281,7 +296,9 @@ def test_commit_failure_removes_the_written_file(sample_path: Path, session_fact
     assert spool_files(spool) == [] and _rows(factory) == []
 
 
-def test_write_error_is_a700_and_leaves_nothing(sample_path: Path, session_factory, tmp_path: Path, monkeypatch) -> None:
+def test_write_error_is_a700_and_leaves_nothing(
+    sample_path: Path, session_factory, tmp_path: Path, monkeypatch
+) -> None:
     """ENOSPC while writing (a fault the real disk will not produce on
     demand): refused as out of resources, no row, no temp file."""
     import errno

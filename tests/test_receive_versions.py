@@ -11,8 +11,8 @@ from pathlib import Path
 from sqlalchemy import select, update
 
 from gateway.receive.spool import SUCCESS, IncomingInstance, StoreContext, store_instance
-from gateway.store.spool import Spool
 from gateway.store.models import RECEIVED, EcgInstance
+from gateway.store.spool import Spool
 from receive_helpers import ecg_bytes, spool_files
 
 SAMPLE_UID = "1.3.6.1.4.1.20029.40.20130125105919.5407.1.1"
@@ -43,7 +43,9 @@ def _as_if_received_earlier(session_factory, spool: Path, row: EcgInstance) -> P
     return earlier
 
 
-def test_duplicate_of_an_earlier_day_is_found_and_its_new_copy_removed(sample_path: Path, session_factory, tmp_path: Path) -> None:
+def test_duplicate_of_an_earlier_day_is_found_and_its_new_copy_removed(
+    sample_path: Path, session_factory, tmp_path: Path
+) -> None:
     raw = sample_path.read_bytes()
     spool = (tmp_path / "spool").resolve()
     first = _store(raw, session_factory, spool)
@@ -55,7 +57,9 @@ def test_duplicate_of_an_earlier_day_is_found_and_its_new_copy_removed(sample_pa
     assert hashlib.sha256(earlier.read_bytes()).hexdigest() == _rows(session_factory)[0].sha256
 
 
-def test_versions_count_up_and_a_resent_version_is_its_duplicate(sample_path: Path, session_factory, tmp_path: Path) -> None:
+def test_versions_count_up_and_a_resent_version_is_its_duplicate(
+    sample_path: Path, session_factory, tmp_path: Path
+) -> None:
     spool = (tmp_path / "spool").resolve()
     versions = [ecg_bytes(sample_path, uid=SAMPLE_UID, changes={"StationName": name}) for name in ("1", "2", "3")]
     outcomes = [_store(raw, session_factory, spool) for raw in versions]
@@ -75,7 +79,9 @@ def test_versions_count_up_and_a_resent_version_is_its_duplicate(sample_path: Pa
     assert spool_files(spool) == sorted([earlier, spool / rows[0].spool_path, spool / rows[2].spool_path])
 
 
-def test_resent_instance_whose_file_went_missing_gets_it_back(sample_path: Path, session_factory, tmp_path: Path) -> None:
+def test_resent_instance_whose_file_went_missing_gets_it_back(
+    sample_path: Path, session_factory, tmp_path: Path
+) -> None:
     """The stored row's path was free when the resend was placed (the file
     had gone, or a concurrent copy of these bytes committed first): the new
     copy is that row's file, so it stays."""
@@ -90,7 +96,9 @@ def test_resent_instance_whose_file_went_missing_gets_it_back(sample_path: Path,
     assert hashlib.sha256((spool / row.spool_path).read_bytes()).hexdigest() == row.sha256
 
 
-def test_a_row_from_before_relative_paths_is_found_by_a_resend(sample_path: Path, session_factory, tmp_path: Path) -> None:
+def test_a_row_from_before_relative_paths_is_found_by_a_resend(
+    sample_path: Path, session_factory, tmp_path: Path
+) -> None:
     """A row that still names its file by the absolute path (written before
     migration 0009, outside the spool it converted): a resend is its
     duplicate and the file stays."""

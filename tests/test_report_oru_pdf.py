@@ -37,11 +37,10 @@ def config(db_url, tmp_path, model, port, embed: bool) -> Config:  # type: ignor
 def test_the_pdf_in_the_oru_is_the_exported_pdf(db_url, session_factory, tmp_path, demo_model, demo_ensemble,
                                                  sample_path, port):
     import ecg_variants as v
-    from test_process import drain, store
-
     from gateway.admin.exports import report_pdf
     from gateway.deliver.outbox import resend
     from gateway.process.worker import Worker
+    from test_process import drain, store
 
     sample = dcmread(sample_path)
     cfg = config(db_url, tmp_path, demo_model, port, embed=True)
@@ -83,9 +82,8 @@ def test_the_pdf_in_the_oru_is_the_exported_pdf(db_url, session_factory, tmp_pat
 
 def test_off_by_default(db_url, session_factory, tmp_path, demo_model, demo_ensemble, sample_path, port):
     import ecg_variants as v
-    from test_process import drain, store
-
     from gateway.process.worker import Worker
+    from test_process import drain, store
 
     cfg = config(db_url, tmp_path, demo_model, port, embed=False)
     assert Config().hl7.embed_pdf is False

@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 import shutil
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -44,7 +44,7 @@ def data(sample_path: Path, *, demo: bool = False, **changes):  # type: ignore[n
     prediction = SimpleNamespace(
         probabilities={"1dAVb": 0.01, "RBBB": 0.02, "LBBB": 0.001, "SB": 0.1, "AF": 0.91, "ST": 0.05},
         thresholds=THRESHOLDS, findings=["AF"], quality_flags=flags, model_sha256=SHA, gateway_version="9.9.9",
-        demo_model=demo, created_at=datetime(2026, 11, 30, 8, 0, tzinfo=timezone.utc))
+        demo_model=demo, created_at=datetime(2026, 11, 30, 8, 0, tzinfo=UTC))
     ecg = SimpleNamespace(
         id=7, status="processed", prediction=prediction, patient_name="Müller^Hans^Peter^Dr", patient_id="642341",
         patient_birth_date="19710123", patient_sex="F", acquisition_datetime="20130125105919",
@@ -164,7 +164,9 @@ def test_the_grid_is_true_to_scale_when_rendered(sample_path, tmp_path, page):
     grid_h_px, grid_w_px = report_pdf.GRID_H_MM * px_per_mm, report_pdf.GRID_W_MM * px_per_mm
     # with 1 mm of page around it: the line that ends the grid is inside, the footer's red text is not
     row = image[int(round(top_px + 0.5 * px_per_mm)), int(left_px - px_per_mm):int(left_px + grid_w_px + px_per_mm)]
-    column = image[int(top_px - px_per_mm):int(top_px + grid_h_px + px_per_mm), int(round(left_px + 9.5 * px_per_mm))]  # between the pulse and the tracing
+    column = image[
+        int(top_px - px_per_mm) : int(top_px + grid_h_px + px_per_mm), int(round(left_px + 9.5 * px_per_mm))
+    ]  # between the pulse and the tracing
     for line, length_mm in ((row, report_pdf.GRID_W_MM), (column, report_pdf.GRID_H_MM)):
         centres = major_line_centres(line)
         steps = np.diff(centres) / px_per_mm
@@ -262,7 +264,9 @@ def test_cli_export_report(db_url, session_factory, seeded, tmp_path):
     assert f"wrote {out} (ECG {seeded['e1']}," in r.output
     _, text = text_of(out.read_bytes())
     assert "P1" in text and MODEL_SHA in text
-    again = CliRunner().invoke(app, ["--config", str(config), "ecg", "export-report", str(seeded["e1"]), "-o", str(out)])
+    again = CliRunner().invoke(
+        app, ["--config", str(config), "ecg", "export-report", str(seeded["e1"]), "-o", str(out)]
+    )
     assert again.exit_code == 1 and "use --force" in again.output
     r = CliRunner().invoke(app, ["--config", str(config), "ecg", "export-report", str(seeded["e3"]), "-o",
                                  str(tmp_path / "x.pdf")])

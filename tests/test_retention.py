@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -91,7 +91,7 @@ def build(session_factory, db_url: str, tmp_path: Path, sample_path: Path, ensem
     ids["new_v2"] = _store(session_factory, spool, encode(second))
     while worker.run_once():
         pass
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     with session_factory.begin() as s:
         s.execute(update(EcgInstance).where(EcgInstance.id == ids["old_waiting"]).values(status="received"))
         s.execute(update(EcgInstance).where(EcgInstance.id == ids["old_failed"]).values(status=FAILED))
@@ -266,7 +266,7 @@ def test_the_running_gateway_prunes_daily(scenario, session_factory, tmp_path):
         assert counts(session_factory)[0] == len(scenario) - 4
         with session_factory.begin() as s:  # a day passes: the last ECGs age past the limit
             s.execute(update(EcgInstance).where(EcgInstance.id.in_([scenario["new_processed"]]))
-                      .values(received_at=datetime.now(timezone.utc) - OLD))
+                      .values(received_at=datetime.now(UTC) - OLD))
         while counts(session_factory)[0] != len(scenario) - 5 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert counts(session_factory)[0] == len(scenario) - 5
@@ -312,7 +312,7 @@ def test_a_file_outside_the_spool_is_never_deleted(session_factory, tmp_path):
     inside = spool / "2020/01/01/x.dcm"
     inside.parent.mkdir(parents=True)
     inside.write_bytes(b"dicm")
-    old = datetime.now(timezone.utc) - OLD
+    old = datetime.now(UTC) - OLD
     with session_factory.begin() as s:
         for uid, path in (("1.2.3.1", elsewhere), ("1.2.3.2", inside)):
             s.add(EcgInstance(sop_instance_uid=uid, sop_class_uid="1.2.840.10008.5.1.4.1.1.9.1.1",

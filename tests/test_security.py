@@ -6,7 +6,6 @@ being dropped; each test ends by checking the SCP still answers C-ECHO.
 
 from __future__ import annotations
 
-import io
 import socket
 import struct
 import threading
@@ -22,8 +21,8 @@ from sqlalchemy import func, select
 import fuzz_helpers as fh
 from gateway.config import Config, DicomConfig, StorageConfig
 from gateway.receive.spool import CANNOT_UNDERSTAND_INVALID_UID, SUCCESS, IncomingInstance, StoreContext, store_instance
-from gateway.store.spool import Spool
 from gateway.store.models import EcgInstance
+from gateway.store.spool import Spool
 from receive_helpers import ecg_bytes, storescu, write
 
 # the hostile peer is the subject: SQLite only, but for the SQL test (every_db)
@@ -335,7 +334,9 @@ def test_path_like_uids_never_become_paths(scp, port: int, uid: str, tmp_path: P
     # the only new files: the one sent, and a quarantine copy named by content hash under rejected/
     new_files = {p for p in set(tmp_path.rglob("*")) - before if p.is_file() and not p.name.startswith("gateway.db")}
     kept = new_files - {path}
-    assert len(kept) == 1 and next(iter(kept)).parent == spool / "rejected" and len(next(iter(kept)).stem) == 64, new_files
+    assert len(kept) == 1 and next(iter(kept)).parent == spool / "rejected" and len(next(iter(kept)).stem) == 64, (
+        new_files
+    )
     with session_factory() as s:
         [row] = s.scalars(select(EcgInstance))
     assert row.status == "rejected" and spool / row.spool_path == next(iter(kept))
@@ -408,7 +409,12 @@ def test_admin_without_a_valid_token_gets_401_and_no_phi(db_url, session_factory
     with session_factory() as s:
         ecg = s.scalars(select(EcgInstance)).first()
     phi = ["O'Brien", "Brien", "Eve", SQL_ID, "642341", ecg.sop_instance_uid, "P<b>2</b>", "P&lt;b&gt;2"]
-    for path in ["/api/ecgs", f"/api/ecgs/{ecg.id}", f"/api/ecgs/{ecg.id}/original.dcm", f"/api/ecgs/{ecg.id}/input.npy"]:
+    for path in [
+        "/api/ecgs",
+        f"/api/ecgs/{ecg.id}",
+        f"/api/ecgs/{ecg.id}/original.dcm",
+        f"/api/ecgs/{ecg.id}/input.npy",
+    ]:
         r = client.get(path, headers=headers)
         assert r.status_code == 401, path
         assert not any(p in r.text for p in phi), path
@@ -465,7 +471,9 @@ def _http_response(sock: socket.socket) -> bytes:
         assert chunk, f"closed before a response: {data!r}"
         data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
-    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    length = int(
+        next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+    )
     while len(body) < length:
         body += sock.recv(65536)
     return head + b"\r\n\r\n" + body

@@ -23,7 +23,7 @@ from gateway.admin.auth import NO_TOKEN_MESSAGE, bearer_ok
 from gateway.admin.exports import ExportError, input_npy, original_dicom
 from gateway.admin.http import MAX_OFFSET, DbId, EcgKey, check_ecg_key, client_address, resend_message
 from gateway.admin.monitor import DatabaseCollector, health_report
-from gateway.admin.queries import count_ecgs, ecg_detail, ecg_rows, parse_time
+from gateway.admin.queries import EcgFilters, count_ecgs, ecg_detail, ecg_rows, parse_time
 from gateway.config import Config
 from gateway.findings import listed as listed_findings
 from gateway.receive.limits import MIB
@@ -74,7 +74,7 @@ def api_router(
         offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     ) -> dict[str, Any]:
         """ECGs newest first: ``items`` (row dicts), ``total``, ``limit``, ``offset``, ``next_offset``."""
-        filters = dict(
+        filters = EcgFilters(
             patient_id=patient_id, accession=accession, status=status, finding=finding,
             since=parse_time(since, "since") if since else None, until=parse_time(until, "until") if until else None,
         )

@@ -22,8 +22,9 @@ import ipaddress
 import re
 import secrets
 from datetime import datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import CursorResult, delete, select, update
 from sqlalchemy.orm import Session
 
 from gateway.config import AdminConfig
@@ -157,4 +158,4 @@ def revoke_session(db: Session, session_id: str | None, now: datetime | None = N
         .where(AdminSession.session_hash == session_hash(session_id), AdminSession.revoked_at.is_(None))
         .values(revoked_at=now or utcnow())
     )
-    return bool(result.rowcount)
+    return bool(cast(CursorResult[Any], result).rowcount)

@@ -7,7 +7,7 @@ One function builds the row dicts (:func:`ecg_rows`), so ``results list
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 from sqlalchemy import Select, String, cast, func, select
 from sqlalchemy.orm import Session
@@ -26,6 +26,17 @@ from gateway.store.versions import quarantined
 from gateway.timeutil import as_utc
 
 _Select = TypeVar("_Select", bound=Select[Any])
+
+
+class EcgFilters(TypedDict):
+    """The filters of :func:`ecg_rows` and :func:`count_ecgs` (None: not filtered)."""
+
+    patient_id: str | None
+    accession: str | None
+    since: datetime | None
+    until: datetime | None
+    status: str | None
+    finding: str | None
 
 #: The model's six outputs, in output order (gateway.findings).
 FINDING_CODES = FINDINGS

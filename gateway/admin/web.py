@@ -42,6 +42,7 @@ from gateway.admin.http import MAX_DB_ID, MAX_ECG_KEY, client_address, ecg_key_p
 from gateway.admin.queries import (
     FINDING_CODES,
     ROW_STATUSES,
+    EcgFilters,
     QueryError,
     count_ecgs,
     ecg_detail,
@@ -167,8 +168,14 @@ def web_router(cfg: Config, session_factory: Callable[[], Any]) -> APIRouter:
         if not token_ok(token_given, token):
             return page("login.html", 401, error="wrong token", next=target)
         with session_factory() as db:
-            session_id = open_session(db, principal=TOKEN_PRINCIPAL, credential=token, client_address=client_address(request),
-                                      hours=cfg.admin.session_hours, replaces=request.cookies.get(SESSION_COOKIE))
+            session_id = open_session(
+                db,
+                principal=TOKEN_PRINCIPAL,
+                credential=token,
+                client_address=client_address(request),
+                hours=cfg.admin.session_hours,
+                replaces=request.cookies.get(SESSION_COOKIE),
+            )
             db.commit()
         response = page("continue.html", target=target)
         # No Max-Age: the browser forgets it when closed; the server ends it after session_hours.
@@ -203,7 +210,7 @@ def web_router(cfg: Config, session_factory: Callable[[], Any]) -> APIRouter:
                     finding=finding)
         error, rows, total = None, [], 0
         try:
-            filters = dict(
+            filters = EcgFilters(
                 patient_id=patient_id or None, accession=accession or None, status=status or None,
                 finding=finding or None, since=parse_time(since, "since") if since else None,
                 until=parse_time(until, "until") if until else None,

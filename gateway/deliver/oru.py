@@ -49,9 +49,9 @@ import logging
 import math
 import re
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
 from gateway.findings import BY_CODE, FINDINGS
@@ -326,8 +326,13 @@ def _oru_segments(
     })]
 
     # CX: ID ^ check digit ^ check digit scheme ^ assigning authority ^ identifier type code
-    cx_parts = [ident(ecg.patient_id, "PID-3"), "", "", Input(assigning_authority(ecg.issuer_of_patient_id, cfg, notes)),
-                cfg.identifier_type_code]
+    cx_parts = [
+        ident(ecg.patient_id, "PID-3"),
+        "",
+        "",
+        Input(assigning_authority(ecg.issuer_of_patient_id, cfg, notes)),
+        cfg.identifier_type_code,
+    ]
     cx = Input("^".join(cx_parts).rstrip("^"))
     # PID-5 is required: an ECG without a name says "name unspecified" (XPN-7 name type U), never a made-up name
     pid = {1: "1", 3: cx, 5: Input(dicom_pn_to_xpn(ecg.patient_name, charset, notes) or NO_NAME)}
@@ -461,7 +466,12 @@ def _cart_observations(obx: Any, free_text: Any, ecg: EcgInstance, cfg: Hl7Confi
     system = cfg.probability_coding_system
     for key, entry in measurements.items():
         kind = BY_KEY.get(key)
-        if kind is None or not isinstance(entry, dict) or entry.get("code") != kind.loinc or entry.get("unit") != kind.unit:
+        if (
+            kind is None
+            or not isinstance(entry, dict)
+            or entry.get("code") != kind.loinc
+            or entry.get("unit") != kind.unit
+        ):
             continue
         derived = entry.get("source") == "derived"
         obx("NM", f"{kind.loinc}^{escape(kind.loinc_display)}^LN", Input(_number_text(entry.get("value"))),
@@ -550,10 +560,11 @@ def build_oru(
     er7, shape, values = _render_er7(segments)
     # (a configured value holding the mask character could misalign the check)
     checks = _shape_checks(shape) if shape.count(_MASK) == len(values) else None
-    if checks is None:  # hl7apy does not accept this shape as it is: let it name the problem
+    if checks is None or len(checks) != len(values):
+        # hl7apy does not accept this shape as it is (or its values cannot all be mapped): let it name the problem
         return embed_pdf(_render_hl7apy(segments), options.report_pdf)
     checked = set()
-    for (datatype, label), value in zip(checks, values):
+    for (datatype, label), value in zip(checks, values, strict=True):
         if (datatype, value) in checked:  # e.g. OBX-14 repeats one time stamp
             continue
         checked.add((datatype, value))
@@ -639,7 +650,7 @@ def _shape_checks(shape: str) -> tuple[tuple[str, str], ...] | None:
         tree = [(sc.datatype, sc.to_er7()) for sc in _subcomponents(msg)]
     except Exception:  # hl7apy raises several unrelated types
         return None
-    text = []  # (leaf of the shape, field label) in message order, as hl7apy stores them
+    text: list[tuple[str, str]] = []  # (leaf of the shape, field label) in message order, as hl7apy stores them
     for segment in shape.split("\r"):
         name, *fields = segment.split("|")
         first = _first_field(name)
@@ -647,7 +658,7 @@ def _shape_checks(shape: str) -> tuple[tuple[str, str], ...] | None:
             text.extend((leaf, f"{name}-{i}") for leaf in _LEAF.findall(field))
     if [leaf.replace(_MASK, _SAMPLE) for leaf, _ in text] != [value for _, value in tree]:
         return None  # hl7apy splits this text differently: the masked values cannot be mapped
-    return tuple((datatype, label) for (leaf, label), (datatype, _) in zip(text, tree) if leaf == _MASK)
+    return tuple((datatype, label) for (leaf, label), (datatype, _) in zip(text, tree, strict=True) if leaf == _MASK)
 
 
 def _subcomponents(element: Any) -> Iterator[Any]:
@@ -685,7 +696,10 @@ def _render_hl7apy(segments: list[Segment]) -> str:
     from hl7apy.core import Message
 
     msg = Message("ORU_R01", version=_VERSION, validation_level=VALIDATION_LEVEL.STRICT)
-    result = patient = order = None
+    # hl7apy's groups (untyped: Any), made as their first segment comes
+    result: Any = None
+    patient: Any = None
+    order: Any = None
     for name, fields in segments:
         if name == "MSH":
             segment = msg.msh

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 from sqlalchemy.orm import Session
 
 from gateway.deliver.oru import OruBuildError, OruOptions, build_oru, embedded_pdf, order_key
-from gateway.store.versions import corrected_version
 from gateway.store.models import (
     HL7_FAILED,
     HL7_PENDING,
@@ -25,6 +24,7 @@ from gateway.store.models import (
     AuditLog,
     Hl7Message,
 )
+from gateway.store.versions import corrected_version
 from gateway.timeutil import utcnow
 
 if TYPE_CHECKING:

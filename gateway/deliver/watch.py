@@ -101,7 +101,8 @@ class Hl7Watch:
         self.target = f"{cfg.host}:{cfg.port}"
         self._session_factory = session_factory
         self._lock = threading.Lock()
-        self._state, self._since, self._detail = UNKNOWN, time.monotonic(), None
+        self._state, self._since = UNKNOWN, time.monotonic()
+        self._detail: str | None = None
         self._failed_ids: set[int] | None = None  # None: not read yet
         self._failed_fingerprint: tuple[int, int, int] | None = None
         self._failed_lock = threading.Lock()

@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from functools import cache
 from pathlib import Path
+from typing import Any, cast
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import CursorResult, and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.store.models import FAILED, PROCESSING, RECEIVED, EcgInstance
@@ -147,7 +148,7 @@ def claim_batch(session_factory: sessionmaker[Session], worker_id: str, limit: i
                     claim_started=claimer.started if claimer else None,
                 )
             )
-            if result.rowcount == 1:
+            if cast(CursorResult[Any], result).rowcount == 1:
                 claimed.append(ecg_id)
     return claimed
 
@@ -195,7 +196,7 @@ def release_dead_claims(session_factory: sessionmaker[Session], me: Claimer | No
             if host is not None:
                 if me is not None and pid == me.pid and started == me.started:
                     continue  # our own live claim
-                if claimer_alive(pid, started):
+                if pid is not None and claimer_alive(pid, started):  # no pid: nothing can prove it alive
                     continue
             # Compare-and-set on the claim token: a claim taken over meanwhile stays.
             result = session.execute(
@@ -209,7 +210,7 @@ def release_dead_claims(session_factory: sessionmaker[Session], me: Claimer | No
                 )
                 .values(updated_at=utcnow(), **_RELEASED)
             )
-            if result.rowcount == 1:
+            if cast(CursorResult[Any], result).rowcount == 1:
                 released.setdefault(pid or 0, []).append(ecg_id)
     for pid, ids in released.items():
         shown = ", ".join(map(str, ids[:20])) + (", ..." if len(ids) > 20 else "")

@@ -206,7 +206,11 @@ class Worker:
             with self.session_factory() as session:
                 row = session.get(EcgInstance, ecg_id)
                 assert row is not None, f"ECG {ecg_id} vanished"
-                item.sop_instance_uid, item.received_at, item.attempts = row.sop_instance_uid, row.received_at, row.attempts
+                item.sop_instance_uid, item.received_at, item.attempts = (
+                    row.sop_instance_uid,
+                    row.received_at,
+                    row.attempts,
+                )
                 path = self.spool.resolve(row.spool_path)
                 # The door quarantines such versions; rows stored before it did are caught here.
                 conflict = identity_conflict(session, row) if row.version > 1 else None
@@ -281,10 +285,15 @@ class Worker:
             ecg.measurements = cart.measurements if cart is not None else None
             ecg.cart_statements = cart.statements if cart is not None else []
             fs, gain = input_scale(it.report)
-            return build_pdf(report_data(ecg, it.normalised.signal, list(OUTPUT_LEADS), fs, gain, prediction=prediction))
+            return build_pdf(
+                report_data(ecg, it.normalised.signal, list(OUTPUT_LEADS), fs, gain, prediction=prediction)
+            )
         except Exception:  # noqa: BLE001 - the result must not wait for its picture
-            log.exception("ECG id=%s sop=%s: the PDF report for the ORU could not be built; sent without it",
-                          it.ecg_id, it.sop_instance_uid)
+            log.exception(
+                "ECG id=%s sop=%s: the PDF report for the ORU could not be built; sent without it",
+                it.ecg_id,
+                it.sop_instance_uid,
+            )
             return None
 
     def _finish(self, it: _Item) -> None:
@@ -308,7 +317,10 @@ class Worker:
             prediction = None
             if it.identity_conflict is not None:
                 ref_id, ref_version = it.identity_conflict
-                row.status, row.error = REJECTED, f"{IDENTITY_CHANGED_REASON} (version {ref_version} is ecg id {ref_id})"
+                row.status, row.error = (
+                    REJECTED,
+                    f"{IDENTITY_CHANGED_REASON} (version {ref_version} is ecg id {ref_id})",
+                )
                 row.flags = [*(row.flags or []), IDENTITY_CHANGED]
                 audit(session, f"worker:{self.worker_id}", IDENTITY_CHANGED_AUDIT, f"ecg:{row.id}",
                       sop_instance_uid=row.sop_instance_uid, version=row.version,

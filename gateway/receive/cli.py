@@ -111,8 +111,12 @@ def as_part10(raw: bytes) -> bytes:
     return preamble + out.getvalue() + raw
 
 
-def ingest(ctx: typer.Context, paths: list[Path] = typer.Argument(
-        ..., help="DICOM files or folders (every DICOM file inside, recognised by content, whatever its name).")) -> None:
+def ingest(
+    ctx: typer.Context,
+    paths: list[Path] = typer.Argument(
+        ..., help="DICOM files or folders (every DICOM file inside, recognised by content, whatever its name)."
+    ),
+) -> None:
     """Store DICOM ECG files or folders as if a cart had sent them.
 
     Each file gets the same checks, duplicate handling and durability as a
@@ -181,8 +185,8 @@ def ingest(ctx: typer.Context, paths: list[Path] = typer.Argument(
         engine.dispose()
     for path, why in skipped:
         typer.echo(f"skipped {path}: {why}")
-    for path, outcome, reason in refused:
-        status = f"0x{outcome.status:04X}" if outcome else "-"
+    for path, refusal, reason in refused:
+        status = f"0x{refusal.status:04X}" if refusal else "-"
         typer.echo(f"refused {path}: {status} {reason}")
     typer.echo(
         f"{len(files)} files: {counts['accepted']} accepted, {counts['duplicate']} duplicate, "

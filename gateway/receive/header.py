@@ -25,9 +25,9 @@ import logging
 import struct
 import unicodedata
 import zlib
-from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple, cast
 
 from pydicom.charset import convert_encodings, default_encoding
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -37,13 +37,13 @@ from pydicom.filereader import ENCODED_VR, _read_file_meta_info, read_preamble
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
-from pydicom.values import convert_string
-from pydicom.valuerep import MAX_VALUE_LEN, VR
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
+from pydicom.valuerep import MAX_VALUE_LEN, VR
+from pydicom.values import convert_string
 
 from gateway.quoting import printable
 from gateway.receive.limits import DEFAULT_MAX_DATASET_BYTES, DatasetTooLarge, check_size, inflate, read_dicom
@@ -286,7 +286,7 @@ def _dataset(
     value is walked once, not skipped and then walked again.
     """
     unpack, unpack_u32, long_vrs = _IMPLICIT.unpack_from, _U32.unpack_from, _LONG_LENGTH_VRS
-    elements: dict[BaseTag, RawDataElement] = {}
+    elements: dict[BaseTag, RawDataElement | DataElement] = {}
     pos = start
     while pos < end:
         if pos + 8 > end:
@@ -334,7 +334,7 @@ def _dataset(
     return _lazy_dataset(elements, implicit), -1
 
 
-def _lazy_dataset(elements: dict[BaseTag, RawDataElement], implicit: bool) -> Dataset:
+def _lazy_dataset(elements: dict[BaseTag, RawDataElement | DataElement], implicit: bool) -> Dataset:
     ds = Dataset(elements)
     ds.set_original_encoding(implicit, True)
     return ds
@@ -665,14 +665,15 @@ def _level(buf: bytes, pos: int, end: int, implicit: bool, encoding: str | list[
         if is_sequence:
             if top and BaseTag(tag) in elements:
                 raise _Unusual("a top-level sequence twice")
-            element, after = _sequence(buf, tag, pos, end if undefined else value_end, undefined, implicit, encoding)
-            elements[element.tag] = element
+            sequence, after = _sequence(buf, tag, pos, end if undefined else value_end, undefined, implicit, encoding)
+            elements[sequence.tag] = sequence
             pos = after if undefined else value_end
             continue
         if undefined or tag == _WAVEFORM_SEQUENCE or (top and tag in kept):
             raise _Unusual(f"({group:04X},{elem:04X}) {vr!r} {'undefined length' if undefined else ''}")
         vr_text = vr.decode("ascii") if vr is not None else None
-        value = buf[pos:value_end] if length else empty_value_for_VR(vr_text, raw=True)
+        # raw=True: b"" or None
+        value = buf[pos:value_end] if length else cast("bytes | None", empty_value_for_VR(vr_text, raw=True))
         element = RawDataElement(BaseTag(tag), vr_text, length, value, pos, implicit, True)
         elements[element.tag] = element
         if tag == _SPECIFIC_CHARACTER_SET and value:

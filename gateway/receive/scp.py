@@ -39,7 +39,7 @@ from pydicom.uid import UID
 from pynetdicom import AE, evt
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import uid_to_sop_class
 from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.utils import make_target
 from sqlalchemy.orm import Session, sessionmaker
@@ -57,6 +57,9 @@ from gateway.receive.spool import (
 )
 
 log = logging.getLogger("gateway.receive")
+
+#: pynetdicom makes its named SOP classes at import time, out of a type checker's sight.
+Verification = uid_to_sop_class("1.2.840.10008.1.1")
 
 # A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4.
 _RJ_CALLING_AE_NOT_RECOGNISED = (0x01, 0x01, 0x03)
@@ -245,7 +248,7 @@ class _SpilledDataSet(io.BytesIO):
         self._file = tempfile.TemporaryFile(dir=folder, prefix="dimse-")
         self._file.write(gathered.getbuffer())
 
-    def write(self, data: Any) -> int:  # type: ignore[override]
+    def write(self, data: Any) -> int:
         return self._file.write(data)
 
     def getvalue(self) -> bytes:
@@ -318,7 +321,7 @@ class _DeferredHandshakeContext(ssl.SSLContext):
     cart.  The handshake then happens on the connection's first read, in its
     own thread, within ``pdu_timeout`` (:func:`bound_pdu_reads`)."""
 
-    def wrap_socket(self, sock: socket.socket, server_side: bool = False,  # type: ignore[override]
+    def wrap_socket(self, sock: socket.socket, server_side: bool = False,
                     do_handshake_on_connect: bool = True, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
         return super().wrap_socket(sock, server_side, False, *args, **kwargs)
 
@@ -416,14 +419,17 @@ def start_scp(
 
     def handle_conn_open(event: evt.Event) -> None:
         # Runs in the connection's thread before its DUL reads anything.
+        address: tuple[str, int] = vars(event)["address"]  # set by pynetdicom for EVT_CONN_OPEN
         bound_pdu_reads(event.assoc.dul.socket, pdu_timeout=dicom.pdu_timeout, length_cap=length_cap,
-                        peer=str(event.address[0]))
+                        peer=str(address[0]))
         bound_dimse_messages(event.assoc, max_bytes=dicom.max_dataset_mb * MIB, spill_dir=ctx.spool.incoming,
                              in_memory=DATASET_IN_MEMORY)
 
     def handle_requested(event: evt.Event) -> None:
         assoc = event.assoc
         primitive = assoc.requestor.primitive
+        if primitive is None:  # pynetdicom sets it before EVT_REQUESTED
+            raise RuntimeError("association request without its A-ASSOCIATE primitive")
         calling = str(primitive.calling_ae_title).strip()
         called = str(primitive.called_ae_title).strip()
         peer = assoc.requestor.address
@@ -446,7 +452,7 @@ def start_scp(
         # association names the SOP classes none of whose contexts was accepted.
         assoc = event.assoc
         accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
-        refused: dict[str, int] = {}
+        refused: dict[str, int | None] = {}
         for cx in sorted(assoc.rejected_contexts, key=lambda c: c.context_id or 0):
             if str(cx.abstract_syntax) not in accepted:
                 refused.setdefault(str(cx.abstract_syntax), cx.result)
@@ -465,7 +471,7 @@ def start_scp(
     def handle_echo(event: evt.Event) -> int:
         return SUCCESS
 
-    handlers = [
+    handlers: list[tuple[evt.EventType, Callable[..., Any]]] = [
         (evt.EVT_CONN_OPEN, handle_conn_open),
         (evt.EVT_REQUESTED, handle_requested),
         (evt.EVT_REJECTED, handle_rejected),

@@ -28,9 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import Table, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -421,7 +421,8 @@ class _IdentityConflict:
 
 
 #: One statement, no ORM unit of work: the row id comes back with the insert.
-_INSERT_INSTANCE = insert(EcgInstance.__table__).returning(EcgInstance.__table__.c.id)
+_ECG_TABLE = cast(Table, EcgInstance.__table__)  # declarative mapping: the mapped Table
+_INSERT_INSTANCE = insert(_ECG_TABLE).returning(_ECG_TABLE.c.id)
 _SAME_UID = (
     select(EcgInstance.id, EcgInstance.version, EcgInstance.sha256, EcgInstance.status, EcgInstance.spool_path,
            EcgInstance.flags, EcgInstance.patient_id, EcgInstance.issuer_of_patient_id)

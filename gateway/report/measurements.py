@@ -28,6 +28,7 @@ and fiducial points (sample positions, no value) are left out.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -240,7 +241,7 @@ def loinc_check_digit_ok(code: str) -> bool:
     return (10 - total % 10) % 10 == int(check)
 
 
-def display_value(entry: dict[str, Any]) -> str:
+def display_value(entry: Mapping[str, Any]) -> str:
     """``982 ms``, ``61 /min``, ``52°``: one measurement as a person reads it."""
     value, unit = entry.get("value"), entry.get("unit") or ""
     if unit == "deg":

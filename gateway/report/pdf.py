@@ -25,18 +25,18 @@ import io
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timezone
+from datetime import UTC
 from typing import Any
 
 import numpy as np
 from reportlab import rl_config
 
-# Compressed streams stay binary (ASCII85 would make the file a quarter bigger and take ~0.1 s per report).
-rl_config.useA85 = 0
-
 from gateway.findings import BY_CODE, FINDINGS
 from gateway.report.measurements import KINDS, display_value
 from gateway.report.people import birth_and_age, dicom_datetime_text, person_name, sex_text
+
+# Compressed streams stay binary (ASCII85 would make the file a quarter bigger and take ~0.1 s per report).
+rl_config.useA85 = 0
 
 MM_PER_S = 25.0
 MM_PER_MV = 10.0
@@ -110,7 +110,7 @@ def report_data(ecg: Any, signal: Any, leads: Sequence[str], fs: float, gain: fl
         raise ReportError(f"ECG {ecg.id} has no AI result (status {ecg.status})")
     created = getattr(p, "created_at", None)
     if created is not None and created.tzinfo is None:  # SQLite hands back naive UTC
-        created = created.replace(tzinfo=timezone.utc)
+        created = created.replace(tzinfo=UTC)
     return ReportData(
         ecg_id=ecg.id, patient_name=ecg.patient_name, patient_id=ecg.patient_id,
         patient_birth_date=ecg.patient_birth_date, patient_sex=ecg.patient_sex,
@@ -122,7 +122,7 @@ def report_data(ecg: Any, signal: Any, leads: Sequence[str], fs: float, gain: fl
         quality_flags=tuple(str(f) for f in p.quality_flags or ()), model_sha256=p.model_sha256,
         gateway_version=gateway_version or p.gateway_version, demo_model=bool(p.demo_model),
         signal=signal, leads=tuple(leads), fs=fs, gain=gain,
-        result_time=created.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC") if created else "",
+        result_time=created.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if created else "",
     )
 
 
@@ -338,7 +338,7 @@ def _polyline(c: Any, xs: np.ndarray, ys: np.ndarray) -> None:
         return
     path = c.beginPath()
     path.moveTo(float(xs[0]), float(ys[0]))
-    for x, y in zip(xs[1:].tolist(), ys[1:].tolist()):
+    for x, y in zip(xs[1:].tolist(), ys[1:].tolist(), strict=True):
         path.lineTo(x, y)
     c.drawPath(path, stroke=1, fill=0)
 
@@ -397,13 +397,21 @@ def _footer(c: Any, d: ReportData, left: float, bottom: float, page: str) -> Non
     _text(c, left, bottom + 8.5, UNCONFIRMED + ".", 3.4, bold=True, colour=(0.75, 0.1, 0.1))
     _text(c, right, bottom + 8.5, "25 mm/s   10 mm/mV   print at 100 % (actual size): 1 small square = 1 mm", 2.7,
           anchor="right")
-    _text(c, left, bottom + 4.3, f"AI model sha256 {d.model_sha256}" + (" (UNTRAINED DEMO MODEL)" if d.demo_model else ""),
-          2.5, colour=(0.25, 0.25, 0.25))
+    _text(
+        c,
+        left,
+        bottom + 4.3,
+        f"AI model sha256 {d.model_sha256}" + (" (UNTRAINED DEMO MODEL)" if d.demo_model else ""),
+        2.5,
+        colour=(0.25, 0.25, 0.25),
+    )
     _text(c, right, bottom + 4.3, f"ECG gateway {d.gateway_version}", 2.5, anchor="right", colour=(0.25, 0.25, 0.25))
     note = ("Decision support (Ribeiro et al., Nat Commun 2020; 1dAVb, RBBB, LBBB, SB, AF, ST only): "
             "a result without findings is not a normal ECG.")
     _text(c, left, bottom + 0.5, note, 2.4, colour=(0.35, 0.35, 0.35))
-    tail = f"SOP Instance UID {d.sop_instance_uid or '-'}" + (f"   AI result of {d.result_time}" if d.result_time else "")
+    tail = f"SOP Instance UID {d.sop_instance_uid or '-'}" + (
+        f"   AI result of {d.result_time}" if d.result_time else ""
+    )
     _text(c, right, bottom + 0.5, _fit(c, tail, 2.4, 120), 2.4, anchor="right", colour=(0.35, 0.35, 0.35))
 
 

@@ -80,8 +80,11 @@ def check_spool_cmd(ctx: typer.Context) -> None:
     if report.mid_prune:
         typer.echo(f"{len(report.mid_prune)} row(s) marked by an unfinished prune (their files may be gone "
                    "already): `ecg-gateway db prune` finishes them")
-    typer.echo("spool and database agree" if report.clean else
-               f"{len(report.files_without_row)} file(s) without row, {len(report.rows_without_file)} row(s) without file")
+    typer.echo(
+        "spool and database agree"
+        if report.clean
+        else f"{len(report.files_without_row)} file(s) without row, {len(report.rows_without_file)} row(s) without file"
+    )
     raise typer.Exit(0 if report.clean else 1)
 
 

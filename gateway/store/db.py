@@ -5,11 +5,16 @@ from __future__ import annotations
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+if TYPE_CHECKING:  # Alembic is loaded by the commands that migrate
+    from alembic.config import Config as AlembicConfig
+    from sqlalchemy.engine.interfaces import DBAPIConnection
+    from sqlalchemy.pool import ConnectionPoolEntry
 
 
 def migrations_dir() -> Path:
@@ -33,7 +38,7 @@ MIGRATIONS_DIR = migrations_dir()
 SQLITE_PAGE_SIZE = 8192
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
     cur = dbapi_connection.cursor()
     # 8 KB pages for a new file (a no-op on an existing one; `db compact` converts):
     # an HL7 outbox row is ~2 KB, and 4 KB pages held one such row each.
@@ -71,7 +76,7 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-def alembic_config(database_url: str, spool_dir: str | Path | None = None):  # type: ignore[no-untyped-def]
+def alembic_config(database_url: str, spool_dir: str | Path | None = None) -> AlembicConfig:
     """Alembic's configuration for ``database_url``; ``spool_dir`` is handed to
     migrations that need the spool (0003's downgrade rebuilds inputs from its
     files; 0009 makes stored paths relative to it)."""

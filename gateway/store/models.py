@@ -159,8 +159,8 @@ class EcgInstance(Base):
     #: gone (``store.retention``), and the row goes next.
     pruning_since: Mapped[datetime | None]
 
-    prediction: Mapped["Prediction | None"] = relationship(back_populates="ecg", uselist=False)
-    messages: Mapped[list["Hl7Message"]] = relationship(back_populates="ecg", order_by="Hl7Message.id")
+    prediction: Mapped[Prediction | None] = relationship(back_populates="ecg", uselist=False)
+    messages: Mapped[list[Hl7Message]] = relationship(back_populates="ecg", order_by="Hl7Message.id")
 
 
 class Prediction(Base):

@@ -26,9 +26,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any, cast
 
-from sqlalchemy import and_, delete, exists, func, or_, select, update
+from sqlalchemy import ColumnElement, CursorResult, Row, and_, delete, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased, sessionmaker
+from sqlalchemy.orm.util import AliasedClass
 
 from gateway.store.models import (
     FAILED,
@@ -83,7 +85,7 @@ class PruneResult:
                    else ""))
 
 
-def _prunable(ecg: type[EcgInstance] | EcgInstance, cutoff: datetime):  # type: ignore[no-untyped-def]
+def _prunable(ecg: type[EcgInstance] | AliasedClass[EcgInstance], cutoff: datetime) -> ColumnElement[bool]:
     """SQL: this row alone may go (old enough, finished, nothing left to deliver)."""
     return and_(
         ecg.received_at < cutoff,
@@ -92,7 +94,7 @@ def _prunable(ecg: type[EcgInstance] | EcgInstance, cutoff: datetime):  # type: 
     )
 
 
-def _candidates(cutoff: datetime):  # type: ignore[no-untyped-def]
+def _candidates(cutoff: datetime) -> ColumnElement[bool]:
     """SQL: rows to prune: prunable, and so is every other version of their UID
     (rows refused without a usable UID stand alone)."""
     other = aliased(EcgInstance)
@@ -154,7 +156,8 @@ def prune(session_factory: sessionmaker[Session], spool_dir: str | Path, older_t
     return result
 
 
-def _count(result: PruneResult, row, list_rows: bool) -> None:  # type: ignore[no-untyped-def]
+def _count(result: PruneResult, row: Row[*tuple[Any, ...]], list_rows: bool) -> None:
+    """Count ``row`` (id, sop_instance_uid, status, received_at, spool_path, ...) into ``result``."""
     result.ecgs += 1
     result.by_status[row.status] += 1
     if list_rows:
@@ -222,8 +225,8 @@ def _delete_rows(session_factory: sessionmaker[Session], ids: list[int], result:
         # Resends point at earlier messages of the same ECG: unlink them, then delete.
         s.execute(update(Hl7Message).where(Hl7Message.ecg_id.in_(gone), Hl7Message.resend_of.is_not(None))
                   .values(resend_of=None).execution_options(synchronize_session=False))
-        hl7 = s.execute(delete(Hl7Message).where(Hl7Message.ecg_id.in_(gone))).rowcount
-        preds = s.execute(delete(Prediction).where(Prediction.ecg_id.in_(gone))).rowcount
+        hl7 = cast(CursorResult[Any], s.execute(delete(Hl7Message).where(Hl7Message.ecg_id.in_(gone)))).rowcount
+        preds = cast(CursorResult[Any], s.execute(delete(Prediction).where(Prediction.ecg_id.in_(gone)))).rowcount
         s.execute(delete(EcgInstance).where(EcgInstance.id.in_(gone)))
         batch = PruneResult(cutoff=result.cutoff, dry_run=False)
         for r in rows:
