@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from admin_helpers import MODEL_SHA, XSS_NAME, audit_rows, model_input, seed
 from gateway.admin.queries import ROW_KEYS, QueryError, ecg_detail, ecg_rows
 from gateway.cli import app
+from gateway.normalise import input_sha256, normaliser_version
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -194,13 +195,16 @@ def test_cli_on_an_unmigrated_database(empty_db_url, tmp_path):
     assert "database not initialised: run `ecg-gateway db upgrade`" in r.stderr
 
 
-def test_cli_show(ro_ids, ro_config):
+def test_cli_show(ro_ids, ro_config, sample_path):
     r = cli(ro_config, "results", "show", "1.2.826.0.1.3680043.10.1.1")
     assert r.exit_code == 0, r.output
     out = r.stdout
     assert f"ECG {ro_ids['e1']}" in out and "DOE^JANE" in out
     assert "AF" in out and "0.910" in out and "0.390" in out
     assert "Padding           48 before, 48 after" in out  # the normalisation report
+    # what reproduces the result: model, thresholds (above) and the model input's hash and normaliser
+    signal = model_input(sample_path)[0]
+    assert f"model input   sha256 {input_sha256(signal)}  normaliser {normaliser_version()}" in out
     assert "Model lead order  I, II, III, aVR, aVL, aVF, V1, V2, V3, V4, V5, V6" in out
     assert "HL7           delivered" in out and "MSA|AA|CTRL1" in out
     r = cli(ro_config, "results", "show", str(ro_ids["e2"]))

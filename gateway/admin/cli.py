@@ -178,6 +178,8 @@ def format_detail(d: dict[str, Any]) -> str:
         if d["demo_model"]:
             lines.append("  !! DEMO MODEL: untrained weights, not a reading !!")
         lines.append(f"  model         sha256 {d['model_sha256']}  gateway {p['gateway_version']}")
+        lines.append(f"  model input   sha256 {p['input_sha256'] or 'not recorded'}  "
+                     f"normaliser {p['normaliser_version'] or 'not recorded (processed before 0003)'}")
         lines.append("  finding  probability  threshold")
         for code, prob in d["probabilities"].items():
             thr = p["thresholds"].get(code)
