@@ -181,7 +181,8 @@ def run(url: str, n: int, waves: int, deliver: bool, spool: Path) -> dict[str, o
     from gateway.infer.demo import write_demo_model
     from gateway.infer.runner import load_ensemble
     from gateway.process.worker import Worker
-    from gateway.receive.spool import SUCCESS, store_instance
+    from gateway.receive.spool import SUCCESS, IncomingInstance, StoreContext, store_instance
+    from gateway.store.spool import Spool
     from gateway.store.db import current_revision, make_engine, make_sessionmaker, upgrade
     from gateway.store.models import PROCESSED, EcgInstance
 
@@ -201,8 +202,8 @@ def run(url: str, n: int, waves: int, deliver: bool, spool: Path) -> dict[str, o
         for wave in range(waves):
             t = time.perf_counter()
             for raw in [next(files) for _ in range(n // waves + (wave < n % waves))]:
-                out = store_instance(raw, session_factory=factory, spool_dir=spool, min_free_disk_mb=0,
-                                     transfer_syntax_uid="", calling_ae="CART01", peer_address="10.1.2.3")
+                out = store_instance(IncomingInstance.from_file(raw, calling_ae="CART01", peer_address="10.1.2.3"),
+                                     StoreContext(factory, Spool(spool)))
                 assert out.status == SUCCESS and not out.duplicate, out
             timings["store_s"] += time.perf_counter() - t
             t = time.perf_counter()
