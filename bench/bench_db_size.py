@@ -182,9 +182,9 @@ def run(url: str, n: int, waves: int, deliver: bool, spool: Path) -> dict[str, o
     from gateway.infer.runner import load_ensemble
     from gateway.process.worker import Worker
     from gateway.receive.spool import SUCCESS, IncomingInstance, StoreContext, store_instance
-    from gateway.store.spool import Spool
     from gateway.store.db import current_revision, make_engine, make_sessionmaker, upgrade
     from gateway.store.models import PROCESSED, EcgInstance
+    from gateway.store.spool import Spool
 
     upgrade(url)
     engine = make_engine(url)
