@@ -270,3 +270,75 @@ def test_nothing_queued_when_disabled_or_rejected(db_url, session_factory, tmp_p
     with session_factory() as s, s.begin():
         ecg = s.scalars(select(EcgInstance).where(EcgInstance.status == "processed")).one()
         assert [r.kind for r in enqueue_pacs(s, ecg, cfg.pacs)] == ["pdf", "sr"]
+
+
+@pytest.mark.slow  # starts Orthanc and serve, kills serve
+@pytest.mark.one_db("postgresql", "sqlite")  # claims with SKIP LOCKED: the production database when configured
+def test_serve_to_orthanc_exactly_once_across_kill_9(db_url, tmp_path, demo_model, sample_path):
+    """storescu -> serve (worker, PACS sender) -> Orthanc; serve is killed (SIGKILL) as soon as
+    Orthanc holds the first object, then started again: every object arrives, each once."""
+    import signal
+    import time
+
+    import ecg_variants as v
+    from e2e_helpers import gateway_env, start_serve, stop, storescu, wait_for_port, wait_until
+
+    from conftest import free_port
+    from gateway.store.db import make_engine, make_sessionmaker
+
+    n = 4
+    (tmp_path / "in").mkdir()
+    files = [v.save(v.new_uids(dcmread(sample_path)), tmp_path / "in" / f"{i}.dcm") for i in range(n)]
+    engine = make_engine(db_url)
+    sf = make_sessionmaker(engine)
+    with orthanc(tmp_path / "orthanc") as pacs:
+        def env() -> dict[str, str]:
+            return gateway_env(tmp_path, db_url, demo_model, free_port(), free_port(),
+                               ECG_GATEWAY_PACS__ENABLED="true", ECG_GATEWAY_PACS__PORT=str(pacs.dicom_port),
+                               ECG_GATEWAY_PACS__CALLED_AE_TITLE=AET, ECG_GATEWAY_PACS__CONNECT_TIMEOUT="1",
+                               ECG_GATEWAY_PACS__DIMSE_TIMEOUT="2", ECG_GATEWAY_PACS__BACKOFF_INITIAL_S="0.2",
+                               ECG_GATEWAY_PACS__BACKOFF_MAX_S="1")
+        first = env()
+        proc = start_serve(first, tmp_path / "serve.log")
+        try:
+            wait_for_port(int(first["ECG_GATEWAY_DICOM__PORT"]), proc=proc)
+            results, text = storescu(files, int(first["ECG_GATEWAY_DICOM__PORT"]))
+            assert [s for _, s in results] == ["Success"] * n, text
+            wait_until(lambda: len(httpx_get_list(pacs.url)) > 0, 180, interval=0.05, what="a first object in Orthanc",
+                       procs=[proc])
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        with sf() as s:
+            at_kill = {r.sop_instance_uid: r.status for r in s.scalars(select(PacsMessage))}
+        assert any(st == PACS_PENDING for st in at_kill.values()), "everything was sent before the kill"
+        second = env()
+        proc = start_serve(second, tmp_path / "serve.log")
+        try:
+            def all_delivered() -> bool:
+                with sf() as s:
+                    rows = s.scalars(select(PacsMessage)).all()
+                return len(rows) == 2 * n and all(r.status == PACS_DELIVERED for r in rows)
+
+            wait_until(all_delivered, 240, what="every object delivered", procs=[proc])
+        finally:
+            assert stop(proc) == 0, (tmp_path / "serve.log").read_text()[-3000:]
+        with sf() as s:
+            rows = s.scalars(select(PacsMessage)).all()
+            ecgs = {e.id: e for e in s.scalars(select(EcgInstance))}
+            expected = {r.sop_instance_uid: (ecgs[r.ecg_id].patient_id, ecgs[r.ecg_id].study_instance_uid) for r in rows}
+        stored = pacs.instances()
+        assert sorted(i["SOPInstanceUID"] for i in stored) == sorted(expected)  # each object once, none lost
+        for i in stored:
+            assert (i["PatientID"], i["StudyInstanceUID"]) == expected[i["SOPInstanceUID"]]
+        assert sorted(i["SOPClassUID"] for i in stored) == sorted([ENCAPSULATED_PDF, COMPREHENSIVE_SR] * n)
+    engine.dispose()
+
+
+def httpx_get_list(url: str) -> list:
+    import httpx
+
+    try:
+        return httpx.get(f"{url}/instances", timeout=2).json()
+    except httpx.HTTPError:
+        return []

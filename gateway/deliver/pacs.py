@@ -153,7 +153,8 @@ class Claimed:
 
 
 def _claim(session_factory: Callable[[], Session], cfg: PacsConfig) -> Claimed | None:
-    lease = timedelta(seconds=2 * (cfg.connect_timeout + cfg.dimse_timeout) + 60)
+    # one attempt (association + C-STORE) and a margin; a killed sender's row is sent again after it
+    lease = timedelta(seconds=2 * (cfg.connect_timeout + cfg.dimse_timeout) + 10)
     now = utcnow()
     with session_factory() as session, session.begin():
         stmt = (select(PacsMessage).where(PacsMessage.status == PACS_PENDING, PacsMessage.next_attempt_at <= now)
