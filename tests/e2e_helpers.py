@@ -17,7 +17,8 @@ from gateway.serve import STARTED_LINE
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def wait_for_port(port: int, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+def wait_for_port(port: int, timeout: float = 180.0, proc: subprocess.Popen | None = None) -> None:
+    # generous: a serve start (TensorFlow import, model load, warm-up) on a loaded 2-core machine
     """Until ``port`` accepts connections and, for a ``serve`` started by
     :func:`start_serve`, until it logged that it started: ``serve`` binds its
     ports before loading the model, so an open port alone is not ready."""
