@@ -18,10 +18,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def wait_for_port(port: int, timeout: float = 180.0, proc: subprocess.Popen | None = None) -> None:
-    # generous: a serve start (TensorFlow import, model load, warm-up) on a loaded 2-core machine
     """Until ``port`` accepts connections and, for a ``serve`` started by
     :func:`start_serve`, until it logged that it started: ``serve`` binds its
     ports before loading the model, so an open port alone is not ready."""
+    # the default is generous: a serve start (TensorFlow import, model load, warm-up) on a loaded 2-core machine
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
