@@ -324,3 +324,34 @@ def test_a_file_outside_the_spool_is_never_deleted(session_factory, tmp_path):
     assert elsewhere.read_bytes() == b"not ours to delete" and not inside.exists()
     assert not (spool / "2020").exists()  # emptied date folders go
     assert counts(session_factory)[0] == 0
+
+
+def test_an_ecg_whose_pacs_object_is_not_delivered_stays(session_factory, tmp_path):
+    """The PACS outbox is a delivery like HL7: pending keeps the ECG; a delivered object goes with it."""
+    from gateway.store.models import PacsMessage
+
+    spool = tmp_path / "spool"
+    old = datetime.now(UTC) - OLD
+    with session_factory.begin() as s:
+        rows = [EcgInstance(sop_instance_uid=f"1.2.3.{n}", sop_class_uid="1.2.840.10008.5.1.4.1.1.9.1.1",
+                            spool_path=f"2020/01/01/{n}.dcm", sha256="0" * 64, size_bytes=4, status="processed",
+                            received_at=old) for n in (1, 2)]
+        s.add_all(rows)
+        s.flush()
+        for row, status in zip(rows, ("pending", "delivered"), strict=True):
+            s.add(PacsMessage(ecg_id=row.id, kind="pdf", sop_class_uid="1.2.840.10008.5.1.4.1.1.104.1",
+                              sop_instance_uid=f"2.25.{row.id}", series_instance_uid="2.25.9", status=status))
+        waiting = rows[0].id
+    for n in (1, 2):
+        (spool / f"2020/01/01/{n}.dcm").parent.mkdir(parents=True, exist_ok=True)
+        (spool / f"2020/01/01/{n}.dcm").write_bytes(b"dicm")
+    dry = retention.prune(session_factory, spool, 30, dry_run=True)
+    assert (dry.ecgs, dry.pacs_messages, dry.kept) == (1, 1, 1)
+    result = retention.prune(session_factory, spool, 30)
+    assert (result.ecgs, result.pacs_messages, result.files, result.kept) == (1, 1, 1, 1)
+    assert "1 PACS object(s)" in result.summary()
+    with session_factory() as s:
+        assert set(s.scalars(select(EcgInstance.id))) == {waiting}
+        assert [m.status for m in s.scalars(select(PacsMessage))] == ["pending"]
+    assert (spool / "2020/01/01/1.dcm").is_file() and not (spool / "2020/01/01/2.dcm").exists()
+    assert Spool(spool).check(session_factory).clean

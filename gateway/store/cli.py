@@ -98,9 +98,9 @@ def prune(
     list_rows: bool = typer.Option(False, "--list", help="Also print one line per ECG (id, SOP Instance UID, file)."),
 ) -> None:
     """Remove finished ECGs past the retention limit: their rows, predictions, HL7
-    messages and spool files (rejected copies too). The audit log is kept.
+    messages, PACS objects and spool files (rejected copies too). The audit log is kept.
 
-    Kept: ECGs still waiting or processing, with an HL7 message not yet delivered,
+    Kept: ECGs still waiting or processing, with an HL7 message or PACS object not yet delivered,
     or with a newer version of the same SOP Instance UID inside the limit.
     Safe to interrupt: a crash leaves no row without a file and no file without a row
     (run it again to finish).

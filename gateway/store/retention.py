@@ -5,7 +5,7 @@ row, as ``db check-spool`` sees them.  Each batch goes in three steps:
 
 1. mark: one UPDATE sets ``pruning_since`` on the chosen rows (committed);
 2. files: each marked row's spool file is removed (its folder fsynced);
-3. rows: the marked rows, their predictions and HL7 messages are deleted in one
+3. rows: the marked rows, their predictions, HL7 messages and PACS objects are deleted in one
    transaction, with one audit row saying what went.
 
 A marked row may have lost its file (a crash in step 2 or 3): ``check-spool``
@@ -13,7 +13,7 @@ counts it as mid-prune, not missing, and the next prune (``serve`` prunes
 once a day, and ``db prune``) finishes it first.
 
 What is kept: the audit log; ECGs still waiting or in processing; ECGs with an
-HL7 message not yet delivered; and every version of a SOP Instance UID while
+HL7 message or a PACS object not yet delivered; and every version of a SOP Instance UID while
 any version is kept (the receive path numbers versions from the stored ones).
 """
 
@@ -35,11 +35,13 @@ from sqlalchemy.orm.util import AliasedClass
 from gateway.store.models import (
     FAILED,
     HL7_PENDING,
+    PACS_PENDING,
     PROCESSED,
     REJECTED,
     AuditLog,
     EcgInstance,
     Hl7Message,
+    PacsMessage,
     Prediction,
 )
 from gateway.store.spool import Spool
@@ -65,9 +67,10 @@ class PruneResult:
     by_status: Counter[str] = field(default_factory=Counter)
     predictions: int = 0
     hl7_messages: int = 0
+    pacs_messages: int = 0
     files: int = 0
     file_bytes: int = 0
-    #: Rows past the limit that stay: in progress, HL7 not delivered, or a newer version kept.
+    #: Rows past the limit that stay: in progress, HL7 or PACS not delivered, or a newer version kept.
     kept: int = 0
     #: Files named by pruned rows but outside the spool folder: left in place.
     outside_spool: int = 0
@@ -79,8 +82,9 @@ class PruneResult:
         statuses = ", ".join(f"{k} {v}" for k, v in sorted(self.by_status.items())) or "none"
         return (f"{verb} {self.ecgs} ECG(s) received before {self.cutoff.isoformat(timespec='seconds')} "
                 f"({statuses}), {self.predictions} prediction(s), {self.hl7_messages} HL7 message(s), "
-                f"{self.files} spool file(s) ({self.file_bytes / 2**20:.1f} MB); kept {self.kept} older ECG(s) "
-                f"still in progress, awaiting HL7 delivery, or with a newer version; audit log kept"
+                f"{self.pacs_messages} PACS object(s), {self.files} spool file(s) "
+                f"({self.file_bytes / 2**20:.1f} MB); kept {self.kept} older ECG(s) still in progress, "
+                f"awaiting HL7 or PACS delivery, or with a newer version; audit log kept"
                 + (f"; {self.outside_spool} file(s) outside the spool folder left in place" if self.outside_spool
                    else ""))
 
@@ -91,6 +95,7 @@ def _prunable(ecg: type[EcgInstance] | AliasedClass[EcgInstance], cutoff: dateti
         ecg.received_at < cutoff,
         ecg.status.in_(FINAL),
         ~exists().where(Hl7Message.ecg_id == ecg.id, Hl7Message.status == HL7_PENDING),
+        ~exists().where(PacsMessage.ecg_id == ecg.id, PacsMessage.status == PACS_PENDING),
     )
 
 
@@ -133,6 +138,8 @@ def prune(session_factory: sessionmaker[Session], spool_dir: str | Path, older_t
                                                .where(Prediction.ecg_id.in_(chunk))) or 0
                 result.hl7_messages += s.scalar(select(func.count()).select_from(Hl7Message)
                                                 .where(Hl7Message.ecg_id.in_(chunk))) or 0
+                result.pacs_messages += s.scalar(select(func.count()).select_from(PacsMessage)
+                                                 .where(PacsMessage.ecg_id.in_(chunk))) or 0
         for r in rows:
             _count(result, r, list_rows)
             path = spool.resolve(r.spool_path)
@@ -226,6 +233,7 @@ def _delete_rows(session_factory: sessionmaker[Session], ids: list[int], result:
         s.execute(update(Hl7Message).where(Hl7Message.ecg_id.in_(gone), Hl7Message.resend_of.is_not(None))
                   .values(resend_of=None).execution_options(synchronize_session=False))
         hl7 = cast(CursorResult[Any], s.execute(delete(Hl7Message).where(Hl7Message.ecg_id.in_(gone)))).rowcount
+        pacs = cast(CursorResult[Any], s.execute(delete(PacsMessage).where(PacsMessage.ecg_id.in_(gone)))).rowcount
         preds = cast(CursorResult[Any], s.execute(delete(Prediction).where(Prediction.ecg_id.in_(gone)))).rowcount
         s.execute(delete(EcgInstance).where(EcgInstance.id.in_(gone)))
         batch = PruneResult(cutoff=result.cutoff, dry_run=False)
@@ -233,12 +241,14 @@ def _delete_rows(session_factory: sessionmaker[Session], ids: list[int], result:
             _count(batch, r, list_rows)
         s.add(AuditLog(actor=actor, action="prune", target=f"ecgs:{min(gone)}-{max(gone)}",
                        detail={"older_than_days": days, "cutoff": result.cutoff.isoformat(), "ecgs": len(gone),
-                               "by_status": dict(batch.by_status), "predictions": preds, "hl7_messages": hl7}))
+                               "by_status": dict(batch.by_status), "predictions": preds, "hl7_messages": hl7,
+                               "pacs_messages": pacs}))
     result.ecgs += batch.ecgs
     result.by_status.update(batch.by_status)
     result.lines += batch.lines
     result.predictions += preds
     result.hl7_messages += hl7
+    result.pacs_messages += pacs
 
 
 def run_daily(session_factory: sessionmaker[Session], spool_dir: str | Path, days: int, stop: threading.Event,
