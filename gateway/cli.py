@@ -20,7 +20,7 @@ from gateway.admin.cli import ecg_app, results_app
 from gateway.cliconfig import config_from
 from gateway.config import Config
 from gateway.deliver.cli import app as hl7_app
-from gateway.deliver.pacs_cli import app as pacs_app
+from gateway.deliver.cli import pacs_app
 from gateway.demo import app as demo_app
 from gateway.infer.cli import app as model_app
 from gateway.receive.cli import ingest

@@ -314,7 +314,7 @@ class PacsConfig(_Section):
         return value
 
     @model_validator(mode="after")
-    def _tls_pair(self) -> "PacsConfig":
+    def _tls_pair(self) -> PacsConfig:
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert and tls_key go together (client certificate)")
         return self

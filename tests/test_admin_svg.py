@@ -9,7 +9,7 @@ import pytest
 
 from admin_helpers import model_input
 from gateway.admin.ecg_svg import LAYOUT, MARGIN_MM, ROW_MM, TOP_MM, ecg_svg, recording_span
-from gateway.admin.queries import DEFAULT_LEADS
+from gateway.rebuild import DEFAULT_LEADS
 
 NS = {"s": "http://www.w3.org/2000/svg"}
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import shutil
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -49,7 +49,7 @@ def values(**changes) -> ResultValues:  # type: ignore[no-untyped-def]
                 thresholds={"1dAVb": 0.124, "RBBB": 0.07, "LBBB": 0.05, "SB": 0.278, "AF": 0.39, "ST": 0.174},
                 findings=["AF"], model_sha256="ab" * 32, gateway_version="0.1.0", demo_model=False,
                 measurements=cart.measurements, cart_statements=cart.statements,
-                result_time=datetime(2026, 11, 30, 8, 0, tzinfo=timezone.utc))
+                result_time=datetime(2026, 11, 30, 8, 0, tzinfo=UTC))
     base.update(changes)
     return ResultValues(**base)
 
@@ -58,7 +58,7 @@ def test_the_objects_pass_dciodvfy_and_keep_patient_and_study(sample_path, tmp_p
     source = dcmread(sample_path)
     pdf = b"%PDF-1.4\n% a report\n%%EOF"  # odd length: padded
     doc = encapsulated_pdf(source, pdf, series_uid=generate_uid(), sop_uid=generate_uid(),
-                           when=datetime(2026, 11, 30, 8, 0, tzinfo=timezone.utc))
+                           when=datetime(2026, 11, 30, 8, 0, tzinfo=UTC))
     sr = comprehensive_sr(source, values(), series_uid=generate_uid(), sop_uid=generate_uid())
     for ds, sop_class in ((doc, ENCAPSULATED_PDF), (sr, COMPREHENSIVE_SR)):
         report = dciodvfy(ds, tmp_path)
@@ -85,7 +85,9 @@ def test_the_objects_pass_dciodvfy_and_keep_patient_and_study(sample_path, tmp_p
     assert float(props["Decision threshold"].MeasuredValueSequence[0].NumericValue) == 0.39
     assert props["Reported (probability above threshold)"].ConceptCodeSequence[0].CodeMeaning == "Yes"
     nums = {i.ConceptNameCodeSequence[0].CodeValue: i.MeasuredValueSequence[0] for i in items if i.ValueType == "NUM"}
-    assert float(nums["8636-3"].NumericValue) == 370 and nums["8636-3"].MeasurementUnitsCodeSequence[0].CodeValue == "ms"
+    assert (
+        float(nums["8636-3"].NumericValue) == 370 and nums["8636-3"].MeasurementUnitsCodeSequence[0].CodeValue == "ms"
+    )
     assert float(nums["8867-4"].NumericValue) == 61
     texts = [i.TextValue for i in items if i.ValueType == "TEXT"]
     assert any("ab" * 32 in t for t in texts) and "RITMO SINUSALE" in texts
@@ -105,9 +107,8 @@ def config(db_url: str, tmp_path: Path, model: Path, pacs_port: int, **pacs) -> 
 
 def processed(cfg, session_factory, demo_ensemble, sample_path, n=1):  # type: ignore[no-untyped-def]
     import ecg_variants as v
-    from test_process import drain, store
-
     from gateway.process.worker import Worker
+    from test_process import drain, store
 
     ids = [store(cfg, session_factory, v.new_uids(dcmread(sample_path))) for _ in range(n)]
     drain(Worker(cfg, session_factory, demo_ensemble))
@@ -257,9 +258,8 @@ def test_cli_list_and_resend(db_url, session_factory, tmp_path, demo_model, demo
 def test_nothing_queued_when_disabled_or_rejected(db_url, session_factory, tmp_path, demo_model, demo_ensemble,
                                                   sample_path):
     import ecg_variants as v
-    from test_process import drain, store
-
     from gateway.process.worker import Worker
+    from test_process import drain, store
 
     cfg = config(db_url, tmp_path, demo_model, 4242)
     store(cfg, session_factory, v.new_uids(v.with_duration(dcmread(sample_path), 5.0)))  # rejected: no result

@@ -13,6 +13,7 @@ from sqlalchemy import Select, String, cast, func, select
 from sqlalchemy.orm import Session
 
 from gateway.findings import FINDINGS
+from gateway.rebuild import lead_names
 from gateway.store.models import (
     ECG_STATUSES,
     HL7_SUPERSEDED,
@@ -49,8 +50,6 @@ ROW_KEYS = (
 #: Statuses as the admin sees them: a claimed ECG is still only "received".
 ROW_STATUSES = ("received", "processed", "rejected", "failed")
 HL7_ROW_STATUSES = ("pending", "delivered", "failed", "not_sent")
-#: Model input lead order when the normalisation record does not name it.
-DEFAULT_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 
 
 class QueryError(ValueError):
@@ -235,18 +234,6 @@ def find_ecg(session: Session, id_or_uid: str | int) -> EcgInstance | None:
     stmt = select(EcgInstance).where(EcgInstance.sop_instance_uid == key).order_by(EcgInstance.version.desc())
     versions = session.scalars(stmt).all()
     return next((ecg for ecg in versions if not quarantined(ecg.flags)), versions[0] if versions else None)
-
-
-def lead_names(normalisation: dict[str, Any] | None) -> list[str]:
-    """The model input's column order as recorded by normalisation, else the
-    documented default (I, II, III, aVR, aVL, aVF, V1-V6)."""
-    n = normalisation or {}
-    for where in (n, n.get("params") or {}, n.get("report") or {}):
-        for key in ("output_leads", "lead_order", "leads", "model_leads"):
-            value = where.get(key) if isinstance(where, dict) else None
-            if isinstance(value, list) and len(value) == 12 and all(isinstance(v, str) for v in value):
-                return list(value)
-    return list(DEFAULT_LEADS)
 
 
 def _message(m: Hl7Message) -> dict[str, Any]:

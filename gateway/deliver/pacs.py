@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 
@@ -68,9 +69,17 @@ def enqueue_pacs(session: Session, ecg: EcgInstance, cfg: PacsConfig) -> list[Pa
         return []
     rows = []
     for kind in cfg.send:
-        row = PacsMessage(ecg_id=ecg.id, kind=kind, sop_class_uid=ENCAPSULATED_PDF if kind == "pdf" else COMPREHENSIVE_SR,
-                          sop_instance_uid=generate_uid(), series_instance_uid=generate_uid(), status=PACS_PENDING,
-                          attempts=0, next_attempt_at=utcnow(), created_at=utcnow())
+        row = PacsMessage(
+            ecg_id=ecg.id,
+            kind=kind,
+            sop_class_uid=ENCAPSULATED_PDF if kind == "pdf" else COMPREHENSIVE_SR,
+            sop_instance_uid=generate_uid(),
+            series_instance_uid=generate_uid(),
+            status=PACS_PENDING,
+            attempts=0,
+            next_attempt_at=utcnow(),
+            created_at=utcnow(),
+        )
         session.add(row)
         rows.append(row)
     return rows
@@ -79,7 +88,7 @@ def enqueue_pacs(session: Session, ecg: EcgInstance, cfg: PacsConfig) -> list[Pa
 def build_object(session: Session, msg: PacsMessage, spool_dir: str | Path, max_bytes: int) -> Any:
     """The DICOM data set of outbox row ``msg`` (raises :class:`PacsBuildError`)."""
     from gateway import __version__
-    from gateway.admin.exports import ExportError, original_dicom, report_pdf
+    from gateway.rebuild import RebuildError, report_pdf, stored_original
     from gateway.receive.limits import read_dicom
     from gateway.report.dicom import ResultValues, comprehensive_sr, encapsulated_pdf
     from gateway.timeutil import as_utc
@@ -88,8 +97,8 @@ def build_object(session: Session, msg: PacsMessage, spool_dir: str | Path, max_
     if ecg is None or ecg.prediction is None:
         raise PacsBuildError(f"ECG {msg.ecg_id} has no AI result")
     try:
-        source = read_dicom(original_dicom(session, str(ecg.id), spool_dir)[1], max_bytes)
-    except ExportError as exc:  # missing, or changed on disk
+        source = read_dicom(stored_original(ecg, spool_dir)[1], max_bytes)
+    except RebuildError as exc:  # missing, or changed on disk
         raise PacsBuildError(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - unreadable now
         raise PacsBuildError(f"ECG {ecg.id}: stored original unreadable: {type(exc).__name__}") from None
@@ -97,8 +106,8 @@ def build_object(session: Session, msg: PacsMessage, spool_dir: str | Path, max_
     when = as_utc(p.created_at) or utcnow()
     if msg.kind == "pdf":
         try:
-            pdf = report_pdf(session, str(ecg.id), spool_dir)[1]
-        except ExportError as exc:
+            pdf = report_pdf(ecg, spool_dir)
+        except RebuildError as exc:
             raise PacsBuildError(str(exc)) from None
         return encapsulated_pdf(source, pdf, series_uid=msg.series_instance_uid, sop_uid=msg.sop_instance_uid,
                                 when=when, software_version=f"ECG gateway {__version__}")
@@ -111,8 +120,8 @@ def build_object(session: Session, msg: PacsMessage, spool_dir: str | Path, max_
 
 def c_store(ds: Any, cfg: PacsConfig) -> str | None:
     """Store ``ds`` at ``[pacs]`` by C-STORE: None when PACS stored it, else why not."""
-    from pynetdicom import AE
     from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+    from pynetdicom import AE
 
     ae = AE(ae_title=cfg.calling_ae_title)
     ae.acse_timeout = ae.network_timeout = cfg.connect_timeout

@@ -39,8 +39,7 @@ from gateway.config import Config
 from gateway.findings import FINDINGS
 from gateway.process import metrics
 from gateway.process.claim import claim_batch, release_dead_claims, still_claimed, this_process
-from gateway.quoting import printable
-from gateway.receive.limits import DEFAULT_MAX_DATASET_BYTES
+from gateway.rebuild import read_dataset
 from gateway.store.models import FAILED, PROCESSED, RECEIVED, REJECTED, EcgInstance, Prediction
 from gateway.store.spool import Spool
 from gateway.store.versions import (
@@ -80,36 +79,6 @@ class _Item:
     identity_conflict: tuple[int, int] | None = None
     #: The cart's measurements and statements (``gateway.report.measurements.CartReport``).
     cart: Any = None
-
-
-def model_input(raw: bytes, params: Any, max_bytes: int = DEFAULT_MAX_DATASET_BYTES) -> Any:
-    """Spooled DICOM bytes -> ``NormalisedEcg``: the one read-and-normalise path,
-    shared by the worker and by everything that rebuilds a stored result's
-    input (export, web view), so a rebuild runs exactly what the model saw.
-
-    Raises ``NormaliseError`` when the data set cannot be read or analysed, or
-    is (or inflates to) more than ``max_bytes`` (``[dicom] max_dataset_mb``).
-    """
-    from gateway.normalise import normalise_dataset
-
-    return normalise_dataset(read_dataset(raw, max_bytes), params)
-
-
-def read_dataset(raw: bytes, max_bytes: int = DEFAULT_MAX_DATASET_BYTES, *, annotations: bool = False) -> Any:
-    """The worker's read of spooled DICOM bytes (``read_waveform_dataset``:
-    the waveform, and the cart's annotations when ``annotations``).
-    Raises ``NormaliseError`` as :func:`model_input` does."""
-    from gateway.normalise import NormaliseError
-    from gateway.receive.header import read_waveform_dataset
-    from gateway.receive.limits import DatasetTooLarge
-
-    try:
-        # skips the other sequences pydicom parses eagerly
-        return read_waveform_dataset(raw, max_bytes, annotations=annotations)
-    except DatasetTooLarge as exc:  # a deflate bomb: refused at the limit, never inflated whole
-        raise NormaliseError(str(exc)) from None
-    except Exception as exc:  # the SCP checked the header; the body may still be corrupt
-        raise NormaliseError(f"DICOM data set cannot be parsed: {printable(exc)}") from exc
 
 
 class Worker:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
@@ -52,8 +52,8 @@ class ResultValues:
 
 
 def _dicom_time(when: datetime) -> tuple[str, str]:
-    when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
-    when = when.astimezone(timezone.utc)
+    when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    when = when.astimezone(UTC)
     return when.strftime("%Y%m%d"), when.strftime("%H%M%S")
 
 
@@ -63,7 +63,7 @@ def encapsulated_pdf(source: Any, pdf: bytes, *, series_uid: str, sop_uid: str, 
     """An Encapsulated PDF data set (with file meta, Explicit VR Little Endian)
     holding ``pdf``, for the patient and study of ``source`` (the ECG's data set)."""
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 
     ds = Dataset()
     for keyword in _PATIENT_STUDY:
@@ -97,7 +97,7 @@ def encapsulated_pdf(source: Any, pdf: bytes, *, series_uid: str, sop_uid: str, 
     ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = source.SOPClassUID, source.SOPInstanceUID
     ds.SourceInstanceSequence = [ref]
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = ENCAPSULATED_PDF, sop_uid
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = UID(ENCAPSULATED_PDF), UID(sop_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds.file_meta = meta
@@ -110,6 +110,7 @@ def comprehensive_sr(source: Any, values: ResultValues, *, series_uid: str, sop_
     ``source`` (the ECG's data set, also referenced as the evidence)."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
+    from pydicom.valuerep import DA, TM
 
     from gateway.findings import BY_CODE, FINDINGS
     from gateway.report.measurements import BY_KEY
@@ -119,19 +120,31 @@ def comprehensive_sr(source: Any, values: ResultValues, *, series_uid: str, sop_
     has_properties = sr.RelationshipTypeValues.HAS_PROPERTIES
     no_units = sr.CodedConcept("1", "UCUM", "no units")
 
-    def local(value: str, meaning: str):  # type: ignore[no-untyped-def]
+    def local(value: str, meaning: str) -> hd.sr.CodedConcept:
         return sr.CodedConcept(value, LOCAL_SCHEME, meaning)
 
     items: list[Any] = [
-        sr.TextContentItem(name=codes.DCM.AlgorithmName, relationship_type=contains,
-                           value="Ribeiro et al. 2020 12-lead ECG DNN" + (" (UNTRAINED DEMO MODEL)" if values.demo_model else "")),
-        sr.TextContentItem(name=codes.DCM.AlgorithmVersion, relationship_type=contains,
-                           value=f"model sha256 {values.model_sha256}; ECG gateway {values.gateway_version}"),
-        sr.CompositeContentItem(name=codes.DCM.SourceOfMeasurement, relationship_type=contains,
-                                referenced_sop_class_uid=source.SOPClassUID,
-                                referenced_sop_instance_uid=source.SOPInstanceUID),
-        sr.TextContentItem(name=local("STATUS", "Result status"), relationship_type=contains,
-                           value="AI result, not confirmed by a physician"),
+        sr.TextContentItem(
+            name=codes.DCM.AlgorithmName,
+            relationship_type=contains,
+            value="Ribeiro et al. 2020 12-lead ECG DNN" + (" (UNTRAINED DEMO MODEL)" if values.demo_model else ""),
+        ),
+        sr.TextContentItem(
+            name=codes.DCM.AlgorithmVersion,
+            relationship_type=contains,
+            value=f"model sha256 {values.model_sha256}; ECG gateway {values.gateway_version}",
+        ),
+        sr.CompositeContentItem(
+            name=codes.DCM.SourceOfMeasurement,
+            relationship_type=contains,
+            referenced_sop_class_uid=source.SOPClassUID,
+            referenced_sop_instance_uid=source.SOPInstanceUID,
+        ),
+        sr.TextContentItem(
+            name=local("STATUS", "Result status"),
+            relationship_type=contains,
+            value="AI result, not confirmed by a physician",
+        ),
     ]
     reported = set(values.findings)
     for code in FINDINGS:
@@ -154,8 +167,11 @@ def comprehensive_sr(source: Any, values: ResultValues, *, series_uid: str, sop_
         kind = BY_KEY.get(key)
         if kind is None or m.get("code") != kind.loinc or m.get("unit") != kind.unit:
             continue
-        unit = {"ms": sr.CodedConcept("ms", "UCUM", "millisecond"), "/min": sr.CodedConcept("/min", "UCUM", "per minute"),
-                "deg": sr.CodedConcept("deg", "UCUM", "degree")}[kind.unit]
+        unit = {
+            "ms": sr.CodedConcept("ms", "UCUM", "millisecond"),
+            "/min": sr.CodedConcept("/min", "UCUM", "per minute"),
+            "deg": sr.CodedConcept("deg", "UCUM", "degree"),
+        }[kind.unit]
         num = sr.NumContentItem(name=sr.CodedConcept(kind.loinc, "LN", kind.loinc_display), value=float(m["value"]),
                                 unit=unit, relationship_type=contains)
         if m.get("source") == "derived":
@@ -173,5 +189,5 @@ def comprehensive_sr(source: Any, values: ResultValues, *, series_uid: str, sop_
         sop_instance_uid=sop_uid, instance_number=1, manufacturer=manufacturer, is_complete=True, is_final=False,
         is_verified=False, series_description="ECG AI result (SR)")
     date, time = _dicom_time(values.result_time)
-    doc.ContentDate, doc.ContentTime = date, time
+    doc.ContentDate, doc.ContentTime = DA(date), TM(time)
     return doc

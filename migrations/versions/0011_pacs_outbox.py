@@ -3,9 +3,8 @@
 Revision ID: 0011_pacs_outbox
 Revises: 0010_compressed_values
 """
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0011_pacs_outbox'
 down_revision = '0010_compressed_values'
