@@ -10,6 +10,8 @@ from typing import Annotated, Any
 from fastapi import HTTPException, Path, Request
 
 from gateway.config import Config
+from gateway.deliver.outbox import resend
+from gateway.store.models import Hl7Message
 
 #: Largest database id (INTEGER primary keys on PostgreSQL); ids outside 1..MAX_DB_ID are a 422.
 MAX_DB_ID = 2**31 - 1
@@ -48,9 +50,6 @@ def resend_message(session_factory: Callable[[], Any], cfg: Config, message_id: 
     """Queue a new copy of outbox message ``message_id`` (deliver's
     ``outbox.resend`` writes the audit row); returns the new message's summary.
     Raises LookupError when there is no such message."""
-    from gateway.deliver.outbox import resend  # lazily: deliver owns the outbox
-    from gateway.store.models import Hl7Message
-
     with session_factory() as session:
         if session.get(Hl7Message, message_id) is None:
             raise LookupError(f"no HL7 message {message_id}")

@@ -15,6 +15,7 @@ from sqlalchemy import text
 from gateway.admin.queries import hl7_counts, status_counts
 from gateway.config import Config
 from gateway.deliver.pacs import pacs_counts
+from gateway.deliver.watch import DOWN, REJECTING, current_watch, outbox_snapshot
 from gateway.store.models import PROCESSING, RECEIVED
 
 #: What serve reports for a component another process runs.
@@ -58,8 +59,6 @@ def hl7_health(cfg: Config, snapshot: Any) -> dict[str, Any]:
     """The ``hl7`` component from an outbox snapshot (``deliver.watch``) and
     the link state of this process's sender; ``problems`` says what makes it
     unhealthy, by the ``[admin]`` thresholds."""
-    from gateway.deliver.watch import DOWN, REJECTING, current_watch
-
     a = cfg.admin
     watch = current_watch()
     link = watch.status() if watch is not None else None
@@ -118,8 +117,6 @@ def health_report(
     this process"`` (that component runs elsewhere); ``False`` or any other
     text is not (the text is the reason).
     """
-    from gateway.deliver.watch import outbox_snapshot
-
     components: dict[str, dict[str, Any]] = {}
     snapshot = pacs = None
     try:

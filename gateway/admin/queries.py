@@ -16,6 +16,7 @@ from gateway.findings import FINDINGS
 from gateway.rebuild import lead_names
 from gateway.store.models import (
     ECG_STATUSES,
+    HL7_STATUSES,
     HL7_SUPERSEDED,
     PROCESSING,
     RECEIVED,
@@ -319,8 +320,6 @@ def status_counts(session: Session) -> dict[str, int]:
 
 def hl7_counts(session: Session) -> dict[str, int]:
     """Outbox rows per status."""
-    from gateway.store.models import HL7_STATUSES
-
     counts = dict.fromkeys(HL7_STATUSES, 0)
     for status, n in session.execute(select(Hl7Message.status, func.count()).group_by(Hl7Message.status)):
         counts[status] = n

@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from gateway.findings import BY_CODE, FINDINGS
 from gateway.quoting import quote
+from gateway.report.measurements import BY_KEY
 from gateway.timeutil import as_utc, utcnow
 
 if TYPE_CHECKING:  # ORM and config types only; nothing heavy at import time
@@ -451,8 +452,6 @@ def _cart_observations(obx: Any, free_text: Any, ecg: EcgInstance, cfg: Hl7Confi
     OBX-18 (EI-1: manufacturer, model, serial); a derived heart rate carries
     :data:`DERIVED_METHOD` in OBX-17 instead.  Measurements without a LOINC
     code (unknown to ``gateway.report.measurements``) stay in the database."""
-    from gateway.report.measurements import BY_KEY
-
     measurements = getattr(ecg, "measurements", None) or {}
     statements = getattr(ecg, "cart_statements", None) or []
     if not measurements and not statements:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from gateway.findings import FINDINGS
+from gateway.infer.fetch import FetchError, download, extract_member
 
 log = logging.getLogger("gateway.validate")
 
@@ -207,8 +208,6 @@ def check_limb_leads(tracings: np.ndarray, limb_lead_order: Sequence[str]) -> di
 
 def _extract_members(archive: Path, dest: Path) -> list[Path]:
     """Extract the members named in :data:`MEMBERS` (at any depth) to ``dest``."""
-    from gateway.infer.fetch import extract_member
-
     out = []
     try:
         with zipfile.ZipFile(archive) as zf:
@@ -245,8 +244,6 @@ def fetch_test_set(url: str, md5: str, data_dir: str | os.PathLike[str], *, prog
     empty ``md5`` nothing is verified: the caller must say so loudly.  On a
     mismatch the archive is deleted and :class:`DatasetError` raised.
     """
-    from gateway.infer.fetch import FetchError, download
-
     dest = Path(data_dir)
     dest.mkdir(parents=True, exist_ok=True)
     archive = dest / ARCHIVE_NAME

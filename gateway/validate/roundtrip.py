@@ -28,7 +28,12 @@ from typing import Any
 
 import numpy as np
 
+from gateway.admin.exports import ExportError, model_input_array
 from gateway.findings import FINDINGS
+from gateway.normalise.encode import TWELVE_LEAD_ECG, make_ecg_dataset
+from gateway.serve import STARTED_LINE
+from gateway.store.db import make_engine, make_sessionmaker
+from gateway.store.models import EcgInstance
 from gateway.validate.dataset import FS, strip_padding
 
 log = logging.getLogger("gateway.validate")
@@ -135,8 +140,6 @@ class RoundTripRun:
 def encode_tracing(tracing: np.ndarray, index: int, variant: Variant, leads: Sequence[str], resolution_uv: float,
                    ) -> tuple[Any, InstanceResult]:
     """One tracing as a cart-like 12-lead ECG DICOM data set, and its result record."""
-    from gateway.normalise.encode import make_ecg_dataset
-
     signal, before, after = cart_signal(tracing, variant.fs)
     counts = np.round(signal * 1000.0 / resolution_uv)
     clipped = int(np.sum((counts > 32767) | (counts < -32768)))
@@ -159,7 +162,6 @@ def send_tracings(tracings: np.ndarray, indices: Sequence[int], variants: Sequen
     from pydicom.uid import ExplicitVRLittleEndian
     from pynetdicom import AE
 
-    from gateway.normalise.encode import TWELVE_LEAD_ECG
 
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
@@ -202,9 +204,6 @@ def collect_results(database_url: str, results: Sequence[InstanceResult], tracin
     from sqlalchemy import select
     from sqlalchemy.orm import selectinload
 
-    from gateway.admin.exports import ExportError, model_input_array
-    from gateway.store.db import make_engine, make_sessionmaker
-    from gateway.store.models import EcgInstance
 
     codes = list(findings or FINDINGS)
     waiting = {r.sop_instance_uid: r for r in results if r.status == "not final"}
@@ -334,8 +333,6 @@ def started_gateway(run_dir: Path, database_url: str, model_files: Sequence[str]
 
 
 def _logged_started(gw: StartedGateway) -> bool:
-    from gateway.serve import STARTED_LINE
-
     try:
         with open(gw.log_path, "rb") as f:
             f.seek(gw.log_offset)

@@ -23,7 +23,16 @@ from gateway.findings import FINDINGS, TEST_SET_EXAMS
 from gateway.timeutil import utcnow
 from gateway.validate.dataset import TestSet, check_limb_leads, lead_names, load_test_set
 from gateway.validate.metrics import RoundTripComparison, compare_probabilities, direct_metrics
-from gateway.validate.roundtrip import RoundTripRun, StartedGateway, Variant
+from gateway.validate.report import write_reports
+from gateway.validate.roundtrip import (
+    RoundTripRun,
+    StartedGateway,
+    Variant,
+    collect_results,
+    send_tracings,
+    started_gateway,
+    wait_listening,
+)
 
 log = logging.getLogger("gateway.validate")
 
@@ -84,8 +93,6 @@ def run_roundtrip(cfg: Config, opts: ValidateOptions, test_set: TestSet, gw: Sta
                   progress: Callable[[str, int, int], None] | None = None) -> RoundTripRun:
     """Send every tracing through a gateway (``gw``, started for the run, or
     ``opts.target``) and collect what it stored."""
-    from gateway.validate.roundtrip import collect_results, send_tracings, wait_listening
-
     indices = list(range(len(test_set)))
     leads = lead_names(cfg.normalise.limb_lead_order)
     if gw is not None:
@@ -150,8 +157,6 @@ def run_validation(cfg: Config, opts: ValidateOptions, *, ensemble: Any = None,
     with ExitStack() as stack:
         gw = None
         if opts.roundtrip and opts.target is None:
-            from gateway.validate.roundtrip import started_gateway
-
             # Started first: it loads its model while the direct check runs.
             db_url = opts.database_url or f"sqlite:///{(run_dir / 'gateway.db').resolve()}"
             gw = stack.enter_context(started_gateway(run_dir, db_url, cfg.model.files, cfg.dicom.ae_title,
@@ -162,8 +167,6 @@ def run_validation(cfg: Config, opts: ValidateOptions, *, ensemble: Any = None,
 def _run(cfg: Config, opts: ValidateOptions, test_set: TestSet, run_dir: Path, gw: StartedGateway | None,
          ensemble: Any, progress: Callable[[str, int, int], None] | None,
          ) -> tuple[dict[str, Any], Path, dict[str, Path]]:
-    from gateway.validate.report import write_reports
-
     order = list(cfg.normalise.limb_lead_order)
     notes = list(opts.notes)
     if ensemble is None:
