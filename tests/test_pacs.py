@@ -278,12 +278,10 @@ def test_serve_to_orthanc_exactly_once_across_kill_9(db_url, tmp_path, demo_mode
     """storescu -> serve (worker, PACS sender) -> Orthanc; serve is killed (SIGKILL) as soon as
     Orthanc holds the first object, then started again: every object arrives, each once."""
     import signal
-    import time
 
     import ecg_variants as v
-    from e2e_helpers import gateway_env, start_serve, stop, storescu, wait_for_port, wait_until
-
     from conftest import free_port
+    from e2e_helpers import gateway_env, start_serve, stop, storescu, wait_for_port, wait_until
     from gateway.store.db import make_engine, make_sessionmaker
 
     n = 4
@@ -326,7 +324,8 @@ def test_serve_to_orthanc_exactly_once_across_kill_9(db_url, tmp_path, demo_mode
         with sf() as s:
             rows = s.scalars(select(PacsMessage)).all()
             ecgs = {e.id: e for e in s.scalars(select(EcgInstance))}
-            expected = {r.sop_instance_uid: (ecgs[r.ecg_id].patient_id, ecgs[r.ecg_id].study_instance_uid) for r in rows}
+            expected = {r.sop_instance_uid: (ecgs[r.ecg_id].patient_id, ecgs[r.ecg_id].study_instance_uid)
+                        for r in rows}
         stored = pacs.instances()
         assert sorted(i["SOPInstanceUID"] for i in stored) == sorted(expected)  # each object once, none lost
         for i in stored:
