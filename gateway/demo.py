@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 
@@ -143,7 +143,7 @@ class MllpPrinter(socketserver.ThreadingTCPServer):
 
 class _MllpHandler(socketserver.BaseRequestHandler):
     def handle(self) -> None:
-        server: MllpPrinter = self.server  # type: ignore[assignment]
+        server = cast(MllpPrinter, self.server)  # the server this handler was made for
         buffer = b""
         while chunk := self.request.recv(65536):
             buffer += chunk

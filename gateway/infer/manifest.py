@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,7 +88,7 @@ def _is_demo(path: Path) -> bool:
         return False
 
 
-def survey(models_dir: str | os.PathLike[str], extra: list[str] = ()) -> list[InstalledFile]:  # type: ignore[assignment]
+def survey(models_dir: str | os.PathLike[str], extra: Sequence[str] = ()) -> list[InstalledFile]:
     """Every model file of the manifest, under ``models_dir`` or named in
     ``extra`` (the configured files), hashed now and compared."""
     root = Path(models_dir)
