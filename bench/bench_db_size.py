@@ -45,7 +45,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 RECEIVER_JS = ROOT / "tests" / "peers" / "hl7_receiver.js"
-TABLES = ("ecg_instances", "predictions", "hl7_messages", "audit_log")
+TABLES = ("ecg_instances", "predictions", "hl7_messages", "pacs_messages", "audit_log", "admin_sessions")
 #: (table, column) whose average stored length is shown; absent columns are skipped.
 COLUMNS = (("ecg_instances", "report"), ("predictions", "normalisation"), ("predictions", "input_npy"),
            ("predictions", "spread"), ("predictions", "model_files"), ("hl7_messages", "payload"),
@@ -107,7 +107,8 @@ def measure(engine) -> dict[str, int]:  # type: ignore[no-untyped-def]
                 pass
         else:
             for table in TABLES:
-                out[table] = int(conn.exec_driver_sql(f"SELECT pg_total_relation_size('{table}')").scalar())
+                out[table] = int(conn.exec_driver_sql(  # 0 for a table this revision does not have
+                    f"SELECT coalesce(pg_total_relation_size(to_regclass('{table}')), 0)").scalar())
             out["total"] = sum(out[t] for t in TABLES)
     return out
 
@@ -122,6 +123,8 @@ def average_lengths(engine) -> dict[str, float]:  # type: ignore[no-untyped-def]
     with engine.connect() as conn:
         insp = inspect(conn)
         for table, column in COLUMNS:
+            if not insp.has_table(table):
+                continue
             types = {c["name"]: c["type"] for c in insp.get_columns(table)}
             if column in types:
                 binary = isinstance(types[column], LargeBinary)
@@ -171,7 +174,8 @@ def vacuum(engine, full: bool = False) -> None:  # type: ignore[no-untyped-def]
     """PostgreSQL: VACUUM the gateway's tables (as autovacuum does), or VACUUM FULL (live data only)."""
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         for table in TABLES:
-            conn.exec_driver_sql(f"VACUUM {'FULL ' if full else ''}{table}")
+            if conn.exec_driver_sql(f"SELECT to_regclass('{table}')").scalar() is not None:
+                conn.exec_driver_sql(f"VACUUM {'FULL ' if full else ''}{table}")
 
 
 def run(url: str, n: int, waves: int, deliver: bool, spool: Path) -> dict[str, object]:
