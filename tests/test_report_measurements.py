@@ -183,6 +183,7 @@ def test_the_workers_fast_read_keeps_the_annotations_as_pydicom_reads_them(sampl
     assert extract(fast) == extract(dcmread(io.BytesIO(raw)))
 
 
+@pytest.mark.slow  # three ECGs through the worker and the demo model: ~4-9 s on 2 loaded cores
 def test_the_worker_stores_them_and_rows_and_the_oru_carry_them(db_url, session_factory, tmp_path, demo_model,
                                                                 demo_ensemble, sample):
     import ecg_variants as v

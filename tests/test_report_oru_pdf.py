@@ -34,6 +34,7 @@ def config(db_url, tmp_path, model, port, embed: bool) -> Config:  # type: ignor
     })
 
 
+@pytest.mark.slow  # the worker, the npm receiver, 130 KB messages
 def test_the_pdf_in_the_oru_is_the_exported_pdf(db_url, session_factory, tmp_path, demo_model, demo_ensemble,
                                                  sample_path, port):
     import ecg_variants as v
