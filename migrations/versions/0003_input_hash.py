@@ -100,7 +100,7 @@ def _rebuild(spool_dir: Path | None, spool_path: str, file_sha256: str, report: 
     import numpy as np
 
     from gateway.normalise import NormaliseError, NormaliseParams, input_sha256
-    from gateway.process.worker import model_input
+    from gateway.rebuild import model_input
 
     path = Path(spool_path)
     if not path.is_absolute():
