@@ -26,15 +26,18 @@ def wait_for_port(port: int, timeout: float = 180.0, proc: subprocess.Popen | No
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        # the start line first: every probe connection to a bound but not yet serving DICOM port holds
+        # one of [dicom] max_associations until acse_timeout, and would lock the test's own carts out
+        if not _serve_started(proc):
+            time.sleep(0.1)
+            continue
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 pass
         except OSError:
             time.sleep(0.1)
             continue
-        if _serve_started(proc):
-            return
-        time.sleep(0.1)
+        return
     raise TimeoutError(f"nothing listening on port {port} after {timeout} s")
 
 

@@ -84,7 +84,7 @@ def test_soak(soak_db_url, tmp_path, demo_model, sample_path):
                       ECG_GATEWAY_HL7__ENABLED="true", ECG_GATEWAY_HL7__PORT=str(hl7_port),
                       ECG_GATEWAY_HL7__CONNECT_TIMEOUT="1", ECG_GATEWAY_HL7__ACK_TIMEOUT="5",
                       ECG_GATEWAY_HL7__BACKOFF_INITIAL_S="0.2", ECG_GATEWAY_HL7__BACKOFF_MAX_S="2",
-                      ECG_GATEWAY_LOGGING__LEVEL="WARNING")
+                      ECG_GATEWAY_LOGGING__LEVEL="INFO")  # readiness is the INFO start line
     engine = make_engine(soak_db_url)
     sf = make_sessionmaker(engine)
     rx_log = tmp_path / "hl7.jsonl"
