@@ -13,7 +13,7 @@ from gateway.store.models import RECEIVED, REJECTED, EcgInstance
 from receive_helpers import ecg_bytes, spool_files, write
 
 ROOT = Path(__file__).resolve().parents[1]
-NOT_DICOM = "not DICOM (no DICM prefix, and no data set with a SOP Class and Instance UID)"
+NOT_DICOM = "not DICOM, Philips XML or HL7 aECG (no DICM prefix, and no data set with a SOP Class and Instance UID)"
 
 
 def test_ingest_folder_summary_and_rows(db_url: str, session_factory, sample_path: Path, tmp_path: Path) -> None:
@@ -92,8 +92,12 @@ def test_ingest_recognises_dicom_by_content_not_name(db_url: str, session_factor
         app, ["--config", str(ROOT / "config" / "gateway.toml"), "ingest", str(archive)], env=env
     )
     assert result.exit_code == 0, result.output
+    with session_factory() as s:
+        ids = {r.sop_instance_uid: r.id for r in s.scalars(select(EcgInstance))}
     lines = result.output.splitlines()
     assert lines == [
+        f"accepted {archive / 'DICOM' / 'IM0001'} (DICOM, ecg id {min(ids.values())})",
+        f"accepted {archive / 'DICOM' / 'IM0002'} (DICOM, ecg id {ids[bare_uid]})",
         f"skipped {archive / 'DICOMDIR'}: DICOMDIR (an index of the other files, not an ECG)",
         f"skipped {archive / 'EMPTY'}: {NOT_DICOM}",
         f"skipped {archive / 'README.TXT'}: {NOT_DICOM}",

@@ -1,4 +1,5 @@
-"""``ecg-gateway ingest``: archive backfill through the SCP's storage path."""
+"""``ecg-gateway ingest``: archive backfill through the SCP's storage path
+(DICOM, Philips Sierra XML, HL7 aECG, recognised by content)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import typer
 
 from gateway.cliconfig import config_from
 
+#: How ``ingest`` names each format.
+FORMAT_NAMES = {"dicom": "DICOM", "philips": "Philips XML", "aecg": "HL7 aECG"}
 #: Media Storage Directory (DICOMDIR): an index of a CD's files, not an instance.
 _DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 
@@ -59,10 +62,29 @@ def dicom_file_problem(path: Path, max_bytes: int | None = None) -> str | None:
     return "not DICOM (no DICM prefix, and no data set with a SOP Class and Instance UID)"
 
 
+def ecg_file_problem(path: Path, max_bytes: int | None = None) -> str | None:
+    """Why a file found in a folder is not an ECG to ingest, or None when it
+    is one: a Philips Sierra XML or HL7 aECG document (its root element, in
+    the encoding its first bytes say), or DICOM (:func:`dicom_file_problem`)."""
+    from gateway.formats.sniff import SNIFF_BYTES, sniff
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(SNIFF_BYTES)
+    except OSError as exc:
+        return f"cannot read: {exc.strerror}"
+    if sniff(head) in ("philips", "aecg"):
+        return None
+    problem = dicom_file_problem(path, max_bytes)
+    if problem is not None and problem.startswith("not DICOM"):
+        return "not DICOM, Philips XML or HL7 aECG" + problem[len("not DICOM"):]
+    return problem
+
+
 def collect_files(paths: list[Path], max_bytes: int | None = None) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Files named on the command line (taken as given), plus every DICOM
-    file under folders whatever its name (``IM0001``, ``1.2.840...``,
-    ``x.dcm``); returns (files, [(skipped file, why)])."""
+    """Files named on the command line (taken as given), plus every ECG file
+    under folders whatever its name (``IM0001``, ``1.2.840...``, ``x.dcm``,
+    ``ECG.XML``); returns (files, [(skipped file, why)])."""
     files: list[Path] = []
     skipped: list[tuple[Path, str]] = []
     for path in paths:
@@ -70,7 +92,7 @@ def collect_files(paths: list[Path], max_bytes: int | None = None) -> tuple[list
             files.append(path)
             continue
         for p in sorted(p for p in path.rglob("*") if p.is_file()):
-            problem = dicom_file_problem(p, max_bytes)
+            problem = ecg_file_problem(p, max_bytes)
             if problem is None:
                 files.append(p)
             else:
@@ -78,53 +100,21 @@ def collect_files(paths: list[Path], max_bytes: int | None = None) -> tuple[list
     return files, skipped
 
 
-def as_part10(raw: bytes) -> bytes:
-    """A DICOM file as the storage path takes it (preamble, "DICM", file
-    meta): files without a preamble get one, and a bare data set also gets
-    file meta for the transfer syntax it is written in.  The data set's own
-    bytes are kept unchanged."""
-    import io
-
-    from pydicom import dcmread
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.filewriter import write_file_meta_info
-    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-
-    if raw[128:132] == b"DICM":
-        return raw
-    preamble = b"\0" * 128 + b"DICM"
-    if raw[:2] == b"\x02\x00":  # file meta present, preamble missing
-        return preamble + raw
-    try:
-        ds = dcmread(io.BytesIO(raw), force=True, specific_tags=["SOPClassUID", "SOPInstanceUID"])
-        implicit, little = ds.original_encoding
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    except Exception:  # noqa: BLE001 - not a data set: the storage path refuses it with its reason
-        return raw
-    meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else (
-        ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
-    out = DicomBytesIO()
-    write_file_meta_info(out, meta, enforce_standard=True)
-    return preamble + out.getvalue() + raw
-
-
 def ingest(
     ctx: typer.Context,
     paths: list[Path] = typer.Argument(
-        ..., help="DICOM files or folders (every DICOM file inside, recognised by content, whatever its name)."
+        ..., help="ECG files or folders: DICOM, Philips Sierra XML, HL7 aECG (every such file inside a folder, "
+                  "recognised by content, whatever its name)."
     ),
 ) -> None:
-    """Store DICOM ECG files or folders as if a cart had sent them.
+    """Store ECG files or folders (DICOM, Philips Sierra XML, HL7 aECG) as if a cart had sent them.
 
-    Each file gets the same checks, duplicate handling and durability as a
-    C-STORE, and the same size limit ([dicom] max_dataset_mb; a larger file is
-    not read at all). In folders, DICOM files are recognised by content
-    (preamble and "DICM", or a data set without preamble), not by name; other
-    files are listed as skipped with the reason. Prints a summary; exits 1
-    when any file was refused.
+    Each file is recognised by its content, whatever its name, and gets the
+    same checks, duplicate handling and durability as a C-STORE, and the same
+    size limit ([dicom] max_dataset_mb; a larger file is not read at all).
+    Prints one line per file (accepted, duplicate, or refused with the
+    reason; in folders, other files are listed as skipped with the reason)
+    and a summary; exits 1 when any file was refused.
     """
     from collections import Counter
 
@@ -132,11 +122,11 @@ def ingest(
     from rich.progress import Progress
 
     from gateway.logs import setup_logging
+    from gateway.receive.door import Refusal, incoming_from_bytes
     from gateway.receive.limits import MIB, DatasetTooLarge, check_size
     from gateway.receive.spool import (
         DATA_SET_TOO_LARGE,
         SUCCESS,
-        IncomingInstance,
         StoreContext,
         StoreOutcome,
         store_instance,
@@ -156,6 +146,7 @@ def ingest(
     store = StoreContext.from_config(cfg.dicom, cfg.storage, make_sessionmaker(engine))
     counts: Counter[str] = Counter()
     refused: list[tuple[Path, StoreOutcome | None, str]] = []
+    stored: list[str] = []
     console = Console(stderr=True)
     try:
         with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
@@ -163,7 +154,7 @@ def ingest(
             for path in files:
                 try:
                     check_size(path.stat().st_size, max_bytes)
-                    raw = as_part10(path.read_bytes())
+                    raw = path.read_bytes()
                 except DatasetTooLarge as exc:
                     counts["rejected"] += 1
                     refused.append((path, StoreOutcome(DATA_SET_TOO_LARGE, None, False, str(exc)), str(exc)))
@@ -174,15 +165,26 @@ def ingest(
                     refused.append((path, None, f"cannot read: {exc.strerror}"))
                     progress.advance(task)
                     continue
-                outcome = store_instance(IncomingInstance.from_file(raw, peer_address="ingest"), store)
+                incoming = incoming_from_bytes(raw, "ingest", max_bytes=max_bytes)
+                if isinstance(incoming, Refusal):
+                    counts["rejected"] += 1
+                    refused.append((path, StoreOutcome(incoming.status, None, False, incoming.reason),
+                                    incoming.reason))
+                    progress.advance(task)
+                    continue
+                outcome = store_instance(incoming, store)
                 if outcome.status == SUCCESS:
-                    counts["duplicate" if outcome.duplicate else "accepted"] += 1
+                    kind = "duplicate" if outcome.duplicate else "accepted"
+                    counts[kind] += 1
+                    stored.append(f"{kind} {path} ({FORMAT_NAMES[incoming.source_format]}, ecg id {outcome.ecg_id})")
                 else:
                     counts["rejected"] += 1
                     refused.append((path, outcome, outcome.reason or ""))
                 progress.advance(task)
     finally:
         engine.dispose()
+    for line in stored:
+        typer.echo(line)
     for path, why in skipped:
         typer.echo(f"skipped {path}: {why}")
     for path, refusal, reason in refused:

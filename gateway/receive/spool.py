@@ -34,6 +34,7 @@ from sqlalchemy import Table, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from gateway.formats import DocumentValues
 from gateway.quoting import printable
 from gateway.receive.header import (
     ECG_STORAGE_SOP_CLASSES,
@@ -138,6 +139,12 @@ class IncomingInstance:
     transfer_syntax_uid: str
     calling_ae: str | None = None
     peer_address: str | None = None
+    #: "dicom", or "philips" / "aecg" (see :func:`gateway.receive.door.incoming_from_bytes`).
+    source_format: str = "dicom"
+    #: For a non-DICOM file: what the door read from it (UID, columns); None when it could not.
+    document: DocumentValues | None = field(default=None, repr=False)
+    #: For a non-DICOM file the door could not read: why (it is refused with a row).
+    problem: str | None = None
     uid_valid: bool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -155,6 +162,11 @@ class IncomingInstance:
         return cls(raw, meta.sop_instance_uid, meta.sop_class_uid,
                    meta.transfer_syntax_uid or "" if transfer_syntax_uid is None else transfer_syntax_uid,
                    calling_ae, peer_address)
+
+    @property
+    def suffix(self) -> str:
+        """The spool file's suffix: the original's own kind (kept byte for byte)."""
+        return ".dcm" if self.source_format == "dicom" else ".xml"
 
     @property
     def who(self) -> str:
@@ -382,7 +394,7 @@ def store_instance(incoming: IncomingInstance, ctx: StoreContext) -> StoreOutcom
 
     def place(sha256: str) -> Path:
         assert announced is not None
-        return ctx.spool.new_file(announced, sha256, received)
+        return ctx.spool.new_file(announced, sha256, received, incoming.suffix)
 
     staged = StagedFile(ctx.spool, raw, place if incoming.uid_valid else None)
     arrival = _Arrival(incoming, ctx, staged, received)
@@ -445,6 +457,8 @@ class _Arrival:
 
     def check_and_store(self) -> StoreOutcome:
         incoming = self.incoming
+        if incoming.source_format != "dicom":
+            return self.check_and_store_document()
         try:
             # DatasetTooLarge: refused by the caller
             self.header = header = read_header(incoming.raw, self.ctx.max_dataset_bytes)
@@ -470,10 +484,27 @@ class _Arrival:
         assert uid is not None
         columns = dict(values.columns)
         columns["transfer_syntax_uid"] = incoming.transfer_syntax_uid or header.transfer_syntax_uid
+        return self.store(uid, columns, values.flags, values.dropped)
+
+    def check_and_store_document(self) -> StoreOutcome:
+        """A Philips XML or aECG file: the door read its values (or why not)."""
+        incoming, document = self.incoming, self.incoming.document
+        if incoming.problem is not None or document is None:
+            return self.reject(CANNOT_UNDERSTAND, incoming.problem or "the file could not be read")
+        self.uid, self.uid_valid = document.instance_uid, incoming.uid_valid
+        if not self.uid_valid:  # the readers make valid UIDs; never a path from a bad one
+            return self.reject(CANNOT_UNDERSTAND_INVALID_UID, "the instance UID derived from the file is not valid")
+        columns = {**document.columns, "transfer_syntax_uid": None, "source_format": incoming.source_format}
+        flags = [INVALID_VALUE_FLAG + text.split(":", 1)[0] for text in document.dropped]
+        return self.store(document.instance_uid, columns, flags, document.dropped)
+
+    def store(self, uid: str, columns: dict[str, Any], flags: list[str], dropped: list[str]) -> StoreOutcome:
+        """Commit the accepted instance (retrying a lost race), or refuse it."""
+        incoming = self.incoming
         try:
             for _attempt in range(_DB_RETRIES):
                 try:
-                    stored = self._store_version(uid, columns, values.flags)
+                    stored = self._store_version(uid, columns, flags)
                 except IntegrityError:
                     # Another association committed this UID's next version first: look again.
                     continue
@@ -483,9 +514,9 @@ class _Arrival:
                         f"{IDENTITY_CHANGED_REASON} (version {stored.version} is ecg id {stored.ecg_id})",
                         flags=[IDENTITY_CHANGED], conflict=stored,
                     )
-                if values.dropped and not stored.duplicate:
+                if dropped and not stored.duplicate:
                     log.warning("SOP Instance UID %s (ecg id %s): left out, breaking their VR: %s",
-                                uid, stored.ecg_id, "; ".join(values.dropped))
+                                uid, stored.ecg_id, "; ".join(dropped))
                 return stored
             reason = "database conflict persisted; try again"
         except SQLAlchemyError as exc:
@@ -500,7 +531,7 @@ class _Arrival:
         staged = self.staged
         if staged.planned is not None and uid == self.incoming.sop_instance_uid:
             return staged.planned
-        return self.ctx.spool.new_file(uid, sha256, self.received)
+        return self.ctx.spool.new_file(uid, sha256, self.received, self.incoming.suffix)
 
     def _store_version(self, uid: str, columns: dict[str, Any], flags: list[str]) -> StoreOutcome | _IdentityConflict:
         """Commit the row for one accepted instance (its file durable first).
@@ -591,12 +622,15 @@ class _Arrival:
         header, staged, incoming = self.header, self.staged, self.incoming
         values = header_values(header) if header else None
         columns: dict[str, Any] = values.columns if values else {"sop_class_uid": ""}
+        if incoming.document is not None:
+            columns = dict(incoming.document.columns)
+        columns["source_format"] = incoming.source_format
         from_header = header.transfer_syntax_uid if header else None
         columns["transfer_syntax_uid"] = incoming.transfer_syntax_uid or from_header
         # The UID is data here, never a path: an invalid one is kept as printable text.
         uid = _clean(self.uid, 64) or ""
         sha256 = staged.sha256()
-        quarantine = self.ctx.spool.rejected_file(sha256)
+        quarantine = self.ctx.spool.rejected_file(sha256, incoming.suffix)
         for _attempt in range(_DB_RETRIES):
             with self.ctx.session_factory() as session:
                 same = session.scalar(

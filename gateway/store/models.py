@@ -95,7 +95,9 @@ HL7_STATUSES = (HL7_PENDING, HL7_DELIVERED, HL7_FAILED, HL7_SUPERSEDED)
 
 
 class EcgInstance(Base):
-    """One received DICOM ECG (one version of one SOP instance)."""
+    """One received ECG (one version of one SOP instance): DICOM, or a
+    Philips Sierra XML / HL7 aECG document (``source_format``) stored under
+    the instance UID its reader derives (``gateway.formats``)."""
 
     __tablename__ = "ecg_instances"
     __table_args__ = (
@@ -128,6 +130,8 @@ class EcgInstance(Base):
     acquisition_datetime: Mapped[str | None] = mapped_column(String(32))
     calling_ae: Mapped[str | None] = mapped_column(String(16))
     peer_address: Mapped[str | None] = mapped_column(String(64))
+    #: What the spooled original is: "dicom", "philips" (Sierra XML) or "aecg" (HL7 aECG).
+    source_format: Mapped[str] = mapped_column(String(16), default="dicom", server_default="dicom")
     spool_path: Mapped[str] = mapped_column(String(512))
     sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(Integer)

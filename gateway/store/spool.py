@@ -9,8 +9,9 @@ moved before the upgrade) are still read as they are.
 
 Layout::
 
-    <root>/YYYY/MM/DD/<sop instance uid>_<sha256[:12]>.dcm   accepted instances
-    <root>/rejected/<sha256>.dcm                            refused data sets kept for the admin
+    <root>/YYYY/MM/DD/<sop instance uid>_<sha256[:12]>.dcm   accepted instances (.xml: Philips XML, HL7 aECG,
+                                                            kept byte for byte as received)
+    <root>/rejected/<sha256>.dcm                            refused data sets kept for the admin (or .xml)
     <root>/.incoming/                                       files still being written (never acknowledged)
 """
 
@@ -110,16 +111,16 @@ class Spool:
 
     # -- paths ---------------------------------------------------------------------------------
 
-    def new_file(self, sop_instance_uid: str, sha256: str, received: datetime) -> Path:
-        """``<root>/YYYY/MM/DD/<uid>_<sha256[:12]>.dcm`` for an accepted instance;
-        ``sop_instance_uid`` must be a valid UID (it becomes a file name).  The
-        content hash in the name means two versions of one UID never share a
-        file, even when they race."""
-        return self.root / received.strftime("%Y/%m/%d") / f"{sop_instance_uid}_{sha256[:12]}.dcm"
+    def new_file(self, sop_instance_uid: str, sha256: str, received: datetime, suffix: str = ".dcm") -> Path:
+        """``<root>/YYYY/MM/DD/<uid>_<sha256[:12]>.dcm`` (or ``suffix``) for an
+        accepted instance; ``sop_instance_uid`` must be a valid UID (it becomes
+        a file name).  The content hash in the name means two versions of one
+        UID never share a file, even when they race."""
+        return self.root / received.strftime("%Y/%m/%d") / f"{sop_instance_uid}_{sha256[:12]}{suffix}"
 
-    def rejected_file(self, sha256: str) -> Path:
-        """``<root>/rejected/<sha256>.dcm``: a refused data set, named by content, never by a UID."""
-        return self.rejected / f"{sha256}.dcm"
+    def rejected_file(self, sha256: str, suffix: str = ".dcm") -> Path:
+        """``<root>/rejected/<sha256>.dcm`` (or ``suffix``): a refused data set, named by content, never by a UID."""
+        return self.rejected / f"{sha256}{suffix}"
 
     def stored(self, path: Path) -> str:
         """What a row stores for ``path``, a file in the spool: its path relative

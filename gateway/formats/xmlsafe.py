@@ -1,0 +1,55 @@
+"""Parse untrusted XML with bounded memory and no outside access.
+
+One parser for every XML input (lxml, libxml2): no network, no DTD loading,
+no entity expansion, no huge-tree mode (libxml2 then refuses nesting deeper
+than 256 and any text node over 10,000,000 bytes), and its entity
+amplification check on.  A document with a DOCTYPE is refused whatever it
+holds: none of the formats uses one, and it is where XML bombs and external
+entities live.  The size of the whole document is checked by the caller
+before it is read (``[dicom] max_dataset_mb``), so nothing larger is parsed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lxml import etree
+
+from gateway.formats.errors import FormatError
+from gateway.quoting import printable
+
+
+def _parser() -> Any:
+    # a new parser per document: lxml parsers are not thread-safe
+    return etree.XMLParser(
+        resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False,
+        huge_tree=False, remove_comments=True, remove_pis=True,
+    )
+
+
+def parse_xml(raw: bytes, what: str) -> Any:
+    """The root element of the XML document ``raw`` (bytes: the document's own
+    BOM or declaration gives the encoding).  Raises :class:`FormatError`
+    naming ``what`` and the parser's complaint for malformed XML, a DOCTYPE,
+    an entity bomb or an over-long text node."""
+    try:
+        root = etree.fromstring(raw, _parser())
+    except etree.XMLSyntaxError as exc:
+        raise FormatError(f"{what}: not well-formed XML: {printable(str(exc), 200)}") from None
+    except ValueError as exc:  # e.g. an unknown encoding declared
+        raise FormatError(f"{what}: cannot be read as XML: {printable(str(exc), 200)}") from None
+    tree = root.getroottree()
+    if tree.docinfo.doctype or tree.docinfo.internalDTD is not None:
+        raise FormatError(f"{what}: a DOCTYPE (DTD) is not accepted in an ECG document (entity bombs and "
+                          "external entities live there)")
+    return root
+
+
+def local_name(element: Any) -> str:
+    """An element's name without its namespace."""
+    return str(etree.QName(element).localname)
+
+
+def namespace(element: Any) -> str:
+    """An element's namespace URI ("" when none)."""
+    return str(etree.QName(element).namespace or "")
