@@ -246,6 +246,10 @@ class Hl7Config(_Section):
     #: ORC-3/OBR-3 namespace (EI-2) of the gateway's own filler order number,
     #: sent when the ECG carries no Filler Order Number: ``<ecg id>^<namespace>``.
     filler_namespace: Hl7Namespace = "ECGGW"
+    #: Assigning authority (CNN-9 of OBR-32, XCN-9 of OBX-16) of the readers'
+    #: identifiers (``users add --hl7-id``) in a confirmed result: the EHR's
+    #: namespace for its physicians' ids (HL7 requires one with an id).
+    interpreter_authority: Hl7Namespace = "ECGGW"
     #: Keep one MLLP connection open across messages (false: one connection per
     #: message, closed after its ACK).
     keep_connection_open: bool = True

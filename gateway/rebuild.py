@@ -117,16 +117,17 @@ def lead_names(normalisation: dict[str, Any] | None) -> list[str]:
     return list(DEFAULT_LEADS)
 
 
-def report_pdf(ecg: EcgInstance, spool_dir: str | Path, page: str = "A4") -> bytes:
+def report_pdf(ecg: EcgInstance, spool_dir: str | Path, page: str = "A4", *, confirmation: Any = None) -> bytes:
     """The one-page 12-lead PDF report (:mod:`gateway.report.pdf`): the tracing
     is the model input rebuilt from the stored original (see
-    :func:`model_input_array`), the values those of the database rows."""
+    :func:`model_input_array`), the values those of the database rows;
+    ``confirmation``: the over-read (``confirmations`` row) it reports, if any."""
     from gateway.report.pdf import ReportError, build_pdf, input_scale, report_data
 
     signal = model_input_array(ecg, spool_dir)
     fs, gain = input_scale(ecg.report)
     try:
         # the gateway version that made the result, so this is the PDF its ORU carried ([hl7] embed_pdf)
-        return build_pdf(report_data(ecg, signal, lead_names(ecg.report), fs, gain), page)
+        return build_pdf(report_data(ecg, signal, lead_names(ecg.report), fs, gain, confirmation=confirmation), page)
     except ReportError as exc:
         raise RebuildError(f"ECG {ecg.id}: no report: {exc}") from None

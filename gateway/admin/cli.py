@@ -76,6 +76,8 @@ def csv_text(rows: list[dict[str, Any]]) -> str:
         flat["measurements"] = ";".join(f"{k}={m.get('value')} {m.get('unit') or ''}".rstrip()
                                         for k, m in (row["measurements"] or {}).items())
         flat["cart_statements"] = ";".join(str(t) for t in row["cart_statements"] or [])
+        c = row["confirmation"]
+        flat["confirmation"] = c["status"] + (f" by {c['by']} at {c['at']}" if c["by"] else "")
         writer.writerow(["" if flat[k] is None else flat[k] for k in header])
     return out.getvalue()
 

@@ -48,6 +48,10 @@ def original_dicom(session: Session, id_or_uid: str, spool_dir: str | Path) -> t
 
 
 def report_pdf(session: Session, id_or_uid: str, spool_dir: str | Path, page: str = "A4") -> tuple[int, bytes]:
-    """``(ecg id, PDF bytes)`` of the one-page 12-lead report (:func:`gateway.rebuild.report_pdf`)."""
+    """``(ecg id, PDF bytes)`` of the one-page 12-lead report (:func:`gateway.rebuild.report_pdf`),
+    with the newest physician confirmation when there is one."""
+    from gateway.admin.overread import latest_confirmations
+
     ecg = _find(session, id_or_uid)
-    return ecg.id, _report_pdf(ecg, spool_dir, page)
+    # once confirmed, the report is the physician's ("confirmed by X at T")
+    return ecg.id, _report_pdf(ecg, spool_dir, page, confirmation=latest_confirmations(session, [ecg.id]).get(ecg.id))

@@ -12,14 +12,17 @@ from typing import Any, TypedDict, TypeVar
 from sqlalchemy import Select, String, cast, func, select
 from sqlalchemy.orm import Session
 
+from gateway.admin.overread import confirmation_state, history, latest_confirmations
 from gateway.findings import FINDINGS
 from gateway.rebuild import lead_names
 from gateway.store.models import (
     ECG_STATUSES,
     HL7_STATUSES,
     HL7_SUPERSEDED,
+    PROCESSED,
     PROCESSING,
     RECEIVED,
+    Confirmation,
     EcgInstance,
     Hl7Message,
     Prediction,
@@ -46,7 +49,7 @@ FINDING_CODES = FINDINGS
 ROW_KEYS = (
     "id", "sop_instance_uid", "study_instance_uid", "patient_id", "patient_name", "accession_number",
     "received_at", "status", "error", "probabilities", "findings", "quality_flags", "model_sha256",
-    "demo_model", "hl7_status", "measurements", "cart_statements",
+    "demo_model", "hl7_status", "measurements", "cart_statements", "ward", "confirmation",
 )
 #: Statuses as the admin sees them: a claimed ECG is still only "received".
 ROW_STATUSES = ("received", "processed", "rejected", "failed")
@@ -116,11 +119,11 @@ _ROW_COLUMNS = (
     EcgInstance.patient_name, EcgInstance.accession_number, EcgInstance.received_at, EcgInstance.status,
     EcgInstance.error, Prediction.id.label("prediction_id"), Prediction.probabilities, Prediction.findings,
     Prediction.quality_flags, Prediction.model_sha256, Prediction.demo_model, EcgInstance.measurements,
-    EcgInstance.cart_statements,
+    EcgInstance.cart_statements, EcgInstance.ward,
 )
 
 
-def _row(v: Any, hl7: str) -> dict[str, Any]:
+def _row(v: Any, hl7: str, confirmation: Any = None) -> dict[str, Any]:
     """A row dict from anything with the :data:`_ROW_COLUMNS` attributes."""
     has_prediction = v.prediction_id is not None
     return {
@@ -142,6 +145,9 @@ def _row(v: Any, hl7: str) -> dict[str, Any]:
         # the cart's own reading; None when it was never read (processed before revision 0008)
         "measurements": v.measurements,
         "cart_statements": v.cart_statements,
+        "ward": v.ward,
+        # the physician over-read (gateway.admin.overread): unconfirmed, confirmed or corrected
+        "confirmation": confirmation_state(confirmation),
     }
 
 
@@ -156,6 +162,7 @@ def _orm_values(ecg: EcgInstance) -> Any:
         probabilities=p.probabilities if p else None, findings=p.findings if p else None,
         quality_flags=p.quality_flags if p else None, model_sha256=p.model_sha256 if p else None,
         demo_model=p.demo_model if p else None, measurements=ecg.measurements, cart_statements=ecg.cart_statements,
+        ward=ecg.ward,
     )
 
 
@@ -201,7 +208,8 @@ def ecg_rows(
     stmt = stmt.order_by(EcgInstance.received_at.desc(), EcgInstance.id.desc()).limit(limit).offset(offset)
     found = session.execute(stmt).all()
     statuses = _hl7_statuses(session, [v.id for v in found])
-    return [_row(v, statuses.get(v.id, "not_sent")) for v in found]
+    confirmations = latest_confirmations(session, [v.id for v in found])
+    return [_row(v, statuses.get(v.id, "not_sent"), confirmations.get(v.id)) for v in found]
 
 
 def count_ecgs(
@@ -220,6 +228,62 @@ def count_ecgs(
         patient_id=patient_id, accession=accession, since=since, until=until, status=status, finding=finding,
     )
     return int(session.scalar(stmt) or 0)
+
+
+class WorklistFilters(TypedDict):
+    """The filters of :func:`worklist_rows` and :func:`count_worklist` (None: not filtered)."""
+
+    ward: str | None
+    device: str | None
+    finding: str | None
+
+
+def _worklist(stmt: _Select, *, ward: str | None, device: str | None, finding: str | None) -> _Select:
+    """Processed ECGs with an AI result and no confirmation yet, filtered."""
+    _validate(None, finding)
+    stmt = stmt.where(EcgInstance.status == PROCESSED,
+                      ~select(Confirmation.id).where(Confirmation.ecg_id == EcgInstance.id).exists())
+    if ward:
+        stmt = stmt.where(EcgInstance.ward == ward)
+    if device:
+        # one text box for the cart: manufacturer, model, serial number or calling AE title
+        needle = f"%{device.strip().lower()}%"
+        stmt = stmt.where(func.lower(EcgInstance.manufacturer).like(needle)
+                          | func.lower(EcgInstance.device_model).like(needle)
+                          | func.lower(EcgInstance.device_serial).like(needle)
+                          | func.lower(EcgInstance.calling_ae).like(needle))
+    if finding is not None:
+        stmt = stmt.where(cast(Prediction.findings, String).like(f'%"{finding}"%'))
+    return stmt
+
+
+def worklist_rows(session: Session, *, ward: str | None = None, device: str | None = None,
+                  finding: str | None = None, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+    """The over-read worklist: processed ECGs not yet confirmed, oldest first, as
+    row dicts; ``ward`` exact, ``device`` a case-insensitive part of the cart's
+    manufacturer, model, serial or AE title, ``finding`` an AI finding code."""
+    if limit < 0 or offset < 0:
+        raise QueryError("limit and offset must not be negative")
+    stmt = _worklist(select(*_ROW_COLUMNS).join(Prediction, Prediction.ecg_id == EcgInstance.id),
+                     ward=ward, device=device, finding=finding)
+    stmt = stmt.order_by(EcgInstance.received_at, EcgInstance.id).limit(limit).offset(offset)
+    found = session.execute(stmt).all()
+    statuses = _hl7_statuses(session, [v.id for v in found])
+    return [_row(v, statuses.get(v.id, "not_sent")) for v in found]
+
+
+def count_worklist(session: Session, *, ward: str | None = None, device: str | None = None,
+                   finding: str | None = None) -> int:
+    """How many ECGs :func:`worklist_rows` would return without limit and offset."""
+    stmt = _worklist(select(func.count(EcgInstance.id)).join(Prediction, Prediction.ecg_id == EcgInstance.id),
+                     ward=ward, device=device, finding=finding)
+    return int(session.scalar(stmt) or 0)
+
+
+def wards(session: Session) -> list[str]:
+    """The wards of the ECGs waiting for a reader (for the worklist's filter)."""
+    stmt = _worklist(select(EcgInstance.ward).distinct(), ward=None, device=None, finding=None)
+    return sorted(w for w in session.scalars(stmt.where(EcgInstance.ward.is_not(None))) if w)
 
 
 def find_ecg(session: Session, id_or_uid: str | int) -> EcgInstance | None:
@@ -254,6 +318,15 @@ def _message(m: Hl7Message) -> dict[str, Any]:
     }
 
 
+def _confirmation(c: Any) -> dict[str, Any]:
+    return {
+        "id": c.id, "version": c.version, "status": c.outcome, "by": c.username, "by_name": c.full_name,
+        "hl7_id": c.hl7_id, "user_id": c.user_id, "at": iso(c.created_at), "findings": list(c.findings or []),
+        "statements": list(c.statements or []), "comment": c.comment, "changes": c.changes,
+        "result_status": c.result_status, "hl7_message_id": c.hl7_message_id,
+    }
+
+
 def ecg_detail(session: Session, id_or_uid: str) -> dict[str, Any] | None:
     """Everything about one ECG: the row keys plus device, file, prediction
     (thresholds, spread, normalisation report, timings) and HL7 messages.
@@ -262,7 +335,8 @@ def ecg_detail(session: Session, id_or_uid: str) -> dict[str, Any] | None:
     if ecg is None:
         return None
     messages = list(ecg.messages)
-    detail = _row(_orm_values(ecg), hl7_status(messages))
+    versions = history(session, ecg.id)
+    detail = _row(_orm_values(ecg), hl7_status(messages), versions[-1] if versions else None)
     detail.update(
         {
             "db_status": ecg.status,
@@ -290,6 +364,8 @@ def ecg_detail(session: Session, id_or_uid: str) -> dict[str, Any] | None:
             "processed_at": iso(ecg.processed_at),
             "prediction": None,
             "hl7_messages": [_message(m) for m in messages],
+            #: Every over-read version, oldest first (the AI's own output stays in "prediction").
+            "confirmations": [_confirmation(c) for c in versions],
         }
     )
     p = ecg.prediction

@@ -100,19 +100,46 @@ class OruBuildError(ValueError):
 
 
 @dataclass(frozen=True)
+class OverRead:
+    """A physician's confirmation of the AI result, as an ORU carries it
+    (``gateway.admin.overread`` makes it from a ``confirmations`` row).
+
+    The message then reports ``findings`` (and ``statements``, ``comment``) as
+    the EKG impression with the reader as OBX-16 responsible observer and
+    OBR-32 principal result interpreter; the AI's probabilities and its own
+    findings stay in the message as AI observations."""
+
+    #: Confirmed finding codes (``gateway.findings``).
+    findings: tuple[str, ...]
+    #: The reader's identifier (CNN-1/XCN-1), family and given name.
+    reader_id: str
+    family_name: str
+    given_name: str = ""
+    #: Assigning authority of ``reader_id`` (CNN-9/XCN-9; HL7 requires one with an id).
+    authority: str = ""
+    #: When the reader confirmed (NDL-2 start date/time).
+    at: datetime | None = None
+    statements: tuple[str, ...] = ()
+    comment: str = ""
+
+
+@dataclass(frozen=True)
 class OruOptions:
     """Choices for one message beyond the ECG, its prediction and the
     configuration (keyword fields; add new ones with a default)."""
 
-    #: OBR-25 and OBX-11: "F" final, "C" a correction of a result already sent
-    #: for this order (e.g. a same-patient new version of the SOP instance).
-    result_status: Literal["F", "C"] = "F"
+    #: OBR-25 and OBX-11: "P" preliminary (an AI result no physician has read),
+    #: "F" final, "C" a correction of a result already sent as final for this
+    #: order (e.g. a same-patient new version of the SOP instance, a changed over-read).
+    result_status: Literal["P", "F", "C"] = "F"
     #: EI-1 of the gateway's filler order number (ORC-3/OBR-3) when the ECG
     #: carries no Filler Order Number; None = the ECG's row id.  A correction
     #: should repeat the number of the message it corrects.
     filler_id: str | None = None
     #: The PDF report to carry in an ED OBX (``[hl7] embed_pdf``); only with a prediction.
     report_pdf: bytes | None = None
+    #: The physician's over-read this message reports (None: the AI result alone).
+    over_read: OverRead | None = None
 
 
 def replace_controls(text: str) -> str:
@@ -307,14 +334,14 @@ def _oru_segments(
         # identifiers are never cut: hl7apy names the field when one is too long
         return Input(escape(to_charset(replace_controls(value.strip()), charset, field)) if value else "")
 
-    def free_text(value: str) -> Input:
+    def free_text(value: str, field: str = "OBX-5") -> Input:
         # free text is cut to fit, and the cut is marked
-        text = to_charset(replace_controls(value.strip()), charset, "OBX-5", replace=True)
+        text = to_charset(replace_controls(value.strip()), charset, field, replace=True)
         out, cut = escape_bounded(text, ST_MAX)
         if cut:
             out = escape_bounded(text, ST_MAX - len(MORE))[0] + MORE
             if notes is not None:
-                notes.append(f"OBX-5: a text longer than {ST_MAX} characters (escaped) is sent shortened")
+                notes.append(f"{field}: a text longer than {ST_MAX} characters (escaped) is sent shortened")
         return Input(out)
 
     ts = Input(_now_ts(now))
@@ -355,17 +382,32 @@ def _oru_segments(
         filler = Input(escape(str(own).strip()) + "^" + escape(cfg.filler_namespace))
     segments.append(("ORC", {1: "RE", 2: placer, 3: filler, 9: ts}))  # RE: observations to follow
     observed_at = Input(dicom_dt_to_hl7(ecg.acquisition_datetime))
-    segments.append(("OBR", {
+    over_read = options.over_read if prediction is not None else None
+    observer = ""
+    obr = {
         1: "1", 2: placer, 3: filler, 4: cfg.order_code, 7: observed_at,
         18: ident(ecg.accession_number, "OBR-18"), 19: ident(ecg.requested_procedure_id, "OBR-19"), 22: ts,
-        24: "EC", 25: status,  # diagnostic service section: electrocardiac; F final, C corrected
-    }))
+        24: "EC", 25: status,  # diagnostic service section: electrocardiac; P preliminary, F final, C corrected
+    }
+    if over_read is not None:
+        # OBR-32 NDL: CNN (subcomponents: id & family & given & ... & assigning authority) ^ start time;
+        # OBX-16 XCN: the same person as components.  Names are free text (cut to fit), the id is not.
+        reader = [ident(over_read.reader_id, "OBR-32"), free_text(over_read.family_name, "OBR-32"),
+                  free_text(over_read.given_name, "OBR-32") if over_read.given_name else Input(""),
+                  ident(over_read.authority, "OBR-32")]
+        if len(reader[3]) > IS_MAX:
+            raise OruBuildError(f"OBR-32: the reader's assigning authority is longer than {IS_MAX} characters")
+        cnn = "&".join([reader[0], reader[1], reader[2], "", "", "", "", "", reader[3]]).rstrip("&")
+        at = Input(_now_ts(over_read.at)) if over_read.at is not None else Input("")
+        obr[32] = Input(f"{cnn}^{at}".rstrip("^"))
+        observer = Input("^".join([reader[0], reader[1], reader[2], "", "", "", "", "", reader[3]]).rstrip("^"))
+    segments.append(("OBR", obr))
 
     def obx(value_type: str, identifier: str, value: str, abnormal: str = "", units: str = "", method: str = "",
-            equipment: str = "") -> None:
+            equipment: str = "", responsible: str = "") -> None:
         n = sum(1 for name, _ in segments if name == "OBX") + 1
         segments.append(("OBX", {1: str(n), 2: value_type, 3: identifier, 5: value, 6: units, 8: abnormal,
-                                 11: status, 14: observed_at, 17: method, 18: equipment}))
+                                 11: status, 14: observed_at, 16: responsible, 17: method, 18: equipment}))
 
     # The cart's own reading first, marked as the device's (OBX-18), never mixed with the AI's below.
     _cart_observations(obx, free_text, ecg, cfg)
@@ -377,7 +419,7 @@ def _oru_segments(
                          " (the full reason stays in the database)")
         obx("ST", IMPRESSION, Input(escape(REJECTED_PREFIX) + reason))
     else:
-        _prediction_observations(obx, free_text, prediction, cfg)
+        _prediction_observations(obx, free_text, prediction, cfg, over_read, observer)
         if options.report_pdf:
             # validated with a placeholder (hl7apy checks OBX-5 as ST, at most 199 characters);
             # the base64 text, which needs no escaping, replaces it in the finished message
@@ -481,7 +523,14 @@ def _cart_observations(obx: Any, free_text: Any, ecg: EcgInstance, cfg: Hl7Confi
             obx("ST", f"{CART_STATEMENT}^{system}", free_text(str(text)), equipment=equipment)
 
 
-def _prediction_observations(obx: Any, free_text: Any, prediction: Prediction, cfg: Hl7Config) -> None:
+#: OBX-3 (local codes) of an over-read message: the AI's own findings (kept beside the
+#: reader's impression) and the reader's comment.
+AI_FINDING = "AI_FINDING^AI finding (above threshold)"
+READER_COMMENT = "READER_COMMENT^Over-read comment"
+
+
+def _prediction_observations(obx: Any, free_text: Any, prediction: Prediction, cfg: Hl7Config,
+                             over_read: OverRead | None = None, observer: str = "") -> None:
     probabilities = prediction.probabilities or {}
     for code in FINDINGS:
         p = probabilities.get(code)
@@ -491,10 +540,28 @@ def _prediction_observations(obx: Any, free_text: Any, prediction: Prediction, c
         obx("NM", f"{escape(local)}^{escape(BY_CODE[code].name)} probability^{cfg.probability_coding_system}",
             Input(f"{p:.{PROBABILITY_DECIMALS}f}"))
     findings = [c for c in FINDINGS if c in set(prediction.findings or [])]
-    for code in findings:
-        obx("CWE", IMPRESSION, Input(f"{BY_CODE[code].snomed}^{BY_CODE[code].name}^SCT"), abnormal="A")
-    if not findings:
-        obx("ST", IMPRESSION, escape("None of " + ", ".join(FINDINGS) + " found above threshold"), abnormal="N")
+    if over_read is None:
+        for code in findings:
+            obx("CWE", IMPRESSION, Input(f"{BY_CODE[code].snomed}^{BY_CODE[code].name}^SCT"), abnormal="A")
+        if not findings:
+            obx("ST", IMPRESSION, escape("None of " + ", ".join(FINDINGS) + " found above threshold"), abnormal="N")
+    else:
+        system = cfg.probability_coding_system
+        # the AI's call stays visible as the AI's, not as the report's impression
+        for code in findings:
+            obx("CWE", f"{AI_FINDING}^{system}", Input(f"{BY_CODE[code].snomed}^{BY_CODE[code].name}^SCT"))
+        confirmed = [c for c in FINDINGS if c in set(over_read.findings)]
+        for code in confirmed:
+            obx("CWE", IMPRESSION, Input(f"{BY_CODE[code].snomed}^{BY_CODE[code].name}^SCT"), abnormal="A",
+                responsible=observer)
+        statements = [text for text in over_read.statements if text.strip()]
+        for text in statements:
+            obx("ST", IMPRESSION, free_text(text), responsible=observer)
+        if not confirmed and not statements:
+            obx("ST", IMPRESSION, escape("None of " + ", ".join(FINDINGS) + " confirmed by the reader"),
+                abnormal="N", responsible=observer)
+        if over_read.comment.strip():
+            obx("ST", f"{READER_COMMENT}^{system}", free_text(over_read.comment), responsible=observer)
     for flag in prediction.quality_flags or []:
         obx("ST", f"QUALITY^Signal quality flag^{cfg.probability_coding_system}", free_text(str(flag)))
     obx("ST", f"MODEL_SHA256^AI model SHA-256^{cfg.probability_coding_system}", Input(escape(prediction.model_sha256)))

@@ -36,6 +36,7 @@ from gateway.store.models import (
     PACS_FAILED,
     PACS_PENDING,
     PACS_STATUSES,
+    Confirmation,
     EcgInstance,
     PacsMessage,
 )
@@ -104,17 +105,30 @@ def build_object(session: Session, msg: PacsMessage, spool_dir: str | Path, max_
         raise PacsBuildError(f"ECG {ecg.id}: stored original unreadable: {type(exc).__name__}") from None
     p = ecg.prediction
     when = as_utc(p.created_at) or utcnow()
+    # an object queued by a physician's confirmation reports it ("confirmed by X at T")
+    confirmation = session.get(Confirmation, msg.confirmation_id) if msg.confirmation_id is not None else None
+    if confirmation is not None:
+        when = as_utc(confirmation.created_at) or when
     if msg.kind == "pdf":
         try:
-            pdf = report_pdf(ecg, spool_dir)
+            pdf = report_pdf(ecg, spool_dir, confirmation=confirmation)
         except RebuildError as exc:
             raise PacsBuildError(str(exc)) from None
         return encapsulated_pdf(source, pdf, series_uid=msg.series_instance_uid, sop_uid=msg.sop_instance_uid,
-                                when=when, software_version=f"ECG gateway {__version__}")
+                                when=when, software_version=f"ECG gateway {__version__}",
+                                confirmed=confirmation is not None)
+    from gateway.report.pdf import reader_confirmation
+    from gateway.report.people import split_name
+
+    reader_pn = ""
+    if confirmation is not None:
+        family, given = split_name(confirmation.full_name, confirmation.username)  # as the ORU's OBR-32
+        reader_pn = f"{family}^{given}".rstrip("^")[:64]
     values = ResultValues(
         probabilities=p.probabilities or {}, thresholds=p.thresholds or {}, findings=list(p.findings or []),
         model_sha256=p.model_sha256, gateway_version=p.gateway_version, demo_model=bool(p.demo_model),
-        measurements=ecg.measurements, cart_statements=list(ecg.cart_statements or []), result_time=when)
+        measurements=ecg.measurements, cart_statements=list(ecg.cart_statements or []), result_time=when,
+        confirmation=reader_confirmation(confirmation) if confirmation is not None else None, reader_pn=reader_pn)
     return comprehensive_sr(source, values, series_uid=msg.series_instance_uid, sop_uid=msg.sop_instance_uid)
 
 

@@ -264,6 +264,9 @@ def header_values(header: EcgHeader) -> HeaderValues:
     out.columns["requested_procedure_id"] = requested_procedure_id
     for column, keyword in OTHER_VALUES.items():
         out.columns[column] = read(keyword, out.dropped)
+    # the worklist's ward: where the patient is, else the department the cart belongs to
+    out.columns["ward"] = read("CurrentPatientLocation", out.dropped) or read("InstitutionalDepartmentName",
+                                                                                  out.dropped)
     acquired = read("AcquisitionDateTime", out.dropped)
     if acquired is None:
         date, time = read("ContentDate", out.dropped), read("ContentTime", out.dropped)

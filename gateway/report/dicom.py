@@ -26,6 +26,8 @@ COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 #: Local coding scheme of the gateway's own concepts (a "99" designator: private).
 LOCAL_SCHEME = "99ECGGW"
 DOCUMENT_TITLE = "12-lead ECG report (AI, not confirmed by a physician)"
+#: The title once a physician has over-read the result.
+CONFIRMED_TITLE = "12-lead ECG report (confirmed by a physician)"
 
 #: Patient and General Study attributes copied from the source ECG (type 2: present, maybe empty).
 _PATIENT_STUDY = ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
@@ -49,6 +51,13 @@ class ResultValues:
     cart_statements: Sequence[str]
     #: The AI result's time (the prediction's), the objects' content time.
     result_time: datetime
+    #: The physician's over-read (``gateway.report.pdf.ReaderConfirmation``), if any:
+    #: the SR is then final and verified by the reader, with the physician's findings.
+    confirmation: Any = None
+    #: The reader's name as DICOM PN ("Family^Given") for VerifyingObserverName.
+    reader_pn: str = ""
+    #: VerifyingOrganization of a confirmed SR.
+    organization: str = "ECG gateway"
 
 
 def _dicom_time(when: datetime) -> tuple[str, str]:
@@ -59,9 +68,10 @@ def _dicom_time(when: datetime) -> tuple[str, str]:
 
 def encapsulated_pdf(source: Any, pdf: bytes, *, series_uid: str, sop_uid: str, when: datetime,
                      series_number: int = 901, manufacturer: str = "ECG gateway",
-                     software_version: str = "") -> Any:
+                     software_version: str = "", confirmed: bool = False) -> Any:
     """An Encapsulated PDF data set (with file meta, Explicit VR Little Endian)
-    holding ``pdf``, for the patient and study of ``source`` (the ECG's data set)."""
+    holding ``pdf``, for the patient and study of ``source`` (the ECG's data set);
+    ``confirmed``: the PDF reports a physician's over-read (its title says so)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 
@@ -85,7 +95,7 @@ def encapsulated_pdf(source: Any, pdf: bytes, *, series_uid: str, sop_uid: str, 
     ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
     ds.AcquisitionDateTime = source.get("AcquisitionDateTime", "") or ""
     ds.BurnedInAnnotation = "YES"  # the page shows the patient's name and ID
-    ds.DocumentTitle = DOCUMENT_TITLE
+    ds.DocumentTitle = CONFIRMED_TITLE if confirmed else DOCUMENT_TITLE
     title = Dataset()
     title.CodeValue, title.CodingSchemeDesignator, title.CodeMeaning = "11524-6", "LN", "EKG study"
     ds.ConceptNameCodeSequence = [title]
@@ -114,6 +124,7 @@ def comprehensive_sr(source: Any, values: ResultValues, *, series_uid: str, sop_
 
     from gateway.findings import BY_CODE, FINDINGS
     from gateway.report.measurements import BY_KEY
+    from gateway.report.pdf import confirmed_line
 
     sr = hd.sr
     contains = sr.RelationshipTypeValues.CONTAINS
@@ -143,9 +154,24 @@ def comprehensive_sr(source: Any, values: ResultValues, *, series_uid: str, sop_
         sr.TextContentItem(
             name=local("STATUS", "Result status"),
             relationship_type=contains,
-            value="AI result, not confirmed by a physician",
+            value="AI result, not confirmed by a physician" if values.confirmation is None
+            else confirmed_line(values.confirmation),
         ),
     ]
+    confirmation = values.confirmation
+    if confirmation is not None:
+        for code in FINDINGS:
+            if code in set(confirmation.findings):
+                finding = BY_CODE[code]
+                items.append(sr.CodeContentItem(name=local("PHYSICIAN_FINDING", "Finding confirmed by the physician"),
+                                                value=sr.CodedConcept(finding.snomed, "SCT", finding.name),
+                                                relationship_type=contains))
+        for statement in confirmation.statements:
+            items.append(sr.TextContentItem(name=local("PHYSICIAN_STATEMENT", "Physician statement"),
+                                            value=str(statement)[:1024], relationship_type=contains))
+        if confirmation.comment:
+            items.append(sr.TextContentItem(name=codes.DCM.Comment, value=str(confirmation.comment)[:1024],
+                                            relationship_type=contains))
     reported = set(values.findings)
     for code in FINDINGS:
         finding = BY_CODE[code]
@@ -186,8 +212,11 @@ def comprehensive_sr(source: Any, values: ResultValues, *, series_uid: str, sop_
     root.ContentSequence = sr.ContentSequence(items)
     doc = sr.ComprehensiveSR(
         evidence=[source], content=root, series_instance_uid=series_uid, series_number=series_number,
-        sop_instance_uid=sop_uid, instance_number=1, manufacturer=manufacturer, is_complete=True, is_final=False,
-        is_verified=False, series_description="ECG AI result (SR)")
+        sop_instance_uid=sop_uid, instance_number=1, manufacturer=manufacturer, is_complete=True,
+        is_final=confirmation is not None, is_verified=confirmation is not None,
+        verifying_observer_name=(values.reader_pn or "Unknown") if confirmation is not None else None,
+        verifying_organization=values.organization if confirmation is not None else None,
+        series_description="ECG AI result (SR)" if confirmation is None else "ECG report, physician over-read (SR)")
     date, time = _dicom_time(values.result_time)
     doc.ContentDate, doc.ContentTime = DA(date), TM(time)
     return doc

@@ -10,7 +10,8 @@ in millimetres of the page (1 mm minor, 5 mm major lines), so a print at
 Above the tracing: the patient (name, ID, birth date and age, sex), the
 recording (time, device, accession), the cart's measurements and statements,
 and the AI findings with each probability against its threshold.  Below: the
-status line ("AI result, not confirmed by a physician"), the model identity
+status line ("AI result, not confirmed by a physician", or "Confirmed by X
+at T" once a reader has, with the physician's findings under the AI's), the model identity
 (sha256, gateway version).  A result from the untrained demo model carries
 a diagonal watermark.
 
@@ -51,7 +52,7 @@ GRID_H_MM = ROW_MM * (len(LAYOUT) + 1)  # 120 mm
 HEADER_MM = 42.0  # patient, cart and AI columns above the grid
 #: Page sizes (width, height) in mm, landscape.
 PAGES: dict[str, tuple[float, float]] = {"A4": (297.0, 210.0), "letter": (279.4, 215.9)}
-#: Not confirmed until a physician over-reads the result (not implemented yet: always shown).
+#: Shown until a physician over-reads the result (then :func:`confirmed_line`).
 UNCONFIRMED = "AI result, not confirmed by a physician"
 WATERMARK = "UNTRAINED DEMO MODEL - NOT FOR CLINICAL USE"
 
@@ -65,6 +66,36 @@ TRACE_LINE_MM = 0.25
 
 class ReportError(ValueError):
     """The report cannot be drawn (names the problem, never PHI)."""
+
+
+@dataclass(frozen=True)
+class ReaderConfirmation:
+    """A physician's over-read as the page shows it (``confirmations`` row)."""
+
+    #: "Anna Rossi (D123)": the reader's name and identifier.
+    by: str
+    #: "2026-01-02 03:04 UTC".
+    at: str
+    findings: Sequence[str] = ()
+    statements: Sequence[str] = ()
+    comment: str = ""
+    #: The reader changed the AI's findings.
+    corrected: bool = False
+    version: int = 1
+
+
+def reader_confirmation(row: Any) -> ReaderConfirmation:
+    """A :class:`ReaderConfirmation` from a ``confirmations`` row (or any object with its attributes)."""
+    at = row.created_at
+    if at is not None and at.tzinfo is None:  # SQLite hands back naive UTC
+        at = at.replace(tzinfo=UTC)
+    who = row.full_name or row.username
+    return ReaderConfirmation(
+        by=f"{who} ({row.hl7_id})" if row.hl7_id else who,
+        at=at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if at else "",
+        findings=tuple(row.findings or ()), statements=tuple(row.statements or ()), comment=row.comment or "",
+        corrected=row.outcome == "corrected", version=row.version,
+    )
 
 
 @dataclass(frozen=True)
@@ -99,12 +130,15 @@ class ReportData:
     #: When the AI result was made (shown in the footer): the prediction's time,
     #: so every build of one result gives the same bytes (export, ORU, PACS).
     result_time: str = ""
+    #: The physician's over-read; None: the AI result alone, marked not confirmed.
+    confirmation: ReaderConfirmation | None = None
 
 
 def report_data(ecg: Any, signal: Any, leads: Sequence[str], fs: float, gain: float, *, prediction: Any = None,
-                gateway_version: str | None = None) -> ReportData:
+                gateway_version: str | None = None, confirmation: Any = None) -> ReportData:
     """A :class:`ReportData` from an ECG row and its prediction (``prediction``,
-    default ``ecg.prediction``; any objects with those attributes) and its model input."""
+    default ``ecg.prediction``; any objects with those attributes) and its model
+    input; ``confirmation``: the ``confirmations`` row the page reports, if any."""
     p = prediction if prediction is not None else ecg.prediction
     if p is None:
         raise ReportError(f"ECG {ecg.id} has no AI result (status {ecg.status})")
@@ -123,6 +157,7 @@ def report_data(ecg: Any, signal: Any, leads: Sequence[str], fs: float, gain: fl
         gateway_version=gateway_version or p.gateway_version, demo_model=bool(p.demo_model),
         signal=signal, leads=tuple(leads), fs=fs, gain=gain,
         result_time=created.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if created else "",
+        confirmation=reader_confirmation(confirmation) if confirmation is not None else None,
     )
 
 
@@ -303,9 +338,21 @@ def _header(c: Any, d: ReportData, left: float, top: float, bottom: float) -> No
             c.rect(bar_x + bar_w * min(max(thr, 0.0), 1.0) - 0.15, y - 0.6, 0.3, 3.0, stroke=0, fill=1)
         y -= line
     reported = [f"{code} ({BY_CODE[code].name})" for code in FINDINGS if code in set(d.findings)]
-    _text(c, x, y, _fit(c, "Reported: " + (", ".join(reported) if reported else "none above threshold"), 2.9, 82,
-                        bold=True), 2.9, bold=True)
-    y -= line
+    if d.confirmation is None:
+        _text(c, x, y, _fit(c, "Reported: " + (", ".join(reported) if reported else "none above threshold"), 2.9,
+                            82, bold=True), 2.9, bold=True)
+        y -= line
+    else:
+        # the physician's findings are the report's; the AI's stay above, as the AI's
+        confirmed = [f"{code} ({BY_CODE[code].name})" for code in FINDINGS if code in set(d.confirmation.findings)]
+        _text(c, x, y, _fit(c, "Physician: " + (", ".join(confirmed) if confirmed else "none of the six"), 2.9, 82,
+                            bold=True), 2.9, bold=True, colour=(0.0, 0.35, 0.1))
+        y -= line
+        notes = list(d.confirmation.statements) + ([f"Comment: {d.confirmation.comment}"]
+                                                   if d.confirmation.comment else [])
+        if notes:
+            _text(c, x, y, _fit(c, "; ".join(notes), 2.6, 82), 2.6)
+            y -= line
     if d.quality_flags:
         _text(c, x, y, _fit(c, "Signal quality: " + "; ".join(d.quality_flags), 2.6, 82), 2.6, colour=(0.55, 0.3, 0))
 
@@ -394,7 +441,11 @@ def _tracings(c: Any, d: ReportData, signal: np.ndarray, column: dict[str, int],
 
 def _footer(c: Any, d: ReportData, left: float, bottom: float, page: str) -> None:
     right = left + GRID_W_MM
-    _text(c, left, bottom + 8.5, UNCONFIRMED + ".", 3.4, bold=True, colour=(0.75, 0.1, 0.1))
+    if d.confirmation is None:
+        _text(c, left, bottom + 8.5, UNCONFIRMED + ".", 3.4, bold=True, colour=(0.75, 0.1, 0.1))
+    else:
+        _text(c, left, bottom + 8.5, _fit(c, confirmed_line(d.confirmation), 3.4, 170, bold=True), 3.4, bold=True,
+              colour=(0.0, 0.35, 0.1))
     _text(c, right, bottom + 8.5, "25 mm/s   10 mm/mV   print at 100 % (actual size): 1 small square = 1 mm", 2.7,
           anchor="right")
     _text(
@@ -413,6 +464,14 @@ def _footer(c: Any, d: ReportData, left: float, bottom: float, page: str) -> Non
         f"   AI result of {d.result_time}" if d.result_time else ""
     )
     _text(c, right, bottom + 0.5, _fit(c, tail, 2.4, 120), 2.4, anchor="right", colour=(0.35, 0.35, 0.35))
+
+
+def confirmed_line(confirmation: ReaderConfirmation) -> str:
+    """The footer's status line of a confirmed report: "Confirmed by X at T" (or
+    "Corrected by", with the version of an edited over-read)."""
+    verb = "Corrected" if confirmation.corrected else "Confirmed"
+    version = f" (version {confirmation.version})" if confirmation.version > 1 else ""
+    return f"{verb} by {confirmation.by} at {confirmation.at}{version}."
 
 
 def _watermark(c: Any, width: float, height: float) -> None:

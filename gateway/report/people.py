@@ -87,3 +87,17 @@ def sex_text(sex: str | None) -> str:
     """DICOM PatientSex as a word ('' when absent)."""
     value = (sex or "").strip().upper()
     return SEX.get(value, value)
+
+
+def split_name(full_name: str | None, username: str) -> tuple[str, str]:
+    """(family, given) for HL7 from a user record's full name: "Family, Given"
+    as written, else the last word is the family name ("Anna Maria Rossi" ->
+    ("Rossi", "Anna Maria")); no full name: the login name as family name."""
+    name = " ".join((full_name or "").split())
+    if not name:
+        return username, ""
+    if "," in name:
+        family, _, rest = name.partition(",")
+        return family.strip(), rest.strip()
+    *given, last = name.split(" ")
+    return last, " ".join(given)

@@ -126,6 +126,9 @@ class EcgInstance(Base):
     manufacturer: Mapped[str | None] = mapped_column(String(64))
     device_model: Mapped[str | None] = mapped_column(String(64))
     device_serial: Mapped[str | None] = mapped_column(String(64))
+    #: Where the ECG was recorded, for the over-read worklist's filter: DICOM
+    #: CurrentPatientLocation, else InstitutionalDepartmentName (the cart's department).
+    ward: Mapped[str | None] = mapped_column(String(64), index=True)
     #: DICOM DT as received (AcquisitionDateTime, else ContentDate+Time).
     acquisition_datetime: Mapped[str | None] = mapped_column(String(32))
     calling_ae: Mapped[str | None] = mapped_column(String(16))
@@ -257,6 +260,50 @@ class PacsMessage(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_attempt_at: Mapped[datetime | None]
     delivered_at: Mapped[datetime | None]
+    #: The physician's over-read this object reports (``confirmations.id``); NULL = the AI's result.
+    #: No foreign key: the column was added to a live table; retention deletes both together.
+    confirmation_id: Mapped[int | None] = mapped_column(Integer)
+
+
+# Over-read outcomes of one confirmation version (``gateway.admin.overread``).
+CONFIRMED = "confirmed"  # the reader kept the AI's findings
+CORRECTED = "corrected"  # the reader added or removed findings
+
+
+class Confirmation(Base):
+    """One version of a physician's over-read of an ECG's AI result.  Every
+    version is kept (never updated): who, when, what they confirmed and what
+    changed against the AI and against the previous version.  The AI's own
+    output stays in ``predictions``, unchanged."""
+
+    __tablename__ = "confirmations"
+    __table_args__ = (UniqueConstraint("ecg_id", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ecg_id: Mapped[int] = mapped_column(ForeignKey("ecg_instances.id", ondelete="CASCADE"), index=True)
+    #: 1 for the first confirmation, then 2, 3, ... for each edit.
+    version: Mapped[int] = mapped_column(Integer)
+    #: The reader as the user record said at the time (a later rename does not
+    #: rewrite history): ``users.id`` (no foreign key: users are disabled, not
+    #: deleted), login name, full name, identifier sent in OBR-32.
+    user_id: Mapped[int | None] = mapped_column(Integer)
+    username: Mapped[str] = mapped_column(String(200))
+    full_name: Mapped[str | None] = mapped_column(String(200))
+    hl7_id: Mapped[str | None] = mapped_column(String(64))
+    #: Confirmed finding codes (``gateway.findings``), in the model's output order.
+    findings: Mapped[list[Any]]
+    #: The reader's free-text statements, in their order.
+    statements: Mapped[list[Any]] = mapped_column(default=list)
+    comment: Mapped[str | None] = mapped_column(Text)
+    #: CONFIRMED or CORRECTED (against the AI's findings).
+    outcome: Mapped[str] = mapped_column(String(16))
+    #: {"vs_ai": {"added": [...], "removed": [...]}, "vs_previous": null | {"added", "removed",
+    #: "statements_added", "statements_removed", "comment_changed"}}
+    changes: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    #: OBR-25 of the ORU this version sent: "F" (first final) or "C" (correction of a final).
+    result_status: Mapped[str] = mapped_column(String(1))
+    hl7_message_id: Mapped[int | None] = mapped_column(ForeignKey("hl7_messages.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
 class AuditLog(Base):

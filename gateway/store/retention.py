@@ -39,6 +39,7 @@ from gateway.store.models import (
     PROCESSED,
     REJECTED,
     AuditLog,
+    Confirmation,
     EcgInstance,
     Hl7Message,
     PacsMessage,
@@ -232,6 +233,7 @@ def _delete_rows(session_factory: sessionmaker[Session], ids: list[int], result:
         # Resends point at earlier messages of the same ECG: unlink them, then delete.
         s.execute(update(Hl7Message).where(Hl7Message.ecg_id.in_(gone), Hl7Message.resend_of.is_not(None))
                   .values(resend_of=None).execution_options(synchronize_session=False))
+        s.execute(delete(Confirmation).where(Confirmation.ecg_id.in_(gone)))  # they name outbox rows
         hl7 = cast(CursorResult[Any], s.execute(delete(Hl7Message).where(Hl7Message.ecg_id.in_(gone)))).rowcount
         pacs = cast(CursorResult[Any], s.execute(delete(PacsMessage).where(PacsMessage.ecg_id.in_(gone)))).rowcount
         preds = cast(CursorResult[Any], s.execute(delete(Prediction).where(Prediction.ecg_id.in_(gone)))).rowcount
