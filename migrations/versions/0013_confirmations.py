@@ -1,14 +1,14 @@
 """confirmations: the physician over-read (every version kept); ecg_instances.ward;
 pacs_messages.confirmation_id
 
-Revision ID: 0012_confirmations
-Revises: 0011_pacs_outbox
+Revision ID: 0013_confirmations
+Revises: 0012_source_format
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0012_confirmations'
-down_revision = '0011_pacs_outbox'
+revision = '0013_confirmations'
+down_revision = '0012_source_format'
 branch_labels = None
 depends_on = None
 
