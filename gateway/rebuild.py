@@ -50,16 +50,36 @@ def read_dataset(raw: bytes, max_bytes: int = DEFAULT_MAX_DATASET_BYTES, *, anno
         raise NormaliseError(f"DICOM data set cannot be parsed: {printable(exc)}") from exc
 
 
+def normalise_document(raw: bytes, source_format: str, params: NormaliseParams) -> NormalisedEcg:
+    """A spooled Philips Sierra XML or HL7 aECG original -> ``NormalisedEcg``
+    (decoded by :mod:`gateway.formats`, normalised by the DICOM path's rules).
+    Raises ``NormaliseError`` when it cannot be decoded or analysed."""
+    from gateway.formats import FormatError, decode
+    from gateway.normalise import NormaliseError, normalise_record
+
+    try:
+        record = decode(raw, source_format)
+    except FormatError as exc:
+        raise NormaliseError(str(exc), {"source_format": source_format}) from None
+    return normalise_record(record, params)
+
+
 def model_input(raw: bytes, params: NormaliseParams, max_bytes: int = DEFAULT_MAX_DATASET_BYTES) -> NormalisedEcg:
-    """Spooled DICOM bytes -> ``NormalisedEcg``: the one read-and-normalise path,
+    """Spooled original bytes -> ``NormalisedEcg``: the one read-and-normalise path,
     shared by the worker and by everything that rebuilds a stored result's
     input (export, web view), so a rebuild runs exactly what the model saw.
+    DICOM, Philips Sierra XML and HL7 aECG, told apart by content.
 
     Raises ``NormaliseError`` when the data set cannot be read or analysed, or
     is (or inflates to) more than ``max_bytes`` (``[dicom] max_dataset_mb``).
     """
+    from gateway.formats import XML_FORMATS, sniff
     from gateway.normalise import normalise_dataset
 
+    source_format = sniff(raw)
+    if source_format in XML_FORMATS:
+        assert source_format is not None
+        return normalise_document(raw, source_format, params)
     return normalise_dataset(read_dataset(raw, max_bytes), params)
 
 

@@ -417,7 +417,11 @@ def report_summary(report: dict[str, Any]) -> list[tuple[str, str]]:
             return ", ".join(f"{k}: {v}" for k, v in value.items()) or "none"
         return str(value)
 
+    formats = {"dicom": "DICOM", "philips": "Philips Sierra XML", "aecg": "HL7 aECG"}
+    document = get("source_document", "document")
     rows = [
+        ("Source format", get("source_format") and formats.get(get("source_format"), get("source_format"))
+         + (f" ({document})" if document and document != formats.get(get("source_format")) else "")),
         ("Source", get("source", "sampling_frequency_hz") and
          f"{get('source', 'sampling_frequency_hz')} Hz, {get('source', 'duration_s')} s, "
          f"{get('source', 'channels')} channels"),
@@ -427,6 +431,8 @@ def report_summary(report: dict[str, Any]) -> list[tuple[str, str]]:
         ("Padding", get("fit") and f"{get('fit', 'pad_before')} before, {get('fit', 'pad_after')} after"),
         ("Gain", get("gain") if get("gain") is not None else get("params", "gain")),
         ("Leads found", get("leads_found")),
+        ("Leads identified by", get("lead_identification") and "; ".join(
+            f"{how}: {', '.join(leads)}" for how, leads in get("lead_identification").items())),
         ("Leads derived", get("leads_derived")),
         ("Model lead order", get("output_leads")),
         ("Unusable leads", get("unusable_leads")),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -33,6 +34,7 @@ from gateway.normalise.resample import (
     MAX_UP_DOWN,
     MODEL_RATE_HZ,
     MODEL_SAMPLES,
+    Window,
     plan_window,
     resample_to_model,
     resampling_factors,
@@ -125,6 +127,7 @@ def normalise_dataset(ds: Dataset, params: NormaliseParams = NormaliseParams()) 
     """
     report: dict[str, Any] = {
         "params": {**asdict(params), "limb_lead_order": list(params.limb_lead_order)},
+        "source_format": "dicom",
         "sop_class_uid": dicom_text(ds.get("SOPClassUID")),
         "sop_instance_uid": dicom_text(ds.get("SOPInstanceUID")),
     }
@@ -176,15 +179,12 @@ def _normalise(ds: Dataset, params: NormaliseParams, report: dict[str, Any]) -> 
     if skewed:
         report["sample_skew_ignored_channels"] = skewed
     found = _assign_leads(channels, report)
-    missing = [lead for lead in ("I", "II", *PRECORDIAL_LEADS) if lead not in found]
-    if missing:
-        raise fail(f"missing lead{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
-    derived = [lead for lead in DERIVABLE_LEADS if lead not in found]
-    report["leads_derived"] = derived
+    report["lead_identification"] = lead_identification(
+        {lead: channels[index].lead.identified_by for lead, (index, _) in found.items()})
+    derived = check_leads(found, report)
 
     window = plan_window(n_samples, fs, up, down)
     rows = slice(window.source_start, window.source_stop)
-    n_rows = window.source_stop - window.source_start
     flags: list[str] = []
     unusable: set[str] = set()
 
@@ -212,6 +212,45 @@ def _normalise(ds: Dataset, params: NormaliseParams, report: dict[str, Any]) -> 
             flags.append(f"{lead}: clipped ({100 * fraction:.1f}% of samples)")
             if fraction >= quality.CLIPPED_UNUSABLE:
                 unusable.add(lead)
+    return to_model_input(source, gaps, flags, unusable, derived, fs, (up, down), window, params, report)
+
+
+def lead_identification(methods: dict[str, str]) -> dict[str, list[str]]:
+    """How each lead was identified, as {method: [leads in model order]} (the report's ``lead_identification``)."""
+    out: dict[str, list[str]] = {}
+    for lead in OUTPUT_LEADS:
+        if lead in methods:
+            out.setdefault(methods[lead], []).append(lead)
+    return out
+
+
+def check_leads(found: Mapping[str, object], report: dict[str, Any]) -> list[str]:
+    """The same rule for every format: I, II and V1-V6 must be there (else
+    :class:`NormaliseError`); III, aVR, aVL, aVF missing are derived from I
+    and II (returned, and reported as ``leads_derived``)."""
+    missing = [lead for lead in ("I", "II", *PRECORDIAL_LEADS) if lead not in found]
+    if missing:
+        raise NormaliseError(f"missing lead{'s' if len(missing) > 1 else ''} {', '.join(missing)}", report)
+    derived = [lead for lead in DERIVABLE_LEADS if lead not in found]
+    report["leads_derived"] = derived
+    return derived
+
+
+def to_model_input(
+    source: dict[str, np.ndarray], gaps: dict[str, np.ndarray], flags: list[str], unusable: set[str],
+    derived: list[str], fs: float, factors: tuple[int, int], window: Window, params: NormaliseParams,
+    report: dict[str, Any],
+) -> NormalisedEcg:
+    """The shared way from leads in mV (the window's source rows; padded
+    samples NaN and marked in ``gaps``) to the model input: derived limb
+    leads, gap and non-finite checks, resampling to 400 Hz, padding or
+    cropping to 4096 samples, quality flags, gain.  Every input format
+    (DICOM, Philips XML, aECG) ends here."""
+    def fail(reason: str) -> NormaliseError:
+        return NormaliseError(reason, report)
+
+    up, down = factors
+    n_rows = window.source_stop - window.source_start
     if derived:
         with np.errstate(over="ignore", invalid="ignore"):
             computed = derive_limb_leads(source["I"], source["II"])

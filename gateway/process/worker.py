@@ -39,7 +39,7 @@ from gateway.config import Config
 from gateway.findings import FINDINGS
 from gateway.process import metrics
 from gateway.process.claim import claim_batch, release_dead_claims, still_claimed, this_process
-from gateway.rebuild import read_dataset
+from gateway.rebuild import normalise_document, read_dataset
 from gateway.store.models import FAILED, PROCESSED, RECEIVED, REJECTED, EcgInstance, Prediction
 from gateway.store.spool import Spool
 from gateway.store.versions import (
@@ -180,6 +180,7 @@ class Worker:
                     row.received_at,
                     row.attempts,
                 )
+                source_format = row.source_format
                 path = self.spool.resolve(row.spool_path)
                 # The door quarantines such versions; rows stored before it did are caught here.
                 conflict = identity_conflict(session, row) if row.version > 1 else None
@@ -192,9 +193,12 @@ class Worker:
             except DatasetTooLarge as exc:
                 raise NormaliseError(str(exc)) from None
             raw = path.read_bytes()
-            ds = read_dataset(raw, max_bytes, annotations=True)
-            item.cart = cart_report(ds)  # the cart's own reading, also for an ECG the model cannot read
-            result = normalise_dataset(ds, self.params)
+            if source_format != "dicom":  # Philips XML, aECG: decoded by gateway.formats
+                result = normalise_document(raw, source_format, self.params)
+            else:
+                ds = read_dataset(raw, max_bytes, annotations=True)
+                item.cart = cart_report(ds)  # the cart's own reading, also for an ECG the model cannot read
+                result = normalise_dataset(ds, self.params)
             item.normalised, item.report = result, result.report
         except NormaliseError as exc:
             item.rejection = str(exc)
