@@ -105,10 +105,11 @@ def serve(
     ctx: typer.Context,
     components: Annotated[
         str,
-        typer.Option(help="Comma-separated parts to run: scp, worker, hl7, pacs, admin (pacs: only with [pacs] "
+        typer.Option(help="Comma-separated parts to run: scp, watch, worker, hl7, pacs, admin (watch: only with "
+                          "[ingest] watch_dir set; pacs: only with [pacs] "
                           "enabled). Extra machines behind one PostgreSQL database and a shared spool run e.g. "
                           "'worker,hl7'."),
-    ] = "scp,worker,hl7,pacs,admin",
+    ] = "scp,watch,worker,hl7,pacs,admin",
     fetch_model: Annotated[
         bool,
         typer.Option("--fetch-model", help="When the configured model files are missing and are the published "

@@ -142,6 +142,46 @@ class StorageConfig(_Section):
         return value
 
 
+#: Names a writer uses while a file is still being written; the watched folder never takes them.
+DEFAULT_IGNORED_SUFFIXES = [".part", ".partial", ".tmp", ".temp", ".crdownload", ".filepart", ".swp", "~"]
+
+
+class IngestConfig(_Section):
+    """Where files arrive besides the DICOM SCP: the watched folder (run by
+    ``serve``) and DICOMweb STOW-RS (on the admin listener)."""
+
+    #: Folder whose files are taken once they stop growing; "" = no watched folder.
+    watch_dir: str = ""
+    #: Where a stored (or duplicate) file is moved after its row is committed.
+    done_dir: str = "var/ingest/done"
+    #: Where a refused file is moved, with ``<name>.reason.txt`` beside it.
+    failed_dir: str = "var/ingest/failed"
+    #: Seconds between two looks at the folder; a file is taken once its size
+    #: and modification time are the same at two consecutive looks.
+    poll_interval_s: Annotated[float, Field(gt=0, le=3600)] = 2.0
+    #: Name endings of files still being written (never taken); dotfiles are never taken either.
+    ignored_suffixes: list[str] = DEFAULT_IGNORED_SUFFIXES
+    #: DICOMweb STOW-RS (``POST /dicomweb/studies``) on the admin listener.
+    stow_enabled: bool = True
+    #: The largest STOW-RS request body (MB, all parts together); larger ones get 413.
+    stow_max_request_mb: Annotated[int, Field(ge=1, le=65536)] = 256
+    #: The most instances (parts) in one STOW-RS request; more get 413.
+    stow_max_instances: Annotated[int, Field(ge=1, le=100000)] = 1000
+
+    @model_validator(mode="after")
+    def _distinct_folders(self) -> IngestConfig:
+        if not self.watch_dir:
+            return self
+        named = {"watch_dir": self.watch_dir, "done_dir": self.done_dir, "failed_dir": self.failed_dir}
+        for key, value in named.items():
+            if not value:
+                raise ValueError(f"{key} is empty; the watched folder needs watch_dir, done_dir and failed_dir")
+        resolved = {key: Path(value).expanduser().resolve() for key, value in named.items()}
+        if len(set(resolved.values())) < 3:
+            raise ValueError("watch_dir, done_dir and failed_dir must be three different folders")
+        return self
+
+
 class ModelConfig(_Section):
     #: Keras HDF5 files; more than one = ensemble (mean probability).
     files: list[str] = ["models/model.hdf5"]
@@ -397,6 +437,7 @@ class Config(_Section):
     process: ProcessConfig = Field(default_factory=ProcessConfig)
     hl7: Hl7Config = Field(default_factory=Hl7Config)
     pacs: PacsConfig = Field(default_factory=PacsConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     # "validate" would shadow pydantic's BaseModel.validate: the field has another name.

@@ -9,7 +9,8 @@ Start-up happens in three phases, so a gateway that cannot run changes nothing:
 3. :class:`Serve` prepares what the components share (database migrated,
    spool, model loaded and warmed up, recovery) and then starts its
    components in order: HL7 and PACS senders -> retention -> worker -> admin
-   web -> DICOM SCP accepting.  Consumers start before their producers, so
+   web (with DICOMweb STOW-RS) -> DICOM SCP accepting -> watched folder.
+   Consumers start before their producers, so
    nothing is accepted before it can be handled.
 
 Stop order (SIGTERM/SIGINT, a crashed component, or a component that could
@@ -48,10 +49,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway.serve")
 
-COMPONENTS = ("scp", "worker", "hl7", "pacs", "admin")
+COMPONENTS = ("scp", "watch", "worker", "hl7", "pacs", "admin")
 
 #: The order components are named in the start line (the SCP first: the door).
-START_LINE_ORDER = ("scp", "worker", "retention", "hl7", "pacs", "admin")
+START_LINE_ORDER = ("scp", "watch", "worker", "retention", "hl7", "pacs", "admin")
 
 NO_MODEL_HINT = (
     "no model file: run `ecg-gateway model fetch` "
@@ -224,6 +225,28 @@ class ScpComponent:
         return False  # its threads are pynetdicom's; a failed association is logged and refused there
 
 
+class WatchComponent(LoopComponent):
+    """The watched folder (``[ingest] watch_dir``): its folders are made at
+    start (a :class:`StartError` when they cannot be), then it is polled on
+    its own thread; a file being stored is finished before it stops."""
+
+    def __init__(self, cfg: Config, session_factory: sessionmaker[Session],
+                 on_stored: Callable[[int], None] | None) -> None:
+        from gateway.receive.spool import StoreContext
+        from gateway.receive.watch import WatchFolder
+
+        self._folder = WatchFolder(cfg.ingest, StoreContext.from_config(cfg.dicom, cfg.storage, session_factory),
+                                   on_stored)
+        super().__init__("watch", self._folder.run)
+
+    def start(self) -> None:
+        try:
+            self._folder.prepare()
+        except OSError as exc:
+            raise StartError(f"cannot use the watched folder {self._folder.watch_dir}: {exc.strerror or exc}") from None
+        super().start()
+
+
 # -- start-up phases 1 and 2 --------------------------------------------------------------------------------------
 
 
@@ -393,12 +416,15 @@ class Serve:
         if self.listeners.admin is not None:
             from gateway.admin.app import create_app, make_server
 
-            server = make_server(create_app(cfg, session_factory, self.health), cfg)
+            server = make_server(create_app(cfg, session_factory, self.health,
+                                            on_stored=worker.wake if worker is not None else None), cfg)
             out.append(AdminComponent(server, self.listeners.admin, host_port(cfg.admin.host, cfg.admin.port)))
         if self.listeners.scp is not None:
             self.scp = ScpComponent(cfg, session_factory, self.listeners.scp,
                                     on_stored=worker.wake if worker is not None else None)
             out.append(self.scp)
+        if "watch" in names and cfg.ingest.watch_dir:
+            out.append(WatchComponent(cfg, session_factory, worker.wake if worker is not None else None))
         return out
 
     def _worker(self, session_factory: sessionmaker[Session], on_outbox: Callable[[], None]) -> Worker:

@@ -23,6 +23,7 @@ from gateway import __version__
 from gateway.admin.api import api_router
 from gateway.admin.auth import NO_TOKEN_MESSAGE, bearer_ok
 from gateway.admin.queries import QueryError
+from gateway.admin.stow import stow_router
 from gateway.admin.web import STATIC_DIR, invalid_request, session_principal, web_router
 from gateway.config import Config
 
@@ -82,11 +83,14 @@ def create_app(
     cfg: Config,
     session_factory: Callable[[], Any],
     health: Callable[[], dict[str, bool | str]] | None = None,
+    on_stored: Callable[[int], None] | None = None,
 ) -> FastAPI:
-    """The admin application: /api, /healthz, /metrics and the web view.
+    """The admin application: /api, /healthz, /metrics, DICOMweb STOW-RS
+    (``[ingest] stow_enabled``) and the web view.
 
     ``session_factory`` makes SQLAlchemy sessions; ``health`` reports what only
-    serve can see (e.g. ``{"scp_listening": True, "model_loaded": "loading"}``).
+    serve can see (e.g. ``{"scp_listening": True, "model_loaded": "loading"}``);
+    ``on_stored(ecg_id)`` is called after each instance STOW-RS stored (the worker's wake-up).
     """
     app = AdminApp(
         title="ECG gateway admin API",
@@ -106,6 +110,8 @@ def create_app(
         return await invalid_request(request, exc, token_set=bool(token))
 
     app.include_router(api_router(cfg, session_factory, health))
+    if cfg.ingest.stow_enabled:
+        app.include_router(stow_router(cfg, session_factory, on_stored))
 
     if cfg.admin.openapi:
         @app.get("/openapi.json", include_in_schema=False)

@@ -82,6 +82,12 @@ CANNOT_UNDERSTAND_INVALID_UID = 0xC001
 IDENTITY_CONFLICT = 0xC002
 #: Failure: processing failure (an unexpected error in the gateway).
 PROCESSING_FAILURE = 0x0110
+#: Error: data set does not match, its Study Instance UID is not the one the
+#: request named (STOW-RS ``/studies/{study}``; the code Microsoft's DICOM server uses too).
+STUDY_UID_MISMATCH = 0xA901
+#: Error: cannot understand, the transfer syntax is not accepted on this path
+#: (PS3.18 8.7.3: no Implicit VR Little Endian or Explicit VR Big Endian over web services).
+TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
 
 _MIB = 1024 * 1024
 _DB_RETRIES = 3
@@ -117,6 +123,10 @@ class StoreOutcome:
     ecg_id: int | None
     duplicate: bool
     reason: str | None
+    #: The data set's own SOP Instance and Class UIDs once its header was read
+    #: (the instance UID only when valid), for answers that name them (STOW-RS).
+    sop_instance_uid: str | None = None
+    sop_class_uid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -145,6 +155,10 @@ class IncomingInstance:
     document: DocumentValues | None = field(default=None, repr=False)
     #: For a non-DICOM file the door could not read: why (it is refused with a row).
     problem: str | None = None
+    #: The Study Instance UID the data set must carry (STOW-RS ``/studies/{study}``); None = any.
+    expected_study_uid: str | None = None
+    #: The transfer syntaxes accepted on this path (STOW-RS: no Implicit VR); None = any readable one.
+    transfer_syntaxes: frozenset[str] | None = None
     uid_valid: bool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -402,7 +416,10 @@ def store_instance(incoming: IncomingInstance, ctx: StoreContext) -> StoreOutcom
     staged = StagedFile(ctx.spool, raw, place if incoming.uid_valid else None)
     arrival = _Arrival(incoming, ctx, staged, received)
     try:
-        return arrival.check_and_store()
+        outcome = arrival.check_and_store()
+        outcome.sop_instance_uid = arrival.uid if arrival.uid_valid else None
+        outcome.sop_class_uid = arrival.header.sop_class_uid if arrival.header is not None else None
+        return outcome
     except DatasetTooLarge as exc:
         staged.undo()  # an early placement in the spool goes too
         return refuse_too_large(incoming, str(exc))
@@ -472,6 +489,12 @@ class _Arrival:
         self.uid_valid = incoming.uid_valid if uid == incoming.sop_instance_uid else is_valid_uid(uid)
         if not self.uid_valid:
             return self.reject(CANNOT_UNDERSTAND_INVALID_UID, "SOP Instance UID is missing or not a valid DICOM UID")
+        if incoming.transfer_syntaxes is not None and header.transfer_syntax_uid not in incoming.transfer_syntaxes:
+            return self.reject(TRANSFER_SYNTAX_NOT_SUPPORTED,
+                               f"transfer syntax {printable(header.transfer_syntax_uid)} is not accepted here "
+                               f"(accepted: {', '.join(sorted(incoming.transfer_syntaxes))})")
+        if incoming.expected_study_uid is not None and header.get("StudyInstanceUID") != incoming.expected_study_uid:
+            return self.reject(STUDY_UID_MISMATCH, "Study Instance UID is not the one the request names")
         if header.sop_class_uid not in ECG_STORAGE_SOP_CLASSES:
             return self.reject(DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
                                f"SOP Class {printable(header.sop_class_uid)} is not an ECG waveform storage class")

@@ -1,0 +1,347 @@
+"""DICOMweb STOW-RS (PS3.18 10.5) on the admin listener: ``POST
+/dicomweb/studies`` and ``POST /dicomweb/studies/{study}``.
+
+The request is ``multipart/related; type="application/dicom"`` with one
+PS3.10 instance per part.  The body is streamed through python-multipart's
+parser into one unlinked temporary file per part in ``<spool>/.incoming``
+(memory: one chunk); the whole request is bounded by ``[ingest]
+stow_max_request_mb`` and ``stow_max_instances`` (413), each part by
+``[dicom] max_dataset_mb`` (that instance fails with 0xA701, its bytes are
+dropped as they arrive).  Nothing is stored until the body has arrived
+whole and parsed: a malformed body (400) stores nothing.
+
+Each part then goes through the C-STORE path (:func:`~gateway.receive.spool.store_instance`:
+durable spool file and committed row before the answer, the same SOP class,
+waveform and identity checks, duplicates, ``rejected`` rows), with two
+rules of the web path: the transfer syntax must be Explicit VR Little
+Endian or its Deflated form (PS3.18 8.7.3; otherwise 0xC122), and under
+``/studies/{study}`` the instance must carry that Study Instance UID
+(otherwise 0xA901).  The answer (``application/dicom+json``, exactly: what
+dicomweb-client parses) is the Store Instances Response Module:
+ReferencedSOPSequence for the stored instances (and duplicates, stored
+before), FailedSOPSequence with each refusal's status as its Failure Reason;
+HTTP 200 (all stored), 202 (some), 409 (none).  No Retrieve URL: the gateway
+serves no WADO-RS.
+
+Authentication: ``Authorization: Bearer <[admin] token>`` (401 otherwise,
+403 while no token is set); checked before a byte of the body is read.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import IO, Any, cast
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import JSONResponse
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
+
+from gateway.admin.auth import NO_TOKEN_MESSAGE, bearer_ok
+from gateway.admin.http import client_address
+from gateway.config import Config
+from gateway.receive.files import raw_data_set_uids
+from gateway.receive.header import file_meta_uids
+from gateway.receive.limits import MIB, limit_text
+from gateway.receive.spool import (
+    CANNOT_UNDERSTAND,
+    DATA_SET_TOO_LARGE,
+    PROCESSING_FAILURE,
+    SUCCESS,
+    IncomingInstance,
+    StoreContext,
+    StoreOutcome,
+    is_valid_uid,
+    store_instance,
+)
+from gateway.store.spool import ensure_dir
+
+__all__ = ["STOW_CALLING_AE", "STOW_TRANSFER_SYNTAXES", "stow_router"]
+
+log = logging.getLogger("gateway.admin")
+
+#: PS3.18 8.7.3: web services use neither Implicit VR Little Endian nor Explicit VR Big Endian.
+STOW_TRANSFER_SYNTAXES = frozenset({"1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99"})
+#: The ``calling_ae`` of rows stored over STOW-RS (the admin views tell them from C-STOREs by it).
+STOW_CALLING_AE = "STOW-RS"
+#: The answer's media type, exactly (dicomweb-client 0.61.2 parses no other spelling, no parameter).
+DICOM_JSON = "application/dicom+json"
+#: Bytes of each part kept in memory to name its UIDs when the part itself is dropped (too large).
+_HEAD_BYTES = 8192
+_MAX_PART_HEADERS = 16
+_MAX_PART_HEADER_BYTES = 8192
+#: A DICOM UID (PS3.5 9.1): dot-separated numbers without leading zeros, at most 64 characters.
+_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+
+
+class StowError(Exception):
+    """The request as a whole is refused: its HTTP status and a one-line reason."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+@dataclass
+class Part:
+    """One part of the body: its headers, its bytes in an unlinked temporary file."""
+
+    headers: dict[str, str] = field(default_factory=dict)
+    file: IO[bytes] | None = None
+    size: int = 0
+    head: bytearray = field(default_factory=bytearray)
+    too_large: bool = False
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+@dataclass
+class _Collector:
+    """python-multipart callbacks that collect the parts (bounded)."""
+
+    folder: Any
+    max_part_bytes: int
+    max_parts: int
+    parts: list[Part] = field(default_factory=list)
+    _field: bytearray = field(default_factory=bytearray)
+    _value: bytearray = field(default_factory=bytearray)
+
+    def callbacks(self) -> dict[str, Callable[..., None]]:
+        return {
+            "on_part_begin": self.part_begin,
+            "on_header_field": lambda data, start, end: self._field.extend(data[start:end]),
+            "on_header_value": lambda data, start, end: self._value.extend(data[start:end]),
+            "on_header_end": self.header_end,
+            "on_part_data": self.part_data,
+        }
+
+    def part_begin(self) -> None:
+        if len(self.parts) >= self.max_parts:
+            raise StowError(413, f"more than {self.max_parts} instances in one request ([ingest] stow_max_instances)")
+        self.parts.append(Part())
+
+    def header_end(self) -> None:
+        name = self._field.decode("latin-1").strip().lower()
+        self.parts[-1].headers[name] = self._value.decode("latin-1").strip()
+        self._field.clear()
+        self._value.clear()
+
+    def part_data(self, data: bytes, start: int, end: int) -> None:
+        part = self.parts[-1]
+        part.size += end - start
+        if len(part.head) < _HEAD_BYTES:
+            part.head.extend(data[start : min(end, start + _HEAD_BYTES - len(part.head))])
+        if part.too_large:
+            return
+        if part.size > self.max_part_bytes:
+            part.too_large = True  # its bytes go as they arrive; the instance fails with 0xA701
+            part.close()
+            return
+        if part.file is None:
+            part.file = tempfile.TemporaryFile(dir=self.folder, prefix="stow-")
+        part.file.write(data[start:end])
+
+    def close(self) -> None:
+        for part in self.parts:
+            part.close()
+
+
+def media_type(value: str | None) -> tuple[str, dict[str, str]]:
+    """(type/subtype lower-cased, parameters with lower-cased names) of a Content-Type."""
+    kind, params = parse_options_header(value or "")
+    return kind.decode("latin-1").strip().lower(), {k.decode("latin-1").lower(): v.decode("latin-1")
+                                                    for k, v in params.items()}
+
+
+def check_request_type(content_type: str | None) -> bytes:
+    """The multipart boundary of a STOW-RS request; :class:`StowError` 415 for
+    another media type (or another ``type`` parameter), 400 without a boundary."""
+    kind, params = media_type(content_type)
+    if kind != "multipart/related":
+        raise StowError(415, 'Content-Type must be multipart/related; type="application/dicom"')
+    if params.get("type", "").strip().lower() != "application/dicom":
+        raise StowError(415, 'multipart/related must have type="application/dicom" (the only type accepted)')
+    boundary = params.get("boundary", "")
+    if not boundary or len(boundary) > 70:  # RFC 2046: 1 to 70 characters
+        raise StowError(400, "multipart/related without a usable boundary parameter")
+    return boundary.encode("latin-1")
+
+
+async def read_parts(request: Request, boundary: bytes, folder: Any, *, max_request_bytes: int,
+                     max_part_bytes: int, max_parts: int) -> list[Part]:
+    """Stream the body into parts; :class:`StowError` 400 (malformed) or 413
+    (too large, too many parts).  On any error every temporary file is closed."""
+    collector = _Collector(folder, max_part_bytes, max_parts)
+    parser = MultipartParser(boundary, cast(Any, collector.callbacks()), max_header_count=_MAX_PART_HEADERS,
+                             max_header_size=_MAX_PART_HEADER_BYTES)
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > max_request_bytes:
+                raise StowError(413, f"request body larger than {max_request_bytes // MIB} MB "
+                                     "([ingest] stow_max_request_mb)")
+            if chunk:
+                parser.write(chunk)
+        parser.finalize()
+        if parser.state != MultipartState.END:
+            raise StowError(400, "malformed multipart body: it ends before its closing delimiter"
+                            if received else "empty request body")
+        if not collector.parts:
+            raise StowError(400, "no instance in the request")
+    except MultipartParseError as exc:
+        collector.close()
+        raise StowError(400, f"malformed multipart body: {exc}") from None
+    except BaseException:
+        collector.close()
+        raise
+    return collector.parts
+
+
+def _uid_item(sop_class: str | None, sop_instance: str | None) -> dict[str, Any]:
+    item: dict[str, Any] = {}
+    if sop_class and is_valid_uid(sop_class):
+        item["00081150"] = {"vr": "UI", "Value": [sop_class]}
+    if sop_instance and is_valid_uid(sop_instance):
+        item["00081155"] = {"vr": "UI", "Value": [sop_instance]}
+    return item
+
+
+def store_response(outcomes: list[StoreOutcome]) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, Store Instances Response Module as DICOM JSON) for the
+    parts' outcomes: 200 all stored, 202 some, 409 none (PS3.18 Table 10.5.3-1)."""
+    stored = [o for o in outcomes if o.status == SUCCESS]
+    failed = [o for o in outcomes if o.status != SUCCESS]
+    body: dict[str, Any] = {}
+    if failed:
+        body["00081198"] = {"vr": "SQ", "Value": [
+            {**_uid_item(o.sop_class_uid, o.sop_instance_uid), "00081197": {"vr": "US", "Value": [o.status]}}
+            for o in failed]}
+    if stored:
+        body["00081199"] = {"vr": "SQ", "Value": [_uid_item(o.sop_class_uid, o.sop_instance_uid) for o in stored]}
+    status = 200 if not failed else 202 if stored else 409
+    return status, body
+
+
+@dataclass(frozen=True)
+class _Store:
+    """Stores the collected parts one by one (in a worker thread)."""
+
+    ctx: StoreContext
+    study: str | None
+    peer: str
+    on_stored: Callable[[int], None] | None
+
+    def part(self, index: int, part: Part) -> StoreOutcome:
+        announced = file_meta_uids(bytes(part.head))
+        kind, _params = media_type(part.headers.get("content-type"))
+        if kind != "application/dicom":
+            reason = f"part {index + 1}: Content-Type {kind or '(none)'!r}, not application/dicom"
+            log.warning("STOW-RS from %s: refused %s", self.peer, reason)
+            return StoreOutcome(CANNOT_UNDERSTAND, None, False, reason, None, None)
+        if part.too_large:
+            reason = f"data set of {part.size} bytes is larger than {limit_text(self.ctx.max_dataset_bytes)}"
+            uid = announced.sop_instance_uid
+            log.warning("STOW-RS from %s: refused SOP Instance UID %s with status 0x%04X: %s; nothing kept",
+                        self.peer, uid if is_valid_uid(uid) else "(none or invalid)", DATA_SET_TOO_LARGE, reason)
+            return StoreOutcome(DATA_SET_TOO_LARGE, None, False, reason, uid, announced.sop_class_uid)
+        raw = b""
+        if part.file is not None:
+            part.file.seek(0)
+            raw = part.file.read()
+        part.close()
+        incoming = IncomingInstance(
+            raw, announced.sop_instance_uid, announced.sop_class_uid, announced.transfer_syntax_uid or "",
+            calling_ae=STOW_CALLING_AE, peer_address=self.peer, expected_study_uid=self.study,
+            transfer_syntaxes=STOW_TRANSFER_SYNTAXES,
+        )
+        try:
+            outcome = store_instance(incoming, self.ctx)
+        except Exception:  # noqa: BLE001 - never let a bug look like success
+            log.exception("STOW-RS from %s: storing part %d failed unexpectedly", self.peer, index + 1)
+            outcome = StoreOutcome(PROCESSING_FAILURE, None, False, "unexpected error in the gateway")
+        # an instance refused before its header was read: named by its file meta, else by its data set
+        outcome.sop_instance_uid = outcome.sop_instance_uid or announced.sop_instance_uid
+        outcome.sop_class_uid = outcome.sop_class_uid or announced.sop_class_uid
+        if outcome.status != SUCCESS and not outcome.sop_instance_uid:
+            found = raw_data_set_uids(raw)
+            if found is not None:
+                outcome.sop_class_uid, outcome.sop_instance_uid = found
+        if outcome.status == SUCCESS and not outcome.duplicate and outcome.ecg_id is not None \
+                and self.on_stored is not None:
+            try:
+                self.on_stored(outcome.ecg_id)
+            except Exception:  # noqa: BLE001 - the instance is stored; the worker also polls
+                log.exception("on_stored(%d) failed", outcome.ecg_id)
+        return outcome
+
+    def all(self, parts: list[Part]) -> list[StoreOutcome]:
+        try:
+            return [self.part(i, part) for i, part in enumerate(parts)]
+        finally:
+            for part in parts:
+                part.close()
+
+
+def stow_router(cfg: Config, session_factory: Callable[[], Any],
+                on_stored: Callable[[int], None] | None = None) -> APIRouter:
+    """``POST /dicomweb/studies`` and ``POST /dicomweb/studies/{study}``.
+
+    ``on_stored(ecg_id)`` is called after each new instance is committed
+    (never for duplicates or refusals); it must return quickly.
+    """
+    router = APIRouter()
+    token = cfg.admin.token
+    ingest = cfg.ingest
+    ctx = StoreContext.from_config(cfg.dicom, cfg.storage, cast(sessionmaker[Session], session_factory))
+
+    async def stow(request: Request, study: str | None) -> JSONResponse:
+        if not token:
+            raise HTTPException(403, NO_TOKEN_MESSAGE)
+        if not bearer_ok(request.headers.get("authorization"), token):
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+        peer = client_address(request)
+        try:
+            if study is not None and not (len(study) <= 64 and _UID.fullmatch(study)):
+                raise StowError(400, "the Study Instance UID in the path is not a valid UID")
+            boundary = check_request_type(request.headers.get("content-type"))
+            max_request = ingest.stow_max_request_mb * MIB
+            length = request.headers.get("content-length")
+            if length is not None and length.isdigit() and int(length) > max_request:
+                raise StowError(413, f"request body larger than {ingest.stow_max_request_mb} MB "
+                                     "([ingest] stow_max_request_mb)")
+            ensure_dir(ctx.spool.incoming)
+            parts = await read_parts(request, boundary, ctx.spool.incoming, max_request_bytes=max_request,
+                                     max_part_bytes=ctx.max_dataset_bytes, max_parts=ingest.stow_max_instances)
+        except StowError as exc:
+            log.warning("STOW-RS from %s refused with HTTP %d: %s", peer, exc.status, exc)
+            # close: an unread rest of the body must not be taken for the next request
+            return JSONResponse({"detail": str(exc)}, status_code=exc.status, headers={"Connection": "close"})
+        outcomes = await run_in_threadpool(_Store(ctx, study, peer, on_stored).all, parts)
+        status, body = store_response(outcomes)
+        failed = sum(o.status != SUCCESS for o in outcomes)
+        duplicates = sum(o.status == SUCCESS and o.duplicate for o in outcomes)
+        log.info("STOW-RS from %s: %d instance(s): %d stored, %d duplicate, %d failed; HTTP %d", peer,
+                 len(outcomes), len(outcomes) - failed - duplicates, duplicates, failed, status)
+        return JSONResponse(body, status_code=status, media_type=DICOM_JSON)
+
+    @router.post("/dicomweb/studies", tags=["dicomweb"], response_class=JSONResponse)
+    async def store_instances(request: Request) -> JSONResponse:
+        """STOW-RS: store the instances of any study (one PS3.10 file per part)."""
+        return await stow(request, None)
+
+    @router.post("/dicomweb/studies/{study}", tags=["dicomweb"], response_class=JSONResponse)
+    async def store_study_instances(request: Request, study: str) -> JSONResponse:
+        """STOW-RS: store instances that must all carry Study Instance UID ``study``."""
+        return await stow(request, study)
+
+    return router

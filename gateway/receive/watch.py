@@ -1,0 +1,345 @@
+"""The watched folder (``[ingest] watch_dir``): files dropped there are
+stored like a C-STORE, then moved to ``done_dir`` (stored or duplicate) or
+``failed_dir`` (refused, with ``<name>.reason.txt`` beside it).
+
+A file is taken only once it has stopped growing: its size, modification
+time and inode are the same at two consecutive looks (``poll_interval_s``
+apart), and again after it was read.  Dotfiles and names a writer uses while
+copying (``ignored_suffixes``: ``.part``, ``.tmp``, ...) are never taken, so a
+writer that copies under such a name and renames at the end is never seen
+half-way.  Only regular files directly in the folder are looked at;
+sub-folders are left alone (``done_dir``/``failed_dir`` may live inside it).
+
+Order, for a crash at any point: the bytes are stored durably (spool file
+fsynced, row committed; :func:`~gateway.receive.spool.store_instance`) *then*
+the file is moved (hard link in the destination, unlink, both folders
+fsynced).  A crash between the two leaves the file in the folder: it is taken
+again at the next start and recognised as a duplicate (same UID, same bytes),
+then moved to ``done_dir``.  A refusal is recorded as the C-STORE path
+records it (a ``rejected`` row with the reason; the same bytes again reuse
+it).  "Out of resources" (disk below the watermark, database unavailable)
+is not a refusal of the file: it stays in the folder and is tried again.
+
+Bounded: a file larger than ``[dicom] max_dataset_mb`` is not read (refused
+by its size); one file's bytes are in memory at a time.  Log lines name the
+file's SHA-256 (and the SOP Instance UID / ecg id, from the storage path),
+never the file name, which may carry a patient's name or id; the name is in
+the reason file.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import shutil
+import stat
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gateway.receive.files import as_part10, is_dicom
+from gateway.receive.limits import DatasetTooLarge, check_size
+from gateway.receive.spool import (
+    DATA_SET_TOO_LARGE,
+    OUT_OF_RESOURCES,
+    PROCESSING_FAILURE,
+    SUCCESS,
+    IncomingInstance,
+    StoreContext,
+    StoreOutcome,
+    store_instance,
+)
+from gateway.store.spool import ensure_dir, fsync_dir
+from gateway.timeutil import utcnow
+
+if TYPE_CHECKING:
+    from gateway.config import IngestConfig
+
+log = logging.getLogger("gateway.receive")
+
+#: ``peer_address`` of the rows the watched folder stores ("ingest" for the command).
+WATCH_SOURCE = "watch"
+#: Beside each refused file in ``failed_dir``: ``<name>.reason.txt``.
+REASON_SUFFIX = ".reason.txt"
+#: Copies of one name in a destination folder before giving up (``a.dcm``, ``a.1.dcm``, ...).
+_MAX_COPIES = 10000
+
+#: What the watched folder does with one file's bytes: an instance for the
+#: storage path, or the reason it is not one (refused without a row).
+Recognise = Callable[[bytes], IncomingInstance | str]
+
+
+def dicom_file(raw: bytes) -> IncomingInstance | str:
+    """A DICOM file (Part 10, or a bare data set given its file meta) as the
+    storage path takes it, or why it is not DICOM."""
+    if not is_dicom(raw):
+        return "not a DICOM file (no DICM prefix, and no data set with a SOP Class and Instance UID)"
+    return IncomingInstance.from_file(as_part10(raw), peer_address=WATCH_SOURCE)
+
+
+@dataclass(frozen=True)
+class Look:
+    """What one look at a file saw: equal at two looks = it stopped growing."""
+
+    size: int
+    mtime_ns: int
+    inode: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> Look:
+        return cls(st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+@dataclass
+class Taken:
+    """What happened to one file: ``accepted``, ``duplicate``, ``refused``
+    (moved to ``failed_dir``), or ``retry`` (left in the folder: out of
+    resources, or it changed while being read)."""
+
+    name: str
+    result: str
+    status: int | None = None
+    reason: str | None = None
+    ecg_id: int | None = None
+    moved_to: Path | None = None
+
+
+@dataclass
+class WatchFolder:
+    """One watched folder: :meth:`poll` looks once, :meth:`run` loops until stopped.
+
+    ``on_stored(ecg_id)`` is called after each new instance is committed
+    (never for duplicates or refusals); it must return quickly.
+    """
+
+    ingest: IngestConfig
+    ctx: StoreContext
+    on_stored: Callable[[int], None] | None = None
+    recognise: Recognise = dicom_file
+    #: name -> what the previous look saw
+    _seen: dict[str, Look] = field(default_factory=dict, init=False, repr=False)
+
+    @property
+    def watch_dir(self) -> Path:
+        return Path(self.ingest.watch_dir)
+
+    @property
+    def done_dir(self) -> Path:
+        return Path(self.ingest.done_dir)
+
+    @property
+    def failed_dir(self) -> Path:
+        return Path(self.ingest.failed_dir)
+
+    def prepare(self) -> None:
+        """Create the three folders (durably); raises OSError naming the one that failed."""
+        for folder in (self.watch_dir, self.done_dir, self.failed_dir):
+            ensure_dir(folder)
+
+    def run(self, stop: threading.Event) -> None:
+        """Look every ``poll_interval_s`` until ``stop`` is set (a file being
+        stored is finished first)."""
+        self.prepare()
+        log.info("watching folder %s (every %g s; done: %s, failed: %s)", self.watch_dir,
+                 self.ingest.poll_interval_s, self.done_dir, self.failed_dir)
+        while not stop.is_set():
+            try:
+                self.poll(stop)
+            except OSError as exc:  # the folder went away or is unreadable: say so, keep trying
+                log.error("watched folder %s: %s", self.watch_dir, exc.strerror or exc)
+            stop.wait(self.ingest.poll_interval_s)
+
+    def poll(self, stop: threading.Event | None = None) -> list[Taken]:
+        """One look at the folder: take every file that has not changed since
+        the previous look; returns what happened to each file taken."""
+        looks = dict(self._candidates())
+        self._seen = {name: look for name, look in self._seen.items() if name in looks}
+        done: list[Taken] = []
+        for name, look in looks.items():
+            if stop is not None and stop.is_set():
+                break
+            if self._seen.get(name) != look:
+                self._seen[name] = look  # new or still changing: look again next time
+                continue
+            taken = self._take(name, look)
+            if taken is None:
+                continue
+            if taken.result != "retry":
+                self._seen.pop(name, None)
+            done.append(taken)
+        return done
+
+    def _candidates(self) -> Iterator[tuple[str, Look]]:
+        suffixes = tuple(s.lower() for s in self.ingest.ignored_suffixes if s)
+        with os.scandir(self.watch_dir) as entries:
+            for entry in entries:
+                name = entry.name
+                if name.startswith(".") or name.lower().endswith(suffixes):
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    continue  # sub-folders are not watched (done_dir/failed_dir may be here)
+                yield name, Look.of(st)
+
+    def _take(self, name: str, look: Look) -> Taken | None:
+        path = self.watch_dir / name
+        read = self._read(path, look)
+        if read is None:
+            return None  # gone (taken by another process?)
+        if isinstance(read, Taken):
+            return read if read.result == "retry" else self._refuse(path, read)
+        raw = read
+        sha256 = hashlib.sha256(raw).hexdigest()
+        recognised = self.recognise(raw)
+        if isinstance(recognised, str):
+            return self._refuse(path, Taken(name, "refused", None, recognised), sha256)
+        try:
+            outcome = store_instance(recognised, self.ctx)
+        except Exception:  # noqa: BLE001 - never let a bug look like success; the file goes aside
+            log.exception("watched folder: storing the file with sha256 %s failed unexpectedly", sha256[:12])
+            outcome = StoreOutcome(PROCESSING_FAILURE, None, False, "unexpected error in the gateway (see its log)")
+        if outcome.status == OUT_OF_RESOURCES:
+            log.warning("watched folder: file with sha256 %s left in place, tried again later: %s",
+                        sha256[:12], outcome.reason)
+            return Taken(name, "retry", outcome.status, outcome.reason)
+        if outcome.status != SUCCESS:
+            return self._refuse(path, Taken(name, "refused", outcome.status, outcome.reason, outcome.ecg_id), sha256)
+        taken = Taken(name, "duplicate" if outcome.duplicate else "accepted", SUCCESS, outcome.reason, outcome.ecg_id)
+        if not outcome.duplicate and outcome.ecg_id is not None and self.on_stored is not None:
+            try:
+                self.on_stored(outcome.ecg_id)
+            except Exception:  # noqa: BLE001 - the instance is stored; the worker also polls
+                log.exception("on_stored(%d) failed", outcome.ecg_id)
+        taken.moved_to = move_unique(path, self.done_dir)
+        log.info("watched folder: file with sha256 %s %s as ecg id %s; moved to done_dir", sha256[:12],
+                 "was a duplicate of" if outcome.duplicate else "stored", outcome.ecg_id)
+        return taken
+
+    def _read(self, path: Path, look: Look) -> bytes | Taken | None:
+        """The file's bytes when it is still what the looks saw; a ``Taken``
+        when it is refused by its kind or size, or changed (retry)."""
+        name = path.name
+        max_bytes = self.ctx.max_dataset_bytes
+        try:
+            st = path.lstat()
+            if not stat.S_ISREG(st.st_mode):
+                kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+                return Taken(name, "refused", None, f"{kind}, not a file to store (never followed or read)")
+            check_size(st.st_size, max_bytes)
+            # O_NOFOLLOW: the name was a regular file a moment ago; never read through a link put there since
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except FileNotFoundError:
+            return None
+        except DatasetTooLarge as exc:
+            return Taken(name, "refused", DATA_SET_TOO_LARGE, str(exc))
+        except OSError as exc:
+            log.warning("watched folder: cannot open a file: %s; tried again later", exc.strerror or exc)
+            return Taken(name, "retry", None, f"cannot read: {exc.strerror or exc}")
+        with os.fdopen(fd, "rb") as f:
+            raw = f.read(max_bytes + 1)
+            after = os.fstat(f.fileno())
+        if Look.of(after) != look or len(raw) != look.size:
+            self._seen.pop(name, None)  # still being written: wait for two equal looks again
+            return Taken(name, "retry", None, "changed while being read")
+        return raw
+
+    def _refuse(self, path: Path, taken: Taken, sha256: str | None = None) -> Taken:
+        """Move a refused file to ``failed_dir`` with its reason beside it."""
+        moved = move_unique(path, self.failed_dir, reserve_suffix=REASON_SUFFIX)
+        taken.moved_to = moved
+        if moved is not None:
+            status = f"0x{taken.status:04X}" if taken.status is not None else "-"
+            lines = [
+                f"file: {path.name}",
+                f"refused: {taken.reason}",
+                f"status: {status}",
+                f"ecg id: {taken.ecg_id if taken.ecg_id is not None else '- (no row)'}",
+                f"sha256: {sha256 or '-'}",
+                f"at: {utcnow().isoformat()}",
+            ]
+            write_new_file(moved.with_name(moved.name + REASON_SUFFIX), ("\n".join(lines) + "\n").encode("utf-8"))
+        log.warning("watched folder: refused a file (sha256 %s, ecg id %s) with status %s: %s; moved to failed_dir",
+                    (sha256 or "-")[:12], taken.ecg_id,
+                    f"0x{taken.status:04X}" if taken.status is not None else "-", taken.reason)
+        return taken
+
+
+def _numbered(name: str, n: int) -> str:
+    """``a.dcm`` -> ``a.1.dcm``; ``IM0001`` -> ``IM0001.1``."""
+    if n == 0:
+        return name
+    stem, dot, suffix = name.rpartition(".")
+    return f"{stem}.{n}.{suffix}" if dot and stem else f"{name}.{n}"
+
+
+def move_unique(src: Path, folder: Path, *, reserve_suffix: str = "") -> Path | None:
+    """Move ``src`` into ``folder`` under its name, or ``name.1``, ``name.2``
+    ... when taken (never over an existing file; with ``reserve_suffix``,
+    also where ``<name><suffix>`` exists).  Durable: the destination and the
+    source folder are fsynced.  Returns the new path, or None when ``src``
+    is gone (another process moved it).  Across file systems the bytes are
+    copied (and fsynced) first."""
+    ensure_dir(folder)
+    staged: Path | None = None
+    try:
+        for n in range(_MAX_COPIES):
+            dest = folder / _numbered(src.name, n)
+            if reserve_suffix and dest.with_name(dest.name + reserve_suffix).exists():
+                continue
+            try:
+                os.link(staged or src, dest, follow_symlinks=False)
+            except FileExistsError:
+                continue
+            except FileNotFoundError:
+                if staged is None:
+                    return None
+                raise
+            except OSError as exc:
+                if exc.errno != errno.EXDEV or staged is not None:
+                    raise
+                staged = _copy_into(src, folder)
+                try:
+                    os.link(staged, dest, follow_symlinks=False)
+                except FileExistsError:
+                    continue
+            fsync_dir(folder)
+            try:
+                src.unlink()
+            except FileNotFoundError:
+                pass
+            fsync_dir(src.parent)
+            return dest
+        raise FileExistsError(errno.EEXIST, f"{_MAX_COPIES} files named like this already in {folder}")
+    finally:
+        if staged is not None:
+            staged.unlink(missing_ok=True)
+
+
+def _copy_into(src: Path, folder: Path) -> Path:
+    """A durable copy of ``src`` in ``folder`` under a dotted temporary name."""
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".moving-")
+    with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
+        shutil.copyfileobj(f, out)
+        out.flush()
+        os.fsync(out.fileno())
+    return Path(tmp)
+
+
+def write_new_file(path: Path, data: bytes) -> None:
+    """Write ``path`` durably; an existing file of that name is replaced."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
