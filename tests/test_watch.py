@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy import select
 
 from gateway.config import IngestConfig
-from gateway.receive.spool import StoreContext, store_instance
-from gateway.receive.watch import REASON_SUFFIX, WATCH_SOURCE, WatchFolder, dicom_file, move_unique
+from gateway.receive.spool import IncomingInstance, StoreContext, store_instance
+from gateway.receive.watch import REASON_SUFFIX, WATCH_SOURCE, WatchFolder, move_unique, recognise
 from gateway.store.models import RECEIVED, REJECTED, EcgInstance
 from gateway.store.spool import Spool
 from receive_helpers import ecg_bytes, spool_files
@@ -53,6 +53,22 @@ def test_accepted_file_is_stored_then_moved(tmp_path: Path, session_factory, sam
     assert names(w.watch_dir) == [] and names(w.done_dir) == ["IM0001"] and names(w.failed_dir) == []
     assert (w.done_dir / "IM0001").read_bytes() == raw
     assert [p.read_bytes() for p in spool_files(tmp_path / "spool")] == [raw]
+
+
+def test_xml_files_are_taken_too(tmp_path: Path, session_factory) -> None:
+    """Philips Sierra XML (the UTF-16 1.04 sample) and HL7 aECG, whatever their names."""
+    w = watcher(tmp_path, session_factory)
+    inputs = Path(__file__).parent / "fixtures" / "inputs"
+    samples = {"export_0001": inputs / "philips" / "ad4d3d80-d165_1-04_orig.xml",
+               "aecg.dat": inputs / "aecg" / "hl7_aecg_example.xml"}
+    for name, sample in samples.items():
+        (w.watch_dir / name).write_bytes(sample.read_bytes())
+    w.poll()
+    assert sorted(t.result for t in w.poll()) == ["accepted", "accepted"]
+    assert names(w.done_dir) == sorted(samples)
+    stored = {r.source_format: r for r in rows(session_factory)}
+    assert sorted(stored) == ["aecg", "philips"]
+    assert all(r.status == RECEIVED and r.peer_address == WATCH_SOURCE for r in stored.values())
 
 
 def test_half_copied_file_is_never_taken(tmp_path: Path, session_factory, sample_path: Path) -> None:
@@ -97,14 +113,16 @@ def test_refused_file_goes_to_failed_with_its_reason(tmp_path: Path, session_fac
     assert {n: t.result for n, t in taken.items()} == {"no_waveform.dcm": "refused", "notes.txt": "refused"}
     assert names(w.failed_dir) == ["no_waveform.dcm", "no_waveform.dcm" + REASON_SUFFIX,
                                    "notes.txt", "notes.txt" + REASON_SUFFIX]
-    [row] = rows(session_factory)  # the DICOM refusal has its row; a file that is no ECG has none
+    # each refusal has its row, saying why
+    row, other_row = sorted(rows(session_factory), key=lambda r: r.error != "no WaveformSequence")
     assert (row.status, row.error) == (REJECTED, "no WaveformSequence")
+    assert other_row.status == REJECTED and other_row.error.startswith("not a DICOM file")
     reason = (w.failed_dir / ("no_waveform.dcm" + REASON_SUFFIX)).read_text()
     assert "refused: no WaveformSequence\n" in reason and "status: 0xA900\n" in reason
     assert f"ecg id: {row.id}\n" in reason and f"sha256: {hashlib.sha256(bad).hexdigest()}\n" in reason
     assert "file: no_waveform.dcm\n" in reason
     other = (w.failed_dir / ("notes.txt" + REASON_SUFFIX)).read_text()
-    assert "refused: not a DICOM file" in other and "ecg id: - (no row)" in other
+    assert "refused: not a DICOM file" in other and f"ecg id: {other_row.id}\n" in other
     assert (w.failed_dir / "notes.txt").read_bytes() == b"not an ECG at all"
 
 
@@ -133,8 +151,8 @@ def test_crash_between_store_and_move_is_a_duplicate(tmp_path: Path, session_fac
     w = watcher(tmp_path, session_factory)
     raw = ecg_bytes(sample_path)
     (w.watch_dir / "a.dcm").write_bytes(raw)
-    incoming = dicom_file(raw)
-    assert not isinstance(incoming, str)
+    incoming = recognise(raw, w.ctx.max_dataset_bytes)
+    assert isinstance(incoming, IncomingInstance)
     assert store_instance(incoming, w.ctx).status == 0
     restarted = watcher(tmp_path, session_factory)
     assert restarted.poll() == []

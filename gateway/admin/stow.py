@@ -46,7 +46,7 @@ from starlette.concurrency import run_in_threadpool
 from gateway.admin.auth import NO_TOKEN_MESSAGE, bearer_ok
 from gateway.admin.http import client_address
 from gateway.config import Config
-from gateway.receive.files import raw_data_set_uids
+from gateway.receive.door import as_part10
 from gateway.receive.header import file_meta_uids
 from gateway.receive.limits import MIB, limit_text
 from gateway.receive.spool import (
@@ -272,10 +272,9 @@ class _Store:
         # an instance refused before its header was read: named by its file meta, else by its data set
         outcome.sop_instance_uid = outcome.sop_instance_uid or announced.sop_instance_uid
         outcome.sop_class_uid = outcome.sop_class_uid or announced.sop_class_uid
-        if outcome.status != SUCCESS and not outcome.sop_instance_uid:
-            found = raw_data_set_uids(raw)
-            if found is not None:
-                outcome.sop_class_uid, outcome.sop_instance_uid = found
+        if outcome.status != SUCCESS and not outcome.sop_instance_uid and raw[128:132] != b"DICM":
+            bare = file_meta_uids(as_part10(raw))  # a data set without PS3.10 header: refused, but named
+            outcome.sop_class_uid, outcome.sop_instance_uid = bare.sop_class_uid, bare.sop_instance_uid
         if outcome.status == SUCCESS and not outcome.duplicate and outcome.ecg_id is not None \
                 and self.on_stored is not None:
             try:

@@ -8,7 +8,6 @@ from pathlib import Path
 import typer
 
 from gateway.cliconfig import config_from
-from gateway.receive.files import as_part10
 
 #: How ``ingest`` names each format.
 FORMAT_NAMES = {"dicom": "DICOM", "philips": "Philips XML", "aecg": "HL7 aECG"}

@@ -1,5 +1,6 @@
-"""The watched folder (``[ingest] watch_dir``): files dropped there are
-stored like a C-STORE, then moved to ``done_dir`` (stored or duplicate) or
+"""The watched folder (``[ingest] watch_dir``): files dropped there (DICOM,
+Philips Sierra XML, HL7 aECG: recognised by content, whatever their name)
+are stored like a C-STORE, then moved to ``done_dir`` (stored or duplicate) or
 ``failed_dir`` (refused, with ``<name>.reason.txt`` beside it).
 
 A file is taken only once it has stopped growing: its size, modification
@@ -41,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gateway.receive.files import as_part10, is_dicom
+from gateway.receive.door import Refusal, incoming_from_bytes
 from gateway.receive.limits import DatasetTooLarge, check_size
 from gateway.receive.spool import (
     DATA_SET_TOO_LARGE,
@@ -68,17 +69,13 @@ REASON_SUFFIX = ".reason.txt"
 #: Copies of one name in a destination folder before giving up (``a.dcm``, ``a.1.dcm``, ...).
 _MAX_COPIES = 10000
 
-#: What the watched folder does with one file's bytes: an instance for the
-#: storage path, or the reason it is not one (refused without a row).
-Recognise = Callable[[bytes], IncomingInstance | str]
 
 
-def dicom_file(raw: bytes) -> IncomingInstance | str:
-    """A DICOM file (Part 10, or a bare data set given its file meta) as the
-    storage path takes it, or why it is not DICOM."""
-    if not is_dicom(raw):
-        return "not a DICOM file (no DICM prefix, and no data set with a SOP Class and Instance UID)"
-    return IncomingInstance.from_file(as_part10(raw), peer_address=WATCH_SOURCE)
+def recognise(raw: bytes, max_bytes: int) -> IncomingInstance | Refusal:
+    """One file's bytes as the storage path takes them, whatever the format
+    (DICOM, Philips XML, HL7 aECG: :func:`~gateway.receive.door.incoming_from_bytes`),
+    stored with ``peer_address`` = ``watch``."""
+    return incoming_from_bytes(raw, WATCH_SOURCE, max_bytes=max_bytes)
 
 
 @dataclass(frozen=True)
@@ -119,7 +116,6 @@ class WatchFolder:
     ingest: IngestConfig
     ctx: StoreContext
     on_stored: Callable[[int], None] | None = None
-    recognise: Recognise = dicom_file
     #: name -> what the previous look saw
     _seen: dict[str, Look] = field(default_factory=dict, init=False, repr=False)
 
@@ -197,9 +193,9 @@ class WatchFolder:
             return read if read.result == "retry" else self._refuse(path, read)
         raw = read
         sha256 = hashlib.sha256(raw).hexdigest()
-        recognised = self.recognise(raw)
-        if isinstance(recognised, str):
-            return self._refuse(path, Taken(name, "refused", None, recognised), sha256)
+        recognised = recognise(raw, self.ctx.max_dataset_bytes)
+        if isinstance(recognised, Refusal):
+            return self._refuse(path, Taken(name, "refused", recognised.status, recognised.reason), sha256)
         try:
             outcome = store_instance(recognised, self.ctx)
         except Exception:  # noqa: BLE001 - never let a bug look like success; the file goes aside
