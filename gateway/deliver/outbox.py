@@ -43,8 +43,13 @@ def result_options(session: Session, ecg: EcgInstance) -> OruOptions:
     """A correction (OBR-25/OBX-11 = C, the corrected version's filler order
     id) when an earlier version of the instance has a result in the outbox,
     else a final result (``gateway.store.versions.corrected_version``)."""
-    corrected = corrected_version(session, ecg)
-    return OruOptions() if corrected is None else OruOptions(result_status="C", filler_id=str(corrected))
+    return correction_options(corrected_version(session, ecg))
+
+
+def correction_options(corrected_id: int | None) -> OruOptions:
+    """A correction of the result of ecg ``corrected_id`` (OBR-25/OBX-11 = C,
+    repeating that version's filler order id), or a final result when None."""
+    return OruOptions() if corrected_id is None else OruOptions(result_status="C", filler_id=str(corrected_id))
 
 
 def enqueue_result(

@@ -27,9 +27,9 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
-from typing import Any
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
@@ -39,16 +39,16 @@ from gateway.config import Config
 from gateway.findings import FINDINGS
 from gateway.process import metrics
 from gateway.process.claim import claim_batch, release_dead_claims, still_claimed, this_process
+from gateway.process.outcome import Decision, Facts, Outcome, decide
 from gateway.rebuild import normalise_document, read_dataset
-from gateway.store.models import FAILED, PROCESSED, RECEIVED, REJECTED, EcgInstance, Prediction
+from gateway.store.models import EcgInstance, Prediction
 from gateway.store.spool import Spool
-from gateway.store.versions import (
-    IDENTITY_CHANGED,
-    IDENTITY_CHANGED_AUDIT,
-    IDENTITY_CHANGED_REASON,
-    identity_conflict,
-)
+from gateway.store.versions import IDENTITY_CHANGED, IDENTITY_CHANGED_AUDIT, corrected_version, identity_conflict
 from gateway.timeutil import as_utc, utcnow
+
+if TYPE_CHECKING:
+    from gateway.normalise import NormalisedEcg
+    from gateway.report.measurements import CartReport
 
 log = logging.getLogger("gateway.process")
 
@@ -69,7 +69,7 @@ class _Item:
     sop_instance_uid: str = ""
     received_at: datetime | None = None
     attempts: int = 0
-    normalised: Any = None  # NormalisedEcg
+    normalised: NormalisedEcg | None = None
     rejection: str | None = None
     report: dict[str, Any] = field(default_factory=dict)
     error: str | None = None  # unexpected failure, with traceback
@@ -77,8 +77,8 @@ class _Item:
     output: dict[str, Any] | None = None
     #: Another patient than the UID's first version: (ecg id, version) of that version.
     identity_conflict: tuple[int, int] | None = None
-    #: The cart's measurements and statements (``gateway.report.measurements.CartReport``).
-    cart: Any = None
+    #: The cart's measurements and statements.
+    cart: CartReport | None = None
 
 
 class Worker:
@@ -210,7 +210,8 @@ class Worker:
         return item
 
     def _infer(self, ready: list[_Item]) -> None:
-        x = np.stack([it.normalised.signal for it in ready]).astype(np.float32, copy=False)
+        # ``ready``: the items normalise_dataset read (process() keeps only those)
+        x = np.stack([it.normalised.signal for it in ready if it.normalised is not None]).astype(np.float32, copy=False)
         t0 = time.perf_counter()
         try:
             out = self.ensemble.predict(x)
@@ -233,8 +234,8 @@ class Worker:
         the model input in memory and the values the result will store (the
         same bytes ``ecg export-report`` gives later).  A report that cannot be
         drawn is logged and left out: the result goes without it."""
-        hl7 = self.cfg.hl7
-        if not (hl7.enabled and hl7.embed_pdf) or it.output is None or it.error is not None \
+        hl7, output, normalised = self.cfg.hl7, it.output, it.normalised
+        if not (hl7.enabled and hl7.embed_pdf) or output is None or normalised is None or it.error is not None \
                 or it.identity_conflict is not None:
             return None
         from types import SimpleNamespace
@@ -244,12 +245,12 @@ class Worker:
         from gateway.report.pdf import build_pdf, input_scale, report_data
 
         try:
-            probs = {code: float(it.output["mean"][k]) for k, code in enumerate(FINDINGS)}
+            probs = {code: float(output["mean"][k]) for k, code in enumerate(FINDINGS)}
             thresholds = dict(self.cfg.model.thresholds)
             identity = self.ensemble.identity
             prediction = SimpleNamespace(
                 probabilities=probs, thresholds=thresholds, findings=apply_thresholds(probs, thresholds),
-                quality_flags=list(it.normalised.quality_flags), model_sha256=identity["model_sha256"],
+                quality_flags=list(normalised.quality_flags), model_sha256=identity["model_sha256"],
                 demo_model=bool(identity["demo"]), gateway_version=__version__, created_at=now)
             with self.session_factory() as session:
                 row = session.get(EcgInstance, it.ecg_id)
@@ -259,7 +260,7 @@ class Worker:
             ecg.cart_statements = cart.statements if cart is not None else []
             fs, gain = input_scale(it.report)
             return build_pdf(
-                report_data(ecg, it.normalised.signal, list(OUTPUT_LEADS), fs, gain, prediction=prediction)
+                report_data(ecg, normalised.signal, list(OUTPUT_LEADS), fs, gain, prediction=prediction)
             )
         except Exception:  # noqa: BLE001 - the result must not wait for its picture
             log.exception(
@@ -270,110 +271,110 @@ class Worker:
             return None
 
     def _finish(self, it: _Item) -> None:
-        """Write one ECG's outcome in one transaction (only while our claim holds)."""
-        from gateway.deliver.outbox import enqueue_result, result_options
+        """Write one ECG's outcome (:func:`gateway.process.outcome.decide`) in
+        one transaction, only while our claim holds; then log and count it."""
+        from gateway.deliver.outbox import enqueue_result
         from gateway.deliver.pacs import enqueue_pacs
-        from gateway.infer.thresholds import apply_thresholds
-        from gateway.normalise import input_sha256, normaliser_version
         from gateway.store.audit import audit
 
         now = utcnow()
-        outcome = "failed"
-        enqueued = False
         report_pdf = self._report_pdf(it, now)  # before the transaction: it takes ~50 ms
+        facts = Facts(inferred=it.output is not None, rejection=it.rejection, error=it.error,
+                      identity_conflict=it.identity_conflict)
+        prediction: Prediction | None = None
+        enqueued = False
         with self.session_factory() as session, session.begin():
             row = still_claimed(session, it.ecg_id, self.worker_id)
             if row is None:
                 log.warning("ECG id=%s sop=%s: claim lost (lease expired?); leaving it to its new owner",
                             it.ecg_id, it.sop_instance_uid)
                 return
-            prediction = None
-            if it.identity_conflict is not None:
+            # a later version of an instance whose result went out corrects it (OBR-25 = C)
+            corrects = corrected_version(session, row) if row.version > 1 else None
+            decision = decide(facts, attempts=row.attempts, max_attempts=self.cfg.process.max_attempts, now=now,
+                              corrects=corrects, report_pdf=report_pdf)
+            row.status, row.error = decision.status, decision.error
+            if decision.outcome is Outcome.QUARANTINED:
+                assert it.identity_conflict is not None  # what decide() quarantines on
                 ref_id, ref_version = it.identity_conflict
-                row.status, row.error = (
-                    REJECTED,
-                    f"{IDENTITY_CHANGED_REASON} (version {ref_version} is ecg id {ref_id})",
-                )
                 row.flags = [*(row.flags or []), IDENTITY_CHANGED]
                 audit(session, f"worker:{self.worker_id}", IDENTITY_CHANGED_AUDIT, f"ecg:{row.id}",
                       sop_instance_uid=row.sop_instance_uid, version=row.version,
                       reference_ecg_id=ref_id, reference_version=ref_version)
-                outcome = "quarantined"
-            elif it.error is None and it.output is not None:
-                probs = {code: float(it.output["mean"][k]) for k, code in enumerate(FINDINGS)}
-                thresholds = dict(self.cfg.model.thresholds)
-                identity = self.ensemble.identity
-                received = as_utc(row.received_at)
-                prediction = Prediction(
-                    ecg_id=row.id,
-                    probabilities=probs,
-                    spread={code: {s: float(it.output[s][k]) for s in ("min", "max", "std")}
-                            for k, code in enumerate(FINDINGS)},
-                    findings=apply_thresholds(probs, thresholds),
-                    thresholds=thresholds,
-                    created_at=now,  # the PDF report shows this time ([hl7] embed_pdf built it already)
-                    model_files=identity["files"],
-                    model_sha256=identity["model_sha256"],
-                    demo_model=bool(identity["demo"]),
-                    quality_flags=list(it.normalised.quality_flags),
-                    # The input is rebuilt from the spool on demand and checked against this.
-                    input_sha256=input_sha256(it.normalised.signal),
-                    normaliser_version=normaliser_version(),
-                    gateway_version=__version__,
-                    timings={
-                        "normalise_ms": round(it.normalise_ms, 3),
-                        "infer_ms": round(it.output["infer_ms"], 3),
-                        "batch_size": it.output["batch_size"],
-                        "worker": self.worker_id,
-                        "received_to_processed_ms": round((now - received).total_seconds() * 1000, 3),
-                    },
-                )
+            elif decision.outcome is Outcome.PROCESSED:
+                prediction = self._prediction(it, row, now)
                 session.add(prediction)
-                row.status, row.error, row.report = PROCESSED, None, it.report
-                outcome = "processed"
-            elif it.error is None and it.rejection is not None:
-                row.status, row.error, row.report = REJECTED, it.rejection, it.report
-                outcome = "rejected"
-            elif row.attempts < self.cfg.process.max_attempts:
-                # Unexpected: try again later, backing off.
-                row.status, row.error = RECEIVED, it.error
-                row.lease_expires_at = now + timedelta(seconds=min(300, 2 ** row.attempts))
-                row.claimed_by = None
-                outcome = "retry"
-            else:
-                row.status, row.error = FAILED, it.error
-                outcome = "failed"
-            if outcome != "retry":
+                row.report = it.report
+            elif decision.outcome is Outcome.REJECTED:
+                row.report = it.report
+            if decision.retry_at is not None:  # try again later, backing off
+                row.lease_expires_at, row.claimed_by = decision.retry_at, None
+            if decision.releases_claim:
                 row.claimed_by, row.lease_expires_at, row.processed_at = None, None, now
-            if outcome in ("processed", "rejected"):
+            if decision.oru is not None:
                 if it.cart is not None:
                     row.measurements, row.cart_statements = it.cart.measurements, it.cart.statements
                 session.flush()
-                # a later version of an instance whose result went out corrects it (OBR-25 = C)
-                enqueued = enqueue_result(session, row, prediction, self.cfg.hl7,
-                                          options=replace(result_options(session, row),
-                                                          report_pdf=report_pdf if prediction is not None else None),
-                                          ) is not None
+                enqueued = enqueue_result(session, row, prediction, self.cfg.hl7, options=decision.oru) is not None
                 if prediction is not None:  # the report and the SR to PACS ([pacs] send), with the result
                     enqueue_pacs(session, row, self.cfg.pacs)
-        metrics.ECG_OUTCOMES.labels("rejected" if outcome == "quarantined" else outcome).inc()
-        if outcome == "processed":
-            metrics.LATENCY.observe(prediction.timings["received_to_processed_ms"] / 1000)  # type: ignore[union-attr]
+        self._log_outcome(it, decision, prediction)
+        if enqueued and self.on_outbox:
+            self.on_outbox()
+
+    def _prediction(self, it: _Item, row: EcgInstance, now: datetime) -> Prediction:
+        """The result row of an ECG the model read (its output and model input are in ``it``)."""
+        from gateway.infer.thresholds import apply_thresholds
+        from gateway.normalise import input_sha256, normaliser_version
+
+        output, normalised = it.output, it.normalised
+        assert output is not None and normalised is not None  # only inferred ECGs are processed
+        probs = {code: float(output["mean"][k]) for k, code in enumerate(FINDINGS)}
+        thresholds = dict(self.cfg.model.thresholds)
+        identity = self.ensemble.identity
+        received = as_utc(row.received_at)
+        return Prediction(
+            ecg_id=row.id,
+            probabilities=probs,
+            spread={code: {s: float(output[s][k]) for s in ("min", "max", "std")}
+                    for k, code in enumerate(FINDINGS)},
+            findings=apply_thresholds(probs, thresholds),
+            thresholds=thresholds,
+            created_at=now,  # the PDF report shows this time ([hl7] embed_pdf built it already)
+            model_files=identity["files"],
+            model_sha256=identity["model_sha256"],
+            demo_model=bool(identity["demo"]),
+            quality_flags=list(normalised.quality_flags),
+            # The input is rebuilt from the spool on demand and checked against this.
+            input_sha256=input_sha256(normalised.signal),
+            normaliser_version=normaliser_version(),
+            gateway_version=__version__,
+            timings={
+                "normalise_ms": round(it.normalise_ms, 3),
+                "infer_ms": round(output["infer_ms"], 3),
+                "batch_size": output["batch_size"],
+                "worker": self.worker_id,
+                "received_to_processed_ms": round((now - received).total_seconds() * 1000, 3),
+            },
+        )
+
+    def _log_outcome(self, it: _Item, decision: Decision, prediction: Prediction | None) -> None:
+        """One log line and the /metrics counters for a written outcome."""
+        metrics.ECG_OUTCOMES.labels(decision.metric_label).inc()
+        outcome = decision.outcome
+        if prediction is not None:
+            latency_ms = prediction.timings["received_to_processed_ms"]
+            metrics.LATENCY.observe(latency_ms / 1000)
             log.info("ECG id=%s sop=%s processed: findings=%s (%.0f ms after receipt)", it.ecg_id,
-                     it.sop_instance_uid, ",".join(prediction.findings) or "none",  # type: ignore[union-attr]
-                     prediction.timings["received_to_processed_ms"])  # type: ignore[union-attr]
-        elif outcome == "rejected":
+                     it.sop_instance_uid, ",".join(prediction.findings) or "none", latency_ms)
+        elif outcome is Outcome.REJECTED:
             log.warning("ECG id=%s sop=%s rejected: %s", it.ecg_id, it.sop_instance_uid, it.rejection)
-        elif outcome == "quarantined":
-            log.warning("ECG id=%s sop=%s quarantined, no ORU: %s (version %d is ecg id %d)", it.ecg_id,
-                        it.sop_instance_uid, IDENTITY_CHANGED_REASON, it.identity_conflict[1],  # type: ignore[index]
-                        it.identity_conflict[0])  # type: ignore[index]
-        elif outcome == "retry":
+        elif outcome is Outcome.QUARANTINED:
+            log.warning("ECG id=%s sop=%s quarantined, no ORU: %s", it.ecg_id, it.sop_instance_uid, decision.error)
+        elif outcome is Outcome.RETRY:
             log.warning("ECG id=%s sop=%s: unexpected error (attempt %d of %d), will retry: %s", it.ecg_id,
                         it.sop_instance_uid, it.attempts, self.cfg.process.max_attempts,
                         (it.error or "").strip().splitlines()[-1])
         else:
             log.error("ECG id=%s sop=%s failed after %d attempts: %s", it.ecg_id, it.sop_instance_uid,
                       it.attempts, (it.error or "").strip().splitlines()[-1])
-        if enqueued and self.on_outbox:
-            self.on_outbox()
