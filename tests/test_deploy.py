@@ -118,6 +118,10 @@ def _nginx_config(tmp: Path, https_port: int, http_port: int, admin_port: int) -
     return main
 
 
+_STOW_TYPE = 'multipart/related; type="application/dicom"; boundary=b0'
+_STOW_BODY = b"--b0\r\nContent-Type: application/dicom\r\n\r\n" + b"x" * 150_000 + b"\r\n--b0--\r\n"
+
+
 def _wait_port(port: int, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -166,6 +170,11 @@ def test_nginx_example_serves_the_admin_view_over_tls_with_a_secure_cookie(db_ur
             r = client.get("/ecgs")  # the session works through the proxy
             assert r.status_code == 200 and "<h1>ECGs</h1>" in r.text
             assert client.get("/metrics").status_code == 200  # from 127.0.0.1: allowed
+            # DICOMweb STOW-RS through the proxy: bigger than the admin's 64k form limit, chunked
+            stow = client.post("/dicomweb/studies", content=iter([_STOW_BODY[:70000], _STOW_BODY[70000:]]),
+                               headers={"Authorization": "Bearer tok3n", "Content-Type": _STOW_TYPE})
+            assert stow.status_code == 409 and stow.headers["content-type"] == "application/dicom+json", stow.text
+            assert stow.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0xC000]  # not DICOM, but it got there
         r = httpx.get(f"http://127.0.0.1:{http_port}/ecgs", follow_redirects=False)
         assert r.status_code == 301 and r.headers["location"] == "https://127.0.0.1/ecgs"
     finally:
