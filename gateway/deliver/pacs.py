@@ -68,6 +68,12 @@ def enqueue_pacs(session: Session, ecg: EcgInstance, cfg: PacsConfig) -> list[Pa
 
     if not cfg.enabled:
         return []
+    if getattr(ecg, "source_format", "dicom") != "dicom":
+        # the PDF and SR reuse the original's DICOM patient and study modules: a Philips XML or aECG
+        # original has none (no study UID in either format), so nothing goes back to PACS for it
+        log.info("ecg %s: no PACS objects for a %s original (no DICOM study to add them to)", ecg.id,
+                 ecg.source_format)
+        return []
     rows = []
     for kind in cfg.send:
         row = PacsMessage(

@@ -54,24 +54,37 @@ def xml_encoding(head: bytes) -> str:
     return "utf-8"
 
 
-def xml_root(raw: bytes) -> str | None:
-    """The local name of an XML document's root element, from its first
-    :data:`SNIFF_BYTES` bytes; None when these do not start like XML."""
+def _prolog(raw: bytes) -> tuple[str | None, bool]:
+    """(root element's local name or None, whether a DOCTYPE comes first),
+    from the first :data:`SNIFF_BYTES` bytes."""
     head = raw[:SNIFF_BYTES]
     try:
         text = head.decode(xml_encoding(head), errors="replace")
     except LookupError:
-        return None
+        return None, False
     pos = 0
     while True:
         match = _SKIP.match(text, pos)
         if match is None:
             break
         if match.group("doctype"):
-            return match.group("doctype").rsplit(":", 1)[-1]
+            return match.group("doctype").rsplit(":", 1)[-1], True
         pos = match.end()
+    if text.startswith("<!DOCTYPE", pos):  # one longer than the head: no name read, still a DOCTYPE
+        return None, True
     root = _ROOT.match(text, pos)
-    return root.group(1) if root else None
+    return (root.group(1) if root else None), False
+
+
+def xml_root(raw: bytes) -> str | None:
+    """The local name of an XML document's root element, from its first
+    :data:`SNIFF_BYTES` bytes; None when these do not start like XML."""
+    return _prolog(raw)[0]
+
+
+def has_doctype(raw: bytes) -> bool:
+    """True when an XML document declares a DOCTYPE before its root element."""
+    return _prolog(raw)[1]
 
 
 def is_dicom(raw: bytes) -> bool:

@@ -16,7 +16,11 @@ from typing import Any
 from lxml import etree
 
 from gateway.formats.errors import FormatError
+from gateway.formats.sniff import has_doctype
 from gateway.quoting import printable
+
+_DOCTYPE = ("{what}: a DOCTYPE (DTD) is not accepted in an ECG document (entity bombs and external entities "
+            "live there)")
 
 
 def _parser() -> Any:
@@ -32,6 +36,8 @@ def parse_xml(raw: bytes, what: str) -> Any:
     BOM or declaration gives the encoding).  Raises :class:`FormatError`
     naming ``what`` and the parser's complaint for malformed XML, a DOCTYPE,
     an entity bomb or an over-long text node."""
+    if has_doctype(raw):  # refused before parsing: the parser never sees the entities
+        raise FormatError(_DOCTYPE.format(what=what))
     try:
         root = etree.fromstring(raw, _parser())
     except etree.XMLSyntaxError as exc:
@@ -40,8 +46,7 @@ def parse_xml(raw: bytes, what: str) -> Any:
         raise FormatError(f"{what}: cannot be read as XML: {printable(str(exc), 200)}") from None
     tree = root.getroottree()
     if tree.docinfo.doctype or tree.docinfo.internalDTD is not None:
-        raise FormatError(f"{what}: a DOCTYPE (DTD) is not accepted in an ECG document (entity bombs and "
-                          "external entities live there)")
+        raise FormatError(_DOCTYPE.format(what=what))
     return root
 
 
