@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from gateway.config import Hl7Config
 from gateway.deliver import oru
-from gateway.deliver.oru import OruBuildError, OruOptions, build_oru, build_oru_reference
+from gateway.deliver.oru import OruBuildError, OruOptions, OverRead, build_oru, build_oru_reference
 
 GOLDEN = Path(__file__).parent / "fixtures" / "oru_golden"
 NOW = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
@@ -117,6 +117,18 @@ CASES = {
     # issue 16 §3: the PDF report in one ED OBX, base64 (validated with a placeholder, then filled in)
     "embedded_pdf": (ecg(), prediction(findings=[]), Hl7Config(embed_pdf=True), "C18",
                      OruOptions(report_pdf=b"%PDF-1.4\n%\xe2\xe3\xcf\xd3 |^~\\& not a real report\n%%EOF\n")),
+    # the physician over-read (issue 17): OBR-32 and OBX-16 = the reader, the AI's findings as AI observations
+    "over_read_final_reader_edits": (
+        ecg(), prediction(), Hl7Config(), "C19",
+        OruOptions(result_status="F", over_read=OverRead(
+            findings=("RBBB", "AF"), reader_id="D123", family_name="Rossi", given_name="Anna Maria",
+            authority="HOSP", at=datetime(2024, 5, 6, 7, 0, 0, tzinfo=UTC),
+            statements=("Sinus rhythm | normal axis", "Compare with prior ^ ECG"), comment="Checked & signed"))),
+    "over_read_corrected_none_confirmed": (
+        ecg(patient_name="Müller^Zoë"), prediction(), Hl7Config(charset="ASCII"), "C20",
+        OruOptions(result_status="C", over_read=OverRead(
+            findings=(), reader_id="smith.j", family_name="Smith-Müller", authority="ECGGW",
+            at=datetime(2024, 5, 6, 7, 30, 0, tzinfo=UTC)))),
 }
 
 

@@ -188,6 +188,49 @@ def test_data_set_text_quoted_in_reasons_is_one_well_formed_message(sample, labe
         assert sent == REJECTED_PREFIX + reason or sent.endswith(MORE)
 
 
+@settings(max_examples=max(EXAMPLES // 5, 50), deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large])
+@given(reader_id=st.text(alphabet=st.characters(exclude_categories=("Cs", "Cc")), min_size=1, max_size=64)
+       .filter(lambda t: t.strip()), family=TEXT.filter(lambda t: t.strip()), given=TEXT,
+       statements=st.lists(TEXT, max_size=3), comment=TEXT, confirmed=st.sets(st.sampled_from(FINDINGS)),
+       status=st.sampled_from(["F", "C"]))
+def test_an_over_read_is_one_message_naming_its_reader(reader_id, family, given, statements, comment, confirmed,
+                                                        status):
+    """Issue 17: whatever a user record and a reader's texts hold, the confirmed
+    ORU is one message whose OBR-32 names the reader (id and family name as
+    given), with OBR-25 and every OBX-11 = the status, one impression per
+    confirmed finding and statement (or one "none confirmed")."""
+    from datetime import UTC, datetime
+
+    from gateway.deliver.oru import OruOptions, OverRead
+
+    report("over-read")
+    over = OverRead(findings=tuple(confirmed), reader_id=reader_id, family_name=family, given_name=given,
+                    authority="HOSP", at=datetime(2026, 1, 2, tzinfo=UTC), statements=tuple(statements),
+                    comment=comment)
+    try:
+        er7 = build_oru(ecg(), prediction(), Hl7Config(), "CTRL", options=OruOptions(result_status=status,
+                                                                                       over_read=over))
+    except OruBuildError as exc:
+        # the only refusal: an identifier too long for HL7 once escaped (never cut)
+        assert str(exc).startswith("OBR-32: value longer") and len(escape(replace_controls(reader_id.strip()))) > ST_MAX
+        return
+    assert frame_problem(er7.encode("utf-8")) is None
+    msg = hl7.parse(er7)
+    obr = msg.segment("OBR")
+    assert str(obr[25]) == status
+    assert {str(o[11]) for o in msg.segments("OBX")} == {status}
+    cnn = obr[32][0][0] if not isinstance(obr[32][0], str) else obr[32]
+    assert msg.unescape(str(cnn[0])) == replace_controls(reader_id.strip())
+    sent_family = msg.unescape(str(cnn[1]))
+    assert sent_family.strip() and (sent_family == replace_controls(family.strip()) or sent_family.endswith(MORE)
+                                    or "?" in sent_family)
+    assert str(cnn[8]) == "HOSP"
+    impressions = [o for o in msg.segments("OBX") if str(o[3][0][0]) == "8601-7"]
+    kept = [t for t in statements if t.strip()]
+    assert len(impressions) == (len(confirmed) + len(kept) or 1)
+
+
 def test_zz_example_counts():
     """Prints how many examples ran (pytest -s); fails if the properties ran too few or never built."""
     print("\nexamples:", RAN)

@@ -262,3 +262,79 @@ def test_rows_say_confirmation_and_the_worklist_leaves_confirmed_ecgs(session_fa
         assert row["confirmation"] == {"status": "confirmed", "by": "arossi", "by_name": "Anna Rossi",
                                        "at": "2026-02-01T09:30:00+00:00", "findings": ["AF"], "version": 1}
         assert row["ward"] == "Cardiology"
+
+
+# --- the re-issued report and SR ------------------------------------------------------------------
+
+CONFIRMATION_ROW = SimpleNamespace(username="arossi", full_name="Anna Rossi", hl7_id="D123", created_at=T1,
+                                   findings=["RBBB"], statements=["Sinus rhythm"], comment="compare with prior",
+                                   outcome="corrected", version=2)
+
+
+@pytest.mark.one_db  # drawing, not a database matter
+def test_the_pdf_report_says_confirmed_by_whom_and_when(session_factory, seeded, tmp_path):
+    import io
+
+    from pypdf import PdfReader
+
+    from gateway.rebuild import report_pdf
+
+    with session_factory() as s:
+        ecg = s.get(EcgInstance, seeded["e1"])
+        after = report_pdf(ecg, tmp_path / "spool", confirmation=CONFIRMATION_ROW)
+    text = lambda pdf: " ".join(p.extract_text() for p in PdfReader(io.BytesIO(pdf)).pages)  # noqa: E731
+    shown = text(after)
+    assert "Corrected by Anna Rossi (D123) at 2026-02-01 09:30 UTC (version 2)" in shown
+    assert "Physician: RBBB (Right bundle branch block)" in shown
+    assert "Sinus rhythm; Comment: compare with prior" in shown
+    assert "not confirmed by a physician" not in shown
+    assert "AI findings" in shown  # the AI's own output stays on the page
+
+
+@pytest.mark.slow  # dciodvfy twice
+def test_the_sr_of_a_confirmation_is_final_and_verified_by_the_reader(sample_path, tmp_path):
+    from pydicom import dcmread
+    from pydicom.uid import generate_uid
+
+    from gateway.report.dicom import CONFIRMED_TITLE, comprehensive_sr, encapsulated_pdf
+    from gateway.report.pdf import reader_confirmation
+    from test_pacs import dciodvfy, values
+
+    source = dcmread(sample_path)
+    sr = comprehensive_sr(source, values(confirmation=reader_confirmation(CONFIRMATION_ROW), reader_pn="Rossi^Anna"),
+                          series_uid=generate_uid(), sop_uid=generate_uid())
+    doc = encapsulated_pdf(source, b"%PDF-1.4\n%%EOF", series_uid=generate_uid(), sop_uid=generate_uid(),
+                           when=T1, confirmed=True)
+    for ds in (sr, doc):
+        report = dciodvfy(ds, tmp_path)
+        assert "Error" not in report, report
+    assert (sr.PreliminaryFlag, sr.VerificationFlag) == ("FINAL", "VERIFIED")
+    assert str(sr.VerifyingObserverSequence[0].VerifyingObserverName) == "Rossi^Anna"
+    texts = [i.TextValue for i in sr.ContentSequence if i.ValueType == "TEXT"]
+    assert "Corrected by Anna Rossi (D123) at 2026-02-01 09:30 UTC (version 2)." in texts
+    assert "Sinus rhythm" in texts and "compare with prior" in texts
+    physician = [i.ConceptCodeSequence[0].value for i in sr.ContentSequence
+                 if i.ValueType == "CODE" and i.ConceptNameCodeSequence[0].value == "PHYSICIAN_FINDING"]
+    assert physician == ["59118001"]
+    assert doc.DocumentTitle == CONFIRMED_TITLE
+
+
+@pytest.mark.one_db  # drawing the PDF; the transaction is the same code on both
+def test_confirm_ecg_embeds_the_reissued_pdf_and_refuses_an_unknown_ecg(session_factory, seeded, tmp_path):
+    import io
+
+    from pypdf import PdfReader
+
+    from gateway.admin.overread import confirm_ecg
+    from gateway.deliver.oru import embedded_pdf
+
+    config = Config.model_validate({"storage": {"spool_dir": str(tmp_path / "spool")}, "hl7": {"embed_pdf": True}})
+    state = confirm_ecg(session_factory, config, seeded["e1"], READER, findings=["AF"], actor="arossi",
+                        address="10.0.0.9")
+    assert (state["status"], state["version"], state["result_status"]) == ("confirmed", 1, "F")
+    pdf = embedded_pdf(_payload(session_factory, state["hl7_message_id"]))
+    text = " ".join(p.extract_text() for p in PdfReader(io.BytesIO(pdf)).pages)
+    assert "Confirmed by Anna Rossi (D123) at" in text
+    with pytest.raises(ConfirmError) as err:
+        confirm_ecg(session_factory, config, 999_999, READER, findings=[], actor="arossi")
+    assert err.value.status == 404

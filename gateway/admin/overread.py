@@ -26,7 +26,8 @@ the state; :func:`confirm` writes it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import logging
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -47,6 +48,8 @@ from gateway.store.models import (
     Hl7Message,
 )
 from gateway.timeutil import as_utc, utcnow
+
+log = logging.getLogger("gateway.admin.overread")
 
 if TYPE_CHECKING:
     from gateway.config import Config
@@ -207,16 +210,19 @@ def confirm(
     statements: Iterable[Any] = (),
     comment: str | None = None,
     actor: str,
-    report_pdf: bytes | None = None,
+    address: str | None = None,
+    report_pdf: Callable[[Confirmation], bytes | None] | None = None,
     now: datetime | None = None,
 ) -> Confirmation:
     """Record a new confirmation version of ``ecg`` by ``reader`` and queue
-    its ORU, its PACS objects and an audit row, all in the caller's
-    transaction (the caller commits; nothing is sent before it does).
+    its ORU, its PACS objects and an audit row (``actor`` from ``address``),
+    all in the caller's transaction (the caller commits; nothing is sent
+    before it does).
 
-    ``report_pdf``: the re-issued PDF for the ORU (``[hl7] embed_pdf``).
-    Raises :class:`ConfirmError` (409 when the ECG has no AI result,
-    422 for bad input, 403 for a reader without a name)."""
+    ``report_pdf``: draws the re-issued PDF of the new row for the ORU
+    (``[hl7] embed_pdf``; None leaves it out).  Raises :class:`ConfirmError`
+    (409 when the ECG has no AI result, 422 for bad input, 403 for a reader
+    without a name)."""
     from dataclasses import replace
 
     from gateway.deliver.outbox import enqueue_result, result_options
@@ -253,15 +259,66 @@ def confirm(
     row.changes = changes_of(ai, row, previous)
     session.add(row)
     session.flush()  # the unique (ecg_id, version) refuses a concurrent second version here
+    pdf = report_pdf(row) if report_pdf is not None and cfg.hl7.enabled and cfg.hl7.embed_pdf else None
     message = enqueue_result(session, ecg, prediction, cfg.hl7, options=replace(
-        options, result_status=status, report_pdf=report_pdf,
-        over_read=over_read_of(row, cfg.hl7.interpreter_authority)))
+        options, result_status=status, report_pdf=pdf, over_read=over_read_of(row, cfg.hl7.interpreter_authority)))
     if message is not None:
         session.flush()
         row.hl7_message_id = message.id
     for pacs in enqueue_pacs(session, ecg, cfg.pacs):
         pacs.confirmation_id = row.id
-    audit(session, actor, AUDIT_EDIT if previous else AUDIT_CONFIRM, f"ecg:{ecg.id}",
+    audit(session, actor, AUDIT_EDIT if previous else AUDIT_CONFIRM, f"ecg:{ecg.id}", address=address,
           confirmation_id=row.id, version=row.version, outcome=row.outcome, result_status=status,
           findings=codes, changes=row.changes, hl7_message_id=row.hl7_message_id)
     return row
+
+
+def confirm_ecg(
+    session_factory: Callable[[], Session],
+    cfg: Config,
+    ecg_id: int,
+    reader: Reader,
+    *,
+    findings: Iterable[str],
+    statements: Iterable[Any] = (),
+    comment: str | None = None,
+    actor: str,
+    address: str | None = None,
+) -> dict[str, Any]:
+    """:func:`confirm` in its own transaction, for the API and the web form:
+    the ECG row is locked (PostgreSQL) so two readers confirming at once make
+    versions 1 and 2, never two 1s (and where the lock is not available, the
+    unique version refuses the second: 409).  Returns the new state
+    (:func:`confirmation_state` plus ``id``, ``ecg_id``, ``result_status``,
+    ``hl7_message_id``).  Raises :class:`ConfirmError`."""
+    from sqlalchemy.exc import IntegrityError
+
+    def draw(row: Confirmation) -> bytes | None:
+        # the re-issued PDF for the ORU ([hl7] embed_pdf): "confirmed by X at T"
+        from gateway.rebuild import report_pdf
+
+        if ecg is None:
+            return None
+        try:
+            return report_pdf(ecg, cfg.storage.spool_dir, confirmation=row)
+        except Exception:  # noqa: BLE001 - the result must not wait for its picture
+            log.exception("ECG id=%s: the confirmed PDF report for the ORU could not be built; sent without it",
+                          ecg_id)
+            return None
+
+    try:
+        with session_factory() as session, session.begin():
+            ecg = session.get(EcgInstance, ecg_id, with_for_update=True)
+            if ecg is None:
+                raise ConfirmError(f"no ECG with id {ecg_id}", 404)
+            row = confirm(session, ecg, reader, cfg, findings=findings, statements=statements, comment=comment,
+                          actor=actor, address=address, report_pdf=draw)
+            out = {**confirmation_state(row), "id": row.id, "ecg_id": ecg.id, "result_status": row.result_status,
+                   "hl7_message_id": row.hl7_message_id}
+            sop = ecg.sop_instance_uid
+    except IntegrityError:
+        raise ConfirmError(f"ECG {ecg_id} was confirmed by someone else at the same moment: reload and check",
+                           409) from None
+    log.info("ECG id=%s sop=%s: over-read version %s by %s: %s, OBR-25 %s, findings=%s", ecg_id, sop,
+             out["version"], reader.username, out["status"], out["result_status"], ",".join(out["findings"]) or "none")
+    return out
