@@ -24,7 +24,7 @@ from sqlalchemy import select
 
 from conftest import free_port
 from gateway.admin.app import create_app, make_server
-from gateway.admin.stow import STOW_CALLING_AE, check_request_type
+from gateway.admin.stow import STOW_CALLING_AE, accepts_dicom_json, check_request_type
 from gateway.config import Config
 from gateway.receive.spool import (
     CANNOT_UNDERSTAND,
@@ -301,6 +301,20 @@ def test_invalid_study_in_the_path(served: Served, sample_path: Path) -> None:
     r = httpx.post(f"{served.base}/dicomweb/studies/1.2.x", content=multipart(ecg_bytes(sample_path)),
                    headers={"Content-Type": STOW_TYPE, "Authorization": f"Bearer {TOKEN}"}, timeout=30)
     assert r.status_code == 400 and "not a valid UID" in r.json()["detail"]
+
+
+@pytest.mark.one_db
+def test_accept_without_dicom_json_is_406(served: Served, session_factory, sample_path: Path) -> None:
+    r = httpx.post(f"{served.base}/dicomweb/studies", content=multipart(ecg_bytes(sample_path)),
+                   headers={"Content-Type": STOW_TYPE, "Authorization": f"Bearer {TOKEN}",
+                            "Accept": "application/dicom+xml"}, timeout=30)
+    assert r.status_code == 406 and rows(session_factory) == []
+
+
+def test_accepts_dicom_json() -> None:
+    assert accepts_dicom_json(None) and accepts_dicom_json("*/*") and accepts_dicom_json("application/dicom+json")
+    assert accepts_dicom_json("application/dicom+xml, application/json;q=0.5")
+    assert not accepts_dicom_json("application/dicom+xml") and not accepts_dicom_json("application/json;q=0")
 
 
 def test_check_request_type() -> None:

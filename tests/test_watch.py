@@ -145,6 +145,30 @@ def test_name_collisions_and_duplicates(tmp_path: Path, session_factory, sample_
     assert move_unique(w.watch_dir / "gone", w.failed_dir) is None
 
 
+def test_done_dir_on_another_file_system(tmp_path: Path, session_factory, sample_path: Path) -> None:
+    """No hard link across file systems: the file is copied (fsynced) there, then removed here."""
+    import shutil
+    import tempfile
+
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs /dev/shm on another file system than the test's tmp_path")
+    elsewhere = Path(tempfile.mkdtemp(dir=shm, prefix="watch-done-"))
+    try:
+        ingest = IngestConfig(watch_dir=str(tmp_path / "in"), done_dir=str(elsewhere), failed_dir=str(tmp_path / "f"))
+        w = WatchFolder(ingest, StoreContext(session_factory, Spool(tmp_path / "spool")))
+        w.prepare()
+        raw = ecg_bytes(sample_path)
+        (w.watch_dir / "a.dcm").write_bytes(raw)
+        w.poll()
+        [taken] = w.poll()
+        assert taken.result == "accepted" and taken.moved_to == elsewhere / "a.dcm"
+        assert [p.name for p in elsewhere.iterdir()] == ["a.dcm"]  # no temporary copy left
+        assert (elsewhere / "a.dcm").read_bytes() == raw and names(w.watch_dir) == []
+    finally:
+        shutil.rmtree(elsewhere)
+
+
 def test_crash_between_store_and_move_is_a_duplicate(tmp_path: Path, session_factory, sample_path: Path) -> None:
     """The row committed, the process died before the move: at the next start
     the file is taken again, recognised as a duplicate, and moved."""

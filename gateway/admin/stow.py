@@ -162,6 +162,23 @@ def media_type(value: str | None) -> tuple[str, dict[str, str]]:
                                                     for k, v in params.items()}
 
 
+#: Accept media ranges the answer (application/dicom+json) satisfies.
+_ACCEPTED_ANSWERS = {"*/*", "application/*", DICOM_JSON, "application/json"}
+
+
+def accepts_dicom_json(accept: str | None) -> bool:
+    """True when an ``Accept`` header (absent = anything) allows application/dicom+json
+    (no XML answer is offered: ``application/dicom+xml`` alone gets 406)."""
+    if accept is None or not accept.strip():
+        return True
+    for item in accept.split(","):
+        kind, _, params = item.partition(";")
+        q = next((p.split("=", 1)[1].strip() for p in params.split(";") if p.strip().lower().startswith("q=")), "1")
+        if kind.strip().lower() in _ACCEPTED_ANSWERS and q not in ("0", "0.0", "0.00", "0.000"):
+            return True
+    return False
+
+
 def check_request_type(content_type: str | None) -> bytes:
     """The multipart boundary of a STOW-RS request; :class:`StowError` 415 for
     another media type (or another ``type`` parameter), 400 without a boundary."""
@@ -312,6 +329,8 @@ def stow_router(cfg: Config, session_factory: Callable[[], Any],
         try:
             if study is not None and not (len(study) <= 64 and _UID.fullmatch(study)):
                 raise StowError(400, "the Study Instance UID in the path is not a valid UID")
+            if not accepts_dicom_json(request.headers.get("accept")):
+                raise StowError(406, "the answer is application/dicom+json, which Accept does not allow")
             boundary = check_request_type(request.headers.get("content-type"))
             max_request = ingest.stow_max_request_mb * MIB
             length = request.headers.get("content-length")
