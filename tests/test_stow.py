@@ -297,6 +297,27 @@ def test_oversize_instance_and_request(db_url: str, session_factory, sample_path
 
 
 @pytest.mark.one_db
+def test_a_body_that_stalls_is_cut_off(db_url: str, session_factory, sample_path: Path, tmp_path: Path,
+                                       caplog: pytest.LogCaptureFixture) -> None:
+    """Half a body, then nothing: closed after [admin] request_timeout_s, nothing stored or left behind."""
+    import socket
+
+    body = multipart(ecg_bytes(sample_path), ecg_bytes(sample_path))
+    with serving(db_url, tmp_path / "spool", admin={"request_timeout_s": 1}) as s:
+        port = int(s.base.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            head = (f"POST /dicomweb/studies HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                    f"Content-Type: {STOW_TYPE}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+            sock.sendall(head + body[: len(body) // 2])
+            assert sock.recv(65536) == b""  # closed by the gateway, no answer
+        deadline = time.monotonic() + 10
+        while "nothing stored" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "the connection closed before the body was complete; nothing stored" in caplog.text
+        assert rows(session_factory) == [] and list((s.spool / ".incoming").iterdir()) == []
+
+
+@pytest.mark.one_db
 def test_invalid_study_in_the_path(served: Served, sample_path: Path) -> None:
     r = httpx.post(f"{served.base}/dicomweb/studies/1.2.x", content=multipart(ecg_bytes(sample_path)),
                    headers={"Content-Type": STOW_TYPE, "Authorization": f"Bearer {TOKEN}"}, timeout=30)

@@ -34,6 +34,7 @@ import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any, cast
 
 from fastapi import APIRouter, HTTPException, Request
@@ -42,6 +43,8 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 
 from gateway.admin.auth import NO_TOKEN_MESSAGE, bearer_ok
 from gateway.admin.http import client_address
@@ -108,7 +111,7 @@ class Part:
 class _Collector:
     """python-multipart callbacks that collect the parts (bounded)."""
 
-    folder: Any
+    folder: Path
     max_part_bytes: int
     max_parts: int
     parts: list[Part] = field(default_factory=list)
@@ -193,7 +196,7 @@ def check_request_type(content_type: str | None) -> bytes:
     return boundary.encode("latin-1")
 
 
-async def read_parts(request: Request, boundary: bytes, folder: Any, *, max_request_bytes: int,
+async def read_parts(request: Request, boundary: bytes, folder: Path, *, max_request_bytes: int,
                      max_part_bytes: int, max_parts: int) -> list[Part]:
     """Stream the body into parts; :class:`StowError` 400 (malformed) or 413
     (too large, too many parts).  On any error every temporary file is closed."""
@@ -320,7 +323,7 @@ def stow_router(cfg: Config, session_factory: Callable[[], Any],
     ingest = cfg.ingest
     ctx = StoreContext.from_config(cfg.dicom, cfg.storage, cast(sessionmaker[Session], session_factory))
 
-    async def stow(request: Request, study: str | None) -> JSONResponse:
+    async def stow(request: Request, study: str | None) -> Response:
         if not token:
             raise HTTPException(403, NO_TOKEN_MESSAGE)
         if not bearer_ok(request.headers.get("authorization"), token):
@@ -344,6 +347,9 @@ def stow_router(cfg: Config, session_factory: Callable[[], Any],
             log.warning("STOW-RS from %s refused with HTTP %d: %s", peer, exc.status, exc)
             # close: an unread rest of the body must not be taken for the next request
             return JSONResponse({"detail": str(exc)}, status_code=exc.status, headers={"Connection": "close"})
+        except ClientDisconnect:  # the client went away, or [admin] request_timeout_s cut a slow body off
+            log.warning("STOW-RS from %s: the connection closed before the body was complete; nothing stored", peer)
+            return Response(status_code=400)  # nobody reads it
         outcomes = await run_in_threadpool(_Store(ctx, study, peer, on_stored).all, parts)
         status, body = store_response(outcomes)
         failed = sum(o.status != SUCCESS for o in outcomes)
@@ -353,12 +359,12 @@ def stow_router(cfg: Config, session_factory: Callable[[], Any],
         return JSONResponse(body, status_code=status, media_type=DICOM_JSON)
 
     @router.post("/dicomweb/studies", tags=["dicomweb"], response_class=JSONResponse)
-    async def store_instances(request: Request) -> JSONResponse:
+    async def store_instances(request: Request) -> Response:
         """STOW-RS: store the instances of any study (one PS3.10 file per part)."""
         return await stow(request, None)
 
     @router.post("/dicomweb/studies/{study}", tags=["dicomweb"], response_class=JSONResponse)
-    async def store_study_instances(request: Request, study: str) -> JSONResponse:
+    async def store_study_instances(request: Request, study: str) -> Response:
         """STOW-RS: store instances that must all carry Study Instance UID ``study``."""
         return await stow(request, study)
 
