@@ -367,8 +367,19 @@ class PacsConfig(_Section):
 class AdminConfig(_Section):
     host: str = "127.0.0.1"
     port: Port = 8080
-    #: Bearer token for /api and the web view; required to bind beyond loopback.
+    #: Bootstrap admin credential: a bearer token for /api and a web login (the
+    #: admin role) before any user exists; required to bind beyond loopback
+    #: unless ``token_enabled = false``.  People then get their own logins
+    #: (``ecg-gateway users add``).
     token: str = ""
+    #: false = the ``token`` above opens nothing (only user logins and user API tokens).
+    token_enabled: bool = True
+    #: Failed logins (of one user name, or from one address) within
+    #: ``login_window_minutes`` after which further attempts are refused (HTTP 429)
+    #: until the window has passed; counted in the audit log, so for every process.
+    login_max_failures_per_user: Annotated[int, Field(ge=1, le=10000)] = 5
+    login_max_failures_per_address: Annotated[int, Field(ge=1, le=100000)] = 20
+    login_window_minutes: Annotated[float, Field(gt=0, le=1440)] = 15.0
     #: /healthz turns unhealthy above this many pending HL7 messages; 0 = never.
     max_hl7_backlog: Annotated[int, Field(ge=0)] = 1000
     #: /healthz ``hl7`` unhealthy while the oldest pending message waits longer than this; 0 = never.

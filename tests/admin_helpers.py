@@ -6,6 +6,7 @@ import copy
 import functools
 import hashlib
 import io
+import re
 import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -183,3 +184,36 @@ def audit_rows(session_factory) -> list[AuditLog]:  # type: ignore[no-untyped-de
 
     with session_factory() as s:
         return list(s.scalars(select(AuditLog).order_by(AuditLog.id)))
+
+
+_LOGIN_CSRF = re.compile(r'name="csrf_token" value="([^"]*)"')
+
+
+def login_csrf(client) -> str:  # type: ignore[no-untyped-def]
+    """Open the login form (which sets the double-submit cookie) and return its CSRF token."""
+    page = client.get("/login")
+    match = _LOGIN_CSRF.search(page.text)
+    assert match, page.text
+    return match.group(1)
+
+
+def web_login(client, token: str | None = None, next_: str = "/ecgs", *, username: str = "",  # type: ignore[no-untyped-def]
+              password: str | None = None, **kwargs):
+    """Log in through the form as a browser does: GET /login, then POST it with its
+    CSRF token; the bootstrap ``token`` when no ``username`` is given."""
+    from gateway.admin.auth import LOGIN_CSRF_COOKIE
+
+    csrf = login_csrf(client)
+    # a Secure cookie (cookie_secure = "always") is not sent back over the test's plain http
+    client.cookies.delete(LOGIN_CSRF_COOKIE)
+    client.cookies.set(LOGIN_CSRF_COOKIE, csrf)
+    data = {"next": next_, "csrf_token": csrf, "username": username,
+            "password": password if password is not None else (token or "")}
+    return client.post("/login", data=data, follow_redirects=False, **kwargs)
+
+
+def session_csrf(client) -> str:  # type: ignore[no-untyped-def]
+    """The CSRF token of the client's session (what the pages put in their forms)."""
+    from gateway.admin.auth import SESSION_COOKIE, csrf_for_new_session
+
+    return csrf_for_new_session(client.cookies[SESSION_COOKIE])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from admin_helpers import XSS_NAME, audit_rows, model_input, seed
+from admin_helpers import XSS_NAME, audit_rows, model_input, seed, session_csrf, web_login
 from gateway.admin.app import create_app
 from gateway.admin.auth import SESSION_COOKIE, check_admin_bind
 from gateway.config import AdminConfig, Config
@@ -63,12 +63,13 @@ def api_routes(seeded):
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"},
                                      {"Authorization": "Bearer"}])
 def test_every_api_route_needs_the_token(ro_client, ro_ids, ro_sf, headers):
+    before = len(audit_rows(ro_sf))
     for method, path in api_routes(ro_ids):
         r = ro_client.request(method, path, headers=headers)
         assert r.status_code == 401, (method, path)
         assert r.headers["www-authenticate"] == "Bearer"
         assert not any(v in r.text for v in PHI)
-    assert audit_rows(ro_sf) == []
+    assert len(audit_rows(ro_sf)) == before
 
 
 @pytest.mark.parametrize("path", ["/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"])
@@ -165,7 +166,7 @@ def test_input_npy_export_is_exact_and_audited(client, seeded, session_factory, 
     assert r.status_code == 200 and r.headers["content-type"] == "application/octet-stream"
     np.testing.assert_array_equal(np.load(io.BytesIO(r.content)), model_input(sample_path)[0])
     (row,) = audit_rows(session_factory)
-    assert (row.actor, row.action, row.target) == ("api:testclient", "export_input", f"ecg:{seeded['e1']}")
+    assert (row.actor, row.action, row.target) == ("token", "export_input", f"ecg:{seeded['e1']}")
     assert row.at is not None
     r = client.get(f"/api/ecgs/{seeded['e4']}/input.npy", headers=AUTH)
     assert r.status_code == 409 and "has no model input (status failed" in r.json()["detail"]
@@ -184,7 +185,7 @@ def test_resend_queues_a_new_message_and_writes_an_audit_row(client, seeded, ses
     new = r.json()
     assert new["resend_of"] == seeded["m1"] and new["status"] == "pending" and new["ecg_id"] == seeded["e1"]
     (row,) = audit_rows(session_factory)
-    assert (row.actor, row.action, row.target) == ("api:testclient", "hl7_resend", f"hl7_message:{seeded['m1']}")
+    assert (row.actor, row.action, row.target) == ("token", "hl7_resend", f"hl7_message:{seeded['m1']}")
     assert row.detail["new_message_id"] == new["id"]
     d = client.get(f"/api/ecgs/{seeded['e1']}", headers=AUTH).json()
     assert d["hl7_status"] == "pending" and d["hl7_messages"][-1]["id"] == new["id"]
@@ -276,7 +277,7 @@ def test_check_admin_bind(host, token, refused):
 # --- web view -----------------------------------------------------------------------------------
 
 def login(client, token=TOKEN, next_="/ecgs"):
-    return client.post("/login", data={"token": token, "next": next_}, follow_redirects=False)
+    return web_login(client, token, next_)
 
 
 def test_web_needs_login_and_sets_a_random_strict_cookie(ro_client, ro_ids):
@@ -294,7 +295,7 @@ def test_web_needs_login_and_sets_a_random_strict_cookie(ro_client, ro_ids):
     assert len(first) >= 43 and first != login(TestClient(ro_client.app)).cookies[SESSION_COOKIE]  # random
     assert f'url=/ecgs/{ro_ids["e1"]}"' in r.text  # moves on by itself
     assert ro_client.get(f"/ecgs/{ro_ids['e1']}").status_code == 200
-    r = ro_client.post("/logout", follow_redirects=False)
+    r = ro_client.post("/logout", data={"csrf_token": session_csrf(ro_client)}, follow_redirects=False)
     assert r.status_code == 303 and 'ecg_gateway_admin=""' in r.headers["set-cookie"]
     assert ro_client.get("/ecgs", follow_redirects=False).status_code == 303
 
@@ -377,21 +378,29 @@ def test_ecg_page(ro_client, ro_ids):
     assert ro_client.get("/ecgs/4040404").status_code == 404
 
 
+def _resends(session_factory):
+    return [a for a in audit_rows(session_factory) if a.action == "hl7_resend"]
+
+
 def test_web_resend(client, seeded, session_factory):
     login(client)
-    r = client.post(f"/ecgs/{seeded['e1']}/resend", data={"message_id": seeded["m1"]}, follow_redirects=False)
+    form = {"message_id": seeded["m1"], "csrf_token": session_csrf(client)}
+    r = client.post(f"/ecgs/{seeded['e1']}/resend", data=form, follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"].startswith(f"/ecgs/{seeded['e1']}?resent=")
-    (row,) = audit_rows(session_factory)
-    assert (row.actor, row.action) == ("web:testclient", "hl7_resend")
-    r = client.post(f"/ecgs/{seeded['e1']}/resend", data={"message_id": seeded["m1"]},
+    (row,) = _resends(session_factory)
+    assert (row.actor, row.action, row.address, row.ecg_id) == ("token", "hl7_resend", "testclient", seeded["e1"])
+    r = client.post(f"/ecgs/{seeded['e1']}/resend", data=form,
                     headers={"Origin": "https://evil.example"}, follow_redirects=False)
-    assert r.status_code == 403 and len(audit_rows(session_factory)) == 1
-    r = client.post(f"/ecgs/{seeded['e1']}/resend", data={"message_id": seeded["m1"]},
+    assert r.status_code == 403 and len(_resends(session_factory)) == 1
+    r = client.post(f"/ecgs/{seeded['e1']}/resend", data=form,
                     headers={"Origin": "https://testserver"}, follow_redirects=False)
-    assert r.status_code == 403 and len(audit_rows(session_factory)) == 1  # https origin, plain http request
-    r = client.post(f"/ecgs/{seeded['e1']}/resend", data={"message_id": seeded["m1"]},
+    assert r.status_code == 403 and len(_resends(session_factory)) == 1  # https origin, plain http request
+    r = client.post(f"/ecgs/{seeded['e1']}/resend", data=form,
                     headers={"Origin": "https://testserver", "X-Forwarded-Proto": "https"}, follow_redirects=False)
-    assert r.status_code == 303 and len(audit_rows(session_factory)) == 2  # behind a TLS proxy
+    assert r.status_code == 303 and len(_resends(session_factory)) == 2  # behind a TLS proxy
+    for bad in ({"message_id": seeded["m1"]}, {**form, "csrf_token": "0" * 64}):  # no or a wrong CSRF token
+        r = client.post(f"/ecgs/{seeded['e1']}/resend", data=bad, follow_redirects=False)
+        assert r.status_code == 403 and "CSRF" in r.text and len(_resends(session_factory)) == 2
 
 
 # --- sessions: logout revokes, expiry, Secure -------------------------------------------------
@@ -411,7 +420,7 @@ def test_logout_revokes_the_session_and_a_replayed_cookie_is_refused(client, see
     assert client.get(f"/ecgs/{seeded['e1']}").status_code == 200
     (row,) = _session_rows(session_factory)
     assert (row.principal, row.client_address, row.revoked_at) == ("token", "testclient", None)
-    r = client.post("/logout", follow_redirects=False)
+    r = client.post("/logout", data={"csrf_token": session_csrf(client)}, follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == "/login"
     assert f'{SESSION_COOKIE}=""' in r.headers["set-cookie"]
     (row,) = _session_rows(session_factory)
@@ -422,8 +431,9 @@ def test_logout_revokes_the_session_and_a_replayed_cookie_is_refused(client, see
         r = replay.get(path, follow_redirects=False)
         assert r.status_code == 303 and r.headers["location"].startswith("/login?next="), path
         assert "DOE^JANE" not in r.text and "DOE, JANE" not in r.text
-    r = replay.post(f"/ecgs/{seeded['e1']}/resend", data={"message_id": seeded["m1"]}, follow_redirects=False)
-    assert r.status_code == 303 and audit_rows(session_factory) == []
+    r = replay.post(f"/ecgs/{seeded['e1']}/resend",
+                    data={"message_id": seeded["m1"], "csrf_token": session_csrf(replay)}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith("/login?next=") and _resends(session_factory) == []
 
 
 def test_an_expired_session_is_refused(db_url, session_factory, seeded, tmp_path):
@@ -474,10 +484,11 @@ def test_login_again_replaces_the_browsers_session(client, session_factory):
 def test_session_cookie_is_secure_over_https(readonly_db, tmp_path, mode, base, headers, secure):
     c = TestClient(create_app(make_cfg(readonly_db.url, tmp_path, cookie_secure=mode), readonly_db.session_factory),
                    base_url=base)
-    r = c.post("/login", data={"token": TOKEN, "next": "/ecgs"}, headers=headers)
+    r = web_login(c, TOKEN, headers=headers)
     assert r.status_code == 200
     assert ("; Secure" in r.headers["set-cookie"]) is secure
-    assert ("; Secure" in c.post("/logout", headers=headers, follow_redirects=False).headers["set-cookie"]) is secure
+    r = c.post("/logout", data={"csrf_token": session_csrf(c)}, headers=headers, follow_redirects=False)
+    assert ("; Secure" in r.headers["set-cookie"]) is secure
 
 
 # --- numeric parameters: bounded, 422 (never a 500) ----------------------------------------------
@@ -504,11 +515,12 @@ def test_api_list_largest_offset_is_fine(ro_client):
 @pytest.mark.parametrize("key", ["0", "2147483648", str(2**63), str(2**64), "9" * 64, "1" * 65, "1.2." * 20])
 @pytest.mark.parametrize("suffix", ["", "/input.npy", "/original.dcm"])
 def test_api_ecg_key_bounds(ro_client, ro_sf, key, suffix):
+    before = len(audit_rows(ro_sf))
     r = ro_client.get(f"/api/ecgs/{key}{suffix}", headers=AUTH)
     assert r.status_code == 422, (key, r.text)
     detail = r.json()["detail"]
     assert "out of range" in detail if isinstance(detail, str) else detail[0]["loc"] == ["path", "ecg"]
-    assert audit_rows(ro_sf) == []
+    assert len(audit_rows(ro_sf)) == before
 
 
 @pytest.mark.parametrize("key", ["2147483647", "\u00b2", "\u0663", "00000000000000000000000001"])
@@ -546,9 +558,10 @@ def test_web_page_bounds(ro_client, path, status):
 ])
 def test_web_resend_bounds(client, seeded, session_factory, ecg_id, message_id):
     login(client)
-    r = client.post(f"/ecgs/{ecg_id}/resend", data={"message_id": message_id}, follow_redirects=False)
+    r = client.post(f"/ecgs/{ecg_id}/resend", data={"message_id": message_id, "csrf_token": session_csrf(client)},
+                    follow_redirects=False)
     assert r.status_code == 422 and "Bad request" in r.text
-    assert audit_rows(session_factory) == []
+    assert [a.action for a in audit_rows(session_factory)] == ["login"]
 
 
 # --- security headers on every response -----------------------------------------------------------

@@ -1,20 +1,15 @@
 """The web view in a real browser: headless Debian chromium against uvicorn serving the admin app.
 
-Chromium cannot be handed a cookie on its command line, and the token must not
-travel in a URL (logs, history).  So the browser opens a local HTML file that
-posts the token to /login like an admin would; the login answer moves on to
-the requested page by itself, carrying the SameSite=Strict session cookie.
-The screenshots are kept in tests/artifacts/.
-
-The open-redirect and Content-Security-Policy tests drive the same chromium
-with npm ``playwright-core`` (tests/peers/browse.js): it types the token into
-the login form and reports the URL the browser ends on, every request and
-every CSP violation.
+Every test drives Debian's chromium with npm ``playwright-core``
+(tests/peers/browse.js): it types the credentials into the login form (which
+carries its CSRF token) like a person would; the login answer moves on to the
+requested page by itself, carrying the SameSite=Strict session cookie.  It
+reports the URL the browser ends on, the DOM, every request and every CSP
+violation.  The screenshots are kept in tests/artifacts/.
 """
 
 from __future__ import annotations
 
-import html
 import json
 import shutil
 import subprocess
@@ -59,30 +54,13 @@ def served(readonly_db, port):
     thread.join(10)
 
 
-def browse(base: str, page: str, tmp_path: Path, *, screenshot: Path | None = None, token: str = TOKEN) -> str:
-    """Log in through the form and open ``page``; the DOM after scripts ran (or '' with a screenshot)."""
-    if CHROMIUM is None:
-        pytest.skip("chromium is not installed (./dev test installs the Debian package)")
-    form = tmp_path / "login.html"
-    form.write_text(
-        f'<!doctype html><form method="post" action="{base}/login">'
-        f'<input type="hidden" name="token" value="{html.escape(token)}">'
-        f'<input type="hidden" name="next" value="{html.escape(page)}"></form>'
-        "<script>document.forms[0].submit()</script>"
-    )
-    args = [
-        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium-profile'}",
-        "--virtual-time-budget=15000", "--hide-scrollbars",
-    ]
-    if screenshot is not None:
-        args += ["--window-size=1400,2400", f"--screenshot={screenshot}"]
-    else:
-        args += ["--dump-dom"]
-    r = subprocess.run([*args, form.as_uri()], capture_output=True, text=True, timeout=90)
-    assert r.returncode == 0, r.stderr[-2000:]
-    return r.stdout
+def browse(base: str, page: str, tmp_path: Path, *, screenshot: Path | None = None) -> str:
+    """Log in through the form (playwright-core, tests/peers/browse.js) and open ``page``;
+    the DOM after scripts ran."""
+    (result,) = drive(base, [{"next": page, "dom": True, **({"screenshot": str(screenshot)} if screenshot else {})}],
+                      tmp_path)
+    assert "error" not in result, result
+    return str(result["dom"])
 
 
 def test_list_and_ecg_pages_in_chromium(served, tmp_path):
@@ -189,3 +167,43 @@ def test_pages_work_under_the_csp_without_violations(served, tmp_path):
     assert [v["directive"] for v in control["csp"]] == ["style-src-attr"], control
     assert any("Content Security Policy" in m for m in control["console_errors"])
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+
+
+def test_user_login_logout_and_a_replayed_cookie_in_chromium(served, readonly_db, tmp_path):
+    """Issue 17: a user (not the token) signs in through the form, sees the pages its role
+    allows, logs out; the browser is sent to the login page, and a copy of the cookie taken
+    before the logout opens nothing.  A wrong password is refused and audited."""
+    from sqlalchemy import select
+
+    from gateway.admin.users import add_user, get_user
+    from gateway.store.models import AuditLog
+
+    base, ids = served
+    with readonly_db.session_factory() as s:
+        if get_user(s, "viewer.b") is None:
+            add_user(s, "viewer.b", "viewer", "browser-pass-1", full_name="Vera Viewer", actor="test")
+            s.commit()
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "admin_user_viewer.png"
+    shot.unlink(missing_ok=True)
+    page = f"/ecgs/{ids['e1']}"
+    ok, wrong, audit = drive(base, [
+        {"next": page, "username": "viewer.b", "password": "browser-pass-1", "logout": True, "dom": True,
+         "screenshot": str(shot)},
+        {"next": page, "username": "viewer.b", "password": "not-the-password"},
+        {"next": "/audit", "username": "viewer.b", "password": "browser-pass-1"},
+    ], tmp_path)
+    assert "error" not in ok, ok
+    assert ok["url"] == base + page and ok["h1"].startswith(f"ECG {ids['e1']}")
+    assert "Vera Viewer (viewer)" in ok["dom"] and "Resend" not in ok["dom"]  # a viewer gets no resend button
+    assert "report-pdf" not in ok["dom"] and 'href="/audit"' not in ok["dom"]  # nor exports, nor the audit log
+    assert ok["logout_url"] == f"{base}/login"
+    assert ok["after_logout_url"].startswith(f"{base}/login?next=")
+    assert ok["replayed_cookie_url"].startswith(f"{base}/login?next=") and ok["replayed_cookie_h1"] == "Log in"
+    assert wrong.get("error") and wrong["url"].startswith(f"{base}/login")  # stays on the login page
+    assert audit["h1"] == "Refused"  # the audit log is for admins
+    with readonly_db.session_factory() as s:
+        rows = [(a.action, a.address) for a in s.scalars(select(AuditLog).where(AuditLog.actor == "viewer.b"))]
+    assert ("login", "127.0.0.1") in rows and ("login_failed", "127.0.0.1") in rows and ("logout", "127.0.0.1") in rows
+    assert ("view_ecg", "127.0.0.1") in rows
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -25,6 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from admin_helpers import web_login
 from conftest import free_port
 from deliver_helpers import self_signed_cert
 
@@ -163,7 +164,7 @@ def test_nginx_example_serves_the_admin_view_over_tls_with_a_secure_cookie(db_ur
         with httpx.Client(base_url=f"https://localhost:{https_port}", verify=tls) as client:
             r = client.get("/healthz")
             assert r.status_code in (200, 503) and "components" in r.json(), r.text  # the gateway answered
-            r = client.post("/login", data={"token": "tok3n", "next": "/ecgs"}, follow_redirects=False)
+            r = web_login(client, "tok3n")
             assert r.status_code in (200, 303), r.text
             cookie = r.headers["set-cookie"]
             assert re.search(r";\s*secure\s*(;|$)", cookie, re.I) and "httponly" in cookie.lower(), cookie

@@ -21,6 +21,7 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
+from admin_helpers import web_login
 from conftest import DB_KINDS, free_port, migrated_database
 from deliver_helpers import Receiver, receiver
 from e2e_helpers import gateway_env, start_serve, stop, wait_for_port, wait_until
@@ -56,7 +57,7 @@ class Gateway:
     def web_page(self, path: str) -> str:
         """``path`` as a browser sees it after logging in with the token."""
         with httpx.Client(base_url=f"http://127.0.0.1:{self.admin_port}", timeout=10) as client:
-            assert client.post("/login", data={"token": TOKEN, "next": path}).status_code == 200
+            assert web_login(client, TOKEN, path).status_code == 200
             page = client.get(path)
             assert page.status_code == 200, page.text[:500]
             return page.text

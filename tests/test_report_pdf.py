@@ -27,7 +27,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pypdf import PdfReader
 
-from admin_helpers import MODEL_SHA, audit_rows, cart_reading, model_input, readonly_db, seed  # noqa: F401 (fixture)
+from admin_helpers import MODEL_SHA, audit_rows, cart_reading, model_input, readonly_db, seed, web_login  # noqa: F401 (fixture)
 from gateway.report import pdf as report_pdf
 from gateway.report.pdf import PAGES, ReportError, build_pdf, report_data
 
@@ -238,7 +238,7 @@ def test_api_and_web_download_are_audited(db_url, session_factory, seeded, tmp_p
     assert client.get("/api/ecgs/4040404/report.pdf", headers=auth).status_code == 404
     # the web view: a download button on the ECG page, the same PDF behind the session cookie
     assert client.get(f"/ecgs/{seeded['e1']}/report.pdf", follow_redirects=False).status_code == 303
-    client.post("/login", data={"token": "t0ken", "next": "/ecgs"})
+    web_login(client, "t0ken")
     page = client.get(f"/ecgs/{seeded['e1']}").text
     assert f'<a class="button report-pdf" href="/ecgs/{seeded["e1"]}/report.pdf" download>' in page
     assert "report.pdf" not in client.get(f"/ecgs/{seeded['e3']}").text  # no AI result, no button
@@ -246,7 +246,8 @@ def test_api_and_web_download_are_audited(db_url, session_factory, seeded, tmp_p
     assert web.status_code == 200 and web.headers["content-type"] == "application/pdf"
     assert "DOE, JANE" in text_of(web.content)[1]
     assert client.get(f"/ecgs/{seeded['e3']}/report.pdf").status_code == 409
-    rows = [(a.action, a.target, a.detail.get("via")) for a in audit_rows(session_factory)]
+    rows = [(a.action, a.target, a.detail.get("via")) for a in audit_rows(session_factory)
+            if a.action == "export_report"]
     e1 = f"ecg:{seeded['e1']}"
     assert rows == [("export_report", e1, "api"), ("export_report", e1, "api"), ("export_report", e1, "web")]
 

@@ -10,9 +10,9 @@ behind the token (or a signed-in browser).
 """
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -21,10 +21,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import __version__
 from gateway.admin.api import api_router
-from gateway.admin.auth import NO_TOKEN_MESSAGE, bearer_ok
+from gateway.admin.auth import AuthContext, AuthError, Principal, require_role
 from gateway.admin.queries import QueryError
 from gateway.admin.stow import stow_router
-from gateway.admin.web import STATIC_DIR, invalid_request, session_principal, web_router
+from gateway.admin.web import STATIC_DIR, auth_error_page, invalid_request, web_router
 from gateway.config import Config
 
 if TYPE_CHECKING:
@@ -95,10 +95,20 @@ def create_app(
     app = AdminApp(
         title="ECG gateway admin API",
         version=__version__,
-        description="Query received ECGs, model results and HL7 delivery. Bearer token = [admin] token.",
+        description="Query received ECGs, model results and HL7 delivery. Bearer token: a user's API token "
+                    "(`ecg-gateway users token NAME`) or the bootstrap [admin] token.",
         docs_url=None, redoc_url=None, openapi_url=None,  # see the module docstring
     )
-    token = cfg.admin.token
+    # what gateway.admin.auth's dependencies (require_role) read
+    app.state.auth = AuthContext(cfg.admin, session_factory)
+
+    @app.exception_handler(AuthError)
+    async def _auth_error(request: Request, exc: AuthError) -> Response:
+        """JSON under /api (401 with WWW-Authenticate), elsewhere the login page or a message page."""
+        if request.url.path.startswith("/api/") or request.url.path == "/openapi.json":
+            headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+            return JSONResponse({"detail": exc.message}, status_code=exc.status_code, headers=headers)
+        return auth_error_page(request, exc)
 
     @app.exception_handler(QueryError)
     async def _query_error(_request: Request, exc: QueryError) -> JSONResponse:
@@ -107,7 +117,7 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
         """A bad parameter: FastAPI's JSON answer under /api/, a page elsewhere."""
-        return await invalid_request(request, exc, token_set=bool(token))
+        return await invalid_request(request, exc)
 
     app.include_router(api_router(cfg, session_factory, health))
     if cfg.ingest.stow_enabled:
@@ -115,13 +125,8 @@ def create_app(
 
     if cfg.admin.openapi:
         @app.get("/openapi.json", include_in_schema=False)
-        def openapi_schema(request: Request) -> JSONResponse:
+        def openapi_schema(_principal: Annotated[Principal, Depends(require_role("viewer"))]) -> JSONResponse:
             """The API schema, for a bearer token or a signed-in browser ([admin] openapi = true)."""
-            if not token:
-                raise HTTPException(403, NO_TOKEN_MESSAGE)
-            if not (bearer_ok(request.headers.get("authorization"), token)
-                    or session_principal(request, token, session_factory)):
-                raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
             return JSONResponse(app.openapi())
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -46,14 +46,15 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def resend_message(session_factory: Callable[[], Any], cfg: Config, message_id: int, actor: str) -> dict[str, Any]:
+def resend_message(session_factory: Callable[[], Any], cfg: Config, message_id: int, actor: str, *,
+                   address: str | None = None) -> dict[str, Any]:
     """Queue a new copy of outbox message ``message_id`` (deliver's
     ``outbox.resend`` writes the audit row); returns the new message's summary.
     Raises LookupError when there is no such message."""
     with session_factory() as session:
         if session.get(Hl7Message, message_id) is None:
             raise LookupError(f"no HL7 message {message_id}")
-        new = resend(session, message_id, actor, cfg.hl7)
+        new = resend(session, message_id, actor, cfg.hl7, address=address)
         session.commit()
         return {"id": new.id, "ecg_id": new.ecg_id, "control_id": new.control_id, "status": new.status,
                 "resend_of": new.resend_of}

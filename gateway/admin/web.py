@@ -1,6 +1,8 @@
 """The web view: server-rendered pages (Jinja2, autoescaped), no build step, no script.
 
-Login posts the admin token and opens a server-side session
+Login posts a user name and password (or, with the user name left empty, the
+bootstrap ``[admin] token``), rate-limited and audited
+(:mod:`gateway.admin.users`), and opens a server-side session
 (:mod:`gateway.admin.auth`): the cookie holds a random session id (HttpOnly,
 SameSite=Strict, Secure over https); logout revokes the session in the
 database, so a copied cookie is refused afterwards, as is one past
@@ -9,19 +11,25 @@ moves on by itself instead of a 303: a navigation started by our own page is
 same-site, so the Strict cookie is sent even when the login form itself was
 opened from another site (an EHR link, a local bookmark file).  Where it moves
 on to (``next``) must pass :func:`gateway.admin.auth.safe_next`.
+
+Every page declares the weakest role it needs (``require_role``); every
+form that changes something carries the session's CSRF token; every page
+showing patient data writes an audit row.  Admins also see /audit (the
+audit log) and the resend buttons.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import secrets
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
 
-from fastapi import APIRouter, Form, Query, Request
+from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
@@ -29,10 +37,20 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from gateway.admin.auth import (
+    DEFAULT_NEXT,
+    LOGIN_CSRF_COOKIE,
     NO_TOKEN_MESSAGE,
     SESSION_COOKIE,
     TOKEN_PRINCIPAL,
-    live_session,
+    AsAdmin,
+    AsViewer,
+    AuthError,
+    audit_request,
+    check_csrf,
+    check_login_csrf,
+    credentials_exist,
+    csrf_for_new_session,
+    csrf_token,
     open_session,
     revoke_session,
     safe_next,
@@ -96,16 +114,6 @@ def secure_cookie(request: Request, mode: str) -> bool:
     return mode == "always" or (mode == "auto" and came_over_https(request))
 
 
-def session_principal(request: Request, token: str, session_factory: Callable[[], Any]) -> str | None:
-    """Who the request's session cookie signs in (``"token"``), or None."""
-    cookie = request.cookies.get(SESSION_COOKIE)
-    if not token or not cookie:
-        return None
-    with session_factory() as db:
-        row = live_session(db, cookie, token)
-        return row.principal if row is not None else None
-
-
 def ecg_paper_svg(array: Any, leads: list[str], normalisation: dict[str, Any]) -> str:
     """SVG of a model input (the float32 (4096, 12) array)."""
     from gateway.admin.ecg_svg import ecg_svg
@@ -115,78 +123,135 @@ def ecg_paper_svg(array: Any, leads: list[str], normalisation: dict[str, Any]) -
     return ecg_svg(array, leads, fs=fs, gain=gain)
 
 
-def render(name: str, status_code: int = 200, *, token_set: bool, **context: Any) -> HTMLResponse:
-    """Template ``name`` as a page (``token_set``: whether the gateway has an admin token)."""
-    return HTMLResponse(_env().get_template(name).render(token_set=token_set, **context), status_code=status_code)
+def render(name: str, status_code: int = 200, *, request: Request | None = None, **context: Any) -> HTMLResponse:
+    """Template ``name`` as a page; with ``request``: who is signed in
+    (``principal``) and the CSRF token for its forms (``csrf``)."""
+    if request is not None:
+        context.setdefault("principal", getattr(request.state, "principal", None))
+        context.setdefault("csrf", csrf_token(request))
+    return HTMLResponse(_env().get_template(name).render(**context), status_code=status_code)
 
 
-async def invalid_request(request: Request, exc: RequestValidationError, token_set: bool) -> Response:
+async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
     """The application's answer to a bad parameter: FastAPI's own JSON for the
     API, a page for the web view."""
     if request.url.path.startswith("/api/"):
         return await request_validation_exception_handler(request, exc)
     problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'request'}: {e['msg']}"
                          for e in exc.errors())
-    return render("message.html", 422, token_set=token_set, title="Bad request", message=problems)
+    return render("message.html", 422, request=request, title="Bad request", message=problems)
+
+
+def auth_error_page(request: Request, exc: AuthError) -> Response:
+    """A web page's answer to :class:`gateway.admin.auth.AuthError`: not signed
+    in -> the login page (coming back here after); nothing configured -> the
+    login page saying so; not allowed -> a page saying why."""
+    if exc.status_code == 401:
+        # quote(): the decoded path may hold any character; next must be plain ASCII
+        target = quote(request.url.path) + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse("/login?" + urlencode({"next": target}), status_code=303)
+    if exc.message == NO_TOKEN_MESSAGE:
+        return render("login.html", 403, request=request, error=NO_TOKEN_MESSAGE, next=DEFAULT_NEXT,
+                      can_login=False, login_csrf="")
+    return render("message.html", exc.status_code, request=request, title="Refused", message=exc.message)
 
 
 def web_router(cfg: Config, session_factory: Callable[[], Any]) -> APIRouter:
     """The pages (:mod:`gateway.admin.app` adds them, /static and
     the :func:`invalid_request` handler to the application)."""
     router = APIRouter(include_in_schema=False)
-    token = cfg.admin.token
+    ctx_token = cfg.admin.token if cfg.admin.token_enabled else ""
 
-    def page(name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
-        return render(name, status_code, token_set=bool(token), **context)
+    def can_login() -> bool:
+        with session_factory() as db:
+            return credentials_exist(db, ctx_token)
 
-    def signed_in(request: Request) -> bool:
-        return session_principal(request, token, session_factory) is not None
-
-    def to_login(request: Request) -> Response:
-        if not token:
-            return page("login.html", 403, error=NO_TOKEN_MESSAGE, next="/ecgs")
-        # quote(): the decoded path may hold any character; next must be plain ASCII
-        target = quote(request.url.path) + (f"?{request.url.query}" if request.url.query else "")
-        return RedirectResponse("/login?" + urlencode({"next": target}), status_code=303)
+    def login_page(request: Request, status_code: int, *, error: str | None, next: str) -> Response:
+        """The login form with its double-submit CSRF token (a cookie set here, and the same value in the form)."""
+        if not can_login():
+            return render("login.html", 403, request=request, error=NO_TOKEN_MESSAGE, next=next, can_login=False,
+                          login_csrf="")
+        given = request.cookies.get(LOGIN_CSRF_COOKIE, "")
+        value = given if 32 <= len(given) <= 128 and given.isascii() and given.replace("-", "").replace(
+            "_", "").isalnum() else secrets.token_urlsafe(32)
+        response = render("login.html", status_code, request=request, error=error, next=next, can_login=True,
+                          token_login=bool(ctx_token), login_csrf=value)
+        response.set_cookie(LOGIN_CSRF_COOKIE, value, httponly=True, samesite="strict", path="/login",
+                            secure=secure_cookie(request, cfg.admin.cookie_secure))
+        return response
 
     @router.get("/", include_in_schema=False)
     def index() -> Response:
         return RedirectResponse("/ecgs", status_code=303)
 
     @router.get("/login", include_in_schema=False)
-    def login_form(next: str = "/ecgs") -> Response:
-        if not token:
-            return page("login.html", 403, error=NO_TOKEN_MESSAGE, next=safe_next(next))
-        return page("login.html", next=safe_next(next), error=None)
+    def login_form(request: Request, next: str = "/ecgs") -> Response:
+        return login_page(request, 200, error=None, next=safe_next(next))
 
-    @router.post("/login", include_in_schema=False)
-    def login(request: Request, token_given: Annotated[str, Form(alias="token")] = "",
+    @router.post("/login", include_in_schema=False, dependencies=[Depends(check_login_csrf)])
+    def login(request: Request, username: Annotated[str, Form(max_length=200)] = "",
+              password: Annotated[str, Form(max_length=4096)] = "",
+              token_given: Annotated[str, Form(alias="token", max_length=4096)] = "",
               next: Annotated[str, Form()] = "/ecgs") -> Response:
+        """A user's name and password, or (name empty) the bootstrap token in
+        ``password`` (or the older form's ``token`` field)."""
+        from gateway.admin.users import LOGIN, LOGIN_FAILED, LOGIN_THROTTLED, check_login, token_login_allowed
+        from gateway.store.audit import audit
+
         target = safe_next(next)
-        if not token:
-            return page("login.html", 403, error=NO_TOKEN_MESSAGE, next=target)
-        if not token_ok(token_given, token):
-            return page("login.html", 401, error="wrong token", next=target)
+        if not can_login():
+            return login_page(request, 403, error=None, next=target)
+        address = client_address(request)
+        username = username.strip()
         with session_factory() as db:
+            if username:
+                result = check_login(db, username, password, address=address, cfg=cfg.admin)
+                db.commit()
+                if result.throttled:
+                    return login_page(request, 429, error="too many failed logins: try again later", next=target)
+                if result.user is None or result.user.password_hash is None:
+                    return login_page(request, 401, error="wrong user name or password", next=target)
+                principal, credential, user_id = result.user.username, result.user.password_hash, result.user.id
+            else:
+                secret = password or token_given
+                if not token_login_allowed(db, address=address, cfg=cfg.admin):
+                    audit(db, TOKEN_PRINCIPAL, LOGIN_THROTTLED, address=address)
+                    db.commit()
+                    return login_page(request, 429, error="too many failed logins: try again later", next=target)
+                if not token_ok(secret, ctx_token):
+                    audit(db, TOKEN_PRINCIPAL, LOGIN_FAILED, address=address)
+                    db.commit()
+                    return login_page(request, 401, error="wrong token" if token_given else
+                                      "wrong user name or password", next=target)
+                audit(db, TOKEN_PRINCIPAL, LOGIN, address=address, via="web")
+                principal, credential, user_id = TOKEN_PRINCIPAL, ctx_token, None
             session_id = open_session(
                 db,
-                principal=TOKEN_PRINCIPAL,
-                credential=token,
-                client_address=client_address(request),
+                principal=principal,
+                credential=credential,
+                client_address=address,
                 hours=cfg.admin.session_hours,
                 replaces=request.cookies.get(SESSION_COOKIE),
+                user_id=user_id,
             )
             db.commit()
-        response = page("continue.html", target=target)
+        response = render("continue.html", target=target, principal=None, csrf=csrf_for_new_session(session_id))
+        secure = secure_cookie(request, cfg.admin.cookie_secure)
+        # (the login form's CSRF cookie stays: it is good for /login only and opens nothing)
         # No Max-Age: the browser forgets it when closed; the server ends it after session_hours.
-        response.set_cookie(SESSION_COOKIE, session_id, httponly=True, samesite="strict", path="/",
-                            secure=secure_cookie(request, cfg.admin.cookie_secure))
+        response.set_cookie(SESSION_COOKIE, session_id, httponly=True, samesite="strict", path="/", secure=secure)
         return response
 
-    @router.post("/logout", include_in_schema=False)
+    @router.post("/logout", include_in_schema=False, dependencies=[Depends(check_csrf)])
     def logout(request: Request) -> Response:
+        """Ends the session server-side (a copy of the cookie is refused afterwards); audited."""
+        from gateway.admin.auth import resolve_principal
+        from gateway.store.audit import audit
+
+        principal = resolve_principal(request)
         with session_factory() as db:
-            revoke_session(db, request.cookies.get(SESSION_COOKIE))
+            if revoke_session(db, request.cookies.get(SESSION_COOKIE)) and principal is not None:
+                audit(db, principal.actor, "logout", address=principal.address, via="web")
             db.commit()
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict",
@@ -196,6 +261,7 @@ def web_router(cfg: Config, session_factory: Callable[[], Any]) -> APIRouter:
     @router.get("/ecgs", include_in_schema=False)
     def list_page(
         request: Request,
+        principal: AsViewer,
         patient_id: str = "",
         accession: str = "",
         since: str = "",
@@ -204,8 +270,6 @@ def web_router(cfg: Config, session_factory: Callable[[], Any]) -> APIRouter:
         finding: str = "",
         page_no: Annotated[int, Query(alias="page", ge=1, le=MAX_PAGE)] = 1,
     ) -> Response:
-        if not signed_in(request):
-            return to_login(request)
         form = dict(patient_id=patient_id, accession=accession, since=since, until=until, status=status,
                     finding=finding)
         error, rows, total = None, [], 0
@@ -218,24 +282,27 @@ def web_router(cfg: Config, session_factory: Callable[[], Any]) -> APIRouter:
             with session_factory() as session:
                 rows = ecg_rows(session, limit=PAGE_SIZE, offset=(page_no - 1) * PAGE_SIZE, **filters)
                 total = count_ecgs(session, **filters)
+                audit_request(session, principal, "view_list", None, shown=[row["id"] for row in rows],
+                              filters={k: v for k, v in form.items() if v}, page=page_no)
+                session.commit()
         except QueryError as exc:
             error = str(exc)
         query = {k: v for k, v in form.items() if v}
         pages = max(1, -(-total // PAGE_SIZE))
-        return page(
-            "list.html", 400 if error else 200, rows=rows, form=form, error=error, total=total, page_no=page_no,
+        return render(
+            "list.html", 400 if error else 200, request=request, rows=rows, form=form, error=error, total=total,
+            page_no=page_no,
             pages=pages, statuses=ROW_STATUSES, findings=FINDING_CODES,
             prev_url="/ecgs?" + urlencode({**query, "page": page_no - 1}) if page_no > 1 else None,
             next_url="/ecgs?" + urlencode({**query, "page": page_no + 1}) if page_no < pages else None,
         )
 
     @router.get("/ecgs/{ecg}", include_in_schema=False)
-    def ecg_page(request: Request, ecg: Annotated[str, PathParam(min_length=1, max_length=MAX_ECG_KEY)]) -> Response:
-        if not signed_in(request):
-            return to_login(request)
+    def ecg_page(request: Request, principal: AsViewer,
+                 ecg: Annotated[str, PathParam(min_length=1, max_length=MAX_ECG_KEY)]) -> Response:
         problem = ecg_key_problem(ecg)
         if problem:
-            return page("message.html", 422, title="Bad request", message=problem)
+            return render("message.html", 422, request=request, title="Bad request", message=problem)
         from gateway.admin.exports import ExportError, model_input_array
         from gateway.receive.limits import MIB
 
@@ -248,8 +315,12 @@ def web_router(cfg: Config, session_factory: Callable[[], Any]) -> APIRouter:
                     signal = model_input_array(instance, cfg.storage.spool_dir, cfg.dicom.max_dataset_mb * MIB)
                 except ExportError as exc:
                     svg_error = f"cannot draw the model input: {exc}"
+            if detail is not None:
+                audit_request(session, principal, "view_ecg", f"ecg:{detail['id']}")
+                session.commit()
         if detail is None:
-            return page("message.html", 404, title="Not found", message=f"No ECG with id or SOP Instance UID {ecg}.")
+            return render("message.html", 404, request=request, title="Not found",
+                          message=f"No ECG with id or SOP Instance UID {ecg}.")
         if signal is not None:
             try:
                 svg = ecg_paper_svg(signal, detail["prediction"]["leads"], detail["prediction"]["normalisation"] or {})
@@ -262,47 +333,72 @@ def web_router(cfg: Config, session_factory: Callable[[], Any]) -> APIRouter:
                 prob, thr = detail["probabilities"].get(code), (p["thresholds"] or {}).get(code)
                 scores.append({"code": code, "p": prob, "threshold": thr, "above": code in detail["findings"]})
         report = (p["normalisation"] if p else detail.get("report")) or {}
-        return page("ecg.html", d=detail, svg=svg, svg_error=svg_error, scores=scores, summary=report_summary(report),
+        return render("ecg.html", request=request, d=detail, svg=svg, svg_error=svg_error, scores=scores,
+                      summary=report_summary(report),
                     resent=request.query_params.get("resent"))
 
     @router.get("/ecgs/{ecg_id}/report.pdf", include_in_schema=False)
-    def report(request: Request, ecg_id: Annotated[int, PathParam(ge=1, le=MAX_DB_ID)],
+    def report(request: Request, principal: AsAdmin, ecg_id: Annotated[int, PathParam(ge=1, le=MAX_DB_ID)],
                page_size: Annotated[str, Query(alias="page", pattern="^(A4|letter)$")] = "A4") -> Response:
-        """The one-page PDF report (download button of the ECG page); audited."""
-        if not signed_in(request):
-            return to_login(request)
+        """The one-page PDF report (download button of the ECG page, an export: admin); audited."""
         from gateway.admin.exports import ExportError, report_pdf
-        from gateway.store.audit import audit
 
         with session_factory() as session:
             try:
                 found_id, data = report_pdf(session, str(ecg_id), cfg.storage.spool_dir, page_size)
             except ExportError as exc:
                 code = 404 if str(exc).startswith("no ECG") else 409
-                return page("message.html", code, title="No report", message=str(exc))
-            audit(session, f"web:{client_address(request)}", "export_report", f"ecg:{found_id}", via="web",
-                  page=page_size)
+                return render("message.html", code, request=request, title="No report", message=str(exc))
+            audit_request(session, principal, "export_report", f"ecg:{found_id}", page=page_size)
             session.commit()
         return Response(data, media_type="application/pdf",
                         headers={"Content-Disposition": f'attachment; filename="ecg-{found_id}-report.pdf"'})
 
     @router.post("/ecgs/{ecg_id}/resend", include_in_schema=False)
-    def resend(request: Request, ecg_id: Annotated[int, PathParam(ge=1, le=MAX_DB_ID)],
+    def resend(request: Request, principal: AsAdmin, ecg_id: Annotated[int, PathParam(ge=1, le=MAX_DB_ID)],
                message_id: Annotated[int, Form(ge=1, le=MAX_DB_ID)]) -> Response:
-        if not signed_in(request):
-            return to_login(request)
+        """Queue message ``message_id`` again (admin; CSRF token checked by require_role); audited."""
         origin = request.headers.get("origin")
         # behind a TLS proxy the browser's origin is https even where uvicorn saw http
         ours = {f"{request.url.scheme}://{request.url.netloc}"} | (
             {f"https://{request.url.netloc}"} if came_over_https(request) else set())
         if origin and origin not in ours:
-            return page("message.html", 403, title="Refused", message="Cross-site form submissions are refused.")
+            return render("message.html", 403, request=request, title="Refused",
+                          message="Cross-site form submissions are refused.")
         try:
-            new = resend_message(session_factory, cfg, message_id, f"web:{client_address(request)}")
+            new = resend_message(session_factory, cfg, message_id, principal.actor, address=principal.address)
         except LookupError as exc:
-            return page("message.html", 404, title="Not found", message=str(exc))
+            return render("message.html", 404, request=request, title="Not found", message=str(exc))
         except ValueError as exc:
-            return page("message.html", 409, title="Not resent", message=str(exc))
+            return render("message.html", 409, request=request, title="Not resent", message=str(exc))
         return RedirectResponse(f"/ecgs/{ecg_id}?resent={new['id']}", status_code=303)
+
+    @router.get("/audit", include_in_schema=False)
+    def audit_page(request: Request, principal: AsAdmin, user: str = "",
+                   ecg: Annotated[int | None, Query(ge=1, le=MAX_DB_ID)] = None, action: str = "",
+                   since: str = "", page_no: Annotated[int, Query(alias="page", ge=1, le=MAX_PAGE)] = 1) -> Response:
+        """The audit log, newest first (admin); looking at it is audited too."""
+        from gateway.store.audit import AuditFilters, audit_rows, count_audit_rows
+
+        form = {"user": user, "ecg": "" if ecg is None else str(ecg), "action": action, "since": since}
+        error, rows, total = None, [], 0
+        try:
+            filters = AuditFilters(actor=user or None, ecg_id=ecg, action=action or None,
+                                   since=parse_time(since, "since") if since else None)
+            with session_factory() as session:
+                audit_request(session, principal, "view_audit", None, filters={k: v for k, v in form.items() if v})
+                session.commit()
+                rows = audit_rows(session, filters, limit=PAGE_SIZE, offset=(page_no - 1) * PAGE_SIZE)
+                total = count_audit_rows(session, filters)
+        except QueryError as exc:
+            error = str(exc)
+        query = {k: v for k, v in form.items() if v}
+        pages = max(1, -(-total // PAGE_SIZE))
+        return render(
+            "audit.html", 400 if error else 200, request=request, rows=rows, form=form, error=error, total=total,
+            page_no=page_no, pages=pages,
+            prev_url="/audit?" + urlencode({**query, "page": page_no - 1}) if page_no > 1 else None,
+            next_url="/audit?" + urlencode({**query, "page": page_no + 1}) if page_no < pages else None,
+        )
 
     return router

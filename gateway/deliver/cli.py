@@ -76,7 +76,8 @@ def show_message(
     actor: Annotated[str, typer.Option(help="Who looks (audit log).")] = "",
 ) -> None:
     """Show one message: status, attempts, the ER7 sent and the ACK received (audit-logged: PHI)."""
-    from gateway.store.models import AuditLog, Hl7Message
+    from gateway.store.audit import audit
+    from gateway.store.models import Hl7Message
 
     _cfg, factory = _session(ctx)
     with factory() as session, session.begin():
@@ -84,8 +85,7 @@ def show_message(
         if m is None:
             typer.echo(f"no HL7 message with id {message_id}", err=True)
             raise typer.Exit(1)
-        session.add(AuditLog(actor=actor or _default_actor(), action="hl7_show", target=f"hl7_message:{m.id}",
-                             detail={"ecg_id": m.ecg_id}))
+        audit(session, actor or _default_actor(), "hl7_show", f"hl7_message:{m.id}", ecg_id=m.ecg_id)
         fields = [
             ("id", m.id), ("ecg", m.ecg_id), ("status", m.status), ("control id", m.control_id),
             ("order key", m.order_key), ("attempts", m.attempts), ("last attempt", m.last_attempt_at),

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING
 from sqlalchemy.orm import Session
 
 from gateway.deliver.oru import OruBuildError, OruOptions, build_oru, embedded_pdf, order_key
+from gateway.store.audit import audit
 from gateway.store.models import (
     HL7_FAILED,
     HL7_PENDING,
     HL7_SUPERSEDED,
     REJECTED,
-    AuditLog,
     Hl7Message,
 )
 from gateway.store.versions import corrected_version
@@ -90,15 +90,16 @@ def enqueue_result(
 
 
 def resend(
-    session: Session, message_id: int, actor: str, cfg: Hl7Config, *, options: OruOptions | None = None
+    session: Session, message_id: int, actor: str, cfg: Hl7Config, *, options: OruOptions | None = None,
+    address: str | None = None,
 ) -> Hl7Message:
     """Queue a new copy of message ``message_id`` with a new control id.
 
     The message is rebuilt from the stored ECG and prediction with the current
     configuration (MSH-7 and MSH-10 change anyway).  A pending or failed
     original becomes ``superseded``; a delivered one stays delivered (the
-    receiver gets a second, deliberate copy).  Writes an AuditLog row; the
-    caller commits.
+    receiver gets a second, deliberate copy).  Writes an audit row (``actor``
+    from ``address``); the caller commits.
 
     ``options`` default: as the first build (:func:`result_options`), so a
     correction is resent as a correction.
@@ -133,19 +134,7 @@ def resend(
     )
     session.add(new)
     session.flush()
-    session.add(
-        AuditLog(
-            actor=actor,
-            action="hl7_resend",
-            target=f"hl7_message:{old.id}",
-            detail={
-                "ecg_id": ecg.id,
-                "old_control_id": old.control_id,
-                "old_status": old_status,
-                "new_message_id": new.id,
-                "new_control_id": control_id,
-            },
-        )
-    )
+    audit(session, actor, "hl7_resend", f"hl7_message:{old.id}", ecg_id=ecg.id, address=address,
+          old_control_id=old.control_id, old_status=old_status, new_message_id=new.id, new_control_id=control_id)
     log.info("hl7 message %s resent as %s (ecg %s) by %s", old.id, new.id, ecg.id, actor)
     return new

@@ -307,23 +307,72 @@ class Confirmation(Base):
 
 
 class AuditLog(Base):
-    """Every PHI export and every manual action: who, when, what."""
+    """Who did what, when, from where: every view of patient data, every PHI
+    export, every manual action, every login (success and failure) and user
+    change.  The application only ever adds rows (retention's ``db prune``
+    excepted, which keeps them too); failed logins are also the login rate
+    limit's memory (``gateway.admin.users``), so it holds across processes."""
 
     __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_action_at", "action", "at"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
-    actor: Mapped[str] = mapped_column(String(200))
+    #: A user name, ``token`` (the bootstrap ``[admin] token``), ``cli:<os user>``,
+    #: ``worker:<id>``, ``dicom:<peer>``; for a failed login, the name typed.
+    actor: Mapped[str] = mapped_column(String(200), index=True)
     action: Mapped[str] = mapped_column(String(64))
     target: Mapped[str | None] = mapped_column(String(200))
+    #: The ECG looked at or acted on (no foreign key: the row outlives the ECG).
+    ecg_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    #: Where the request came from (client address), NULL for local commands.
+    address: Mapped[str | None] = mapped_column(String(64))
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+#: User roles, weakest first: a viewer reads; a reader also confirms and edits
+#: results; an admin also resends, exports and manages users.
+ROLES = ("viewer", "reader", "admin")
+
+
+class User(Base):
+    """A person who signs in to the web view or calls the API (``ecg-gateway users``)."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    full_name: Mapped[str | None] = mapped_column(String(200))
+    #: The person's identifier for HL7 (XCN.1 / CNN.1 of OBR-32, e.g. a licence number).
+    hl7_id: Mapped[str | None] = mapped_column(String(64))
+    #: argon2id hash (PHC string); NULL = no password login (API token only).
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    password_changed_at: Mapped[datetime | None]
+    #: Set by ``users disable``: no login, no session, no token works.
+    disabled_at: Mapped[datetime | None]
+
+
+class ApiToken(Base):
+    """A user's bearer token for the API: the caller holds the random token,
+    this row only its SHA-256 (256 random bits need no slow hash)."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: Set when a newer token replaces it (``users token`` again) or the user is disabled.
+    revoked_at: Mapped[datetime | None]
 
 
 class AdminSession(Base):
     """A web view login (``gateway.admin.auth``): the browser holds the random
     session id, this row only its SHA-256.  ``principal`` is who signed in:
-    ``"token"`` for the shared ``[admin] token``; per-user logins store their
-    own principal here (and may add a user reference beside it)."""
+    ``"token"`` for the shared ``[admin] token``, else the user name, with
+    ``user_id`` naming the user."""
 
     __tablename__ = "admin_sessions"
 
@@ -331,8 +380,10 @@ class AdminSession(Base):
     #: hex SHA-256 of the session id in the cookie.
     session_hash: Mapped[str] = mapped_column(String(64), unique=True)
     principal: Mapped[str] = mapped_column(String(200))
+    #: The signed-in user; NULL for a session of the bootstrap ``[admin] token``.
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     #: HMAC of the session id keyed with the credential used at login: a
-    #: changed admin token ends the sessions it opened.
+    #: changed admin token, or a user's changed password, ends the sessions it opened.
     credential_mac: Mapped[str | None] = mapped_column(String(64))
     client_address: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -7,7 +7,13 @@
 // plan.json: {"chromium": "/usr/bin/chromium", "base": "http://127.0.0.1:PORT", "token": "...",
 //             "steps": [{"next": "/ecgs/1", "screenshot": "/tmp/x.png", "inject_inline_style": false,
 //                        "download": "a.report-pdf", "download_to": "/tmp/r.pdf"}]}
-// Each step: a fresh browser context opens /login?next=<next>, types the token, submits, and
+//             (a step may give "username" and "password": a user's login; else the user name stays
+//             empty and the token goes into the password field: the bootstrap admin token)
+//             "dom": true reports the page's HTML after the scripts ran ("dom");
+//             "logout": true clicks "Log out" at the end, then reports where the browser lands
+//             when it opens "next" again ("after_logout_url") and where a new context carrying
+//             the cookies copied before the logout lands ("replayed_cookie_url").
+// Each step: a fresh browser context opens /login?next=<next>, types the credentials, submits, and
 // waits until the browser has left /login (the login answer moves on by itself). Reported:
 // the final URL, <title>, the first <h1>, the header's computed background (is style.css
 // applied?), every request URL, every Content-Security-Policy violation (securitypolicyviolation
@@ -36,7 +42,8 @@ async function step(browser, plan, s) {
   page.on("pageerror", (e) => result.page_errors.push(String(e)));
   try {
     await page.goto(`${plan.base}/login?next=${encodeURIComponent(s.next)}`);
-    await page.fill('input[name="token"]', plan.token);
+    if (s.username) await page.fill('input[name="username"]', s.username);
+    await page.fill('input[name="password"]', s.password || plan.token);
     await Promise.all([
       page.waitForURL((u) => u.origin !== plan.base || !u.pathname.startsWith("/login"), { timeout: 15000 }),
       page.click('button[type="submit"]'),
@@ -70,6 +77,22 @@ async function step(browser, plan, s) {
       await page.waitForTimeout(300);
     }
     if (s.screenshot) await page.screenshot({ path: s.screenshot, fullPage: true });
+    if (s.dom) result.dom = await page.content();
+    if (s.logout) {
+      const copied = await context.cookies();
+      await Promise.all([page.waitForURL((u) => u.pathname.startsWith("/login"), { timeout: 15000 }),
+                         page.click('form.logout button[type="submit"]')]);
+      result.logout_url = page.url();
+      await page.goto(`${plan.base}${s.next}`);
+      result.after_logout_url = page.url();
+      const thief = await browser.newContext();
+      await thief.addCookies(copied);
+      const stolen = await thief.newPage();
+      await stolen.goto(`${plan.base}${s.next}`);
+      result.replayed_cookie_url = stolen.url();
+      result.replayed_cookie_h1 = await stolen.locator("h1").first().textContent({ timeout: 2000 }).catch(() => null);
+      await thief.close();
+    }
     await page.waitForTimeout(200); // late violation reports
   } catch (e) {
     result.error = String(e);
