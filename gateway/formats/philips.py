@@ -68,15 +68,20 @@ def _bounded_lzw() -> None:
     class BoundedLzwDecoder(base):  # type: ignore[misc, valid-type]
         _gateway_bounded = True
 
-        def read(self) -> int:
-            byte: int = super().read()
-            if byte != -1:
-                left = getattr(_budget, "left", None)
-                if left is not None:
-                    if left <= 0:
-                        raise _XliTooLarge
-                    _budget.left = left - 1
-            return byte
+        def __init__(self, buffer: bytes, bits: int) -> None:
+            super().__init__(buffer, bits)
+            # the document's budget: one shared, mutable count (None outside decode())
+            self._left: list[int] | None = getattr(_budget, "left", None)
+
+        def _read_next_string(self) -> Any:
+            # once per LZW code (not per byte): the string it expands to counts against the budget
+            data = super()._read_next_string()
+            left = self._left
+            if left is not None:
+                left[0] -= len(data)
+                if left[0] < 0:
+                    raise _XliTooLarge
+            return data
 
     xli.LzwDecoder = BoundedLzwDecoder  # type: ignore[misc]  # a module attribute, replaced on purpose
 
@@ -218,7 +223,7 @@ def decode(raw: bytes) -> EcgRecord:
     from sierraecg import read_file
 
     _bounded_lzw()
-    _budget.left = MAX_DECODED_BYTES
+    _budget.left = [MAX_DECODED_BYTES]
     try:
         ecg = read_file(io.BytesIO(raw))  # type: ignore[arg-type]  # a binary file object works (documented)
     except _XliTooLarge:
