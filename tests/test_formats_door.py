@@ -101,3 +101,33 @@ def test_too_large_refused_at_the_door() -> None:
     refusal = incoming_from_bytes(raw, "ingest", max_bytes=1000)
     assert isinstance(refusal, Refusal) and refusal.status == 0xA701
     assert f"{len(raw)} bytes" in refusal.reason
+
+
+def test_the_original_is_exported_as_received(db_url: str, session_factory, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from gateway.admin.app import create_app
+    from gateway.config import Config
+
+    token = "t0ken-for-formats"
+    cfg = Config.model_validate({"storage": {"database_url": db_url, "spool_dir": str(tmp_path / "spool")},
+                                 "admin": {"token": token}})
+    raw = AECG.read_bytes()
+    outcome = store_instance(incoming_from_bytes(raw, "ingest"),  # type: ignore[arg-type]
+                             StoreContext(session_factory, Spool(Path(cfg.storage.spool_dir))))
+    client = TestClient(create_app(cfg, session_factory))
+    r = client.get(f"/api/ecgs/{outcome.ecg_id}/original.dcm", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200 and r.content == raw
+    assert r.headers["content-type"].startswith("application/xml")
+    assert r.headers["content-disposition"] == f'attachment; filename="ecg-{outcome.ecg_id}.xml"'
+
+
+def test_philips_1_04_01_and_1_04_02_documents() -> None:
+    from gateway.formats import decode, read_values
+
+    raw = PHILIPS_104.read_bytes().decode("utf-16")
+    for version in ("1.04.01", "1.04.02"):
+        doc = raw.replace("<documentversion>1.04</documentversion>",
+                          f"<documentversion>{version}</documentversion>").encode("utf-16")
+        assert read_values(doc, "philips").details["document"] == f"PhilipsECG {version}"
+        assert decode(doc, "philips").n_samples == 5300

@@ -122,11 +122,16 @@ def api_router(
     @router.get("/api/ecgs/{ecg}/original.dcm", tags=["ecgs"], dependencies=bearer_doc, response_class=Response,
              responses={200: {"content": {"application/dicom": {}}}})
     def get_dicom(ecg: EcgKey, principal: AsAdmin) -> Response:
-        """The stored original DICOM file (checked against its sha256); audited."""
+        """The stored original (checked against its sha256): the DICOM file, or a Philips XML / HL7 aECG
+        document as received (``application/xml``, ``ecg-<id>.xml``); audited."""
+        from gateway.formats import XML_FORMATS, sniff
+
         ecg_id, data = _export(ecg, principal, "export_dicom",
                                lambda session, key: original_dicom(session, key, cfg.storage.spool_dir))
-        return Response(data, media_type="application/dicom",
-                        headers={"Content-Disposition": f'attachment; filename="ecg-{ecg_id}.dcm"'})
+        xml = sniff(data) in XML_FORMATS
+        name = f"ecg-{ecg_id}.{'xml' if xml else 'dcm'}"
+        return Response(data, media_type="application/xml" if xml else "application/dicom",
+                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
     @router.get("/api/ecgs/{ecg}/report.pdf", tags=["ecgs"], dependencies=bearer_doc, response_class=Response,
              responses={200: {"content": {"application/pdf": {}}}})

@@ -284,7 +284,8 @@ def export_dicom(
     out: Annotated[Path, typer.Option("--output", "-o", help="The .dcm file to write.")],
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
 ) -> None:
-    """Write the stored original DICOM file, checked against its sha256 (audited)."""
+    """Write the stored original DICOM file (a Philips XML or HL7 aECG document as received), checked
+    against its sha256 (audited)."""
     from gateway.admin.exports import ExportError, original_dicom
     from gateway.store.audit import audit, cli_actor
 
