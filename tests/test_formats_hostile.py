@@ -273,6 +273,7 @@ def test_garbage_and_bomb_xli_are_refused(monkeypatch) -> None:  # type: ignore[
     assert philips._budget.left is None  # the budget is the decode's own, never left behind
 
 
+@pytest.mark.slow  # the worker with the model, a Philips decode and a PDF: ~8 s on a loaded machine
 @pytest.mark.one_db("sqlite")
 def test_worker_rejects_with_a_row_an_oru_and_no_phi_in_the_log(db_url, session_factory, tmp_path, demo_model,
                                                                   demo_ensemble, caplog) -> None:
@@ -294,5 +295,12 @@ def test_worker_rejects_with_a_row_an_oru_and_no_phi_in_the_log(db_url, session_
         assert processed.report["source_format"] == "philips"
         assert s.scalars(select(Hl7Message.ecg_id)).all() != []
     assert f"ECG id={bad.ecg_id} sop={rejected.sop_instance_uid} rejected: HL7 aECG: MDC_ECG_LEAD_I" in caplog.text
+    # what is rebuilt from the stored original (export, web view, PDF) is what the model saw
+    from gateway.rebuild import model_input_array, report_pdf
+
+    with session_factory() as s:
+        row = s.get(EcgInstance, good.ecg_id)
+        assert model_input_array(row, cfg.storage.spool_dir).shape == (4096, 12)
+        assert report_pdf(row, cfg.storage.spool_dir).startswith(b"%PDF")
     for phi in ("Clark", "subject1", "19530508", "9999", "19760101"):
         assert phi not in caplog.text
