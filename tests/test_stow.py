@@ -22,6 +22,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ImplicitVRLittleEndian, generate_uid
 from sqlalchemy import select
 
+from admin_helpers import audit_rows, session_csrf, web_login
 from conftest import free_port
 from gateway.admin.app import create_app, make_server
 from gateway.admin.stow import STOW_CALLING_AE, accepts_dicom_json, check_request_type
@@ -196,9 +197,14 @@ def test_token_is_required(served: Served, session_factory, sample_path: Path, d
             served.client(token).store_instances(datasets=[dataset(sample_path)])
         assert raised.value.response.status_code == 401
         assert raised.value.response.headers["www-authenticate"] == "Bearer"
-    # a session cookie of the web view is no credential here; neither is the token in the query
+    # the token in the query is no credential; a web session cookie neither
     r = httpx.post(f"{served.base}/dicomweb/studies?token={TOKEN}", content=b"x", headers={"Content-Type": STOW_TYPE})
     assert r.status_code == 401
+    with httpx.Client(base_url=served.base) as browser:
+        web_login(browser, TOKEN)
+        r = browser.post("/dicomweb/studies", content=multipart(ecg_bytes(sample_path)),
+                         headers={"Content-Type": STOW_TYPE, "X-CSRF-Token": session_csrf(browser)})
+        assert r.status_code == 401 and "bearer token" in r.json()["detail"]
     assert rows(session_factory) == []
     with serving(db_url, tmp_path / "spool2", admin={"token": ""}) as untokened:
         with pytest.raises(requests.HTTPError) as raised:
@@ -207,6 +213,31 @@ def test_token_is_required(served: Served, session_factory, sample_path: Path, d
         assert "set [admin] token" in raised.value.response.json()["detail"]
     # the admin listener's headers are on these answers too
     assert r.headers["content-security-policy"].startswith("default-src 'self'")
+
+
+@pytest.mark.one_db
+def test_roles_that_may_send(served: Served, session_factory, sample_path: Path) -> None:
+    """A viewer's API token is refused (403); a reader's stores, and the audit row names the sender."""
+    from gateway.admin.users import add_user, issue_token
+
+    tokens = {}
+    with session_factory() as db:
+        for role in ("viewer", "reader"):
+            add_user(db, f"cart-{role}", role, None, actor="test")
+            tokens[role] = issue_token(db, f"cart-{role}", actor="test")
+        db.commit()
+    with pytest.raises(requests.HTTPError) as raised:
+        served.client(tokens["viewer"]).store_instances(datasets=[dataset(sample_path)])
+    assert raised.value.response.status_code == 403
+    assert raised.value.response.json()["detail"] == "cart-viewer (viewer) may not send: needs the reader role"
+    assert rows(session_factory) == []
+    ds = dataset(sample_path)
+    answer = served.client(tokens["reader"]).store_instances(datasets=[ds])
+    assert uids(answer.ReferencedSOPSequence) == [str(ds.SOPInstanceUID)]
+    [row] = rows(session_factory)
+    [entry] = [a for a in audit_rows(session_factory) if a.action == "dicomweb_store"]
+    assert (entry.actor, entry.address, entry.detail["ecg_ids"], entry.detail["via"]) == (
+        "cart-reader", "127.0.0.1", [row.id], "api")
 
 
 @pytest.mark.one_db

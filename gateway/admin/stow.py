@@ -23,8 +23,13 @@ before), FailedSOPSequence with each refusal's status as its Failure Reason;
 HTTP 200 (all stored), 202 (some), 409 (none).  No Retrieve URL: the gateway
 serves no WADO-RS.
 
-Authentication: ``Authorization: Bearer <[admin] token>`` (401 otherwise,
-403 while no token is set); checked before a byte of the body is read.
+Authentication: ``Authorization: Bearer <token>``: a user's API token
+(``ecg-gateway users token NAME``) of role :data:`STOW_ROLE` or stronger
+(``reader``, ``admin``), or the bootstrap ``[admin] token`` (admin).  401
+without a valid one (a web session cookie is no credential here), 403 for a
+viewer or while no credential exists at all; checked before a byte of the
+body is read.  Each request that stored something gets an audit row
+(``dicomweb_store``: the caller, the address, the ecg ids stored).
 """
 
 from __future__ import annotations
@@ -37,17 +42,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
-from gateway.admin.auth import NO_TOKEN_MESSAGE, bearer_ok
-from gateway.admin.http import client_address
+from gateway.admin.auth import (
+    NO_TOKEN_MESSAGE,
+    Principal,
+    audit_request,
+    auth_context,
+    credentials_exist,
+    resolve_principal,
+)
 from gateway.config import Config
 from gateway.receive.door import as_part10
 from gateway.receive.header import file_meta_uids
@@ -65,12 +77,16 @@ from gateway.receive.spool import (
 )
 from gateway.store.spool import ensure_dir
 
-__all__ = ["STOW_CALLING_AE", "STOW_TRANSFER_SYNTAXES", "stow_router"]
+__all__ = ["STOW_CALLING_AE", "STOW_ROLE", "STOW_TRANSFER_SYNTAXES", "stow_router"]
 
 log = logging.getLogger("gateway.admin")
 
 #: PS3.18 8.7.3: web services use neither Implicit VR Little Endian nor Explicit VR Big Endian.
 STOW_TRANSFER_SYNTAXES = frozenset({"1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99"})
+#: The weakest role that may send: sending files results into the EHR (an ORU per ECG), a write a
+#: viewer (read-only) may not make; readers and admins may.  Give each sending system its own
+#: user and API token (``ecg-gateway users add SENDER --role reader``; ``users token SENDER``).
+STOW_ROLE = "reader"
 #: The ``calling_ae`` of rows stored over STOW-RS (the admin views tell them from C-STOREs by it).
 STOW_CALLING_AE = "STOW-RS"
 #: The answer's media type, exactly (dicomweb-client 0.61.2 parses no other spelling, no parameter).
@@ -311,6 +327,40 @@ class _Store:
                 part.close()
 
 
+def _auth_refusal(request: Request, principal: Principal | None) -> JSONResponse | None:
+    """The JSON answer refusing the caller (401, 403), or None when it may send."""
+    if principal is None or principal.via != "api":
+        ctx = auth_context(request)
+        with ctx.session_factory() as db:
+            anything = credentials_exist(db, ctx.token)
+        if not anything:
+            return JSONResponse({"detail": NO_TOKEN_MESSAGE}, status_code=403)
+        return JSONResponse({"detail": "missing or wrong bearer token (a user's API token or the [admin] token)"},
+                            status_code=401, headers={"WWW-Authenticate": "Bearer"})
+    if not principal.has_role(STOW_ROLE):
+        log.warning("STOW-RS from %s refused: %s is a %s; sending needs the %s role", principal.address,
+                    principal.actor, principal.role, STOW_ROLE)
+        return JSONResponse({"detail": f"{principal.username} ({principal.role}) may not send: needs the "
+                                       f"{STOW_ROLE} role"}, status_code=403)
+    return None
+
+
+def _audit(session_factory: Callable[[], Any], principal: Principal, outcomes: list[StoreOutcome],
+           study: str | None) -> None:
+    """One ``dicomweb_store`` audit row per request that stored something new (who sent which ECGs)."""
+    stored = [o.ecg_id for o in outcomes if o.status == SUCCESS and not o.duplicate and o.ecg_id is not None]
+    if not stored:
+        return
+    try:
+        with session_factory() as db:
+            audit_request(db, principal, "dicomweb_store", f"study:{study}" if study else None,
+                          ecg_ids=stored, instances=len(outcomes))
+            db.commit()
+    except SQLAlchemyError as exc:  # the instances are stored and answered for; say what is missing
+        log.error("STOW-RS from %s: audit row for ecg ids %s not written: %s", principal.address, stored,
+                  type(exc).__name__)
+
+
 def stow_router(cfg: Config, session_factory: Callable[[], Any],
                 on_stored: Callable[[int], None] | None = None) -> APIRouter:
     """``POST /dicomweb/studies`` and ``POST /dicomweb/studies/{study}``.
@@ -319,16 +369,16 @@ def stow_router(cfg: Config, session_factory: Callable[[], Any],
     (never for duplicates or refusals); it must return quickly.
     """
     router = APIRouter()
-    token = cfg.admin.token
     ingest = cfg.ingest
     ctx = StoreContext.from_config(cfg.dicom, cfg.storage, cast(sessionmaker[Session], session_factory))
 
     async def stow(request: Request, study: str | None) -> Response:
-        if not token:
-            raise HTTPException(403, NO_TOKEN_MESSAGE)
-        if not bearer_ok(request.headers.get("authorization"), token):
-            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
-        peer = client_address(request)
+        principal = await run_in_threadpool(resolve_principal, request)
+        refused = await run_in_threadpool(_auth_refusal, request, principal)
+        if refused is not None:
+            return refused
+        assert principal is not None
+        peer = principal.address
         try:
             if study is not None and not (len(study) <= 64 and _UID.fullmatch(study)):
                 raise StowError(400, "the Study Instance UID in the path is not a valid UID")
@@ -354,8 +404,9 @@ def stow_router(cfg: Config, session_factory: Callable[[], Any],
         status, body = store_response(outcomes)
         failed = sum(o.status != SUCCESS for o in outcomes)
         duplicates = sum(o.status == SUCCESS and o.duplicate for o in outcomes)
-        log.info("STOW-RS from %s: %d instance(s): %d stored, %d duplicate, %d failed; HTTP %d", peer,
-                 len(outcomes), len(outcomes) - failed - duplicates, duplicates, failed, status)
+        log.info("STOW-RS from %s (%s): %d instance(s): %d stored, %d duplicate, %d failed; HTTP %d", peer,
+                 principal.actor, len(outcomes), len(outcomes) - failed - duplicates, duplicates, failed, status)
+        await run_in_threadpool(_audit, session_factory, principal, outcomes, study)
         return JSONResponse(body, status_code=status, media_type=DICOM_JSON)
 
     @router.post("/dicomweb/studies", tags=["dicomweb"], response_class=JSONResponse)
