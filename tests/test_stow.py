@@ -190,8 +190,7 @@ def test_none_stored_is_409_with_reasons(served: Served, session_factory, sample
 
 
 @pytest.mark.one_db
-def test_token_is_required(served: Served, session_factory, sample_path: Path, db_url: str,
-                           tmp_path: Path) -> None:
+def test_token_is_required(served: Served, session_factory, sample_path: Path) -> None:
     for token in (None, "wrong-token"):
         with pytest.raises(requests.HTTPError) as raised:
             served.client(token).store_instances(datasets=[dataset(sample_path)])
@@ -206,13 +205,17 @@ def test_token_is_required(served: Served, session_factory, sample_path: Path, d
                          headers={"Content-Type": STOW_TYPE, "X-CSRF-Token": session_csrf(browser)})
         assert r.status_code == 401 and "bearer token" in r.json()["detail"]
     assert rows(session_factory) == []
-    with serving(db_url, tmp_path / "spool2", admin={"token": ""}) as untokened:
+    # the admin listener's headers are on these answers too
+    assert r.headers["content-security-policy"].startswith("default-src 'self'")
+
+
+@pytest.mark.one_db
+def test_no_credential_configured_is_403(db_url: str, sample_path: Path, tmp_path: Path) -> None:
+    with serving(db_url, tmp_path / "spool", admin={"token": ""}) as untokened:
         with pytest.raises(requests.HTTPError) as raised:
             untokened.client("anything").store_instances(datasets=[dataset(sample_path)])
         assert raised.value.response.status_code == 403
         assert "set [admin] token" in raised.value.response.json()["detail"]
-    # the admin listener's headers are on these answers too
-    assert r.headers["content-security-policy"].startswith("default-src 'self'")
 
 
 @pytest.mark.one_db
