@@ -5,7 +5,7 @@ For each sample (pydicom's Mortara DICOM ECG, the Philips Sierra XML 1.03 and
 
   door:       what the door reads (``gateway.receive.door.incoming_from_bytes``:
               sniff + values, no waveform; DICOM: ``read_header``, which the store runs);
-  decode:     the waveform to leads (DICOM: ``read_waveform_dataset``; Philips:
+  decode:     the waveform to leads (DICOM: ``gateway.dicomio.reader.read``; Philips:
               sierraecg + scale; aECG: lxml + digits);
   model input: the whole read-and-normalise path (``gateway.rebuild.model_input``).
 
@@ -24,11 +24,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from gateway.dicomio.reader import read  # noqa: E402
 from gateway.formats import decode  # noqa: E402
 from gateway.normalise import NormaliseParams  # noqa: E402
 from gateway.rebuild import model_input  # noqa: E402
 from gateway.receive.door import incoming_from_bytes  # noqa: E402
-from gateway.receive.header import read_header, read_waveform_dataset  # noqa: E402
+from gateway.receive.header import read_header  # noqa: E402
 
 INPUTS = ROOT / "tests" / "fixtures" / "inputs"
 
@@ -66,7 +67,7 @@ def main() -> None:
         else:
             door = timed(lambda raw=raw: incoming_from_bytes(raw, "bench"), args.rounds)
         if fmt == "dicom":
-            dec = timed(lambda raw=raw: read_waveform_dataset(raw), args.rounds)
+            dec = timed(lambda raw=raw: read(raw), args.rounds)
         else:
             dec = timed(lambda raw=raw, fmt=fmt: decode(raw, fmt), args.rounds)
         full = timed(lambda raw=raw: model_input(raw, params), args.rounds)

@@ -8,7 +8,7 @@ One run prints ECG/s for
   (c) ``normalise_dataset`` alone on an already decoded data set,
   (d) decode + ``normalise_dataset`` in one process, and in ``--workers`` processes,
 
-  (e) the worker's read: ``gateway.receive.header.read_waveform_dataset`` (skips the
+  (e) the worker's read: ``gateway.dicomio.reader.read`` (skips the
       annotation and acquisition-context sequences pydicom parses eagerly) alone,
       and + ``normalise_dataset`` in one process and in ``--workers`` processes,
 
@@ -39,8 +39,8 @@ import pydicom  # noqa: E402
 from pydicom.data import get_testdata_file  # noqa: E402
 from scipy.signal import resample_poly  # noqa: E402
 
+from gateway.dicomio.reader import read  # noqa: E402
 from gateway.normalise import NormaliseParams, normalise_dataset  # noqa: E402
-from gateway.receive.header import read_waveform_dataset  # noqa: E402
 
 MODEL_ECG_PER_S = 30.0  # compiled Keras on 2 cores (quoted from docs/ecg-model.md)
 
@@ -75,7 +75,7 @@ def decode_and_normalise(raw: bytes) -> np.ndarray:
 
 def fast_read_and_normalise(raw: bytes) -> np.ndarray:
     """What the worker does per ECG: the fast read, then normalise."""
-    return normalise_dataset(read_waveform_dataset(raw), NormaliseParams()).signal
+    return normalise_dataset(read(raw), NormaliseParams()).signal
 
 
 def _worker(args: tuple[bytes, float, bool]) -> int:
@@ -117,7 +117,7 @@ def main() -> None:
     combined = rate(lambda: decode_and_normalise(raw), args.seconds, args.rounds)
     parallel = parallel_rate(raw, args.workers, args.seconds)
     np.testing.assert_array_equal(fast_read_and_normalise(raw), decode_and_normalise(raw))  # exactly equal
-    fast_read = rate(lambda: read_waveform_dataset(raw), args.seconds, args.rounds)
+    fast_read = rate(lambda: read(raw), args.seconds, args.rounds)
     fast = rate(lambda: fast_read_and_normalise(raw), args.seconds, args.rounds)
     fast_parallel = parallel_rate(raw, args.workers, args.seconds, fast=True)
 
@@ -135,9 +135,9 @@ def main() -> None:
         f"ratio (d, {args.workers} processes) / model {MODEL_ECG_PER_S:g} ECG/s      {parallel / MODEL_ECG_PER_S:8.2f}"
     )
     print(f"share of decode in (d)                       {combined / decode:8.0%}")
-    print(f"(e) read_waveform_dataset only               {fast_read:8.1f} ECG/s  {1000 / fast_read:6.2f} ms")
-    print(f"(e) read_waveform_dataset + normalise, 1 p.  {fast:8.1f} ECG/s  {1000 / fast:6.2f} ms")
-    print(f"(e) read_waveform_dataset + normalise, {args.workers} p.  {fast_parallel:8.1f} ECG/s")
+    print(f"(e) dicomio.read only                       {fast_read:8.1f} ECG/s  {1000 / fast_read:6.2f} ms")
+    print(f"(e) dicomio.read + normalise, 1 p.          {fast:8.1f} ECG/s  {1000 / fast:6.2f} ms")
+    print(f"(e) dicomio.read + normalise, {args.workers} p.          {fast_parallel:8.1f} ECG/s")
     print(f"ratio (e) / (d), 1 process                   {fast / combined:8.2f}")
     print(f"ratio (e) / (d), {args.workers} processes                  {fast_parallel / parallel:8.2f}")
     print(

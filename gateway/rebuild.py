@@ -14,8 +14,8 @@ import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gateway.dicomio.limits import DEFAULT_MAX_DATASET_BYTES
 from gateway.quoting import printable
-from gateway.receive.limits import DEFAULT_MAX_DATASET_BYTES
 from gateway.store.models import EcgInstance
 from gateway.store.spool import Spool
 
@@ -34,16 +34,16 @@ class RebuildError(Exception):
 
 
 def read_dataset(raw: bytes, max_bytes: int = DEFAULT_MAX_DATASET_BYTES, *, annotations: bool = False) -> Dataset:
-    """The worker's read of spooled DICOM bytes (``read_waveform_dataset``:
+    """The worker's read of spooled DICOM bytes (:func:`gateway.dicomio.reader.read`:
     the waveform, and the cart's annotations when ``annotations``).
     Raises ``NormaliseError`` as :func:`model_input` does."""
+    from gateway.dicomio.limits import DatasetTooLarge
+    from gateway.dicomio.reader import WAVEFORM, read
     from gateway.normalise import NormaliseError
-    from gateway.receive.header import read_waveform_dataset
-    from gateway.receive.limits import DatasetTooLarge
 
     try:
         # skips the other sequences pydicom parses eagerly
-        return read_waveform_dataset(raw, max_bytes, annotations=annotations)
+        return read(raw, max_bytes, sequences=(*WAVEFORM, "WaveformAnnotationSequence") if annotations else WAVEFORM)
     except DatasetTooLarge as exc:  # a deflate bomb: refused at the limit, never inflated whole
         raise NormaliseError(str(exc)) from None
     except Exception as exc:  # the SCP checked the header; the body may still be corrupt

@@ -7,9 +7,9 @@ with the data length, bits stored/allocated combinations, padding values,
 unit strings, code values, sample interpretations, truncated WaveformData and
 removed sequences.  Each mutated data set goes to ``normalise_dataset``
 directly and, encoded to bytes, through the worker's
-``read_waveform_dataset``.  The only outcomes allowed: a ``NormalisedEcg``
+``gateway.dicomio.reader.read``.  The only outcomes allowed: a ``NormalisedEcg``
 with a finite float32 (4096, 12) signal, or ``NormaliseError`` (or, for the
-bytes path, the reader's ``HeaderError``) with a non-empty reason.  Anything
+bytes path, the reader's ``DicomError``) with a non-empty reason.  Anything
 else is a bug.
 
 Deterministic (``derandomize=True``, fixed example counts: ``smoke`` in the
@@ -34,8 +34,8 @@ from pydicom.dataset import Dataset
 
 import ecg_variants as variants
 import fuzz_helpers as fh
+from gateway.dicomio.reader import DicomError, read
 from gateway.normalise import NormalisedEcg, NormaliseError, normalise_dataset
-from gateway.receive.header import HeaderError, read_waveform_dataset
 
 pytestmark = pytest.mark.filterwarnings("ignore")  # pydicom warns about every invalid value, by design
 
@@ -252,12 +252,12 @@ def check_outcome(ds: Dataset) -> str:
 
 
 def check_bytes_outcome(raw: bytes) -> str:
-    """The worker's path: bytes -> read_waveform_dataset -> normalise_dataset."""
+    """The worker's path: bytes -> gateway.dicomio.reader.read -> normalise_dataset."""
     try:
-        ds = read_waveform_dataset(raw)
-    except HeaderError as exc:
-        assert str(exc).strip(), "HeaderError without a reason"
-        return "HeaderError"
+        ds = read(raw)
+    except DicomError as exc:
+        assert str(exc).strip(), "DicomError without a reason"
+        return "DicomError"
     return check_outcome(ds)
 
 
@@ -309,4 +309,4 @@ def test_undecodable_or_multivalued_counts_are_a_normalise_error(keyword: str, r
         normalise_dataset(ds)
     assert keyword in str(caught.value) and why in str(caught.value), str(caught.value)
     outcome = check_bytes_outcome(fh.encode(ds))  # the worker's path: refused with a reason too
-    assert outcome in ("NormaliseError", "HeaderError")
+    assert outcome in ("NormaliseError", "DicomError")

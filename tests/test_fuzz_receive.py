@@ -26,7 +26,8 @@ from sqlalchemy import select
 
 import fuzz_helpers as fh
 from gateway.config import Config, DicomConfig, StorageConfig
-from gateway.receive.header import EcgHeader, HeaderError, read_header
+from gateway.dicomio.reader import DicomError
+from gateway.receive.header import EcgHeader, read_header
 from gateway.receive.spool import (
     PROCESSING_FAILURE,
     SUCCESS,
@@ -60,7 +61,7 @@ def _check_header(header: EcgHeader) -> None:
 @pytest.mark.parametrize("count", [pytest.param(SMOKE, id="smoke"),
                                    pytest.param(fh.fuzz_examples(), id="full", marks=pytest.mark.slow)])
 def test_header_reader_survives_mutations(count: int) -> None:
-    """The bulk: every mutated data set is an EcgHeader or a HeaderError with a
+    """The bulk: every mutated data set is an EcgHeader or a DicomError with a
     reason.  The smoke run mutates the unmutated bases only (building the
     structural cases takes seconds)."""
     outcomes: collections.Counter[str] = collections.Counter()
@@ -70,9 +71,9 @@ def test_header_reader_survives_mutations(count: int) -> None:
     for case in [*structural, *fh.mutated_cases(count, seed=20260109, bases=bases)]:
         try:
             header = read_header(case.data)
-        except HeaderError as exc:
+        except DicomError as exc:
             assert str(exc).strip(), case.name
-            outcomes["HeaderError"] += 1
+            outcomes["DicomError"] += 1
         except Exception as exc:  # pragma: no cover - the failure report
             pytest.fail(f"{case.name}: {type(exc).__name__} escaped read_header: {exc}")
         else:
@@ -84,7 +85,7 @@ def test_header_reader_survives_mutations(count: int) -> None:
         n += 1
     assert n == len(structural) + count and (count == SMOKE or count >= 2000)
     # both outcomes occur: the mutations reach the parser and do not all break the file
-    assert outcomes["parsed"] > count // 10 and outcomes["HeaderError"] > count // 10, outcomes
+    assert outcomes["parsed"] > count // 10 and outcomes["DicomError"] > count // 10, outcomes
 
 
 @pytest.mark.parametrize("name,found,data", fh.regression_cases("header_regressions.json"),
@@ -93,7 +94,7 @@ def test_header_regressions(name: str, found: str, data: bytes) -> None:
     """Inputs that once let an exception escape (``found``) now read or refuse cleanly."""
     try:
         _check_header(read_header(data))
-    except HeaderError as exc:
+    except DicomError as exc:
         assert str(exc).strip()
 
 
@@ -167,7 +168,7 @@ def scp(session_factory, tmp_path: Path, port: int):  # type: ignore[no-untyped-
 def _client(port: int):  # type: ignore[no-untyped-def]
     from pynetdicom import AE
 
-    from gateway.receive.header import ECG_STORAGE_SOP_CLASSES, ECG_TRANSFER_SYNTAXES
+    from gateway.dicomio.reader import ECG_STORAGE_SOP_CLASSES, ECG_TRANSFER_SYNTAXES
 
     ae = AE(ae_title="FUZZCART")
     for sop_class in ECG_STORAGE_SOP_CLASSES:

@@ -170,7 +170,7 @@ def test_orthanc_down_then_up_nothing_lost_nothing_twice(db_url, session_factory
         # a process killed after PACS stored an object and before it recorded that: sent again, stored once
         with session_factory() as s:
             from gateway.deliver.pacs import c_store
-            from gateway.receive.limits import MIB
+            from gateway.dicomio.limits import MIB
 
             first = s.get(PacsMessage, rows[1].id)
             assert c_store(build_object(s, first, cfg.storage.spool_dir, 64 * MIB), cfg.pacs) is None

@@ -174,12 +174,12 @@ def test_display_value():
 
 
 def test_the_workers_fast_read_keeps_the_annotations_as_pydicom_reads_them(sample_path):
-    from gateway.receive.header import read_waveform_dataset
+    from gateway.dicomio.reader import read
 
     raw = Path(sample_path).read_bytes()
-    fast = read_waveform_dataset(raw, annotations=True)
+    fast = read(raw, sequences=("WaveformSequence", "WaveformAnnotationSequence"))
     assert fast.WaveformAnnotationSequence == dcmread(io.BytesIO(raw)).WaveformAnnotationSequence
-    assert "WaveformAnnotationSequence" not in read_waveform_dataset(raw)  # the export's read stays lean
+    assert "WaveformAnnotationSequence" not in read(raw)  # the export's read stays lean
     assert extract(fast) == extract(dcmread(io.BytesIO(raw)))
 
 

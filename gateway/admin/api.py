@@ -29,8 +29,8 @@ from gateway.admin.http import MAX_OFFSET, DbId, EcgKey, check_ecg_key, resend_m
 from gateway.admin.monitor import DatabaseCollector, health_report
 from gateway.admin.queries import EcgFilters, count_ecgs, ecg_detail, ecg_rows, parse_time
 from gateway.config import Config
+from gateway.dicomio.limits import MIB
 from gateway.findings import listed as listed_findings
-from gateway.receive.limits import MIB
 
 __all__ = ["api_router"]
 

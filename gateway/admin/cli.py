@@ -231,7 +231,7 @@ def export_input(
     from gateway.store.audit import audit, cli_actor
 
     _check_output(out, force)
-    from gateway.receive.limits import MIB
+    from gateway.dicomio.limits import MIB
 
     cfg = config_from(ctx)
     spool_dir, max_bytes = cfg.storage.spool_dir, cfg.dicom.max_dataset_mb * MIB

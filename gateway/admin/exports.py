@@ -13,10 +13,10 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from gateway.admin.queries import find_ecg
+from gateway.dicomio.limits import DEFAULT_MAX_DATASET_BYTES
 from gateway.rebuild import RebuildError as ExportError
 from gateway.rebuild import model_input_array, stored_original
 from gateway.rebuild import report_pdf as _report_pdf
-from gateway.receive.limits import DEFAULT_MAX_DATASET_BYTES
 from gateway.store.models import EcgInstance
 
 __all__ = ["ExportError", "input_npy", "model_input_array", "original_dicom", "report_pdf"]

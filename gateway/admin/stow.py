@@ -61,9 +61,9 @@ from gateway.admin.auth import (
     resolve_principal,
 )
 from gateway.config import Config
+from gateway.dicomio.limits import MIB, limit_text
+from gateway.dicomio.reader import file_meta_uids
 from gateway.receive.door import as_part10
-from gateway.receive.header import file_meta_uids
-from gateway.receive.limits import MIB, limit_text
 from gateway.receive.spool import (
     CANNOT_UNDERSTAND,
     DATA_SET_TOO_LARGE,

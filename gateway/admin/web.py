@@ -304,7 +304,7 @@ def web_router(cfg: Config, session_factory: Callable[[], Any]) -> APIRouter:
         if problem:
             return render("message.html", 422, request=request, title="Bad request", message=problem)
         from gateway.admin.exports import ExportError, model_input_array
-        from gateway.receive.limits import MIB
+        from gateway.dicomio.limits import MIB
 
         signal, svg, svg_error = None, None, None
         with session_factory() as session:

@@ -95,8 +95,8 @@ def enqueue_pacs(session: Session, ecg: EcgInstance, cfg: PacsConfig) -> list[Pa
 def build_object(session: Session, msg: PacsMessage, spool_dir: str | Path, max_bytes: int) -> Any:
     """The DICOM data set of outbox row ``msg`` (raises :class:`PacsBuildError`)."""
     from gateway import __version__
+    from gateway.dicomio.reader import read
     from gateway.rebuild import RebuildError, report_pdf, stored_original
-    from gateway.receive.limits import read_dicom
     from gateway.report.dicom import ResultValues, comprehensive_sr, encapsulated_pdf
     from gateway.timeutil import as_utc
 
@@ -104,7 +104,7 @@ def build_object(session: Session, msg: PacsMessage, spool_dir: str | Path, max_
     if ecg is None or ecg.prediction is None:
         raise PacsBuildError(f"ECG {msg.ecg_id} has no AI result")
     try:
-        source = read_dicom(stored_original(ecg, spool_dir)[1], max_bytes)
+        source = read(stored_original(ecg, spool_dir)[1], max_bytes, sequences=None)
     except RebuildError as exc:  # missing, or changed on disk
         raise PacsBuildError(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - unreadable now
@@ -202,7 +202,7 @@ def send_one(session_factory: Callable[[], Session], config: Config) -> bool:
     claimed = _claim(session_factory, cfg)
     if claimed is None:
         return False
-    from gateway.receive.limits import MIB
+    from gateway.dicomio.limits import MIB
 
     error, permanent = None, False
     with session_factory() as session:

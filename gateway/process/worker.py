@@ -104,15 +104,15 @@ class Worker:
         """Run a synthetic ECG through the read and normalise path once, so
         the first real ECG after start does not pay for imports and filter
         design (about 2 s, measured)."""
+        from gateway.dicomio.reader import read
         from gateway.normalise import OUTPUT_LEADS, normalise_dataset
         from gateway.normalise.encode import make_ecg_dataset
-        from gateway.receive.header import read_waveform_dataset
 
         t = np.arange(5000) / 500.0
         signal = np.stack([np.sin(2 * np.pi * (1 + k / 10) * t) for k in range(len(OUTPUT_LEADS))], axis=1)
         buf = io.BytesIO()
         make_ecg_dataset(signal, 500.0, OUTPUT_LEADS).save_as(buf, enforce_file_format=True)
-        return normalise_dataset(read_waveform_dataset(buf.getvalue()), self.params)
+        return normalise_dataset(read(buf.getvalue()), self.params)
 
     def wake(self, _ecg_id: int | None = None) -> None:
         self._wake.set()
@@ -165,8 +165,8 @@ class Worker:
             self._finish(it)
 
     def _prepare(self, ecg_id: int) -> _Item:
+        from gateway.dicomio.limits import MIB, DatasetTooLarge, check_size
         from gateway.normalise import NormaliseError, normalise_dataset
-        from gateway.receive.limits import MIB, DatasetTooLarge, check_size
         from gateway.report.measurements import extract as cart_report
 
         item = _Item(ecg_id)

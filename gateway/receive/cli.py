@@ -121,9 +121,9 @@ def ingest(
     from rich.console import Console
     from rich.progress import Progress
 
+    from gateway.dicomio.limits import MIB, DatasetTooLarge, check_size
     from gateway.logs import setup_logging
     from gateway.receive.door import Refusal, incoming_from_bytes
-    from gateway.receive.limits import MIB, DatasetTooLarge, check_size
     from gateway.receive.spool import (
         DATA_SET_TOO_LARGE,
         SUCCESS,

@@ -21,8 +21,8 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 
+from gateway.dicomio.limits import DEFAULT_MAX_DATASET_BYTES, DatasetTooLarge, check_size
 from gateway.formats import FormatError, read_values, sniff
-from gateway.receive.limits import DEFAULT_MAX_DATASET_BYTES, DatasetTooLarge, check_size
 from gateway.receive.spool import DATA_SET_TOO_LARGE, IncomingInstance
 
 

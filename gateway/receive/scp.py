@@ -45,8 +45,8 @@ from pynetdicom.utils import make_target
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway.config import DicomConfig, StorageConfig
-from gateway.receive.header import ECG_STORAGE_SOP_CLASSES, ECG_TRANSFER_SYNTAXES
-from gateway.receive.limits import MIB, limit_text
+from gateway.dicomio.limits import MIB, limit_text
+from gateway.dicomio.reader import ECG_STORAGE_SOP_CLASSES, ECG_TRANSFER_SYNTAXES
 from gateway.receive.spool import (
     PROCESSING_FAILURE,
     SUCCESS,

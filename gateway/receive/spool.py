@@ -34,18 +34,11 @@ from sqlalchemy import Table, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from gateway.dicomio.limits import DEFAULT_MAX_DATASET_BYTES, DatasetTooLarge, check_size
+from gateway.dicomio.reader import ECG_STORAGE_SOP_CLASSES, DicomError, file_meta_uids
 from gateway.formats import DocumentValues
 from gateway.quoting import printable
-from gateway.receive.header import (
-    ECG_STORAGE_SOP_CLASSES,
-    EcgHeader,
-    HeaderError,
-    ValueProblem,
-    checked_text,
-    file_meta_uids,
-    read_header,
-)
-from gateway.receive.limits import DEFAULT_MAX_DATASET_BYTES, DatasetTooLarge, check_size
+from gateway.receive.header import EcgHeader, ValueProblem, checked_text, read_header
 from gateway.store.audit import audit
 from gateway.store.models import RECEIVED, REJECTED, EcgInstance
 from gateway.store.spool import Spool, ensure_dir, fsync_dir
@@ -482,7 +475,7 @@ class _Arrival:
         try:
             # DatasetTooLarge: refused by the caller
             self.header = header = read_header(incoming.raw, self.ctx.max_dataset_bytes)
-        except HeaderError as exc:
+        except DicomError as exc:
             return self.reject(CANNOT_UNDERSTAND, str(exc))
         self.uid = uid = header.sop_instance_uid
         # the announced UID was validated at the door; only a data set that says otherwise is checked again

@@ -42,8 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gateway.dicomio.limits import DatasetTooLarge, check_size
 from gateway.receive.door import Refusal, incoming_from_bytes
-from gateway.receive.limits import DatasetTooLarge, check_size
 from gateway.receive.spool import (
     DATA_SET_TOO_LARGE,
     OUT_OF_RESOURCES,

@@ -1,9 +1,11 @@
-"""How big a DICOM data set may be, and the bounded reads that hold every
-reader to it (``[dicom] max_dataset_mb``).
+"""How big a DICOM data set may be, and the bounded inflation that holds
+every read to it (``[dicom] max_dataset_mb``).
 
 One limit for every path that reads DICOM bytes: the SCP while it receives
-P-DATA (:mod:`gateway.receive.scp`), the header read at the door, ``ingest``,
-the worker's read and their pydicom fallbacks.  It bounds the encoded data
+P-DATA (:mod:`gateway.receive.scp`) and :func:`gateway.dicomio.reader.read`
+(the door's header read, ``ingest``, the worker, PACS, the rebuilds, and the
+pydicom fallback behind it).  No pydicom here: light commands import this
+module for :data:`MIB`.  It bounds the encoded data
 set: the bytes as received and, for Deflated Explicit VR Little Endian, the
 inflated bytes.  Inflation runs with an output bound, so a deflate stream of
 a megabyte that would inflate to gigabytes (a decompression bomb) costs one
@@ -12,16 +14,11 @@ output chunk of memory and the time to inflate ``max_bytes``, never more.
 
 from __future__ import annotations
 
-import io
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from gateway.config import DEFAULT_MAX_DATASET_MB
-
-if TYPE_CHECKING:  # pydicom is imported where it is used: light commands import this module
-    from pydicom.dataset import Dataset
 
 MIB = 1024 * 1024
 #: ``[dicom] max_dataset_mb``'s default (gateway.config owns it) in bytes.
@@ -102,35 +99,3 @@ def inflate(deflated: bytes | memoryview, max_bytes: int) -> Inflated:
     # It fits, so the same stream inflates to the same `total` bytes again.
     again = zlib.decompressobj(-zlib.MAX_WBITS)
     return Inflated(again.decompress(deflated, max_bytes + 1), inflater.eof)
-
-
-def read_dicom(raw: bytes, max_bytes: int) -> Dataset:
-    """``pydicom.dcmread`` of a Part 10 byte string, held to ``max_bytes``.
-
-    dcmread inflates a deflated data set whole (``zlib.decompress``) before
-    parsing it; here the inflation is :func:`inflate` and pydicom parses the
-    result with the reader dcmread itself uses, so the data set is the one
-    dcmread would return.  An incomplete deflate stream fails as in dcmread.
-    Raises :class:`DatasetTooLarge`, or what dcmread raises.
-    """
-    from pydicom.dataset import FileDataset
-    from pydicom.filereader import _read_file_meta_info, dcmread, read_dataset, read_preamble
-    from pydicom.uid import DeflatedExplicitVRLittleEndian
-
-    check_size(len(raw), max_bytes)
-    fp = io.BytesIO(raw)
-    try:
-        preamble = read_preamble(fp, False)
-        file_meta = _read_file_meta_info(fp)
-    except Exception:  # noqa: BLE001 - dcmread below reports it as it always did
-        return dcmread(io.BytesIO(raw))
-    if file_meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
-        return dcmread(io.BytesIO(raw))
-    inflated = inflate(memoryview(raw)[fp.tell() :], max_bytes)
-    if not inflated.complete:
-        raise zlib.error("Error -5 while decompressing data: incomplete or truncated stream")
-    body = io.BytesIO(inflated.data)
-    dataset = read_dataset(body, is_implicit_VR=False, is_little_endian=True)
-    ds = FileDataset(body, dataset, preamble, file_meta, False, True)
-    ds.set_original_encoding(False, True, dataset._character_set)
-    return ds

@@ -1,6 +1,8 @@
-"""read_waveform_dataset: the processing stage's fast read gives normalise
-exactly what pydicom.dcmread gives it, for the sample, every variant, all
-three transfer syntaxes, and truncated or corrupt bytes."""
+"""gateway.dicomio.reader.read, the one DICOM reader: its fast path gives
+exactly what pydicom.dcmread gives (values, and normalise's outcome), for the
+sample, every variant, all three transfer syntaxes, and truncated, corrupt or
+garbled bytes; hypothesis drives the differential property (same values, or
+both refuse with dcmread's message)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
@@ -22,8 +26,8 @@ from pydicom.uid import (
 )
 
 import ecg_variants as v
+from gateway.dicomio.reader import WAVEFORM, DicomError, file_meta_uids, read
 from gateway.normalise import NormaliseError, NormaliseParams, normalise_dataset
-from gateway.receive.header import HeaderError, read_waveform_dataset
 
 SYNTAXES = {"implicit": ImplicitVRLittleEndian, "explicit": ExplicitVRLittleEndian,
             "deflated": DeflatedExplicitVRLittleEndian}
@@ -115,8 +119,8 @@ def dcmread_outcome(raw: bytes) -> tuple:
 
 def fast_outcome(raw: bytes) -> tuple:
     try:
-        ds = read_waveform_dataset(raw)
-    except HeaderError as exc:
+        ds = read(raw)
+    except DicomError as exc:
         return "unreadable", str(exc)
     return outcome(ds)
 
@@ -130,7 +134,7 @@ def sample() -> Dataset:
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_every_variant_normalises_exactly_as_after_dcmread(sample, variant, syntax):
     raw = encode(VARIANTS[variant](sample), SYNTAXES[syntax])
-    fast = read_waveform_dataset(raw)
+    fast = read(raw)
     # the fast path itself ran (the fallback, dcmread, keeps the annotations)
     assert "WaveformAnnotationSequence" not in fast and "AcquisitionContextSequence" not in fast
     assert fast.file_meta.TransferSyntaxUID == SYNTAXES[syntax]
@@ -139,7 +143,7 @@ def test_every_variant_normalises_exactly_as_after_dcmread(sample, variant, synt
 
 def test_the_real_file_as_the_cart_wrote_it(sample_path):
     raw = sample_path.read_bytes()
-    fast = read_waveform_dataset(raw)
+    fast = read(raw)
     assert "WaveformAnnotationSequence" not in fast
     slow = pydicom.dcmread(io.BytesIO(raw))
     assert fast.SOPInstanceUID == slow.SOPInstanceUID and fast.SOPClassUID == slow.SOPClassUID
@@ -159,7 +163,7 @@ def test_character_sets_reach_the_waveform_items(sample):
     v.rhythm(ds).ChannelDefinitionSequence[0].ChannelLabel = "Ableitung Ü"
     for syntax in SYNTAXES.values():
         raw = encode(ds, syntax)
-        fast, slow = read_waveform_dataset(raw), pydicom.dcmread(io.BytesIO(raw))
+        fast, slow = read(raw), pydicom.dcmread(io.BytesIO(raw))
         assert "WaveformAnnotationSequence" not in fast
         assert v.rhythm(fast).ChannelDefinitionSequence[0].ChannelLabel == "Ableitung Ü"
         assert_same(outcome(fast), outcome(slow))
@@ -173,7 +177,7 @@ def test_big_endian_falls_back_to_dcmread(sample):
         ds.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
         pydicom.dcmwrite(out, ds, little_endian=False, implicit_vr=False)
     raw = out.getvalue()
-    fast = read_waveform_dataset(raw)
+    fast = read(raw)
     assert "WaveformAnnotationSequence" in fast  # read by dcmread
     assert_same(outcome(fast), outcome(pydicom.dcmread(io.BytesIO(raw))))
 
@@ -181,8 +185,8 @@ def test_big_endian_falls_back_to_dcmread(sample):
 def test_no_preamble_and_garbage_fail_with_dcmreads_message(sample_path):
     raw = sample_path.read_bytes()
     for data in (raw[128:], b"", b"\x00" * 10):
-        with pytest.raises(HeaderError, match="File is missing DICOM File Meta Information header"):
-            read_waveform_dataset(data)
+        with pytest.raises(DicomError, match="File is missing DICOM File Meta Information header"):
+            read(data)
     # a prefix and then nonsense: dcmread reads what it can, and so does the fallback
     garbage = b"\x00" * 128 + b"DICM" + b"\xff" * 64
     with warnings.catch_warnings():
@@ -228,7 +232,7 @@ def _skipped_span(raw: bytes) -> tuple[int, int]:
 @pytest.mark.slow  # hundreds of damaged files through both readers and normalise
 @pytest.mark.parametrize("syntax", ["implicit", "explicit", "deflated"])
 def test_truncated_and_corrupt_bytes_fail_as_dcmread_does(sample, syntax):
-    """Any damage gives the fast read's HeaderError or a data set; the worker's
+    """Any damage gives the fast read's DicomError or a data set; the worker's
     outcome (parse error text, rejection reason, signal) is the one dcmread
     gives today - except that damage inside the sequences normalise never
     reads (annotations, acquisition context) no longer loses an ECG whose
@@ -320,8 +324,143 @@ def test_files_written_by_dcmtk(sample, tmp_path, options):
     target = tmp_path / "out.dcm"
     subprocess.run(["dcmconv", *options, str(source), str(target)], check=True, capture_output=True)
     raw = target.read_bytes()
-    fast = read_waveform_dataset(raw)
+    fast = read(raw)
     assert "WaveformAnnotationSequence" not in fast  # the fast path itself
     result = outcome(fast)
     assert result[0] == "ok" and result[3] == []
     assert_same(result, outcome(pydicom.dcmread(io.BytesIO(raw))))
+
+
+# -- the differential property: read(...) against dcmread over varied and garbled files ---------------
+
+#: What the readers are asked for: the worker's, the door's, the cart report's.
+KEPT = [WAVEFORM, ("WaveformSequence", "RequestAttributesSequence"),
+        ("WaveformSequence", "WaveformAnnotationSequence")]
+_ENCODED: dict[tuple[str, str], bytes] = {}
+
+
+def _encoded(variant: str, syntax: str) -> bytes:
+    key = (variant, syntax)
+    if key not in _ENCODED:
+        _ENCODED[key] = encode(VARIANTS[variant](v.load_sample()), SYNTAXES[syntax])
+    return _ENCODED[key]
+
+
+def _value(ds: Dataset, tag: Any) -> tuple:
+    """An element's decoded value, or the type of the error decoding it."""
+    try:
+        return "ok", ds[tag].value
+    except Exception as exc:  # noqa: BLE001 - compared: both must fail alike
+        return "error", type(exc).__name__
+
+
+def _dcmread(raw: bytes) -> tuple:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return "ok", pydicom.dcmread(io.BytesIO(raw))
+        except Exception as exc:  # noqa: BLE001
+            return "unreadable", str(exc) or type(exc).__name__
+
+
+def _read(raw: bytes, kept: tuple[str, ...]) -> tuple:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return "ok", read(raw, sequences=kept)
+        except DicomError as exc:
+            return "unreadable", str(exc)
+
+
+def _assert_same_values(fast: Dataset, slow: Dataset, kept: tuple[str, ...]) -> None:
+    """Every element of ``fast`` has ``slow``'s value; ``fast`` lacks only
+    the top-level sequences not asked for."""
+    assert fast.file_meta == slow.file_meta
+    wanted = {pydicom.datadict.tag_for_keyword(k) for k in kept}
+    for tag in slow.keys():
+        if tag not in fast:  # only sequences not asked for (dcmread has parsed them: no decoding here)
+            assert tag not in wanted and _value(slow, tag)[1].__class__.__name__ == "Sequence", f"{tag} missing"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about the garbled values it decodes
+        for tag in fast.keys():
+            assert tag in slow, f"{tag} not in dcmread's data set"
+            assert _value(fast, tag) == _value(slow, tag), tag
+
+
+#: (variant, syntax, damage, where in [0, 1), flip mask, inserted bytes): small, so hypothesis shows it.
+_CASES = st.tuples(
+    st.sampled_from(["sample", "eight-lead", "mdc-codes", "general-32bit", "median-beat-only", "no-waveform",
+                     "shuffled"]),
+    st.sampled_from(["implicit", "explicit"]),
+    st.sampled_from(["intact", "cut", "flip", "insert"]),
+    st.floats(0, 1, exclude_max=True),
+    st.integers(1, 255),
+    st.binary(min_size=1, max_size=16),
+)
+
+
+def _damaged(case: tuple) -> tuple[str, bytes]:
+    """A variant in a transfer syntax, then no damage, a cut, a flipped
+    byte, or inserted garbage."""
+    variant, syntax, kind, where, mask, garbage = case
+    raw = _encoded(variant, syntax)
+    at = int(where * len(raw))
+    name = f"{variant}/{syntax}/{kind} at {at}"
+    if kind == "cut":
+        raw = raw[:at]
+    elif kind == "flip":
+        raw = raw[:at] + bytes([raw[at] ^ mask]) + raw[at + 1:]
+    elif kind == "insert":
+        raw = raw[:at] + garbage + raw[at:]
+    return name, raw
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=_CASES, kept=st.sampled_from(KEPT))
+def test_read_gives_dcmreads_values_or_both_refuse(case: tuple, kept: tuple[str, ...]) -> None:
+    """Same values, or both refuse with the same message - except that
+    damage inside a top-level sequence the caller did not ask for (skipped by
+    its length or delimiters) may leave the file readable where dcmread
+    gives up: then every element read is one of the undamaged file's."""
+    name, raw = _damaged(case)
+    fast, slow = _read(raw, kept), _dcmread(raw)
+    if slow[0] == "ok" and fast[0] == "ok":
+        _assert_same_values(fast[1], slow[1], kept)
+    elif slow[0] == "unreadable" and fast[0] == "unreadable":
+        assert fast[1] == slow[1], name
+    else:
+        assert fast[0] == "ok", f"{name}: read refused what dcmread reads: {fast[1]}"
+        intact = pydicom.dcmread(io.BytesIO(_encoded(*case[:2])))
+        assert set(fast[1].keys()) <= set(intact.keys()), name
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.binary(max_size=600), kept=st.sampled_from(KEPT))
+def test_random_bytes_after_a_file_meta(data: bytes, kept: tuple[str, ...]) -> None:
+    """Garbage after a real preamble and file meta: both read it or both refuse alike."""
+    head = _encoded("sample", "explicit")
+    meta_end = 132 + 12 + int.from_bytes(head[140:144], "little")
+    raw = head[:meta_end] + data
+    fast, slow = _read(raw, kept), _dcmread(raw)
+    assert fast[0] == slow[0] or (fast[0] == "ok" and slow[0] == "unreadable"), (fast, slow)
+    if fast[0] == slow[0] == "ok":
+        _assert_same_values(fast[1], slow[1], kept)
+    elif fast[0] == slow[0]:
+        assert fast[1] == slow[1]
+
+
+def test_file_meta_uids(sample_path) -> None:
+    raw = sample_path.read_bytes()
+    ds = pydicom.dcmread(io.BytesIO(raw))
+    uids = file_meta_uids(raw)
+    assert uids == (ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID,
+                    ds.file_meta.TransferSyntaxUID)
+    assert file_meta_uids(raw[128:]) == (None, None, None) == file_meta_uids(b"")
+    assert file_meta_uids(raw[:200]).sop_class_uid == ds.file_meta.MediaStorageSOPClassUID
+
+
+def test_every_sequence_is_dcmreads_data_set(sample_path) -> None:
+    raw = sample_path.read_bytes()
+    assert read(raw, sequences=None) == pydicom.dcmread(io.BytesIO(raw))
+    with pytest.raises(ValueError, match="not DICOM keywords"):
+        read(raw, sequences=("NoSuchKeyword",))
