@@ -16,7 +16,7 @@ import typer
 from typer.core import TyperGroup
 
 from gateway import __version__
-from gateway.admin.cli import ecg_app, results_app
+from gateway.admin.cli import audit_app, ecg_app, results_app, users_app
 from gateway.cliconfig import config_from
 from gateway.config import Config
 from gateway.deliver.cli import app as hl7_app
@@ -164,6 +164,8 @@ app.add_typer(model_app, name="model")
 app.command("ingest")(ingest)
 app.add_typer(results_app, name="results")
 app.add_typer(ecg_app, name="ecg")
+app.add_typer(users_app, name="users")
+app.add_typer(audit_app, name="audit")
 app.add_typer(hl7_app, name="hl7")
 app.add_typer(pacs_app, name="pacs")
 app.add_typer(demo_app, name="demo")

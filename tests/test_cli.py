@@ -40,6 +40,8 @@ def test_required_groups_exist():
         ("ecg",),
         ("hl7",),
         ("demo",),
+        ("users", "add"), ("users", "list"), ("users", "disable"), ("users", "passwd"), ("users", "token"),
+        ("audit", "list"),
     ]:
         assert required in names, required
 
@@ -77,7 +79,8 @@ def test_db_upgrade_from_cli(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "args", [["--help"], ["results", "--help"], ["hl7", "--help"], ["db", "--help"], ["db", "current"]]
+    "args", [["--help"], ["results", "--help"], ["hl7", "--help"], ["db", "--help"], ["db", "current"],
+             ["users", "--help"], ["audit", "--help"]]
 )
 def test_admin_commands_do_not_import_tensorflow(tmp_path, args):
     code = (

@@ -1,4 +1,5 @@
-"""``ecg-gateway results`` and ``ecg-gateway ecg``: look up what arrived and what the model said.
+"""``ecg-gateway results`` and ``ecg-gateway ecg``: look up what arrived and what the model said;
+``ecg-gateway users``: people and their roles; ``ecg-gateway audit``: the audit log.
 
 Nothing heavy is imported at module level (no numpy, no TensorFlow): these
 commands must answer in about a second.
@@ -20,6 +21,14 @@ if TYPE_CHECKING:  # SQLAlchemy is loaded by the commands that use it (light --h
 
 results_app = typer.Typer(help="Query received ECGs and their results.", no_args_is_help=True)
 ecg_app = typer.Typer(help="Export one ECG: the model's input array or the stored DICOM file.", no_args_is_help=True)
+
+users_app = typer.Typer(
+    help="People who sign in to the web view or call the API: add, list, disable, passwd, token. "
+         "Roles: viewer reads; reader also confirms and edits results; admin also resends, exports and "
+         "manages users.",
+    no_args_is_help=True)
+audit_app = typer.Typer(help="The audit log: who looked at or acted on what, when, from where.",
+                        no_args_is_help=True)
 
 FORMATS = ("table", "json", "csv")
 
@@ -98,6 +107,7 @@ def list_results(
     import json
 
     from gateway.admin.queries import QueryError, ecg_rows, parse_time
+    from gateway.store.audit import audit, cli_actor
 
     if fmt not in FORMATS:
         raise _fail(f"--format: unknown format {fmt!r}; use {', '.join(FORMATS)}", 2)
@@ -107,6 +117,11 @@ def list_results(
         with _session(ctx) as session:
             rows = ecg_rows(session, patient_id=patient_id, accession=accession, since=t0, until=t1,
                             status=status, finding=finding, limit=limit)
+            given = {"patient_id": patient_id, "accession": accession, "since": since, "until": until,
+                     "status": status, "finding": finding}
+            audit(session, cli_actor(), "view_list", None, via="cli", shown=[row["id"] for row in rows],
+                  filters={k: v for k, v in given.items() if v})  # a view of patient data
+            session.commit()
     except QueryError as exc:
         raise _fail(str(exc) if str(exc).startswith("--") else f"--{exc}", 2) from None
     if fmt == "json":
@@ -132,8 +147,13 @@ def show_result(
 
     if fmt not in ("text", "json"):
         raise _fail(f"--format: unknown format {fmt!r}; use text, json", 2)
+    from gateway.store.audit import audit, cli_actor
+
     with _session(ctx) as session:
         detail = ecg_detail(session, ecg)
+        if detail is not None:  # a view of patient data
+            audit(session, cli_actor(), "view_ecg", f"ecg:{detail['id']}", via="cli")
+            session.commit()
     if detail is None:
         raise _fail(f"no ECG with id or SOP Instance UID {ecg!r}")
     if fmt == "json":
@@ -301,3 +321,171 @@ def export_dicom(
         audit(session, cli_actor(), "export_dicom", f"ecg:{ecg_id}", path=str(out.resolve()))
         session.commit()
     typer.echo(f"wrote {out} (ECG {ecg_id}, {len(data)} bytes)")
+
+
+# --- users ------------------------------------------------------------------------------------------
+
+def _read_password(confirm: bool = True) -> str:
+    """The password: the first line of standard input when it is not a terminal
+    (scripts: ``printf '%s\n' "$PW" | ecg-gateway users add ...``), else a hidden
+    prompt asked twice."""
+    import sys
+
+    if not sys.stdin.isatty():
+        line = sys.stdin.readline(4096)
+        return line.rstrip("\r\n")
+    return str(typer.prompt("Password", hide_input=True, confirmation_prompt=confirm))
+
+
+@users_app.command("add")
+def users_add(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="User name: 1-64 of a-z 0-9 . _ - (the login and the audit log's who).")],
+    role: Annotated[str, typer.Option(help="viewer (reads), reader (also confirms and edits results) or admin "
+                                            "(also resends, exports, manages users).")],
+    full_name: Annotated[str | None, typer.Option("--full-name", help="As shown and sent in HL7 (e.g. "
+                                                   "'Smith^Anna^^^Dr' or 'Dr Anna Smith').")] = None,
+    hl7_id: Annotated[str | None, typer.Option("--hl7-id", help="The person's identifier for HL7 (OBR-32 / XCN.1, "
+                                                "e.g. a licence number).")] = None,
+    no_password: Annotated[bool, typer.Option("--no-password", help="No web login (an API token only).")] = False,
+) -> None:
+    """Add a user; the password comes from standard input or a prompt (audited)."""
+    from gateway.admin.users import UserError, add_user, check_role, check_username
+    from gateway.store.audit import cli_actor
+
+    try:
+        check_username(name)
+        check_role(role)
+    except UserError as exc:
+        raise _fail(str(exc), 2) from None
+    password = None if no_password else _read_password()
+    with _session(ctx) as session:
+        try:
+            add_user(session, name, role, password, full_name=full_name, hl7_id=hl7_id, actor=cli_actor())
+        except UserError as exc:
+            raise _fail(str(exc), 2) from None
+        session.commit()
+    typer.echo(f"user {name} added ({role})")
+
+
+@users_app.command("list")
+def users_list(
+    ctx: typer.Context,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table or json.")] = "table",
+) -> None:
+    """The users: name, role, full name, HL7 id, state, whether a password and an API token are set."""
+    import json
+
+    from sqlalchemy import select
+
+    from gateway.store.models import ApiToken
+
+    if fmt not in ("table", "json"):
+        raise _fail(f"--format: unknown format {fmt!r}; use table, json", 2)
+    from gateway.admin.users import list_users
+
+    with _session(ctx) as session:
+        with_token = set(session.scalars(select(ApiToken.user_id).where(ApiToken.revoked_at.is_(None))))
+        rows = [{"username": u.username, "role": u.role, "full_name": u.full_name, "hl7_id": u.hl7_id,
+                 "disabled": u.disabled_at is not None, "password": u.password_hash is not None,
+                 "api_token": u.id in with_token, "created_at": u.created_at.isoformat()}
+                for u in list_users(session)]
+    if fmt == "json":
+        typer.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    if not rows:
+        typer.echo("no users (add one: ecg-gateway users add NAME --role admin)")
+    for r in rows:
+        state = "disabled" if r["disabled"] else "active"
+        extras = ", ".join(x for x in ("password" if r["password"] else "", "api token" if r["api_token"] else "") if x)
+        typer.echo(f"{printable(r['username'])}\t{r['role']}\t{state}\t{printable(r['full_name'] or '-')}\t"
+                   f"hl7 id {printable(r['hl7_id'] or '-')}\t{extras or 'no credential'}")
+
+
+def _user_action(ctx: typer.Context, action: Any, name: str, *args: Any) -> None:
+    from gateway.admin.users import UserError
+    from gateway.store.audit import cli_actor
+
+    with _session(ctx) as session:
+        try:
+            action(session, name, *args, actor=cli_actor())
+        except UserError as exc:
+            raise _fail(str(exc)) from None
+        session.commit()
+
+
+@users_app.command("disable")
+def users_disable(ctx: typer.Context, name: Annotated[str, typer.Argument(help="User name.")]) -> None:
+    """Disable a user: no login; their web sessions and API tokens stop working at once (audited)."""
+    from gateway.admin.users import disable_user
+
+    _user_action(ctx, disable_user, name)
+    typer.echo(f"user {name} disabled")
+
+
+@users_app.command("passwd")
+def users_passwd(ctx: typer.Context, name: Annotated[str, typer.Argument(help="User name.")]) -> None:
+    """Set a new password (standard input or a prompt); the user's web sessions end (audited)."""
+    from gateway.admin.users import UserError, check_password_text, set_password
+
+    password = _read_password()
+    try:
+        check_password_text(password)
+    except UserError as exc:
+        raise _fail(str(exc), 2) from None
+    _user_action(ctx, set_password, name, password)
+    typer.echo(f"password of {name} changed")
+
+
+@users_app.command("token")
+def users_token(ctx: typer.Context, name: Annotated[str, typer.Argument(help="User name.")]) -> None:
+    """A new API token for NAME, printed once (only its hash is stored; earlier tokens stop working).
+    Use it as ``Authorization: Bearer <token>``."""
+    from gateway.admin.users import UserError, issue_token
+    from gateway.store.audit import cli_actor
+
+    with _session(ctx) as session:
+        try:
+            token = issue_token(session, name, actor=cli_actor())
+        except UserError as exc:
+            raise _fail(str(exc)) from None
+        session.commit()
+    typer.echo(token)
+    typer.echo("shown once: store it now (only its hash is kept)", err=True)
+
+
+# --- audit ------------------------------------------------------------------------------------------
+
+@audit_app.command("list")
+def audit_list(
+    ctx: typer.Context,
+    user: Annotated[str | None, typer.Option("--user", help="Who (a user name, token, cli:<os user>...).")] = None,
+    ecg: Annotated[int | None, typer.Option("--ecg", min=1, max=2**31 - 1, help="ECG database id.")] = None,
+    since: Annotated[str | None, typer.Option(help="At or after (ISO 8601; naive = UTC).")] = None,
+    action: Annotated[str | None, typer.Option(help="e.g. view_ecg, view_list, export_report, hl7_resend, "
+                                                     "login, login_failed, user_add.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100000, help="At most this many rows, newest first.")] = 100,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table or json.")] = "table",
+) -> None:
+    """Audit rows, newest first: when, who, from where, what, which ECG."""
+    import json
+
+    from gateway.admin.queries import QueryError, parse_time
+    from gateway.store.audit import AuditFilters, audit_rows
+
+    if fmt not in ("table", "json"):
+        raise _fail(f"--format: unknown format {fmt!r}; use table, json", 2)
+    try:
+        t0 = parse_time(since, "--since") if since else None
+    except QueryError as exc:
+        raise _fail(str(exc), 2) from None
+    with _session(ctx) as session:
+        rows = audit_rows(session, AuditFilters(actor=user, ecg_id=ecg, action=action, since=t0), limit=limit)
+    if fmt == "json":
+        typer.echo(json.dumps(rows, indent=2, ensure_ascii=False, default=str))
+        return
+    for r in rows:
+        detail = json.dumps(r["detail"], ensure_ascii=False, separators=(",", ":"), default=str)
+        typer.echo("\t".join(printable(str(v)) for v in (
+            r["at"].isoformat(timespec="seconds"), r["actor"], r["address"] or "-", r["action"],
+            f"ecg {r['ecg_id']}" if r["ecg_id"] else "-", r["target"] or "-", detail)))
