@@ -132,11 +132,11 @@ def test_mixed_batch_one_refused(served: Served, session_factory, sample_path: P
     assert {r.calling_ae for r in stored} == {STOW_CALLING_AE} and {r.peer_address for r in stored} == {"127.0.0.1"}
     assert len(spool_files(served.spool)) == 3
     assert sorted(served.woken) == sorted(by_uid[str(ds.SOPInstanceUID)].id for ds in good)
-    # the spooled bytes are the PS3.10 file the client sent, byte for byte
-    row = by_uid[str(good[0].SOPInstanceUID)]
-    sent = io.BytesIO()
-    good[0].save_as(sent)
-    assert (served.spool / row.spool_path).read_bytes() == sent.getvalue()
+    # the spooled bytes are the PS3.10 files the client sent, byte for byte
+    for ds in good:
+        sent = io.BytesIO()
+        ds.save_as(sent)
+        assert (served.spool / by_uid[str(ds.SOPInstanceUID)].spool_path).read_bytes() == sent.getvalue()
 
 
 def test_all_stored_is_200_and_a_resend_is_a_duplicate(served: Served, session_factory, sample_path: Path) -> None:
@@ -310,7 +310,8 @@ def test_oversize_instance_and_request(db_url: str, session_factory, sample_path
         [failed] = r.json()["00081198"]["Value"]
         assert failed["00081197"]["Value"] == [DATA_SET_TOO_LARGE]
         assert failed["00081155"]["Value"] == [dcmread(io.BytesIO(big)).SOPInstanceUID]  # named from the part's head
-        assert [row.status for row in rows(session_factory)] == [RECEIVED]  # the big one: no row, no file
+        [row] = rows(session_factory)  # the big one: no row, no file
+        assert row.status == RECEIVED and (s.spool / row.spool_path).read_bytes() == small  # after it, intact
 
         huge = multipart(big, big, small)  # over 2 MB
         r = httpx.post(f"{s.base}/dicomweb/studies", content=huge, headers=headers, timeout=30)

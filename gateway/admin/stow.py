@@ -3,8 +3,8 @@
 
 The request is ``multipart/related; type="application/dicom"`` with one
 PS3.10 instance per part.  The body is streamed through python-multipart's
-parser into one unlinked temporary file per part in ``<spool>/.incoming``
-(memory: one chunk); the whole request is bounded by ``[ingest]
+parser into one unlinked temporary file in ``<spool>/.incoming``, the
+parts back to back (memory: one chunk; one file descriptor per request); the whole request is bounded by ``[ingest]
 stow_max_request_mb`` and ``stow_max_instances`` (413), each part by
 ``[dicom] max_dataset_mb`` (that instance fails with 0xA701, its bytes are
 dropped as they arrive).  Nothing is stored until the body has arrived
@@ -109,13 +109,28 @@ class StowError(Exception):
 
 @dataclass
 class Part:
-    """One part of the body: its headers, its bytes in an unlinked temporary file."""
+    """One part of the body: its headers, and where its bytes are in the request's temporary file."""
 
     headers: dict[str, str] = field(default_factory=dict)
-    file: IO[bytes] | None = None
+    offset: int = 0
     size: int = 0
     head: bytearray = field(default_factory=bytearray)
     too_large: bool = False
+
+
+@dataclass
+class Parts:
+    """The parts of one request, their bytes back to back in one unlinked temporary
+    file (one file descriptor per request, however many parts)."""
+
+    file: IO[bytes] | None
+    items: list[Part]
+
+    def read(self, part: Part) -> bytes:
+        if self.file is None or part.too_large:
+            return b""
+        self.file.seek(part.offset)
+        return self.file.read(part.size)
 
     def close(self) -> None:
         if self.file is not None:
@@ -131,6 +146,7 @@ class _Collector:
     max_part_bytes: int
     max_parts: int
     parts: list[Part] = field(default_factory=list)
+    file: IO[bytes] | None = None
     _field: bytearray = field(default_factory=bytearray)
     _value: bytearray = field(default_factory=bytearray)
 
@@ -146,7 +162,7 @@ class _Collector:
     def part_begin(self) -> None:
         if len(self.parts) >= self.max_parts:
             raise StowError(413, f"more than {self.max_parts} instances in one request ([ingest] stow_max_instances)")
-        self.parts.append(Part())
+        self.parts.append(Part(offset=self.file.tell() if self.file is not None else 0))
 
     def header_end(self) -> None:
         name = self._field.decode("latin-1").strip().lower()
@@ -162,16 +178,19 @@ class _Collector:
         if part.too_large:
             return
         if part.size > self.max_part_bytes:
-            part.too_large = True  # its bytes go as they arrive; the instance fails with 0xA701
-            part.close()
+            part.too_large = True  # its bytes go, now and as they arrive; the instance fails with 0xA701
+            if self.file is not None:
+                self.file.truncate(part.offset)
+                self.file.seek(part.offset)
             return
-        if part.file is None:
-            part.file = tempfile.TemporaryFile(dir=self.folder, prefix="stow-")
-        part.file.write(data[start:end])
+        if self.file is None:
+            self.file = tempfile.TemporaryFile(dir=self.folder, prefix="stow-")
+        self.file.write(data[start:end])
 
     def close(self) -> None:
-        for part in self.parts:
-            part.close()
+        if self.file is not None:
+            self.file.close()
+            self.file = None
 
 
 def media_type(value: str | None) -> tuple[str, dict[str, str]]:
@@ -213,7 +232,7 @@ def check_request_type(content_type: str | None) -> bytes:
 
 
 async def read_parts(request: Request, boundary: bytes, folder: Path, *, max_request_bytes: int,
-                     max_part_bytes: int, max_parts: int) -> list[Part]:
+                     max_part_bytes: int, max_parts: int) -> Parts:
     """Stream the body into parts; :class:`StowError` 400 (malformed) or 413
     (too large, too many parts).  On any error every temporary file is closed."""
     collector = _Collector(folder, max_part_bytes, max_parts)
@@ -240,7 +259,7 @@ async def read_parts(request: Request, boundary: bytes, folder: Path, *, max_req
     except BaseException:
         collector.close()
         raise
-    return collector.parts
+    return Parts(collector.file, collector.parts)
 
 
 def _uid_item(sop_class: str | None, sop_instance: str | None) -> dict[str, Any]:
@@ -277,7 +296,7 @@ class _Store:
     peer: str
     on_stored: Callable[[int], None] | None
 
-    def part(self, index: int, part: Part) -> StoreOutcome:
+    def part(self, index: int, part: Part, parts: Parts) -> StoreOutcome:
         announced = file_meta_uids(bytes(part.head))
         kind, _params = media_type(part.headers.get("content-type"))
         if kind != "application/dicom":
@@ -290,11 +309,7 @@ class _Store:
             log.warning("STOW-RS from %s: refused SOP Instance UID %s with status 0x%04X: %s; nothing kept",
                         self.peer, uid if is_valid_uid(uid) else "(none or invalid)", DATA_SET_TOO_LARGE, reason)
             return StoreOutcome(DATA_SET_TOO_LARGE, None, False, reason, uid, announced.sop_class_uid)
-        raw = b""
-        if part.file is not None:
-            part.file.seek(0)
-            raw = part.file.read()
-        part.close()
+        raw = parts.read(part)
         incoming = IncomingInstance(
             raw, announced.sop_instance_uid, announced.sop_class_uid, announced.transfer_syntax_uid or "",
             calling_ae=STOW_CALLING_AE, peer_address=self.peer, expected_study_uid=self.study,
@@ -319,12 +334,11 @@ class _Store:
                 log.exception("on_stored(%d) failed", outcome.ecg_id)
         return outcome
 
-    def all(self, parts: list[Part]) -> list[StoreOutcome]:
+    def all(self, parts: Parts) -> list[StoreOutcome]:
         try:
-            return [self.part(i, part) for i, part in enumerate(parts)]
+            return [self.part(i, part, parts) for i, part in enumerate(parts.items)]
         finally:
-            for part in parts:
-                part.close()
+            parts.close()
 
 
 def _auth_refusal(request: Request, principal: Principal | None) -> JSONResponse | None:
