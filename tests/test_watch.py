@@ -230,3 +230,34 @@ def test_config_refuses_folders_that_overlap(values: dict[str, str], message: st
     env = {f"ECG_GATEWAY_INGEST__{k.upper()}": v for k, v in values.items()}
     with pytest.raises(ConfigError, match=message):
         load_config(None, {**env, "ECG_GATEWAY_CONFIG": ""})
+
+
+def test_serve_component_starts_stops_and_refuses_a_folder_it_cannot_make(tmp_path: Path, session_factory,
+                                                                         sample_path: Path) -> None:
+    import time
+
+    from gateway.config import Config
+    from gateway.serve import StartError, WatchComponent
+
+    def config(watch: Path) -> Config:
+        return Config.model_validate({
+            "storage": {"spool_dir": str(tmp_path / "spool")}, "dicom": {"min_free_disk_mb": 0},
+            "ingest": {"watch_dir": str(watch), "done_dir": str(tmp_path / "done"),
+                       "failed_dir": str(tmp_path / "failed"), "poll_interval_s": 0.05}})
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(StartError, match="cannot use the watched folder"):
+        WatchComponent(config(blocker / "in"), session_factory, None).start()
+    woken: list[int] = []
+    component = WatchComponent(config(tmp_path / "in"), session_factory, woken.append)
+    component.start()
+    try:
+        (tmp_path / "in" / "a.dcm").write_bytes(ecg_bytes(sample_path))
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "done" / "a.dcm").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (tmp_path / "done" / "a.dcm").exists() and len(woken) == 1
+    finally:
+        component.stop()
+    assert not component.crashed
