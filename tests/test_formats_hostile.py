@@ -304,3 +304,19 @@ def test_worker_rejects_with_a_row_an_oru_and_no_phi_in_the_log(db_url, session_
         assert report_pdf(row, cfg.storage.spool_dir).startswith(b"%PDF")
     for phi in ("Clark", "subject1", "19530508", "9999", "19760101"):
         assert phi not in caplog.text
+
+
+def test_a_long_digit_list_is_read_with_bounded_memory() -> None:
+    """1.2 million values in one lead (4.8 MB of text, under libxml2's 10 MB
+    node limit): read without a Python object per value, then refused."""
+    import tracemalloc
+
+    raw = AECG.replace(b"<digits>", b"<digits>" + b"-12 " * 1_200_000, 1)
+    tracemalloc.start()
+    try:
+        with pytest.raises(FormatError, match="lead sequences differ in length"):
+            decode(raw, "aecg")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 40 * 1024 * 1024  # the text (~5 MB as str) and its int64 array (~10 MB)
