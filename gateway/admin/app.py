@@ -25,6 +25,7 @@ from gateway.admin.auth import AuthContext, AuthError, Principal, require_role
 from gateway.admin.queries import QueryError
 from gateway.admin.stow import stow_router
 from gateway.admin.web import STATIC_DIR, auth_error_page, invalid_request, web_router
+from gateway.admin.worklist import overread_router
 from gateway.config import Config
 
 if TYPE_CHECKING:
@@ -120,6 +121,7 @@ def create_app(
         return await invalid_request(request, exc)
 
     app.include_router(api_router(cfg, session_factory, health))
+    app.include_router(overread_router(cfg, session_factory))  # the over-read: confirm API, worklist, form
     if cfg.ingest.stow_enabled:
         app.include_router(stow_router(cfg, session_factory, on_stored))
 
