@@ -319,6 +319,7 @@ def test_the_sr_of_a_confirmation_is_final_and_verified_by_the_reader(sample_pat
     assert doc.DocumentTitle == CONFIRMED_TITLE
 
 
+@pytest.mark.slow  # draws two PDFs (~8 s on a loaded machine)
 @pytest.mark.one_db  # drawing the PDF; the transaction is the same code on both
 def test_confirm_ecg_embeds_the_reissued_pdf_and_refuses_an_unknown_ecg(session_factory, seeded, tmp_path):
     import io
