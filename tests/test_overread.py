@@ -339,3 +339,24 @@ def test_confirm_ecg_embeds_the_reissued_pdf_and_refuses_an_unknown_ecg(session_
     with pytest.raises(ConfirmError) as err:
         confirm_ecg(session_factory, config, 999_999, READER, findings=[], actor="arossi")
     assert err.value.status == 404
+
+
+def test_a_resent_confirmation_is_still_the_readers_result(session_factory, seeded, tmp_path):
+    from gateway.deliver.outbox import resend
+
+    config = cfg(tmp_path)
+    cid = _confirm(session_factory, seeded["e1"], config, findings=["RBBB"], now=T1)
+    with session_factory() as s, s.begin():
+        first = s.get(Confirmation, cid).hl7_message_id
+        again = resend(s, first, "arossi", config.hl7).id
+    with session_factory() as s, s.begin():
+        third = resend(s, again, "arossi", config.hl7).id  # a resend of the resend
+    for message_id in (again, third):
+        obr = hl7.parse(_payload(session_factory, message_id)).segment("OBR")
+        assert str(obr[25]) == "F" and str(obr[32][0][0][0]) == "D123"
+    # the AI's own message resent stays the AI's (no reader)
+    with session_factory() as s, s.begin():
+        ai = s.scalars(select(Hl7Message).where(Hl7Message.ecg_id == seeded["e1"]).order_by(Hl7Message.id)).first()
+        ai_again = resend(s, ai.id, "arossi", config.hl7).id
+    obr = hl7.parse(_payload(session_factory, ai_again)).segment("OBR")
+    assert len(obr) <= 32 or str(obr[32]) == ""

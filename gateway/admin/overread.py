@@ -36,7 +36,6 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from gateway.findings import FINDINGS
-from gateway.report.people import split_name
 from gateway.store.models import (
     CONFIRMED,
     CORRECTED,
@@ -53,7 +52,6 @@ log = logging.getLogger("gateway.admin.overread")
 
 if TYPE_CHECKING:
     from gateway.config import Config
-    from gateway.deliver.oru import OverRead
 
 #: The state of an ECG nobody has confirmed yet.
 UNCONFIRMED = "unconfirmed"
@@ -171,16 +169,6 @@ def next_result_status(sent_statuses: Iterable[str | None], earlier_confirmation
     return "F"
 
 
-def over_read_of(row: Confirmation | Any, authority: str) -> OverRead:
-    """The ORU's view of a confirmation row."""
-    from gateway.deliver.oru import OverRead
-
-    family, given = split_name(row.full_name, row.username)
-    return OverRead(findings=tuple(row.findings or ()), reader_id=row.hl7_id or row.username, family_name=family,
-                    given_name=given, authority=authority, at=as_utc(row.created_at),
-                    statements=tuple(row.statements or ()), comment=row.comment or "")
-
-
 # --- database ---------------------------------------------------------------------------------------
 
 def latest_confirmations(session: Session, ecg_ids: Sequence[int]) -> dict[int, Confirmation]:
@@ -225,6 +213,7 @@ def confirm(
     without a name)."""
     from dataclasses import replace
 
+    from gateway.deliver.oru import over_read_from
     from gateway.deliver.outbox import enqueue_result, result_options
     from gateway.deliver.pacs import enqueue_pacs
     from gateway.store.audit import audit
@@ -261,7 +250,7 @@ def confirm(
     session.flush()  # the unique (ecg_id, version) refuses a concurrent second version here
     pdf = report_pdf(row) if report_pdf is not None and cfg.hl7.enabled and cfg.hl7.embed_pdf else None
     message = enqueue_result(session, ecg, prediction, cfg.hl7, options=replace(
-        options, result_status=status, report_pdf=pdf, over_read=over_read_of(row, cfg.hl7.interpreter_authority)))
+        options, result_status=status, report_pdf=pdf, over_read=over_read_from(row, cfg.hl7.interpreter_authority)))
     if message is not None:
         session.flush()
         row.hl7_message_id = message.id

@@ -123,6 +123,18 @@ class OverRead:
     comment: str = ""
 
 
+def over_read_from(row: Any, authority: str) -> OverRead:
+    """The ORU's view of a ``confirmations`` row (or anything with its
+    attributes): the reader's HL7 id (else the login name), the full name
+    split as :func:`gateway.report.people.split_name` does."""
+    from gateway.report.people import split_name
+
+    family, given = split_name(row.full_name, row.username)
+    return OverRead(findings=tuple(row.findings or ()), reader_id=row.hl7_id or row.username, family_name=family,
+                    given_name=given, authority=authority, at=as_utc(row.created_at),
+                    statements=tuple(row.statements or ()), comment=row.comment or "")
+
+
 @dataclass(frozen=True)
 class OruOptions:
     """Choices for one message beyond the ECG, its prediction and the

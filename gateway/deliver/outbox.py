@@ -11,17 +11,19 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from gateway.deliver.oru import OruBuildError, OruOptions, build_oru, embedded_pdf, order_key
+from gateway.deliver.oru import OruBuildError, OruOptions, build_oru, embedded_pdf, order_key, over_read_from
 from gateway.store.audit import audit
 from gateway.store.models import (
     HL7_FAILED,
     HL7_PENDING,
     HL7_SUPERSEDED,
     REJECTED,
+    Confirmation,
     Hl7Message,
 )
 from gateway.store.versions import corrected_version
@@ -89,6 +91,17 @@ def enqueue_result(
     return msg
 
 
+def _confirmation_of(session: Session, message: Hl7Message) -> Confirmation | None:
+    """The over-read whose ORU ``message`` is (or resends), else None."""
+    root, hops = message, 0
+    while root.resend_of is not None and hops < 10_000:  # a resend of a resend ... of the first
+        earlier = session.get(Hl7Message, root.resend_of)
+        if earlier is None:
+            break
+        root, hops = earlier, hops + 1
+    return session.scalar(select(Confirmation).where(Confirmation.hl7_message_id == root.id))
+
+
 def resend(
     session: Session, message_id: int, actor: str, cfg: Hl7Config, *, options: OruOptions | None = None,
     address: str | None = None,
@@ -102,7 +115,8 @@ def resend(
     from ``address``); the caller commits.
 
     ``options`` default: as the first build (:func:`result_options`), so a
-    correction is resent as a correction.
+    correction is resent as a correction, and a physician's confirmation as
+    that confirmation (its OBR-25, OBR-32 and findings).
 
     Raises LookupError for an unknown id and OruBuildError when the message
     cannot be built (nothing is changed then).
@@ -113,7 +127,13 @@ def resend(
     ecg = old.ecg
     prediction = None if ecg.status == REJECTED else ecg.prediction
     control_id = new_control_id()
-    options = options if options is not None else result_options(session, ecg)
+    if options is None:
+        options = result_options(session, ecg)
+        confirmation = _confirmation_of(session, old)
+        if confirmation is not None:  # a physician's over-read is resent as one (OBR-32, its F or C)
+            status: Literal["F", "C"] = "C" if confirmation.result_status == "C" else "F"
+            options = replace(options, result_status=status,
+                              over_read=over_read_from(confirmation, cfg.interpreter_authority))
     if cfg.embed_pdf and prediction is not None and options.report_pdf is None:
         # the PDF the first message carried (the outbox has no model input to draw a new one)
         options = replace(options, report_pdf=embedded_pdf(old.payload))
