@@ -360,3 +360,19 @@ def test_a_resent_confirmation_is_still_the_readers_result(session_factory, seed
         ai_again = resend(s, ai.id, "arossi", config.hl7).id
     obr = hl7.parse(_payload(session_factory, ai_again)).segment("OBR")
     assert len(obr) <= 32 or str(obr[32]) == ""
+
+
+def test_results_show_lists_every_over_read_version(session_factory, seeded, tmp_path):
+    from gateway.admin.cli import format_detail
+
+    with session_factory() as s:
+        text = format_detail(ecg_detail(s, str(seeded["e1"])))
+    assert "over-read     unconfirmed (the AI result is preliminary)" in text
+    _confirm(session_factory, seeded["e1"], cfg(tmp_path), findings=["RBBB"], statements=["Sinus rhythm"],
+             comment="ok", now=T1)
+    with session_factory() as s:
+        text = format_detail(ecg_detail(s, str(seeded["e1"])))
+    assert "over-read     corrected" in text
+    assert ("    v1 2026-02-01T09:30:00+00:00 corrected by Anna Rossi (D123): RBBB | Sinus rhythm | comment: ok "
+            "(OBR-25 F)") in text
+    assert "  findings      AF" in text  # the AI's, unchanged

@@ -211,6 +211,16 @@ def format_detail(d: dict[str, Any]) -> str:
             lines.append(f"  {code:<7}  {prob_s:>11}  {thr_s:>9}{mark}")
         lines.append(f"  findings      {' '.join(d['findings']) or 'none'}")
         lines.append(f"  quality flags {', '.join(map(str, d['quality_flags'])) or 'none'}")
+        # the physician over-read, every version (the AI's findings above stay as they were)
+        versions = d.get("confirmations") or []
+        state = d["confirmation"]["status"]
+        lines.append(f"  over-read     {state}" + ("" if versions else " (the AI result is preliminary)"))
+        for v in versions:
+            lines.append(printable(
+                f"    v{v['version']} {v['at']} {v['status']} by {v['by_name'] or v['by']}"
+                f"{' (' + v['hl7_id'] + ')' if v['hl7_id'] else ''}: {' '.join(v['findings']) or 'none'}"
+                f"{' | ' + '; '.join(v['statements']) if v['statements'] else ''}"
+                f"{' | comment: ' + v['comment'] if v['comment'] else ''} (OBR-25 {v['result_status']})"))
         if p["timings"]:
             lines.append("  timings       " + json.dumps(p["timings"]))
     report = (p["normalisation"] if p else d.get("report")) or {}
