@@ -320,3 +320,16 @@ def test_a_long_digit_list_is_read_with_bounded_memory() -> None:
     finally:
         tracemalloc.stop()
     assert peak < 40 * 1024 * 1024  # the text (~5 MB as str) and its int64 array (~10 MB)
+
+
+@pytest.mark.parametrize("raw,reason", [
+    (AECG.replace(b"<code ", b"<a/>" * 250_000 + b"<code ", 1),
+     "HL7 aECG: 252370 markup characters ('<'), more than the 200000 elements accepted in one ECG document"),
+    (PHILIPS_103.replace(b"<documentinfo>", b"<a/>" * 60_000 + b"<documentinfo>", 1),
+     "Philips XML: 61366 markup characters ('<'), more than the 50000 elements accepted in one ECG document"),
+])
+def test_too_many_elements_are_refused_before_parsing(ctx: StoreContext, raw: bytes, reason: str) -> None:
+    """Tiny elements by the million fit the size limit but not memory (lxml
+    ~120 bytes, minidom ~1 KB per element): counted before any parsing."""
+    outcome = store(raw, ctx)
+    assert (outcome.status, outcome.reason) == (CANNOT_UNDERSTAND, reason)

@@ -53,13 +53,16 @@ LEAD_CODES: dict[str, str] = {
     "I": "I", "II": "II", "III": "III", "AVR": "aVR", "AVL": "aVL", "AVF": "aVF",
     "V1": "V1", "V2": "V2", "V3": "V3", "V4": "V4", "V5": "V5", "V6": "V6", "AVRNEG": NEGATIVE_AVR,
 }
+#: Elements in one document (the example holds 2,400; beat annotations add some per beat): the
+#: parsed tree stays under ~25 MB.
+MAX_ELEMENTS = 200_000
 _TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
 _TS = re.compile(r"^\d{8}(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?([+-]\d{4})?$")
 _SEX = {"M": "M", "F": "F", "UN": None}
 
 
 def _root(raw: bytes) -> Any:
-    root = parse_xml(raw, "HL7 aECG")
+    root = parse_xml(raw, "HL7 aECG", MAX_ELEMENTS)
     if local_name(root) != "AnnotatedECG":
         raise FormatError(f"HL7 aECG: the root element is {printable(local_name(root), 40)}, not AnnotatedECG")
     if namespace(root) != NS:

@@ -31,13 +31,20 @@ def _parser() -> Any:
     )
 
 
-def parse_xml(raw: bytes, what: str) -> Any:
+def parse_xml(raw: bytes, what: str, max_elements: int) -> Any:
     """The root element of the XML document ``raw`` (bytes: the document's own
     BOM or declaration gives the encoding).  Raises :class:`FormatError`
     naming ``what`` and the parser's complaint for malformed XML, a DOCTYPE,
-    an entity bomb or an over-long text node."""
+    an entity bomb, an over-long text node, or more than ``max_elements``
+    elements (counted as ``<`` characters, before parsing)."""
     if has_doctype(raw):  # refused before parsing: the parser never sees the entities
         raise FormatError(_DOCTYPE.format(what=what))
+    # lxml needs ~120 bytes per element: 64 MB of "<a/>" would be 2 GB of tree.  Every element
+    # starts with "<" (in UTF-16 too: 0x3C 0x00), so counting them bounds the tree before it is built.
+    markup = raw.count(b"<")
+    if markup > max_elements:
+        raise FormatError(f"{what}: {markup} markup characters ('<'), more than the {max_elements} elements "
+                          "accepted in one ECG document")
     try:
         root = etree.fromstring(raw, _parser())
     except etree.XMLSyntaxError as exc:
