@@ -189,6 +189,11 @@ def _measurement(item: Any) -> tuple[str, dict[str, Any]] | None:
     return f"{scheme}:{code_value}", entry
 
 
+#: NumericValue, UnformattedTextValue, ConceptCodeSequence: an item without
+#: any of them is neither a measurement nor a statement.
+_NUMERIC_VALUE, _TEXT_VALUE, _CONCEPT_CODE = 0x0040A30A, 0x00700006, 0x0040A168
+
+
 def extract(ds: Any) -> CartReport:
     """The cart's global measurements and statements in ``ds`` (a pydicom
     data set with its WaveformAnnotationSequence; none gives an empty report).
@@ -202,6 +207,8 @@ def extract(ds: Any) -> CartReport:
         items = []
     for item in items:
         try:
+            if not (_NUMERIC_VALUE in item or _TEXT_VALUE in item or _CONCEPT_CODE in item):
+                continue  # a fiducial point (most items of a cart's file): nothing to read, nothing decoded
             if not _is_global(item):
                 continue
             text = item.get("UnformattedTextValue")
