@@ -76,14 +76,17 @@ class _Unusual(Exception):
 
 
 def read(raw: bytes, max_bytes: int = DEFAULT_MAX_DATASET_BYTES, *,
-         sequences: Collection[str] | None = WAVEFORM) -> Dataset:
+         sequences: Collection[str] | None = WAVEFORM, nested: bool = True) -> Dataset:
     """The data set of the DICOM Part 10 file ``raw``, with its file meta.
 
     ``sequences``: keywords of the top-level sequences wanted; every other
     top-level sequence is skipped by the fast path and absent from the data
     set (every non-sequence top-level element is there).  ``None``: all of
-    them, i.e. ``dcmread``'s data set.  When the fast path leaves the file to
-    ``dcmread``, the data set is ``dcmread``'s, with all its sequences.
+    them, i.e. ``dcmread``'s data set.  ``nested=False``: the items of those
+    sequences without their own sequences (the door reads the waveform
+    groups' shapes, not their channel definitions).  When the fast path
+    leaves the file to ``dcmread``, the data set is ``dcmread``'s, with all
+    its sequences.
 
     Raises :class:`DicomError` when the bytes cannot be read (``dcmread``
     fails too), and :class:`~gateway.dicomio.limits.DatasetTooLarge` (never
@@ -93,7 +96,7 @@ def read(raw: bytes, max_bytes: int = DEFAULT_MAX_DATASET_BYTES, *,
     if sequences is not None:
         kept = _kept_tags(frozenset(sequences))  # a caller's mistake: raised, not read around
         try:
-            return _read_fast(raw, max_bytes, kept)
+            return _read_fast(raw, max_bytes, kept, nested)
         except DatasetTooLarge:
             raise
         except Exception as exc:  # noqa: BLE001 - any doubt: dcmread decides
@@ -217,7 +220,7 @@ def _kept_tags(keywords: frozenset[str]) -> frozenset[int]:
     return frozenset(cast("set[int]", tags))
 
 
-def _read_fast(raw: bytes, max_bytes: int, kept: frozenset[int]) -> Dataset:
+def _read_fast(raw: bytes, max_bytes: int, kept: frozenset[int], nested: bool) -> Dataset:
     fp = io.BytesIO(raw)
     if read_preamble(fp, False) is None:
         raise _Unusual("no DICM prefix")
@@ -238,7 +241,8 @@ def _read_fast(raw: bytes, max_bytes: int, kept: frozenset[int]) -> Dataset:
         looks_explicit = 0x40 < buf[start + 4] < 0x5B and 0x40 < buf[start + 5] < 0x5B
         if looks_explicit == implicit:
             raise _Unusual("the data set's VR encoding differs from its transfer syntax")
-    elements, encoding, _ = _level(buf, start, len(buf), implicit, default_encoding, top=True, kept=kept)
+    elements, encoding, _ = _level(buf, start, len(buf), implicit, default_encoding, top=True, kept=kept,
+                                   nested=nested)
     ds = Dataset(elements)
     ds.set_original_encoding(implicit, True, encoding)
     ds.file_meta = file_meta
@@ -296,14 +300,15 @@ def _skip_undefined(buf: bytes, pos: int, end: int, implicit: bool) -> int:
 
 
 def _level(buf: bytes, pos: int, end: int, implicit: bool, encoding: str | list[str],
-           top: bool = False, kept: frozenset[int] = frozenset(),
+           top: bool = False, kept: frozenset[int] = frozenset(), nested: bool = True,
            ) -> tuple[dict[BaseTag, RawDataElement | DataElement], str | list[str], int]:
     """The elements of one data set level as pydicom's reader yields them,
     the character encodings in force at its end, and the offset past its
     item delimiter (-1 when it ran to ``end`` without one).
 
     At the top level only the sequences in ``kept`` are parsed; the others
-    are skipped.  Below it every sequence is parsed."""
+    are skipped.  Below it every sequence is parsed, or (``nested=False``)
+    every sequence is skipped."""
     elements: dict[BaseTag, RawDataElement | DataElement] = {}
     unpack, unpack_u16, unpack_u32 = _IMPLICIT.unpack_from, _U16.unpack_from, _U32.unpack_from
     known, long_vrs = _KNOWN_VRS, _LONG_LENGTH_VRS
@@ -337,14 +342,15 @@ def _level(buf: bytes, pos: int, end: int, implicit: bool, encoding: str | list[
         value_end = pos if undefined else pos + length
         if value_end > end:
             raise DicomError(f"truncated: element ({group:04X},{elem:04X}) runs past the end")
-        if top and tag not in kept and (is_sequence or undefined):
+        if (tag not in kept if top else not nested) and (is_sequence or undefined):
             # annotations, acquisition context, ...: not wanted by this reader
             pos = _skip_undefined(buf, pos, end, implicit) if undefined else value_end
             continue
         if is_sequence:
             if top and BaseTag(tag) in elements:
                 raise _Unusual("a top-level sequence twice")
-            sequence, after = _sequence(buf, tag, pos, end if undefined else value_end, undefined, implicit, encoding)
+            sequence, after = _sequence(buf, tag, pos, end if undefined else value_end, undefined, implicit, encoding,
+                                        nested)
             elements[sequence.tag] = sequence
             pos = after if undefined else value_end
             continue
@@ -364,7 +370,7 @@ def _level(buf: bytes, pos: int, end: int, implicit: bool, encoding: str | list[
 
 
 def _sequence(buf: bytes, tag: int, pos: int, end: int, undefined: bool, implicit: bool,
-              encoding: str | list[str]) -> tuple[DataElement, int]:
+              encoding: str | list[str], nested: bool = True) -> tuple[DataElement, int]:
     """A sequence element with every item (and nested sequence) parsed, and
     the offset past its value (past the sequence delimiter when undefined)."""
     items = []
@@ -381,7 +387,7 @@ def _sequence(buf: bytes, tag: int, pos: int, end: int, undefined: bool, implici
         if item_tag != _ITEM:
             raise _Unusual(f"({group:04X},{elem:04X}) where a sequence item was expected")
         if length == _UNDEFINED:
-            elements, item_encoding, after = _level(buf, pos, end, implicit, encoding)
+            elements, item_encoding, after = _level(buf, pos, end, implicit, encoding, nested=nested)
             if after < 0:
                 raise DicomError("truncated: sequence item without its delimiter")
             pos = after
@@ -389,7 +395,7 @@ def _sequence(buf: bytes, tag: int, pos: int, end: int, undefined: bool, implici
             item_end = pos + length
             if item_end > end:
                 raise DicomError("truncated: sequence item runs past the end")
-            elements, item_encoding, after = _level(buf, pos, item_end, implicit, encoding)
+            elements, item_encoding, after = _level(buf, pos, item_end, implicit, encoding, nested=nested)
             if after not in (-1, item_end):
                 raise _Unusual("item delimiter inside a defined-length item")
             pos = item_end

@@ -184,7 +184,8 @@ def read_header(raw: bytes, max_bytes: int = DEFAULT_MAX_DATASET_BYTES) -> EcgHe
     when the file or its inflated data set is larger than ``max_bytes``.
     """
     try:
-        ds = read(raw, max_bytes, sequences=HEADER_SEQUENCES)
+        # nested=False: the groups' shapes and the order numbers are not in sub-sequences
+        ds = read(raw, max_bytes, sequences=HEADER_SEQUENCES, nested=False)
     except DicomError as exc:  # the reason stored with the refusal says what kind it is
         raise DicomError(f"not a DICOM file: {exc}") from None
     try:
