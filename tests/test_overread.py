@@ -376,3 +376,37 @@ def test_results_show_lists_every_over_read_version(session_factory, seeded, tmp
     assert ("    v1 2026-02-01T09:30:00+00:00 corrected by Anna Rossi (D123): RBBB | Sinus rhythm | comment: ok "
             "(OBR-25 F)") in text
     assert "  findings      AF" in text  # the AI's, unchanged
+
+
+def test_two_readers_at_once_make_two_versions_or_a_409(session_factory, seeded, tmp_path):
+    """Concurrent confirmations of one ECG never make two version 1s: the ECG row
+    is locked (PostgreSQL: the second waits and becomes version 2) or the unique
+    version refuses the second (409, nothing half-written)."""
+    import threading
+
+    from gateway.admin.overread import confirm_ecg
+
+    config = cfg(tmp_path)
+    start = threading.Barrier(2)
+    outcomes: list[object] = []
+
+    def reader(name: str) -> None:
+        start.wait()
+        try:
+            outcomes.append(confirm_ecg(session_factory, config, seeded["e1"], Reader(username=name),
+                                        findings=["AF"], actor=name)["version"])
+        except ConfirmError as exc:
+            outcomes.append(exc.status)
+
+    threads = [threading.Thread(target=reader, args=(n,)) for n in ("r1", "r2")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    versions = [o for o in outcomes if o in (1, 2)]
+    assert sorted(versions) in ([1, 2], [1]) and len(outcomes) == 2
+    with session_factory() as s:
+        rows = s.scalars(select(Confirmation).where(Confirmation.ecg_id == seeded["e1"])).all()
+        assert sorted(c.version for c in rows) == sorted(versions)
+        messages = s.scalars(select(Hl7Message).where(Hl7Message.ecg_id == seeded["e1"])).all()
+        assert len(messages) == 1 + len(rows)  # one ORU per stored version, none for a refused one
