@@ -289,8 +289,8 @@ def export_report(
     Tracing at 25 mm/s and 10 mm/mV on a true-scale grid (print at 100 %), the cart's
     measurements and statements, the AI findings against their thresholds, the model identity.
     """
-    from gateway.admin.audit import audit, cli_actor
     from gateway.admin.exports import ExportError, report_pdf
+    from gateway.store.audit import audit, cli_actor
 
     if page not in ("A4", "letter"):
         raise _fail(f"--page: {page!r}; use A4 or letter", 2)

@@ -76,7 +76,7 @@ class _LazyBar:
             self.progress.stop()
 
     def add_task(self, *args: Any, **kwargs: Any) -> int:
-        return self.progress.add_task(*args, **kwargs)
+        return int(self.progress.add_task(*args, **kwargs))
 
     def update(self, *args: Any, **kwargs: Any) -> None:
         if not self.shown:

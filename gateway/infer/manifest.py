@@ -30,7 +30,7 @@ def read_manifest(models_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """The manifest, or an empty one when none was written yet."""
     path = manifest_path(models_dir)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return {"files": {}}
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

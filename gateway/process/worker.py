@@ -29,26 +29,38 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway import __version__
 from gateway.config import Config
+from gateway.deliver.outbox import enqueue_result
+from gateway.deliver.pacs import enqueue_pacs
 from gateway.findings import FINDINGS
+from gateway.infer.thresholds import apply_thresholds
+from gateway.normalise import (
+    OUTPUT_LEADS,
+    NormalisedEcg,
+    NormaliseError,
+    NormaliseParams,
+    input_sha256,
+    normalise_dataset,
+    normaliser_version,
+)
+from gateway.normalise.encode import make_ecg_dataset
 from gateway.process import metrics
 from gateway.process.claim import claim_batch, release_dead_claims, still_claimed, this_process
 from gateway.process.outcome import Decision, Facts, Outcome, decide
 from gateway.rebuild import normalise_document, read_dataset
+from gateway.report.measurements import CartReport
+from gateway.report.measurements import extract as cart_report
+from gateway.store.audit import audit
 from gateway.store.models import EcgInstance, Prediction
 from gateway.store.spool import Spool
 from gateway.store.versions import IDENTITY_CHANGED, IDENTITY_CHANGED_AUDIT, corrected_version, identity_conflict
 from gateway.timeutil import as_utc, utcnow
-
-if TYPE_CHECKING:
-    from gateway.normalise import NormalisedEcg
-    from gateway.report.measurements import CartReport
 
 log = logging.getLogger("gateway.process")
 
@@ -87,8 +99,6 @@ class Worker:
 
     def __init__(self, cfg: Config, session_factory: sessionmaker[Session], ensemble: Any,
                  worker_id: str | None = None, on_outbox: Callable[[], None] | None = None) -> None:
-        from gateway.normalise import NormaliseParams
-
         self.cfg = cfg
         self.session_factory = session_factory
         self.ensemble = ensemble
@@ -105,8 +115,6 @@ class Worker:
         the first real ECG after start does not pay for imports and filter
         design (about 2 s, measured)."""
         from gateway.dicomio.reader import read
-        from gateway.normalise import OUTPUT_LEADS, normalise_dataset
-        from gateway.normalise.encode import make_ecg_dataset
 
         t = np.arange(5000) / 500.0
         signal = np.stack([np.sin(2 * np.pi * (1 + k / 10) * t) for k in range(len(OUTPUT_LEADS))], axis=1)
@@ -166,8 +174,6 @@ class Worker:
 
     def _prepare(self, ecg_id: int) -> _Item:
         from gateway.dicomio.limits import MIB, DatasetTooLarge, check_size
-        from gateway.normalise import NormaliseError, normalise_dataset
-        from gateway.report.measurements import extract as cart_report
 
         item = _Item(ecg_id)
         t0 = time.perf_counter()
@@ -240,8 +246,6 @@ class Worker:
             return None
         from types import SimpleNamespace
 
-        from gateway.infer.thresholds import apply_thresholds
-        from gateway.normalise import OUTPUT_LEADS
         from gateway.report.pdf import build_pdf, input_scale, report_data
 
         try:
@@ -273,10 +277,6 @@ class Worker:
     def _finish(self, it: _Item) -> None:
         """Write one ECG's outcome (:func:`gateway.process.outcome.decide`) in
         one transaction, only while our claim holds; then log and count it."""
-        from gateway.deliver.outbox import enqueue_result
-        from gateway.deliver.pacs import enqueue_pacs
-        from gateway.store.audit import audit
-
         now = utcnow()
         report_pdf = self._report_pdf(it, now)  # before the transaction: it takes ~50 ms
         facts = Facts(inferred=it.output is not None, rejection=it.rejection, error=it.error,
@@ -324,9 +324,6 @@ class Worker:
 
     def _prediction(self, it: _Item, row: EcgInstance, now: datetime) -> Prediction:
         """The result row of an ECG the model read (its output and model input are in ``it``)."""
-        from gateway.infer.thresholds import apply_thresholds
-        from gateway.normalise import input_sha256, normaliser_version
-
         output, normalised = it.output, it.normalised
         assert output is not None and normalised is not None  # only inferred ECGs are processed
         probs = {code: float(output["mean"][k]) for k, code in enumerate(FINDINGS)}

@@ -167,7 +167,10 @@ def input_scale(normalisation: Mapping[str, Any] | None) -> tuple[float, float]:
     n = normalisation or {}
     gain = n.get("gain", 1.0)
     fs = (n.get("resample") or {}).get("to_hz", 400.0)
-    ok = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0  # noqa: E731
+
+    def ok(v: object) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+
     return (float(fs) if ok(fs) else 400.0), (float(gain) if ok(gain) else 1.0)
 
 
@@ -236,8 +239,8 @@ def build_pdf(data: ReportData, page: str = "A4") -> bytes:
     return buf.getvalue()
 
 
-def _text(c: Any, x: float, y: float, text: Any, size: float = 2.9, bold: bool = False, colour=(0, 0, 0),
-          anchor: str = "left") -> None:
+def _text(c: Any, x: float, y: float, text: Any, size: float = 2.9, bold: bool = False,
+          colour: tuple[float, float, float] = (0, 0, 0), anchor: str = "left") -> None:
     """One line of text at (x, y) mm; ``size`` is the cap height scale in mm (font size)."""
     c.setFillColorRGB(*colour)
     c.setFont("Helvetica-Bold" if bold else "Helvetica", size)

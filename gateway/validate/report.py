@@ -56,7 +56,10 @@ def roundtrip_rows(rt: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
-    line = lambda cells: "  ".join(str(c).rjust(w) for c, w in zip(cells, widths, strict=True))  # noqa: E731
+
+    def line(cells: Sequence[object]) -> str:
+        return "  ".join(str(c).rjust(w) for c, w in zip(cells, widths, strict=True))
+
     return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
 

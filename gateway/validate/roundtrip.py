@@ -271,7 +271,7 @@ class StartedGateway:
     ae_title: str
     database_url: str
     log_path: Path
-    process: subprocess.Popen
+    process: subprocess.Popen[bytes]
     start_timeout: float = 300.0
     spool_dir: Path | None = None
     #: Where this process's lines start in ``log_path`` (the file is appended to).
