@@ -156,6 +156,9 @@ def test_the_confirm_form_needs_its_csrf_token_and_a_reader(world, session_facto
                                                                      "arossi")
     page = client.get(f"/ecgs/{e1}")
     assert "Corrected by <strong>Anna Rossi</strong>" in page.text and 'class="confirmation-version"' in page.text
+    listed = client.get("/ecgs").text  # the list says which results a physician has read
+    assert listed.count('class="badge confirmation corrected"') == 1
+    assert listed.count('class="badge confirmation unconfirmed"') == 2  # the other two processed ECGs
     # confirm as is: the AI's findings, whatever the boxes say
     again = client.post(f"/ecgs/{e1}/confirm", data={"findings": ["ST"], "as_is": "1",
                                                      "csrf_token": session_csrf(client)}, follow_redirects=False)
