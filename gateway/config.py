@@ -293,6 +293,12 @@ class Hl7Config(_Section):
     #: Keep one MLLP connection open across messages (false: one connection per
     #: message, closed after its ACK).
     keep_connection_open: bool = True
+    #: OBR-25 / OBX-11 of an AI read no physician has confirmed: "P" preliminary
+    #: (the default: the model is decision support, and a receiving EHR files an F
+    #: result as the verified report, so an unread AI interpretation must not look
+    #: like one; the physician's confirmation then sends F), or "F" for a site that
+    #: has decided to file AI reads as final.  A demo model's reads are always P.
+    ai_result_status: Literal["P", "F"] = "P"
     #: Add the one-page PDF report to each analysed ECG's ORU: one OBX of type ED,
     #: ``^AP^PDF^Base64^<data>`` (about 130 KB more per message).
     embed_pdf: bool = False

@@ -54,11 +54,11 @@ def served(readonly_db, port):
     thread.join(10)
 
 
-def browse(base: str, page: str, tmp_path: Path, *, screenshot: Path | None = None) -> str:
-    """Log in through the form (playwright-core, tests/peers/browse.js) and open ``page``;
-    the DOM after scripts ran."""
-    (result,) = drive(base, [{"next": page, "dom": True, **({"screenshot": str(screenshot)} if screenshot else {})}],
-                      tmp_path)
+def browse(base: str, page: str, tmp_path: Path, *, screenshot: Path | None = None, token: str = TOKEN) -> str:
+    """Log in through the form with the bootstrap ``token`` (playwright-core,
+    tests/peers/browse.js) and open ``page``; the DOM after scripts ran."""
+    step = {"next": page, "dom": True, "password": token, **({"screenshot": str(screenshot)} if screenshot else {})}
+    (result,) = drive(base, [step], tmp_path)
     assert "error" not in result, result
     return str(result["dom"])
 

@@ -330,12 +330,13 @@ def test_stop_event_ends_an_idle_sender_promptly(session_factory, port):
 
 # --- issue 13 §1: the last check before framing ----------------------------------------------------------------
 
+# (the first OBX-11: an AI read is preliminary, P)
 @pytest.mark.parametrize("corrupt, problem", [
-    (lambda p: p.replace("|F|||", "|F\x1c\r\x0bMSH|^~\\&|LAB|LAB|EHR|HOSPITAL|20260101||ADT^A08|INJ1|P|2.5.1|||", 1),
+    (lambda p: p.replace("|P|||", "|P\x1c\r\x0bMSH|^~\\&|LAB|LAB|EHR|HOSPITAL|20260101||ADT^A08|INJ1|P|2.5.1|||", 1),
      "contains 0x0B (MLLP start block)"),
-    (lambda p: p.replace("|F|||", "|F\x1c\rZ|||", 1), "contains 0x1C (MLLP end block)"),
-    (lambda p: p.replace("|F|||", "|F\rPID!1!!666666!!Hacked#Ed|||", 1), "does not end a segment"),
-    (lambda p: p.replace("UNICODE UTF-8", "ASCII", 1).replace("|F|||", "|F\u00e9|||", 1), "cannot be encoded as ascii"),
+    (lambda p: p.replace("|P|||", "|P\x1c\rZ|||", 1), "contains 0x1C (MLLP end block)"),
+    (lambda p: p.replace("|P|||", "|P\rPID!1!!666666!!Hacked#Ed|||", 1), "does not end a segment"),
+    (lambda p: p.replace("UNICODE UTF-8", "ASCII", 1).replace("|P|||", "|P\u00e9|||", 1), "cannot be encoded as ascii"),
 ], ids=["vt-fs-forged-message", "fs", "cr-only", "unencodable"])
 def test_a_message_that_would_break_the_frame_is_never_sent_and_fails(session_factory, port, tmp_path, caplog,
                                                                       corrupt, problem):

@@ -93,6 +93,8 @@ def test_observations_probabilities_findings_model_and_study():
 def test_demo_model_is_marked_and_processing_id_is_d():
     msg = hl7.parse(build_oru(ecg(), prediction(demo_model=True), Hl7Config(), "C"))
     assert msg["MSH.F11"] == "D"
+    # issue 17: a demo model's read is never final, whatever the caller asked for
+    assert msg["OBR.F25"] == "P" and {str(r[11]) for r in obx_rows(msg)} == {"P"}
     assert any(str(r[3][0][0]) == "MODEL_DEMO" and "NOT FOR CLINICAL USE" in str(r[5]) for r in obx_rows(msg))
 
 

@@ -41,6 +41,8 @@ MORTARA_MEASUREMENTS = _mortara()
 #: name -> (ecg, prediction or None, config, control id[, options])
 CASES = {
     "processed_findings_special_chars": (ecg(), prediction(), Hl7Config(), "CTRL1"),
+    # issue 17: an AI read as sent by default ([hl7] ai_result_status = "P"): OBR-25 and every OBX-11 P
+    "ai_read_preliminary": (ecg(), prediction(), Hl7Config(), "PRE-1", OruOptions(result_status="P")),
     "processed_no_findings_quality_flags": (
         ecg(patient_id="P-77", patient_name="Doe^John^Q^Dr^Jr", patient_sex="m"),
         prediction(findings=[], quality_flags=["noisy V1", "lead off|V2^&~\\x"],

@@ -227,7 +227,10 @@ def test_another_patient_under_a_known_uid_is_quarantined_and_a_same_patient_ver
     AE: was stored as version 2, processed, shown for the UID, and sent as a
     final ORU for B under A's study.  Now: 0xC002, quarantined (rejected,
     no ORU, WARNING, audit), the UID keeps resolving to A.  A's own new
-    version is processed and sent as a correction (OBR-25 = C, OBX-11 = C)."""
+    version is processed and sent for the same order (filler order number);
+    the demo model's reads are preliminary (OBR-25 = P, OBX-11 = P, MSH-11 = D),
+    so it follows as a preliminary again: C replaces only a final result
+    (C after F: tests/test_receive_identity.py)."""
     gw, folder = gateway, gateway.tmp / "versions"
     sop, study = generate_uid(), generate_uid()
     a_file, _, _ = _ecg(sample_path, folder, "a", sop_uid=sop, study_uid=study, PatientID="PATAAA111",
@@ -241,7 +244,7 @@ def test_another_patient_under_a_known_uid_is_quarantined_and_a_same_patient_ver
     [v1] = gw.rows(sop)
     assert gw.wait_processed(v1.id).status == PROCESSED
     [first] = _wait_for_orus(gw, study, 1)
-    assert str(first.segment("OBR")[25]) == "F"
+    assert str(first.segment("OBR")[25]) == "P" and first["MSH.F11"] == "D"
 
     assert _send(gw, [b_file], calling="CART2") == [C002]
     v1, quarantined = gw.rows(sop)
@@ -261,17 +264,17 @@ def test_another_patient_under_a_known_uid_is_quarantined_and_a_same_patient_ver
     page = gw.web_page(f"/ecgs/{sop}")
     assert "PATAAA111" in page and "PATBBB222" not in page
 
-    # A's own new version: processed, and its ORU corrects the first
+    # A's own new version: processed, and its ORU replaces the first (same order)
     assert _send(gw, [a2_file], calling="CART1") == [0x0000]
     v3 = gw.rows(sop)[2]
     assert (v3.version, v3.flags) == (3, ["new_version"])
     assert gw.wait_processed(v3.id).status == PROCESSED
     orus = _wait_for_orus(gw, study, 2)
-    assert len(orus) == 2  # F for version 1, C for version 3, nothing for B
+    assert len(orus) == 2  # P for version 1, P for version 3, nothing for B
     correction = orus[1]
-    assert str(correction.segment("OBR")[25]) == "C"
+    assert str(correction.segment("OBR")[25]) == "P"
     obx = correction.segments("OBX")
-    assert len(obx) >= 8 and {str(seg[11]) for seg in obx} == {"C"}
+    assert len(obx) >= 8 and {str(seg[11]) for seg in obx} == {"P"}
     assert correction["OBR.F3.R1.C1"] == first["OBR.F3.R1.C1"] == str(v1.id)  # the order it corrects
     for msg in orus:
         assert msg["PID.F3.R1.C1"] == "PATAAA111"

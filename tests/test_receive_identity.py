@@ -10,6 +10,7 @@ whether its ORU is a correction).  The same attacks through the real path
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from pathlib import Path
 
@@ -344,32 +345,44 @@ def _oru(session_factory, ecg_id: int) -> hl7.Message:  # type: ignore[no-untype
     return hl7.parse(payload)
 
 
+@pytest.mark.parametrize("first_sent", ["P", "F"])
 def test_same_patient_new_version_is_processed_and_sent_as_a_correction(
-        db_url, session_factory, tmp_path: Path, demo_model, demo_ensemble, sample_path: Path) -> None:
+        db_url, session_factory, tmp_path: Path, demo_model, demo_ensemble, sample_path: Path, first_sent) -> None:
+    """A later version of an instance whose result went out: the same order (filler order
+    number).  After a final result (F) it is a correction (C); after a preliminary one (P:
+    the demo model's reads are always preliminary, as AI reads are by default) it is a
+    preliminary again: C replaces only a final result (HL7 table 0085)."""
     cfg = _config(db_url, tmp_path, demo_model)
     spool = Path(cfg.storage.spool_dir)
     worker = Worker(cfg, session_factory, demo_ensemble)
     first = _store(_version(sample_path, PATIENT_A, "HOSP-A"), session_factory, spool)
     _drain(worker)
+    if first_sent == "F":  # as a site with [hl7] ai_result_status = "F" (or a confirmed result) has sent it
+        with session_factory() as s, s.begin():
+            m = s.scalars(select(Hl7Message).where(Hl7Message.ecg_id == first.ecg_id)).one()
+            m.payload = re.sub(r"(\rOBR\|[^\r]*\|EC\|)P", r"\1F", m.payload)
+            assert "|EC|F" in m.payload
     second = _store(_version(sample_path, PATIENT_A, "HOSP-A", station="ROOM 2"), session_factory, spool)
     _drain(worker)
     f, c = _oru(session_factory, first.ecg_id), _oru(session_factory, second.ecg_id)
-    for msg, status in ((f, "F"), (c, "C")):
-        assert str(msg.segment("OBR")[25]) == status
-        obx = msg.segments("OBX")
-        assert len(obx) >= 8 and {str(seg[11]) for seg in obx} == {status}
-        assert msg["PID.F3.R1.C1"] == PATIENT_A
-    # the correction names the order it corrects: the first version's filler order number
+    status = "C" if first_sent == "F" else "P"
+    assert str(f.segment("OBR")[25]) == first_sent
+    assert str(c.segment("OBR")[25]) == status
+    obx = c.segments("OBX")
+    assert len(obx) >= 8 and {str(seg[11]) for seg in obx} == {status}
+    assert c["PID.F3.R1.C1"] == PATIENT_A and c["MSH.F11"] == "D"  # the demo model: debugging
+    # the new result names the order it replaces: the first version's filler order number
     assert c["ORC.F3.R1.C1"] == c["OBR.F3.R1.C1"] == f["ORC.F3.R1.C1"] == str(first.ecg_id)
     with session_factory() as s:
         assert s.get(EcgInstance, second.ecg_id).status == PROCESSED
-        # a manual resend of the correction is still a correction; of the first, still final
+        # a manual resend keeps the status the message was sent with
         ids = {e: s.scalar(select(Hl7Message.id).where(Hl7Message.ecg_id == e)) for e in (first.ecg_id, second.ecg_id)}
         again_c = resend(s, ids[second.ecg_id], "test", cfg.hl7)
         again_f = resend(s, ids[first.ecg_id], "test", cfg.hl7)
         s.commit()
-        assert str(hl7.parse(again_c.payload).segment("OBR")[25]) == "C"
-        assert str(hl7.parse(again_f.payload).segment("OBR")[25]) == "F"
+        assert str(hl7.parse(again_c.payload).segment("OBR")[25]) == status
+        # (the first, rebuilt: a demo model's read is never final, so P even where F was simulated)
+        assert str(hl7.parse(again_f.payload).segment("OBR")[25]) == "P"
 
 
 def test_worker_quarantines_an_identity_change_stored_before_the_door_checked(

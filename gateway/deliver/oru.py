@@ -95,6 +95,20 @@ _DICOM_DA = re.compile(r"^\d{8}$")
 _DELIMITERS = (("\\", "\\E\\"), ("|", "\\F\\"), ("^", "\\S\\"), ("&", "\\T\\"), ("~", "\\R\\"))
 
 
+#: The OBR-25 / OBX-11 values the gateway sends (HL7 tables 0123 and 0085).
+ResultStatus = Literal["P", "F", "C"]
+
+
+def result_status_of(payload: str | None) -> ResultStatus | None:
+    """OBR-25 (result status) of a stored ER7 message when it is P, F or C, else None."""
+    for segment in (payload or "").replace("\n", "\r").split("\r"):
+        fields = segment.split("|")
+        if fields[0] == "OBR":
+            value = fields[25] if len(fields) > 25 else ""
+            return "P" if value == "P" else "F" if value == "F" else "C" if value == "C" else None
+    return None
+
+
 class OruBuildError(ValueError):
     """The ECG cannot be expressed as a valid ORU^R01; names the field, never the value."""
 
@@ -143,7 +157,7 @@ class OruOptions:
     #: OBR-25 and OBX-11: "P" preliminary (an AI result no physician has read),
     #: "F" final, "C" a correction of a result already sent as final for this
     #: order (e.g. a same-patient new version of the SOP instance, a changed over-read).
-    result_status: Literal["P", "F", "C"] = "F"
+    result_status: ResultStatus = "F"
     #: EI-1 of the gateway's filler order number (ORC-3/OBR-3) when the ECG
     #: carries no Filler Order Number; None = the ECG's row id.  A correction
     #: should repeat the number of the message it corrects.
@@ -357,8 +371,10 @@ def _oru_segments(
         return Input(out)
 
     ts = Input(_now_ts(now))
-    status = options.result_status
     demo = bool(prediction is not None and prediction.demo_model)
+    status = options.result_status
+    if demo and options.over_read is None and status == "F":
+        status = "P"  # a demo model's read is never final (MSH-11 = D says so too)
     segments: list[Segment] = [("MSH", {
         3: cfg.sending_application, 4: cfg.sending_facility, 5: cfg.receiving_application,
         6: cfg.receiving_facility, 7: ts, 9: "ORU^R01^ORU_R01", 10: Input(control_id), 11: Input("D" if demo else "P"),

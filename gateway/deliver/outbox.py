@@ -16,9 +16,19 @@ from typing import TYPE_CHECKING, Literal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from gateway.deliver.oru import OruBuildError, OruOptions, build_oru, embedded_pdf, order_key, over_read_from
+from gateway.deliver.oru import (
+    OruBuildError,
+    OruOptions,
+    ResultStatus,
+    build_oru,
+    embedded_pdf,
+    order_key,
+    over_read_from,
+    result_status_of,
+)
 from gateway.store.audit import audit
 from gateway.store.models import (
+    HL7_DELIVERED,
     HL7_FAILED,
     HL7_PENDING,
     HL7_SUPERSEDED,
@@ -54,6 +64,38 @@ def correction_options(corrected_id: int | None) -> OruOptions:
     return OruOptions() if corrected_id is None else OruOptions(result_status="C", filler_id=str(corrected_id))
 
 
+def final_result_sent(session: Session, ecg_ids: list[int]) -> bool:
+    """Whether a final result (OBR-25 F or C) for any of these ECGs is in the
+    outbox, pending or delivered (the EHR has it or will)."""
+    payloads = session.scalars(select(Hl7Message.payload).where(
+        Hl7Message.ecg_id.in_(ecg_ids), Hl7Message.status.in_((HL7_PENDING, HL7_DELIVERED))))
+    return any(result_status_of(p) in ("F", "C") for p in payloads)
+
+
+def ai_result_status(session: Session, ecg: EcgInstance, prediction: Prediction | None, cfg: Hl7Config,
+                     options: OruOptions) -> ResultStatus:
+    """OBR-25/OBX-11 of the gateway's own result for ``ecg`` (an AI read, or a
+    rejection when ``prediction`` is None); a physician's over-read
+    (``options.over_read``) keeps the status its caller chose.
+
+    An AI read is P (preliminary) when ``[hl7] ai_result_status = "P"`` (the
+    default) or the model is a demo, else F.  A rejection is F.  A correction
+    (``options.result_status`` C: a later version of an instance whose result
+    went out) stays C only when a final result (F or C) was sent for the
+    corrected order: C replaces a final result (HL7 table 0085), a
+    preliminary is simply followed by the new result (P, or F)."""
+    if options.over_read is not None:
+        return options.result_status
+    preliminary = prediction is not None and (cfg.ai_result_status == "P" or prediction.demo_model)
+    own: ResultStatus = "P" if preliminary else "F"
+    if options.result_status == "C":
+        corrected = [int(options.filler_id)] if options.filler_id and options.filler_id.isdigit() else []
+        if not corrected or final_result_sent(session, corrected):
+            return "C"
+        return own
+    return own if options.result_status == "F" else options.result_status
+
+
 def enqueue_result(
     session: Session, ecg: EcgInstance, prediction: Prediction | None, cfg: Hl7Config, *,
     options: OruOptions = OruOptions(),
@@ -62,7 +104,9 @@ def enqueue_result(
     (no commit).  None when HL7 is disabled.
 
     ``prediction`` is None for a rejected ECG (``ecg.error`` is the reason).
-    ``options``: e.g. a correction (OBR-25 C), see :class:`OruOptions`.
+    ``options``: e.g. a correction (OBR-25 C), see :class:`OruOptions`; the
+    status actually sent is :func:`ai_result_status` (an AI read is
+    preliminary by default).
     When the message cannot be built (e.g. no Patient ID, a value too long
     for HL7), the row is stored as ``failed`` with the reason in
     ``last_error`` instead of raising, so the ECG's own transaction commits.
@@ -72,6 +116,7 @@ def enqueue_result(
     control_id = new_control_id()
     status, payload, error = HL7_PENDING, "", None
     try:
+        options = replace(options, result_status=ai_result_status(session, ecg, prediction, cfg, options))
         payload = build_oru(ecg, prediction, cfg, control_id, options=options)
     except OruBuildError as exc:
         status, error = HL7_FAILED, f"cannot build ORU^R01: {exc}"
@@ -114,9 +159,10 @@ def resend(
     receiver gets a second, deliberate copy).  Writes an audit row (``actor``
     from ``address``); the caller commits.
 
-    ``options`` default: as the first build (:func:`result_options`), so a
-    correction is resent as a correction, and a physician's confirmation as
-    that confirmation (its OBR-25, OBR-32 and findings).
+    ``options`` default: as the first build (:func:`result_options`, with the
+    original's OBR-25), so a correction is resent as a correction, a
+    preliminary as a preliminary, and a physician's confirmation as that
+    confirmation (its OBR-25, OBR-32 and findings).
 
     Raises LookupError for an unknown id and OruBuildError when the message
     cannot be built (nothing is changed then).
@@ -134,6 +180,9 @@ def resend(
             status: Literal["F", "C"] = "C" if confirmation.result_status == "C" else "F"
             options = replace(options, result_status=status,
                               over_read=over_read_from(confirmation, cfg.interpreter_authority))
+        else:  # the gateway's own result: a correction stays a correction, a preliminary preliminary
+            options = replace(options, result_status=result_status_of(old.payload)
+                              or ai_result_status(session, ecg, prediction, cfg, options))
     if cfg.embed_pdf and prediction is not None and options.report_pdf is None:
         # the PDF the first message carried (the outbox has no model input to draw a new one)
         options = replace(options, report_pdf=embedded_pdf(old.payload))
