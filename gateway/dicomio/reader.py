@@ -207,6 +207,8 @@ _LONG_LENGTH_VR_CODES = frozenset(int.from_bytes(vr, "little") for vr in _LONG_L
 #: VRs pydicom's reader knows; with any other explicit VR pydicom guesses
 #: (implicit VR inside a sequence, or a 2-byte length), so such files go to it.
 _KNOWN_VRS = frozenset(str(vr).encode("ascii") for vr in STANDARD_VR)
+#: The VR as text, by its two bytes (one dict look-up per element instead of a decode).
+_VR_TEXT = {vr: vr.decode("ascii") for vr in _KNOWN_VRS}
 _U32 = struct.Struct("<I")
 _U16 = struct.Struct("<H")
 _IMPLICIT = struct.Struct("<HHI")
@@ -356,12 +358,12 @@ def _level(buf: bytes, pos: int, end: int, implicit: bool, encoding: str | list[
             continue
         if undefined or tag == _WAVEFORM_SEQUENCE or (top and tag in kept):
             raise _Unusual(f"({group:04X},{elem:04X}) {vr!r} {'undefined length' if undefined else ''}")
-        vr_text = vr.decode("ascii") if vr is not None else None
+        vr_text = _VR_TEXT[vr] if vr is not None else None
         # raw=True: b"" or None, as pydicom's reader gives an empty value
         value = buf[pos:value_end] if length else cast("bytes | None", empty_value_for_VR(vr_text, raw=True))
-        element = RawDataElement(tag=BaseTag(tag), VR=vr_text, length=length, value=value, value_tell=pos,
-                                 is_implicit_VR=implicit, is_little_endian=True)
-        elements[element.tag] = element
+        base_tag = BaseTag(tag)
+        elements[base_tag] = RawDataElement(tag=base_tag, VR=vr_text, length=length, value=value, value_tell=pos,
+                                            is_implicit_VR=implicit, is_little_endian=True)
         if tag == _SPECIFIC_CHARACTER_SET and value:
             # as pydicom's reader: the encodings for the sequences that follow
             encoding = convert_encodings(convert_string(value, True))
