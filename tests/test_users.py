@@ -38,6 +38,29 @@ def make_cfg(db_url, tmp_path, **admin):
     })
 
 
+@pytest.fixture(autouse=True)
+def quick_argon2(monkeypatch):
+    """argon2id with small parameters: the tests hash dozens of passwords on a shared
+    2-core machine.  The production parameters are checked in test_production_hash_parameters."""
+    from argon2 import PasswordHasher
+
+    from gateway.admin import users
+
+    monkeypatch.setattr(users, "_hasher", lambda: PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
+    monkeypatch.setattr(users, "_dummy_hash", lambda: users._hasher().hash("dummy-password"))
+
+
+def test_production_hash_parameters(monkeypatch):
+    """What a real deployment stores: argon2id, 64 MiB, 3 passes, 4 lanes (RFC 9106's second choice)."""
+    monkeypatch.undo()
+    from gateway.admin.users import hash_password, verify_password
+
+    stored = hash_password("a-long-password")
+    assert stored.startswith("$argon2id$v=19$m=65536,t=3,p=4$")
+    assert verify_password(stored, "a-long-password") and not verify_password(stored, "a-long-passworD")
+    assert not verify_password(stored, "x" * 2000)  # over MAX_PASSWORD: refused before hashing
+
+
 @pytest.fixture
 def seeded(session_factory, sample_path, tmp_path):
     ids = seed(session_factory, sample_path, tmp_path / "spool")
@@ -332,6 +355,7 @@ def test_api_token_is_shown_once_and_stored_hashed(db_url, session_factory, seed
 
 # --- the commands --------------------------------------------------------------------------------
 
+@pytest.mark.slow  # a dozen commands, each opening the database
 def test_users_commands(db_url, session_factory, tmp_path, sample_path):
     seed(session_factory, sample_path, tmp_path / "spool")
     config = tmp_path / "gateway.toml"
