@@ -410,3 +410,27 @@ def test_two_readers_at_once_make_two_versions_or_a_409(session_factory, seeded,
         assert sorted(c.version for c in rows) == sorted(versions)
         messages = s.scalars(select(Hl7Message).where(Hl7Message.ecg_id == seeded["e1"])).all()
         assert len(messages) == 1 + len(rows)  # one ORU per stored version, none for a refused one
+
+
+@pytest.mark.slow  # draws the PDF and builds the SR (~6 s)
+@pytest.mark.one_db  # building DICOM objects; the rows are tested on both databases above
+def test_the_pacs_objects_of_a_confirmation_report_it(session_factory, seeded, tmp_path):
+    import io
+
+    from pypdf import PdfReader
+
+    from gateway.deliver.pacs import build_object
+    from gateway.report.dicom import CONFIRMED_TITLE, DOCUMENT_TITLE
+
+    config = cfg(tmp_path, pacs=True)
+    _confirm(session_factory, seeded["e1"], config, findings=["RBBB"], statements=["Sinus rhythm"], now=T1)
+    with session_factory() as s:
+        objects = {m.kind: build_object(s, m, tmp_path / "spool", 64 * 1024 * 1024)
+                   for m in s.scalars(select(PacsMessage).where(PacsMessage.ecg_id == seeded["e1"]))}
+    pdf, sr = objects["pdf"], objects["sr"]
+    assert pdf.DocumentTitle == CONFIRMED_TITLE != DOCUMENT_TITLE
+    text = PdfReader(io.BytesIO(bytes(pdf.EncapsulatedDocument))).pages[0].extract_text()
+    assert "Corrected by Anna Rossi (D123) at 2026-02-01 09:30 UTC" in text
+    assert (sr.PreliminaryFlag, sr.VerificationFlag) == ("FINAL", "VERIFIED")
+    assert str(sr.VerifyingObserverSequence[0].VerifyingObserverName) == "Rossi^Anna"
+    assert (str(pdf.ContentDate), str(sr.ContentDate)) == ("20260201", "20260201")  # the confirmation's time
