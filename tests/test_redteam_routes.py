@@ -1,0 +1,171 @@
+"""Red team: the role and CSRF matrix generated from the admin app's own routes.
+
+Every route of the application is listed from ``app.routes``; each one that is
+not in the short public list must declare a role with ``require_role`` (a new
+route without one fails here), and each is called with no credential, a
+viewer's, a reader's and an admin's session and API token and the bootstrap
+token: a weaker role gets 403, no credential 401 (the API) or the login page
+(the web view), a strong enough one neither.  Every state-changing route
+signed in by a session cookie refuses a request without the session's CSRF
+token (403), whatever the role.  SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
+
+from admin_helpers import seed, web_login
+from gateway.admin.app import create_app
+from gateway.admin.users import add_user, issue_token
+from gateway.config import Config
+from gateway.store.models import ROLES
+
+TOKEN = "bootstrap-t0ken-redteam"
+PASSWORDS = {"vic": "viewer-pass-1", "rita": "reader-pass-1", "adam": "admin-pass-12"}
+ROLE_OF = {"vic": "viewer", "rita": "reader", "adam": "admin"}
+#: Routes open without a credential (no PHI, or the way to get a credential).
+PUBLIC = {("GET", "/healthz"), ("GET", "/metrics"), ("GET", "/"), ("GET", "/login"), ("POST", "/login"),
+          ("POST", "/logout")}
+STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+def _required_role(route: APIRoute) -> str | None:
+    """The role of the route's ``require_role`` dependency (its function is named require_<role>)."""
+    found = []
+
+    def walk(dependant) -> None:  # type: ignore[no-untyped-def]
+        for dep in dependant.dependencies:
+            name = getattr(dep.call, "__name__", "")
+            if name.startswith("require_") and name[len("require_"):] in ROLES:
+                found.append(name[len("require_"):])
+            walk(dep)
+
+    walk(route.dependant)
+    assert len(set(found)) <= 1, (route.path, found)
+    return found[0] if found else None
+
+
+def _routes(app) -> list[tuple[str, str, str | None]]:  # type: ignore[no-untyped-def]
+    out = []
+
+    def walk(routes) -> None:  # type: ignore[no-untyped-def]
+        for route in routes:
+            inner = getattr(route, "original_router", None)  # FastAPI >= 0.165 keeps included routers
+            if inner is not None:
+                walk(inner.routes)
+            elif isinstance(route, APIRoute):
+                for method in sorted(route.methods - {"HEAD"}):
+                    out.append((method, route.path, _required_role(route)))
+
+    walk(app.routes)
+    return out
+
+
+def _fill(path: str, ids: dict[str, int]) -> str:
+    values = {"ecg": str(ids["e1"]), "ecg_id": str(ids["e1"]), "message_id": str(ids["m1"]),
+              "study": "1.2.3"}
+    return re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], path)
+
+
+@pytest.fixture
+def world(db_url, session_factory, sample_path, tmp_path):
+    ids = seed(session_factory, sample_path, tmp_path / "spool")
+    with session_factory() as s:
+        for name, role in ROLE_OF.items():
+            add_user(s, name, role, PASSWORDS[name], full_name=f"{name.title()} Example", hl7_id=f"ID-{name}",
+                     actor="test")
+        s.commit()
+        tokens = {name: issue_token(s, name, actor="test") for name in ROLE_OF}
+        s.commit()
+    cfg = Config.model_validate({
+        "storage": {"database_url": db_url, "spool_dir": str(tmp_path / "spool")},
+        "admin": {"token": TOKEN, "openapi": True},
+        "ingest": {"stow_enabled": True},
+    })
+    return create_app(cfg, session_factory), ids, tokens
+
+
+def test_every_route_declares_a_role_or_is_public(world):
+    app, _ids, _tokens = world
+    routes = _routes(app)
+    assert len(routes) >= 15
+    unguarded = [(m, p) for m, p, role in routes if role is None and (m, p) not in PUBLIC]
+    # STOW-RS checks its caller itself (a bearer token only): listed by name, asserted below
+    assert unguarded == [("POST", "/dicomweb/studies"), ("POST", "/dicomweb/studies/{study}")]
+
+
+def _sessions(app) -> dict[str, TestClient]:  # type: ignore[no-untyped-def]
+    out = {}
+    for name in ROLE_OF:
+        client = TestClient(app)
+        assert web_login(client, username=name, password=PASSWORDS[name]).status_code == 200
+        out[name] = client
+    return out
+
+
+def _denied(r) -> bool:  # type: ignore[no-untyped-def]
+    return r.status_code in (401, 403) or (r.status_code == 303 and r.headers["location"].startswith("/login"))
+
+
+@pytest.mark.slow  # ~11 s: every export rendered for every principal
+def test_role_matrix_over_every_route(world):
+    app, ids, tokens = world
+    sessions = _sessions(app)
+    anonymous = TestClient(app)
+    for method, path, role in _routes(app):
+        if role is None:
+            continue
+        url = _fill(path, ids)
+        body = {"json": {"findings": ["1dAVb"]}} if path == "/api/ecgs/{ecg}/confirm" else {}
+        # no credential: 401 under /api, the login page on the web
+        r = anonymous.request(method, url, follow_redirects=False, **body)
+        assert _denied(r), (method, path, r.status_code)
+        if path.startswith("/api/"):
+            assert r.status_code == 401, (method, path)
+        for name, user_role in ROLE_OF.items():
+            allowed = ROLES.index(user_role) >= ROLES.index(role)
+            for via, r in (
+                ("api", anonymous.request(method, url, headers={"Authorization": f"Bearer {tokens[name]}"},
+                                          follow_redirects=False, **body)),
+                ("web", sessions[name].request(method, url, follow_redirects=False, **body)),
+            ):
+                if allowed and via == "web" and method in STATE_CHANGING:
+                    # the right role, but no CSRF token
+                    assert r.status_code == 403 and "CSRF" in r.text, (name, method, path)
+                elif allowed:
+                    assert not _denied(r), (name, via, method, path, r.status_code, r.text[:200])
+                else:
+                    assert r.status_code == 403 and f"needs the {role} role" in r.text, (
+                        name, via, method, path, r.status_code)
+        # the bootstrap token is an admin
+        r = anonymous.request(method, url, headers={"Authorization": f"Bearer {TOKEN}"}, follow_redirects=False,
+                              **body)
+        if path.endswith("/confirm"):  # a confirmation names a person: the token is nobody
+            assert r.status_code == 403 and "bootstrap [admin] token cannot confirm" in r.text, (method, path)
+        else:
+            assert not _denied(r), (method, path, r.status_code)
+        # a wrong bearer token, even with a valid session cookie, is no credential
+        r = sessions["adam"].request(method, url, headers={"Authorization": "Bearer ecgw_wrong"},
+                                     follow_redirects=False, **body)
+        assert _denied(r), (method, path)
+
+
+def test_stow_needs_a_bearer_token_of_a_reader_or_admin(world):
+    app, _ids, tokens = world
+    sessions = _sessions(app)
+    body = b"--b\r\nContent-Type: application/dicom\r\n\r\nxx\r\n--b--\r\n"
+    headers = {"Content-Type": 'multipart/related; type="application/dicom"; boundary=b'}
+    for path in ("/dicomweb/studies", "/dicomweb/studies/1.2.3"):
+        assert TestClient(app).post(path, content=body, headers=headers).status_code == 401
+        # a signed-in browser's cookie is no credential here (no CSRF token exists for STOW)
+        assert sessions["adam"].post(path, content=body, headers=headers).status_code == 401
+        r = TestClient(app).post(path, content=body,
+                                 headers={**headers, "Authorization": f"Bearer {tokens['vic']}"})
+        assert r.status_code == 403
+        r = TestClient(app).post(path, content=body,
+                                 headers={**headers, "Authorization": f"Bearer {tokens['rita']}"})
+        assert r.status_code not in (401, 403)
