@@ -27,6 +27,7 @@ the state; :func:`confirm` writes it.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -97,13 +98,25 @@ def ordered_findings(codes: Iterable[str]) -> list[str]:
     return [c for c in FINDINGS if c in set(given)]
 
 
+# NUL (PostgreSQL text refuses it) and unpaired UTF-16 surrogates (no UTF-8 form: the
+# database driver and the pages cannot encode them) cannot be stored: 422, not a 500.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def check_storable(text: str, what: str) -> str:
+    """``text`` when it can be stored and shown, else :class:`ConfirmError` (422) naming ``what``."""
+    if _UNSTORABLE.search(text):
+        raise ConfirmError(f"{what}: a NUL character or an unpaired surrogate (not text)", 422)
+    return text
+
+
 def clean_statements(statements: Iterable[Any]) -> list[str]:
     """Free-text statements stripped, empty ones dropped; 422 beyond the bounds."""
     out = []
     for text in statements:
         if not isinstance(text, str):
             raise ConfirmError("statements: each statement must be text", 422)
-        text = text.strip()
+        text = check_storable(text, "statements").strip()
         if len(text) > MAX_STATEMENT_CHARS:
             raise ConfirmError(f"statements: a statement is longer than {MAX_STATEMENT_CHARS} characters", 422)
         if text:
@@ -225,7 +238,7 @@ def confirm(
         raise ConfirmError(f"ECG {ecg.id} has no AI result to confirm (status {ecg.status})", 409)
     codes = ordered_findings(findings)
     texts = clean_statements(statements)
-    note = (comment or "").strip()
+    note = check_storable(comment or "", "comment").strip()
     if len(note) > MAX_COMMENT_CHARS:
         raise ConfirmError(f"comment: longer than {MAX_COMMENT_CHARS} characters", 422)
 

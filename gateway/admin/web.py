@@ -31,6 +31,7 @@ from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi import Path as PathParam
+from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -136,7 +137,13 @@ async def invalid_request(request: Request, exc: RequestValidationError) -> Resp
     """The application's answer to a bad parameter: FastAPI's own JSON for the
     API, a page for the web view."""
     if request.url.path.startswith("/api/"):
-        return await request_validation_exception_handler(request, exc)
+        try:
+            return await request_validation_exception_handler(request, exc)
+        except UnicodeEncodeError:
+            # the errors echo the input, which may hold an unpaired surrogate (JSON "\ud800" escapes
+            # decode to one; UTF-8 has no form for it): the same answer with ASCII escapes, not a 500
+            body = json.dumps({"detail": jsonable_encoder(exc.errors())}, ensure_ascii=True)
+            return Response(body, status_code=422, media_type="application/json")
     problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'request'}: {e['msg']}"
                          for e in exc.errors())
     return render("message.html", 422, request=request, title="Bad request", message=problems)
