@@ -10,12 +10,13 @@ Start-up happens in three phases, so a gateway that cannot run changes nothing:
    spool, model loaded and warmed up, recovery) and then starts its
    components in order: HL7 and PACS senders -> retention -> worker -> admin
    web (with DICOMweb STOW-RS) -> DICOM SCP accepting -> watched folder.
-   Consumers start before their producers, so
-   nothing is accepted before it can be handled.
+   Consumers start before their producers, so nothing is accepted before it
+   can be handled.
 
 Stop order (SIGTERM/SIGINT, a crashed component, or a component that could
-not start) is the reverse: the SCP stops accepting first, the web stops, the
-worker finishes its batch, then the senders deliver what it queued and stop.
+not start) is the reverse: the watched folder and the SCP stop taking ECGs
+first, the web stops, the worker finishes its batch, then the senders
+deliver what it queued and stop.
 
 The refusals of phases 1 and 2 are the command's one-line error on stderr
 (nothing has started, a log record's prefix would only hide the line); from

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
+
+from gateway.timeutil import as_utc
 
 ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
@@ -61,8 +63,7 @@ class ResultValues:
 
 
 def _dicom_time(when: datetime) -> tuple[str, str]:
-    when = when if when.tzinfo else when.replace(tzinfo=UTC)
-    when = when.astimezone(UTC)
+    when = as_utc(when)
     return when.strftime("%Y%m%d"), when.strftime("%H%M%S")
 
 

@@ -26,7 +26,6 @@ import io
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC
 from typing import Any
 
 import numpy as np
@@ -35,6 +34,7 @@ from reportlab import rl_config
 from gateway.findings import BY_CODE, FINDINGS
 from gateway.report.measurements import KINDS, display_value
 from gateway.report.people import birth_and_age, dicom_datetime_text, person_name, sex_text
+from gateway.timeutil import as_utc
 
 # Compressed streams stay binary (ASCII85 would make the file a quarter bigger and take ~0.1 s per report).
 rl_config.useA85 = 0
@@ -86,13 +86,11 @@ class ReaderConfirmation:
 
 def reader_confirmation(row: Any) -> ReaderConfirmation:
     """A :class:`ReaderConfirmation` from a ``confirmations`` row (or any object with its attributes)."""
-    at = row.created_at
-    if at is not None and at.tzinfo is None:  # SQLite hands back naive UTC
-        at = at.replace(tzinfo=UTC)
+    at = as_utc(row.created_at)  # SQLite hands back naive UTC
     who = row.full_name or row.username
     return ReaderConfirmation(
         by=f"{who} ({row.hl7_id})" if row.hl7_id else who,
-        at=at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if at else "",
+        at=at.strftime("%Y-%m-%d %H:%M UTC") if at else "",
         findings=tuple(row.findings or ()), statements=tuple(row.statements or ()), comment=row.comment or "",
         corrected=row.outcome == "corrected", version=row.version,
     )
@@ -142,9 +140,7 @@ def report_data(ecg: Any, signal: Any, leads: Sequence[str], fs: float, gain: fl
     p = prediction if prediction is not None else ecg.prediction
     if p is None:
         raise ReportError(f"ECG {ecg.id} has no AI result (status {ecg.status})")
-    created = getattr(p, "created_at", None)
-    if created is not None and created.tzinfo is None:  # SQLite hands back naive UTC
-        created = created.replace(tzinfo=UTC)
+    created = as_utc(getattr(p, "created_at", None))  # SQLite hands back naive UTC
     return ReportData(
         ecg_id=ecg.id, patient_name=ecg.patient_name, patient_id=ecg.patient_id,
         patient_birth_date=ecg.patient_birth_date, patient_sex=ecg.patient_sex,
@@ -156,7 +152,7 @@ def report_data(ecg: Any, signal: Any, leads: Sequence[str], fs: float, gain: fl
         quality_flags=tuple(str(f) for f in p.quality_flags or ()), model_sha256=p.model_sha256,
         gateway_version=gateway_version or p.gateway_version, demo_model=bool(p.demo_model),
         signal=signal, leads=tuple(leads), fs=fs, gain=gain,
-        result_time=created.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if created else "",
+        result_time=created.strftime("%Y-%m-%d %H:%M UTC") if created else "",
         confirmation=reader_confirmation(confirmation) if confirmation is not None else None,
     )
 
