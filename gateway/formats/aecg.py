@@ -61,6 +61,11 @@ _TS = re.compile(r"^\d{8}(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?([+-]\d{4})?$")
 _SEX = {"M": "M", "F": "F", "UN": None}
 
 
+#: The most lead sequences one rhythm series may hold (12-lead, 15-lead and 18-lead records have
+#: far fewer; thousands of copies of one lead would each be decoded and reported as duplicates).
+MAX_LEADS = 64
+
+
 def _root(raw: bytes) -> Any:
     root = parse_xml(raw, "HL7 aECG", MAX_ELEMENTS)
     if local_name(root) != "AnnotatedECG":
@@ -222,8 +227,12 @@ def decode(raw: bytes) -> EcgRecord:
     for sequence_set in sets:
         sequences = list(sequence_set.iterfind("v:component/v:sequence", _V))
         codes = [(_attr(s, "v:code", "code") or "") for s in sequences]
-        if not any(c.upper().startswith("MDC_ECG_LEAD_") for c in codes):
+        n_leads = sum(1 for c in codes if c.upper().startswith("MDC_ECG_LEAD_"))
+        if not n_leads:
             continue
+        if n_leads > MAX_LEADS:  # before any digits are read
+            raise FormatError(f"HL7 aECG: {n_leads} lead sequences in the RHYTHM series, more than the {MAX_LEADS} "
+                              "accepted")
         for sequence, code in zip(sequences, codes, strict=True):
             shown = printable(code, 40) or "(no code)"
             if code.upper().startswith("TIME_"):

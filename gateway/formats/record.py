@@ -133,5 +133,7 @@ class EcgRecord:
 
 def rate_text(hz: float) -> str:
     """A sampling rate as short decimal text (500.0 -> "500", 1/0.004 -> "250")."""
+    if not 1e-6 <= hz < 1e12:  # far outside any ECG rate (refused): short, not 300 digits of 1/1e-300
+        return f"{hz:.6g}"
     text = f"{hz:.6f}".rstrip("0").rstrip(".")
     return text or "0"

@@ -76,6 +76,8 @@ def signal_flags(signal_mv: np.ndarray, leads: tuple[str, ...] | list[str]) -> t
             continue
         amplitude = float(np.abs(x).max())
         if amplitude > MAX_AMPLITUDE_MV:
-            flags.append(f"{lead}: excessive amplitude ({amplitude:.1f} mV > {MAX_AMPLITUDE_MV:g} mV)")
+            # .1f below 1e7 mV; beyond, 3 significant digits (a hostile scale of 1e300 was 300 digits)
+            shown = f"{amplitude:.1f}" if amplitude < 1e7 else f"{amplitude:.3g}"
+            flags.append(f"{lead}: excessive amplitude ({shown} mV > {MAX_AMPLITUDE_MV:g} mV)")
             unusable.add(lead)
     return flags, unusable
