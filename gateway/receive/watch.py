@@ -147,6 +147,9 @@ class WatchFolder:
                 self.poll(stop)
             except OSError as exc:  # the folder went away or is unreadable: say so, keep trying
                 log.error("watched folder %s: %s", self.watch_dir, exc.strerror or exc)
+            except Exception as exc:  # noqa: BLE001 - a bug must not stop the folder for good
+                # the type only: an exception's text may quote a file name (PHI)
+                log.error("watched folder %s: unexpected %s; looking again", self.watch_dir, type(exc).__name__)
             stop.wait(self.ingest.poll_interval_s)
 
     def poll(self, stop: threading.Event | None = None) -> list[Taken]:
@@ -260,7 +263,10 @@ class WatchFolder:
                 f"sha256: {sha256 or '-'}",
                 f"at: {utcnow().isoformat()}",
             ]
-            write_new_file(moved.with_name(moved.name + REASON_SUFFIX), ("\n".join(lines) + "\n").encode("utf-8"))
+            # surrogateescape: a name that is not UTF-8 (a Latin-1 "M\xdcLLER.dcm" from a share) is
+            # written back as its own bytes (it raised UnicodeEncodeError and stopped the folder)
+            write_new_file(moved.with_name(moved.name + REASON_SUFFIX),
+                           ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape"))
         log.warning("watched folder: refused a file (sha256 %s, ecg id %s) with status %s: %s; moved to failed_dir",
                     (sha256 or "-")[:12], taken.ecg_id,
                     f"0x{taken.status:04X}" if taken.status is not None else "-", taken.reason)
@@ -333,7 +339,9 @@ def _copy_into(src: Path, folder: Path) -> Path:
 def write_new_file(path: Path, data: bytes) -> None:
     """Write ``path`` durably; an existing file of that name is replaced."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
+    # O_NOFOLLOW: a link planted under the temporary name must not redirect the write elsewhere
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())

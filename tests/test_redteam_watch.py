@@ -1,0 +1,87 @@
+"""Red team: the watched folder with hostile names and links.  A refused file
+whose name is not UTF-8 (a Latin-1 name from a Windows share) gets its reason
+file with the name's own bytes (was UnicodeEncodeError out of poll, which
+stopped the folder for good); an unexpected error in one look is logged by
+its type only (no file name) and the folder is looked at again; a link planted
+under the reason file's temporary name is not written through; the log never
+names a file."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from gateway.receive.watch import REASON_SUFFIX, write_new_file
+from receive_helpers import ecg_bytes
+from test_watch import rows, watcher
+
+PHI_NAME = b"M\xdcLLER^HANS_1970.dcm"  # Latin-1: not UTF-8
+
+
+def test_a_refused_file_with_a_latin1_name_gets_its_reason(tmp_path: Path, session_factory,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    w = watcher(tmp_path, session_factory)
+    with open(os.fsencode(w.watch_dir) + b"/" + PHI_NAME, "wb") as f:
+        f.write(b"not an ECG at all " * 50)
+    caplog.set_level(logging.INFO)
+    w.poll()
+    [taken] = w.poll()
+    assert taken.result == "refused"
+    failed = sorted(os.listdir(os.fsencode(w.failed_dir)))
+    assert failed == [PHI_NAME, PHI_NAME + REASON_SUFFIX.encode()]
+    reason = (os.fsencode(w.failed_dir) + b"/" + PHI_NAME + REASON_SUFFIX.encode())
+    with open(reason, "rb") as f:
+        text = f.read()
+    assert text.startswith(b"file: " + PHI_NAME + b"\nrefused: ")
+    assert os.listdir(w.watch_dir) == []
+    assert [r.status for r in rows(session_factory)] == ["rejected"]
+    log = caplog.text
+    assert "LLER" not in log and "HANS" not in log and "refused a file (sha256" in log
+
+
+def test_a_good_file_with_a_latin1_name_is_stored(tmp_path: Path, session_factory, sample_path: Path) -> None:
+    w = watcher(tmp_path, session_factory)
+    with open(os.fsencode(w.watch_dir) + b"/" + PHI_NAME, "wb") as f:
+        f.write(ecg_bytes(sample_path))
+    w.poll()
+    [taken] = w.poll()
+    assert taken.result == "accepted" and os.listdir(os.fsencode(w.done_dir)) == [PHI_NAME]
+
+
+def test_an_unexpected_error_does_not_stop_the_folder(tmp_path: Path, session_factory,
+                                                      caplog: pytest.LogCaptureFixture,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    w = watcher(tmp_path, session_factory)
+    stop = threading.Event()
+    calls = []
+
+    def poll(_stop: threading.Event | None = None) -> list:
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("M\xdcLLER^HANS_1970.dcm: something odd")
+        stop.set()
+        return []
+
+    monkeypatch.setattr(w, "poll", poll)
+    monkeypatch.setattr(w.ingest, "poll_interval_s", 0.01)
+    caplog.set_level(logging.INFO)
+    w.run(stop)
+    assert len(calls) == 2
+    assert "unexpected ValueError; looking again" in caplog.text and "LLER" not in caplog.text
+
+
+def test_the_reason_file_is_not_written_through_a_planted_link(tmp_path: Path) -> None:
+    target = tmp_path / "victim.txt"
+    target.write_text("keep me")
+    folder = tmp_path / "failed"
+    folder.mkdir()
+    (folder / ".a.dcm.reason.txt.tmp").symlink_to(target)
+    with pytest.raises(OSError):
+        write_new_file(folder / "a.dcm.reason.txt", b"file: a.dcm\n")
+    assert target.read_text() == "keep me"
+    write_new_file(folder / "b.dcm.reason.txt", b"file: b.dcm\n")  # the usual case
+    assert (folder / "b.dcm.reason.txt").read_bytes() == b"file: b.dcm\n"
