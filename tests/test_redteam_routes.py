@@ -169,3 +169,27 @@ def test_stow_needs_a_bearer_token_of_a_reader_or_admin(world):
         r = TestClient(app).post(path, content=body,
                                  headers={**headers, "Authorization": f"Bearer {tokens['rita']}"})
         assert r.status_code not in (401, 403)
+
+
+def test_x_forwarded_for_does_not_reset_the_per_address_login_limit(db_url, session_factory, sample_path,
+                                                                     tmp_path):
+    """The application itself never reads X-Forwarded-For: the address counted is the
+    connection's (uvicorn rewrites it only for a proxy on loopback, which appends the real one)."""
+    from admin_helpers import audit_rows
+
+    seed(session_factory, sample_path, tmp_path / "spool")
+    with session_factory() as s:
+        add_user(s, "rita", "reader", PASSWORDS["rita"], actor="test")
+        s.commit()
+    cfg = Config.model_validate({
+        "storage": {"database_url": db_url, "spool_dir": str(tmp_path / "spool")},
+        "admin": {"token": TOKEN, "login_max_failures_per_address": 3, "login_max_failures_per_user": 100},
+    })
+    client = TestClient(create_app(cfg, session_factory))
+    for n in range(3):  # three names, three forged addresses: one real address
+        spoof = {"X-Forwarded-For": f"203.0.113.{n}", "X-Real-IP": f"198.51.100.{n}", "Forwarded": f"for=192.0.2.{n}"}
+        r = web_login(client, username=f"guess{n}", password="wrong-password", headers=spoof)
+        assert r.status_code == 401
+    r = web_login(client, username="rita", password=PASSWORDS["rita"], headers={"X-Forwarded-For": "203.0.113.99"})
+    assert r.status_code == 429 and "too many failed logins" in r.text
+    assert {a.address for a in audit_rows(session_factory) if a.action.startswith("login")} == {"testclient"}
