@@ -1,0 +1,67 @@
+"""Red team: STOW-RS multipart edge cases over the real app (TestClient; SQLite and
+PostgreSQL): the boundary string inside an instance's bytes, a nested multipart
+part, a part without headers, a part of another type, an instance given as a
+bare data set, a preamble, LF-only delimiters.  Each answer says which part
+failed and why; nothing is stored from a refused part; the good instance is
+stored byte for byte."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from gateway.admin.app import create_app
+from gateway.config import Config
+from gateway.receive.spool import CANNOT_UNDERSTAND
+from gateway.store.models import RECEIVED, EcgInstance
+from receive_helpers import ecg_bytes
+from test_stow import BOUNDARY, STOW_TYPE, TOKEN, multipart
+
+HEADERS = {"Content-Type": STOW_TYPE, "Authorization": f"Bearer {TOKEN}"}
+
+
+def _client(db_url, session_factory, tmp_path) -> TestClient:  # type: ignore[no-untyped-def]
+    cfg = Config.model_validate({"storage": {"database_url": db_url, "spool_dir": str(tmp_path / "spool")},
+                                 "dicom": {"min_free_disk_mb": 0}, "admin": {"token": TOKEN},
+                                 "ingest": {"stow_enabled": True}})
+    return TestClient(create_app(cfg, session_factory))
+
+
+def _failures(r) -> list[int]:  # type: ignore[no-untyped-def]
+    return [item["00081197"]["Value"][0] for item in r.json().get("00081198", {}).get("Value", [])]
+
+
+def test_multipart_edge_cases(db_url, session_factory, sample_path, tmp_path):
+    client = _client(db_url, session_factory, tmp_path)
+    # the boundary, its closing form and a near-miss inside the instance's own bytes
+    tricky = ecg_bytes(sample_path, changes={"PatientComments": f"--{BOUNDARY}--\r\n--{BOUNDARY}x"})
+    r = client.post("/dicomweb/studies", content=multipart(tricky), headers=HEADERS)
+    assert r.status_code == 200, r.text
+    with session_factory() as s:
+        [row] = s.scalars(select(EcgInstance)).all()
+        assert row.status == RECEIVED and (tmp_path / "spool" / row.spool_path).read_bytes() == tricky
+
+    good = ecg_bytes(sample_path)
+    nested = (f'\r\n--{BOUNDARY}\r\nContent-Type: multipart/related; type="application/dicom"; boundary=inner'
+              "\r\n\r\n--inner\r\nContent-Type: application/dicom\r\n\r\n").encode() + good + b"\r\n--inner--"
+    refused = {
+        "nested multipart": nested + f"\r\n--{BOUNDARY}--".encode(),
+        "no part headers": f"\r\n--{BOUNDARY}\r\n\r\n".encode() + good + f"\r\n--{BOUNDARY}--".encode(),
+        "text/plain": multipart(good, part_type="text/plain"),
+    }
+    for name, body in refused.items():
+        r = client.post("/dicomweb/studies", content=body, headers=HEADERS)
+        assert r.status_code == 409 and _failures(r) == [CANNOT_UNDERSTAND], (name, r.text)
+    # a bare data set (no PS3.10 header) is refused with a row saying why
+    r = client.post("/dicomweb/studies", content=multipart(good[132:]), headers=HEADERS)
+    assert r.status_code == 409 and len(_failures(r)) == 1
+    for body, detail in [(b"preamble" + multipart(good), "malformed multipart body"),
+                         (multipart(good).replace(b"\r\n--", b"\n--"), "ends before its closing delimiter")]:
+        r = client.post("/dicomweb/studies", content=body, headers=HEADERS)
+        assert r.status_code == 400 and detail in r.json()["detail"]
+    with session_factory() as s:
+        statuses = [row.status for row in s.scalars(select(EcgInstance).order_by(EcgInstance.id))]
+        assert statuses == [RECEIVED, "rejected"]
+        assert "not a DICOM file" in (s.scalars(select(EcgInstance).order_by(EcgInstance.id.desc())).first().error
+                                      or "")
+    assert list((tmp_path / "spool" / ".incoming").iterdir()) == []
