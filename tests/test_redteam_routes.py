@@ -193,3 +193,28 @@ def test_x_forwarded_for_does_not_reset_the_per_address_login_limit(db_url, sess
     r = web_login(client, username="rita", password=PASSWORDS["rita"], headers={"X-Forwarded-For": "203.0.113.99"})
     assert r.status_code == 429 and "too many failed logins" in r.text
     assert {a.address for a in audit_rows(session_factory) if a.action.startswith("login")} == {"testclient"}
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--full-name", "M\udcdcller Hans", "full name: at most 200 characters, no control characters or bytes that are "
+                                        "not UTF-8"),
+    ("--hl7-id", "D\udcff1", "hl7 id: 1-64 characters without | ^ & ~ \\, control characters or bytes that are not "
+                             "UTF-8"),
+])
+def test_users_add_refuses_a_name_that_is_not_utf8(db_url, session_factory, tmp_path, option, value, message):
+    """argv bytes that are not UTF-8 arrive as unpaired surrogates: refused with the reason
+    (was a UnicodeEncodeError traceback from the database driver)."""
+    from sqlalchemy import select
+    from typer.testing import CliRunner
+
+    from gateway.cli import app as cli_app
+    from gateway.store.models import User
+
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'[storage]\ndatabase_url = "{db_url}"\nspool_dir = "{tmp_path / "spool"}"\n')
+    r = CliRunner().invoke(cli_app, ["--config", str(config), "users", "add", "hans", "--role", "reader", option,
+                                     value], input="a-long-password-1\n")
+    assert r.exit_code != 0 and message in r.output, r.output
+    assert not isinstance(r.exception, UnicodeError)
+    with session_factory() as s:
+        assert s.scalars(select(User)).all() == []

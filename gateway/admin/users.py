@@ -46,8 +46,10 @@ TOKEN_PREFIX = "ecgw_"
 RESERVED_NAMES = frozenset({"token"})
 _USERNAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 # HL7 delimiters and control characters: an hl7_id goes into CNN.1 / XCN.1 as it is.
-_HL7_ID = re.compile(r"[^|^&~\\\x00-\x1f\x7f]{1,64}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Unpaired surrogates (argv bytes that are not UTF-8 arrive as them) have no UTF-8 form: the
+# database cannot store them, so they are refused like control characters.
+_HL7_ID = re.compile(r"[^|^&~\\\x00-\x1f\x7f\ud800-\udfff]{1,64}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 
 
 class UserError(ValueError):
@@ -124,7 +126,7 @@ def _check_hl7_id(hl7_id: str | None) -> str | None:
     if hl7_id is None or hl7_id == "":
         return None
     if not _HL7_ID.fullmatch(hl7_id):
-        raise UserError("hl7 id: 1-64 characters without | ^ & ~ \\ or control characters")
+        raise UserError("hl7 id: 1-64 characters without | ^ & ~ \\, control characters or bytes that are not UTF-8")
     return hl7_id
 
 
@@ -132,7 +134,7 @@ def _check_full_name(full_name: str | None) -> str | None:
     if full_name is None or full_name.strip() == "":
         return None
     if len(full_name) > 200 or _CONTROL.search(full_name):
-        raise UserError("full name: at most 200 characters, no control characters")
+        raise UserError("full name: at most 200 characters, no control characters or bytes that are not UTF-8")
     return full_name.strip()
 
 
