@@ -72,12 +72,71 @@ class _SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+#: The largest request body outside STOW-RS (/dicomweb/, bounded by [ingest] stow_max_request_mb):
+#: forms and JSON bodies are a few kB (the confirm form at most ~120 kB percent-encoded).
+MAX_BODY_BYTES = 1024 * 1024
+
+
+async def _too_large(send: Send) -> None:
+    body = b'{"detail":"request body larger than 1 MB"}'
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class _BodyLimit:
+    """ASGI layer refusing (413) a request body over ``MAX_BODY_BYTES`` outside /dicomweb/.
+
+    FastAPI reads a JSON or form body whole, into memory, *before* the route's
+    dependencies check the caller: without this layer anyone could make the
+    admin hold a body of any size (an unauthenticated POST to
+    /api/ecgs/1/confirm was read to the end, then answered 422).  A declared
+    Content-Length is checked at once; a chunked body is read here up to the
+    limit, then handed on."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path", "").startswith("/dicomweb/"):
+            await self.app(scope, receive, send)
+            return
+        lengths = [value for name, value in scope["headers"] if name == b"content-length"]
+        if lengths:
+            if any(not v.strip().isdigit() or int(v) > MAX_BODY_BYTES for v in lengths):
+                await _too_large(send)
+                return
+            await self.app(scope, receive, send)
+            return
+        messages: list[Message] = []
+        size = 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size > MAX_BODY_BYTES:
+                await _too_large(send)
+                return
+            if not message.get("more_body", False):
+                break
+        pending = iter(messages)
+
+        async def replay() -> Message:
+            message = next(pending, None)
+            return message if message is not None else await receive()
+
+        await self.app(scope, replay, send)
+
+
 class AdminApp(FastAPI):
     """FastAPI with :class:`_SecurityHeaders` outside every other layer, so even
-    the 500 answer of an unexpected error carries the headers."""
+    the 500 answer of an unexpected error carries the headers, then :class:`_BodyLimit`."""
 
     def build_middleware_stack(self) -> ASGIApp:
-        return _SecurityHeaders(super().build_middleware_stack())
+        return _SecurityHeaders(_BodyLimit(super().build_middleware_stack()))
 
 
 def create_app(
