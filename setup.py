@@ -9,7 +9,10 @@ from setuptools import find_namespace_packages, setup
 
 setup(
     # namespace discovery, as pyproject's default: admin/templates and admin/static are data folders
-    packages=[*find_namespace_packages(include=["gateway", "gateway.*"], exclude=["*.__pycache__"]),
-              "gateway.migrations", "gateway.migrations.versions"],
+    packages=[
+        *find_namespace_packages(include=["gateway", "gateway.*"], exclude=["*.__pycache__"]),
+        "gateway.migrations",
+        "gateway.migrations.versions",
+    ],
     package_dir={"gateway.migrations": "migrations"},
 )

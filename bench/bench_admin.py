@@ -117,9 +117,22 @@ def fill(engine, n: int, spool: Path) -> int:
                 }
             )
         conn.execute(insert(Prediction), preds)
-        conn.execute(insert(Hl7Message), [
-            {"ecg_id": i, "control_id": f"C{i}", "order_key": f"P{i % 997}", "payload": "MSH|^~\\&|", "status":
-             "delivered", "attempts": 1, "next_attempt_at": t0, "created_at": t0} for i in range(1, n + 1)])
+        conn.execute(
+            insert(Hl7Message),
+            [
+                {
+                    "ecg_id": i,
+                    "control_id": f"C{i}",
+                    "order_key": f"P{i % 997}",
+                    "payload": "MSH|^~\\&|",
+                    "status": "delivered",
+                    "attempts": 1,
+                    "next_attempt_at": t0,
+                    "created_at": t0,
+                }
+                for i in range(1, n + 1)
+            ],
+        )
     return n
 
 

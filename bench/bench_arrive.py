@@ -119,9 +119,13 @@ def run_stow(url: str, tmp: Path, raws: list[bytes], batch: int) -> tuple[float,
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cfg = Config.model_validate({"storage": {"database_url": url, "spool_dir": str(tmp / "spool-stow")},
-                                 "dicom": {"min_free_disk_mb": 0},
-                                 "admin": {"host": "127.0.0.1", "port": port, "token": "bench-token"}})
+    cfg = Config.model_validate(
+        {
+            "storage": {"database_url": url, "spool_dir": str(tmp / "spool-stow")},
+            "dicom": {"min_free_disk_mb": 0},
+            "admin": {"host": "127.0.0.1", "port": port, "token": "bench-token"},
+        }
+    )
     engine = make_engine(url)
     server = make_server(create_app(cfg, make_sessionmaker(engine)), cfg)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -151,8 +155,9 @@ def run_stow(url: str, tmp: Path, raws: list[bytes], batch: int) -> tuple[float,
         import resource
 
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        subprocess.run([sys.executable, "-c", client, str(files), f"http://127.0.0.1:{port}/dicomweb", str(batch)],
-                       check=True)
+        subprocess.run(
+            [sys.executable, "-c", client, str(files), f"http://127.0.0.1:{port}/dicomweb", str(batch)], check=True
+        )
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         CLIENT_CPU.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
 
@@ -215,14 +220,18 @@ def main() -> None:
                 else:
                     results[name] = run_watch(url, tmp, raws)
     kind = "PostgreSQL" if args.database_url else "SQLite"
-    print(f"{args.n} instances of {len(copies(1)[0])} bytes, {kind}; load average {load_before:.2f} -> "
-          f"{os.getloadavg()[0]:.2f}")
+    print(
+        f"{args.n} instances of {len(copies(1)[0])} bytes, {kind}; load average {load_before:.2f} -> "
+        f"{os.getloadavg()[0]:.2f}"
+    )
     direct_rate = args.n / results["direct"][0]
     for name, (wall, cpu) in results.items():
         rate = args.n / wall
-        print(f"  {name:7s} {rate:8.1f} instances/s  ({rate / direct_rate:4.2f} x direct)  "
-              f"CPU {1000 * cpu / args.n:6.1f} ms/instance"
-              + (f" (client process: {1000 * CLIENT_CPU[0] / args.n:.1f} ms/instance)" if name == "stow" else ""))
+        print(
+            f"  {name:7s} {rate:8.1f} instances/s  ({rate / direct_rate:4.2f} x direct)  "
+            f"CPU {1000 * cpu / args.n:6.1f} ms/instance"
+            + (f" (client process: {1000 * CLIENT_CPU[0] / args.n:.1f} ms/instance)" if name == "stow" else "")
+        )
 
 
 if __name__ == "__main__":

@@ -47,9 +47,15 @@ sys.path.insert(0, str(ROOT))
 RECEIVER_JS = ROOT / "tests" / "peers" / "hl7_receiver.js"
 TABLES = ("ecg_instances", "predictions", "hl7_messages", "pacs_messages", "audit_log", "admin_sessions")
 #: (table, column) whose average stored length is shown; absent columns are skipped.
-COLUMNS = (("ecg_instances", "report"), ("predictions", "normalisation"), ("predictions", "input_npy"),
-           ("predictions", "spread"), ("predictions", "model_files"), ("hl7_messages", "payload"),
-           ("hl7_messages", "ack"))
+COLUMNS = (
+    ("ecg_instances", "report"),
+    ("predictions", "normalisation"),
+    ("predictions", "input_npy"),
+    ("predictions", "spread"),
+    ("predictions", "model_files"),
+    ("hl7_messages", "payload"),
+    ("hl7_messages", "ack"),
+)
 
 
 @contextlib.contextmanager
@@ -101,14 +107,18 @@ def measure(engine) -> dict[str, int]:  # type: ignore[no-untyped-def]
             try:  # tables with their indexes (SQLite built with SQLITE_ENABLE_DBSTAT_VTAB)
                 rows = conn.exec_driver_sql(
                     "SELECT coalesce(m.tbl_name, s.name), sum(s.pgsize) FROM dbstat s "
-                    "LEFT JOIN sqlite_master m ON m.name = s.name GROUP BY 1").all()
+                    "LEFT JOIN sqlite_master m ON m.name = s.name GROUP BY 1"
+                ).all()
                 out.update({name: int(size) for name, size in rows if name in TABLES})
             except Exception:  # noqa: BLE001 - no dbstat: the total only
                 pass
         else:
             for table in TABLES:
-                out[table] = int(conn.exec_driver_sql(  # 0 for a table this revision does not have
-                    f"SELECT coalesce(pg_total_relation_size(to_regclass('{table}')), 0)").scalar())
+                out[table] = int(
+                    conn.exec_driver_sql(  # 0 for a table this revision does not have
+                        f"SELECT coalesce(pg_total_relation_size(to_regclass('{table}')), 0)"
+                    ).scalar()
+                )
             out["total"] = sum(out[t] for t in TABLES)
     return out
 
@@ -128,8 +138,11 @@ def average_lengths(engine) -> dict[str, float]:  # type: ignore[no-untyped-def]
             types = {c["name"]: c["type"] for c in insp.get_columns(table)}
             if column in types:
                 binary = isinstance(types[column], LargeBinary)
-                expr = f"length({column})" if sqlite else (
-                    f"octet_length({column})" if binary else f"octet_length({column}::text)")
+                expr = (
+                    f"length({column})"
+                    if sqlite
+                    else (f"octet_length({column})" if binary else f"octet_length({column}::text)")
+                )
                 value = conn.exec_driver_sql(f"SELECT avg({expr}) FROM {table}").scalar()
                 out[f"{table}.{column}" + (" (binary)" if binary else "")] = float(value or 0)
     return out
@@ -196,8 +209,12 @@ def run(url: str, n: int, waves: int, deliver: bool, spool: Path) -> dict[str, o
     pg = engine.url.get_backend_name() == "postgresql"
     empty = measure(engine)
     model = write_demo_model(spool.parent / "demo.hdf5", seed=0)
-    cfg = Config.model_validate({"storage": {"database_url": url, "spool_dir": str(spool)},
-                                 "model": {"files": [str(model)], "batch_size": 8, "max_wait_ms": 0}})
+    cfg = Config.model_validate(
+        {
+            "storage": {"database_url": url, "spool_dir": str(spool)},
+            "model": {"files": [str(model)], "batch_size": 8, "max_wait_ms": 0},
+        }
+    )
     worker = Worker(cfg, factory, load_ensemble([str(model)], batch_size=8))
     port = free_port()
     files = ecg_files(n)
@@ -206,8 +223,10 @@ def run(url: str, n: int, waves: int, deliver: bool, spool: Path) -> dict[str, o
         for wave in range(waves):
             t = time.perf_counter()
             for raw in [next(files) for _ in range(n // waves + (wave < n % waves))]:
-                out = store_instance(IncomingInstance.from_file(raw, calling_ae="CART01", peer_address="10.1.2.3"),
-                                     StoreContext(factory, Spool(spool)))
+                out = store_instance(
+                    IncomingInstance.from_file(raw, calling_ae="CART01", peer_address="10.1.2.3"),
+                    StoreContext(factory, Spool(spool)),
+                )
                 assert out.status == SUCCESS and not out.duplicate, out
             timings["store_s"] += time.perf_counter() - t
             t = time.perf_counter()
@@ -231,8 +250,12 @@ def run(url: str, n: int, waves: int, deliver: bool, spool: Path) -> dict[str, o
             conn.exec_driver_sql("VACUUM")
     live = measure(engine)
     result: dict[str, object] = {
-        "database": engine.url.get_backend_name(), "revision": current_revision(url), "ecgs": n, "waves": waves,
-        "delivered": deliver, **{k: round(v, 1) for k, v in timings.items()},
+        "database": engine.url.get_backend_name(),
+        "revision": current_revision(url),
+        "ecgs": n,
+        "waves": waves,
+        "delivered": deliver,
+        **{k: round(v, 1) for k, v in timings.items()},
         "per_ecg": {k: (full[k] - empty.get(k, 0)) / n for k in full},
         "per_ecg_compacted": {k: (live[k] - empty.get(k, 0)) / n for k in live},
         "average_length": average_lengths(engine),
@@ -252,9 +275,13 @@ def free_port() -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ecgs", type=int, default=1000)
-    parser.add_argument("--waves", type=int, default=10,
-                        help="store, process and deliver in this many rounds; on PostgreSQL a VACUUM after each, "
-                             "as autovacuum does at its default thresholds (dead row versions are reused)")
+    parser.add_argument(
+        "--waves",
+        type=int,
+        default=10,
+        help="store, process and deliver in this many rounds; on PostgreSQL a VACUUM after each, "
+        "as autovacuum does at its default thresholds (dead row versions are reused)",
+    )
     parser.add_argument("--database-url", default="")
     parser.add_argument("--no-deliver", action="store_true", help="leave the HL7 messages pending (no node needed)")
     parser.add_argument("--json", action="store_true")
@@ -266,8 +293,9 @@ def main() -> None:
             with scratch_database(args.database_url) as url:
                 result = run(url, args.ecgs, args.waves, not args.no_deliver, spool)
         else:
-            result = run(args.database_url or f"sqlite:///{tmp}/gateway.db", args.ecgs, args.waves,
-                         not args.no_deliver, spool)
+            result = run(
+                args.database_url or f"sqlite:///{tmp}/gateway.db", args.ecgs, args.waves, not args.no_deliver, spool
+            )
         spool_bytes = sum(f.stat().st_size for f in spool.rglob("*") if f.is_file())
     result["spool_per_ecg"] = spool_bytes / args.ecgs
     if args.json:
@@ -275,11 +303,15 @@ def main() -> None:
         return
     per, compacted = result["per_ecg"], result["per_ecg_compacted"]
     assert isinstance(per, dict) and isinstance(compacted, dict)
-    print(f"{result['ecgs']} ECGs received, processed{' and delivered' if result['delivered'] else ''} in "
-          f"{result['waves']} waves on {result['database']} (revision {result['revision']}); store "
-          f"{result['store_s']} s, process {result['process_s']} s, deliver {result['deliver_s']} s")
-    print(f"database bytes per processed ECG: {per['total']:,.0f} ({per['total'] / 1024:.1f} KB); "
-          f"compacted (VACUUM{' FULL' if result['database'] != 'sqlite' else ''}): {compacted['total']:,.0f}")
+    print(
+        f"{result['ecgs']} ECGs received, processed{' and delivered' if result['delivered'] else ''} in "
+        f"{result['waves']} waves on {result['database']} (revision {result['revision']}); store "
+        f"{result['store_s']} s, process {result['process_s']} s, deliver {result['deliver_s']} s"
+    )
+    print(
+        f"database bytes per processed ECG: {per['total']:,.0f} ({per['total'] / 1024:.1f} KB); "
+        f"compacted (VACUUM{' FULL' if result['database'] != 'sqlite' else ''}): {compacted['total']:,.0f}"
+    )
     for table in TABLES:
         if table in per:
             print(f"  {table:<14} {per[table]:>10,.0f} {compacted.get(table, 0):>10,.0f}")

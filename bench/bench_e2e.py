@@ -61,8 +61,9 @@ def wait_for(predicate, timeout: float, proc: subprocess.Popen | None = None, wh
         time.sleep(0.02)
 
 
-def raw_compiled_rate(model_path: str, batch_size: int, threads: int, seconds: float = 2.0,
-                      rounds: int = 3) -> tuple[float, float]:
+def raw_compiled_rate(
+    model_path: str, batch_size: int, threads: int, seconds: float = 2.0, rounds: int = 3
+) -> tuple[float, float]:
     """Best-of-rounds (ECG/s, ECG per CPU-second) of the raw compiled call at ``batch_size``."""
     import warnings
 
@@ -79,7 +80,8 @@ def raw_compiled_rate(model_path: str, batch_size: int, threads: int, seconds: f
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fn = tf.function(lambda t: model(t, training=False), autograph=False).get_concrete_function(
-            tf.TensorSpec((batch_size, 4096, 12), tf.float32))
+            tf.TensorSpec((batch_size, 4096, 12), tf.float32)
+        )
     x = tf.constant(np.random.default_rng(0).standard_normal((batch_size, 4096, 12)).astype(np.float32))
     runs = [rate(lambda: (fn(x).numpy(), batch_size)[1], seconds) for _ in range(rounds)]
     return max(r[0] for r in runs), max(r[1] for r in runs)
@@ -147,21 +149,33 @@ def main() -> int:
         rx_log = tmp / "rx.jsonl"
         receiver = None
         if RECEIVER_JS.exists() and (RECEIVER_JS.parent / "node_modules" / "simple-hl7").is_dir():
-            receiver = subprocess.Popen(["node", str(RECEIVER_JS), str(hl7_port), str(rx_log), "AA"],
-                                        stdout=subprocess.PIPE, text=True)
+            receiver = subprocess.Popen(
+                ["node", str(RECEIVER_JS), str(hl7_port), str(rx_log), "AA"], stdout=subprocess.PIPE, text=True
+            )
             receiver.stdout.readline()  # type: ignore[union-attr]
         env = {k: v for k, v in os.environ.items() if not k.startswith("ECG_GATEWAY_")}
-        env.update({
-            "ECG_GATEWAY_STORAGE__DATABASE_URL": url, "ECG_GATEWAY_STORAGE__SPOOL_DIR": str(tmp / "spool"),
-            "ECG_GATEWAY_MODEL__FILES": f'["{model}"]', "ECG_GATEWAY_MODEL__THREADS": str(args.threads),
-            "ECG_GATEWAY_MODEL__BATCH_SIZE": str(args.batch_size),
-            "ECG_GATEWAY_DICOM__PORT": str(dicom_port), "ECG_GATEWAY_DICOM__MIN_FREE_DISK_MB": "1",
-            "ECG_GATEWAY_HL7__ENABLED": "true" if receiver else "false", "ECG_GATEWAY_HL7__PORT": str(hl7_port),
-            "ECG_GATEWAY_LOGGING__LEVEL": "INFO",  # serve's start line (readiness) is INFO
-        })
+        env.update(
+            {
+                "ECG_GATEWAY_STORAGE__DATABASE_URL": url,
+                "ECG_GATEWAY_STORAGE__SPOOL_DIR": str(tmp / "spool"),
+                "ECG_GATEWAY_MODEL__FILES": f'["{model}"]',
+                "ECG_GATEWAY_MODEL__THREADS": str(args.threads),
+                "ECG_GATEWAY_MODEL__BATCH_SIZE": str(args.batch_size),
+                "ECG_GATEWAY_DICOM__PORT": str(dicom_port),
+                "ECG_GATEWAY_DICOM__MIN_FREE_DISK_MB": "1",
+                "ECG_GATEWAY_HL7__ENABLED": "true" if receiver else "false",
+                "ECG_GATEWAY_HL7__PORT": str(hl7_port),
+                "ECG_GATEWAY_LOGGING__LEVEL": "INFO",  # serve's start line (readiness) is INFO
+            }
+        )
         serve_log = open(tmp / "serve.log", "wb")
-        serve = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--components", "scp,worker,hl7"],
-                                 cwd=ROOT, env=env, stdout=serve_log, stderr=subprocess.STDOUT)
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--components", "scp,worker,hl7"],
+            cwd=ROOT,
+            env=env,
+            stdout=serve_log,
+            stderr=subprocess.STDOUT,
+        )
 
         def count(*conds) -> int:  # type: ignore[no-untyped-def]
             with sf() as s:
@@ -171,6 +185,7 @@ def main() -> int:
             return len(rx_log.read_text().splitlines()) if rx_log.exists() else 0
 
         try:
+
             def listening() -> bool:  # serve binds before it loads the model: wait for its start line
                 return STARTED_LINE in (tmp / "serve.log").read_text()
 
@@ -179,11 +194,16 @@ def main() -> int:
             burst = tmp / "burst"
             burst.mkdir()
             files = [ecg_file(sample, burst, SAMPLE_UID, i)[0] for i in range(args.n)]
-            groups = [files[i::args.associations] for i in range(args.associations)]
+            groups = [files[i :: args.associations] for i in range(args.associations)]
             t0, cpu0 = time.perf_counter(), cpu_seconds(serve.pid)
-            senders = [subprocess.Popen(["storescu", "-aet", "BENCH", "-aec", "ECGGW", "127.0.0.1", str(dicom_port),
-                                         *map(str, g)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-                       for g in groups]
+            senders = [
+                subprocess.Popen(
+                    ["storescu", "-aet", "BENCH", "-aec", "ECGGW", "127.0.0.1", str(dicom_port), *map(str, g)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.STDOUT,
+                )
+                for g in groups
+            ]
             for p in senders:
                 p.wait()
             t_sent = time.perf_counter() - t0
@@ -204,8 +224,11 @@ def main() -> int:
             for i in range(args.latency_n):
                 path, uid = ecg_file(sample, steady, SAMPLE_UID, args.n + i)
                 start = time.monotonic()
-                out = subprocess.run(["storescu", "-aet", "BENCH", "-aec", "ECGGW", "127.0.0.1", str(dicom_port),
-                                      str(path)], capture_output=True, text=True)
+                out = subprocess.run(
+                    ["storescu", "-aet", "BENCH", "-aec", "ECGGW", "127.0.0.1", str(dicom_port), str(path)],
+                    capture_output=True,
+                    text=True,
+                )
                 responded = utcnow()
                 if out.returncode != 0:
                     raise RuntimeError(out.stdout + out.stderr)
@@ -213,8 +236,11 @@ def main() -> int:
 
                 def done(uid: str = uid, processed_at: list = processed_at) -> bool:
                     with sf() as s:
-                        row = s.execute(select(EcgInstance.status, EcgInstance.processed_at)
-                                        .where(EcgInstance.sop_instance_uid == uid)).first()
+                        row = s.execute(
+                            select(EcgInstance.status, EcgInstance.processed_at).where(
+                                EcgInstance.sop_instance_uid == uid
+                            )
+                        ).first()
                     if row is not None and row.status == PROCESSED:
                         processed_at.append(row.processed_at)
                         return True
@@ -225,8 +251,11 @@ def main() -> int:
                 latencies.append(max((at - responded).total_seconds() * 1000, 0.0))
                 time.sleep(max(0.0, 1.0 - (time.monotonic() - start)))
             # (d) peak RSS
-            hwm_kb = next(int(line.split()[1]) for line in Path(f"/proc/{serve.pid}/status").read_text().splitlines()
-                          if line.startswith("VmHWM:"))
+            hwm_kb = next(
+                int(line.split()[1])
+                for line in Path(f"/proc/{serve.pid}/status").read_text().splitlines()
+                if line.startswith("VmHWM:")
+            )
         finally:
             serve.send_signal(signal.SIGTERM)
             try:
@@ -249,24 +278,44 @@ def main() -> int:
     e2e = args.n / t_processed
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     db = "PostgreSQL" if args.database_url else "SQLite"
-    print(f"end-to-end on {db}, micro-batch {args.batch_size}, threads {args.threads or 'all'}; "
-          f"load average {load} on {os.cpu_count()} CPUs")
+    print(
+        f"end-to-end on {db}, micro-batch {args.batch_size}, threads {args.threads or 'all'}; "
+        f"load average {load} on {os.cpu_count()} CPUs"
+    )
     print(f"(a) raw compiled call, batch {args.batch_size}:          {baseline:8.2f} ECG/s   [baseline]")
-    print(f"(b) burst {args.n} ECGs / {args.associations} associations -> processed: {e2e:8.2f} ECG/s   "
-          f"(b)/(a) = {e2e / baseline:.0%} (aim >= 80%); all sent after {t_sent:.1f} s")
+    print(
+        f"(b) burst {args.n} ECGs / {args.associations} associations -> processed: {e2e:8.2f} ECG/s   "
+        f"(b)/(a) = {e2e / baseline:.0%} (aim >= 80%); all sent after {t_sent:.1f} s"
+    )
     if t_delivered:
         print(f"(b) burst -> ORU^R01 acknowledged:             {args.n / t_delivered:8.2f} ECG/s")
-    print(f"(c) C-STORE response -> processed at ~1 ECG/s ({len(latencies)} ECGs): "
-          f"p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {latencies[-1]:.0f} ms")
+    print(
+        f"(c) C-STORE response -> processed at ~1 ECG/s ({len(latencies)} ECGs): "
+        f"p50 {p50:.0f} ms, p99 {p99:.0f} ms, max {latencies[-1]:.0f} ms"
+    )
     model_cpu_ms = 1000 / raw_per_cpu_s
-    print(f"(e) serve CPU per ECG in the burst: {serve_cpu_ms:.1f} ms; the raw call's {model_cpu_ms:.1f} ms; "
-          f"outside the model {serve_cpu_ms - model_cpu_ms:.1f} ms (aim <= 12 ms)")
+    print(
+        f"(e) serve CPU per ECG in the burst: {serve_cpu_ms:.1f} ms; the raw call's {model_cpu_ms:.1f} ms; "
+        f"outside the model {serve_cpu_ms - model_cpu_ms:.1f} ms (aim <= 12 ms)"
+    )
     print(f"(d) serve peak RSS (VmHWM): {hwm_kb / 1024:.0f} MB")
     if args.json:
-        print(json.dumps({"raw_ecg_s": baseline, "e2e_ecg_s": e2e, "e2e_delivered_ecg_s": args.n / t_delivered
-                          if t_delivered else None, "p50_ms": p50, "p99_ms": p99, "peak_rss_mb": hwm_kb / 1024,
-                          "serve_cpu_ms_per_ecg": serve_cpu_ms, "model_cpu_ms_per_ecg": model_cpu_ms,
-                          "database": db, "load": load}))
+        print(
+            json.dumps(
+                {
+                    "raw_ecg_s": baseline,
+                    "e2e_ecg_s": e2e,
+                    "e2e_delivered_ecg_s": args.n / t_delivered if t_delivered else None,
+                    "p50_ms": p50,
+                    "p99_ms": p99,
+                    "peak_rss_mb": hwm_kb / 1024,
+                    "serve_cpu_ms_per_ecg": serve_cpu_ms,
+                    "model_cpu_ms_per_ecg": model_cpu_ms,
+                    "database": db,
+                    "load": load,
+                }
+            )
+        )
     return 0
 
 

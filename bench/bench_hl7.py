@@ -54,14 +54,28 @@ AIM_MSG_PER_S = 200.0
 RECEIVER_JS = ROOT / "tests" / "peers" / "hl7_receiver.js"
 
 ECG = SimpleNamespace(
-    id=1, sop_instance_uid="2.25.1", patient_id="12^3", issuer_of_patient_id="HOSP",
-    patient_name="O'Brien^Anne-Marie^^Dr", patient_birth_date="19700101", patient_sex="F",
-    accession_number="ACC1", placer_order_number="PL1", filler_order_number="FI1", requested_procedure_id="RP1",
-    study_instance_uid="1.2.840.1.2", acquisition_datetime="20240102030405", error=None, status="processed",
+    id=1,
+    sop_instance_uid="2.25.1",
+    patient_id="12^3",
+    issuer_of_patient_id="HOSP",
+    patient_name="O'Brien^Anne-Marie^^Dr",
+    patient_birth_date="19700101",
+    patient_sex="F",
+    accession_number="ACC1",
+    placer_order_number="PL1",
+    filler_order_number="FI1",
+    requested_procedure_id="RP1",
+    study_instance_uid="1.2.840.1.2",
+    acquisition_datetime="20240102030405",
+    error=None,
+    status="processed",
 )
 PRED = SimpleNamespace(
     probabilities={"1dAVb": 0.61, "RBBB": 0.01, "LBBB": 0.002, "SB": 0.3, "AF": 0.95, "ST": 0.1},
-    findings=["1dAVb", "SB", "AF"], quality_flags=[], model_sha256="ab" * 32, demo_model=False,
+    findings=["1dAVb", "SB", "AF"],
+    quality_flags=[],
+    model_sha256="ab" * 32,
+    demo_model=False,
 )
 
 
@@ -156,15 +170,26 @@ def _sender_rate(database_url: str, cfg: Hl7Config, payload: str, n: int) -> flo
     engine = make_engine(database_url)
     factory = make_sessionmaker(engine)
     with factory() as s, s.begin():
-        ecg = EcgInstance(sop_instance_uid="2.25.1", sop_class_uid="1.2.840.10008.5.1.4.1.1.9.1.1",
-                          spool_path="/x", sha256="0" * 64, size_bytes=1)
+        ecg = EcgInstance(
+            sop_instance_uid="2.25.1",
+            sop_class_uid="1.2.840.10008.5.1.4.1.1.9.1.1",
+            spool_path="/x",
+            sha256="0" * 64,
+            size_bytes=1,
+        )
         s.add(ecg)
         s.flush()
         for i in range(n):
             cid = f"B{time.time_ns() % 10**9:09d}{i:010d}"[:20]
             # 50 patients: the per-patient ordering query is exercised
-            s.add(Hl7Message(ecg_id=ecg.id, control_id=cid, order_key=f"HOSP|P{i % 50}",
-                             payload=payload.replace("|BENCHCTRL|", f"|{cid}|")))
+            s.add(
+                Hl7Message(
+                    ecg_id=ecg.id,
+                    control_id=cid,
+                    order_key=f"HOSP|P{i % 50}",
+                    payload=payload.replace("|BENCHCTRL|", f"|{cid}|"),
+                )
+            )
     stop = threading.Event()
     thread = threading.Thread(target=run_sender, args=(factory, cfg, stop))
     t = time.perf_counter()
@@ -200,12 +225,14 @@ def main() -> None:
     plain_ms, plain_cpu = per_call_ms(lambda i: plain_er7(f"C{i}"), args.builds * 100)
     oru._shape_checks.cache_clear()  # the first message of a shape: hl7apy parses and validates the shape
     cold_ms, cold_cpu = per_call_ms(lambda i: (oru._shape_checks.cache_clear(), build_oru(ECG, PRED, cfg, "C")), 5)
-    print(f"(a) build + STRICT validate (hl7apy): {build_ms:8.2f} ms/message wall, {build_cpu:.2f} ms CPU   "
-          f"[first message of a shape: {cold_cpu:.1f} ms CPU]\n"
-          f"    before (field-by-field hl7apy, build_oru_reference, same output): {ref_ms:.2f} ms wall, "
-          f"{ref_cpu:.2f} ms CPU   speed-up {ref_cpu / build_cpu:,.0f}x (CPU)\n"
-          f"    plain string baseline (no validation): {plain_ms:.3f} ms wall, {plain_cpu:.3f} ms CPU   "
-          f"build/plain {build_cpu / plain_cpu:,.1f}x (CPU)")
+    print(
+        f"(a) build + STRICT validate (hl7apy): {build_ms:8.2f} ms/message wall, {build_cpu:.2f} ms CPU   "
+        f"[first message of a shape: {cold_cpu:.1f} ms CPU]\n"
+        f"    before (field-by-field hl7apy, build_oru_reference, same output): {ref_ms:.2f} ms wall, "
+        f"{ref_cpu:.2f} ms CPU   speed-up {ref_cpu / build_cpu:,.0f}x (CPU)\n"
+        f"    plain string baseline (no validation): {plain_ms:.3f} ms wall, {plain_cpu:.3f} ms CPU   "
+        f"build/plain {build_cpu / plain_cpu:,.1f}x (CPU)"
+    )
     need = STAGE_MULTIPLE * MODEL_ECG_PER_S
     plain_rate, fast_rate = 1000 / ref_cpu, 1000 / build_cpu
     print(
@@ -233,10 +260,12 @@ def main() -> None:
     import os
 
     print(f"    load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    print(f"(d) delivery vs model (~{MODEL_ECG_PER_S:.0f} ECG/s, quoted): {rate / MODEL_ECG_PER_S:.1f}x; "
-          f"aim {AIM_MSG_PER_S:.0f}/s: {'met' if rate > AIM_MSG_PER_S else 'NOT met'}; "
-          f"building alone allows {1000 / build_cpu:.0f} messages/s per core (CPU time) "
-          f"({1000 / build_cpu / MODEL_ECG_PER_S:.2f}x the model)")
+    print(
+        f"(d) delivery vs model (~{MODEL_ECG_PER_S:.0f} ECG/s, quoted): {rate / MODEL_ECG_PER_S:.1f}x; "
+        f"aim {AIM_MSG_PER_S:.0f}/s: {'met' if rate > AIM_MSG_PER_S else 'NOT met'}; "
+        f"building alone allows {1000 / build_cpu:.0f} messages/s per core (CPU time) "
+        f"({1000 / build_cpu / MODEL_ECG_PER_S:.2f}x the model)"
+    )
 
 
 if __name__ == "__main__":

@@ -65,8 +65,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=1.5, help="per measurement")
-    ap.add_argument("--rounds", type=int, default=6,
-                    help="interleaved rounds in shuffled order; the best of each case is kept (robust to other load)")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=6,
+        help="interleaved rounds in shuffled order; the best of each case is kept (robust to other load)",
+    )
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--model", help="HDF5 model file (default: a demo file written to a temporary directory)")
     args = ap.parse_args()
@@ -94,12 +98,13 @@ def main() -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             raw[size] = tf.function(lambda t: model(t, training=False), autograph=False).get_concrete_function(
-                tf.TensorSpec((size, 4096, 12), tf.float32))
+                tf.TensorSpec((size, 4096, 12), tf.float32)
+            )
     xt = {size: tf.constant(x[:size]) for size in raw}
 
     def predict_one_by_one() -> int:
         for i in range(2):
-            model.predict(x[i:i + 1], verbose=0)
+            model.predict(x[i : i + 1], verbose=0)
         return 2
 
     cases: dict[str, Callable[[], int]] = {
@@ -130,18 +135,24 @@ def main() -> int:
     print(
         f"model file: {path} (loader: {ens.members[0].loader}); TensorFlow {tf.__version__}, Keras {keras.__version__}"
     )
-    print(f"threads: intra-op {tf.config.threading.get_intra_op_parallelism_threads()}, "
-          f"inter-op {tf.config.threading.get_inter_op_parallelism_threads()}; micro-batch size {bs}; "
-          f"best of {args.rounds} rounds; load average {load} on {os.cpu_count()} CPUs")
+    print(
+        f"threads: intra-op {tf.config.threading.get_intra_op_parallelism_threads()}, "
+        f"inter-op {tf.config.threading.get_inter_op_parallelism_threads()}; micro-batch size {bs}; "
+        f"best of {args.rounds} rounds; load average {load} on {os.cpu_count()} CPUs"
+    )
     print(f"{'case':58} {'ECG/s':>7} {'vs raw':>7} {'vs ceil':>7} {'ECG/CPU-s':>9} {'vs raw':>7}")
     for name in cases:
-        print(f"{name:58} {best[name]:7.2f} {best[name] / baseline:7.0%} {best[name] / ceiling:7.0%} "
-              f"{best_cpu[name]:9.2f} {best_cpu[name] / baseline_cpu:7.0%}")
+        print(
+            f"{name:58} {best[name]:7.2f} {best[name] / baseline:7.0%} {best[name] / ceiling:7.0%} "
+            f"{best_cpu[name]:9.2f} {best_cpu[name] / baseline_cpu:7.0%}"
+        )
     print(f"{'(d) FLOP ceiling (' + how + f' = {peak:.0f} GFLOP/s)':58} {ceiling:7.2f}")
     name = f"(b) gateway Ensemble.predict, batch {bs}"
-    print(f"gateway at micro-batch {bs} / best raw compiled call: {best[name] / baseline:.1%} wall, "
-          f"{best_cpu[name] / baseline_cpu:.1%} CPU (aim >= 95%); "
-          f"vs model.predict per ECG: {best[name] / best['(a) keras model.predict, one ECG per call']:.1f}x")
+    print(
+        f"gateway at micro-batch {bs} / best raw compiled call: {best[name] / baseline:.1%} wall, "
+        f"{best_cpu[name] / baseline_cpu:.1%} CPU (aim >= 95%); "
+        f"vs model.predict per ECG: {best[name] / best['(a) keras model.predict, one ECG per call']:.1f}x"
+    )
     return 0
 
 

@@ -101,8 +101,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--cpu-time", action="store_true",
-                        help="measure single-process rates in CPU time (per core), not wall time")
+    parser.add_argument(
+        "--cpu-time", action="store_true", help="measure single-process rates in CPU time (per core), not wall time"
+    )
     args = parser.parse_args()
     global CPU_TIME
     CPU_TIME = args.cpu_time
@@ -122,8 +123,10 @@ def main() -> None:
     fast_parallel = parallel_rate(raw, args.workers, args.seconds, fast=True)
 
     naive_normalise = 1 / (1 / baseline - 1 / decode)  # the naive recipe's own part
-    print(f"sample: {len(raw)} bytes, 12 x 10000 at 1000 Hz; {os.cpu_count()} CPUs; load {os.getloadavg()[0]:.2f};"
-          f" single-process rates in {'CPU time (per core)' if CPU_TIME else 'wall time'}")
+    print(
+        f"sample: {len(raw)} bytes, 12 x 10000 at 1000 Hz; {os.cpu_count()} CPUs; load {os.getloadavg()[0]:.2f};"
+        f" single-process rates in {'CPU time (per core)' if CPU_TIME else 'wall time'}"
+    )
     print(f"(a) decode only (pydicom.dcmread)            {decode:8.1f} ECG/s  {1000 / decode:6.2f} ms")
     print(f"(b) naive dcmread+waveform_array+resample    {baseline:8.1f} ECG/s  {1000 / baseline:6.2f} ms  (baseline)")
     print(f"(c) normalise_dataset alone                  {alone:8.1f} ECG/s  {1000 / alone:6.2f} ms")

@@ -72,7 +72,9 @@ def send(port: int, groups: list[list[Path]]) -> tuple[float, float]:
     procs = [
         subprocess.Popen(
             ["storescu", "-v", "-nh", "-aet", "BENCH", "-aec", "ECGGW", "127.0.0.1", str(port), *map(str, g)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         for g in groups
     ]
@@ -146,8 +148,9 @@ def main() -> None:
     parser.add_argument("--associations", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=2, help="servers alternate; the best round of each counts")
     parser.add_argument("--database-url", default="")
-    parser.add_argument("--max-pdu", type=int, default=None,
-                        help="[dicom] max_pdu for every server (default: the config default)")
+    parser.add_argument(
+        "--max-pdu", type=int, default=None, help="[dicom] max_pdu for every server (default: the config default)"
+    )
     args = parser.parse_args()
 
     import logging
@@ -205,10 +208,15 @@ def main() -> None:
         engine.dispose()
 
     db = "SQLite (temp file)" if not args.database_url else "temporary database at " + args.database_url.split("@")[-1]
-    print(f"{args.n} x {mb / args.n * 1000:.0f} KB ECG (pydicom waveform_ecg.dcm), DCMTK storescu, database {db}, "
-          f"best of {args.rounds} alternating rounds, max PDU {DicomConfig(**pdu).max_pdu}")
-    print("load average (1, 5, 15 min): before {:.2f} {:.2f} {:.2f}, after {:.2f} {:.2f} {:.2f} on {} CPUs".format(
-        *load_before, *os.getloadavg(), os.cpu_count()))
+    print(
+        f"{args.n} x {mb / args.n * 1000:.0f} KB ECG (pydicom waveform_ecg.dcm), DCMTK storescu, database {db}, "
+        f"best of {args.rounds} alternating rounds, max PDU {DicomConfig(**pdu).max_pdu}"
+    )
+    print(
+        "load average (1, 5, 15 min): before {:.2f} {:.2f} {:.2f}, after {:.2f} {:.2f} {:.2f} on {} CPUs".format(
+            *load_before, *os.getloadavg(), os.cpu_count()
+        )
+    )
     print(f"{'scenario':<18} {'server':<8} {'inst/s':>8} {'MB/s':>7} {'CPU ms/inst':>12}")
     for scenario in scenarios:
         for server in servers:

@@ -59,8 +59,9 @@ def main() -> None:
     variants = [Variant(400, "SCPECG"), Variant(500, "MDC")]
 
     db_url = args.database_url or f"sqlite:///{tmp / 'gateway.db'}"
-    with started_gateway(tmp / "run", db_url, [str(model)], cfg.dicom.ae_title,
-                         config_path=str(ROOT / "config/gateway.toml")) as gw:
+    with started_gateway(
+        tmp / "run", db_url, [str(model)], cfg.dicom.ae_title, config_path=str(ROOT / "config/gateway.toml")
+    ) as gw:
         t_start = time.perf_counter()
         ensemble = load_ensemble([str(model)], batch_size=cfg.model.batch_size)
         t0 = time.perf_counter()
@@ -83,8 +84,10 @@ def main() -> None:
     print(f"N = {args.n} tracings, demo model, batch {cfg.model.batch_size}, {os.cpu_count()} CPUs")
     print(f"(a) direct check (baseline)      {direct_rate:8.1f} ECG/s")
     print(f"(b) encode to DICOM              {encode_rate:8.1f} ECG/s   ({encode_rate / direct_rate:.1f} x baseline)")
-    print(f"(c) DICOM round trip             {rt_rate:8.1f} ECG/s   ({rt_rate / direct_rate:.2f} x baseline); "
-          f"{done}/{args.n} processed")
+    print(
+        f"(c) DICOM round trip             {rt_rate:8.1f} ECG/s   ({rt_rate / direct_rate:.2f} x baseline); "
+        f"{done}/{args.n} processed"
+    )
     print(f"(d) gateway start-up            ~{startup_s:8.1f} s (overlapped with the direct model load)")
     full = startup_s + 827 / direct_rate + 827 / rt_rate
     print(f"(e) projection for 827 exams    ~{full:8.0f} s")

@@ -105,15 +105,20 @@ def serve(
     ctx: typer.Context,
     components: Annotated[
         str,
-        typer.Option(help="Comma-separated parts to run: scp, watch, worker, hl7, pacs, admin (watch: only with "
-                          "[ingest] watch_dir set; pacs: only with [pacs] "
-                          "enabled). Extra machines behind one PostgreSQL database and a shared spool run e.g. "
-                          "'worker,hl7'."),
+        typer.Option(
+            help="Comma-separated parts to run: scp, watch, worker, hl7, pacs, admin (watch: only with "
+            "[ingest] watch_dir set; pacs: only with [pacs] "
+            "enabled). Extra machines behind one PostgreSQL database and a shared spool run e.g. "
+            "'worker,hl7'."
+        ),
     ] = "scp,watch,worker,hl7,pacs,admin",
     fetch_model: Annotated[
         bool,
-        typer.Option("--fetch-model", help="When the configured model files are missing and are the published "
-                                           "ones, download them first (what ./dev serve does)."),
+        typer.Option(
+            "--fetch-model",
+            help="When the configured model files are missing and are the published "
+            "ones, download them first (what ./dev serve does).",
+        ),
     ] = False,
 ) -> None:
     """Run the gateway: DICOM SCP, worker, HL7 sender and admin web in one process.
@@ -148,12 +153,19 @@ def _fetch_missing_model(cfg: Config) -> None:
     if seeds is None:
         return
     try:  # the progress bar appears once bytes flow: offline, the one line below is all
-        files = fetch_model(cfg.model.url, cfg.model.md5, cfg.model.dir, include_seeds=seeds, progress=True,
-                            console=Console(stderr=True))
+        files = fetch_model(
+            cfg.model.url,
+            cfg.model.md5,
+            cfg.model.dir,
+            include_seeds=seeds,
+            progress=True,
+            console=Console(stderr=True),
+        )
     except FetchError as exc:
         text = str(exc)
-        typer.echo(f"no model file, and fetching it failed: {text}" + ("" if WAYS_ON in text else f"; {WAYS_ON}"),
-                   err=True)
+        typer.echo(
+            f"no model file, and fetching it failed: {text}" + ("" if WAYS_ON in text else f"; {WAYS_ON}"), err=True
+        )
         raise typer.Exit(1) from None
     for f in files:
         typer.echo(f"installed {f} (md5-checked archive from {cfg.model.url})", err=True)

@@ -280,9 +280,7 @@ class Hl7Config(_Section):
     #: PID-3.4: DICOM IssuerOfPatientID -> HL7 assigning authority (HD-1, at most
     #: 20 characters).  An issuer that is not listed is sent as it is, cut to 20
     #: characters (with a WARNING) when longer.
-    assigning_authorities: dict[
-        Annotated[str, Field(min_length=1, max_length=64)], Hl7Namespace
-    ] = {}
+    assigning_authorities: dict[Annotated[str, Field(min_length=1, max_length=64)], Hl7Namespace] = {}
     #: ORC-3/OBR-3 namespace (EI-2) of the gateway's own filler order number,
     #: sent when the ECG carries no Filler Order Number: ``<ecg id>^<namespace>``.
     filler_namespace: Hl7Namespace = "ECGGW"
@@ -472,7 +470,8 @@ def _parse_env_value(raw: str) -> Any:
 
 def _wants_text(section: str, key: str) -> bool:
     field = Config.model_fields.get(section) or next(
-        (f for f in Config.model_fields.values() if f.alias == section), None)
+        (f for f in Config.model_fields.values() if f.alias == section), None
+    )
     sub = getattr(field.annotation, "model_fields", {}).get(key) if field else None
     return sub is not None and sub.annotation is str
 
@@ -482,7 +481,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV or "__" not in name:
             continue
-        section, _, key = name[len(ENV_PREFIX):].partition("__")
+        section, _, key = name[len(ENV_PREFIX) :].partition("__")
         section, key = section.lower(), key.lower()
         # A text key keeps the text as given: an AE title "104" is not a number.
         out.setdefault(section, {})[key] = raw if _wants_text(section, key) else _parse_env_value(raw)
@@ -510,15 +509,17 @@ def env_warnings(environ: Mapping[str, str] | None = None) -> list[str]:
     known = setting_variables()
     out = []
     for name in sorted(environ):
-        if (not name.startswith(ENV_PREFIX) or "__" in name or name == CONFIG_ENV
-                or name.startswith(TEST_ENV_PREFIXES)):
+        if not name.startswith(ENV_PREFIX) or "__" in name or name == CONFIG_ENV or name.startswith(TEST_ENV_PREFIXES):
             continue
-        rest = name[len(ENV_PREFIX):]
+        rest = name[len(ENV_PREFIX) :]
         # ECG_GATEWAY_DICOM_PORT -> ECG_GATEWAY_DICOM__PORT: one underscore where two belong
         guesses = [f"{ENV_PREFIX}{rest[:i]}_{rest[i:]}" for i, c in enumerate(rest) if c == "_"]
         meant = next((g for g in guesses if g.upper() in known), None)
-        meant = meant.upper() if meant else next(iter(difflib.get_close_matches(
-            name.upper(), [*known, CONFIG_ENV], n=1, cutoff=0.8)), None)
+        meant = (
+            meant.upper()
+            if meant
+            else next(iter(difflib.get_close_matches(name.upper(), [*known, CONFIG_ENV], n=1, cutoff=0.8)), None)
+        )
         hint = f"did you mean {meant}?" if meant else f"settings are {ENV_PREFIX}<SECTION>__<KEY> (two underscores)"
         out.append(f"warning: environment variable {name} is not a setting and is ignored; {hint}")
     return out

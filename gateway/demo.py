@@ -29,15 +29,18 @@ import typer
 from gateway.cliconfig import config_from
 from gateway.timeutil import utcnow
 
-app = typer.Typer(help="Try the pipeline: a throwaway gateway with sample ECGs (`demo`), or send sample ECGs to a "
-                       "running gateway (`demo send`).")
+app = typer.Typer(
+    help="Try the pipeline: a throwaway gateway with sample ECGs (`demo`), or send sample ECGs to a "
+    "running gateway (`demo send`)."
+)
 
 #: Seconds the demo waits for its ECGs to be processed and their results delivered.
 RESULT_TIMEOUT_S = 300.0
 
 
-def send_samples(host: str, port: int, called_ae: str, count: int, calling_ae: str = "DEMOCART",
-                 echo: Any = print) -> tuple[list[str], int]:
+def send_samples(
+    host: str, port: int, called_ae: str, count: int, calling_ae: str = "DEMOCART", echo: Any = print
+) -> tuple[list[str], int]:
     """Send pydicom's sample ECG ``count`` times, each with new UIDs, over one
     association (pynetdicom, no DCMTK needed); ``echo`` gets one line per
     copy.  Returns (SOP Instance UIDs, how many were not answered 0x0000);
@@ -107,12 +110,16 @@ def summarise_oru(message: str) -> str:
     segments = [s for s in message.split("\r") if s]
     msh = next((s for s in segments if s.startswith("MSH")), "")
     pid = next((s for s in segments if s.startswith("PID")), "")
-    impressions = [_field(s, 5).split("^")[1] if "^" in _field(s, 5) else _field(s, 5)
-                   for s in segments if s.startswith("OBX|") and _field(s, 2) == "CWE"]
+    impressions = [
+        _field(s, 5).split("^")[1] if "^" in _field(s, 5) else _field(s, 5)
+        for s in segments
+        if s.startswith("OBX|") and _field(s, 2) == "CWE"
+    ]
     demo = any("DEMO" in _field(s, 5) for s in segments if s.startswith("OBX|"))
-    return (f"EHR received {_field(msh, 9)} MSH-10 {_field(msh, 10)}: patient {_field(pid, 3).split('^')[0]}, "
-            f"{len(segments)} segments, impressions: {', '.join(impressions) or 'none'}"
-            + (" [demo model]" if demo else ""))
+    return (
+        f"EHR received {_field(msh, 9)} MSH-10 {_field(msh, 10)}: patient {_field(pid, 3).split('^')[0]}, "
+        f"{len(segments)} segments, impressions: {', '.join(impressions) or 'none'}" + (" [demo model]" if demo else "")
+    )
 
 
 def ack_for(message: str) -> str:
@@ -120,8 +127,10 @@ def ack_for(message: str) -> str:
     msh = next((s for s in message.split("\r") if s.startswith("MSH")), "MSH|^~\\&")
     now = utcnow().strftime("%Y%m%d%H%M%S")
     control_id = _field(msh, 10)
-    return (f"MSH|^~\\&|{_field(msh, 5)}|{_field(msh, 6)}|{_field(msh, 3)}|{_field(msh, 4)}|{now}||ACK^R01^ACK|"
-            f"ACK{control_id}|P|2.5.1\rMSA|AA|{control_id}\r")
+    return (
+        f"MSH|^~\\&|{_field(msh, 5)}|{_field(msh, 6)}|{_field(msh, 3)}|{_field(msh, 4)}|{now}||ACK^R01^ACK|"
+        f"ACK{control_id}|P|2.5.1\rMSA|AA|{control_id}\r"
+    )
 
 
 class MllpPrinter(socketserver.ThreadingTCPServer):
@@ -169,15 +178,17 @@ def demo_config(home: Path, model: Path, hl7_port: int, token: str, dicom_port: 
     defaults otherwise; the site's config file is not read)."""
     from gateway.config import Config
 
-    return Config.model_validate({
-        "dicom": {"host": "127.0.0.1", "port": dicom_port or _free_port(), "min_free_disk_mb": 1},
-        "storage": {"database_url": f"sqlite:///{home / 'gateway.db'}", "spool_dir": str(home / "spool")},
-        "model": {"files": [str(model)], "dir": str(model.parent)},
-        "process": {"poll_interval_s": 0.2},
-        "hl7": {"host": "127.0.0.1", "port": hl7_port, "backoff_initial_s": 0.5, "backoff_max_s": 5},
-        "admin": {"host": "127.0.0.1", "port": admin_port or _free_port(), "token": token},
-        "logging": {"level": "WARNING"},
-    })
+    return Config.model_validate(
+        {
+            "dicom": {"host": "127.0.0.1", "port": dicom_port or _free_port(), "min_free_disk_mb": 1},
+            "storage": {"database_url": f"sqlite:///{home / 'gateway.db'}", "spool_dir": str(home / "spool")},
+            "model": {"files": [str(model)], "dir": str(model.parent)},
+            "process": {"poll_interval_s": 0.2},
+            "hl7": {"host": "127.0.0.1", "port": hl7_port, "backoff_initial_s": 0.5, "backoff_max_s": 5},
+            "admin": {"host": "127.0.0.1", "port": admin_port or _free_port(), "token": token},
+            "logging": {"level": "WARNING"},
+        }
+    )
 
 
 def _wait_for_results(cfg: Any, uids: list[str], timeout: float) -> list[dict[str, Any]] | None:
@@ -197,8 +208,10 @@ def _wait_for_results(cfg: Any, uids: list[str], timeout: float) -> list[dict[st
             with session_factory() as s:
                 ids = set(s.scalars(select(EcgInstance.id).where(EcgInstance.sop_instance_uid.in_(uids))))
                 rows = [r for r in ecg_rows(s, limit=len(uids) + 100) if r["id"] in ids]
-            if len(rows) == len(uids) and all(r["status"] in ("processed", "rejected", "failed")
-                                              and r["hl7_status"] in ("delivered", "failed") for r in rows):
+            if len(rows) == len(uids) and all(
+                r["status"] in ("processed", "rejected", "failed") and r["hl7_status"] in ("delivered", "failed")
+                for r in rows
+            ):
                 return rows
             time.sleep(0.3)
         return None
@@ -212,23 +225,39 @@ def _show(cfg: Any, count: int, home: Path) -> None:
     from gateway.serve import admin_url
 
     try:
-        print(f"\ndemo: sending {count} copies of pydicom's sample ECG (a real Mortara 12-lead recording) "
-              f"to {cfg.dicom.ae_title}@127.0.0.1:{cfg.dicom.port}", flush=True)
-        uids, failed = send_samples("127.0.0.1", cfg.dicom.port, cfg.dicom.ae_title, count,
-                                    echo=lambda line: print(f"  C-STORE {line}", flush=True))
+        print(
+            f"\ndemo: sending {count} copies of pydicom's sample ECG (a real Mortara 12-lead recording) "
+            f"to {cfg.dicom.ae_title}@127.0.0.1:{cfg.dicom.port}",
+            flush=True,
+        )
+        uids, failed = send_samples(
+            "127.0.0.1",
+            cfg.dicom.port,
+            cfg.dicom.ae_title,
+            count,
+            echo=lambda line: print(f"  C-STORE {line}", flush=True),
+        )
         rows = _wait_for_results(cfg, uids, RESULT_TIMEOUT_S)
         print(flush=True)
         if rows is None:
-            print(f"demo: not every ECG was processed and delivered within {RESULT_TIMEOUT_S:.0f} s; "
-                  "see `results list` below and the log above", flush=True)
+            print(
+                f"demo: not every ECG was processed and delivered within {RESULT_TIMEOUT_S:.0f} s; "
+                "see `results list` below and the log above",
+                flush=True,
+            )
         else:
             print_results_table(rows)
         url = admin_url(cfg.admin)
         print(f"\ndemo: web view {url} (log in with token {cfg.admin.token})", flush=True)
-        print(f"demo: API {url}api/ecgs (header 'Authorization: Bearer {cfg.admin.token}'); the table again: "
-              f"ECG_GATEWAY_STORAGE__DATABASE_URL={cfg.storage.database_url} ecg-gateway results list", flush=True)
-        print(f"demo: the untrained demo model gives meaningless findings. Ctrl-C stops the demo and removes "
-              f"{home}", flush=True)
+        print(
+            f"demo: API {url}api/ecgs (header 'Authorization: Bearer {cfg.admin.token}'); the table again: "
+            f"ECG_GATEWAY_STORAGE__DATABASE_URL={cfg.storage.database_url} ecg-gateway results list",
+            flush=True,
+        )
+        print(
+            f"demo: the untrained demo model gives meaningless findings. Ctrl-C stops the demo and removes {home}",
+            flush=True,
+        )
     except Exception as exc:  # noqa: BLE001 - tell the person, keep the gateway up for a look around
         print(f"demo: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
 
@@ -275,9 +304,13 @@ def run_demo(count: int = 3, *, dicom_port: int = 0, admin_port: int = 0, keep: 
         model = write_demo_model(home / "models" / "demo.hdf5", seed=0)
         cfg = demo_config(home, model, receiver.port, secrets.token_urlsafe(18), dicom_port, admin_port)
         print(f"demo: built-in EHR (MLLP) on 127.0.0.1:{receiver.port}; starting the gateway", flush=True)
-        code = serve.run(cfg, serve.COMPONENTS,
-                         on_started=lambda: threading.Thread(target=_show, args=(cfg, count, home), name="demo",
-                                                             daemon=True).start())
+        code = serve.run(
+            cfg,
+            serve.COMPONENTS,
+            on_started=lambda: threading.Thread(
+                target=_show, args=(cfg, count, home), name="demo", daemon=True
+            ).start(),
+        )
     except KeyboardInterrupt:
         code = 0
     finally:

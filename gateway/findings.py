@@ -57,18 +57,18 @@ TEST_SET_EXAMS = 827
 
 #: The findings in the model's output order (index k = output k).
 REGISTRY: tuple[Finding, ...] = (
-    Finding("1dAVb", "1st degree AV block", "270492004", "1DAVB_PROB", 0.124,
-            Table2(0.867, 0.929, 0.995, 0.897), 0.857, 28),
-    Finding("RBBB", "Right bundle branch block", "59118001", "RBBB_PROB", 0.07,
-            Table2(0.895, 1.00, 0.995, 0.944), 0.919, 34),
-    Finding("LBBB", "Left bundle branch block", "164909002", "LBBB_PROB", 0.05,
-            Table2(1.00, 1.00, 1.00, 1.00), 0.984, 30),
-    Finding("SB", "Sinus bradycardia", "426177001", "SB_PROB", 0.278,
-            Table2(0.833, 0.938, 0.996, 0.882), 0.833, 16),
-    Finding("AF", "Atrial fibrillation", "164889003", "AF_PROB", 0.39,
-            Table2(1.00, 0.769, 1.00, 0.870), 0.783, 13),
-    Finding("ST", "Sinus tachycardia", "427084000", "ST_PROB", 0.174,
-            Table2(0.947, 0.973, 0.997, 0.960), 0.947, 37),
+    Finding(
+        "1dAVb", "1st degree AV block", "270492004", "1DAVB_PROB", 0.124, Table2(0.867, 0.929, 0.995, 0.897), 0.857, 28
+    ),
+    Finding(
+        "RBBB", "Right bundle branch block", "59118001", "RBBB_PROB", 0.07, Table2(0.895, 1.00, 0.995, 0.944), 0.919, 34
+    ),
+    Finding(
+        "LBBB", "Left bundle branch block", "164909002", "LBBB_PROB", 0.05, Table2(1.00, 1.00, 1.00, 1.00), 0.984, 30
+    ),
+    Finding("SB", "Sinus bradycardia", "426177001", "SB_PROB", 0.278, Table2(0.833, 0.938, 0.996, 0.882), 0.833, 16),
+    Finding("AF", "Atrial fibrillation", "164889003", "AF_PROB", 0.39, Table2(1.00, 0.769, 1.00, 0.870), 0.783, 13),
+    Finding("ST", "Sinus tachycardia", "427084000", "ST_PROB", 0.174, Table2(0.947, 0.973, 0.997, 0.960), 0.947, 37),
 )
 
 #: The codes, in the model's output order.

@@ -111,9 +111,11 @@ def _json_formatter() -> logging.Formatter:
     from pythonjsonlogger.json import JsonFormatter
 
     # ensure_ascii: every non-ASCII character, and so every control character, is a \u escape
-    return JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s",
-                         rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
-                         json_ensure_ascii=True)
+    return JsonFormatter(
+        "%(asctime)s %(levelname)s %(name)s %(message)s",
+        rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+        json_ensure_ascii=True,
+    )
 
 
 def setup_logging(level: str = "INFO", fmt: LogFormat = "text", stream: TextIO | None = None) -> None:

@@ -42,9 +42,7 @@ def _escape_char(ch: str) -> str:
 def _escaped(text: str, backslash: bool) -> str:
     if text.isprintable() and not (backslash and "\\" in text):
         return text  # the common case: nothing to do
-    return "".join(
-        "\\\\" if ch == "\\" and backslash else ch if ch.isprintable() else _escape_char(ch) for ch in text
-    )
+    return "".join("\\\\" if ch == "\\" and backslash else ch if ch.isprintable() else _escape_char(ch) for ch in text)
 
 
 def quote(value: object, limit: int = QUOTE_LIMIT) -> str:

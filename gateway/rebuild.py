@@ -95,8 +95,11 @@ def stored_original(ecg: EcgInstance, spool_dir: str | Path) -> tuple[Path, byte
     return path, data
 
 
-def model_input_array(ecg: EcgInstance, spool_dir: str | Path, max_bytes: int = DEFAULT_MAX_DATASET_BYTES,
-                      ) -> np.ndarray:
+def model_input_array(
+    ecg: EcgInstance,
+    spool_dir: str | Path,
+    max_bytes: int = DEFAULT_MAX_DATASET_BYTES,
+) -> np.ndarray:
     """The exact float32 (4096, 12) array the model saw for ``ecg``.
 
     Rebuilt from the spooled original with the parameters recorded in the
@@ -121,7 +124,8 @@ def model_input_array(ecg: EcgInstance, spool_dir: str | Path, max_bytes: int = 
         raise RebuildError(
             f"ECG {ecg.id}: the model input rebuilt from the stored file does not match the one the model saw "
             f"(sha256 {input_sha256(signal)[:12]}... != {p.input_sha256[:12]}...): normaliser {then} made it, "
-            f"normaliser {normaliser_version()} runs now")
+            f"normaliser {normaliser_version()} runs now"
+        )
     return signal
 
 

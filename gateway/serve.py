@@ -146,8 +146,14 @@ class LoopComponent:
     immediate.  ``thread_name`` names the thread in log records.
     """
 
-    def __init__(self, name: str, loop: Callable[[threading.Event], None], *,
-                 wake: Callable[[], None] | None = None, thread_name: str | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        loop: Callable[[threading.Event], None],
+        *,
+        wake: Callable[[], None] | None = None,
+        thread_name: str | None = None,
+    ) -> None:
         self.name = name
         self._loop = loop
         self._wake = wake
@@ -202,8 +208,13 @@ class ScpComponent:
 
     name = "scp"
 
-    def __init__(self, cfg: Config, session_factory: sessionmaker[Session], bound: ScpServer,
-                 on_stored: Callable[[int], None] | None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        session_factory: sessionmaker[Session],
+        bound: ScpServer,
+        on_stored: Callable[[int], None] | None,
+    ) -> None:
         self._cfg = cfg
         self._session_factory = session_factory
         self._bound = bound
@@ -213,8 +224,9 @@ class ScpComponent:
     def start(self) -> None:
         from gateway.receive.scp import start_scp
 
-        start_scp(self._cfg.dicom, self._cfg.storage, self._session_factory, on_stored=self._on_stored,
-                  bound=self._bound)
+        start_scp(
+            self._cfg.dicom, self._cfg.storage, self._session_factory, on_stored=self._on_stored, bound=self._bound
+        )
         self.listening = True
 
     def stop(self) -> None:
@@ -231,13 +243,15 @@ class WatchComponent(LoopComponent):
     start (a :class:`StartError` when they cannot be), then it is polled on
     its own thread; a file being stored is finished before it stops."""
 
-    def __init__(self, cfg: Config, session_factory: sessionmaker[Session],
-                 on_stored: Callable[[int], None] | None) -> None:
+    def __init__(
+        self, cfg: Config, session_factory: sessionmaker[Session], on_stored: Callable[[int], None] | None
+    ) -> None:
         from gateway.receive.spool import StoreContext
         from gateway.receive.watch import WatchFolder
 
-        self._folder = WatchFolder(cfg.ingest, StoreContext.from_config(cfg.dicom, cfg.storage, session_factory),
-                                   on_stored)
+        self._folder = WatchFolder(
+            cfg.ingest, StoreContext.from_config(cfg.dicom, cfg.storage, session_factory), on_stored
+        )
         super().__init__("watch", self._folder.run)
 
     def start(self) -> None:
@@ -314,8 +328,7 @@ def _refuse(message: str, code: int) -> int:
     return code
 
 
-def run(cfg: Config, components: tuple[str, ...] = COMPONENTS,
-        on_started: Callable[[], None] | None = None) -> int:
+def run(cfg: Config, components: tuple[str, ...] = COMPONENTS, on_started: Callable[[], None] | None = None) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code.
 
     ``on_started`` is called once every component runs (``ecg-gateway demo``
@@ -384,8 +397,10 @@ class Serve:
     def health(self) -> dict[str, bool | str]:
         """What /healthz reports that only serve can see."""
         here = "not in this process"
-        return {"scp_listening": self.scp.listening if self.scp is not None else here,
-                "model_loaded": self.model_loaded if "worker" in self.names else here}
+        return {
+            "scp_listening": self.scp.listening if self.scp is not None else here,
+            "model_loaded": self.model_loaded if "worker" in self.names else here,
+        }
 
     def components(self, session_factory: sessionmaker[Session]) -> list[Component]:
         """Load the model and recover (with the worker), then the components
@@ -396,33 +411,51 @@ class Serve:
         if "hl7" in names and cfg.hl7.enabled:
             from gateway.deliver.sender import run_sender
 
-            out.append(LoopComponent("hl7", lambda stop: run_sender(session_factory, cfg.hl7, stop, hl7_wake),
-                                     wake=hl7_wake.set, thread_name="hl7-sender"))
+            out.append(
+                LoopComponent(
+                    "hl7",
+                    lambda stop: run_sender(session_factory, cfg.hl7, stop, hl7_wake),
+                    wake=hl7_wake.set,
+                    thread_name="hl7-sender",
+                )
+            )
         elif "hl7" in names:
             log.info("HL7 sender not started: [hl7] enabled = false")
         if "pacs" in names and cfg.pacs.enabled:
             from gateway.deliver.pacs import run_pacs_sender
 
-            out.append(LoopComponent("pacs", lambda stop: run_pacs_sender(session_factory, cfg, stop),
-                                     thread_name="pacs-sender"))
+            out.append(
+                LoopComponent(
+                    "pacs", lambda stop: run_pacs_sender(session_factory, cfg, stop), thread_name="pacs-sender"
+                )
+            )
         worker = None
         if "worker" in names:
             worker = self._worker(session_factory, on_outbox=hl7_wake.set)
             if cfg.storage.retention_days:  # the processes that read the spool also prune it, daily
                 from gateway.store.retention import run_daily
 
-                out.append(LoopComponent("retention", lambda stop: run_daily(
-                    session_factory, cfg.storage.spool_dir, cfg.storage.retention_days, stop)))
+                out.append(
+                    LoopComponent(
+                        "retention",
+                        lambda stop: run_daily(
+                            session_factory, cfg.storage.spool_dir, cfg.storage.retention_days, stop
+                        ),
+                    )
+                )
             out.append(LoopComponent("worker", worker.run, wake=worker.wake))
         if self.listeners.admin is not None:
             from gateway.admin.app import create_app, make_server
 
-            server = make_server(create_app(cfg, session_factory, self.health,
-                                            on_stored=worker.wake if worker is not None else None), cfg)
+            server = make_server(
+                create_app(cfg, session_factory, self.health, on_stored=worker.wake if worker is not None else None),
+                cfg,
+            )
             out.append(AdminComponent(server, self.listeners.admin, host_port(cfg.admin.host, cfg.admin.port)))
         if self.listeners.scp is not None:
-            self.scp = ScpComponent(cfg, session_factory, self.listeners.scp,
-                                    on_stored=worker.wake if worker is not None else None)
+            self.scp = ScpComponent(
+                cfg, session_factory, self.listeners.scp, on_stored=worker.wake if worker is not None else None
+            )
             out.append(self.scp)
         if "watch" in names and cfg.ingest.watch_dir:
             out.append(WatchComponent(cfg, session_factory, worker.wake if worker is not None else None))

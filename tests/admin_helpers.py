@@ -45,28 +45,57 @@ def npy(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _ecg(n: int, spool: Path, *, status: str, patient_id: str, name: str, accession: str | None,
-         error: str | None = None, sha256: str | None = None, size: int = 0) -> EcgInstance:
+def _ecg(
+    n: int,
+    spool: Path,
+    *,
+    status: str,
+    patient_id: str,
+    name: str,
+    accession: str | None,
+    error: str | None = None,
+    sha256: str | None = None,
+    size: int = 0,
+) -> EcgInstance:
     return EcgInstance(
-        sop_instance_uid=f"1.2.826.0.1.3680043.10.1.{n}", sop_class_uid="1.2.840.10008.5.1.4.1.1.9.1.1",
-        study_instance_uid=f"1.2.826.0.1.3680043.10.2.{n}", patient_id=patient_id, patient_name=name,
-        accession_number=accession, spool_path=str(spool), sha256=sha256 or "0" * 64, size_bytes=size,
-        status=status, error=error, received_at=T0 + timedelta(days=n - 1), calling_ae="CART1",
-        peer_address="127.0.0.1", manufacturer="Mortara",
+        sop_instance_uid=f"1.2.826.0.1.3680043.10.1.{n}",
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.9.1.1",
+        study_instance_uid=f"1.2.826.0.1.3680043.10.2.{n}",
+        patient_id=patient_id,
+        patient_name=name,
+        accession_number=accession,
+        spool_path=str(spool),
+        sha256=sha256 or "0" * 64,
+        size_bytes=size,
+        status=status,
+        error=error,
+        received_at=T0 + timedelta(days=n - 1),
+        calling_ae="CART1",
+        peer_address="127.0.0.1",
+        manufacturer="Mortara",
     )
 
 
-def _prediction(ecg: EcgInstance, probs: dict, signal: np.ndarray, report: dict, flags: list[str],
-                demo: bool = False) -> Prediction:
+def _prediction(
+    ecg: EcgInstance, probs: dict, signal: np.ndarray, report: dict, flags: list[str], demo: bool = False
+) -> Prediction:
     from gateway.normalise import input_sha256, normaliser_version
 
     findings = [c for c, p in probs.items() if p > PAPER_THRESHOLDS[c]]
     ecg.report = report  # the worker stores the report on the ECG, once
     return Prediction(
-        ecg=ecg, probabilities=probs, findings=findings, thresholds=dict(PAPER_THRESHOLDS),
-        model_files=[{"path": "models/model.hdf5", "sha256": MODEL_SHA, "demo": demo}], model_sha256=MODEL_SHA,
-        demo_model=demo, quality_flags=flags, input_sha256=input_sha256(signal),
-        normaliser_version=normaliser_version(), gateway_version="test", timings={"normalise_ms": 5.0},
+        ecg=ecg,
+        probabilities=probs,
+        findings=findings,
+        thresholds=dict(PAPER_THRESHOLDS),
+        model_files=[{"path": "models/model.hdf5", "sha256": MODEL_SHA, "demo": demo}],
+        model_sha256=MODEL_SHA,
+        demo_model=demo,
+        quality_flags=flags,
+        input_sha256=input_sha256(signal),
+        normaliser_version=normaliser_version(),
+        gateway_version="test",
+        timings={"normalise_ms": 5.0},
     )
 
 
@@ -78,9 +107,14 @@ def _probs(**high: float) -> dict[str, float]:
 
 def _msg(ecg: EcgInstance, n: int, status: str, ack: str | None = None, resend_of: int | None = None) -> Hl7Message:
     return Hl7Message(
-        ecg=ecg, control_id=f"CTRL{n}", order_key=ecg.patient_id or "none", status=status, ack=ack,
+        ecg=ecg,
+        control_id=f"CTRL{n}",
+        order_key=ecg.patient_id or "none",
+        status=status,
+        ack=ack,
         payload=f"MSH|^~\\&|ECGGW|ECGGW|EHR|HOSPITAL|20260101||ORU^R01^ORU_R01|CTRL{n}|P|2.5.1\rPID|||{ecg.patient_id}",
-        attempts=1 if status != "pending" else 0, resend_of=resend_of,
+        attempts=1 if status != "pending" else 0,
+        resend_of=resend_of,
     )
 
 
@@ -115,8 +149,16 @@ def seed(session_factory, sample_path: Path, spool_dir: Path) -> dict[str, int]:
     data = stored.read_bytes()
     signal, report, flags = model_input(sample_path)
     with session_factory() as s:
-        e1 = _ecg(1, stored.relative_to(spool_dir), status="processed", patient_id="P1", name="DOE^JANE",
-                  accession="A1", sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+        e1 = _ecg(
+            1,
+            stored.relative_to(spool_dir),
+            status="processed",
+            patient_id="P1",
+            name="DOE^JANE",
+            accession="A1",
+            sha256=hashlib.sha256(data).hexdigest(),
+            size=len(data),
+        )
         _prediction(e1, _probs(AF=0.91), signal, report, flags)
         # the sample's own header values and cart reading (what the worker stores)
         e1.patient_birth_date, e1.patient_sex, e1.acquisition_datetime = "19710123", "F", "20130125105919"
@@ -127,16 +169,41 @@ def seed(session_factory, sample_path: Path, spool_dir: Path) -> dict[str, int]:
         copy2 = spool_dir / "2026/01/02/sample.dcm"  # the page draws its trace from the spooled original
         copy2.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(sample_path, copy2)
-        e2 = _ecg(2, copy2, status="processed", patient_id="P2", name=XSS_NAME, accession="A2",
-                  sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+        e2 = _ecg(
+            2,
+            copy2,
+            status="processed",
+            patient_id="P2",
+            name=XSS_NAME,
+            accession="A2",
+            sha256=hashlib.sha256(data).hexdigest(),
+            size=len(data),
+        )
         _prediction(e2, _probs(RBBB=0.8, LBBB=0.6), signal, report, ["V1: flat line"], demo=True)
         _msg(e2, 2, "superseded")
-        e3 = _ecg(3, spool_dir / "x3.dcm", status="rejected", patient_id="P1", name="DOE^JANE", accession="A3",
-                  error="recording too short: 4.0 s < 8.0 s")
-        e3.report = {"source": {"sampling_frequency_hz": 500.0, "duration_s": 4.0, "channels": 12},
-                     "leads_found": ["I", "II"], "units": ["uV"]}
-        e4 = _ecg(4, spool_dir / "x4.dcm", status="failed", patient_id="P3", name="ROE^RICHARD", accession=None,
-                  error="RuntimeError: boom")
+        e3 = _ecg(
+            3,
+            spool_dir / "x3.dcm",
+            status="rejected",
+            patient_id="P1",
+            name="DOE^JANE",
+            accession="A3",
+            error="recording too short: 4.0 s < 8.0 s",
+        )
+        e3.report = {
+            "source": {"sampling_frequency_hz": 500.0, "duration_s": 4.0, "channels": 12},
+            "leads_found": ["I", "II"],
+            "units": ["uV"],
+        }
+        e4 = _ecg(
+            4,
+            spool_dir / "x4.dcm",
+            status="failed",
+            patient_id="P3",
+            name="ROE^RICHARD",
+            accession=None,
+            error="RuntimeError: boom",
+        )
         e5 = _ecg(5, spool_dir / "x5.dcm", status="processing", patient_id="P3", name="ROE^RICHARD", accession="A5")
         e6 = _ecg(6, spool_dir / "x6.dcm", status="processed", patient_id="P4", name="POE^EDGAR", accession="A6")
         _prediction(e6, _probs(), signal, report, [])
@@ -145,8 +212,16 @@ def seed(session_factory, sample_path: Path, spool_dir: Path) -> dict[str, int]:
         s.flush()
         s.add(_msg(e2, 22, "pending", resend_of=e2.messages[0].id))
         s.commit()
-        return {"e1": e1.id, "e2": e2.id, "e3": e3.id, "e4": e4.id, "e5": e5.id, "e6": e6.id,
-                "m1": e1_msg.id, "m2": e2.messages[0].id}
+        return {
+            "e1": e1.id,
+            "e2": e2.id,
+            "e3": e3.id,
+            "e4": e4.id,
+            "e5": e5.id,
+            "e6": e6.id,
+            "m1": e1_msg.id,
+            "m2": e2.messages[0].id,
+        }
 
 
 @dataclass
@@ -197,8 +272,15 @@ def login_csrf(client) -> str:  # type: ignore[no-untyped-def]
     return match.group(1)
 
 
-def web_login(client, token: str | None = None, next_: str = "/ecgs", *, username: str = "",  # type: ignore[no-untyped-def]
-              password: str | None = None, **kwargs):
+def web_login(
+    client,
+    token: str | None = None,
+    next_: str = "/ecgs",
+    *,
+    username: str = "",  # type: ignore[no-untyped-def]
+    password: str | None = None,
+    **kwargs,
+):
     """Log in through the form as a browser does: GET /login, then POST it with its
     CSRF token; the bootstrap ``token`` when no ``username`` is given."""
     from gateway.admin.auth import LOGIN_CSRF_COOKIE
@@ -207,8 +289,12 @@ def web_login(client, token: str | None = None, next_: str = "/ecgs", *, usernam
     # a Secure cookie (cookie_secure = "always") is not sent back over the test's plain http
     client.cookies.delete(LOGIN_CSRF_COOKIE)
     client.cookies.set(LOGIN_CSRF_COOKIE, csrf)
-    data = {"next": next_, "csrf_token": csrf, "username": username,
-            "password": password if password is not None else (token or "")}
+    data = {
+        "next": next_,
+        "csrf_token": csrf,
+        "username": username,
+        "password": password if password is not None else (token or ""),
+    }
     return client.post("/login", data=data, follow_redirects=False, **kwargs)
 
 

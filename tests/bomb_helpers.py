@@ -44,7 +44,7 @@ def _meta_and_body(sample_path: Path, transfer_syntax: str, uid: str) -> tuple[b
     fp = io.BytesIO(raw)
     read_preamble(fp, False)
     _read_file_meta_info(fp)
-    body = raw[fp.tell():]
+    body = raw[fp.tell() :]
     ds.file_meta.TransferSyntaxUID = transfer_syntax
     meta = io.BytesIO()
     meta.write(b"\0" * 128 + b"DICM")
@@ -124,8 +124,12 @@ def start_sender(port: int, path: Path, *, aet: str = "BOMBER", aec: str = "ECGG
     queues a whole data set in the sender's memory, which must not count as
     the gateway's), proposing Explicit and Deflated Explicit VR LE in
     separate presentation contexts.  :func:`sender_result` reads the outcome."""
-    return subprocess.Popen([sys.executable, __file__, str(port), str(path), aet, aec], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    return subprocess.Popen(
+        [sys.executable, __file__, str(port), str(path), aet, aec],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
 
 
 def sender_result(proc: subprocess.Popen, timeout: float = 120) -> Sent:

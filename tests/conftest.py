@@ -69,7 +69,8 @@ pytest_plugins = ["admin_helpers"]
 PG_URL = os.environ.get("ECG_GATEWAY_TEST_DATABASE_URL", "")
 #: Parameters for a fixture that runs once per database kind; the PostgreSQL one is marked ``postgresql``.
 DB_KINDS = [pytest.param("sqlite", id="sqlite")] + (
-    [pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgresql)] if PG_URL else [])
+    [pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgresql)] if PG_URL else []
+)
 #: A test outside ``slow`` that takes longer than this (call phase) is named in the run's summary.
 FAST_TEST_BUDGET_S = 5.0
 
@@ -83,6 +84,7 @@ def sample_path() -> Path:
 
 
 # -- databases -------------------------------------------------------------------------------------
+
 
 def _pg_database(base_url: str, template: str | None = None) -> Iterator[str]:
     """Yield the URL of a new PostgreSQL database (a copy of ``template`` if given); dropped afterwards."""
@@ -275,13 +277,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # ty
             over.append((report.duration, report.nodeid))
     if over:
         terminalreporter.section("fast-tier tests over budget")
-        terminalreporter.write_line(f"not marked slow, yet over {FAST_TEST_BUDGET_S:.0f} s "
-                                    "(mark them @pytest.mark.slow or make them faster):")
+        terminalreporter.write_line(
+            f"not marked slow, yet over {FAST_TEST_BUDGET_S:.0f} s (mark them @pytest.mark.slow or make them faster):"
+        )
         for duration, nodeid in sorted(over, reverse=True):
             terminalreporter.write_line(f"  {duration:6.1f}s {nodeid}")
 
 
 # -- other shared fixtures -------------------------------------------------------------------------
+
 
 def free_port() -> int:
     with socket.socket() as s:

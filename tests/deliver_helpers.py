@@ -30,8 +30,13 @@ FINDINGS_ABOVE = ["1dAVb", "SB", "AF"]
 def hl7_config(port: int, **overrides: Any) -> Hl7Config:
     """Fast timings for tests (no wall-clock assertions depend on them)."""
     values: dict[str, Any] = dict(
-        host="127.0.0.1", port=port, connect_timeout=1.0, ack_timeout=1.0,
-        backoff_initial_s=0.05, backoff_max_s=0.2, max_attempts=3,
+        host="127.0.0.1",
+        port=port,
+        connect_timeout=1.0,
+        ack_timeout=1.0,
+        backoff_initial_s=0.05,
+        backoff_max_s=0.2,
+        max_attempts=3,
     )
     values.update(overrides)
     return Hl7Config(**values)
@@ -41,21 +46,41 @@ def make_ecg(session, *, prediction: bool = True, **fields: Any) -> EcgInstance:
     """An ECG row (and its Prediction unless ``prediction=False``); flushed, not committed."""
     sop = fields.pop("sop_instance_uid", f"2.25.{uuid.uuid4().int}")
     values: dict[str, Any] = dict(
-        sop_instance_uid=sop, sop_class_uid="1.2.840.10008.5.1.4.1.1.9.1.1",
-        study_instance_uid=f"2.25.{uuid.uuid4().int}", patient_id="PAT1", issuer_of_patient_id="HOSP",
-        patient_name="Doe^John", patient_birth_date="19600101", patient_sex="M", accession_number="ACC1",
-        placer_order_number="PLACER1", filler_order_number="FILLER1", requested_procedure_id="RP1",
-        acquisition_datetime="20240102030405", spool_path="/nonexistent.dcm", sha256="0" * 64, size_bytes=1,
+        sop_instance_uid=sop,
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.9.1.1",
+        study_instance_uid=f"2.25.{uuid.uuid4().int}",
+        patient_id="PAT1",
+        issuer_of_patient_id="HOSP",
+        patient_name="Doe^John",
+        patient_birth_date="19600101",
+        patient_sex="M",
+        accession_number="ACC1",
+        placer_order_number="PLACER1",
+        filler_order_number="FILLER1",
+        requested_procedure_id="RP1",
+        acquisition_datetime="20240102030405",
+        spool_path="/nonexistent.dcm",
+        sha256="0" * 64,
+        size_bytes=1,
         status="processed",
     )
     values.update(fields)
     ecg = EcgInstance(**values)
     session.add(ecg)
     if prediction:
-        session.add(Prediction(
-            ecg=ecg, probabilities=dict(PROBS), findings=list(FINDINGS_ABOVE), thresholds={}, model_files=[],
-            model_sha256="ab" * 32, demo_model=False, quality_flags=[], gateway_version="test",
-        ))
+        session.add(
+            Prediction(
+                ecg=ecg,
+                probabilities=dict(PROBS),
+                findings=list(FINDINGS_ABOVE),
+                thresholds={},
+                model_files=[],
+                model_sha256="ab" * 32,
+                demo_model=False,
+                quality_flags=[],
+                gateway_version="test",
+            )
+        )
     session.flush()
     return ecg
 
@@ -71,8 +96,15 @@ class Receiver:
     """An npm receiver in a child process: simple-hl7 (tests/peers/hl7_receiver.js,
     every mode) or node-hl7-server (tests/peers/hl7_server_receiver.js: AA/AE/AR)."""
 
-    def __init__(self, port: int, log: Path, modes: str = "AA", matches: dict[str, str] | None = None,
-                 tls: tuple[Path, Path] | None = None, package: str = "simple-hl7") -> None:
+    def __init__(
+        self,
+        port: int,
+        log: Path,
+        modes: str = "AA",
+        matches: dict[str, str] | None = None,
+        tls: tuple[Path, Path] | None = None,
+        package: str = "simple-hl7",
+    ) -> None:
         require_receiver(package)
         self.port, self.log = port, log
         args = ["node", str(RECEIVERS[package]), str(port), str(log), modes]
@@ -109,8 +141,14 @@ class Receiver:
 
 
 @contextmanager
-def receiver(port: int, log: Path, modes: str = "AA", matches: dict[str, str] | None = None,
-             tls: tuple[Path, Path] | None = None, package: str = "simple-hl7") -> Iterator[Receiver]:
+def receiver(
+    port: int,
+    log: Path,
+    modes: str = "AA",
+    matches: dict[str, str] | None = None,
+    tls: tuple[Path, Path] | None = None,
+    package: str = "simple-hl7",
+) -> Iterator[Receiver]:
     r = Receiver(port, log, modes, matches, tls, package)
     try:
         yield r

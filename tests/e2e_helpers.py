@@ -50,8 +50,13 @@ def _serve_started(proc: subprocess.Popen | None) -> bool:
         return STARTED_LINE.encode() in f.read()
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 120.0, interval: float = 0.2, what: str = "",
-               procs: Iterable[subprocess.Popen] = ()) -> None:
+def wait_until(
+    predicate: Callable[[], bool],
+    timeout: float = 120.0,
+    interval: float = 0.2,
+    what: str = "",
+    procs: Iterable[subprocess.Popen] = (),
+) -> None:
     """Poll ``predicate``; fail at once if one of ``procs`` has exited."""
     deadline = time.monotonic() + timeout
     procs = list(procs)
@@ -68,18 +73,20 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 120.0, interval: 
 def gateway_env(tmp: Path, db_url: str, model: Path, dicom_port: int, admin_port: int, **extra: str) -> dict[str, str]:
     """Environment for a `serve` subprocess: everything under ``tmp``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ECG_GATEWAY_")}
-    env.update({
-        "ECG_GATEWAY_STORAGE__DATABASE_URL": db_url,
-        "ECG_GATEWAY_STORAGE__SPOOL_DIR": str(tmp / "spool"),
-        "ECG_GATEWAY_MODEL__FILES": f'["{model}"]',
-        "ECG_GATEWAY_DICOM__PORT": str(dicom_port),
-        "ECG_GATEWAY_DICOM__MIN_FREE_DISK_MB": "1",
-        "ECG_GATEWAY_ADMIN__PORT": str(admin_port),
-        "ECG_GATEWAY_ADMIN__TOKEN": "test-token-0123456789",
-        "ECG_GATEWAY_HL7__ENABLED": "false",
-        "ECG_GATEWAY_PROCESS__POLL_INTERVAL_S": "0.2",
-        "ECG_GATEWAY_LOGGING__LEVEL": "INFO",
-    })
+    env.update(
+        {
+            "ECG_GATEWAY_STORAGE__DATABASE_URL": db_url,
+            "ECG_GATEWAY_STORAGE__SPOOL_DIR": str(tmp / "spool"),
+            "ECG_GATEWAY_MODEL__FILES": f'["{model}"]',
+            "ECG_GATEWAY_DICOM__PORT": str(dicom_port),
+            "ECG_GATEWAY_DICOM__MIN_FREE_DISK_MB": "1",
+            "ECG_GATEWAY_ADMIN__PORT": str(admin_port),
+            "ECG_GATEWAY_ADMIN__TOKEN": "test-token-0123456789",
+            "ECG_GATEWAY_HL7__ENABLED": "false",
+            "ECG_GATEWAY_PROCESS__POLL_INTERVAL_S": "0.2",
+            "ECG_GATEWAY_LOGGING__LEVEL": "INFO",
+        }
+    )
     env.update(extra)
     return env
 
@@ -87,8 +94,14 @@ def gateway_env(tmp: Path, db_url: str, model: Path, dicom_port: int, admin_port
 def start_serve(env: dict[str, str], log_path: Path, *args: str) -> subprocess.Popen:
     offset = log_path.stat().st_size if log_path.exists() else 0
     log = open(log_path, "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", *args], cwd=ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     proc.log_path, proc.log_offset = log_path, offset  # type: ignore[attr-defined] # for wait_for_port
     return proc
 
@@ -107,8 +120,15 @@ _SENT = re.compile(r"Sending Store Request: MsgID \d+, \((\w+)\)|Sending file: (
 _STATUS = re.compile(r"Received Store Response \(([^)]*)\)")
 
 
-def storescu(files: Iterable[Path], port: int, *, aet: str = "TESTCART", aec: str = "ECGGW",
-             extra: Iterable[str] = (), timeout: float = 300) -> tuple[list[tuple[str, str]], str]:
+def storescu(
+    files: Iterable[Path],
+    port: int,
+    *,
+    aet: str = "TESTCART",
+    aec: str = "ECGGW",
+    extra: Iterable[str] = (),
+    timeout: float = 300,
+) -> tuple[list[tuple[str, str]], str]:
     """Send files with DCMTK storescu over one association.
 
     storescu exits 0 even when a store failed, so the per-file outcome is read

@@ -90,6 +90,7 @@ class TcpProxy:
 
 # -- /proc ---------------------------------------------------------------------
 
+
 def proc_status_kb(pid: int, field_name: str) -> int:
     """A ``kB`` field of /proc/<pid>/status (VmRSS, VmHWM, ...)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -134,19 +135,23 @@ class ResourceSampler:
     def growth(self, warmup_fraction: float = 0.3) -> dict[str, float]:
         """RSS (MB) and fds: the median of the first window after warm-up
         against the median of the last window (each a fifth of the run)."""
-        after = self.samples[int(len(self.samples) * warmup_fraction):]
+        after = self.samples[int(len(self.samples) * warmup_fraction) :]
         k = max(len(after) // 5, 1)
         first, last = after[:k], after[-k:]
         med = lambda rows, i: statistics.median(r[i] for r in rows)  # noqa: E731
         return {
-            "rss_start_mb": med(first, 1) / 1024, "rss_end_mb": med(last, 1) / 1024,
+            "rss_start_mb": med(first, 1) / 1024,
+            "rss_end_mb": med(last, 1) / 1024,
             "rss_max_mb": max(r[1] for r in self.samples) / 1024,
-            "fds_start": med(first, 2), "fds_end": med(last, 2), "fds_max": max(r[2] for r in self.samples),
+            "fds_start": med(first, 2),
+            "fds_end": med(last, 2),
+            "fds_max": max(r[2] for r in self.samples),
             "samples": len(self.samples),
         }
 
 
 # -- ECGs and storescu -----------------------------------------------------------
+
 
 def ecg_copies(sample_path: Path, folder: Path, n: int, prefix: str = "ecg") -> dict[Path, tuple[str, str]]:
     """``n`` copies of the sample with fresh SOP/Series/Study UIDs:
@@ -181,11 +186,16 @@ def store_outcomes(storescu_output: str) -> dict[str, str]:
 
 
 def start_storescu(files: Iterable[Path], port: int, aet: str = "TESTCART") -> subprocess.Popen:
-    return subprocess.Popen(["storescu", "-v", "-aet", aet, "-aec", "ECGGW", "127.0.0.1", str(port), *map(str, files)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        ["storescu", "-v", "-aet", aet, "-aec", "ECGGW", "127.0.0.1", str(port), *map(str, files)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 # -- database ------------------------------------------------------------------
+
 
 def ecg_status_counts(session_factory) -> dict[str, int]:  # type: ignore[no-untyped-def]
     with session_factory() as s:

@@ -41,6 +41,7 @@ import ecg_variants as variants
 
 FUZZ_DIR = Path(__file__).parent / "fixtures" / "fuzz"
 
+
 #: DIMSE statuses a C-STORE answer may carry (success, warning, out of
 #: resources, does not match SOP class, cannot understand).  0x0110
 #: "processing failure" is deliberately absent: the gateway returns it only
@@ -115,6 +116,7 @@ def _set_all_channels(keyword: str, value: str | int | bytes) -> Callable[[Datas
         for channel in variants.rhythm(out).ChannelDefinitionSequence:
             put_raw(channel, keyword, value)
         return out
+
     return build
 
 
@@ -123,6 +125,7 @@ def _set_group(keyword: str, value: str | int | bytes) -> Callable[[Dataset], Da
         out = copy.deepcopy(ds)
         put_raw(variants.rhythm(out), keyword, value)
         return out
+
     return build
 
 
@@ -134,6 +137,7 @@ def _del_in_channels(keyword: str, only_first: bool = False) -> Callable[[Datase
             if keyword in channel:
                 delattr(channel, keyword)
         return out
+
     return build
 
 
@@ -142,6 +146,7 @@ def _del_group(keyword: str) -> Callable[[Dataset], Dataset]:
         out = copy.deepcopy(ds)
         delattr(variants.rhythm(out), keyword)
         return out
+
     return build
 
 
@@ -150,6 +155,7 @@ def _del_top(keyword: str) -> Callable[[Dataset], Dataset]:
         out = copy.deepcopy(ds)
         delattr(out, keyword)
         return out
+
     return build
 
 
@@ -160,6 +166,7 @@ def _truncate_data(fraction: float) -> Callable[[Dataset], Dataset]:
         data = bytes(group.WaveformData)
         group.WaveformData = data[: int(len(data) * fraction) & ~1]
         return out
+
     return build
 
 
@@ -171,6 +178,7 @@ def _uid(value: str) -> Callable[[Dataset], Dataset]:
             out.SOPInstanceUID = value
             out.file_meta.MediaStorageSOPInstanceUID = value
         return out
+
     return build
 
 
@@ -285,11 +293,29 @@ def structural_cases() -> list[Case]:
 #: Tags (group, element) whose explicit-VR headers are targets: counts,
 #: rates, sequences, sensitivities, UIDs, the samples.
 TARGET_TAGS = [
-    (0x003A, 0x0005), (0x003A, 0x0010), (0x003A, 0x001A), (0x003A, 0x0200), (0x003A, 0x0208),
-    (0x003A, 0x0210), (0x003A, 0x0211), (0x003A, 0x0212), (0x003A, 0x0213), (0x003A, 0x021A),
-    (0x5400, 0x0100), (0x5400, 0x1004), (0x5400, 0x1006), (0x5400, 0x1010), (0x5400, 0x100A),
-    (0x0008, 0x0016), (0x0008, 0x0018), (0x0010, 0x0010), (0x0010, 0x0020), (0x0040, 0xB020),
-    (0x0008, 0x0005), (0x0002, 0x0010), (0x0002, 0x0000),
+    (0x003A, 0x0005),
+    (0x003A, 0x0010),
+    (0x003A, 0x001A),
+    (0x003A, 0x0200),
+    (0x003A, 0x0208),
+    (0x003A, 0x0210),
+    (0x003A, 0x0211),
+    (0x003A, 0x0212),
+    (0x003A, 0x0213),
+    (0x003A, 0x021A),
+    (0x5400, 0x0100),
+    (0x5400, 0x1004),
+    (0x5400, 0x1006),
+    (0x5400, 0x1010),
+    (0x5400, 0x100A),
+    (0x0008, 0x0016),
+    (0x0008, 0x0018),
+    (0x0010, 0x0010),
+    (0x0010, 0x0020),
+    (0x0040, 0xB020),
+    (0x0008, 0x0005),
+    (0x0002, 0x0010),
+    (0x0002, 0x0000),
 ]
 VRS = [b"SQ", b"OB", b"OW", b"UN", b"UT", b"US", b"UL", b"DS", b"IS", b"FD", b"AT", b"ZZ", b"\x00\x00"]
 ABSURD_U32 = [0, 1, 2, 0x7FFF, 0xFFFF, 2**31 - 1, 2**31, 2**32 - 2, 2**32 - 1]
@@ -405,6 +431,7 @@ def with_new_uid(data: bytes, serial: int) -> bytes:
 
 
 # -- regression fixtures -----------------------------------------------------
+
 
 def regression_cases(fixture: str) -> list[tuple[str, str, bytes]]:
     """(name, what was found, bytes) of each entry of ``fixtures/fuzz/<fixture>``:

@@ -35,8 +35,10 @@ def rewrite_as_keras_224(path: Path) -> None:
             if layer["class_name"] != "InputLayer":
                 conf.pop("dtype", None)  # 2.2.4 wrote dtype only on the input layer
             if "kernel_initializer" in conf:  # he_normal as 2.2.4 spelled it
-                conf["kernel_initializer"] = {"class_name": "VarianceScaling", "config": {
-                    "scale": 2.0, "mode": "fan_in", "distribution": "normal", "seed": None}}
+                conf["kernel_initializer"] = {
+                    "class_name": "VarianceScaling",
+                    "config": {"scale": 2.0, "mode": "fan_in", "distribution": "normal", "seed": None},
+                }
             if layer["class_name"] == "BatchNormalization":
                 conf["axis"] = -1
         inp = cfg["config"]["layers"][0]

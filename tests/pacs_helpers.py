@@ -34,13 +34,27 @@ class Orthanc:
         self.proc: subprocess.Popen[bytes] | None = None
         folder.mkdir(parents=True, exist_ok=True)
         self.config = folder / "orthanc.json"
-        self.config.write_text(json.dumps({
-            "Name": "ecg-gateway-test", "StorageDirectory": str(folder / "storage"),
-            "IndexDirectory": str(folder / "index"), "DicomAet": AET, "DicomPort": self.dicom_port,
-            "HttpPort": self.http_port, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
-            "DicomCheckCalledAet": True, "DicomAlwaysAllowStore": True, "Plugins": [], "HttpServerEnabled": True,
-            "DicomServerEnabled": True, "StorageCompression": False, "ConcurrentJobs": 1,
-        }))
+        self.config.write_text(
+            json.dumps(
+                {
+                    "Name": "ecg-gateway-test",
+                    "StorageDirectory": str(folder / "storage"),
+                    "IndexDirectory": str(folder / "index"),
+                    "DicomAet": AET,
+                    "DicomPort": self.dicom_port,
+                    "HttpPort": self.http_port,
+                    "RemoteAccessAllowed": False,
+                    "AuthenticationEnabled": False,
+                    "DicomCheckCalledAet": True,
+                    "DicomAlwaysAllowStore": True,
+                    "Plugins": [],
+                    "HttpServerEnabled": True,
+                    "DicomServerEnabled": True,
+                    "StorageCompression": False,
+                    "ConcurrentJobs": 1,
+                }
+            )
+        )
 
     @property
     def url(self) -> str:

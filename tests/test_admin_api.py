@@ -21,10 +21,12 @@ PHI = ("DOE^JANE", "DOE, JANE", "ROE^RICHARD", "ROE, RICHARD", "P1", "A1")  # na
 
 
 def make_cfg(db_url, tmp_path, token=TOKEN, **admin):
-    return Config.model_validate({
-        "storage": {"database_url": db_url, "spool_dir": str(tmp_path / "spool")},
-        "admin": {"token": token, **admin},
-    })
+    return Config.model_validate(
+        {
+            "storage": {"database_url": db_url, "spool_dir": str(tmp_path / "spool")},
+            "admin": {"token": token, **admin},
+        }
+    )
 
 
 @pytest.fixture
@@ -55,13 +57,19 @@ def ro_client(readonly_db):
 
 def api_routes(seeded):
     e1, m1 = seeded["e1"], seeded["m1"]
-    return [("GET", "/api/ecgs"), ("GET", f"/api/ecgs/{e1}"), ("GET", f"/api/ecgs/{e1}/input.npy"),
-            ("GET", f"/api/ecgs/{e1}/original.dcm"), ("GET", f"/api/ecgs/{e1}/report.pdf"),
-            ("POST", f"/api/hl7/{m1}/resend")]
+    return [
+        ("GET", "/api/ecgs"),
+        ("GET", f"/api/ecgs/{e1}"),
+        ("GET", f"/api/ecgs/{e1}/input.npy"),
+        ("GET", f"/api/ecgs/{e1}/original.dcm"),
+        ("GET", f"/api/ecgs/{e1}/report.pdf"),
+        ("POST", f"/api/hl7/{m1}/resend"),
+    ]
 
 
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"},
-                                     {"Authorization": "Bearer"}])
+@pytest.mark.parametrize(
+    "headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}, {"Authorization": "Bearer"}]
+)
 def test_every_api_route_needs_the_token(ro_client, ro_ids, ro_sf, headers):
     before = len(audit_rows(ro_sf))
     for method, path in api_routes(ro_ids):
@@ -95,8 +103,14 @@ def test_openapi_lists_every_api_route_as_bearer_protected(readonly_db, tmp_path
     c = TestClient(create_app(make_cfg(readonly_db.url, tmp_path, openapi=True), readonly_db.session_factory))
     schema = c.get("/openapi.json", headers=AUTH).json()
     assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
-    templates = ["/api/ecgs", "/api/ecgs/{ecg}", "/api/ecgs/{ecg}/input.npy", "/api/ecgs/{ecg}/original.dcm",
-                 "/api/ecgs/{ecg}/report.pdf", "/api/hl7/{message_id}/resend"]
+    templates = [
+        "/api/ecgs",
+        "/api/ecgs/{ecg}",
+        "/api/ecgs/{ecg}/input.npy",
+        "/api/ecgs/{ecg}/original.dcm",
+        "/api/ecgs/{ecg}/report.pdf",
+        "/api/hl7/{message_id}/resend",
+    ]
     for (method, _path), template in zip(api_routes(ro_ids), templates, strict=True):
         assert schema["paths"][template][method.lower()]["security"] == [{"HTTPBearer": []}]
 
@@ -126,26 +140,32 @@ def test_list_paginates(ro_client, ro_ids):
     assert ro_client.get("/api/ecgs", params={"limit": 0}, headers=AUTH).status_code == 422
 
 
-@pytest.mark.parametrize("params, expected, total", [
-    ({"patient_id": "P3"}, ["e5", "e4"], 2),
-    ({"accession": "A6"}, ["e6"], 1),
-    ({"since": "2026-01-05T00:00:00+00:00"}, ["e6", "e5"], 2),
-    ({"until": "2026-01-02"}, ["e1"], 1),
-    ({"status": "failed"}, ["e4"], 1),
-    ({"finding": "LBBB"}, ["e2"], 1),
-    ({"status": "processed", "limit": 1}, ["e6"], 3),
-])
+@pytest.mark.parametrize(
+    "params, expected, total",
+    [
+        ({"patient_id": "P3"}, ["e5", "e4"], 2),
+        ({"accession": "A6"}, ["e6"], 1),
+        ({"since": "2026-01-05T00:00:00+00:00"}, ["e6", "e5"], 2),
+        ({"until": "2026-01-02"}, ["e1"], 1),
+        ({"status": "failed"}, ["e4"], 1),
+        ({"finding": "LBBB"}, ["e2"], 1),
+        ({"status": "processed", "limit": 1}, ["e6"], 3),
+    ],
+)
 def test_list_filters(ro_client, ro_ids, params, expected, total):
     body = ro_client.get("/api/ecgs", params=params, headers=AUTH).json()
     assert [i["id"] for i in body["items"]] == [ro_ids[k] for k in expected]
     assert body["total"] == total
 
 
-@pytest.mark.parametrize("params, message", [
-    ({"status": "lost"}, "status: unknown status 'lost'"),
-    ({"finding": "MI"}, "finding: unknown finding 'MI'"),
-    ({"since": "last week"}, "since: not an ISO 8601 date or date-time"),
-])
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"status": "lost"}, "status: unknown status 'lost'"),
+        ({"finding": "MI"}, "finding: unknown finding 'MI'"),
+        ({"since": "last week"}, "since: not an ISO 8601 date or date-time"),
+    ],
+)
 def test_bad_filters_are_422_with_the_reason(ro_client, params, message):
     r = ro_client.get("/api/ecgs", params=params, headers=AUTH)
     assert r.status_code == 422 and message in r.json()["detail"]
@@ -202,8 +222,12 @@ def test_healthz_ok_and_metrics(ro_client, ro_ids, readonly_db):
     hl7 = body["components"]["hl7"]
     assert (hl7["ok"], hl7["pending"], hl7["failed"], hl7["link"]) == (False, 1, 1, "not in this process")
     assert hl7["problems"] == ["1 failed message(s): see ecg-gateway hl7 list, then hl7 resend"]
-    ok_client = TestClient(create_app(make_cfg(readonly_db.url, readonly_db.spool_dir.parent,
-                                               healthz_fail_on_failed_hl7=False), readonly_db.session_factory))
+    ok_client = TestClient(
+        create_app(
+            make_cfg(readonly_db.url, readonly_db.spool_dir.parent, healthz_fail_on_failed_hl7=False),
+            readonly_db.session_factory,
+        )
+    )
     r = ok_client.get("/healthz")
     assert r.status_code == 200 and r.json()["status"] == "ok"
     assert r.json()["components"]["hl7"]["failed"] == 1  # still shown
@@ -233,19 +257,23 @@ def test_healthz_is_503_when_the_database_is_unreachable(tmp_path):
     engine.dispose()
 
 
-@pytest.mark.parametrize("states, status", [
-    ({"scp_listening": True, "model_loaded": True}, 200),
-    ({"scp_listening": True, "model_loaded": "not in this process"}, 200),
-    ({"scp_listening": False, "model_loaded": True}, 503),
-    ({"scp_listening": True, "model_loaded": "loading models/model.hdf5"}, 503),
-])
+@pytest.mark.parametrize(
+    "states, status",
+    [
+        ({"scp_listening": True, "model_loaded": True}, 200),
+        ({"scp_listening": True, "model_loaded": "not in this process"}, 200),
+        ({"scp_listening": False, "model_loaded": True}, 503),
+        ({"scp_listening": True, "model_loaded": "loading models/model.hdf5"}, 503),
+    ],
+)
 def test_healthz_includes_what_serve_reports(readonly_db, tmp_path, states, status):
     cfg = make_cfg(readonly_db.url, tmp_path, healthz_fail_on_failed_hl7=False)  # the seeded failed message aside
     c = TestClient(create_app(cfg, readonly_db.session_factory, health=lambda: states))
     r = c.get("/healthz")
     assert r.status_code == status
     assert {k: r.json()["components"][k]["ok"] for k in states} == {
-        k: v is True or v == "not in this process" for k, v in states.items()}
+        k: v is True or v == "not in this process" for k, v in states.items()
+    }
 
 
 def test_healthz_hl7_backlog_limit(db_url, session_factory, seeded, tmp_path):
@@ -262,11 +290,20 @@ def test_healthz_hl7_backlog_limit(db_url, session_factory, seeded, tmp_path):
     assert hl7["problems"] == ["2 messages pending (max 1)"]
 
 
-@pytest.mark.parametrize("host, token, refused", [
-    ("127.0.0.1", "", False), ("localhost", "", False), ("::1", "", False), ("127.0.0.2", "", False),
-    ("0.0.0.0", "", True), ("10.1.2.3", "", True), ("::", "", True), ("admin.example.org", "", True),
-    ("0.0.0.0", "secret", False),
-])
+@pytest.mark.parametrize(
+    "host, token, refused",
+    [
+        ("127.0.0.1", "", False),
+        ("localhost", "", False),
+        ("::1", "", False),
+        ("127.0.0.2", "", False),
+        ("0.0.0.0", "", True),
+        ("10.1.2.3", "", True),
+        ("::", "", True),
+        ("admin.example.org", "", True),
+        ("0.0.0.0", "secret", False),
+    ],
+)
 def test_check_admin_bind(host, token, refused):
     problem = check_admin_bind(AdminConfig(host=host, token=token))
     assert (problem is not None) == refused
@@ -275,6 +312,7 @@ def test_check_admin_bind(host, token, refused):
 
 
 # --- web view -----------------------------------------------------------------------------------
+
 
 def login(client, token=TOKEN, next_="/ecgs"):
     return web_login(client, token, next_)
@@ -300,18 +338,30 @@ def test_web_needs_login_and_sets_a_random_strict_cookie(ro_client, ro_ids):
     assert ro_client.get("/ecgs", follow_redirects=False).status_code == 303
 
 
-@pytest.mark.parametrize("target", ["//evil.example/x", "https://evil.example/", "javascript:alert(1)", "/\\evil",
-                                    "/\t/127.0.0.1:2691/pwned", "/\n/evil.example", " //evil.example", "///evil"])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "//evil.example/x",
+        "https://evil.example/",
+        "javascript:alert(1)",
+        "/\\evil",
+        "/\t/127.0.0.1:2691/pwned",
+        "/\n/evil.example",
+        " //evil.example",
+        "///evil",
+    ],
+)
 def test_login_does_not_redirect_off_site(ro_client, target):
     r = login(ro_client, next_=target)
-    assert r.status_code == 200 and "url=/ecgs\"" in r.text
+    assert r.status_code == 200 and 'url=/ecgs"' in r.text
     page = ro_client.get("/login", params={"next": target}).text
     assert 'name="next" value="/ecgs"' in page and "evil" not in page and "2691" not in page
 
 
 def test_a_cookie_from_another_token_is_refused(ro_client, readonly_db, tmp_path):
-    other = TestClient(create_app(make_cfg(readonly_db.url, tmp_path, token="another-token"),
-                                  readonly_db.session_factory))
+    other = TestClient(
+        create_app(make_cfg(readonly_db.url, tmp_path, token="another-token"), readonly_db.session_factory)
+    )
     login(other, "another-token")
     ro_client.cookies.set(SESSION_COOKIE, other.cookies[SESSION_COOKIE])
     assert ro_client.get("/ecgs", follow_redirects=False).status_code == 303
@@ -364,7 +414,7 @@ def test_ecg_page(ro_client, ro_ids):
     # issue 16 §1: name formatted, birth date with the age at the recording, the cart's time, finding names
     assert '<span class="patient-name">DOE, JANE</span>' in page and "DOE^JANE" not in page
     assert "1971-01-23 (42 y)" in page and "2013-01-25 10:59:19" in page and "<dd>female</dd>" in page
-    assert "AF <span class=\"finding-name\">Atrial fibrillation</span>" in page
+    assert 'AF <span class="finding-name">Atrial fibrillation</span>' in page
     assert '<span class="badge finding">AF</span> Atrial fibrillation' in page
     # the measurements panel: value, LOINC, source; the derived rate says so; the statements apart
     assert '<tr data-measurement="qtc_interval">' in page and "370 ms" in page and "8636-3" in page
@@ -389,14 +439,20 @@ def test_web_resend(client, seeded, session_factory):
     assert r.status_code == 303 and r.headers["location"].startswith(f"/ecgs/{seeded['e1']}?resent=")
     (row,) = _resends(session_factory)
     assert (row.actor, row.action, row.address, row.ecg_id) == ("token", "hl7_resend", "testclient", seeded["e1"])
-    r = client.post(f"/ecgs/{seeded['e1']}/resend", data=form,
-                    headers={"Origin": "https://evil.example"}, follow_redirects=False)
+    r = client.post(
+        f"/ecgs/{seeded['e1']}/resend", data=form, headers={"Origin": "https://evil.example"}, follow_redirects=False
+    )
     assert r.status_code == 403 and len(_resends(session_factory)) == 1
-    r = client.post(f"/ecgs/{seeded['e1']}/resend", data=form,
-                    headers={"Origin": "https://testserver"}, follow_redirects=False)
+    r = client.post(
+        f"/ecgs/{seeded['e1']}/resend", data=form, headers={"Origin": "https://testserver"}, follow_redirects=False
+    )
     assert r.status_code == 403 and len(_resends(session_factory)) == 1  # https origin, plain http request
-    r = client.post(f"/ecgs/{seeded['e1']}/resend", data=form,
-                    headers={"Origin": "https://testserver", "X-Forwarded-Proto": "https"}, follow_redirects=False)
+    r = client.post(
+        f"/ecgs/{seeded['e1']}/resend",
+        data=form,
+        headers={"Origin": "https://testserver", "X-Forwarded-Proto": "https"},
+        follow_redirects=False,
+    )
     assert r.status_code == 303 and len(_resends(session_factory)) == 2  # behind a TLS proxy
     for bad in ({"message_id": seeded["m1"]}, {**form, "csrf_token": "0" * 64}):  # no or a wrong CSRF token
         r = client.post(f"/ecgs/{seeded['e1']}/resend", data=bad, follow_redirects=False)
@@ -404,6 +460,7 @@ def test_web_resend(client, seeded, session_factory):
 
 
 # --- sessions: logout revokes, expiry, Secure -------------------------------------------------
+
 
 def _session_rows(session_factory):
     from sqlalchemy import select
@@ -431,8 +488,11 @@ def test_logout_revokes_the_session_and_a_replayed_cookie_is_refused(client, see
         r = replay.get(path, follow_redirects=False)
         assert r.status_code == 303 and r.headers["location"].startswith("/login?next="), path
         assert "DOE^JANE" not in r.text and "DOE, JANE" not in r.text
-    r = replay.post(f"/ecgs/{seeded['e1']}/resend",
-                    data={"message_id": seeded["m1"], "csrf_token": session_csrf(replay)}, follow_redirects=False)
+    r = replay.post(
+        f"/ecgs/{seeded['e1']}/resend",
+        data={"message_id": seeded["m1"], "csrf_token": session_csrf(replay)},
+        follow_redirects=False,
+    )
     assert r.status_code == 303 and r.headers["location"].startswith("/login?next=") and _resends(session_factory) == []
 
 
@@ -472,18 +532,22 @@ def test_login_again_replaces_the_browsers_session(client, session_factory):
     assert [r.revoked_at is not None for r in _session_rows(session_factory)] == [True, False]
 
 
-@pytest.mark.parametrize("mode, base, headers, secure", [
-    ("auto", "http://testserver", {}, False),
-    ("auto", "https://testserver", {}, True),
-    ("auto", "http://testserver", {"X-Forwarded-Proto": "https"}, True),
-    ("auto", "http://testserver", {"Forwarded": "for=10.0.0.1;proto=https"}, True),
-    ("auto", "http://testserver", {"X-Forwarded-Proto": "http"}, False),
-    ("always", "http://testserver", {}, True),
-    ("never", "https://testserver", {"X-Forwarded-Proto": "https"}, False),
-])
+@pytest.mark.parametrize(
+    "mode, base, headers, secure",
+    [
+        ("auto", "http://testserver", {}, False),
+        ("auto", "https://testserver", {}, True),
+        ("auto", "http://testserver", {"X-Forwarded-Proto": "https"}, True),
+        ("auto", "http://testserver", {"Forwarded": "for=10.0.0.1;proto=https"}, True),
+        ("auto", "http://testserver", {"X-Forwarded-Proto": "http"}, False),
+        ("always", "http://testserver", {}, True),
+        ("never", "https://testserver", {"X-Forwarded-Proto": "https"}, False),
+    ],
+)
 def test_session_cookie_is_secure_over_https(readonly_db, tmp_path, mode, base, headers, secure):
-    c = TestClient(create_app(make_cfg(readonly_db.url, tmp_path, cookie_secure=mode), readonly_db.session_factory),
-                   base_url=base)
+    c = TestClient(
+        create_app(make_cfg(readonly_db.url, tmp_path, cookie_secure=mode), readonly_db.session_factory), base_url=base
+    )
     r = web_login(c, TOKEN, headers=headers)
     assert r.status_code == 200
     assert ("; Secure" in r.headers["set-cookie"]) is secure
@@ -496,10 +560,15 @@ def test_session_cookie_is_secure_over_https(readonly_db, tmp_path, mode, base, 
 BIG = [2**31, 2**63, 2**64, 10**30]
 
 
-@pytest.mark.parametrize("params", [
-    *({"offset": v} for v in [-1, *BIG]), *({"limit": v} for v in [0, -1, 1001, *BIG]),
-    {"offset": "1e3"}, {"limit": "ten"},
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        *({"offset": v} for v in [-1, *BIG]),
+        *({"limit": v} for v in [0, -1, 1001, *BIG]),
+        {"offset": "1e3"},
+        {"limit": "ten"},
+    ],
+)
 def test_api_list_bounds(ro_client, params):
     r = ro_client.get("/api/ecgs", params=params, headers=AUTH)
     assert r.status_code == 422, r.text
@@ -539,12 +608,23 @@ def test_api_resend_largest_id_is_404(ro_client):
     assert ro_client.post("/api/hl7/2147483647/resend", headers=AUTH).status_code == 404
 
 
-@pytest.mark.parametrize("path, status", [
-    ("/ecgs?page=0", 422), ("/ecgs?page=-1", 422), ("/ecgs?page=1000001", 422), (f"/ecgs?page={2**63}", 422),
-    ("/ecgs?page=x", 422), ("/ecgs?page=1000000", 200),
-    ("/ecgs/0", 422), (f"/ecgs/{2**31}", 422), (f"/ecgs/{2**63}", 422), ("/ecgs/" + "1" * 65, 422),
-    ("/ecgs/2147483647", 404), ("/ecgs/\u00b2", 404),
-])
+@pytest.mark.parametrize(
+    "path, status",
+    [
+        ("/ecgs?page=0", 422),
+        ("/ecgs?page=-1", 422),
+        ("/ecgs?page=1000001", 422),
+        (f"/ecgs?page={2**63}", 422),
+        ("/ecgs?page=x", 422),
+        ("/ecgs?page=1000000", 200),
+        ("/ecgs/0", 422),
+        (f"/ecgs/{2**31}", 422),
+        (f"/ecgs/{2**63}", 422),
+        ("/ecgs/" + "1" * 65, 422),
+        ("/ecgs/2147483647", 404),
+        ("/ecgs/\u00b2", 404),
+    ],
+)
 def test_web_page_bounds(ro_client, path, status):
     login(ro_client)
     r = ro_client.get(path)
@@ -553,18 +633,31 @@ def test_web_page_bounds(ro_client, path, status):
         assert r.headers["content-type"].startswith("text/html") and "Bad request" in r.text
 
 
-@pytest.mark.parametrize("ecg_id, message_id", [
-    ("0", "1"), (str(2**31), "1"), (str(2**63), "1"), ("1", "0"), ("1", str(2**31)), ("1", str(2**63)), ("1", "x"),
-])
+@pytest.mark.parametrize(
+    "ecg_id, message_id",
+    [
+        ("0", "1"),
+        (str(2**31), "1"),
+        (str(2**63), "1"),
+        ("1", "0"),
+        ("1", str(2**31)),
+        ("1", str(2**63)),
+        ("1", "x"),
+    ],
+)
 def test_web_resend_bounds(client, seeded, session_factory, ecg_id, message_id):
     login(client)
-    r = client.post(f"/ecgs/{ecg_id}/resend", data={"message_id": message_id, "csrf_token": session_csrf(client)},
-                    follow_redirects=False)
+    r = client.post(
+        f"/ecgs/{ecg_id}/resend",
+        data={"message_id": message_id, "csrf_token": session_csrf(client)},
+        follow_redirects=False,
+    )
     assert r.status_code == 422 and "Bad request" in r.text
     assert [a.action for a in audit_rows(session_factory)] == ["login"]
 
 
 # --- security headers on every response -----------------------------------------------------------
+
 
 def _assert_security_headers(r, where):
     from gateway.admin.app import CONTENT_SECURITY_POLICY
@@ -577,10 +670,21 @@ def _assert_security_headers(r, where):
 
 
 def test_every_response_carries_the_security_headers(ro_client, ro_ids):
-    anonymous = [("GET", "/"), ("GET", "/login"), ("GET", "/ecgs"), ("GET", "/static/style.css"),
-                 ("GET", "/api/ecgs"), ("GET", "/healthz"), ("GET", "/metrics"), ("GET", "/nowhere"),
-                 ("GET", "/docs"), ("POST", "/login"), ("POST", "/logout"), ("GET", "/api/ecgs/" + "1" * 65),
-                 ("PUT", "/api/ecgs")]
+    anonymous = [
+        ("GET", "/"),
+        ("GET", "/login"),
+        ("GET", "/ecgs"),
+        ("GET", "/static/style.css"),
+        ("GET", "/api/ecgs"),
+        ("GET", "/healthz"),
+        ("GET", "/metrics"),
+        ("GET", "/nowhere"),
+        ("GET", "/docs"),
+        ("POST", "/login"),
+        ("POST", "/logout"),
+        ("GET", "/api/ecgs/" + "1" * 65),
+        ("PUT", "/api/ecgs"),
+    ]
     for method, path in anonymous:
         _assert_security_headers(ro_client.request(method, path, follow_redirects=False), (method, path))
     login(ro_client)
@@ -599,8 +703,7 @@ def test_even_an_unexpected_error_carries_the_security_headers(tmp_path):
     def broken_session():
         raise RuntimeError("database on fire")
 
-    c = TestClient(create_app(make_cfg("sqlite:///unused.db", tmp_path), broken_session),
-                   raise_server_exceptions=False)
+    c = TestClient(create_app(make_cfg("sqlite:///unused.db", tmp_path), broken_session), raise_server_exceptions=False)
     r = c.get("/api/ecgs", headers=AUTH)
     assert r.status_code == 500 and "database on fire" not in r.text
     _assert_security_headers(r, "500")

@@ -54,20 +54,56 @@ def stays_local(ref: str) -> bool:
 
 ATTACKS = [
     "/\t/127.0.0.1:2691/pwned",  # the reported one: the tab goes, "//127.0.0.1:2691" stays
-    "/\n/evil.example", "/\r/evil.example", "/\r\n/evil.example", "/\t\t/evil.example",
-    "//evil.example", "///evil.example", "////evil.example/x",
-    "/\\evil.example", "\\\\evil.example", "/\\/evil.example", "\\/evil.example", "/\t\\evil.example",
-    " //evil.example", "\x00//evil.example", "\x1f//evil.example", "\t//evil.example",
-    "https://evil.example/", "http:evil.example", "http:/evil.example", "javascript:alert(1)",
-    "data:text/html,<script>alert(1)</script>", "evil.example", "",
+    "/\n/evil.example",
+    "/\r/evil.example",
+    "/\r\n/evil.example",
+    "/\t\t/evil.example",
+    "//evil.example",
+    "///evil.example",
+    "////evil.example/x",
+    "/\\evil.example",
+    "\\\\evil.example",
+    "/\\/evil.example",
+    "\\/evil.example",
+    "/\t\\evil.example",
+    " //evil.example",
+    "\x00//evil.example",
+    "\x1f//evil.example",
+    "\t//evil.example",
+    "https://evil.example/",
+    "http:evil.example",
+    "http:/evil.example",
+    "javascript:alert(1)",
+    "data:text/html,<script>alert(1)</script>",
+    "evil.example",
+    "",
 ]
 # Refused although a browser might keep them local: the rule is simple on purpose.
 ALSO_REFUSED = [
-    "/ecgs /x", "/\u00a0/x", "/\u3000/evil.example", "/\u2028/evil.example", "/\x85/x", "/\x7f/x",
-    "/\uff0f\uff0fevil.example", "\uff0f\uff0fevil.example", "/ecgs\x0b", "/ecgs?a=b//c", "/" + "a" * MAX_NEXT_LENGTH,
+    "/ecgs /x",
+    "/\u00a0/x",
+    "/\u3000/evil.example",
+    "/\u2028/evil.example",
+    "/\x85/x",
+    "/\x7f/x",
+    "/\uff0f\uff0fevil.example",
+    "\uff0f\uff0fevil.example",
+    "/ecgs\x0b",
+    "/ecgs?a=b//c",
+    "/" + "a" * MAX_NEXT_LENGTH,
 ]
-LOCAL = ["/", "/ecgs", "/ecgs/12", "/ecgs?status=processed&page=2", "/ecgs?patient_id=%C3%A9%20x",
-         "/%2F%2Fevil.example", "/%09/evil.example", "/ecgs#top", "/login?next=%2Fecgs", "/ecgs/1.2.826.0.1"]
+LOCAL = [
+    "/",
+    "/ecgs",
+    "/ecgs/12",
+    "/ecgs?status=processed&page=2",
+    "/ecgs?patient_id=%C3%A9%20x",
+    "/%2F%2Fevil.example",
+    "/%09/evil.example",
+    "/ecgs#top",
+    "/login?next=%2Fecgs",
+    "/ecgs/1.2.826.0.1",
+]
 
 
 @pytest.mark.parametrize("target", ATTACKS)
@@ -98,8 +134,25 @@ def test_non_text_is_refused(value):
 
 
 # Characters that matter to URL parsers, plus anything at all.
-_TRICKY = st.sampled_from(list("/\\\t\n\r .:@%?#;&=") + ["\x00", "\x0b", "\x0c", "\x1f", "\x7f", "\x85", "\xa0",
-                                                          "\u2028", "\u3000", "\ufeff", "\uff0f", "\uff3c", "a", "1"])
+_TRICKY = st.sampled_from(
+    list("/\\\t\n\r .:@%?#;&=")
+    + [
+        "\x00",
+        "\x0b",
+        "\x0c",
+        "\x1f",
+        "\x7f",
+        "\x85",
+        "\xa0",
+        "\u2028",
+        "\u3000",
+        "\ufeff",
+        "\uff0f",
+        "\uff3c",
+        "a",
+        "1",
+    ]
+)
 _TEXT = st.text(st.one_of(_TRICKY, st.characters()), max_size=24)
 
 
@@ -115,8 +168,12 @@ def test_whatever_passes_stays_on_this_site(prefix, rest):
         assert target.startswith("/") and "//" not in target
         assert all(0x21 <= ord(c) <= 0x7E and c != "\\" for c in target), target
     else:  # refused only for a reason the rule names
-        assert (not target.startswith("/") or "//" in target or len(target) > MAX_NEXT_LENGTH
-                or any(not 0x21 <= ord(c) <= 0x7E or c == "\\" for c in target)), target
+        assert (
+            not target.startswith("/")
+            or "//" in target
+            or len(target) > MAX_NEXT_LENGTH
+            or any(not 0x21 <= ord(c) <= 0x7E or c == "\\" for c in target)
+        ), target
 
 
 # --- sessions (the database functions; the HTTP side is in test_admin_api.py) ----------------------

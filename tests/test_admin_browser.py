@@ -40,8 +40,12 @@ def readonly_db(request, tmp_path_factory, sample_path):
 @pytest.fixture
 def served(readonly_db, port):
     ids = readonly_db.ids
-    cfg = Config.model_validate({"storage": {"database_url": readonly_db.url, "spool_dir": str(readonly_db.spool_dir)},
-                                 "admin": {"host": "127.0.0.1", "port": port, "token": TOKEN}})
+    cfg = Config.model_validate(
+        {
+            "storage": {"database_url": readonly_db.url, "spool_dir": str(readonly_db.spool_dir)},
+            "admin": {"host": "127.0.0.1", "port": port, "token": TOKEN},
+        }
+    )
     server = make_server(create_app(cfg, readonly_db.session_factory), cfg)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -92,8 +96,9 @@ def drive(base: str, steps: list[dict], tmp_path: Path) -> list[dict]:
         pytest.skip("npm playwright-core is not installed (./dev test runs npm ci in tests/peers)")
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps({"chromium": CHROMIUM, "base": base, "token": TOKEN, "steps": steps}))
-    r = subprocess.run(["node", str(PEERS / "browse.js"), str(plan)], capture_output=True, text=True, timeout=180,
-                       cwd=PEERS)
+    r = subprocess.run(
+        ["node", str(PEERS / "browse.js"), str(plan)], capture_output=True, text=True, timeout=180, cwd=PEERS
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     results = json.loads(r.stdout)
     assert len(results) == len(steps)
@@ -101,9 +106,17 @@ def drive(base: str, steps: list[dict], tmp_path: Path) -> list[dict]:
 
 
 # Each of these passed the old check; Chromium strips tab/CR/LF and reads "\\" as "/".
-REDIRECT_ATTACKS = ["/\t/127.0.0.1:{trap}/pwned", "/\n/127.0.0.1:{trap}/pwned", "/\r/127.0.0.1:{trap}/pwned",
-                    "/\t\\127.0.0.1:{trap}/pwned", "//127.0.0.1:{trap}/pwned", "///127.0.0.1:{trap}/pwned",
-                    "/\\127.0.0.1:{trap}/pwned", " //127.0.0.1:{trap}/pwned", "http://127.0.0.1:{trap}/pwned"]
+REDIRECT_ATTACKS = [
+    "/\t/127.0.0.1:{trap}/pwned",
+    "/\n/127.0.0.1:{trap}/pwned",
+    "/\r/127.0.0.1:{trap}/pwned",
+    "/\t\\127.0.0.1:{trap}/pwned",
+    "//127.0.0.1:{trap}/pwned",
+    "///127.0.0.1:{trap}/pwned",
+    "/\\127.0.0.1:{trap}/pwned",
+    " //127.0.0.1:{trap}/pwned",
+    "http://127.0.0.1:{trap}/pwned",
+]
 
 
 def test_login_never_sends_the_browser_off_site(served, tmp_path):
@@ -138,8 +151,16 @@ def test_pages_work_under_the_csp_without_violations(served, tmp_path):
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "admin_ecg_page_csp.png"
     shot.unlink(missing_ok=True)
-    pages = ["/ecgs", f"/ecgs/{ids['e1']}", f"/ecgs/{ids['e2']}", f"/ecgs/{ids['e3']}", f"/ecgs/{ids['e6']}",
-             "/ecgs?status=lost", "/ecgs/4040404", "/ecgs?page=0"]
+    pages = [
+        "/ecgs",
+        f"/ecgs/{ids['e1']}",
+        f"/ecgs/{ids['e2']}",
+        f"/ecgs/{ids['e3']}",
+        f"/ecgs/{ids['e6']}",
+        "/ecgs?status=lost",
+        "/ecgs/4040404",
+        "/ecgs?page=0",
+    ]
     steps = [{"next": p} for p in pages]
     steps[1]["screenshot"] = str(shot)
     # issue 16: the PDF download button works under the CSP (a plain link, no script)
@@ -187,12 +208,22 @@ def test_user_login_logout_and_a_replayed_cookie_in_chromium(served, readonly_db
     shot = ARTIFACTS / "admin_user_viewer.png"
     shot.unlink(missing_ok=True)
     page = f"/ecgs/{ids['e1']}"
-    ok, wrong, audit = drive(base, [
-        {"next": page, "username": "viewer.b", "password": "browser-pass-1", "logout": True, "dom": True,
-         "screenshot": str(shot)},
-        {"next": page, "username": "viewer.b", "password": "not-the-password"},
-        {"next": "/audit", "username": "viewer.b", "password": "browser-pass-1"},
-    ], tmp_path)
+    ok, wrong, audit = drive(
+        base,
+        [
+            {
+                "next": page,
+                "username": "viewer.b",
+                "password": "browser-pass-1",
+                "logout": True,
+                "dom": True,
+                "screenshot": str(shot),
+            },
+            {"next": page, "username": "viewer.b", "password": "not-the-password"},
+            {"next": "/audit", "username": "viewer.b", "password": "browser-pass-1"},
+        ],
+        tmp_path,
+    )
     assert "error" not in ok, ok
     assert ok["url"] == base + page and ok["h1"].startswith(f"ECG {ids['e1']}")
     assert "Vera Viewer (viewer)" in ok["dom"] and "Resend" not in ok["dom"]  # a viewer gets no resend button

@@ -108,11 +108,14 @@ def test_filters(ro_sf, ro_ids, filters, expected):
         assert ids(ecg_rows(s, **filters)) == [ro_ids[k] for k in expected]
 
 
-@pytest.mark.parametrize("filters, message", [
-    ({"status": "done"}, "status: unknown status 'done'"),
-    ({"finding": "AFIB"}, "finding: unknown finding 'AFIB'"),
-    ({"offset": -1}, "must not be negative"),
-])
+@pytest.mark.parametrize(
+    "filters, message",
+    [
+        ({"status": "done"}, "status: unknown status 'done'"),
+        ({"finding": "AFIB"}, "finding: unknown finding 'AFIB'"),
+        ({"offset": -1}, "must not be negative"),
+    ],
+)
 def test_bad_filters_are_named(ro_sf, ro_ids, filters, message):
     with ro_sf() as s, pytest.raises(QueryError, match=message):
         ecg_rows(s, **filters)
@@ -132,6 +135,7 @@ def test_detail_by_id_and_by_uid(ro_sf, ro_ids):
 
 # --- the command line -------------------------------------------------------------------------
 
+
 def cli(config_file, *args):
     return CliRunner().invoke(app, ["--config", str(config_file), *args])
 
@@ -144,12 +148,15 @@ def test_cli_list_json_equals_the_query_rows(ro_sf, ro_ids, ro_config):
     assert ids(json.loads(r.stdout)) == [ro_ids["e3"], ro_ids["e1"]]
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["--accession", "A2"], ["e2"]),
-    (["--since", "2026-01-03", "--until", "2026-01-05T00:00:00Z"], ["e4", "e3"]),
-    (["--status", "processed", "--limit", "2"], ["e6", "e2"]),
-    (["--finding", "AF"], ["e1"]),
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--accession", "A2"], ["e2"]),
+        (["--since", "2026-01-03", "--until", "2026-01-05T00:00:00Z"], ["e4", "e3"]),
+        (["--status", "processed", "--limit", "2"], ["e6", "e2"]),
+        (["--finding", "AF"], ["e1"]),
+    ],
+)
 def test_cli_list_filters(ro_ids, ro_config, args, expected):
     r = cli(ro_config, "results", "list", "-f", "json", *args)
     assert r.exit_code == 0, r.output
@@ -175,12 +182,15 @@ def test_cli_list_table(ro_ids, ro_config):
     assert "6 row(s)" in r.stdout
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--status", "done"], "--status: unknown status 'done'; use received, processed, rejected, failed"),
-    (["--finding", "AFIB"], "--finding: unknown finding 'AFIB'"),
-    (["--since", "yesterday"], "--since: not an ISO 8601 date or date-time: 'yesterday'"),
-    (["--format", "xml"], "--format: unknown format 'xml'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--status", "done"], "--status: unknown status 'done'; use received, processed, rejected, failed"),
+        (["--finding", "AFIB"], "--finding: unknown finding 'AFIB'"),
+        (["--since", "yesterday"], "--since: not an ISO 8601 date or date-time: 'yesterday'"),
+        (["--format", "xml"], "--format: unknown format 'xml'"),
+    ],
+)
 def test_cli_list_bad_input(ro_ids, ro_config, args, message):
     r = cli(ro_config, "results", "list", *args)
     assert r.exit_code == 2
@@ -215,8 +225,7 @@ def test_cli_show(ro_ids, ro_config, sample_path):
     assert r.exit_code == 1 and "no ECG with id or SOP Instance UID '424242'" in r.stderr
 
 
-def test_export_input_is_the_exact_model_input_and_audited(seeded, config_file, session_factory, sample_path,
-                                                           tmp_path):
+def test_export_input_is_the_exact_model_input_and_audited(seeded, config_file, session_factory, sample_path, tmp_path):
     out = tmp_path / "in.npy"
     r = cli(config_file, "ecg", "export-input", str(seeded["e1"]), "-o", str(out))
     assert r.exit_code == 0, r.output
@@ -258,8 +267,11 @@ def test_export_dicom_is_the_stored_original_and_audited(seeded, config_file, se
 def test_results_and_ecg_commands_do_not_import_tensorflow(seeded, config_file, tmp_path):
     # One interpreter runs the three commands; none may have pulled in TensorFlow/Keras.
     out = tmp_path / "a.npy"
-    commands = [["results", "list", "-f", "json"], ["results", "show", str(seeded["e1"])],
-                ["ecg", "export-input", str(seeded["e1"]), "-o", str(out)]]
+    commands = [
+        ["results", "list", "-f", "json"],
+        ["results", "show", str(seeded["e1"])],
+        ["ecg", "export-input", str(seeded["e1"]), "-o", str(out)],
+    ]
     code = (
         "import json, runpy, sys\n"
         f"for args in json.loads({json.dumps(json.dumps(commands))}):\n"

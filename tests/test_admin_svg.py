@@ -28,8 +28,20 @@ def test_sample_is_drawn_as_12_panels_in_3x4_and_a_lead_ii_rhythm_strip(sample_p
     root = parse(ecg_svg(signal, report["output_leads"]))
     panels = root.findall("s:g[@class='lead-panel']", NS)
     assert [p.get("data-lead") for p in panels] == [lead for row in LAYOUT for lead in row]
-    assert [lead for row in LAYOUT for lead in row] == ["I", "aVR", "V1", "V4", "II", "aVL", "V2", "V5",
-                                                        "III", "aVF", "V3", "V6"]
+    assert [lead for row in LAYOUT for lead in row] == [
+        "I",
+        "aVR",
+        "V1",
+        "V4",
+        "II",
+        "aVL",
+        "V2",
+        "V5",
+        "III",
+        "aVF",
+        "V3",
+        "V6",
+    ]
     (strip,) = root.findall("s:g[@class='rhythm-strip']", NS)
     assert strip.get("data-lead") == "II"
     # 2.5 s panels = 62.5 mm at 25 mm/s, side by side; the strip is 10 s = 250 mm.
@@ -44,10 +56,14 @@ def test_sample_is_drawn_as_12_panels_in_3x4_and_a_lead_ii_rhythm_strip(sample_p
     start, _ = recording_span(signal)
     avl = report["output_leads"].index("aVL")
     baseline = TOP_MM + ROW_MM * 1.5
-    np.testing.assert_allclose(points(panels[5])[:, 1], baseline - 10 * signal[start + 1000:start + 2000, avl],
-                               atol=0.006)
-    np.testing.assert_allclose(xy[:, 1], TOP_MM + ROW_MM * 3.5 - 10 * signal[start:start + 4000,
-                               report["output_leads"].index("II")], atol=0.006)
+    np.testing.assert_allclose(
+        points(panels[5])[:, 1], baseline - 10 * signal[start + 1000 : start + 2000, avl], atol=0.006
+    )
+    np.testing.assert_allclose(
+        xy[:, 1],
+        TOP_MM + ROW_MM * 3.5 - 10 * signal[start : start + 4000, report["output_leads"].index("II")],
+        atol=0.006,
+    )
 
 
 def test_scale_is_10_mm_per_mv_and_padding_is_skipped():
@@ -92,11 +108,14 @@ def test_short_recordings_leave_the_rest_blank():
     assert len(points(root.find("s:g[@class='rhythm-strip']", NS))) == 2000
 
 
-@pytest.mark.parametrize("shape, leads, message", [
-    ((4096, 11), DEFAULT_LEADS, "expected a \\(samples, 12\\) array"),
-    ((4096,), DEFAULT_LEADS, "expected a"),
-    ((4096, 12), [*DEFAULT_LEADS[:11], "X"], "leads missing for the 3x4 layout: V6"),
-])
+@pytest.mark.parametrize(
+    "shape, leads, message",
+    [
+        ((4096, 11), DEFAULT_LEADS, "expected a \\(samples, 12\\) array"),
+        ((4096,), DEFAULT_LEADS, "expected a"),
+        ((4096, 12), [*DEFAULT_LEADS[:11], "X"], "leads missing for the 3x4 layout: V6"),
+    ],
+)
 def test_bad_input_is_refused(shape, leads, message):
     with pytest.raises(ValueError, match=message):
         ecg_svg(np.zeros(shape, np.float32), leads)

@@ -28,10 +28,19 @@ FINAL = (PROCESSED, REJECTED, "failed")
 def test_folder_and_stow_to_ehr(db_url: str, tmp_path: Path, demo_model: Path, sample_path: Path) -> None:
     watch, done, failed = tmp_path / "in", tmp_path / "done", tmp_path / "failed"
     dicom_port, admin_port, hl7_port = free_port(), free_port(), free_port()
-    env = gateway_env(tmp_path, db_url, demo_model, dicom_port, admin_port, ECG_GATEWAY_HL7__ENABLED="true",
-                      ECG_GATEWAY_HL7__PORT=str(hl7_port), ECG_GATEWAY_INGEST__WATCH_DIR=str(watch),
-                      ECG_GATEWAY_INGEST__DONE_DIR=str(done), ECG_GATEWAY_INGEST__FAILED_DIR=str(failed),
-                      ECG_GATEWAY_INGEST__POLL_INTERVAL_S="0.3")
+    env = gateway_env(
+        tmp_path,
+        db_url,
+        demo_model,
+        dicom_port,
+        admin_port,
+        ECG_GATEWAY_HL7__ENABLED="true",
+        ECG_GATEWAY_HL7__PORT=str(hl7_port),
+        ECG_GATEWAY_INGEST__WATCH_DIR=str(watch),
+        ECG_GATEWAY_INGEST__DONE_DIR=str(done),
+        ECG_GATEWAY_INGEST__FAILED_DIR=str(failed),
+        ECG_GATEWAY_INGEST__POLL_INTERVAL_S="0.3",
+    )
     token = env["ECG_GATEWAY_ADMIN__TOKEN"]
     engine = make_engine(db_url)
     sf = make_sessionmaker(engine)
@@ -49,12 +58,14 @@ def test_folder_and_stow_to_ehr(db_url: str, tmp_path: Path, demo_model: Path, s
             for name, data in (("cart1.dcm", folder_dicom), ("PageWriter_export", philips), ("bad.dcm", refused)):
                 (watch / f"{name}.part").write_bytes(data)
                 (watch / f"{name}.part").rename(watch / name)
-            client = DICOMwebClient(url=f"http://127.0.0.1:{admin_port}/dicomweb",
-                                    headers={"Authorization": f"Bearer {token}"})
+            client = DICOMwebClient(
+                url=f"http://127.0.0.1:{admin_port}/dicomweb", headers={"Authorization": f"Bearer {token}"}
+            )
             client.set_http_retry_params(retry=False)
             answer = client.store_instances(datasets=web)
             assert [str(i.ReferencedSOPInstanceUID) for i in answer.ReferencedSOPSequence] == [
-                str(ds.SOPInstanceUID) for ds in web]
+                str(ds.SOPInstanceUID) for ds in web
+            ]
 
             def all_final() -> bool:
                 with sf() as s:
@@ -62,8 +73,11 @@ def test_folder_and_stow_to_ehr(db_url: str, tmp_path: Path, demo_model: Path, s
 
             wait_until(all_final, 240, what="every ECG final", procs=[proc])
             wait_until(lambda: len(ehr.messages()) >= 4, 90, what="an ORU for each processed ECG", procs=[proc])
-            wait_until(lambda: sorted(p.name for p in done.iterdir()) == ["PageWriter_export", "cart1.dcm"], 30,
-                       what="the stored files in done_dir")
+            wait_until(
+                lambda: sorted(p.name for p in done.iterdir()) == ["PageWriter_export", "cart1.dcm"],
+                30,
+                what="the stored files in done_dir",
+            )
         finally:
             assert stop(proc) == 0, log.read_text()[-3000:]
         received = ehr.messages()
@@ -72,9 +86,15 @@ def test_folder_and_stow_to_ehr(db_url: str, tmp_path: Path, demo_model: Path, s
         delivered = s.scalar(select(func.count()).where(Hl7Message.status == "delivered"))
     engine.dispose()
     by_source = sorted((r.peer_address, r.source_format, r.status) for r in rows)
-    assert by_source == sorted([("watch", "dicom", PROCESSED), ("watch", "philips", PROCESSED),
-                                ("watch", "dicom", REJECTED), ("127.0.0.1", "dicom", PROCESSED),
-                                ("127.0.0.1", "dicom", PROCESSED)]), [(r.peer_address, r.error) for r in rows]
+    assert by_source == sorted(
+        [
+            ("watch", "dicom", PROCESSED),
+            ("watch", "philips", PROCESSED),
+            ("watch", "dicom", REJECTED),
+            ("127.0.0.1", "dicom", PROCESSED),
+            ("127.0.0.1", "dicom", PROCESSED),
+        ]
+    ), [(r.peer_address, r.error) for r in rows]
     assert sorted(p.name for p in failed.iterdir()) == ["bad.dcm", "bad.dcm.reason.txt"]
     assert "refused: no WaveformSequence" in (failed / "bad.dcm.reason.txt").read_text()
     assert list(watch.iterdir()) == []

@@ -60,8 +60,12 @@ def restore(url: str, backup: Path, tmp: Path) -> str:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     admin.dispose()
     fresh = make_url(url).set(database=name).render_as_string(hide_password=False)
-    subprocess.run(["pg_restore", "--clean", "--if-exists", "-d", _libpq(fresh), str(backup)], check=True,
-                   timeout=120, capture_output=True)
+    subprocess.run(
+        ["pg_restore", "--clean", "--if-exists", "-d", _libpq(fresh), str(backup)],
+        check=True,
+        timeout=120,
+        capture_output=True,
+    )
     return fresh
 
 
@@ -76,8 +80,12 @@ def _drop(url: str) -> None:
 @pytest.mark.slow
 def test_backup_order_and_restore_as_documented(db_url, session_factory, tmp_path, sample_path, demo_ensemble):
     spool = tmp_path / "spool"
-    cfg = Config.model_validate({"storage": {"database_url": db_url, "spool_dir": str(spool)},
-                                 "model": {"files": ["unused.hdf5"], "max_wait_ms": 0}})
+    cfg = Config.model_validate(
+        {
+            "storage": {"database_url": db_url, "spool_dir": str(spool)},
+            "model": {"files": ["unused.hdf5"], "max_wait_ms": 0},
+        }
+    )
     sample = dcmread(sample_path)
     kept = [_store(session_factory, spool, encode(v.new_uids(sample))) for _ in range(2)]
     old = _store(session_factory, spool, encode(v.new_uids(sample)))
@@ -85,8 +93,9 @@ def test_backup_order_and_restore_as_documented(db_url, session_factory, tmp_pat
     while worker.run_once():
         pass
     with session_factory.begin() as s:
-        s.execute(update(EcgInstance).where(EcgInstance.id == old)
-                  .values(received_at=datetime.now(UTC) - timedelta(days=400)))
+        s.execute(
+            update(EcgInstance).where(EcgInstance.id == old).values(received_at=datetime.now(UTC) - timedelta(days=400))
+        )
         s.execute(text("UPDATE hl7_messages SET status = 'delivered'"))
 
     # 1. the database ...
@@ -115,12 +124,18 @@ def test_backup_order_and_restore_as_documented(db_url, session_factory, tmp_pat
         assert len(report.files_without_row) == 1 and Path(report.files_without_row[0]).read_bytes() == late_raw
 
         env = {k: val for k, val in os.environ.items() if not k.startswith("ECG_GATEWAY_")}
-        env.update({"ECG_GATEWAY_STORAGE__DATABASE_URL": restored_url, "ECG_GATEWAY_STORAGE__SPOOL_DIR": str(spool),
-                    "ECG_GATEWAY_DICOM__MIN_FREE_DISK_MB": "0"})
+        env.update(
+            {
+                "ECG_GATEWAY_STORAGE__DATABASE_URL": restored_url,
+                "ECG_GATEWAY_STORAGE__SPOOL_DIR": str(spool),
+                "ECG_GATEWAY_DICOM__MIN_FREE_DISK_MB": "0",
+            }
+        )
 
         def cli(*args: str) -> subprocess.CompletedProcess:
-            return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True, text=True,
-                                  cwd=ROOT, timeout=120, env=env)
+            return subprocess.run(
+                [sys.executable, "-m", "gateway", *args], capture_output=True, text=True, cwd=ROOT, timeout=120, env=env
+            )
 
         late_dir = tmp_path / "late"  # moved out of the spool, then stored again
         late_dir.mkdir()

@@ -98,6 +98,7 @@ def test_inflating_a_bomb_stops_at_the_limit_in_bounded_memory(final_block: bool
 
 # -- every reader: header (door), worker, pydicom fallback ---------------------------------------
 
+
 @pytest.mark.parametrize("final_block", [True, False], ids=["complete", "no-final-block"])
 def test_every_reader_refuses_a_bomb_without_inflating_it(sample_path: Path, final_block: bool) -> None:
     """The door's header read, the worker's read (whose fast path would
@@ -135,39 +136,50 @@ def test_bounded_fallback_reads_a_deflated_file_as_dcmread_does(sample_path: Pat
 
 # -- the door: store_instance and ingest -------------------------------------------------------------
 
+
 def _kept_files(spool: Path) -> list[Path]:
     return sorted(p for p in spool.rglob("*") if p.is_file()) if spool.exists() else []
 
 
-def test_store_instance_refuses_a_bomb_and_keeps_nothing(session_factory, tmp_path: Path, sample_path: Path,
-                                                         caplog: pytest.LogCaptureFixture) -> None:
+def test_store_instance_refuses_a_bomb_and_keeps_nothing(
+    session_factory, tmp_path: Path, sample_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     uid = generate_uid()
     spool = tmp_path / "spool"
     caplog.set_level(logging.WARNING, "gateway.receive")
-    out = store_instance(IncomingInstance.from_file(deflated_bomb(sample_path, 1024, uid=uid), calling_ae="BOMBER",
-                                                    peer_address="192.0.2.7"),
-                         StoreContext(session_factory, Spool(spool)))
+    out = store_instance(
+        IncomingInstance.from_file(
+            deflated_bomb(sample_path, 1024, uid=uid), calling_ae="BOMBER", peer_address="192.0.2.7"
+        ),
+        StoreContext(session_factory, Spool(spool)),
+    )
     assert (out.status, out.ecg_id, out.reason) == (DATA_SET_TOO_LARGE, None, INFLATES_64)
     assert _kept_files(spool) == []  # not in the spool, not in rejected/, no temp file
     with session_factory() as s:
         assert s.scalar(select(func.count()).select_from(EcgInstance)) == 0
     lines = [r.getMessage() for r in caplog.records if "0xA701" in r.getMessage()]
-    assert lines == [f"refused SOP Instance UID {uid} from BOMBER@192.0.2.7 with status 0xA701: {INFLATES_64}; "
-                     "nothing kept"]
+    assert lines == [
+        f"refused SOP Instance UID {uid} from BOMBER@192.0.2.7 with status 0xA701: {INFLATES_64}; nothing kept"
+    ]
 
 
-def test_ingest_refuses_a_bomb_and_an_oversize_file_with_a_reason(db_url: str, session_factory, sample_path: Path,
-                                                                  tmp_path: Path) -> None:
+def test_ingest_refuses_a_bomb_and_an_oversize_file_with_a_reason(
+    db_url: str, session_factory, sample_path: Path, tmp_path: Path
+) -> None:
     archive = tmp_path / "archive"
     bomb_path = write(archive / "bomb.dcm", deflated_bomb(sample_path, 1024))
     big = oversize_file(sample_path, archive / "big.dcm", 65)  # sparse: 65 MiB + the sample
     write(archive / "good.dcm", ecg_bytes(sample_path))
     spool = tmp_path / "spool"
-    env = {"ECG_GATEWAY_STORAGE__DATABASE_URL": db_url, "ECG_GATEWAY_STORAGE__SPOOL_DIR": str(spool),
-           "ECG_GATEWAY_DICOM__MIN_FREE_DISK_MB": "0"}
+    env = {
+        "ECG_GATEWAY_STORAGE__DATABASE_URL": db_url,
+        "ECG_GATEWAY_STORAGE__SPOOL_DIR": str(spool),
+        "ECG_GATEWAY_DICOM__MIN_FREE_DISK_MB": "0",
+    }
     rss = fh.rss_kib()
-    result = CliRunner().invoke(app_for_ingest(), ["--config", str(ROOT / "config" / "gateway.toml"), "ingest",
-                                                   str(archive)], env=env)
+    result = CliRunner().invoke(
+        app_for_ingest(), ["--config", str(ROOT / "config" / "gateway.toml"), "ingest", str(archive)], env=env
+    )
     assert fh.rss_kib() - rss < 48 * 1024, "ingest read or inflated an oversize file"
     assert result.exit_code == 1, result.output
     assert f"refused {bomb_path}: 0xA701 {INFLATES_64}" in result.output
@@ -186,8 +198,10 @@ def app_for_ingest():  # type: ignore[no-untyped-def]
 
 # -- the worker -------------------------------------------------------------------------------------------
 
-def test_worker_refuses_oversize_spool_files_unread(db_url, session_factory, tmp_path, demo_model, demo_ensemble,
-                                                    sample_path: Path) -> None:
+
+def test_worker_refuses_oversize_spool_files_unread(
+    db_url, session_factory, tmp_path, demo_model, demo_ensemble, sample_path: Path
+) -> None:
     """Files stored under a higher limit (or before there was one) reach a
     worker with ``max_dataset_mb = 1``: a small deflate bomb and a plain
     oversize file are `rejected` with the reason (and an HL7 result, so the
@@ -201,8 +215,10 @@ def test_worker_refuses_oversize_spool_files_unread(db_url, session_factory, tmp
     plain = oversize_file(sample_path, tmp_path / "plain.dcm", 2).read_bytes()
     ids = {}
     for name, raw in {"bomb": deflated_bomb(sample_path, 3), "plain": plain, "ok": ecg_bytes(sample_path)}.items():
-        out = store_instance(IncomingInstance.from_file(raw, calling_ae="CART", peer_address="127.0.0.1"),
-                             StoreContext(session_factory, Spool(spool)))
+        out = store_instance(
+            IncomingInstance.from_file(raw, calling_ae="CART", peer_address="127.0.0.1"),
+            StoreContext(session_factory, Spool(spool)),
+        )
         assert out.status == SUCCESS, out
         ids[name] = out.ecg_id
     drain(Worker(cfg, session_factory, demo_ensemble))
@@ -219,9 +235,10 @@ def test_worker_refuses_oversize_spool_files_unread(db_url, session_factory, tmp
 
 # -- the SCP, in process ------------------------------------------------------------------------------------
 
-def test_scp_answers_a701_to_a_bomb_and_aborts_an_oversize_transfer(session_factory, tmp_path: Path, port: int,
-                                                                     sample_path: Path,
-                                                                     caplog: pytest.LogCaptureFixture) -> None:
+
+def test_scp_answers_a701_to_a_bomb_and_aborts_an_oversize_transfer(
+    session_factory, tmp_path: Path, port: int, sample_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """A deflate bomb (complete on the wire, 1.1 MB) gets 0xA701; a plain
     data set is cut off as soon as it passes the limit (the association is
     aborted, no response); nothing of either is kept; a cart is served after."""
@@ -255,10 +272,14 @@ def test_scp_answers_a701_to_a_bomb_and_aborts_an_oversize_transfer(session_fact
     assert not list((spool / ".incoming").glob("*"))
     refusals = [r.getMessage() for r in caplog.records if "max_dataset_mb" in r.getMessage()]
     assert len(refusals) == 2, refusals
-    assert refusals[0] == (f"refused SOP Instance UID {bomb_uid} from BOMBER@127.0.0.1 with status 0xA701: "
-                           "deflated data set inflates to more than [dicom] max_dataset_mb (8 MB); nothing kept")
-    assert refusals[1].startswith(f"aborted association from 127.0.0.1 (calling AE 'BOMBER'): SOP Instance UID "
-                                  f"{big_uid}: data set larger than [dicom] max_dataset_mb (8 MB) (")
+    assert refusals[0] == (
+        f"refused SOP Instance UID {bomb_uid} from BOMBER@127.0.0.1 with status 0xA701: "
+        "deflated data set inflates to more than [dicom] max_dataset_mb (8 MB); nothing kept"
+    )
+    assert refusals[1].startswith(
+        f"aborted association from 127.0.0.1 (calling AE 'BOMBER'): SOP Instance UID "
+        f"{big_uid}: data set larger than [dicom] max_dataset_mb (8 MB) ("
+    )
     assert refusals[1].endswith(" bytes received); nothing kept")
     received = int(refusals[1].rsplit("(", 1)[1].split()[0])
     assert 8 * MIB < received <= 8 * MIB + dicom.max_pdu  # stopped at the first PDU past the limit
@@ -271,11 +292,12 @@ def _data_set_bytes(raw: bytes) -> bytes:
     fp = io.BytesIO(raw)
     read_preamble(fp, False)
     _read_file_meta_info(fp)
-    return raw[fp.tell():]
+    return raw[fp.tell() :]
 
 
-def test_scp_gathers_a_large_data_set_in_a_file_and_stores_it_whole(session_factory, tmp_path: Path, port: int,
-                                                                      sample_path: Path) -> None:
+def test_scp_gathers_a_large_data_set_in_a_file_and_stores_it_whole(
+    session_factory, tmp_path: Path, port: int, sample_path: Path
+) -> None:
     """A 20 MiB data set (within the 64 MB limit, past the 8 MB kept in memory
     while it arrives) is gathered in a temporary file and stored byte for byte."""
     from gateway.config import DicomConfig, StorageConfig
@@ -300,8 +322,9 @@ def test_scp_gathers_a_large_data_set_in_a_file_and_stores_it_whole(session_fact
     assert not list((spool / ".incoming").glob("*"))
 
 
-def test_oversize_transfers_at_once_hold_little_memory(session_factory, tmp_path: Path, port: int,
-                                                       sample_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_oversize_transfers_at_once_hold_little_memory(
+    session_factory, tmp_path: Path, port: int, sample_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """Four plain data sets of 80 MiB at once against the default 64 MB limit:
     each is aborted once 64 MB have arrived, while at most 8 MB of each is in
     memory (the rest goes to a temporary file), so the SCP's RSS grows by far
@@ -358,8 +381,9 @@ RSS_HEADROOM_MB = 256  # the issue's bound over idle
 
 @pytest.mark.slow
 @pytest.mark.one_db("sqlite")  # the bound is at the door, before any database
-def test_ten_bombs_against_serve_while_a_cart_sends(db_url: str, session_factory, tmp_path: Path, demo_model: Path,
-                                                     sample_path: Path) -> None:
+def test_ten_bombs_against_serve_while_a_cart_sends(
+    db_url: str, session_factory, tmp_path: Path, demo_model: Path, sample_path: Path
+) -> None:
     """`serve` with the default limit (64 MB).  Ten pynetdicom senders each
     send a 1.1 MB deflate bomb (1 GiB inflated) and three send a 96 MiB plain
     data set, all at once, while DCMTK storescu (the cart) sends 20 ECGs.
@@ -373,17 +397,25 @@ def test_ten_bombs_against_serve_while_a_cart_sends(db_url: str, session_factory
     from fault_helpers import ResourceSampler, ecg_copies, proc_status_kb, spool_files, start_storescu, store_outcomes
 
     dicom_port = free_port()
-    env = gateway_env(tmp_path, db_url, demo_model, dicom_port, free_port(),
-                      ECG_GATEWAY_DICOM__MAX_ASSOCIATIONS="16",  # 13 attackers + the cart at once
-                      ECG_GATEWAY_MODEL__THREADS="1")
+    env = gateway_env(
+        tmp_path,
+        db_url,
+        demo_model,
+        dicom_port,
+        free_port(),
+        ECG_GATEWAY_DICOM__MAX_ASSOCIATIONS="16",  # 13 attackers + the cart at once
+        ECG_GATEWAY_MODEL__THREADS="1",
+    )
     log_path = tmp_path / "serve.log"
     warm = ecg_copies(sample_path, tmp_path / "warm", 4, prefix="warm")
     cart = ecg_copies(sample_path, tmp_path / "cart", CART_ECGS, prefix="cart")
     bombs = {generate_uid(): tmp_path / "bombs" / f"bomb{i}.dcm" for i in range(BOMBS)}
     for uid, path in bombs.items():
         write(path, deflated_bomb(sample_path, 1024, uid=uid))
-    plains = {uid: oversize_file(sample_path, tmp_path / "bombs" / f"plain{i}.dcm", 96, uid=uid)
-              for i, uid in enumerate(generate_uid() for _ in range(PLAIN))}
+    plains = {
+        uid: oversize_file(sample_path, tmp_path / "bombs" / f"plain{i}.dcm", 96, uid=uid)
+        for i, uid in enumerate(generate_uid() for _ in range(PLAIN))
+    }
 
     def processed() -> int:
         with session_factory() as s:
@@ -413,10 +445,13 @@ def test_ten_bombs_against_serve_while_a_cart_sends(db_url: str, session_factory
     log = log_path.read_text(errors="replace")
     peak_mb = max(kb for _, kb, _ in sampler.samples) / 1024
     refused_at = {uid: _logged_at(log, uid) - s.started for uid, s in sent.items()}
-    print(f"\nbomb test ({db_url.split(':')[0]}): idle RSS {idle_mb:.0f} MB, peak {peak_mb:.0f} MB "
-          f"(+{peak_mb - idle_mb:.0f} MB); seen by the senders, s: "
-          + ", ".join(f"{s.seconds:.2f}" for s in sent.values())
-          + "; refusal logged after, s: " + ", ".join(f"{t:.2f}" for t in refused_at.values()))
+    print(
+        f"\nbomb test ({db_url.split(':')[0]}): idle RSS {idle_mb:.0f} MB, peak {peak_mb:.0f} MB "
+        f"(+{peak_mb - idle_mb:.0f} MB); seen by the senders, s: "
+        + ", ".join(f"{s.seconds:.2f}" for s in sent.values())
+        + "; refusal logged after, s: "
+        + ", ".join(f"{t:.2f}" for t in refused_at.values())
+    )
 
     for uid in bombs:
         assert sent[uid].status == DATA_SET_TOO_LARGE, (uid, sent[uid])
@@ -440,11 +475,18 @@ def test_ten_bombs_against_serve_while_a_cart_sends(db_url: str, session_factory
     refusals = [line for line in log.splitlines() if "max_dataset_mb" in line]
     assert len(refusals) == BOMBS + PLAIN, refusals
     for uid in bombs:
-        assert sum(f"refused SOP Instance UID {uid} from BOMBER@127.0.0.1 with status 0xA701" in line
-                   for line in refusals) == 1
+        assert (
+            sum(f"refused SOP Instance UID {uid} from BOMBER@127.0.0.1 with status 0xA701" in line for line in refusals)
+            == 1
+        )
     for uid in plains:
-        assert sum(f"aborted association from 127.0.0.1 (calling AE 'BOMBER'): SOP Instance UID {uid}" in line
-                   for line in refusals) == 1
+        assert (
+            sum(
+                f"aborted association from 127.0.0.1 (calling AE 'BOMBER'): SOP Instance UID {uid}" in line
+                for line in refusals
+            )
+            == 1
+        )
     assert not any("642341" in line or "Anonymous" in line for line in refusals)
 
 

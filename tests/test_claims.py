@@ -23,8 +23,16 @@ from gateway.store.models import PROCESSED, PROCESSING, RECEIVED, EcgInstance
 
 def _rows(session_factory, n: int) -> list[int]:  # type: ignore[no-untyped-def]
     with session_factory.begin() as s:
-        rows = [EcgInstance(sop_instance_uid=f"1.2.826.0.1.77.{i}", sop_class_uid="1.2.840.10008.5.1.4.1.1.9.1.1",
-                            spool_path=f"x/{i}.dcm", sha256="0" * 64, size_bytes=1) for i in range(n)]
+        rows = [
+            EcgInstance(
+                sop_instance_uid=f"1.2.826.0.1.77.{i}",
+                sop_class_uid="1.2.840.10008.5.1.4.1.1.9.1.1",
+                spool_path=f"x/{i}.dcm",
+                sha256="0" * 64,
+                size_bytes=1,
+            )
+            for i in range(n)
+        ]
         s.add_all(rows)
         s.flush()
         return [r.id for r in rows]
@@ -53,11 +61,19 @@ def live_child():  # type: ignore[no-untyped-def]
 
 def _claim_as(session_factory, ecg_id: int, who: Claimer | None, token: str, attempts: int = 1) -> None:  # type: ignore[no-untyped-def]
     with session_factory.begin() as s:
-        s.execute(update(EcgInstance).where(EcgInstance.id == ecg_id).values(
-            status=PROCESSING, claimed_by=token, attempts=attempts,
-            lease_expires_at=datetime.now(UTC) + timedelta(seconds=300),
-            claim_host=who.host if who else None, claim_pid=who.pid if who else None,
-            claim_started=who.started if who else None))
+        s.execute(
+            update(EcgInstance)
+            .where(EcgInstance.id == ecg_id)
+            .values(
+                status=PROCESSING,
+                claimed_by=token,
+                attempts=attempts,
+                lease_expires_at=datetime.now(UTC) + timedelta(seconds=300),
+                claim_host=who.host if who else None,
+                claim_pid=who.pid if who else None,
+                claim_started=who.started if who else None,
+            )
+        )
 
 
 def _state(session_factory, ecg_id: int) -> tuple:  # type: ignore[no-untyped-def]
@@ -120,8 +136,10 @@ def test_release_only_provably_dead_claims(session_factory, live_child, caplog):
     for ecg_id, token in ((ids[1], "live-w"), (ids[2], "me-w"), (ids[3], "far-w"), (ids[5], "old-w")):
         assert _state(session_factory, ecg_id)[:2] == (PROCESSING, token)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert f"released 1 ECG claim(s) of process {dead.pid} on this host, which is no longer running " \
-           f"(ids {ids[0]}): processed again now, not after the lease" in warnings
+    assert (
+        f"released 1 ECG claim(s) of process {dead.pid} on this host, which is no longer running "
+        f"(ids {ids[0]}): processed again now, not after the lease" in warnings
+    )
     # the released row is claimable at once, long before its 300 s lease
     assert claim_batch(session_factory, "w2", 10, lease_seconds=60, max_attempts=3, claimer=me) == [ids[0], ids[4]]
     # unknown claimers only when asked (SQLite start-up: nobody else can hold claims)
@@ -145,8 +163,9 @@ def test_release_does_not_undo_a_claim_taken_over_meanwhile(session_factory, mon
     assert _state(session_factory, ecg_id)[:2] == (PROCESSING, "new-owner")
 
 
-def test_a_running_worker_releases_a_dead_siblings_claims(db_url, session_factory, tmp_path, demo_model,
-                                                         demo_ensemble, sample_path, monkeypatch):
+def test_a_running_worker_releases_a_dead_siblings_claims(
+    db_url, session_factory, tmp_path, demo_model, demo_ensemble, sample_path, monkeypatch
+):
     """Another gateway process on this host was killed while this one runs:
     the periodic check hands its claims to this worker well before the lease."""
     from pydicom import dcmread
@@ -179,6 +198,7 @@ def test_a_running_worker_releases_a_dead_siblings_claims(db_url, session_factor
 
 
 # -- through the real path: serve killed with SIGKILL while it holds claims ---------------------------------
+
 
 @pytest.mark.slow
 @pytest.mark.one_db("postgresql", "sqlite")  # one serve; the claim SQL runs on both in the tests above
@@ -220,19 +240,31 @@ def test_kill_9_while_claimed_reprocessed_soon_after_restart(db_url, tmp_path, d
 
     def start(**extra: str) -> tuple[subprocess.Popen, int]:
         port = free_port()
-        env = gateway_env(tmp_path, db_url, demo_model, port, free_port(), **extra, ECG_GATEWAY_HL7__ENABLED="true",
-                          ECG_GATEWAY_HL7__PORT=str(hl7_port), ECG_GATEWAY_HL7__CONNECT_TIMEOUT="1",
-                          ECG_GATEWAY_HL7__BACKOFF_INITIAL_S="0.1", ECG_GATEWAY_HL7__BACKOFF_MAX_S="0.5",
-                          ECG_GATEWAY_MODEL__THREADS="1", ECG_GATEWAY_MODEL__BATCH_SIZE="4",
-                          ECG_GATEWAY_PROCESS__LEASE_SECONDS="300")
+        env = gateway_env(
+            tmp_path,
+            db_url,
+            demo_model,
+            port,
+            free_port(),
+            **extra,
+            ECG_GATEWAY_HL7__ENABLED="true",
+            ECG_GATEWAY_HL7__PORT=str(hl7_port),
+            ECG_GATEWAY_HL7__CONNECT_TIMEOUT="1",
+            ECG_GATEWAY_HL7__BACKOFF_INITIAL_S="0.1",
+            ECG_GATEWAY_HL7__BACKOFF_MAX_S="0.5",
+            ECG_GATEWAY_MODEL__THREADS="1",
+            ECG_GATEWAY_MODEL__BATCH_SIZE="4",
+            ECG_GATEWAY_PROCESS__LEASE_SECONDS="300",
+        )
         proc = start_serve(env, log, "--components", "scp,worker,hl7")
         wait_for_port(port, proc=proc)
         return proc, port
 
     def claimed_by(pid: int) -> list[int]:
         with sf() as s:
-            return list(s.scalars(select(EcgInstance.id).where(EcgInstance.status == PROCESSING,
-                                                               EcgInstance.claim_pid == pid)))
+            return list(
+                s.scalars(select(EcgInstance.id).where(EcgInstance.status == PROCESSING, EcgInstance.claim_pid == pid))
+            )
 
     def collect(cart: subprocess.Popen) -> None:
         out, _ = cart.communicate(timeout=120)
@@ -260,8 +292,7 @@ def test_kill_9_while_claimed_reprocessed_soon_after_restart(db_url, tmp_path, d
                     q = select(func.count()).select_from(EcgInstance).where(EcgInstance.status == PROCESSED)
                     return s.scalar(q.where(EcgInstance.id.in_(ids)) if ids else q) or 0
 
-            wait_until(lambda: processed(held) == len(held), 120, interval=0.05, what="the killed claims",
-                       procs=[proc])
+            wait_until(lambda: processed(held) == len(held), 120, interval=0.05, what="the killed claims", procs=[proc])
             held_s = time.monotonic() - restarted
             wait_until(lambda: processed() == n, 120, interval=0.05, what="all processed", procs=[proc])
             all_s = time.monotonic() - restarted
@@ -276,12 +307,17 @@ def test_kill_9_while_claimed_reprocessed_soon_after_restart(db_url, tmp_path, d
         received = ehr.messages()
     text = log.read_text(errors="replace")
     assert code == 0, text[-3000:]
-    print(f"\n{engine.dialect.name}: the {len(held)} ECG(s) claimed by the killed process processed "
-          f"{held_s:.1f} s after the restart (model load included); all {n} after {all_s:.1f} s")
+    print(
+        f"\n{engine.dialect.name}: the {len(held)} ECG(s) claimed by the killed process processed "
+        f"{held_s:.1f} s after the restart (model load included); all {n} after {all_s:.1f} s"
+    )
     assert held_s < 60, f"the killed worker's ECGs were processed {held_s:.1f} s after the restart"
     lines = text.splitlines()
-    released = next(i for i, line in enumerate(lines)
-                    if f"ECG claim(s) of process {dead_pid} on this host, which is no longer running" in line)
+    released = next(
+        i
+        for i, line in enumerate(lines)
+        if f"ECG claim(s) of process {dead_pid} on this host, which is no longer running" in line
+    )
     started = max(i for i, line in enumerate(lines) if "gateway.process: worker " in line and " started" in line)
     assert released < started  # released at start, before the new worker claims anything
     with sf() as s:

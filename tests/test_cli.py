@@ -25,8 +25,9 @@ def all_command_paths():
 def run_cli(*args: str, env: dict | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("ECG_GATEWAY_")}
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True, text=True,
-                          env=full_env, cwd=cwd, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=120
+    )
 
 
 def test_required_groups_exist():
@@ -40,7 +41,11 @@ def test_required_groups_exist():
         ("ecg",),
         ("hl7",),
         ("demo",),
-        ("users", "add"), ("users", "list"), ("users", "disable"), ("users", "passwd"), ("users", "token"),
+        ("users", "add"),
+        ("users", "list"),
+        ("users", "disable"),
+        ("users", "passwd"),
+        ("users", "token"),
         ("audit", "list"),
     ]:
         assert required in names, required
@@ -65,8 +70,13 @@ def test_bad_config_exits_2_with_one_line(tmp_path):
 
 
 def test_serve_without_model_says_how_to_fetch(tmp_path):
-    r = run_cli("serve", env={"ECG_GATEWAY_MODEL__FILES": f'["{tmp_path}/none.hdf5"]',
-                              "ECG_GATEWAY_STORAGE__DATABASE_URL": f"sqlite:///{tmp_path}/g.db"})
+    r = run_cli(
+        "serve",
+        env={
+            "ECG_GATEWAY_MODEL__FILES": f'["{tmp_path}/none.hdf5"]',
+            "ECG_GATEWAY_STORAGE__DATABASE_URL": f"sqlite:///{tmp_path}/g.db",
+        },
+    )
     assert r.returncode == 2
     assert r.stderr.startswith("no model file: run `ecg-gateway model fetch`")
     assert len(r.stderr.strip().splitlines()) == 1
@@ -79,8 +89,16 @@ def test_db_upgrade_from_cli(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "args", [["--help"], ["results", "--help"], ["hl7", "--help"], ["db", "--help"], ["db", "current"],
-             ["users", "--help"], ["audit", "--help"]]
+    "args",
+    [
+        ["--help"],
+        ["results", "--help"],
+        ["hl7", "--help"],
+        ["db", "--help"],
+        ["db", "current"],
+        ["users", "--help"],
+        ["audit", "--help"],
+    ],
 )
 def test_admin_commands_do_not_import_tensorflow(tmp_path, args):
     code = (
@@ -119,16 +137,26 @@ def test_config_is_accepted_after_every_command(path, tmp_path):
 
     cfg = tmp_path / "gateway.toml"
     cfg.write_text("")
-    for placement in ([*path, "--config", str(cfg), "--help"], [*path, "-c", str(cfg), "--help"],
-                      [*path[:1], "--config", str(cfg), *path[1:], "--help"]):
+    for placement in (
+        [*path, "--config", str(cfg), "--help"],
+        [*path, "-c", str(cfg), "--help"],
+        [*path[:1], "--config", str(cfg), *path[1:], "--help"],
+    ):
         result = CliRunner().invoke(app, placement)
         assert result.exit_code == 0, (placement, result.output)
         assert "Usage:" in result.output
 
 
-@pytest.mark.parametrize("args", [["serve", "--config", "{f}"], ["db", "upgrade", "--config", "{f}"],
-                                  ["db", "--config", "{f}", "current"], ["--config", "{f}", "results", "list"],
-                                  ["results", "list", "-c", "{f}"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["serve", "--config", "{f}"],
+        ["db", "upgrade", "--config", "{f}"],
+        ["db", "--config", "{f}", "current"],
+        ["--config", "{f}", "results", "list"],
+        ["results", "list", "-c", "{f}"],
+    ],
+)
 def test_config_after_the_command_is_the_file_read(args, tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[dicom]\nport = 70000\n")

@@ -99,8 +99,11 @@ def test_partial_thresholds_keep_paper_values(tmp_path):
 
 
 def test_env_text_keys_stay_text(tmp_path):
-    env = {"ECG_GATEWAY_DICOM__AE_TITLE": "104", "ECG_GATEWAY_ADMIN__TOKEN": "12345678901234567890",
-           "ECG_GATEWAY_VALIDATE__MD5": "12345678901234567890123456789012"}
+    env = {
+        "ECG_GATEWAY_DICOM__AE_TITLE": "104",
+        "ECG_GATEWAY_ADMIN__TOKEN": "12345678901234567890",
+        "ECG_GATEWAY_VALIDATE__MD5": "12345678901234567890123456789012",
+    }
     c = load_config(write(tmp_path, ""), environ=env)
     assert c.dicom.ae_title == "104"
     assert c.admin.token == "12345678901234567890"
@@ -110,15 +113,20 @@ def test_env_text_keys_stay_text(tmp_path):
 def test_unknown_env_variables_are_warned_with_the_likely_name():
     from gateway.config import env_warnings
 
-    warnings = env_warnings({
-        "ECG_GATEWAY_DICOM_PORT": "11113",  # one underscore
-        "ECG_GATEWAY_ADMIN_TOKEN": "x",
-        "ECG_GATEWAY_CONFG": "f.toml",
-        "ECG_GATEWAY_NONSENSE": "1",
-        # not warned: settings, the config file, the test suite's own variables, other programs'
-        "ECG_GATEWAY_DICOM__PORT": "11113", "ECG_GATEWAY_CONFIG": "f.toml",
-        "ECG_GATEWAY_TEST_DATABASE_URL": "postgresql://", "ECG_GATEWAY_FUZZ_EXAMPLES": "10", "PATH": "/bin",
-    })
+    warnings = env_warnings(
+        {
+            "ECG_GATEWAY_DICOM_PORT": "11113",  # one underscore
+            "ECG_GATEWAY_ADMIN_TOKEN": "x",
+            "ECG_GATEWAY_CONFG": "f.toml",
+            "ECG_GATEWAY_NONSENSE": "1",
+            # not warned: settings, the config file, the test suite's own variables, other programs'
+            "ECG_GATEWAY_DICOM__PORT": "11113",
+            "ECG_GATEWAY_CONFIG": "f.toml",
+            "ECG_GATEWAY_TEST_DATABASE_URL": "postgresql://",
+            "ECG_GATEWAY_FUZZ_EXAMPLES": "10",
+            "PATH": "/bin",
+        }
+    )
     assert warnings == [
         "warning: environment variable ECG_GATEWAY_ADMIN_TOKEN is not a setting and is ignored; "
         "did you mean ECG_GATEWAY_ADMIN__TOKEN?",
@@ -148,8 +156,16 @@ def test_cli_prints_the_warning(tmp_path):
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("ECG_GATEWAY_")}
     env.update({"ECG_GATEWAY_DICOM_PORT": "11113", "ECG_GATEWAY_STORAGE__DATABASE_URL": f"sqlite:///{tmp_path}/g.db"})
-    r = subprocess.run([sys.executable, "-m", "gateway", "db", "current"], capture_output=True, text=True, env=env,
-                       cwd=Path(__file__).resolve().parents[1], timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "gateway", "db", "current"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
-    assert r.stderr.splitlines() == ["warning: environment variable ECG_GATEWAY_DICOM_PORT is not a setting and is "
-                                     "ignored; did you mean ECG_GATEWAY_DICOM__PORT?"]
+    assert r.stderr.splitlines() == [
+        "warning: environment variable ECG_GATEWAY_DICOM_PORT is not a setting and is "
+        "ignored; did you mean ECG_GATEWAY_DICOM__PORT?"
+    ]

@@ -28,18 +28,39 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 # The 0002 schema, as far as these rows need it.
 meta = sa.MetaData()
 ecg_0002 = sa.Table(
-    "ecg_instances", meta, sa.Column("id", sa.Integer, primary_key=True), sa.Column("sop_instance_uid", sa.String),
-    sa.Column("version", sa.Integer), sa.Column("sop_class_uid", sa.String), sa.Column("spool_path", sa.String),
-    sa.Column("sha256", sa.String), sa.Column("size_bytes", sa.Integer), sa.Column("status", sa.String),
-    sa.Column("flags", sa.JSON), sa.Column("attempts", sa.Integer), sa.Column("received_at", sa.DateTime(True)),
-    sa.Column("updated_at", sa.DateTime(True)), sa.Column("report", sa.JSON),
+    "ecg_instances",
+    meta,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("sop_instance_uid", sa.String),
+    sa.Column("version", sa.Integer),
+    sa.Column("sop_class_uid", sa.String),
+    sa.Column("spool_path", sa.String),
+    sa.Column("sha256", sa.String),
+    sa.Column("size_bytes", sa.Integer),
+    sa.Column("status", sa.String),
+    sa.Column("flags", sa.JSON),
+    sa.Column("attempts", sa.Integer),
+    sa.Column("received_at", sa.DateTime(True)),
+    sa.Column("updated_at", sa.DateTime(True)),
+    sa.Column("report", sa.JSON),
 )
 pred_0002 = sa.Table(
-    "predictions", meta, sa.Column("id", sa.Integer, primary_key=True), sa.Column("ecg_id", sa.Integer),
-    sa.Column("probabilities", sa.JSON), sa.Column("spread", sa.JSON), sa.Column("findings", sa.JSON),
-    sa.Column("thresholds", sa.JSON), sa.Column("model_files", sa.JSON), sa.Column("model_sha256", sa.String),
-    sa.Column("demo_model", sa.Boolean), sa.Column("normalisation", sa.JSON), sa.Column("quality_flags", sa.JSON),
-    sa.Column("input_npy", sa.LargeBinary), sa.Column("gateway_version", sa.String), sa.Column("timings", sa.JSON),
+    "predictions",
+    meta,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("ecg_id", sa.Integer),
+    sa.Column("probabilities", sa.JSON),
+    sa.Column("spread", sa.JSON),
+    sa.Column("findings", sa.JSON),
+    sa.Column("thresholds", sa.JSON),
+    sa.Column("model_files", sa.JSON),
+    sa.Column("model_sha256", sa.String),
+    sa.Column("demo_model", sa.Boolean),
+    sa.Column("normalisation", sa.JSON),
+    sa.Column("quality_flags", sa.JSON),
+    sa.Column("input_npy", sa.LargeBinary),
+    sa.Column("gateway_version", sa.String),
+    sa.Column("timings", sa.JSON),
     sa.Column("created_at", sa.DateTime(True)),
 )
 
@@ -64,18 +85,42 @@ def _rows_at_0002(url: str, spool: Path, sample_path: Path) -> dict[str, int]:
             rel = Path(f"2026/01/01/{name}.dcm")
             (spool / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(sample_path, spool / rel)
-            ecg_id = conn.execute(ecg_0002.insert().returning(ecg_0002.c.id), dict(
-                sop_instance_uid=f"1.2.3.{n}", version=1, sop_class_uid="1.2.840.10008.5.1.4.1.1.9.1.1",
-                spool_path=str(rel if name == "rel" else spool / rel), sha256=sha, size_bytes=len(data),
-                status="processed", flags=[], attempts=1, received_at=T0, updated_at=T0,
-                report=None if name == "rel" else report,  # an old row whose report was only on the prediction
-            )).scalar_one()
-            conn.execute(pred_0002.insert(), dict(
-                ecg_id=ecg_id, probabilities={"AF": 0.5}, spread={}, findings=[], thresholds={"AF": 0.5},
-                model_files=[{"path": "m.hdf5", "sha256": "ab" * 32, "demo": False}], model_sha256="ab" * 32,
-                demo_model=False, normalisation=report, quality_flags=flags, gateway_version="0.1.0", timings={},
-                created_at=T0, input_npy={"nobytes": None, "garbage": b"not an array"}.get(name, npy(signal)),
-            ))
+            ecg_id = conn.execute(
+                ecg_0002.insert().returning(ecg_0002.c.id),
+                dict(
+                    sop_instance_uid=f"1.2.3.{n}",
+                    version=1,
+                    sop_class_uid="1.2.840.10008.5.1.4.1.1.9.1.1",
+                    spool_path=str(rel if name == "rel" else spool / rel),
+                    sha256=sha,
+                    size_bytes=len(data),
+                    status="processed",
+                    flags=[],
+                    attempts=1,
+                    received_at=T0,
+                    updated_at=T0,
+                    report=None if name == "rel" else report,  # an old row whose report was only on the prediction
+                ),
+            ).scalar_one()
+            conn.execute(
+                pred_0002.insert(),
+                dict(
+                    ecg_id=ecg_id,
+                    probabilities={"AF": 0.5},
+                    spread={},
+                    findings=[],
+                    thresholds={"AF": 0.5},
+                    model_files=[{"path": "m.hdf5", "sha256": "ab" * 32, "demo": False}],
+                    model_sha256="ab" * 32,
+                    demo_model=False,
+                    normalisation=report,
+                    quality_flags=flags,
+                    gateway_version="0.1.0",
+                    timings={},
+                    created_at=T0,
+                    input_npy={"nobytes": None, "garbage": b"not an array"}.get(name, npy(signal)),
+                ),
+            )
             ids[name] = ecg_id
     engine.dispose()
     return ids
@@ -168,8 +213,7 @@ def test_migration_0003_up_and_down_with_real_rows(empty_db_url, tmp_path, sampl
     db.downgrade(empty_db_url, "base")
 
 
-def test_export_names_both_normaliser_versions_when_the_rebuild_differs(session_factory, db_url, tmp_path,
-                                                                        sample_path):
+def test_export_names_both_normaliser_versions_when_the_rebuild_differs(session_factory, db_url, tmp_path, sample_path):
     """A result whose input was made by another normaliser is not silently re-made:
     the export, API and web view say so, naming the versions."""
     from gateway.admin.app import create_app
@@ -190,8 +234,9 @@ def test_export_names_both_normaliser_versions_when_the_rebuild_differs(session_
     assert f"ECG {ids['e1']}: the model input rebuilt from the stored file does not match" in message
     assert f"normaliser 0 (numpy 1.26.4) made it, normaliser {normaliser_version()} runs now" in message
 
-    cfg = Config.model_validate({"storage": {"database_url": db_url, "spool_dir": str(spool)},
-                                 "admin": {"token": "tok"}})
+    cfg = Config.model_validate(
+        {"storage": {"database_url": db_url, "spool_dir": str(spool)}, "admin": {"token": "tok"}}
+    )
     client = TestClient(create_app(cfg, session_factory))
     r = client.get(f"/api/ecgs/{ids['e1']}/input.npy", headers={"Authorization": "Bearer tok"})
     assert r.status_code == 409 and "normaliser 0 (numpy 1.26.4) made it" in r.json()["detail"]
@@ -211,7 +256,9 @@ def test_the_normaliser_version_is_bumped_when_its_output_changes(sample_path):
     from gateway.normalise import NORMALISER_VERSION
 
     assert (NORMALISER_VERSION, input_sha256(model_input(sample_path)[0])) == (
-        "1", "ba086bd7524c8f6458e783187a3603a59b53bf0ffe02107c335db7e95aab6a7d")
+        "1",
+        "ba086bd7524c8f6458e783187a3603a59b53bf0ffe02107c335db7e95aab6a7d",
+    )
 
 
 def test_sqlite_files_use_8k_pages_and_compact_converts_older_ones(tmp_path):
@@ -257,8 +304,14 @@ def test_compact_while_the_gateway_holds_the_sqlite_file_says_to_stop_it(tmp_pat
     env["ECG_GATEWAY_STORAGE__DATABASE_URL"] = url
     with closing(sqlite3.connect(tmp_path / "g.db")) as other:  # a running gateway's connection
         other.execute("SELECT count(*) FROM ecg_instances").fetchall()
-        r = subprocess.run([sys.executable, "-m", "gateway", "db", "compact"], capture_output=True, text=True,
-                           cwd=Path(__file__).resolve().parents[1], env=env, timeout=120)
+        r = subprocess.run(
+            [sys.executable, "-m", "gateway", "db", "compact"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parents[1],
+            env=env,
+            timeout=120,
+        )
     assert r.returncode == 1 and "database is locked (stop the gateway first)" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
 
@@ -272,22 +325,50 @@ def test_migration_0010_compresses_outbox_payloads_and_measurements_both_ways(em
     from gateway.store.models import EcgInstance, Hl7Message
 
     cart = extract(dcmread(sample_path))
-    payload = ("MSH|^~\\&|ECGGW|ECGGW|EHR|HOSPITAL|20260101||ORU^R01^ORU_R01|C1|P|2.5.1||||||UNICODE UTF-8\r"
-               "PID|1||P1^^^H^MR||MÜLLER^JÖRG||19600101|M\r"
-               + "".join(f"OBX|{i}|NM|X^Y^L||0.{i}||||||F\r" for i in range(40)))
+    payload = (
+        "MSH|^~\\&|ECGGW|ECGGW|EHR|HOSPITAL|20260101||ORU^R01^ORU_R01|C1|P|2.5.1||||||UNICODE UTF-8\r"
+        "PID|1||P1^^^H^MR||MÜLLER^JÖRG||19600101|M\r" + "".join(f"OBX|{i}|NM|X^Y^L||0.{i}||||||F\r" for i in range(40))
+    )
     db.upgrade(empty_db_url, "0009_relative_spool_paths")
     engine = db.make_engine(empty_db_url)
     meta = sa.MetaData()
     with engine.begin() as conn:
         ecg = sa.Table("ecg_instances", meta, autoload_with=conn)
         hl7 = sa.Table("hl7_messages", meta, autoload_with=conn)
-        ecg_id = conn.execute(ecg.insert().returning(ecg.c.id), dict(
-            sop_instance_uid="1.2.3", version=1, sop_class_uid="1.2", spool_path="x", sha256="0" * 64,
-            size_bytes=1, status="processed", flags=[], attempts=1, received_at=T0, updated_at=T0,
-            measurements=cart.measurements, cart_statements=cart.statements)).scalar_one()
-        conn.execute(hl7.insert(), [dict(ecg_id=ecg_id, control_id=f"C{i}", order_key="k", payload=text,
-                                         status="delivered", attempts=1, next_attempt_at=T0, created_at=T0)
-                                    for i, text in enumerate((payload, ""))])
+        ecg_id = conn.execute(
+            ecg.insert().returning(ecg.c.id),
+            dict(
+                sop_instance_uid="1.2.3",
+                version=1,
+                sop_class_uid="1.2",
+                spool_path="x",
+                sha256="0" * 64,
+                size_bytes=1,
+                status="processed",
+                flags=[],
+                attempts=1,
+                received_at=T0,
+                updated_at=T0,
+                measurements=cart.measurements,
+                cart_statements=cart.statements,
+            ),
+        ).scalar_one()
+        conn.execute(
+            hl7.insert(),
+            [
+                dict(
+                    ecg_id=ecg_id,
+                    control_id=f"C{i}",
+                    order_key="k",
+                    payload=text,
+                    status="delivered",
+                    attempts=1,
+                    next_attempt_at=T0,
+                    created_at=T0,
+                )
+                for i, text in enumerate((payload, ""))
+            ],
+        )
     engine.dispose()
 
     def raw() -> tuple[Any, list[Any]]:
@@ -306,8 +387,10 @@ def test_migration_0010_compresses_outbox_payloads_and_measurements_both_ways(em
         engine = db.make_engine(empty_db_url)
         with db.make_sessionmaker(engine)() as s:
             row = s.get(EcgInstance, ecg_id)
-            assert (row.measurements, row.cart_statements) == (json.loads(json.dumps(cart.measurements)),
-                                                               cart.statements)
+            assert (row.measurements, row.cart_statements) == (
+                json.loads(json.dumps(cart.measurements)),
+                cart.statements,
+            )
             assert [m.payload for m in s.scalars(sa.select(Hl7Message).order_by(Hl7Message.id))] == [payload, ""]
         engine.dispose()
         db.downgrade(empty_db_url, "0009_relative_spool_paths")

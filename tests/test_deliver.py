@@ -55,8 +55,16 @@ def test_one_correct_oru_per_ecg(session_factory, port, tmp_path):
         ecgs = [
             make_ecg(s, patient_id=f"P{i}", accession_number=f"ACC{i}", patient_name=f"Doe{i}^Jane") for i in range(3)
         ]
-        ecgs.append(make_ecg(s, patient_id="R1", accession_number="ACCR", prediction=False, status="rejected",
-                             error="recording shorter than 8 s"))
+        ecgs.append(
+            make_ecg(
+                s,
+                patient_id="R1",
+                accession_number="ACCR",
+                prediction=False,
+                status="rejected",
+                error="recording shorter than 8 s",
+            )
+        )
         for e in ecgs:
             enqueue_result(s, e, e.prediction, cfg)
     with receiver(port, tmp_path / "rx.jsonl") as rx, sender(session_factory, cfg):
@@ -87,8 +95,14 @@ def test_one_correct_oru_per_ecg(session_factory, port, tmp_path):
 
 def test_special_characters_survive_the_round_trip(session_factory, port, tmp_path):
     cfg = hl7_config(port)
-    [mid] = enqueue(session_factory, cfg, patient_name="O'Brien^Anne-Marie^^Dr|x&y", patient_id="12^34~5",
-                    issuer_of_patient_id="ISS&1", accession_number="A\\1")
+    [mid] = enqueue(
+        session_factory,
+        cfg,
+        patient_name="O'Brien^Anne-Marie^^Dr|x&y",
+        patient_id="12^34~5",
+        issuer_of_patient_id="ISS&1",
+        accession_number="A\\1",
+    )
     with receiver(port, tmp_path / "rx.jsonl") as rx, sender(session_factory, cfg):
         wait_for(all_done(session_factory), what="delivery")
         [got] = rx.messages()
@@ -254,7 +268,9 @@ def test_resend_new_control_id_supersedes_and_audits(session_factory, port, tmp_
     with session_factory() as s:
         audit = s.scalars(select(AuditLog).order_by(AuditLog.id)).all()
     assert [(a.actor, a.action, a.target) for a in audit] == [
-        ("alice", "hl7_resend", f"hl7_message:{delivered_id}"), ("bob", "hl7_resend", f"hl7_message:{again_id}")]
+        ("alice", "hl7_resend", f"hl7_message:{delivered_id}"),
+        ("bob", "hl7_resend", f"hl7_message:{again_id}"),
+    ]
     assert audit[0].detail["new_control_id"] == again_cid and audit[1].detail["old_status"] == "pending"
     with receiver(port, tmp_path / "rx2.jsonl") as rx, sender(session_factory, cfg):
         wait_for(all_done(session_factory), what="resent delivery")
@@ -330,16 +346,29 @@ def test_stop_event_ends_an_idle_sender_promptly(session_factory, port):
 
 # --- issue 13 §1: the last check before framing ----------------------------------------------------------------
 
+
 # (the first OBX-11: an AI read is preliminary, P)
-@pytest.mark.parametrize("corrupt, problem", [
-    (lambda p: p.replace("|P|||", "|P\x1c\r\x0bMSH|^~\\&|LAB|LAB|EHR|HOSPITAL|20260101||ADT^A08|INJ1|P|2.5.1|||", 1),
-     "contains 0x0B (MLLP start block)"),
-    (lambda p: p.replace("|P|||", "|P\x1c\rZ|||", 1), "contains 0x1C (MLLP end block)"),
-    (lambda p: p.replace("|P|||", "|P\rPID!1!!666666!!Hacked#Ed|||", 1), "does not end a segment"),
-    (lambda p: p.replace("UNICODE UTF-8", "ASCII", 1).replace("|P|||", "|P\u00e9|||", 1), "cannot be encoded as ascii"),
-], ids=["vt-fs-forged-message", "fs", "cr-only", "unencodable"])
-def test_a_message_that_would_break_the_frame_is_never_sent_and_fails(session_factory, port, tmp_path, caplog,
-                                                                      corrupt, problem):
+@pytest.mark.parametrize(
+    "corrupt, problem",
+    [
+        (
+            lambda p: p.replace(
+                "|P|||", "|P\x1c\r\x0bMSH|^~\\&|LAB|LAB|EHR|HOSPITAL|20260101||ADT^A08|INJ1|P|2.5.1|||", 1
+            ),
+            "contains 0x0B (MLLP start block)",
+        ),
+        (lambda p: p.replace("|P|||", "|P\x1c\rZ|||", 1), "contains 0x1C (MLLP end block)"),
+        (lambda p: p.replace("|P|||", "|P\rPID!1!!666666!!Hacked#Ed|||", 1), "does not end a segment"),
+        (
+            lambda p: p.replace("UNICODE UTF-8", "ASCII", 1).replace("|P|||", "|P\u00e9|||", 1),
+            "cannot be encoded as ascii",
+        ),
+    ],
+    ids=["vt-fs-forged-message", "fs", "cr-only", "unencodable"],
+)
+def test_a_message_that_would_break_the_frame_is_never_sent_and_fails(
+    session_factory, port, tmp_path, caplog, corrupt, problem
+):
     cfg = hl7_config(port)
     [bad, good] = enqueue(session_factory, cfg, n=2, patient_id="A")  # same patient: the failed one must not block
     with session_factory() as s, s.begin():  # a builder defect, simulated: the payload holds frame bytes
@@ -358,6 +387,7 @@ def test_a_message_that_would_break_the_frame_is_never_sent_and_fails(session_fa
 
 
 # --- issue 14 §10: one connection per message, or one kept open; simple-hl7 and node-hl7-server --------------
+
 
 @pytest.mark.parametrize("package", ["simple-hl7", "node-hl7-server"])
 @pytest.mark.parametrize("keep_open", [True, False], ids=["kept-open", "per-message"])

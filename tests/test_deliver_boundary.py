@@ -29,8 +29,7 @@ from gateway.store.db import make_engine, make_sessionmaker
 from gateway.store.models import PROCESSED, REJECTED, EcgInstance, Hl7Message
 
 #: The label of issue 13 §1, verbatim: FS and CR end the ORU's frame, VT opens a forged one.
-ATTACK_LABEL = ("A\x1c\r\x0bMSH!#$%*!LAB!LAB!EHR!HOSPITAL!20260101!!ADT#A08!INJ1!P!2.5.1\r"
-                "PID!1!!666666!!Hacked#Ed\rZ")
+ATTACK_LABEL = "A\x1c\r\x0bMSH!#$%*!LAB!LAB!EHR!HOSPITAL!20260101!!ADT#A08!INJ1!P!2.5.1\rPID!1!!666666!!Hacked#Ed\rZ"
 CR_ONLY_LABEL = "A\rPID|1||666666||Hacked^Ed\rZ"
 CONTROL_BYTES = [b for b in range(0x20) if b != 0x0D] + [0x7F]
 
@@ -58,8 +57,12 @@ CASES = {
     "attack": (lambda ds: labelled(ds, ATTACK_LABEL), "PAT-ATTACK", "HOSP", REJECTED),
     "cr-only": (lambda ds: labelled(ds, CR_ONLY_LABEL), "PAT-CR", "HOSP", REJECTED),
     "flat": (lambda ds: with_samples(ds, np.zeros_like), "PAT-FLAT", "HOSP", REJECTED),
-    "clipped": (lambda ds: with_samples(ds, lambda x: np.clip(x.astype(np.int64) * 300, -32768, 32767)),
-                "PAT-CLIP", "HOSP", REJECTED),
+    "clipped": (
+        lambda ds: with_samples(ds, lambda x: np.clip(x.astype(np.int64) * 300, -32768, 32767)),
+        "PAT-CLIP",
+        "HOSP",
+        REJECTED,
+    ),
     "issuer-mapped": (lambda ds: ds, "PAT-MAPPED", "UNIVERSITY-HOSPITAL-X", PROCESSED),
     "issuer-cut": (lambda ds: ds, "PAT-CUT", "UNIVERSITY-HOSPITAL-Y", PROCESSED),
 }
@@ -86,9 +89,16 @@ def test_attack_flat_clipped_and_long_issuers_each_yield_one_oru(db_url, tmp_pat
     files = write_cases(tmp_path / "in")
     dicom_port, admin_port, hl7_port = free_port(), free_port(), free_port()
     env = gateway_env(
-        tmp_path, db_url, demo_model, dicom_port, admin_port, ECG_GATEWAY_HL7__ENABLED="true",
-        ECG_GATEWAY_HL7__PORT=str(hl7_port), ECG_GATEWAY_HL7__BACKOFF_INITIAL_S="0.1",
-        ECG_GATEWAY_HL7__ASSIGNING_AUTHORITIES='{ "UNIVERSITY-HOSPITAL-X" = "UHX" }')
+        tmp_path,
+        db_url,
+        demo_model,
+        dicom_port,
+        admin_port,
+        ECG_GATEWAY_HL7__ENABLED="true",
+        ECG_GATEWAY_HL7__PORT=str(hl7_port),
+        ECG_GATEWAY_HL7__BACKOFF_INITIAL_S="0.1",
+        ECG_GATEWAY_HL7__ASSIGNING_AUTHORITIES='{ "UNIVERSITY-HOSPITAL-X" = "UHX" }',
+    )
     engine = make_engine(db_url)
     sf = make_sessionmaker(engine)
     log_path = tmp_path / "serve.log"
@@ -157,14 +167,17 @@ def test_attack_flat_clipped_and_long_issuers_each_yield_one_oru(db_url, tmp_pat
         assert len(row.error) > 400 and row.error.startswith("12 of 12 leads unusable: " + first)
         assert sent.startswith(REJECTED_PREFIX + "12 of 12 leads unusable: " + first) and sent.endswith(MORE)
         assert len(sent) <= len(REJECTED_PREFIX) + REASON_LIMIT
-        assert row.error.startswith(sent[len(REJECTED_PREFIX):-len(MORE)])
+        assert row.error.startswith(sent[len(REJECTED_PREFIX) : -len(MORE)])
     assert by_patient["PAT-MAPPED"]["PID.F3.R1.C4"] == "UHX"
     assert by_patient["PAT-CUT"]["PID.F3.R1.C4"] == "UNIVERSITY-HOSPITAL-"
     assert by_patient["PAT-MAPPED"]["PID.F3.R1.C5"] == "MR"
     for msg in by_patient.values():  # ORC-3/OBR-3: the gateway's filler order number (the sample has none)
         ecg_id = rows[msg["PID.F3.R1.C1"]].id
-        assert (msg["ORC.F3.R1.C1"], msg["ORC.F3.R1.C2"]) == (str(ecg_id), "ECGGW") == (
-            msg["OBR.F3.R1.C1"], msg["OBR.F3.R1.C2"])
+        assert (
+            (msg["ORC.F3.R1.C1"], msg["ORC.F3.R1.C2"])
+            == (str(ecg_id), "ECGGW")
+            == (msg["OBR.F3.R1.C1"], msg["OBR.F3.R1.C2"])
+        )
 
     # the log: the cut issuer is named (escaped), the mapped one is not; no PHI; no raw control character
     warnings = [line for line in log.splitlines() if "PID-3.4" in line]

@@ -32,18 +32,29 @@ PROBS = {"1dAVb": 0.61234567, "RBBB": 0.01, "LBBB": 0.00012, "SB": 0.3, "AF": 0.
 
 def ecg(**kw):
     values = dict(
-        patient_id="12^3", issuer_of_patient_id="HOSP", patient_name="O'Brien^Anne-Marie^^Dr|x&y",
-        patient_birth_date="19700101", patient_sex="F", accession_number="ACC~1\\2", placer_order_number="PL|1",
-        filler_order_number="FI&1", requested_procedure_id="RP1", study_instance_uid="1.2.840.1.2",
-        acquisition_datetime="20240102030405.123456+0100", error=None, sop_instance_uid="1.2.840.1.3", id=7,
+        patient_id="12^3",
+        issuer_of_patient_id="HOSP",
+        patient_name="O'Brien^Anne-Marie^^Dr|x&y",
+        patient_birth_date="19700101",
+        patient_sex="F",
+        accession_number="ACC~1\\2",
+        placer_order_number="PL|1",
+        filler_order_number="FI&1",
+        requested_procedure_id="RP1",
+        study_instance_uid="1.2.840.1.2",
+        acquisition_datetime="20240102030405.123456+0100",
+        error=None,
+        sop_instance_uid="1.2.840.1.3",
+        id=7,
     )
     values.update(kw)
     return SimpleNamespace(**values)
 
 
 def prediction(**kw):
-    values = dict(probabilities=dict(PROBS), findings=["AF", "1dAVb"], quality_flags=[], model_sha256="ab" * 32,
-                  demo_model=False)
+    values = dict(
+        probabilities=dict(PROBS), findings=["AF", "1dAVb"], quality_flags=[], model_sha256="ab" * 32, demo_model=False
+    )
     values.update(kw)
     return SimpleNamespace(**values)
 
@@ -81,7 +92,9 @@ def test_observations_probabilities_findings_model_and_study():
     cwe = [r for r in rows if str(r[2]) == "CWE"]
     # model output order, not the order of the findings list
     assert [(str(r[3][0][0]), str(r[5][0][0]), str(r[5][0][2]), str(r[8])) for r in cwe] == [
-        ("8601-7", "270492004", "SCT", "A"), ("8601-7", "164889003", "SCT", "A")]  # SNOMED CT: 1dAVb, AF
+        ("8601-7", "270492004", "SCT", "A"),
+        ("8601-7", "164889003", "SCT", "A"),
+    ]  # SNOMED CT: 1dAVb, AF
     by_code = {str(r[3][0][0]): str(r[5]) for r in rows if str(r[2]) == "ST"}
     assert by_code["QUALITY"] == "noisy V1"
     assert by_code["MODEL_SHA256"] == "ab" * 32
@@ -117,9 +130,14 @@ def test_rejected_ecg_carries_the_reason_instead_of_findings():
 
 
 def test_configured_codes_pv1_and_order_code():
-    cfg = Hl7Config(include_pv1=True, pv1_patient_class="E", order_code="34534-8^12 lead EKG panel^LN",
-                    probability_coding_system="99ECG", probability_codes={"AF": "AFIB-P"},
-                    sending_application="GW^1.2.3^ISO")
+    cfg = Hl7Config(
+        include_pv1=True,
+        pv1_patient_class="E",
+        order_code="34534-8^12 lead EKG panel^LN",
+        probability_coding_system="99ECG",
+        probability_codes={"AF": "AFIB-P"},
+        sending_application="GW^1.2.3^ISO",
+    )
     msg = hl7.parse(build_oru(ecg(), prediction(), cfg, "C"))
     assert msg["PV1.F2"] == "E"
     assert msg["OBR.F4.R1.C1"] == "34534-8"
@@ -130,9 +148,11 @@ def test_configured_codes_pv1_and_order_code():
 
 @pytest.mark.parametrize(
     "charset, name, family, msh18",
-    [("UNICODE UTF-8", "Müller^Zoë", "Müller", "UNICODE UTF-8"),
-     ("8859/1", "Müller^Zoë", "Müller", "8859/1"),
-     ("ASCII", "Müller^Zoë", "Muller", "ASCII")],
+    [
+        ("UNICODE UTF-8", "Müller^Zoë", "Müller", "UNICODE UTF-8"),
+        ("8859/1", "Müller^Zoë", "Müller", "8859/1"),
+        ("ASCII", "Müller^Zoë", "Muller", "ASCII"),
+    ],
 )
 def test_non_ascii_names_in_the_configured_charset(charset, name, family, msh18):
     er7 = build_oru(ecg(patient_name=name), prediction(), Hl7Config(charset=charset), "C")
@@ -149,9 +169,11 @@ def test_name_not_representable_in_charset_is_a_clear_error():
 
 @pytest.mark.parametrize(
     "changes, expected",
-    [({"patient_id": None}, "PID-3: the ECG has no Patient ID"),
-     ({"patient_id": "SECRET" * 40}, "PID-3"),
-     ({"accession_number": "SECRET" * 40}, "OBR-18")],
+    [
+        ({"patient_id": None}, "PID-3: the ECG has no Patient ID"),
+        ({"patient_id": "SECRET" * 40}, "PID-3"),
+        ({"accession_number": "SECRET" * 40}, "OBR-18"),
+    ],
 )
 def test_invalid_ecg_raises_naming_the_field_not_the_value(changes, expected):
     with pytest.raises(OruBuildError) as exc:
@@ -180,9 +202,17 @@ def test_escape_handles_every_delimiter_and_literal_escape_sequences():
 
 @pytest.mark.parametrize(
     "dt, ts",
-    [("20240102030405.123456+0100", "20240102030405.1234+0100"), ("20240102030405", "20240102030405"),
-     ("202401020304", "202401020304"), ("2024", "2024"), ("20240102030405.5", "20240102030405.5"),
-     ("", ""), (None, ""), ("not a date", ""), ("2024-01-02", "")],
+    [
+        ("20240102030405.123456+0100", "20240102030405.1234+0100"),
+        ("20240102030405", "20240102030405"),
+        ("202401020304", "202401020304"),
+        ("2024", "2024"),
+        ("20240102030405.5", "20240102030405.5"),
+        ("", ""),
+        (None, ""),
+        ("not a date", ""),
+        ("2024-01-02", ""),
+    ],
 )
 def test_dicom_dt_to_hl7(dt, ts):
     assert dicom_dt_to_hl7(dt) == ts
@@ -190,8 +220,15 @@ def test_dicom_dt_to_hl7(dt, ts):
 
 @pytest.mark.parametrize(
     "pn, xpn",
-    [("Doe^John^Q^Dr^Jr", "Doe^John^Q^Jr^Dr"), ("Doe", "Doe"), ("", ""), (None, ""),
-     ("Yamada^Tarou=山田^太郎", "Yamada^Tarou"), ("=山田^太郎", "山田^太郎"), ("A^B^^^III", "A^B^^III")],
+    [
+        ("Doe^John^Q^Dr^Jr", "Doe^John^Q^Jr^Dr"),
+        ("Doe", "Doe"),
+        ("", ""),
+        (None, ""),
+        ("Yamada^Tarou=山田^太郎", "Yamada^Tarou"),
+        ("=山田^太郎", "山田^太郎"),
+        ("A^B^^^III", "A^B^^III"),
+    ],
 )
 def test_pn_to_xpn(pn, xpn):
     assert dicom_pn_to_xpn(pn, "UNICODE UTF-8") == xpn
@@ -219,9 +256,11 @@ def test_backoff_is_exponential_and_capped():
 
 @pytest.mark.parametrize(
     "toml, expected",
-    [("[hl7.probability_codes]\nAFIB = \"X\"\n", "hl7.probability_codes: unknown finding 'AFIB'"),
-     ('[hl7]\nprobability_coding_system = "L^X"\n', "hl7.probability_coding_system: String should match pattern"),
-     ('[hl7]\ntls_cert = "{cert}"\n', "hl7: tls_cert and tls_key go together")],
+    [
+        ('[hl7.probability_codes]\nAFIB = "X"\n', "hl7.probability_codes: unknown finding 'AFIB'"),
+        ('[hl7]\nprobability_coding_system = "L^X"\n', "hl7.probability_coding_system: String should match pattern"),
+        ('[hl7]\ntls_cert = "{cert}"\n', "hl7: tls_cert and tls_key go together"),
+    ],
 )
 def test_bad_hl7_config_is_one_line_naming_the_key(tmp_path, toml, expected):
     from gateway.config import ConfigError, load_config
@@ -237,8 +276,14 @@ def test_bad_hl7_config_is_one_line_naming_the_key(tmp_path, toml, expected):
 
 def test_probability_codes_left_out_keep_their_default():
     cfg = Hl7Config(probability_codes={"AF": "AFIB-P"})
-    assert cfg.probability_codes == {"1dAVb": "1DAVB_PROB", "RBBB": "RBBB_PROB", "LBBB": "LBBB_PROB",
-                                     "SB": "SB_PROB", "AF": "AFIB-P", "ST": "ST_PROB"}
+    assert cfg.probability_codes == {
+        "1dAVb": "1DAVB_PROB",
+        "RBBB": "RBBB_PROB",
+        "LBBB": "LBBB_PROB",
+        "SB": "SB_PROB",
+        "AF": "AFIB-P",
+        "ST": "ST_PROB",
+    }
 
 
 # --- issue 13 §1: no control character reaches the wire ---------------------------------------------------------
@@ -263,9 +308,20 @@ def test_escape_bounded_never_cuts_inside_an_escape_sequence():
     assert escape_bounded("|" * 67, 199) == ("\\F\\" * 66, True)
 
 
-@pytest.mark.parametrize("field", ["patient_id", "issuer_of_patient_id", "patient_name", "accession_number",
-                                   "placer_order_number", "filler_order_number", "requested_procedure_id",
-                                   "study_instance_uid", "error"])
+@pytest.mark.parametrize(
+    "field",
+    [
+        "patient_id",
+        "issuer_of_patient_id",
+        "patient_name",
+        "accession_number",
+        "placer_order_number",
+        "filler_order_number",
+        "requested_procedure_id",
+        "study_instance_uid",
+        "error",
+    ],
+)
 def test_control_characters_in_any_ecg_value_never_reach_the_message(field):
     value = "V" + CONTROLS + "MSH|^~\\&|X\rPID|1||666666"
     rejected = field == "error"
@@ -298,7 +354,7 @@ def test_the_attack_label_through_normalise_is_one_message_with_the_reason_quote
         assert msg["MSH.F10"] == "C" and msg["PID.F3.R1.C1"] == "12^3"
         [impression] = [r for r in msg.segments("OBX") if str(r[3][0][0]) == "8601-7"]
         sent, full = msg.unescape(str(impression[5])), "ECG could not be analysed: " + reason
-        assert sent == full or (sent.endswith(MORE) and full.startswith(sent[:-len(MORE)]))
+        assert sent == full or (sent.endswith(MORE) and full.startswith(sent[: -len(MORE)]))
         assert "\\x1c\\r\\x0bMSH" in sent or "\\rMSH" in sent  # the label, readable, repr-style
 
 
@@ -316,9 +372,11 @@ def test_frame_problem_refuses_what_would_break_the_frame_or_the_segments():
 
 # --- issue 13 §3: lengths are handled, never a failed message because a DICOM value was long -----------------
 
+
 def test_short_reason_keeps_whole_problems_then_points_to_the_admin_view():
-    flat = "12 of 12 leads unusable: " + "; ".join(f"{lead}: flat (peak-to-peak 0.000 mV)" for lead in
-                                                  ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2"))
+    flat = "12 of 12 leads unusable: " + "; ".join(
+        f"{lead}: flat (peak-to-peak 0.000 mV)" for lead in ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2")
+    )
     out = short_reason(flat)
     assert len(out) <= REASON_LIMIT and out.endswith(MORE)
     assert out.startswith("12 of 12 leads unusable: I: flat (peak-to-peak 0.000 mV);")
@@ -337,11 +395,13 @@ def test_any_long_reason_is_sent_short(reason, caplog):
 
 def test_long_issuer_is_mapped_else_cut_with_a_warning_naming_no_phi(caplog):
     long = "UNIVERSITY-HOSPITAL-X"
-    mapped = hl7.parse(build_oru(ecg(issuer_of_patient_id=long), prediction(),
-                                 Hl7Config(assigning_authorities={long: "UHX"}), "C"))
+    mapped = hl7.parse(
+        build_oru(ecg(issuer_of_patient_id=long), prediction(), Hl7Config(assigning_authorities={long: "UHX"}), "C")
+    )
     assert mapped["PID.F3.R1.C4"] == "UHX" and caplog.text == ""
-    cut = hl7.parse(build_oru(ecg(issuer_of_patient_id=long, patient_name="Secretname^Jo"), prediction(),
-                              Hl7Config(), "C"))
+    cut = hl7.parse(
+        build_oru(ecg(issuer_of_patient_id=long, patient_name="Secretname^Jo"), prediction(), Hl7Config(), "C")
+    )
     assert cut["PID.F3.R1.C4"] == "UNIVERSITY-HOSPITAL-" and cut["PID.F3.R1.C1"] == "12^3"
     [record] = caplog.records
     assert record.levelname == "WARNING" and "'UNIVERSITY-HOSPITAL-X'" in record.getMessage()
@@ -358,9 +418,16 @@ def test_long_name_component_is_cut_with_a_warning(caplog):
     assert "PID-5: a name component longer than 199" in caplog.text and "QQQ" not in caplog.text
 
 
-@pytest.mark.parametrize("field, path", [("patient_id", "PID.F3.R1.C1"), ("accession_number", "OBR.F18"),
-                                         ("placer_order_number", "ORC.F2"), ("filler_order_number", "ORC.F3"),
-                                         ("requested_procedure_id", "OBR.F19")])
+@pytest.mark.parametrize(
+    "field, path",
+    [
+        ("patient_id", "PID.F3.R1.C1"),
+        ("accession_number", "OBR.F18"),
+        ("placer_order_number", "ORC.F2"),
+        ("filler_order_number", "ORC.F3"),
+        ("requested_procedure_id", "OBR.F19"),
+    ],
+)
 def test_identifiers_the_receiver_accepts_always_fit(field, path):
     # the receiver keeps at most 64 characters of a header value; escaping at most triples them
     worst = "|^&~\\" * 12 + "|^&~"
@@ -384,20 +451,39 @@ def test_free_text_outside_the_charset_is_replaced_identity_is_an_error():
 
 # --- issue 14 §10: filler order number, PID-3.5, result status ------------------------------------------------
 
+
 def test_filler_order_number_is_the_carts_else_the_gateways_id_in_its_namespace():
     assert hl7.parse(build_oru(ecg(), prediction(), Hl7Config(), "C"))["ORC.F3"] == "FI&1"
     own = hl7.parse(build_oru(ecg(filler_order_number=None, id=123), prediction(), Hl7Config(), "C"))
     assert (own["ORC.F3.R1.C1"], own["ORC.F3.R1.C2"], own["OBR.F3.R1.C1"], own["OBR.F3.R1.C2"]) == (
-        "123", "ECGGW", "123", "ECGGW")
-    ns = hl7.parse(build_oru(ecg(filler_order_number="  ", id=5), prediction(), Hl7Config(filler_namespace="CARDIO"),
-                             "C", options=OruOptions(filler_id="4")))
+        "123",
+        "ECGGW",
+        "123",
+        "ECGGW",
+    )
+    ns = hl7.parse(
+        build_oru(
+            ecg(filler_order_number="  ", id=5),
+            prediction(),
+            Hl7Config(filler_namespace="CARDIO"),
+            "C",
+            options=OruOptions(filler_id="4"),
+        )
+    )
     assert (ns["OBR.F3.R1.C1"], ns["OBR.F3.R1.C2"]) == ("4", "CARDIO")
     with pytest.raises(OruBuildError, match="ORC-3"):
         build_oru(ecg(filler_order_number=None, id=None), prediction(), Hl7Config(), "C")
 
 
-@pytest.mark.parametrize("type_code, issuer, cx", [("MR", "HOSP", "12\\S\\3^^^HOSP^MR"), ("PI", None, "12\\S\\3^^^^PI"),
-                                                   ("", "HOSP", "12\\S\\3^^^HOSP"), ("", None, "12\\S\\3")])
+@pytest.mark.parametrize(
+    "type_code, issuer, cx",
+    [
+        ("MR", "HOSP", "12\\S\\3^^^HOSP^MR"),
+        ("PI", None, "12\\S\\3^^^^PI"),
+        ("", "HOSP", "12\\S\\3^^^HOSP"),
+        ("", None, "12\\S\\3"),
+    ],
+)
 def test_pid_3_5_identifier_type_code(type_code, issuer, cx):
     er7 = build_oru(ecg(issuer_of_patient_id=issuer), prediction(), Hl7Config(identifier_type_code=type_code), "C")
     assert er7.split("\r")[1].split("|")[3] == cx

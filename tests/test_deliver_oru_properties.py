@@ -43,9 +43,37 @@ pytestmark = pytest.mark.slow  # hundreds of examples: the full tier (the builde
 #: How many examples each test ran (printed at the end of the session by the report below).
 RAN: dict[str, int] = {}
 
-_NASTY = st.sampled_from(["\r", "\n", "\x0b", "\x1c", "\x1d", "\x1e", "\x00", "\x7f", "\x85", "\u2028", "\u2029",
-                          "|", "^", "&", "~", "\\", "\\F\\", "\\X0D\\", "MSH|^~\\&|", "\rPID|1||666666", " ", "\t",
-                          "\ud800", "é", "山", "A", "9"])
+_NASTY = st.sampled_from(
+    [
+        "\r",
+        "\n",
+        "\x0b",
+        "\x1c",
+        "\x1d",
+        "\x1e",
+        "\x00",
+        "\x7f",
+        "\x85",
+        "\u2028",
+        "\u2029",
+        "|",
+        "^",
+        "&",
+        "~",
+        "\\",
+        "\\F\\",
+        "\\X0D\\",
+        "MSH|^~\\&|",
+        "\rPID|1||666666",
+        " ",
+        "\t",
+        "\ud800",
+        "é",
+        "山",
+        "A",
+        "9",
+    ]
+)
 _unicode = st.text(alphabet=st.characters(exclude_categories=()), max_size=80)  # every code point, surrogates too
 _dense = st.lists(_NASTY, max_size=30).map("".join)
 _from_bytes = st.tuples(
@@ -94,30 +122,64 @@ def report(name: str) -> None:
     RAN[name] = RAN.get(name, 0) + 1
 
 
-@settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large])
-@given(patient_id=PATIENT_ID, issuer=OPTIONAL, name=NAME, accession=OPTIONAL, placer=OPTIONAL, filler=OPTIONAL,
-       requested=OPTIONAL, study=OPTIONAL, reason=REASON, flags=st.lists(TEXT, max_size=2), rejected=st.booleans(),
-       pv1=st.booleans())
-def test_any_text_in_any_value_is_one_well_formed_message(patient_id, issuer, name, accession, placer, filler,
-                                                          requested, study, reason, flags, rejected, pv1):
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
+)
+@given(
+    patient_id=PATIENT_ID,
+    issuer=OPTIONAL,
+    name=NAME,
+    accession=OPTIONAL,
+    placer=OPTIONAL,
+    filler=OPTIONAL,
+    requested=OPTIONAL,
+    study=OPTIONAL,
+    reason=REASON,
+    flags=st.lists(TEXT, max_size=2),
+    rejected=st.booleans(),
+    pv1=st.booleans(),
+)
+def test_any_text_in_any_value_is_one_well_formed_message(
+    patient_id, issuer, name, accession, placer, filler, requested, study, reason, flags, rejected, pv1
+):
     report("builder")
-    e = ecg(patient_id=patient_id, issuer_of_patient_id=issuer, patient_name=name, accession_number=accession,
-            placer_order_number=placer, filler_order_number=filler, requested_procedure_id=requested,
-            study_instance_uid=study, error=reason if rejected else None)
+    e = ecg(
+        patient_id=patient_id,
+        issuer_of_patient_id=issuer,
+        patient_name=name,
+        accession_number=accession,
+        placer_order_number=placer,
+        filler_order_number=filler,
+        requested_procedure_id=requested,
+        study_instance_uid=study,
+        error=reason if rejected else None,
+    )
     p = None if rejected else prediction(quality_flags=flags)
     cfg = Hl7Config(include_pv1=pv1)
     # The documented refusals; anything else must build.
     # (in message order, as hl7apy meets them)
     expected_error = (
-        "PID-3: the ECG has no Patient ID" if not patient_id.strip() else
-        "OBX-5: no prediction" if rejected and not reason.strip() else
-        "PID-3: value longer" if not identifier_fits(patient_id) else
-        "ORC-2: value longer" if not identifier_fits(placer) else
-        "ORC-3: value longer" if not identifier_fits(filler) else
-        "OBR-18: value longer" if not identifier_fits(accession) else
-        "OBR-19: value longer" if not identifier_fits(requested) else
-        "OBX-5: value longer" if not identifier_fits(study) else None)
+        "PID-3: the ECG has no Patient ID"
+        if not patient_id.strip()
+        else "OBX-5: no prediction"
+        if rejected and not reason.strip()
+        else "PID-3: value longer"
+        if not identifier_fits(patient_id)
+        else "ORC-2: value longer"
+        if not identifier_fits(placer)
+        else "ORC-3: value longer"
+        if not identifier_fits(filler)
+        else "OBR-18: value longer"
+        if not identifier_fits(accession)
+        else "OBR-19: value longer"
+        if not identifier_fits(requested)
+        else "OBX-5: value longer"
+        if not identifier_fits(study)
+        else None
+    )
     try:
         er7 = build_oru(e, p, cfg, "CTRL")
     except OruBuildError as exc:
@@ -130,10 +192,11 @@ def test_any_text_in_any_value_is_one_well_formed_message(patient_id, issuer, na
     if rejected:
         [obx] = msg.segments("OBX")[:1]
         sent, full = msg.unescape(str(obx[5])), REJECTED_PREFIX + given_value(reason)
-        assert sent == full or (sent.endswith(MORE) and full.startswith(sent[:-len(MORE)].rstrip()))
+        assert sent == full or (sent.endswith(MORE) and full.startswith(sent[: -len(MORE)].rstrip()))
 
 
 # --- the same through normalise: labels, code values and meanings, units -----------------------------------
+
 
 @pytest.fixture(scope="module")
 def sample():
@@ -142,13 +205,23 @@ def sample():
     return v.load_sample()
 
 
-@settings(max_examples=max(EXAMPLES // 10, 20), deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
-                                 HealthCheck.data_too_large])
-@given(label=TEXT, code_value=st.one_of(st.none(), st.just("5.6.3-9-1"), TEXT), scheme=TEXT, meaning=TEXT,
-       unit=st.one_of(st.none(), st.just("uV"), TEXT), channel=st.integers(0, 11))
-def test_data_set_text_quoted_in_reasons_is_one_well_formed_message(sample, label, code_value, scheme, meaning, unit,
-                                                                    channel):
+@settings(
+    max_examples=max(EXAMPLES // 10, 20),
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large],
+)
+@given(
+    label=TEXT,
+    code_value=st.one_of(st.none(), st.just("5.6.3-9-1"), TEXT),
+    scheme=TEXT,
+    meaning=TEXT,
+    unit=st.one_of(st.none(), st.just("uV"), TEXT),
+    channel=st.integers(0, 11),
+)
+def test_data_set_text_quoted_in_reasons_is_one_well_formed_message(
+    sample, label, code_value, scheme, meaning, unit, channel
+):
     import copy
 
     from pydicom.dataset import Dataset
@@ -188,14 +261,26 @@ def test_data_set_text_quoted_in_reasons_is_one_well_formed_message(sample, labe
         assert sent == REJECTED_PREFIX + reason or sent.endswith(MORE)
 
 
-@settings(max_examples=max(EXAMPLES // 5, 50), deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large])
-@given(reader_id=st.text(alphabet=st.characters(exclude_categories=("Cs", "Cc")), min_size=1, max_size=64)
-       .filter(lambda t: t.strip()), family=TEXT.filter(lambda t: t.strip()), given=TEXT,
-       statements=st.lists(TEXT, max_size=3), comment=TEXT, confirmed=st.sets(st.sampled_from(FINDINGS)),
-       status=st.sampled_from(["F", "C"]))
-def test_an_over_read_is_one_message_naming_its_reader(reader_id, family, given, statements, comment, confirmed,
-                                                        status):
+@settings(
+    max_examples=max(EXAMPLES // 5, 50),
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
+)
+@given(
+    reader_id=st.text(alphabet=st.characters(exclude_categories=("Cs", "Cc")), min_size=1, max_size=64).filter(
+        lambda t: t.strip()
+    ),
+    family=TEXT.filter(lambda t: t.strip()),
+    given=TEXT,
+    statements=st.lists(TEXT, max_size=3),
+    comment=TEXT,
+    confirmed=st.sets(st.sampled_from(FINDINGS)),
+    status=st.sampled_from(["F", "C"]),
+)
+def test_an_over_read_is_one_message_naming_its_reader(
+    reader_id, family, given, statements, comment, confirmed, status
+):
     """Issue 17: whatever a user record and a reader's texts hold, the confirmed
     ORU is one message whose OBR-32 names the reader (id and family name as
     given), with OBR-25 and every OBX-11 = the status, one impression per
@@ -205,12 +290,20 @@ def test_an_over_read_is_one_message_naming_its_reader(reader_id, family, given,
     from gateway.deliver.oru import OruOptions, OverRead
 
     report("over-read")
-    over = OverRead(findings=tuple(confirmed), reader_id=reader_id, family_name=family, given_name=given,
-                    authority="HOSP", at=datetime(2026, 1, 2, tzinfo=UTC), statements=tuple(statements),
-                    comment=comment)
+    over = OverRead(
+        findings=tuple(confirmed),
+        reader_id=reader_id,
+        family_name=family,
+        given_name=given,
+        authority="HOSP",
+        at=datetime(2026, 1, 2, tzinfo=UTC),
+        statements=tuple(statements),
+        comment=comment,
+    )
     try:
-        er7 = build_oru(ecg(), prediction(), Hl7Config(), "CTRL", options=OruOptions(result_status=status,
-                                                                                       over_read=over))
+        er7 = build_oru(
+            ecg(), prediction(), Hl7Config(), "CTRL", options=OruOptions(result_status=status, over_read=over)
+        )
     except OruBuildError as exc:
         # the only refusal: an identifier too long for HL7 once escaped (never cut)
         assert str(exc).startswith("OBR-32: value longer") and len(escape(replace_controls(reader_id.strip()))) > ST_MAX
@@ -223,8 +316,9 @@ def test_an_over_read_is_one_message_naming_its_reader(reader_id, family, given,
     cnn = obr[32][0][0] if not isinstance(obr[32][0], str) else obr[32]
     assert msg.unescape(str(cnn[0])) == replace_controls(reader_id.strip())
     sent_family = msg.unescape(str(cnn[1]))
-    assert sent_family.strip() and (sent_family == replace_controls(family.strip()) or sent_family.endswith(MORE)
-                                    or "?" in sent_family)
+    assert sent_family.strip() and (
+        sent_family == replace_controls(family.strip()) or sent_family.endswith(MORE) or "?" in sent_family
+    )
     assert str(cnn[8]) == "HOSP"
     impressions = [o for o in msg.segments("OBX") if str(o[3][0][0]) == "8601-7"]
     kept = [t for t in statements if t.strip()]

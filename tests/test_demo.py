@@ -18,14 +18,24 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_demo_send_stores_new_instances(db_url, session_factory, tmp_path, port):
-    cfg = Config.model_validate({"dicom": {"port": port, "min_free_disk_mb": 1},
-                                 "storage": {"database_url": db_url, "spool_dir": str(tmp_path / "spool")}})
+    cfg = Config.model_validate(
+        {
+            "dicom": {"port": port, "min_free_disk_mb": 1},
+            "storage": {"database_url": db_url, "spool_dir": str(tmp_path / "spool")},
+        }
+    )
     scp = start_scp(cfg.dicom, cfg.storage, session_factory)
     try:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ECG_GATEWAY_")}
         env["ECG_GATEWAY_DICOM__PORT"] = str(port)
-        r = subprocess.run([sys.executable, "-m", "gateway", "demo", "send", "--count", "3"], cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            [sys.executable, "-m", "gateway", "demo", "send", "--count", "3"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     finally:
         scp.shutdown()
     assert r.returncode == 0, r.stderr
@@ -38,8 +48,14 @@ def test_demo_send_stores_new_instances(db_url, session_factory, tmp_path, port)
 
 def test_demo_send_reports_a_refused_association(port):
     env = {k: v for k, v in os.environ.items() if not k.startswith("ECG_GATEWAY_")}
-    r = subprocess.run([sys.executable, "-m", "gateway", "demo", "send", "--port", str(port)], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "gateway", "demo", "send", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 1
     assert f"association with 127.0.0.1:{port} (ECGGW) was not established" in r.stderr
 
@@ -48,8 +64,14 @@ def _start_demo(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, Path]:
     out = tmp_path / "demo.out"
     env = {k: v for k, v in os.environ.items() if not k.startswith("ECG_GATEWAY_")}
     with open(out, "wb") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "gateway", "demo", *args], cwd=ROOT, env=env, stdout=f,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "demo", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     return proc, out
 
 

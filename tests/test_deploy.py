@@ -57,16 +57,23 @@ def verify(tmp_path: Path, unit_text: str) -> subprocess.CompletedProcess:
     exe.chmod(0o755)
     (root / "etc/systemd/system").mkdir(parents=True)
     (root / "etc/systemd/system/ecg-gateway.service").write_text(unit_text)
-    return subprocess.run(["systemd-analyze", "verify", f"--root={root}", "/etc/systemd/system/ecg-gateway.service"],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        ["systemd-analyze", "verify", f"--root={root}", "/etc/systemd/system/ecg-gateway.service"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_systemd_unit_verifies_cleanly(tmp_path):
     r = verify(tmp_path, UNIT.read_text())
     assert (r.returncode, r.stdout + r.stderr) == (0, "")
     # The checker does check: a misspelt directive and a bad value are reported.
-    bad = UNIT.read_text().replace("ProtectSystem=strict", "ProtectSytem=strict").replace(
-        "Restart=on-failure", "Restart=sometimes")
+    bad = (
+        UNIT.read_text()
+        .replace("ProtectSystem=strict", "ProtectSytem=strict")
+        .replace("Restart=on-failure", "Restart=sometimes")
+    )
     r = verify(tmp_path / "bad", bad)
     assert "Unknown key 'ProtectSytem'" in r.stderr and "sometimes" in r.stderr
 
@@ -103,19 +110,23 @@ def _nginx_config(tmp: Path, https_port: int, http_port: int, admin_port: int) -
     nginx.conf that keeps every file under ``tmp``."""
     cert, key = self_signed_cert(tmp)
     site = NGINX_SITE.read_text()
-    for old, new in (("listen 443 ssl;", f"listen 127.0.0.1:{https_port} ssl;"),
-                     ("listen 80;", f"listen 127.0.0.1:{http_port};"),
-                     ("server 127.0.0.1:8080;", f"server 127.0.0.1:{admin_port};"),
-                     ("/etc/ssl/ecg-gateway/fullchain.pem", str(cert)),
-                     ("/etc/ssl/ecg-gateway/privkey.pem", str(key))):
+    for old, new in (
+        ("listen 443 ssl;", f"listen 127.0.0.1:{https_port} ssl;"),
+        ("listen 80;", f"listen 127.0.0.1:{http_port};"),
+        ("server 127.0.0.1:8080;", f"server 127.0.0.1:{admin_port};"),
+        ("/etc/ssl/ecg-gateway/fullchain.pem", str(cert)),
+        ("/etc/ssl/ecg-gateway/privkey.pem", str(key)),
+    ):
         assert site.count(old) == 1, old
         site = site.replace(old, new)
     (tmp / "site.conf").write_text(site)
     temp = " ".join(f"{k}_temp_path {tmp / k};" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     main = tmp / "nginx.conf"
-    main.write_text(f"pid {tmp / 'nginx.pid'};\nerror_log {tmp / 'error.log'};\ndaemon off;\nworker_processes 1;\n"
-                    f"events {{ worker_connections 64; }}\n"
-                    f"http {{ access_log off; {temp} include {tmp / 'site.conf'}; }}\n")
+    main.write_text(
+        f"pid {tmp / 'nginx.pid'};\nerror_log {tmp / 'error.log'};\ndaemon off;\nworker_processes 1;\n"
+        f"events {{ worker_connections 64; }}\n"
+        f"http {{ access_log off; {temp} include {tmp / 'site.conf'}; }}\n"
+    )
     return main
 
 
@@ -136,8 +147,9 @@ def _wait_port(port: int, timeout: float = 20) -> None:
 @pytest.mark.slow
 @pytest.mark.one_db("sqlite")  # nginx in front of the admin view: the database kind does not matter
 @pytest.mark.parametrize("cookie_secure", ["always", "auto"])  # auto: from the proxy's X-Forwarded-Proto
-def test_nginx_example_serves_the_admin_view_over_tls_with_a_secure_cookie(db_url, session_factory, tmp_path,
-                                                                           cookie_secure):
+def test_nginx_example_serves_the_admin_view_over_tls_with_a_secure_cookie(
+    db_url, session_factory, tmp_path, cookie_secure
+):
     if shutil.which("nginx") is None:
         pytest.skip("nginx is not installed (./dev test installs Debian's nginx)")
     from gateway.admin.app import create_app, make_server
@@ -150,9 +162,12 @@ def test_nginx_example_serves_the_admin_view_over_tls_with_a_secure_cookie(db_ur
     assert r.returncode == 0 and "test is successful" in r.stderr, r.stderr
 
     # The gateway side as deploy/gateway.toml sets it: loopback, a token, Secure cookies.
-    cfg = Config.model_validate({"storage": {"database_url": db_url, "spool_dir": str(tmp_path / "spool")},
-                                 "admin": {"host": "127.0.0.1", "port": admin_port, "token": "tok3n",
-                                           "cookie_secure": cookie_secure}})
+    cfg = Config.model_validate(
+        {
+            "storage": {"database_url": db_url, "spool_dir": str(tmp_path / "spool")},
+            "admin": {"host": "127.0.0.1", "port": admin_port, "token": "tok3n", "cookie_secure": cookie_secure},
+        }
+    )
     server = make_server(create_app(cfg, session_factory), cfg)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -172,8 +187,11 @@ def test_nginx_example_serves_the_admin_view_over_tls_with_a_secure_cookie(db_ur
             assert r.status_code == 200 and "<h1>ECGs</h1>" in r.text
             assert client.get("/metrics").status_code == 200  # from 127.0.0.1: allowed
             # DICOMweb STOW-RS through the proxy: bigger than the admin's 64k form limit, chunked
-            stow = client.post("/dicomweb/studies", content=iter([_STOW_BODY[:70000], _STOW_BODY[70000:]]),
-                               headers={"Authorization": "Bearer tok3n", "Content-Type": _STOW_TYPE})
+            stow = client.post(
+                "/dicomweb/studies",
+                content=iter([_STOW_BODY[:70000], _STOW_BODY[70000:]]),
+                headers={"Authorization": "Bearer tok3n", "Content-Type": _STOW_TYPE},
+            )
             assert stow.status_code == 409 and stow.headers["content-type"] == "application/dicom+json", stow.text
             assert stow.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0xC000]  # not DICOM, but it got there
         r = httpx.get(f"http://127.0.0.1:{http_port}/ecgs", follow_redirects=False)

@@ -29,12 +29,16 @@ import ecg_variants as v
 from gateway.dicomio.reader import WAVEFORM, DicomError, file_meta_uids, read
 from gateway.normalise import NormaliseError, NormaliseParams, normalise_dataset
 
-SYNTAXES = {"implicit": ImplicitVRLittleEndian, "explicit": ExplicitVRLittleEndian,
-            "deflated": DeflatedExplicitVRLittleEndian}
+SYNTAXES = {
+    "implicit": ImplicitVRLittleEndian,
+    "explicit": ExplicitVRLittleEndian,
+    "deflated": DeflatedExplicitVRLittleEndian,
+}
 
 
 def _set(path: str, value: Any):
     """A builder setting one attribute of the rhythm group (dotted path below it)."""
+
     def build(ds: Dataset) -> Dataset:
         out = v.new_uids(ds)
         target = v.rhythm(out)
@@ -43,6 +47,7 @@ def _set(path: str, value: Any):
             target = target[int(part)] if part.isdigit() else getattr(target, part)
         setattr(target, name, value)
         return out
+
     return build
 
 
@@ -211,7 +216,7 @@ def _mutations(raw: bytes, seed: int) -> list[tuple[str, bytes, int | None]]:
     structural = [i for i in range(body, len(raw)) if not any(a + 4 <= i < b - 4 for a, b in spans)]
     cases = [(f"truncated at {n}", raw[:n], None) for n in sorted(rng.sample(range(len(raw)), 20))]
     cases += [(f"truncated at {n}", raw[:n], None) for n in (0, 131, 132, 140, len(raw) - 1, len(raw) - 7)]
-    cases += [(f"truncated at {a}{d:+}", raw[:a + d], None) for a, _ in spans for d in (-12, -8, -4, 0, 2)]
+    cases += [(f"truncated at {a}{d:+}", raw[: a + d], None) for a, _ in spans for d in (-12, -8, -4, 0, 2)]
     for i in sorted(rng.sample(structural, 120)):
         mutated = bytearray(raw)
         mutated[i] ^= rng.choice((0x01, 0x10, 0x80, 0xFF))
@@ -241,8 +246,10 @@ def test_truncated_and_corrupt_bytes_fail_as_dcmread_does(sample, syntax):
     intact = outcome(pydicom.dcmread(io.BytesIO(raw)))
     if syntax == "deflated":
         cases = [(f"truncated at {n}", raw[:n], None) for n in range(0, len(raw), max(1, len(raw) // 20))]
-        cases += [(f"byte {i} flipped", raw[:i] + bytes([raw[i] ^ 0xFF]) + raw[i + 1:], None)
-                  for i in random.Random(1).sample(range(400, len(raw)), 20)]
+        cases += [
+            (f"byte {i} flipped", raw[:i] + bytes([raw[i] ^ 0xFF]) + raw[i + 1 :], None)
+            for i in random.Random(1).sample(range(400, len(raw)), 20)
+        ]
     else:
         cases = _mutations(raw, seed=7)
     skipped = _skipped_span(raw) if syntax != "deflated" else (0, 0)
@@ -263,8 +270,9 @@ def test_truncated_and_corrupt_bytes_fail_as_dcmread_does(sample, syntax):
     assert tolerated < len(cases) // 10
 
 
-def test_worker_rejects_a_spooled_file_that_cannot_be_parsed(db_url, session_factory, tmp_path, demo_model,
-                                                              demo_ensemble, sample):
+def test_worker_rejects_a_spooled_file_that_cannot_be_parsed(
+    db_url, session_factory, tmp_path, demo_model, demo_ensemble, sample
+):
     """Through the real worker: the receive stage accepted the files, then
     their bodies were damaged on disk; the reasons are dcmread's, as before."""
 
@@ -274,16 +282,24 @@ def test_worker_rejects_a_spooled_file_that_cannot_be_parsed(db_url, session_fac
     from gateway.store.models import PROCESSED, REJECTED, EcgInstance
     from gateway.store.spool import Spool
 
-    cfg = Config.model_validate({
-        "storage": {"database_url": db_url, "spool_dir": str(tmp_path / "spool")},
-        "model": {"files": [str(demo_model)], "batch_size": 4, "max_wait_ms": 0},
-    })
+    cfg = Config.model_validate(
+        {
+            "storage": {"database_url": db_url, "spool_dir": str(tmp_path / "spool")},
+            "model": {"files": [str(demo_model)], "batch_size": 4, "max_wait_ms": 0},
+        }
+    )
     ids = []
     for syntax in (ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, None, None):
         raw = encode(sample, syntax or ExplicitVRLittleEndian)
-        out = store_instance(IncomingInstance.from_file(raw, calling_ae="TESTCART", peer_address="127.0.0.1",
-                                                        transfer_syntax_uid=syntax or ExplicitVRLittleEndian),
-                             StoreContext(session_factory, Spool.from_config(cfg.storage)))
+        out = store_instance(
+            IncomingInstance.from_file(
+                raw,
+                calling_ae="TESTCART",
+                peer_address="127.0.0.1",
+                transfer_syntax_uid=syntax or ExplicitVRLittleEndian,
+            ),
+            StoreContext(session_factory, Spool.from_config(cfg.storage)),
+        )
         assert out.status == 0, out
         ids.append(out.ecg_id)
     with session_factory() as s:
@@ -306,12 +322,15 @@ def test_worker_rejects_a_spooled_file_that_cannot_be_parsed(db_url, session_fac
         assert rows[4].error.startswith("DICOM data set cannot be parsed: No tag to read at file position")
 
 
-@pytest.mark.parametrize("options", [
-    ["+e", "+te"],  # explicit lengths in every sequence and item, Explicit VR LE
-    ["+e", "+ti"],  # ... Implicit VR LE
-    ["+e", "+g", "+te"],  # with group length elements
-    ["-e", "+td"],  # undefined lengths, Deflated
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["+e", "+te"],  # explicit lengths in every sequence and item, Explicit VR LE
+        ["+e", "+ti"],  # ... Implicit VR LE
+        ["+e", "+g", "+te"],  # with group length elements
+        ["-e", "+td"],  # undefined lengths, Deflated
+    ],
+)
 def test_files_written_by_dcmtk(sample, tmp_path, options):
     """A second writer (DCMTK dcmconv), with defined-length sequences and
     items, which pydicom's writer never produces."""
@@ -334,8 +353,7 @@ def test_files_written_by_dcmtk(sample, tmp_path, options):
 # -- the differential property: read(...) against dcmread over varied and garbled files ---------------
 
 #: What the readers are asked for: the worker's, the door's, the cart report's.
-KEPT = [WAVEFORM, ("WaveformSequence", "RequestAttributesSequence"),
-        ("WaveformSequence", "WaveformAnnotationSequence")]
+KEPT = [WAVEFORM, ("WaveformSequence", "RequestAttributesSequence"), ("WaveformSequence", "WaveformAnnotationSequence")]
 _ENCODED: dict[tuple[str, str], bytes] = {}
 
 
@@ -403,8 +421,9 @@ def _assert_same_level(fast: Dataset, slow: Dataset, kept: tuple[str, ...] = ())
 
 #: (variant, syntax, damage, where in [0, 1), flip mask, inserted bytes): small, so hypothesis shows it.
 _CASES = st.tuples(
-    st.sampled_from(["sample", "eight-lead", "mdc-codes", "general-32bit", "median-beat-only", "no-waveform",
-                     "shuffled"]),
+    st.sampled_from(
+        ["sample", "eight-lead", "mdc-codes", "general-32bit", "median-beat-only", "no-waveform", "shuffled"]
+    ),
     st.sampled_from(["implicit", "explicit"]),
     st.sampled_from(["intact", "cut", "flip", "insert"]),
     st.floats(0, 1, exclude_max=True),
@@ -423,7 +442,7 @@ def _damaged(case: tuple) -> tuple[str, bytes]:
     if kind == "cut":
         raw = raw[:at]
     elif kind == "flip":
-        raw = raw[:at] + bytes([raw[at] ^ mask]) + raw[at + 1:]
+        raw = raw[:at] + bytes([raw[at] ^ mask]) + raw[at + 1 :]
     elif kind == "insert":
         raw = raw[:at] + garbage + raw[at:]
     return name, raw
@@ -467,8 +486,11 @@ def test_file_meta_uids(sample_path) -> None:
     raw = sample_path.read_bytes()
     ds = pydicom.dcmread(io.BytesIO(raw))
     uids = file_meta_uids(raw)
-    assert uids == (ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID,
-                    ds.file_meta.TransferSyntaxUID)
+    assert uids == (
+        ds.file_meta.MediaStorageSOPClassUID,
+        ds.file_meta.MediaStorageSOPInstanceUID,
+        ds.file_meta.TransferSyntaxUID,
+    )
     assert file_meta_uids(raw[128:]) == (None, None, None) == file_meta_uids(b"")
     assert file_meta_uids(raw[:200]).sop_class_uid == ds.file_meta.MediaStorageSOPClassUID
 

@@ -89,8 +89,15 @@ def check_web_view(base: str, sf, sop_uid: str, tmp_path: Path, env: dict) -> No
 def test_cart_to_ehr(db_url, tmp_path, demo_model, sample_path):
     files = write_variants(sample_path, tmp_path / "in")
     dicom_port, admin_port, hl7_port = free_port(), free_port(), free_port()
-    env = gateway_env(tmp_path, db_url, demo_model, dicom_port, admin_port, ECG_GATEWAY_HL7__ENABLED="true",
-                      ECG_GATEWAY_HL7__PORT=str(hl7_port))
+    env = gateway_env(
+        tmp_path,
+        db_url,
+        demo_model,
+        dicom_port,
+        admin_port,
+        ECG_GATEWAY_HL7__ENABLED="true",
+        ECG_GATEWAY_HL7__PORT=str(hl7_port),
+    )
     engine = make_engine(db_url)
     sf = make_sessionmaker(engine)
     with receiver(hl7_port, tmp_path / "hl7.jsonl") as ehr:
@@ -138,10 +145,15 @@ def test_cart_to_ehr(db_url, tmp_path, demo_model, sample_path):
         m["message"] for m in received if str(rows[files["sample"][1]].study_instance_uid) in m["message"]
     )
     segments = sample_oru.replace("\n", "\r").split("\r")
-    for loinc, value, unit in (("8867-4", "61", "/min"), ("8625-6", "161", "ms"), ("8636-3", "370", "ms"),
-                               ("8638-9", "57", "deg")):
-        assert any(seg.startswith("OBX|") and f"|NM|{loinc}^" in seg and f"||{value}|{unit}^" in seg
-                   for seg in segments), (loinc, sample_oru)
+    for loinc, value, unit in (
+        ("8867-4", "61", "/min"),
+        ("8625-6", "161", "ms"),
+        ("8636-3", "370", "ms"),
+        ("8638-9", "57", "deg"),
+    ):
+        assert any(
+            seg.startswith("OBX|") and f"|NM|{loinc}^" in seg and f"||{value}|{unit}^" in seg for seg in segments
+        ), (loinc, sample_oru)
     assert any("CART_STATEMENT^" in seg and "RITMO SINUSALE" in seg for seg in segments)
     # PHI never in the log
     sample = dcmread(sample_path)
@@ -163,16 +175,27 @@ def test_two_worker_processes_share_the_queue_on_postgresql(pg_db_url, tmp_path,
     for _ in range(n):
         ds = v.new_uids(raw_ds)
         path = v.save(ds, tmp_path / "one.dcm")
-        out = store_instance(IncomingInstance.from_file(path.read_bytes(), calling_ae="BACKFILL", peer_address=None),
-                             StoreContext(sf, Spool(tmp_path / "spool")))
+        out = store_instance(
+            IncomingInstance.from_file(path.read_bytes(), calling_ae="BACKFILL", peer_address=None),
+            StoreContext(sf, Spool(tmp_path / "spool")),
+        )
         assert out.status == 0
     procs = []
     for i in range(2):
-        env = gateway_env(tmp_path, db_url, demo_model, free_port(), free_port(), ECG_GATEWAY_MODEL__THREADS="1",
-                          ECG_GATEWAY_MODEL__BATCH_SIZE="4", ECG_GATEWAY_PROCESS__LEASE_SECONDS="120",
-                          ECG_GATEWAY_HL7__ENABLED="true")  # outbox rows are written; no sender runs
+        env = gateway_env(
+            tmp_path,
+            db_url,
+            demo_model,
+            free_port(),
+            free_port(),
+            ECG_GATEWAY_MODEL__THREADS="1",
+            ECG_GATEWAY_MODEL__BATCH_SIZE="4",
+            ECG_GATEWAY_PROCESS__LEASE_SECONDS="120",
+            ECG_GATEWAY_HL7__ENABLED="true",
+        )  # outbox rows are written; no sender runs
         procs.append(start_serve(env, tmp_path / f"worker{i}.log", "--components", "worker"))
     try:
+
         def done() -> bool:
             with sf() as s:
                 return s.scalar(select(func.count()).where(EcgInstance.status == PROCESSED)) == n
@@ -208,12 +231,23 @@ def test_kill_9_during_burst_loses_nothing_acknowledged(db_url, tmp_path, demo_m
     rng = random.Random(1234)
     for _round in range(1):  # tests/test_faults.py kills each stage too
         dicom_port = free_port()
-        env = gateway_env(tmp_path, db_url, demo_model, dicom_port, free_port(), ECG_GATEWAY_MODEL__THREADS="1",
-                          ECG_GATEWAY_PROCESS__LEASE_SECONDS="5")
+        env = gateway_env(
+            tmp_path,
+            db_url,
+            demo_model,
+            dicom_port,
+            free_port(),
+            ECG_GATEWAY_MODEL__THREADS="1",
+            ECG_GATEWAY_PROCESS__LEASE_SECONDS="5",
+        )
         proc = start_serve(env, tmp_path / "serve.log", "--components", "scp,worker")
         wait_for_port(dicom_port, proc=proc)
-        sender = subprocess.Popen(["storescu", "-v", "-aet", "TESTCART", "-aec", "ECGGW", "127.0.0.1", str(dicom_port),
-                                   *map(str, files)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        sender = subprocess.Popen(
+            ["storescu", "-v", "-aet", "TESTCART", "-aec", "ECGGW", "127.0.0.1", str(dicom_port), *map(str, files)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         time.sleep(rng.uniform(0.5, 2.5))  # a random point in the burst, with processing under way
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -226,10 +260,18 @@ def test_kill_9_during_burst_loses_nothing_acknowledged(db_url, tmp_path, demo_m
                 acked.add(uid_of[current])
     assert acked, "the burst was killed before any acknowledgement; nothing was tested"
     # restart and let it finish
-    env = gateway_env(tmp_path, db_url, demo_model, free_port(), free_port(), ECG_GATEWAY_MODEL__THREADS="1",
-                          ECG_GATEWAY_PROCESS__LEASE_SECONDS="5")
+    env = gateway_env(
+        tmp_path,
+        db_url,
+        demo_model,
+        free_port(),
+        free_port(),
+        ECG_GATEWAY_MODEL__THREADS="1",
+        ECG_GATEWAY_PROCESS__LEASE_SECONDS="5",
+    )
     proc = start_serve(env, tmp_path / "serve.log", "--components", "scp,worker")
     try:
+
         def acked_final() -> bool:
             with sf() as s:
                 rows = s.execute(select(EcgInstance.sop_instance_uid, EcgInstance.status)).all()

@@ -58,8 +58,9 @@ def statuses_by_uid(sf) -> dict[str, str]:  # type: ignore[no-untyped-def]
 
 def outbox_by_study(sf) -> dict[str, list[Hl7Message]]:  # type: ignore[no-untyped-def]
     with sf() as s:
-        rows = s.execute(select(EcgInstance.study_instance_uid, Hl7Message).join(Hl7Message.ecg)
-                         .order_by(Hl7Message.id)).all()
+        rows = s.execute(
+            select(EcgInstance.study_instance_uid, Hl7Message).join(Hl7Message.ecg).order_by(Hl7Message.id)
+        ).all()
     out: dict[str, list[Hl7Message]] = {}
     for study, msg in rows:
         out.setdefault(study, []).append(msg)
@@ -72,14 +73,16 @@ def tail(path: Path, n: int = 3000) -> str:
 
 # -- model file missing at start -------------------------------------------------
 
+
 def test_model_file_missing_at_start(tmp_path, sample_path):
     """Cart: connection refused (the SCP never listens).  Stored: nothing, not
     even a database.  Recovery: fetch the model and start again."""
     dicom_port = free_port()
     db = tmp_path / "gateway.db"
     env = gateway_env(tmp_path, f"sqlite:///{db}", tmp_path / "models" / "model.hdf5", dicom_port, free_port())
-    proc = subprocess.run([sys.executable, "-m", "gateway", "serve"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2
     assert "ecg-gateway model fetch" in proc.stderr and str(tmp_path / "models" / "model.hdf5") in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -89,6 +92,7 @@ def test_model_file_missing_at_start(tmp_path, sample_path):
 
 
 # -- database unavailable ----------------------------------------------------------
+
 
 @pytest.fixture
 def pg_url_only(pg_db_url: str) -> str:
@@ -107,8 +111,16 @@ def test_database_unavailable(pg_url_only, tmp_path, demo_model, sample_path):
     files = list(ecg_copies(sample_path, tmp_path / "in", 2).items())
     (a, (uid_a, study_a)), (b, (uid_b, study_b)) = files
     dicom_port, admin_port, hl7_port = free_port(), free_port(), free_port()
-    env = gateway_env(tmp_path, via_proxy, demo_model, dicom_port, admin_port, ECG_GATEWAY_HL7__PORT=str(hl7_port),
-                      ECG_GATEWAY_MODEL__THREADS="1", **HL7_FAST)
+    env = gateway_env(
+        tmp_path,
+        via_proxy,
+        demo_model,
+        dicom_port,
+        admin_port,
+        ECG_GATEWAY_HL7__PORT=str(hl7_port),
+        ECG_GATEWAY_MODEL__THREADS="1",
+        **HL7_FAST,
+    )
     engine = make_engine(pg_url_only)  # the test itself reads the database directly
     sf = make_sessionmaker(engine)
     log = tmp_path / "serve.log"
@@ -140,20 +152,26 @@ def test_database_unavailable(pg_url_only, tmp_path, demo_model, sample_path):
         assert code == 0, tail(log)
         received = ehr.messages()
     assert statuses_by_uid(sf) == {uid_a: PROCESSED, uid_b: PROCESSED}
-    assert sorted(study for study in (study_a, study_b) if any(study in m["message"] for m in received)) == \
-        sorted([study_a, study_b])
+    assert sorted(study for study in (study_a, study_b) if any(study in m["message"] for m in received)) == sorted(
+        [study_a, study_b]
+    )
     assert len(spool_files(tmp_path / "spool")) == 2
     engine.dispose()
 
 
 # -- spool disk full ------------------------------------------------------------------
 
+
 def _mount_tmpfs(folder: Path, size: str) -> bool:
     folder.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0 or shutil.which("mount") is None:
         return False
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-                          capture_output=True).returncode == 0
+    return (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True
+        ).returncode
+        == 0
+    )
 
 
 def _fill_inodes(folder: Path) -> list[Path]:
@@ -189,7 +207,7 @@ def test_spool_disk_full(tmp_path, demo_model, sample_path):
         with open(filler, "wb") as f:
             os.posix_fallocate(f.fileno(), 0, 600 * 2**20)
     inodes: list[Path] = []
-    (path, (uid, _)), = ecg_copies(sample_path, tmp_path / "in", 1).items()
+    ((path, (uid, _)),) = ecg_copies(sample_path, tmp_path / "in", 1).items()
     dicom_port = free_port()
     db_url = f"sqlite:///{tmp_path / 'gateway.db'}"
     env = gateway_env(tmp_path, db_url, demo_model, dicom_port, free_port(), **extra)
@@ -230,6 +248,7 @@ def test_spool_disk_full(tmp_path, demo_model, sample_path):
 
 # -- receiver answers AE / AR -------------------------------------------------------------
 
+
 @pytest.mark.one_db("sqlite")  # HL7 acks; the outbox's claims are tested on both databases in test_deliver.py
 def test_receiver_answers_ae_and_ar(db_url, tmp_path, demo_model, sample_path):
     """Cart: Success for every ECG (delivery is decoupled).  Stored: an AE'd
@@ -241,8 +260,17 @@ def test_receiver_answers_ae_and_ar(db_url, tmp_path, demo_model, sample_path):
     copies = list(ecg_copies(sample_path, tmp_path / "in", 3).items())
     (a, (uid_a, study_a)), (b, (uid_b, study_b)), (c, (uid_c, study_c)) = copies
     dicom_port, hl7_port = free_port(), free_port()
-    env = gateway_env(tmp_path, db_url, demo_model, dicom_port, free_port(), ECG_GATEWAY_HL7__PORT=str(hl7_port),
-                      ECG_GATEWAY_HL7__MAX_ATTEMPTS="2", ECG_GATEWAY_MODEL__THREADS="1", **HL7_FAST)
+    env = gateway_env(
+        tmp_path,
+        db_url,
+        demo_model,
+        dicom_port,
+        free_port(),
+        ECG_GATEWAY_HL7__PORT=str(hl7_port),
+        ECG_GATEWAY_HL7__MAX_ATTEMPTS="2",
+        ECG_GATEWAY_MODEL__THREADS="1",
+        **HL7_FAST,
+    )
     engine = make_engine(db_url)
     sf = make_sessionmaker(engine)
     log = tmp_path / "serve.log"
@@ -255,8 +283,7 @@ def test_receiver_answers_ae_and_ar(db_url, tmp_path, demo_model, sample_path):
 
         def ar_retried() -> bool:
             box = outbox_by_study(sf)
-            return (len(box) == 2 and box[study_a][0].status == HL7_FAILED
-                    and box[study_b][0].attempts >= 2)
+            return len(box) == 2 and box[study_a][0].status == HL7_FAILED and box[study_b][0].attempts >= 2
 
         wait_until(ar_retried, 120, what="AE failed, AR retried", procs=[proc])
         assert [s for _, s in storescu([c], dicom_port)[0]] == ["Success"]
@@ -279,8 +306,14 @@ def test_receiver_answers_ae_and_ar(db_url, tmp_path, demo_model, sample_path):
 
         wait_until(lambda: delivered(study_b) and delivered(study_c), 120, what="B and C delivered", procs=[proc])
         assert outbox_by_study(sf)[study_a][0].status == HL7_FAILED  # a failed message waits for an admin
-        resend = subprocess.run([sys.executable, "-m", "gateway", "hl7", "resend", str(msg_a.id)], cwd=ROOT, env=env,
-                                capture_output=True, text=True, timeout=60)
+        resend = subprocess.run(
+            [sys.executable, "-m", "gateway", "hl7", "resend", str(msg_a.id)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert resend.returncode == 0, resend.stderr
         wait_until(lambda: delivered(study_a), 120, what="A resent and delivered", procs=[proc])
     finally:
@@ -291,12 +324,16 @@ def test_receiver_answers_ae_and_ar(db_url, tmp_path, demo_model, sample_path):
     assert [m.status for m in box[study_a]] == ["superseded", HL7_DELIVERED]
     assert box[study_a][1].resend_of == msg_a.id
     accepted = [m for m in ehr.messages() if m["mode"] == "AA"]
-    assert [study for m in accepted for study in (study_a, study_b, study_c) if study in m["message"]] == \
-        [study_b, study_c, study_a]  # in order, per patient
+    assert [study for m in accepted for study in (study_a, study_b, study_c) if study in m["message"]] == [
+        study_b,
+        study_c,
+        study_a,
+    ]  # in order, per patient
     engine.dispose()
 
 
 # -- kill -9 during each stage ---------------------------------------------------------------
+
 
 @pytest.mark.one_db("postgresql", "sqlite")  # lease takeover: the production database when configured
 def test_kill_9_during_each_stage(db_url, tmp_path, demo_model, sample_path):
@@ -319,9 +356,18 @@ def test_kill_9_during_each_stage(db_url, tmp_path, demo_model, sample_path):
 
     def start() -> tuple[subprocess.Popen, int]:
         port = free_port()
-        env = gateway_env(tmp_path, db_url, demo_model, port, free_port(), ECG_GATEWAY_HL7__PORT=str(hl7_port),
-                          ECG_GATEWAY_MODEL__THREADS="1", ECG_GATEWAY_MODEL__BATCH_SIZE="4",
-                          ECG_GATEWAY_PROCESS__LEASE_SECONDS="5", **HL7_FAST)
+        env = gateway_env(
+            tmp_path,
+            db_url,
+            demo_model,
+            port,
+            free_port(),
+            ECG_GATEWAY_HL7__PORT=str(hl7_port),
+            ECG_GATEWAY_MODEL__THREADS="1",
+            ECG_GATEWAY_MODEL__BATCH_SIZE="4",
+            ECG_GATEWAY_PROCESS__LEASE_SECONDS="5",
+            **HL7_FAST,
+        )
         proc = start_serve(env, log, "--components", "scp,worker,hl7")
         wait_for_port(port, proc=proc)
         return proc, port
@@ -353,8 +399,9 @@ def test_kill_9_during_each_stage(db_url, tmp_path, demo_model, sample_path):
     proc, port = start()
     sender = send_unacked(port)
     mine = f"%:{proc.pid}:%"  # a claim of this process, not one left by the killed one
-    wait_until(lambda: count(EcgInstance.claimed_by.like(mine)) > 0, 120, interval=0.01,
-               what="a claimed batch", procs=[proc])
+    wait_until(
+        lambda: count(EcgInstance.claimed_by.like(mine)) > 0, 120, interval=0.01, what="a claimed batch", procs=[proc]
+    )
     kill(proc)
     collect(sender)
     assert count(EcgInstance.status != PROCESSED) > 0
@@ -364,14 +411,20 @@ def test_kill_9_during_each_stage(db_url, tmp_path, demo_model, sample_path):
     collect(send_unacked(port))
     assert len(acked) == n  # the cart got every acknowledgement in the end
     with receiver(hl7_port, rx_log, "split"):
-        wait_until(lambda: rx_log.exists() and rx_log.stat().st_size > 0, 120, interval=0.01,
-                   what="the first message on the wire", procs=[proc])
+        wait_until(
+            lambda: rx_log.exists() and rx_log.stat().st_size > 0,
+            120,
+            interval=0.01,
+            what="the first message on the wire",
+            procs=[proc],
+        )
         kill(proc)
 
     # 4. recovery
     with receiver(hl7_port, rx_log, "AA") as ehr:
         proc, port = start()
         try:
+
             def all_delivered() -> bool:
                 with sf() as s:
                     done = s.scalar(select(func.count()).where(Hl7Message.status == HL7_DELIVERED))

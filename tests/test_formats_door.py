@@ -45,8 +45,7 @@ def ctx(session_factory, tmp_path: Path) -> StoreContext:  # type: ignore[no-unt
 
 
 @pytest.mark.parametrize("path,fmt", [(PHILIPS_103, "philips"), (PHILIPS_104, "philips"), (AECG, "aecg")])
-def test_sample_stored_byte_for_byte_then_duplicate(ctx: StoreContext, session_factory, path: Path,
-                                                    fmt: str) -> None:
+def test_sample_stored_byte_for_byte_then_duplicate(ctx: StoreContext, session_factory, path: Path, fmt: str) -> None:
     raw = path.read_bytes()
     incoming = incoming_from_bytes(raw, "watch")
     assert not isinstance(incoming, Refusal)
@@ -72,15 +71,26 @@ def test_sample_columns(ctx: StoreContext, session_factory) -> None:
         rows = {r.source_format: r for r in s.scalars(select(EcgInstance))}
     p, a = rows["philips"], rows["aecg"]
     assert (p.patient_id, p.patient_name, p.patient_birth_date, p.patient_sex) == ("9999", None, "19760101", "F")
-    assert (p.acquisition_datetime, p.device_model, p.device_serial) == ("20081223194446", "PageWriter Touch",
-                                                                         "EKG16296")
+    assert (p.acquisition_datetime, p.device_model, p.device_serial) == (
+        "20081223194446",
+        "PageWriter Touch",
+        "EKG16296",
+    )
     assert p.placer_order_number is None and p.accession_number is None  # "---" placeholders
     # documentname ad4d3d80-d165-11dd-4823-0161c6aa0029 as a 2.25 UID
     assert p.sop_instance_uid == "2.25.230357497561892805240087388300079923241"
     assert (a.patient_id, a.issuer_of_patient_id, a.patient_name, a.patient_birth_date, a.patient_sex) == (
-        "subject1", "2.16.840.1.113883.3.400", "Clark", "19530508", "M")
-    assert (a.acquisition_datetime, a.manufacturer, a.device_model) == ("20021122091000", "Mortara Instrument, Inc.",
-                                                                        "ELI250")
+        "subject1",
+        "2.16.840.1.113883.3.400",
+        "Clark",
+        "19530508",
+        "M",
+    )
+    assert (a.acquisition_datetime, a.manufacturer, a.device_model) == (
+        "20021122091000",
+        "Mortara Instrument, Inc.",
+        "ELI250",
+    )
 
 
 def test_unreadable_document_refused_with_row(ctx: StoreContext, session_factory) -> None:
@@ -110,11 +120,14 @@ def test_the_original_is_exported_as_received(db_url: str, session_factory, tmp_
     from gateway.config import Config
 
     token = "t0ken-for-formats"
-    cfg = Config.model_validate({"storage": {"database_url": db_url, "spool_dir": str(tmp_path / "spool")},
-                                 "admin": {"token": token}})
+    cfg = Config.model_validate(
+        {"storage": {"database_url": db_url, "spool_dir": str(tmp_path / "spool")}, "admin": {"token": token}}
+    )
     raw = AECG.read_bytes()
-    outcome = store_instance(incoming_from_bytes(raw, "ingest"),  # type: ignore[arg-type]
-                             StoreContext(session_factory, Spool(Path(cfg.storage.spool_dir))))
+    outcome = store_instance(
+        incoming_from_bytes(raw, "ingest"),  # type: ignore[arg-type]
+        StoreContext(session_factory, Spool(Path(cfg.storage.spool_dir))),
+    )
     client = TestClient(create_app(cfg, session_factory))
     r = client.get(f"/api/ecgs/{outcome.ecg_id}/original.dcm", headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 200 and r.content == raw
@@ -127,7 +140,8 @@ def test_philips_1_04_01_and_1_04_02_documents() -> None:
 
     raw = PHILIPS_104.read_bytes().decode("utf-16")
     for version in ("1.04.01", "1.04.02"):
-        doc = raw.replace("<documentversion>1.04</documentversion>",
-                          f"<documentversion>{version}</documentversion>").encode("utf-16")
+        doc = raw.replace(
+            "<documentversion>1.04</documentversion>", f"<documentversion>{version}</documentversion>"
+        ).encode("utf-16")
         assert read_values(doc, "philips").details["document"] == f"PhilipsECG {version}"
     assert decode(doc, "philips").n_samples == 5300  # sierraecg takes 1.04.02 too (one decode: ~1 s)

@@ -37,8 +37,15 @@ def test_ingest_philips_and_aecg_to_ehr(db_url: str, tmp_path: Path, demo_model:
     (archive / "subject1.txt").write_bytes((INPUTS / "aecg" / "hl7_aecg_example.xml").read_bytes())
     (archive / "notes.txt").write_bytes(b"not an ECG")
     dicom_port, admin_port, hl7_port = free_port(), free_port(), free_port()
-    env = gateway_env(tmp_path, db_url, demo_model, dicom_port, admin_port, ECG_GATEWAY_HL7__ENABLED="true",
-                      ECG_GATEWAY_HL7__PORT=str(hl7_port))
+    env = gateway_env(
+        tmp_path,
+        db_url,
+        demo_model,
+        dicom_port,
+        admin_port,
+        ECG_GATEWAY_HL7__ENABLED="true",
+        ECG_GATEWAY_HL7__PORT=str(hl7_port),
+    )
     engine = make_engine(db_url)
     sf = make_sessionmaker(engine)
     log = tmp_path / "serve.log"
@@ -46,13 +53,21 @@ def test_ingest_philips_and_aecg_to_ehr(db_url: str, tmp_path: Path, demo_model:
         proc = start_serve(env, log)
         try:
             wait_for_port(dicom_port, proc=proc)
-            ingest = subprocess.run([sys.executable, "-m", "gateway", "ingest", str(archive)], cwd=ROOT, env=env,
-                                    capture_output=True, text=True, timeout=300)
+            ingest = subprocess.run(
+                [sys.executable, "-m", "gateway", "ingest", str(archive)],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
             assert ingest.returncode == 0, ingest.stdout + ingest.stderr
             lines = ingest.stdout.splitlines()
             assert [line.split(" (")[0] for line in lines[:3]] == [
-                f"accepted {archive / 'ECG0001'}", f"accepted {archive / 'scan.dcm'}",
-                f"accepted {archive / 'subject1.txt'}"]
+                f"accepted {archive / 'ECG0001'}",
+                f"accepted {archive / 'scan.dcm'}",
+                f"accepted {archive / 'subject1.txt'}",
+            ]
             assert "(Philips XML, ecg id" in lines[0] and "(HL7 aECG, ecg id" in lines[2]
             assert lines[3].startswith(f"skipped {archive / 'notes.txt'}: not DICOM, Philips XML or HL7 aECG")
             assert lines[4] == "3 files: 3 accepted, 0 duplicate, 0 refused; 1 skipped"
@@ -63,8 +78,14 @@ def test_ingest_philips_and_aecg_to_ehr(db_url: str, tmp_path: Path, demo_model:
 
             wait_until(all_final, 240, what="every ECG final", procs=[proc])
             wait_until(lambda: len(ehr.messages()) >= 3, 90, what="an ORU for each ECG", procs=[proc])
-            again = subprocess.run([sys.executable, "-m", "gateway", "ingest", str(archive / "subject1.txt")],
-                                   cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+            again = subprocess.run(
+                [sys.executable, "-m", "gateway", "ingest", str(archive / "subject1.txt")],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
             assert again.returncode == 0 and "1 files: 0 accepted, 1 duplicate, 0 refused" in again.stdout
         finally:
             assert stop(proc) == 0, log.read_text()[-3000:]

@@ -37,8 +37,10 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCTYPE = "a DOCTYPE (DTD) is not accepted in an ECG document"
 
 LAUGHS = "".join(f'<!ENTITY lol{i} "{f"&lol{i - 1};" * 10}">' for i in range(2, 10))
-BILLION_LAUGHS = (f'<?xml version="1.0"?><!DOCTYPE AnnotatedECG [<!ENTITY lol1 "lol">{LAUGHS}]>'
-                  '<AnnotatedECG xmlns="urn:hl7-org:v3"><title>&lol9;</title></AnnotatedECG>').encode()
+BILLION_LAUGHS = (
+    f'<?xml version="1.0"?><!DOCTYPE AnnotatedECG [<!ENTITY lol1 "lol">{LAUGHS}]>'
+    '<AnnotatedECG xmlns="urn:hl7-org:v3"><title>&lol9;</title></AnnotatedECG>'
+).encode()
 
 
 def with_doctype(doc: bytes, subset: str, reference: str) -> bytes:
@@ -78,8 +80,9 @@ def nothing_connected(sock: socket.socket) -> bool:
     return False
 
 
-def test_xml_bombs_and_external_entities_are_refused_with_a_row(ctx: StoreContext, session_factory, listener,
-                                                                caplog) -> None:
+def test_xml_bombs_and_external_entities_are_refused_with_a_row(
+    ctx: StoreContext, session_factory, listener, caplog
+) -> None:
     port = listener.getsockname()[1]
     hostile = {
         "billion laughs": BILLION_LAUGHS,
@@ -87,9 +90,14 @@ def test_xml_bombs_and_external_entities_are_refused_with_a_row(ctx: StoreContex
         "XXE network": with_doctype(AECG, f'<!ENTITY xxe SYSTEM "http://127.0.0.1:{port}/x">', "&xxe;"),
         "quadratic": with_doctype(AECG, f'<!ENTITY a "{"x" * 20000}">', "&a;" * 1000),
         "Philips UTF-16": (
-            PHILIPS_104.decode("utf-16").replace(
-                "<restingecgdata", '<!DOCTYPE restingecgdata [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
-                "<restingecgdata", 1).encode("utf-16")),
+            PHILIPS_104.decode("utf-16")
+            .replace(
+                "<restingecgdata",
+                '<!DOCTYPE restingecgdata [<!ENTITY x SYSTEM "file:///etc/passwd">]><restingecgdata',
+                1,
+            )
+            .encode("utf-16")
+        ),
     }
     caplog.set_level(logging.INFO)
     for name, raw in hostile.items():
@@ -115,8 +123,10 @@ def test_the_parser_itself_neither_expands_nor_fetches(listener) -> None:
     from gateway.formats.xmlsafe import _parser
 
     port = listener.getsockname()[1]
-    for raw in (with_doctype(AECG, '<!ENTITY xxe SYSTEM "file:///etc/passwd">', "&xxe;"),
-                with_doctype(AECG, f'<!ENTITY xxe SYSTEM "http://127.0.0.1:{port}/x">', "&xxe;")):
+    for raw in (
+        with_doctype(AECG, '<!ENTITY xxe SYSTEM "file:///etc/passwd">', "&xxe;"),
+        with_doctype(AECG, f'<!ENTITY xxe SYSTEM "http://127.0.0.1:{port}/x">', "&xxe;"),
+    ):
         root = etree.fromstring(raw, _parser())
         assert b"root:" not in etree.tostring(root)
     with pytest.raises(etree.XMLSyntaxError, match="amplification"):
@@ -132,10 +142,14 @@ def test_a_1_gb_xml_is_refused_unread(session_factory, db_url: str, tmp_path: Pa
     with open(big, "wb") as f:
         f.write(b'<?xml version="1.0"?><AnnotatedECG xmlns="urn:hl7-org:v3"><text>')
         f.truncate(1 << 30)
-    env = {"ECG_GATEWAY_STORAGE__DATABASE_URL": db_url, "ECG_GATEWAY_STORAGE__SPOOL_DIR": str(tmp_path / "spool"),
-           "ECG_GATEWAY_DICOM__MIN_FREE_DISK_MB": "0"}
-    result = CliRunner().invoke(app, ["--config", str(ROOT / "config" / "gateway.toml"), "ingest", str(big.parent)],
-                                env=env)
+    env = {
+        "ECG_GATEWAY_STORAGE__DATABASE_URL": db_url,
+        "ECG_GATEWAY_STORAGE__SPOOL_DIR": str(tmp_path / "spool"),
+        "ECG_GATEWAY_DICOM__MIN_FREE_DISK_MB": "0",
+    }
+    result = CliRunner().invoke(
+        app, ["--config", str(ROOT / "config" / "gateway.toml"), "ingest", str(big.parent)], env=env
+    )
     assert result.exit_code == 1, result.output
     assert f"refused {big}: 0xA701 data set of {1 << 30} bytes is larger than" in result.output
     assert "1 files: 0 accepted, 0 duplicate, 1 refused" in result.output
@@ -154,24 +168,40 @@ def test_a_text_node_over_the_parsers_limit_is_refused(ctx: StoreContext) -> Non
     assert outcome.reason.startswith("HL7 aECG: not well-formed XML:")
 
 
-@pytest.mark.parametrize("raw,reason", [
-    (AECG.replace(b'xmlns="urn:hl7-org:v3"', b'xmlns="urn:hl7-org:v2"', 1),
-     "HL7 aECG: AnnotatedECG is in the namespace 'urn:hl7-org:v2', not urn:hl7-org:v3"),
-    (PHILIPS_103.replace(b'xmlns="http://www3.medical.philips.com"', b'xmlns="http://example.com"', 1),
-     "Philips XML: restingecgdata is in the namespace 'http://example.com', not http://www3.medical.philips.com"),
-    (AECG.replace(b'code="RHYTHM"', b'code="OTHER"'),
-     "HL7 aECG: no series coded RHYTHM (representative beats alone are not analysed)"),
-    (AECG.replace(b'extension="subject1"', b""),
-     "HL7 aECG: no subject ID (trialSubject/id/@extension): the result could not be filed"),
-    (PHILIPS_103.replace(b"<patientid>1112010721168bdc</patientid>", b"<patientid/>"),
-     "Philips XML: no patient ID (patient/generalpatientdata/patientid, MRN or uniquepatientid): "
-     "the result could not be filed"),
-    (PHILIPS_103.replace(b"<documentversion>1.03</documentversion>", b"<documentversion>2.0</documentversion>"),
-     "Philips XML: document type 'SierraECG' version '2.0' is not supported"),
-    (AECG[:200_000], "HL7 aECG: not well-formed XML:"),
-])
-def test_unreadable_documents_are_refused_at_the_door(ctx: StoreContext, session_factory, raw: bytes,
-                                                       reason: str) -> None:
+@pytest.mark.parametrize(
+    "raw,reason",
+    [
+        (
+            AECG.replace(b'xmlns="urn:hl7-org:v3"', b'xmlns="urn:hl7-org:v2"', 1),
+            "HL7 aECG: AnnotatedECG is in the namespace 'urn:hl7-org:v2', not urn:hl7-org:v3",
+        ),
+        (
+            PHILIPS_103.replace(b'xmlns="http://www3.medical.philips.com"', b'xmlns="http://example.com"', 1),
+            "Philips XML: restingecgdata is in the namespace 'http://example.com', not http://www3.medical.philips.com",
+        ),
+        (
+            AECG.replace(b'code="RHYTHM"', b'code="OTHER"'),
+            "HL7 aECG: no series coded RHYTHM (representative beats alone are not analysed)",
+        ),
+        (
+            AECG.replace(b'extension="subject1"', b""),
+            "HL7 aECG: no subject ID (trialSubject/id/@extension): the result could not be filed",
+        ),
+        (
+            PHILIPS_103.replace(b"<patientid>1112010721168bdc</patientid>", b"<patientid/>"),
+            "Philips XML: no patient ID (patient/generalpatientdata/patientid, MRN or uniquepatientid): "
+            "the result could not be filed",
+        ),
+        (
+            PHILIPS_103.replace(b"<documentversion>1.03</documentversion>", b"<documentversion>2.0</documentversion>"),
+            "Philips XML: document type 'SierraECG' version '2.0' is not supported",
+        ),
+        (AECG[:200_000], "HL7 aECG: not well-formed XML:"),
+    ],
+)
+def test_unreadable_documents_are_refused_at_the_door(
+    ctx: StoreContext, session_factory, raw: bytes, reason: str
+) -> None:
     outcome = store(raw, ctx)
     assert outcome.status == CANNOT_UNDERSTAND
     assert (outcome.reason or "").startswith(reason), outcome.reason
@@ -204,23 +234,35 @@ def test_missing_and_derived_leads_follow_the_dicom_rules() -> None:
     # aVR given as -aVR (AVRneg) is negated back
     neg = AECG.replace(b'code="MDC_ECG_LEAD_AVR"', b'code="MDC_ECG_LEAD_AVRneg"', 1)
     digits = re.compile(rb'(code="MDC_ECG_LEAD_AVRneg".*?<digits>)(.*?)(</digits>)', re.S)
-    neg = digits.sub(lambda m: m.group(1) + b" ".join(str(-int(t)).encode() for t in m.group(2).split())
-                     + m.group(3), neg, count=1)
+    neg = digits.sub(
+        lambda m: m.group(1) + b" ".join(str(-int(t)).encode() for t in m.group(2).split()) + m.group(3), neg, count=1
+    )
     inverted = normalise_document(neg, "aecg", NormaliseParams())
     assert inverted.report["leads_inverted"] == ["aVR"]
     assert np.abs(inverted.signal - full).max() < 1e-9
 
 
-@pytest.mark.parametrize("mutate,reason", [
-    (lambda d: d.replace(b"<digits> -2 -2 -2", b"<digits> -2 two -2", 1),
-     "HL7 aECG: MDC_ECG_LEAD_I digits are not all integers (value 2 is not)"),
-    (lambda d: d.replace(b'<scale value="2.5" unit="uV"/>', b'<scale value="2.5" unit="furlong"/>', 1),
-     "HL7 aECG: MDC_ECG_LEAD_I scale unit 'furlong' is not a voltage unit (uV, mV, V)"),
-    (lambda d: d.replace(b'<increment value="0.002" unit="s"/>', b'<increment value="0" unit="s"/>', 1),
-     "HL7 aECG: the time increment is not positive"),
-    (lambda d: drop_sequence(d, "TIME_ABSOLUTE"),
-     "HL7 aECG: the RHYTHM series has no TIME_ABSOLUTE or TIME_RELATIVE sequence"),
-])
+@pytest.mark.parametrize(
+    "mutate,reason",
+    [
+        (
+            lambda d: d.replace(b"<digits> -2 -2 -2", b"<digits> -2 two -2", 1),
+            "HL7 aECG: MDC_ECG_LEAD_I digits are not all integers (value 2 is not)",
+        ),
+        (
+            lambda d: d.replace(b'<scale value="2.5" unit="uV"/>', b'<scale value="2.5" unit="furlong"/>', 1),
+            "HL7 aECG: MDC_ECG_LEAD_I scale unit 'furlong' is not a voltage unit (uV, mV, V)",
+        ),
+        (
+            lambda d: d.replace(b'<increment value="0.002" unit="s"/>', b'<increment value="0" unit="s"/>', 1),
+            "HL7 aECG: the time increment is not positive",
+        ),
+        (
+            lambda d: drop_sequence(d, "TIME_ABSOLUTE"),
+            "HL7 aECG: the RHYTHM series has no TIME_ABSOLUTE or TIME_RELATIVE sequence",
+        ),
+    ],
+)
 def test_bad_aecg_values_are_a_clear_rejection(mutate, reason: str) -> None:  # type: ignore[no-untyped-def]
     raw = mutate(AECG)
     with pytest.raises(FormatError, match="^" + re.escape(reason) + "$"):
@@ -233,9 +275,14 @@ def test_aecg_time_in_ms_and_explicit_times() -> None:
     ms = AECG.replace(b'<increment value="0.002" unit="s"/>', b'<increment value="2" unit="ms"/>', 1)
     assert decode(ms, "aecg").rate_text == "500"
     times = " ".join(str(2 * k) for k in range(5000)).encode()
-    explicit = re.sub(rb'<value xsi:type="GLIST_TS">.*?</value>', b'<value xsi:type="SLIST_PQ"><origin value="0" '
-                      b'unit="ms"/><scale value="1" unit="ms"/><digits>' + times + b"</digits></value>", AECG,
-                      count=1, flags=re.S)
+    explicit = re.sub(
+        rb'<value xsi:type="GLIST_TS">.*?</value>',
+        b'<value xsi:type="SLIST_PQ"><origin value="0" '
+        b'unit="ms"/><scale value="1" unit="ms"/><digits>' + times + b"</digits></value>",
+        AECG,
+        count=1,
+        flags=re.S,
+    )
     assert decode(explicit, "aecg").rate_text == "500"
     uneven = explicit.replace(b"<digits>0 2 4 ", b"<digits>0 3 4 ", 1)
     with pytest.raises(FormatError, match="not evenly spaced"):
@@ -243,8 +290,13 @@ def test_aecg_time_in_ms_and_explicit_times() -> None:
 
 
 def _waveform(doc: str, payload: str) -> str:
-    return re.sub(r"(<parsedwaveforms[^>]*>).*?(</parsedwaveforms>)", lambda m: m.group(1) + payload + m.group(2),
-                  doc, count=1, flags=re.S)
+    return re.sub(
+        r"(<parsedwaveforms[^>]*>).*?(</parsedwaveforms>)",
+        lambda m: m.group(1) + payload + m.group(2),
+        doc,
+        count=1,
+        flags=re.S,
+    )
 
 
 def _lzw_bomb(codes: int) -> bytes:
@@ -275,8 +327,9 @@ def test_garbage_and_bomb_xli_are_refused(monkeypatch) -> None:  # type: ignore[
 
 @pytest.mark.slow  # the worker with the model, a Philips decode and a PDF: ~8 s on a loaded machine
 @pytest.mark.one_db("sqlite")
-def test_worker_rejects_with_a_row_an_oru_and_no_phi_in_the_log(db_url, session_factory, tmp_path, demo_model,
-                                                                  demo_ensemble, caplog) -> None:
+def test_worker_rejects_with_a_row_an_oru_and_no_phi_in_the_log(
+    db_url, session_factory, tmp_path, demo_model, demo_ensemble, caplog
+) -> None:
     cfg = make_config(db_url, tmp_path, demo_model)
     ctx = StoreContext(session_factory, Spool.from_config(cfg.storage))
     caplog.set_level(logging.INFO)
@@ -289,7 +342,9 @@ def test_worker_rejects_with_a_row_an_oru_and_no_phi_in_the_log(db_url, session_
     with session_factory() as s:
         rejected, processed = s.get(EcgInstance, bad.ecg_id), s.get(EcgInstance, good.ecg_id)
         assert (rejected.status, rejected.error) == (
-            REJECTED, "HL7 aECG: MDC_ECG_LEAD_I digits are not all integers (value 2 is not)")
+            REJECTED,
+            "HL7 aECG: MDC_ECG_LEAD_I digits are not all integers (value 2 is not)",
+        )
         assert rejected.report["source_format"] == "aecg"
         assert processed.status == "processed", processed.error
         assert processed.report["source_format"] == "philips"
@@ -322,12 +377,19 @@ def test_a_long_digit_list_is_read_with_bounded_memory() -> None:
     assert peak < 40 * 1024 * 1024  # the text (~5 MB as str) and its int64 array (~10 MB)
 
 
-@pytest.mark.parametrize("raw,reason", [
-    (AECG.replace(b"<code ", b"<a/>" * 250_000 + b"<code ", 1),
-     "HL7 aECG: 252370 markup characters ('<'), more than the 200000 elements accepted in one ECG document"),
-    (PHILIPS_103.replace(b"<documentinfo>", b"<a/>" * 60_000 + b"<documentinfo>", 1),
-     "Philips XML: 61366 markup characters ('<'), more than the 50000 elements accepted in one ECG document"),
-])
+@pytest.mark.parametrize(
+    "raw,reason",
+    [
+        (
+            AECG.replace(b"<code ", b"<a/>" * 250_000 + b"<code ", 1),
+            "HL7 aECG: 252370 markup characters ('<'), more than the 200000 elements accepted in one ECG document",
+        ),
+        (
+            PHILIPS_103.replace(b"<documentinfo>", b"<a/>" * 60_000 + b"<documentinfo>", 1),
+            "Philips XML: 61366 markup characters ('<'), more than the 50000 elements accepted in one ECG document",
+        ),
+    ],
+)
 def test_too_many_elements_are_refused_before_parsing(ctx: StoreContext, raw: bytes, reason: str) -> None:
     """Tiny elements by the million fit the size limit but not memory (lxml
     ~120 bytes, minidom ~1 KB per element): counted before any parsing."""

@@ -42,7 +42,7 @@ def independent_model_input(leads_mv: dict[str, np.ndarray], fs: int) -> np.ndar
         y = np.pad(y, ((0, 0), (before, 4096 - n - before)))
     else:
         crop = (n - 4096) // 2
-        y = y[:, crop:crop + 4096]
+        y = y[:, crop : crop + 4096]
     return y.T
 
 
@@ -77,7 +77,7 @@ def test_philips_model_input_equals_sierraecgs_own_decode(name: str) -> None:
     assert [lead.label for lead in ecg.leads] == list(ORDER)
     fs = ecg.leads[0].sampling_freq
     # 5 uV per count, offset 0 in both documents (docs: signalresolution / parsedwaveforms@resolution)
-    leads = {lead.label: lead.samples[:PHILIPS[name]].astype(float) * 5 / 1000 for lead in ecg.leads}
+    leads = {lead.label: lead.samples[: PHILIPS[name]].astype(float) * 5 / 1000 for lead in ecg.leads}
     expected = independent_model_input(leads, fs)
     got = model_input(path.read_bytes(), NormaliseParams())
     assert got.report["source_format"] == "philips"
@@ -99,20 +99,21 @@ def test_aecg_model_input_equals_a_plain_lxml_read() -> None:
     assert got.report["leads_derived"] == []  # the file carries III, aVR, aVL, aVF: used as given
 
 
-def test_aecg_as_dicom_through_c_store_gives_the_same_model_input(session_factory, tmp_path: Path,
-                                                                  port: int) -> None:
+def test_aecg_as_dicom_through_c_store_gives_the_same_model_input(session_factory, tmp_path: Path, port: int) -> None:
     raw = (DATA / "aecg" / "hl7_aecg_example.xml").read_bytes()
     leads, fs = aecg_leads_by_lxml(raw)
     lsb_uv = 2.5  # the aECG scale: every value is a whole number of LSBs, so the encoding is exact
-    ds = make_ecg_dataset(np.stack([leads[lead] for lead in ORDER], axis=1), fs, ORDER, resolution_uv=lsb_uv,
-                          patient_id="subject1")
+    ds = make_ecg_dataset(
+        np.stack([leads[lead] for lead in ORDER], axis=1), fs, ORDER, resolution_uv=lsb_uv, patient_id="subject1"
+    )
     path = tmp_path / "aecg.dcm"
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     path.write_bytes(buf.getvalue())
     spool = tmp_path / "spool"
-    scp = start_scp(DicomConfig(port=port, min_free_disk_mb=0), StorageConfig(spool_dir=str(spool)), session_factory,
-                    None)
+    scp = start_scp(
+        DicomConfig(port=port, min_free_disk_mb=0), StorageConfig(spool_dir=str(spool)), session_factory, None
+    )
     try:
         statuses, output = storescu(port, [path])
     finally:

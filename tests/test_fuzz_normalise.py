@@ -43,18 +43,90 @@ EXAMPLES = 150  # per test in the full tier; ~0.1 s each on a loaded CI machine
 #: The example count per tier: the fast tier's smoke run still reaches both outcomes.
 TIERS = [pytest.param(30, id="smoke"), pytest.param(EXAMPLES, id="full", marks=pytest.mark.slow)]
 
-NUMBERS = ["0", "-0", "NaN", "inf", "-inf", "-1.25", "1e308", "-1e308", "1e-308", "5e-324", "", "abc", "1e999",
-           " 1.25 ", "1_000", "0x10", "1.25\\2.5", "+1.25", ".", "1e", "000000000000000001"]
-RATES = [*NUMBERS, "1000", "500", "400", "250", "100", "99.99", "2000", "2000.001", "999.999", "499.712", "1e3",
-         "1000.0000000001", "300", "257", "1024"]
+NUMBERS = [
+    "0",
+    "-0",
+    "NaN",
+    "inf",
+    "-inf",
+    "-1.25",
+    "1e308",
+    "-1e308",
+    "1e-308",
+    "5e-324",
+    "",
+    "abc",
+    "1e999",
+    " 1.25 ",
+    "1_000",
+    "0x10",
+    "1.25\\2.5",
+    "+1.25",
+    ".",
+    "1e",
+    "000000000000000001",
+]
+RATES = [
+    *NUMBERS,
+    "1000",
+    "500",
+    "400",
+    "250",
+    "100",
+    "99.99",
+    "2000",
+    "2000.001",
+    "999.999",
+    "499.712",
+    "1e3",
+    "1000.0000000001",
+    "300",
+    "257",
+    "1024",
+]
 COUNTS = [0, 1, 2, 7, 8, 11, 12, 13, 255, 65535]
 SAMPLE_COUNTS = [0, 1, 2, 399, 4095, 4096, 8000, 9999, 10000, 10001, 20000, 2**31, 2**32 - 1]
 BITS = [0, 1, 2, 8, 12, 15, 16, 17, 24, 32, 33, 64, 65535]
 INTERPRETATIONS = ["SS", "SL", "SB", "UB", "US", "UL", "MB", "AB", "SV", "", "ss", "SS\\SL"]
-UNITS = ["uV", "mV", "V", "nV", "\u00b5V", "10*-6.V", "10*-99.V", "10*+99.V", "10*3.V", "MV", "mmHg", "", " ", "uv",
-         "1", "kV"]
-CODES = ["5.6.3-9-1", "5.6.3-9-2", "5.6.3-9-61", "5.6.3-9-65", "5.6.3-9-0", "5.6.3-9-", "5.6.3-9-99999999999999999999",
-         "2:1", "2:3", "2:65", "2:31", "131073", "131137", "196608", "99999999999999999999", "", "-1", "I", "V7"]
+UNITS = [
+    "uV",
+    "mV",
+    "V",
+    "nV",
+    "\u00b5V",
+    "10*-6.V",
+    "10*-99.V",
+    "10*+99.V",
+    "10*3.V",
+    "MV",
+    "mmHg",
+    "",
+    " ",
+    "uv",
+    "1",
+    "kV",
+]
+CODES = [
+    "5.6.3-9-1",
+    "5.6.3-9-2",
+    "5.6.3-9-61",
+    "5.6.3-9-65",
+    "5.6.3-9-0",
+    "5.6.3-9-",
+    "5.6.3-9-99999999999999999999",
+    "2:1",
+    "2:3",
+    "2:65",
+    "2:31",
+    "131073",
+    "131137",
+    "196608",
+    "99999999999999999999",
+    "",
+    "-1",
+    "I",
+    "V7",
+]
 SCHEMES = ["SCPECG", "MDC", "DCM", "", "99LOCAL"]
 MEANINGS = ["Lead I", "Lead II", "-aVR", "V6", "lead v1 (chest)", "", "median", "\x00"]
 PADDINGS = [b"", b"\x00", b"\x00\x80", b"\xff\x7f", b"\x00\x00", b"\x00\x00\x00\x80", b"\x01"]
@@ -62,11 +134,23 @@ PADDINGS = [b"", b"\x00", b"\x00\x80", b"\xff\x7f", b"\x00\x00", b"\x00\x00\x00\
 RAW_COUNTS = [b"", b"\x01", b"\x01\x00\x00", b"\x10\x00\x10\x00", b"\xff\xff\xff\xff\xff", bytes(8), b"\xff\xfe"]
 GROUP_COUNTS = ["NumberOfWaveformChannels", "NumberOfWaveformSamples", "WaveformBitsAllocated"]
 SEQUENCES = ["ChannelSourceSequence", "ChannelSensitivityUnitsSequence"]
-GROUP_ELEMENTS = ["ChannelDefinitionSequence", "WaveformData", "SamplingFrequency", "WaveformBitsAllocated",
-                  "WaveformSampleInterpretation", "NumberOfWaveformChannels", "NumberOfWaveformSamples",
-                  "WaveformPaddingValue", "MultiplexGroupLabel"]
-CHANNEL_TEXT = {"ChannelSensitivity": NUMBERS, "ChannelSensitivityCorrectionFactor": NUMBERS,
-                "ChannelBaseline": NUMBERS, "ChannelSampleSkew": NUMBERS}
+GROUP_ELEMENTS = [
+    "ChannelDefinitionSequence",
+    "WaveformData",
+    "SamplingFrequency",
+    "WaveformBitsAllocated",
+    "WaveformSampleInterpretation",
+    "NumberOfWaveformChannels",
+    "NumberOfWaveformSamples",
+    "WaveformPaddingValue",
+    "MultiplexGroupLabel",
+]
+CHANNEL_TEXT = {
+    "ChannelSensitivity": NUMBERS,
+    "ChannelSensitivityCorrectionFactor": NUMBERS,
+    "ChannelBaseline": NUMBERS,
+    "ChannelSampleSkew": NUMBERS,
+}
 
 
 @functools.lru_cache(maxsize=1)
@@ -83,6 +167,7 @@ def _bases() -> dict[str, Dataset]:
 
 # -- mutations: (name, args) recipes applied to a deep copy ------------------------------------------
 
+
 def _channels(group: Dataset, which: int) -> list[Dataset]:
     """``which`` < 0: every channel; otherwise that one (modulo the count)."""
     items = list(group.get("ChannelDefinitionSequence") or [])
@@ -97,8 +182,11 @@ def _put_text(item: Dataset, keyword: str, text: str) -> None:
 
 def _apply(ds: Dataset, name: str, args: tuple[Any, ...]) -> None:
     groups = list(ds.get("WaveformSequence") or [])
-    group = variants.rhythm(ds) if any(str(g.get("MultiplexGroupLabel", "")).upper() == "RHYTHM" for g in groups) \
+    group = (
+        variants.rhythm(ds)
+        if any(str(g.get("MultiplexGroupLabel", "")).upper() == "RHYTHM" for g in groups)
         else (groups[0] if groups else Dataset())
+    )
     if name == "channel-text":  # sensitivity, correction, baseline, skew
         keyword, text, which = args
         for item in _channels(group, which):
@@ -231,8 +319,13 @@ MUTATIONS = st.one_of(
     st.tuples(st.just("median-label-everywhere"), st.just(())),
 )
 RECIPES = st.tuples(st.sampled_from(sorted(_bases())), st.lists(MUTATIONS, min_size=1, max_size=4))
-FUZZ = settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 def check_outcome(ds: Dataset) -> str:
@@ -296,9 +389,13 @@ def test_unmutated_bases_normalise(base: str) -> None:
 
 # -- regressions found by this fuzzing ------------------------------------------------------------
 
+
 @pytest.mark.parametrize("keyword", [*GROUP_COUNTS, "WaveformBitsStored"])
-@pytest.mark.parametrize("raw,why", [(b"\x01\x00\x00", "cannot be decoded"), (b"\x10\x00\x10\x00", "values"),
-                                     (bytes(8), "values")], ids=["odd-length", "two-values", "eight-bytes"])
+@pytest.mark.parametrize(
+    "raw,why",
+    [(b"\x01\x00\x00", "cannot be decoded"), (b"\x10\x00\x10\x00", "values"), (bytes(8), "values")],
+    ids=["odd-length", "two-values", "eight-bytes"],
+)
 def test_undecodable_or_multivalued_counts_are_a_normalise_error(keyword: str, raw: bytes, why: str) -> None:
     """Found by this fuzzing: a US/UL count of the wrong length or with several
     values escaped as BytesLengthException / TypeError; now the reason names it."""

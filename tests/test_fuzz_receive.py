@@ -58,8 +58,9 @@ def _check_header(header: EcgHeader) -> None:
         assert value is None or ("\x00" not in value and all(ch.isprintable() for ch in value)), column
 
 
-@pytest.mark.parametrize("count", [pytest.param(SMOKE, id="smoke"),
-                                   pytest.param(fh.fuzz_examples(), id="full", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "count", [pytest.param(SMOKE, id="smoke"), pytest.param(fh.fuzz_examples(), id="full", marks=pytest.mark.slow)]
+)
 def test_header_reader_survives_mutations(count: int) -> None:
     """The bulk: every mutated data set is an EcgHeader or a DicomError with a
     reason.  The smoke run mutates the unmutated bases only (building the
@@ -88,8 +89,11 @@ def test_header_reader_survives_mutations(count: int) -> None:
     assert outcomes["parsed"] > count // 10 and outcomes["DicomError"] > count // 10, outcomes
 
 
-@pytest.mark.parametrize("name,found,data", fh.regression_cases("header_regressions.json"),
-                         ids=lambda v: v if isinstance(v, str) and " " not in v else "")
+@pytest.mark.parametrize(
+    "name,found,data",
+    fh.regression_cases("header_regressions.json"),
+    ids=lambda v: v if isinstance(v, str) and " " not in v else "",
+)
 def test_header_regressions(name: str, found: str, data: bytes) -> None:
     """Inputs that once let an exception escape (``found``) now read or refuse cleanly."""
     try:
@@ -99,11 +103,13 @@ def test_header_regressions(name: str, found: str, data: bytes) -> None:
 
 
 def _config(db_url: str, tmp_path: Path, model: Path) -> Config:
-    return Config.model_validate({
-        "storage": {"database_url": db_url, "spool_dir": str(tmp_path / "spool")},
-        "model": {"files": [str(model)], "batch_size": 8, "max_wait_ms": 0},
-        "process": {"lease_seconds": 60, "max_attempts": 2},
-    })
+    return Config.model_validate(
+        {
+            "storage": {"database_url": db_url, "spool_dir": str(tmp_path / "spool")},
+            "model": {"files": [str(model)], "batch_size": 8, "max_wait_ms": 0},
+            "process": {"lease_seconds": 60, "max_attempts": 2},
+        }
+    )
 
 
 def _drain_and_check(cfg: Config, session_factory, ensemble, accepted: set[int]) -> collections.Counter[str]:  # type: ignore[no-untyped-def]
@@ -116,8 +122,9 @@ def _drain_and_check(cfg: Config, session_factory, ensemble, accepted: set[int])
         if not worker.run_once():
             break
     with session_factory() as s:
-        rows = s.execute(select(EcgInstance.id, EcgInstance.status, EcgInstance.error)
-                         .where(EcgInstance.id.in_(accepted))).all()
+        rows = s.execute(
+            select(EcgInstance.id, EcgInstance.status, EcgInstance.error).where(EcgInstance.id.in_(accepted))
+        ).all()
     assert {r.id for r in rows} == accepted
     stuck = [(r.id, r.status, (r.error or "").strip().splitlines()[-1:]) for r in rows if r.status not in FINAL]
     assert not stuck, f"accepted ECGs not in a final state (or failed): {stuck[:5]}"
@@ -158,8 +165,15 @@ def test_store_instance_then_worker(db_url, session_factory, tmp_path: Path, dem
 def scp(session_factory, tmp_path: Path, port: int):  # type: ignore[no-untyped-def]
     from gateway.receive.scp import start_scp
 
-    dicom = DicomConfig(port=port, host="127.0.0.1", min_free_disk_mb=0, max_associations=4,
-                        acse_timeout=5, dimse_timeout=10, network_timeout=10)
+    dicom = DicomConfig(
+        port=port,
+        host="127.0.0.1",
+        min_free_disk_mb=0,
+        max_associations=4,
+        acse_timeout=5,
+        dimse_timeout=10,
+        network_timeout=10,
+    )
     server = start_scp(dicom, StorageConfig(spool_dir=str(tmp_path / "spool")), session_factory)
     yield server
     server.shutdown()
@@ -218,8 +232,11 @@ def test_cstore_mutations_over_the_network_then_worker(
 
     # DCMTK as the cart for a sample of them, over one association
     sample = sorted(files.glob("*.dcm"), key=lambda p: int(p.stem))[::6]
-    proc = subprocess.run(["storescu", "-d", "-nh", "-aet", "CART1", "-aec", "ECGGW", "127.0.0.1", str(port),
-                           *map(str, sample)], capture_output=True, timeout=120)
+    proc = subprocess.run(
+        ["storescu", "-d", "-nh", "-aet", "CART1", "-aec", "ECGGW", "127.0.0.1", str(port), *map(str, sample)],
+        capture_output=True,
+        timeout=120,
+    )
     output = (proc.stdout + proc.stderr).decode("utf-8", "replace")  # -d dumps the mangled values too
     results = parse_statuses(output)
     for name, status in results:

@@ -51,8 +51,9 @@ class Gateway:
     tmp: Path
 
     def api(self, path: str) -> httpx.Response:
-        return httpx.get(f"http://127.0.0.1:{self.admin_port}{path}", headers={"Authorization": f"Bearer {TOKEN}"},
-                         timeout=10)
+        return httpx.get(
+            f"http://127.0.0.1:{self.admin_port}{path}", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10
+        )
 
     def web_page(self, path: str) -> str:
         """``path`` as a browser sees it after logging in with the token."""
@@ -72,12 +73,19 @@ class Gateway:
 
     def rows(self, sop_uid: str) -> list[EcgInstance]:
         with self.session_factory() as s:
-            return list(s.scalars(select(EcgInstance).where(EcgInstance.sop_instance_uid == sop_uid)
-                                  .order_by(EcgInstance.version)))
+            return list(
+                s.scalars(
+                    select(EcgInstance).where(EcgInstance.sop_instance_uid == sop_uid).order_by(EcgInstance.version)
+                )
+            )
 
     def wait_processed(self, ecg_id: int) -> EcgInstance:
-        wait_until(lambda: self.row(ecg_id).status in (PROCESSED, REJECTED, "failed"), 120,
-                   what=f"ecg {ecg_id} final", procs=[self.proc])
+        wait_until(
+            lambda: self.row(ecg_id).status in (PROCESSED, REJECTED, "failed"),
+            120,
+            what=f"ecg {ecg_id} final",
+            procs=[self.proc],
+        )
         return self.row(ecg_id)
 
     def log_text(self) -> str:
@@ -93,8 +101,16 @@ def gateway(
     db_url = next(urls)
     engine = make_engine(db_url)
     dicom_port, admin_port, hl7_port = free_port(), free_port(), free_port()
-    env = gateway_env(tmp, db_url, demo_model, dicom_port, admin_port, ECG_GATEWAY_HL7__ENABLED="true",
-                      ECG_GATEWAY_HL7__PORT=str(hl7_port), ECG_GATEWAY_ADMIN__TOKEN=TOKEN)
+    env = gateway_env(
+        tmp,
+        db_url,
+        demo_model,
+        dicom_port,
+        admin_port,
+        ECG_GATEWAY_HL7__ENABLED="true",
+        ECG_GATEWAY_HL7__PORT=str(hl7_port),
+        ECG_GATEWAY_ADMIN__TOKEN=TOKEN,
+    )
     try:
         with receiver(hl7_port, tmp / "hl7.jsonl") as ehr:
             proc = start_serve(env, tmp / "serve.log")
@@ -111,8 +127,15 @@ def gateway(
         urls.close()  # drops a PostgreSQL test database
 
 
-def _ecg(sample_path: Path, folder: Path, name: str, *, sop_uid: str | None = None, study_uid: str | None = None,
-         **attributes: Any) -> tuple[Path, str, str]:
+def _ecg(
+    sample_path: Path,
+    folder: Path,
+    name: str,
+    *,
+    sop_uid: str | None = None,
+    study_uid: str | None = None,
+    **attributes: Any,
+) -> tuple[Path, str, str]:
     """The sample with new (or given) UIDs and ``attributes`` set; (file, SOP UID, Study UID)."""
     ds = dcmread(sample_path)
     ds.SOPInstanceUID = sop_uid or generate_uid()
@@ -146,8 +169,10 @@ def _assert_refused(gw: Gateway, sop_uid: str, study_uid: str, reason: str) -> E
     row = _one_row(gw, sop_uid)
     assert row.status == REJECTED and row.flags == ["rejected_at_receive"], (row.status, row.flags)
     assert row.error.startswith("identity values break their VR: " + reason), row.error
-    assert f"rejected SOP Instance UID {sop_uid} (sha256 {row.sha256[:12]}, ecg id {row.id}) from CART1@127.0.0.1 " \
-           f"with status 0xA900: identity values break their VR: {reason}" in gw.log_text()
+    assert (
+        f"rejected SOP Instance UID {sop_uid} (sha256 {row.sha256[:12]}, ecg id {row.id}) from CART1@127.0.0.1 "
+        f"with status 0xA900: identity values break their VR: {reason}" in gw.log_text()
+    )
     assert gw.messages_for(study_uid) == []
     detail = gw.api(f"/api/ecgs/{sop_uid}").json()
     assert (detail["id"], detail["status"], detail["error"]) == (row.id, REJECTED, row.error)
@@ -163,8 +188,9 @@ def _no_python_list_text(gw: Gateway) -> None:
 
 
 def _wait_for_orus(gw: Gateway, study_uid: str, count: int) -> list[hl7.Message]:
-    wait_until(lambda: len(gw.messages_for(study_uid)) >= count, 120, what=f"{count} ORU(s) for {study_uid}",
-               procs=[gw.proc])
+    wait_until(
+        lambda: len(gw.messages_for(study_uid)) >= count, 120, what=f"{count} ORU(s) for {study_uid}", procs=[gw.proc]
+    )
     return gw.messages_for(study_uid)
 
 
@@ -207,8 +233,12 @@ def test_overlong_identity_is_refused_not_cut(gateway: Gateway, sample_path: Pat
     assert _send(gw, [f for f, _, _ in files.values()] + [ok_file]) == [A900] * len(cases) + [0x0000]
     for name, (_, sop, study) in files.items():
         row = _assert_refused(gw, sop, study, cases[name][1])
-        column = {"pid": "patient_id", "issuer": "issuer_of_patient_id", "accession": "accession_number",
-                  "name": "patient_name"}[name]
+        column = {
+            "pid": "patient_id",
+            "issuer": "issuer_of_patient_id",
+            "accession": "accession_number",
+            "name": "patient_name",
+        }[name]
         assert getattr(row, column) is None  # not cut to fit
         [(keyword, value)] = cases[name][0].items()
         assert (
@@ -222,7 +252,8 @@ def test_overlong_identity_is_refused_not_cut(gateway: Gateway, sample_path: Pat
 
 
 def test_another_patient_under_a_known_uid_is_quarantined_and_a_same_patient_version_is_a_correction(
-        gateway: Gateway, sample_path: Path) -> None:
+    gateway: Gateway, sample_path: Path
+) -> None:
     """Same SOP Instance UID and Study UID, another patient, another calling
     AE: was stored as version 2, processed, shown for the UID, and sent as a
     final ORU for B under A's study.  Now: 0xC002, quarantined (rejected,
@@ -233,12 +264,37 @@ def test_another_patient_under_a_known_uid_is_quarantined_and_a_same_patient_ver
     (C after F: tests/test_receive_identity.py)."""
     gw, folder = gateway, gateway.tmp / "versions"
     sop, study = generate_uid(), generate_uid()
-    a_file, _, _ = _ecg(sample_path, folder, "a", sop_uid=sop, study_uid=study, PatientID="PATAAA111",
-                        IssuerOfPatientID="HOSP", PatientName="Alpha^Ann")
-    b_file, _, _ = _ecg(sample_path, folder, "b", sop_uid=sop, study_uid=study, PatientID="PATBBB222",
-                        IssuerOfPatientID="HOSP", PatientName="Beta^Bob")
-    a2_file, _, _ = _ecg(sample_path, folder, "a2", sop_uid=sop, study_uid=study, PatientID="PATAAA111",
-                         IssuerOfPatientID="HOSP", PatientName="Alpha^Ann", StationName="ROOM 2")
+    a_file, _, _ = _ecg(
+        sample_path,
+        folder,
+        "a",
+        sop_uid=sop,
+        study_uid=study,
+        PatientID="PATAAA111",
+        IssuerOfPatientID="HOSP",
+        PatientName="Alpha^Ann",
+    )
+    b_file, _, _ = _ecg(
+        sample_path,
+        folder,
+        "b",
+        sop_uid=sop,
+        study_uid=study,
+        PatientID="PATBBB222",
+        IssuerOfPatientID="HOSP",
+        PatientName="Beta^Bob",
+    )
+    a2_file, _, _ = _ecg(
+        sample_path,
+        folder,
+        "a2",
+        sop_uid=sop,
+        study_uid=study,
+        PatientID="PATAAA111",
+        IssuerOfPatientID="HOSP",
+        PatientName="Alpha^Ann",
+        StationName="ROOM 2",
+    )
 
     assert _send(gw, [a_file], calling="CART1") == [0x0000]
     [v1] = gw.rows(sop)
@@ -250,14 +306,23 @@ def test_another_patient_under_a_known_uid_is_quarantined_and_a_same_patient_ver
     v1, quarantined = gw.rows(sop)
     reason = f"{IDENTITY_CHANGED_REASON} (version 1 is ecg id {v1.id})"
     assert (quarantined.version, quarantined.status, quarantined.error, quarantined.calling_ae) == (
-        2, REJECTED, reason, "CART2")
+        2,
+        REJECTED,
+        reason,
+        "CART2",
+    )
     assert quarantined.flags == ["rejected_at_receive", "identity_changed"]
     with gw.session_factory() as s:
-        [entry] = s.scalars(select(AuditLog).where(AuditLog.action == IDENTITY_CHANGED_AUDIT,
-                                                   AuditLog.target == f"ecg:{quarantined.id}")).all()
+        [entry] = s.scalars(
+            select(AuditLog).where(
+                AuditLog.action == IDENTITY_CHANGED_AUDIT, AuditLog.target == f"ecg:{quarantined.id}"
+            )
+        ).all()
         assert entry.actor == "dicom:CART2@127.0.0.1" and entry.detail["reference_ecg_id"] == v1.id
-    assert (f"rejected SOP Instance UID {sop} (sha256 {quarantined.sha256[:12]}, ecg id {quarantined.id}) "
-            f"from CART2@127.0.0.1 with status 0xC002: {reason}") in gw.log_text()
+    assert (
+        f"rejected SOP Instance UID {sop} (sha256 {quarantined.sha256[:12]}, ecg id {quarantined.id}) "
+        f"from CART2@127.0.0.1 with status 0xC002: {reason}"
+    ) in gw.log_text()
     # the admin API and web view still show patient A for the UID
     detail = gw.api(f"/api/ecgs/{sop}").json()
     assert (detail["id"], detail["patient_id"], detail["version"]) == (v1.id, "PATAAA111", 1)

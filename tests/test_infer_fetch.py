@@ -94,7 +94,7 @@ def _handler(served: Served) -> type[http.server.BaseHTTPRequestHandler]:
             self.end_headers()
             if served.cuts > 0:
                 served.cuts -= 1
-                self.wfile.write(chunk[:served.cut_at])
+                self.wfile.write(chunk[: served.cut_at])
                 self.wfile.flush()
                 self.close_connection = True
                 self.connection.shutdown(2)  # the fault: the peer goes away mid-body
@@ -250,18 +250,24 @@ _HEAVY_CHECK = (
 
 def run_cli(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
     full = {k: v for k, v in os.environ.items() if not k.startswith("ECG_GATEWAY_")}
-    full.update({"ECG_GATEWAY_MODEL__DIR": str(tmp_path / "models"),
-                 "ECG_GATEWAY_MODEL__FILES": f'["{tmp_path}/models/model.hdf5"]',
-                 "ECG_GATEWAY_STORAGE__DATABASE_URL": f"sqlite:///{tmp_path}/g.db"})
+    full.update(
+        {
+            "ECG_GATEWAY_MODEL__DIR": str(tmp_path / "models"),
+            "ECG_GATEWAY_MODEL__FILES": f'["{tmp_path}/models/model.hdf5"]',
+            "ECG_GATEWAY_STORAGE__DATABASE_URL": f"sqlite:///{tmp_path}/g.db",
+        }
+    )
     full.update(env)
-    return subprocess.run([sys.executable, "-c", _HEAVY_CHECK, *args], capture_output=True, text=True,
-                          env=full, cwd=ROOT, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", _HEAVY_CHECK, *args], capture_output=True, text=True, env=full, cwd=ROOT, timeout=120
+    )
 
 
 def test_cli_fetch_list_verify_without_tensorflow(server, archive, tmp_path):
     url, _ = server
-    r = run_cli(tmp_path, "model", "fetch", "--no-progress",
-                ECG_GATEWAY_MODEL__URL=url, ECG_GATEWAY_MODEL__MD5=md5_of(archive))
+    r = run_cli(
+        tmp_path, "model", "fetch", "--no-progress", ECG_GATEWAY_MODEL__URL=url, ECG_GATEWAY_MODEL__MD5=md5_of(archive)
+    )
     assert r.returncode == 0, r.stderr
     model = tmp_path / "models" / "model.hdf5"
     assert f"installed {model}" in r.stdout
@@ -292,8 +298,9 @@ def test_cli_fetch_list_verify_without_tensorflow(server, archive, tmp_path):
 
 def test_cli_fetch_checksum_failure_exits_1(server, tmp_path):
     url, _ = server
-    r = run_cli(tmp_path, "model", "fetch", "--no-progress", ECG_GATEWAY_MODEL__URL=url,
-                ECG_GATEWAY_MODEL__MD5="f" * 32)
+    r = run_cli(
+        tmp_path, "model", "fetch", "--no-progress", ECG_GATEWAY_MODEL__URL=url, ECG_GATEWAY_MODEL__MD5="f" * 32
+    )
     assert r.returncode == 1
     assert r.stderr.strip().splitlines()[-1].startswith("model fetch: checksum mismatch for http://127.0.0.1")
     assert "Traceback" not in r.stderr
@@ -316,6 +323,7 @@ def test_internal_mirror_as_file_url(archive, tmp_path):
 
 
 # --- no model yet: `serve --fetch-model` (what ./dev serve runs), offline and from a file:// mirror -----
+
 
 def _closed_port_url() -> str:
     import socket
@@ -345,7 +353,8 @@ def test_missing_mirror_file_is_one_line_too(tmp_path):
     assert r.stderr.strip().splitlines() == [
         f"model fetch: cannot download {(tmp_path / 'share' / 'model.zip').as_uri()}: [Errno 2] No such file or "
         f"directory: '{tmp_path / 'share' / 'model.zip'}'; set [model] url (ECG_GATEWAY_MODEL__URL) to a mirror of "
-        "model.zip (file:///path/to/model.zip works too), or try the pipeline without it: ecg-gateway demo"]
+        "model.zip (file:///path/to/model.zip works too), or try the pipeline without it: ecg-gateway demo"
+    ]
 
 
 def test_file_mirror_ignores_a_stale_part_file(archive, tmp_path):
@@ -376,12 +385,18 @@ def test_serve_fetch_model_from_a_file_mirror_then_serves(tmp_path, demo_model):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     full = {k: v for k, v in os.environ.items() if not k.startswith("ECG_GATEWAY_")}
-    full.update({"ECG_GATEWAY_MODEL__DIR": str(tmp_path / "models"),
-                 "ECG_GATEWAY_MODEL__FILES": f'["{tmp_path}/models/model.hdf5"]',
-                 "ECG_GATEWAY_MODEL__URL": mirror.as_uri(), "ECG_GATEWAY_MODEL__MD5": md5_of(buf.getvalue()),
-                 "ECG_GATEWAY_STORAGE__DATABASE_URL": f"sqlite:///{tmp_path}/g.db",
-                 "ECG_GATEWAY_STORAGE__SPOOL_DIR": str(tmp_path / "spool"),
-                 "ECG_GATEWAY_DICOM__PORT": str(port), "ECG_GATEWAY_DICOM__MIN_FREE_DISK_MB": "1"})
+    full.update(
+        {
+            "ECG_GATEWAY_MODEL__DIR": str(tmp_path / "models"),
+            "ECG_GATEWAY_MODEL__FILES": f'["{tmp_path}/models/model.hdf5"]',
+            "ECG_GATEWAY_MODEL__URL": mirror.as_uri(),
+            "ECG_GATEWAY_MODEL__MD5": md5_of(buf.getvalue()),
+            "ECG_GATEWAY_STORAGE__DATABASE_URL": f"sqlite:///{tmp_path}/g.db",
+            "ECG_GATEWAY_STORAGE__SPOOL_DIR": str(tmp_path / "spool"),
+            "ECG_GATEWAY_DICOM__PORT": str(port),
+            "ECG_GATEWAY_DICOM__MIN_FREE_DISK_MB": "1",
+        }
+    )
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(

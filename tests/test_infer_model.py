@@ -52,6 +52,7 @@ def single(legacy: dict):
 
 # --- loading --------------------------------------------------------------------------------------
 
+
 def test_legacy_file_is_really_keras_224_style(legacy):
     with h5py.File(legacy["path"], "r") as f:
         cfg = json.loads(f.attrs["model_config"])
@@ -73,8 +74,11 @@ def test_legacy_file_predictions_equal_plain_keras(legacy, single):
 
 def test_identity_records_sha256_of_the_file_used(legacy, single):
     digest = hashlib.sha256(legacy["path"].read_bytes()).hexdigest()
-    assert single.identity == {"files": [{"path": str(legacy["path"]), "sha256": digest, "demo": False}],
-                               "model_sha256": digest, "demo": False}
+    assert single.identity == {
+        "files": [{"path": str(legacy["path"]), "sha256": digest, "demo": False}],
+        "model_sha256": digest,
+        "demo": False,
+    }
     assert single.demo is False
 
 
@@ -104,9 +108,13 @@ def test_wrong_shapes_are_refused(workdir):
     out = tf_keras.layers.Dense(6, activation="sigmoid")(tf_keras.layers.GlobalAveragePooling1D()(inp))
     path = workdir / "other_model.hdf5"
     tf_keras.Model(inp, out).save(path, save_format="h5")
-    with pytest.raises(ModelLoadError, match=(
+    with pytest.raises(
+        ModelLoadError,
+        match=(
             rf"^{path}: not the Ribeiro et al. ECG model: input \(None, 5000, 12\), output \(None, 6\); "
-            r"expected input \(None, 4096, 12\) and output \(None, 6\)$")):
+            r"expected input \(None, 4096, 12\) and output \(None, 6\)$"
+        ),
+    ):
         load_model_file(path)
 
 
@@ -135,6 +143,7 @@ def test_hdf5_without_a_model_is_refused_naming_every_loader(tmp_path):
 
 # --- running --------------------------------------------------------------------------------------
 
+
 def test_bucket_sizes_and_split():
     assert bucket_sizes(8) == [1, 2, 4, 8]
     assert bucket_sizes(6) == [1, 2, 4, 6]
@@ -149,7 +158,7 @@ def test_mixed_batch_returns_each_ecg_its_own_result(legacy, single):
     # 7 ECGs with batch_size 4 run as pieces of 4, 2 and 1; each row must match that ECG alone.
     x = np.concatenate([legacy["x"], legacy["x"][::-1][:2]])
     out = single.predict(x)
-    alone = np.stack([single.predict(x[i:i + 1]).mean[0] for i in range(len(x))])
+    alone = np.stack([single.predict(x[i : i + 1]).mean[0] for i in range(len(x))])
     np.testing.assert_allclose(out.mean, alone, atol=1e-6, rtol=0)
     np.testing.assert_allclose(out.mean[:5], legacy["reference"], atol=1e-5, rtol=0)
     assert len({tuple(np.round(r, 6)) for r in out.mean[:5]}) == 5  # the inputs really differ
@@ -180,19 +189,23 @@ def test_ensemble_sha256_of_one_file_is_the_file_hash():
     assert ensemble_sha256(["b", "a"]) == ensemble_sha256(["a", "b"]) == hashlib.sha256(b"a,b").hexdigest()
 
 
-@pytest.mark.parametrize("bad, message", [
-    (np.zeros((4096, 12), np.float32), r"must be \(n, 4096, 12\) with n >= 1, got \(4096, 12\)"),
-    (np.zeros((0, 4096, 12), np.float32), r"got \(0, 4096, 12\)"),
-    (np.zeros((1, 4000, 12), np.float32), r"got \(1, 4000, 12\)"),
-    (np.full((1, 4096, 12), np.nan, np.float32), "NaN or infinite"),
-    (np.array([[["a"] * 12] * 4096]), "must be numeric"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.zeros((4096, 12), np.float32), r"must be \(n, 4096, 12\) with n >= 1, got \(4096, 12\)"),
+        (np.zeros((0, 4096, 12), np.float32), r"got \(0, 4096, 12\)"),
+        (np.zeros((1, 4000, 12), np.float32), r"got \(1, 4000, 12\)"),
+        (np.full((1, 4096, 12), np.nan, np.float32), "NaN or infinite"),
+        (np.array([[["a"] * 12] * 4096]), "must be numeric"),
+    ],
+)
 def test_bad_input_is_refused(single, bad, message):
     with pytest.raises(ValueError, match=message):
         single.predict(bad)
 
 
 # --- demo model -----------------------------------------------------------------------------------
+
 
 def _stored_weights(path: Path) -> list[np.ndarray]:
     from gateway.infer.loader import _file_layers
@@ -221,6 +234,7 @@ def test_ensemble_with_a_demo_file_is_demo(three, single):
 
 
 # --- thresholds -----------------------------------------------------------------------------------
+
 
 def test_thresholds_strictly_above_in_findings_order():
     probs = {"ST": 0.5, "AF": 0.39, "1dAVb": 0.125, "RBBB": 0.0, "LBBB": 0.05000001, "SB": 0.1}

@@ -30,9 +30,19 @@ PAPER = [
 
 # --- findings registry ----------------------------------------------------------------------------
 
+
 def test_registry_holds_the_papers_facts_in_model_output_order():
-    got = [(f.code, f.snomed, f.threshold, (f.table2.precision, f.table2.recall, f.table2.specificity, f.table2.f1),
-            f.published_model_f1, f.test_positives) for f in findings.REGISTRY]
+    got = [
+        (
+            f.code,
+            f.snomed,
+            f.threshold,
+            (f.table2.precision, f.table2.recall, f.table2.specificity, f.table2.f1),
+            f.published_model_f1,
+            f.test_positives,
+        )
+        for f in findings.REGISTRY
+    ]
     assert got == PAPER
     assert findings.FINDINGS == ("1dAVb", "RBBB", "LBBB", "SB", "AF", "ST")
     assert findings.TEST_SET_EXAMS == 827
@@ -53,8 +63,14 @@ def test_older_import_path_is_the_registry():
 def test_config_defaults_come_from_the_registry():
     c = Config()
     assert c.model.thresholds == {code: thr for code, _, thr, *_ in PAPER}
-    assert c.hl7.probability_codes == {"1dAVb": "1DAVB_PROB", "RBBB": "RBBB_PROB", "LBBB": "LBBB_PROB",
-                                       "SB": "SB_PROB", "AF": "AF_PROB", "ST": "ST_PROB"}
+    assert c.hl7.probability_codes == {
+        "1dAVb": "1DAVB_PROB",
+        "RBBB": "RBBB_PROB",
+        "LBBB": "LBBB_PROB",
+        "SB": "SB_PROB",
+        "AF": "AF_PROB",
+        "ST": "ST_PROB",
+    }
     # a key left out keeps the registry's default
     assert Config.model_validate({"hl7": {"probability_codes": {"AF": "X"}}}).hl7.probability_codes["SB"] == "SB_PROB"
 
@@ -65,6 +81,7 @@ def test_listed_codes_for_help_texts():
 
 
 # --- UTC helpers ----------------------------------------------------------------------------------
+
 
 def test_as_utc_takes_a_naive_value_as_utc():
     got = as_utc(datetime(2024, 5, 6, 7, 8, 9))
@@ -91,8 +108,11 @@ def test_utcnow_is_aware_utc():
 
 # --- layering -------------------------------------------------------------------------------------
 
+
 def test_leaf_modules_import_no_gateway_stage_package():
-    code = ("import sys, gateway.findings, gateway.timeutil; "
-            "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] == 'gateway')))")
+    code = (
+        "import sys, gateway.findings, gateway.timeutil; "
+        "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] == 'gateway')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.split() == ["gateway", "gateway.findings", "gateway.timeutil"]

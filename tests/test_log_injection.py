@@ -25,8 +25,7 @@ from gateway.store.db import make_engine, make_sessionmaker
 from gateway.store.models import REJECTED, EcgInstance
 
 #: Issue 13 §1, verbatim.
-ATTACK_LABEL = ("A\x1c\r\x0bMSH!#$%*!LAB!LAB!EHR!HOSPITAL!20260101!!ADT#A08!INJ1!P!2.5.1\r"
-                "PID!1!!666666!!Hacked#Ed\rZ")
+ATTACK_LABEL = "A\x1c\r\x0bMSH!#$%*!LAB!LAB!EHR!HOSPITAL!20260101!!ADT#A08!INJ1!P!2.5.1\rPID!1!!666666!!Hacked#Ed\rZ"
 #: Every raw control character but the line feed that ends each record.
 RAW_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]")
 RECORD_START = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
@@ -80,15 +79,26 @@ def test_channel_label_with_cr_vt_fs_never_reaches_the_log_raw(db_url, tmp_path,
 @pytest.mark.slow
 def test_json_format_through_serve_one_object_per_line(tmp_path):
     """[logging] format = "json": every line serve writes is one JSON object."""
-    env = gateway_env(tmp_path, f"sqlite:///{tmp_path}/g.db", tmp_path / "unused.hdf5", free_port(), free_port(),
-                      ECG_GATEWAY_LOGGING__FORMAT="json", ECG_GATEWAY_DICOM__HOST="127.0.0.1")
+    env = gateway_env(
+        tmp_path,
+        f"sqlite:///{tmp_path}/g.db",
+        tmp_path / "unused.hdf5",
+        free_port(),
+        free_port(),
+        ECG_GATEWAY_LOGGING__FORMAT="json",
+        ECG_GATEWAY_DICOM__HOST="127.0.0.1",
+    )
     port = int(env["ECG_GATEWAY_DICOM__PORT"])
     log_path = tmp_path / "serve.log"
     proc = start_serve(env, log_path, "--components", "scp,admin")
     try:
         wait_for_port(port, timeout=120, proc=proc)
-        echo = subprocess.run(["echoscu", "-aet", "CART", "-aec", "WRONG", "127.0.0.1", str(port)],
-                              capture_output=True, text=True, timeout=60)
+        echo = subprocess.run(
+            ["echoscu", "-aet", "CART", "-aec", "WRONG", "127.0.0.1", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert echo.returncode != 0  # refused: called AE title is not ECGGW, which is logged with the AE titles
         wait_until(lambda: "rejected association" in log_path.read_text(), 30, what="the refusal logged")
     finally:

@@ -34,7 +34,8 @@ def captured():  # type: ignore[no-untyped-def]
 
 def test_escape_controls_is_repr_style():
     assert escape_controls("a\rb\x0bc\x1cd\te\nf\x7fg\x85h\u2028i\u2029") == (
-        "a\\rb\\x0bc\\x1cd\\te\\nf\\x7fg\\x85h\\u2028i\\u2029")
+        "a\\rb\\x0bc\\x1cd\\te\\nf\\x7fg\\x85h\\u2028i\\u2029"
+    )
     assert escape_controls("Müller ÄÖ ✓ \\ plain") == "Müller ÄÖ ✓ \\ plain"
     assert all(not RAW_CONTROL.search(escape_controls(c)) and c not in escape_controls(c) for c in CONTROLS)
 
@@ -47,8 +48,10 @@ def test_text_format_escapes_message_and_args(captured):
     lines = captured.getvalue().split("\n")
     assert lines[-1] == "" and len(lines) == 3, lines
     assert not any(RAW_CONTROL.search(line) for line in lines)
-    assert lines[0].endswith("rejected: A\\x1c\\r\\x0bMSH!#$%*!LAB!LAB!EHR!HOSPITAL!20260101!!ADT#A08!INJ1!P!2.5.1"
-                             "\\rPID!1!!666666!!Hacked#Ed\\rZ")
+    assert lines[0].endswith(
+        "rejected: A\\x1c\\r\\x0bMSH!#$%*!LAB!LAB!EHR!HOSPITAL!20260101!!ADT#A08!INJ1!P!2.5.1"
+        "\\rPID!1!!666666!!Hacked#Ed\\rZ"
+    )
     assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} WARNING gateway\.test: label ", lines[0])
 
 
@@ -91,7 +94,8 @@ def test_library_chatter_below_info_unless_debug(captured):
     logging.getLogger("alembic.runtime.migration").info("Running upgrade 0001 -> 0002, ecg report")
     logging.getLogger("pynetdicom.events").info("Received Store Request")
     assert [line.split(": ", 1)[1] for line in captured.getvalue().splitlines()] == [
-        "Running upgrade 0001 -> 0002, ecg report"]
+        "Running upgrade 0001 -> 0002, ecg report"
+    ]
     captured.setup("DEBUG")
     logging.getLogger("alembic.runtime.migration").info("Context impl SQLiteImpl.")
     assert "DEBUG alembic.runtime.migration: Context impl SQLiteImpl." in captured.getvalue()

@@ -34,8 +34,14 @@ def test_ecg_unique_per_version(session_factory):
     from gateway.store.models import EcgInstance
 
     def row(version: int) -> EcgInstance:
-        return EcgInstance(sop_instance_uid="1.2.3", version=version, sop_class_uid="1.2", spool_path="x",
-                           sha256="0" * 64, size_bytes=1)
+        return EcgInstance(
+            sop_instance_uid="1.2.3",
+            version=version,
+            sop_class_uid="1.2",
+            spool_path="x",
+            sha256="0" * 64,
+            size_bytes=1,
+        )
 
     with session_factory() as s:
         s.add_all([row(1), row(2)])
@@ -57,11 +63,22 @@ def _paths_at_0008(url: str, rows: dict[str, str]) -> dict[str, int]:
     ids = {}
     with engine.begin() as conn:
         for n, (name, path) in enumerate(rows.items(), start=1):
-            ids[name] = conn.execute(table.insert().returning(table.c.id), dict(
-                sop_instance_uid=f"1.2.3.{n}", version=1, sop_class_uid="1.2.840.10008.5.1.4.1.1.9.1.1",
-                spool_path=path, sha256="0" * 64, size_bytes=1, status="processed", flags=[], attempts=1,
-                received_at=T0, updated_at=T0,
-            )).scalar_one()
+            ids[name] = conn.execute(
+                table.insert().returning(table.c.id),
+                dict(
+                    sop_instance_uid=f"1.2.3.{n}",
+                    version=1,
+                    sop_class_uid="1.2.840.10008.5.1.4.1.1.9.1.1",
+                    spool_path=path,
+                    sha256="0" * 64,
+                    size_bytes=1,
+                    status="processed",
+                    flags=[],
+                    attempts=1,
+                    received_at=T0,
+                    updated_at=T0,
+                ),
+            ).scalar_one()
     engine.dispose()
     return ids
 
@@ -86,13 +103,16 @@ def test_0009_makes_spool_paths_relative_and_back(empty_db_url, tmp_path):
     real.mkdir()
     (tmp_path / "spool").symlink_to(real)  # the configured spool is a link to the real folder
     db.upgrade(empty_db_url, "0008_cart_measurements")
-    ids = _paths_at_0008(empty_db_url, {
-        "resolved": f"{real}/2026/01/31/1.2.3.1_abcdef012345.dcm",
-        "linked": f"{tmp_path}/spool/rejected/{'a' * 64}.dcm",
-        "outside": "/elsewhere/2026/01/31/x.dcm",
-        "beside": f"{real}-old/2026/01/31/y.dcm",
-        "relative": "2025/12/31/z.dcm",
-    })
+    ids = _paths_at_0008(
+        empty_db_url,
+        {
+            "resolved": f"{real}/2026/01/31/1.2.3.1_abcdef012345.dcm",
+            "linked": f"{tmp_path}/spool/rejected/{'a' * 64}.dcm",
+            "outside": "/elsewhere/2026/01/31/x.dcm",
+            "beside": f"{real}-old/2026/01/31/y.dcm",
+            "relative": "2025/12/31/z.dcm",
+        },
+    )
     db.upgrade(empty_db_url, spool_dir=tmp_path / "spool")
     paths = _spool_paths(empty_db_url)
     assert {name: paths[i] for name, i in ids.items()} == {

@@ -33,13 +33,21 @@ CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 
 def make_cfg(db_url: str, tmp_path: Path, hl7_port: int = 2575, **admin: object) -> Config:
-    return Config.model_validate({
-        "storage": {"database_url": db_url, "spool_dir": str(tmp_path / "spool")},
-        "dicom": {"min_free_disk_mb": 1},
-        "hl7": {"port": hl7_port, "connect_timeout": 1.0, "ack_timeout": 1.0, "backoff_initial_s": 0.05,
-                "backoff_max_s": 0.2, "max_attempts": 1},
-        "admin": {"token": "t0ken-for-tests", **admin},
-    })
+    return Config.model_validate(
+        {
+            "storage": {"database_url": db_url, "spool_dir": str(tmp_path / "spool")},
+            "dicom": {"min_free_disk_mb": 1},
+            "hl7": {
+                "port": hl7_port,
+                "connect_timeout": 1.0,
+                "ack_timeout": 1.0,
+                "backoff_initial_s": 0.05,
+                "backoff_max_s": 0.2,
+                "max_attempts": 1,
+            },
+            "admin": {"token": "t0ken-for-tests", **admin},
+        }
+    )
 
 
 def queue(session_factory, cfg: Config, n: int = 1, **fields: object) -> list[int]:  # type: ignore[no-untyped-def]
@@ -69,14 +77,24 @@ def deliver_warnings(caplog) -> list[str]:  # type: ignore[no-untyped-def]
 
 # -- /healthz components without a sender in this process ------------------------------------------------
 
+
 def test_healthz_components_on_an_idle_gateway(db_url, session_factory, tmp_path):
     client = TestClient(create_app(make_cfg(db_url, tmp_path), session_factory))
     code, comps = healthz(client)
     assert code == 200
     assert comps["database"] == {"ok": True}
-    assert comps["hl7"] == {"ok": True, "link": "not in this process", "link_for_s": None, "pending": 0,
-                            "max_pending": 1000, "oldest_pending_s": None, "max_pending_age_s": 120.0,
-                            "failed": 0, "fail_on_failed": True, "problems": []}
+    assert comps["hl7"] == {
+        "ok": True,
+        "link": "not in this process",
+        "link_for_s": None,
+        "pending": 0,
+        "max_pending": 1000,
+        "oldest_pending_s": None,
+        "max_pending_age_s": 120.0,
+        "failed": 0,
+        "fail_on_failed": True,
+        "problems": [],
+    }
     spool = comps["spool"]
     assert spool["ok"] is True and spool["writable"] is True and spool["min_free_mb"] == 1 and spool["free_mb"] > 1
     text = client.get("/metrics").text
@@ -97,15 +115,19 @@ def test_healthz_oldest_pending_age(db_url, session_factory, tmp_path):
     cfg = make_cfg(db_url, tmp_path, healthz_max_hl7_pending_age_s=120)
     [msg_id] = queue(session_factory, cfg)
     with session_factory.begin() as s:
-        s.execute(update(Hl7Message).where(Hl7Message.id == msg_id).values(
-            created_at=datetime.now(UTC) - timedelta(seconds=200)))
+        s.execute(
+            update(Hl7Message)
+            .where(Hl7Message.id == msg_id)
+            .values(created_at=datetime.now(UTC) - timedelta(seconds=200))
+        )
     client = TestClient(create_app(cfg, session_factory))
     code, comps = healthz(client)
     hl7 = comps["hl7"]
     assert code == 503 and hl7["ok"] is False and hl7["pending"] == 1
     assert 199 <= hl7["oldest_pending_s"] < 260
-    assert hl7["problems"] == ["oldest pending message waiting 200 s (max 120)"] or \
-        re.fullmatch(r"oldest pending message waiting 2\d\d s \(max 120\)", hl7["problems"][0])
+    assert hl7["problems"] == ["oldest pending message waiting 200 s (max 120)"] or re.fullmatch(
+        r"oldest pending message waiting 2\d\d s \(max 120\)", hl7["problems"][0]
+    )
     assert 199 <= gauge(client, "ecg_gateway_hl7_oldest_pending_seconds") < 260
     assert 'ecg_gateway_component_healthy{component="hl7"} 0.0' in client.get("/metrics").text
     # 0 = never unhealthy for age
@@ -133,6 +155,7 @@ def test_healthz_spool_space_and_writability(db_url, session_factory, tmp_path):
 
 # -- the link, through the sender and the npm receiver -----------------------------------------------------
 
+
 @pytest.fixture
 def _receiver_available() -> None:
     require_receiver()
@@ -158,8 +181,11 @@ def test_link_down_and_up_are_logged_once_and_shown(db_url, session_factory, tmp
         assert gauge(client, "ecg_gateway_hl7_link_up") == 0.0
         warnings = deliver_warnings(caplog)
         assert len(warnings) == 1, warnings  # one state change, however many retries
-        assert re.fullmatch(rf"hl7 link to 127\.0\.0\.1:{port} down: connect to 127\.0\.0\.1:{port} failed: "
-                            r".*Connection refused.*; 2 pending \(oldest \d+ s\), 0 failed", warnings[0]), warnings[0]
+        assert re.fullmatch(
+            rf"hl7 link to 127\.0\.0\.1:{port} down: connect to 127\.0\.0\.1:{port} failed: "
+            r".*Connection refused.*; 2 pending \(oldest \d+ s\), 0 failed",
+            warnings[0],
+        ), warnings[0]
         with receiver(port, tmp_path / "rx.jsonl") as rx:
             wake.set()
             wait_for(lambda: len(rx.messages()) == 2, what="delivery")
@@ -171,8 +197,11 @@ def test_link_down_and_up_are_logged_once_and_shown(db_url, session_factory, tmp
     warnings = deliver_warnings(caplog)
     assert len(warnings) == 2, warnings
     # the counts as they were when the first message went through (same patient: the second waits for it)
-    assert re.fullmatch(rf"hl7 link to 127\.0\.0\.1:{port} up again after \d+ s down; "
-                        r"[01] pending( \(oldest \d+ s\))?, 0 failed", warnings[1]), warnings[1]
+    assert re.fullmatch(
+        rf"hl7 link to 127\.0\.0\.1:{port} up again after \d+ s down; "
+        r"[01] pending( \(oldest \d+ s\))?, 0 failed",
+        warnings[1],
+    ), warnings[1]
     assert watch_mod.current_watch() is None  # the sender stopped: nothing claims to know the link
 
 
@@ -189,8 +218,11 @@ def test_receiver_rejecting_is_one_state_change(db_url, session_factory, tmp_pat
         assert healthz(client)[1]["hl7"]["link_detail"] == "AR"  # the code only: an AR text may quote PHI
     warnings = deliver_warnings(caplog)
     assert len(warnings) == 1, warnings
-    assert re.fullmatch(rf"hl7 receiver 127\.0\.0\.1:{port} rejects messages \(AR\); 1 pending \(oldest \d+ s\), "
-                        r"0 failed", warnings[0]), warnings[0]
+    assert re.fullmatch(
+        rf"hl7 receiver 127\.0\.0\.1:{port} rejects messages \(AR\); 1 pending \(oldest \d+ s\), "
+        r"0 failed",
+        warnings[0],
+    ), warnings[0]
     retries = [r for r in caplog.records if "retry in" in r.getMessage()]
     assert len(retries) >= 3 and {r.levelno for r in retries} == {logging.INFO}
 
@@ -225,13 +257,16 @@ def test_failed_message_warning_and_healthz(db_url, session_factory, tmp_path, c
     with session_factory() as s:
         ecg_id = s.get(Hl7Message, msg_id).ecg_id
     client = TestClient(create_app(cfg, session_factory))
-    lenient = TestClient(create_app(make_cfg(db_url, tmp_path, port, healthz_fail_on_failed_hl7=False),
-                                    session_factory))
+    lenient = TestClient(
+        create_app(make_cfg(db_url, tmp_path, port, healthz_fail_on_failed_hl7=False), session_factory)
+    )
     with sender(session_factory, cfg.hl7) as wake:
         with receiver(port, tmp_path / "rx.jsonl", "AE"):
             wake.set()
-            wait_for(lambda: any(w.startswith(f"hl7 message {msg_id} ") for w in deliver_warnings(caplog)),
-                     what="the failure warning")
+            wait_for(
+                lambda: any(w.startswith(f"hl7 message {msg_id} ") for w in deliver_warnings(caplog)),
+                what="the failure warning",
+            )
         code, comps = healthz(client)
         assert code == 503 and comps["hl7"]["failed"] == 1 and comps["hl7"]["link"] == "up"
         assert comps["hl7"]["problems"] == ["1 failed message(s): see ecg-gateway hl7 list, then hl7 resend"]
@@ -249,12 +284,16 @@ def test_failed_message_warning_and_healthz(db_url, session_factory, tmp_path, c
 
             wait_for(resent, what="the resend delivered")
             assert healthz(client)[0] == 200
-        wait_for(lambda: any("no failed hl7 messages any more" in r.getMessage() for r in caplog.records),
-                 what="the all-clear")
+        wait_for(
+            lambda: any("no failed hl7 messages any more" in r.getMessage() for r in caplog.records),
+            what="the all-clear",
+        )
     failed_lines = [w for w in deliver_warnings(caplog) if w.startswith("hl7 message")]
     # one line for the failure (the sender's, with the reason code and the counts), not one more from the watch
-    assert failed_lines == [f"hl7 message {msg_id} (ecg {ecg_id}) failed after 1 attempts: AE (details: "
-                            f"ecg-gateway hl7 show); 0 pending, 1 failed"]
+    assert failed_lines == [
+        f"hl7 message {msg_id} (ecg {ecg_id}) failed after 1 attempts: AE (details: "
+        f"ecg-gateway hl7 show); 0 pending, 1 failed"
+    ]
     with session_factory() as s:
         assert (s.get(Hl7Message, msg_id).status, s.get(Hl7Message, new.id).status) == ("superseded", HL7_DELIVERED)
 
@@ -268,8 +307,11 @@ def test_failed_rows_from_any_cause_are_reported(db_url, session_factory, tmp_pa
     cfg = make_cfg(db_url, tmp_path, free_port())  # nobody listens: the link is irrelevant here
     [old_id] = queue(session_factory, cfg)
     with session_factory.begin() as s:  # failed before this sender started (e.g. an ORU that could not be built)
-        s.execute(update(Hl7Message).where(Hl7Message.id == old_id).values(status=HL7_FAILED,
-                                                                           last_error="cannot build ORU^R01: x"))
+        s.execute(
+            update(Hl7Message)
+            .where(Hl7Message.id == old_id)
+            .values(status=HL7_FAILED, last_error="cannot build ORU^R01: x")
+        )
     client = TestClient(create_app(cfg, session_factory))
     with sender(session_factory, cfg.hl7):
         wait_for(lambda: any("wait for an admin" in w for w in deliver_warnings(caplog)), what="the start report")
@@ -285,6 +327,7 @@ def test_failed_rows_from_any_cause_are_reported(db_url, session_factory, tmp_pa
 
 
 # -- the SCP: refused presentation contexts ------------------------------------------------------------------
+
 
 def _ct_file(folder: Path) -> Path:
     """A small, valid CT image (DCMTK ships no sample; built with pydicom)."""
@@ -321,12 +364,19 @@ def test_refused_presentation_context_is_logged(session_factory, tmp_path, sampl
 
     caplog.set_level(logging.INFO, "gateway.receive")
     port = free_port()
-    scp = start_scp(DicomConfig(port=port, host="127.0.0.1", min_free_disk_mb=0),
-                    StorageConfig(spool_dir=str(tmp_path / "spool")), session_factory)
+    scp = start_scp(
+        DicomConfig(port=port, host="127.0.0.1", min_free_disk_mb=0),
+        StorageConfig(spool_dir=str(tmp_path / "spool")),
+        session_factory,
+    )
 
     def storescu(*files: str, options: tuple[str, ...] = ()) -> str:
-        out = subprocess.run(["storescu", "-v", "-aet", "CTCART", "-aec", "ECGGW", *options, "127.0.0.1", str(port),
-                              *files], capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            ["storescu", "-v", "-aet", "CTCART", "-aec", "ECGGW", *options, "127.0.0.1", str(port), *files],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         return out.stdout + out.stderr
 
     def refused() -> list[logging.LogRecord]:
@@ -338,16 +388,23 @@ def test_refused_presentation_context_is_logged(session_factory, tmp_path, sampl
         text = storescu(str(sample_path), str(ct), options=("-R",))
         assert "Received Store Response (Success)" in text, text
         assert "no valid presentation context" in text.lower(), text
-        assert [(r.levelno, r.getMessage()) for r in refused()] == [(
-            logging.INFO, f"refused presentation contexts from 127.0.0.1 (calling AE 'CTCART'): 1 SOP class(es) "
-                          f"not accepted: {CT_IMAGE_STORAGE} (CT Image Storage)")]
+        assert [(r.levelno, r.getMessage()) for r in refused()] == [
+            (
+                logging.INFO,
+                f"refused presentation contexts from 127.0.0.1 (calling AE 'CTCART'): 1 SOP class(es) "
+                f"not accepted: {CT_IMAGE_STORAGE} (CT Image Storage)",
+            )
+        ]
         caplog.clear()
         caplog.set_level(logging.DEBUG, "gateway.receive")
         text = storescu(str(ct))  # storescu's default: every storage SOP class it knows is proposed
         assert "no valid presentation context" in text.lower(), text
         [line] = refused()
-        assert re.fullmatch(r"refused presentation contexts from 127\.0\.0\.1 \(calling AE 'CTCART'\): \d+ SOP "
-                            r"class\(es\) not accepted: .* and \d+ more \(all at DEBUG\)", line.getMessage())
+        assert re.fullmatch(
+            r"refused presentation contexts from 127\.0\.0\.1 \(calling AE 'CTCART'\): \d+ SOP "
+            r"class\(es\) not accepted: .* and \d+ more \(all at DEBUG\)",
+            line.getMessage(),
+        )
         [full] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused SOP classes from")]
         assert CT_IMAGE_STORAGE in full.split()
         caplog.clear()
@@ -359,6 +416,7 @@ def test_refused_presentation_context_is_logged(session_factory, tmp_path, sampl
 
 
 # -- through serve ------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 @pytest.mark.one_db("sqlite")  # through serve once; the health queries run on both databases above
@@ -374,10 +432,20 @@ def test_stuck_results_are_visible_through_serve(db_url, tmp_path, demo_model, s
     from e2e_helpers import gateway_env, start_serve, stop, storescu, wait_for_port, wait_until
 
     dicom_port, admin_port, hl7_port = free_port(), free_port(), free_port()
-    env = gateway_env(tmp_path, db_url, demo_model, dicom_port, admin_port, ECG_GATEWAY_HL7__ENABLED="true",
-                      ECG_GATEWAY_HL7__PORT=str(hl7_port), ECG_GATEWAY_HL7__CONNECT_TIMEOUT="1",
-                      ECG_GATEWAY_HL7__BACKOFF_INITIAL_S="0.1", ECG_GATEWAY_HL7__BACKOFF_MAX_S="0.5",
-                      ECG_GATEWAY_ADMIN__HEALTHZ_MAX_HL7_LINK_DOWN_S="1", ECG_GATEWAY_MODEL__THREADS="1")
+    env = gateway_env(
+        tmp_path,
+        db_url,
+        demo_model,
+        dicom_port,
+        admin_port,
+        ECG_GATEWAY_HL7__ENABLED="true",
+        ECG_GATEWAY_HL7__PORT=str(hl7_port),
+        ECG_GATEWAY_HL7__CONNECT_TIMEOUT="1",
+        ECG_GATEWAY_HL7__BACKOFF_INITIAL_S="0.1",
+        ECG_GATEWAY_HL7__BACKOFF_MAX_S="0.5",
+        ECG_GATEWAY_ADMIN__HEALTHZ_MAX_HL7_LINK_DOWN_S="1",
+        ECG_GATEWAY_MODEL__THREADS="1",
+    )
     log = tmp_path / "serve.log"
     base = f"http://127.0.0.1:{admin_port}"
 
@@ -407,8 +475,11 @@ def test_stuck_results_are_visible_through_serve(db_url, tmp_path, demo_model, s
         assert "ecg_gateway_hl7_link_up 0.0" in httpx.get(f"{base}/metrics", timeout=10).text
         time.sleep(3)  # several retries (backoff 0.1-0.5 s) ...
         [down] = link_lines()  # ... one line
-        assert re.search(rf"hl7 link to 127\.0\.0\.1:{hl7_port} down: .*Connection refused.*; 1 pending "
-                         r"\(oldest \d+ s\), 0 failed$", down), down
+        assert re.search(
+            rf"hl7 link to 127\.0\.0\.1:{hl7_port} down: .*Connection refused.*; 1 pending "
+            r"\(oldest \d+ s\), 0 failed$",
+            down,
+        ), down
         with receiver(hl7_port, tmp_path / "hl7.jsonl") as ehr:
             wait_until(lambda: len(ehr.messages()) == 1, 60, what="the ORU^R01 delivered", procs=[proc])
             wait_until(lambda: health()[0] == 200, 60, what="healthy again", procs=[proc])
@@ -417,11 +488,16 @@ def test_stuck_results_are_visible_through_serve(db_url, tmp_path, demo_model, s
         down_again, up = link_lines()
         assert down_again == down and re.search(r"hl7 link to .* up again after \d+ s down; 0 pending, 0 failed$", up)
         ct = _ct_file(tmp_path)
-        subprocess.run(["storescu", "-R", "-aet", "CTCART", "-aec", "ECGGW", "127.0.0.1", str(dicom_port), str(ct)],
-                       capture_output=True, timeout=60)
+        subprocess.run(
+            ["storescu", "-R", "-aet", "CTCART", "-aec", "ECGGW", "127.0.0.1", str(dicom_port), str(ct)],
+            capture_output=True,
+            timeout=60,
+        )
         wait_until(lambda: "refused presentation contexts" in log.read_text(errors="replace"), 30, what="the CT line")
-        assert (f"INFO gateway.receive: refused presentation contexts from 127.0.0.1 (calling AE 'CTCART'): "
-                f"1 SOP class(es) not accepted: {CT_IMAGE_STORAGE} (CT Image Storage)") in log.read_text()
+        assert (
+            f"INFO gateway.receive: refused presentation contexts from 127.0.0.1 (calling AE 'CTCART'): "
+            f"1 SOP class(es) not accepted: {CT_IMAGE_STORAGE} (CT Image Storage)"
+        ) in log.read_text()
     finally:
         code = stop(proc)
     assert code == 0, log.read_text(errors="replace")[-3000:]

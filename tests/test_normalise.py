@@ -42,6 +42,7 @@ def reason(ds: Dataset, params: NormaliseParams = NormaliseParams()) -> Normalis
 
 # --- the real file ---------------------------------------------------------------------------
 
+
 def test_sample_shape_units_padding_and_order(sample, reference):
     signal = reference.signal
     assert signal.shape == (4096, 12) and signal.dtype == np.float32 and signal.flags.c_contiguous
@@ -80,6 +81,7 @@ def test_sample_report_explains_itself(reference):
 
 # --- variants of the real file ---------------------------------------------------------------
 
+
 @pytest.mark.parametrize("fs, up, down, tolerance_mv", [(500, 4, 5, 0.01), (250, 8, 5, 0.1)])
 def test_other_rates_give_the_same_signal(sample, reference, fs, up, down, tolerance_mv):
     result = normalise_dataset(v.with_rate(sample, fs))
@@ -99,7 +101,8 @@ def test_eight_lead_cart_derives_limb_leads_within_one_lsb(sample, reference):
 
 
 @pytest.mark.parametrize(
-    "build", [v.millivolts_with_baseline, v.mdc_codes, v.shuffled, lambda ds: v.shuffled(ds, seed=7), v.general_32bit],
+    "build",
+    [v.millivolts_with_baseline, v.mdc_codes, v.shuffled, lambda ds: v.shuffled(ds, seed=7), v.general_32bit],
     ids=["mV+baseline", "MDC", "shuffled", "shuffled7", "SL-32bit"],
 )
 def test_equivalent_encodings_give_identical_input(sample, reference, build):
@@ -121,7 +124,7 @@ def test_twenty_seconds_is_centre_cropped_exactly(sample):
     assert result.report["fit"] == {"pad_before": 0, "pad_after": 0, "crop_before": 1952, "crop_after": 1952}
     # Resampling only the rows near the centre must equal resampling everything then cropping.
     full = resample_poly(long.waveform_array(0) / 1000.0, 2, 5, axis=0)
-    np.testing.assert_allclose(result.signal, full[1952:1952 + 4096], atol=1e-5)
+    np.testing.assert_allclose(result.signal, full[1952 : 1952 + 4096], atol=1e-5)
 
 
 def test_five_seconds_is_rejected_and_the_minimum_is_configurable(sample):
@@ -161,6 +164,7 @@ def test_no_waveform_is_rejected(sample):
 
 # --- parameters ------------------------------------------------------------------------------
 
+
 def test_gain_and_limb_lead_order(sample, reference):
     params = NormaliseParams(gain=2.0, limb_lead_order=("I", "II", "III", "aVL", "aVF", "aVR"))
     result = normalise_dataset(sample, params)
@@ -183,6 +187,7 @@ def test_params_from_config_and_validation():
 
 # --- multiplex group choice ------------------------------------------------------------------
 
+
 def test_rhythm_label_wins_wherever_it_is(sample, reference):
     ds = v.new_uids(sample)
     ds.WaveformSequence = [ds.WaveformSequence[1], ds.WaveformSequence[0]]
@@ -204,6 +209,7 @@ def test_original_then_longest_without_labels(sample):
 
 
 # --- leads -----------------------------------------------------------------------------------
+
 
 def _channel(ds: Dataset, lead: str) -> tuple[int, Dataset]:
     group = v.rhythm(ds)
@@ -253,6 +259,7 @@ def test_text_fallback_when_there_is_no_code(sample, reference):
 
 # --- decoding --------------------------------------------------------------------------------
 
+
 def _pad_leads(ds: Dataset, leads: list[str], rows: slice) -> Dataset:
     out = v.new_uids(ds)
     group = v.rhythm(out)
@@ -269,10 +276,10 @@ def test_padding_becomes_a_reported_gap_not_signal(sample, reference):
     assert result.report["gaps"] == {"V3": {"samples": 2000, "seconds": 2.0, "fraction": 0.2}}
     assert result.quality_flags == ["V3: gap 2.00 s (padding)"]
     v3 = result.signal[:, 8]
-    assert np.abs(v3[48 + 20:48 + 780]).max() < 1e-9  # zero inside the gap, not -40.96 mV
+    assert np.abs(v3[48 + 20 : 48 + 780]).max() < 1e-9  # zero inside the gap, not -40.96 mV
     assert v3.min() > -5
     np.testing.assert_array_equal(result.signal[:, :8], reference.signal[:, :8])
-    np.testing.assert_allclose(v3[48 + 820:], reference.signal[48 + 820:, 8], atol=1e-6)
+    np.testing.assert_allclose(v3[48 + 820 :], reference.signal[48 + 820 :, 8], atol=1e-6)
 
 
 def test_gap_in_lead_i_propagates_to_derived_leads(sample):
@@ -380,9 +387,18 @@ def test_rates_at_and_within_the_limits(fs):
 
 # --- units -----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
-    "unit, sensitivity", [("uV", "1.25"), ("mV", "0.00125"), ("V", "0.00000125"), ("10*-6.V", "1.25"),
-                          ("10*-3.V", "0.00125"), ("\u00b5V", "1.25"), ("nV", "1250")],
+    "unit, sensitivity",
+    [
+        ("uV", "1.25"),
+        ("mV", "0.00125"),
+        ("V", "0.00000125"),
+        ("10*-6.V", "1.25"),
+        ("10*-3.V", "0.00125"),
+        ("\u00b5V", "1.25"),
+        ("nV", "1250"),
+    ],
 )
 def test_units_are_converted_to_millivolts(sample, reference, unit, sensitivity):
     result = normalise_dataset(v.with_unit(sample, unit, sensitivity))
@@ -396,6 +412,7 @@ def test_wrong_scale_on_every_lead_is_not_sent(sample):
 
 
 # --- quality ---------------------------------------------------------------------------------
+
 
 def _zero_leads(ds: Dataset, leads: list[str]) -> Dataset:
     out = v.new_uids(ds)

@@ -20,8 +20,18 @@ from gateway.normalise.units import UnknownUnitError, millivolts_per_unit
 
 @pytest.mark.parametrize(
     "code, lead",
-    [("2:1", "I"), ("5.6.3-9-1", "I"), ("2:2", "II"), ("5.6.3-9-8", "V6"), ("2:61", "III"), ("5.6.3-9-64", "aVF"),
-     ("2:65", "-aVR"), ("131073", "I"), ("131134", "aVR"), (" 2:3 ", "V1")],
+    [
+        ("2:1", "I"),
+        ("5.6.3-9-1", "I"),
+        ("2:2", "II"),
+        ("5.6.3-9-8", "V6"),
+        ("2:61", "III"),
+        ("5.6.3-9-64", "aVF"),
+        ("2:65", "-aVR"),
+        ("131073", "I"),
+        ("131134", "aVR"),
+        (" 2:3 ", "V1"),
+    ],
 )
 def test_lead_codes_in_both_schemes(code, lead):
     assert lead_from_code(code) == (True, lead)
@@ -36,9 +46,21 @@ def test_derived_lead_codes_are_unknown_not_guessed(code):
 
 @pytest.mark.parametrize(
     "text, lead",
-    [("Lead I (Einthoven)", "I"), ("Lead II", "II"), ("lead iii", "III"), ("aVR", "aVR"), ("AVL", "aVL"),
-     ("Lead_aVF", "aVF"), ("V1", "V1"), ("v6", "V6"), ("-aVR", "-aVR"), ("Lead V1 derived", None), ("V7", None),
-     ("Lead IV", None), ("", None)],
+    [
+        ("Lead I (Einthoven)", "I"),
+        ("Lead II", "II"),
+        ("lead iii", "III"),
+        ("aVR", "aVR"),
+        ("AVL", "aVL"),
+        ("Lead_aVF", "aVF"),
+        ("V1", "V1"),
+        ("v6", "V6"),
+        ("-aVR", "-aVR"),
+        ("Lead V1 derived", None),
+        ("V7", None),
+        ("Lead IV", None),
+        ("", None),
+    ],
 )
 def test_lead_text(text, lead):
     assert lead_from_text(text) == lead
@@ -54,8 +76,17 @@ def test_identify_lead_order_of_evidence():
 
 
 @pytest.mark.parametrize(
-    "unit, factor", [("uV", 1e-3), ("mV", 1.0), ("V", 1e3), ("nV", 1e-6), ("10*-6.V", 1e-3), ("10*-3.V", 1.0),
-                     ("\u00b5V", 1e-3), ("\u03bcV", 1e-3)],
+    "unit, factor",
+    [
+        ("uV", 1e-3),
+        ("mV", 1.0),
+        ("V", 1e3),
+        ("nV", 1e-6),
+        ("10*-6.V", 1e-3),
+        ("10*-3.V", 1.0),
+        ("\u00b5V", 1e-3),
+        ("\u03bcV", 1e-3),
+    ],
 )
 def test_units(unit, factor):
     assert millivolts_per_unit(unit) == pytest.approx(factor)
@@ -111,9 +142,18 @@ def test_make_ecg_dataset_is_a_complete_writable_file(tmp_path):
     signal[:, 0] = np.linspace(-1, 1, 5000)
     signal[0, 1] = 40.0  # beyond int16 at 1 uV: clipped to the range
     ds = make_ecg_dataset(
-        signal, 500, ["I", "II", "V1"], resolution_uv=1.0, code_scheme="MDC", patient_id="P1",
-        patient_name="Doe^Jane", accession_number="A1", study_instance_uid="1.2.3.4", sop_instance_uid="1.2.3.5",
-        Manufacturer="ACME", InstitutionName="General",
+        signal,
+        500,
+        ["I", "II", "V1"],
+        resolution_uv=1.0,
+        code_scheme="MDC",
+        patient_id="P1",
+        patient_name="Doe^Jane",
+        accession_number="A1",
+        study_instance_uid="1.2.3.4",
+        sop_instance_uid="1.2.3.5",
+        Manufacturer="ACME",
+        InstitutionName="General",
     )
     path = tmp_path / "ecg.dcm"
     ds.save_as(path, enforce_file_format=True)
@@ -147,8 +187,11 @@ def test_make_ecg_dataset_32bit_and_round_trip():
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"leads": ["I", "II"]}, "does not match 2 leads"), ({"bits": 8}, "bits must be 16 or 32"),
-     ({"code_scheme": "LOINC"}, "code_scheme must be SCPECG or MDC")],
+    [
+        ({"leads": ["I", "II"]}, "does not match 2 leads"),
+        ({"bits": 8}, "bits must be 16 or 32"),
+        ({"code_scheme": "LOINC"}, "code_scheme must be SCPECG or MDC"),
+    ],
 )
 def test_make_ecg_dataset_rejects_bad_arguments(kwargs, message):
     args = {"signal_mv": np.zeros((10, 3)), "fs": 500, "leads": ["I", "II", "V1"], **kwargs}
@@ -204,5 +247,6 @@ def test_cached_filter_is_scipys_default(up, down):
     from gateway.normalise.resample import _filter
 
     x = np.random.default_rng(0).normal(size=(2, 3000))
-    np.testing.assert_array_equal(resample_poly(x, up, down, axis=1, window=_filter(up, down)),
-                                  resample_poly(x, up, down, axis=1))
+    np.testing.assert_array_equal(
+        resample_poly(x, up, down, axis=1, window=_filter(up, down)), resample_poly(x, up, down, axis=1)
+    )

@@ -26,7 +26,7 @@ def test_sine_survives_resampling_from_any_supported_rate(fs, frequency, amplitu
     ds = make_ecg_dataset(np.repeat(wave[:, None], 12, axis=1), fs, OUTPUT_LEADS, resolution_uv=0.5, bits=32)
     result = normalise_dataset(ds, NormaliseParams(min_duration_s=9.9))
     fit = result.report["fit"]
-    content = result.signal[fit["pad_before"]:4096 - fit["pad_after"], 6].astype(np.float64)
+    content = result.signal[fit["pad_before"] : 4096 - fit["pad_after"], 6].astype(np.float64)
     # Away from the edges the output is the same sine on the 400 Hz time base: amplitude and
     # frequency (a frequency error would grow into a phase error over the 10 s).
     j = np.arange(400, content.size - 400)

@@ -36,14 +36,17 @@ T1 = datetime(2026, 2, 1, 9, 30, tzinfo=UTC)
 
 
 def cfg(tmp_path, pacs: bool = False) -> Config:
-    return Config.model_validate({
-        "storage": {"spool_dir": str(tmp_path / "spool")},
-        "hl7": {"interpreter_authority": "HOSP"},
-        "pacs": {"enabled": pacs},
-    })
+    return Config.model_validate(
+        {
+            "storage": {"spool_dir": str(tmp_path / "spool")},
+            "hl7": {"interpreter_authority": "HOSP"},
+            "pacs": {"enabled": pacs},
+        }
+    )
 
 
 # --- pure helpers -----------------------------------------------------------------------------------
+
 
 def test_findings_are_ordered_deduplicated_and_unknown_codes_refused():
     assert ordered_findings(["AF", "1dAVb", "AF"]) == ["1dAVb", "AF"]
@@ -76,19 +79,27 @@ def test_changes_against_the_ai_and_the_previous_version():
     second = SimpleNamespace(findings=["RBBB", "AF"], statements=["Sinus rhythm", "Old MI"], comment="see prior")
     assert changes_of(["AF"], second, first) == {
         "vs_ai": {"added": ["RBBB"], "removed": []},
-        "vs_previous": {"added": ["AF"], "removed": [], "statements_added": ["Old MI"], "statements_removed": [],
-                        "comment_changed": True},
+        "vs_previous": {
+            "added": ["AF"],
+            "removed": [],
+            "statements_added": ["Old MI"],
+            "statements_removed": [],
+            "comment_changed": True,
+        },
     }
 
 
-@pytest.mark.parametrize(("sent", "earlier", "expected"), [
-    ([], 0, "F"),               # HL7 off or nothing sent: the first final
-    (["P"], 0, "F"),            # the AI read went as preliminary: the reader completes it
-    (["P", None], 0, "F"),      # an unreadable payload says nothing
-    (["F"], 0, "C"),            # the site sends AI reads as final: the reader corrects it
-    (["C"], 0, "C"),            # a corrected version of the instance went out
-    (["P"], 1, "C"),            # an edit of a confirmation corrects the final one
-])
+@pytest.mark.parametrize(
+    ("sent", "earlier", "expected"),
+    [
+        ([], 0, "F"),  # HL7 off or nothing sent: the first final
+        (["P"], 0, "F"),  # the AI read went as preliminary: the reader completes it
+        (["P", None], 0, "F"),  # an unreadable payload says nothing
+        (["F"], 0, "C"),  # the site sends AI reads as final: the reader corrects it
+        (["C"], 0, "C"),  # a corrected version of the instance went out
+        (["P"], 1, "C"),  # an edit of a confirmation corrects the final one
+    ],
+)
 def test_result_status_of_a_confirmation(sent, earlier, expected):
     assert next_result_status(sent, earlier) == expected
 
@@ -100,26 +111,43 @@ def test_obr25_is_read_from_a_stored_message():
 
 
 def test_state_of_an_unconfirmed_and_a_confirmed_ecg():
-    assert confirmation_state(None) == {"status": "unconfirmed", "by": None, "by_name": None, "at": None,
-                                        "findings": None, "version": None}
-    row = SimpleNamespace(outcome="corrected", username="arossi", full_name="Anna Rossi", created_at=T1,
-                          findings=["RBBB"], version=2)
-    assert confirmation_state(row) == {"status": "corrected", "by": "arossi", "by_name": "Anna Rossi",
-                                       "at": "2026-02-01T09:30:00+00:00", "findings": ["RBBB"], "version": 2}
+    assert confirmation_state(None) == {
+        "status": "unconfirmed",
+        "by": None,
+        "by_name": None,
+        "at": None,
+        "findings": None,
+        "version": None,
+    }
+    row = SimpleNamespace(
+        outcome="corrected", username="arossi", full_name="Anna Rossi", created_at=T1, findings=["RBBB"], version=2
+    )
+    assert confirmation_state(row) == {
+        "status": "corrected",
+        "by": "arossi",
+        "by_name": "Anna Rossi",
+        "at": "2026-02-01T09:30:00+00:00",
+        "findings": ["RBBB"],
+        "version": 2,
+    }
 
 
-@pytest.mark.parametrize(("full", "expected"), [
-    ("Anna Maria Rossi", ("Rossi", "Anna Maria")),
-    ("Rossi, Anna", ("Rossi", "Anna")),
-    ("  Rossi  ", ("Rossi", "")),
-    (None, ("arossi", "")),
-    ("", ("arossi", "")),
-])
+@pytest.mark.parametrize(
+    ("full", "expected"),
+    [
+        ("Anna Maria Rossi", ("Rossi", "Anna Maria")),
+        ("Rossi, Anna", ("Rossi", "Anna")),
+        ("  Rossi  ", ("Rossi", "")),
+        (None, ("arossi", "")),
+        ("", ("arossi", "")),
+    ],
+)
 def test_reader_names_for_hl7(full, expected):
     assert split_name(full, "arossi") == expected
 
 
 # --- on the database --------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def seeded(session_factory, sample_path, tmp_path):
@@ -141,13 +169,17 @@ def _payload(session_factory, message_id):
 def test_a_confirmation_is_stored_with_its_oru_and_audit_row(session_factory, seeded, tmp_path):
     config = cfg(tmp_path)
     e1 = seeded["e1"]  # the AI said AF
-    cid = _confirm(session_factory, e1, config, findings=["RBBB"], statements=["Sinus rhythm"], comment="ok",
-                   now=T1)
+    cid = _confirm(session_factory, e1, config, findings=["RBBB"], statements=["Sinus rhythm"], comment="ok", now=T1)
     with session_factory() as s:
         c = s.get(Confirmation, cid)
         assert (c.version, c.username, c.full_name, c.hl7_id, c.user_id) == (1, "arossi", "Anna Rossi", "D123", 7)
         assert (c.findings, c.statements, c.comment, c.outcome, c.result_status) == (
-            ["RBBB"], ["Sinus rhythm"], "ok", "corrected", "F")
+            ["RBBB"],
+            ["Sinus rhythm"],
+            "ok",
+            "corrected",
+            "F",
+        )
         assert c.changes == {"vs_ai": {"added": ["RBBB"], "removed": ["AF"]}, "vs_previous": None}
         # the AI's own output is untouched
         assert s.get(EcgInstance, e1).prediction.findings == ["AF"]
@@ -175,13 +207,18 @@ def test_every_version_is_kept_and_an_edit_is_a_correction(session_factory, seed
     other = Reader(username="bverdi", full_name="Verdi, Bruno", hl7_id="D456")
     _confirm(session_factory, e1, config, other, findings=["AF", "SB"], statements=["Slow"], now=T1 + timedelta(1))
     with session_factory() as s:
-        versions = list(s.scalars(select(Confirmation).where(Confirmation.ecg_id == e1)
-                                  .order_by(Confirmation.version)))
+        versions = list(s.scalars(select(Confirmation).where(Confirmation.ecg_id == e1).order_by(Confirmation.version)))
         assert [(c.version, c.username, c.outcome, c.result_status) for c in versions] == [
-            (1, "arossi", "confirmed", "F"), (2, "bverdi", "corrected", "C")]
+            (1, "arossi", "confirmed", "F"),
+            (2, "bverdi", "corrected", "C"),
+        ]
         assert versions[1].changes["vs_previous"] == {
-            "added": ["SB"], "removed": [], "statements_added": ["Slow"], "statements_removed": [],
-            "comment_changed": False}
+            "added": ["SB"],
+            "removed": [],
+            "statements_added": ["Slow"],
+            "statements_removed": [],
+            "comment_changed": False,
+        }
         second = versions[1].hl7_message_id
     msg = hl7.parse(_payload(session_factory, second))
     assert str(msg.segment("OBR")[25]) == "C"
@@ -220,8 +257,7 @@ def test_an_ecg_without_an_ai_result_cannot_be_confirmed(session_factory, seeded
 
 
 def test_bad_input_changes_nothing(session_factory, seeded, tmp_path):
-    for kw, status in [({"findings": ["XX"]}, 422), ({"comment": "c" * 2001}, 422),
-                       ({"statements": ["s" * 501]}, 422)]:
+    for kw, status in [({"findings": ["XX"]}, 422), ({"comment": "c" * 2001}, 422), ({"statements": ["s" * 501]}, 422)]:
         with pytest.raises(ConfirmError) as err:
             _confirm(session_factory, seeded["e1"], cfg(tmp_path), **kw)
         assert err.value.status == status
@@ -259,16 +295,30 @@ def test_rows_say_confirmation_and_the_worklist_leaves_confirmed_ecgs(session_fa
         assert [r["id"] for r in worklist_rows(s)] == [e2, e6]
         assert count_worklist(s) == 2 and wards(s) == ["ICU"]
         row = next(r for r in ecg_rows(s) if r["id"] == e1)
-        assert row["confirmation"] == {"status": "confirmed", "by": "arossi", "by_name": "Anna Rossi",
-                                       "at": "2026-02-01T09:30:00+00:00", "findings": ["AF"], "version": 1}
+        assert row["confirmation"] == {
+            "status": "confirmed",
+            "by": "arossi",
+            "by_name": "Anna Rossi",
+            "at": "2026-02-01T09:30:00+00:00",
+            "findings": ["AF"],
+            "version": 1,
+        }
         assert row["ward"] == "Cardiology"
 
 
 # --- the re-issued report and SR ------------------------------------------------------------------
 
-CONFIRMATION_ROW = SimpleNamespace(username="arossi", full_name="Anna Rossi", hl7_id="D123", created_at=T1,
-                                   findings=["RBBB"], statements=["Sinus rhythm"], comment="compare with prior",
-                                   outcome="corrected", version=2)
+CONFIRMATION_ROW = SimpleNamespace(
+    username="arossi",
+    full_name="Anna Rossi",
+    hl7_id="D123",
+    created_at=T1,
+    findings=["RBBB"],
+    statements=["Sinus rhythm"],
+    comment="compare with prior",
+    outcome="corrected",
+    version=2,
+)
 
 
 @pytest.mark.one_db  # drawing, not a database matter
@@ -301,10 +351,15 @@ def test_the_sr_of_a_confirmation_is_final_and_verified_by_the_reader(sample_pat
     from test_pacs import dciodvfy, values
 
     source = dcmread(sample_path)
-    sr = comprehensive_sr(source, values(confirmation=reader_confirmation(CONFIRMATION_ROW), reader_pn="Rossi^Anna"),
-                          series_uid=generate_uid(), sop_uid=generate_uid())
-    doc = encapsulated_pdf(source, b"%PDF-1.4\n%%EOF", series_uid=generate_uid(), sop_uid=generate_uid(),
-                           when=T1, confirmed=True)
+    sr = comprehensive_sr(
+        source,
+        values(confirmation=reader_confirmation(CONFIRMATION_ROW), reader_pn="Rossi^Anna"),
+        series_uid=generate_uid(),
+        sop_uid=generate_uid(),
+    )
+    doc = encapsulated_pdf(
+        source, b"%PDF-1.4\n%%EOF", series_uid=generate_uid(), sop_uid=generate_uid(), when=T1, confirmed=True
+    )
     for ds in (sr, doc):
         report = dciodvfy(ds, tmp_path)
         assert "Error" not in report, report
@@ -313,8 +368,11 @@ def test_the_sr_of_a_confirmation_is_final_and_verified_by_the_reader(sample_pat
     texts = [i.TextValue for i in sr.ContentSequence if i.ValueType == "TEXT"]
     assert "Corrected by Anna Rossi (D123) at 2026-02-01 09:30 UTC (version 2)." in texts
     assert "Sinus rhythm" in texts and "compare with prior" in texts
-    physician = [i.ConceptCodeSequence[0].value for i in sr.ContentSequence
-                 if i.ValueType == "CODE" and i.ConceptNameCodeSequence[0].value == "PHYSICIAN_FINDING"]
+    physician = [
+        i.ConceptCodeSequence[0].value
+        for i in sr.ContentSequence
+        if i.ValueType == "CODE" and i.ConceptNameCodeSequence[0].value == "PHYSICIAN_FINDING"
+    ]
     assert physician == ["59118001"]
     assert doc.DocumentTitle == CONFIRMED_TITLE
 
@@ -330,8 +388,9 @@ def test_confirm_ecg_embeds_the_reissued_pdf_and_refuses_an_unknown_ecg(session_
     from gateway.deliver.oru import embedded_pdf
 
     config = Config.model_validate({"storage": {"spool_dir": str(tmp_path / "spool")}, "hl7": {"embed_pdf": True}})
-    state = confirm_ecg(session_factory, config, seeded["e1"], READER, findings=["AF"], actor="arossi",
-                        address="10.0.0.9")
+    state = confirm_ecg(
+        session_factory, config, seeded["e1"], READER, findings=["AF"], actor="arossi", address="10.0.0.9"
+    )
     assert (state["status"], state["version"], state["result_status"]) == ("confirmed", 1, "F")
     pdf = embedded_pdf(_payload(session_factory, state["hl7_message_id"]))
     text = " ".join(p.extract_text() for p in PdfReader(io.BytesIO(pdf)).pages)
@@ -368,13 +427,21 @@ def test_results_show_lists_every_over_read_version(session_factory, seeded, tmp
     with session_factory() as s:
         text = format_detail(ecg_detail(s, str(seeded["e1"])))
     assert "over-read     unconfirmed (the AI result is preliminary)" in text
-    _confirm(session_factory, seeded["e1"], cfg(tmp_path), findings=["RBBB"], statements=["Sinus rhythm"],
-             comment="ok", now=T1)
+    _confirm(
+        session_factory,
+        seeded["e1"],
+        cfg(tmp_path),
+        findings=["RBBB"],
+        statements=["Sinus rhythm"],
+        comment="ok",
+        now=T1,
+    )
     with session_factory() as s:
         text = format_detail(ecg_detail(s, str(seeded["e1"])))
     assert "over-read     corrected" in text
-    assert ("    v1 2026-02-01T09:30:00+00:00 corrected by Anna Rossi (D123): RBBB | Sinus rhythm | comment: ok "
-            "(OBR-25 F)") in text
+    assert (
+        "    v1 2026-02-01T09:30:00+00:00 corrected by Anna Rossi (D123): RBBB | Sinus rhythm | comment: ok (OBR-25 F)"
+    ) in text
     assert "  findings      AF" in text  # the AI's, unchanged
 
 
@@ -393,8 +460,11 @@ def test_two_readers_at_once_make_two_versions_or_a_409(session_factory, seeded,
     def reader(name: str) -> None:
         start.wait()
         try:
-            outcomes.append(confirm_ecg(session_factory, config, seeded["e1"], Reader(username=name),
-                                        findings=["AF"], actor=name)["version"])
+            outcomes.append(
+                confirm_ecg(session_factory, config, seeded["e1"], Reader(username=name), findings=["AF"], actor=name)[
+                    "version"
+                ]
+            )
         except ConfirmError as exc:
             outcomes.append(exc.status)
 
@@ -425,8 +495,10 @@ def test_the_pacs_objects_of_a_confirmation_report_it(session_factory, seeded, t
     config = cfg(tmp_path, pacs=True)
     _confirm(session_factory, seeded["e1"], config, findings=["RBBB"], statements=["Sinus rhythm"], now=T1)
     with session_factory() as s:
-        objects = {m.kind: build_object(s, m, tmp_path / "spool", 64 * 1024 * 1024)
-                   for m in s.scalars(select(PacsMessage).where(PacsMessage.ecg_id == seeded["e1"]))}
+        objects = {
+            m.kind: build_object(s, m, tmp_path / "spool", 64 * 1024 * 1024)
+            for m in s.scalars(select(PacsMessage).where(PacsMessage.ecg_id == seeded["e1"]))
+        }
     pdf, sr = objects["pdf"], objects["sr"]
     assert pdf.DocumentTitle == CONFIRMED_TITLE != DOCUMENT_TITLE
     text = PdfReader(io.BytesIO(bytes(pdf.EncapsulatedDocument))).pages[0].extract_text()

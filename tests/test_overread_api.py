@@ -22,11 +22,13 @@ PASSWORD = "correct horse battery"
 
 
 def make_cfg(db_url, tmp_path):
-    return Config.model_validate({
-        "storage": {"database_url": db_url, "spool_dir": str(tmp_path / "spool")},
-        "admin": {"token": TOKEN},
-        "hl7": {"interpreter_authority": "HOSP"},
-    })
+    return Config.model_validate(
+        {
+            "storage": {"database_url": db_url, "spool_dir": str(tmp_path / "spool")},
+            "admin": {"token": TOKEN},
+            "hl7": {"interpreter_authority": "HOSP"},
+        }
+    )
 
 
 @pytest.fixture
@@ -41,8 +43,11 @@ def world(db_url, session_factory, sample_path, tmp_path, monkeypatch):
     ids = seed(session_factory, sample_path, tmp_path / "spool")
     tokens = {}
     with session_factory() as s:
-        for name, role, full, hl7_id in (("arossi", "reader", "Anna Rossi", "D123"), ("vview", "viewer", None, None),
-                                         ("root", "admin", "Ada Admin", "A1")):
+        for name, role, full, hl7_id in (
+            ("arossi", "reader", "Anna Rossi", "D123"),
+            ("vview", "viewer", None, None),
+            ("root", "admin", "Ada Admin", "A1"),
+        ):
             add_user(s, name, role, PASSWORD, full_name=full, hl7_id=hl7_id, actor="test")
             tokens[name] = issue_token(s, name, actor="test")
         s.commit()
@@ -57,12 +62,21 @@ def bearer(token: str) -> dict[str, str]:
 def test_a_reader_confirms_through_the_api(world, session_factory):
     ids, tokens, client = world
     e1 = ids["e1"]  # the AI said AF
-    r = client.post(f"/api/ecgs/{e1}/confirm", headers=bearer(tokens["arossi"]),
-                    json={"findings": ["AF", "SB"], "statements": ["Sinus bradycardia with AF?"], "comment": "ok"})
+    r = client.post(
+        f"/api/ecgs/{e1}/confirm",
+        headers=bearer(tokens["arossi"]),
+        json={"findings": ["AF", "SB"], "statements": ["Sinus bradycardia with AF?"], "comment": "ok"},
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert (body["status"], body["by"], body["by_name"], body["version"], body["result_status"], body["findings"]) == (
-        "corrected", "arossi", "Anna Rossi", 1, "F", ["SB", "AF"])
+        "corrected",
+        "arossi",
+        "Anna Rossi",
+        1,
+        "F",
+        ["SB", "AF"],
+    )
     with session_factory() as s:
         payload = s.get(Hl7Message, body["hl7_message_id"]).payload
     obr = hl7.parse(payload).segment("OBR")
@@ -75,7 +89,8 @@ def test_a_reader_confirms_through_the_api(world, session_factory):
     assert {r["confirmation"]["status"] for r in rows if r["id"] != e1} == {"unconfirmed"}
     detail = client.get(f"/api/ecgs/{e1}", headers=bearer(tokens["vview"])).json()
     assert [(c["version"], c["by"], c["statements"]) for c in detail["confirmations"]] == [
-        (1, "arossi", ["Sinus bradycardia with AF?"])]
+        (1, "arossi", ["Sinus bradycardia with AF?"])
+    ]
     # an admin (a person) may confirm too: version 2, a correction of the final
     r = client.post(f"/api/ecgs/{ids['e1']}/confirm", headers=bearer(tokens["root"]), json={"findings": ["AF"]})
     assert r.status_code == 200 and (r.json()["version"], r.json()["result_status"]) == (2, "C")
@@ -86,8 +101,8 @@ def test_a_reader_confirms_through_the_api(world, session_factory):
 REFUSALS = [
     ("vview", {"findings": ["AF"]}, "e1", 403, "needs the reader role"),
     (TOKEN, {"findings": ["AF"]}, "e1", 403, "bootstrap [admin] token cannot confirm"),
-    ("arossi", {"findings": ["AF"]}, "e3", 409, "no AI result"),      # rejected
-    ("arossi", {"findings": ["AF"]}, "e5", 409, "no AI result"),      # still processing
+    ("arossi", {"findings": ["AF"]}, "e3", 409, "no AI result"),  # rejected
+    ("arossi", {"findings": ["AF"]}, "e5", 409, "no AI result"),  # still processing
     ("arossi", {"findings": ["AF", "VT"]}, "e1", 422, "unknown finding code 'VT'"),
     ("arossi", {"findings": ["AF"], "statements": ["x" * 501]}, "e1", 422, "longer than 500"),
     ("arossi", {"findings": ["AF"], "comment": "c" * 2001}, "e1", 422, "at most 2000"),
@@ -133,8 +148,9 @@ def test_worklist_page_oldest_first_with_filters_and_count(world, session_factor
     assert re.findall(r'<td><a href="/ecgs/(\d+)">', page.text) == [str(ids["e1"])]
     assert client.get("/worklist", params={"finding": "VT"}).status_code == 400
     views = [a for a in audit_rows(session_factory) if a.action == "view_worklist"]
-    assert len(views) == 3 and views[0].actor == "vview" and views[0].detail["shown"] == [ids["e1"], ids["e2"],
-                                                                                             ids["e6"]]
+    assert (
+        len(views) == 3 and views[0].actor == "vview" and views[0].detail["shown"] == [ids["e1"], ids["e2"], ids["e6"]]
+    )
 
 
 def test_the_confirm_form_needs_its_csrf_token_and_a_reader(world, session_factory):
@@ -147,37 +163,46 @@ def test_the_confirm_form_needs_its_csrf_token_and_a_reader(world, session_facto
     form = {"findings": ["SB"], "statements": "Sinus bradycardia\n\n  slow  ", "comment": ""}
     refused = client.post(f"/ecgs/{e1}/confirm", data=form, follow_redirects=False)
     assert refused.status_code == 403 and "CSRF" in refused.text
-    done = client.post(f"/ecgs/{e1}/confirm", data={**form, "csrf_token": session_csrf(client)},
-                       follow_redirects=False)
+    done = client.post(f"/ecgs/{e1}/confirm", data={**form, "csrf_token": session_csrf(client)}, follow_redirects=False)
     assert done.status_code == 303 and done.headers["location"] == f"/worklist?confirmed={e1}&version=1"
     with session_factory() as s:
         c = s.scalars(select(Confirmation)).one()
-        assert (c.findings, c.statements, c.comment, c.username) == (["SB"], ["Sinus bradycardia", "slow"], None,
-                                                                     "arossi")
+        assert (c.findings, c.statements, c.comment, c.username) == (
+            ["SB"],
+            ["Sinus bradycardia", "slow"],
+            None,
+            "arossi",
+        )
     page = client.get(f"/ecgs/{e1}")
     assert "Corrected by <strong>Anna Rossi</strong>" in page.text and 'class="confirmation-version"' in page.text
     listed = client.get("/ecgs").text  # the list says which results a physician has read
     assert listed.count('class="badge confirmation corrected"') == 1
     assert listed.count('class="badge confirmation unconfirmed"') == 2  # the other two processed ECGs
     # confirm as is: the AI's findings, whatever the boxes say
-    again = client.post(f"/ecgs/{e1}/confirm", data={"findings": ["ST"], "as_is": "1",
-                                                     "csrf_token": session_csrf(client)}, follow_redirects=False)
+    again = client.post(
+        f"/ecgs/{e1}/confirm",
+        data={"findings": ["ST"], "as_is": "1", "csrf_token": session_csrf(client)},
+        follow_redirects=False,
+    )
     assert again.status_code == 303
     with session_factory() as s:
         latest = s.scalars(select(Confirmation).order_by(Confirmation.version.desc())).first()
-        assert (latest.version, latest.findings, latest.outcome, latest.result_status) == (2, ["AF"], "confirmed",
-                                                                                            "C")
+        assert (latest.version, latest.findings, latest.outcome, latest.result_status) == (2, ["AF"], "confirmed", "C")
     # a viewer sees no form and is refused with a valid token of their own
     viewer = TestClient(client.app)
     login_as(viewer, "vview")
     page = viewer.get(f"/ecgs/{e1}")
     assert 'class="confirm"' not in page.text and "Only a reader can confirm" in page.text
-    refused = viewer.post(f"/ecgs/{e1}/confirm", data={"findings": ["AF"], "csrf_token": session_csrf(viewer)},
-                          follow_redirects=False)
+    refused = viewer.post(
+        f"/ecgs/{e1}/confirm", data={"findings": ["AF"], "csrf_token": session_csrf(viewer)}, follow_redirects=False
+    )
     assert refused.status_code == 403 and "needs the reader role" in refused.text
     # a rejected ECG: 409 page
-    refused = client.post(f"/ecgs/{ids['e3']}/confirm", data={"findings": ["AF"], "csrf_token": session_csrf(client)},
-                          follow_redirects=False)
+    refused = client.post(
+        f"/ecgs/{ids['e3']}/confirm",
+        data={"findings": ["AF"], "csrf_token": session_csrf(client)},
+        follow_redirects=False,
+    )
     assert refused.status_code == 409 and "no AI result" in refused.text
     with session_factory() as s:
         assert len(s.scalars(select(Confirmation)).all()) == 2

@@ -48,24 +48,32 @@ def drive(plan: dict, tmp_path: Path) -> dict:
         pytest.skip("npm playwright-core is not installed (./dev test runs npm ci in tests/peers)")
     path = tmp_path / "overread-plan.json"
     path.write_text(json.dumps({"chromium": CHROMIUM, **plan}))
-    r = subprocess.run(["node", str(PEERS / "overread.js"), str(path)], capture_output=True, text=True, timeout=300,
-                       cwd=PEERS)
+    r = subprocess.run(
+        ["node", str(PEERS / "overread.js"), str(path)], capture_output=True, text=True, timeout=300, cwd=PEERS
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout)
     assert "error" not in out, out["error"]
     return out
 
 
-def test_a_reader_confirms_in_the_browser_and_the_ehr_gets_p_then_f(sqlite_db_url, tmp_path, demo_model,
-                                                                     sample_path):
+def test_a_reader_confirms_in_the_browser_and_the_ehr_gets_p_then_f(sqlite_db_url, tmp_path, demo_model, sample_path):
     db_url = sqlite_db_url
     dicom_port, admin_port, hl7_port = free_port(), free_port(), free_port()
     # every threshold near 0: the untrained model's reading calls all six findings, so one can be removed
     config = tmp_path / "gateway.toml"
     config.write_text("[model.thresholds]\n" + "".join(f'"{code}" = 0.0001\n' for code in FINDINGS))
-    env = gateway_env(tmp_path, db_url, demo_model, dicom_port, admin_port, ECG_GATEWAY_HL7__ENABLED="true",
-                      ECG_GATEWAY_HL7__PORT=str(hl7_port), ECG_GATEWAY_CONFIG=str(config),
-                      ECG_GATEWAY_HL7__INTERPRETER_AUTHORITY="HOSP")
+    env = gateway_env(
+        tmp_path,
+        db_url,
+        demo_model,
+        dicom_port,
+        admin_port,
+        ECG_GATEWAY_HL7__ENABLED="true",
+        ECG_GATEWAY_HL7__PORT=str(hl7_port),
+        ECG_GATEWAY_CONFIG=str(config),
+        ECG_GATEWAY_HL7__INTERPRETER_AUTHORITY="HOSP",
+    )
     engine = make_engine(db_url)
     sf = make_sessionmaker(engine)
     with sf() as s:
@@ -105,10 +113,18 @@ def test_a_reader_confirms_in_the_browser_and_the_ehr_gets_p_then_f(sqlite_db_ur
                 ai_findings = list(s.get(EcgInstance, ecg_id).prediction.findings)
             assert ai_findings == list(FINDINGS)
             remove = "AF"
-            out = drive({"base": f"http://127.0.0.1:{admin_port}", "ecg_id": ecg_id, "remove": remove,
-                         "statement": STATEMENT, "shots": shots,
-                         "reader": {"username": "arossi", "password": PASSWORD},
-                         "viewer": {"username": "vview", "password": PASSWORD}}, tmp_path)
+            out = drive(
+                {
+                    "base": f"http://127.0.0.1:{admin_port}",
+                    "ecg_id": ecg_id,
+                    "remove": remove,
+                    "statement": STATEMENT,
+                    "shots": shots,
+                    "reader": {"username": "arossi", "password": PASSWORD},
+                    "viewer": {"username": "vview", "password": PASSWORD},
+                },
+                tmp_path,
+            )
             wait_until(lambda: len(ehr.messages()) >= 2, 60, what="the confirmed ORU at the EHR", procs=[proc])
         finally:
             assert stop(proc) == 0, (tmp_path / "serve.log").read_text()[-3000:]
@@ -143,7 +159,13 @@ def test_a_reader_confirms_in_the_browser_and_the_ehr_gets_p_then_f(sqlite_db_ur
     assert [str(cnn[i]) for i in (0, 1, 2, 8)] == ["D123", "Rossi", "Anna", "HOSP"]
     impressions = [o for o in second.segments("OBX") if str(o[3][0][0]) == "8601-7"]
     assert [str(o[5][0][0]) if o[2][0] == "CWE" else second.unescape(str(o[5])) for o in impressions] == [
-        "270492004", "59118001", "164909002", "426177001", "427084000", STATEMENT]
+        "270492004",
+        "59118001",
+        "164909002",
+        "426177001",
+        "427084000",
+        STATEMENT,
+    ]
     assert all(str(o[16][0][0]) == "D123" for o in impressions)
     ai = [str(o[5][0][0]) for o in second.segments("OBX") if str(o[3][0][0]) == "AI_FINDING"]
     assert len(ai) == 6 and "164889003" in ai  # the AI's AF stays, as the AI's
@@ -153,11 +175,24 @@ def test_a_reader_confirms_in_the_browser_and_the_ehr_gets_p_then_f(sqlite_db_ur
     with sf() as s:
         [c] = s.scalars(select(Confirmation).where(Confirmation.ecg_id == ecg_id)).all()
         assert (c.username, c.hl7_id, c.findings, c.statements, c.outcome, c.result_status) == (
-            "arossi", "D123", [f for f in FINDINGS if f != remove], [STATEMENT], "corrected", "F")
+            "arossi",
+            "D123",
+            [f for f in FINDINGS if f != remove],
+            [STATEMENT],
+            "corrected",
+            "F",
+        )
         assert c.changes["vs_ai"] == {"added": [], "removed": [remove]}
         audit = [(a.actor, a.action) for a in s.scalars(select(AuditLog).order_by(AuditLog.id))]
-    for expected in [("arossi", "login"), ("arossi", "view_worklist"), ("arossi", "view_ecg"),
-                     ("arossi", "ecg_confirm"), ("arossi", "logout"), ("vview", "login"), ("vview", "view_ecg")]:
+    for expected in [
+        ("arossi", "login"),
+        ("arossi", "view_worklist"),
+        ("arossi", "view_ecg"),
+        ("arossi", "ecg_confirm"),
+        ("arossi", "logout"),
+        ("vview", "login"),
+        ("vview", "view_ecg"),
+    ]:
         assert expected in audit, (expected, audit)
     assert audit.count(("arossi", "ecg_confirm")) == 1
     for shot in shots.values():

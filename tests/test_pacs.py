@@ -45,11 +45,17 @@ def values(**changes) -> ResultValues:  # type: ignore[no-untyped-def]
     from gateway.report.measurements import extract
 
     cart = extract(dcmread(get_testdata_file("waveform_ecg.dcm")))
-    base = dict(probabilities={"1dAVb": 0.01, "RBBB": 0.02, "LBBB": 0.001, "SB": 0.1, "AF": 0.91, "ST": 0.05},
-                thresholds={"1dAVb": 0.124, "RBBB": 0.07, "LBBB": 0.05, "SB": 0.278, "AF": 0.39, "ST": 0.174},
-                findings=["AF"], model_sha256="ab" * 32, gateway_version="0.1.0", demo_model=False,
-                measurements=cart.measurements, cart_statements=cart.statements,
-                result_time=datetime(2026, 11, 30, 8, 0, tzinfo=UTC))
+    base = dict(
+        probabilities={"1dAVb": 0.01, "RBBB": 0.02, "LBBB": 0.001, "SB": 0.1, "AF": 0.91, "ST": 0.05},
+        thresholds={"1dAVb": 0.124, "RBBB": 0.07, "LBBB": 0.05, "SB": 0.278, "AF": 0.39, "ST": 0.174},
+        findings=["AF"],
+        model_sha256="ab" * 32,
+        gateway_version="0.1.0",
+        demo_model=False,
+        measurements=cart.measurements,
+        cart_statements=cart.statements,
+        result_time=datetime(2026, 11, 30, 8, 0, tzinfo=UTC),
+    )
     base.update(changes)
     return ResultValues(**base)
 
@@ -57,15 +63,19 @@ def values(**changes) -> ResultValues:  # type: ignore[no-untyped-def]
 def test_the_objects_pass_dciodvfy_and_keep_patient_and_study(sample_path, tmp_path):
     source = dcmread(sample_path)
     pdf = b"%PDF-1.4\n% a report\n%%EOF"  # odd length: padded
-    doc = encapsulated_pdf(source, pdf, series_uid=generate_uid(), sop_uid=generate_uid(),
-                           when=datetime(2026, 11, 30, 8, 0, tzinfo=UTC))
+    doc = encapsulated_pdf(
+        source, pdf, series_uid=generate_uid(), sop_uid=generate_uid(), when=datetime(2026, 11, 30, 8, 0, tzinfo=UTC)
+    )
     sr = comprehensive_sr(source, values(), series_uid=generate_uid(), sop_uid=generate_uid())
     for ds, sop_class in ((doc, ENCAPSULATED_PDF), (sr, COMPREHENSIVE_SR)):
         report = dciodvfy(ds, tmp_path)
         assert "Error" not in report, report
         assert ds.SOPClassUID == sop_class
         assert (ds.PatientID, ds.StudyInstanceUID, ds.AccessionNumber) == (
-            source.PatientID, source.StudyInstanceUID, source.AccessionNumber)
+            source.PatientID,
+            source.StudyInstanceUID,
+            source.AccessionNumber,
+        )
         assert ds.SeriesInstanceUID != source.SeriesInstanceUID
     assert doc.Modality == "DOC" and doc.MIMETypeOfEncapsulatedDocument == "application/pdf"
     assert doc.EncapsulatedDocument == pdf + b"\0" and doc.EncapsulatedDocumentLength == len(pdf)
@@ -95,14 +105,25 @@ def test_the_objects_pass_dciodvfy_and_keep_patient_and_study(sample_path, tmp_p
 
 # --- the outbox against a real Orthanc ------------------------------------------------------
 
+
 def config(db_url: str, tmp_path: Path, model: Path, pacs_port: int, **pacs) -> Config:  # type: ignore[no-untyped-def]
-    return Config.model_validate({
-        "storage": {"database_url": db_url, "spool_dir": str(tmp_path / "spool")},
-        "model": {"files": [str(model)], "batch_size": 4, "max_wait_ms": 0},
-        "hl7": {"enabled": False},
-        "pacs": {"enabled": True, "port": pacs_port, "called_ae_title": AET, "connect_timeout": 3,
-                 "dimse_timeout": 10, "backoff_initial_s": 0.05, "backoff_max_s": 0.1, **pacs},
-    })
+    return Config.model_validate(
+        {
+            "storage": {"database_url": db_url, "spool_dir": str(tmp_path / "spool")},
+            "model": {"files": [str(model)], "batch_size": 4, "max_wait_ms": 0},
+            "hl7": {"enabled": False},
+            "pacs": {
+                "enabled": True,
+                "port": pacs_port,
+                "called_ae_title": AET,
+                "connect_timeout": 3,
+                "dimse_timeout": 10,
+                "backoff_initial_s": 0.05,
+                "backoff_max_s": 0.1,
+                **pacs,
+            },
+        }
+    )
 
 
 def processed(cfg, session_factory, demo_ensemble, sample_path, n=1):  # type: ignore[no-untyped-def]
@@ -158,8 +179,9 @@ def test_pdf_and_sr_arrive_in_orthanc_once(db_url, session_factory, tmp_path, de
 
 
 @pytest.mark.slow  # starts Orthanc
-def test_orthanc_down_then_up_nothing_lost_nothing_twice(db_url, session_factory, tmp_path, demo_model,
-                                                         demo_ensemble, sample_path):
+def test_orthanc_down_then_up_nothing_lost_nothing_twice(
+    db_url, session_factory, tmp_path, demo_model, demo_ensemble, sample_path
+):
     with orthanc(tmp_path / "orthanc", start=False) as pacs:
         cfg = config(db_url, tmp_path, demo_model, pacs.dicom_port)
         processed(cfg, session_factory, demo_ensemble, sample_path, n=2)
@@ -185,8 +207,9 @@ def test_orthanc_down_then_up_nothing_lost_nothing_twice(db_url, session_factory
 
 
 @pytest.mark.slow  # starts Orthanc
-def test_failed_after_max_attempts_then_resend_is_audited(db_url, session_factory, tmp_path, demo_model,
-                                                          demo_ensemble, sample_path):
+def test_failed_after_max_attempts_then_resend_is_audited(
+    db_url, session_factory, tmp_path, demo_model, demo_ensemble, sample_path
+):
     from admin_helpers import audit_rows
 
     with orthanc(tmp_path / "orthanc", start=False) as pacs:
@@ -208,11 +231,13 @@ def test_failed_after_max_attempts_then_resend_is_audited(db_url, session_factor
         assert row.status == PACS_DELIVERED
         assert [i["SOPInstanceUID"] for i in pacs.instances()] == [row.sop_instance_uid]
     assert [(a.action, a.target, a.detail["old_status"]) for a in audit_rows(session_factory)] == [
-        ("pacs_resend", f"pacs_message:{row.id}", "failed")]
+        ("pacs_resend", f"pacs_message:{row.id}", "failed")
+    ]
 
 
-def test_healthz_and_metrics_show_the_pacs_outbox(db_url, session_factory, tmp_path, demo_model, demo_ensemble,
-                                                  sample_path):
+def test_healthz_and_metrics_show_the_pacs_outbox(
+    db_url, session_factory, tmp_path, demo_model, demo_ensemble, sample_path
+):
     from fastapi.testclient import TestClient
 
     from gateway.admin.app import create_app
@@ -227,7 +252,8 @@ def test_healthz_and_metrics_show_the_pacs_outbox(db_url, session_factory, tmp_p
         s.scalars(select(PacsMessage)).first().status = PACS_FAILED
     r = client.get("/healthz")
     assert r.status_code == 503 and r.json()["components"]["pacs"]["problems"] == [
-        "1 failed object(s): see ecg-gateway pacs list, then pacs resend"]
+        "1 failed object(s): see ecg-gateway pacs list, then pacs resend"
+    ]
     metrics = client.get("/metrics").text
     assert 'ecg_gateway_pacs_messages{status="failed"} 1.0' in metrics
     assert 'ecg_gateway_pacs_messages{status="pending"} 1.0' in metrics
@@ -255,8 +281,9 @@ def test_cli_list_and_resend(db_url, session_factory, tmp_path, demo_model, demo
     assert CliRunner().invoke(app, ["--config", str(conf), "pacs", "resend", "999999"]).exit_code == 1
 
 
-def test_nothing_queued_when_disabled_or_rejected(db_url, session_factory, tmp_path, demo_model, demo_ensemble,
-                                                  sample_path):
+def test_nothing_queued_when_disabled_or_rejected(
+    db_url, session_factory, tmp_path, demo_model, demo_ensemble, sample_path
+):
     import ecg_variants as v
     from gateway.process.worker import Worker
     from test_process import drain, store
@@ -290,20 +317,36 @@ def test_serve_to_orthanc_exactly_once_across_kill_9(db_url, tmp_path, demo_mode
     engine = make_engine(db_url)
     sf = make_sessionmaker(engine)
     with orthanc(tmp_path / "orthanc") as pacs:
+
         def env() -> dict[str, str]:
-            return gateway_env(tmp_path, db_url, demo_model, free_port(), free_port(),
-                               ECG_GATEWAY_PACS__ENABLED="true", ECG_GATEWAY_PACS__PORT=str(pacs.dicom_port),
-                               ECG_GATEWAY_PACS__CALLED_AE_TITLE=AET, ECG_GATEWAY_PACS__CONNECT_TIMEOUT="1",
-                               ECG_GATEWAY_PACS__DIMSE_TIMEOUT="2", ECG_GATEWAY_PACS__BACKOFF_INITIAL_S="0.2",
-                               ECG_GATEWAY_PACS__BACKOFF_MAX_S="1")
+            return gateway_env(
+                tmp_path,
+                db_url,
+                demo_model,
+                free_port(),
+                free_port(),
+                ECG_GATEWAY_PACS__ENABLED="true",
+                ECG_GATEWAY_PACS__PORT=str(pacs.dicom_port),
+                ECG_GATEWAY_PACS__CALLED_AE_TITLE=AET,
+                ECG_GATEWAY_PACS__CONNECT_TIMEOUT="1",
+                ECG_GATEWAY_PACS__DIMSE_TIMEOUT="2",
+                ECG_GATEWAY_PACS__BACKOFF_INITIAL_S="0.2",
+                ECG_GATEWAY_PACS__BACKOFF_MAX_S="1",
+            )
+
         first = env()
         proc = start_serve(first, tmp_path / "serve.log")
         try:
             wait_for_port(int(first["ECG_GATEWAY_DICOM__PORT"]), proc=proc)
             results, text = storescu(files, int(first["ECG_GATEWAY_DICOM__PORT"]))
             assert [s for _, s in results] == ["Success"] * n, text
-            wait_until(lambda: len(httpx_get_list(pacs.url)) > 0, 180, interval=0.05, what="a first object in Orthanc",
-                       procs=[proc])
+            wait_until(
+                lambda: len(httpx_get_list(pacs.url)) > 0,
+                180,
+                interval=0.05,
+                what="a first object in Orthanc",
+                procs=[proc],
+            )
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
@@ -313,6 +356,7 @@ def test_serve_to_orthanc_exactly_once_across_kill_9(db_url, tmp_path, demo_mode
         second = env()
         proc = start_serve(second, tmp_path / "serve.log")
         try:
+
             def all_delivered() -> bool:
                 with sf() as s:
                     rows = s.scalars(select(PacsMessage)).all()
@@ -324,8 +368,9 @@ def test_serve_to_orthanc_exactly_once_across_kill_9(db_url, tmp_path, demo_mode
         with sf() as s:
             rows = s.scalars(select(PacsMessage)).all()
             ecgs = {e.id: e for e in s.scalars(select(EcgInstance))}
-            expected = {r.sop_instance_uid: (ecgs[r.ecg_id].patient_id, ecgs[r.ecg_id].study_instance_uid)
-                        for r in rows}
+            expected = {
+                r.sop_instance_uid: (ecgs[r.ecg_id].patient_id, ecgs[r.ecg_id].study_instance_uid) for r in rows
+            }
         stored = pacs.instances()
         assert sorted(i["SOPInstanceUID"] for i in stored) == sorted(expected)  # each object once, none lost
         for i in stored:

@@ -23,11 +23,13 @@ from gateway.store.spool import Spool
 
 
 def make_config(db_url: str, tmp_path: Path, model: Path, **process: object) -> Config:
-    return Config.model_validate({
-        "storage": {"database_url": db_url, "spool_dir": str(tmp_path / "spool")},
-        "model": {"files": [str(model)], "batch_size": 4, "max_wait_ms": 0},
-        "process": {"lease_seconds": 60, "max_attempts": 2, **process},
-    })
+    return Config.model_validate(
+        {
+            "storage": {"database_url": db_url, "spool_dir": str(tmp_path / "spool")},
+            "model": {"files": [str(model)], "batch_size": 4, "max_wait_ms": 0},
+            "process": {"lease_seconds": 60, "max_attempts": 2, **process},
+        }
+    )
 
 
 def encode(ds) -> bytes:  # type: ignore[no-untyped-def]
@@ -39,8 +41,10 @@ def encode(ds) -> bytes:  # type: ignore[no-untyped-def]
 def store(cfg: Config, session_factory, ds) -> int:  # type: ignore[no-untyped-def]
     from gateway.receive.spool import IncomingInstance, StoreContext, store_instance
 
-    out = store_instance(IncomingInstance.from_file(encode(ds), calling_ae="TESTCART", peer_address="127.0.0.1"),
-                         StoreContext(session_factory, Spool.from_config(cfg.storage)))
+    out = store_instance(
+        IncomingInstance.from_file(encode(ds), calling_ae="TESTCART", peer_address="127.0.0.1"),
+        StoreContext(session_factory, Spool.from_config(cfg.storage)),
+    )
     assert out.status == 0 and out.ecg_id is not None, out
     return out.ecg_id
 
@@ -96,8 +100,11 @@ def test_outcomes_are_complete_and_reproducible(db_url, session_factory, tmp_pat
         # report once, on the ECG (its parameters rebuild the input).
         assert "input_npy" not in Prediction.__table__.c and "normalisation" not in Prediction.__table__.c
         assert p.normaliser_version == normaliser_version() and p.normaliser_version.startswith(NORMALISER_VERSION)
-        assert ok.report["params"] == {"gain": 1.0, "limb_lead_order": ["I", "II", "III", "aVR", "aVL", "aVF"],
-                                       "min_duration_s": 8.0}
+        assert ok.report["params"] == {
+            "gain": 1.0,
+            "limb_lead_order": ["I", "II", "III", "aVR", "aVL", "aVF"],
+            "min_duration_s": 8.0,
+        }
         seen = model_input_array(ok, cfg.storage.spool_dir)
     # the recorded input is exactly what normalisation gives, and the stored
     # probabilities are what the model says on it
@@ -111,8 +118,9 @@ def test_outcomes_are_complete_and_reproducible(db_url, session_factory, tmp_pat
     np.testing.assert_allclose([p.probabilities[c] for c in FINDINGS], direct.mean[0], atol=1e-6)
 
 
-def test_unexpected_error_is_retried_then_failed_and_others_go_on(db_url, session_factory, tmp_path, demo_model,
-                                                                     demo_ensemble, sample):
+def test_unexpected_error_is_retried_then_failed_and_others_go_on(
+    db_url, session_factory, tmp_path, demo_model, demo_ensemble, sample
+):
     import ecg_variants as v
 
     cfg = make_config(db_url, tmp_path, demo_model)
@@ -142,8 +150,16 @@ def test_unexpected_error_is_retried_then_failed_and_others_go_on(db_url, sessio
 
 def _bare_rows(session_factory, n: int) -> list[int]:  # type: ignore[no-untyped-def]
     with session_factory.begin() as s:
-        rows = [EcgInstance(sop_instance_uid=f"1.2.826.0.1.{i}", sop_class_uid="1.2.840.10008.5.1.4.1.1.9.1.1",
-                            spool_path=f"x/{i}.dcm", sha256="0" * 64, size_bytes=1) for i in range(n)]
+        rows = [
+            EcgInstance(
+                sop_instance_uid=f"1.2.826.0.1.{i}",
+                sop_class_uid="1.2.840.10008.5.1.4.1.1.9.1.1",
+                spool_path=f"x/{i}.dcm",
+                sha256="0" * 64,
+                size_bytes=1,
+            )
+            for i in range(n)
+        ]
         s.add_all(rows)
         s.flush()
         return [r.id for r in rows]
@@ -169,8 +185,9 @@ def test_concurrent_claims_never_overlap(session_factory):
         assert set(s.scalars(select(EcgInstance.status))) == {PROCESSING}
 
 
-def test_expired_lease_is_taken_over_and_old_owner_cannot_write(db_url, session_factory, tmp_path, demo_model,
-                                                                 demo_ensemble, sample):
+def test_expired_lease_is_taken_over_and_old_owner_cannot_write(
+    db_url, session_factory, tmp_path, demo_model, demo_ensemble, sample
+):
     import ecg_variants as v
 
     cfg = make_config(db_url, tmp_path, demo_model)
@@ -196,8 +213,14 @@ def test_expired_lease_is_taken_over_and_old_owner_cannot_write(db_url, session_
 def test_ecg_that_keeps_killing_its_worker_ends_failed(session_factory):
     [ecg_id] = _bare_rows(session_factory, 1)
     with session_factory.begin() as s:
-        s.execute(update(EcgInstance).values(status=PROCESSING, attempts=3, claimed_by="gone",
-                                             lease_expires_at=datetime.now(UTC) - timedelta(seconds=1)))
+        s.execute(
+            update(EcgInstance).values(
+                status=PROCESSING,
+                attempts=3,
+                claimed_by="gone",
+                lease_expires_at=datetime.now(UTC) - timedelta(seconds=1),
+            )
+        )
     assert claim_batch(session_factory, "w", 5, lease_seconds=60, max_attempts=3) == []
     with session_factory() as s:
         row = s.get(EcgInstance, ecg_id)

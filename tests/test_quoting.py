@@ -7,17 +7,20 @@ import pytest
 from gateway.quoting import QUOTE_LIMIT, TEXT_LIMIT, printable, quote
 
 
-@pytest.mark.parametrize("value, quoted", [
-    ("V1", "'V1'"),
-    ("A\x1c\r\x0bMSH", "'A\\x1c\\r\\x0bMSH'"),
-    ("a\nb\tc", "'a\\nb\\tc'"),
-    ("\x85\u2028\u2029\x7f\x00", "'\\x85\\u2028\\u2029\\x7f\\x00'"),
-    ("\ud800", "'\\ud800'"),
-    ("back\\slash", "'back\\\\slash'"),  # doubled, as repr does: a literal "\r" cannot pass for a CR
-    ("it's", "'it\\'s'"),
-    ("Müller 山田", "'Müller 山田'"),
-    (12.5, "'12.5'"),
-])
+@pytest.mark.parametrize(
+    "value, quoted",
+    [
+        ("V1", "'V1'"),
+        ("A\x1c\r\x0bMSH", "'A\\x1c\\r\\x0bMSH'"),
+        ("a\nb\tc", "'a\\nb\\tc'"),
+        ("\x85\u2028\u2029\x7f\x00", "'\\x85\\u2028\\u2029\\x7f\\x00'"),
+        ("\ud800", "'\\ud800'"),
+        ("back\\slash", "'back\\\\slash'"),  # doubled, as repr does: a literal "\r" cannot pass for a CR
+        ("it's", "'it\\'s'"),
+        ("Müller 山田", "'Müller 山田'"),
+        (12.5, "'12.5'"),
+    ],
+)
 def test_quote_is_repr_like(value, quoted):
     assert quote(value) == quoted
     assert quote(value).isprintable()

@@ -67,7 +67,8 @@ def test_kill_9_mid_burst_loses_no_acknowledged_instance(
     with log.open("w") as out:
         cart = subprocess.Popen(
             ["storescu", "-d", "-nh", "-aet", "CART1", "-aec", "ECGGW", "127.0.0.1", str(port), *map(str, files)],
-            stdout=out, stderr=subprocess.STDOUT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
         try:
             deadline = time.monotonic() + 60

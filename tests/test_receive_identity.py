@@ -47,8 +47,9 @@ PATIENT_A, PATIENT_B = "PATAAA111", "PATBBB222"
 
 def _store(raw: bytes, session_factory, spool: Path, calling_ae: str = "CART1"):  # type: ignore[no-untyped-def]
     return store_instance(
-        IncomingInstance.from_file(raw, calling_ae=calling_ae, peer_address="127.0.0.1",
-                                   transfer_syntax_uid="1.2.840.10008.1.2.1"),
+        IncomingInstance.from_file(
+            raw, calling_ae=calling_ae, peer_address="127.0.0.1", transfer_syntax_uid="1.2.840.10008.1.2.1"
+        ),
         StoreContext(session_factory, Spool(spool)),
     )
 
@@ -152,16 +153,26 @@ def test_checked_text_problems_never_quote_the_value(sample_path: Path) -> None:
 
 
 def test_good_values_are_read_as_written(sample_path: Path) -> None:
-    raw = ecg_bytes(sample_path, changes={
-        "PatientID": "9" * 64, "IssuerOfPatientID": "UNIVERSITY-HOSPITAL-X", "AccessionNumber": "A" * 16,
-        "PatientName": "Müller^Zoë^^Dr=ミュラー^ゾーイ", "SpecificCharacterSet": ["ISO_IR 192"],
-        "RequestAttributesSequence": _requested("RP-1"),
-    })
+    raw = ecg_bytes(
+        sample_path,
+        changes={
+            "PatientID": "9" * 64,
+            "IssuerOfPatientID": "UNIVERSITY-HOSPITAL-X",
+            "AccessionNumber": "A" * 16,
+            "PatientName": "Müller^Zoë^^Dr=ミュラー^ゾーイ",
+            "SpecificCharacterSet": ["ISO_IR 192"],
+            "RequestAttributesSequence": _requested("RP-1"),
+        },
+    )
     values = header_values(read_header(raw))
     assert values.problems == [] and values.dropped == []
     c = values.columns
     assert (c["patient_id"], c["issuer_of_patient_id"], c["accession_number"], c["requested_procedure_id"]) == (
-        "9" * 64, "UNIVERSITY-HOSPITAL-X", "A" * 16, "RP-1")
+        "9" * 64,
+        "UNIVERSITY-HOSPITAL-X",
+        "A" * 16,
+        "RP-1",
+    )
     assert c["patient_name"] == "Müller^Zoë^^Dr=ミュラー^ゾーイ"
     assert c["patient_birth_date"] == "19710123" and c["patient_sex"] == "F"
 
@@ -173,18 +184,27 @@ def test_lenient_get_joins_several_values_by_backslash(sample_path: Path) -> Non
     assert header.get("Manufacturer") == "GE\\Marquette"
 
 
-@pytest.mark.parametrize(("keyword", "value", "flag"), [
-    ("Manufacturer", "GE\\Marquette", "invalid_value:Manufacturer"),
-    ("ManufacturerModelName", "M" * 65, "invalid_value:ManufacturerModelName"),
-    ("DeviceSerialNumber", "S1\\S2", "invalid_value:DeviceSerialNumber"),
-    ("PatientSex", "M\\F", "invalid_value:PatientSex"),
-    ("PatientBirthDate", "19600101\\19700101", "invalid_value:PatientBirthDate"),
-    ("PatientBirthDate", "1960.01.01", "invalid_value:PatientBirthDate"),  # ACR-NEMA style, 10 characters
-    ("AcquisitionDateTime", "20240102030405\\20240102030406", "invalid_value:AcquisitionDateTime"),
-])
+@pytest.mark.parametrize(
+    ("keyword", "value", "flag"),
+    [
+        ("Manufacturer", "GE\\Marquette", "invalid_value:Manufacturer"),
+        ("ManufacturerModelName", "M" * 65, "invalid_value:ManufacturerModelName"),
+        ("DeviceSerialNumber", "S1\\S2", "invalid_value:DeviceSerialNumber"),
+        ("PatientSex", "M\\F", "invalid_value:PatientSex"),
+        ("PatientBirthDate", "19600101\\19700101", "invalid_value:PatientBirthDate"),
+        ("PatientBirthDate", "1960.01.01", "invalid_value:PatientBirthDate"),  # ACR-NEMA style, 10 characters
+        ("AcquisitionDateTime", "20240102030405\\20240102030406", "invalid_value:AcquisitionDateTime"),
+    ],
+)
 def test_other_values_breaking_their_vr_are_left_out_and_flagged(
-        sample_path: Path, session_factory, tmp_path: Path, caplog: pytest.LogCaptureFixture,
-        keyword: str, value: str, flag: str) -> None:
+    sample_path: Path,
+    session_factory,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    keyword: str,
+    value: str,
+    flag: str,
+) -> None:
     """Not identity: the ECG is stored and analysed, the value is left out
     (never stored cut or as a list), the row is flagged, a WARNING names the element."""
     caplog.set_level(logging.INFO, logger="gateway.receive")
@@ -193,9 +213,14 @@ def test_other_values_breaking_their_vr_are_left_out_and_flagged(
     assert outcome.status == SUCCESS and outcome.ecg_id
     [row] = _rows(session_factory)
     assert row.status == RECEIVED and row.flags == [flag]
-    column = {"Manufacturer": "manufacturer", "ManufacturerModelName": "device_model",
-              "DeviceSerialNumber": "device_serial", "PatientSex": "patient_sex",
-              "PatientBirthDate": "patient_birth_date", "AcquisitionDateTime": "acquisition_datetime"}[keyword]
+    column = {
+        "Manufacturer": "manufacturer",
+        "ManufacturerModelName": "device_model",
+        "DeviceSerialNumber": "device_serial",
+        "PatientSex": "patient_sex",
+        "PatientBirthDate": "patient_birth_date",
+        "AcquisitionDateTime": "acquisition_datetime",
+    }[keyword]
     if keyword == "AcquisitionDateTime":  # the fallback: ContentDate + ContentTime
         assert row.acquisition_datetime == "20130125105919"
     else:
@@ -211,11 +236,22 @@ def test_other_values_breaking_their_vr_are_left_out_and_flagged(
 
 # --- refusals at the door (store_instance) ------------------------------------------------------
 
-@pytest.mark.parametrize("case", ["PatientID multi-valued", "PatientID 10,000 characters", "PatientName multi-valued",
-                                  "IssuerOfPatientID 65 characters", "AccessionNumber 17 characters",
-                                  "StudyInstanceUID 65 characters", "RequestedProcedureID 17 characters"])
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "PatientID multi-valued",
+        "PatientID 10,000 characters",
+        "PatientName multi-valued",
+        "IssuerOfPatientID 65 characters",
+        "AccessionNumber 17 characters",
+        "StudyInstanceUID 65 characters",
+        "RequestedProcedureID 17 characters",
+    ],
+)
 def test_identity_value_breaking_its_vr_is_refused_at_the_door(
-        sample_path: Path, session_factory, tmp_path: Path, caplog: pytest.LogCaptureFixture, case: str) -> None:
+    sample_path: Path, session_factory, tmp_path: Path, caplog: pytest.LogCaptureFixture, case: str
+) -> None:
     caplog.set_level(logging.INFO, logger="gateway.receive")
     keyword, value, problem = BAD_IDENTITY[case]
     spool = tmp_path / "spool"
@@ -232,9 +268,14 @@ def test_identity_value_breaking_its_vr_is_refused_at_the_door(
         ["rejected_at_receive"],
     )
     assert (spool / row.spool_path).read_bytes() == raw  # kept for the admin, quarantined
-    column = {"PatientID": "patient_id", "PatientName": "patient_name", "IssuerOfPatientID": "issuer_of_patient_id",
-              "AccessionNumber": "accession_number", "StudyInstanceUID": "study_instance_uid",
-              "RequestAttributesSequence": "requested_procedure_id"}[keyword]
+    column = {
+        "PatientID": "patient_id",
+        "PatientName": "patient_name",
+        "IssuerOfPatientID": "issuer_of_patient_id",
+        "AccessionNumber": "accession_number",
+        "StudyInstanceUID": "study_instance_uid",
+        "RequestAttributesSequence": "requested_procedure_id",
+    }[keyword]
     assert getattr(row, column) is None  # never stored cut
     if keyword != "PatientID":
         assert row.patient_id == "642341"  # the rest is kept so the admin can find it
@@ -248,6 +289,7 @@ def test_identity_value_breaking_its_vr_is_refused_at_the_door(
 
 # --- identity changes across versions ----------------------------------------------------------
 
+
 def _version(sample_path: Path, patient_id: str, issuer: str | None = None, station: str = "1,0") -> bytes:
     changes = {"PatientID": patient_id, "StationName": station}
     if issuer:
@@ -257,28 +299,44 @@ def _version(sample_path: Path, patient_id: str, issuer: str | None = None, stat
 
 @pytest.mark.parametrize("change", ["patient id", "issuer"])
 def test_another_patient_under_a_known_uid_is_quarantined_and_audited(
-        sample_path: Path, session_factory, tmp_path: Path, caplog: pytest.LogCaptureFixture, change: str) -> None:
+    sample_path: Path, session_factory, tmp_path: Path, caplog: pytest.LogCaptureFixture, change: str
+) -> None:
     caplog.set_level(logging.INFO, logger="gateway.receive")
     spool = tmp_path / "spool"
     first = _store(_version(sample_path, PATIENT_A, "HOSP-A"), session_factory, spool, calling_ae="CART1")
-    other = (_version(sample_path, PATIENT_B, "HOSP-A") if change == "patient id"
-             else _version(sample_path, PATIENT_A, "HOSP-B"))
+    other = (
+        _version(sample_path, PATIENT_B, "HOSP-A")
+        if change == "patient id"
+        else _version(sample_path, PATIENT_A, "HOSP-B")
+    )
     second = _store(other, session_factory, spool, calling_ae="CART2")
     assert first.status == SUCCESS
     assert second.status == IDENTITY_CONFLICT == 0xC002
     assert second.reason == f"{IDENTITY_CHANGED_REASON} (version 1 is ecg id {first.ecg_id})"
     v1, quarantined = _rows(session_factory)
     assert (quarantined.id, quarantined.version, quarantined.status, quarantined.calling_ae) == (
-        second.ecg_id, 2, REJECTED, "CART2")
+        second.ecg_id,
+        2,
+        REJECTED,
+        "CART2",
+    )
     assert quarantined.flags == ["rejected_at_receive", "identity_changed"] and quarantined.error == second.reason
     assert Spool(spool).resolve(quarantined.spool_path).parent == Spool(spool).rejected
     assert spool_files(spool) == [spool / v1.spool_path]
     with session_factory() as s:
         [entry] = s.scalars(select(AuditLog)).all()
         assert (entry.actor, entry.action, entry.target) == (
-            "dicom:CART2@127.0.0.1", IDENTITY_CHANGED_AUDIT, f"ecg:{quarantined.id}")
-        assert entry.detail == {"sop_instance_uid": UID, "version": 2, "sha256": quarantined.sha256,
-                                "reference_ecg_id": v1.id, "reference_version": 1}
+            "dicom:CART2@127.0.0.1",
+            IDENTITY_CHANGED_AUDIT,
+            f"ecg:{quarantined.id}",
+        )
+        assert entry.detail == {
+            "sop_instance_uid": UID,
+            "version": 2,
+            "sha256": quarantined.sha256,
+            "reference_ecg_id": v1.id,
+            "reference_version": 1,
+        }
         # the admin API and web view keep resolving the UID to the first patient's version
         assert find_ecg(s, UID).id == v1.id
         assert ecg_detail(s, UID)["patient_id"] == PATIENT_A
@@ -305,7 +363,8 @@ def test_another_patient_under_a_known_uid_is_quarantined_and_audited(
 
 
 def test_identity_is_compared_with_the_first_version_accepted_at_the_door(
-        sample_path: Path, session_factory, tmp_path: Path) -> None:
+    sample_path: Path, session_factory, tmp_path: Path
+) -> None:
     """A version refused at the door is no reference: the first accepted one is."""
     spool = tmp_path / "spool"
     refused = _store(_version(sample_path, "9" * 65), session_factory, spool)
@@ -324,12 +383,15 @@ def test_identity_is_compared_with_the_first_version_accepted_at_the_door(
 
 # --- the worker: which version is processed, and corrections ------------------------------------
 
+
 def _config(db_url: str, tmp_path: Path, model: Path) -> Config:
-    return Config.model_validate({
-        "storage": {"database_url": db_url, "spool_dir": str((tmp_path / "spool").resolve())},
-        "model": {"files": [str(model)], "batch_size": 4, "max_wait_ms": 0},
-        "process": {"lease_seconds": 60, "max_attempts": 2},
-    })
+    return Config.model_validate(
+        {
+            "storage": {"database_url": db_url, "spool_dir": str((tmp_path / "spool").resolve())},
+            "model": {"files": [str(model)], "batch_size": 4, "max_wait_ms": 0},
+            "process": {"lease_seconds": 60, "max_attempts": 2},
+        }
+    )
 
 
 def _drain(worker: Worker) -> None:
@@ -347,7 +409,8 @@ def _oru(session_factory, ecg_id: int) -> hl7.Message:  # type: ignore[no-untype
 
 @pytest.mark.parametrize("first_sent", ["P", "F"])
 def test_same_patient_new_version_is_processed_and_sent_as_a_correction(
-        db_url, session_factory, tmp_path: Path, demo_model, demo_ensemble, sample_path: Path, first_sent) -> None:
+    db_url, session_factory, tmp_path: Path, demo_model, demo_ensemble, sample_path: Path, first_sent
+) -> None:
     """A later version of an instance whose result went out: the same order (filler order
     number).  After a final result (F) it is a correction (C); after a preliminary one (P:
     the demo model's reads are always preliminary, as AI reads are by default) it is a
@@ -386,8 +449,14 @@ def test_same_patient_new_version_is_processed_and_sent_as_a_correction(
 
 
 def test_worker_quarantines_an_identity_change_stored_before_the_door_checked(
-        db_url, session_factory, tmp_path: Path, demo_model, demo_ensemble, sample_path: Path,
-        caplog: pytest.LogCaptureFixture) -> None:
+    db_url,
+    session_factory,
+    tmp_path: Path,
+    demo_model,
+    demo_ensemble,
+    sample_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """A version 2 for another patient already in the queue (stored by a
     gateway without the door check): the worker rejects it, sends nothing,
     audits it."""
@@ -408,7 +477,10 @@ def test_worker_quarantines_an_identity_change_stored_before_the_door_checked(
         assert s.scalars(select(Hl7Message.ecg_id)).all() == [first.ecg_id]  # no ORU for B
         [entry] = s.scalars(select(AuditLog)).all()
         assert (entry.action, entry.target, entry.detail["reference_ecg_id"]) == (
-            IDENTITY_CHANGED_AUDIT, f"ecg:{v2.id}", first.ecg_id)
+            IDENTITY_CHANGED_AUDIT,
+            f"ecg:{v2.id}",
+            first.ecg_id,
+        )
         assert entry.actor.startswith("worker:")
         assert find_ecg(s, UID).id == first.ecg_id  # the UID still stands for patient A's version
     assert (

@@ -63,8 +63,9 @@ def test_ingest_missing_path_is_exit_2(db_url: str, tmp_path: Path) -> None:
     assert "no such file or folder" in result.output
 
 
-def test_ingest_recognises_dicom_by_content_not_name(db_url: str, session_factory, sample_path: Path,
-                                                     tmp_path: Path) -> None:
+def test_ingest_recognises_dicom_by_content_not_name(
+    db_url: str, session_factory, sample_path: Path, tmp_path: Path
+) -> None:
     """A CD export: IM0001 (Part 10, no extension), IM0002 (a bare data set
     without preamble or file meta), a DICOMDIR, a text file and an empty file."""
     from pydicom import dcmread
@@ -86,8 +87,11 @@ def test_ingest_recognises_dicom_by_content_not_name(db_url: str, session_factor
     write(archive / "DICOMDIR", Path(get_testdata_file("DICOMDIR")).read_bytes())  # a real one (of a CT CD)
     write(archive / "README.TXT", b"Exported by the cart\r\n")
     write(archive / "EMPTY", b"")
-    env = {"ECG_GATEWAY_STORAGE__DATABASE_URL": db_url, "ECG_GATEWAY_STORAGE__SPOOL_DIR": str(tmp_path / "spool"),
-           "ECG_GATEWAY_DICOM__MIN_FREE_DISK_MB": "0"}
+    env = {
+        "ECG_GATEWAY_STORAGE__DATABASE_URL": db_url,
+        "ECG_GATEWAY_STORAGE__SPOOL_DIR": str(tmp_path / "spool"),
+        "ECG_GATEWAY_DICOM__MIN_FREE_DISK_MB": "0",
+    }
     result = CliRunner().invoke(
         app, ["--config", str(ROOT / "config" / "gateway.toml"), "ingest", str(archive)], env=env
     )
@@ -108,7 +112,8 @@ def test_ingest_recognises_dicom_by_content_not_name(db_url: str, session_factor
     assert {r.status for r in rows.values()} == {RECEIVED}
     stored = rows[bare_uid]
     assert stored.transfer_syntax_uid == "1.2.840.10008.1.2"  # the bare data set's own encoding
-    spooled = (Path(stored.spool_path) if Path(stored.spool_path).is_absolute()
-               else tmp_path / "spool" / stored.spool_path).read_bytes()
+    spooled = (
+        Path(stored.spool_path) if Path(stored.spool_path).is_absolute() else tmp_path / "spool" / stored.spool_path
+    ).read_bytes()
     assert spooled[128:132] == b"DICM" and spooled.endswith(bare_bytes)  # the data set's bytes unchanged
     assert str(dcmread(io.BytesIO(spooled)).file_meta.MediaStorageSOPInstanceUID) == bare_uid

@@ -182,7 +182,8 @@ def test_bad_inputs_get_statuses_and_leave_no_file(
     ]
     # only the two quarantine copies (named by content) were written
     written = {
-        p for p in tmp_path.rglob("*")
+        p
+        for p in tmp_path.rglob("*")
         if p.is_file() and p.relative_to(tmp_path).parts[0] != "in" and not p.name.startswith("gateway.db")
     }
     assert written == {Spool(spool).resolve(r.spool_path) for r in rows}
@@ -260,7 +261,7 @@ def _c_store_event(raw: bytes, *, request_uid: str, calling_ae: str = "CART1", a
     request.AffectedSOPClassUID = sop_class
     request.AffectedSOPInstanceUID = request_uid
     # the data set as sent: after the preamble, "DICM" and the file meta group (its length at 140)
-    request.DataSet = io.BytesIO(raw[144 + struct.unpack_from("<I", raw, 140)[0]:])
+    request.DataSet = io.BytesIO(raw[144 + struct.unpack_from("<I", raw, 140)[0] :])
     context = build_context(sop_class, "1.2.840.10008.1.2.1")
     context.context_id = 1
     return evt.Event(assoc, evt.EVT_C_STORE, {"request": request, "context": context.as_tuple})
@@ -276,7 +277,10 @@ def test_the_store_handler_alone(sample_path: Path, session_factory, spool: Path
     event = _c_store_event(raw, request_uid=SAMPLE_UID)
     incoming = incoming_c_store(event)
     assert (incoming.sop_instance_uid, incoming.sop_class_uid, incoming.transfer_syntax_uid) == (
-        SAMPLE_UID, "1.2.840.10008.5.1.4.1.1.9.1.1", "1.2.840.10008.1.2.1")
+        SAMPLE_UID,
+        "1.2.840.10008.5.1.4.1.1.9.1.1",
+        "1.2.840.10008.1.2.1",
+    )
     assert (incoming.calling_ae, incoming.peer_address, incoming.uid_valid) == ("CART1", "127.0.0.1", True)
     assert dcmread(io.BytesIO(incoming.raw)).SOPInstanceUID == SAMPLE_UID
     woken: list[int] = []
@@ -303,7 +307,8 @@ def test_the_store_handler_stores_under_the_data_sets_uid(sample_path: Path, ses
 
 
 def test_the_store_handler_answers_0110_when_storing_fails_unexpectedly(
-        sample_path: Path, session_factory, spool: Path, caplog) -> None:
+    sample_path: Path, session_factory, spool: Path, caplog
+) -> None:
     """A bug in storing is a processing failure (0x0110), never success."""
     from gateway.receive.scp import StoreHandler
     from gateway.receive.spool import PROCESSING_FAILURE, StoreContext

@@ -34,8 +34,9 @@ SAMPLE_UID = "1.3.6.1.4.1.20029.40.20130125105919.5407.1.1"
 
 
 def _store(raw: bytes, session_factory, spool: Path, **context):  # type: ignore[no-untyped-def]
-    incoming = IncomingInstance.from_file(raw, calling_ae="CART1", peer_address="127.0.0.1",
-                                          transfer_syntax_uid="1.2.840.10008.1.2.1")
+    incoming = IncomingInstance.from_file(
+        raw, calling_ae="CART1", peer_address="127.0.0.1", transfer_syntax_uid="1.2.840.10008.1.2.1"
+    )
     return store_instance(incoming, StoreContext(session_factory, Spool(spool), **context))
 
 
@@ -52,8 +53,19 @@ def test_header_matches_a_full_pydicom_read(sample_path: Path, transfer_syntax: 
     raw = ecg_bytes(sample_path, uid=SAMPLE_UID, transfer_syntax=transfer_syntax)
     header = read_header(raw)
     full = dcmread(io.BytesIO(raw))
-    for keyword in ("SOPInstanceUID", "SOPClassUID", "PatientID", "PatientName", "PatientBirthDate", "PatientSex",
-                    "AccessionNumber", "StudyInstanceUID", "Manufacturer", "ManufacturerModelName", "ContentTime"):
+    for keyword in (
+        "SOPInstanceUID",
+        "SOPClassUID",
+        "PatientID",
+        "PatientName",
+        "PatientBirthDate",
+        "PatientSex",
+        "AccessionNumber",
+        "StudyInstanceUID",
+        "Manufacturer",
+        "ManufacturerModelName",
+        "ContentTime",
+    ):
         assert header.get(keyword) == (str(full.get(keyword)).strip() or None), keyword
     assert [
         (g.label, g.channels, g.samples, g.sampling_frequency, g.bits_allocated, g.data_bytes) for g in header.groups
@@ -210,8 +222,9 @@ def test_truncated_file_is_refused_with_c000(sample_path: Path, session_factory,
     raw = sample_path.read_bytes()[:150000]
     outcome = _store(raw, session_factory, tmp_path / "spool")
     # dcmread's words (the door reads as dcmread does): the body ends inside an element
-    row = _assert_rejected(outcome, CANNOT_UNDERSTAND, session_factory, tmp_path / "spool", raw,
-                           "No tag to read at file position")
+    row = _assert_rejected(
+        outcome, CANNOT_UNDERSTAND, session_factory, tmp_path / "spool", raw, "No tag to read at file position"
+    )
     assert row.sop_instance_uid == ""
 
 

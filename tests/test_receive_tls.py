@@ -59,16 +59,37 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
             f"/CN={name}",
             cwd=d,
         )
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-                 "-out", f"{name}.pem", "-days", "2", "-extfile", "san.ext", cwd=d)
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            cwd=d,
+        )
     return d
 
 
 def test_tls_requires_a_client_certificate(pki: Path, session_factory, tmp_path: Path, sample_path: Path) -> None:
     plain, tls = free_port(), free_port()
     cfg = DicomConfig(
-        host="127.0.0.1", port=plain, tls_port=tls, min_free_disk_mb=0,
-        tls_cert=str(pki / "server.pem"), tls_key=str(pki / "server.key"), tls_ca=str(pki / "ca.pem"),
+        host="127.0.0.1",
+        port=plain,
+        tls_port=tls,
+        min_free_disk_mb=0,
+        tls_cert=str(pki / "server.pem"),
+        tls_key=str(pki / "server.key"),
+        tls_ca=str(pki / "ca.pem"),
     )
     scp = start_scp(cfg, StorageConfig(spool_dir=str(tmp_path / "spool")), session_factory)
     try:

@@ -20,8 +20,9 @@ SAMPLE_UID = "1.3.6.1.4.1.20029.40.20130125105919.5407.1.1"
 
 def _store(raw: bytes, session_factory, spool: Path):  # type: ignore[no-untyped-def]
     return store_instance(
-        IncomingInstance.from_file(raw, calling_ae="CART1", peer_address="127.0.0.1",
-                                   transfer_syntax_uid="1.2.840.10008.1.2.1"),
+        IncomingInstance.from_file(
+            raw, calling_ae="CART1", peer_address="127.0.0.1", transfer_syntax_uid="1.2.840.10008.1.2.1"
+        ),
         StoreContext(session_factory, Spool(spool)),
     )
 

@@ -71,8 +71,14 @@ print(json.dumps({"bytes": len(raw), "door": door.problem, "reason": reason,
 
 @pytest.mark.slow  # a subprocess decoding a 50 MB document
 def test_thousands_of_leads_are_refused_in_bounded_memory(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-c", _MEASURE, str(AECG_PATH), str(ROOT / "tests")], cwd=ROOT,
-                         capture_output=True, text=True, timeout=300, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _MEASURE, str(AECG_PATH), str(ROOT / "tests")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     assert 45e6 < seen["bytes"] < 64 * 2**20  # under the default [dicom] max_dataset_mb
     assert seen["door"] is None  # the door reads the header values; the worker's decode refuses it
@@ -81,14 +87,17 @@ def test_thousands_of_leads_are_refused_in_bounded_memory(tmp_path: Path) -> Non
     assert seen["peak_mb"] - seen["before_mb"] < 250, seen
 
 
-@pytest.mark.parametrize("increment,reason", [
-    (b'<increment value="1e-300" unit="s"/>', "sampling rate 1e+300 Hz is outside 100-2000 Hz"),
-    (b'<increment value="1e-7" unit="s"/>', "sampling rate 10000000 Hz is outside 100-2000 Hz"),
-    (b'<increment value="1e6" unit="s"/>', "sampling rate 0.000001 Hz is outside 100-2000 Hz"),
-    (b'<increment value="-0.002" unit="s"/>', "HL7 aECG: the time increment is not positive"),
-    (b'<increment value="NaN" unit="s"/>', "HL7 aECG: TIME_ABSOLUTE increment has no numeric value"),
-    (b'<increment value="-inf" unit="s"/>', "HL7 aECG: TIME_ABSOLUTE increment has no numeric value"),
-])
+@pytest.mark.parametrize(
+    "increment,reason",
+    [
+        (b'<increment value="1e-300" unit="s"/>', "sampling rate 1e+300 Hz is outside 100-2000 Hz"),
+        (b'<increment value="1e-7" unit="s"/>', "sampling rate 10000000 Hz is outside 100-2000 Hz"),
+        (b'<increment value="1e6" unit="s"/>', "sampling rate 0.000001 Hz is outside 100-2000 Hz"),
+        (b'<increment value="-0.002" unit="s"/>', "HL7 aECG: the time increment is not positive"),
+        (b'<increment value="NaN" unit="s"/>', "HL7 aECG: TIME_ABSOLUTE increment has no numeric value"),
+        (b'<increment value="-inf" unit="s"/>', "HL7 aECG: TIME_ABSOLUTE increment has no numeric value"),
+    ],
+)
 def test_absurd_increments_are_refused_with_a_short_reason(increment: bytes, reason: str) -> None:
     with pytest.raises(NormaliseError) as exc:
         normalise_document(AECG.replace(INCREMENT, increment, 1), "aecg", NormaliseParams())
@@ -99,8 +108,9 @@ def test_an_absurd_scale_is_refused_with_a_short_reason() -> None:
     raw = AECG.replace(b'<scale value="2.5" unit="uV"/>', b'<scale value="1e300" unit="uV"/>', 1)
     with pytest.raises(NormaliseError) as exc:
         normalise_document(raw, "aecg", NormaliseParams())
-    assert str(exc.value).startswith("normalised signal is not finite (float32 overflow) in I: I: excessive "
-                                     "amplitude (")
+    assert str(exc.value).startswith(
+        "normalised signal is not finite (float32 overflow) in I: I: excessive amplitude ("
+    )
     assert str(exc.value).endswith("e+299 mV > 10 mV)") and len(str(exc.value)) < 120
 
 

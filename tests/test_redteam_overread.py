@@ -33,12 +33,16 @@ def world(db_url, session_factory, sample_path, tmp_path, monkeypatch):
     ids = seed(session_factory, sample_path, tmp_path / "spool")
     with session_factory() as s:
         # a full name full of HL7 delimiters (the users command allows them; only control characters are refused)
-        add_user(s, "odd", "reader", PASSWORD, full_name="Mc|Brien^Jr~X\\Y&Z Ann-Marie", hl7_id="D-9",
-                 actor="test")
+        add_user(s, "odd", "reader", PASSWORD, full_name="Mc|Brien^Jr~X\\Y&Z Ann-Marie", hl7_id="D-9", actor="test")
         token = issue_token(s, "odd", actor="test")
         s.commit()
-    cfg = Config.model_validate({"storage": {"database_url": db_url, "spool_dir": str(tmp_path / "spool")},
-                                 "admin": {"token": "bootstrap-redteam"}, "hl7": {"interpreter_authority": "HOSP"}})
+    cfg = Config.model_validate(
+        {
+            "storage": {"database_url": db_url, "spool_dir": str(tmp_path / "spool")},
+            "admin": {"token": "bootstrap-redteam"},
+            "hl7": {"interpreter_authority": "HOSP"},
+        }
+    )
     client = TestClient(create_app(cfg, session_factory), raise_server_exceptions=False)
     return ids, {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}, client
 
@@ -64,24 +68,34 @@ def test_text_the_database_cannot_hold_is_a_422_and_stores_nothing(world, sessio
     # the web form too (a NUL in the comment was a 500 on PostgreSQL)
     web = TestClient(client.app, raise_server_exceptions=False)
     assert web_login(web, username="odd", password=PASSWORD, next_="/worklist").status_code == 200
-    r = web.post(f"/ecgs/{ids['e1']}/confirm", data={"findings": ["AF"], "comment": "a\x00b",
-                                                     "csrf_token": session_csrf(web)}, follow_redirects=False)
+    r = web.post(
+        f"/ecgs/{ids['e1']}/confirm",
+        data={"findings": ["AF"], "comment": "a\x00b", "csrf_token": session_csrf(web)},
+        follow_redirects=False,
+    )
     assert r.status_code == 422 and "comment: a NUL character" in r.text
     with session_factory() as s:
         assert s.scalars(select(Confirmation)).all() == []
         assert len(s.scalars(select(Hl7Message).where(Hl7Message.ecg_id == ids["e1"])).all()) == 1
 
 
-HOSTILE = ["a|b^c~d\\e&f\rMSH|^~\\&|EVIL|||\nOBX|1|ST|X||y", "\x01\x1b[31m\x7f<b>\u2028\u0085nel",
-           "\\H\\bold\\N\\ é 中文 😀", "|" * 500]
+HOSTILE = [
+    "a|b^c~d\\e&f\rMSH|^~\\&|EVIL|||\nOBX|1|ST|X||y",
+    "\x01\x1b[31m\x7f<b>\u2028\u0085nel",
+    "\\H\\bold\\N\\ é 中文 😀",
+    "|" * 500,
+]
 
 
 def test_hostile_statements_stay_inside_one_oru(world, session_factory):
     ids, headers, client = world
     baseline = None
     for n, text in enumerate(HOSTILE, start=1):
-        r = client.post(f"/api/ecgs/{ids['e1']}/confirm", headers=headers,
-                        json={"findings": ["AF"], "statements": [text, "second"], "comment": text})
+        r = client.post(
+            f"/api/ecgs/{ids['e1']}/confirm",
+            headers=headers,
+            json={"findings": ["AF"], "statements": [text, "second"], "comment": text},
+        )
         assert r.status_code == 200, (text, r.text)
         assert r.json()["version"] == n
         with session_factory() as s:
@@ -108,9 +122,12 @@ def test_hostile_statements_stay_inside_one_oru(world, session_factory):
 
 def test_the_ecg_page_escapes_statements(world, session_factory):
     ids, headers, client = world
-    attack = '<script>alert(1)</script><img src=x onerror=alert(2)>"\'&'
-    r = client.post(f"/api/ecgs/{ids['e1']}/confirm", headers=headers,
-                    json={"findings": ["AF"], "statements": [attack], "comment": attack})
+    attack = "<script>alert(1)</script><img src=x onerror=alert(2)>\"'&"
+    r = client.post(
+        f"/api/ecgs/{ids['e1']}/confirm",
+        headers=headers,
+        json={"findings": ["AF"], "statements": [attack], "comment": attack},
+    )
     assert r.status_code == 200
     web = TestClient(client.app)
     assert web_login(web, username="odd", password=PASSWORD, next_="/worklist").status_code == 200

@@ -29,8 +29,14 @@ TOKEN = "bootstrap-t0ken-redteam"
 PASSWORDS = {"vic": "viewer-pass-1", "rita": "reader-pass-1", "adam": "admin-pass-12"}
 ROLE_OF = {"vic": "viewer", "rita": "reader", "adam": "admin"}
 #: Routes open without a credential (no PHI, or the way to get a credential).
-PUBLIC = {("GET", "/healthz"), ("GET", "/metrics"), ("GET", "/"), ("GET", "/login"), ("POST", "/login"),
-          ("POST", "/logout")}
+PUBLIC = {
+    ("GET", "/healthz"),
+    ("GET", "/metrics"),
+    ("GET", "/"),
+    ("GET", "/login"),
+    ("POST", "/login"),
+    ("POST", "/logout"),
+}
 STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
 
 
@@ -41,8 +47,8 @@ def _required_role(route: APIRoute) -> str | None:
     def walk(dependant) -> None:  # type: ignore[no-untyped-def]
         for dep in dependant.dependencies:
             name = getattr(dep.call, "__name__", "")
-            if name.startswith("require_") and name[len("require_"):] in ROLES:
-                found.append(name[len("require_"):])
+            if name.startswith("require_") and name[len("require_") :] in ROLES:
+                found.append(name[len("require_") :])
             walk(dep)
 
     walk(route.dependant)
@@ -67,8 +73,7 @@ def _routes(app) -> list[tuple[str, str, str | None]]:  # type: ignore[no-untype
 
 
 def _fill(path: str, ids: dict[str, int]) -> str:
-    values = {"ecg": str(ids["e1"]), "ecg_id": str(ids["e1"]), "message_id": str(ids["m1"]),
-              "study": "1.2.3"}
+    values = {"ecg": str(ids["e1"]), "ecg_id": str(ids["e1"]), "message_id": str(ids["m1"]), "study": "1.2.3"}
     return re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], path)
 
 
@@ -77,16 +82,19 @@ def world(db_url, session_factory, sample_path, tmp_path):
     ids = seed(session_factory, sample_path, tmp_path / "spool")
     with session_factory() as s:
         for name, role in ROLE_OF.items():
-            add_user(s, name, role, PASSWORDS[name], full_name=f"{name.title()} Example", hl7_id=f"ID-{name}",
-                     actor="test")
+            add_user(
+                s, name, role, PASSWORDS[name], full_name=f"{name.title()} Example", hl7_id=f"ID-{name}", actor="test"
+            )
         s.commit()
         tokens = {name: issue_token(s, name, actor="test") for name in ROLE_OF}
         s.commit()
-    cfg = Config.model_validate({
-        "storage": {"database_url": db_url, "spool_dir": str(tmp_path / "spool")},
-        "admin": {"token": TOKEN, "openapi": True},
-        "ingest": {"stow_enabled": True},
-    })
+    cfg = Config.model_validate(
+        {
+            "storage": {"database_url": db_url, "spool_dir": str(tmp_path / "spool")},
+            "admin": {"token": TOKEN, "openapi": True},
+            "ingest": {"stow_enabled": True},
+        }
+    )
     return create_app(cfg, session_factory), ids, tokens
 
 
@@ -130,8 +138,12 @@ def test_role_matrix_over_every_route(world):
         for name, user_role in ROLE_OF.items():
             allowed = ROLES.index(user_role) >= ROLES.index(role)
             for via, r in (
-                ("api", anonymous.request(method, url, headers={"Authorization": f"Bearer {tokens[name]}"},
-                                          follow_redirects=False, **body)),
+                (
+                    "api",
+                    anonymous.request(
+                        method, url, headers={"Authorization": f"Bearer {tokens[name]}"}, follow_redirects=False, **body
+                    ),
+                ),
                 ("web", sessions[name].request(method, url, follow_redirects=False, **body)),
             ):
                 if allowed and via == "web" and method in STATE_CHANGING:
@@ -141,17 +153,22 @@ def test_role_matrix_over_every_route(world):
                     assert not _denied(r), (name, via, method, path, r.status_code, r.text[:200])
                 else:
                     assert r.status_code == 403 and f"needs the {role} role" in r.text, (
-                        name, via, method, path, r.status_code)
+                        name,
+                        via,
+                        method,
+                        path,
+                        r.status_code,
+                    )
         # the bootstrap token is an admin
-        r = anonymous.request(method, url, headers={"Authorization": f"Bearer {TOKEN}"}, follow_redirects=False,
-                              **body)
+        r = anonymous.request(method, url, headers={"Authorization": f"Bearer {TOKEN}"}, follow_redirects=False, **body)
         if path.endswith("/confirm"):  # a confirmation names a person: the token is nobody
             assert r.status_code == 403 and "bootstrap [admin] token cannot confirm" in r.text, (method, path)
         else:
             assert not _denied(r), (method, path, r.status_code)
         # a wrong bearer token, even with a valid session cookie, is no credential
-        r = sessions["adam"].request(method, url, headers={"Authorization": "Bearer ecgw_wrong"},
-                                     follow_redirects=False, **body)
+        r = sessions["adam"].request(
+            method, url, headers={"Authorization": "Bearer ecgw_wrong"}, follow_redirects=False, **body
+        )
         assert _denied(r), (method, path)
 
 
@@ -164,16 +181,13 @@ def test_stow_needs_a_bearer_token_of_a_reader_or_admin(world):
         assert TestClient(app).post(path, content=body, headers=headers).status_code == 401
         # a signed-in browser's cookie is no credential here (no CSRF token exists for STOW)
         assert sessions["adam"].post(path, content=body, headers=headers).status_code == 401
-        r = TestClient(app).post(path, content=body,
-                                 headers={**headers, "Authorization": f"Bearer {tokens['vic']}"})
+        r = TestClient(app).post(path, content=body, headers={**headers, "Authorization": f"Bearer {tokens['vic']}"})
         assert r.status_code == 403
-        r = TestClient(app).post(path, content=body,
-                                 headers={**headers, "Authorization": f"Bearer {tokens['rita']}"})
+        r = TestClient(app).post(path, content=body, headers={**headers, "Authorization": f"Bearer {tokens['rita']}"})
         assert r.status_code not in (401, 403)
 
 
-def test_x_forwarded_for_does_not_reset_the_per_address_login_limit(db_url, session_factory, sample_path,
-                                                                     tmp_path):
+def test_x_forwarded_for_does_not_reset_the_per_address_login_limit(db_url, session_factory, sample_path, tmp_path):
     """The application itself never reads X-Forwarded-For: the address counted is the
     connection's (uvicorn rewrites it only for a proxy on loopback, which appends the real one)."""
     from admin_helpers import audit_rows
@@ -182,10 +196,12 @@ def test_x_forwarded_for_does_not_reset_the_per_address_login_limit(db_url, sess
     with session_factory() as s:
         add_user(s, "rita", "reader", PASSWORDS["rita"], actor="test")
         s.commit()
-    cfg = Config.model_validate({
-        "storage": {"database_url": db_url, "spool_dir": str(tmp_path / "spool")},
-        "admin": {"token": TOKEN, "login_max_failures_per_address": 3, "login_max_failures_per_user": 100},
-    })
+    cfg = Config.model_validate(
+        {
+            "storage": {"database_url": db_url, "spool_dir": str(tmp_path / "spool")},
+            "admin": {"token": TOKEN, "login_max_failures_per_address": 3, "login_max_failures_per_user": 100},
+        }
+    )
     client = TestClient(create_app(cfg, session_factory))
     for n in range(3):  # three names, three forged addresses: one real address
         spoof = {"X-Forwarded-For": f"203.0.113.{n}", "X-Real-IP": f"198.51.100.{n}", "Forwarded": f"for=192.0.2.{n}"}
@@ -196,12 +212,21 @@ def test_x_forwarded_for_does_not_reset_the_per_address_login_limit(db_url, sess
     assert {a.address for a in audit_rows(session_factory) if a.action.startswith("login")} == {"testclient"}
 
 
-@pytest.mark.parametrize(("option", "value", "message"), [
-    ("--full-name", "M\udcdcller Hans", "full name: at most 200 characters, no control characters or bytes that are "
-                                        "not UTF-8"),
-    ("--hl7-id", "D\udcff1", "hl7 id: 1-64 characters without | ^ & ~ \\, control characters or bytes that are not "
-                             "UTF-8"),
-])
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        (
+            "--full-name",
+            "M\udcdcller Hans",
+            "full name: at most 200 characters, no control characters or bytes that are not UTF-8",
+        ),
+        (
+            "--hl7-id",
+            "D\udcff1",
+            "hl7 id: 1-64 characters without | ^ & ~ \\, control characters or bytes that are not UTF-8",
+        ),
+    ],
+)
 def test_users_add_refuses_a_name_that_is_not_utf8(db_url, session_factory, tmp_path, option, value, message):
     """argv bytes that are not UTF-8 arrive as unpaired surrogates: refused with the reason
     (was a UnicodeEncodeError traceback from the database driver)."""
@@ -213,16 +238,18 @@ def test_users_add_refuses_a_name_that_is_not_utf8(db_url, session_factory, tmp_
 
     config = tmp_path / "gateway.toml"
     config.write_text(f'[storage]\ndatabase_url = "{db_url}"\nspool_dir = "{tmp_path / "spool"}"\n')
-    r = CliRunner().invoke(cli_app, ["--config", str(config), "users", "add", "hans", "--role", "reader", option,
-                                     value], input="a-long-password-1\n")
+    r = CliRunner().invoke(
+        cli_app,
+        ["--config", str(config), "users", "add", "hans", "--role", "reader", option, value],
+        input="a-long-password-1\n",
+    )
     assert r.exit_code != 0 and message in r.output, r.output
     assert not isinstance(r.exception, UnicodeError)
     with session_factory() as s:
         assert s.scalars(select(User)).all() == []
 
 
-@pytest.mark.parametrize("path", ["/api/ecgs/1/confirm", "/ecgs/1/confirm", "/login", "/logout",
-                                  "/api/hl7/1/resend"])
+@pytest.mark.parametrize("path", ["/api/ecgs/1/confirm", "/ecgs/1/confirm", "/login", "/logout", "/api/hl7/1/resend"])
 def test_a_huge_body_is_refused_before_it_is_read(world, path):
     """FastAPI reads a JSON or form body whole before the caller is checked: an
     unauthenticated 200 MB body was read to its end (then 422).  Now 413 at 1 MB,
@@ -240,11 +267,24 @@ def test_a_huge_body_is_refused_before_it_is_read(world, path):
     async def send(message: dict) -> None:
         answers.append(message)
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
-             "headers": [(b"host", b"testserver"), (b"content-type", b"application/json"),
-                         (b"transfer-encoding", b"chunked")], "client": ("203.0.113.1", 1234),
-             "server": ("testserver", 80)}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"testserver"),
+            (b"content-type", b"application/json"),
+            (b"transfer-encoding", b"chunked"),
+        ],
+        "client": ("203.0.113.1", 1234),
+        "server": ("testserver", 80),
+    }
     asyncio.run(app(scope, receive, send))
     assert answers[0]["status"] == 413 and received[0] == 2  # stopped just past 1 MB
     assert json.loads(answers[1]["body"]) == {"detail": "request body larger than 1 MB"}

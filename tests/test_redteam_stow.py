@@ -21,9 +21,14 @@ HEADERS = {"Content-Type": STOW_TYPE, "Authorization": f"Bearer {TOKEN}"}
 
 
 def _client(db_url, session_factory, tmp_path) -> TestClient:  # type: ignore[no-untyped-def]
-    cfg = Config.model_validate({"storage": {"database_url": db_url, "spool_dir": str(tmp_path / "spool")},
-                                 "dicom": {"min_free_disk_mb": 0}, "admin": {"token": TOKEN},
-                                 "ingest": {"stow_enabled": True}})
+    cfg = Config.model_validate(
+        {
+            "storage": {"database_url": db_url, "spool_dir": str(tmp_path / "spool")},
+            "dicom": {"min_free_disk_mb": 0},
+            "admin": {"token": TOKEN},
+            "ingest": {"stow_enabled": True},
+        }
+    )
     return TestClient(create_app(cfg, session_factory))
 
 
@@ -42,8 +47,14 @@ def test_multipart_edge_cases(db_url, session_factory, sample_path, tmp_path):
         assert row.status == RECEIVED and (tmp_path / "spool" / row.spool_path).read_bytes() == tricky
 
     good = ecg_bytes(sample_path)
-    nested = (f'\r\n--{BOUNDARY}\r\nContent-Type: multipart/related; type="application/dicom"; boundary=inner'
-              "\r\n\r\n--inner\r\nContent-Type: application/dicom\r\n\r\n").encode() + good + b"\r\n--inner--"
+    nested = (
+        (
+            f'\r\n--{BOUNDARY}\r\nContent-Type: multipart/related; type="application/dicom"; boundary=inner'
+            "\r\n\r\n--inner\r\nContent-Type: application/dicom\r\n\r\n"
+        ).encode()
+        + good
+        + b"\r\n--inner--"
+    )
     refused = {
         "nested multipart": nested + f"\r\n--{BOUNDARY}--".encode(),
         "no part headers": f"\r\n--{BOUNDARY}\r\n\r\n".encode() + good + f"\r\n--{BOUNDARY}--".encode(),
@@ -55,13 +66,16 @@ def test_multipart_edge_cases(db_url, session_factory, sample_path, tmp_path):
     # a bare data set (no PS3.10 header) is refused with a row saying why
     r = client.post("/dicomweb/studies", content=multipart(good[132:]), headers=HEADERS)
     assert r.status_code == 409 and len(_failures(r)) == 1
-    for body, detail in [(b"preamble" + multipart(good), "malformed multipart body"),
-                         (multipart(good).replace(b"\r\n--", b"\n--"), "ends before its closing delimiter")]:
+    for body, detail in [
+        (b"preamble" + multipart(good), "malformed multipart body"),
+        (multipart(good).replace(b"\r\n--", b"\n--"), "ends before its closing delimiter"),
+    ]:
         r = client.post("/dicomweb/studies", content=body, headers=HEADERS)
         assert r.status_code == 400 and detail in r.json()["detail"]
     with session_factory() as s:
         statuses = [row.status for row in s.scalars(select(EcgInstance).order_by(EcgInstance.id))]
         assert statuses == [RECEIVED, "rejected"]
-        assert "not a DICOM file" in (s.scalars(select(EcgInstance).order_by(EcgInstance.id.desc())).first().error
-                                      or "")
+        assert "not a DICOM file" in (
+            s.scalars(select(EcgInstance).order_by(EcgInstance.id.desc())).first().error or ""
+        )
     assert list((tmp_path / "spool" / ".incoming").iterdir()) == []

@@ -22,8 +22,9 @@ from test_watch import rows, watcher
 PHI_NAME = b"M\xdcLLER^HANS_1970.dcm"  # Latin-1: not UTF-8
 
 
-def test_a_refused_file_with_a_latin1_name_gets_its_reason(tmp_path: Path, session_factory,
-                                                           caplog: pytest.LogCaptureFixture) -> None:
+def test_a_refused_file_with_a_latin1_name_gets_its_reason(
+    tmp_path: Path, session_factory, caplog: pytest.LogCaptureFixture
+) -> None:
     w = watcher(tmp_path, session_factory)
     with open(os.fsencode(w.watch_dir) + b"/" + PHI_NAME, "wb") as f:
         f.write(b"not an ECG at all " * 50)
@@ -33,7 +34,7 @@ def test_a_refused_file_with_a_latin1_name_gets_its_reason(tmp_path: Path, sessi
     assert taken.result == "refused"
     failed = sorted(os.listdir(os.fsencode(w.failed_dir)))
     assert failed == [PHI_NAME, PHI_NAME + REASON_SUFFIX.encode()]
-    reason = (os.fsencode(w.failed_dir) + b"/" + PHI_NAME + REASON_SUFFIX.encode())
+    reason = os.fsencode(w.failed_dir) + b"/" + PHI_NAME + REASON_SUFFIX.encode()
     with open(reason, "rb") as f:
         text = f.read()
     assert text.startswith(b"file: " + PHI_NAME + b"\nrefused: ")
@@ -52,9 +53,9 @@ def test_a_good_file_with_a_latin1_name_is_stored(tmp_path: Path, session_factor
     assert taken.result == "accepted" and os.listdir(os.fsencode(w.done_dir)) == [PHI_NAME]
 
 
-def test_an_unexpected_error_does_not_stop_the_folder(tmp_path: Path, session_factory,
-                                                      caplog: pytest.LogCaptureFixture,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_unexpected_error_does_not_stop_the_folder(
+    tmp_path: Path, session_factory, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     w = watcher(tmp_path, session_factory)
     stop = threading.Event()
     calls = []

@@ -101,8 +101,16 @@ def test_the_mortara_sample_as_the_issue_lists_it(sample):
 def test_a_loinc_coded_heart_rate_is_taken_and_nothing_is_derived():
     # a GE MAC file: only LOINC 8867-4 "Heart rate" = 69
     report = extract(dataset(numeric("8867-4", "LN", "69", "/min")))
-    assert report.measurements == {"heart_rate": {"value": 69, "unit": "/min", "code": "8867-4", "name": "Heart rate",
-                                                  "source": "cart", "cart_code": "LN:8867-4"}}
+    assert report.measurements == {
+        "heart_rate": {
+            "value": 69,
+            "unit": "/min",
+            "code": "8867-4",
+            "name": "Heart rate",
+            "source": "cart",
+            "cart_code": "LN:8867-4",
+        }
+    }
     # a cart that gives RR and its own rate: the cart's rate stands
     report = extract(
         dataset(numeric("5.10.2.1-3", "SCPECG", "1000", "ms"), numeric("8867-4", "LN", "59", "{beats}/min"))
@@ -120,12 +128,14 @@ def test_mdc_codes_in_both_spellings(written):
 
 
 def test_units_are_converted_and_a_wrong_unit_is_not_mapped():
-    report = extract(dataset(
-        numeric("2:16770", "MDC", "1.2", "Hz"),  # 72 /min
-        numeric("2:16132", "MDC", "0.5", "rad"),
-        numeric("2:16160", "MDC", "400", "mV"),  # a QT in millivolts: not a time
-        numeric("2:15876", "MDC", "410", None),  # no unit at all: not guessed
-    ))
+    report = extract(
+        dataset(
+            numeric("2:16770", "MDC", "1.2", "Hz"),  # 72 /min
+            numeric("2:16132", "MDC", "0.5", "rad"),
+            numeric("2:16160", "MDC", "400", "mV"),  # a QT in millivolts: not a time
+            numeric("2:15876", "MDC", "410", None),  # no unit at all: not guessed
+        )
+    )
     m = report.measurements
     assert (m["heart_rate"]["value"], m["heart_rate"]["unit"]) == (72, "/min")
     assert (m["qrs_axis"]["value"], m["qrs_axis"]["unit"]) == (28.648, "deg")
@@ -184,8 +194,9 @@ def test_the_workers_fast_read_keeps_the_annotations_as_pydicom_reads_them(sampl
 
 
 @pytest.mark.slow  # three ECGs through the worker and the demo model: ~4-9 s on 2 loaded cores
-def test_the_worker_stores_them_and_rows_and_the_oru_carry_them(db_url, session_factory, tmp_path, demo_model,
-                                                                demo_ensemble, sample):
+def test_the_worker_stores_them_and_rows_and_the_oru_carry_them(
+    db_url, session_factory, tmp_path, demo_model, demo_ensemble, sample
+):
     import ecg_variants as v
     from gateway.admin.queries import ecg_detail, ecg_rows
     from gateway.process.worker import Worker
@@ -211,23 +222,37 @@ def test_the_worker_stores_them_and_rows_and_the_oru_carry_them(db_url, session_
         assert short.measurements == ok.measurements and short.cart_statements == ok.cart_statements
         assert plain.measurements == {} and plain.cart_statements == []
         rows = {r["id"]: r for r in ecg_rows(s)}
-        assert rows[ok_id]["measurements"]["heart_rate"] == {"value": 61, "unit": "/min", "code": "8867-4",
-                                                             "name": "Heart rate", "source": "derived",
-                                                             "derived_from": "rr_interval"}
+        assert rows[ok_id]["measurements"]["heart_rate"] == {
+            "value": 61,
+            "unit": "/min",
+            "code": "8867-4",
+            "name": "Heart rate",
+            "source": "derived",
+            "derived_from": "rr_interval",
+        }
         assert rows[ok_id]["cart_statements"] == ["RITMO SINUSALE", "ECG NORMALE"]
         assert ecg_detail(s, str(ok_id))["measurements"] == ok.measurements
         payload = s.query(Hl7Message).filter_by(ecg_id=ok_id).one().payload
         rejected_payload = s.query(Hl7Message).filter_by(ecg_id=short_id).one().payload
     msg = hl7.parse(payload)
+
     def fields(seg):  # type: ignore[no-untyped-def]
         f = str(seg).split("|") + [""] * 20
         return f[2], f[3].split("^")[0], msg.unescape(f[5]), f[6].split("^")[0], msg.unescape(f[18])
 
     obx = [fields(seg) for seg in msg.segments("OBX")]
     nm = {ident: (value, units) for vt, ident, value, units, _ in obx if vt == "NM" and "-" in ident}
-    assert nm == {"8867-4": ("61", "/min"), "8637-1": ("982", "ms"), "8625-6": ("161", "ms"), "8633-0": ("75", "ms"),
-                  "8634-8": ("368", "ms"), "8636-3": ("370", "ms"), "8626-4": ("74", "deg"), "8632-2": ("52", "deg"),
-                  "8638-9": ("57", "deg")}
+    assert nm == {
+        "8867-4": ("61", "/min"),
+        "8637-1": ("982", "ms"),
+        "8625-6": ("161", "ms"),
+        "8633-0": ("75", "ms"),
+        "8634-8": ("368", "ms"),
+        "8636-3": ("370", "ms"),
+        "8626-4": ("74", "deg"),
+        "8632-2": ("52", "deg"),
+        "8638-9": ("57", "deg"),
+    }
     statements = [(value, equipment) for vt, ident, value, _, equipment in obx if ident == "CART_STATEMENT"]
     # marked as the device's: OBX-18 names the cart (Manufacturer, ManufacturerModelName)
     assert statements == [

@@ -26,17 +26,27 @@ def _receiver_available() -> None:
 
 
 def config(db_url, tmp_path, model, port, embed: bool) -> Config:  # type: ignore[no-untyped-def]
-    return Config.model_validate({
-        "storage": {"database_url": db_url, "spool_dir": str(tmp_path / "spool")},
-        "model": {"files": [str(model)], "batch_size": 4, "max_wait_ms": 0},
-        "hl7": {"host": "127.0.0.1", "port": port, "embed_pdf": embed, "connect_timeout": 1.0, "ack_timeout": 5.0,
-                "backoff_initial_s": 0.05, "backoff_max_s": 0.2},
-    })
+    return Config.model_validate(
+        {
+            "storage": {"database_url": db_url, "spool_dir": str(tmp_path / "spool")},
+            "model": {"files": [str(model)], "batch_size": 4, "max_wait_ms": 0},
+            "hl7": {
+                "host": "127.0.0.1",
+                "port": port,
+                "embed_pdf": embed,
+                "connect_timeout": 1.0,
+                "ack_timeout": 5.0,
+                "backoff_initial_s": 0.05,
+                "backoff_max_s": 0.2,
+            },
+        }
+    )
 
 
 @pytest.mark.slow  # the worker, the npm receiver, 130 KB messages
-def test_the_pdf_in_the_oru_is_the_exported_pdf(db_url, session_factory, tmp_path, demo_model, demo_ensemble,
-                                                 sample_path, port):
+def test_the_pdf_in_the_oru_is_the_exported_pdf(
+    db_url, session_factory, tmp_path, demo_model, demo_ensemble, sample_path, port
+):
     import ecg_variants as v
     from gateway.admin.exports import report_pdf
     from gateway.deliver.outbox import resend
@@ -49,6 +59,7 @@ def test_the_pdf_in_the_oru_is_the_exported_pdf(db_url, session_factory, tmp_pat
     short_id = store(cfg, session_factory, v.new_uids(v.with_duration(sample, 5.0)))  # rejected: no report
     drain(Worker(cfg, session_factory, demo_ensemble))
     with receiver(port, tmp_path / "rx.jsonl") as rx, sender(session_factory, cfg.hl7):
+
         def both() -> list | None:
             try:  # a ~130 KB line may be half written when read
                 got = rx.messages()
@@ -69,7 +80,7 @@ def test_the_pdf_in_the_oru_is_the_exported_pdf(db_url, session_factory, tmp_pat
     assert str(ed[0][3]).startswith("REPORT_PDF^")
     field = str(ed[0][5])
     assert field.startswith(ED_PDF_PREFIX)
-    decoded = base64.b64decode(field[len(ED_PDF_PREFIX):], validate=True)
+    decoded = base64.b64decode(field[len(ED_PDF_PREFIX) :], validate=True)
     assert decoded == exported and decoded.startswith(b"%PDF-")
     assert len(received[ok_id]) > 4 * len(exported) // 3  # the whole report travelled
     assert not any(str(seg[2]) == "ED" for seg in hl7.parse(received[short_id].replace("\n", "\r")).segments("OBX"))

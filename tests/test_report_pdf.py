@@ -43,13 +43,31 @@ def data(sample_path: Path, *, demo: bool = False, **changes):  # type: ignore[n
     measurements, statements = cart_reading(sample_path)
     prediction = SimpleNamespace(
         probabilities={"1dAVb": 0.01, "RBBB": 0.02, "LBBB": 0.001, "SB": 0.1, "AF": 0.91, "ST": 0.05},
-        thresholds=THRESHOLDS, findings=["AF"], quality_flags=flags, model_sha256=SHA, gateway_version="9.9.9",
-        demo_model=demo, created_at=datetime(2026, 11, 30, 8, 0, tzinfo=UTC))
+        thresholds=THRESHOLDS,
+        findings=["AF"],
+        quality_flags=flags,
+        model_sha256=SHA,
+        gateway_version="9.9.9",
+        demo_model=demo,
+        created_at=datetime(2026, 11, 30, 8, 0, tzinfo=UTC),
+    )
     ecg = SimpleNamespace(
-        id=7, status="processed", prediction=prediction, patient_name="Müller^Hans^Peter^Dr", patient_id="642341",
-        patient_birth_date="19710123", patient_sex="F", acquisition_datetime="20130125105919",
-        accession_number="03028041970546", manufacturer="Mortara Instrument, Inc.", device_model="el250",
-        device_serial="", sop_instance_uid="1.2.840.1.3", measurements=measurements, cart_statements=statements)
+        id=7,
+        status="processed",
+        prediction=prediction,
+        patient_name="Müller^Hans^Peter^Dr",
+        patient_id="642341",
+        patient_birth_date="19710123",
+        patient_sex="F",
+        acquisition_datetime="20130125105919",
+        accession_number="03028041970546",
+        manufacturer="Mortara Instrument, Inc.",
+        device_model="el250",
+        device_serial="",
+        sop_instance_uid="1.2.840.1.3",
+        measurements=measurements,
+        cart_statements=statements,
+    )
     for key, value in changes.items():
         setattr(ecg, key, value)
     return report_data(ecg, signal, LEADS, 400.0, 1.0)
@@ -70,16 +88,37 @@ def test_one_page_with_what_a_clinician_needs(sample_path, page):
     width_mm, height_mm = float(box.width) / 72 * 25.4, float(box.height) / 72 * 25.4
     assert (round(width_mm, 1), round(height_mm, 1)) == PAGES[page]  # landscape
     # header: patient (name as a person reads it), ID, birth date and age, sex, time, device, accession
-    for expected in ("Müller, Dr Hans Peter", "642341", "1971-01-23 (42 y)", "female", "2013-01-25 10:59:19",
-                     "Mortara Instrument, Inc. el250", "03028041970546"):
+    for expected in (
+        "Müller, Dr Hans Peter",
+        "642341",
+        "1971-01-23 (42 y)",
+        "female",
+        "2013-01-25 10:59:19",
+        "Mortara Instrument, Inc. el250",
+        "03028041970546",
+    ):
         assert expected in text, expected
     # the cart's measurements (derived rate marked) and statements
-    for expected in ("61 /min *", "982 ms", "161 ms", "75 ms", "368 ms", "370 ms", "74°", "52°", "57°",
-                     "derived by the gateway from the RR interval", "RITMO SINUSALE", "ECG NORMALE"):
+    for expected in (
+        "61 /min *",
+        "982 ms",
+        "161 ms",
+        "75 ms",
+        "368 ms",
+        "370 ms",
+        "74°",
+        "52°",
+        "57°",
+        "derived by the gateway from the RR interval",
+        "RITMO SINUSALE",
+        "ECG NORMALE",
+    ):
         assert expected in text, expected
     # the AI: every finding with its name, probability and threshold; the model identity; the status line
-    for code, name, p, thr in (("AF", "Atrial fibrillation", "0.910", "0.390"), ("1dAVb", "1st degree AV block",
-                                                                                 "0.010", "0.124")):
+    for code, name, p, thr in (
+        ("AF", "Atrial fibrillation", "0.910", "0.390"),
+        ("1dAVb", "1st degree AV block", "0.010", "0.124"),
+    ):
         assert code in text and name in text and p in text and thr in text
     assert "Reported: AF (Atrial fibrillation)" in text
     assert f"AI model sha256 {SHA}" in text and "ECG gateway 9.9.9" in text
@@ -98,10 +137,35 @@ def test_the_demo_model_watermark_and_same_data_same_bytes(sample_path):
 def test_what_cannot_be_drawn_is_named(sample_path):
     d = data(sample_path)
     with pytest.raises(ReportError, match="leads missing for the 3x4 layout: V6"):
-        build_pdf(report_data(SimpleNamespace(**{**vars(d), "id": 7, "prediction": SimpleNamespace(
-            **{k: getattr(d, k) for k in ("probabilities", "thresholds", "findings", "quality_flags", "model_sha256",
-                                          "gateway_version")}, demo_model=False), "status": "processed"}),
-            np.zeros((100, 11)), LEADS[:11], 400.0, 1.0))
+        build_pdf(
+            report_data(
+                SimpleNamespace(
+                    **{
+                        **vars(d),
+                        "id": 7,
+                        "prediction": SimpleNamespace(
+                            **{
+                                k: getattr(d, k)
+                                for k in (
+                                    "probabilities",
+                                    "thresholds",
+                                    "findings",
+                                    "quality_flags",
+                                    "model_sha256",
+                                    "gateway_version",
+                                )
+                            },
+                            demo_model=False,
+                        ),
+                        "status": "processed",
+                    }
+                ),
+                np.zeros((100, 11)),
+                LEADS[:11],
+                400.0,
+                1.0,
+            )
+        )
     with pytest.raises(ReportError, match="page"):
         build_pdf(d, "A3")
     with pytest.raises(ReportError, match="no AI result"):
@@ -109,8 +173,16 @@ def test_what_cannot_be_drawn_is_named(sample_path):
 
 
 def test_unusual_values_do_not_break_the_page(sample_path):
-    d = data(sample_path, patient_name="=山田^太郎", measurements=None, cart_statements=[], patient_birth_date=None,
-             acquisition_datetime=None, manufacturer=None, device_model=None)
+    d = data(
+        sample_path,
+        patient_name="=山田^太郎",
+        measurements=None,
+        cart_statements=[],
+        patient_birth_date=None,
+        acquisition_datetime=None,
+        manufacturer=None,
+        device_model=None,
+    )
     _, text = text_of(build_pdf(d))
     assert "??, ??" in text and "not read for this ECG" in text  # outside Latin-1: "?", never a crash
     _, text = text_of(build_pdf(data(sample_path, measurements={})))
@@ -125,8 +197,9 @@ def render(pdf: bytes, tmp_path: Path, dpi: int) -> np.ndarray:
         pytest.skip("poppler-utils is not installed (./dev test installs it)")
     src = tmp_path / "report.pdf"
     src.write_bytes(pdf)
-    subprocess.run([PDFTOPPM, "-r", str(dpi), "-png", "-singlefile", str(src), str(tmp_path / "page")], check=True,
-                   timeout=120)
+    subprocess.run(
+        [PDFTOPPM, "-r", str(dpi), "-png", "-singlefile", str(src), str(tmp_path / "page")], check=True, timeout=120
+    )
     return np.asarray(Image.open(tmp_path / "page.png").convert("RGB")).astype(int)
 
 
@@ -163,7 +236,7 @@ def test_the_grid_is_true_to_scale_when_rendered(sample_path, tmp_path, page):
     top_px, left_px = (height_mm - grid_top) * px_per_mm, left * px_per_mm
     grid_h_px, grid_w_px = report_pdf.GRID_H_MM * px_per_mm, report_pdf.GRID_W_MM * px_per_mm
     # with 1 mm of page around it: the line that ends the grid is inside, the footer's red text is not
-    row = image[int(round(top_px + 0.5 * px_per_mm)), int(left_px - px_per_mm):int(left_px + grid_w_px + px_per_mm)]
+    row = image[int(round(top_px + 0.5 * px_per_mm)), int(left_px - px_per_mm) : int(left_px + grid_w_px + px_per_mm)]
     column = image[
         int(top_px - px_per_mm) : int(top_px + grid_h_px + px_per_mm), int(round(left_px + 9.5 * px_per_mm))
     ]  # between the pulse and the tracing
@@ -179,8 +252,10 @@ def test_the_grid_is_true_to_scale_when_rendered(sample_path, tmp_path, page):
     assert 5 * np.median(np.diff(major_line_centres(row))) / px_per_mm == pytest.approx(25.0, abs=0.2)
     # the calibration pulse of the first row: 10 mm (1 mV) tall, 5 mm (0.2 s) wide
     baseline_y = height_mm - (grid_top - report_pdf.ROW_MM / 2)
-    band = image[int((baseline_y - 14) * px_per_mm):int((baseline_y + 2) * px_per_mm),
-                 int(left * px_per_mm):int((left + report_pdf.CAL_MM) * px_per_mm)]
+    band = image[
+        int((baseline_y - 14) * px_per_mm) : int((baseline_y + 2) * px_per_mm),
+        int(left * px_per_mm) : int((left + report_pdf.CAL_MM) * px_per_mm),
+    ]
     black = band.sum(axis=2) < 200
     ys, xs = np.nonzero(black)
     assert (ys.max() - ys.min()) / px_per_mm == pytest.approx(10.0 + report_pdf.TRACE_LINE_MM, abs=0.3)
@@ -206,6 +281,7 @@ def test_the_demo_rendering_is_kept(sample_path, tmp_path):
 
 # --- the ways out: CLI, API, web view, each audited ------------------------------------------
 
+
 @pytest.fixture
 def seeded(session_factory, sample_path, tmp_path):  # type: ignore[no-untyped-def]
     return seed(session_factory, sample_path, tmp_path / "spool")
@@ -214,8 +290,9 @@ def seeded(session_factory, sample_path, tmp_path):  # type: ignore[no-untyped-d
 def make_cfg(db_url, tmp_path):  # type: ignore[no-untyped-def]
     from gateway.config import Config
 
-    return Config.model_validate({"storage": {"database_url": db_url, "spool_dir": str(tmp_path / "spool")},
-                                  "admin": {"token": "t0ken"}})
+    return Config.model_validate(
+        {"storage": {"database_url": db_url, "spool_dir": str(tmp_path / "spool")}, "admin": {"token": "t0ken"}}
+    )
 
 
 def test_api_and_web_download_are_audited(db_url, session_factory, seeded, tmp_path):
@@ -246,8 +323,9 @@ def test_api_and_web_download_are_audited(db_url, session_factory, seeded, tmp_p
     assert web.status_code == 200 and web.headers["content-type"] == "application/pdf"
     assert "DOE, JANE" in text_of(web.content)[1]
     assert client.get(f"/ecgs/{seeded['e3']}/report.pdf").status_code == 409
-    rows = [(a.action, a.target, a.detail.get("via")) for a in audit_rows(session_factory)
-            if a.action == "export_report"]
+    rows = [
+        (a.action, a.target, a.detail.get("via")) for a in audit_rows(session_factory) if a.action == "export_report"
+    ]
     e1 = f"ecg:{seeded['e1']}"
     assert rows == [("export_report", e1, "api"), ("export_report", e1, "api"), ("export_report", e1, "web")]
 
@@ -269,11 +347,14 @@ def test_cli_export_report(db_url, session_factory, seeded, tmp_path):
         app, ["--config", str(config), "ecg", "export-report", str(seeded["e1"]), "-o", str(out)]
     )
     assert again.exit_code == 1 and "use --force" in again.output
-    r = CliRunner().invoke(app, ["--config", str(config), "ecg", "export-report", str(seeded["e3"]), "-o",
-                                 str(tmp_path / "x.pdf")])
+    r = CliRunner().invoke(
+        app, ["--config", str(config), "ecg", "export-report", str(seeded["e3"]), "-o", str(tmp_path / "x.pdf")]
+    )
     assert r.exit_code == 1 and "no model input" in r.output and not (tmp_path / "x.pdf").exists()
-    r = CliRunner().invoke(app, ["--config", str(config), "ecg", "export-report", "1", "-o", str(tmp_path / "y.pdf"),
-                                 "--page", "A3"])
+    r = CliRunner().invoke(
+        app, ["--config", str(config), "ecg", "export-report", "1", "-o", str(tmp_path / "y.pdf"), "--page", "A3"]
+    )
     assert r.exit_code == 2
     assert [(a.action, a.target, a.detail["page"]) for a in audit_rows(session_factory)] == [
-        ("export_report", f"ecg:{seeded['e1']}", "A4")]
+        ("export_report", f"ecg:{seeded['e1']}", "A4")
+    ]

@@ -9,15 +9,20 @@ import pytest
 from gateway.report.people import age_years, birth_and_age, dicom_date, dicom_datetime_text, person_name, sex_text
 
 
-@pytest.mark.parametrize("pn, text", [
-    ("Müller^Hans^Peter^Dr", "Müller, Dr Hans Peter"),
-    ("DOE^JANE", "DOE, JANE"),
-    ("Doe^John^^^Jr", "Doe, John, Jr"),
-    ("Anonymous", "Anonymous"),
-    ("^Given", "Given"),
-    ("=山田^太郎", "山田, 太郎"),  # no alphabetic group: the ideographic one
-    ("^^^^", ""), ("", ""), (None, ""),
-])
+@pytest.mark.parametrize(
+    "pn, text",
+    [
+        ("Müller^Hans^Peter^Dr", "Müller, Dr Hans Peter"),
+        ("DOE^JANE", "DOE, JANE"),
+        ("Doe^John^^^Jr", "Doe, John, Jr"),
+        ("Anonymous", "Anonymous"),
+        ("^Given", "Given"),
+        ("=山田^太郎", "山田, 太郎"),  # no alphabetic group: the ideographic one
+        ("^^^^", ""),
+        ("", ""),
+        (None, ""),
+    ],
+)
 def test_person_name(pn, text):
     assert person_name(pn) == text
 

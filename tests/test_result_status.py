@@ -26,8 +26,9 @@ def _statuses(payload: str) -> tuple[str, set[str], str]:
     return str(msg.segment("OBR")[25]), {str(o[11]) for o in msg.segments("OBX")}, str(msg.segment("MSH")[11])
 
 
-@pytest.mark.parametrize("setting, demo, expected", [
-    ("P", False, "P"), ("F", False, "F"), ("P", True, "P"), ("F", True, "P")])
+@pytest.mark.parametrize(
+    "setting, demo, expected", [("P", False, "P"), ("F", False, "F"), ("P", True, "P"), ("F", True, "P")]
+)
 def test_an_ai_read_is_preliminary_unless_the_site_says_final(session_factory, seeded, setting, demo, expected):
     cfg = Hl7Config(ai_result_status=setting)
     with session_factory() as s:
@@ -95,6 +96,7 @@ def test_the_worker_sends_the_ai_read_as_preliminary(session_factory, seeded):
         ecg = s.get(EcgInstance, seeded["e1"])
         enqueue_result(s, ecg, ecg.prediction, Hl7Config())
         s.commit()
-        payloads = s.scalars(select(Hl7Message.payload).where(Hl7Message.ecg_id == seeded["e1"])
-                             .order_by(Hl7Message.id.desc())).first()
+        payloads = s.scalars(
+            select(Hl7Message.payload).where(Hl7Message.ecg_id == seeded["e1"]).order_by(Hl7Message.id.desc())
+        ).first()
         assert result_status_of(payloads) == "P"

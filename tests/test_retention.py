@@ -49,8 +49,10 @@ def encode(ds) -> bytes:  # type: ignore[no-untyped-def]
 
 
 def _store(session_factory, spool: Path, raw: bytes) -> int:  # type: ignore[no-untyped-def]
-    out = store_instance(IncomingInstance.from_file(raw, calling_ae="CART", peer_address="127.0.0.1"),
-                         StoreContext(session_factory, Spool(spool)))
+    out = store_instance(
+        IncomingInstance.from_file(raw, calling_ae="CART", peer_address="127.0.0.1"),
+        StoreContext(session_factory, Spool(spool)),
+    )
     assert out.ecg_id is not None, out
     return out.ecg_id
 
@@ -63,8 +65,12 @@ def build(session_factory, db_url: str, tmp_path: Path, sample_path: Path, ensem
     the door with its quarantine copy, a failed one); the rest stay.
     """
     spool = tmp_path / "spool"
-    cfg = Config.model_validate({"storage": {"database_url": db_url, "spool_dir": str(spool)},
-                                 "model": {"files": ["unused.hdf5"], "batch_size": 8, "max_wait_ms": 0}})
+    cfg = Config.model_validate(
+        {
+            "storage": {"database_url": db_url, "spool_dir": str(spool)},
+            "model": {"files": ["unused.hdf5"], "batch_size": 8, "max_wait_ms": 0},
+        }
+    )
     sample = dcmread(sample_path)
     versioned = v.new_uids(sample)
     second = v.new_uids(sample)
@@ -95,16 +101,27 @@ def build(session_factory, db_url: str, tmp_path: Path, sample_path: Path, ensem
     with session_factory.begin() as s:
         s.execute(update(EcgInstance).where(EcgInstance.id == ids["old_waiting"]).values(status="received"))
         s.execute(update(EcgInstance).where(EcgInstance.id == ids["old_failed"]).values(status=FAILED))
-        s.execute(update(EcgInstance).where(EcgInstance.id.in_([i for k, i in ids.items() if k.startswith("old_")]))
-                  .values(received_at=now - OLD))
+        s.execute(
+            update(EcgInstance)
+            .where(EcgInstance.id.in_([i for k, i in ids.items() if k.startswith("old_")]))
+            .values(received_at=now - OLD)
+        )
         # The EHR acknowledged everything but one.
         s.execute(update(Hl7Message).where(Hl7Message.ecg_id != ids["old_hl7_pending"]).values(status="delivered"))
         s.add(AuditLog(actor="cli:test", action="export_input", target=f"ecg:{ids['old_processed']}"))
     with session_factory() as s:
         statuses = {k: s.get(EcgInstance, i).status for k, i in ids.items()}
-    assert statuses == {"old_processed": "processed", "old_rejected": "rejected", "old_refused": "rejected",
-                        "old_failed": "failed", "old_hl7_pending": "processed", "old_waiting": "received",
-                        "old_v1": "processed", "new_v2": "processed", "new_processed": "processed"}
+    assert statuses == {
+        "old_processed": "processed",
+        "old_rejected": "rejected",
+        "old_refused": "rejected",
+        "old_failed": "failed",
+        "old_hl7_pending": "processed",
+        "old_waiting": "received",
+        "old_v1": "processed",
+        "new_v2": "processed",
+        "new_processed": "processed",
+    }
     return ids
 
 
@@ -118,8 +135,10 @@ def paths(session_factory, spool: Path) -> dict[int, Path]:  # type: ignore[no-u
 
 def counts(session_factory) -> tuple[int, int, int, int]:  # type: ignore[no-untyped-def]
     with session_factory() as s:
-        return tuple(s.scalar(select(func.count()).select_from(t))  # type: ignore[return-value]
-                     for t in (EcgInstance, Prediction, Hl7Message, AuditLog))
+        return tuple(
+            s.scalar(select(func.count()).select_from(t))  # type: ignore[return-value]
+            for t in (EcgInstance, Prediction, Hl7Message, AuditLog)
+        )
 
 
 @pytest.fixture
@@ -138,21 +157,38 @@ def test_prune_removes_old_finished_ecgs_with_their_files_and_keeps_the_rest(sce
     assert counts(session_factory) == before and all(f.is_file() for f in files.values())
     # 2 predictions (processed, and failed after processing), 3 HL7 messages (the rejection has one too)
     assert (dry.ecgs, dict(dry.by_status), dry.predictions, dry.hl7_messages, dry.files, dry.kept) == (
-        4, {"processed": 1, "rejected": 2, "failed": 1}, 2, 3, 4, 3)
+        4,
+        {"processed": 1, "rejected": 2, "failed": 1},
+        2,
+        3,
+        4,
+        3,
+    )
     sizes = sum(files[scenario[k]].stat().st_size for k in GONE)
     assert dry.file_bytes == sizes
     assert dry.summary().startswith("would remove 4 ECG(s) received before ")
     assert [line.split()[1] for line in dry.lines] == [f"id={scenario[k]}" for k in GONE]
 
     result = retention.prune(session_factory, spool, 30, actor="cli:test")
-    assert (result.ecgs, dict(result.by_status), result.predictions, result.hl7_messages, result.files,
-            result.file_bytes, result.kept) == (4, {"processed": 1, "rejected": 2, "failed": 1}, 2, 3, 4, sizes, 3)
+    assert (
+        result.ecgs,
+        dict(result.by_status),
+        result.predictions,
+        result.hl7_messages,
+        result.files,
+        result.file_bytes,
+        result.kept,
+    ) == (4, {"processed": 1, "rejected": 2, "failed": 1}, 2, 3, 4, sizes, 3)
     assert result.summary().startswith("removed 4 ECG(s)") and "audit log kept" in result.summary()
     with session_factory() as s:
         left = set(s.scalars(select(EcgInstance.id)))
         assert left == {i for k, i in scenario.items() if k not in GONE}
-        assert s.scalar(select(func.count()).select_from(Prediction)
-                        .where(Prediction.ecg_id.in_([scenario[k] for k in GONE]))) == 0
+        assert (
+            s.scalar(
+                select(func.count()).select_from(Prediction).where(Prediction.ecg_id.in_([scenario[k] for k in GONE]))
+            )
+            == 0
+        )
         audit = s.scalars(select(AuditLog).order_by(AuditLog.id)).all()
     assert [(a.action, a.actor) for a in audit] == [("export_input", "cli:test"), ("prune", "cli:test")]
     assert audit[1].detail["ecgs"] == 4 and audit[1].detail["older_than_days"] == 30
@@ -165,11 +201,18 @@ def test_prune_removes_old_finished_ecgs_with_their_files_and_keeps_the_rest(sce
     assert retention.prune(session_factory, spool, 30).ecgs == 0
 
 
-@pytest.mark.parametrize("crash_at", [pytest.param("after_mark", marks=pytest.mark.slow),
-                                      pytest.param("mid_files", marks=pytest.mark.slow), "after_files",
-                                      pytest.param("before_commit", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "crash_at",
+    [
+        pytest.param("after_mark", marks=pytest.mark.slow),
+        pytest.param("mid_files", marks=pytest.mark.slow),
+        "after_files",
+        pytest.param("before_commit", marks=pytest.mark.slow),
+    ],
+)
 def test_a_crash_in_the_middle_leaves_no_row_without_file_and_no_file_without_row(
-        scenario, session_factory, tmp_path, monkeypatch, crash_at):
+    scenario, session_factory, tmp_path, monkeypatch, crash_at
+):
     spool = tmp_path / "spool"
     files = paths(session_factory, spool)
     real_remove = Spool.remove_file
@@ -203,8 +246,14 @@ def test_a_crash_in_the_middle_leaves_no_row_without_file_and_no_file_without_ro
     expected_removed = {"after_mark": 0, "mid_files": 2, "after_files": 4, "before_commit": 4}[crash_at]
     assert len(removed) == expected_removed and removed <= set(report.mid_prune)
     assert counts(session_factory)[0] == len(scenario)  # every row is still there, marked
-    r = subprocess.run([sys.executable, "-m", "gateway", "db", "check-spool"], capture_output=True, text=True,
-                       cwd=ROOT, timeout=120, env={**os.environ, **_env(session_factory, spool)})
+    r = subprocess.run(
+        [sys.executable, "-m", "gateway", "db", "check-spool"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        env={**os.environ, **_env(session_factory, spool)},
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "4 row(s) marked by an unfinished prune" in r.stdout and "spool and database agree" in r.stdout
 
@@ -230,8 +279,14 @@ def test_db_prune_command(scenario, session_factory, tmp_path):
     env.update(_env(session_factory, spool))
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "gateway", "db", "prune", *args], capture_output=True,
-                              text=True, cwd=ROOT, timeout=120, env=env)
+        return subprocess.run(
+            [sys.executable, "-m", "gateway", "db", "prune", *args],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=120,
+            env=env,
+        )
 
     r = cli()
     assert r.returncode == 2 and "give --older-than DAYS" in r.stderr
@@ -265,8 +320,11 @@ def test_the_running_gateway_prunes_daily(scenario, session_factory, tmp_path):
             time.sleep(0.05)
         assert counts(session_factory)[0] == len(scenario) - 4
         with session_factory.begin() as s:  # a day passes: the last ECGs age past the limit
-            s.execute(update(EcgInstance).where(EcgInstance.id.in_([scenario["new_processed"]]))
-                      .values(received_at=datetime.now(UTC) - OLD))
+            s.execute(
+                update(EcgInstance)
+                .where(EcgInstance.id.in_([scenario["new_processed"]]))
+                .values(received_at=datetime.now(UTC) - OLD)
+            )
         while counts(session_factory)[0] != len(scenario) - 5 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert counts(session_factory)[0] == len(scenario) - 5
@@ -284,13 +342,16 @@ def test_serve_prunes_when_retention_days_is_set(scenario, session_factory, db_u
     from conftest import free_port
     from e2e_helpers import gateway_env, start_serve, stop, wait_until
 
-    env = gateway_env(tmp_path, db_url, demo_model, free_port(), free_port(),
-                      ECG_GATEWAY_STORAGE__RETENTION_DAYS="30")
+    env = gateway_env(tmp_path, db_url, demo_model, free_port(), free_port(), ECG_GATEWAY_STORAGE__RETENTION_DAYS="30")
     log = tmp_path / "serve.log"
     proc = start_serve(env, log, "--components", "worker")
     try:
-        wait_until(lambda: counts(session_factory)[0] == len(scenario) - len(GONE), timeout=180,
-                   what="the prune by serve", procs=[proc])
+        wait_until(
+            lambda: counts(session_factory)[0] == len(scenario) - len(GONE),
+            timeout=180,
+            what="the prune by serve",
+            procs=[proc],
+        )
     finally:
         code = stop(proc)
     text = log.read_text()
@@ -315,9 +376,17 @@ def test_a_file_outside_the_spool_is_never_deleted(session_factory, tmp_path):
     old = datetime.now(UTC) - OLD
     with session_factory.begin() as s:
         for uid, path in (("1.2.3.1", elsewhere), ("1.2.3.2", inside)):
-            s.add(EcgInstance(sop_instance_uid=uid, sop_class_uid="1.2.840.10008.5.1.4.1.1.9.1.1",
-                              spool_path=str(path), sha256="0" * 64, size_bytes=4, status="rejected",
-                              received_at=old))
+            s.add(
+                EcgInstance(
+                    sop_instance_uid=uid,
+                    sop_class_uid="1.2.840.10008.5.1.4.1.1.9.1.1",
+                    spool_path=str(path),
+                    sha256="0" * 64,
+                    size_bytes=4,
+                    status="rejected",
+                    received_at=old,
+                )
+            )
     result = retention.prune(session_factory, spool, 30)
     assert (result.ecgs, result.files, result.outside_spool) == (2, 1, 1)
     assert "1 file(s) outside the spool folder left in place" in result.summary()
@@ -333,14 +402,31 @@ def test_an_ecg_whose_pacs_object_is_not_delivered_stays(session_factory, tmp_pa
     spool = tmp_path / "spool"
     old = datetime.now(UTC) - OLD
     with session_factory.begin() as s:
-        rows = [EcgInstance(sop_instance_uid=f"1.2.3.{n}", sop_class_uid="1.2.840.10008.5.1.4.1.1.9.1.1",
-                            spool_path=f"2020/01/01/{n}.dcm", sha256="0" * 64, size_bytes=4, status="processed",
-                            received_at=old) for n in (1, 2)]
+        rows = [
+            EcgInstance(
+                sop_instance_uid=f"1.2.3.{n}",
+                sop_class_uid="1.2.840.10008.5.1.4.1.1.9.1.1",
+                spool_path=f"2020/01/01/{n}.dcm",
+                sha256="0" * 64,
+                size_bytes=4,
+                status="processed",
+                received_at=old,
+            )
+            for n in (1, 2)
+        ]
         s.add_all(rows)
         s.flush()
         for row, status in zip(rows, ("pending", "delivered"), strict=True):
-            s.add(PacsMessage(ecg_id=row.id, kind="pdf", sop_class_uid="1.2.840.10008.5.1.4.1.1.104.1",
-                              sop_instance_uid=f"2.25.{row.id}", series_instance_uid="2.25.9", status=status))
+            s.add(
+                PacsMessage(
+                    ecg_id=row.id,
+                    kind="pdf",
+                    sop_class_uid="1.2.840.10008.5.1.4.1.1.104.1",
+                    sop_instance_uid=f"2.25.{row.id}",
+                    series_instance_uid="2.25.9",
+                    status=status,
+                )
+            )
         waiting = rows[0].id
     for n in (1, 2):
         (spool / f"2020/01/01/{n}.dcm").parent.mkdir(parents=True, exist_ok=True)

@@ -44,8 +44,16 @@ def spool(tmp_path: Path) -> Path:
 def scp(session_factory, spool: Path, port: int):  # type: ignore[no-untyped-def]
     from gateway.receive.scp import start_scp
 
-    dicom = DicomConfig(port=port, host="127.0.0.1", min_free_disk_mb=0, max_associations=2,
-                        acse_timeout=TIMEOUT_S, network_timeout=TIMEOUT_S, pdu_timeout=TIMEOUT_S, dimse_timeout=5)
+    dicom = DicomConfig(
+        port=port,
+        host="127.0.0.1",
+        min_free_disk_mb=0,
+        max_associations=2,
+        acse_timeout=TIMEOUT_S,
+        network_timeout=TIMEOUT_S,
+        pdu_timeout=TIMEOUT_S,
+        dimse_timeout=5,
+    )
     server = start_scp(dicom, StorageConfig(spool_dir=str(spool)), session_factory)
     yield server
     server.shutdown()
@@ -119,10 +127,14 @@ def test_huge_pdu_length_does_not_grow_memory_and_is_dropped(scp, port: int) -> 
     assert _echo(port) == SUCCESS
 
 
-@pytest.mark.parametrize("stall_after", [
-    pytest.param(b"", id="silent"),
-    pytest.param(b"\x01\x00\x00", id="half-pdu-header"),
-    pytest.param(_associate_rq_absurd()[:40], id="partial-associate-rq")])
+@pytest.mark.parametrize(
+    "stall_after",
+    [
+        pytest.param(b"", id="silent"),
+        pytest.param(b"\x01\x00\x00", id="half-pdu-header"),
+        pytest.param(_associate_rq_absurd()[:40], id="partial-associate-rq"),
+    ],
+)
 def test_slow_loris_on_the_dicom_listener_is_dropped(scp, port: int, stall_after: bytes) -> None:
     """Connect, send a few bytes (or none), stall: dropped after the ACSE/network timeout."""
     with socket.create_connection(("127.0.0.1", port)) as sock:
@@ -260,12 +272,43 @@ def tls_scp(session_factory, spool: Path, tmp_path: Path):  # type: ignore[no-un
     from conftest import free_port
     from gateway.receive.scp import start_scp
 
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                    "-keyout", "gw.key", "-out", "gw.pem", "-days", "2", "-subj", "/CN=localhost"],
-                   cwd=tmp_path, check=True, capture_output=True, timeout=60)
-    dicom = DicomConfig(port=free_port(), tls_port=free_port(), host="127.0.0.1", min_free_disk_mb=0,
-                        tls_cert=str(tmp_path / "gw.pem"), tls_key=str(tmp_path / "gw.key"), max_associations=4,
-                        acse_timeout=TIMEOUT_S, network_timeout=TIMEOUT_S, pdu_timeout=TIMEOUT_S, dimse_timeout=5)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "gw.key",
+            "-out",
+            "gw.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+        ],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    dicom = DicomConfig(
+        port=free_port(),
+        tls_port=free_port(),
+        host="127.0.0.1",
+        min_free_disk_mb=0,
+        tls_cert=str(tmp_path / "gw.pem"),
+        tls_key=str(tmp_path / "gw.key"),
+        max_associations=4,
+        acse_timeout=TIMEOUT_S,
+        network_timeout=TIMEOUT_S,
+        pdu_timeout=TIMEOUT_S,
+        dimse_timeout=5,
+    )
     server = start_scp(dicom, StorageConfig(spool_dir=str(spool)), session_factory)
     yield server.ports
     server.shutdown()
@@ -293,8 +336,10 @@ def test_a_silent_peer_on_the_tls_port_does_not_block_tls_carts(tls_scp: list[in
     that never sends a ClientHello blocked every TLS cart.  The handshake now
     happens in the connection's own thread, bounded by pdu_timeout."""
     _, tls_port = tls_scp
-    with socket.create_connection(("127.0.0.1", tls_port)) as silent, \
-            socket.create_connection(("127.0.0.1", tls_port)) as not_tls:
+    with (
+        socket.create_connection(("127.0.0.1", tls_port)) as silent,
+        socket.create_connection(("127.0.0.1", tls_port)) as not_tls,
+    ):
         not_tls.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # not a ClientHello
         assert _tls_echo(tls_port) == SUCCESS  # while both are still connected
         assert _closed_by_peer(not_tls) == b""
@@ -325,8 +370,9 @@ def test_association_flood_beyond_max_associations(scp, port: int) -> None:
 
 
 @pytest.mark.parametrize("uid", ["../../../tmp/evil", "/tmp/ecg-gateway-evil", "1.2.3/../../4", "..", "1.2.3\\..\\4"])
-def test_path_like_uids_never_become_paths(scp, port: int, uid: str, tmp_path: Path, spool: Path, sample_path: Path,
-                                           session_factory) -> None:
+def test_path_like_uids_never_become_paths(
+    scp, port: int, uid: str, tmp_path: Path, spool: Path, sample_path: Path, session_factory
+) -> None:
     before = set(tmp_path.rglob("*"))
     path = write(tmp_path / "in" / "evil.dcm", ecg_bytes(sample_path, uid=uid))
     results, out = storescu(port, [path])
@@ -349,8 +395,10 @@ def test_path_like_meta_uid_with_a_valid_data_set_uid(session_factory, spool: Pa
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds.file_meta.MediaStorageSOPInstanceUID = "../../../../tmp/ecg-gateway-meta"
-    outcome = store_instance(IncomingInstance.from_file(fh.encode(ds), calling_ae="X", peer_address="127.0.0.1"),
-                             StoreContext(session_factory, Spool(spool)))
+    outcome = store_instance(
+        IncomingInstance.from_file(fh.encode(ds), calling_ae="X", peer_address="127.0.0.1"),
+        StoreContext(session_factory, Spool(spool)),
+    )
     assert outcome.status == SUCCESS
     assert not list(Path("/tmp").glob("ecg-gateway-meta*"))
     [stored] = [p for p in spool.rglob("*.dcm")]
@@ -359,17 +407,21 @@ def test_path_like_meta_uid_with_a_valid_data_set_uid(session_factory, spool: Pa
 
 # -- the admin listener ---------------------------------------------------------------------------
 
+
 def _admin_cfg(db_url: str, tmp_path: Path, token: str = TOKEN) -> Config:
-    return Config.model_validate({"storage": {"database_url": db_url, "spool_dir": str(tmp_path / "spool")},
-                                  "admin": {"token": token}})
+    return Config.model_validate(
+        {"storage": {"database_url": db_url, "spool_dir": str(tmp_path / "spool")}, "admin": {"token": token}}
+    )
 
 
 def _store_hostile_names(session_factory, spool: Path, sample_path: Path) -> None:  # type: ignore[no-untyped-def]
     for name, pid in ((SQL_NAME, SQL_ID), (HTML_NAME, "P<b>2</b>")):
         ds = fh.variants.new_uids(dcmread(sample_path))
         ds.PatientName, ds.PatientID = name, pid
-        out = store_instance(IncomingInstance.from_file(fh.encode(ds), calling_ae="X", peer_address="127.0.0.1"),
-                             StoreContext(session_factory, Spool(spool)))
+        out = store_instance(
+            IncomingInstance.from_file(fh.encode(ds), calling_ae="X", peer_address="127.0.0.1"),
+            StoreContext(session_factory, Spool(spool)),
+        )
         assert out.status == SUCCESS
 
 
@@ -402,10 +454,19 @@ def create_app_for(db_url: str, tmp_path: Path, session_factory, token: str = TO
     return create_app(_admin_cfg(db_url, tmp_path, token), session_factory)
 
 
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"},
-                                     {"Authorization": f"Bearer {TOKEN}x"}, {"Cookie": "ecg_gateway_session=forged"}])
-def test_admin_without_a_valid_token_gets_401_and_no_phi(db_url, session_factory, tmp_path: Path, sample_path: Path,
-                                                         headers: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": f"Basic {TOKEN}"},
+        {"Authorization": f"Bearer {TOKEN}x"},
+        {"Cookie": "ecg_gateway_session=forged"},
+    ],
+)
+def test_admin_without_a_valid_token_gets_401_and_no_phi(
+    db_url, session_factory, tmp_path: Path, sample_path: Path, headers: dict[str, str]
+) -> None:
     _store_hostile_names(session_factory, tmp_path / "spool", sample_path)
     client = TestClient(create_app_for(db_url, tmp_path, session_factory))
     with session_factory() as s:
@@ -446,10 +507,18 @@ def admin_server(db_url, session_factory, tmp_path: Path, port: int):  # type: i
     /healthz is a slow handler (which the deadline must not cut off)."""
     from gateway.admin.app import create_app, make_server
 
-    cfg = Config.model_validate({
-        "storage": {"database_url": db_url, "spool_dir": str(tmp_path / "spool")},
-        "admin": {"host": "127.0.0.1", "port": port, "token": TOKEN, "request_timeout_s": ADMIN_TIMEOUT_S,
-                  "max_connections": 3}})
+    cfg = Config.model_validate(
+        {
+            "storage": {"database_url": db_url, "spool_dir": str(tmp_path / "spool")},
+            "admin": {
+                "host": "127.0.0.1",
+                "port": port,
+                "token": TOKEN,
+                "request_timeout_s": ADMIN_TIMEOUT_S,
+                "max_connections": 3,
+            },
+        }
+    )
 
     def slow_health() -> dict[str, bool | str]:
         time.sleep(2 * ADMIN_TIMEOUT_S)
@@ -484,17 +553,22 @@ def _http_response(sock: socket.socket) -> bytes:
 GET_METRICS = b"GET /metrics HTTP/1.1\r\nHost: gw\r\n\r\n"
 
 
-@pytest.mark.parametrize("partial", [
-    pytest.param(b"", id="silent"),
-    pytest.param(b"GET /api/ecgs HTTP/1.1\r\nHost: gw\r\n", id="headers-unfinished"),
-    pytest.param(b"POST /login HTTP/1.1\r\nHost: gw\r\nContent-Length: 100\r\n\r\ntoken=", id="body-unfinished")])
+@pytest.mark.parametrize(
+    "partial",
+    [
+        pytest.param(b"", id="silent"),
+        pytest.param(b"GET /api/ecgs HTTP/1.1\r\nHost: gw\r\n", id="headers-unfinished"),
+        pytest.param(b"POST /login HTTP/1.1\r\nHost: gw\r\nContent-Length: 100\r\n\r\ntoken=", id="body-unfinished"),
+    ],
+)
 def test_admin_slow_loris_is_closed(admin_server: int, partial: bytes) -> None:
     with socket.create_connection(("127.0.0.1", admin_server)) as sock:
         sock.sendall(partial)
         reply = _closed_by_peer(sock)
     # closed; the login form may be answered (403: no CSRF cookie) before its body is complete, never with success
-    assert reply == b"" or (partial.startswith(b"POST") and reply.startswith((b"HTTP/1.1 401", b"HTTP/1.1 403"))), \
+    assert reply == b"" or (partial.startswith(b"POST") and reply.startswith((b"HTTP/1.1 401", b"HTTP/1.1 403"))), (
         reply[:60]
+    )
     with socket.create_connection(("127.0.0.1", admin_server)) as sock:  # and the listener still serves
         sock.sendall(GET_METRICS)
         assert _http_response(sock).startswith(b"HTTP/1.1 200")

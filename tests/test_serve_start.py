@@ -22,17 +22,19 @@ def serve_env(tmp: Path, db_url: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ECG_GATEWAY_")}
     model = tmp / "model.hdf5"
     model.write_bytes(b"")  # exists: the refusal check passes; a loser must never get as far as loading it
-    env.update({
-        "ECG_GATEWAY_STORAGE__DATABASE_URL": db_url,
-        "ECG_GATEWAY_STORAGE__SPOOL_DIR": str(tmp / "spool"),
-        "ECG_GATEWAY_MODEL__FILES": f'["{model}"]',
-        "ECG_GATEWAY_DICOM__HOST": "127.0.0.1",
-        "ECG_GATEWAY_DICOM__PORT": str(free_port()),
-        "ECG_GATEWAY_DICOM__MIN_FREE_DISK_MB": "1",
-        "ECG_GATEWAY_ADMIN__PORT": str(free_port()),
-        "ECG_GATEWAY_ADMIN__TOKEN": "test-token-0123456789",
-        "ECG_GATEWAY_HL7__ENABLED": "false",
-    })
+    env.update(
+        {
+            "ECG_GATEWAY_STORAGE__DATABASE_URL": db_url,
+            "ECG_GATEWAY_STORAGE__SPOOL_DIR": str(tmp / "spool"),
+            "ECG_GATEWAY_MODEL__FILES": f'["{model}"]',
+            "ECG_GATEWAY_DICOM__HOST": "127.0.0.1",
+            "ECG_GATEWAY_DICOM__PORT": str(free_port()),
+            "ECG_GATEWAY_DICOM__MIN_FREE_DISK_MB": "1",
+            "ECG_GATEWAY_ADMIN__PORT": str(free_port()),
+            "ECG_GATEWAY_ADMIN__TOKEN": "test-token-0123456789",
+            "ECG_GATEWAY_HL7__ENABLED": "false",
+        }
+    )
     env.update(extra)
     return env
 
@@ -51,9 +53,30 @@ def tables_in(db_url: str) -> list[str]:
 @pytest.fixture(scope="module")
 def tls_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     d = tmp_path_factory.mktemp("tls")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                    "-keyout", "key.pem", "-out", "cert.pem", "-days", "2", "-subj", "/CN=127.0.0.1"],
-                   cwd=d, check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+        cwd=d,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     return d / "cert.pem", d / "key.pem"
 
 
@@ -62,16 +85,24 @@ def tls_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 @pytest.mark.parametrize("busy", ["dicom", "tls", "admin"])
 def test_a_busy_port_is_one_line_exit_1_and_nothing_written(busy, empty_db_url, tmp_path, tls_pair):
     cert, key = tls_pair
-    env = serve_env(tmp_path, empty_db_url, ECG_GATEWAY_DICOM__TLS_PORT=str(free_port()),
-                    ECG_GATEWAY_DICOM__TLS_CERT=str(cert), ECG_GATEWAY_DICOM__TLS_KEY=str(key))
-    variable, what = {"dicom": ("ECG_GATEWAY_DICOM__PORT", "DICOM"),
-                      "tls": ("ECG_GATEWAY_DICOM__TLS_PORT", "DICOM TLS"),
-                      "admin": ("ECG_GATEWAY_ADMIN__PORT", "admin HTTP")}[busy]
+    env = serve_env(
+        tmp_path,
+        empty_db_url,
+        ECG_GATEWAY_DICOM__TLS_PORT=str(free_port()),
+        ECG_GATEWAY_DICOM__TLS_CERT=str(cert),
+        ECG_GATEWAY_DICOM__TLS_KEY=str(key),
+    )
+    variable, what = {
+        "dicom": ("ECG_GATEWAY_DICOM__PORT", "DICOM"),
+        "tls": ("ECG_GATEWAY_DICOM__TLS_PORT", "DICOM TLS"),
+        "admin": ("ECG_GATEWAY_ADMIN__PORT", "admin HTTP"),
+    }[busy]
     port = int(env[variable])
     # Another program holds the port (as a first gateway would); the other ports are free.
     with socket.create_server(("127.0.0.1", port)):
-        r = subprocess.run([sys.executable, "-m", "gateway", "serve"], cwd=ROOT, env=env, capture_output=True,
-                           text=True, timeout=120)
+        r = subprocess.run(
+            [sys.executable, "-m", "gateway", "serve"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
     assert r.returncode == 1, r.stdout + r.stderr
     assert r.stdout == ""
     assert r.stderr.splitlines() == [f"cannot listen on 127.0.0.1:{port} ({what}): Address already in use"]
@@ -89,14 +120,29 @@ def test_a_second_gateway_on_the_same_ports_loses_without_touching_the_database(
     env = serve_env(first_dir, f"sqlite:///{first_dir / 'g.db'}")
     log = first_dir / "serve.log"
     with open(log, "wb") as out:
-        first = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--components", "scp,admin"], cwd=ROOT,
-                                 env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        first = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--components", "scp,admin"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         wait_until(lambda: "gateway started" in log.read_text(), timeout=120, what="first gateway", procs=[first])
-        second_env = dict(env, ECG_GATEWAY_STORAGE__DATABASE_URL=empty_db_url,
-                          ECG_GATEWAY_STORAGE__SPOOL_DIR=str(second_dir / "spool"))
-        r = subprocess.run([sys.executable, "-m", "gateway", "serve", "--components", "scp,admin"], cwd=ROOT,
-                           env=second_env, capture_output=True, text=True, timeout=120)
+        second_env = dict(
+            env,
+            ECG_GATEWAY_STORAGE__DATABASE_URL=empty_db_url,
+            ECG_GATEWAY_STORAGE__SPOOL_DIR=str(second_dir / "spool"),
+        )
+        r = subprocess.run(
+            [sys.executable, "-m", "gateway", "serve", "--components", "scp,admin"],
+            cwd=ROOT,
+            env=second_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     finally:
         assert stop(first) == 0
     port = env["ECG_GATEWAY_DICOM__PORT"]
@@ -111,8 +157,14 @@ def test_start_line_names_what_started_and_the_admin_url(sqlite_db_url, tmp_path
     env = serve_env(tmp_path, sqlite_db_url)
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--components", "scp,hl7,admin"], cwd=ROOT,
-                                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--components", "scp,hl7,admin"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         wait_until(lambda: "gateway started" in log.read_text(), timeout=120, what="gateway start", procs=[proc])
         # the admin server answers by the time the start line is written

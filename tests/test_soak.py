@@ -80,11 +80,20 @@ def test_soak(soak_db_url, tmp_path, demo_model, sample_path):
     from pydicom import dcmread
 
     dicom_port, admin_port, hl7_port = free_port(), free_port(), free_port()
-    env = gateway_env(tmp_path, soak_db_url, demo_model, dicom_port, admin_port,
-                      ECG_GATEWAY_HL7__ENABLED="true", ECG_GATEWAY_HL7__PORT=str(hl7_port),
-                      ECG_GATEWAY_HL7__CONNECT_TIMEOUT="1", ECG_GATEWAY_HL7__ACK_TIMEOUT="5",
-                      ECG_GATEWAY_HL7__BACKOFF_INITIAL_S="0.2", ECG_GATEWAY_HL7__BACKOFF_MAX_S="2",
-                      ECG_GATEWAY_LOGGING__LEVEL="INFO")  # readiness is the INFO start line
+    env = gateway_env(
+        tmp_path,
+        soak_db_url,
+        demo_model,
+        dicom_port,
+        admin_port,
+        ECG_GATEWAY_HL7__ENABLED="true",
+        ECG_GATEWAY_HL7__PORT=str(hl7_port),
+        ECG_GATEWAY_HL7__CONNECT_TIMEOUT="1",
+        ECG_GATEWAY_HL7__ACK_TIMEOUT="5",
+        ECG_GATEWAY_HL7__BACKOFF_INITIAL_S="0.2",
+        ECG_GATEWAY_HL7__BACKOFF_MAX_S="2",
+        ECG_GATEWAY_LOGGING__LEVEL="INFO",
+    )  # readiness is the INFO start line
     engine = make_engine(soak_db_url)
     sf = make_sessionmaker(engine)
     rx_log = tmp_path / "hl7.jsonl"
@@ -158,14 +167,23 @@ def test_soak(soak_db_url, tmp_path, demo_model, sample_path):
 
     # resources: no growth after warm-up
     g = sampler.growth(WARMUP_FRACTION)
-    figures = {"seconds": SECONDS, "carts": CARTS, "rate_per_cart": RATE, "ecgs": len(acked),
-               "receiver_stops": receiver_stops, "repeats_at_receiver": sum(n - 1 for n in controls.values()),
-               "database": soak_db_url.split(":", 1)[0], "vm_hwm_mb": round(hwm_mb, 1), "fds_idle": fds_idle,
-               **{k: round(v, 1) for k, v in g.items()}}
+    figures = {
+        "seconds": SECONDS,
+        "carts": CARTS,
+        "rate_per_cart": RATE,
+        "ecgs": len(acked),
+        "receiver_stops": receiver_stops,
+        "repeats_at_receiver": sum(n - 1 for n in controls.values()),
+        "database": soak_db_url.split(":", 1)[0],
+        "vm_hwm_mb": round(hwm_mb, 1),
+        "fds_idle": fds_idle,
+        **{k: round(v, 1) for k, v in g.items()},
+    }
     print("\nsoak figures:", json.dumps(figures))
     if os.environ.get("ECG_GATEWAY_SOAK_REPORT"):
-        Path(os.environ["ECG_GATEWAY_SOAK_REPORT"]).write_text(json.dumps(
-            {**figures, "samples_t_rss_kb_fds": sampler.samples}, indent=1))
+        Path(os.environ["ECG_GATEWAY_SOAK_REPORT"]).write_text(
+            json.dumps({**figures, "samples_t_rss_kb_fds": sampler.samples}, indent=1)
+        )
     assert receiver_stops >= 2 or SECONDS < 2 * CYCLE_S, "the receiver never went down"
     assert g["rss_end_mb"] <= g["rss_start_mb"] + RSS_GROWTH_MB, figures
     assert g["fds_end"] <= g["fds_start"] + FD_GROWTH, figures

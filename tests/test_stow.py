@@ -146,8 +146,12 @@ def test_all_stored_is_200_and_a_resend_is_a_duplicate(served: Served, session_f
     for ds, out in zip(batch, raw, strict=True):
         ds.save_as(out)
     for _ in range(2):  # the second time: the same instances again, stored before
-        r = httpx.post(f"{served.base}/dicomweb/studies/{study}", content=multipart(*(b.getvalue() for b in raw)),
-                       headers={"Content-Type": STOW_TYPE, "Authorization": f"Bearer {TOKEN}"}, timeout=30)
+        r = httpx.post(
+            f"{served.base}/dicomweb/studies/{study}",
+            content=multipart(*(b.getvalue() for b in raw)),
+            headers={"Content-Type": STOW_TYPE, "Authorization": f"Bearer {TOKEN}"},
+            timeout=30,
+        )
         assert r.status_code == 200, r.text
         assert r.headers["content-type"] == "application/dicom+json"
         body = r.json()
@@ -162,8 +166,10 @@ def test_study_in_the_path_must_match(served: Served, session_factory, sample_pa
     response = served.client().store_instances(datasets=[ours, other], study_instance_uid=str(ours.StudyInstanceUID))
     assert uids(response.ReferencedSOPSequence) == [str(ours.SOPInstanceUID)]
     [failed] = response.FailedSOPSequence
-    assert (str(failed.ReferencedSOPInstanceUID), failed.FailureReason) == (str(other.SOPInstanceUID),
-                                                                           STUDY_UID_MISMATCH)
+    assert (str(failed.ReferencedSOPInstanceUID), failed.FailureReason) == (
+        str(other.SOPInstanceUID),
+        STUDY_UID_MISMATCH,
+    )
     refused = next(r for r in rows(session_factory) if r.sop_instance_uid == str(other.SOPInstanceUID))
     assert refused.status == REJECTED and "Study Instance UID" in refused.error
 
@@ -180,8 +186,10 @@ def test_none_stored_is_409_with_reasons(served: Served, session_factory, sample
     response = raised.value.response
     assert response.status_code == 409
     failures = {i["00081155"]["Value"][0]: i["00081197"]["Value"][0] for i in response.json()["00081198"]["Value"]}
-    assert failures == {str(implicit.SOPInstanceUID): TRANSFER_SYNTAX_NOT_SUPPORTED,
-                        str(bare.SOPInstanceUID): CANNOT_UNDERSTAND}
+    assert failures == {
+        str(implicit.SOPInstanceUID): TRANSFER_SYNTAX_NOT_SUPPORTED,
+        str(bare.SOPInstanceUID): CANNOT_UNDERSTAND,
+    }
     assert "00081199" not in response.json()
     errors = sorted(r.error for r in rows(session_factory))
     assert errors[0].startswith("not a DICOM file") and "DICM" in errors[0]
@@ -201,8 +209,11 @@ def test_token_is_required(served: Served, session_factory, sample_path: Path) -
     assert r.status_code == 401
     with httpx.Client(base_url=served.base) as browser:
         web_login(browser, TOKEN)
-        r = browser.post("/dicomweb/studies", content=multipart(ecg_bytes(sample_path)),
-                         headers={"Content-Type": STOW_TYPE, "X-CSRF-Token": session_csrf(browser)})
+        r = browser.post(
+            "/dicomweb/studies",
+            content=multipart(ecg_bytes(sample_path)),
+            headers={"Content-Type": STOW_TYPE, "X-CSRF-Token": session_csrf(browser)},
+        )
         assert r.status_code == 401 and "bearer token" in r.json()["detail"]
     assert rows(session_factory) == []
     # the admin listener's headers are on these answers too
@@ -240,43 +251,61 @@ def test_roles_that_may_send(served: Served, session_factory, sample_path: Path)
     [row] = rows(session_factory)
     [entry] = [a for a in audit_rows(session_factory) if a.action == "dicomweb_store"]
     assert (entry.actor, entry.address, entry.detail["ecg_ids"], entry.detail["via"]) == (
-        "cart-reader", "127.0.0.1", [row.id], "api")
+        "cart-reader",
+        "127.0.0.1",
+        [row.id],
+        "api",
+    )
 
 
 @pytest.mark.one_db
-@pytest.mark.parametrize(("content_type", "status"), [
-    ("application/dicom", 415),
-    ('multipart/related; type="application/dicom+json"; boundary=x', 415),
-    ("multipart/form-data; boundary=x", 415),
-    ("", 415),
-    ('multipart/related; type="application/dicom"', 400),  # no boundary
-])
-def test_wrong_content_type(served: Served, session_factory, sample_path: Path, content_type: str,
-                            status: int) -> None:
-    r = httpx.post(f"{served.base}/dicomweb/studies", content=multipart(ecg_bytes(sample_path)),
-                   headers={"Content-Type": content_type, "Authorization": f"Bearer {TOKEN}"}, timeout=30)
+@pytest.mark.parametrize(
+    ("content_type", "status"),
+    [
+        ("application/dicom", 415),
+        ('multipart/related; type="application/dicom+json"; boundary=x', 415),
+        ("multipart/form-data; boundary=x", 415),
+        ("", 415),
+        ('multipart/related; type="application/dicom"', 400),  # no boundary
+    ],
+)
+def test_wrong_content_type(served: Served, session_factory, sample_path: Path, content_type: str, status: int) -> None:
+    r = httpx.post(
+        f"{served.base}/dicomweb/studies",
+        content=multipart(ecg_bytes(sample_path)),
+        headers={"Content-Type": content_type, "Authorization": f"Bearer {TOKEN}"},
+        timeout=30,
+    )
     assert r.status_code == status, r.text
     assert rows(session_factory) == []
 
 
 @pytest.mark.one_db
-@pytest.mark.parametrize(("body", "detail"), [
-    (b"", "empty request body"),
-    (b"no multipart here at all", "malformed multipart body"),
-    ("no closing delimiter", "ends before its closing delimiter"),
-    (f"--{BOUNDARY}--".encode(), "no instance in the request"),
-    ("header without colon", "malformed multipart body"),
-])
-def test_malformed_multipart_stores_nothing(served: Served, session_factory, sample_path: Path, body: Any,
-                                            detail: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        (b"", "empty request body"),
+        (b"no multipart here at all", "malformed multipart body"),
+        ("no closing delimiter", "ends before its closing delimiter"),
+        (f"--{BOUNDARY}--".encode(), "no instance in the request"),
+        ("header without colon", "malformed multipart body"),
+    ],
+)
+def test_malformed_multipart_stores_nothing(
+    served: Served, session_factory, sample_path: Path, body: Any, detail: str
+) -> None:
     good = ecg_bytes(sample_path)
     if body == "no closing delimiter":
         body = multipart(good, good, close=False)
     elif body == "header without colon":
         no_colon = f"\r\n--{BOUNDARY}\r\nContent-Type application/dicom\r\n\r\n".encode()
         body = multipart(good, close=False) + no_colon + good + f"\r\n--{BOUNDARY}--".encode()
-    r = httpx.post(f"{served.base}/dicomweb/studies", content=body,
-                   headers={"Content-Type": STOW_TYPE, "Authorization": f"Bearer {TOKEN}"}, timeout=30)
+    r = httpx.post(
+        f"{served.base}/dicomweb/studies",
+        content=body,
+        headers={"Content-Type": STOW_TYPE, "Authorization": f"Bearer {TOKEN}"},
+        timeout=30,
+    )
     assert r.status_code == 400, r.text
     assert detail in r.json()["detail"]
     assert rows(session_factory) == [] and spool_files(served.spool) == []
@@ -287,8 +316,12 @@ def test_malformed_multipart_stores_nothing(served: Served, session_factory, sam
 def test_part_of_another_type_fails_alone(served: Served, session_factory, sample_path: Path) -> None:
     good = ecg_bytes(sample_path)
     body = multipart(good, close=False) + multipart(ecg_bytes(sample_path), part_type="application/octet-stream")
-    r = httpx.post(f"{served.base}/dicomweb/studies", content=body,
-                   headers={"Content-Type": STOW_TYPE, "Authorization": f"Bearer {TOKEN}"}, timeout=30)
+    r = httpx.post(
+        f"{served.base}/dicomweb/studies",
+        content=body,
+        headers={"Content-Type": STOW_TYPE, "Authorization": f"Bearer {TOKEN}"},
+        timeout=30,
+    )
     assert r.status_code == 202, r.text
     [failed] = r.json()["00081198"]["Value"]
     assert failed["00081197"]["Value"] == [CANNOT_UNDERSTAND]
@@ -302,8 +335,12 @@ def test_oversize_instance_and_request(db_url: str, session_factory, sample_path
     so are more parts than stow_max_instances."""
     small = ecg_bytes(sample_path)
     big = ecg_bytes(sample_path, changes={"PatientComments": "x" * (1024 * 1024)})
-    with serving(db_url, tmp_path / "spool", dicom={"max_dataset_mb": 1},
-                 ingest={"stow_max_request_mb": 2, "stow_max_instances": 3}) as s:
+    with serving(
+        db_url,
+        tmp_path / "spool",
+        dicom={"max_dataset_mb": 1},
+        ingest={"stow_max_request_mb": 2, "stow_max_instances": 3},
+    ) as s:
         headers = {"Content-Type": STOW_TYPE, "Authorization": f"Bearer {TOKEN}"}
         r = httpx.post(f"{s.base}/dicomweb/studies", content=multipart(big, small), headers=headers, timeout=30)
         assert r.status_code == 202, r.text
@@ -324,16 +361,18 @@ def test_oversize_instance_and_request(db_url: str, session_factory, sample_path
         r = httpx.post(f"{s.base}/dicomweb/studies", content=chunked(), headers=headers, timeout=30)
         assert r.status_code == 413 and "stow_max_request_mb" in r.json()["detail"]
 
-        r = httpx.post(f"{s.base}/dicomweb/studies", content=multipart(small, small, small, small), headers=headers,
-                       timeout=30)
+        r = httpx.post(
+            f"{s.base}/dicomweb/studies", content=multipart(small, small, small, small), headers=headers, timeout=30
+        )
         assert r.status_code == 413 and "stow_max_instances" in r.json()["detail"]
         assert len(rows(session_factory)) == 1
         assert list((s.spool / ".incoming").iterdir()) == []
 
 
 @pytest.mark.one_db
-def test_a_body_that_stalls_is_cut_off(db_url: str, session_factory, sample_path: Path, tmp_path: Path,
-                                       caplog: pytest.LogCaptureFixture) -> None:
+def test_a_body_that_stalls_is_cut_off(
+    db_url: str, session_factory, sample_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """Half a body, then nothing: closed after [admin] request_timeout_s, nothing stored or left behind."""
     import socket
 
@@ -341,8 +380,10 @@ def test_a_body_that_stalls_is_cut_off(db_url: str, session_factory, sample_path
     with serving(db_url, tmp_path / "spool", admin={"request_timeout_s": 1}) as s:
         port = int(s.base.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-            head = (f"POST /dicomweb/studies HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
-                    f"Content-Type: {STOW_TYPE}\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+            head = (
+                f"POST /dicomweb/studies HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                f"Content-Type: {STOW_TYPE}\r\nContent-Length: {len(body)}\r\n\r\n"
+            ).encode()
             sock.sendall(head + body[: len(body) // 2])
             assert sock.recv(65536) == b""  # closed by the gateway, no answer
         deadline = time.monotonic() + 10
@@ -354,16 +395,23 @@ def test_a_body_that_stalls_is_cut_off(db_url: str, session_factory, sample_path
 
 @pytest.mark.one_db
 def test_invalid_study_in_the_path(served: Served, sample_path: Path) -> None:
-    r = httpx.post(f"{served.base}/dicomweb/studies/1.2.x", content=multipart(ecg_bytes(sample_path)),
-                   headers={"Content-Type": STOW_TYPE, "Authorization": f"Bearer {TOKEN}"}, timeout=30)
+    r = httpx.post(
+        f"{served.base}/dicomweb/studies/1.2.x",
+        content=multipart(ecg_bytes(sample_path)),
+        headers={"Content-Type": STOW_TYPE, "Authorization": f"Bearer {TOKEN}"},
+        timeout=30,
+    )
     assert r.status_code == 400 and "not a valid UID" in r.json()["detail"]
 
 
 @pytest.mark.one_db
 def test_accept_without_dicom_json_is_406(served: Served, session_factory, sample_path: Path) -> None:
-    r = httpx.post(f"{served.base}/dicomweb/studies", content=multipart(ecg_bytes(sample_path)),
-                   headers={"Content-Type": STOW_TYPE, "Authorization": f"Bearer {TOKEN}",
-                            "Accept": "application/dicom+xml"}, timeout=30)
+    r = httpx.post(
+        f"{served.base}/dicomweb/studies",
+        content=multipart(ecg_bytes(sample_path)),
+        headers={"Content-Type": STOW_TYPE, "Authorization": f"Bearer {TOKEN}", "Accept": "application/dicom+xml"},
+        timeout=30,
+    )
     assert r.status_code == 406 and rows(session_factory) == []
 
 
@@ -375,5 +423,6 @@ def test_accepts_dicom_json() -> None:
 
 def test_check_request_type() -> None:
     assert check_request_type('Multipart/Related; TYPE="Application/DICOM"; boundary=abc') == b"abc"
-    assert check_request_type(f'multipart/related; type="application/dicom"; boundary="{BOUNDARY}"') \
-        == BOUNDARY.encode()
+    assert (
+        check_request_type(f'multipart/related; type="application/dicom"; boundary="{BOUNDARY}"') == BOUNDARY.encode()
+    )

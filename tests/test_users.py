@@ -32,10 +32,12 @@ ROLE_OF = {"vic": "viewer", "rita": "reader", "adam": "admin"}
 
 
 def make_cfg(db_url, tmp_path, **admin):
-    return Config.model_validate({
-        "storage": {"database_url": db_url, "spool_dir": str(tmp_path / "spool")},
-        "admin": {"token": TOKEN, **admin},
-    })
+    return Config.model_validate(
+        {
+            "storage": {"database_url": db_url, "spool_dir": str(tmp_path / "spool")},
+            "admin": {"token": TOKEN, **admin},
+        }
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -66,8 +68,9 @@ def seeded(session_factory, sample_path, tmp_path):
     ids = seed(session_factory, sample_path, tmp_path / "spool")
     with session_factory() as s:
         for name, role in ROLE_OF.items():
-            add_user(s, name, role, PASSWORDS[name], full_name=f"{name.title()} Example", hl7_id=f"ID-{name}",
-                     actor="test")
+            add_user(
+                s, name, role, PASSWORDS[name], full_name=f"{name.title()} Example", hl7_id=f"ID-{name}", actor="test"
+            )
         s.commit()
     return ids
 
@@ -97,11 +100,16 @@ def actions(session_factory, actor: str | None = None) -> list[str]:
 
 # --- roles -------------------------------------------------------------------------------------
 
+
 def test_role_matrix_on_the_api(app, session_factory, seeded):
     e1, m1 = seeded["e1"], seeded["m1"]
     reads = ["/api/ecgs", f"/api/ecgs/{e1}"]
-    admin_only = [("GET", f"/api/ecgs/{e1}/original.dcm"), ("GET", f"/api/ecgs/{e1}/input.npy"),
-                  ("GET", f"/api/ecgs/{e1}/report.pdf"), ("POST", f"/api/hl7/{m1}/resend")]
+    admin_only = [
+        ("GET", f"/api/ecgs/{e1}/original.dcm"),
+        ("GET", f"/api/ecgs/{e1}/input.npy"),
+        ("GET", f"/api/ecgs/{e1}/report.pdf"),
+        ("POST", f"/api/hl7/{m1}/resend"),
+    ]
     client = TestClient(app)
     for name in ("vic", "rita"):
         headers = bearer(session_factory, name)
@@ -119,7 +127,9 @@ def test_role_matrix_on_the_api(app, session_factory, seeded):
     assert [a.action for a in rows][-4:] == ["export_dicom", "export_input", "export_report", "hl7_resend"]
     assert all(a.address == "testclient" and a.ecg_id == e1 for a in rows[-4:])
     assert [(a.action, a.ecg_id) for a in audit_rows(session_factory) if a.actor == "vic"] == [
-        ("view_list", None), ("view_ecg", e1)]
+        ("view_list", None),
+        ("view_ecg", e1),
+    ]
 
 
 def test_role_matrix_on_the_web(app, session_factory, seeded):
@@ -129,16 +139,18 @@ def test_role_matrix_on_the_web(app, session_factory, seeded):
         page = client.get(f"/ecgs/{e1}")
         assert page.status_code == 200 and f"{name.title()} Example ({ROLE_OF[name]})" in page.text
         assert "Resend</button>" not in page.text and "report.pdf" not in page.text and 'href="/audit"' not in page.text
-        r = client.post(f"/ecgs/{e1}/resend", data={"message_id": m1, "csrf_token": session_csrf(client)},
-                        follow_redirects=False)
+        r = client.post(
+            f"/ecgs/{e1}/resend", data={"message_id": m1, "csrf_token": session_csrf(client)}, follow_redirects=False
+        )
         assert r.status_code == 403 and "needs the admin role" in r.text
         assert client.get(f"/ecgs/{e1}/report.pdf").status_code == 403
         assert client.get("/audit").status_code == 403
     admin = signed_in(app, "adam")
     page = admin.get(f"/ecgs/{e1}").text
     assert "Resend</button>" in page and "report.pdf" in page and 'href="/audit"' in page
-    r = admin.post(f"/ecgs/{e1}/resend", data={"message_id": m1, "csrf_token": session_csrf(admin)},
-                   follow_redirects=False)
+    r = admin.post(
+        f"/ecgs/{e1}/resend", data={"message_id": m1, "csrf_token": session_csrf(admin)}, follow_redirects=False
+    )
     assert r.status_code == 303
     assert actions(session_factory, "adam")[-1] == "hl7_resend"
     assert "hl7_resend" not in actions(session_factory, "vic") + actions(session_factory, "rita")
@@ -149,15 +161,21 @@ def test_principal_of_a_user_and_of_the_token(app, session_factory, seeded):
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse
 
-
     probe = FastAPI()
     probe.state.auth = app.state.auth
     assert isinstance(probe.state.auth, AuthContext)
 
     @probe.get("/who")
     def who(p: AsReader) -> dict:  # (AsReader imported at module level: this module's annotations are strings)
-        return {"user_id": p.user_id, "username": p.username, "role": p.role, "full_name": p.full_name,
-                "hl7_id": p.hl7_id, "via": p.via, "actor": p.actor}
+        return {
+            "user_id": p.user_id,
+            "username": p.username,
+            "role": p.role,
+            "full_name": p.full_name,
+            "hl7_id": p.hl7_id,
+            "via": p.via,
+            "actor": p.actor,
+        }
 
     @probe.exception_handler(AuthError)
     async def _e(_r, exc):  # type: ignore[no-untyped-def]
@@ -165,8 +183,15 @@ def test_principal_of_a_user_and_of_the_token(app, session_factory, seeded):
 
     c = TestClient(probe)
     r = c.get("/who", headers=bearer(session_factory, "rita")).json()
-    assert r | {"user_id": None} == {"user_id": None, "username": "rita", "role": "reader",
-                                     "full_name": "Rita Example", "hl7_id": "ID-rita", "via": "api", "actor": "rita"}
+    assert r | {"user_id": None} == {
+        "user_id": None,
+        "username": "rita",
+        "role": "reader",
+        "full_name": "Rita Example",
+        "hl7_id": "ID-rita",
+        "via": "api",
+        "actor": "rita",
+    }
     assert c.get("/who", headers={"Authorization": f"Bearer {TOKEN}"}).json()["username"] == "token"
     assert c.get("/who", headers=bearer(session_factory, "vic")).status_code == 403
     assert c.get("/who").status_code == 401
@@ -175,13 +200,17 @@ def test_principal_of_a_user_and_of_the_token(app, session_factory, seeded):
 
 # --- CSRF ---------------------------------------------------------------------------------------
 
+
 def test_forms_without_the_csrf_token_are_refused(app, session_factory, seeded):
     e1, m1 = seeded["e1"], seeded["m1"]
     admin = signed_in(app, "adam")
     good = session_csrf(admin)
-    for data, headers in [({"message_id": m1}, {}), ({"message_id": m1, "csrf_token": ""}, {}),
-                          ({"message_id": m1, "csrf_token": "0" * 64}, {}),
-                          ({"message_id": m1}, {"X-CSRF-Token": "wrong"})]:
+    for data, headers in [
+        ({"message_id": m1}, {}),
+        ({"message_id": m1, "csrf_token": ""}, {}),
+        ({"message_id": m1, "csrf_token": "0" * 64}, {}),
+        ({"message_id": m1}, {"X-CSRF-Token": "wrong"}),
+    ]:
         r = admin.post(f"/ecgs/{e1}/resend", data=data, headers=headers, follow_redirects=False)
         assert r.status_code == 403 and "CSRF" in r.text, data
     assert "hl7_resend" not in actions(session_factory)
@@ -189,11 +218,13 @@ def test_forms_without_the_csrf_token_are_refused(app, session_factory, seeded):
     assert r.status_code == 403 and admin.get("/ecgs").status_code == 200
     # another session's token does not fit this one
     other = signed_in(app, "adam")
-    r = admin.post(f"/ecgs/{e1}/resend", data={"message_id": m1, "csrf_token": session_csrf(other)},
-                   follow_redirects=False)
+    r = admin.post(
+        f"/ecgs/{e1}/resend", data={"message_id": m1, "csrf_token": session_csrf(other)}, follow_redirects=False
+    )
     assert r.status_code == 403
-    r = admin.post(f"/ecgs/{e1}/resend", data={"message_id": m1}, headers={"X-CSRF-Token": good},
-                   follow_redirects=False)
+    r = admin.post(
+        f"/ecgs/{e1}/resend", data={"message_id": m1}, headers={"X-CSRF-Token": good}, follow_redirects=False
+    )
     assert r.status_code == 303  # the header works as well as the field
     # the pages put the token in their forms
     assert f'name="csrf_token" value="{good}"' in admin.get(f"/ecgs/{e1}").text
@@ -204,8 +235,11 @@ def test_the_login_form_needs_its_csrf_token(app, session_factory, seeded):
     r = client.post("/login", data={"username": "adam", "password": PASSWORDS["adam"]}, follow_redirects=False)
     assert r.status_code == 403 and SESSION_COOKIE not in client.cookies
     client.get("/login")  # the cookie, but not the form's copy
-    r = client.post("/login", data={"username": "adam", "password": PASSWORDS["adam"], "csrf_token": "forged"},
-                    follow_redirects=False)
+    r = client.post(
+        "/login",
+        data={"username": "adam", "password": PASSWORDS["adam"], "csrf_token": "forged"},
+        follow_redirects=False,
+    )
     assert r.status_code == 403 and SESSION_COOKIE not in client.cookies
     assert "login" not in actions(session_factory, "adam")
 
@@ -223,6 +257,7 @@ def test_csrf_token_is_bound_to_the_session():
 
 
 # --- login, rate limit, sessions --------------------------------------------------------------
+
 
 def test_login_is_audited_and_rate_limited_per_user(app, session_factory, seeded):
     client = TestClient(app)
@@ -317,9 +352,14 @@ def test_the_bootstrap_token_can_be_disabled(db_url, session_factory, seeded, tm
     assert check_admin_bind(AdminConfig(host="0.0.0.0", token="", token_enabled=False)) is None
 
 
-@pytest.mark.parametrize("base, headers, secure", [
-    ("http://testserver", {}, False), ("https://testserver", {}, True),
-    ("http://testserver", {"X-Forwarded-Proto": "https"}, True)])
+@pytest.mark.parametrize(
+    "base, headers, secure",
+    [
+        ("http://testserver", {}, False),
+        ("https://testserver", {}, True),
+        ("http://testserver", {"X-Forwarded-Proto": "https"}, True),
+    ],
+)
 def test_user_session_cookie_is_secure_over_tls(app, base, headers, secure):
     c = TestClient(app, base_url=base)
     r = web_login(c, username="vic", password=PASSWORDS["vic"], headers=headers)
@@ -331,6 +371,7 @@ def test_user_session_cookie_is_secure_over_tls(app, base, headers, secure):
 
 
 # --- API tokens ----------------------------------------------------------------------------------
+
 
 def test_api_token_is_shown_once_and_stored_hashed(db_url, session_factory, seeded, tmp_path):
     config = tmp_path / "gateway.toml"
@@ -355,6 +396,7 @@ def test_api_token_is_shown_once_and_stored_hashed(db_url, session_factory, seed
 
 # --- the commands --------------------------------------------------------------------------------
 
+
 @pytest.mark.slow  # a dozen commands, each opening the database
 def test_users_commands(db_url, session_factory, tmp_path, sample_path):
     seed(session_factory, sample_path, tmp_path / "spool")
@@ -364,8 +406,18 @@ def test_users_commands(db_url, session_factory, tmp_path, sample_path):
     def run(*args: str, input: str | None = None):  # type: ignore[no-untyped-def]
         return CliRunner().invoke(cli_app, ["--config", str(config), *args], input=input)
 
-    r = run("users", "add", "dr.smith", "--role", "reader", "--full-name", "Smith^Anna^^^Dr", "--hl7-id", "1234",
-            input="correct-horse-battery\n")
+    r = run(
+        "users",
+        "add",
+        "dr.smith",
+        "--role",
+        "reader",
+        "--full-name",
+        "Smith^Anna^^^Dr",
+        "--hl7-id",
+        "1234",
+        input="correct-horse-battery\n",
+    )
     assert r.exit_code == 0 and "user dr.smith added (reader)" in r.output, r.output
     assert run("users", "add", "dr.smith", "--role", "reader", input="another-password\n").exit_code == 2
     assert "role 'boss'" in run("users", "add", "x", "--role", "boss", input="p" * 12 + "\n").output
@@ -416,16 +468,27 @@ def test_users_and_audit_commands_do_not_import_tensorflow(db_url, session_facto
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("ECG_GATEWAY_")}
     env["ECG_GATEWAY_STORAGE__DATABASE_URL"] = db_url
-    for args, stdin in ((["users", "add", "nurse", "--role", "viewer"], "a-password-123\n"), (["users", "list"], ""),
-                        (["audit", "list"], "")):
-        r = subprocess.run([sys.executable, "-c", code, *args], input=stdin, capture_output=True, text=True, env=env,
-                           cwd=ROOT, timeout=120)
+    for args, stdin in (
+        (["users", "add", "nurse", "--role", "viewer"], "a-password-123\n"),
+        (["users", "list"], ""),
+        (["audit", "list"], ""),
+    ):
+        r = subprocess.run(
+            [sys.executable, "-c", code, *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            timeout=120,
+        )
         assert "HEAVY:\n" in r.stdout, r.stdout + r.stderr
     with session_factory() as s:
         assert s.scalar(select(User.role).where(User.username == "nurse")) == "viewer"
 
 
 # --- the audit log page --------------------------------------------------------------------------
+
 
 def test_audit_page_for_admins(app, session_factory, seeded):
     admin = signed_in(app, "adam")
@@ -447,11 +510,16 @@ def test_every_view_of_patient_data_is_audited(app, session_factory, seeded):
     headers = bearer(session_factory, "vic")
     TestClient(app).get("/api/ecgs", headers=headers, params={"patient_id": "P1"})
     TestClient(app).get(f"/api/ecgs/{e1}", headers=headers)
-    rows = [(a.action, a.ecg_id, a.address, a.detail.get("via")) for a in audit_rows(session_factory)
-            if a.actor == "vic"]
-    assert rows == [("login", None, "testclient", "web"), ("view_list", None, "testclient", "web"),
-                    ("view_ecg", e1, "testclient", "web"),
-                    ("view_list", None, "testclient", "api"), ("view_ecg", e1, "testclient", "api")]
+    rows = [
+        (a.action, a.ecg_id, a.address, a.detail.get("via")) for a in audit_rows(session_factory) if a.actor == "vic"
+    ]
+    assert rows == [
+        ("login", None, "testclient", "web"),
+        ("view_list", None, "testclient", "web"),
+        ("view_ecg", e1, "testclient", "web"),
+        ("view_list", None, "testclient", "api"),
+        ("view_ecg", e1, "testclient", "api"),
+    ]
     listed = [a for a in audit_rows(session_factory) if a.actor == "vic" and a.action == "view_list"]
     assert listed[1].detail["filters"] == {"patient_id": "P1"} and e1 in listed[0].detail["shown"]
 

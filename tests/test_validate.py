@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # ---- metrics: a tiny case checked by hand -------------------------------------------------------
 
+
 def test_direct_metrics_hand_checked():
     # A: called where p > 0.5 (0.5 itself is NOT called): rows 0 and 2.
     #    gold 1,1,0,0,1,0 -> TP row 0; FP row 2; FN rows 1, 4; TN rows 3, 5.
@@ -63,8 +64,12 @@ def test_f1_is_zero_with_positives_but_no_call():
 def test_paper_columns_in_direct_metrics():
     gold = np.zeros((3, 6), int)
     d = direct_metrics(gold, np.zeros((3, 6)), dict(zip(FINDINGS, [0.5] * 6, strict=True))).as_dict()
-    assert d["findings"]["1dAVb"]["paper_table2"] == {"precision": 0.867, "recall": 0.929, "specificity": 0.995,
-                                                      "f1": 0.897}
+    assert d["findings"]["1dAVb"]["paper_table2"] == {
+        "precision": 0.867,
+        "recall": 0.929,
+        "specificity": 0.995,
+        "f1": 0.897,
+    }
     assert d["findings"]["AF"]["published_model_f1"] == 0.783
 
 
@@ -95,6 +100,7 @@ def test_compare_probabilities_flips_and_margin():
 
 
 # ---- dataset --------------------------------------------------------------------------------------
+
 
 def test_strip_padding_finds_the_centred_zeros():
     x = np.zeros((4096, 12), np.float32)
@@ -133,17 +139,20 @@ def test_load_test_set(tmp_path):
     assert len(load_test_set(folder, limit=2)) == 2
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("no_dir", "no such directory"),
-    ("no_gold", "gold_standard.csv: not found"),
-    ("bad_value", "line 3: RBBB is '2', expected 0 or 1"),
-    ("no_column", "no column ST"),
-    ("rows", "holds 3 tracings but"),
-    ("shape", "has shape (3, 4000, 12)"),
-    ("not_hdf5", "not a readable HDF5 file"),
-    ("dataset_name", "no dataset 'tracings'"),
-    ("nan", "tracing 1 contains NaN"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("no_dir", "no such directory"),
+        ("no_gold", "gold_standard.csv: not found"),
+        ("bad_value", "line 3: RBBB is '2', expected 0 or 1"),
+        ("no_column", "no column ST"),
+        ("rows", "holds 3 tracings but"),
+        ("shape", "has shape (3, 4000, 12)"),
+        ("not_hdf5", "not a readable HDF5 file"),
+        ("dataset_name", "no dataset 'tracings'"),
+        ("nan", "tracing 1 contains NaN"),
+    ],
+)
 def test_load_test_set_refuses_bad_input(tmp_path, damage, message):
     folder = _tiny_set(tmp_path / "d", 3)
     gold = folder / "gold_standard.csv"
@@ -174,6 +183,7 @@ def test_load_test_set_refuses_bad_input(tmp_path, damage, message):
 
 # ---- fetch against a local HTTP server -----------------------------------------------------------
 
+
 def test_fetch_verifies_md5_and_extracts(tmp_path):
     src = _tiny_set(tmp_path / "src", 3)
     served = tmp_path / "www"
@@ -197,6 +207,7 @@ def test_fetch_verifies_md5_and_extracts(tmp_path):
             fetch_test_set(f"{base}/nothing.zip", "", tmp_path / "data4", progress=False, attempts=1)
 
         import zipfile
+
         with zipfile.ZipFile(served / "other.zip", "w") as zf:
             zf.writestr("readme.txt", "hello")
         with pytest.raises(DatasetError, match="not the published test set archive: no ecg_tracings.hdf5"):
@@ -205,9 +216,14 @@ def test_fetch_verifies_md5_and_extracts(tmp_path):
 
 # ---- round-trip pieces without a gateway ---------------------------------------------------------
 
+
 def test_parse_variants_and_target():
     assert [v.label for v in parse_variants("400,500", "scpecg,MDC")] == [
-        "400 Hz SCPECG", "400 Hz MDC", "500 Hz SCPECG", "500 Hz MDC"]
+        "400 Hz SCPECG",
+        "400 Hz MDC",
+        "500 Hz SCPECG",
+        "500 Hz MDC",
+    ]
     with pytest.raises(ValueError, match="whole numbers"):
         parse_variants("400Hz", "SCPECG")
     with pytest.raises(ValueError, match="code scheme"):
@@ -249,21 +265,45 @@ def test_encode_tracing_writes_a_cart_like_object():
 
 # ---- report rendering -------------------------------------------------------------------------------
 
+
 def _fake_result() -> dict:
     gold = np.array([[1, 0, 0, 0, 0, 0], [0, 1, 0, 0, 0, 0]])
     probs = np.array([[0.9, 0.0, 0, 0, 0, 0], [0.0, 0.9, 0, 0, 0, 0]])
     thr = dict(zip(FINDINGS, [0.5] * 6, strict=True))
     comparison = compare_probabilities(probs, probs + 1e-5, thr)
-    rt = {"target": "x", "resolution_uv": 1.0, "variants": ["400 Hz SCPECG"], "status_counts": {"processed": 2},
-          "not_processed": [], "compared": 2, "per_variant": {}, **comparison.as_dict()}
-    return {"generated_at": "now", "gateway_version": "0", "verdict": "PASS",
-            "model": {"files": [{"path": "m.hdf5", "sha256": "ab" * 32, "demo": False}], "model_sha256": "ab" * 32,
-                      "demo": False},
-            "dataset": {"tracings": "t.hdf5", "exams_used": 2, "exams_in_file": 2, "tracings_sha256": "c" * 64,
-                        "gold_standard": "g.csv", "gold_standard_sha256": "d" * 64, "lead_order": lead_names(
-                            ["I", "II", "III", "aVR", "aVL", "aVF"])},
-            "direct": direct_metrics(gold, probs, thr).as_dict(), "roundtrip": rt, "failures": [],
-            "notes": ["<b>escaped</b>"]}, comparison.abs_diff
+    rt = {
+        "target": "x",
+        "resolution_uv": 1.0,
+        "variants": ["400 Hz SCPECG"],
+        "status_counts": {"processed": 2},
+        "not_processed": [],
+        "compared": 2,
+        "per_variant": {},
+        **comparison.as_dict(),
+    }
+    return {
+        "generated_at": "now",
+        "gateway_version": "0",
+        "verdict": "PASS",
+        "model": {
+            "files": [{"path": "m.hdf5", "sha256": "ab" * 32, "demo": False}],
+            "model_sha256": "ab" * 32,
+            "demo": False,
+        },
+        "dataset": {
+            "tracings": "t.hdf5",
+            "exams_used": 2,
+            "exams_in_file": 2,
+            "tracings_sha256": "c" * 64,
+            "gold_standard": "g.csv",
+            "gold_standard_sha256": "d" * 64,
+            "lead_order": lead_names(["I", "II", "III", "aVR", "aVL", "aVF"]),
+        },
+        "direct": direct_metrics(gold, probs, thr).as_dict(),
+        "roundtrip": rt,
+        "failures": [],
+        "notes": ["<b>escaped</b>"],
+    }, comparison.abs_diff
 
 
 def test_reports_render_tables_and_plot():
@@ -278,6 +318,7 @@ def test_reports_render_tables_and_plot():
 
 # ---- CLI: bad options answer quickly with exit 2 (no TensorFlow is loaded) --------------------------
 
+
 def _cli(monkeypatch: pytest.MonkeyPatch, *args: str, env_extra: dict[str, str] | None = None):
     """Run the command in-process (the options are checked before any model is loaded)."""
     from typer.testing import CliRunner
@@ -291,13 +332,16 @@ def _cli(monkeypatch: pytest.MonkeyPatch, *args: str, env_extra: dict[str, str] 
     return CliRunner().invoke(app, ["--config", str(ROOT / "config/gateway.toml"), "validate", *args])
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--rates", "fast"], "rates must be whole numbers"),
-    (["--code-schemes", "XYZ"], "code scheme must be one of"),
-    (["--target", "nohost"], "--target must be HOST:PORT[:AET]"),
-    (["--target", "127.0.0.1:104"], "--target needs --database-url"),
-    (["--data", "/nonexistent/folder"], "no such directory"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--rates", "fast"], "rates must be whole numbers"),
+        (["--code-schemes", "XYZ"], "code scheme must be one of"),
+        (["--target", "nohost"], "--target must be HOST:PORT[:AET]"),
+        (["--target", "127.0.0.1:104"], "--target needs --database-url"),
+        (["--data", "/nonexistent/folder"], "no such directory"),
+    ],
+)
 def test_cli_refuses_bad_options(tmp_path, monkeypatch, args, message):
     out = _cli(monkeypatch, *args, env_extra={"ECG_GATEWAY_VALIDATE__REPORT_DIR": str(tmp_path)})
     assert out.exit_code == 2, out.output
@@ -311,9 +355,16 @@ def test_cli_fetch_reports_a_checksum_mismatch(tmp_path, monkeypatch):
     served.mkdir()
     write_data_zip(served / "data.zip", src)
     with http_server(served) as base:
-        out = _cli(monkeypatch, "--fetch", "--no-progress", env_extra={
-            "ECG_GATEWAY_VALIDATE__URL": f"{base}/data.zip", "ECG_GATEWAY_VALIDATE__MD5": "1" * 32,
-            "ECG_GATEWAY_VALIDATE__DATA_DIR": str(tmp_path / "data")})
+        out = _cli(
+            monkeypatch,
+            "--fetch",
+            "--no-progress",
+            env_extra={
+                "ECG_GATEWAY_VALIDATE__URL": f"{base}/data.zip",
+                "ECG_GATEWAY_VALIDATE__MD5": "1" * 32,
+                "ECG_GATEWAY_VALIDATE__DATA_DIR": str(tmp_path / "data"),
+            },
+        )
     assert out.exit_code == 2
     assert (
         "WARNING" not in out.output and "checksum mismatch" in out.output and not (tmp_path / "data/data.zip").exists()

@@ -33,8 +33,9 @@ def served_data_zip(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.mark.slow
 @pytest.mark.one_db("sqlite")
-def test_validate_fetch_direct_and_dicom_round_trip(served_data_zip, demo_model, demo_ensemble, empty_db_url,
-                                                    tmp_path, monkeypatch):
+def test_validate_fetch_direct_and_dicom_round_trip(
+    served_data_zip, demo_model, demo_ensemble, empty_db_url, tmp_path, monkeypatch
+):
     from typer.testing import CliRunner
 
     from gateway.cli import app
@@ -47,16 +48,31 @@ def test_validate_fetch_direct_and_dicom_round_trip(served_data_zip, demo_model,
         monkeypatch.delenv(k)
     env = {
         "ECG_GATEWAY_MODEL__FILES": json.dumps([str(demo_model)]),
-        "ECG_GATEWAY_VALIDATE__URL": url, "ECG_GATEWAY_VALIDATE__MD5": md5,
+        "ECG_GATEWAY_VALIDATE__URL": url,
+        "ECG_GATEWAY_VALIDATE__MD5": md5,
         "ECG_GATEWAY_VALIDATE__DATA_DIR": str(tmp_path / "data"),
         "ECG_GATEWAY_VALIDATE__REPORT_DIR": str(tmp_path / "reports"),
         # inherited by the gateway started for the run
-        "ECG_GATEWAY_DICOM__MIN_FREE_DISK_MB": "1", "ECG_GATEWAY_PROCESS__POLL_INTERVAL_S": "0.1",
+        "ECG_GATEWAY_DICOM__MIN_FREE_DISK_MB": "1",
+        "ECG_GATEWAY_PROCESS__POLL_INTERVAL_S": "0.1",
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    out = CliRunner().invoke(app, ["--config", str(ROOT / "config/gateway.toml"), "validate", "--fetch", "--json",
-                                   "--no-progress", "--database-url", empty_db_url, "--timeout", "240"])
+    out = CliRunner().invoke(
+        app,
+        [
+            "--config",
+            str(ROOT / "config/gateway.toml"),
+            "validate",
+            "--fetch",
+            "--json",
+            "--no-progress",
+            "--database-url",
+            empty_db_url,
+            "--timeout",
+            "240",
+        ],
+    )
     assert out.exit_code == 0, out.output
     result = json.loads(out.stdout)
 
@@ -102,8 +118,12 @@ def test_validate_fetch_direct_and_dicom_round_trip(served_data_zip, demo_model,
     engine = make_engine(empty_db_url)
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(Prediction)).scalar_one() == N - 1
-        assert conn.execute(select(func.count()).select_from(EcgInstance)
-                            .where(EcgInstance.patient_id == "ECGGW-VALIDATION")).scalar_one() == N
+        assert (
+            conn.execute(
+                select(func.count()).select_from(EcgInstance).where(EcgInstance.patient_id == "ECGGW-VALIDATION")
+            ).scalar_one()
+            == N
+        )
     engine.dispose()
 
     # the reports
@@ -128,8 +148,9 @@ def test_a_gateway_that_cannot_start_is_reported_with_its_log(served_data_zip, d
         monkeypatch.delenv(k)
     # the direct check uses the loaded demo model; the gateway is configured with a file that is not there
     cfg = Config.model_validate({"model": {"files": [str(tmp_path / "missing.hdf5")]}})
-    opts = ValidateOptions(data_dir=tmp_path / "data", report_dir=tmp_path / "reports",
-                           config_path=str(ROOT / "config/gateway.toml"))
+    opts = ValidateOptions(
+        data_dir=tmp_path / "data", report_dir=tmp_path / "reports", config_path=str(ROOT / "config/gateway.toml")
+    )
     with pytest.raises(RoundTripError, match=r"(?s)exited with code 2 before listening.*no model file"):
         run_validation(cfg, opts, ensemble=demo_ensemble)
     log = next((tmp_path / "reports").glob("*/gateway.log"))

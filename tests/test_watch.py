@@ -22,8 +22,9 @@ from receive_helpers import ecg_bytes, spool_files
 
 
 def watcher(tmp_path: Path, session_factory: Any, **ctx: Any) -> WatchFolder:
-    ingest = IngestConfig(watch_dir=str(tmp_path / "in"), done_dir=str(tmp_path / "done"),
-                          failed_dir=str(tmp_path / "failed"))
+    ingest = IngestConfig(
+        watch_dir=str(tmp_path / "in"), done_dir=str(tmp_path / "done"), failed_dir=str(tmp_path / "failed")
+    )
     woken: list[int] = []
     folder = WatchFolder(ingest, StoreContext(session_factory, Spool(tmp_path / "spool"), **ctx), woken.append)
     folder.prepare()
@@ -59,8 +60,10 @@ def test_xml_files_are_taken_too(tmp_path: Path, session_factory) -> None:
     """Philips Sierra XML (the UTF-16 1.04 sample) and HL7 aECG, whatever their names."""
     w = watcher(tmp_path, session_factory)
     inputs = Path(__file__).parent / "fixtures" / "inputs"
-    samples = {"export_0001": inputs / "philips" / "ad4d3d80-d165_1-04_orig.xml",
-               "aecg.dat": inputs / "aecg" / "hl7_aecg_example.xml"}
+    samples = {
+        "export_0001": inputs / "philips" / "ad4d3d80-d165_1-04_orig.xml",
+        "aecg.dat": inputs / "aecg" / "hl7_aecg_example.xml",
+    }
     for name, sample in samples.items():
         (w.watch_dir / name).write_bytes(sample.read_bytes())
     w.poll()
@@ -111,8 +114,12 @@ def test_refused_file_goes_to_failed_with_its_reason(tmp_path: Path, session_fac
     w.poll()
     taken = {t.name: t for t in w.poll()}
     assert {n: t.result for n, t in taken.items()} == {"no_waveform.dcm": "refused", "notes.txt": "refused"}
-    assert names(w.failed_dir) == ["no_waveform.dcm", "no_waveform.dcm" + REASON_SUFFIX,
-                                   "notes.txt", "notes.txt" + REASON_SUFFIX]
+    assert names(w.failed_dir) == [
+        "no_waveform.dcm",
+        "no_waveform.dcm" + REASON_SUFFIX,
+        "notes.txt",
+        "notes.txt" + REASON_SUFFIX,
+    ]
     # each refusal has its row, saying why
     row, other_row = sorted(rows(session_factory), key=lambda r: r.error != "no WaveformSequence")
     assert (row.status, row.error) == (REJECTED, "no WaveformSequence")
@@ -220,10 +227,13 @@ def test_symbolic_link_is_moved_aside_never_followed(tmp_path: Path, session_fac
     assert rows(session_factory) == []
 
 
-@pytest.mark.parametrize(("values", "message"), [
-    ({"watch_dir": "in", "done_dir": "in"}, "three different folders"),
-    ({"watch_dir": "in", "failed_dir": ""}, "failed_dir is empty"),
-])
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"watch_dir": "in", "done_dir": "in"}, "three different folders"),
+        ({"watch_dir": "in", "failed_dir": ""}, "failed_dir is empty"),
+    ],
+)
 def test_config_refuses_folders_that_overlap(values: dict[str, str], message: str) -> None:
     from gateway.config import ConfigError, load_config
 
@@ -232,18 +242,27 @@ def test_config_refuses_folders_that_overlap(values: dict[str, str], message: st
         load_config(None, {**env, "ECG_GATEWAY_CONFIG": ""})
 
 
-def test_serve_component_starts_stops_and_refuses_a_folder_it_cannot_make(tmp_path: Path, session_factory,
-                                                                         sample_path: Path) -> None:
+def test_serve_component_starts_stops_and_refuses_a_folder_it_cannot_make(
+    tmp_path: Path, session_factory, sample_path: Path
+) -> None:
     import time
 
     from gateway.config import Config
     from gateway.serve import StartError, WatchComponent
 
     def config(watch: Path) -> Config:
-        return Config.model_validate({
-            "storage": {"spool_dir": str(tmp_path / "spool")}, "dicom": {"min_free_disk_mb": 0},
-            "ingest": {"watch_dir": str(watch), "done_dir": str(tmp_path / "done"),
-                       "failed_dir": str(tmp_path / "failed"), "poll_interval_s": 0.05}})
+        return Config.model_validate(
+            {
+                "storage": {"spool_dir": str(tmp_path / "spool")},
+                "dicom": {"min_free_disk_mb": 0},
+                "ingest": {
+                    "watch_dir": str(watch),
+                    "done_dir": str(tmp_path / "done"),
+                    "failed_dir": str(tmp_path / "failed"),
+                    "poll_interval_s": 0.05,
+                },
+            }
+        )
 
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")

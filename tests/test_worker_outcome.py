@@ -19,10 +19,12 @@ NOW = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
 TRACEBACK = "Traceback (most recent call last):\n  ...\nOSError: disk gone\n"
 
 
-def decided(facts: Facts, attempts: int = 1, max_attempts: int = 5, corrects: int | None = None,
-            report_pdf: bytes | None = None) -> Decision:
-    return decide(facts, attempts=attempts, max_attempts=max_attempts, now=NOW, corrects=corrects,
-                  report_pdf=report_pdf)
+def decided(
+    facts: Facts, attempts: int = 1, max_attempts: int = 5, corrects: int | None = None, report_pdf: bytes | None = None
+) -> Decision:
+    return decide(
+        facts, attempts=attempts, max_attempts=max_attempts, now=NOW, corrects=corrects, report_pdf=report_pdf
+    )
 
 
 def test_processed_sends_a_final_result_with_the_pdf():

@@ -40,9 +40,11 @@ def _base_signals() -> list[np.ndarray]:
     leads = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
     r = Fraction(500, 400)
     at500 = resample_poly(content.astype(np.float64), r.numerator, r.denominator, axis=0)
-    variants = [original,
-                make_ecg_dataset(at500, 500, leads, resolution_uv=2.5, code_scheme="MDC"),
-                make_ecg_dataset(content, 400, leads, resolution_uv=4.88, code_scheme="SCPECG")]
+    variants = [
+        original,
+        make_ecg_dataset(at500, 500, leads, resolution_uv=2.5, code_scheme="MDC"),
+        make_ecg_dataset(content, 400, leads, resolution_uv=4.88, code_scheme="SCPECG"),
+    ]
     return [strip_padding(normalise_dataset(ds, NormaliseParams()).signal)[0] for ds in variants]
 
 
@@ -56,12 +58,12 @@ def make_tracings(n: int = 24, seed: int = 0, short: int = 0) -> np.ndarray:
         base = bases[i % len(bases)]
         length = 2800 if i >= n - short else int(rng.integers(3400, base.shape[0] + 1))
         start = int(rng.integers(0, base.shape[0] - length + 1))
-        x = base[start:start + length] * rng.uniform(0.6, 1.6)
+        x = base[start : start + length] * rng.uniform(0.6, 1.6)
         # the first/last sample must not be zero in all leads, or padding detection would eat it
         x[0, 0] = x[0, 0] or 0.01
         x[-1, 0] = x[-1, 0] or 0.01
         before = (4096 - length) // 2
-        out[i, before:before + length] = x
+        out[i, before : before + length] = x
     return out
 
 

@@ -14,7 +14,6 @@ parameters are bounded (422 outside): ids to the database's INTEGER range,
 application (security headers, /openapi.json, the uvicorn server).
 """
 
-
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -69,20 +68,41 @@ def api_router(
     ) -> dict[str, Any]:
         """ECGs newest first: ``items`` (row dicts), ``total``, ``limit``, ``offset``, ``next_offset``; audited."""
         filters = EcgFilters(
-            patient_id=patient_id, accession=accession, status=status, finding=finding,
-            since=parse_time(since, "since") if since else None, until=parse_time(until, "until") if until else None,
+            patient_id=patient_id,
+            accession=accession,
+            status=status,
+            finding=finding,
+            since=parse_time(since, "since") if since else None,
+            until=parse_time(until, "until") if until else None,
         )
         with session_factory() as session:
             items = ecg_rows(session, limit=limit, offset=offset, **filters)
             total = count_ecgs(session, **filters)
-            given = {"patient_id": patient_id, "accession": accession, "since": since, "until": until,
-                     "status": status, "finding": finding}
-            audit_request(session, principal, "view_list", None, shown=[row["id"] for row in items],
-                          filters={k: v for k, v in given.items() if v})
+            given = {
+                "patient_id": patient_id,
+                "accession": accession,
+                "since": since,
+                "until": until,
+                "status": status,
+                "finding": finding,
+            }
+            audit_request(
+                session,
+                principal,
+                "view_list",
+                None,
+                shown=[row["id"] for row in items],
+                filters={k: v for k, v in given.items() if v},
+            )
             session.commit()
         more = offset + len(items) < total
-        return {"items": items, "total": total, "limit": limit, "offset": offset,
-                "next_offset": offset + len(items) if more else None}
+        return {
+            "items": items,
+            "total": total,
+            "limit": limit,
+            "offset": offset,
+            "next_offset": offset + len(items) if more else None,
+        }
 
     @router.get("/api/ecgs/{ecg}", tags=["ecgs"], dependencies=bearer_doc)
     def get_ecg(ecg: EcgKey, principal: AsViewer) -> dict[str, Any]:
@@ -96,8 +116,9 @@ def api_router(
             raise HTTPException(404, f"no ECG with id or SOP Instance UID {ecg}")
         return detail
 
-    def _export(ecg: str, principal: Principal, action: str,
-                read: Callable[..., tuple[int, bytes]]) -> tuple[int, bytes]:
+    def _export(
+        ecg: str, principal: Principal, action: str, read: Callable[..., tuple[int, bytes]]
+    ) -> tuple[int, bytes]:
         with session_factory() as session:
             try:
                 ecg_id, data = read(session, check_ecg_key(ecg))
@@ -108,44 +129,75 @@ def api_router(
             session.commit()
         return ecg_id, data
 
-    @router.get("/api/ecgs/{ecg}/input.npy", tags=["ecgs"], dependencies=bearer_doc, response_class=Response,
-             responses={200: {"content": {"application/octet-stream": {}}}})
+    @router.get(
+        "/api/ecgs/{ecg}/input.npy",
+        tags=["ecgs"],
+        dependencies=bearer_doc,
+        response_class=Response,
+        responses={200: {"content": {"application/octet-stream": {}}}},
+    )
     def get_input(ecg: EcgKey, principal: AsAdmin) -> Response:
         """The exact float32 (4096, 12) array the model saw (NumPy .npy), rebuilt from the
         stored original and checked against the result's hash (409 if it does not match); audited."""
-        ecg_id, data = _export(ecg, principal, "export_input",
-                               lambda session, key: input_npy(session, key, cfg.storage.spool_dir,
-                                                                cfg.dicom.max_dataset_mb * MIB))
-        return Response(data, media_type="application/octet-stream",
-                        headers={"Content-Disposition": f'attachment; filename="ecg-{ecg_id}-input.npy"'})
+        ecg_id, data = _export(
+            ecg,
+            principal,
+            "export_input",
+            lambda session, key: input_npy(session, key, cfg.storage.spool_dir, cfg.dicom.max_dataset_mb * MIB),
+        )
+        return Response(
+            data,
+            media_type="application/octet-stream",
+            headers={"Content-Disposition": f'attachment; filename="ecg-{ecg_id}-input.npy"'},
+        )
 
-    @router.get("/api/ecgs/{ecg}/original.dcm", tags=["ecgs"], dependencies=bearer_doc, response_class=Response,
-             responses={200: {"content": {"application/dicom": {}}}})
+    @router.get(
+        "/api/ecgs/{ecg}/original.dcm",
+        tags=["ecgs"],
+        dependencies=bearer_doc,
+        response_class=Response,
+        responses={200: {"content": {"application/dicom": {}}}},
+    )
     def get_dicom(ecg: EcgKey, principal: AsAdmin) -> Response:
         """The stored original (checked against its sha256): the DICOM file, or a Philips XML / HL7 aECG
         document as received (``application/xml``, ``ecg-<id>.xml``); audited."""
         from gateway.formats import XML_FORMATS, sniff
 
-        ecg_id, data = _export(ecg, principal, "export_dicom",
-                               lambda session, key: original_dicom(session, key, cfg.storage.spool_dir))
+        ecg_id, data = _export(
+            ecg, principal, "export_dicom", lambda session, key: original_dicom(session, key, cfg.storage.spool_dir)
+        )
         xml = sniff(data) in XML_FORMATS
         name = f"ecg-{ecg_id}.{'xml' if xml else 'dcm'}"
-        return Response(data, media_type="application/xml" if xml else "application/dicom",
-                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
+        return Response(
+            data,
+            media_type="application/xml" if xml else "application/dicom",
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )
 
-    @router.get("/api/ecgs/{ecg}/report.pdf", tags=["ecgs"], dependencies=bearer_doc, response_class=Response,
-             responses={200: {"content": {"application/pdf": {}}}})
-    def get_report(ecg: EcgKey, principal: AsAdmin,
-                   page: Annotated[str, Query(pattern="^(A4|letter)$", description="Paper size, landscape.")] = "A4",
-                   ) -> Response:
+    @router.get(
+        "/api/ecgs/{ecg}/report.pdf",
+        tags=["ecgs"],
+        dependencies=bearer_doc,
+        response_class=Response,
+        responses={200: {"content": {"application/pdf": {}}}},
+    )
+    def get_report(
+        ecg: EcgKey,
+        principal: AsAdmin,
+        page: Annotated[str, Query(pattern="^(A4|letter)$", description="Paper size, landscape.")] = "A4",
+    ) -> Response:
         """The one-page 12-lead PDF report (tracing on a true-scale grid, the cart's measurements,
         the AI findings, the model identity); 409 when the ECG has no AI result; audited."""
         from gateway.admin.exports import report_pdf
 
-        ecg_id, data = _export(ecg, principal, "export_report",
-                               lambda session, key: report_pdf(session, key, cfg.storage.spool_dir, page))
-        return Response(data, media_type="application/pdf",
-                        headers={"Content-Disposition": f'attachment; filename="ecg-{ecg_id}-report.pdf"'})
+        ecg_id, data = _export(
+            ecg, principal, "export_report", lambda session, key: report_pdf(session, key, cfg.storage.spool_dir, page)
+        )
+        return Response(
+            data,
+            media_type="application/pdf",
+            headers={"Content-Disposition": f'attachment; filename="ecg-{ecg_id}-report.pdf"'},
+        )
 
     @router.post("/api/hl7/{message_id}/resend", tags=["hl7"], dependencies=bearer_doc)
     def resend(message_id: DbId, principal: AsAdmin) -> dict[str, Any]:
@@ -161,8 +213,9 @@ def api_router(
     def healthz() -> JSONResponse:
         """Component states; HTTP 503 when any is unhealthy. No PHI, no token."""
         ok, components = health_report(cfg, session_factory, health)
-        return JSONResponse({"status": "ok" if ok else "unhealthy", "components": components},
-                            status_code=200 if ok else 503)
+        return JSONResponse(
+            {"status": "ok" if ok else "unhealthy", "components": components}, status_code=200 if ok else 503
+        )
 
     @router.get("/metrics", tags=["operations"], response_class=Response)
     def metrics() -> Response:

@@ -79,9 +79,17 @@ MAX_BODY_BYTES = 1024 * 1024
 
 async def _too_large(send: Send) -> None:
     body = b'{"detail":"request body larger than 1 MB"}'
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -156,8 +164,10 @@ def create_app(
         title="ECG gateway admin API",
         version=__version__,
         description="Query received ECGs, model results and HL7 delivery. Bearer token: a user's API token "
-                    "(`ecg-gateway users token NAME`) or the bootstrap [admin] token.",
-        docs_url=None, redoc_url=None, openapi_url=None,  # see the module docstring
+        "(`ecg-gateway users token NAME`) or the bootstrap [admin] token.",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,  # see the module docstring
     )
     # what gateway.admin.auth's dependencies (require_role) read
     app.state.auth = AuthContext(cfg.admin, session_factory)
@@ -185,6 +195,7 @@ def create_app(
         app.include_router(stow_router(cfg, session_factory, on_stored))
 
     if cfg.admin.openapi:
+
         @app.get("/openapi.json", include_in_schema=False)
         def openapi_schema(_principal: Annotated[Principal, Depends(require_role("viewer"))]) -> JSONResponse:
             """The API schema, for a bearer token or a signed-in browser ([admin] openapi = true)."""
@@ -206,8 +217,15 @@ def make_server(app: FastAPI, cfg: Config) -> "uvicorn.Server":
     from gateway.admin.deadline import request_deadline_protocol
 
     # log_config=None: uvicorn's records go through the gateway's handler (format, escaping)
-    config = uvicorn.Config(app, host=cfg.admin.host, port=cfg.admin.port, log_level="warning", log_config=None,
-                            access_log=False, lifespan="off",
-                            http=request_deadline_protocol(cfg.admin.request_timeout_s),
-                            limit_concurrency=cfg.admin.max_connections)
+    config = uvicorn.Config(
+        app,
+        host=cfg.admin.host,
+        port=cfg.admin.port,
+        log_level="warning",
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        http=request_deadline_protocol(cfg.admin.request_timeout_s),
+        limit_concurrency=cfg.admin.max_connections,
+    )
     return uvicorn.Server(config)

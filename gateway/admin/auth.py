@@ -128,13 +128,18 @@ def safe_next(target: object, default: str = DEFAULT_NEXT) -> str:
     most ``MAX_NEXT_LENGTH`` characters.  (Percent-escapes stay escapes in a
     path: ``/%2F%2Fevil`` is a local path.)
     """
-    if (isinstance(target, str) and len(target) <= MAX_NEXT_LENGTH and _LOCAL_PATH.fullmatch(target)
-            and "//" not in target):
+    if (
+        isinstance(target, str)
+        and len(target) <= MAX_NEXT_LENGTH
+        and _LOCAL_PATH.fullmatch(target)
+        and "//" not in target
+    ):
         return target
     return default
 
 
 # --- web sessions ---------------------------------------------------------------------------------
+
 
 def session_hash(session_id: str) -> str:
     """What the database stores of a session id (hex SHA-256)."""
@@ -149,8 +154,17 @@ def credential_mac(credential: str, session_id: str) -> str:
     return hmac.new(credential.encode("utf-8"), session_id.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
-def open_session(db: Session, *, principal: str, credential: str, client_address: str, hours: float,
-                 replaces: str | None = None, now: datetime | None = None, user_id: int | None = None) -> str:
+def open_session(
+    db: Session,
+    *,
+    principal: str,
+    credential: str,
+    client_address: str,
+    hours: float,
+    replaces: str | None = None,
+    now: datetime | None = None,
+    user_id: int | None = None,
+) -> str:
     """Store a new session and return its id (for the cookie; shown only once).
 
     ``replaces`` is the cookie the browser sent with the login, if any: that
@@ -162,16 +176,23 @@ def open_session(db: Session, *, principal: str, credential: str, client_address
         revoke_session(db, replaces, now=now)
     db.execute(delete(AdminSession).where(AdminSession.expires_at < now - SESSION_RETENTION))
     session_id = secrets.token_urlsafe(32)
-    db.add(AdminSession(
-        session_hash=session_hash(session_id), principal=principal, user_id=user_id,
-        credential_mac=credential_mac(credential, session_id), client_address=client_address[:64],
-        created_at=now, expires_at=now + timedelta(hours=hours),
-    ))
+    db.add(
+        AdminSession(
+            session_hash=session_hash(session_id),
+            principal=principal,
+            user_id=user_id,
+            credential_mac=credential_mac(credential, session_id),
+            client_address=client_address[:64],
+            created_at=now,
+            expires_at=now + timedelta(hours=hours),
+        )
+    )
     return session_id
 
 
-def live_session(db: Session, session_id: str | None, credential: str,
-                 now: datetime | None = None) -> AdminSession | None:
+def live_session(
+    db: Session, session_id: str | None, credential: str, now: datetime | None = None
+) -> AdminSession | None:
     """The session behind a cookie when it is live: known, not revoked, not
     expired and opened with ``credential``; else None."""
     if not session_id or not credential or len(session_id) > 128:
@@ -198,6 +219,7 @@ def revoke_session(db: Session, session_id: str | None, now: datetime | None = N
 
 # --- who is calling: Principal, roles, CSRF -------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Principal:
     """Who a request is from: a user (``user_id`` set) or the bootstrap admin
@@ -223,13 +245,21 @@ class Principal:
 
 
 def user_principal(user: User, *, via: str, address: str) -> Principal:
-    return Principal(user_id=user.id, username=user.username, role=user.role, full_name=user.full_name,
-                     hl7_id=user.hl7_id, via=via, address=address)
+    return Principal(
+        user_id=user.id,
+        username=user.username,
+        role=user.role,
+        full_name=user.full_name,
+        hl7_id=user.hl7_id,
+        via=via,
+        address=address,
+    )
 
 
 def token_principal(*, via: str, address: str) -> Principal:
-    return Principal(user_id=None, username=TOKEN_PRINCIPAL, role="admin", full_name=None, hl7_id=None, via=via,
-                     address=address)
+    return Principal(
+        user_id=None, username=TOKEN_PRINCIPAL, role="admin", full_name=None, hl7_id=None, via=via, address=address
+    )
 
 
 class AuthError(Exception):
@@ -268,8 +298,9 @@ def credentials_exist(db: Session, token: str) -> bool:
     return bool(token) or bool(db.scalar(select(exists().where(User.disabled_at.is_(None)))))
 
 
-def session_user_principal(db: Session, session_id: str | None, token: str, *, address: str,
-                           now: datetime | None = None) -> Principal | None:
+def session_user_principal(
+    db: Session, session_id: str | None, token: str, *, address: str, now: datetime | None = None
+) -> Principal | None:
     """The principal of a live web session (a user's, or the bootstrap token's), else None."""
     if not session_id or len(session_id) > 128:
         return None
@@ -352,8 +383,11 @@ async def check_csrf(request: Request) -> None:
     must carry its session's CSRF token (403 otherwise).  Safe methods,
     bearer-token requests and requests without a session cookie (nothing to
     ride on; a route that needs a user refuses them anyway) pass."""
-    if (request.method in _SAFE_METHODS or request.headers.get("authorization") is not None
-            or not request.cookies.get(SESSION_COOKIE)):
+    if (
+        request.method in _SAFE_METHODS
+        or request.headers.get("authorization") is not None
+        or not request.cookies.get(SESSION_COOKIE)
+    ):
         return
     expected = csrf_token(request)
     given = await _submitted_csrf(request)
@@ -366,8 +400,12 @@ async def check_login_csrf(request: Request) -> None:
     ``LOGIN_CSRF_COOKIE`` = form field ``csrf_token``), 403 otherwise."""
     expected = request.cookies.get(LOGIN_CSRF_COOKIE, "")
     given = await _submitted_csrf(request)
-    if not expected or not given or len(expected) > 128 or not hmac.compare_digest(
-            given.encode("utf-8"), expected.encode("utf-8")):
+    if (
+        not expected
+        or not given
+        or len(expected) > 128
+        or not hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+    ):
         raise AuthError(403, "missing or wrong CSRF token: reload the login page and try again")
 
 
@@ -405,12 +443,18 @@ def require_role(role: str) -> Callable[..., Any]:
     return dependency
 
 
-def audit_request(db: Session, principal: Principal, action: str, target: str | None = None, *,
-                  ecg_id: int | None = None, **detail: Any) -> None:
+def audit_request(
+    db: Session,
+    principal: Principal,
+    action: str,
+    target: str | None = None,
+    *,
+    ecg_id: int | None = None,
+    **detail: Any,
+) -> None:
     """One audit row for what ``principal`` did through the web view or the API
     (actor, address and ``via`` from the principal).  The caller commits."""
-    audit(db, principal.actor, action, target, ecg_id=ecg_id, address=principal.address, via=principal.via,
-          **detail)
+    audit(db, principal.actor, action, target, ecg_id=ecg_id, address=principal.address, via=principal.via, **detail)
 
 
 #: Route parameter types: ``def page(principal: AsReader)`` gets the caller

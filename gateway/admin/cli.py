@@ -24,11 +24,11 @@ ecg_app = typer.Typer(help="Export one ECG: the model's input array or the store
 
 users_app = typer.Typer(
     help="People who sign in to the web view or call the API: add, list, disable, passwd, token. "
-         "Roles: viewer reads; reader also confirms and edits results; admin also resends, exports and "
-         "manages users.",
-    no_args_is_help=True)
-audit_app = typer.Typer(help="The audit log: who looked at or acted on what, when, from where.",
-                        no_args_is_help=True)
+    "Roles: viewer reads; reader also confirms and edits results; admin also resends, exports and "
+    "manages users.",
+    no_args_is_help=True,
+)
+audit_app = typer.Typer(help="The audit log: who looked at or acted on what, when, from where.", no_args_is_help=True)
 
 FORMATS = ("table", "json", "csv")
 
@@ -53,9 +53,7 @@ def _session(ctx: typer.Context) -> Session:
             ready = inspect(conn).has_table("ecg_instances")
     except SQLAlchemyError as exc:
         cause = getattr(exc, "orig", None) or exc  # the driver's error, when there is one
-        raise _fail(
-            f"database unreachable: {type(cause).__name__}: {str(cause).splitlines()[0]}"
-        ) from None
+        raise _fail(f"database unreachable: {type(cause).__name__}: {str(cause).splitlines()[0]}") from None
     if not ready:
         raise _fail("database not initialised: run `ecg-gateway db upgrade`")
     return make_sessionmaker(engine)()
@@ -82,8 +80,9 @@ def csv_text(rows: list[dict[str, Any]]) -> str:
         flat["findings"] = ";".join(row["findings"])
         flat["quality_flags"] = ";".join(str(f) for f in row["quality_flags"])
         flat["demo_model"] = "true" if row["demo_model"] else "false"
-        flat["measurements"] = ";".join(f"{k}={m.get('value')} {m.get('unit') or ''}".rstrip()
-                                        for k, m in (row["measurements"] or {}).items())
+        flat["measurements"] = ";".join(
+            f"{k}={m.get('value')} {m.get('unit') or ''}".rstrip() for k, m in (row["measurements"] or {}).items()
+        )
         flat["cart_statements"] = ";".join(str(t) for t in row["cart_statements"] or [])
         c = row["confirmation"]
         flat["confirmation"] = c["status"] + (f" by {c['by']} at {c['at']}" if c["by"] else "")
@@ -115,12 +114,33 @@ def list_results(
         t0 = parse_time(since, "--since") if since else None
         t1 = parse_time(until, "--until") if until else None
         with _session(ctx) as session:
-            rows = ecg_rows(session, patient_id=patient_id, accession=accession, since=t0, until=t1,
-                            status=status, finding=finding, limit=limit)
-            given = {"patient_id": patient_id, "accession": accession, "since": since, "until": until,
-                     "status": status, "finding": finding}
-            audit(session, cli_actor(), "view_list", None, via="cli", shown=[row["id"] for row in rows],
-                  filters={k: v for k, v in given.items() if v})  # a view of patient data
+            rows = ecg_rows(
+                session,
+                patient_id=patient_id,
+                accession=accession,
+                since=t0,
+                until=t1,
+                status=status,
+                finding=finding,
+                limit=limit,
+            )
+            given = {
+                "patient_id": patient_id,
+                "accession": accession,
+                "since": since,
+                "until": until,
+                "status": status,
+                "finding": finding,
+            }
+            audit(
+                session,
+                cli_actor(),
+                "view_list",
+                None,
+                via="cli",
+                shown=[row["id"] for row in rows],
+                filters={k: v for k, v in given.items() if v},
+            )  # a view of patient data
             session.commit()
     except QueryError as exc:
         raise _fail(str(exc) if str(exc).startswith("--") else f"--{exc}", 2) from None
@@ -190,9 +210,15 @@ def format_detail(d: dict[str, Any]) -> str:
     if d.get("measurements"):
         from gateway.report.measurements import display_value
 
-        lines.append("  cart measured " + printable(", ".join(
-            f"{m.get('name') or k} {display_value(m)}" + (" (derived)" if m.get("source") == "derived" else "")
-            for k, m in d["measurements"].items())))
+        lines.append(
+            "  cart measured "
+            + printable(
+                ", ".join(
+                    f"{m.get('name') or k} {display_value(m)}" + (" (derived)" if m.get("source") == "derived" else "")
+                    for k, m in d["measurements"].items()
+                )
+            )
+        )
     if d.get("cart_statements"):
         lines.append("  cart says     " + printable("; ".join(map(str, d["cart_statements"]))))
     p = d["prediction"]
@@ -200,8 +226,10 @@ def format_detail(d: dict[str, Any]) -> str:
         if d["demo_model"]:
             lines.append("  !! DEMO MODEL: untrained weights, not a reading !!")
         lines.append(f"  model         sha256 {d['model_sha256']}  gateway {p['gateway_version']}")
-        lines.append(f"  model input   sha256 {p['input_sha256'] or 'not recorded'}  "
-                     f"normaliser {p['normaliser_version'] or 'not recorded (processed before 0003)'}")
+        lines.append(
+            f"  model input   sha256 {p['input_sha256'] or 'not recorded'}  "
+            f"normaliser {p['normaliser_version'] or 'not recorded (processed before 0003)'}"
+        )
         lines.append("  finding  probability  threshold")
         for code, prob in d["probabilities"].items():
             thr = p["thresholds"].get(code)
@@ -216,11 +244,14 @@ def format_detail(d: dict[str, Any]) -> str:
         state = d["confirmation"]["status"]
         lines.append(f"  over-read     {state}" + ("" if versions else " (the AI result is preliminary)"))
         for v in versions:
-            lines.append(printable(
-                f"    v{v['version']} {v['at']} {v['status']} by {v['by_name'] or v['by']}"
-                f"{' (' + v['hl7_id'] + ')' if v['hl7_id'] else ''}: {' '.join(v['findings']) or 'none'}"
-                f"{' | ' + '; '.join(v['statements']) if v['statements'] else ''}"
-                f"{' | comment: ' + v['comment'] if v['comment'] else ''} (OBR-25 {v['result_status']})"))
+            lines.append(
+                printable(
+                    f"    v{v['version']} {v['at']} {v['status']} by {v['by_name'] or v['by']}"
+                    f"{' (' + v['hl7_id'] + ')' if v['hl7_id'] else ''}: {' '.join(v['findings']) or 'none'}"
+                    f"{' | ' + '; '.join(v['statements']) if v['statements'] else ''}"
+                    f"{' | comment: ' + v['comment'] if v['comment'] else ''} (OBR-25 {v['result_status']})"
+                )
+            )
         if p["timings"]:
             lines.append("  timings       " + json.dumps(p["timings"]))
     report = (p["normalisation"] if p else d.get("report")) or {}
@@ -229,9 +260,11 @@ def format_detail(d: dict[str, Any]) -> str:
         lines += [f"    {label:<17} {printable(value)}" for label, value in report_summary(report)]
     lines.append(f"  HL7           {d['hl7_status']}")
     for m in d["hl7_messages"]:
-        lines.append(f"  - message {m['id']} control id {m['control_id']}: {m['status']}, {m['attempts']} attempt(s)"
-                     + (f", resend of {m['resend_of']}" if m["resend_of"] else "")
-                     + (f", last error: {m['last_error']}" if m["last_error"] else ""))
+        lines.append(
+            f"  - message {m['id']} control id {m['control_id']}: {m['status']}, {m['attempts']} attempt(s)"
+            + (f", resend of {m['resend_of']}" if m["resend_of"] else "")
+            + (f", last error: {m['last_error']}" if m["last_error"] else "")
+        )
         lines += ["      " + printable(seg) for seg in m["payload"].replace("\r\n", "\r").split("\r") if seg]
         if m["ack"]:
             lines.append("    ACK:")
@@ -335,6 +368,7 @@ def export_dicom(
 
 # --- users ------------------------------------------------------------------------------------------
 
+
 def _read_password(confirm: bool = True) -> str:
     """The password: the first line of standard input when it is not a terminal
     (scripts: ``printf '%s\n' "$PW" | ecg-gateway users add ...``), else a hidden
@@ -351,12 +385,21 @@ def _read_password(confirm: bool = True) -> str:
 def users_add(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="User name: 1-64 of a-z 0-9 . _ - (the login and the audit log's who).")],
-    role: Annotated[str, typer.Option(help="viewer (reads), reader (also confirms and edits results) or admin "
-                                            "(also resends, exports, manages users).")],
-    full_name: Annotated[str | None, typer.Option("--full-name", help="As shown and sent in HL7 (e.g. "
-                                                   "'Smith^Anna^^^Dr' or 'Dr Anna Smith').")] = None,
-    hl7_id: Annotated[str | None, typer.Option("--hl7-id", help="The person's identifier for HL7 (OBR-32 / XCN.1, "
-                                                "e.g. a licence number).")] = None,
+    role: Annotated[
+        str,
+        typer.Option(
+            help="viewer (reads), reader (also confirms and edits results) or admin "
+            "(also resends, exports, manages users)."
+        ),
+    ],
+    full_name: Annotated[
+        str | None,
+        typer.Option("--full-name", help="As shown and sent in HL7 (e.g. 'Smith^Anna^^^Dr' or 'Dr Anna Smith')."),
+    ] = None,
+    hl7_id: Annotated[
+        str | None,
+        typer.Option("--hl7-id", help="The person's identifier for HL7 (OBR-32 / XCN.1, e.g. a licence number)."),
+    ] = None,
     no_password: Annotated[bool, typer.Option("--no-password", help="No web login (an API token only).")] = False,
 ) -> None:
     """Add a user; the password comes from standard input or a prompt (audited)."""
@@ -396,10 +439,19 @@ def users_list(
 
     with _session(ctx) as session:
         with_token = set(session.scalars(select(ApiToken.user_id).where(ApiToken.revoked_at.is_(None))))
-        rows = [{"username": u.username, "role": u.role, "full_name": u.full_name, "hl7_id": u.hl7_id,
-                 "disabled": u.disabled_at is not None, "password": u.password_hash is not None,
-                 "api_token": u.id in with_token, "created_at": u.created_at.isoformat()}
-                for u in list_users(session)]
+        rows = [
+            {
+                "username": u.username,
+                "role": u.role,
+                "full_name": u.full_name,
+                "hl7_id": u.hl7_id,
+                "disabled": u.disabled_at is not None,
+                "password": u.password_hash is not None,
+                "api_token": u.id in with_token,
+                "created_at": u.created_at.isoformat(),
+            }
+            for u in list_users(session)
+        ]
     if fmt == "json":
         typer.echo(json.dumps(rows, indent=2, ensure_ascii=False))
         return
@@ -408,8 +460,10 @@ def users_list(
     for r in rows:
         state = "disabled" if r["disabled"] else "active"
         extras = ", ".join(x for x in ("password" if r["password"] else "", "api token" if r["api_token"] else "") if x)
-        typer.echo(f"{printable(r['username'])}\t{r['role']}\t{state}\t{printable(r['full_name'] or '-')}\t"
-                   f"hl7 id {printable(r['hl7_id'] or '-')}\t{extras or 'no credential'}")
+        typer.echo(
+            f"{printable(r['username'])}\t{r['role']}\t{state}\t{printable(r['full_name'] or '-')}\t"
+            f"hl7 id {printable(r['hl7_id'] or '-')}\t{extras or 'no credential'}"
+        )
 
 
 def _user_action(ctx: typer.Context, action: Any, name: str, *args: Any) -> None:
@@ -466,14 +520,17 @@ def users_token(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Us
 
 # --- audit ------------------------------------------------------------------------------------------
 
+
 @audit_app.command("list")
 def audit_list(
     ctx: typer.Context,
     user: Annotated[str | None, typer.Option("--user", help="Who (a user name, token, cli:<os user>...).")] = None,
     ecg: Annotated[int | None, typer.Option("--ecg", min=1, max=2**31 - 1, help="ECG database id.")] = None,
     since: Annotated[str | None, typer.Option(help="At or after (ISO 8601; naive = UTC).")] = None,
-    action: Annotated[str | None, typer.Option(help="e.g. view_ecg, view_list, export_report, hl7_resend, "
-                                                     "login, login_failed, user_add.")] = None,
+    action: Annotated[
+        str | None,
+        typer.Option(help="e.g. view_ecg, view_list, export_report, hl7_resend, login, login_failed, user_add."),
+    ] = None,
     limit: Annotated[int, typer.Option(min=1, max=100000, help="At most this many rows, newest first.")] = 100,
     fmt: Annotated[str, typer.Option("--format", "-f", help="table or json.")] = "table",
 ) -> None:
@@ -496,6 +553,17 @@ def audit_list(
         return
     for r in rows:
         detail = json.dumps(r["detail"], ensure_ascii=False, separators=(",", ":"), default=str)
-        typer.echo("\t".join(printable(str(v)) for v in (
-            r["at"].isoformat(timespec="seconds"), r["actor"], r["address"] or "-", r["action"],
-            f"ecg {r['ecg_id']}" if r["ecg_id"] else "-", r["target"] or "-", detail)))
+        typer.echo(
+            "\t".join(
+                printable(str(v))
+                for v in (
+                    r["at"].isoformat(timespec="seconds"),
+                    r["actor"],
+                    r["address"] or "-",
+                    r["action"],
+                    f"ecg {r['ecg_id']}" if r["ecg_id"] else "-",
+                    r["target"] or "-",
+                    detail,
+                )
+            )
+        )

@@ -69,8 +69,7 @@ class _RequestDeadlineProtocol(H11Protocol):
         if self.transport.is_closing() or not self._awaiting_request():
             return
         client = self.client[0] if self.client else "unknown"
-        log.warning("closing admin connection from %s: no complete request within %g s", client,
-                    self.request_timeout_s)
+        log.warning("closing admin connection from %s: no complete request within %g s", client, self.request_timeout_s)
         # abort, not close: an application still waiting for the body must
         # not get to write an answer to a half-received request
         self.transport.abort()

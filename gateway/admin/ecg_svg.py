@@ -25,13 +25,13 @@ MARGIN_MM = 10.0  # left margin with the 1 mV calibration pulse
 TOP_MM = 5.0
 
 _GRID = (
-    '<defs>'
+    "<defs>"
     '<pattern id="ecg-minor" width="1" height="1" patternUnits="userSpaceOnUse">'
     '<path d="M 1 0 L 0 0 0 1" fill="none" stroke="#f6c9c9" stroke-width="0.06"/></pattern>'
     '<pattern id="ecg-major" width="5" height="5" patternUnits="userSpaceOnUse">'
     '<rect width="5" height="5" fill="url(#ecg-minor)"/>'
     '<path d="M 5 0 L 0 0 0 5" fill="none" stroke="#e58c8c" stroke-width="0.18"/></pattern>'
-    '</defs>'
+    "</defs>"
 )
 
 
@@ -112,7 +112,7 @@ def ecg_svg(
         parts.append(_calibration(0.5, baseline))
         for c, lead in enumerate(row):
             a = min(start + c * panel_n, stop)
-            values = signal[a:min(a + panel_n, stop), column[lead]]
+            values = signal[a : min(a + panel_n, stop), column[lead]]
             x0 = MARGIN_MM + c * panel_mm
             parts.append(_trace("lead-panel", lead, values, x0, baseline, fs, gain))
             if c:  # the lead-change tick of printed ECGs
@@ -122,7 +122,7 @@ def ecg_svg(
                 )
     baseline = TOP_MM + ROW_MM * len(LAYOUT) + ROW_MM / 2
     parts.append(_calibration(0.5, baseline))
-    strip = signal[start:min(start + int(round(STRIP_S * fs)), stop), column[RHYTHM_LEAD]]
+    strip = signal[start : min(start + int(round(STRIP_S * fs)), stop), column[RHYTHM_LEAD]]
     parts.append(_trace("rhythm-strip", RHYTHM_LEAD, strip, MARGIN_MM, baseline, fs, gain))
     parts.append(
         f'<text x="{width - 2:g}" y="{height - 1:g}" font-size="2.5" text-anchor="end" '

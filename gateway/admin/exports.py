@@ -22,8 +22,9 @@ from gateway.store.models import EcgInstance
 __all__ = ["ExportError", "input_npy", "model_input_array", "original_dicom", "report_pdf"]
 
 
-def input_npy(session: Session, id_or_uid: str, spool_dir: str | Path,
-              max_bytes: int = DEFAULT_MAX_DATASET_BYTES) -> tuple[int, bytes]:
+def input_npy(
+    session: Session, id_or_uid: str, spool_dir: str | Path, max_bytes: int = DEFAULT_MAX_DATASET_BYTES
+) -> tuple[int, bytes]:
     """``(ecg id, .npy bytes)`` of the exact array the model saw
     (:func:`gateway.rebuild.model_input_array`)."""
     import numpy as np

@@ -37,8 +37,9 @@ def check_ecg_key(ecg: str) -> str:
     return ecg
 
 
-EcgKey = Annotated[str, Path(min_length=1, max_length=MAX_ECG_KEY,
-                             description="database id (1..2147483647) or SOP Instance UID")]
+EcgKey = Annotated[
+    str, Path(min_length=1, max_length=MAX_ECG_KEY, description="database id (1..2147483647) or SOP Instance UID")
+]
 DbId = Annotated[int, Path(ge=1, le=MAX_DB_ID)]
 
 
@@ -46,8 +47,9 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def resend_message(session_factory: Callable[[], Any], cfg: Config, message_id: int, actor: str, *,
-                   address: str | None = None) -> dict[str, Any]:
+def resend_message(
+    session_factory: Callable[[], Any], cfg: Config, message_id: int, actor: str, *, address: str | None = None
+) -> dict[str, Any]:
     """Queue a new copy of outbox message ``message_id`` (deliver's
     ``outbox.resend`` writes the audit row); returns the new message's summary.
     Raises LookupError when there is no such message."""
@@ -56,5 +58,10 @@ def resend_message(session_factory: Callable[[], Any], cfg: Config, message_id: 
             raise LookupError(f"no HL7 message {message_id}")
         new = resend(session, message_id, actor, cfg.hl7, address=address)
         session.commit()
-        return {"id": new.id, "ecg_id": new.ecg_id, "control_id": new.control_id, "status": new.status,
-                "resend_of": new.resend_of}
+        return {
+            "id": new.id,
+            "ecg_id": new.ecg_id,
+            "control_id": new.control_id,
+            "status": new.status,
+            "resend_of": new.resend_of,
+        }

@@ -73,20 +73,31 @@ def hl7_health(cfg: Config, snapshot: Any) -> dict[str, Any]:
         problems.append("database unreachable")
     else:
         oldest = snapshot.oldest_pending_s
-        out.update(pending=snapshot.pending, max_pending=a.max_hl7_backlog,
-                   oldest_pending_s=round(oldest, 1) if oldest is not None else None,
-                   max_pending_age_s=a.healthz_max_hl7_pending_age_s,
-                   failed=snapshot.failed, fail_on_failed=a.healthz_fail_on_failed_hl7)
+        out.update(
+            pending=snapshot.pending,
+            max_pending=a.max_hl7_backlog,
+            oldest_pending_s=round(oldest, 1) if oldest is not None else None,
+            max_pending_age_s=a.healthz_max_hl7_pending_age_s,
+            failed=snapshot.failed,
+            fail_on_failed=a.healthz_fail_on_failed_hl7,
+        )
         if a.max_hl7_backlog and snapshot.pending > a.max_hl7_backlog:
             problems.append(f"{snapshot.pending} messages pending (max {a.max_hl7_backlog})")
         if a.healthz_max_hl7_pending_age_s and oldest is not None and oldest > a.healthz_max_hl7_pending_age_s:
             problems.append(f"oldest pending message waiting {oldest:.0f} s (max {a.healthz_max_hl7_pending_age_s:g})")
         if a.healthz_fail_on_failed_hl7 and snapshot.failed:
             problems.append(f"{snapshot.failed} failed message(s): see ecg-gateway hl7 list, then hl7 resend")
-        if (link and link.state in (DOWN, REJECTING) and snapshot.pending and a.healthz_max_hl7_link_down_s
-                and (link.for_s or 0) > a.healthz_max_hl7_link_down_s):
-            problems.append(f"link {link.state} for {link.for_s:.0f} s with messages pending "
-                            f"(max {a.healthz_max_hl7_link_down_s:g})")
+        if (
+            link
+            and link.state in (DOWN, REJECTING)
+            and snapshot.pending
+            and a.healthz_max_hl7_link_down_s
+            and (link.for_s or 0) > a.healthz_max_hl7_link_down_s
+        ):
+            problems.append(
+                f"link {link.state} for {link.for_s:.0f} s with messages pending "
+                f"(max {a.healthz_max_hl7_link_down_s:g})"
+            )
     return {"ok": not problems, **out, "problems": problems}
 
 
@@ -97,8 +108,12 @@ def pacs_health(cfg: Config, counts: dict[str, int] | None) -> dict[str, Any]:
         return {"ok": True, "enabled": False}
     if counts is None:
         return {"ok": False, "enabled": True, "error": "database unreachable"}
-    out: dict[str, Any] = {"ok": not counts["failed"], "enabled": True, "pending": counts["pending"],
-                           "failed": counts["failed"]}
+    out: dict[str, Any] = {
+        "ok": not counts["failed"],
+        "enabled": True,
+        "pending": counts["pending"],
+        "failed": counts["failed"],
+    }
     if counts["failed"]:
         out["problems"] = [f"{counts['failed']} failed object(s): see ecg-gateway pacs list, then pacs resend"]
     return out
@@ -145,8 +160,12 @@ class DatabaseCollector:
     """Gauges computed at scrape time: database counts, and with ``cfg`` the
     /healthz components (link, oldest pending age, spool space...)."""
 
-    def __init__(self, session_factory: Callable[[], Any], cfg: Config | None = None,
-                 health: Callable[[], dict[str, bool | str]] | None = None) -> None:
+    def __init__(
+        self,
+        session_factory: Callable[[], Any],
+        cfg: Config | None = None,
+        health: Callable[[], dict[str, bool | str]] | None = None,
+    ) -> None:
         self._session_factory = session_factory
         self._cfg = cfg
         self._health = health
@@ -179,24 +198,27 @@ class DatabaseCollector:
         for status, n in hl7.items():
             messages.add_metric([status], n)
         yield messages
-        objects = GaugeMetricFamily("ecg_gateway_pacs_messages", "Objects for PACS (PDF, SR) per status",
-                                    labels=["status"])
+        objects = GaugeMetricFamily(
+            "ecg_gateway_pacs_messages", "Objects for PACS (PDF, SR) per status", labels=["status"]
+        )
         for status, n in pacs.items():
             objects.add_metric([status], n)
         yield objects
 
     def _health_gauges(self, cfg: Config) -> Iterator[Metric]:
         _ok, components = health_report(cfg, self._session_factory, self._health)
-        healthy = GaugeMetricFamily("ecg_gateway_component_healthy", "1 when the /healthz component is ok",
-                                    labels=["component"])
+        healthy = GaugeMetricFamily(
+            "ecg_gateway_component_healthy", "1 when the /healthz component is ok", labels=["component"]
+        )
         for name, comp in components.items():
             healthy.add_metric([name], 1 if comp["ok"] else 0)
         yield healthy
         hl7 = components["hl7"]
         if hl7["link"] in ("up", "down", "rejecting"):
-            link = GaugeMetricFamily("ecg_gateway_hl7_link_up",
-                                     "1 while the HL7 receiver answers (0: down or rejecting); "
-                                     "only where the sender runs")
+            link = GaugeMetricFamily(
+                "ecg_gateway_hl7_link_up",
+                "1 while the HL7 receiver answers (0: down or rejecting); only where the sender runs",
+            )
             link.add_metric([], 1 if hl7["link"] == "up" else 0)
             yield link
             since = GaugeMetricFamily(
@@ -205,8 +227,9 @@ class DatabaseCollector:
             since.add_metric([], hl7["link_for_s"] or 0)
             yield since
         if "oldest_pending_s" in hl7:
-            oldest = GaugeMetricFamily("ecg_gateway_hl7_oldest_pending_seconds",
-                                       "Age of the oldest pending HL7 message (0: none pending)")
+            oldest = GaugeMetricFamily(
+                "ecg_gateway_hl7_oldest_pending_seconds", "Age of the oldest pending HL7 message (0: none pending)"
+            )
             oldest.add_metric([], hl7["oldest_pending_s"] or 0)
             yield oldest
             failed = GaugeMetricFamily("ecg_gateway_hl7_failed_messages", "HL7 messages that failed (need a resend)")
@@ -217,8 +240,9 @@ class DatabaseCollector:
             free = GaugeMetricFamily("ecg_gateway_spool_free_bytes", "Free space where the spool is")
             free.add_metric([], spool["free_mb"] * 1e6)
             yield free
-            floor = GaugeMetricFamily("ecg_gateway_spool_min_free_bytes",
-                                      "[dicom] min_free_disk_mb: below it C-STOREs are refused")
+            floor = GaugeMetricFamily(
+                "ecg_gateway_spool_min_free_bytes", "[dicom] min_free_disk_mb: below it C-STOREs are refused"
+            )
             floor.add_metric([], spool["min_free_mb"] * 1e6)
             yield floor
         writable = GaugeMetricFamily("ecg_gateway_spool_writable", "1 when a file can be created in the spool")

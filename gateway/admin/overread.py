@@ -88,6 +88,7 @@ class Reader:
 
 # --- pure helpers -----------------------------------------------------------------------------------
 
+
 def ordered_findings(codes: Iterable[str]) -> list[str]:
     """``codes`` without repeats, in the model's output order; raises
     :class:`ConfirmError` (422) naming an unknown code."""
@@ -132,13 +133,17 @@ def outcome_of(ai_findings: Iterable[str], findings: Iterable[str]) -> str:
     return CONFIRMED if set(ai_findings) == set(findings) else CORRECTED
 
 
-def changes_of(ai_findings: Sequence[str], new: Confirmation | Any, previous: Confirmation | Any | None
-               ) -> dict[str, Any]:
+def changes_of(
+    ai_findings: Sequence[str], new: Confirmation | Any, previous: Confirmation | Any | None
+) -> dict[str, Any]:
     """What changed: against the AI's findings, and against the previous version (None for the first)."""
+
     def diff(old: Iterable[str], now: Iterable[str]) -> dict[str, list[str]]:
         old_set, now_set = set(old), set(now)
-        return {"added": [c for c in FINDINGS if c in now_set - old_set],
-                "removed": [c for c in FINDINGS if c in old_set - now_set]}
+        return {
+            "added": [c for c in FINDINGS if c in now_set - old_set],
+            "removed": [c for c in FINDINGS if c in old_set - now_set],
+        }
 
     out: dict[str, Any] = {"vs_ai": diff(ai_findings, new.findings), "vs_previous": None}
     if previous is not None:
@@ -159,9 +164,14 @@ def confirmation_state(latest: Confirmation | Any | None) -> dict[str, Any]:
     if latest is None:
         return {"status": UNCONFIRMED, "by": None, "by_name": None, "at": None, "findings": None, "version": None}
     at = as_utc(latest.created_at)
-    return {"status": latest.outcome, "by": latest.username, "by_name": latest.full_name,
-            "at": at.isoformat() if at else None, "findings": list(latest.findings or []),
-            "version": latest.version}
+    return {
+        "status": latest.outcome,
+        "by": latest.username,
+        "by_name": latest.full_name,
+        "at": at.isoformat() if at else None,
+        "findings": list(latest.findings or []),
+        "version": latest.version,
+    }
 
 
 def obr25_of(payload: str | None) -> str | None:
@@ -184,21 +194,30 @@ def next_result_status(sent_statuses: Iterable[str | None], earlier_confirmation
 
 # --- database ---------------------------------------------------------------------------------------
 
+
 def latest_confirmations(session: Session, ecg_ids: Sequence[int]) -> dict[int, Confirmation]:
     """The newest confirmation version of each ECG that has one."""
     if not ecg_ids:
         return {}
-    newest = (select(Confirmation.ecg_id, func.max(Confirmation.version).label("v"))
-              .where(Confirmation.ecg_id.in_(list(ecg_ids))).group_by(Confirmation.ecg_id).subquery())
-    rows = session.scalars(select(Confirmation).join(
-        newest, (Confirmation.ecg_id == newest.c.ecg_id) & (Confirmation.version == newest.c.v)))
+    newest = (
+        select(Confirmation.ecg_id, func.max(Confirmation.version).label("v"))
+        .where(Confirmation.ecg_id.in_(list(ecg_ids)))
+        .group_by(Confirmation.ecg_id)
+        .subquery()
+    )
+    rows = session.scalars(
+        select(Confirmation).join(
+            newest, (Confirmation.ecg_id == newest.c.ecg_id) & (Confirmation.version == newest.c.v)
+        )
+    )
     return {row.ecg_id: row for row in rows}
 
 
 def history(session: Session, ecg_id: int) -> list[Confirmation]:
     """Every confirmation version of an ECG, oldest first."""
-    return list(session.scalars(select(Confirmation).where(Confirmation.ecg_id == ecg_id)
-                                .order_by(Confirmation.version)))
+    return list(
+        session.scalars(select(Confirmation).where(Confirmation.ecg_id == ecg_id).order_by(Confirmation.version))
+    )
 
 
 def confirm(
@@ -246,32 +265,62 @@ def confirm(
     previous = previous_rows[-1] if previous_rows else None
     options = result_options(session, ecg)
     order_ids = [ecg.id] + ([int(options.filler_id)] if options.filler_id and options.filler_id.isdigit() else [])
-    sent = [obr25_of(m.payload) for m in session.scalars(
-        select(Hl7Message).where(Hl7Message.ecg_id.in_(order_ids),
-                                 Hl7Message.status.in_((HL7_PENDING, HL7_DELIVERED))))]
+    sent = [
+        obr25_of(m.payload)
+        for m in session.scalars(
+            select(Hl7Message).where(
+                Hl7Message.ecg_id.in_(order_ids), Hl7Message.status.in_((HL7_PENDING, HL7_DELIVERED))
+            )
+        )
+    ]
     status = next_result_status(sent, len(previous_rows))
     ai = list(prediction.findings or [])
     row = Confirmation(
-        ecg_id=ecg.id, version=(previous.version + 1) if previous else 1, user_id=reader.user_id,
-        username=reader.username[:200], full_name=(reader.full_name or None) and reader.full_name[:200],
-        hl7_id=(reader.hl7_id or None) and reader.hl7_id[:64], findings=codes, statements=texts,
-        comment=note or None, outcome=outcome_of(ai, codes), result_status=status,
+        ecg_id=ecg.id,
+        version=(previous.version + 1) if previous else 1,
+        user_id=reader.user_id,
+        username=reader.username[:200],
+        full_name=(reader.full_name or None) and reader.full_name[:200],
+        hl7_id=(reader.hl7_id or None) and reader.hl7_id[:64],
+        findings=codes,
+        statements=texts,
+        comment=note or None,
+        outcome=outcome_of(ai, codes),
+        result_status=status,
         created_at=as_utc(now or utcnow()),
     )
     row.changes = changes_of(ai, row, previous)
     session.add(row)
     session.flush()  # the unique (ecg_id, version) refuses a concurrent second version here
     pdf = report_pdf(row) if report_pdf is not None and cfg.hl7.enabled and cfg.hl7.embed_pdf else None
-    message = enqueue_result(session, ecg, prediction, cfg.hl7, options=replace(
-        options, result_status=status, report_pdf=pdf, over_read=over_read_from(row, cfg.hl7.interpreter_authority)))
+    message = enqueue_result(
+        session,
+        ecg,
+        prediction,
+        cfg.hl7,
+        options=replace(
+            options, result_status=status, report_pdf=pdf, over_read=over_read_from(row, cfg.hl7.interpreter_authority)
+        ),
+    )
     if message is not None:
         session.flush()
         row.hl7_message_id = message.id
     for pacs in enqueue_pacs(session, ecg, cfg.pacs):
         pacs.confirmation_id = row.id
-    audit(session, actor, AUDIT_EDIT if previous else AUDIT_CONFIRM, f"ecg:{ecg.id}", address=address,
-          confirmation_id=row.id, version=row.version, outcome=row.outcome, result_status=status,
-          findings=codes, changes=row.changes, hl7_message_id=row.hl7_message_id)
+    audit(
+        session,
+        actor,
+        AUDIT_EDIT if previous else AUDIT_CONFIRM,
+        f"ecg:{ecg.id}",
+        address=address,
+        confirmation_id=row.id,
+        version=row.version,
+        outcome=row.outcome,
+        result_status=status,
+        findings=codes,
+        changes=row.changes,
+        hl7_message_id=row.hl7_message_id,
+    )
     return row
 
 
@@ -304,8 +353,7 @@ def confirm_ecg(
         try:
             return report_pdf(ecg, cfg.storage.spool_dir, confirmation=row)
         except Exception:  # noqa: BLE001 - the result must not wait for its picture
-            log.exception("ECG id=%s: the confirmed PDF report for the ORU could not be built; sent without it",
-                          ecg_id)
+            log.exception("ECG id=%s: the confirmed PDF report for the ORU could not be built; sent without it", ecg_id)
             return None
 
     try:
@@ -313,14 +361,38 @@ def confirm_ecg(
             ecg = session.get(EcgInstance, ecg_id, with_for_update=True)
             if ecg is None:
                 raise ConfirmError(f"no ECG with id {ecg_id}", 404)
-            row = confirm(session, ecg, reader, cfg, findings=findings, statements=statements, comment=comment,
-                          actor=actor, address=address, report_pdf=draw)
-            out = {**confirmation_state(row), "id": row.id, "ecg_id": ecg.id, "result_status": row.result_status,
-                   "hl7_message_id": row.hl7_message_id}
+            row = confirm(
+                session,
+                ecg,
+                reader,
+                cfg,
+                findings=findings,
+                statements=statements,
+                comment=comment,
+                actor=actor,
+                address=address,
+                report_pdf=draw,
+            )
+            out = {
+                **confirmation_state(row),
+                "id": row.id,
+                "ecg_id": ecg.id,
+                "result_status": row.result_status,
+                "hl7_message_id": row.hl7_message_id,
+            }
             sop = ecg.sop_instance_uid
     except IntegrityError:
-        raise ConfirmError(f"ECG {ecg_id} was confirmed by someone else at the same moment: reload and check",
-                           409) from None
-    log.info("ECG id=%s sop=%s: over-read version %s by %s: %s, OBR-25 %s, findings=%s", ecg_id, sop,
-             out["version"], reader.username, out["status"], out["result_status"], ",".join(out["findings"]) or "none")
+        raise ConfirmError(
+            f"ECG {ecg_id} was confirmed by someone else at the same moment: reload and check", 409
+        ) from None
+    log.info(
+        "ECG id=%s sop=%s: over-read version %s by %s: %s, OBR-25 %s, findings=%s",
+        ecg_id,
+        sop,
+        out["version"],
+        reader.username,
+        out["status"],
+        out["result_status"],
+        ",".join(out["findings"]) or "none",
+    )
     return out

@@ -43,13 +43,30 @@ class EcgFilters(TypedDict):
     status: str | None
     finding: str | None
 
+
 #: The model's six outputs, in output order (gateway.findings).
 FINDING_CODES = FINDINGS
 #: The keys of one row, in this order, for JSON and CSV alike.
 ROW_KEYS = (
-    "id", "sop_instance_uid", "study_instance_uid", "patient_id", "patient_name", "accession_number",
-    "received_at", "status", "error", "probabilities", "findings", "quality_flags", "model_sha256",
-    "demo_model", "hl7_status", "measurements", "cart_statements", "ward", "confirmation",
+    "id",
+    "sop_instance_uid",
+    "study_instance_uid",
+    "patient_id",
+    "patient_name",
+    "accession_number",
+    "received_at",
+    "status",
+    "error",
+    "probabilities",
+    "findings",
+    "quality_flags",
+    "model_sha256",
+    "demo_model",
+    "hl7_status",
+    "measurements",
+    "cart_statements",
+    "ward",
+    "confirmation",
 )
 #: Statuses as the admin sees them: a claimed ECG is still only "received".
 ROW_STATUSES = ("received", "processed", "rejected", "failed")
@@ -81,8 +98,17 @@ def _validate(status: str | None, finding: str | None) -> None:
         raise QueryError(f"finding: unknown finding {finding!r}; use {', '.join(FINDING_CODES)}")
 
 
-def _filtered(stmt: _Select, *, patient_id: str | None, accession: str | None, since: datetime | None,
-              until: datetime | None, status: str | None, finding: str | None, joined: bool = False) -> _Select:
+def _filtered(
+    stmt: _Select,
+    *,
+    patient_id: str | None,
+    accession: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    status: str | None,
+    finding: str | None,
+    joined: bool = False,
+) -> _Select:
     """``stmt`` with the filters; ``joined`` = it already joins predictions."""
     _validate(status, finding)
     if patient_id is not None:
@@ -115,11 +141,24 @@ def hl7_status(messages: list[Hl7Message]) -> str:
 
 #: The columns a row is built from (one SELECT, no ORM objects: the list is hot).
 _ROW_COLUMNS = (
-    EcgInstance.id, EcgInstance.sop_instance_uid, EcgInstance.study_instance_uid, EcgInstance.patient_id,
-    EcgInstance.patient_name, EcgInstance.accession_number, EcgInstance.received_at, EcgInstance.status,
-    EcgInstance.error, Prediction.id.label("prediction_id"), Prediction.probabilities, Prediction.findings,
-    Prediction.quality_flags, Prediction.model_sha256, Prediction.demo_model, EcgInstance.measurements,
-    EcgInstance.cart_statements, EcgInstance.ward,
+    EcgInstance.id,
+    EcgInstance.sop_instance_uid,
+    EcgInstance.study_instance_uid,
+    EcgInstance.patient_id,
+    EcgInstance.patient_name,
+    EcgInstance.accession_number,
+    EcgInstance.received_at,
+    EcgInstance.status,
+    EcgInstance.error,
+    Prediction.id.label("prediction_id"),
+    Prediction.probabilities,
+    Prediction.findings,
+    Prediction.quality_flags,
+    Prediction.model_sha256,
+    Prediction.demo_model,
+    EcgInstance.measurements,
+    EcgInstance.cart_statements,
+    EcgInstance.ward,
 )
 
 
@@ -156,12 +195,23 @@ def _orm_values(ecg: EcgInstance) -> Any:
 
     p = ecg.prediction
     return SimpleNamespace(
-        id=ecg.id, sop_instance_uid=ecg.sop_instance_uid, study_instance_uid=ecg.study_instance_uid,
-        patient_id=ecg.patient_id, patient_name=ecg.patient_name, accession_number=ecg.accession_number,
-        received_at=ecg.received_at, status=ecg.status, error=ecg.error, prediction_id=p.id if p else None,
-        probabilities=p.probabilities if p else None, findings=p.findings if p else None,
-        quality_flags=p.quality_flags if p else None, model_sha256=p.model_sha256 if p else None,
-        demo_model=p.demo_model if p else None, measurements=ecg.measurements, cart_statements=ecg.cart_statements,
+        id=ecg.id,
+        sop_instance_uid=ecg.sop_instance_uid,
+        study_instance_uid=ecg.study_instance_uid,
+        patient_id=ecg.patient_id,
+        patient_name=ecg.patient_name,
+        accession_number=ecg.accession_number,
+        received_at=ecg.received_at,
+        status=ecg.status,
+        error=ecg.error,
+        prediction_id=p.id if p else None,
+        probabilities=p.probabilities if p else None,
+        findings=p.findings if p else None,
+        quality_flags=p.quality_flags if p else None,
+        model_sha256=p.model_sha256 if p else None,
+        demo_model=p.demo_model if p else None,
+        measurements=ecg.measurements,
+        cart_statements=ecg.cart_statements,
         ward=ecg.ward,
     )
 
@@ -202,7 +252,12 @@ def ecg_rows(
         raise QueryError("limit and offset must not be negative")
     stmt = _filtered(
         select(*_ROW_COLUMNS).outerjoin(Prediction, Prediction.ecg_id == EcgInstance.id),
-        patient_id=patient_id, accession=accession, since=since, until=until, status=status, finding=finding,
+        patient_id=patient_id,
+        accession=accession,
+        since=since,
+        until=until,
+        status=status,
+        finding=finding,
         joined=True,
     )
     stmt = stmt.order_by(EcgInstance.received_at.desc(), EcgInstance.id.desc()).limit(limit).offset(offset)
@@ -225,7 +280,12 @@ def count_ecgs(
     """How many ECGs :func:`ecg_rows` would return without limit and offset."""
     stmt = _filtered(
         select(func.count(EcgInstance.id)),
-        patient_id=patient_id, accession=accession, since=since, until=until, status=status, finding=finding,
+        patient_id=patient_id,
+        accession=accession,
+        since=since,
+        until=until,
+        status=status,
+        finding=finding,
     )
     return int(session.scalar(stmt) or 0)
 
@@ -241,42 +301,61 @@ class WorklistFilters(TypedDict):
 def _worklist(stmt: _Select, *, ward: str | None, device: str | None, finding: str | None) -> _Select:
     """Processed ECGs with an AI result and no confirmation yet, filtered."""
     _validate(None, finding)
-    stmt = stmt.where(EcgInstance.status == PROCESSED,
-                      ~select(Confirmation.id).where(Confirmation.ecg_id == EcgInstance.id).exists())
+    stmt = stmt.where(
+        EcgInstance.status == PROCESSED, ~select(Confirmation.id).where(Confirmation.ecg_id == EcgInstance.id).exists()
+    )
     if ward:
         stmt = stmt.where(EcgInstance.ward == ward)
     if device:
         # one text box for the cart: manufacturer, model, serial number or calling AE title
         needle = f"%{device.strip().lower()}%"
-        stmt = stmt.where(func.lower(EcgInstance.manufacturer).like(needle)
-                          | func.lower(EcgInstance.device_model).like(needle)
-                          | func.lower(EcgInstance.device_serial).like(needle)
-                          | func.lower(EcgInstance.calling_ae).like(needle))
+        stmt = stmt.where(
+            func.lower(EcgInstance.manufacturer).like(needle)
+            | func.lower(EcgInstance.device_model).like(needle)
+            | func.lower(EcgInstance.device_serial).like(needle)
+            | func.lower(EcgInstance.calling_ae).like(needle)
+        )
     if finding is not None:
         stmt = stmt.where(cast(Prediction.findings, String).like(f'%"{finding}"%'))
     return stmt
 
 
-def worklist_rows(session: Session, *, ward: str | None = None, device: str | None = None,
-                  finding: str | None = None, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+def worklist_rows(
+    session: Session,
+    *,
+    ward: str | None = None,
+    device: str | None = None,
+    finding: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[dict[str, Any]]:
     """The over-read worklist: processed ECGs not yet confirmed, oldest first, as
     row dicts; ``ward`` exact, ``device`` a case-insensitive part of the cart's
     manufacturer, model, serial or AE title, ``finding`` an AI finding code."""
     if limit < 0 or offset < 0:
         raise QueryError("limit and offset must not be negative")
-    stmt = _worklist(select(*_ROW_COLUMNS).join(Prediction, Prediction.ecg_id == EcgInstance.id),
-                     ward=ward, device=device, finding=finding)
+    stmt = _worklist(
+        select(*_ROW_COLUMNS).join(Prediction, Prediction.ecg_id == EcgInstance.id),
+        ward=ward,
+        device=device,
+        finding=finding,
+    )
     stmt = stmt.order_by(EcgInstance.received_at, EcgInstance.id).limit(limit).offset(offset)
     found = session.execute(stmt).all()
     statuses = _hl7_statuses(session, [v.id for v in found])
     return [_row(v, statuses.get(v.id, "not_sent")) for v in found]
 
 
-def count_worklist(session: Session, *, ward: str | None = None, device: str | None = None,
-                   finding: str | None = None) -> int:
+def count_worklist(
+    session: Session, *, ward: str | None = None, device: str | None = None, finding: str | None = None
+) -> int:
     """How many ECGs :func:`worklist_rows` would return without limit and offset."""
-    stmt = _worklist(select(func.count(EcgInstance.id)).join(Prediction, Prediction.ecg_id == EcgInstance.id),
-                     ward=ward, device=device, finding=finding)
+    stmt = _worklist(
+        select(func.count(EcgInstance.id)).join(Prediction, Prediction.ecg_id == EcgInstance.id),
+        ward=ward,
+        device=device,
+        finding=finding,
+    )
     return int(session.scalar(stmt) or 0)
 
 
@@ -320,10 +399,20 @@ def _message(m: Hl7Message) -> dict[str, Any]:
 
 def _confirmation(c: Any) -> dict[str, Any]:
     return {
-        "id": c.id, "version": c.version, "status": c.outcome, "by": c.username, "by_name": c.full_name,
-        "hl7_id": c.hl7_id, "user_id": c.user_id, "at": iso(c.created_at), "findings": list(c.findings or []),
-        "statements": list(c.statements or []), "comment": c.comment, "changes": c.changes,
-        "result_status": c.result_status, "hl7_message_id": c.hl7_message_id,
+        "id": c.id,
+        "version": c.version,
+        "status": c.outcome,
+        "by": c.username,
+        "by_name": c.full_name,
+        "hl7_id": c.hl7_id,
+        "user_id": c.user_id,
+        "at": iso(c.created_at),
+        "findings": list(c.findings or []),
+        "statements": list(c.statements or []),
+        "comment": c.comment,
+        "changes": c.changes,
+        "result_status": c.result_status,
+        "hl7_message_id": c.hl7_message_id,
     }
 
 
@@ -404,6 +493,7 @@ def hl7_counts(session: Session) -> dict[str, int]:
 
 def report_summary(report: dict[str, Any]) -> list[tuple[str, str]]:
     """The lines of a normalisation report an admin reads first (missing keys are left out)."""
+
     def get(*path: str) -> Any:
         value: Any = report
         for key in path:
@@ -420,19 +510,33 @@ def report_summary(report: dict[str, Any]) -> list[tuple[str, str]]:
     formats = {"dicom": "DICOM", "philips": "Philips Sierra XML", "aecg": "HL7 aECG"}
     document = get("source_document", "document")
     rows = [
-        ("Source format", get("source_format") and formats.get(get("source_format"), get("source_format"))
-         + (f" ({document})" if document and document != formats.get(get("source_format")) else "")),
-        ("Source", get("source", "sampling_frequency_hz") and
-         f"{get('source', 'sampling_frequency_hz')} Hz, {get('source', 'duration_s')} s, "
-         f"{get('source', 'channels')} channels"),
+        (
+            "Source format",
+            get("source_format")
+            and formats.get(get("source_format"), get("source_format"))
+            + (f" ({document})" if document and document != formats.get(get("source_format")) else ""),
+        ),
+        (
+            "Source",
+            get("source", "sampling_frequency_hz")
+            and f"{get('source', 'sampling_frequency_hz')} Hz, {get('source', 'duration_s')} s, "
+            f"{get('source', 'channels')} channels",
+        ),
         ("Units", get("units")),
-        ("Resampled", get("resample") and f"{get('resample', 'from_hz')} Hz -> {get('resample', 'to_hz')} Hz"
-         f" (up {get('resample', 'up')}, down {get('resample', 'down')})"),
+        (
+            "Resampled",
+            get("resample")
+            and f"{get('resample', 'from_hz')} Hz -> {get('resample', 'to_hz')} Hz"
+            f" (up {get('resample', 'up')}, down {get('resample', 'down')})",
+        ),
         ("Padding", get("fit") and f"{get('fit', 'pad_before')} before, {get('fit', 'pad_after')} after"),
         ("Gain", get("gain") if get("gain") is not None else get("params", "gain")),
         ("Leads found", get("leads_found")),
-        ("Leads identified by", get("lead_identification") and "; ".join(
-            f"{how}: {', '.join(leads)}" for how, leads in get("lead_identification").items())),
+        (
+            "Leads identified by",
+            get("lead_identification")
+            and "; ".join(f"{how}: {', '.join(leads)}" for how, leads in get("lead_identification").items()),
+        ),
         ("Leads derived", get("leads_derived")),
         ("Model lead order", get("output_leads")),
         ("Unusable leads", get("unusable_leads")),

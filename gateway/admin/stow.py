@@ -196,8 +196,9 @@ class _Collector:
 def media_type(value: str | None) -> tuple[str, dict[str, str]]:
     """(type/subtype lower-cased, parameters with lower-cased names) of a Content-Type."""
     kind, params = parse_options_header(value or "")
-    return kind.decode("latin-1").strip().lower(), {k.decode("latin-1").lower(): v.decode("latin-1")
-                                                    for k, v in params.items()}
+    return kind.decode("latin-1").strip().lower(), {
+        k.decode("latin-1").lower(): v.decode("latin-1") for k, v in params.items()
+    }
 
 
 #: Accept media ranges the answer (application/dicom+json) satisfies.
@@ -231,26 +232,34 @@ def check_request_type(content_type: str | None) -> bytes:
     return boundary.encode("latin-1")
 
 
-async def read_parts(request: Request, boundary: bytes, folder: Path, *, max_request_bytes: int,
-                     max_part_bytes: int, max_parts: int) -> Parts:
+async def read_parts(
+    request: Request, boundary: bytes, folder: Path, *, max_request_bytes: int, max_part_bytes: int, max_parts: int
+) -> Parts:
     """Stream the body into parts; :class:`StowError` 400 (malformed) or 413
     (too large, too many parts).  On any error every temporary file is closed."""
     collector = _Collector(folder, max_part_bytes, max_parts)
-    parser = MultipartParser(boundary, cast(Any, collector.callbacks()), max_header_count=_MAX_PART_HEADERS,
-                             max_header_size=_MAX_PART_HEADER_BYTES)
+    parser = MultipartParser(
+        boundary,
+        cast(Any, collector.callbacks()),
+        max_header_count=_MAX_PART_HEADERS,
+        max_header_size=_MAX_PART_HEADER_BYTES,
+    )
     received = 0
     try:
         async for chunk in request.stream():
             received += len(chunk)
             if received > max_request_bytes:
-                raise StowError(413, f"request body larger than {max_request_bytes // MIB} MB "
-                                     "([ingest] stow_max_request_mb)")
+                raise StowError(
+                    413, f"request body larger than {max_request_bytes // MIB} MB ([ingest] stow_max_request_mb)"
+                )
             if chunk:
                 parser.write(chunk)
         parser.finalize()
         if parser.state != MultipartState.END:
-            raise StowError(400, "malformed multipart body: it ends before its closing delimiter"
-                            if received else "empty request body")
+            raise StowError(
+                400,
+                "malformed multipart body: it ends before its closing delimiter" if received else "empty request body",
+            )
         if not collector.parts:
             raise StowError(400, "no instance in the request")
     except MultipartParseError as exc:
@@ -278,9 +287,13 @@ def store_response(outcomes: list[StoreOutcome]) -> tuple[int, dict[str, Any]]:
     failed = [o for o in outcomes if o.status != SUCCESS]
     body: dict[str, Any] = {}
     if failed:
-        body["00081198"] = {"vr": "SQ", "Value": [
-            {**_uid_item(o.sop_class_uid, o.sop_instance_uid), "00081197": {"vr": "US", "Value": [o.status]}}
-            for o in failed]}
+        body["00081198"] = {
+            "vr": "SQ",
+            "Value": [
+                {**_uid_item(o.sop_class_uid, o.sop_instance_uid), "00081197": {"vr": "US", "Value": [o.status]}}
+                for o in failed
+            ],
+        }
     if stored:
         body["00081199"] = {"vr": "SQ", "Value": [_uid_item(o.sop_class_uid, o.sop_instance_uid) for o in stored]}
     status = 200 if not failed else 202 if stored else 409
@@ -306,13 +319,23 @@ class _Store:
         if part.too_large:
             reason = f"data set of {part.size} bytes is larger than {limit_text(self.ctx.max_dataset_bytes)}"
             uid = announced.sop_instance_uid
-            log.warning("STOW-RS from %s: refused SOP Instance UID %s with status 0x%04X: %s; nothing kept",
-                        self.peer, uid if is_valid_uid(uid) else "(none or invalid)", DATA_SET_TOO_LARGE, reason)
+            log.warning(
+                "STOW-RS from %s: refused SOP Instance UID %s with status 0x%04X: %s; nothing kept",
+                self.peer,
+                uid if is_valid_uid(uid) else "(none or invalid)",
+                DATA_SET_TOO_LARGE,
+                reason,
+            )
             return StoreOutcome(DATA_SET_TOO_LARGE, None, False, reason, uid, announced.sop_class_uid)
         raw = parts.read(part)
         incoming = IncomingInstance(
-            raw, announced.sop_instance_uid, announced.sop_class_uid, announced.transfer_syntax_uid or "",
-            calling_ae=STOW_CALLING_AE, peer_address=self.peer, expected_study_uid=self.study,
+            raw,
+            announced.sop_instance_uid,
+            announced.sop_class_uid,
+            announced.transfer_syntax_uid or "",
+            calling_ae=STOW_CALLING_AE,
+            peer_address=self.peer,
+            expected_study_uid=self.study,
             transfer_syntaxes=STOW_TRANSFER_SYNTAXES,
         )
         try:
@@ -326,8 +349,12 @@ class _Store:
         if outcome.status != SUCCESS and not outcome.sop_instance_uid and raw[128:132] != b"DICM":
             bare = file_meta_uids(as_part10(raw))  # a data set without PS3.10 header: refused, but named
             outcome.sop_class_uid, outcome.sop_instance_uid = bare.sop_class_uid, bare.sop_instance_uid
-        if outcome.status == SUCCESS and not outcome.duplicate and outcome.ecg_id is not None \
-                and self.on_stored is not None:
+        if (
+            outcome.status == SUCCESS
+            and not outcome.duplicate
+            and outcome.ecg_id is not None
+            and self.on_stored is not None
+        ):
             try:
                 self.on_stored(outcome.ecg_id)
             except Exception:  # noqa: BLE001 - the instance is stored; the worker also polls
@@ -349,34 +376,53 @@ def _auth_refusal(request: Request, principal: Principal | None) -> JSONResponse
             anything = credentials_exist(db, ctx.token)
         if not anything:
             return JSONResponse({"detail": NO_TOKEN_MESSAGE}, status_code=403)
-        return JSONResponse({"detail": "missing or wrong bearer token (a user's API token or the [admin] token)"},
-                            status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        return JSONResponse(
+            {"detail": "missing or wrong bearer token (a user's API token or the [admin] token)"},
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     if not principal.has_role(STOW_ROLE):
-        log.warning("STOW-RS from %s refused: %s is a %s; sending needs the %s role", principal.address,
-                    principal.actor, principal.role, STOW_ROLE)
-        return JSONResponse({"detail": f"{principal.username} ({principal.role}) may not send: needs the "
-                                       f"{STOW_ROLE} role"}, status_code=403)
+        log.warning(
+            "STOW-RS from %s refused: %s is a %s; sending needs the %s role",
+            principal.address,
+            principal.actor,
+            principal.role,
+            STOW_ROLE,
+        )
+        return JSONResponse(
+            {"detail": f"{principal.username} ({principal.role}) may not send: needs the {STOW_ROLE} role"},
+            status_code=403,
+        )
     return None
 
 
-def _audit(session_factory: Callable[[], Any], principal: Principal, outcomes: list[StoreOutcome],
-           study: str | None) -> None:
+def _audit(
+    session_factory: Callable[[], Any], principal: Principal, outcomes: list[StoreOutcome], study: str | None
+) -> None:
     """One ``dicomweb_store`` audit row per request that stored something new (who sent which ECGs)."""
     stored = [o.ecg_id for o in outcomes if o.status == SUCCESS and not o.duplicate and o.ecg_id is not None]
     if not stored:
         return
     try:
         with session_factory() as db:
-            audit_request(db, principal, "dicomweb_store", f"study:{study}" if study else None,
-                          ecg_ids=stored, instances=len(outcomes))
+            audit_request(
+                db,
+                principal,
+                "dicomweb_store",
+                f"study:{study}" if study else None,
+                ecg_ids=stored,
+                instances=len(outcomes),
+            )
             db.commit()
     except SQLAlchemyError as exc:  # the instances are stored and answered for; say what is missing
-        log.error("STOW-RS from %s: audit row for ecg ids %s not written: %s", principal.address, stored,
-                  type(exc).__name__)
+        log.error(
+            "STOW-RS from %s: audit row for ecg ids %s not written: %s", principal.address, stored, type(exc).__name__
+        )
 
 
-def stow_router(cfg: Config, session_factory: Callable[[], Any],
-                on_stored: Callable[[int], None] | None = None) -> APIRouter:
+def stow_router(
+    cfg: Config, session_factory: Callable[[], Any], on_stored: Callable[[int], None] | None = None
+) -> APIRouter:
     """``POST /dicomweb/studies`` and ``POST /dicomweb/studies/{study}``.
 
     ``on_stored(ecg_id)`` is called after each new instance is committed
@@ -402,11 +448,18 @@ def stow_router(cfg: Config, session_factory: Callable[[], Any],
             max_request = ingest.stow_max_request_mb * MIB
             length = request.headers.get("content-length")
             if length is not None and length.isdigit() and int(length) > max_request:
-                raise StowError(413, f"request body larger than {ingest.stow_max_request_mb} MB "
-                                     "([ingest] stow_max_request_mb)")
+                raise StowError(
+                    413, f"request body larger than {ingest.stow_max_request_mb} MB ([ingest] stow_max_request_mb)"
+                )
             ensure_dir(ctx.spool.incoming)
-            parts = await read_parts(request, boundary, ctx.spool.incoming, max_request_bytes=max_request,
-                                     max_part_bytes=ctx.max_dataset_bytes, max_parts=ingest.stow_max_instances)
+            parts = await read_parts(
+                request,
+                boundary,
+                ctx.spool.incoming,
+                max_request_bytes=max_request,
+                max_part_bytes=ctx.max_dataset_bytes,
+                max_parts=ingest.stow_max_instances,
+            )
         except StowError as exc:
             log.warning("STOW-RS from %s refused with HTTP %d: %s", peer, exc.status, exc)
             # close: an unread rest of the body must not be taken for the next request
@@ -418,8 +471,16 @@ def stow_router(cfg: Config, session_factory: Callable[[], Any],
         status, body = store_response(outcomes)
         failed = sum(o.status != SUCCESS for o in outcomes)
         duplicates = sum(o.status == SUCCESS and o.duplicate for o in outcomes)
-        log.info("STOW-RS from %s (%s): %d instance(s): %d stored, %d duplicate, %d failed; HTTP %d", peer,
-                 principal.actor, len(outcomes), len(outcomes) - failed - duplicates, duplicates, failed, status)
+        log.info(
+            "STOW-RS from %s (%s): %d instance(s): %d stored, %d duplicate, %d failed; HTTP %d",
+            peer,
+            principal.actor,
+            len(outcomes),
+            len(outcomes) - failed - duplicates,
+            duplicates,
+            failed,
+            status,
+        )
         await run_in_threadpool(_audit, session_factory, principal, outcomes, study)
         return JSONResponse(body, status_code=status, media_type=DICOM_JSON)
 

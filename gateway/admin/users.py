@@ -30,9 +30,25 @@ from gateway.store.models import ROLES, AdminSession, ApiToken, User
 from gateway.timeutil import as_utc, utcnow
 
 __all__ = [
-    "LOGIN", "LOGIN_FAILED", "LOGIN_THROTTLED", "MAX_PASSWORD", "MIN_PASSWORD", "ROLES", "TOKEN_PREFIX",
-    "LoginResult", "UserError", "add_user", "check_login", "disable_user", "get_user", "hash_password",
-    "issue_token", "list_users", "set_password", "token_user", "verify_password",
+    "LOGIN",
+    "LOGIN_FAILED",
+    "LOGIN_THROTTLED",
+    "MAX_PASSWORD",
+    "MIN_PASSWORD",
+    "ROLES",
+    "TOKEN_PREFIX",
+    "LoginResult",
+    "UserError",
+    "add_user",
+    "check_login",
+    "disable_user",
+    "get_user",
+    "hash_password",
+    "issue_token",
+    "list_users",
+    "set_password",
+    "token_user",
+    "verify_password",
 ]
 
 #: Audit actions of the login.
@@ -149,8 +165,17 @@ def _existing(session: Session, username: str) -> User:
     return user
 
 
-def add_user(session: Session, username: str, role: str, password: str | None, *, full_name: str | None = None,
-             hl7_id: str | None = None, actor: str, address: str | None = None) -> User:
+def add_user(
+    session: Session,
+    username: str,
+    role: str,
+    password: str | None,
+    *,
+    full_name: str | None = None,
+    hl7_id: str | None = None,
+    actor: str,
+    address: str | None = None,
+) -> User:
     """Create a user (``password`` None: API token only); audited.  The caller commits."""
     check_username(username)
     check_role(role)
@@ -158,9 +183,15 @@ def add_user(session: Session, username: str, role: str, password: str | None, *
     if get_user(session, username) is not None:
         raise UserError(f"user {username!r} exists")
     now = utcnow()
-    user = User(username=username, role=role, full_name=full_name, hl7_id=hl7_id,
-                password_hash=hash_password(password) if password is not None else None, created_at=now,
-                password_changed_at=now if password is not None else None)
+    user = User(
+        username=username,
+        role=role,
+        full_name=full_name,
+        hl7_id=hl7_id,
+        password_hash=hash_password(password) if password is not None else None,
+        created_at=now,
+        password_changed_at=now if password is not None else None,
+    )
     session.add(user)
     session.flush()
     audit(session, actor, "user_add", f"user:{username}", address=address, role=role)
@@ -177,22 +208,28 @@ def disable_user(session: Session, username: str, *, actor: str, address: str | 
     now = utcnow()
     if user.disabled_at is None:
         user.disabled_at = now
-    session.execute(update(AdminSession).where(AdminSession.user_id == user.id, AdminSession.revoked_at.is_(None))
-                    .values(revoked_at=now))
-    session.execute(update(ApiToken).where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))
-                    .values(revoked_at=now))
+    session.execute(
+        update(AdminSession)
+        .where(AdminSession.user_id == user.id, AdminSession.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+    session.execute(
+        update(ApiToken).where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None)).values(revoked_at=now)
+    )
     audit(session, actor, "user_disable", f"user:{username}", address=address)
     return user
 
 
-def set_password(session: Session, username: str, password: str, *, actor: str,
-                 address: str | None = None) -> User:
+def set_password(session: Session, username: str, password: str, *, actor: str, address: str | None = None) -> User:
     """A new password; the user's web sessions end (they were bound to the old one); audited."""
     user = _existing(session, username)
     user.password_hash = hash_password(password)
     user.password_changed_at = now = utcnow()
-    session.execute(update(AdminSession).where(AdminSession.user_id == user.id, AdminSession.revoked_at.is_(None))
-                    .values(revoked_at=now))
+    session.execute(
+        update(AdminSession)
+        .where(AdminSession.user_id == user.id, AdminSession.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
     audit(session, actor, "user_passwd", f"user:{username}", address=address)
     return user
 
@@ -204,8 +241,9 @@ def issue_token(session: Session, username: str, *, actor: str, address: str | N
     if user.disabled_at is not None:
         raise UserError(f"user {username!r} is disabled")
     now = utcnow()
-    session.execute(update(ApiToken).where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))
-                    .values(revoked_at=now))
+    session.execute(
+        update(ApiToken).where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None)).values(revoked_at=now)
+    )
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     session.add(ApiToken(user_id=user.id, token_hash=token_hash(token), created_at=now))
     audit(session, actor, "user_token", f"user:{username}", address=address)
@@ -216,8 +254,9 @@ def token_user(session: Session, token: str) -> User | None:
     """The enabled user whose live API token this is, else None."""
     if not token.startswith(TOKEN_PREFIX) or len(token) > 128:
         return None
-    row = session.scalars(select(ApiToken).where(ApiToken.token_hash == token_hash(token),
-                                                 ApiToken.revoked_at.is_(None))).first()
+    row = session.scalars(
+        select(ApiToken).where(ApiToken.token_hash == token_hash(token), ApiToken.revoked_at.is_(None))
+    ).first()
     if row is None:
         return None
     user = session.get(User, row.user_id)
@@ -233,8 +272,9 @@ class LoginResult:
     throttled: bool = False
 
 
-def check_login(session: Session, username: str, password: str, *, address: str, cfg: AdminConfig,
-                now: datetime | None = None) -> LoginResult:
+def check_login(
+    session: Session, username: str, password: str, *, address: str, cfg: AdminConfig, now: datetime | None = None
+) -> LoginResult:
     """Check a web login, rate-limited and audited (``login``, ``login_failed``,
     ``login_throttled`` rows; the caller commits).
 
@@ -246,8 +286,10 @@ def check_login(session: Session, username: str, password: str, *, address: str,
     now = as_utc(now or utcnow())
     actor = username[:64]
     since = now - timedelta(minutes=cfg.login_window_minutes)
-    if (recent_count(session, LOGIN_FAILED, since, actor=actor) >= cfg.login_max_failures_per_user
-            or recent_count(session, LOGIN_FAILED, since, address=address) >= cfg.login_max_failures_per_address):
+    if (
+        recent_count(session, LOGIN_FAILED, since, actor=actor) >= cfg.login_max_failures_per_user
+        or recent_count(session, LOGIN_FAILED, since, address=address) >= cfg.login_max_failures_per_address
+    ):
         audit(session, actor, LOGIN_THROTTLED, address=address)
         return LoginResult(None, throttled=True)
     user = get_user(session, username) if _USERNAME.fullmatch(username) else None
@@ -263,5 +305,7 @@ def token_login_allowed(session: Session, *, address: str, cfg: AdminConfig, now
     """The rate limit for the bootstrap token's web login (actor ``token``)."""
     now = as_utc(now or utcnow())
     since = now - timedelta(minutes=cfg.login_window_minutes)
-    return (recent_count(session, LOGIN_FAILED, since, actor="token") < cfg.login_max_failures_per_user
-            and recent_count(session, LOGIN_FAILED, since, address=address) < cfg.login_max_failures_per_address)
+    return (
+        recent_count(session, LOGIN_FAILED, since, actor="token") < cfg.login_max_failures_per_user
+        and recent_count(session, LOGIN_FAILED, since, address=address) < cfg.login_max_failures_per_address
+    )

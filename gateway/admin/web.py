@@ -144,8 +144,7 @@ async def invalid_request(request: Request, exc: RequestValidationError) -> Resp
             # decode to one; UTF-8 has no form for it): the same answer with ASCII escapes, not a 500
             body = json.dumps({"detail": jsonable_encoder(exc.errors())}, ensure_ascii=True)
             return Response(body, status_code=422, media_type="application/json")
-    problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'request'}: {e['msg']}"
-                         for e in exc.errors())
+    problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'request'}: {e['msg']}" for e in exc.errors())
     return render("message.html", 422, request=request, title="Bad request", message=problems)
 
 
@@ -158,8 +157,15 @@ def auth_error_page(request: Request, exc: AuthError) -> Response:
         target = quote(request.url.path) + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse("/login?" + urlencode({"next": target}), status_code=303)
     if exc.message == NO_TOKEN_MESSAGE:
-        return render("login.html", 403, request=request, error=NO_TOKEN_MESSAGE, next=DEFAULT_NEXT,
-                      can_login=False, login_csrf="")
+        return render(
+            "login.html",
+            403,
+            request=request,
+            error=NO_TOKEN_MESSAGE,
+            next=DEFAULT_NEXT,
+            can_login=False,
+            login_csrf="",
+        )
     return render("message.html", exc.status_code, request=request, title="Refused", message=exc.message)
 
 
@@ -176,15 +182,33 @@ def web_router(cfg: Config, session_factory: Callable[[], Any]) -> APIRouter:
     def login_page(request: Request, status_code: int, *, error: str | None, next: str) -> Response:
         """The login form with its double-submit CSRF token (a cookie set here, and the same value in the form)."""
         if not can_login():
-            return render("login.html", 403, request=request, error=NO_TOKEN_MESSAGE, next=next, can_login=False,
-                          login_csrf="")
+            return render(
+                "login.html", 403, request=request, error=NO_TOKEN_MESSAGE, next=next, can_login=False, login_csrf=""
+            )
         given = request.cookies.get(LOGIN_CSRF_COOKIE, "")
-        value = given if 32 <= len(given) <= 128 and given.isascii() and given.replace("-", "").replace(
-            "_", "").isalnum() else secrets.token_urlsafe(32)
-        response = render("login.html", status_code, request=request, error=error, next=next, can_login=True,
-                          token_login=bool(ctx_token), login_csrf=value)
-        response.set_cookie(LOGIN_CSRF_COOKIE, value, httponly=True, samesite="strict", path="/login",
-                            secure=secure_cookie(request, cfg.admin.cookie_secure))
+        value = (
+            given
+            if 32 <= len(given) <= 128 and given.isascii() and given.replace("-", "").replace("_", "").isalnum()
+            else secrets.token_urlsafe(32)
+        )
+        response = render(
+            "login.html",
+            status_code,
+            request=request,
+            error=error,
+            next=next,
+            can_login=True,
+            token_login=bool(ctx_token),
+            login_csrf=value,
+        )
+        response.set_cookie(
+            LOGIN_CSRF_COOKIE,
+            value,
+            httponly=True,
+            samesite="strict",
+            path="/login",
+            secure=secure_cookie(request, cfg.admin.cookie_secure),
+        )
         return response
 
     @router.get("/", include_in_schema=False)
@@ -196,10 +220,13 @@ def web_router(cfg: Config, session_factory: Callable[[], Any]) -> APIRouter:
         return login_page(request, 200, error=None, next=safe_next(next))
 
     @router.post("/login", include_in_schema=False, dependencies=[Depends(check_login_csrf)])
-    def login(request: Request, username: Annotated[str, Form(max_length=200)] = "",
-              password: Annotated[str, Form(max_length=4096)] = "",
-              token_given: Annotated[str, Form(alias="token", max_length=4096)] = "",
-              next: Annotated[str, Form()] = "/ecgs") -> Response:
+    def login(
+        request: Request,
+        username: Annotated[str, Form(max_length=200)] = "",
+        password: Annotated[str, Form(max_length=4096)] = "",
+        token_given: Annotated[str, Form(alias="token", max_length=4096)] = "",
+        next: Annotated[str, Form()] = "/ecgs",
+    ) -> Response:
         """A user's name and password, or (name empty) the bootstrap token in
         ``password`` (or the older form's ``token`` field)."""
         from gateway.admin.users import LOGIN, LOGIN_FAILED, LOGIN_THROTTLED, check_login, token_login_allowed
@@ -228,8 +255,9 @@ def web_router(cfg: Config, session_factory: Callable[[], Any]) -> APIRouter:
                 if not token_ok(secret, ctx_token):
                     audit(db, TOKEN_PRINCIPAL, LOGIN_FAILED, address=address)
                     db.commit()
-                    return login_page(request, 401, error="wrong token" if token_given else
-                                      "wrong user name or password", next=target)
+                    return login_page(
+                        request, 401, error="wrong token" if token_given else "wrong user name or password", next=target
+                    )
                 audit(db, TOKEN_PRINCIPAL, LOGIN, address=address, via="web")
                 principal, credential, user_id = TOKEN_PRINCIPAL, ctx_token, None
             session_id = open_session(
@@ -261,8 +289,13 @@ def web_router(cfg: Config, session_factory: Callable[[], Any]) -> APIRouter:
                 audit(db, principal.actor, "logout", address=principal.address, via="web")
             db.commit()
         response = RedirectResponse("/login", status_code=303)
-        response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict",
-                               secure=secure_cookie(request, cfg.admin.cookie_secure))
+        response.delete_cookie(
+            SESSION_COOKIE,
+            path="/",
+            httponly=True,
+            samesite="strict",
+            secure=secure_cookie(request, cfg.admin.cookie_secure),
+        )
         return response
 
     @router.get("/ecgs", include_in_schema=False)
@@ -277,36 +310,56 @@ def web_router(cfg: Config, session_factory: Callable[[], Any]) -> APIRouter:
         finding: str = "",
         page_no: Annotated[int, Query(alias="page", ge=1, le=MAX_PAGE)] = 1,
     ) -> Response:
-        form = dict(patient_id=patient_id, accession=accession, since=since, until=until, status=status,
-                    finding=finding)
+        form = dict(
+            patient_id=patient_id, accession=accession, since=since, until=until, status=status, finding=finding
+        )
         error, rows, total = None, [], 0
         try:
             filters = EcgFilters(
-                patient_id=patient_id or None, accession=accession or None, status=status or None,
-                finding=finding or None, since=parse_time(since, "since") if since else None,
+                patient_id=patient_id or None,
+                accession=accession or None,
+                status=status or None,
+                finding=finding or None,
+                since=parse_time(since, "since") if since else None,
                 until=parse_time(until, "until") if until else None,
             )
             with session_factory() as session:
                 rows = ecg_rows(session, limit=PAGE_SIZE, offset=(page_no - 1) * PAGE_SIZE, **filters)
                 total = count_ecgs(session, **filters)
-                audit_request(session, principal, "view_list", None, shown=[row["id"] for row in rows],
-                              filters={k: v for k, v in form.items() if v}, page=page_no)
+                audit_request(
+                    session,
+                    principal,
+                    "view_list",
+                    None,
+                    shown=[row["id"] for row in rows],
+                    filters={k: v for k, v in form.items() if v},
+                    page=page_no,
+                )
                 session.commit()
         except QueryError as exc:
             error = str(exc)
         query = {k: v for k, v in form.items() if v}
         pages = max(1, -(-total // PAGE_SIZE))
         return render(
-            "list.html", 400 if error else 200, request=request, rows=rows, form=form, error=error, total=total,
+            "list.html",
+            400 if error else 200,
+            request=request,
+            rows=rows,
+            form=form,
+            error=error,
+            total=total,
             page_no=page_no,
-            pages=pages, statuses=ROW_STATUSES, findings=FINDING_CODES,
+            pages=pages,
+            statuses=ROW_STATUSES,
+            findings=FINDING_CODES,
             prev_url="/ecgs?" + urlencode({**query, "page": page_no - 1}) if page_no > 1 else None,
             next_url="/ecgs?" + urlencode({**query, "page": page_no + 1}) if page_no < pages else None,
         )
 
     @router.get("/ecgs/{ecg}", include_in_schema=False)
-    def ecg_page(request: Request, principal: AsViewer,
-                 ecg: Annotated[str, PathParam(min_length=1, max_length=MAX_ECG_KEY)]) -> Response:
+    def ecg_page(
+        request: Request, principal: AsViewer, ecg: Annotated[str, PathParam(min_length=1, max_length=MAX_ECG_KEY)]
+    ) -> Response:
         problem = ecg_key_problem(ecg)
         if problem:
             return render("message.html", 422, request=request, title="Bad request", message=problem)
@@ -326,8 +379,13 @@ def web_router(cfg: Config, session_factory: Callable[[], Any]) -> APIRouter:
                 audit_request(session, principal, "view_ecg", f"ecg:{detail['id']}")
                 session.commit()
         if detail is None:
-            return render("message.html", 404, request=request, title="Not found",
-                          message=f"No ECG with id or SOP Instance UID {ecg}.")
+            return render(
+                "message.html",
+                404,
+                request=request,
+                title="Not found",
+                message=f"No ECG with id or SOP Instance UID {ecg}.",
+            )
         if signal is not None:
             try:
                 svg = ecg_paper_svg(signal, detail["prediction"]["leads"], detail["prediction"]["normalisation"] or {})
@@ -340,13 +398,24 @@ def web_router(cfg: Config, session_factory: Callable[[], Any]) -> APIRouter:
                 prob, thr = detail["probabilities"].get(code), (p["thresholds"] or {}).get(code)
                 scores.append({"code": code, "p": prob, "threshold": thr, "above": code in detail["findings"]})
         report = (p["normalisation"] if p else detail.get("report")) or {}
-        return render("ecg.html", request=request, d=detail, svg=svg, svg_error=svg_error, scores=scores,
-                      summary=report_summary(report),
-                    resent=request.query_params.get("resent"))
+        return render(
+            "ecg.html",
+            request=request,
+            d=detail,
+            svg=svg,
+            svg_error=svg_error,
+            scores=scores,
+            summary=report_summary(report),
+            resent=request.query_params.get("resent"),
+        )
 
     @router.get("/ecgs/{ecg_id}/report.pdf", include_in_schema=False)
-    def report(request: Request, principal: AsAdmin, ecg_id: Annotated[int, PathParam(ge=1, le=MAX_DB_ID)],
-               page_size: Annotated[str, Query(alias="page", pattern="^(A4|letter)$")] = "A4") -> Response:
+    def report(
+        request: Request,
+        principal: AsAdmin,
+        ecg_id: Annotated[int, PathParam(ge=1, le=MAX_DB_ID)],
+        page_size: Annotated[str, Query(alias="page", pattern="^(A4|letter)$")] = "A4",
+    ) -> Response:
         """The one-page PDF report (download button of the ECG page, an export: admin); audited."""
         from gateway.admin.exports import ExportError, report_pdf
 
@@ -358,20 +427,33 @@ def web_router(cfg: Config, session_factory: Callable[[], Any]) -> APIRouter:
                 return render("message.html", code, request=request, title="No report", message=str(exc))
             audit_request(session, principal, "export_report", f"ecg:{found_id}", page=page_size)
             session.commit()
-        return Response(data, media_type="application/pdf",
-                        headers={"Content-Disposition": f'attachment; filename="ecg-{found_id}-report.pdf"'})
+        return Response(
+            data,
+            media_type="application/pdf",
+            headers={"Content-Disposition": f'attachment; filename="ecg-{found_id}-report.pdf"'},
+        )
 
     @router.post("/ecgs/{ecg_id}/resend", include_in_schema=False)
-    def resend(request: Request, principal: AsAdmin, ecg_id: Annotated[int, PathParam(ge=1, le=MAX_DB_ID)],
-               message_id: Annotated[int, Form(ge=1, le=MAX_DB_ID)]) -> Response:
+    def resend(
+        request: Request,
+        principal: AsAdmin,
+        ecg_id: Annotated[int, PathParam(ge=1, le=MAX_DB_ID)],
+        message_id: Annotated[int, Form(ge=1, le=MAX_DB_ID)],
+    ) -> Response:
         """Queue message ``message_id`` again (admin; CSRF token checked by require_role); audited."""
         origin = request.headers.get("origin")
         # behind a TLS proxy the browser's origin is https even where uvicorn saw http
         ours = {f"{request.url.scheme}://{request.url.netloc}"} | (
-            {f"https://{request.url.netloc}"} if came_over_https(request) else set())
+            {f"https://{request.url.netloc}"} if came_over_https(request) else set()
+        )
         if origin and origin not in ours:
-            return render("message.html", 403, request=request, title="Refused",
-                          message="Cross-site form submissions are refused.")
+            return render(
+                "message.html",
+                403,
+                request=request,
+                title="Refused",
+                message="Cross-site form submissions are refused.",
+            )
         try:
             new = resend_message(session_factory, cfg, message_id, principal.actor, address=principal.address)
         except LookupError as exc:
@@ -381,17 +463,27 @@ def web_router(cfg: Config, session_factory: Callable[[], Any]) -> APIRouter:
         return RedirectResponse(f"/ecgs/{ecg_id}?resent={new['id']}", status_code=303)
 
     @router.get("/audit", include_in_schema=False)
-    def audit_page(request: Request, principal: AsAdmin, user: str = "",
-                   ecg: Annotated[int | None, Query(ge=1, le=MAX_DB_ID)] = None, action: str = "",
-                   since: str = "", page_no: Annotated[int, Query(alias="page", ge=1, le=MAX_PAGE)] = 1) -> Response:
+    def audit_page(
+        request: Request,
+        principal: AsAdmin,
+        user: str = "",
+        ecg: Annotated[int | None, Query(ge=1, le=MAX_DB_ID)] = None,
+        action: str = "",
+        since: str = "",
+        page_no: Annotated[int, Query(alias="page", ge=1, le=MAX_PAGE)] = 1,
+    ) -> Response:
         """The audit log, newest first (admin); looking at it is audited too."""
         from gateway.store.audit import AuditFilters, audit_rows, count_audit_rows
 
         form = {"user": user, "ecg": "" if ecg is None else str(ecg), "action": action, "since": since}
         error, rows, total = None, [], 0
         try:
-            filters = AuditFilters(actor=user or None, ecg_id=ecg, action=action or None,
-                                   since=parse_time(since, "since") if since else None)
+            filters = AuditFilters(
+                actor=user or None,
+                ecg_id=ecg,
+                action=action or None,
+                since=parse_time(since, "since") if since else None,
+            )
             with session_factory() as session:
                 audit_request(session, principal, "view_audit", None, filters={k: v for k, v in form.items() if v})
                 session.commit()
@@ -402,8 +494,15 @@ def web_router(cfg: Config, session_factory: Callable[[], Any]) -> APIRouter:
         query = {k: v for k, v in form.items() if v}
         pages = max(1, -(-total // PAGE_SIZE))
         return render(
-            "audit.html", 400 if error else 200, request=request, rows=rows, form=form, error=error, total=total,
-            page_no=page_no, pages=pages,
+            "audit.html",
+            400 if error else 200,
+            request=request,
+            rows=rows,
+            form=form,
+            error=error,
+            total=total,
+            page_no=page_no,
+            pages=pages,
             prev_url="/audit?" + urlencode({**query, "page": page_no - 1}) if page_no > 1 else None,
             next_url="/audit?" + urlencode({**query, "page": page_no + 1}) if page_no < pages else None,
         )

@@ -49,30 +49,48 @@ class ConfirmBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    findings: list[str] = Field(max_length=MAX_FINDINGS,
-                                description=f"The confirmed findings, any of {listed_findings()}; [] for none.")
-    statements: list[str] = Field(default_factory=list, max_length=MAX_STATEMENTS,
-                                  description=f"Free-text statements (each at most {MAX_STATEMENT_CHARS} characters).")
+    findings: list[str] = Field(
+        max_length=MAX_FINDINGS, description=f"The confirmed findings, any of {listed_findings()}; [] for none."
+    )
+    statements: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_STATEMENTS,
+        description=f"Free-text statements (each at most {MAX_STATEMENT_CHARS} characters).",
+    )
     comment: str | None = Field(default=None, max_length=MAX_COMMENT_CHARS)
 
 
 def _reader(principal: Principal) -> Reader:
     """The confirming person; the bootstrap token is nobody (403)."""
     if principal.user_id is None:
-        raise ConfirmError("the bootstrap [admin] token cannot confirm: a confirmation names its reader in the "
-                           "result (OBR-32); sign in as a user with the reader role", 403)
-    return Reader(username=principal.username, full_name=principal.full_name, hl7_id=principal.hl7_id,
-                  user_id=principal.user_id)
+        raise ConfirmError(
+            "the bootstrap [admin] token cannot confirm: a confirmation names its reader in the "
+            "result (OBR-32); sign in as a user with the reader role",
+            403,
+        )
+    return Reader(
+        username=principal.username, full_name=principal.full_name, hl7_id=principal.hl7_id, user_id=principal.user_id
+    )
 
 
 def overread_router(cfg: Config, session_factory: Callable[[], Any]) -> APIRouter:
     """The worklist page, the confirm form's POST and the confirm API."""
     router = APIRouter()
 
-    def confirm(principal: Principal, ecg_id: int, findings: list[str], statements: list[str],
-                comment: str | None) -> dict[str, Any]:
-        return confirm_ecg(session_factory, cfg, ecg_id, _reader(principal), findings=findings,
-                           statements=statements, comment=comment, actor=principal.actor, address=principal.address)
+    def confirm(
+        principal: Principal, ecg_id: int, findings: list[str], statements: list[str], comment: str | None
+    ) -> dict[str, Any]:
+        return confirm_ecg(
+            session_factory,
+            cfg,
+            ecg_id,
+            _reader(principal),
+            findings=findings,
+            statements=statements,
+            comment=comment,
+            actor=principal.actor,
+            address=principal.address,
+        )
 
     @router.post("/api/ecgs/{ecg}/confirm", tags=["ecgs"])
     def confirm_api(ecg: EcgKey, body: ConfirmBody, principal: AsReader) -> dict[str, Any]:
@@ -115,8 +133,9 @@ def overread_router(cfg: Config, session_factory: Callable[[], Any]) -> APIRoute
                 state = confirm(principal, ecg_id, list(findings or []), statements.splitlines(), comment)
         except ConfirmError as exc:
             return render("message.html", exc.status, request=request, title="Not confirmed", message=str(exc))
-        return RedirectResponse("/worklist?" + urlencode({"confirmed": ecg_id, "version": state["version"]}),
-                                status_code=303)
+        return RedirectResponse(
+            "/worklist?" + urlencode({"confirmed": ecg_id, "version": state["version"]}), status_code=303
+        )
 
     @router.get("/worklist", include_in_schema=False)
     def worklist_page(
@@ -140,16 +159,33 @@ def overread_router(cfg: Config, session_factory: Callable[[], Any]) -> APIRoute
                 rows = worklist_rows(session, limit=PAGE_SIZE, offset=(page_no - 1) * PAGE_SIZE, **filters)
                 total = count_worklist(session, **filters)
                 ward_names = wards(session)
-                audit_request(session, principal, "view_worklist", None, shown=[r["id"] for r in rows],
-                              filters={k: v for k, v in form.items() if v}, page=page_no)
+                audit_request(
+                    session,
+                    principal,
+                    "view_worklist",
+                    None,
+                    shown=[r["id"] for r in rows],
+                    filters={k: v for k, v in form.items() if v},
+                    page=page_no,
+                )
                 session.commit()
         except QueryError as exc:
             error = str(exc)
         query = {k: v for k, v in form.items() if v}
         pages = max(1, -(-total // PAGE_SIZE))
         return render(
-            "worklist.html", 400 if error else 200, request=request, rows=rows, form=form, error=error, total=total,
-            page_no=page_no, pages=pages, findings=FINDING_CODES, wards=ward_names, confirmed=confirmed,
+            "worklist.html",
+            400 if error else 200,
+            request=request,
+            rows=rows,
+            form=form,
+            error=error,
+            total=total,
+            page_no=page_no,
+            pages=pages,
+            findings=FINDING_CODES,
+            wards=ward_names,
+            confirmed=confirmed,
             version=version,
             prev_url="/worklist?" + urlencode({**query, "page": page_no - 1}) if page_no > 1 else None,
             next_url="/worklist?" + urlencode({**query, "page": page_no + 1}) if page_no < pages else None,

@@ -87,10 +87,17 @@ def show_message(
             raise typer.Exit(1)
         audit(session, actor or _default_actor(), "hl7_show", f"hl7_message:{m.id}", ecg_id=m.ecg_id)
         fields = [
-            ("id", m.id), ("ecg", m.ecg_id), ("status", m.status), ("control id", m.control_id),
-            ("order key", m.order_key), ("attempts", m.attempts), ("last attempt", m.last_attempt_at),
+            ("id", m.id),
+            ("ecg", m.ecg_id),
+            ("status", m.status),
+            ("control id", m.control_id),
+            ("order key", m.order_key),
+            ("attempts", m.attempts),
+            ("last attempt", m.last_attempt_at),
             ("next attempt", m.next_attempt_at if m.status == "pending" else None),
-            ("delivered", m.delivered_at), ("created", m.created_at), ("resend of", m.resend_of),
+            ("delivered", m.delivered_at),
+            ("created", m.created_at),
+            ("resend of", m.resend_of),
             ("last error", m.last_error),
         ]
         for label, value in fields:
@@ -128,8 +135,9 @@ def resend_message(
 
 # --- ecg-gateway pacs -----------------------------------------------------------------------------
 
-pacs_app = typer.Typer(help="Results back to PACS (Encapsulated PDF, Comprehensive SR): list, resend.",
-                  no_args_is_help=True)
+pacs_app = typer.Typer(
+    help="Results back to PACS (Encapsulated PDF, Comprehensive SR): list, resend.", no_args_is_help=True
+)
 
 PACS_STATUSES = ("pending", "delivered", "failed")
 

@@ -117,8 +117,9 @@ def parse_ack(raw: str) -> Ack:
             f = seg.split(sep)
             err = next((s for s in segments if s.startswith("ERR" + sep)), "")
             text = _field(f, 3) or err
-            return Ack(code=_field(f, 1).strip().upper(), control_id=_field(f, 2).split(comp)[0].strip(), text=text,
-                       raw=raw)
+            return Ack(
+                code=_field(f, 1).strip().upper(), control_id=_field(f, 2).split(comp)[0].strip(), text=text, raw=raw
+            )
     raise MllpError("ACK has no MSA segment")
 
 
@@ -193,7 +194,7 @@ class MllpClient:
         start = data.find(START_BLOCK)
         if start < 0 or data[:start].strip():
             raise MllpError("ACK not framed with 0x0B")
-        return data[start + 1:]
+        return data[start + 1 :]
 
     def _exchange(self, message: bytes, codec: str) -> Ack:
         assert self._sock is not None
@@ -223,8 +224,9 @@ class MllpClient:
                 self.connect()
             except (OSError, ssl.SSLError) as exc:
                 self.close()
-                return SendResult("transport", f"connect to {self.host}:{self.port} failed: {_describe(exc)}",
-                                  connect_failed=True)
+                return SendResult(
+                    "transport", f"connect to {self.host}:{self.port} failed: {_describe(exc)}", connect_failed=True
+                )
         try:
             try:
                 ack = self._exchange(message, codec)
@@ -241,8 +243,9 @@ class MllpClient:
             return SendResult("transport", _describe(exc))
         if ack.control_id != control_id:
             self.close()
-            return SendResult("transport", f"ACK MSA-2 {ack.control_id!r} does not match MSH-10 {control_id!r}",
-                              ack=ack.raw)
+            return SendResult(
+                "transport", f"ACK MSA-2 {ack.control_id!r} does not match MSH-10 {control_id!r}", ack=ack.raw
+            )
         if ack.code in ("AA", "CA"):
             return SendResult("accepted", f"{ack.code}", ack=ack.raw)
         if ack.code in ("AE", "CE"):

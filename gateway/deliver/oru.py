@@ -144,9 +144,16 @@ def over_read_from(row: Any, authority: str) -> OverRead:
     from gateway.report.people import split_name
 
     family, given = split_name(row.full_name, row.username)
-    return OverRead(findings=tuple(row.findings or ()), reader_id=row.hl7_id or row.username, family_name=family,
-                    given_name=given, authority=authority, at=as_utc(row.created_at),
-                    statements=tuple(row.statements or ()), comment=row.comment or "")
+    return OverRead(
+        findings=tuple(row.findings or ()),
+        reader_id=row.hl7_id or row.username,
+        family_name=family,
+        given_name=given,
+        authority=authority,
+        at=as_utc(row.created_at),
+        statements=tuple(row.statements or ()),
+        comment=row.comment or "",
+    )
 
 
 @dataclass(frozen=True)
@@ -286,7 +293,8 @@ def dicom_pn_to_xpn(pn: str | None, charset: str, notes: list[str] | None = None
     group = next((g for g in pn.split("=") if g.strip("^ ")), "")
     parts = (group.split("^") + [""] * 5)[:5]
     family, given, middle, prefix, suffix = (
-        escape_bounded(to_charset(replace_controls(p.strip()), charset, "PID-5"), ST_MAX) for p in parts)
+        escape_bounded(to_charset(replace_controls(p.strip()), charset, "PID-5"), ST_MAX) for p in parts
+    )
     xpn = [family, given, middle, suffix, prefix]
     if notes is not None and any(cut for _, cut in xpn):
         notes.append(f"PID-5: a name component longer than {ST_MAX} characters (escaped) was cut to fit")
@@ -306,8 +314,10 @@ def assigning_authority(issuer: str | None, cfg: Hl7Config, notes: list[str] | N
         return escape(mapped)
     text, cut = escape_bounded(to_charset(replace_controls(issuer), cfg.charset, "PID-3"), IS_MAX)
     if cut and notes is not None:
-        notes.append(f"PID-3.4: IssuerOfPatientID {quote(issuer)} is longer than {IS_MAX} characters; sent cut to"
-                     f" {quote(text)}; map it in [hl7] assigning_authorities")
+        notes.append(
+            f"PID-3.4: IssuerOfPatientID {quote(issuer)} is longer than {IS_MAX} characters; sent cut to"
+            f" {quote(text)}; map it in [hl7] assigning_authorities"
+        )
     return text
 
 
@@ -337,8 +347,13 @@ Segment = tuple[str, dict[int, str]]
 
 
 def _oru_segments(
-    ecg: EcgInstance, prediction: Prediction | None, cfg: Hl7Config, control_id: str, now: datetime | None,
-    options: OruOptions = OruOptions(), notes: list[str] | None = None,
+    ecg: EcgInstance,
+    prediction: Prediction | None,
+    cfg: Hl7Config,
+    control_id: str,
+    now: datetime | None,
+    options: OruOptions = OruOptions(),
+    notes: list[str] | None = None,
 ) -> list[Segment]:
     """What the ORU^R01 says, segment by segment, as escaped ER7 field values.
 
@@ -375,11 +390,23 @@ def _oru_segments(
     status = options.result_status
     if demo and options.over_read is None and status == "F":
         status = "P"  # a demo model's read is never final (MSH-11 = D says so too)
-    segments: list[Segment] = [("MSH", {
-        3: cfg.sending_application, 4: cfg.sending_facility, 5: cfg.receiving_application,
-        6: cfg.receiving_facility, 7: ts, 9: "ORU^R01^ORU_R01", 10: Input(control_id), 11: Input("D" if demo else "P"),
-        12: "2.5.1", 18: charset,
-    })]
+    segments: list[Segment] = [
+        (
+            "MSH",
+            {
+                3: cfg.sending_application,
+                4: cfg.sending_facility,
+                5: cfg.receiving_application,
+                6: cfg.receiving_facility,
+                7: ts,
+                9: "ORU^R01^ORU_R01",
+                10: Input(control_id),
+                11: Input("D" if demo else "P"),
+                12: "2.5.1",
+                18: charset,
+            },
+        )
+    ]
 
     # CX: ID ^ check digit ^ check digit scheme ^ assigning authority ^ identifier type code
     cx_parts = [
@@ -413,16 +440,26 @@ def _oru_segments(
     over_read = options.over_read if prediction is not None else None
     observer = ""
     obr = {
-        1: "1", 2: placer, 3: filler, 4: cfg.order_code, 7: observed_at,
-        18: ident(ecg.accession_number, "OBR-18"), 19: ident(ecg.requested_procedure_id, "OBR-19"), 22: ts,
-        24: "EC", 25: status,  # diagnostic service section: electrocardiac; P preliminary, F final, C corrected
+        1: "1",
+        2: placer,
+        3: filler,
+        4: cfg.order_code,
+        7: observed_at,
+        18: ident(ecg.accession_number, "OBR-18"),
+        19: ident(ecg.requested_procedure_id, "OBR-19"),
+        22: ts,
+        24: "EC",
+        25: status,  # diagnostic service section: electrocardiac; P preliminary, F final, C corrected
     }
     if over_read is not None:
         # OBR-32 NDL: CNN (subcomponents: id & family & given & ... & assigning authority) ^ start time;
         # OBX-16 XCN: the same person as components.  Names are free text (cut to fit), the id is not.
-        reader = [ident(over_read.reader_id, "OBR-32"), free_text(over_read.family_name, "OBR-32"),
-                  free_text(over_read.given_name, "OBR-32") if over_read.given_name else Input(""),
-                  ident(over_read.authority, "OBR-32")]
+        reader = [
+            ident(over_read.reader_id, "OBR-32"),
+            free_text(over_read.family_name, "OBR-32"),
+            free_text(over_read.given_name, "OBR-32") if over_read.given_name else Input(""),
+            ident(over_read.authority, "OBR-32"),
+        ]
         if len(reader[3]) > IS_MAX:
             raise OruBuildError(f"OBR-32: the reader's assigning authority is longer than {IS_MAX} characters")
         cnn = "&".join([reader[0], reader[1], reader[2], "", "", "", "", "", reader[3]]).rstrip("&")
@@ -431,11 +468,35 @@ def _oru_segments(
         observer = Input("^".join([reader[0], reader[1], reader[2], "", "", "", "", "", reader[3]]).rstrip("^"))
     segments.append(("OBR", obr))
 
-    def obx(value_type: str, identifier: str, value: str, abnormal: str = "", units: str = "", method: str = "",
-            equipment: str = "", responsible: str = "") -> None:
+    def obx(
+        value_type: str,
+        identifier: str,
+        value: str,
+        abnormal: str = "",
+        units: str = "",
+        method: str = "",
+        equipment: str = "",
+        responsible: str = "",
+    ) -> None:
         n = sum(1 for name, _ in segments if name == "OBX") + 1
-        segments.append(("OBX", {1: str(n), 2: value_type, 3: identifier, 5: value, 6: units, 8: abnormal,
-                                 11: status, 14: observed_at, 16: responsible, 17: method, 18: equipment}))
+        segments.append(
+            (
+                "OBX",
+                {
+                    1: str(n),
+                    2: value_type,
+                    3: identifier,
+                    5: value,
+                    6: units,
+                    8: abnormal,
+                    11: status,
+                    14: observed_at,
+                    16: responsible,
+                    17: method,
+                    18: equipment,
+                },
+            )
+        )
 
     # The cart's own reading first, marked as the device's (OBX-18), never mixed with the AI's below.
     _cart_observations(obx, free_text, ecg, cfg)
@@ -443,8 +504,10 @@ def _oru_segments(
         text = to_charset(replace_controls((ecg.error or "").strip()), charset, "OBX-5", replace=True)
         reason = short_reason(text)
         if notes is not None and reason != escape(text.strip()):
-            notes.append(f"OBX-5: the rejection reason is sent shortened to {len(reason)} characters"
-                         " (the full reason stays in the database)")
+            notes.append(
+                f"OBX-5: the rejection reason is sent shortened to {len(reason)} characters"
+                " (the full reason stays in the database)"
+            )
         obx("ST", IMPRESSION, Input(escape(REJECTED_PREFIX) + reason))
     else:
         _prediction_observations(obx, free_text, prediction, cfg, over_read, observer)
@@ -456,8 +519,10 @@ def _oru_segments(
     if study:
         obx("ST", STUDY_UID, study)
     # Configured values and constants too: no control character reaches the wire.
-    return [(name, {i: v if not CONTROL_CHARACTERS.search(v) else type(v)(replace_controls(v))
-                    for i, v in fields.items()}) for name, fields in segments]
+    return [
+        (name, {i: v if not CONTROL_CHARACTERS.search(v) else type(v)(replace_controls(v)) for i, v in fields.items()})
+        for name, fields in segments
+    ]
 
 
 #: OBX-3 of the embedded PDF report, and OBX-5 before its data: ED = source application ^ type
@@ -495,7 +560,7 @@ def embedded_pdf(er7: str) -> bytes | None:
     for segment in er7.replace("\n", "\r").split("\r"):
         fields = segment.split("|")
         if fields[0] == "OBX" and len(fields) > 5 and fields[2] == "ED" and fields[5].startswith(ED_PDF_PREFIX):
-            return base64.b64decode(fields[5][len(ED_PDF_PREFIX):])
+            return base64.b64decode(fields[5][len(ED_PDF_PREFIX) :])
     return None
 
 
@@ -526,8 +591,11 @@ def _cart_observations(obx: Any, free_text: Any, ecg: EcgInstance, cfg: Hl7Confi
     statements = getattr(ecg, "cart_statements", None) or []
     if not measurements and not statements:
         return
-    device = " ".join(str(v).strip() for v in (getattr(ecg, "manufacturer", None), getattr(ecg, "device_model", None))
-                      if v and str(v).strip())
+    device = " ".join(
+        str(v).strip()
+        for v in (getattr(ecg, "manufacturer", None), getattr(ecg, "device_model", None))
+        if v and str(v).strip()
+    )
     serial = (getattr(ecg, "device_serial", None) or "").strip()
     if serial:
         device = f"{device} SN {serial}".strip()
@@ -543,9 +611,14 @@ def _cart_observations(obx: Any, free_text: Any, ecg: EcgInstance, cfg: Hl7Confi
         ):
             continue
         derived = entry.get("source") == "derived"
-        obx("NM", f"{kind.loinc}^{escape(kind.loinc_display)}^LN", Input(_number_text(entry.get("value"))),
-            units=UCUM_UNITS[kind.unit], method=f"{DERIVED_METHOD}^{system}" if derived else "",
-            equipment="" if derived else equipment)
+        obx(
+            "NM",
+            f"{kind.loinc}^{escape(kind.loinc_display)}^LN",
+            Input(_number_text(entry.get("value"))),
+            units=UCUM_UNITS[kind.unit],
+            method=f"{DERIVED_METHOD}^{system}" if derived else "",
+            equipment="" if derived else equipment,
+        )
     for text in statements:
         if str(text).strip():
             obx("ST", f"{CART_STATEMENT}^{system}", free_text(str(text)), equipment=equipment)
@@ -557,16 +630,25 @@ AI_FINDING = "AI_FINDING^AI finding (above threshold)"
 READER_COMMENT = "READER_COMMENT^Over-read comment"
 
 
-def _prediction_observations(obx: Any, free_text: Any, prediction: Prediction, cfg: Hl7Config,
-                             over_read: OverRead | None = None, observer: str = "") -> None:
+def _prediction_observations(
+    obx: Any,
+    free_text: Any,
+    prediction: Prediction,
+    cfg: Hl7Config,
+    over_read: OverRead | None = None,
+    observer: str = "",
+) -> None:
     probabilities = prediction.probabilities or {}
     for code in FINDINGS:
         p = probabilities.get(code)
         if p is None or not isinstance(p, (int, float)) or not math.isfinite(p) or not 0.0 <= p <= 1.0:
             raise OruBuildError(f"OBX-5: probability of {code} missing or not in [0, 1]")
         local = cfg.probability_codes[code]
-        obx("NM", f"{escape(local)}^{escape(BY_CODE[code].name)} probability^{cfg.probability_coding_system}",
-            Input(f"{p:.{PROBABILITY_DECIMALS}f}"))
+        obx(
+            "NM",
+            f"{escape(local)}^{escape(BY_CODE[code].name)} probability^{cfg.probability_coding_system}",
+            Input(f"{p:.{PROBABILITY_DECIMALS}f}"),
+        )
     findings = [c for c in FINDINGS if c in set(prediction.findings or [])]
     if over_read is None:
         for code in findings:
@@ -580,26 +662,43 @@ def _prediction_observations(obx: Any, free_text: Any, prediction: Prediction, c
             obx("CWE", f"{AI_FINDING}^{system}", Input(f"{BY_CODE[code].snomed}^{BY_CODE[code].name}^SCT"))
         confirmed = [c for c in FINDINGS if c in set(over_read.findings)]
         for code in confirmed:
-            obx("CWE", IMPRESSION, Input(f"{BY_CODE[code].snomed}^{BY_CODE[code].name}^SCT"), abnormal="A",
-                responsible=observer)
+            obx(
+                "CWE",
+                IMPRESSION,
+                Input(f"{BY_CODE[code].snomed}^{BY_CODE[code].name}^SCT"),
+                abnormal="A",
+                responsible=observer,
+            )
         statements = [text for text in over_read.statements if text.strip()]
         for text in statements:
             obx("ST", IMPRESSION, free_text(text), responsible=observer)
         if not confirmed and not statements:
-            obx("ST", IMPRESSION, escape("None of " + ", ".join(FINDINGS) + " confirmed by the reader"),
-                abnormal="N", responsible=observer)
+            obx(
+                "ST",
+                IMPRESSION,
+                escape("None of " + ", ".join(FINDINGS) + " confirmed by the reader"),
+                abnormal="N",
+                responsible=observer,
+            )
         if over_read.comment.strip():
             obx("ST", f"{READER_COMMENT}^{system}", free_text(over_read.comment), responsible=observer)
     for flag in prediction.quality_flags or []:
         obx("ST", f"QUALITY^Signal quality flag^{cfg.probability_coding_system}", free_text(str(flag)))
     obx("ST", f"MODEL_SHA256^AI model SHA-256^{cfg.probability_coding_system}", Input(escape(prediction.model_sha256)))
     if prediction.demo_model:
-        obx("ST", f"MODEL_DEMO^AI model is a demo^{cfg.probability_coding_system}",
-            "DEMO MODEL (untrained) - NOT FOR CLINICAL USE")
+        obx(
+            "ST",
+            f"MODEL_DEMO^AI model is a demo^{cfg.probability_coding_system}",
+            "DEMO MODEL (untrained) - NOT FOR CLINICAL USE",
+        )
 
 
 def _segments_logged(
-    ecg: EcgInstance, prediction: Prediction | None, cfg: Hl7Config, control_id: str, now: datetime | None,
+    ecg: EcgInstance,
+    prediction: Prediction | None,
+    cfg: Hl7Config,
+    control_id: str,
+    now: datetime | None,
     options: OruOptions,
 ) -> list[Segment]:
     """:func:`_oru_segments`, with one WARNING per value that was shortened
@@ -612,7 +711,12 @@ def _segments_logged(
 
 
 def build_oru(
-    ecg: EcgInstance, prediction: Prediction | None, cfg: Hl7Config, control_id: str, *, now: datetime | None = None,
+    ecg: EcgInstance,
+    prediction: Prediction | None,
+    cfg: Hl7Config,
+    control_id: str,
+    *,
+    now: datetime | None = None,
     options: OruOptions = OruOptions(),
 ) -> str:
     """The ORU^R01 for ``ecg`` as ER7 (segments separated by ``\\r``).
@@ -672,7 +776,12 @@ def build_oru(
 
 
 def build_oru_reference(
-    ecg: EcgInstance, prediction: Prediction | None, cfg: Hl7Config, control_id: str, *, now: datetime | None = None,
+    ecg: EcgInstance,
+    prediction: Prediction | None,
+    cfg: Hl7Config,
+    control_id: str,
+    *,
+    now: datetime | None = None,
     options: OruOptions = OruOptions(),
 ) -> str:
     """:func:`build_oru` the slow, direct way (~30 ms): hl7apy assigns every
@@ -748,7 +857,7 @@ def _shape_checks(shape: str) -> tuple[tuple[str, str], ...] | None:
     for segment in shape.split("\r"):
         name, *fields = segment.split("|")
         first = _first_field(name)
-        for i, field in enumerate(fields[first - 1 - (name == "MSH"):], start=first):
+        for i, field in enumerate(fields[first - 1 - (name == "MSH") :], start=first):
             text.extend((leaf, f"{name}-{i}") for leaf in _LEAF.findall(field))
     if [leaf.replace(_MASK, _SAMPLE) for leaf, _ in text] != [value for _, value in tree]:
         return None  # hl7apy splits this text differently: the masked values cannot be mapped

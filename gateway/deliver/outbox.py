@@ -67,13 +67,17 @@ def correction_options(corrected_id: int | None) -> OruOptions:
 def final_result_sent(session: Session, ecg_ids: list[int]) -> bool:
     """Whether a final result (OBR-25 F or C) for any of these ECGs is in the
     outbox, pending or delivered (the EHR has it or will)."""
-    payloads = session.scalars(select(Hl7Message.payload).where(
-        Hl7Message.ecg_id.in_(ecg_ids), Hl7Message.status.in_((HL7_PENDING, HL7_DELIVERED))))
+    payloads = session.scalars(
+        select(Hl7Message.payload).where(
+            Hl7Message.ecg_id.in_(ecg_ids), Hl7Message.status.in_((HL7_PENDING, HL7_DELIVERED))
+        )
+    )
     return any(result_status_of(p) in ("F", "C") for p in payloads)
 
 
-def ai_result_status(session: Session, ecg: EcgInstance, prediction: Prediction | None, cfg: Hl7Config,
-                     options: OruOptions) -> ResultStatus:
+def ai_result_status(
+    session: Session, ecg: EcgInstance, prediction: Prediction | None, cfg: Hl7Config, options: OruOptions
+) -> ResultStatus:
     """OBR-25/OBX-11 of the gateway's own result for ``ecg`` (an AI read, or a
     rejection when ``prediction`` is None); a physician's over-read
     (``options.over_read``) keeps the status its caller chose.
@@ -97,7 +101,11 @@ def ai_result_status(session: Session, ecg: EcgInstance, prediction: Prediction 
 
 
 def enqueue_result(
-    session: Session, ecg: EcgInstance, prediction: Prediction | None, cfg: Hl7Config, *,
+    session: Session,
+    ecg: EcgInstance,
+    prediction: Prediction | None,
+    cfg: Hl7Config,
+    *,
     options: OruOptions = OruOptions(),
 ) -> Hl7Message | None:
     """Add the ORU^R01 for ``ecg`` to the outbox in the caller's transaction
@@ -148,7 +156,12 @@ def _confirmation_of(session: Session, message: Hl7Message) -> Confirmation | No
 
 
 def resend(
-    session: Session, message_id: int, actor: str, cfg: Hl7Config, *, options: OruOptions | None = None,
+    session: Session,
+    message_id: int,
+    actor: str,
+    cfg: Hl7Config,
+    *,
+    options: OruOptions | None = None,
     address: str | None = None,
 ) -> Hl7Message:
     """Queue a new copy of message ``message_id`` with a new control id.
@@ -178,11 +191,14 @@ def resend(
         confirmation = _confirmation_of(session, old)
         if confirmation is not None:  # a physician's over-read is resent as one (OBR-32, its F or C)
             status: Literal["F", "C"] = "C" if confirmation.result_status == "C" else "F"
-            options = replace(options, result_status=status,
-                              over_read=over_read_from(confirmation, cfg.interpreter_authority))
+            options = replace(
+                options, result_status=status, over_read=over_read_from(confirmation, cfg.interpreter_authority)
+            )
         else:  # the gateway's own result: a correction stays a correction, a preliminary preliminary
-            options = replace(options, result_status=result_status_of(old.payload)
-                              or ai_result_status(session, ecg, prediction, cfg, options))
+            options = replace(
+                options,
+                result_status=result_status_of(old.payload) or ai_result_status(session, ecg, prediction, cfg, options),
+            )
     if cfg.embed_pdf and prediction is not None and options.report_pdf is None:
         # the PDF the first message carried (the outbox has no model input to draw a new one)
         options = replace(options, report_pdf=embedded_pdf(old.payload))
@@ -203,7 +219,17 @@ def resend(
     )
     session.add(new)
     session.flush()
-    audit(session, actor, "hl7_resend", f"hl7_message:{old.id}", ecg_id=ecg.id, address=address,
-          old_control_id=old.control_id, old_status=old_status, new_message_id=new.id, new_control_id=control_id)
+    audit(
+        session,
+        actor,
+        "hl7_resend",
+        f"hl7_message:{old.id}",
+        ecg_id=ecg.id,
+        address=address,
+        old_control_id=old.control_id,
+        old_status=old_status,
+        new_message_id=new.id,
+        new_control_id=control_id,
+    )
     log.info("hl7 message %s resent as %s (ecg %s) by %s", old.id, new.id, ecg.id, actor)
     return new

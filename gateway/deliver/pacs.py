@@ -71,8 +71,7 @@ def enqueue_pacs(session: Session, ecg: EcgInstance, cfg: PacsConfig) -> list[Pa
     if getattr(ecg, "source_format", "dicom") != "dicom":
         # the PDF and SR reuse the original's DICOM patient and study modules: a Philips XML or aECG
         # original has none (no study UID in either format), so nothing goes back to PACS for it
-        log.info("ecg %s: no PACS objects for a %s original (no DICOM study to add them to)", ecg.id,
-                 ecg.source_format)
+        log.info("ecg %s: no PACS objects for a %s original (no DICOM study to add them to)", ecg.id, ecg.source_format)
         return []
     rows = []
     for kind in cfg.send:
@@ -120,9 +119,15 @@ def build_object(session: Session, msg: PacsMessage, spool_dir: str | Path, max_
             pdf = report_pdf(ecg, spool_dir, confirmation=confirmation)
         except RebuildError as exc:
             raise PacsBuildError(str(exc)) from None
-        return encapsulated_pdf(source, pdf, series_uid=msg.series_instance_uid, sop_uid=msg.sop_instance_uid,
-                                when=when, software_version=f"ECG gateway {__version__}",
-                                confirmed=confirmation is not None)
+        return encapsulated_pdf(
+            source,
+            pdf,
+            series_uid=msg.series_instance_uid,
+            sop_uid=msg.sop_instance_uid,
+            when=when,
+            software_version=f"ECG gateway {__version__}",
+            confirmed=confirmation is not None,
+        )
     from gateway.report.pdf import reader_confirmation
     from gateway.report.people import split_name
 
@@ -131,10 +136,18 @@ def build_object(session: Session, msg: PacsMessage, spool_dir: str | Path, max_
         family, given = split_name(confirmation.full_name, confirmation.username)  # as the ORU's OBR-32
         reader_pn = f"{family}^{given}".rstrip("^")[:64]
     values = ResultValues(
-        probabilities=p.probabilities or {}, thresholds=p.thresholds or {}, findings=list(p.findings or []),
-        model_sha256=p.model_sha256, gateway_version=p.gateway_version, demo_model=bool(p.demo_model),
-        measurements=ecg.measurements, cart_statements=list(ecg.cart_statements or []), result_time=when,
-        confirmation=reader_confirmation(confirmation) if confirmation is not None else None, reader_pn=reader_pn)
+        probabilities=p.probabilities or {},
+        thresholds=p.thresholds or {},
+        findings=list(p.findings or []),
+        model_sha256=p.model_sha256,
+        gateway_version=p.gateway_version,
+        demo_model=bool(p.demo_model),
+        measurements=ecg.measurements,
+        cart_statements=list(ecg.cart_statements or []),
+        result_time=when,
+        confirmation=reader_confirmation(confirmation) if confirmation is not None else None,
+        reader_pn=reader_pn,
+    )
     return comprehensive_sr(source, values, series_uid=msg.series_instance_uid, sop_uid=msg.sop_instance_uid)
 
 
@@ -171,7 +184,7 @@ def c_store(ds: Any, cfg: PacsConfig) -> str | None:
 def backoff_delay(attempts: int, cfg: PacsConfig) -> float:
     """Seconds before attempt ``attempts + 1``: initial * 2**(attempts-1), capped."""
     exponent = min(max(attempts - 1, 0), 60)
-    return min(cfg.backoff_initial_s * (2.0 ** exponent), cfg.backoff_max_s)
+    return min(cfg.backoff_initial_s * (2.0**exponent), cfg.backoff_max_s)
 
 
 @dataclass(frozen=True)
@@ -186,8 +199,13 @@ def _claim(session_factory: Callable[[], Session], cfg: PacsConfig) -> Claimed |
     lease = timedelta(seconds=2 * (cfg.connect_timeout + cfg.dimse_timeout) + 10)
     now = utcnow()
     with session_factory() as session, session.begin():
-        stmt = (select(PacsMessage).where(PacsMessage.status == PACS_PENDING, PacsMessage.next_attempt_at <= now)
-                .order_by(PacsMessage.id).limit(1).with_for_update(skip_locked=True))
+        stmt = (
+            select(PacsMessage)
+            .where(PacsMessage.status == PACS_PENDING, PacsMessage.next_attempt_at <= now)
+            .order_by(PacsMessage.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        )
         row = session.scalars(stmt).first()
         if row is None:
             return None
@@ -229,8 +247,14 @@ def send_one(session_factory: Callable[[], Session], config: Config) -> bool:
             log.info("pacs message %s: %s of ECG %s stored in PACS (SOP %s)", row.id, kind, ecg_id, uid)
         elif permanent or row.attempts >= cfg.max_attempts:
             row.status, row.last_error = PACS_FAILED, error
-            log.warning("pacs message %s: %s of ECG %s failed after %d attempt(s): %s", row.id, kind, ecg_id,
-                        row.attempts, error)
+            log.warning(
+                "pacs message %s: %s of ECG %s failed after %d attempt(s): %s",
+                row.id,
+                kind,
+                ecg_id,
+                row.attempts,
+                error,
+            )
         else:
             row.last_error = error
             row.next_attempt_at = now + timedelta(seconds=backoff_delay(row.attempts, cfg))
@@ -238,12 +262,18 @@ def send_one(session_factory: Callable[[], Session], config: Config) -> bool:
     return True
 
 
-def run_pacs_sender(session_factory: Callable[[], Session], config: Config, stop: threading.Event,
-                    wake: threading.Event | None = None) -> None:
+def run_pacs_sender(
+    session_factory: Callable[[], Session], config: Config, stop: threading.Event, wake: threading.Event | None = None
+) -> None:
     """Send due PACS objects until ``stop`` is set; ``wake`` cuts the idle wait."""
     wake = wake or threading.Event()
-    log.info("PACS sender started (%s@%s:%d, %s)", config.pacs.called_ae_title, config.pacs.host, config.pacs.port,
-             ", ".join(config.pacs.send))
+    log.info(
+        "PACS sender started (%s@%s:%d, %s)",
+        config.pacs.called_ae_title,
+        config.pacs.host,
+        config.pacs.port,
+        ", ".join(config.pacs.send),
+    )
     while not stop.is_set():
         try:
             busy = send_one(session_factory, config)
@@ -267,8 +297,16 @@ def resend(session: Session, message_id: int, actor: str) -> PacsMessage:
         raise LookupError(f"no PACS message with id {message_id}")
     old_status = row.status
     row.status, row.attempts, row.next_attempt_at, row.last_error = PACS_PENDING, 0, utcnow(), None
-    audit(session, actor, "pacs_resend", f"pacs_message:{row.id}", ecg_id=row.ecg_id, kind=row.kind,
-          sop_instance_uid=row.sop_instance_uid, old_status=old_status)
+    audit(
+        session,
+        actor,
+        "pacs_resend",
+        f"pacs_message:{row.id}",
+        ecg_id=row.ecg_id,
+        kind=row.kind,
+        sop_instance_uid=row.sop_instance_uid,
+        old_status=old_status,
+    )
     return row
 
 

@@ -67,7 +67,7 @@ def backoff_delay(attempts: int, cfg: Hl7Config) -> float:
     exponent = max(attempts - 1, 0)
     if exponent > 60:
         return cfg.backoff_max_s
-    return min(cfg.backoff_initial_s * (2.0 ** exponent), cfg.backoff_max_s)
+    return min(cfg.backoff_initial_s * (2.0**exponent), cfg.backoff_max_s)
 
 
 def lease_seconds(cfg: Hl7Config) -> float:
@@ -180,14 +180,26 @@ def _apply(row: Hl7Message, result: SendResult | None, cfg: Hl7Config, now: date
     row.last_error = result.detail
     if result.outcome == "error" and row.attempts >= cfg.max_attempts:
         row.status = HL7_FAILED
-        log.warning("hl7 message %s (ecg %s) failed after %s attempts: %s; %s", row.id, row.ecg_id, row.attempts,
-                    _loggable(result), _queue_state(row))
+        log.warning(
+            "hl7 message %s (ecg %s) failed after %s attempts: %s; %s",
+            row.id,
+            row.ecg_id,
+            row.attempts,
+            _loggable(result),
+            _queue_state(row),
+        )
     else:
         delay = backoff_delay(row.attempts, cfg)
         row.next_attempt_at = now + timedelta(seconds=delay)
         # INFO: the link watch logs the state change (down, rejecting) once, not every retry
-        log.info("hl7 message %s (ecg %s) attempt %s: %s; retry in %.1f s",
-                 row.id, row.ecg_id, row.attempts, _loggable(result), delay)
+        log.info(
+            "hl7 message %s (ecg %s) attempt %s: %s; retry in %.1f s",
+            row.id,
+            row.ecg_id,
+            row.attempts,
+            _loggable(result),
+            delay,
+        )
     return row.status
 
 

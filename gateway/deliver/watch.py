@@ -201,8 +201,11 @@ class Hl7Watch:
     def _check_failed(self) -> list[int]:
         with self._session_factory() as session:
             count, top, total = session.execute(
-                select(func.count(Hl7Message.id), func.coalesce(func.max(Hl7Message.id), 0),
-                       func.coalesce(func.sum(Hl7Message.id), 0)).where(Hl7Message.status == HL7_FAILED)
+                select(
+                    func.count(Hl7Message.id),
+                    func.coalesce(func.max(Hl7Message.id), 0),
+                    func.coalesce(func.sum(Hl7Message.id), 0),
+                ).where(Hl7Message.status == HL7_FAILED)
             ).one()
             fingerprint = (int(count), int(top), int(total))
             if fingerprint == self._failed_fingerprint:
@@ -218,14 +221,24 @@ class Hl7Watch:
         new = [(i, e) for i, e in rows if i not in known and i not in self._reported]
         self._reported -= self._failed_ids
         if new and first:
-            log.warning("%d hl7 message(s) failed and wait for an admin (ids %s); %s; "
-                        "see ecg-gateway hl7 list, resend with ecg-gateway hl7 resend ID",
-                        len(new), _ids(i for i, _ in new), snapshot.describe())
+            log.warning(
+                "%d hl7 message(s) failed and wait for an admin (ids %s); %s; "
+                "see ecg-gateway hl7 list, resend with ecg-gateway hl7 resend ID",
+                len(new),
+                _ids(i for i, _ in new),
+                snapshot.describe(),
+            )
         elif new:
             for msg_id, ecg_id in new[:_SHOWN]:
-                log.warning("hl7 message %s (ecg %s) failed: it will not be sent again without an admin "
-                            "(ecg-gateway hl7 show %s; hl7 resend %s); %s",
-                            msg_id, ecg_id, msg_id, msg_id, snapshot.describe())
+                log.warning(
+                    "hl7 message %s (ecg %s) failed: it will not be sent again without an admin "
+                    "(ecg-gateway hl7 show %s; hl7 resend %s); %s",
+                    msg_id,
+                    ecg_id,
+                    msg_id,
+                    msg_id,
+                    snapshot.describe(),
+                )
             if len(new) > _SHOWN:
                 log.warning("... and %d more hl7 message(s) failed", len(new) - _SHOWN)
         elif known and not self._failed_ids:

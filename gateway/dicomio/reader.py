@@ -75,8 +75,13 @@ class _Unusual(Exception):
     """An encoding the fast path leaves to ``dcmread`` (not an error by itself)."""
 
 
-def read(raw: bytes, max_bytes: int = DEFAULT_MAX_DATASET_BYTES, *,
-         sequences: Collection[str] | None = WAVEFORM, nested: bool = True) -> Dataset:
+def read(
+    raw: bytes,
+    max_bytes: int = DEFAULT_MAX_DATASET_BYTES,
+    *,
+    sequences: Collection[str] | None = WAVEFORM,
+    nested: bool = True,
+) -> Dataset:
     """The data set of the DICOM Part 10 file ``raw``, with its file meta.
 
     ``sequences``: keywords of the top-level sequences wanted; every other
@@ -129,8 +134,9 @@ def file_meta_uids(raw: bytes) -> FileMetaUids:
         meta = _file_meta(fp)
     except Exception:  # noqa: BLE001 - unreadable file meta: nothing announced; the read refuses it
         return FileMetaUids(None, None, None)
-    return FileMetaUids(*(_uid(meta, k) for k in ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID",
-                                                    "TransferSyntaxUID")))
+    return FileMetaUids(
+        *(_uid(meta, k) for k in ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID", "TransferSyntaxUID"))
+    )
 
 
 def _uid(meta: Dataset, keyword: str) -> str | None:
@@ -161,8 +167,7 @@ def _file_meta(fp: BinaryIO) -> FileMetaDataset:
         meta[next(iter(meta.keys()))]
     except NotImplementedError:
         fp.seek(start)
-        meta = FileMetaDataset(read_dataset(fp, is_implicit_VR=True, is_little_endian=True,
-                                            stop_when=_not_group_0002))
+        meta = FileMetaDataset(read_dataset(fp, is_implicit_VR=True, is_little_endian=True, stop_when=_not_group_0002))
         meta.set_original_encoding(is_implicit_vr=True, is_little_endian=True, character_encoding=default_encoding)
     return meta
 
@@ -182,7 +187,7 @@ def _read_pydicom(raw: bytes, max_bytes: int) -> Dataset:
         deflated = False
     if not deflated:
         return dcmread(io.BytesIO(raw))
-    inflated = inflate(memoryview(raw)[fp.tell():], max_bytes)
+    inflated = inflate(memoryview(raw)[fp.tell() :], max_bytes)
     if not inflated.complete:
         raise zlib.error("Error -5 while decompressing data: incomplete or truncated stream")
     body = io.BytesIO(inflated.data)
@@ -243,8 +248,7 @@ def _read_fast(raw: bytes, max_bytes: int, kept: frozenset[int], nested: bool) -
         looks_explicit = 0x40 < buf[start + 4] < 0x5B and 0x40 < buf[start + 5] < 0x5B
         if looks_explicit == implicit:
             raise _Unusual("the data set's VR encoding differs from its transfer syntax")
-    elements, encoding, _ = _level(buf, start, len(buf), implicit, default_encoding, top=True, kept=kept,
-                                   nested=nested)
+    elements, encoding, _ = _level(buf, start, len(buf), implicit, default_encoding, top=True, kept=kept, nested=nested)
     ds = Dataset(elements)
     ds.set_original_encoding(implicit, True, encoding)
     ds.file_meta = file_meta
@@ -301,9 +305,16 @@ def _skip_undefined(buf: bytes, pos: int, end: int, implicit: bool) -> int:
                 raise DicomError("truncated: element runs past the end")
 
 
-def _level(buf: bytes, pos: int, end: int, implicit: bool, encoding: str | list[str],
-           top: bool = False, kept: frozenset[int] = frozenset(), nested: bool = True,
-           ) -> tuple[dict[BaseTag, RawDataElement | DataElement], str | list[str], int]:
+def _level(
+    buf: bytes,
+    pos: int,
+    end: int,
+    implicit: bool,
+    encoding: str | list[str],
+    top: bool = False,
+    kept: frozenset[int] = frozenset(),
+    nested: bool = True,
+) -> tuple[dict[BaseTag, RawDataElement | DataElement], str | list[str], int]:
     """The elements of one data set level as pydicom's reader yields them,
     the character encodings in force at its end, and the offset past its
     item delimiter (-1 when it ran to ``end`` without one).
@@ -351,8 +362,9 @@ def _level(buf: bytes, pos: int, end: int, implicit: bool, encoding: str | list[
         if is_sequence:
             if top and BaseTag(tag) in elements:
                 raise _Unusual("a top-level sequence twice")
-            sequence, after = _sequence(buf, tag, pos, end if undefined else value_end, undefined, implicit, encoding,
-                                        nested)
+            sequence, after = _sequence(
+                buf, tag, pos, end if undefined else value_end, undefined, implicit, encoding, nested
+            )
             elements[sequence.tag] = sequence
             pos = after if undefined else value_end
             continue
@@ -362,8 +374,15 @@ def _level(buf: bytes, pos: int, end: int, implicit: bool, encoding: str | list[
         # raw=True: b"" or None, as pydicom's reader gives an empty value
         value = buf[pos:value_end] if length else cast("bytes | None", empty_value_for_VR(vr_text, raw=True))
         base_tag = BaseTag(tag)
-        elements[base_tag] = RawDataElement(tag=base_tag, VR=vr_text, length=length, value=value, value_tell=pos,
-                                            is_implicit_VR=implicit, is_little_endian=True)
+        elements[base_tag] = RawDataElement(
+            tag=base_tag,
+            VR=vr_text,
+            length=length,
+            value=value,
+            value_tell=pos,
+            is_implicit_VR=implicit,
+            is_little_endian=True,
+        )
         if tag == _SPECIFIC_CHARACTER_SET and value:
             # as pydicom's reader: the encodings for the sequences that follow
             encoding = convert_encodings(convert_string(value, True))
@@ -371,8 +390,16 @@ def _level(buf: bytes, pos: int, end: int, implicit: bool, encoding: str | list[
     return elements, encoding, -1
 
 
-def _sequence(buf: bytes, tag: int, pos: int, end: int, undefined: bool, implicit: bool,
-              encoding: str | list[str], nested: bool = True) -> tuple[DataElement, int]:
+def _sequence(
+    buf: bytes,
+    tag: int,
+    pos: int,
+    end: int,
+    undefined: bool,
+    implicit: bool,
+    encoding: str | list[str],
+    nested: bool = True,
+) -> tuple[DataElement, int]:
     """A sequence element with every item (and nested sequence) parsed, and
     the offset past its value (past the sequence delimiter when undefined)."""
     items = []

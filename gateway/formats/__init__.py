@@ -44,5 +44,14 @@ def decode(raw: bytes, source_format: str) -> EcgRecord:
     raise FormatError(f"no decoder for format {source_format!r}")
 
 
-__all__ = ["XML_FORMATS", "DocumentValues", "EcgRecord", "Format", "FormatError", "RecordLead", "decode",
-           "read_values", "sniff"]
+__all__ = [
+    "XML_FORMATS",
+    "DocumentValues",
+    "EcgRecord",
+    "Format",
+    "FormatError",
+    "RecordLead",
+    "decode",
+    "read_values",
+    "sniff",
+]

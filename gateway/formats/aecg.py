@@ -47,11 +47,22 @@ from gateway.quoting import printable
 NS = "urn:hl7-org:v3"
 XSI_TYPE = "{http://www.w3.org/2001/XMLSchema-instance}type"
 _V = {"v": NS}
-_SUBJECT = ("v:componentOf/v:timepointEvent/v:componentOf/v:subjectAssignment/v:subject/v:trialSubject")
+_SUBJECT = "v:componentOf/v:timepointEvent/v:componentOf/v:subjectAssignment/v:subject/v:trialSubject"
 #: ``MDC_ECG_LEAD_<suffix>`` (upper-cased) -> lead.
 LEAD_CODES: dict[str, str] = {
-    "I": "I", "II": "II", "III": "III", "AVR": "aVR", "AVL": "aVL", "AVF": "aVF",
-    "V1": "V1", "V2": "V2", "V3": "V3", "V4": "V4", "V5": "V5", "V6": "V6", "AVRNEG": NEGATIVE_AVR,
+    "I": "I",
+    "II": "II",
+    "III": "III",
+    "AVR": "aVR",
+    "AVL": "aVL",
+    "AVF": "aVF",
+    "V1": "V1",
+    "V2": "V2",
+    "V3": "V3",
+    "V4": "V4",
+    "V5": "V5",
+    "V6": "V6",
+    "AVRNEG": NEGATIVE_AVR,
 }
 #: Elements in one document (the example holds 2,400; beat annotations add some per beat): the
 #: parsed tree stays under ~25 MB.
@@ -123,14 +134,25 @@ def read_values(raw: bytes) -> DocumentValues:
     put(cols, dropped, "patient_name", _text(root, person + "/v:name"), "subjectDemographicPerson/name")
     cols["patient_birth_date"] = dicom_date((_attr(root, person + "/v:birthTime", "value") or "")[:8])
     cols["patient_sex"] = _SEX.get((_attr(root, person + "/v:administrativeGenderCode", "code") or "").upper())
-    cols["acquisition_datetime"] = _timestamp(_attr(root, "v:effectiveTime/v:center", "value")
-                                              or _attr(root, "v:effectiveTime/v:low", "value"))
+    cols["acquisition_datetime"] = _timestamp(
+        _attr(root, "v:effectiveTime/v:center", "value") or _attr(root, "v:effectiveTime/v:low", "value")
+    )
     device = "v:component/v:series/v:author/v:seriesAuthor/"
     put(cols, dropped, "manufacturer", _text(root, device + "v:manufacturerOrganization/v:name"), "manufacturer")
-    put(cols, dropped, "device_model", _text(root, device + "v:manufacturedSeriesDevice/v:manufacturerModelName"),
-        "manufacturerModelName")
-    put(cols, dropped, "device_serial", _attr(root, device + "v:manufacturedSeriesDevice/v:id", "extension"),
-        "manufacturedSeriesDevice/id")
+    put(
+        cols,
+        dropped,
+        "device_model",
+        _text(root, device + "v:manufacturedSeriesDevice/v:manufacturerModelName"),
+        "manufacturerModelName",
+    )
+    put(
+        cols,
+        dropped,
+        "device_serial",
+        _attr(root, device + "v:manufacturedSeriesDevice/v:id", "extension"),
+        "manufacturedSeriesDevice/id",
+    )
     values.details["document"] = "HL7 aECG"
     return values
 
@@ -202,8 +224,12 @@ def _sampling_period(sequence: Any, code: str) -> tuple[float, dict[str, Any]]:
     if kind in ("GLIST_TS", "GLIST_PQ"):
         period = _seconds(value.find("v:increment", _V), f"{code} increment")
         head = value.find("v:head", _V)
-        return period, {"code": code, "type": kind, "head": None if head is None else head.get("value"),
-                        "increment_s": period}
+        return period, {
+            "code": code,
+            "type": kind,
+            "head": None if head is None else head.get("value"),
+            "increment_s": period,
+        }
     if kind == "SLIST_PQ":
         times = _digits(value, code).astype(np.float64)
         scale = _seconds(value.find("v:scale", _V), f"{code} scale")
@@ -231,8 +257,9 @@ def decode(raw: bytes) -> EcgRecord:
         if not n_leads:
             continue
         if n_leads > MAX_LEADS:  # before any digits are read
-            raise FormatError(f"HL7 aECG: {n_leads} lead sequences in the RHYTHM series, more than the {MAX_LEADS} "
-                              "accepted")
+            raise FormatError(
+                f"HL7 aECG: {n_leads} lead sequences in the RHYTHM series, more than the {MAX_LEADS} accepted"
+            )
         for sequence, code in zip(sequences, codes, strict=True):
             shown = printable(code, 40) or "(no code)"
             if code.upper().startswith("TIME_"):
@@ -249,9 +276,12 @@ def decode(raw: bytes) -> EcgRecord:
             scale = _millivolts(value.find("v:scale", _V), f"{shown} scale")
             if scale <= 0:
                 raise FormatError(f"HL7 aECG: {shown} scale is not positive")
-            lead = LEAD_CODES.get(code.upper()[len("MDC_ECG_LEAD_"):])
-            leads.append(RecordLead(lead, code, "aECG sequence code" if lead else "unknown",
-                                    _digits(value, shown), scale, baseline))
+            lead = LEAD_CODES.get(code.upper()[len("MDC_ECG_LEAD_") :])
+            leads.append(
+                RecordLead(
+                    lead, code, "aECG sequence code" if lead else "unknown", _digits(value, shown), scale, baseline
+                )
+            )
         break  # the first set with leads: simultaneously recorded sequences
     if not leads:
         raise FormatError("HL7 aECG: the RHYTHM series has no MDC_ECG_LEAD_* sequence")

@@ -9,15 +9,33 @@ from gateway.formats.errors import FormatError
 
 #: Column widths (``ecg_instances``).
 WIDTHS: dict[str, int] = {
-    "patient_id": 64, "issuer_of_patient_id": 64, "patient_name": 324, "patient_birth_date": 8,
-    "patient_sex": 16, "accession_number": 64, "placer_order_number": 64, "filler_order_number": 64,
-    "requested_procedure_id": 64, "manufacturer": 64, "device_model": 64, "device_serial": 64,
-    "acquisition_datetime": 32, "study_instance_uid": 64, "series_instance_uid": 64, "sop_class_uid": 64,
+    "patient_id": 64,
+    "issuer_of_patient_id": 64,
+    "patient_name": 324,
+    "patient_birth_date": 8,
+    "patient_sex": 16,
+    "accession_number": 64,
+    "placer_order_number": 64,
+    "filler_order_number": 64,
+    "requested_procedure_id": 64,
+    "manufacturer": 64,
+    "device_model": 64,
+    "device_serial": 64,
+    "acquisition_datetime": 32,
+    "study_instance_uid": 64,
+    "series_instance_uid": 64,
+    "sop_class_uid": 64,
 }
 #: Values that file a result under a patient or order: one that does not fit
 #: is refused, never cut or guessed (as for DICOM).
-IDENTITY = ("patient_id", "issuer_of_patient_id", "patient_name", "accession_number", "placer_order_number",
-            "filler_order_number")
+IDENTITY = (
+    "patient_id",
+    "issuer_of_patient_id",
+    "patient_name",
+    "accession_number",
+    "placer_order_number",
+    "filler_order_number",
+)
 #: Placeholders some devices write for "no value" (Philips: ``---``).
 PLACEHOLDERS = {"", "---", "--", "-"}
 

@@ -93,8 +93,9 @@ def _root(raw: bytes) -> Any:
     if local_name(root) != "restingecgdata":
         raise FormatError(f"Philips XML: the root element is {printable(local_name(root), 40)}, not restingecgdata")
     if namespace(root) != NS:
-        raise FormatError(f"Philips XML: restingecgdata is in the namespace {printable(namespace(root), 80)!r}, "
-                          f"not {NS}")
+        raise FormatError(
+            f"Philips XML: restingecgdata is in the namespace {printable(namespace(root), 80)!r}, not {NS}"
+        )
     return root
 
 
@@ -113,8 +114,10 @@ def version(root: Any) -> tuple[str, str]:
     doc_type = _text(root, "p:documentinfo/p:documenttype") or ""
     doc_ver = _text(root, "p:documentinfo/p:documentversion") or ""
     if doc_type not in ("SierraECG", "PhilipsECG") or doc_ver not in VERSIONS:
-        raise FormatError(f"Philips XML: document type {printable(doc_type, 20)!r} version "
-                          f"{printable(doc_ver, 20)!r} is not supported (SierraECG/PhilipsECG {', '.join(VERSIONS)})")
+        raise FormatError(
+            f"Philips XML: document type {printable(doc_type, 20)!r} version "
+            f"{printable(doc_ver, 20)!r} is not supported (SierraECG/PhilipsECG {', '.join(VERSIONS)})"
+        )
     return doc_type, doc_ver
 
 
@@ -129,8 +132,9 @@ def read_values(raw: bytes) -> DocumentValues:
         raise FormatError("Philips XML: no waveforms/parsedwaveforms (no rhythm data)")
     name = _text(root, "p:documentinfo/p:documentname") or ""
     uid = uid_from_uuid(name)
-    values = DocumentValues("philips", uid or uid_from_bytes(raw),
-                            "documentinfo/documentname UUID" if uid else "SHA-256 of the file")
+    values = DocumentValues(
+        "philips", uid or uid_from_bytes(raw), "documentinfo/documentname UUID" if uid else "SHA-256 of the file"
+    )
     cols, dropped = values.columns, values.dropped
     cols["sop_class_uid"] = ""
     patient = "p:patient/p:generalpatientdata/"
@@ -139,16 +143,19 @@ def read_values(raw: bytes) -> DocumentValues:
         if cols.get("patient_id"):
             break
     if not cols.get("patient_id"):
-        raise FormatError("Philips XML: no patient ID (patient/generalpatientdata/patientid, MRN or "
-                          "uniquepatientid): the result could not be filed")
+        raise FormatError(
+            "Philips XML: no patient ID (patient/generalpatientdata/patientid, MRN or "
+            "uniquepatientid): the result could not be filed"
+        )
     parts = [_text(root, patient + "p:name/p:" + part) or "" for part in ("lastname", "firstname", "middlename")]
     parts = ["" if p in ("---", "-") else p for p in parts]
     put(cols, dropped, "patient_name", "^".join(parts).rstrip("^"), "patient name")
     cols["patient_birth_date"] = dicom_date(_text(root, patient + "p:age/p:dateofbirth"))
     cols["patient_sex"] = _SEX.get((_text(root, patient + "p:sex") or "").lower())
     put(cols, dropped, "placer_order_number", _text(root, "p:orderinfo/p:ordernumber"), "order number")
-    cols["acquisition_datetime"] = dicom_datetime(_attr(root, "p:dataacquisition", "date"),
-                                                  _attr(root, "p:dataacquisition", "time"))
+    cols["acquisition_datetime"] = dicom_datetime(
+        _attr(root, "p:dataacquisition", "date"), _attr(root, "p:dataacquisition", "time")
+    )
     detail = (_attr(root, "p:dataacquisition/p:machine", "detaildescription") or "").split(":")
     put(cols, dropped, "manufacturer", detail[0] if detail[0] else "Philips", "manufacturer")
     put(cols, dropped, "device_model", _text(root, "p:dataacquisition/p:machine"), "machine")
@@ -231,8 +238,9 @@ def decode(raw: bytes) -> EcgRecord:
     except _XliTooLarge:
         raise FormatError(f"Philips XML: the XLI-compressed waveforms inflate past {MAX_DECODED_BYTES} bytes") from None
     except Exception as exc:  # noqa: BLE001 - sierraecg's own errors and whatever garbage data raises
-        raise FormatError(f"Philips XML: sierraecg cannot decode it: {type(exc).__name__}: "
-                          f"{printable(str(exc), 160)}") from None
+        raise FormatError(
+            f"Philips XML: sierraecg cannot decode it: {type(exc).__name__}: {printable(str(exc), 160)}"
+        ) from None
     finally:
         _budget.left = None
     labels_given = bool(_attr(root, "p:waveforms/p:parsedwaveforms", "leadlabels"))
@@ -243,20 +251,35 @@ def decode(raw: bytes) -> EcgRecord:
     if length == 0:
         raise FormatError("Philips XML: the leads hold no samples")
     counts = np.stack([np.asarray(lead.samples[:length], dtype=np.int64) for lead in ecg.leads])
-    details: dict[str, Any] = {"document": f"{doc_type} {doc_ver}", "resolution_uv": resolution,
-                               "offset_counts": offset, "scale_from": where, "decoder": "sierraecg"}
+    details: dict[str, Any] = {
+        "document": f"{doc_type} {doc_ver}",
+        "resolution_uv": resolution,
+        "offset_counts": offset,
+        "scale_from": where,
+        "decoder": "sierraecg",
+    }
     cut = trailing_calibration(counts)
     if cut is not None:
-        details["trimmed_end"] = {"samples": length - cut, "seconds": round((length - cut) / rate, 4),
-                                  "reason": "end-of-record gap and calibration pulse"}
+        details["trimmed_end"] = {
+            "samples": length - cut,
+            "seconds": round((length - cut) / rate, 4),
+            "reason": "end-of-record gap and calibration pulse",
+        }
         counts = counts[:, :cut]
     leads = []
     for index, lead in enumerate(ecg.leads):
         label = str(lead.label)
-        name = label if label in ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6") \
-            else None
-        leads.append(RecordLead(
-            name, label, how if name else "unknown", counts[index], resolution / 1000.0,
-            -offset * resolution / 1000.0, (-32768, 32767), _REBUILT if 2 <= index <= 5 else None,
-        ))
+        name = label if label in ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6") else None
+        leads.append(
+            RecordLead(
+                name,
+                label,
+                how if name else "unknown",
+                counts[index],
+                resolution / 1000.0,
+                -offset * resolution / 1000.0,
+                (-32768, 32767),
+                _REBUILT if 2 <= index <= 5 else None,
+            )
+        )
     return EcgRecord("philips", rate_text(rate), tuple(leads), details)

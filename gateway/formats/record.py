@@ -26,9 +26,21 @@ NEGATIVE_AVR = "-aVR"
 
 #: Columns a format may fill (the ``ecg_instances`` columns a DICOM header fills).
 COLUMNS: tuple[str, ...] = (
-    "sop_class_uid", "study_instance_uid", "series_instance_uid", "patient_id", "issuer_of_patient_id",
-    "patient_name", "patient_birth_date", "patient_sex", "accession_number", "placer_order_number",
-    "filler_order_number", "requested_procedure_id", "manufacturer", "device_model", "device_serial",
+    "sop_class_uid",
+    "study_instance_uid",
+    "series_instance_uid",
+    "patient_id",
+    "issuer_of_patient_id",
+    "patient_name",
+    "patient_birth_date",
+    "patient_sex",
+    "accession_number",
+    "placer_order_number",
+    "filler_order_number",
+    "requested_procedure_id",
+    "manufacturer",
+    "device_model",
+    "device_serial",
     "acquisition_datetime",
 )
 
@@ -103,8 +115,12 @@ class RecordLead:
 
     def as_report(self, index: int) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "channel": index + 1, "lead": self.lead, "code": self.code, "identified_by": self.identified_by,
-            "mv_per_count": self.mv_per_count, "baseline_mv": self.baseline_mv,
+            "channel": index + 1,
+            "lead": self.lead,
+            "code": self.code,
+            "identified_by": self.identified_by,
+            "mv_per_count": self.mv_per_count,
+            "baseline_mv": self.baseline_mv,
         }
         if self.derived_by_file:
             out["derived_by_file"] = self.derived_by_file

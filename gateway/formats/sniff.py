@@ -26,9 +26,7 @@ XML_ROOTS: dict[str, Format] = {"restingecgdata": "philips", "AnnotatedECG": "ae
 
 #: Bare data set: the groups a PS3.10 file without preamble starts with (file meta, identification).
 _DICOM_FIRST_GROUPS = (b"\x02\x00", b"\x08\x00")
-_SKIP = re.compile(
-    r"\s+|<\?.*?\?>|<!--.*?-->|<!DOCTYPE\s+(?P<doctype>[\w:.-]+)(?:[^\[>]|\[.*?\])*>", re.DOTALL
-)
+_SKIP = re.compile(r"\s+|<\?.*?\?>|<!--.*?-->|<!DOCTYPE\s+(?P<doctype>[\w:.-]+)(?:[^\[>]|\[.*?\])*>", re.DOTALL)
 _ROOT = re.compile(r"<(?:[\w.-]+:)?([\w.-]+)[\s/>]")
 
 

@@ -19,15 +19,19 @@ from gateway.formats.errors import FormatError
 from gateway.formats.sniff import has_doctype
 from gateway.quoting import printable
 
-_DOCTYPE = ("{what}: a DOCTYPE (DTD) is not accepted in an ECG document (entity bombs and external entities "
-            "live there)")
+_DOCTYPE = "{what}: a DOCTYPE (DTD) is not accepted in an ECG document (entity bombs and external entities live there)"
 
 
 def _parser() -> Any:
     # a new parser per document: lxml parsers are not thread-safe
     return etree.XMLParser(
-        resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False,
-        huge_tree=False, remove_comments=True, remove_pis=True,
+        resolve_entities=False,
+        no_network=True,
+        load_dtd=False,
+        dtd_validation=False,
+        huge_tree=False,
+        remove_comments=True,
+        remove_pis=True,
     )
 
 
@@ -43,8 +47,10 @@ def parse_xml(raw: bytes, what: str, max_elements: int) -> Any:
     # starts with "<" (in UTF-16 too: 0x3C 0x00), so counting them bounds the tree before it is built.
     markup = raw.count(b"<")
     if markup > max_elements:
-        raise FormatError(f"{what}: {markup} markup characters ('<'), more than the {max_elements} elements "
-                          "accepted in one ECG document")
+        raise FormatError(
+            f"{what}: {markup} markup characters ('<'), more than the {max_elements} elements "
+            "accepted in one ECG document"
+        )
     try:
         root = etree.fromstring(raw, _parser())
     except etree.XMLSyntaxError as exc:

@@ -39,9 +39,15 @@ def fetch(
     cfg = config_from(ctx)
     setup_logging(cfg.logging.level)
     try:
-        files = fetch_model(url or cfg.model.url, md5 or cfg.model.md5, directory or Path(cfg.model.dir),
-                            include_seeds=all_seeds, progress=progress, keep_archive=keep_archive,
-                            console=Console(stderr=True))
+        files = fetch_model(
+            url or cfg.model.url,
+            md5 or cfg.model.md5,
+            directory or Path(cfg.model.dir),
+            include_seeds=all_seeds,
+            progress=progress,
+            keep_archive=keep_archive,
+            console=Console(stderr=True),
+        )
     except FetchError as exc:
         typer.echo(f"model fetch: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -67,8 +73,14 @@ def list_(ctx: typer.Context) -> None:
     configured = {Path(f).resolve() for f in cfg.model.files}
     table = Table("file", "size", "sha256", "status", "in use", "note")
     for f in files:
-        table.add_row(str(f.path), "" if f.size is None else f"{f.size:,}", f.sha256 or "", f.status,
-                      "yes" if f.path in configured else "", DEMO_LABEL if f.demo else "")
+        table.add_row(
+            str(f.path),
+            "" if f.size is None else f"{f.size:,}",
+            f.sha256 or "",
+            f.status,
+            "yes" if f.path in configured else "",
+            DEMO_LABEL if f.demo else "",
+        )
     Console(width=250).print(table)
 
 

@@ -42,8 +42,12 @@ def _seeded_weights(model: Any, seed: int) -> None:
         for i, w in enumerate(weights):
             if kind == "BatchNormalization":
                 # gamma, beta, moving mean, moving variance
-                value = [rng.uniform(0.8, 1.2, w.shape), rng.normal(0, 0.1, w.shape),
-                         rng.normal(0, 0.1, w.shape), rng.uniform(0.5, 1.5, w.shape)][i]
+                value = [
+                    rng.uniform(0.8, 1.2, w.shape),
+                    rng.normal(0, 0.1, w.shape),
+                    rng.normal(0, 0.1, w.shape),
+                    rng.uniform(0.5, 1.5, w.shape),
+                ][i]
             elif kind == "Dense" and w.ndim > 1:
                 # Small enough that the sigmoids are not all saturated (logits of order 1).
                 value = rng.normal(0.0, 0.15 / np.sqrt(w.shape[0]), w.shape)

@@ -39,8 +39,10 @@ class FetchError(Exception):
 
 
 #: The two ways on when the published archive cannot be reached.
-WAYS_ON = ("set [model] url (ECG_GATEWAY_MODEL__URL) to a mirror of model.zip (file:///path/to/model.zip works too), "
-           "or try the pipeline without it: ecg-gateway demo")
+WAYS_ON = (
+    "set [model] url (ECG_GATEWAY_MODEL__URL) to a mirror of model.zip (file:///path/to/model.zip works too), "
+    "or try the pipeline without it: ecg-gateway demo"
+)
 
 
 def _resumable(url: str) -> bool:
@@ -56,8 +58,15 @@ def _md5(path: Path) -> str:
 def _progress_bar(console: Any) -> Any:
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                    TimeRemainingColumn(), console=console, transient=False)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
 
 
 class _LazyBar:
@@ -151,8 +160,16 @@ def _download_once(url: str, part: Path, timeout: float, bar: Any, task: int) ->
             raise http.client.IncompleteRead(b"", total - received)
 
 
-def download(url: str, dest: Path, *, attempts: int = 5, timeout: float = 60.0, progress: bool = True,
-             console: Any = None, retry_delay_s: float = 1.0) -> Path:
+def download(
+    url: str,
+    dest: Path,
+    *,
+    attempts: int = 5,
+    timeout: float = 60.0,
+    progress: bool = True,
+    console: Any = None,
+    retry_delay_s: float = 1.0,
+) -> Path:
     """Download ``url`` to ``dest`` (via ``dest.part``), resuming after cuts.
 
     Returns ``dest``.  After ``attempts`` failed transfers the ``.part`` file
@@ -177,7 +194,8 @@ def download(url: str, dest: Path, *, attempts: int = 5, timeout: float = 60.0, 
                 if attempt == attempts:
                     raise FetchError(
                         f"download of {url} interrupted {attempts} times ({exc}); {have} bytes kept in {part}: "
-                        f"run `ecg-gateway model fetch` again to resume once it is reachable") from None
+                        f"run `ecg-gateway model fetch` again to resume once it is reachable"
+                    ) from None
                 time.sleep(retry_delay_s)
             except (OSError, http.client.HTTPException) as exc:
                 have = part.stat().st_size if part.exists() else 0
@@ -185,7 +203,8 @@ def download(url: str, dest: Path, *, attempts: int = 5, timeout: float = 60.0, 
                 if attempt == attempts:
                     raise FetchError(
                         f"download of {url} interrupted {attempts} times ({exc}); "
-                        f"{have} bytes kept in {part}: run `ecg-gateway model fetch` again to resume") from None
+                        f"{have} bytes kept in {part}: run `ecg-gateway model fetch` again to resume"
+                    ) from None
                 time.sleep(retry_delay_s)
     os.replace(part, dest)
     return dest
@@ -219,9 +238,19 @@ def extract_member(zf: zipfile.ZipFile, member: zipfile.ZipInfo | str, target: P
     return target
 
 
-def fetch_model(url: str, md5: str, dest_dir: str | os.PathLike[str], include_seeds: bool = False,
-                progress: bool = True, *, keep_archive: bool = False, attempts: int = 5, timeout: float = 60.0,
-                console: Any = None, retry_delay_s: float = 1.0) -> list[Path]:
+def fetch_model(
+    url: str,
+    md5: str,
+    dest_dir: str | os.PathLike[str],
+    include_seeds: bool = False,
+    progress: bool = True,
+    *,
+    keep_archive: bool = False,
+    attempts: int = 5,
+    timeout: float = 60.0,
+    console: Any = None,
+    retry_delay_s: float = 1.0,
+) -> list[Path]:
     """Download the model archive, check its md5, extract the weights.
 
     Extracts ``model/model.hdf5`` to ``<dest_dir>/model.hdf5`` and, with
@@ -242,13 +271,22 @@ def fetch_model(url: str, md5: str, dest_dir: str | os.PathLike[str], include_se
         log.info("%s does not match md5 %s; downloading again", archive, expected)
         archive.unlink()
     if not archive.exists():
-        download(url, archive, attempts=attempts, timeout=timeout, progress=progress, console=console,
-                 retry_delay_s=retry_delay_s)
+        download(
+            url,
+            archive,
+            attempts=attempts,
+            timeout=timeout,
+            progress=progress,
+            console=console,
+            retry_delay_s=retry_delay_s,
+        )
         got = _md5(archive)
         if got != expected:
             archive.unlink()
-            raise FetchError(f"checksum mismatch for {url}: md5 {got}, expected {expected}; "
-                             "the download was deleted (check model.url and model.md5)")
+            raise FetchError(
+                f"checksum mismatch for {url}: md5 {got}, expected {expected}; "
+                "the download was deleted (check model.url and model.md5)"
+            )
     members = (MAIN_MEMBER, *SEED_MEMBERS) if include_seeds else (MAIN_MEMBER,)
     files = _extract(archive, members, dest)
     for (member, _), path in zip(members, files, strict=True):
@@ -262,8 +300,10 @@ def fetch_plan(missing: list[str], models_dir: str | os.PathLike[str]) -> bool |
     """Whether ``model fetch`` installs every one of the ``missing`` model
     files: None when one of them is not a file of the published archive (a
     site's own model), else whether the ten seed models are needed too."""
-    provided = {(Path(models_dir) / rel).resolve(): member.startswith("other_seeds/")
-                for member, rel in (MAIN_MEMBER, *SEED_MEMBERS)}
+    provided = {
+        (Path(models_dir) / rel).resolve(): member.startswith("other_seeds/")
+        for member, rel in (MAIN_MEMBER, *SEED_MEMBERS)
+    }
     wanted = [Path(f).resolve() for f in missing]
     if not wanted or any(p not in provided for p in wanted):
         return None

@@ -56,7 +56,8 @@ def check_shapes(model: Any, path: Path) -> None:
     if got_in != EXPECTED_INPUT or got_out != EXPECTED_OUTPUT:
         raise ModelLoadError(
             f"{path}: not the Ribeiro et al. ECG model: input {got_in}, output {got_out}; "
-            f"expected input {EXPECTED_INPUT} and output {EXPECTED_OUTPUT}")
+            f"expected input {EXPECTED_INPUT} and output {EXPECTED_OUTPUT}"
+        )
 
 
 def _load_keras(path: Path) -> Any:

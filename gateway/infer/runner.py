@@ -141,7 +141,7 @@ class Ensemble:
         x = _checked(x)
         out, start = [], 0
         for size in split_batch(x.shape[0], self.batch_size):
-            out.append(self._concrete(size)(x[start:start + size]).numpy())
+            out.append(self._concrete(size)(x[start : start + size]).numpy())
             start += size
         return np.concatenate(out, axis=1)
 
@@ -183,8 +183,13 @@ def load_ensemble(paths: Sequence[str], *, threads: int = 0, batch_size: int = 8
     configure_threads(threads)
     members = [load_model_file(p) for p in paths]
     for m in members:
-        log.info("model %s sha256 %s loaded (%s loader)%s", m.path, m.sha256, m.loader,
-                 " [untrained demo model]" if m.demo else "")
+        log.info(
+            "model %s sha256 %s loaded (%s loader)%s",
+            m.path,
+            m.sha256,
+            m.loader,
+            " [untrained demo model]" if m.demo else "",
+        )
     ens = Ensemble(members, batch_size=batch_size)
     if warm_up:
         ens.warm_up()

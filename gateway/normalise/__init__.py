@@ -20,7 +20,19 @@ from gateway.normalise.records import normalise_record
 from gateway.normalise.resample import MODEL_RATE_HZ, MODEL_SAMPLES
 
 __all__ = [
-    "LIMB_LEADS", "MODEL_RATE_HZ", "MODEL_SAMPLES", "NORMALISER_VERSION", "OUTPUT_LEADS", "PRECORDIAL_LEADS",
-    "NormaliseError", "NormaliseParams", "NormalisedEcg", "derive_limb_leads", "identify_lead", "input_sha256",
-    "normalise_dataset", "normalise_record", "normaliser_version",
+    "LIMB_LEADS",
+    "MODEL_RATE_HZ",
+    "MODEL_SAMPLES",
+    "NORMALISER_VERSION",
+    "OUTPUT_LEADS",
+    "PRECORDIAL_LEADS",
+    "NormaliseError",
+    "NormaliseParams",
+    "NormalisedEcg",
+    "derive_limb_leads",
+    "identify_lead",
+    "input_sha256",
+    "normalise_dataset",
+    "normalise_record",
+    "normaliser_version",
 ]

@@ -140,8 +140,12 @@ class LeadAssignment:
 
     def report(self) -> dict[str, Any]:
         """The report's ``leads_found`` (model order), ``leads_unknown``, ``leads_duplicate``, ``leads_inverted``."""
-        return {"leads_found": [lead for lead in OUTPUT_LEADS if lead in self.found], "leads_unknown": self.unknown,
-                "leads_duplicate": self.duplicates, "leads_inverted": self.inverted}
+        return {
+            "leads_found": [lead for lead in OUTPUT_LEADS if lead in self.found],
+            "leads_unknown": self.unknown,
+            "leads_duplicate": self.duplicates,
+            "leads_inverted": self.inverted,
+        }
 
 
 def assign_leads(channels: Iterable[tuple[int, str | None, dict[str, Any]]]) -> LeadAssignment:
@@ -232,27 +236,34 @@ def _normalise(ds: Dataset, params: NormaliseParams, report: dict[str, Any]) -> 
     index, why = select_multiplex_group(ds)
     group = ds.WaveformSequence[index]
     report["multiplex_group"] = {
-        "index": index, "label": dicom_text(group.get("MultiplexGroupLabel")),
-        "originality": dicom_text(group.get("WaveformOriginality")), "chosen_by": why,
+        "index": index,
+        "label": dicom_text(group.get("MultiplexGroupLabel")),
+        "originality": dicom_text(group.get("WaveformOriginality")),
+        "chosen_by": why,
     }
     rate = dicom_rate(group)
     raw = decode_raw(group, is_little_endian(ds))
     n_samples = raw.samples.shape[0]
     duration = n_samples / rate.hz
     report["source"] = {
-        "sampling_frequency_hz": rate.hz, "samples": n_samples, "duration_s": round(duration, 6),
-        "channels": raw.samples.shape[1], "bits_allocated": raw.bits_allocated,
+        "sampling_frequency_hz": rate.hz,
+        "samples": n_samples,
+        "duration_s": round(duration, 6),
+        "channels": raw.samples.shape[1],
+        "bits_allocated": raw.bits_allocated,
         "sample_interpretation": raw.interpretation,
     }
     check_duration(duration, params)
 
     channels = read_channels(group)
     report.update(channels_report(channels))
-    leads = assign_leads((ch.index, ch.lead.lead, {"channel": ch.index + 1, "code": ch.lead.code, "label": ch.label})
-                         for ch in channels)
+    leads = assign_leads(
+        (ch.index, ch.lead.lead, {"channel": ch.index + 1, "code": ch.lead.code, "label": ch.label}) for ch in channels
+    )
     report.update(leads.report())
     report["lead_identification"] = lead_identification(
-        {lead: channels[index].lead.identified_by for lead, (index, _) in leads.found.items()})
+        {lead: channels[index].lead.identified_by for lead, (index, _) in leads.found.items()}
+    )
     derived = derivable_leads(leads.found)
     report["leads_derived"] = derived
 
@@ -273,16 +284,19 @@ def dicom_rate(group: Dataset) -> Rate:
 
 def channels_report(channels: list[Channel]) -> dict[str, Any]:
     """The report's ``channels``, ``units`` and (when any) ``sample_skew_ignored_channels``."""
-    out: dict[str, Any] = {"channels": [ch.as_report() for ch in channels],
-                           "units": sorted({ch.unit for ch in channels})}
+    out: dict[str, Any] = {
+        "channels": [ch.as_report() for ch in channels],
+        "units": sorted({ch.unit for ch in channels}),
+    }
     skewed = [ch.index + 1 for ch in channels if ch.skew]
     if skewed:
         out["sample_skew_ignored_channels"] = skewed
     return out
 
 
-def scale_channels(raw: RawGroup, channels: list[Channel], found: Mapping[str, tuple[int, bool]], window: Window,
-                   fs: float) -> LeadSignals:
+def scale_channels(
+    raw: RawGroup, channels: list[Channel], found: Mapping[str, tuple[int, bool]], window: Window, fs: float
+) -> LeadSignals:
     """Each found lead's rows of the window in mV; padded samples become NaN
     (gaps), never numbers; clipping flagged."""
     rows = slice(window.source_start, window.source_stop)
@@ -300,18 +314,27 @@ def scale_channels(raw: RawGroup, channels: list[Channel], found: Mapping[str, t
             valid = ~out.gaps[lead]
             x[out.gaps[lead]] = np.nan
         out.mv[lead] = x
-        out.note_clipping(lead, quality.clipped_fraction(
-            columns[col], raw.rails[col], fs, ch.mv_per_count, ch.baseline_mv, valid,
-            plateaus=raw.bits_allocated > 8,
-        ))
+        out.note_clipping(
+            lead,
+            quality.clipped_fraction(
+                columns[col],
+                raw.rails[col],
+                fs,
+                ch.mv_per_count,
+                ch.baseline_mv,
+                valid,
+                plateaus=raw.bits_allocated > 8,
+            ),
+        )
     return out
 
 
 # -- from leads in mV to the model input (every format) ----------------------------------------------------------
 
 
-def to_model_input(leads: LeadSignals, derived: list[str], rate: Rate, window: Window, params: NormaliseParams,
-                   report: dict[str, Any]) -> NormalisedEcg:
+def to_model_input(
+    leads: LeadSignals, derived: list[str], rate: Rate, window: Window, params: NormaliseParams, report: dict[str, Any]
+) -> NormalisedEcg:
     """The shared way from leads in mV (the window's source rows; padded
     samples NaN and marked in ``leads.gaps``) to the model input: derived limb
     leads, gap and non-finite checks, resampling to 400 Hz, padding or
@@ -329,10 +352,12 @@ def to_model_input(leads: LeadSignals, derived: list[str], rate: Rate, window: W
     y = resample_to_model(x, rate.up, rate.down, window)
     report["resample"] = {"from_hz": rate.hz, "to_hz": MODEL_RATE_HZ, "up": rate.up, "down": rate.down}
     report["fit"] = {
-        "pad_before": window.pad_before, "pad_after": window.pad_after,
-        "crop_before": window.crop_before, "crop_after": window.crop_after,
+        "pad_before": window.pad_before,
+        "pad_after": window.pad_after,
+        "crop_before": window.crop_before,
+        "crop_after": window.crop_after,
     }
-    content = y[:, window.pad_before:MODEL_SAMPLES - window.pad_after]
+    content = y[:, window.pad_before : MODEL_SAMPLES - window.pad_after]
     checked = [lead for lead in out_leads if lead not in zeroed]
     signal_flags, signal_unusable = quality.signal_flags(content[[out_leads.index(lead) for lead in checked]], checked)
     flags = leads.flags + signal_flags
@@ -397,5 +422,6 @@ def _apply_gain(y: np.ndarray, gain: float, out_leads: tuple[str, ...], flags: l
     overflow = [lead for lead, column in zip(out_leads, signal.T, strict=True) if not np.isfinite(column).all()]
     if overflow:  # the model must never see Inf
         raise NormaliseError(
-            f"normalised signal is not finite (float32 overflow) in {', '.join(overflow)}: {'; '.join(flags)}")
+            f"normalised signal is not finite (float32 overflow) in {', '.join(overflow)}: {'; '.join(flags)}"
+        )
     return signal

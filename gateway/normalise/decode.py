@@ -222,9 +222,14 @@ class Channel:
 
     def as_report(self) -> dict[str, object]:
         return {
-            "channel": self.index + 1, "lead": self.lead.lead, "code": self.lead.code,
-            "identified_by": self.lead.identified_by, "label": self.label, "unit": self.unit,
-            "mv_per_count": self.mv_per_count, "baseline_mv": self.baseline_mv,
+            "channel": self.index + 1,
+            "lead": self.lead.lead,
+            "code": self.lead.code,
+            "identified_by": self.lead.identified_by,
+            "label": self.label,
+            "unit": self.unit,
+            "mv_per_count": self.mv_per_count,
+            "baseline_mv": self.baseline_mv,
         }
 
 
@@ -239,8 +244,10 @@ def read_channels(group: Dataset) -> list[Channel]:
         source = (item.get("ChannelSourceSequence") or [Dataset()])[0]
         label = _text(item, "ChannelLabel")
         lead = identify_lead(
-            _text(source, "CodeValue"), _text(source, "CodingSchemeDesignator"),
-            _text(source, "CodeMeaning"), label,
+            _text(source, "CodeValue"),
+            _text(source, "CodingSchemeDesignator"),
+            _text(source, "CodeMeaning"),
+            label,
         )
         # a label or code is data-set text: quoted (one printable line, bounded)
         name = lead.lead or (quote(label) if label else quote(lead.code) if lead.code else "?")
@@ -269,8 +276,15 @@ def read_channels(group: Dataset) -> list[Channel]:
             raise NormaliseError(f"{where}: ChannelSensitivityCorrectionFactor {correction!r} is not a positive number")
         if not math.isfinite(baseline):
             raise NormaliseError(f"{where}: ChannelBaseline {quote(raw_text(item, 'ChannelBaseline'))} is not a number")
-        out.append(Channel(
-            index, lead, label, unit, sensitivity * correction * unit_mv, baseline * unit_mv,
-            0.0 if skew is None or not math.isfinite(skew) else skew,
-        ))
+        out.append(
+            Channel(
+                index,
+                lead,
+                label,
+                unit,
+                sensitivity * correction * unit_mv,
+                baseline * unit_mv,
+                0.0 if skew is None or not math.isfinite(skew) else skew,
+            )
+        )
     return out

@@ -26,8 +26,19 @@ NEGATIVE_AVR = "-aVR"
 
 #: CID 3001 term number -> lead (MDC partition 2 and SCPECG share numbers).
 LEAD_BY_NUMBER: dict[int, str] = {
-    1: "I", 2: "II", 3: "V1", 4: "V2", 5: "V3", 6: "V4", 7: "V5", 8: "V6",
-    61: "III", 62: "aVR", 63: "aVL", 64: "aVF", 65: NEGATIVE_AVR,
+    1: "I",
+    2: "II",
+    3: "V1",
+    4: "V2",
+    5: "V3",
+    6: "V4",
+    7: "V5",
+    8: "V6",
+    61: "III",
+    62: "aVR",
+    63: "aVL",
+    64: "aVF",
+    65: NEGATIVE_AVR,
 }
 
 _MDC = re.compile(r"^2:(\d+)$")

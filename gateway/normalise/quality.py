@@ -32,8 +32,13 @@ def _runs_at_least(mask: np.ndarray, length: int) -> np.ndarray:
 
 
 def clipped_fraction(
-    samples: np.ndarray, rails: tuple[int, int], fs: float, mv_per_count: float, baseline_mv: float = 0.0,
-    valid: np.ndarray | None = None, plateaus: bool = True,
+    samples: np.ndarray,
+    rails: tuple[int, int],
+    fs: float,
+    mv_per_count: float,
+    baseline_mv: float = 0.0,
+    valid: np.ndarray | None = None,
+    plateaus: bool = True,
 ) -> float:
     """Share of a channel's raw samples that sit on the converter's rails, or on
     a plateau (>= 40 ms, >= 1 mV from zero) at the channel's own extreme value.

@@ -55,13 +55,16 @@ def _normalise_record(record: EcgRecord, params: NormaliseParams, report: dict[s
     n_samples = record.n_samples
     duration = n_samples / rate.hz
     report["source"] = {
-        "sampling_frequency_hz": rate.hz, "samples": n_samples, "duration_s": round(duration, 6),
+        "sampling_frequency_hz": rate.hz,
+        "samples": n_samples,
+        "duration_s": round(duration, 6),
         "channels": len(record.leads),
     }
     check_duration(duration, params)
     report["channels"] = [item.as_report(index) for index, item in enumerate(record.leads)]
-    leads = assign_leads((index, item.lead, {"channel": index + 1, "code": item.code})
-                         for index, item in enumerate(record.leads))
+    leads = assign_leads(
+        (index, item.lead, {"channel": index + 1, "code": item.code}) for index, item in enumerate(record.leads)
+    )
     report.update(leads.report())
 
     def method(index: int) -> str:
@@ -83,7 +86,10 @@ def _normalise_record(record: EcgRecord, params: NormaliseParams, report: dict[s
         signals.mv[lead] = -x if negate else x
         # rails unknown (aECG): only plateaus at the lead's own extremes count
         rails = item.rails or (int(counts.min(initial=0)) - 1, int(counts.max(initial=0)) + 1)
-        signals.note_clipping(lead, quality.clipped_fraction(counts, rails, fs=rate.hz,
-                                                             mv_per_count=item.mv_per_count,
-                                                             baseline_mv=item.baseline_mv))
+        signals.note_clipping(
+            lead,
+            quality.clipped_fraction(
+                counts, rails, fs=rate.hz, mv_per_count=item.mv_per_count, baseline_mv=item.baseline_mv
+            ),
+        )
     return to_model_input(signals, derived, rate, window, params, report)

@@ -75,4 +75,4 @@ def resample_to_model(x: np.ndarray, up: int, down: int, window: Window) -> np.n
     y = resample_poly(x, up, down, axis=1, window=_filter(up, down)) if (up, down) != (1, 1) else x
     if window.pad_before or window.pad_after:
         return np.pad(y, ((0, 0), (window.pad_before, window.pad_after)))
-    return y[:, window.offset:window.offset + MODEL_SAMPLES]
+    return y[:, window.offset : window.offset + MODEL_SAMPLES]

@@ -59,7 +59,7 @@ def _proc_stat(pid: int) -> tuple[str, int] | None:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError):
         return None
-    fields = raw[raw.rindex(")") + 2:].split()  # after "pid (comm) ": the comm may hold spaces
+    fields = raw[raw.rindex(")") + 2 :].split()  # after "pid (comm) ": the comm may hold spaces
     return fields[0], int(fields[19])
 
 
@@ -90,8 +90,14 @@ def claimer_alive(pid: int, started: int | None) -> bool:
     return started is None or stat[1] == started
 
 
-def claim_batch(session_factory: sessionmaker[Session], worker_id: str, limit: int, lease_seconds: int,
-                max_attempts: int, claimer: Claimer | None = None) -> list[int]:
+def claim_batch(
+    session_factory: sessionmaker[Session],
+    worker_id: str,
+    limit: int,
+    lease_seconds: int,
+    max_attempts: int,
+    claimer: Claimer | None = None,
+) -> list[int]:
     """Claim up to ``limit`` ECGs that are waiting (or whose lease ran out).
 
     Returns the claimed ids in arrival order.  A row whose attempts are used up
@@ -102,8 +108,10 @@ def claim_batch(session_factory: sessionmaker[Session], worker_id: str, limit: i
     now = utcnow()
     waiting = or_(
         # received and not backing off after an error
-        and_(EcgInstance.status == RECEIVED,
-             or_(EcgInstance.lease_expires_at.is_(None), EcgInstance.lease_expires_at <= now)),
+        and_(
+            EcgInstance.status == RECEIVED,
+            or_(EcgInstance.lease_expires_at.is_(None), EcgInstance.lease_expires_at <= now),
+        ),
         # claimed by a worker that did not finish in time
         and_(EcgInstance.status == PROCESSING, EcgInstance.lease_expires_at <= now),
     )
@@ -142,9 +150,13 @@ def claim_batch(session_factory: sessionmaker[Session], worker_id: str, limit: i
                 update(EcgInstance)
                 .where(EcgInstance.id == ecg_id, EcgInstance.attempts == attempts, waiting)
                 .values(
-                    status=PROCESSING, claimed_by=worker_id, attempts=attempts + 1, updated_at=now,
+                    status=PROCESSING,
+                    claimed_by=worker_id,
+                    attempts=attempts + 1,
+                    updated_at=now,
                     lease_expires_at=now + timedelta(seconds=lease_seconds),
-                    claim_host=claimer.host if claimer else None, claim_pid=claimer.pid if claimer else None,
+                    claim_host=claimer.host if claimer else None,
+                    claim_pid=claimer.pid if claimer else None,
                     claim_started=claimer.started if claimer else None,
                 )
             )
@@ -164,12 +176,14 @@ def still_claimed(session: Session, ecg_id: int, worker_id: str) -> EcgInstance 
 
 #: What a released claim becomes: waiting again, its attempts kept (so an ECG
 #: that kills its worker every time still ends ``failed`` after max_attempts).
-_RELEASED = dict(status=RECEIVED, claimed_by=None, lease_expires_at=None, claim_host=None, claim_pid=None,
-                 claim_started=None)
+_RELEASED = dict(
+    status=RECEIVED, claimed_by=None, lease_expires_at=None, claim_host=None, claim_pid=None, claim_started=None
+)
 
 
-def release_dead_claims(session_factory: sessionmaker[Session], me: Claimer | None,
-                        include_unknown: bool = False) -> dict[int, list[int]]:
+def release_dead_claims(
+    session_factory: sessionmaker[Session], me: Claimer | None, include_unknown: bool = False
+) -> dict[int, list[int]]:
     """Put back the claims of processes on this host that provably died.
 
     A claim is released when it was made on ``me.host`` and its pid is not
@@ -188,9 +202,15 @@ def release_dead_claims(session_factory: sessionmaker[Session], me: Claimer | No
     released: dict[int, list[int]] = {}
     with session_factory() as session, session.begin():
         rows = session.execute(
-            select(EcgInstance.id, EcgInstance.claimed_by, EcgInstance.claim_host, EcgInstance.claim_pid,
-                   EcgInstance.claim_started)
-            .where(EcgInstance.status == PROCESSING, where).order_by(EcgInstance.id)
+            select(
+                EcgInstance.id,
+                EcgInstance.claimed_by,
+                EcgInstance.claim_host,
+                EcgInstance.claim_pid,
+                EcgInstance.claim_started,
+            )
+            .where(EcgInstance.status == PROCESSING, where)
+            .order_by(EcgInstance.id)
         ).all()
         for ecg_id, claimed_by, host, pid, started in rows:
             if host is not None:
@@ -215,8 +235,13 @@ def release_dead_claims(session_factory: sessionmaker[Session], me: Claimer | No
     for pid, ids in released.items():
         shown = ", ".join(map(str, ids[:20])) + (", ..." if len(ids) > 20 else "")
         if pid:
-            log.warning("released %d ECG claim(s) of process %d on this host, which is no longer running "
-                        "(ids %s): processed again now, not after the lease", len(ids), pid, shown)
+            log.warning(
+                "released %d ECG claim(s) of process %d on this host, which is no longer running "
+                "(ids %s): processed again now, not after the lease",
+                len(ids),
+                pid,
+                shown,
+            )
         else:
             log.warning("released %d ECG claim(s) left by an earlier run (ids %s)", len(ids), shown)
     return released

@@ -8,9 +8,14 @@ LATENCY = Histogram(
     "From the durable C-STORE to the committed result.",
     buckets=(0.05, 0.1, 0.15, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
 )
-BATCH_SIZE = Histogram("ecg_gateway_inference_batch_size", "ECGs per inference call.",
-                       buckets=(1, 2, 4, 8, 16, 32, 64))
-INFERENCE_SECONDS = Histogram("ecg_gateway_inference_seconds", "Wall time of one inference call.",
-                              buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5))
-NORMALISE_SECONDS = Histogram("ecg_gateway_normalise_seconds", "Decode + normalise time of one ECG.",
-                              buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5))
+BATCH_SIZE = Histogram("ecg_gateway_inference_batch_size", "ECGs per inference call.", buckets=(1, 2, 4, 8, 16, 32, 64))
+INFERENCE_SECONDS = Histogram(
+    "ecg_gateway_inference_seconds",
+    "Wall time of one inference call.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5),
+)
+NORMALISE_SECONDS = Histogram(
+    "ecg_gateway_normalise_seconds",
+    "Decode + normalise time of one ECG.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
+)

@@ -95,11 +95,18 @@ def quarantine_reason(identity_conflict: tuple[int, int]) -> str:
 
 def retry_delay(attempts: int) -> timedelta:
     """The backoff after ``attempts`` attempts: 2**attempts seconds, at most :data:`MAX_RETRY_DELAY_S`."""
-    return timedelta(seconds=min(MAX_RETRY_DELAY_S, 2 ** attempts))
+    return timedelta(seconds=min(MAX_RETRY_DELAY_S, 2**attempts))
 
 
-def decide(facts: Facts, *, attempts: int, max_attempts: int, now: datetime, corrects: int | None = None,
-           report_pdf: bytes | None = None) -> Decision:
+def decide(
+    facts: Facts,
+    *,
+    attempts: int,
+    max_attempts: int,
+    now: datetime,
+    corrects: int | None = None,
+    report_pdf: bytes | None = None,
+) -> Decision:
     """The outcome of one ECG from what its batch found (see the module's precedence).
 
     ``attempts`` counts the claims so far, this one included; ``now`` is the
@@ -111,8 +118,9 @@ def decide(facts: Facts, *, attempts: int, max_attempts: int, now: datetime, cor
     if facts.identity_conflict is not None:
         return Decision(Outcome.QUARANTINED, REJECTED, quarantine_reason(facts.identity_conflict))
     if facts.error is None and facts.inferred:
-        return Decision(Outcome.PROCESSED, PROCESSED, None,
-                        oru=replace(correction_options(corrects), report_pdf=report_pdf))
+        return Decision(
+            Outcome.PROCESSED, PROCESSED, None, oru=replace(correction_options(corrects), report_pdf=report_pdf)
+        )
     if facts.error is None and facts.rejection is not None:
         return Decision(Outcome.REJECTED, REJECTED, facts.rejection, oru=correction_options(corrects))
     if attempts < max_attempts:

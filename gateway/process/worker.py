@@ -97,8 +97,14 @@ class Worker:
     """Processes ECGs until ``stop`` is set.  ``wake()`` (called by the SCP
     after each stored instance) cuts the polling delay to nothing."""
 
-    def __init__(self, cfg: Config, session_factory: sessionmaker[Session], ensemble: Any,
-                 worker_id: str | None = None, on_outbox: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        session_factory: sessionmaker[Session],
+        ensemble: Any,
+        worker_id: str | None = None,
+        on_outbox: Callable[[], None] | None = None,
+    ) -> None:
         self.cfg = cfg
         self.session_factory = session_factory
         self.ensemble = ensemble
@@ -126,8 +132,12 @@ class Worker:
         self._wake.set()
 
     def run(self, stop: threading.Event) -> None:
-        log.info("worker %s started (batch %d, wait %d ms)", self.worker_id,
-                 self.cfg.model.batch_size, self.cfg.model.max_wait_ms)
+        log.info(
+            "worker %s started (batch %d, wait %d ms)",
+            self.worker_id,
+            self.cfg.model.batch_size,
+            self.cfg.model.max_wait_ms,
+        )
         while not stop.is_set():
             try:
                 if time.monotonic() >= self._next_dead_check:
@@ -231,8 +241,12 @@ class Worker:
         metrics.INFERENCE_SECONDS.observe(infer_ms / 1000)
         for i, it in enumerate(ready):
             it.output = {
-                "mean": out.mean[i], "min": out.min[i], "max": out.max[i], "std": out.std[i],
-                "infer_ms": infer_ms, "batch_size": len(ready),
+                "mean": out.mean[i],
+                "min": out.min[i],
+                "max": out.max[i],
+                "std": out.std[i],
+                "infer_ms": infer_ms,
+                "batch_size": len(ready),
             }
 
     def _report_pdf(self, it: _Item, now: datetime) -> bytes | None:
@@ -241,8 +255,13 @@ class Worker:
         same bytes ``ecg export-report`` gives later).  A report that cannot be
         drawn is logged and left out: the result goes without it."""
         hl7, output, normalised = self.cfg.hl7, it.output, it.normalised
-        if not (hl7.enabled and hl7.embed_pdf) or output is None or normalised is None or it.error is not None \
-                or it.identity_conflict is not None:
+        if (
+            not (hl7.enabled and hl7.embed_pdf)
+            or output is None
+            or normalised is None
+            or it.error is not None
+            or it.identity_conflict is not None
+        ):
             return None
         from types import SimpleNamespace
 
@@ -253,9 +272,15 @@ class Worker:
             thresholds = dict(self.cfg.model.thresholds)
             identity = self.ensemble.identity
             prediction = SimpleNamespace(
-                probabilities=probs, thresholds=thresholds, findings=apply_thresholds(probs, thresholds),
-                quality_flags=list(normalised.quality_flags), model_sha256=identity["model_sha256"],
-                demo_model=bool(identity["demo"]), gateway_version=__version__, created_at=now)
+                probabilities=probs,
+                thresholds=thresholds,
+                findings=apply_thresholds(probs, thresholds),
+                quality_flags=list(normalised.quality_flags),
+                model_sha256=identity["model_sha256"],
+                demo_model=bool(identity["demo"]),
+                gateway_version=__version__,
+                created_at=now,
+            )
             with self.session_factory() as session:
                 row = session.get(EcgInstance, it.ecg_id)
                 ecg = SimpleNamespace(**{c.key: getattr(row, c.key) for c in EcgInstance.__table__.columns})
@@ -263,9 +288,7 @@ class Worker:
             ecg.measurements = cart.measurements if cart is not None else None
             ecg.cart_statements = cart.statements if cart is not None else []
             fs, gain = input_scale(it.report)
-            return build_pdf(
-                report_data(ecg, normalised.signal, list(OUTPUT_LEADS), fs, gain, prediction=prediction)
-            )
+            return build_pdf(report_data(ecg, normalised.signal, list(OUTPUT_LEADS), fs, gain, prediction=prediction))
         except Exception:  # noqa: BLE001 - the result must not wait for its picture
             log.exception(
                 "ECG id=%s sop=%s: the PDF report for the ORU could not be built; sent without it",
@@ -279,28 +302,48 @@ class Worker:
         one transaction, only while our claim holds; then log and count it."""
         now = utcnow()
         report_pdf = self._report_pdf(it, now)  # before the transaction: it takes ~50 ms
-        facts = Facts(inferred=it.output is not None, rejection=it.rejection, error=it.error,
-                      identity_conflict=it.identity_conflict)
+        facts = Facts(
+            inferred=it.output is not None,
+            rejection=it.rejection,
+            error=it.error,
+            identity_conflict=it.identity_conflict,
+        )
         prediction: Prediction | None = None
         enqueued = False
         with self.session_factory() as session, session.begin():
             row = still_claimed(session, it.ecg_id, self.worker_id)
             if row is None:
-                log.warning("ECG id=%s sop=%s: claim lost (lease expired?); leaving it to its new owner",
-                            it.ecg_id, it.sop_instance_uid)
+                log.warning(
+                    "ECG id=%s sop=%s: claim lost (lease expired?); leaving it to its new owner",
+                    it.ecg_id,
+                    it.sop_instance_uid,
+                )
                 return
             # a later version of an instance whose result went out corrects it (OBR-25 = C)
             corrects = corrected_version(session, row) if row.version > 1 else None
-            decision = decide(facts, attempts=row.attempts, max_attempts=self.cfg.process.max_attempts, now=now,
-                              corrects=corrects, report_pdf=report_pdf)
+            decision = decide(
+                facts,
+                attempts=row.attempts,
+                max_attempts=self.cfg.process.max_attempts,
+                now=now,
+                corrects=corrects,
+                report_pdf=report_pdf,
+            )
             row.status, row.error = decision.status, decision.error
             if decision.outcome is Outcome.QUARANTINED:
                 assert it.identity_conflict is not None  # what decide() quarantines on
                 ref_id, ref_version = it.identity_conflict
                 row.flags = [*(row.flags or []), IDENTITY_CHANGED]
-                audit(session, f"worker:{self.worker_id}", IDENTITY_CHANGED_AUDIT, f"ecg:{row.id}",
-                      sop_instance_uid=row.sop_instance_uid, version=row.version,
-                      reference_ecg_id=ref_id, reference_version=ref_version)
+                audit(
+                    session,
+                    f"worker:{self.worker_id}",
+                    IDENTITY_CHANGED_AUDIT,
+                    f"ecg:{row.id}",
+                    sop_instance_uid=row.sop_instance_uid,
+                    version=row.version,
+                    reference_ecg_id=ref_id,
+                    reference_version=ref_version,
+                )
             elif decision.outcome is Outcome.PROCESSED:
                 prediction = self._prediction(it, row, now)
                 session.add(prediction)
@@ -333,8 +376,7 @@ class Worker:
         return Prediction(
             ecg_id=row.id,
             probabilities=probs,
-            spread={code: {s: float(output[s][k]) for s in ("min", "max", "std")}
-                    for k, code in enumerate(FINDINGS)},
+            spread={code: {s: float(output[s][k]) for s in ("min", "max", "std")} for k, code in enumerate(FINDINGS)},
             findings=apply_thresholds(probs, thresholds),
             thresholds=thresholds,
             created_at=now,  # the PDF report shows this time ([hl7] embed_pdf built it already)
@@ -362,16 +404,31 @@ class Worker:
         if prediction is not None:
             latency_ms = prediction.timings["received_to_processed_ms"]
             metrics.LATENCY.observe(latency_ms / 1000)
-            log.info("ECG id=%s sop=%s processed: findings=%s (%.0f ms after receipt)", it.ecg_id,
-                     it.sop_instance_uid, ",".join(prediction.findings) or "none", latency_ms)
+            log.info(
+                "ECG id=%s sop=%s processed: findings=%s (%.0f ms after receipt)",
+                it.ecg_id,
+                it.sop_instance_uid,
+                ",".join(prediction.findings) or "none",
+                latency_ms,
+            )
         elif outcome is Outcome.REJECTED:
             log.warning("ECG id=%s sop=%s rejected: %s", it.ecg_id, it.sop_instance_uid, it.rejection)
         elif outcome is Outcome.QUARANTINED:
             log.warning("ECG id=%s sop=%s quarantined, no ORU: %s", it.ecg_id, it.sop_instance_uid, decision.error)
         elif outcome is Outcome.RETRY:
-            log.warning("ECG id=%s sop=%s: unexpected error (attempt %d of %d), will retry: %s", it.ecg_id,
-                        it.sop_instance_uid, it.attempts, self.cfg.process.max_attempts,
-                        (it.error or "").strip().splitlines()[-1])
+            log.warning(
+                "ECG id=%s sop=%s: unexpected error (attempt %d of %d), will retry: %s",
+                it.ecg_id,
+                it.sop_instance_uid,
+                it.attempts,
+                self.cfg.process.max_attempts,
+                (it.error or "").strip().splitlines()[-1],
+            )
         else:
-            log.error("ECG id=%s sop=%s failed after %d attempts: %s", it.ecg_id, it.sop_instance_uid,
-                      it.attempts, (it.error or "").strip().splitlines()[-1])
+            log.error(
+                "ECG id=%s sop=%s failed after %d attempts: %s",
+                it.ecg_id,
+                it.sop_instance_uid,
+                it.attempts,
+                (it.error or "").strip().splitlines()[-1],
+            )

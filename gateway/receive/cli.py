@@ -55,8 +55,11 @@ def dicom_file_problem(path: Path, max_bytes: int | None = None) -> str | None:
             return "DICOMDIR (an index of the other files, not an ECG)"
         return None
     if max_bytes is not None and size > max_bytes:
-        return None if head[:2] in (b"\x02\x00", b"\x08\x00") else (
-            f"not DICOM (no DICM prefix, and {size} bytes that do not start like a data set)")
+        return (
+            None
+            if head[:2] in (b"\x02\x00", b"\x08\x00")
+            else (f"not DICOM (no DICM prefix, and {size} bytes that do not start like a data set)")
+        )
     if _raw_data_set_uids(path) is not None:
         return None
     return "not DICOM (no DICM prefix, and no data set with a SOP Class and Instance UID)"
@@ -77,7 +80,7 @@ def ecg_file_problem(path: Path, max_bytes: int | None = None) -> str | None:
         return None
     problem = dicom_file_problem(path, max_bytes)
     if problem is not None and problem.startswith("not DICOM"):
-        return "not DICOM, Philips XML or HL7 aECG" + problem[len("not DICOM"):]
+        return "not DICOM, Philips XML or HL7 aECG" + problem[len("not DICOM") :]
     return problem
 
 
@@ -103,8 +106,9 @@ def collect_files(paths: list[Path], max_bytes: int | None = None) -> tuple[list
 def ingest(
     ctx: typer.Context,
     paths: list[Path] = typer.Argument(
-        ..., help="ECG files or folders: DICOM, Philips Sierra XML, HL7 aECG (every such file inside a folder, "
-                  "recognised by content, whatever its name)."
+        ...,
+        help="ECG files or folders: DICOM, Philips Sierra XML, HL7 aECG (every such file inside a folder, "
+        "recognised by content, whatever its name).",
     ),
 ) -> None:
     """Store ECG files or folders (DICOM, Philips Sierra XML, HL7 aECG) as if a cart had sent them.
@@ -168,8 +172,7 @@ def ingest(
                 incoming = incoming_from_bytes(raw, "ingest", max_bytes=max_bytes)
                 if isinstance(incoming, Refusal):
                     counts["rejected"] += 1
-                    refused.append((path, StoreOutcome(incoming.status, None, False, incoming.reason),
-                                    incoming.reason))
+                    refused.append((path, StoreOutcome(incoming.status, None, False, incoming.reason), incoming.reason))
                     progress.advance(task)
                     continue
                 outcome = store_instance(incoming, store)

@@ -59,15 +59,17 @@ def as_part10(raw: bytes) -> bytes:
         meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     except Exception:  # noqa: BLE001 - not a data set: the storage path refuses it with its reason
         return raw
-    meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else (
-        ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    meta.TransferSyntaxUID = (
+        ImplicitVRLittleEndian if implicit else (ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    )
     out = DicomBytesIO()
     write_file_meta_info(out, meta, enforce_standard=True)
     return preamble + out.getvalue() + raw
 
 
-def incoming_from_bytes(raw: bytes, source: str, *, calling_ae: str | None = None,
-                        max_bytes: int = DEFAULT_MAX_DATASET_BYTES) -> IncomingInstance | Refusal:
+def incoming_from_bytes(
+    raw: bytes, source: str, *, calling_ae: str | None = None, max_bytes: int = DEFAULT_MAX_DATASET_BYTES
+) -> IncomingInstance | Refusal:
     """Recognise ``raw`` by content and build the record the store takes.
 
     ``source`` says where it came from (``"ingest"``, ``"watch"``, a peer's
@@ -87,5 +89,6 @@ def incoming_from_bytes(raw: bytes, source: str, *, calling_ae: str | None = Non
         document = read_values(raw, fmt)
     except FormatError as exc:
         return IncomingInstance(raw, None, "", "", calling_ae, source, source_format=fmt, problem=str(exc))
-    return IncomingInstance(raw, document.instance_uid, "", "", calling_ae, source, source_format=fmt,
-                            document=document)
+    return IncomingInstance(
+        raw, document.instance_uid, "", "", calling_ae, source, source_format=fmt, document=document
+    )

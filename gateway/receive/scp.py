@@ -115,8 +115,9 @@ class ScpServer:
         for server in self.servers:
             for event, handler in handlers:
                 server.bind(event, handler)
-            threading.Thread(target=make_target(server.serve_forever), name=f"scp-accept-{server.server_address[1]}",
-                             daemon=True).start()
+            threading.Thread(
+                target=make_target(server.serve_forever), name=f"scp-accept-{server.server_address[1]}", daemon=True
+            ).start()
             self.ae._servers.append(server)  # noqa: SLF001 - what start_server does; server.shutdown() expects it
         self.accepting = True
 
@@ -204,8 +205,13 @@ def _recv_within(
                 break
             received += chunk
     except TimeoutError:
-        log.warning("dropping %s: stalled for %g s inside a PDU (%d of %d bytes received)",
-                    peer, pdu_timeout, len(received), nr_bytes)
+        log.warning(
+            "dropping %s: stalled for %g s inside a PDU (%d of %d bytes received)",
+            peer,
+            pdu_timeout,
+            len(received),
+            nr_bytes,
+        )
     except ssl.SSLError as exc:  # the (deferred) handshake failed: no or a wrong client certificate, not TLS
         log.warning("dropping %s: TLS failed: %s", peer, exc)
     except OSError as exc:  # reset: the DUL sees a short read
@@ -219,8 +225,9 @@ def bound_pdu_reads(assoc_socket: Any, *, pdu_timeout: float, length_cap: int | 
     """Make ``assoc_socket`` (a pynetdicom ``AssociationSocket``) read each
     PDU header and body within ``pdu_timeout`` seconds and refuse a body
     longer than ``length_cap``; sends get the same timeout."""
-    assoc_socket.recv = functools.partial(_recv_within, assoc_socket, pdu_timeout=pdu_timeout,
-                                          length_cap=length_cap, peer=peer)
+    assoc_socket.recv = functools.partial(
+        _recv_within, assoc_socket, pdu_timeout=pdu_timeout, length_cap=length_cap, peer=peer
+    )
     if assoc_socket.socket is not None:
         assoc_socket.socket.settimeout(pdu_timeout)
 
@@ -262,8 +269,7 @@ class _SpilledDataSet(io.BytesIO):
         super().close()
 
 
-def bound_dimse_messages(assoc: Any, *, max_bytes: int, spill_dir: Path,
-                         in_memory: int = DATASET_IN_MEMORY) -> None:
+def bound_dimse_messages(assoc: Any, *, max_bytes: int, spill_dir: Path, in_memory: int = DATASET_IN_MEMORY) -> None:
     """Make ``assoc`` (an acceptor ``Association``) refuse a DIMSE message
     whose P-DATA fragments add up to more than ``max_bytes``, and gather a
     C-STORE data set beyond ``in_memory`` bytes in a temporary file in
@@ -287,9 +293,14 @@ def bound_dimse_messages(assoc: Any, *, max_bytes: int, spill_dir: Path,
         command = getattr(dimse.message, "command_set", None)
         uid = str(command.get("AffectedSOPInstanceUID", "") or "") if command is not None else ""
         requestor = assoc.requestor
-        log.warning("aborted association from %s (calling AE %r): SOP Instance UID %s: %s (%d bytes received); "
-                    "nothing kept", requestor.address, requestor.ae_title, uid if is_valid_uid(uid) else
-                    "(none or invalid)", reason, received)
+        log.warning(
+            "aborted association from %s (calling AE %r): SOP Instance UID %s: %s (%d bytes received); nothing kept",
+            requestor.address,
+            requestor.ae_title,
+            uid if is_valid_uid(uid) else "(none or invalid)",
+            reason,
+            received,
+        )
         dimse.message = None  # the fragments gathered so far go now (a temporary file closes with them)
         if assoc.dul.socket is not None:
             assoc.dul.socket.recv = _stop_reading
@@ -321,8 +332,14 @@ class _DeferredHandshakeContext(ssl.SSLContext):
     cart.  The handshake then happens on the connection's first read, in its
     own thread, within ``pdu_timeout`` (:func:`bound_pdu_reads`)."""
 
-    def wrap_socket(self, sock: socket.socket, server_side: bool = False,
-                    do_handshake_on_connect: bool = True, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+    def wrap_socket(
+        self,
+        sock: socket.socket,
+        server_side: bool = False,
+        do_handshake_on_connect: bool = True,
+        *args: Any,
+        **kwargs: Any,
+    ) -> ssl.SSLSocket:
         return super().wrap_socket(sock, server_side, False, *args, **kwargs)
 
 
@@ -384,8 +401,12 @@ class StoreHandler:
         except Exception:  # noqa: BLE001 - never let a bug look like success
             log.exception("C-STORE from %s failed unexpectedly", event.assoc.requestor.address)
             return PROCESSING_FAILURE
-        if self.on_stored is not None and outcome.ecg_id is not None and outcome.status == SUCCESS \
-                and not outcome.duplicate:
+        if (
+            self.on_stored is not None
+            and outcome.ecg_id is not None
+            and outcome.status == SUCCESS
+            and not outcome.duplicate
+        ):
             try:
                 self.on_stored(outcome.ecg_id)
             except Exception:  # noqa: BLE001 - the instance is stored; the worker also polls
@@ -420,10 +441,12 @@ def start_scp(
     def handle_conn_open(event: evt.Event) -> None:
         # Runs in the connection's thread before its DUL reads anything.
         address: tuple[str, int] = vars(event)["address"]  # set by pynetdicom for EVT_CONN_OPEN
-        bound_pdu_reads(event.assoc.dul.socket, pdu_timeout=dicom.pdu_timeout, length_cap=length_cap,
-                        peer=str(address[0]))
-        bound_dimse_messages(event.assoc, max_bytes=dicom.max_dataset_mb * MIB, spill_dir=ctx.spool.incoming,
-                             in_memory=DATASET_IN_MEMORY)
+        bound_pdu_reads(
+            event.assoc.dul.socket, pdu_timeout=dicom.pdu_timeout, length_cap=length_cap, peer=str(address[0])
+        )
+        bound_dimse_messages(
+            event.assoc, max_bytes=dicom.max_dataset_mb * MIB, spill_dir=ctx.spool.incoming, in_memory=DATASET_IN_MEMORY
+        )
 
     def handle_requested(event: evt.Event) -> None:
         assoc = event.assoc
@@ -444,8 +467,12 @@ def start_scp(
     def handle_rejected(event: evt.Event) -> None:
         # pynetdicom's own refusals (our policy ones are logged above): the association limit
         requestor = event.assoc.requestor
-        log.warning("rejected association from %s (calling AE %r): max_associations (%d) reached",
-                    requestor.address, requestor.ae_title, dicom.max_associations)
+        log.warning(
+            "rejected association from %s (calling AE %r): max_associations (%d) reached",
+            requestor.address,
+            requestor.ae_title,
+            dicom.max_associations,
+        )
 
     def handle_accepted(event: evt.Event) -> None:
         # The cart only hears "no presentation context" (e.g. a CT sender): one line per
@@ -458,15 +485,26 @@ def start_scp(
                 refused.setdefault(str(cx.abstract_syntax), cx.result)
         if not refused:
             return
-        shown = [(f"{uid} ({UID(uid).name})" if UID(uid).is_valid else repr(uid))  # a peer's text: no raw controls
-                 + (" [its transfer syntaxes]" if result == 0x04 else "")
-                 for uid, result in list(refused.items())[:_REFUSED_SHOWN]]
+        shown = [
+            (f"{uid} ({UID(uid).name})" if UID(uid).is_valid else repr(uid))  # a peer's text: no raw controls
+            + (" [its transfer syntaxes]" if result == 0x04 else "")
+            for uid, result in list(refused.items())[:_REFUSED_SHOWN]
+        ]
         more = f" and {len(refused) - _REFUSED_SHOWN} more (all at DEBUG)" if len(refused) > _REFUSED_SHOWN else ""
-        log.info("refused presentation contexts from %s (calling AE %r): %d SOP class(es) not accepted: %s%s",
-                 assoc.requestor.address, assoc.requestor.ae_title, len(refused), ", ".join(shown), more)
+        log.info(
+            "refused presentation contexts from %s (calling AE %r): %d SOP class(es) not accepted: %s%s",
+            assoc.requestor.address,
+            assoc.requestor.ae_title,
+            len(refused),
+            ", ".join(shown),
+            more,
+        )
         if more:  # an SCU proposing every class it knows (storescu's default)
-            log.debug("refused SOP classes from %s: %s", assoc.requestor.address,
-                      " ".join(uid if UID(uid).is_valid else repr(uid) for uid in refused))
+            log.debug(
+                "refused SOP classes from %s: %s",
+                assoc.requestor.address,
+                " ".join(uid if UID(uid).is_valid else repr(uid) for uid in refused),
+            )
 
     def handle_echo(event: evt.Event) -> int:
         return SUCCESS

@@ -161,14 +161,25 @@ class IncomingInstance:
         object.__setattr__(self, "peer_address", _clean(self.peer_address, 64))
 
     @classmethod
-    def from_file(cls, raw: bytes, *, calling_ae: str | None = None, peer_address: str | None = "ingest",
-                  transfer_syntax_uid: str | None = None) -> IncomingInstance:
+    def from_file(
+        cls,
+        raw: bytes,
+        *,
+        calling_ae: str | None = None,
+        peer_address: str | None = "ingest",
+        transfer_syntax_uid: str | None = None,
+    ) -> IncomingInstance:
         """A DICOM Part 10 file (``ingest``): UIDs and transfer syntax from its
         file meta (None or "" where the file meta does not give them)."""
         meta = file_meta_uids(raw)
-        return cls(raw, meta.sop_instance_uid, meta.sop_class_uid,
-                   meta.transfer_syntax_uid or "" if transfer_syntax_uid is None else transfer_syntax_uid,
-                   calling_ae, peer_address)
+        return cls(
+            raw,
+            meta.sop_instance_uid,
+            meta.sop_class_uid,
+            meta.transfer_syntax_uid or "" if transfer_syntax_uid is None else transfer_syntax_uid,
+            calling_ae,
+            peer_address,
+        )
 
     @property
     def suffix(self) -> str:
@@ -195,12 +206,19 @@ class StoreContext:
     free_bytes: Callable[[Path], int] = disk_free_bytes
 
     @classmethod
-    def from_config(cls, dicom: DicomConfig, storage: StorageConfig, session_factory: sessionmaker[Session],
-                    *, free_bytes: Callable[[Path], int] | None = None) -> StoreContext:
+    def from_config(
+        cls,
+        dicom: DicomConfig,
+        storage: StorageConfig,
+        session_factory: sessionmaker[Session],
+        *,
+        free_bytes: Callable[[Path], int] | None = None,
+    ) -> StoreContext:
         """The context ``[dicom]`` and ``[storage]`` describe."""
         extra = {} if free_bytes is None else {"free_bytes": free_bytes}
-        return cls(session_factory, Spool.from_config(storage), dicom.min_free_disk_mb,
-                   dicom.max_dataset_mb * _MIB, **extra)
+        return cls(
+            session_factory, Spool.from_config(storage), dicom.min_free_disk_mb, dicom.max_dataset_mb * _MIB, **extra
+        )
 
 
 #: Header values that say which patient, order, study and instance an ECG
@@ -272,8 +290,9 @@ def header_values(header: EcgHeader) -> HeaderValues:
     for column, keyword in OTHER_VALUES.items():
         out.columns[column] = read(keyword, out.dropped)
     # the worklist's ward: where the patient is, else the department the cart belongs to
-    out.columns["ward"] = read("CurrentPatientLocation", out.dropped) or read("InstitutionalDepartmentName",
-                                                                                  out.dropped)
+    out.columns["ward"] = read("CurrentPatientLocation", out.dropped) or read(
+        "InstitutionalDepartmentName", out.dropped
+    )
     acquired = read("AcquisitionDateTime", out.dropped)
     if acquired is None:
         date, time = read("ContentDate", out.dropped), read("ContentTime", out.dropped)
@@ -431,9 +450,13 @@ def store_instance(incoming: IncomingInstance, ctx: StoreContext) -> StoreOutcom
 def refuse_too_large(incoming: IncomingInstance, reason: str) -> StoreOutcome:
     """Refuse a data set over ``max_dataset_mb``: one WARNING line (source and,
     when valid, the announced SOP Instance UID; no PHI), no row, no file."""
-    log.warning("refused SOP Instance UID %s from %s with status 0x%04X: %s; nothing kept",
-                incoming.sop_instance_uid if incoming.uid_valid else "(none or invalid)", incoming.who,
-                DATA_SET_TOO_LARGE, reason)
+    log.warning(
+        "refused SOP Instance UID %s from %s with status 0x%04X: %s; nothing kept",
+        incoming.sop_instance_uid if incoming.uid_valid else "(none or invalid)",
+        incoming.who,
+        DATA_SET_TOO_LARGE,
+        reason,
+    )
     return StoreOutcome(DATA_SET_TOO_LARGE, None, False, reason)
 
 
@@ -449,8 +472,16 @@ class _IdentityConflict:
 _ECG_TABLE = cast(Table, EcgInstance.__table__)  # declarative mapping: the mapped Table
 _INSERT_INSTANCE = insert(_ECG_TABLE).returning(_ECG_TABLE.c.id)
 _SAME_UID = (
-    select(EcgInstance.id, EcgInstance.version, EcgInstance.sha256, EcgInstance.status, EcgInstance.spool_path,
-           EcgInstance.flags, EcgInstance.patient_id, EcgInstance.issuer_of_patient_id)
+    select(
+        EcgInstance.id,
+        EcgInstance.version,
+        EcgInstance.sha256,
+        EcgInstance.status,
+        EcgInstance.spool_path,
+        EcgInstance.flags,
+        EcgInstance.patient_id,
+        EcgInstance.issuer_of_patient_id,
+    )
     .where(EcgInstance.sop_instance_uid == bindparam("uid"))
     .order_by(EcgInstance.version)
 )
@@ -483,22 +514,27 @@ class _Arrival:
         if not self.uid_valid:
             return self.reject(CANNOT_UNDERSTAND_INVALID_UID, "SOP Instance UID is missing or not a valid DICOM UID")
         if incoming.transfer_syntaxes is not None and header.transfer_syntax_uid not in incoming.transfer_syntaxes:
-            return self.reject(TRANSFER_SYNTAX_NOT_SUPPORTED,
-                               f"transfer syntax {printable(header.transfer_syntax_uid)} is not accepted here "
-                               f"(accepted: {', '.join(sorted(incoming.transfer_syntaxes))})")
+            return self.reject(
+                TRANSFER_SYNTAX_NOT_SUPPORTED,
+                f"transfer syntax {printable(header.transfer_syntax_uid)} is not accepted here "
+                f"(accepted: {', '.join(sorted(incoming.transfer_syntaxes))})",
+            )
         if incoming.expected_study_uid is not None and header.get("StudyInstanceUID") != incoming.expected_study_uid:
             return self.reject(STUDY_UID_MISMATCH, "Study Instance UID is not the one the request names")
         if header.sop_class_uid not in ECG_STORAGE_SOP_CLASSES:
-            return self.reject(DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
-                               f"SOP Class {printable(header.sop_class_uid)} is not an ECG waveform storage class")
+            return self.reject(
+                DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+                f"SOP Class {printable(header.sop_class_uid)} is not an ECG waveform storage class",
+            )
         problem = header.waveform_problem()
         if problem:
             return self.reject(DATA_SET_DOES_NOT_MATCH_SOP_CLASS, problem)
         values = header_values(header)
         if values.problems:
             # never cut or guessed: a wrong identity would file the result under another patient or order
-            return self.reject(DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
-                               "identity values break their VR: " + "; ".join(values.problems))
+            return self.reject(
+                DATA_SET_DOES_NOT_MATCH_SOP_CLASS, "identity values break their VR: " + "; ".join(values.problems)
+            )
 
         assert uid is not None
         columns = dict(values.columns)
@@ -531,11 +567,16 @@ class _Arrival:
                     return self.reject(
                         IDENTITY_CONFLICT,
                         f"{IDENTITY_CHANGED_REASON} (version {stored.version} is ecg id {stored.ecg_id})",
-                        flags=[IDENTITY_CHANGED], conflict=stored,
+                        flags=[IDENTITY_CHANGED],
+                        conflict=stored,
                     )
                 if dropped and not stored.duplicate:
-                    log.warning("SOP Instance UID %s (ecg id %s): left out, breaking their VR: %s",
-                                uid, stored.ecg_id, "; ".join(dropped))
+                    log.warning(
+                        "SOP Instance UID %s (ecg id %s): left out, breaking their VR: %s",
+                        uid,
+                        stored.ecg_id,
+                        "; ".join(dropped),
+                    )
                 return stored
             reason = "database conflict persisted; try again"
         except SQLAlchemyError as exc:
@@ -569,9 +610,15 @@ class _Arrival:
         sha256 = staged.sha256()
         path = self._path(uid, sha256)
         row = {
-            "sop_instance_uid": uid, "spool_path": spool.stored(path), "sha256": sha256, "size_bytes": size,
-            "status": RECEIVED, "received_at": self.received, **columns,
-            "calling_ae": incoming.calling_ae, "peer_address": incoming.peer_address,
+            "sop_instance_uid": uid,
+            "spool_path": spool.stored(path),
+            "sha256": sha256,
+            "size_bytes": size,
+            "status": RECEIVED,
+            "received_at": self.received,
+            **columns,
+            "calling_ae": incoming.calling_ae,
+            "peer_address": incoming.peer_address,
         }
         with self.ctx.session_factory() as session:
             if staged.placed_at(path):
@@ -582,8 +629,9 @@ class _Arrival:
                 except IntegrityError:
                     session.rollback()  # this UID is known: look at its versions
                 else:
-                    log.info("stored SOP Instance UID %s as ecg id %d (%d bytes) from %s",
-                             uid, ecg_id, size, incoming.who)
+                    log.info(
+                        "stored SOP Instance UID %s as ecg id %d (%d bytes) from %s", uid, ecg_id, size, incoming.who
+                    )
                     return StoreOutcome(SUCCESS, ecg_id, False, None)
             existing = session.connection().execute(_SAME_UID, {"uid": uid}).all()
             for same in existing:
@@ -593,13 +641,18 @@ class _Arrival:
                     # committed first, or the file had gone missing).
                     if staged.moved_to != spool.resolve(same.spool_path):
                         staged.undo()
-                    log.info("duplicate SOP Instance UID %s (ecg id %s, same bytes) from %s: not stored again",
-                             uid, same.id, incoming.who)
+                    log.info(
+                        "duplicate SOP Instance UID %s (ecg id %s, same bytes) from %s: not stored again",
+                        uid,
+                        same.id,
+                        incoming.who,
+                    )
                     return StoreOutcome(SUCCESS, same.id, True, "duplicate")
             accepted = [same for same in existing if not quarantined(same.flags)]
             first_identity = accepted and patient_identity(accepted[0].patient_id, accepted[0].issuer_of_patient_id)
-            if accepted and first_identity != patient_identity(columns.get("patient_id"),
-                                                               columns.get("issuer_of_patient_id")):
+            if accepted and first_identity != patient_identity(
+                columns.get("patient_id"), columns.get("issuer_of_patient_id")
+            ):
                 return _IdentityConflict(accepted[0].id, accepted[0].version)
             version = max((same.version for same in existing), default=0) + 1
             if any(same.status != REJECTED for same in existing):
@@ -612,14 +665,17 @@ class _Arrival:
             log.warning(
                 "SOP Instance UID %s received again with different bytes: stored as version %d (ecg id %d), "
                 "flagged new_version",
-                uid, version, ecg_id,
+                uid,
+                version,
+                ecg_id,
             )
         else:
             log.info("stored SOP Instance UID %s as ecg id %d (%d bytes) from %s", uid, ecg_id, size, incoming.who)
         return StoreOutcome(SUCCESS, ecg_id, False, None)
 
-    def reject(self, status: int, reason: str, *, flags: list[str] | None = None,
-               conflict: _IdentityConflict | None = None) -> StoreOutcome:
+    def reject(
+        self, status: int, reason: str, *, flags: list[str] | None = None, conflict: _IdentityConflict | None = None
+    ) -> StoreOutcome:
         """Refuse with ``status``; keep a quarantine copy and a ``rejected`` row
         when possible (best effort: the refusal stands either way).  A
         ``conflict`` (another patient under a known UID) is also audited."""
@@ -633,7 +689,12 @@ class _Arrival:
             log.error("could not record the rejection of sha256 %s: %s", sha256[:12], exc)
         log.warning(
             "rejected SOP Instance UID %s (sha256 %s, ecg id %s) from %s with status 0x%04X: %s",
-            shown, sha256[:12], ecg_id, self.incoming.who, status, reason,
+            shown,
+            sha256[:12],
+            ecg_id,
+            self.incoming.who,
+            status,
+            reason,
         )
         return StoreOutcome(status, ecg_id, False, reason)
 
@@ -677,9 +738,17 @@ class _Arrival:
                 try:
                     session.flush()
                     if conflict is not None:
-                        audit(session, f"dicom:{incoming.who}", IDENTITY_CHANGED_AUDIT, f"ecg:{row.id}",
-                              sop_instance_uid=uid, version=row.version, sha256=sha256,
-                              reference_ecg_id=conflict.ecg_id, reference_version=conflict.version)
+                        audit(
+                            session,
+                            f"dicom:{incoming.who}",
+                            IDENTITY_CHANGED_AUDIT,
+                            f"ecg:{row.id}",
+                            sop_instance_uid=uid,
+                            version=row.version,
+                            sha256=sha256,
+                            reference_ecg_id=conflict.ecg_id,
+                            reference_version=conflict.version,
+                        )
                     session.commit()
                 except IntegrityError:
                     continue

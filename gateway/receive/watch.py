@@ -70,7 +70,6 @@ REASON_SUFFIX = ".reason.txt"
 _MAX_COPIES = 10000
 
 
-
 def recognise(raw: bytes, max_bytes: int) -> IncomingInstance | Refusal:
     """One file's bytes as the storage path takes them, whatever the format
     (DICOM, Philips XML, HL7 aECG: :func:`~gateway.receive.door.incoming_from_bytes`),
@@ -140,8 +139,13 @@ class WatchFolder:
         """Look every ``poll_interval_s`` until ``stop`` is set (a file being
         stored is finished first)."""
         self.prepare()
-        log.info("watching folder %s (every %g s; done: %s, failed: %s)", self.watch_dir,
-                 self.ingest.poll_interval_s, self.done_dir, self.failed_dir)
+        log.info(
+            "watching folder %s (every %g s; done: %s, failed: %s)",
+            self.watch_dir,
+            self.ingest.poll_interval_s,
+            self.done_dir,
+            self.failed_dir,
+        )
         while not stop.is_set():
             try:
                 self.poll(stop)
@@ -205,8 +209,9 @@ class WatchFolder:
             log.exception("watched folder: storing the file with sha256 %s failed unexpectedly", sha256[:12])
             outcome = StoreOutcome(PROCESSING_FAILURE, None, False, "unexpected error in the gateway (see its log)")
         if outcome.status == OUT_OF_RESOURCES:
-            log.warning("watched folder: file with sha256 %s left in place, tried again later: %s",
-                        sha256[:12], outcome.reason)
+            log.warning(
+                "watched folder: file with sha256 %s left in place, tried again later: %s", sha256[:12], outcome.reason
+            )
             return Taken(name, "retry", outcome.status, outcome.reason)
         if outcome.status != SUCCESS:
             return self._refuse(path, Taken(name, "refused", outcome.status, outcome.reason, outcome.ecg_id), sha256)
@@ -217,8 +222,12 @@ class WatchFolder:
             except Exception:  # noqa: BLE001 - the instance is stored; the worker also polls
                 log.exception("on_stored(%d) failed", outcome.ecg_id)
         taken.moved_to = move_unique(path, self.done_dir)
-        log.info("watched folder: file with sha256 %s %s as ecg id %s; moved to done_dir", sha256[:12],
-                 "was a duplicate of" if outcome.duplicate else "stored", outcome.ecg_id)
+        log.info(
+            "watched folder: file with sha256 %s %s as ecg id %s; moved to done_dir",
+            sha256[:12],
+            "was a duplicate of" if outcome.duplicate else "stored",
+            outcome.ecg_id,
+        )
         return taken
 
     def _read(self, path: Path, look: Look) -> bytes | Taken | None:
@@ -265,11 +274,17 @@ class WatchFolder:
             ]
             # surrogateescape: a name that is not UTF-8 (a Latin-1 "M\xdcLLER.dcm" from a share) is
             # written back as its own bytes (it raised UnicodeEncodeError and stopped the folder)
-            write_new_file(moved.with_name(moved.name + REASON_SUFFIX),
-                           ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape"))
-        log.warning("watched folder: refused a file (sha256 %s, ecg id %s) with status %s: %s; moved to failed_dir",
-                    (sha256 or "-")[:12], taken.ecg_id,
-                    f"0x{taken.status:04X}" if taken.status is not None else "-", taken.reason)
+            write_new_file(
+                moved.with_name(moved.name + REASON_SUFFIX),
+                ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape"),
+            )
+        log.warning(
+            "watched folder: refused a file (sha256 %s, ecg id %s) with status %s: %s; moved to failed_dir",
+            (sha256 or "-")[:12],
+            taken.ecg_id,
+            f"0x{taken.status:04X}" if taken.status is not None else "-",
+            taken.reason,
+        )
         return taken
 
 

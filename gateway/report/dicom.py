@@ -32,11 +32,31 @@ DOCUMENT_TITLE = "12-lead ECG report (AI, not confirmed by a physician)"
 CONFIRMED_TITLE = "12-lead ECG report (confirmed by a physician)"
 
 #: Patient and General Study attributes copied from the source ECG (type 2: present, maybe empty).
-_PATIENT_STUDY = ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
-                  "StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
-                  "AccessionNumber", "SpecificCharacterSet")
-_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-          "ReferringPhysicianName", "StudyID", "AccessionNumber")
+_PATIENT_STUDY = (
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+    "SpecificCharacterSet",
+)
+_TYPE2 = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
 
 
 @dataclass(frozen=True)
@@ -67,9 +87,18 @@ def _dicom_time(when: datetime) -> tuple[str, str]:
     return when.strftime("%Y%m%d"), when.strftime("%H%M%S")
 
 
-def encapsulated_pdf(source: Any, pdf: bytes, *, series_uid: str, sop_uid: str, when: datetime,
-                     series_number: int = 901, manufacturer: str = "ECG gateway",
-                     software_version: str = "", confirmed: bool = False) -> Any:
+def encapsulated_pdf(
+    source: Any,
+    pdf: bytes,
+    *,
+    series_uid: str,
+    sop_uid: str,
+    when: datetime,
+    series_number: int = 901,
+    manufacturer: str = "ECG gateway",
+    software_version: str = "",
+    confirmed: bool = False,
+) -> Any:
     """An Encapsulated PDF data set (with file meta, Explicit VR Little Endian)
     holding ``pdf``, for the patient and study of ``source`` (the ECG's data set);
     ``confirmed``: the PDF reports a physician's over-read (its title says so)."""
@@ -115,8 +144,15 @@ def encapsulated_pdf(source: Any, pdf: bytes, *, series_uid: str, sop_uid: str, 
     return ds
 
 
-def comprehensive_sr(source: Any, values: ResultValues, *, series_uid: str, sop_uid: str, series_number: int = 902,
-                     manufacturer: str = "ECG gateway") -> Any:
+def comprehensive_sr(
+    source: Any,
+    values: ResultValues,
+    *,
+    series_uid: str,
+    sop_uid: str,
+    series_number: int = 902,
+    manufacturer: str = "ECG gateway",
+) -> Any:
     """A Comprehensive SR of the AI result for the patient and study of
     ``source`` (the ECG's data set, also referenced as the evidence)."""
     import highdicom as hd
@@ -155,7 +191,8 @@ def comprehensive_sr(source: Any, values: ResultValues, *, series_uid: str, sop_
         sr.TextContentItem(
             name=local("STATUS", "Result status"),
             relationship_type=contains,
-            value="AI result, not confirmed by a physician" if values.confirmation is None
+            value="AI result, not confirmed by a physician"
+            if values.confirmation is None
             else confirmed_line(values.confirmation),
         ),
     ]
@@ -164,28 +201,51 @@ def comprehensive_sr(source: Any, values: ResultValues, *, series_uid: str, sop_
         for code in FINDINGS:
             if code in set(confirmation.findings):
                 finding = BY_CODE[code]
-                items.append(sr.CodeContentItem(name=local("PHYSICIAN_FINDING", "Finding confirmed by the physician"),
-                                                value=sr.CodedConcept(finding.snomed, "SCT", finding.name),
-                                                relationship_type=contains))
+                items.append(
+                    sr.CodeContentItem(
+                        name=local("PHYSICIAN_FINDING", "Finding confirmed by the physician"),
+                        value=sr.CodedConcept(finding.snomed, "SCT", finding.name),
+                        relationship_type=contains,
+                    )
+                )
         for statement in confirmation.statements:
-            items.append(sr.TextContentItem(name=local("PHYSICIAN_STATEMENT", "Physician statement"),
-                                            value=str(statement)[:1024], relationship_type=contains))
+            items.append(
+                sr.TextContentItem(
+                    name=local("PHYSICIAN_STATEMENT", "Physician statement"),
+                    value=str(statement)[:1024],
+                    relationship_type=contains,
+                )
+            )
         if confirmation.comment:
-            items.append(sr.TextContentItem(name=codes.DCM.Comment, value=str(confirmation.comment)[:1024],
-                                            relationship_type=contains))
+            items.append(
+                sr.TextContentItem(
+                    name=codes.DCM.Comment, value=str(confirmation.comment)[:1024], relationship_type=contains
+                )
+            )
     reported = set(values.findings)
     for code in FINDINGS:
         finding = BY_CODE[code]
         concept = sr.CodedConcept(finding.snomed, "SCT", finding.name)
         children = [
-            sr.NumContentItem(name=codes.DCM.Probability, value=float(values.probabilities.get(code, 0.0)),
-                              unit=no_units, relationship_type=has_properties),
-            sr.NumContentItem(name=local("THRESHOLD", "Decision threshold"),
-                              value=float(values.thresholds.get(code, 0.0)), unit=no_units,
-                              relationship_type=has_properties),
-            sr.CodeContentItem(name=local("REPORTED", "Reported (probability above threshold)"),
-                               value=sr.CodedConcept("373066001", "SCT", "Yes") if code in reported
-                               else sr.CodedConcept("373067005", "SCT", "No"), relationship_type=has_properties),
+            sr.NumContentItem(
+                name=codes.DCM.Probability,
+                value=float(values.probabilities.get(code, 0.0)),
+                unit=no_units,
+                relationship_type=has_properties,
+            ),
+            sr.NumContentItem(
+                name=local("THRESHOLD", "Decision threshold"),
+                value=float(values.thresholds.get(code, 0.0)),
+                unit=no_units,
+                relationship_type=has_properties,
+            ),
+            sr.CodeContentItem(
+                name=local("REPORTED", "Reported (probability above threshold)"),
+                value=sr.CodedConcept("373066001", "SCT", "Yes")
+                if code in reported
+                else sr.CodedConcept("373067005", "SCT", "No"),
+                relationship_type=has_properties,
+            ),
         ]
         item = sr.CodeContentItem(name=codes.DCM.Finding, value=concept, relationship_type=contains)
         item.ContentSequence = sr.ContentSequence(children)
@@ -199,25 +259,48 @@ def comprehensive_sr(source: Any, values: ResultValues, *, series_uid: str, sop_
             "/min": sr.CodedConcept("/min", "UCUM", "per minute"),
             "deg": sr.CodedConcept("deg", "UCUM", "degree"),
         }[kind.unit]
-        num = sr.NumContentItem(name=sr.CodedConcept(kind.loinc, "LN", kind.loinc_display), value=float(m["value"]),
-                                unit=unit, relationship_type=contains)
+        num = sr.NumContentItem(
+            name=sr.CodedConcept(kind.loinc, "LN", kind.loinc_display),
+            value=float(m["value"]),
+            unit=unit,
+            relationship_type=contains,
+        )
         if m.get("source") == "derived":
-            num.ContentSequence = sr.ContentSequence([sr.TextContentItem(
-                name=codes.DCM.Comment, value="derived by the gateway from the cart's RR interval",
-                relationship_type=has_properties)])
+            num.ContentSequence = sr.ContentSequence(
+                [
+                    sr.TextContentItem(
+                        name=codes.DCM.Comment,
+                        value="derived by the gateway from the cart's RR interval",
+                        relationship_type=has_properties,
+                    )
+                ]
+            )
         items.append(num)
     for statement in values.cart_statements:
-        items.append(sr.TextContentItem(name=local("CART_STATEMENT", "ECG cart statement"), value=str(statement)[:1024],
-                                        relationship_type=contains))
+        items.append(
+            sr.TextContentItem(
+                name=local("CART_STATEMENT", "ECG cart statement"),
+                value=str(statement)[:1024],
+                relationship_type=contains,
+            )
+        )
     root = sr.ContainerContentItem(name=sr.CodedConcept("11524-6", "LN", "EKG study"))
     root.ContentSequence = sr.ContentSequence(items)
     doc = sr.ComprehensiveSR(
-        evidence=[source], content=root, series_instance_uid=series_uid, series_number=series_number,
-        sop_instance_uid=sop_uid, instance_number=1, manufacturer=manufacturer, is_complete=True,
-        is_final=confirmation is not None, is_verified=confirmation is not None,
+        evidence=[source],
+        content=root,
+        series_instance_uid=series_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_uid,
+        instance_number=1,
+        manufacturer=manufacturer,
+        is_complete=True,
+        is_final=confirmation is not None,
+        is_verified=confirmation is not None,
         verifying_observer_name=(values.reader_pn or "Unknown") if confirmation is not None else None,
         verifying_organization=values.organization if confirmation is not None else None,
-        series_description="ECG AI result (SR)" if confirmation is None else "ECG report, physician over-read (SR)")
+        series_description="ECG AI result (SR)" if confirmation is None else "ECG report, physician over-read (SR)",
+    )
     date, time = _dicom_time(values.result_time)
     doc.ContentDate, doc.ContentTime = DA(date), TM(time)
     return doc

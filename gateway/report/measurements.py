@@ -93,10 +93,18 @@ CODES: dict[tuple[str, str], str] = {
 #: UCUM unit (as carts write it) -> (canonical unit, factor).  ``bpm`` is not
 #: UCUM but unambiguous.
 UNITS: dict[str, tuple[str, float]] = {
-    "ms": ("ms", 1.0), "s": ("ms", 1000.0), "us": ("ms", 0.001),
-    "/min": ("/min", 1.0), "1/min": ("/min", 1.0), "{beats}/min": ("/min", 1.0), "{beat}/min": ("/min", 1.0),
-    "bpm": ("/min", 1.0), "/s": ("/min", 60.0), "Hz": ("/min", 60.0),
-    "deg": ("deg", 1.0), "rad": ("deg", 180.0 / math.pi),
+    "ms": ("ms", 1.0),
+    "s": ("ms", 1000.0),
+    "us": ("ms", 0.001),
+    "/min": ("/min", 1.0),
+    "1/min": ("/min", 1.0),
+    "{beats}/min": ("/min", 1.0),
+    "{beat}/min": ("/min", 1.0),
+    "bpm": ("/min", 1.0),
+    "/s": ("/min", 60.0),
+    "Hz": ("/min", 60.0),
+    "deg": ("deg", 1.0),
+    "rad": ("deg", 180.0 / math.pi),
 }
 
 
@@ -175,8 +183,14 @@ def _measurement(item: Any) -> tuple[str, dict[str, Any]] | None:
     raw_unit = unit_code[1] if unit_code else None
     unit, factor = UNITS.get(raw_unit or "", (raw_unit, 1.0))
     key = CODES.get((scheme, code_value))
-    entry: dict[str, Any] = {"value": value, "unit": unit, "code": None, "name": meaning or code_value,
-                             "source": "cart", "cart_code": f"{scheme}:{code_value}"}
+    entry: dict[str, Any] = {
+        "value": value,
+        "unit": unit,
+        "code": None,
+        "name": meaning or code_value,
+        "source": "cart",
+        "cart_code": f"{scheme}:{code_value}",
+    }
     if factor != 1.0:
         entry["value"] = _number(value * factor)
     kind = BY_KEY.get(key or "")
@@ -227,8 +241,14 @@ def extract(ds: Any) -> CartReport:
             continue
     rr = found.get("rr_interval")
     if "heart_rate" not in found and rr is not None and rr["value"] > 0:
-        found["heart_rate"] = {"value": int(round(60000 / rr["value"])), "unit": "/min", "code": "8867-4",
-                               "name": "Heart rate", "source": "derived", "derived_from": "rr_interval"}
+        found["heart_rate"] = {
+            "value": int(round(60000 / rr["value"])),
+            "unit": "/min",
+            "code": "8867-4",
+            "name": "Heart rate",
+            "source": "derived",
+            "derived_from": "rr_interval",
+        }
     report.measurements = {k.key: found.pop(k.key) for k in KINDS if k.key in found} | found
     return report
 

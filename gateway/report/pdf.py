@@ -91,8 +91,11 @@ def reader_confirmation(row: Any) -> ReaderConfirmation:
     return ReaderConfirmation(
         by=f"{who} ({row.hl7_id})" if row.hl7_id else who,
         at=at.strftime("%Y-%m-%d %H:%M UTC") if at else "",
-        findings=tuple(row.findings or ()), statements=tuple(row.statements or ()), comment=row.comment or "",
-        corrected=row.outcome == "corrected", version=row.version,
+        findings=tuple(row.findings or ()),
+        statements=tuple(row.statements or ()),
+        comment=row.comment or "",
+        corrected=row.outcome == "corrected",
+        version=row.version,
     )
 
 
@@ -132,8 +135,17 @@ class ReportData:
     confirmation: ReaderConfirmation | None = None
 
 
-def report_data(ecg: Any, signal: Any, leads: Sequence[str], fs: float, gain: float, *, prediction: Any = None,
-                gateway_version: str | None = None, confirmation: Any = None) -> ReportData:
+def report_data(
+    ecg: Any,
+    signal: Any,
+    leads: Sequence[str],
+    fs: float,
+    gain: float,
+    *,
+    prediction: Any = None,
+    gateway_version: str | None = None,
+    confirmation: Any = None,
+) -> ReportData:
     """A :class:`ReportData` from an ECG row and its prediction (``prediction``,
     default ``ecg.prediction``; any objects with those attributes) and its model
     input; ``confirmation``: the ``confirmations`` row the page reports, if any."""
@@ -142,16 +154,30 @@ def report_data(ecg: Any, signal: Any, leads: Sequence[str], fs: float, gain: fl
         raise ReportError(f"ECG {ecg.id} has no AI result (status {ecg.status})")
     created = as_utc(getattr(p, "created_at", None))  # SQLite hands back naive UTC
     return ReportData(
-        ecg_id=ecg.id, patient_name=ecg.patient_name, patient_id=ecg.patient_id,
-        patient_birth_date=ecg.patient_birth_date, patient_sex=ecg.patient_sex,
-        acquisition_datetime=ecg.acquisition_datetime, accession_number=ecg.accession_number,
-        manufacturer=ecg.manufacturer, device_model=ecg.device_model, device_serial=ecg.device_serial,
-        sop_instance_uid=ecg.sop_instance_uid, measurements=ecg.measurements,
-        cart_statements=tuple(ecg.cart_statements or ()), probabilities=dict(p.probabilities or {}),
-        thresholds=dict(p.thresholds or {}), findings=tuple(p.findings or ()),
-        quality_flags=tuple(str(f) for f in p.quality_flags or ()), model_sha256=p.model_sha256,
-        gateway_version=gateway_version or p.gateway_version, demo_model=bool(p.demo_model),
-        signal=signal, leads=tuple(leads), fs=fs, gain=gain,
+        ecg_id=ecg.id,
+        patient_name=ecg.patient_name,
+        patient_id=ecg.patient_id,
+        patient_birth_date=ecg.patient_birth_date,
+        patient_sex=ecg.patient_sex,
+        acquisition_datetime=ecg.acquisition_datetime,
+        accession_number=ecg.accession_number,
+        manufacturer=ecg.manufacturer,
+        device_model=ecg.device_model,
+        device_serial=ecg.device_serial,
+        sop_instance_uid=ecg.sop_instance_uid,
+        measurements=ecg.measurements,
+        cart_statements=tuple(ecg.cart_statements or ()),
+        probabilities=dict(p.probabilities or {}),
+        thresholds=dict(p.thresholds or {}),
+        findings=tuple(p.findings or ()),
+        quality_flags=tuple(str(f) for f in p.quality_flags or ()),
+        model_sha256=p.model_sha256,
+        gateway_version=gateway_version or p.gateway_version,
+        demo_model=bool(p.demo_model),
+        signal=signal,
+        leads=tuple(leads),
+        fs=fs,
+        gain=gain,
         result_time=created.strftime("%Y-%m-%d %H:%M UTC") if created else "",
         confirmation=reader_confirmation(confirmation) if confirmation is not None else None,
     )
@@ -235,8 +261,16 @@ def build_pdf(data: ReportData, page: str = "A4") -> bytes:
     return buf.getvalue()
 
 
-def _text(c: Any, x: float, y: float, text: Any, size: float = 2.9, bold: bool = False,
-          colour: tuple[float, float, float] = (0, 0, 0), anchor: str = "left") -> None:
+def _text(
+    c: Any,
+    x: float,
+    y: float,
+    text: Any,
+    size: float = 2.9,
+    bold: bool = False,
+    colour: tuple[float, float, float] = (0, 0, 0),
+    anchor: str = "left",
+) -> None:
     """One line of text at (x, y) mm; ``size`` is the cap height scale in mm (font size)."""
     c.setFillColorRGB(*colour)
     c.setFont("Helvetica-Bold" if bold else "Helvetica", size)
@@ -338,17 +372,31 @@ def _header(c: Any, d: ReportData, left: float, top: float, bottom: float) -> No
         y -= line
     reported = [f"{code} ({BY_CODE[code].name})" for code in FINDINGS if code in set(d.findings)]
     if d.confirmation is None:
-        _text(c, x, y, _fit(c, "Reported: " + (", ".join(reported) if reported else "none above threshold"), 2.9,
-                            82, bold=True), 2.9, bold=True)
+        _text(
+            c,
+            x,
+            y,
+            _fit(c, "Reported: " + (", ".join(reported) if reported else "none above threshold"), 2.9, 82, bold=True),
+            2.9,
+            bold=True,
+        )
         y -= line
     else:
         # the physician's findings are the report's; the AI's stay above, as the AI's
         confirmed = [f"{code} ({BY_CODE[code].name})" for code in FINDINGS if code in set(d.confirmation.findings)]
-        _text(c, x, y, _fit(c, "Physician: " + (", ".join(confirmed) if confirmed else "none of the six"), 2.9, 82,
-                            bold=True), 2.9, bold=True, colour=(0.0, 0.35, 0.1))
+        _text(
+            c,
+            x,
+            y,
+            _fit(c, "Physician: " + (", ".join(confirmed) if confirmed else "none of the six"), 2.9, 82, bold=True),
+            2.9,
+            bold=True,
+            colour=(0.0, 0.35, 0.1),
+        )
         y -= line
-        notes = list(d.confirmation.statements) + ([f"Comment: {d.confirmation.comment}"]
-                                                   if d.confirmation.comment else [])
+        notes = list(d.confirmation.statements) + (
+            [f"Comment: {d.confirmation.comment}"] if d.confirmation.comment else []
+        )
         if notes:
             _text(c, x, y, _fit(c, "; ".join(notes), 2.6, 82), 2.6)
             y -= line
@@ -412,8 +460,9 @@ def _tracings(c: Any, d: ReportData, signal: np.ndarray, column: dict[str, int],
     def trace(values: np.ndarray, x0: float, baseline: float) -> None:
         xs = x0 + np.arange(values.size) * (MM_PER_S / d.fs)
         # clipped to the row band, as paper ECGs clip a giant QRS
-        ys = baseline + np.clip(np.nan_to_num(values.astype(np.float64) / d.gain) * MM_PER_MV,
-                                -ROW_MM / 2 - 4, ROW_MM / 2 + 4)
+        ys = baseline + np.clip(
+            np.nan_to_num(values.astype(np.float64) / d.gain) * MM_PER_MV, -ROW_MM / 2 - 4, ROW_MM / 2 + 4
+        )
         _polyline(c, xs, ys)
 
     rows = len(LAYOUT) + 1
@@ -426,14 +475,14 @@ def _tracings(c: Any, d: ReportData, signal: np.ndarray, column: dict[str, int],
             for k, lead in enumerate(LAYOUT[r]):
                 a = min(start + k * panel_n, stop)
                 x0 = left + CAL_MM + k * panel_mm
-                trace(signal[a:min(a + panel_n, stop), column[lead]], x0, baseline)
+                trace(signal[a : min(a + panel_n, stop), column[lead]], x0, baseline)
                 _text(c, x0 + 1, baseline + ROW_MM / 2 - 4.5, lead, 3.2, bold=True)
                 if k:  # the lead-change tick of printed ECGs
                     c.setLineWidth(0.3)
                     c.line(x0, baseline - 3, x0, baseline + 3)
                     c.setLineWidth(TRACE_LINE_MM)
         else:
-            strip = signal[start:min(start + int(round(STRIP_S * d.fs)), stop), column[RHYTHM_LEAD]]
+            strip = signal[start : min(start + int(round(STRIP_S * d.fs)), stop), column[RHYTHM_LEAD]]
             trace(strip, left + CAL_MM, baseline)
             _text(c, left + CAL_MM + 1, baseline + ROW_MM / 2 - 4.5, f"{RHYTHM_LEAD} (rhythm)", 3.2, bold=True)
 
@@ -443,10 +492,23 @@ def _footer(c: Any, d: ReportData, left: float, bottom: float, page: str) -> Non
     if d.confirmation is None:
         _text(c, left, bottom + 8.5, UNCONFIRMED + ".", 3.4, bold=True, colour=(0.75, 0.1, 0.1))
     else:
-        _text(c, left, bottom + 8.5, _fit(c, confirmed_line(d.confirmation), 3.4, 170, bold=True), 3.4, bold=True,
-              colour=(0.0, 0.35, 0.1))
-    _text(c, right, bottom + 8.5, "25 mm/s   10 mm/mV   print at 100 % (actual size): 1 small square = 1 mm", 2.7,
-          anchor="right")
+        _text(
+            c,
+            left,
+            bottom + 8.5,
+            _fit(c, confirmed_line(d.confirmation), 3.4, 170, bold=True),
+            3.4,
+            bold=True,
+            colour=(0.0, 0.35, 0.1),
+        )
+    _text(
+        c,
+        right,
+        bottom + 8.5,
+        "25 mm/s   10 mm/mV   print at 100 % (actual size): 1 small square = 1 mm",
+        2.7,
+        anchor="right",
+    )
     _text(
         c,
         left,
@@ -456,8 +518,10 @@ def _footer(c: Any, d: ReportData, left: float, bottom: float, page: str) -> Non
         colour=(0.25, 0.25, 0.25),
     )
     _text(c, right, bottom + 4.3, f"ECG gateway {d.gateway_version}", 2.5, anchor="right", colour=(0.25, 0.25, 0.25))
-    note = ("Decision support (Ribeiro et al., Nat Commun 2020; 1dAVb, RBBB, LBBB, SB, AF, ST only): "
-            "a result without findings is not a normal ECG.")
+    note = (
+        "Decision support (Ribeiro et al., Nat Commun 2020; 1dAVb, RBBB, LBBB, SB, AF, ST only): "
+        "a result without findings is not a normal ECG."
+    )
     _text(c, left, bottom + 0.5, note, 2.4, colour=(0.35, 0.35, 0.35))
     tail = f"SOP Instance UID {d.sop_instance_uid or '-'}" + (
         f"   AI result of {d.result_time}" if d.result_time else ""

@@ -70,7 +70,7 @@ def age_years(birth: date | None, on: date | None) -> int | None:
 
 
 def birth_and_age(birth_da: str | None, acquisition_dt: str | None, today: date | None = None) -> str:
-    """"1971-01-23 (42 y)": the birth date and the age at the recording (at
+    """ "1971-01-23 (42 y)": the birth date and the age at the recording (at
     ``today`` when the recording has no date); '' without a birth date."""
     birth = dicom_date(birth_da)
     if birth is None:

@@ -41,8 +41,16 @@ def _ecg_from_target(target: str | None) -> int | None:
     return None
 
 
-def audit(session: Session, actor: str, action: str, target: str | None = None, *,
-          ecg_id: int | None = None, address: str | None = None, **detail: Any) -> AuditLog:
+def audit(
+    session: Session,
+    actor: str,
+    action: str,
+    target: str | None = None,
+    *,
+    ecg_id: int | None = None,
+    address: str | None = None,
+    **detail: Any,
+) -> AuditLog:
     """Add one audit row (the caller commits, with the action it records).
 
     ``actor``: who (a user name, ``token``, ``cli:<os user>``...); ``action``:
@@ -50,9 +58,14 @@ def audit(session: Session, actor: str, action: str, target: str | None = None, 
     ``ecg_id``: the ECG concerned (taken from a ``target`` of ``"ecg:<id>"``
     when not given); ``address``: where the request came from; ``detail``:
     JSON-able particulars (never a password or token)."""
-    row = AuditLog(actor=actor[:MAX_ACTOR], action=action, target=target,
-                   ecg_id=ecg_id if ecg_id is not None else _ecg_from_target(target),
-                   address=address[:MAX_ADDRESS] if address else None, detail=detail)
+    row = AuditLog(
+        actor=actor[:MAX_ACTOR],
+        action=action,
+        target=target,
+        ecg_id=ecg_id if ecg_id is not None else _ecg_from_target(target),
+        address=address[:MAX_ADDRESS] if address else None,
+        detail=detail,
+    )
     session.add(row)
     return row
 
@@ -79,14 +92,23 @@ def _where(stmt: Any, filters: AuditFilters) -> Any:
     return stmt
 
 
-def audit_rows(session: Session, filters: AuditFilters = AuditFilters(), *, limit: int = 100,
-               offset: int = 0) -> list[dict[str, Any]]:
+def audit_rows(
+    session: Session, filters: AuditFilters = AuditFilters(), *, limit: int = 100, offset: int = 0
+) -> list[dict[str, Any]]:
     """Audit rows newest first, as dicts (``id``, ``at``, ``actor``, ``action``,
     ``target``, ``ecg_id``, ``address``, ``detail``)."""
     stmt = _where(select(AuditLog), filters).order_by(AuditLog.id.desc()).limit(limit).offset(offset)
     return [
-        {"id": r.id, "at": r.at, "actor": r.actor, "action": r.action, "target": r.target, "ecg_id": r.ecg_id,
-         "address": r.address, "detail": r.detail}
+        {
+            "id": r.id,
+            "at": r.at,
+            "actor": r.actor,
+            "action": r.action,
+            "target": r.target,
+            "ecg_id": r.ecg_id,
+            "address": r.address,
+            "detail": r.detail,
+        }
         for r in session.scalars(stmt)
     ]
 
@@ -96,8 +118,9 @@ def count_audit_rows(session: Session, filters: AuditFilters = AuditFilters()) -
     return int(session.scalar(_where(select(func.count(AuditLog.id)), filters)) or 0)
 
 
-def recent_count(session: Session, action: str, since: datetime, *, actor: str | None = None,
-                 address: str | None = None) -> int:
+def recent_count(
+    session: Session, action: str, since: datetime, *, actor: str | None = None, address: str | None = None
+) -> int:
     """Rows of ``action`` at or after ``since`` by ``actor`` and/or from ``address``
     (e.g. failed logins, for the login rate limit: the database is shared by
     every process, so the limit holds across them)."""

@@ -78,8 +78,10 @@ def check_spool_cmd(ctx: typer.Context) -> None:
     for ecg_id in report.rows_without_file:
         typer.echo(f"row without file: ECG id={ecg_id}")
     if report.mid_prune:
-        typer.echo(f"{len(report.mid_prune)} row(s) marked by an unfinished prune (their files may be gone "
-                   "already): `ecg-gateway db prune` finishes them")
+        typer.echo(
+            f"{len(report.mid_prune)} row(s) marked by an unfinished prune (their files may be gone "
+            "already): `ecg-gateway db prune` finishes them"
+        )
     typer.echo(
         "spool and database agree"
         if report.clean
@@ -92,8 +94,12 @@ def check_spool_cmd(ctx: typer.Context) -> None:
 def prune(
     ctx: typer.Context,
     older_than: int = typer.Option(
-        0, "--older-than", metavar="DAYS", min=0,
-        help="Remove finished ECGs received more than DAYS days ago (default: [storage] retention_days)."),
+        0,
+        "--older-than",
+        metavar="DAYS",
+        min=0,
+        help="Remove finished ECGs received more than DAYS days ago (default: [storage] retention_days).",
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only print what would be removed."),
     list_rows: bool = typer.Option(False, "--list", help="Also print one line per ECG (id, SOP Instance UID, file)."),
 ) -> None:
@@ -116,8 +122,14 @@ def prune(
         raise typer.Exit(2)
     engine = make_engine(cfg.storage.database_url)
     try:
-        result = do_prune(make_sessionmaker(engine), cfg.storage.spool_dir, days, dry_run=dry_run,
-                          actor=cli_actor(), list_rows=list_rows)
+        result = do_prune(
+            make_sessionmaker(engine),
+            cfg.storage.spool_dir,
+            days,
+            dry_run=dry_run,
+            actor=cli_actor(),
+            list_rows=list_rows,
+        )
     finally:
         engine.dispose()
     for line in result.lines:

@@ -133,8 +133,12 @@ def compact(database_url: str) -> list[str]:
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             if engine.url.get_backend_name() == "sqlite":
                 # The page size changes only by a VACUUM outside WAL mode.
-                ran += ["PRAGMA journal_mode=DELETE", f"PRAGMA page_size={SQLITE_PAGE_SIZE}", "VACUUM",
-                        "PRAGMA journal_mode=WAL"]
+                ran += [
+                    "PRAGMA journal_mode=DELETE",
+                    f"PRAGMA page_size={SQLITE_PAGE_SIZE}",
+                    "VACUUM",
+                    "PRAGMA journal_mode=WAL",
+                ]
             else:
                 ran += [f'VACUUM (FULL, ANALYZE) "{name}"' for name in sorted(Base.metadata.tables)]
             for statement in ran:

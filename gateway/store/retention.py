@@ -81,13 +81,14 @@ class PruneResult:
     def summary(self) -> str:
         verb = "would remove" if self.dry_run else "removed"
         statuses = ", ".join(f"{k} {v}" for k, v in sorted(self.by_status.items())) or "none"
-        return (f"{verb} {self.ecgs} ECG(s) received before {self.cutoff.isoformat(timespec='seconds')} "
-                f"({statuses}), {self.predictions} prediction(s), {self.hl7_messages} HL7 message(s), "
-                f"{self.pacs_messages} PACS object(s), {self.files} spool file(s) "
-                f"({self.file_bytes / 2**20:.1f} MB); kept {self.kept} older ECG(s) still in progress, "
-                f"awaiting HL7 or PACS delivery, or with a newer version; audit log kept"
-                + (f"; {self.outside_spool} file(s) outside the spool folder left in place" if self.outside_spool
-                   else ""))
+        return (
+            f"{verb} {self.ecgs} ECG(s) received before {self.cutoff.isoformat(timespec='seconds')} "
+            f"({statuses}), {self.predictions} prediction(s), {self.hl7_messages} HL7 message(s), "
+            f"{self.pacs_messages} PACS object(s), {self.files} spool file(s) "
+            f"({self.file_bytes / 2**20:.1f} MB); kept {self.kept} older ECG(s) still in progress, "
+            f"awaiting HL7 or PACS delivery, or with a newer version; audit log kept"
+            + (f"; {self.outside_spool} file(s) outside the spool folder left in place" if self.outside_spool else "")
+        )
 
 
 def _prunable(ecg: type[EcgInstance] | AliasedClass[EcgInstance], cutoff: datetime) -> ColumnElement[bool]:
@@ -106,15 +107,29 @@ def _candidates(cutoff: datetime) -> ColumnElement[bool]:
     other = aliased(EcgInstance)
     return and_(
         _prunable(EcgInstance, cutoff),
-        or_(EcgInstance.sop_instance_uid == "",
-            ~exists().where(other.sop_instance_uid == EcgInstance.sop_instance_uid, other.id != EcgInstance.id,
-                            ~_prunable(other, cutoff))),
+        or_(
+            EcgInstance.sop_instance_uid == "",
+            ~exists().where(
+                other.sop_instance_uid == EcgInstance.sop_instance_uid,
+                other.id != EcgInstance.id,
+                ~_prunable(other, cutoff),
+            ),
+        ),
     )
 
 
-def prune(session_factory: sessionmaker[Session], spool_dir: str | Path, older_than_days: int, *,
-          dry_run: bool = False, actor: str = "retention", now: datetime | None = None,
-          list_rows: bool = False, batch: int = BATCH, stop: threading.Event | None = None) -> PruneResult:
+def prune(
+    session_factory: sessionmaker[Session],
+    spool_dir: str | Path,
+    older_than_days: int,
+    *,
+    dry_run: bool = False,
+    actor: str = "retention",
+    now: datetime | None = None,
+    list_rows: bool = False,
+    batch: int = BATCH,
+    stop: threading.Event | None = None,
+) -> PruneResult:
     """Remove finished ECGs received more than ``older_than_days`` days ago, with
     their spool files, predictions and HL7 messages (see the module docstring).
     Rows a crashed earlier prune marked are finished first, whatever their age.
@@ -126,21 +141,31 @@ def prune(session_factory: sessionmaker[Session], spool_dir: str | Path, older_t
     spool = Spool(Path(spool_dir))
     if dry_run:
         with session_factory() as s:
-            past = s.scalar(select(func.count()).select_from(EcgInstance)
-                            .where(EcgInstance.received_at < cutoff)) or 0
-            rows = s.execute(select(EcgInstance.id, EcgInstance.sop_instance_uid, EcgInstance.status,
-                                    EcgInstance.received_at, EcgInstance.spool_path, EcgInstance.size_bytes)
-                             .where(or_(_candidates(cutoff), EcgInstance.pruning_since.is_not(None)))
-                             .order_by(EcgInstance.id)).all()
+            past = s.scalar(select(func.count()).select_from(EcgInstance).where(EcgInstance.received_at < cutoff)) or 0
+            rows = s.execute(
+                select(
+                    EcgInstance.id,
+                    EcgInstance.sop_instance_uid,
+                    EcgInstance.status,
+                    EcgInstance.received_at,
+                    EcgInstance.spool_path,
+                    EcgInstance.size_bytes,
+                )
+                .where(or_(_candidates(cutoff), EcgInstance.pruning_since.is_not(None)))
+                .order_by(EcgInstance.id)
+            ).all()
             ids = [r.id for r in rows]
             for start in range(0, len(ids), batch):
-                chunk = ids[start:start + batch]
-                result.predictions += s.scalar(select(func.count()).select_from(Prediction)
-                                               .where(Prediction.ecg_id.in_(chunk))) or 0
-                result.hl7_messages += s.scalar(select(func.count()).select_from(Hl7Message)
-                                                .where(Hl7Message.ecg_id.in_(chunk))) or 0
-                result.pacs_messages += s.scalar(select(func.count()).select_from(PacsMessage)
-                                                 .where(PacsMessage.ecg_id.in_(chunk))) or 0
+                chunk = ids[start : start + batch]
+                result.predictions += (
+                    s.scalar(select(func.count()).select_from(Prediction).where(Prediction.ecg_id.in_(chunk))) or 0
+                )
+                result.hl7_messages += (
+                    s.scalar(select(func.count()).select_from(Hl7Message).where(Hl7Message.ecg_id.in_(chunk))) or 0
+                )
+                result.pacs_messages += (
+                    s.scalar(select(func.count()).select_from(PacsMessage).where(PacsMessage.ecg_id.in_(chunk))) or 0
+                )
         for r in rows:
             _count(result, r, list_rows)
             path = spool.resolve(r.spool_path)
@@ -157,8 +182,9 @@ def prune(session_factory: sessionmaker[Session], spool_dir: str | Path, older_t
         _remove_files(session_factory, spool, marked, result)
         _delete_rows(session_factory, marked, result, actor, older_than_days, list_rows)
     with session_factory() as s:
-        result.kept = s.scalar(select(func.count()).select_from(EcgInstance)
-                               .where(EcgInstance.received_at < cutoff)) or 0
+        result.kept = (
+            s.scalar(select(func.count()).select_from(EcgInstance).where(EcgInstance.received_at < cutoff)) or 0
+        )
     if result.ecgs:
         log.info("retention: %s", result.summary())
     return result
@@ -169,28 +195,35 @@ def _count(result: PruneResult, row: Row[*tuple[Any, ...]], list_rows: bool) -> 
     result.ecgs += 1
     result.by_status[row.status] += 1
     if list_rows:
-        result.lines.append(f"ECG id={row.id} sop={row.sop_instance_uid or '-'} {row.status} "
-                            f"received {as_utc(row.received_at).isoformat(timespec='seconds')} file {row.spool_path}")
+        result.lines.append(
+            f"ECG id={row.id} sop={row.sop_instance_uid or '-'} {row.status} "
+            f"received {as_utc(row.received_at).isoformat(timespec='seconds')} file {row.spool_path}"
+        )
 
 
 def _mark(session_factory: sessionmaker[Session], cutoff: datetime, batch: int) -> list[int]:
     """Step 1: the ids of up to ``batch`` rows marked for pruning (rows marked by an
     earlier, interrupted prune come first)."""
     with session_factory() as s, s.begin():
-        left = s.scalars(select(EcgInstance.id).where(EcgInstance.pruning_since.is_not(None))
-                         .order_by(EcgInstance.id).limit(batch)).all()
+        left = s.scalars(
+            select(EcgInstance.id).where(EcgInstance.pruning_since.is_not(None)).order_by(EcgInstance.id).limit(batch)
+        ).all()
         if left:
             return list(left)
-        ids = s.scalars(select(EcgInstance.id).where(_candidates(cutoff)).order_by(EcgInstance.id)
-                        .limit(batch)).all()
+        ids = s.scalars(select(EcgInstance.id).where(_candidates(cutoff)).order_by(EcgInstance.id).limit(batch)).all()
         if not ids:
             return []
         # The conditions again in the UPDATE: a row resent or requeued meanwhile stays.
-        s.execute(update(EcgInstance).where(EcgInstance.id.in_(ids), _candidates(cutoff))
-                  .values(pruning_since=utcnow()).execution_options(synchronize_session=False))
+        s.execute(
+            update(EcgInstance)
+            .where(EcgInstance.id.in_(ids), _candidates(cutoff))
+            .values(pruning_since=utcnow())
+            .execution_options(synchronize_session=False)
+        )
     with session_factory() as s:
-        return list(s.scalars(select(EcgInstance.id).where(EcgInstance.id.in_(ids),
-                                                           EcgInstance.pruning_since.is_not(None))))
+        return list(
+            s.scalars(select(EcgInstance.id).where(EcgInstance.id.in_(ids), EcgInstance.pruning_since.is_not(None)))
+        )
 
 
 def _remove_files(session_factory: sessionmaker[Session], spool: Spool, ids: list[int], result: PruneResult) -> None:
@@ -199,8 +232,13 @@ def _remove_files(session_factory: sessionmaker[Session], spool: Spool, ids: lis
         paths = s.scalars(select(EcgInstance.spool_path).where(EcgInstance.id.in_(ids))).all()
         # a row from before migration 0009 may name the same file by its absolute path
         forms = {form for p in paths for form in spool.stored_forms(p)}
-        shared = set(s.scalars(select(EcgInstance.spool_path).where(EcgInstance.spool_path.in_(forms),
-                                                                    EcgInstance.pruning_since.is_(None))))
+        shared = set(
+            s.scalars(
+                select(EcgInstance.spool_path).where(
+                    EcgInstance.spool_path.in_(forms), EcgInstance.pruning_since.is_(None)
+                )
+            )
+        )
     kept = {spool.resolve(p) for p in shared}
     remove = []
     for path in map(spool.resolve, paths):
@@ -218,21 +256,33 @@ def _remove_files(session_factory: sessionmaker[Session], spool: Spool, ids: lis
     result.file_bytes += size
 
 
-def _delete_rows(session_factory: sessionmaker[Session], ids: list[int], result: PruneResult, actor: str,
-                 days: int, list_rows: bool) -> None:
+def _delete_rows(
+    session_factory: sessionmaker[Session], ids: list[int], result: PruneResult, actor: str, days: int, list_rows: bool
+) -> None:
     """Step 3: the marked rows and what hangs on them, with one audit row, in one transaction."""
     with session_factory() as s, s.begin():
         # Locked (PostgreSQL): a second pruner finishing the same rows waits, then finds them gone.
-        rows = s.execute(select(EcgInstance.id, EcgInstance.sop_instance_uid, EcgInstance.status,
-                                EcgInstance.received_at, EcgInstance.spool_path)
-                         .where(EcgInstance.id.in_(ids), EcgInstance.pruning_since.is_not(None))
-                         .with_for_update()).all()
+        rows = s.execute(
+            select(
+                EcgInstance.id,
+                EcgInstance.sop_instance_uid,
+                EcgInstance.status,
+                EcgInstance.received_at,
+                EcgInstance.spool_path,
+            )
+            .where(EcgInstance.id.in_(ids), EcgInstance.pruning_since.is_not(None))
+            .with_for_update()
+        ).all()
         gone = [r.id for r in rows]
         if not gone:
             return
         # Resends point at earlier messages of the same ECG: unlink them, then delete.
-        s.execute(update(Hl7Message).where(Hl7Message.ecg_id.in_(gone), Hl7Message.resend_of.is_not(None))
-                  .values(resend_of=None).execution_options(synchronize_session=False))
+        s.execute(
+            update(Hl7Message)
+            .where(Hl7Message.ecg_id.in_(gone), Hl7Message.resend_of.is_not(None))
+            .values(resend_of=None)
+            .execution_options(synchronize_session=False)
+        )
         s.execute(delete(Confirmation).where(Confirmation.ecg_id.in_(gone)))  # they name outbox rows
         hl7 = cast(CursorResult[Any], s.execute(delete(Hl7Message).where(Hl7Message.ecg_id.in_(gone)))).rowcount
         pacs = cast(CursorResult[Any], s.execute(delete(PacsMessage).where(PacsMessage.ecg_id.in_(gone)))).rowcount
@@ -241,10 +291,22 @@ def _delete_rows(session_factory: sessionmaker[Session], ids: list[int], result:
         batch = PruneResult(cutoff=result.cutoff, dry_run=False)
         for r in rows:
             _count(batch, r, list_rows)
-        s.add(AuditLog(actor=actor, action="prune", target=f"ecgs:{min(gone)}-{max(gone)}",
-                       detail={"older_than_days": days, "cutoff": result.cutoff.isoformat(), "ecgs": len(gone),
-                               "by_status": dict(batch.by_status), "predictions": preds, "hl7_messages": hl7,
-                               "pacs_messages": pacs}))
+        s.add(
+            AuditLog(
+                actor=actor,
+                action="prune",
+                target=f"ecgs:{min(gone)}-{max(gone)}",
+                detail={
+                    "older_than_days": days,
+                    "cutoff": result.cutoff.isoformat(),
+                    "ecgs": len(gone),
+                    "by_status": dict(batch.by_status),
+                    "predictions": preds,
+                    "hl7_messages": hl7,
+                    "pacs_messages": pacs,
+                },
+            )
+        )
     result.ecgs += batch.ecgs
     result.by_status.update(batch.by_status)
     result.lines += batch.lines
@@ -253,8 +315,14 @@ def _delete_rows(session_factory: sessionmaker[Session], ids: list[int], result:
     result.pacs_messages += pacs
 
 
-def run_daily(session_factory: sessionmaker[Session], spool_dir: str | Path, days: int, stop: threading.Event,
-              interval_s: float = INTERVAL_S, on_error: Callable[[Exception], None] | None = None) -> None:
+def run_daily(
+    session_factory: sessionmaker[Session],
+    spool_dir: str | Path,
+    days: int,
+    stop: threading.Event,
+    interval_s: float = INTERVAL_S,
+    on_error: Callable[[Exception], None] | None = None,
+) -> None:
     """``serve``'s retention loop: prune now, then every ``interval_s`` until ``stop``."""
     log.info("retention: keeping %d day(s); pruning now and every %.0f h", days, interval_s / 3600)
     while not stop.is_set():

@@ -46,8 +46,13 @@ def reference_version(session: Session, sop_instance_uid: str) -> Any | None:
     Only later versions are quarantined, and versions are deleted only all
     together (retention), so the answer never changes while any is kept."""
     rows = session.execute(
-        select(EcgInstance.id, EcgInstance.version, EcgInstance.patient_id, EcgInstance.issuer_of_patient_id,
-               EcgInstance.flags)
+        select(
+            EcgInstance.id,
+            EcgInstance.version,
+            EcgInstance.patient_id,
+            EcgInstance.issuer_of_patient_id,
+            EcgInstance.flags,
+        )
         .where(EcgInstance.sop_instance_uid == sop_instance_uid)
         .order_by(EcgInstance.version)
     ).all()
@@ -61,7 +66,8 @@ def identity_conflict(session: Session, ecg: EcgInstance) -> Any | None:
     if reference is None or reference.id == ecg.id or reference.version > ecg.version:
         return None
     same = patient_identity(reference.patient_id, reference.issuer_of_patient_id) == patient_identity(
-        ecg.patient_id, ecg.issuer_of_patient_id)
+        ecg.patient_id, ecg.issuer_of_patient_id
+    )
     return None if same else reference
 
 
@@ -73,8 +79,11 @@ def corrected_version(session: Session, ecg: EcgInstance) -> int | None:
     return session.scalar(
         select(EcgInstance.id)
         .join(Hl7Message, Hl7Message.ecg_id == EcgInstance.id)
-        .where(EcgInstance.sop_instance_uid == ecg.sop_instance_uid, EcgInstance.version < ecg.version,
-               Hl7Message.status.in_((HL7_PENDING, HL7_DELIVERED)))
+        .where(
+            EcgInstance.sop_instance_uid == ecg.sop_instance_uid,
+            EcgInstance.version < ecg.version,
+            Hl7Message.status.in_((HL7_PENDING, HL7_DELIVERED)),
+        )
         .order_by(EcgInstance.version)
         .limit(1)
     )

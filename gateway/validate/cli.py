@@ -109,8 +109,10 @@ def validate(
     notes: list[str] = []
     if fetch:
         if not cfg.validation.md5:
-            err.print("[bold red]WARNING: validate.md5 is empty: the downloaded data.zip will NOT be verified. "
-                      "Copy the md5 from the Zenodo record page (10.5281/zenodo.3765780) into validate.md5.[/]")
+            err.print(
+                "[bold red]WARNING: validate.md5 is empty: the downloaded data.zip will NOT be verified. "
+                "Copy the md5 from the Zenodo record page (10.5281/zenodo.3765780) into validate.md5.[/]"
+            )
         try:
             fetched = fetch_test_set(cfg.validation.url, cfg.validation.md5, data_dir, progress=progress, console=err)
         except DatasetError as exc:
@@ -118,16 +120,26 @@ def validate(
         if fetched.verified:
             notes.append(f"data.zip downloaded from {cfg.validation.url}, md5 {fetched.md5} verified.")
         else:
-            notes.append(f"WARNING: data.zip downloaded from {cfg.validation.url} was NOT verified (validate.md5 "
-                         f"empty): its md5 is {fetched.md5}, sha256 {fetched.sha256}; compare with the Zenodo record.")
+            notes.append(
+                f"WARNING: data.zip downloaded from {cfg.validation.url} was NOT verified (validate.md5 "
+                f"empty): its md5 is {fetched.md5}, sha256 {fetched.sha256}; compare with the Zenodo record."
+            )
             err.print(f"[bold red]data.zip NOT verified[/]: md5 {fetched.md5}, sha256 {fetched.sha256}")
 
     opts = ValidateOptions(
-        data_dir=data_dir, report_dir=Path(cfg.validation.report_dir), roundtrip=roundtrip, limit=limit,
-        variants=variants, resolution_uv=resolution_uv, target=parsed_target, database_url=database_url,
+        data_dir=data_dir,
+        report_dir=Path(cfg.validation.report_dir),
+        roundtrip=roundtrip,
+        limit=limit,
+        variants=variants,
+        resolution_uv=resolution_uv,
+        target=parsed_target,
+        database_url=database_url,
         flip_margin=cfg.validation.flip_margin if flip_margin is None else flip_margin,
         max_abs_difference=cfg.validation.max_abs_difference if max_abs_difference is None else max_abs_difference,
-        timeout_s=timeout, config_path=str(ctx.find_root().obj.get("config_path") or "") or None, notes=notes,
+        timeout_s=timeout,
+        config_path=str(ctx.find_root().obj.get("config_path") or "") or None,
+        notes=notes,
     )
 
     bars: dict[str, TaskID] = {}
@@ -135,8 +147,7 @@ def validate(
     if progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err,
-                       transient=True)
+        bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err, transient=True)
 
     def report_progress(what: str, done: int, total: int) -> None:
         if bar is None:

@@ -122,8 +122,9 @@ def read_tracings(path: str | os.PathLike[str], limit: int | None = None) -> np.
     return data
 
 
-def load_test_set(data_dir: str | os.PathLike[str], *, limit: int | None = None,
-                  findings: Sequence[str] = FINDINGS) -> TestSet:
+def load_test_set(
+    data_dir: str | os.PathLike[str], *, limit: int | None = None, findings: Sequence[str] = FINDINGS
+) -> TestSet:
     """Read ``ecg_tracings.hdf5`` and ``gold_standard.csv`` from ``data_dir``.
 
     Raises :class:`DatasetError` when a file is missing, has the wrong shape,
@@ -148,9 +149,15 @@ def load_test_set(data_dir: str | os.PathLike[str], *, limit: int | None = None,
         raise DatasetError(f"{tracings_path} holds {total} tracings but {gold_path} has {gold.shape[0]} rows")
     tracings = read_tracings(tracings_path, limit)
     gold = gold[: tracings.shape[0]]
-    source = {"data_dir": str(d), "tracings": str(tracings_path), "tracings_sha256": file_sha256(tracings_path),
-              "gold_standard": str(gold_path), "gold_standard_sha256": file_sha256(gold_path),
-              "exams_in_file": int(total or tracings.shape[0]), "exams_used": int(tracings.shape[0])}
+    source = {
+        "data_dir": str(d),
+        "tracings": str(tracings_path),
+        "tracings_sha256": file_sha256(tracings_path),
+        "gold_standard": str(gold_path),
+        "gold_standard_sha256": file_sha256(gold_path),
+        "exams_in_file": int(total or tracings.shape[0]),
+        "exams_used": int(tracings.shape[0]),
+    }
     return TestSet(tracings=tracings, gold=gold, findings=tuple(findings), source=source)
 
 
@@ -169,7 +176,7 @@ def strip_padding(tracing: np.ndarray) -> tuple[np.ndarray, int, int]:
     if nonzero.size == 0:
         raise ValueError("the tracing is zero in every lead")
     first, last = int(nonzero[0]), int(nonzero[-1])
-    return tracing[first:last + 1], first, tracing.shape[0] - 1 - last
+    return tracing[first : last + 1], first, tracing.shape[0] - 1 - last
 
 
 #: What each derived limb lead equals in terms of I and II (Einthoven, Goldberger).
@@ -195,7 +202,7 @@ def check_limb_leads(tracings: np.ndarray, limb_lead_order: Sequence[str]) -> di
         if name in ("I", "II"):
             continue
         signal = x[..., col]
-        scale = float(np.sqrt(np.mean(signal ** 2))) or 1.0
+        scale = float(np.sqrt(np.mean(signal**2))) or 1.0
         best, best_res = name, np.inf
         for lead, (a, b) in _DERIVED.items():
             res = float(np.sqrt(np.mean((signal - (a * lead_i + b * lead_ii)) ** 2))) / scale
@@ -234,9 +241,17 @@ class FetchResult:
     verified: bool
 
 
-def fetch_test_set(url: str, md5: str, data_dir: str | os.PathLike[str], *, progress: bool = True,
-                   console: Any = None, attempts: int = 5, timeout: float = 60.0,
-                   retry_delay_s: float = 1.0) -> FetchResult:
+def fetch_test_set(
+    url: str,
+    md5: str,
+    data_dir: str | os.PathLike[str],
+    *,
+    progress: bool = True,
+    console: Any = None,
+    attempts: int = 5,
+    timeout: float = 60.0,
+    retry_delay_s: float = 1.0,
+) -> FetchResult:
     """Download ``data.zip`` into ``data_dir`` (resuming, with a progress bar),
     check its md5 when ``md5`` is given, extract the test set next to it.
 
@@ -253,14 +268,23 @@ def fetch_test_set(url: str, md5: str, data_dir: str | os.PathLike[str], *, prog
         archive.unlink()
     if not archive.exists():
         try:
-            download(url, archive, attempts=attempts, timeout=timeout, progress=progress, console=console,
-                     retry_delay_s=retry_delay_s)
+            download(
+                url,
+                archive,
+                attempts=attempts,
+                timeout=timeout,
+                progress=progress,
+                console=console,
+                retry_delay_s=retry_delay_s,
+            )
         except FetchError as exc:
             raise DatasetError(str(exc).replace("ecg-gateway model fetch", "ecg-gateway validate --fetch")) from None
     got = file_md5(archive)
     if expected and got != expected:
         archive.unlink()
-        raise DatasetError(f"checksum mismatch for {url}: md5 {got}, expected {expected}; "
-                           "the download was deleted (check validate.url and validate.md5)")
+        raise DatasetError(
+            f"checksum mismatch for {url}: md5 {got}, expected {expected}; "
+            "the download was deleted (check validate.url and validate.md5)"
+        )
     files = _extract_members(archive, dest)
     return FetchResult(files=files, md5=got, sha256=file_sha256(archive), verified=bool(expected))

@@ -53,8 +53,13 @@ class Confusion:
         return Confusion(self.tp + other.tp, self.fp + other.fp, self.fn + other.fn, self.tn + other.tn)
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "precision": self.precision, "recall": self.recall,
-                "specificity": self.specificity, "f1": self.f1}
+        return {
+            **asdict(self),
+            "precision": self.precision,
+            "recall": self.recall,
+            "specificity": self.specificity,
+            "f1": self.f1,
+        }
 
 
 def confusion(truth: np.ndarray, called: np.ndarray) -> Confusion:
@@ -104,18 +109,23 @@ class DirectMetrics:
         return {
             "n": self.n,
             "thresholds": self.thresholds,
-            "findings": {f: {**self.per_finding[f].as_dict(),
-                             # the published figures (gateway.findings); None for a code of a test's own
-                             "paper_table2": asdict(BY_CODE[f].table2) if f in BY_CODE else None,
-                             "published_model_f1": BY_CODE[f].published_model_f1 if f in BY_CODE else None}
-                         for f in self.findings},
+            "findings": {
+                f: {
+                    **self.per_finding[f].as_dict(),
+                    # the published figures (gateway.findings); None for a code of a test's own
+                    "paper_table2": asdict(BY_CODE[f].table2) if f in BY_CODE else None,
+                    "published_model_f1": BY_CODE[f].published_model_f1 if f in BY_CODE else None,
+                }
+                for f in self.findings
+            },
             "micro": self.micro.as_dict(),
             "macro": self.macro,
         }
 
 
-def direct_metrics(gold: np.ndarray, probs: np.ndarray, thresholds: Mapping[str, float],
-                   findings: Sequence[str] = FINDINGS) -> DirectMetrics:
+def direct_metrics(
+    gold: np.ndarray, probs: np.ndarray, thresholds: Mapping[str, float], findings: Sequence[str] = FINDINGS
+) -> DirectMetrics:
     """Metrics of ``probs`` (n, findings) at ``thresholds`` against ``gold`` (n, findings) 0/1."""
     g = np.asarray(gold)
     p = np.asarray(probs)
@@ -123,8 +133,12 @@ def direct_metrics(gold: np.ndarray, probs: np.ndarray, thresholds: Mapping[str,
         raise ValueError(f"gold {g.shape} and probabilities {p.shape} must both be (n, {len(findings)})")
     called = decisions(p, thresholds, findings)
     per = {f: confusion(g[:, i].astype(bool), called[:, i]) for i, f in enumerate(findings)}
-    return DirectMetrics(findings=tuple(findings), per_finding=per,
-                         thresholds={f: float(thresholds[f]) for f in findings}, n=int(g.shape[0]))
+    return DirectMetrics(
+        findings=tuple(findings),
+        per_finding=per,
+        thresholds={f: float(thresholds[f]) for f in findings},
+        n=int(g.shape[0]),
+    )
 
 
 @dataclass(frozen=True)
@@ -169,12 +183,18 @@ class RoundTripComparison:
     @property
     def failures(self) -> list[str]:
         """Why the round trip fails the pass criteria (empty = passes)."""
-        out = [f"{f.finding} decision flipped on tracing {f.index} (direct {f.direct:.4f}, gateway {f.gateway:.4f}, "
-               f"threshold {f.threshold:g}; more than {self.flip_margin:g} from the threshold)"
-               for f in self.flips if f.beyond_margin]
+        out = [
+            f"{f.finding} decision flipped on tracing {f.index} (direct {f.direct:.4f}, gateway {f.gateway:.4f}, "
+            f"threshold {f.threshold:g}; more than {self.flip_margin:g} from the threshold)"
+            for f in self.flips
+            if f.beyond_margin
+        ]
         if self.max_abs_difference > 0:
-            out += [f"{d.finding}: max |difference| {d.max_abs:.3g} > {self.max_abs_difference:g}"
-                    for d in self.per_finding.values() if d.max_abs > self.max_abs_difference]
+            out += [
+                f"{d.finding}: max |difference| {d.max_abs:.3g} > {self.max_abs_difference:g}"
+                for d in self.per_finding.values()
+                if d.max_abs > self.max_abs_difference
+            ]
         return out
 
     @property
@@ -193,10 +213,16 @@ class RoundTripComparison:
         }
 
 
-def compare_probabilities(direct: np.ndarray, gateway: np.ndarray, thresholds: Mapping[str, float], *,
-                          flip_margin: float = 0.02, max_abs_difference: float = 0.0,
-                          findings: Sequence[str] = FINDINGS, indices: Sequence[int] | None = None,
-                          ) -> RoundTripComparison:
+def compare_probabilities(
+    direct: np.ndarray,
+    gateway: np.ndarray,
+    thresholds: Mapping[str, float],
+    *,
+    flip_margin: float = 0.02,
+    max_abs_difference: float = 0.0,
+    findings: Sequence[str] = FINDINGS,
+    indices: Sequence[int] | None = None,
+) -> RoundTripComparison:
     """Compare (n, findings) probability arrays row by row.
 
     ``indices`` names each row's tracing (default 0..n-1) in the flips.
@@ -213,11 +239,26 @@ def compare_probabilities(direct: np.ndarray, gateway: np.ndarray, thresholds: M
     for j, f in enumerate(findings):
         t = float(thresholds[f])
         rows = np.flatnonzero(dd[:, j] != gd[:, j])
-        these = [Flip(index=int(idx[r]), finding=f, direct=float(d[r, j]), gateway=float(g[r, j]), threshold=t,
-                      beyond_margin=bool(abs(d[r, j] - t) > flip_margin)) for r in rows]
+        these = [
+            Flip(
+                index=int(idx[r]),
+                finding=f,
+                direct=float(d[r, j]),
+                gateway=float(g[r, j]),
+                threshold=t,
+                beyond_margin=bool(abs(d[r, j] - t) > flip_margin),
+            )
+            for r in rows
+        ]
         flips += these
-        per[f] = FindingDifference(finding=f, max_abs=float(diff[:, j].max()),
-                                   p99_abs=float(np.percentile(diff[:, j], 99)), mean_abs=float(diff[:, j].mean()),
-                                   flips=len(these), flips_beyond_margin=sum(x.beyond_margin for x in these))
-    return RoundTripComparison(per_finding=per, flips=flips, abs_diff=diff, flip_margin=flip_margin,
-                               max_abs_difference=max_abs_difference)
+        per[f] = FindingDifference(
+            finding=f,
+            max_abs=float(diff[:, j].max()),
+            p99_abs=float(np.percentile(diff[:, j], 99)),
+            mean_abs=float(diff[:, j].mean()),
+            flips=len(these),
+            flips_beyond_margin=sum(x.beyond_margin for x in these),
+        )
+    return RoundTripComparison(
+        per_finding=per, flips=flips, abs_diff=diff, flip_margin=flip_margin, max_abs_difference=max_abs_difference
+    )

@@ -132,36 +132,72 @@ class RoundTripRun:
         counts: dict[str, int] = {}
         for r in self.results:
             counts[r.status] = counts.get(r.status, 0) + 1
-        return {"target": self.target, "resolution_uv": self.resolution_uv, "variants": self.variants,
-                "gateway_log": self.gateway_log, "status_counts": counts,
-                "not_processed": [asdict(r) for r in self.results if r.status != "processed"]}
+        return {
+            "target": self.target,
+            "resolution_uv": self.resolution_uv,
+            "variants": self.variants,
+            "gateway_log": self.gateway_log,
+            "status_counts": counts,
+            "not_processed": [asdict(r) for r in self.results if r.status != "processed"],
+        }
 
 
-def encode_tracing(tracing: np.ndarray, index: int, variant: Variant, leads: Sequence[str], resolution_uv: float,
-                   ) -> tuple[Any, InstanceResult]:
+def encode_tracing(
+    tracing: np.ndarray,
+    index: int,
+    variant: Variant,
+    leads: Sequence[str],
+    resolution_uv: float,
+) -> tuple[Any, InstanceResult]:
     """One tracing as a cart-like 12-lead ECG DICOM data set, and its result record."""
     signal, before, after = cart_signal(tracing, variant.fs)
     counts = np.round(signal * 1000.0 / resolution_uv)
     clipped = int(np.sum((counts > 32767) | (counts < -32768)))
-    ds = make_ecg_dataset(signal, variant.fs, leads, resolution_uv=resolution_uv, code_scheme=variant.code_scheme,
-                          patient_id=PATIENT_ID, patient_name=PATIENT_NAME, accession_number=f"VAL{index:06d}",
-                          Manufacturer="ecg-gateway validate", StudyDescription="commissioning test set")
-    result = InstanceResult(index=index, variant=variant.label, sop_instance_uid=str(ds.SOPInstanceUID),
-                            samples=int(signal.shape[0]), duration_s=round(signal.shape[0] / variant.fs, 4),
-                            pad_before=before, pad_after=after, clipped_samples=clipped)
+    ds = make_ecg_dataset(
+        signal,
+        variant.fs,
+        leads,
+        resolution_uv=resolution_uv,
+        code_scheme=variant.code_scheme,
+        patient_id=PATIENT_ID,
+        patient_name=PATIENT_NAME,
+        accession_number=f"VAL{index:06d}",
+        Manufacturer="ecg-gateway validate",
+        StudyDescription="commissioning test set",
+    )
+    result = InstanceResult(
+        index=index,
+        variant=variant.label,
+        sop_instance_uid=str(ds.SOPInstanceUID),
+        samples=int(signal.shape[0]),
+        duration_s=round(signal.shape[0] / variant.fs, 4),
+        pad_before=before,
+        pad_after=after,
+        clipped_samples=clipped,
+    )
     return ds, result
 
 
-def send_tracings(tracings: np.ndarray, indices: Sequence[int], variants: Sequence[Variant], leads: Sequence[str],
-                  resolution_uv: float, host: str, port: int, called_aet: str, *, calling_aet: str = "ECGVALIDATE",
-                  progress: Callable[[int], None] | None = None, timeout: float = 60.0) -> list[InstanceResult]:
+def send_tracings(
+    tracings: np.ndarray,
+    indices: Sequence[int],
+    variants: Sequence[Variant],
+    leads: Sequence[str],
+    resolution_uv: float,
+    host: str,
+    port: int,
+    called_aet: str,
+    *,
+    calling_aet: str = "ECGVALIDATE",
+    progress: Callable[[int], None] | None = None,
+    timeout: float = 60.0,
+) -> list[InstanceResult]:
     """Encode tracing ``indices[k]`` with variant ``k % len(variants)`` and
     C-STORE each over ONE association; returns the result records with the
     C-STORE status filled in.  Raises :class:`RoundTripError` when the
     association is refused or lost."""
     from pydicom.uid import ExplicitVRLittleEndian
     from pynetdicom import AE
-
 
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
@@ -193,9 +229,18 @@ def send_tracings(tracings: np.ndarray, indices: Sequence[int], variants: Sequen
     return results
 
 
-def collect_results(database_url: str, results: Sequence[InstanceResult], tracings: np.ndarray, gain: float, *,
-                    timeout: float = 600.0, poll_s: float = 0.5, findings: Sequence[str] | None = None,
-                    progress: Callable[[int], None] | None = None, spool_dir: str | Path | None = None) -> None:
+def collect_results(
+    database_url: str,
+    results: Sequence[InstanceResult],
+    tracings: np.ndarray,
+    gain: float,
+    *,
+    timeout: float = 600.0,
+    poll_s: float = 0.5,
+    findings: Sequence[str] | None = None,
+    progress: Callable[[int], None] | None = None,
+    spool_dir: str | Path | None = None,
+) -> None:
     """Poll the gateway's database until every stored instance is final (or
     ``timeout`` passes) and fill in status, error, probabilities and the
     model-input difference of each result, in place.  The model input is
@@ -203,7 +248,6 @@ def collect_results(database_url: str, results: Sequence[InstanceResult], tracin
     rebuild fails, the difference stays None)."""
     from sqlalchemy import select
     from sqlalchemy.orm import selectinload
-
 
     codes = list(findings or FINDINGS)
     waiting = {r.sop_instance_uid: r for r in results if r.status == "not final"}
@@ -215,9 +259,10 @@ def collect_results(database_url: str, results: Sequence[InstanceResult], tracin
             uids = list(waiting)
             with session_factory() as session:
                 for start in range(0, len(uids), 400):
-                    chunk = uids[start:start + 400]
+                    chunk = uids[start : start + 400]
                     rows = session.scalars(
-                        select(EcgInstance).options(selectinload(EcgInstance.prediction))
+                        select(EcgInstance)
+                        .options(selectinload(EcgInstance.prediction))
                         .where(EcgInstance.sop_instance_uid.in_(chunk))
                         .where(EcgInstance.status.in_(FINAL_STATUSES))
                         .order_by(EcgInstance.version.desc())
@@ -278,30 +323,40 @@ class StartedGateway:
     log_offset: int = 0
 
 
-def gateway_environment(run_dir: Path, database_url: str, model_files: Sequence[str], port: int,
-                        base: dict[str, str] | None = None) -> dict[str, str]:
+def gateway_environment(
+    run_dir: Path, database_url: str, model_files: Sequence[str], port: int, base: dict[str, str] | None = None
+) -> dict[str, str]:
     """The environment of a gateway started for the run: the installation's
     configuration, with its own database, spool and port, listening on
     loopback only, and the door open to the validator."""
     env = dict(os.environ if base is None else base)
-    env.update({
-        "ECG_GATEWAY_STORAGE__DATABASE_URL": database_url,
-        "ECG_GATEWAY_STORAGE__SPOOL_DIR": str(run_dir / "spool"),
-        "ECG_GATEWAY_MODEL__FILES": json.dumps([str(Path(f).resolve()) for f in model_files]),
-        "ECG_GATEWAY_DICOM__HOST": "127.0.0.1",
-        "ECG_GATEWAY_DICOM__PORT": str(port),
-        "ECG_GATEWAY_DICOM__TLS_PORT": "0",
-        "ECG_GATEWAY_DICOM__ALLOWED_CALLING_AETS": "[]",
-        "ECG_GATEWAY_DICOM__ALLOWED_HOSTS": "[]",
-        "ECG_GATEWAY_HL7__ENABLED": "false",
-    })
+    env.update(
+        {
+            "ECG_GATEWAY_STORAGE__DATABASE_URL": database_url,
+            "ECG_GATEWAY_STORAGE__SPOOL_DIR": str(run_dir / "spool"),
+            "ECG_GATEWAY_MODEL__FILES": json.dumps([str(Path(f).resolve()) for f in model_files]),
+            "ECG_GATEWAY_DICOM__HOST": "127.0.0.1",
+            "ECG_GATEWAY_DICOM__PORT": str(port),
+            "ECG_GATEWAY_DICOM__TLS_PORT": "0",
+            "ECG_GATEWAY_DICOM__ALLOWED_CALLING_AETS": "[]",
+            "ECG_GATEWAY_DICOM__ALLOWED_HOSTS": "[]",
+            "ECG_GATEWAY_HL7__ENABLED": "false",
+        }
+    )
     return env
 
 
 @contextmanager
-def started_gateway(run_dir: Path, database_url: str, model_files: Sequence[str], ae_title: str, *,
-                    config_path: str | None = None, port: int | None = None, start_timeout: float = 300.0,
-                    ) -> Iterator[StartedGateway]:
+def started_gateway(
+    run_dir: Path,
+    database_url: str,
+    model_files: Sequence[str],
+    ae_title: str,
+    *,
+    config_path: str | None = None,
+    port: int | None = None,
+    start_timeout: float = 300.0,
+) -> Iterator[StartedGateway]:
     """Run ``ecg-gateway serve --components scp,worker`` for the duration of
     the block; its output goes to ``run_dir/gateway.log``.  The process is
     started at once and NOT waited for (its model loads meanwhile): call
@@ -316,12 +371,22 @@ def started_gateway(run_dir: Path, database_url: str, model_files: Sequence[str]
     env = gateway_environment(run_dir, database_url, model_files, port)
     log_offset = log_path.stat().st_size if log_path.exists() else 0
     with open(log_path, "ab") as out:
-        proc = subprocess.Popen(cmd, cwd=os.getcwd(), env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=os.getcwd(), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     log.info("gateway for the run started (pid %d, port %d, log %s)", proc.pid, port, log_path)
     try:
-        yield StartedGateway("127.0.0.1", port, ae_title, database_url, log_path, proc, start_timeout,
-                             spool_dir=run_dir / "spool", log_offset=log_offset)
+        yield StartedGateway(
+            "127.0.0.1",
+            port,
+            ae_title,
+            database_url,
+            log_path,
+            proc,
+            start_timeout,
+            spool_dir=run_dir / "spool",
+            log_offset=log_offset,
+        )
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -348,11 +413,14 @@ def wait_listening(gw: StartedGateway) -> None:
     deadline = time.monotonic() + gw.start_timeout
     while not (_port_open(gw.host, gw.port) and _logged_started(gw)):
         if gw.process.poll() is not None:
-            raise RoundTripError(f"the gateway exited with code {gw.process.returncode} before listening; "
-                                 f"last lines of {gw.log_path}:\n{_tail(gw.log_path)}")
+            raise RoundTripError(
+                f"the gateway exited with code {gw.process.returncode} before listening; "
+                f"last lines of {gw.log_path}:\n{_tail(gw.log_path)}"
+            )
         if time.monotonic() > deadline:
-            raise RoundTripError(f"the gateway did not listen on port {gw.port} within {gw.start_timeout:.0f} s; "
-                                 f"see {gw.log_path}")
+            raise RoundTripError(
+                f"the gateway did not listen on port {gw.port} within {gw.start_timeout:.0f} s; see {gw.log_path}"
+            )
         time.sleep(0.2)
 
 

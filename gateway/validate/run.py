@@ -84,13 +84,21 @@ def per_variant_summary(run: RoundTripRun, direct: np.ndarray) -> dict[str, dict
         rows = [r for r in run.results if r.variant == label and r.probabilities is not None]
         prob = max((float(np.max(np.abs(np.array(r.probabilities) - direct[r.index]))) for r in rows), default=None)
         inputs = [r.input_max_abs_diff_mv for r in rows if r.input_max_abs_diff_mv is not None]
-        out[label] = {"compared": len(rows), "max_abs_prob_diff": prob,
-                      "max_abs_input_diff_mv": max(inputs) if inputs else None}
+        out[label] = {
+            "compared": len(rows),
+            "max_abs_prob_diff": prob,
+            "max_abs_input_diff_mv": max(inputs) if inputs else None,
+        }
     return out
 
 
-def run_roundtrip(cfg: Config, opts: ValidateOptions, test_set: TestSet, gw: StartedGateway | None,
-                  progress: Callable[[str, int, int], None] | None = None) -> RoundTripRun:
+def run_roundtrip(
+    cfg: Config,
+    opts: ValidateOptions,
+    test_set: TestSet,
+    gw: StartedGateway | None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> RoundTripRun:
     """Send every tracing through a gateway (``gw``, started for the run, or
     ``opts.target``) and collect what it stored."""
     indices = list(range(len(test_set)))
@@ -104,32 +112,66 @@ def run_roundtrip(cfg: Config, opts: ValidateOptions, test_set: TestSet, gw: Sta
         (host, port, aet), db_url = opts.target, opts.database_url
         target = f"running gateway {host}:{port} ({aet})"
     n = len(indices)
-    results = send_tracings(test_set.tracings, indices, opts.variants, leads, opts.resolution_uv, host, port, aet,
-                            progress=(lambda k: progress("C-STORE", k, n)) if progress else None)
-    collect_results(db_url, results, test_set.tracings, cfg.normalise.gain, timeout=opts.timeout_s,
-                    progress=(lambda k: progress("gateway results", k, n)) if progress else None,
-                    spool_dir=gw.spool_dir if gw is not None else cfg.storage.spool_dir)
-    return RoundTripRun(results=results, target=target, resolution_uv=opts.resolution_uv,
-                        variants=[v.label for v in opts.variants],
-                        gateway_log=str(gw.log_path) if gw is not None else None)
+    results = send_tracings(
+        test_set.tracings,
+        indices,
+        opts.variants,
+        leads,
+        opts.resolution_uv,
+        host,
+        port,
+        aet,
+        progress=(lambda k: progress("C-STORE", k, n)) if progress else None,
+    )
+    collect_results(
+        db_url,
+        results,
+        test_set.tracings,
+        cfg.normalise.gain,
+        timeout=opts.timeout_s,
+        progress=(lambda k: progress("gateway results", k, n)) if progress else None,
+        spool_dir=gw.spool_dir if gw is not None else cfg.storage.spool_dir,
+    )
+    return RoundTripRun(
+        results=results,
+        target=target,
+        resolution_uv=opts.resolution_uv,
+        variants=[v.label for v in opts.variants],
+        gateway_log=str(gw.log_path) if gw is not None else None,
+    )
 
 
-def roundtrip_section(run: RoundTripRun, direct: np.ndarray, cfg: Config, opts: ValidateOptions,
-                      ) -> tuple[dict[str, Any], RoundTripComparison | None, list[str]]:
+def roundtrip_section(
+    run: RoundTripRun,
+    direct: np.ndarray,
+    cfg: Config,
+    opts: ValidateOptions,
+) -> tuple[dict[str, Any], RoundTripComparison | None, list[str]]:
     """The report's round-trip section, the comparison, and the failures."""
     failures: list[str] = []
     done = [r for r in run.results if r.probabilities is not None]
     comparison = None
     section: dict[str, Any] = run.as_dict()
-    section.update(flip_margin=opts.flip_margin, max_abs_difference=opts.max_abs_difference, compared=len(done),
-                   findings={}, flips=[], findings_flipped=0,
-                   quantisation_half_step_mv=opts.resolution_uv / 2000.0,
-                   per_variant=per_variant_summary(run, direct))
+    section.update(
+        flip_margin=opts.flip_margin,
+        max_abs_difference=opts.max_abs_difference,
+        compared=len(done),
+        findings={},
+        flips=[],
+        findings_flipped=0,
+        quantisation_half_step_mv=opts.resolution_uv / 2000.0,
+        per_variant=per_variant_summary(run, direct),
+    )
     if done:
         idx = [r.index for r in done]
-        comparison = compare_probabilities(direct[idx], np.array([r.probabilities for r in done]),
-                                           cfg.model.thresholds, flip_margin=opts.flip_margin,
-                                           max_abs_difference=opts.max_abs_difference, indices=idx)
+        comparison = compare_probabilities(
+            direct[idx],
+            np.array([r.probabilities for r in done]),
+            cfg.model.thresholds,
+            flip_margin=opts.flip_margin,
+            max_abs_difference=opts.max_abs_difference,
+            indices=idx,
+        )
         section.update(comparison.as_dict())
         failures += comparison.failures
     min_s = cfg.normalise.min_duration_s
@@ -138,16 +180,22 @@ def roundtrip_section(run: RoundTripRun, direct: np.ndarray, cfg: Config, opts: 
             continue
         if r.status == "rejected" and r.duration_s < min_s:
             continue  # expected: shorter than [normalise] min_duration_s, reported as a note
-        failures.append(f"tracing {r.index} ({r.variant}, {r.sop_instance_uid}): {r.status}"
-                        + (f": {r.error.splitlines()[0]}" if r.error else ""))
+        failures.append(
+            f"tracing {r.index} ({r.variant}, {r.sop_instance_uid}): {r.status}"
+            + (f": {r.error.splitlines()[0]}" if r.error else "")
+        )
     if not done:
         failures.append("no tracing came back processed from the gateway")
     return section, comparison, failures
 
 
-def run_validation(cfg: Config, opts: ValidateOptions, *, ensemble: Any = None,
-                   progress: Callable[[str, int, int], None] | None = None,
-                   ) -> tuple[dict[str, Any], Path, dict[str, Path]]:
+def run_validation(
+    cfg: Config,
+    opts: ValidateOptions,
+    *,
+    ensemble: Any = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> tuple[dict[str, Any], Path, dict[str, Path]]:
     """Direct check, optional round trip, reports.  Returns (result, run dir,
     report paths).  Raises :class:`~gateway.validate.dataset.DatasetError`
     for an unusable test set and :class:`~gateway.validate.roundtrip.RoundTripError`
@@ -159,14 +207,21 @@ def run_validation(cfg: Config, opts: ValidateOptions, *, ensemble: Any = None,
         if opts.roundtrip and opts.target is None:
             # Started first: it loads its model while the direct check runs.
             db_url = opts.database_url or f"sqlite:///{(run_dir / 'gateway.db').resolve()}"
-            gw = stack.enter_context(started_gateway(run_dir, db_url, cfg.model.files, cfg.dicom.ae_title,
-                                                     config_path=opts.config_path))
+            gw = stack.enter_context(
+                started_gateway(run_dir, db_url, cfg.model.files, cfg.dicom.ae_title, config_path=opts.config_path)
+            )
         return _run(cfg, opts, test_set, run_dir, gw, ensemble, progress)
 
 
-def _run(cfg: Config, opts: ValidateOptions, test_set: TestSet, run_dir: Path, gw: StartedGateway | None,
-         ensemble: Any, progress: Callable[[str, int, int], None] | None,
-         ) -> tuple[dict[str, Any], Path, dict[str, Path]]:
+def _run(
+    cfg: Config,
+    opts: ValidateOptions,
+    test_set: TestSet,
+    run_dir: Path,
+    gw: StartedGateway | None,
+    ensemble: Any,
+    progress: Callable[[str, int, int], None] | None,
+) -> tuple[dict[str, Any], Path, dict[str, Path]]:
     order = list(cfg.normalise.limb_lead_order)
     notes = list(opts.notes)
     if ensemble is None:
@@ -182,8 +237,12 @@ def _run(cfg: Config, opts: ValidateOptions, test_set: TestSet, run_dir: Path, g
     dataset = {**test_set.source, "lead_order": lead_names(order), "limb_lead_check": check}
     result: dict[str, Any] = {
         "generated_at": utcnow().isoformat(timespec="seconds"),
-        "gateway_version": __version__, "model": identity, "dataset": dataset, "thresholds": thresholds,
-        "direct": metrics.as_dict(), "direct_probabilities_file": str(run_dir / "direct_probabilities.npy"),
+        "gateway_version": __version__,
+        "model": identity,
+        "dataset": dataset,
+        "thresholds": thresholds,
+        "direct": metrics.as_dict(),
+        "direct_probabilities_file": str(run_dir / "direct_probabilities.npy"),
     }
     np.save(run_dir / "direct_probabilities.npy", direct.astype(np.float32), allow_pickle=False)
 
@@ -195,37 +254,51 @@ def _run(cfg: Config, opts: ValidateOptions, test_set: TestSet, run_dir: Path, g
         result["roundtrip"] = section
         short = [r for r in run.results if r.status == "rejected" and r.duration_s < cfg.normalise.min_duration_s]
         if short:
-            notes.append(f"{len(short)} tracing(s) shorter than [normalise] min_duration_s = "
-                         f"{cfg.normalise.min_duration_s:g} s were rejected by the gateway as configured "
-                         f"(tracings {', '.join(str(r.index) for r in short[:10])}{'...' if len(short) > 10 else ''}).")
+            notes.append(
+                f"{len(short)} tracing(s) shorter than [normalise] min_duration_s = "
+                f"{cfg.normalise.min_duration_s:g} s were rejected by the gateway as configured "
+                f"(tracings {', '.join(str(r.index) for r in short[:10])}{'...' if len(short) > 10 else ''})."
+            )
         clipped = [r for r in run.results if r.clipped_samples]
         if clipped:
-            notes.append(f"{len(clipped)} tracing(s) exceeded the 16-bit range at {opts.resolution_uv:g} uV and were "
-                         "clipped by the encoder; use a coarser --resolution-uv.")
+            notes.append(
+                f"{len(clipped)} tracing(s) exceeded the 16-bit range at {opts.resolution_uv:g} uV and were "
+                "clipped by the encoder; use a coarser --resolution-uv."
+            )
     else:
         result["roundtrip"] = None
         notes.append("The DICOM round trip was skipped (--no-roundtrip).")
 
     if identity.get("demo"):
-        notes.append("An UNTRAINED DEMO MODEL was used: the direct metrics are meaningless; the round trip still "
-                     "shows whether the DICOM path distorts the model input.")
+        notes.append(
+            "An UNTRAINED DEMO MODEL was used: the direct metrics are meaningless; the round trip still "
+            "shows whether the DICOM path distorts the model input."
+        )
     notes.append(SEED_NOTE)
     if thresholds != PAPER_THRESHOLDS:
         notes.append(
             "The configured thresholds differ from the paper's: the comparison with Table 2 is not like for like."
         )
     if len(test_set) != TEST_SET_EXAMS or test_set.source.get("exams_in_file") != TEST_SET_EXAMS:
-        notes.append(f"{len(test_set)} exams were used, not the published {TEST_SET_EXAMS}: "
-                     "the metrics are not comparable with the paper's.")
-    notes.append(f"The file's columns were read as {', '.join(lead_names(order))} ([normalise] limb_lead_order); "
-                 "the DICOM objects are labelled accordingly.")
+        notes.append(
+            f"{len(test_set)} exams were used, not the published {TEST_SET_EXAMS}: "
+            "the metrics are not comparable with the paper's."
+        )
+    notes.append(
+        f"The file's columns were read as {', '.join(lead_names(order))} ([normalise] limb_lead_order); "
+        "the DICOM objects are labelled accordingly."
+    )
     if not check["agrees"]:
-        notes.append(f"WARNING: the signals of limb-lead columns 0-5 look like {', '.join(check['looks_like'])}, not "
-                     f"the configured {', '.join(order)} (the published file is documented to store aVL, aVF, aVR); "
-                     "check [normalise] limb_lead_order.")
+        notes.append(
+            f"WARNING: the signals of limb-lead columns 0-5 look like {', '.join(check['looks_like'])}, not "
+            f"the configured {', '.join(order)} (the published file is documented to store aVL, aVF, aVR); "
+            "check [normalise] limb_lead_order."
+        )
     if cfg.normalise.gain != 1.0:
-        notes.append(f"[normalise] gain = {cfg.normalise.gain:g}: the gateway scales the signal, the direct check does "
-                     "not; the round trip shows the effect.")
+        notes.append(
+            f"[normalise] gain = {cfg.normalise.gain:g}: the gateway scales the signal, the direct check does "
+            "not; the round trip shows the effect."
+        )
     result["failures"] = failures
     result["notes"] = notes
     verdict = "PASS" if not failures else f"FAIL ({len(failures)} problem{'s' if len(failures) != 1 else ''})"

@@ -19,6 +19,7 @@ column's TOAST data.
 Revision ID: 0003_input_hash
 Revises: 0002
 """
+
 import hashlib
 import io
 import logging
@@ -28,8 +29,8 @@ from pathlib import Path
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0003_input_hash'
-down_revision = '0002'
+revision = "0003_input_hash"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 
@@ -37,11 +38,21 @@ log = logging.getLogger("gateway.store")
 
 _BATCH = 100  # rows per round trip: at most ~20 MB of input bytes in memory
 
-ecg = sa.table("ecg_instances", sa.column("id", sa.Integer), sa.column("report", sa.JSON),
-               sa.column("spool_path", sa.String), sa.column("sha256", sa.String))
-pred = sa.table("predictions", sa.column("id", sa.Integer), sa.column("ecg_id", sa.Integer),
-                sa.column("input_npy", sa.LargeBinary), sa.column("normalisation", sa.JSON),
-                sa.column("input_sha256", sa.String))
+ecg = sa.table(
+    "ecg_instances",
+    sa.column("id", sa.Integer),
+    sa.column("report", sa.JSON),
+    sa.column("spool_path", sa.String),
+    sa.column("sha256", sa.String),
+)
+pred = sa.table(
+    "predictions",
+    sa.column("id", sa.Integer),
+    sa.column("ecg_id", sa.Integer),
+    sa.column("input_npy", sa.LargeBinary),
+    sa.column("normalisation", sa.JSON),
+    sa.column("input_sha256", sa.String),
+)
 
 
 def _array_sha256(npy: bytes) -> str | None:
@@ -69,9 +80,9 @@ def _batches(conn: sa.Connection, query: sa.Select) -> Iterator[sa.Row]:
 
 
 def upgrade() -> None:
-    with op.batch_alter_table('predictions', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('input_sha256', sa.String(length=64), nullable=True))
-        batch_op.add_column(sa.Column('normaliser_version', sa.String(length=64), nullable=True))
+    with op.batch_alter_table("predictions", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("input_sha256", sa.String(length=64), nullable=True))
+        batch_op.add_column(sa.Column("normaliser_version", sa.String(length=64), nullable=True))
 
     conn = op.get_bind()
     # The report is kept on the ECG row (the worker wrote the same dict to both).
@@ -89,13 +100,14 @@ def upgrade() -> None:
     if unreadable:
         log.warning("%d stored input(s) were not a float32 (4096, 12) array: input_sha256 left NULL", unreadable)
 
-    with op.batch_alter_table('predictions', schema=None) as batch_op:
-        batch_op.drop_column('input_npy')
-        batch_op.drop_column('normalisation')
+    with op.batch_alter_table("predictions", schema=None) as batch_op:
+        batch_op.drop_column("input_npy")
+        batch_op.drop_column("normalisation")
 
 
-def _rebuild(spool_dir: Path | None, spool_path: str, file_sha256: str, report: dict | None,
-             expected: str) -> bytes | None:
+def _rebuild(
+    spool_dir: Path | None, spool_path: str, file_sha256: str, report: dict | None, expected: str
+) -> bytes | None:
     """The .npy bytes of the input the model saw, rebuilt from the spooled original; None if impossible."""
     import numpy as np
 
@@ -125,22 +137,28 @@ def _rebuild(spool_dir: Path | None, spool_path: str, file_sha256: str, report: 
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('predictions', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('input_npy', sa.LargeBinary(), nullable=True))
-        batch_op.add_column(sa.Column('normalisation', sa.JSON(), nullable=True))
+    with op.batch_alter_table("predictions", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("input_npy", sa.LargeBinary(), nullable=True))
+        batch_op.add_column(sa.Column("normalisation", sa.JSON(), nullable=True))
 
     conn = op.get_bind()
-    conn.execute(pred.update().values(
-        normalisation=sa.select(ecg.c.report).where(ecg.c.id == pred.c.ecg_id).scalar_subquery()))
+    conn.execute(
+        pred.update().values(normalisation=sa.select(ecg.c.report).where(ecg.c.id == pred.c.ecg_id).scalar_subquery())
+    )
     # A JSON null or SQL NULL report (not expected for a processed ECG) becomes {} for the NOT NULL column.
-    conn.execute(pred.update().where(sa.or_(pred.c.normalisation.is_(None),
-                                            sa.cast(pred.c.normalisation, sa.Text) == "null"))
-                 .values(normalisation={}))
+    conn.execute(
+        pred.update()
+        .where(sa.or_(pred.c.normalisation.is_(None), sa.cast(pred.c.normalisation, sa.Text) == "null"))
+        .values(normalisation={})
+    )
 
     attributes = getattr(op.get_context().config, "attributes", {})
     spool_dir = Path(attributes["spool_dir"]) if attributes.get("spool_dir") else None
-    query = (sa.select(pred.c.id, pred.c.input_sha256, ecg.c.spool_path, ecg.c.sha256, ecg.c.report)
-             .join(ecg, ecg.c.id == pred.c.ecg_id).where(pred.c.input_sha256.is_not(None)))
+    query = (
+        sa.select(pred.c.id, pred.c.input_sha256, ecg.c.spool_path, ecg.c.sha256, ecg.c.report)
+        .join(ecg, ecg.c.id == pred.c.ecg_id)
+        .where(pred.c.input_sha256.is_not(None))
+    )
     lost = 0
     for pid, expected, spool_path, file_sha256, report in _batches(conn, query):
         npy = _rebuild(spool_dir, spool_path, file_sha256, report, expected)
@@ -148,10 +166,13 @@ def downgrade() -> None:
         if npy is not None:
             conn.execute(pred.update().where(pred.c.id == pid).values(input_npy=npy))
     if lost:
-        log.warning("%d model input(s) could not be rebuilt from the spool (file missing or changed, or the "
-                    "normaliser changed since): input_npy left NULL for them", lost)
+        log.warning(
+            "%d model input(s) could not be rebuilt from the spool (file missing or changed, or the "
+            "normaliser changed since): input_npy left NULL for them",
+            lost,
+        )
 
-    with op.batch_alter_table('predictions', schema=None) as batch_op:
-        batch_op.alter_column('normalisation', existing_type=sa.JSON(), nullable=False)
-        batch_op.drop_column('normaliser_version')
-        batch_op.drop_column('input_sha256')
+    with op.batch_alter_table("predictions", schema=None) as batch_op:
+        batch_op.alter_column("normalisation", existing_type=sa.JSON(), nullable=False)
+        batch_op.drop_column("normaliser_version")
+        batch_op.drop_column("input_sha256")

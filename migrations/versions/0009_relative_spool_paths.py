@@ -18,14 +18,15 @@ Without one, nothing is changed (a warning says so) and the rows stay absolute.
 Revision ID: 0009_relative_spool_paths
 Revises: 0008_cart_measurements
 """
+
 import logging
 from pathlib import Path
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0009_relative_spool_paths'
-down_revision = '0008_cart_measurements'
+revision = "0009_relative_spool_paths"
+down_revision = "0008_cart_measurements"
 branch_labels = None
 depends_on = None
 
@@ -61,8 +62,11 @@ def upgrade() -> None:
     if roots is None:
         return
     for root in roots:
-        conn.execute(ecg.update().where(sa.func.substr(ecg.c.spool_path, 1, len(root)) == root)
-                     .values(spool_path=sa.func.substr(ecg.c.spool_path, len(root) + 1)))
+        conn.execute(
+            ecg.update()
+            .where(sa.func.substr(ecg.c.spool_path, 1, len(root)) == root)
+            .values(spool_path=sa.func.substr(ecg.c.spool_path, len(root) + 1))
+        )
     left = conn.execute(sa.select(sa.func.count()).select_from(ecg).where(_ABSOLUTE)).scalar()
     if left:
         log.warning("%d spool path(s) outside the spool %s left absolute (read as they are)", left, roots[0])
@@ -75,5 +79,6 @@ def downgrade() -> None:
     roots = _spool_roots()
     if roots is None:
         return
-    conn.execute(ecg.update().where(sa.not_(_ABSOLUTE))
-                 .values(spool_path=sa.literal(roots[0], sa.String) + ecg.c.spool_path))
+    conn.execute(
+        ecg.update().where(sa.not_(_ABSOLUTE)).values(spool_path=sa.literal(roots[0], sa.String) + ecg.c.spool_path)
+    )

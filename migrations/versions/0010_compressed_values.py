@@ -9,6 +9,7 @@ convert every row, in batches.
 Revision ID: 0010_compressed_values
 Revises: 0009_relative_spool_paths
 """
+
 import json
 import zlib
 from collections.abc import Callable
@@ -17,8 +18,8 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0010_compressed_values'
-down_revision = '0009_relative_spool_paths'
+revision = "0010_compressed_values"
+down_revision = "0009_relative_spool_paths"
 branch_labels = None
 depends_on = None
 
@@ -41,8 +42,7 @@ def _unzip_text(value: bytes) -> str:
     return zlib.decompress(value).decode("utf-8")
 
 
-def _swap(table: str, column: str, old_type: Any, new_type: Any, convert: Callable[[Any], Any],
-          nullable: bool) -> None:
+def _swap(table: str, column: str, old_type: Any, new_type: Any, convert: Callable[[Any], Any], nullable: bool) -> None:
     """Replace ``table.column`` by a column of ``new_type`` holding ``convert(value)`` of each row."""
     new = f"{column}_new"
     with op.batch_alter_table(table, schema=None) as batch_op:
@@ -51,13 +51,15 @@ def _swap(table: str, column: str, old_type: Any, new_type: Any, convert: Callab
     conn = op.get_bind()
     last = 0
     while True:
-        rows = conn.execute(sa.select(t.c.id, t.c[column]).where(t.c.id > last, t.c[column].is_not(None))
-                            .order_by(t.c.id).limit(_BATCH)).all()
+        rows = conn.execute(
+            sa.select(t.c.id, t.c[column]).where(t.c.id > last, t.c[column].is_not(None)).order_by(t.c.id).limit(_BATCH)
+        ).all()
         if not rows:
             break
-        conn.execute(t.update().where(t.c.id == sa.bindparam("row_id"))
-                     .values({new: sa.bindparam("value", type_=new_type)}),
-                     [{"row_id": i, "value": convert(v)} for i, v in rows])
+        conn.execute(
+            t.update().where(t.c.id == sa.bindparam("row_id")).values({new: sa.bindparam("value", type_=new_type)}),
+            [{"row_id": i, "value": convert(v)} for i, v in rows],
+        )
         last = rows[-1][0]
     with op.batch_alter_table(table, schema=None) as batch_op:
         batch_op.drop_column(column)
