@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from fastapi import HTTPException, Path, Request
 
@@ -65,3 +66,16 @@ def resend_message(
             "status": new.status,
             "resend_of": new.resend_of,
         }
+
+
+def page_links(path: str, form: dict[str, str], total: int, page_no: int, page_size: int) -> dict[str, Any]:
+    """A paged web list's ``pages`` count and previous/next URLs (None at either end),
+    which keep the list's filters: the template arguments every paged page shares."""
+    query = {k: v for k, v in form.items() if v}
+    pages = max(1, -(-total // page_size))
+    return {
+        "page_no": page_no,
+        "pages": pages,
+        "prev_url": f"{path}?" + urlencode({**query, "page": page_no - 1}) if page_no > 1 else None,
+        "next_url": f"{path}?" + urlencode({**query, "page": page_no + 1}) if page_no < pages else None,
+    }

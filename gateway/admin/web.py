@@ -57,7 +57,7 @@ from gateway.admin.auth import (
     safe_next,
     token_ok,
 )
-from gateway.admin.http import MAX_DB_ID, MAX_ECG_KEY, client_address, ecg_key_problem, resend_message
+from gateway.admin.http import MAX_DB_ID, MAX_ECG_KEY, client_address, ecg_key_problem, page_links, resend_message
 from gateway.admin.queries import (
     FINDING_CODES,
     ROW_STATUSES,
@@ -338,8 +338,6 @@ def web_router(cfg: Config, session_factory: Callable[[], Any]) -> APIRouter:
                 session.commit()
         except QueryError as exc:
             error = str(exc)
-        query = {k: v for k, v in form.items() if v}
-        pages = max(1, -(-total // PAGE_SIZE))
         return render(
             "list.html",
             400 if error else 200,
@@ -348,12 +346,9 @@ def web_router(cfg: Config, session_factory: Callable[[], Any]) -> APIRouter:
             form=form,
             error=error,
             total=total,
-            page_no=page_no,
-            pages=pages,
+            **page_links("/ecgs", form, total, page_no, PAGE_SIZE),
             statuses=ROW_STATUSES,
             findings=FINDING_CODES,
-            prev_url="/ecgs?" + urlencode({**query, "page": page_no - 1}) if page_no > 1 else None,
-            next_url="/ecgs?" + urlencode({**query, "page": page_no + 1}) if page_no < pages else None,
         )
 
     @router.get("/ecgs/{ecg}", include_in_schema=False)
@@ -491,8 +486,6 @@ def web_router(cfg: Config, session_factory: Callable[[], Any]) -> APIRouter:
                 total = count_audit_rows(session, filters)
         except QueryError as exc:
             error = str(exc)
-        query = {k: v for k, v in form.items() if v}
-        pages = max(1, -(-total // PAGE_SIZE))
         return render(
             "audit.html",
             400 if error else 200,
@@ -501,10 +494,7 @@ def web_router(cfg: Config, session_factory: Callable[[], Any]) -> APIRouter:
             form=form,
             error=error,
             total=total,
-            page_no=page_no,
-            pages=pages,
-            prev_url="/audit?" + urlencode({**query, "page": page_no - 1}) if page_no > 1 else None,
-            next_url="/audit?" + urlencode({**query, "page": page_no + 1}) if page_no < pages else None,
+            **page_links("/audit", form, total, page_no, PAGE_SIZE),
         )
 
     return router

@@ -21,7 +21,7 @@ from fastapi.responses import RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.admin.auth import AsReader, AsViewer, Principal, audit_request
-from gateway.admin.http import MAX_DB_ID, EcgKey, check_ecg_key
+from gateway.admin.http import MAX_DB_ID, EcgKey, check_ecg_key, page_links
 from gateway.admin.overread import (
     MAX_COMMENT_CHARS,
     MAX_STATEMENT_CHARS,
@@ -171,8 +171,6 @@ def overread_router(cfg: Config, session_factory: Callable[[], Any]) -> APIRoute
                 session.commit()
         except QueryError as exc:
             error = str(exc)
-        query = {k: v for k, v in form.items() if v}
-        pages = max(1, -(-total // PAGE_SIZE))
         return render(
             "worklist.html",
             400 if error else 200,
@@ -181,14 +179,11 @@ def overread_router(cfg: Config, session_factory: Callable[[], Any]) -> APIRoute
             form=form,
             error=error,
             total=total,
-            page_no=page_no,
-            pages=pages,
+            **page_links("/worklist", form, total, page_no, PAGE_SIZE),
             findings=FINDING_CODES,
             wards=ward_names,
             confirmed=confirmed,
             version=version,
-            prev_url="/worklist?" + urlencode({**query, "page": page_no - 1}) if page_no > 1 else None,
-            next_url="/worklist?" + urlencode({**query, "page": page_no + 1}) if page_no < pages else None,
         )
 
     return router
