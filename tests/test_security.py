@@ -267,42 +267,18 @@ def test_slow_but_steady_cart_is_served(scp, port: int, tmp_path: Path, sample_p
 @pytest.fixture
 def tls_scp(session_factory, spool: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
     """The SCP with its TLS listener (a self-signed certificate); yields (plain, TLS) ports."""
-    import subprocess
-
     from conftest import free_port
+    from deliver_helpers import self_signed_cert
     from gateway.receive.scp import start_scp
 
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "gw.key",
-            "-out",
-            "gw.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-        ],
-        cwd=tmp_path,
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    cert, key = self_signed_cert(tmp_path, "gw")
     dicom = DicomConfig(
         port=free_port(),
         tls_port=free_port(),
         host="127.0.0.1",
         min_free_disk_mb=0,
-        tls_cert=str(tmp_path / "gw.pem"),
-        tls_key=str(tmp_path / "gw.key"),
+        tls_cert=str(cert),
+        tls_key=str(key),
         max_associations=4,
         acse_timeout=TIMEOUT_S,
         network_timeout=TIMEOUT_S,

@@ -15,6 +15,7 @@ from sqlalchemy import create_engine, inspect
 from sqlalchemy.engine import make_url
 
 from conftest import free_port
+from deliver_helpers import self_signed_cert
 from e2e_helpers import ROOT, stop, wait_until
 
 
@@ -52,32 +53,7 @@ def tables_in(db_url: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def tls_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    d = tmp_path_factory.mktemp("tls")
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "key.pem",
-            "-out",
-            "cert.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-        cwd=d,
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    return d / "cert.pem", d / "key.pem"
+    return self_signed_cert(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.mark.slow
