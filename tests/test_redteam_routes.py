@@ -301,3 +301,21 @@ def app_csp() -> bytes:
     from gateway.admin.app import CONTENT_SECURITY_POLICY
 
     return CONTENT_SECURITY_POLICY.encode()
+
+
+@pytest.mark.parametrize("typed", ["rita\x00", "x\r\n2026-01-01 00:00:00,000 INFO forged", "\x1b[31mred\x9b"])
+def test_a_login_name_with_control_characters_is_a_counted_failure(db_url, session_factory, tmp_path, typed):
+    """A user name with a NUL was a 500 on PostgreSQL (its text holds no NUL) and no
+    failed login was counted; the audit row's actor now carries the name with its
+    control characters escaped (gateway.quoting), on both databases."""
+    from admin_helpers import audit_rows
+    from gateway.quoting import printable
+
+    cfg = Config.model_validate(
+        {"storage": {"database_url": db_url, "spool_dir": str(tmp_path / "spool")}, "admin": {"token": TOKEN}}
+    )
+    client = TestClient(create_app(cfg, session_factory), raise_server_exceptions=False)
+    r = web_login(client, username=typed, password="wrong-password")
+    assert r.status_code == 401 and "wrong user name or password" in r.text
+    [row] = [a for a in audit_rows(session_factory) if a.action == "login_failed"]
+    assert row.actor == printable(typed.strip(), 64) and row.actor.isprintable()

@@ -25,6 +25,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from gateway.config import AdminConfig
+from gateway.quoting import printable
 from gateway.store.audit import audit, recent_count
 from gateway.store.models import ROLES, AdminSession, ApiToken, User
 from gateway.timeutil import as_utc, utcnow
@@ -284,7 +285,11 @@ def check_login(
     password.  An unknown name, a disabled user and a wrong password all fail
     alike (same message, same time)."""
     now = as_utc(now or utcnow())
-    actor = username[:64]
+    # The audit row's actor for an attempt with any name typed: control characters (a NUL was a
+    # 500 on PostgreSQL, whose text cannot hold one, and no failed login was counted) and
+    # unpaired surrogates written as escapes, like every other outside text (gateway.quoting).
+    # A real user name is printable ASCII, so it stays as it is and its rate limit counts.
+    actor = printable(username, 64)
     since = now - timedelta(minutes=cfg.login_window_minutes)
     if (
         recent_count(session, LOGIN_FAILED, since, actor=actor) >= cfg.login_max_failures_per_user
