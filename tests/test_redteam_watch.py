@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import threading
 from pathlib import Path
 
@@ -86,3 +87,57 @@ def test_the_reason_file_is_not_written_through_a_planted_link(tmp_path: Path) -
     assert target.read_text() == "keep me"
     write_new_file(folder / "b.dcm.reason.txt", b"file: b.dcm\n")  # the usual case
     assert (folder / "b.dcm.reason.txt").read_bytes() == b"file: b.dcm\n"
+
+
+def _failed_dir_on_another_file_system(monkeypatch: pytest.MonkeyPatch, failed: Path) -> None:
+    """``os.link`` into ``failed`` from outside it fails as across file systems (EXDEV)."""
+    import errno
+
+    real_link = os.link
+
+    def link(src, dst, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if Path(dst).parent == failed and Path(src).parent != failed:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real_link(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "link", link)
+
+
+def test_a_refused_link_is_never_followed_into_a_failed_dir_elsewhere(
+    tmp_path: Path, session_factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """failed_dir on another file system: a refused symbolic link was moved by copying
+    what it points to (open() follows links), so /etc/passwd's bytes (or any file the
+    gateway may read) landed in failed_dir; a link to a folder or a loop raised out of
+    every look, a FIFO hung the folder in open().  Now each is recreated as what it is."""
+    w = watcher(tmp_path, session_factory)
+    _failed_dir_on_another_file_system(monkeypatch, w.failed_dir)
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"root:x:0:0:secret\n")
+    (w.watch_dir / "passwd.dcm").symlink_to(secret)
+    (w.watch_dir / "folder.dcm").symlink_to(tmp_path)
+    (w.watch_dir / "loop.dcm").symlink_to("loop.dcm")
+    os.mkfifo(w.watch_dir / "pipe.dcm")
+    assert w.poll() == []
+    done: list = []
+    looking = threading.Thread(target=lambda: done.extend(w.poll()), daemon=True)
+    looking.start()
+    looking.join(10)
+    assert not looking.is_alive(), "the look hangs (a FIFO opened?)"
+    assert sorted((t.name, t.result) for t in done) == [
+        ("folder.dcm", "refused"),
+        ("loop.dcm", "refused"),
+        ("passwd.dcm", "refused"),
+        ("pipe.dcm", "refused"),
+    ]
+    assert os.listdir(w.watch_dir) == []
+    failed = w.failed_dir
+    assert os.readlink(failed / "passwd.dcm") == str(secret)
+    assert os.readlink(failed / "folder.dcm") == str(tmp_path)
+    assert os.readlink(failed / "loop.dcm") == "loop.dcm"
+    assert stat.S_ISFIFO(os.lstat(failed / "pipe.dcm").st_mode)
+    for entry in failed.iterdir():  # no copy of the secret, no temporary left
+        assert not entry.name.startswith(".")
+        if entry.is_file() and not entry.is_symlink():
+            assert b"secret" not in entry.read_bytes()
+    assert "symbolic link" in (failed / "passwd.dcm.reason.txt").read_text()

@@ -34,6 +34,7 @@ import errno
 import hashlib
 import logging
 import os
+import secrets
 import shutil
 import stat
 import threading
@@ -321,7 +322,10 @@ def move_unique(src: Path, folder: Path, *, reserve_suffix: str = "") -> Path | 
             except OSError as exc:
                 if exc.errno != errno.EXDEV or staged is not None:
                     raise
-                staged = _copy_into(src, folder)
+                try:
+                    staged = _copy_into(src, folder)
+                except FileNotFoundError:
+                    return None  # gone meanwhile (another process moved it)
                 try:
                     os.link(staged, dest, follow_symlinks=False)
                 except FileExistsError:
@@ -340,15 +344,33 @@ def move_unique(src: Path, folder: Path, *, reserve_suffix: str = "") -> Path | 
 
 
 def _copy_into(src: Path, folder: Path) -> Path:
-    """A durable copy of ``src`` in ``folder`` under a dotted temporary name."""
+    """A durable copy of the directory entry ``src`` in ``folder`` under a
+    dotted temporary name: a regular file's bytes; a symbolic link as a link
+    to the same target (never followed: a refused link to /etc/passwd must not
+    put that file's bytes in ``failed_dir``); a FIFO or socket as a new one
+    (never opened: opening a FIFO waits for a writer).  Raises OSError when
+    ``src`` changed kind meanwhile (taken again at the next look)."""
     import tempfile
 
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".moving-")
-    with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
-        shutil.copyfileobj(f, out)
-        out.flush()
-        os.fsync(out.fileno())
-    return Path(tmp)
+    st = os.lstat(src)
+    if stat.S_ISLNK(st.st_mode) or stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode):
+        tmp = folder / f".moving-{secrets.token_hex(8)}"  # made exclusively (EEXIST otherwise)
+        if stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(src), tmp)
+        else:
+            os.mknod(tmp, stat.S_IFMT(st.st_mode) | 0o600)
+        return tmp
+    # O_NOFOLLOW and O_NONBLOCK: the entry may have become a link or a FIFO since the lstat
+    source = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with os.fdopen(source, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file, a link, a FIFO or a socket")
+        fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=".moving-")
+        with os.fdopen(fd, "wb") as out:
+            shutil.copyfileobj(f, out)
+            out.flush()
+            os.fsync(out.fileno())
+    return Path(tmp_name)
 
 
 def write_new_file(path: Path, data: bytes) -> None:
