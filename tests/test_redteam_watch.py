@@ -141,3 +141,47 @@ def test_a_refused_link_is_never_followed_into_a_failed_dir_elsewhere(
         if entry.is_file() and not entry.is_symlink():
             assert b"secret" not in entry.read_bytes()
     assert "symbolic link" in (failed / "passwd.dcm.reason.txt").read_text()
+
+
+def test_a_name_that_fills_name_max_does_not_stop_the_folder(tmp_path: Path, session_factory) -> None:
+    """A refused file named with 250 bytes left no room for ``.reason.txt``: ENAMETOOLONG
+    at every look, and the files after it were never taken.  Now it is moved under a
+    shortened name (its reason file names it whole) and the others are taken."""
+    w = watcher(tmp_path, session_factory)
+    long_name = "Z" * 246 + ".xml"
+    (w.watch_dir / long_name).write_bytes(b"not an ECG " * 20)
+    (w.watch_dir / "other.dcm").write_bytes(b"not an ECG either " * 20)
+    w.poll()
+    taken = {t.name: t for t in w.poll()}
+    assert set(taken) == {long_name, "other.dcm"} and os.listdir(w.watch_dir) == []
+    moved = taken[long_name].moved_to
+    assert moved is not None and moved.suffix == ".xml" and len(os.fsencode(moved.name)) <= 223
+    reason = moved.with_name(moved.name + REASON_SUFFIX).read_text()
+    assert reason.startswith(f"file: {long_name}\n")
+
+
+def test_an_error_with_one_file_does_not_stop_the_others(
+    tmp_path: Path, session_factory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One entry that raises is logged (no file name) and left for the next look; the
+    other files of the same look are taken (the error ended the look before)."""
+    from gateway.receive import watch
+
+    w = watcher(tmp_path, session_factory)
+    real = watch.recognise
+
+    def recognise(raw: bytes, max_bytes: int):  # type: ignore[no-untyped-def]
+        if raw.startswith(b"BOOM"):
+            raise OSError(5, "Input/output error", "PATIENT_NAME.dcm")
+        return real(raw, max_bytes)
+
+    monkeypatch.setattr(watch, "recognise", recognise)
+    for n in range(3):
+        (w.watch_dir / f"good{n}.dcm").write_bytes(b"not an ECG " * 20)
+    (w.watch_dir / "PATIENT_NAME.dcm").write_bytes(b"BOOM")
+    w.poll()
+    with caplog.at_level(logging.ERROR, logger="gateway.receive"):
+        taken = w.poll()
+    assert sorted(t.name for t in taken) == ["good0.dcm", "good1.dcm", "good2.dcm"]
+    assert os.listdir(w.watch_dir) == ["PATIENT_NAME.dcm"]
+    assert "Input/output error" in caplog.text and "PATIENT" not in caplog.text

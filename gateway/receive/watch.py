@@ -1,7 +1,8 @@
 """The watched folder (``[ingest] watch_dir``): files dropped there (DICOM,
 Philips Sierra XML, HL7 aECG: recognised by content, whatever their name)
 are stored like a C-STORE, then moved to ``done_dir`` (stored or duplicate) or
-``failed_dir`` (refused, with ``<name>.reason.txt`` beside it).
+``failed_dir`` (refused, with ``<name>.reason.txt`` beside it; a name too long
+for that is shortened: :func:`fitting_name`).
 
 A file is taken only once it has stopped growing: its size, modification
 time and inode are the same at two consecutive looks (``poll_interval_s``
@@ -169,7 +170,14 @@ class WatchFolder:
             if self._seen.get(name) != look:
                 self._seen[name] = look  # new or still changing: look again next time
                 continue
-            taken = self._take(name, look)
+            try:
+                taken = self._take(name, look)
+            except Exception as exc:  # noqa: BLE001 - one entry must not stop the others (it was: every look)
+                # the type and errno text only: an exception's text may quote the file name (PHI)
+                detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+                log.error("watched folder: a file could not be taken (%s); tried again at the next look", detail)
+                self._seen.pop(name, None)
+                continue
             if taken is None:
                 continue
             if taken.result != "retry":
@@ -289,8 +297,28 @@ class WatchFolder:
         return taken
 
 
+#: Longest file name kept as it is in done_dir/failed_dir: room under NAME_MAX (255 bytes on
+#: Linux file systems) for a copy number (``.9999``), ``.reason.txt`` and its temporary ``.<name>.tmp``.
+_MAX_NAME_BYTES = 255 - 32
+
+
+def fitting_name(name: str) -> str:
+    """``name``, or when it is longer than :data:`_MAX_NAME_BYTES` (as bytes), its
+    start, ``~``, 16 hex digits of its SHA-256 and its extension: a name that
+    fills NAME_MAX left no room for ``.reason.txt`` (ENAMETOOLONG, raised at
+    every look, which stopped the folder).  The reason file keeps the whole name."""
+    raw = os.fsencode(name)
+    if len(raw) <= _MAX_NAME_BYTES:
+        return name
+    tag = b"~" + hashlib.sha256(raw).hexdigest()[:16].encode("ascii")
+    stem, dot, ext = raw.rpartition(b".")
+    suffix = dot + ext if dot and stem and 0 < len(ext) <= 16 and b"~" not in ext else b""
+    return os.fsdecode(raw[: _MAX_NAME_BYTES - len(tag) - len(suffix)] + tag + suffix)
+
+
 def _numbered(name: str, n: int) -> str:
-    """``a.dcm`` -> ``a.1.dcm``; ``IM0001`` -> ``IM0001.1``."""
+    """``a.dcm`` -> ``a.1.dcm``; ``IM0001`` -> ``IM0001.1`` (a name too long shortened first)."""
+    name = fitting_name(name)
     if n == 0:
         return name
     stem, dot, suffix = name.rpartition(".")
