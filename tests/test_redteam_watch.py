@@ -185,3 +185,20 @@ def test_an_error_with_one_file_does_not_stop_the_others(
     assert sorted(t.name for t in taken) == ["good0.dcm", "good1.dcm", "good2.dcm"]
     assert os.listdir(w.watch_dir) == ["PATIENT_NAME.dcm"]
     assert "Input/output error" in caplog.text and "PATIENT" not in caplog.text
+
+
+def test_a_name_with_line_breaks_stays_on_the_reason_files_file_line(tmp_path: Path, session_factory) -> None:
+    """A name holding LF (or CR, NEL, U+2028, ESC) wrote lines of its own into the reason
+    file ("refused:", "status:" a reader or script would take for the gateway's); now the
+    name is one escaped line and the file has exactly the six lines the gateway writes."""
+    w = watcher(tmp_path, session_factory)
+    name = "a.dcm\nrefused: nothing, stored fine\rstatus: 0x0000\x85\u2028\x1b[2J"
+    (w.watch_dir / name).write_bytes(b"not an ECG " * 20)
+    w.poll()
+    [taken] = w.poll()
+    assert taken.result == "refused" and taken.moved_to is not None
+    text = taken.moved_to.with_name(taken.moved_to.name + REASON_SUFFIX).read_text()
+    lines = text.split("\n")[:-1]
+    assert [line.split(":")[0] for line in lines] == ["file", "refused", "status", "ecg id", "sha256", "at"]
+    assert lines[0] == "file: a.dcm\\nrefused: nothing, stored fine\\rstatus: 0x0000\\x85\\u2028\\x1b[2J"
+    assert all(line.isprintable() for line in lines)

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway.dicomio.limits import DatasetTooLarge, check_size
+from gateway.quoting import printable
 from gateway.receive.door import Refusal, incoming_from_bytes
 from gateway.receive.spool import (
     DATA_SET_TOO_LARGE,
@@ -274,7 +275,7 @@ class WatchFolder:
         if moved is not None:
             status = f"0x{taken.status:04X}" if taken.status is not None else "-"
             lines = [
-                f"file: {path.name}",
+                f"file: {shown_name(path.name)}",
                 f"refused: {taken.reason}",
                 f"status: {status}",
                 f"ecg id: {taken.ecg_id if taken.ecg_id is not None else '- (no row)'}",
@@ -314,6 +315,14 @@ def fitting_name(name: str) -> str:
     stem, dot, ext = raw.rpartition(b".")
     suffix = dot + ext if dot and stem and 0 < len(ext) <= 16 and b"~" not in ext else b""
     return os.fsdecode(raw[: _MAX_NAME_BYTES - len(tag) - len(suffix)] + tag + suffix)
+
+
+def shown_name(name: str) -> str:
+    """A file name as the reason file writes it: on one line (a name may hold a line feed:
+    ``a\nrefused: ...`` forged lines in the reason file), control and other unprintable
+    characters escaped (``\n``, ``\x1b``: :func:`gateway.quoting.printable`); bytes that
+    are not UTF-8 (surrogate escapes) are kept, written back as the name's own bytes."""
+    return "".join(ch if ch.isprintable() or "\udc80" <= ch <= "\udcff" else printable(ch) for ch in name)
 
 
 def _numbered(name: str, n: int) -> str:
