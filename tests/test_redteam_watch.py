@@ -89,14 +89,14 @@ def test_the_reason_file_is_not_written_through_a_planted_link(tmp_path: Path) -
     assert (folder / "b.dcm.reason.txt").read_bytes() == b"file: b.dcm\n"
 
 
-def _failed_dir_on_another_file_system(monkeypatch: pytest.MonkeyPatch, failed: Path) -> None:
-    """``os.link`` into ``failed`` from outside it fails as across file systems (EXDEV)."""
+def _on_another_file_system(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    """``os.link`` into ``folder`` from outside it fails as across file systems (EXDEV)."""
     import errno
 
     real_link = os.link
 
     def link(src, dst, *args, **kwargs):  # type: ignore[no-untyped-def]
-        if Path(dst).parent == failed and Path(src).parent != failed:
+        if Path(dst).parent == folder and Path(src).parent != folder:
             raise OSError(errno.EXDEV, "Invalid cross-device link")
         return real_link(src, dst, *args, **kwargs)
 
@@ -111,7 +111,7 @@ def test_a_refused_link_is_never_followed_into_a_failed_dir_elsewhere(
     gateway may read) landed in failed_dir; a link to a folder or a loop raised out of
     every look, a FIFO hung the folder in open().  Now each is recreated as what it is."""
     w = watcher(tmp_path, session_factory)
-    _failed_dir_on_another_file_system(monkeypatch, w.failed_dir)
+    _on_another_file_system(monkeypatch, w.failed_dir)
     secret = tmp_path / "secret.txt"
     secret.write_bytes(b"root:x:0:0:secret\n")
     (w.watch_dir / "passwd.dcm").symlink_to(secret)
@@ -202,3 +202,41 @@ def test_a_name_with_line_breaks_stays_on_the_reason_files_file_line(tmp_path: P
     assert [line.split(":")[0] for line in lines] == ["file", "refused", "status", "ecg id", "sha256", "at"]
     assert lines[0] == "file: a.dcm\\nrefused: nothing, stored fine\\rstatus: 0x0000\\x85\\u2028\\x1b[2J"
     assert all(line.isprintable() for line in lines)
+
+
+@pytest.mark.parametrize("elsewhere", [False, True], ids=["same-fs", "other-fs"])
+@pytest.mark.parametrize("kind", ["stored", "refused"])
+def test_a_file_replaced_while_stored_is_not_moved_unread(
+    tmp_path: Path, session_factory, sample_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, elsewhere: bool
+) -> None:
+    """A writer replaces the file (rename over it) after it was read, while it is being
+    stored: the move took the new file to done_dir/failed_dir unread, so it was lost.
+    Now only the file that was read is moved; the new one stays and is taken next."""
+    from gateway.receive import watch
+
+    w = watcher(tmp_path, session_factory)
+    if elsewhere:
+        _on_another_file_system(monkeypatch, w.done_dir if kind == "stored" else w.failed_dir)
+    path = w.watch_dir / "a.dcm"
+    first = ecg_bytes(sample_path) if kind == "stored" else b"not an ECG " * 20
+    path.write_bytes(first)
+    second = b"the second file " * 20
+    real = watch.store_instance
+
+    def store_then_replace(incoming, ctx):  # type: ignore[no-untyped-def]
+        outcome = real(incoming, ctx)
+        (w.watch_dir / ".a.dcm.part").write_bytes(second)
+        os.replace(w.watch_dir / ".a.dcm.part", path)
+        return outcome
+
+    monkeypatch.setattr(watch, "store_instance", store_then_replace)
+    w.poll()
+    [taken] = w.poll()
+    assert taken.result == ("accepted" if kind == "stored" else "refused") and taken.moved_to is None
+    assert path.read_bytes() == second
+    assert os.listdir(w.done_dir) == [] and os.listdir(w.failed_dir) == []
+    monkeypatch.setattr(watch, "store_instance", real)
+    w.poll()
+    [again] = w.poll()
+    assert again.result == "refused" and again.moved_to == w.failed_dir / "a.dcm"
+    assert (w.failed_dir / "a.dcm").read_bytes() == second and os.listdir(w.watch_dir) == []

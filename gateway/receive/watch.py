@@ -207,12 +207,14 @@ class WatchFolder:
         if read is None:
             return None  # gone (taken by another process?)
         if isinstance(read, Taken):
-            return read if read.result == "retry" else self._refuse(path, read)
+            return read if read.result == "retry" else self._refuse(path, read, inode=look.inode)
         raw = read
         sha256 = hashlib.sha256(raw).hexdigest()
         recognised = recognise(raw, self.ctx.max_dataset_bytes)
         if isinstance(recognised, Refusal):
-            return self._refuse(path, Taken(name, "refused", recognised.status, recognised.reason), sha256)
+            return self._refuse(
+                path, Taken(name, "refused", recognised.status, recognised.reason), sha256, inode=look.inode
+            )
         try:
             outcome = store_instance(recognised, self.ctx)
         except Exception:  # noqa: BLE001 - never let a bug look like success; the file goes aside
@@ -224,19 +226,21 @@ class WatchFolder:
             )
             return Taken(name, "retry", outcome.status, outcome.reason)
         if outcome.status != SUCCESS:
-            return self._refuse(path, Taken(name, "refused", outcome.status, outcome.reason, outcome.ecg_id), sha256)
+            refused = Taken(name, "refused", outcome.status, outcome.reason, outcome.ecg_id)
+            return self._refuse(path, refused, sha256, inode=look.inode)
         taken = Taken(name, "duplicate" if outcome.duplicate else "accepted", SUCCESS, outcome.reason, outcome.ecg_id)
         if not outcome.duplicate and outcome.ecg_id is not None and self.on_stored is not None:
             try:
                 self.on_stored(outcome.ecg_id)
             except Exception:  # noqa: BLE001 - the instance is stored; the worker also polls
                 log.exception("on_stored(%d) failed", outcome.ecg_id)
-        taken.moved_to = move_unique(path, self.done_dir)
+        taken.moved_to = move_unique(path, self.done_dir, inode=look.inode)
         log.info(
-            "watched folder: file with sha256 %s %s as ecg id %s; moved to done_dir",
+            "watched folder: file with sha256 %s %s as ecg id %s; %s",
             sha256[:12],
             "was a duplicate of" if outcome.duplicate else "stored",
             outcome.ecg_id,
+            "moved to done_dir" if taken.moved_to else "not moved: the name holds another file now (taken next)",
         )
         return taken
 
@@ -268,9 +272,9 @@ class WatchFolder:
             return Taken(name, "retry", None, "changed while being read")
         return raw
 
-    def _refuse(self, path: Path, taken: Taken, sha256: str | None = None) -> Taken:
-        """Move a refused file to ``failed_dir`` with its reason beside it."""
-        moved = move_unique(path, self.failed_dir, reserve_suffix=REASON_SUFFIX)
+    def _refuse(self, path: Path, taken: Taken, sha256: str | None = None, *, inode: int | None = None) -> Taken:
+        """Move a refused file (the one of ``inode``) to ``failed_dir`` with its reason beside it."""
+        moved = move_unique(path, self.failed_dir, reserve_suffix=REASON_SUFFIX, inode=inode)
         taken.moved_to = moved
         if moved is not None:
             status = f"0x{taken.status:04X}" if taken.status is not None else "-"
@@ -289,11 +293,12 @@ class WatchFolder:
                 ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape"),
             )
         log.warning(
-            "watched folder: refused a file (sha256 %s, ecg id %s) with status %s: %s; moved to failed_dir",
+            "watched folder: refused a file (sha256 %s, ecg id %s) with status %s: %s; %s",
             (sha256 or "-")[:12],
             taken.ecg_id,
             f"0x{taken.status:04X}" if taken.status is not None else "-",
             taken.reason,
+            "moved to failed_dir" if moved else "not moved: gone, or the name holds another file now",
         )
         return taken
 
@@ -334,13 +339,15 @@ def _numbered(name: str, n: int) -> str:
     return f"{stem}.{n}.{suffix}" if dot and stem else f"{name}.{n}"
 
 
-def move_unique(src: Path, folder: Path, *, reserve_suffix: str = "") -> Path | None:
+def move_unique(src: Path, folder: Path, *, reserve_suffix: str = "", inode: int | None = None) -> Path | None:
     """Move ``src`` into ``folder`` under its name, or ``name.1``, ``name.2``
     ... when taken (never over an existing file; with ``reserve_suffix``,
     also where ``<name><suffix>`` exists).  Durable: the destination and the
     source folder are fsynced.  Returns the new path, or None when ``src``
-    is gone (another process moved it).  Across file systems the bytes are
-    copied (and fsynced) first."""
+    is gone (another process moved it), or, with ``inode`` (the file that was
+    read), when the name holds another file now: a writer replaced it after
+    it was read, and the new one stays for the next look (moved unread, it
+    was lost).  Across file systems the bytes are copied (and fsynced) first."""
     ensure_dir(folder)
     staged: Path | None = None
     try:
@@ -350,6 +357,9 @@ def move_unique(src: Path, folder: Path, *, reserve_suffix: str = "") -> Path | 
                 continue
             try:
                 os.link(staged or src, dest, follow_symlinks=False)
+                if staged is None and inode is not None and os.lstat(dest).st_ino != inode:
+                    dest.unlink()  # the link is to whatever held the name: not the file read
+                    return None
             except FileExistsError:
                 continue
             except FileNotFoundError:
@@ -360,16 +370,19 @@ def move_unique(src: Path, folder: Path, *, reserve_suffix: str = "") -> Path | 
                 if exc.errno != errno.EXDEV or staged is not None:
                     raise
                 try:
-                    staged = _copy_into(src, folder)
+                    staged = _copy_into(src, folder, inode)
                 except FileNotFoundError:
                     return None  # gone meanwhile (another process moved it)
+                except _Replaced:
+                    return None
                 try:
                     os.link(staged, dest, follow_symlinks=False)
                 except FileExistsError:
                     continue
             fsync_dir(folder)
             try:
-                src.unlink()
+                if inode is None or os.lstat(src).st_ino == inode:  # not a file put there since
+                    src.unlink()
             except FileNotFoundError:
                 pass
             fsync_dir(src.parent)
@@ -380,16 +393,23 @@ def move_unique(src: Path, folder: Path, *, reserve_suffix: str = "") -> Path | 
             staged.unlink(missing_ok=True)
 
 
-def _copy_into(src: Path, folder: Path) -> Path:
+class _Replaced(Exception):
+    """The name holds another file than the one read."""
+
+
+def _copy_into(src: Path, folder: Path, inode: int | None = None) -> Path:
     """A durable copy of the directory entry ``src`` in ``folder`` under a
     dotted temporary name: a regular file's bytes; a symbolic link as a link
     to the same target (never followed: a refused link to /etc/passwd must not
     put that file's bytes in ``failed_dir``); a FIFO or socket as a new one
     (never opened: opening a FIFO waits for a writer).  Raises OSError when
-    ``src`` changed kind meanwhile (taken again at the next look)."""
+    ``src`` changed kind meanwhile (taken again at the next look), :class:`_Replaced`
+    when it is not the file of ``inode``."""
     import tempfile
 
     st = os.lstat(src)
+    if inode is not None and st.st_ino != inode:
+        raise _Replaced
     if stat.S_ISLNK(st.st_mode) or stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode):
         tmp = folder / f".moving-{secrets.token_hex(8)}"  # made exclusively (EEXIST otherwise)
         if stat.S_ISLNK(st.st_mode):
@@ -400,7 +420,10 @@ def _copy_into(src: Path, folder: Path) -> Path:
     # O_NOFOLLOW and O_NONBLOCK: the entry may have become a link or a FIFO since the lstat
     source = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     with os.fdopen(source, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        opened = os.fstat(f.fileno())
+        if inode is not None and opened.st_ino != inode:
+            raise _Replaced
+        if not stat.S_ISREG(opened.st_mode):
             raise OSError(errno.EINVAL, "not a regular file, a link, a FIFO or a socket")
         fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=".moving-")
         with os.fdopen(fd, "wb") as out:
