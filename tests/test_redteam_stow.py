@@ -7,6 +7,9 @@ stored byte for byte."""
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
+
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
@@ -79,3 +82,32 @@ def test_multipart_edge_cases(db_url, session_factory, sample_path, tmp_path):
             s.scalars(select(EcgInstance).order_by(EcgInstance.id.desc())).first().error or ""
         )
     assert list((tmp_path / "spool" / ".incoming").iterdir()) == []
+
+
+def test_every_failed_item_names_its_uids_even_when_none_is_known(db_url, session_factory, sample_path, tmp_path):
+    """PS3.18 Table 10.5.3-3: each Failed SOP Sequence item has Referenced SOP Class UID,
+    Referenced SOP Instance UID and Failure Reason.  A part that names no UID (XML sent as
+    application/dicom, an empty part, garbage) had only the reason; it now has both UIDs
+    with an empty value, and a part of another type named by its own header keeps its
+    UIDs.  Read back with pydicom's DICOM JSON reader."""
+    from pydicom import Dataset, dcmread
+
+    from receive_helpers import ecg_bytes as make
+
+    client = _client(db_url, session_factory, tmp_path)
+    good = make(sample_path)
+    other_type = make(sample_path)
+    aecg = (Path("/work/shared/data/aecg") / "hl7_aecg_example.xml").read_bytes()
+    body = multipart(good, aecg, b"", b"\x00" * 300)[: -len(f"\r\n--{BOUNDARY}--")]
+    body += f"\r\n--{BOUNDARY}\r\nContent-Type: text/plain\r\n\r\n".encode() + other_type
+    body += f"\r\n--{BOUNDARY}--".encode()
+    r = client.post("/dicomweb/studies", content=body, headers=HEADERS)
+    assert r.status_code == 202 and r.headers["content-type"] == "application/dicom+json", r.text
+    response = Dataset.from_json(r.json())
+    failed = response.FailedSOPSequence
+    assert len(failed) == 4 and len(response.ReferencedSOPSequence) == 1
+    for item in failed[:3]:
+        assert "ReferencedSOPClassUID" in item and "ReferencedSOPInstanceUID" in item
+        assert item.ReferencedSOPInstanceUID in ("", None) and item.FailureReason == CANNOT_UNDERSTAND
+    assert failed[3].ReferencedSOPInstanceUID == dcmread(io.BytesIO(other_type)).SOPInstanceUID
+    assert failed[3].FailureReason == CANNOT_UNDERSTAND

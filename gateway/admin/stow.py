@@ -19,7 +19,8 @@ Endian or its Deflated form (PS3.18 8.7.3; otherwise 0xC122), and under
 (otherwise 0xA901).  The answer (``application/dicom+json``, exactly: what
 dicomweb-client parses) is the Store Instances Response Module:
 ReferencedSOPSequence for the stored instances (and duplicates, stored
-before), FailedSOPSequence with each refusal's status as its Failure Reason;
+before), FailedSOPSequence with each refusal's status as its Failure Reason
+(and both UIDs, without a value when the part names none);
 HTTP 200 (all stored), 202 (some), 409 (none).  No Retrieve URL: the gateway
 serves no WADO-RS.
 
@@ -272,12 +273,14 @@ async def read_parts(
 
 
 def _uid_item(sop_class: str | None, sop_instance: str | None) -> dict[str, Any]:
-    item: dict[str, Any] = {}
-    if sop_class and is_valid_uid(sop_class):
-        item["00081150"] = {"vr": "UI", "Value": [sop_class]}
-    if sop_instance and is_valid_uid(sop_instance):
-        item["00081155"] = {"vr": "UI", "Value": [sop_instance]}
-    return item
+    """Referenced SOP Class and Instance UID, both always there (PS3.18 Table 10.5.3-3 requires
+    them in every item): a part that names no valid UID (not DICOM, XML, empty) gets them
+    without a value (DICOM JSON's empty value: no ``Value`` key, PS3.18 F.2.5), never left out."""
+
+    def uid(value: str | None) -> dict[str, Any]:
+        return {"vr": "UI", "Value": [value]} if value and is_valid_uid(value) else {"vr": "UI"}
+
+    return {"00081150": uid(sop_class), "00081155": uid(sop_instance)}
 
 
 def store_response(outcomes: list[StoreOutcome]) -> tuple[int, dict[str, Any]]:
@@ -315,7 +318,9 @@ class _Store:
         if kind != "application/dicom":
             reason = f"part {index + 1}: Content-Type {kind or '(none)'!r}, not application/dicom"
             log.warning("STOW-RS from %s: refused %s", self.peer, reason)
-            return StoreOutcome(CANNOT_UNDERSTAND, None, False, reason, None, None)
+            return StoreOutcome(
+                CANNOT_UNDERSTAND, None, False, reason, announced.sop_instance_uid, announced.sop_class_uid
+            )
         if part.too_large:
             reason = f"data set of {part.size} bytes is larger than {limit_text(self.ctx.max_dataset_bytes)}"
             uid = announced.sop_instance_uid
