@@ -28,6 +28,7 @@ from pydicom.uid import (
 import ecg_variants as v
 from gateway.dicomio.reader import WAVEFORM, DicomError, file_meta_uids, read
 from gateway.normalise import NormaliseError, NormaliseParams, normalise_dataset
+from gateway.report.measurements import VALUE_KEYWORDS, extract
 
 SYNTAXES = {
     "implicit": ImplicitVRLittleEndian,
@@ -465,6 +466,49 @@ def test_read_gives_dcmreads_values_or_both_refuse(case: tuple, kept: tuple[str,
         assert fast[0] == "ok", f"{name}: read refused what dcmread reads: {fast[1]}"
         intact = pydicom.dcmread(io.BytesIO(_encoded(*case[:2])))
         assert set(fast[1].keys()) <= set(intact.keys()), name
+
+
+_VALUED = {"WaveformAnnotationSequence": VALUE_KEYWORDS}
+
+
+def _valued_items(ds: Dataset) -> list[Dataset]:
+    keys = [pydicom.datadict.tag_for_keyword(k) for k in _VALUED["WaveformAnnotationSequence"]]
+    return [it for it in ds.get("WaveformAnnotationSequence") or [] if any(k in it for k in keys)]
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=_CASES)
+def test_items_with_leaves_out_only_the_other_items(case: tuple) -> None:
+    """``items_with``: the annotation items holding a value are dcmread's,
+    the others are left out (all are there when the fast path left the file
+    to dcmread), the cart's report is the same, and everything else is as
+    without it (same values, or both refuse alike; damage inside a left-out
+    item may leave the file readable where dcmread gives up)."""
+    kept = ("WaveformSequence", "WaveformAnnotationSequence")
+    name, raw = _damaged(case)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            fast = "ok", read(raw, sequences=kept, items_with=_VALUED)
+        except DicomError as exc:
+            fast = "unreadable", str(exc)
+    slow = _dcmread(raw)
+    if slow[0] == "ok" and fast[0] == "ok":
+        annotations = pydicom.datadict.tag_for_keyword("WaveformAnnotationSequence")
+        without = Dataset({k: e for k, e in fast[1].items() if k != annotations})
+        without.file_meta = fast[1].file_meta
+        _assert_same_values(without, slow[1], ("WaveformSequence",))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            items = list(fast[1].get("WaveformAnnotationSequence") or [])
+            everything = list(slow[1].get("WaveformAnnotationSequence") or [])
+            # all of them when the fast path left the file to dcmread
+            assert items in (_valued_items(slow[1]), everything), name
+            assert extract(fast[1]) == extract(slow[1]), name
+    elif slow[0] == "unreadable" and fast[0] == "unreadable":
+        assert fast[1] == slow[1], name
+    else:
+        assert fast[0] == "ok", f"{name}: read refused what dcmread reads: {fast[1]}"
 
 
 @settings(max_examples=60, deadline=None)

@@ -193,6 +193,46 @@ def test_the_workers_fast_read_keeps_the_annotations_as_pydicom_reads_them(sampl
     assert extract(fast) == extract(dcmread(io.BytesIO(raw)))
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR DS")
+@pytest.mark.parametrize("syntax", ["implicit", "explicit", "deflated"])
+def test_the_workers_read_leaves_out_only_items_extract_skips(sample, syntax):
+    """The worker's read keeps only the annotation items holding a value
+    (the fiducial points, most of a cart's items, are stepped over): the
+    report is what it is on dcmread's data set, for the sample and for odd
+    items (per-lead, no value, garbled, coded statements, unknown schemes)."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    from gateway.rebuild import read_dataset
+    from gateway.report.measurements import VALUE_KEYWORDS
+
+    ds = copy.deepcopy(sample)
+    no_value = numeric("5.13.5-9", "SCPECG", "75", "ms")
+    del no_value.NumericValue
+    garbage = numeric("5.13.5-11", "SCPECG", "1", "ms")
+    garbage[0x0040A30A] = RawDataElement(Tag(0x0040A30A), "DS", 12, b"not a numbr ", 0, False, True)
+    coded = Dataset()
+    coded.ConceptCodeSequence = Sequence([code("164889003", "SCT", "Atrial fibrillation")])
+    odd = [numeric("5.13.5-7", "SCPECG", "150", "ms", channels=(1, 3)), no_value, garbage, coded]
+    odd += [numeric("2:16770", "MDC", "72", "/min"), numeric("X-1", "99LOCAL", "3", "ms", channels=None), text("AF")]
+    ds.WaveformAnnotationSequence = Sequence([*odd[:3], *ds.WaveformAnnotationSequence, *odd[3:]])
+    ds.file_meta.TransferSyntaxUID = {
+        "implicit": ImplicitVRLittleEndian,
+        "explicit": ExplicitVRLittleEndian,
+        "deflated": DeflatedExplicitVRLittleEndian,
+    }[syntax]
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    raw = buf.getvalue()
+
+    full, lean = dcmread(io.BytesIO(raw)), read_dataset(raw, annotations=True)
+    valued = [it for it in full.WaveformAnnotationSequence if any(k in it for k in VALUE_KEYWORDS)]
+    assert len(valued) == 11 + 6 < len(full.WaveformAnnotationSequence)  # the sample's 11, and 6 odd ones
+    assert list(lean.WaveformAnnotationSequence) == valued
+    assert lean.WaveformSequence == full.WaveformSequence
+    assert extract(lean) == extract(full)
+    assert extract(lean).statements == ["RITMO SINUSALE", "ECG NORMALE", "Atrial fibrillation", "AF"]
+
+
 @pytest.mark.slow  # three ECGs through the worker and the demo model: ~4-9 s on 2 loaded cores
 def test_the_worker_stores_them_and_rows_and_the_oru_carry_them(
     db_url, session_factory, tmp_path, demo_model, demo_ensemble, sample

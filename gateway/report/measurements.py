@@ -206,6 +206,9 @@ def _measurement(item: Any) -> tuple[str, dict[str, Any]] | None:
 #: NumericValue, UnformattedTextValue, ConceptCodeSequence: an item without
 #: any of them is neither a measurement nor a statement.
 _NUMERIC_VALUE, _TEXT_VALUE, _CONCEPT_CODE = 0x0040A30A, 0x00700006, 0x0040A168
+#: The same as keywords: a reader may leave out the annotation items holding
+#: none of them (:func:`extract` does not look at those).
+VALUE_KEYWORDS = ("NumericValue", "UnformattedTextValue", "ConceptCodeSequence")
 
 
 def extract(ds: Any) -> CartReport:
