@@ -240,3 +240,68 @@ def test_a_file_replaced_while_stored_is_not_moved_unread(
     [again] = w.poll()
     assert again.result == "refused" and again.moved_to == w.failed_dir / "a.dcm"
     assert (w.failed_dir / "a.dcm").read_bytes() == second and os.listdir(w.watch_dir) == []
+
+
+@pytest.mark.parametrize("swapped", ["sorted", "sorted/done", "sorted/failed"])
+@pytest.mark.parametrize("kind", ["stored", "refused"])
+def test_a_destination_swapped_for_a_link_is_not_written_through(
+    tmp_path: Path, session_factory, sample_path: Path, swapped: str, kind: str
+) -> None:
+    """done_dir/failed_dir may be sub-folders of the watched folder, whose writers can
+    rename one (or a folder above it) away and put a link to any folder the gateway may
+    write in its place: the files (a name and bytes of the writer's choosing) and reason
+    files were written there.  Now the folders below the watched folder are opened
+    O_NOFOLLOW: nothing is written through the link, the file waits in the watched
+    folder (logged) and is moved once the folder is back; nothing is lost."""
+    from gateway.config import IngestConfig
+    from gateway.receive.spool import StoreContext
+    from gateway.receive.watch import WatchFolder
+    from gateway.store.spool import Spool
+
+    inbox = tmp_path / "in"
+    ingest = IngestConfig(
+        watch_dir=str(inbox), done_dir=str(inbox / "sorted/done"), failed_dir=str(inbox / "sorted/failed")
+    )
+    w = WatchFolder(ingest, StoreContext(session_factory, Spool(tmp_path / "spool")))
+    w.prepare()
+    victim = tmp_path / "victim"
+    (victim / "done").mkdir(parents=True)
+    (victim / "failed").mkdir()
+    (inbox / swapped).rename(tmp_path / "kept")
+    (inbox / swapped).symlink_to(victim / Path(swapped).name if swapped != "sorted" else victim)
+    raw = ecg_bytes(sample_path) if kind == "stored" else b"ssh-ed25519 AAAA evil"
+    (inbox / "authorized_keys").write_bytes(raw)
+    destination = "done" if kind == "stored" else "failed"
+    w.poll()
+    w.poll()
+    assert [p for p in victim.rglob("*") if p.is_file()] == []
+    if swapped in ("sorted", f"sorted/{destination}"):  # its way goes through the link: it waits
+        assert (inbox / "authorized_keys").read_bytes() == raw
+        (inbox / swapped).unlink()
+        (tmp_path / "kept").rename(inbox / swapped)
+        w.poll()
+        w.poll()
+    dest = inbox / "sorted" / destination / "authorized_keys"
+    assert dest.read_bytes() == raw and not (inbox / "authorized_keys").exists()
+
+
+def test_a_destination_the_operator_made_a_link_is_followed(tmp_path: Path, session_factory) -> None:
+    """Outside the watched folder a link is the configuration's own (failed_dir on a
+    bigger disk through /srv/failed -> /mnt/big/failed): followed as before."""
+    from gateway.config import IngestConfig
+    from gateway.receive.spool import StoreContext
+    from gateway.receive.watch import WatchFolder
+    from gateway.store.spool import Spool
+
+    real = tmp_path / "big" / "failed"
+    real.mkdir(parents=True)
+    (tmp_path / "failed").symlink_to(real)
+    ingest = IngestConfig(
+        watch_dir=str(tmp_path / "in"), done_dir=str(tmp_path / "done"), failed_dir=str(tmp_path / "failed")
+    )
+    w = WatchFolder(ingest, StoreContext(session_factory, Spool(tmp_path / "spool")))
+    w.prepare()
+    (w.watch_dir / "a.txt").write_bytes(b"not an ECG " * 20)
+    w.poll()
+    [taken] = w.poll()
+    assert taken.result == "refused" and sorted(os.listdir(real)) == ["a.txt", "a.txt" + REASON_SUFFIX]

@@ -31,6 +31,7 @@ the reason file.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
@@ -291,6 +292,7 @@ class WatchFolder:
             write_new_file(
                 moved.with_name(moved.name + REASON_SUFFIX),
                 ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape"),
+                self.watch_dir,
             )
         log.warning(
             "watched folder: refused a file (sha256 %s, ecg id %s) with status %s: %s; %s",
@@ -339,6 +341,52 @@ def _numbered(name: str, n: int) -> str:
     return f"{stem}.{n}.{suffix}" if dot and stem else f"{name}.{n}"
 
 
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def open_folder(folder: Path, within: Path | None = None) -> int:
+    """A file descriptor of ``folder`` (created when missing) that every later step
+    of a move goes through (``dir_fd``), so the folder cannot be swapped between
+    the steps.  ``done_dir``/``failed_dir`` may be sub-folders of the watched
+    folder ``within``, whose writers could rename one away and put a symbolic link
+    to any folder the gateway may write in its place: the components below
+    ``within`` are opened one by one with O_NOFOLLOW (ELOOP for a link: nothing is
+    moved or written where it points).  ``within`` itself and any folder outside
+    it are the configuration's: a link there is the operator's choice, followed."""
+    base, below = Path(os.path.abspath(folder)), None
+    if within is not None:
+        try:
+            below = base.relative_to(os.path.abspath(within)).parts
+        except ValueError:
+            below = None
+    if within is None or not below:
+        ensure_dir(folder)
+        return os.open(folder, _DIR_FLAGS)
+    fd = os.open(within, _DIR_FLAGS)
+    try:
+        for part in below:
+            try:
+                step = os.open(part, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+            except FileNotFoundError:
+                os.mkdir(part, dir_fd=fd)
+                os.fsync(fd)
+                step = os.open(part, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = step
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _exists(name: str, folder_fd: int) -> bool:
+    try:
+        os.lstat(name, dir_fd=folder_fd)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def move_unique(src: Path, folder: Path, *, reserve_suffix: str = "", inode: int | None = None) -> Path | None:
     """Move ``src`` into ``folder`` under its name, or ``name.1``, ``name.2``
     ... when taken (never over an existing file; with ``reserve_suffix``,
@@ -347,19 +395,25 @@ def move_unique(src: Path, folder: Path, *, reserve_suffix: str = "", inode: int
     is gone (another process moved it), or, with ``inode`` (the file that was
     read), when the name holds another file now: a writer replaced it after
     it was read, and the new one stays for the next look (moved unread, it
-    was lost).  Across file systems the bytes are copied (and fsynced) first."""
-    ensure_dir(folder)
-    staged: Path | None = None
+    was lost).  Across file systems the bytes are copied (and fsynced) first.
+    ``folder`` is used through one descriptor (:func:`open_folder`, ``within``
+    the watched folder ``src`` is in): OSError (ELOOP) when a writer of the
+    watched folder put a symbolic link in its way."""
+    folder_fd = open_folder(folder, src.parent)
+    staged: str | None = None
     try:
         for n in range(_MAX_COPIES):
-            dest = folder / _numbered(src.name, n)
-            if reserve_suffix and dest.with_name(dest.name + reserve_suffix).exists():
+            name = _numbered(src.name, n)
+            if reserve_suffix and _exists(name + reserve_suffix, folder_fd):
                 continue
             try:
-                os.link(staged or src, dest, follow_symlinks=False)
-                if staged is None and inode is not None and os.lstat(dest).st_ino != inode:
-                    dest.unlink()  # the link is to whatever held the name: not the file read
-                    return None
+                if staged is None:
+                    os.link(src, name, dst_dir_fd=folder_fd, follow_symlinks=False)
+                    if inode is not None and os.lstat(name, dir_fd=folder_fd).st_ino != inode:
+                        os.unlink(name, dir_fd=folder_fd)  # the link is to whatever held the name: not the file read
+                        return None
+                else:
+                    os.link(staged, name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd, follow_symlinks=False)
             except FileExistsError:
                 continue
             except FileNotFoundError:
@@ -370,52 +424,54 @@ def move_unique(src: Path, folder: Path, *, reserve_suffix: str = "", inode: int
                 if exc.errno != errno.EXDEV or staged is not None:
                     raise
                 try:
-                    staged = _copy_into(src, folder, inode)
+                    staged = _copy_into(src, folder_fd, inode)
                 except FileNotFoundError:
                     return None  # gone meanwhile (another process moved it)
                 except _Replaced:
                     return None
                 try:
-                    os.link(staged, dest, follow_symlinks=False)
+                    os.link(staged, name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd, follow_symlinks=False)
                 except FileExistsError:
                     continue
-            fsync_dir(folder)
+            os.fsync(folder_fd)
             try:
                 if inode is None or os.lstat(src).st_ino == inode:  # not a file put there since
                     src.unlink()
             except FileNotFoundError:
                 pass
             fsync_dir(src.parent)
-            return dest
+            return folder / name
         raise FileExistsError(errno.EEXIST, f"{_MAX_COPIES} files named like this already in {folder}")
     finally:
-        if staged is not None:
-            staged.unlink(missing_ok=True)
+        try:
+            if staged is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(staged, dir_fd=folder_fd)
+        finally:
+            os.close(folder_fd)
 
 
 class _Replaced(Exception):
     """The name holds another file than the one read."""
 
 
-def _copy_into(src: Path, folder: Path, inode: int | None = None) -> Path:
-    """A durable copy of the directory entry ``src`` in ``folder`` under a
-    dotted temporary name: a regular file's bytes; a symbolic link as a link
-    to the same target (never followed: a refused link to /etc/passwd must not
-    put that file's bytes in ``failed_dir``); a FIFO or socket as a new one
-    (never opened: opening a FIFO waits for a writer).  Raises OSError when
-    ``src`` changed kind meanwhile (taken again at the next look), :class:`_Replaced`
-    when it is not the file of ``inode``."""
-    import tempfile
-
+def _copy_into(src: Path, folder_fd: int, inode: int | None = None) -> str:
+    """A durable copy of the directory entry ``src`` in the folder of ``folder_fd``
+    under a dotted temporary name (returned): a regular file's bytes; a symbolic
+    link as a link to the same target (never followed: a refused link to
+    /etc/passwd must not put that file's bytes in ``failed_dir``); a FIFO or
+    socket as a new one (never opened: opening a FIFO waits for a writer).
+    Raises OSError when ``src`` changed kind meanwhile (taken again at the next
+    look), :class:`_Replaced` when it is not the file of ``inode``."""
     st = os.lstat(src)
     if inode is not None and st.st_ino != inode:
         raise _Replaced
-    if stat.S_ISLNK(st.st_mode) or stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode):
-        tmp = folder / f".moving-{secrets.token_hex(8)}"  # made exclusively (EEXIST otherwise)
-        if stat.S_ISLNK(st.st_mode):
-            os.symlink(os.readlink(src), tmp)
-        else:
-            os.mknod(tmp, stat.S_IFMT(st.st_mode) | 0o600)
+    tmp = f".moving-{secrets.token_hex(8)}"  # each made exclusively below (EEXIST otherwise)
+    if stat.S_ISLNK(st.st_mode):
+        os.symlink(os.readlink(src), tmp, dir_fd=folder_fd)
+        return tmp
+    if stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode):
+        os.mknod(tmp, stat.S_IFMT(st.st_mode) | 0o600, dir_fd=folder_fd)
         return tmp
     # O_NOFOLLOW and O_NONBLOCK: the entry may have become a link or a FIFO since the lstat
     source = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -425,22 +481,28 @@ def _copy_into(src: Path, folder: Path, inode: int | None = None) -> Path:
             raise _Replaced
         if not stat.S_ISREG(opened.st_mode):
             raise OSError(errno.EINVAL, "not a regular file, a link, a FIFO or a socket")
-        fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=".moving-")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=folder_fd)
         with os.fdopen(fd, "wb") as out:
             shutil.copyfileobj(f, out)
             out.flush()
             os.fsync(out.fileno())
-    return Path(tmp_name)
+    return tmp
 
 
-def write_new_file(path: Path, data: bytes) -> None:
-    """Write ``path`` durably; an existing file of that name is replaced."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    # O_NOFOLLOW: a link planted under the temporary name must not redirect the write elsewhere
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+def write_new_file(path: Path, data: bytes, within: Path | None = None) -> None:
+    """Write ``path`` durably; an existing file of that name is replaced.  Its folder
+    is used through one descriptor (:func:`open_folder`: never through a link below
+    ``within``)."""
+    folder_fd = open_folder(path.parent, within)
+    try:
+        tmp = f".{path.name}.tmp"
+        # O_NOFOLLOW: a link planted under the temporary name must not redirect the write elsewhere
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=folder_fd)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path.name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
+        os.fsync(folder_fd)
+    finally:
+        os.close(folder_fd)
