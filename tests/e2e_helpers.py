@@ -56,8 +56,12 @@ def wait_until(
     interval: float = 0.2,
     what: str = "",
     procs: Iterable[subprocess.Popen] = (),
+    log: Path | None = None,
 ) -> None:
-    """Poll ``predicate``; fail at once if one of ``procs`` has exited."""
+    """Poll ``predicate``; fail at once if one of ``procs`` has exited.
+
+    ``log`` (a serve log file): its tail goes into the failure message, so a
+    run that fails in CI says what the gateway was doing."""
     deadline = time.monotonic() + timeout
     procs = list(procs)
     while time.monotonic() < deadline:
@@ -65,9 +69,15 @@ def wait_until(
             return
         for p in procs:
             if p.poll() is not None:
-                raise RuntimeError(f"gateway process exited with {p.returncode} while waiting for {what}")
+                raise RuntimeError(f"gateway process exited with {p.returncode} while waiting for {what}{_tail(log)}")
         time.sleep(interval)
-    raise TimeoutError(f"timed out waiting for {what or predicate}")
+    raise TimeoutError(f"timed out waiting for {what or predicate}{_tail(log)}")
+
+
+def _tail(log: Path | None, n: int = 6000) -> str:
+    if log is None or not log.exists():
+        return ""
+    return "\n--- serve log (tail) ---\n" + log.read_text(errors="replace")[-n:]
 
 
 def gateway_env(tmp: Path, db_url: str, model: Path, dicom_port: int, admin_port: int, **extra: str) -> dict[str, str]:

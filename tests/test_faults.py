@@ -130,7 +130,7 @@ def test_database_unavailable(pg_url_only, tmp_path, demo_model, sample_path):
         try:
             wait_for_port(dicom_port, proc=proc)
             assert [s for _, s in storescu([a], dicom_port)[0]] == ["Success"]
-            wait_until(lambda: len(ehr.messages()) == 1, 120, what="A delivered", procs=[proc])
+            wait_until(lambda: len(ehr.messages()) == 1, 120, what="A delivered", procs=[proc], log=log)
 
             proxy.down()
             results, text = storescu([b], dicom_port)
@@ -144,7 +144,7 @@ def test_database_unavailable(pg_url_only, tmp_path, demo_model, sample_path):
 
             proxy.up()
             assert [s for _, s in storescu([b], dicom_port)[0]] == ["Success"]
-            wait_until(lambda: len(ehr.messages()) == 2, 120, what="B delivered", procs=[proc])
+            wait_until(lambda: len(ehr.messages()) == 2, 120, what="B delivered", procs=[proc], log=log)
             assert httpx.get(healthz, timeout=10).status_code == 200
         finally:
             code = stop(proc)

@@ -16,10 +16,12 @@ from sqlalchemy import func, select, update
 
 from gateway import FINDINGS, __version__
 from gateway.config import Config
+from gateway.process import claim
 from gateway.process.claim import claim_batch
 from gateway.process.worker import Worker
 from gateway.store.models import FAILED, PROCESSED, PROCESSING, RECEIVED, REJECTED, EcgInstance, Hl7Message, Prediction
 from gateway.store.spool import Spool
+from gateway.timeutil import as_utc
 
 
 def make_config(db_url: str, tmp_path: Path, model: Path, **process: object) -> Config:
@@ -119,7 +121,7 @@ def test_outcomes_are_complete_and_reproducible(db_url, session_factory, tmp_pat
 
 
 def test_unexpected_error_is_retried_then_failed_and_others_go_on(
-    db_url, session_factory, tmp_path, demo_model, demo_ensemble, sample
+    db_url, session_factory, tmp_path, demo_model, demo_ensemble, sample, monkeypatch
 ):
     import ecg_variants as v
 
@@ -130,14 +132,22 @@ def test_unexpected_error_is_retried_then_failed_and_others_go_on(
         path = Spool.from_config(cfg.storage).resolve(s.get(EcgInstance, lost_id).spool_path)
     path.unlink()  # a real fault: the file vanished from the spool
     worker = Worker(cfg, session_factory, demo_ensemble)
+    before = datetime.now(UTC)
     worker.run_once()
+    after = datetime.now(UTC)
     with session_factory() as s:
         lost = s.get(EcgInstance, lost_id)
         assert (lost.status, lost.attempts) == (RECEIVED, 1)
         assert "FileNotFoundError" in lost.error
-        assert lost.lease_expires_at is not None  # backing off
         assert s.get(EcgInstance, ok_id).status == PROCESSED
-    assert worker.run_once() == 0  # still backing off: not retried at once
+    # backing off 2 s (retry_delay(1)) from when the outcome was written
+    retry_at = as_utc(lost.lease_expires_at)
+    assert before + timedelta(seconds=2) <= retry_at <= after + timedelta(seconds=2)
+    # one second into the backoff it is not claimed; the clock is the test's, so a
+    # slow machine (the model call above can take seconds under load) cannot pass the window
+    monkeypatch.setattr(claim, "utcnow", lambda: retry_at - timedelta(seconds=1))
+    assert worker.run_once() == 0
+    monkeypatch.undo()
     with session_factory.begin() as s:  # let the backoff pass
         s.execute(update(EcgInstance).values(lease_expires_at=datetime.now(UTC) - timedelta(seconds=1)))
     worker.run_once()
