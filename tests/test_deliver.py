@@ -139,6 +139,41 @@ def test_receiver_down_then_up_delivers_everything_once_in_order_per_patient(ses
         assert sent == [f"{patient}{i}" for i in range(3)]
 
 
+def test_database_error_after_the_ack_records_the_outcome_later_and_sends_once(
+    session_factory, port, tmp_path, monkeypatch
+):
+    """The database goes away between the receiver's ACK and the write of the
+    outcome (the fault injected: a real database cannot fail at exactly that
+    instant on demand).  The sender keeps the outcome and records it when the
+    database answers again: the message is delivered once, and the next
+    message of the same patient does not wait out the first one's lease."""
+    from sqlalchemy.exc import OperationalError
+
+    from gateway.deliver import sender as sender_module
+
+    cfg = hl7_config(port)
+    first = enqueue(session_factory, cfg, patient_id="P", accession_number="ACC1")[0]
+    real = sender_module.record_results
+    failures = []
+
+    def record_once_failing(session, outcomes, cfg_, now):  # type: ignore[no-untyped-def]
+        if not failures:
+            failures.append([c.id for c, _ in outcomes])
+            raise OperationalError("UPDATE hl7_messages", {}, Exception("server closed the connection"))
+        return real(session, outcomes, cfg_, now)
+
+    monkeypatch.setattr(sender_module, "record_results", record_once_failing)
+    with receiver(port, tmp_path / "rx.jsonl") as rx, sender(session_factory, cfg):
+        wait_for(all_done(session_factory), what="the first message recorded")
+        second = enqueue(session_factory, cfg, patient_id="P", accession_number="ACC2")[0]
+        wait_for(all_done(session_factory), what="the second message delivered")
+        got = rx.messages()
+    assert failures == [[first]]
+    db = rows(session_factory)
+    assert [(db[i].status, db[i].attempts) for i in (first, second)] == [("delivered", 1), ("delivered", 1)]
+    assert [g["control_id"] for g in got] == [db[first].control_id, db[second].control_id]
+
+
 def test_ae_fails_after_max_attempts_and_does_not_block_others(session_factory, port, tmp_path):
     cfg = hl7_config(port, max_attempts=3)
     [a1] = enqueue(session_factory, cfg, patient_id="A", accession_number="POISON")

@@ -4,7 +4,8 @@ Due messages are *claimed* in a short transaction (``attempts`` + 1 and a
 lease in ``next_attempt_at``; up to BATCH_SIZE at a time, one per order key),
 sent with no transaction open, and their outcomes recorded in a second short
 transaction.  A crash between an AA and that record means the message is sent
-again (same MSH-10) when the lease ends: delivery is at least once.  Several gateway processes may share
+again (same MSH-10) when the lease ends: delivery is at least once.  A database
+error there does not: the outcomes are kept and recorded when it answers again.  Several gateway processes may share
 one PostgreSQL database: claims use ``FOR UPDATE SKIP LOCKED`` and a process
 that dies mid-send leaves a row that becomes due again when its lease ends.
 
@@ -299,9 +300,26 @@ def run_sender(
                 log.info("hl7 sender: %s waiting message(s) due now (restart)", released)
     except Exception:
         log.exception("hl7 sender: could not release stale claims")
+    # Outcomes of a batch that was sent but could not be recorded (the database
+    # went away between the send and the write): recorded first once it answers,
+    # so an ACKed message is not sent again when its lease runs out.
+    unrecorded: list[tuple[Claimed, SendResult | None]] = []
+
+    def record(session: Session, outcomes: list[tuple[Claimed, SendResult | None]]) -> None:
+        nonlocal unrecorded
+        unrecorded = outcomes
+        with watch.recording() as failed_here:  # failures logged by _apply, not again by the watch
+            statuses = record_results(session, outcomes, cfg, utcnow())
+            failed_here.update(i for i, st in statuses.items() if st == HL7_FAILED)
+        unrecorded = []
+
     try:
         while not stop.is_set():
             try:
+                if unrecorded:
+                    with session_factory() as session:
+                        record(session, unrecorded)
+                    log.info("hl7 sender: recorded the outcomes of the batch sent before the database error")
                 with session_factory() as session:
                     batch = claim_due(session, cfg, utcnow())
                     if not batch:
@@ -311,9 +329,7 @@ def run_sender(
                         _wait(waiter, stop, IDLE_POLL_S if due is None else min(max(due, 0.01), IDLE_POLL_S))
                         continue
                     outcomes = send_batch(client, batch, cfg, stop)
-                    with watch.recording() as failed_here:  # failures logged by _apply, not again by the watch
-                        statuses = record_results(session, outcomes, cfg, utcnow())
-                        failed_here.update(i for i, st in statuses.items() if st == HL7_FAILED)
+                    record(session, outcomes)
                 watch.link_result(outcomes)
             except Exception:  # e.g. the database briefly unavailable: keep the thread alive
                 log.exception("hl7 sender: unexpected error; retrying")
