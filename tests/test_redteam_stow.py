@@ -111,3 +111,43 @@ def test_every_failed_item_names_its_uids_even_when_none_is_known(db_url, sessio
         assert item.ReferencedSOPInstanceUID in ("", None) and item.FailureReason == CANNOT_UNDERSTAND
     assert failed[3].ReferencedSOPInstanceUID == dcmread(io.BytesIO(other_type)).SOPInstanceUID
     assert failed[3].FailureReason == CANNOT_UNDERSTAND
+
+
+def test_part_headers_are_not_kept_whole(tmp_path):
+    """Each part may carry 16 header lines of 8 KB: all were kept until the answer, so
+    1,000 parts held 128 MB besides the body (the parts' bytes go to a file).  Now only
+    Content-Type is kept, cut to 256 characters; the parts are still read right."""
+    import asyncio
+
+    from starlette.requests import Request
+
+    from gateway.admin.stow import read_parts
+
+    junk = "".join(f"X-Junk-{n}: {'j' * 8000}\r\n" for n in range(15))
+    part = f"\r\n--{BOUNDARY}\r\nContent-Type: application/dicom\r\n{junk}\r\n".encode() + b"DICM"
+    body = part * 100 + f"\r\n--{BOUNDARY}--".encode()
+    chunks = [body[i : i + 65536] for i in range(0, len(body), 65536)]
+
+    async def receive() -> dict:
+        chunk = chunks.pop(0)
+        return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
+
+    async def run():  # type: ignore[no-untyped-def]
+        request = Request({"type": "http", "method": "POST", "headers": [], "path": "/"}, receive)
+        return await read_parts(
+            request,
+            BOUNDARY.encode(),
+            tmp_path,
+            max_request_bytes=len(body),
+            max_part_bytes=1024,
+            max_parts=1000,
+        )
+
+    parts = asyncio.run(run())
+    try:
+        assert len(parts.items) == 100 and all(parts.read(p) == b"DICM" for p in parts.items)
+        kept = sum(len(k) + len(v) for p in parts.items for k, v in p.headers.items())
+        assert kept < 100 * 300, kept  # was 100 x 15 x 8 KB = 12 MB
+        assert {p.headers["content-type"] for p in parts.items} == {"application/dicom"}
+    finally:
+        parts.close()
