@@ -356,6 +356,7 @@ def test_the_sr_of_a_confirmation_is_final_and_verified_by_the_reader(sample_pat
         values(confirmation=reader_confirmation(CONFIRMATION_ROW), reader_pn="Rossi^Anna"),
         series_uid=generate_uid(),
         sop_uid=generate_uid(),
+        predecessors=[(generate_uid(), generate_uid())],  # the AI's SR: validated by dciodvfy too
     )
     doc = encapsulated_pdf(
         source, b"%PDF-1.4\n%%EOF", series_uid=generate_uid(), sop_uid=generate_uid(), when=T1, confirmed=True
@@ -480,6 +481,43 @@ def test_two_readers_at_once_make_two_versions_or_a_409(session_factory, seeded,
         assert sorted(c.version for c in rows) == sorted(versions)
         messages = s.scalars(select(Hl7Message).where(Hl7Message.ecg_id == seeded["e1"])).all()
         assert len(messages) == 1 + len(rows)  # one ORU per stored version, none for a refused one
+
+
+@pytest.mark.slow  # builds three SRs (~3-5 s)
+@pytest.mark.one_db  # building DICOM objects; the rows are tested on both databases above
+def test_each_sr_names_the_earlier_srs_of_its_ecg_as_predecessors(session_factory, seeded, tmp_path):
+    """PS3.3 C.17.2: a physician's SR lists the AI's SR (and earlier over-reads)
+    in PredecessorDocumentsSequence, so a PACS can tell it replaces them."""
+    from gateway.deliver.pacs import build_object, enqueue_pacs
+
+    config = cfg(tmp_path, pacs=True)
+    e1 = seeded["e1"]
+    with session_factory() as s, s.begin():
+        enqueue_pacs(s, s.get(EcgInstance, e1), config.pacs)  # the AI's objects, as the worker queues them
+    _confirm(session_factory, e1, config, findings=["RBBB"], now=T1)
+    _confirm(session_factory, e1, config, findings=["RBBB", "AF"], now=T1 + timedelta(hours=1))
+    with session_factory() as s:
+        rows = s.scalars(
+            select(PacsMessage).where(PacsMessage.ecg_id == e1, PacsMessage.kind == "sr").order_by(PacsMessage.id)
+        ).all()
+        assert len(rows) == 3
+        built = [build_object(s, m, tmp_path / "spool", 64 * 1024 * 1024) for m in rows]
+
+    def predecessors(sr):  # type: ignore[no-untyped-def]
+        return [
+            (study.StudyInstanceUID, series.SeriesInstanceUID, ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID)
+            for study in sr.get("PredecessorDocumentsSequence", [])
+            for series in study.ReferencedSeriesSequence
+            for ref in series.ReferencedSOPSequence
+        ]
+
+    ai, first, second = built
+    study = ai.StudyInstanceUID
+    as_ref = lambda m: (study, m.series_instance_uid, "1.2.840.10008.5.1.4.1.1.88.33", m.sop_instance_uid)  # noqa: E731
+    assert predecessors(ai) == []
+    assert predecessors(first) == [as_ref(rows[0])]
+    assert predecessors(second) == [as_ref(rows[0]), as_ref(rows[1])]
+    assert [sr.SOPInstanceUID for sr in built] == [m.sop_instance_uid for m in rows]
 
 
 @pytest.mark.slow  # draws the PDF and builds the SR (~6 s)

@@ -148,7 +148,20 @@ def build_object(session: Session, msg: PacsMessage, spool_dir: str | Path, max_
         confirmation=reader_confirmation(confirmation) if confirmation is not None else None,
         reader_pn=reader_pn,
     )
-    return comprehensive_sr(source, values, series_uid=msg.series_instance_uid, sop_uid=msg.sop_instance_uid)
+    # the earlier SRs of this ECG (the AI's, earlier over-reads): all of them, whatever
+    # their delivery, so a rebuild after a crash gives the same object
+    earlier = session.execute(
+        select(PacsMessage.series_instance_uid, PacsMessage.sop_instance_uid)
+        .where(PacsMessage.ecg_id == msg.ecg_id, PacsMessage.kind == "sr", PacsMessage.id < msg.id)
+        .order_by(PacsMessage.id)
+    ).all()
+    return comprehensive_sr(
+        source,
+        values,
+        series_uid=msg.series_instance_uid,
+        sop_uid=msg.sop_instance_uid,
+        predecessors=[(series, instance) for series, instance in earlier],
+    )
 
 
 def c_store(ds: Any, cfg: PacsConfig) -> str | None:

@@ -152,10 +152,17 @@ def comprehensive_sr(
     sop_uid: str,
     series_number: int = 902,
     manufacturer: str = "ECG gateway",
+    predecessors: Sequence[tuple[str, str]] = (),
 ) -> Any:
     """A Comprehensive SR of the AI result for the patient and study of
-    ``source`` (the ECG's data set, also referenced as the evidence)."""
+    ``source`` (the ECG's data set, also referenced as the evidence).
+
+    ``predecessors``: (Series Instance UID, SOP Instance UID) of the earlier SR
+    documents of this ECG (the AI's, earlier over-reads) whose content this one
+    revises; they go in PredecessorDocumentsSequence (PS3.3 C.17.2), so a PACS
+    or viewer can tell the physician's report replaces the preliminary one."""
     import highdicom as hd
+    from pydicom.dataset import Dataset
     from pydicom.sr.codedict import codes
     from pydicom.valuerep import DA, TM
 
@@ -286,8 +293,15 @@ def comprehensive_sr(
         )
     root = sr.ContainerContentItem(name=sr.CodedConcept("11524-6", "LN", "EKG study"))
     root.ContentSequence = sr.ContentSequence(items)
+    previous = []
+    for series, instance in predecessors:
+        ref = Dataset()
+        ref.StudyInstanceUID, ref.SeriesInstanceUID = source.StudyInstanceUID, series
+        ref.SOPClassUID, ref.SOPInstanceUID = COMPREHENSIVE_SR, instance
+        previous.append(ref)
     doc = sr.ComprehensiveSR(
         evidence=[source],
+        previous_versions=previous or None,
         content=root,
         series_instance_uid=series_uid,
         series_number=series_number,
