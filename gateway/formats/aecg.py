@@ -67,6 +67,8 @@ LEAD_CODES: dict[str, str] = {
 #: Elements in one document (the example holds 2,400; beat annotations add some per beat): the
 #: parsed tree stays under ~25 MB.
 MAX_ELEMENTS = 200_000
+#: Attributes in one document (the example holds 1,975 "=" for its 2,370 elements): ~100 MB of tree at most.
+MAX_ATTRIBUTES = 400_000
 _TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
 _TS = re.compile(r"^\d{8}(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?([+-]\d{4})?$")
 _SEX = {"M": "M", "F": "F", "UN": None}
@@ -78,7 +80,7 @@ MAX_LEADS = 64
 
 
 def _root(raw: bytes) -> Any:
-    root = parse_xml(raw, "HL7 aECG", MAX_ELEMENTS)
+    root = parse_xml(raw, "HL7 aECG", MAX_ELEMENTS, MAX_ATTRIBUTES)
     if local_name(root) != "AnnotatedECG":
         raise FormatError(f"HL7 aECG: the root element is {printable(local_name(root), 40)}, not AnnotatedECG")
     if namespace(root) != NS:

@@ -44,6 +44,8 @@ _P = {"p": NS}
 VERSIONS = ("1.03", "1.04", "1.04.01", "1.04.02")
 #: Elements in one document (the samples hold 1,400-2,000; sierraecg's minidom needs ~1 KB each).
 MAX_ELEMENTS = 50_000
+#: Attributes in one document (the samples hold 286 and 550 "="; sierraecg's minidom makes a node of each).
+MAX_ATTRIBUTES = 50_000
 #: What the XLI decoder may output for one document: 16 leads x 2 minutes at
 #: 1000 Hz x 2 bytes (a resting ECG is 12 x 11 s at 500 Hz, 132 KB).
 MAX_DECODED_BYTES = 16 * 120 * 1000 * 2
@@ -89,7 +91,7 @@ def _bounded_lzw() -> None:
 
 
 def _root(raw: bytes) -> Any:
-    root = parse_xml(raw, "Philips XML", MAX_ELEMENTS)
+    root = parse_xml(raw, "Philips XML", MAX_ELEMENTS, MAX_ATTRIBUTES)
     if local_name(root) != "restingecgdata":
         raise FormatError(f"Philips XML: the root element is {printable(local_name(root), 40)}, not restingecgdata")
     if namespace(root) != NS:

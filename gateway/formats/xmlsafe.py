@@ -6,7 +6,8 @@ than 256 and any text node over 10,000,000 bytes), and its entity
 amplification check on.  A document with a DOCTYPE is refused whatever it
 holds: none of the formats uses one, and it is where XML bombs and external
 entities live.  The size of the whole document is checked by the caller
-before it is read (``[dicom] max_dataset_mb``), so nothing larger is parsed.
+before it is read (``[dicom] max_dataset_mb``), so nothing larger is parsed; the
+elements and attributes in it are counted (``<`` and ``=``) before parsing too.
 """
 
 from __future__ import annotations
@@ -35,12 +36,13 @@ def _parser() -> Any:
     )
 
 
-def parse_xml(raw: bytes, what: str, max_elements: int) -> Any:
+def parse_xml(raw: bytes, what: str, max_elements: int, max_attributes: int) -> Any:
     """The root element of the XML document ``raw`` (bytes: the document's own
     BOM or declaration gives the encoding).  Raises :class:`FormatError`
     naming ``what`` and the parser's complaint for malformed XML, a DOCTYPE,
-    an entity bomb, an over-long text node, or more than ``max_elements``
-    elements (counted as ``<`` characters, before parsing)."""
+    an entity bomb, an over-long text node, more than ``max_elements``
+    elements (counted as ``<`` characters) or more than ``max_attributes``
+    attributes (counted as ``=`` characters), both before parsing."""
     if has_doctype(raw):  # refused before parsing: the parser never sees the entities
         raise FormatError(_DOCTYPE.format(what=what))
     # lxml needs ~120 bytes per element: 64 MB of "<a/>" would be 2 GB of tree.  Every element
@@ -50,6 +52,13 @@ def parse_xml(raw: bytes, what: str, max_elements: int) -> Any:
         raise FormatError(
             f"{what}: {markup} markup characters ('<'), more than the {max_elements} elements "
             "accepted in one ECG document"
+        )
+    # An attribute costs lxml ~250 bytes: a start tag of 10 MB holds 900,000 of them, and 26 MB of
+    # such tags took 670 MB (a 64 MB file, 1.6 GB).  Each has "=" (0x3D; 0x3D 0x00 in UTF-16).
+    equals = raw.count(b"=")
+    if equals > max_attributes:
+        raise FormatError(
+            f"{what}: {equals} '=' characters, more than the {max_attributes} attributes accepted in one ECG document"
         )
     try:
         root = etree.fromstring(raw, _parser())
