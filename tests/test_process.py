@@ -158,6 +158,54 @@ def test_unexpected_error_is_retried_then_failed_and_others_go_on(
         assert s.scalar(select(func.count()).select_from(Hl7Message).where(Hl7Message.ecg_id == lost_id)) == 0
 
 
+def test_a_batch_is_written_in_one_transaction_and_one_bad_write_holds_back_no_other(
+    db_url, session_factory, tmp_path, demo_model, demo_ensemble, sample, monkeypatch, caplog
+):
+    from sqlalchemy import event
+
+    import ecg_variants as v
+    import gateway.process.worker as worker_module
+
+    cfg = make_config(db_url, tmp_path, demo_model)
+    ids = [store(cfg, session_factory, v.new_uids(sample)) for _ in range(3)]
+    worker = Worker(cfg, session_factory, demo_ensemble)
+    engine = session_factory.kw["bind"]
+    commits: list[int] = []
+
+    def count(_conn) -> None:  # type: ignore[no-untyped-def]
+        commits.append(1)
+
+    assert worker._claim(3) == ids
+    event.listen(engine, "commit", count)
+    worker.process(ids)
+    event.remove(engine, "commit", count)
+    assert len(commits) == 1  # the three outcomes (results, statuses, outbox rows): one commit
+    with session_factory() as s:
+        assert {s.get(EcgInstance, i).status for i in ids} == {PROCESSED}
+        assert s.scalar(select(func.count()).select_from(Hl7Message)) == 3
+
+    # the database refuses one ECG's outcome: the batch is written ECG by ECG;
+    # the others land, it stays claimed (its lease brings it back), the error
+    # reaches the loop as before
+    more = [store(cfg, session_factory, v.new_uids(sample)) for _ in range(3)]
+    real = worker_module.enqueue_pacs
+
+    def refuse(session, row, pacs):  # type: ignore[no-untyped-def]
+        if row.id == more[1]:
+            raise RuntimeError("refused by the database")
+        return real(session, row, pacs)
+
+    monkeypatch.setattr(worker_module, "enqueue_pacs", refuse)
+    assert worker._claim(3) == more
+    with pytest.raises(RuntimeError, match="refused"):
+        worker.process(more)
+    assert "one by one" in caplog.text
+    with session_factory() as s:
+        statuses = [s.get(EcgInstance, i).status for i in more]
+        assert statuses == [PROCESSED, PROCESSING, PROCESSED]
+        assert s.scalar(select(func.count()).select_from(Prediction).where(Prediction.ecg_id.in_(more))) == 2
+
+
 def _bare_rows(session_factory, n: int) -> list[int]:  # type: ignore[no-untyped-def]
     with session_factory.begin() as s:
         rows = [

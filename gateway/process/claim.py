@@ -7,7 +7,7 @@ claimable again when its lease runs out.  On SQLite (one process) the same
 statements run; SQLite ignores ``FOR UPDATE`` and serialises writers.
 
 The outcome is written only while the claim still holds (the worker writes
-it under :func:`still_claimed`, which locks the row and checks ``claimed_by``),
+it under :func:`still_claimed`, which locks the rows and checks ``claimed_by``),
 so an ECG whose lease expired and was taken over is never written twice; the
 unique ``predictions.ecg_id`` backs that up.
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import cache
@@ -165,13 +166,16 @@ def claim_batch(
     return claimed
 
 
-def still_claimed(session: Session, ecg_id: int, worker_id: str) -> EcgInstance | None:
-    """Lock and return the row if this worker still holds its claim."""
-    return session.execute(
+def still_claimed(session: Session, ecg_ids: Collection[int], worker_id: str) -> dict[int, EcgInstance]:
+    """Lock and return (by id) the rows of ``ecg_ids`` this worker still
+    holds the claim of (locked in id order, so two such calls cannot deadlock)."""
+    rows = session.scalars(
         select(EcgInstance)
-        .where(EcgInstance.id == ecg_id, EcgInstance.status == PROCESSING, EcgInstance.claimed_by == worker_id)
+        .where(EcgInstance.id.in_(ecg_ids), EcgInstance.status == PROCESSING, EcgInstance.claimed_by == worker_id)
+        .order_by(EcgInstance.id)
         .with_for_update()
-    ).scalar_one_or_none()
+    )
+    return {row.id: row for row in rows}
 
 
 #: What a released claim becomes: waiting again, its attempts kept (so an ECG

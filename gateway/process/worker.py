@@ -1,10 +1,13 @@
 """The worker: stored ECG -> normalised input -> model -> persisted result.
 
 One loop per process claims waiting ECGs in micro-batches, decodes and
-normalises each, runs the model once per batch, and then writes each ECG's
-outcome in ONE transaction: the prediction (or the rejection), the new
-status and the outbox row for the HL7 result.  Nothing in between is
-committed, so a crash leaves the ECG claimed, and its lease brings it back.
+normalises each, runs the model once per batch, and then writes the batch's
+outcomes in ONE transaction: for each ECG the prediction (or the rejection),
+the new status and the outbox row for the HL7 result (one commit per batch,
+not per ECG: on SQLite each commit is an fsync).  Nothing in between is
+committed, so a crash leaves the ECGs claimed, and their leases bring them
+back.  When that transaction fails, each ECG's outcome is written in its own,
+so one ECG the database refuses does not hold back the others.
 
 Failure policy:
 - a later version of a SOP Instance UID with another patient identity than
@@ -29,9 +32,11 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from gateway import __version__
@@ -81,6 +86,8 @@ class _Item:
     sop_instance_uid: str = ""
     received_at: datetime | None = None
     attempts: int = 0
+    source_format: str = "dicom"
+    path: Path | None = None  # the spooled original
     normalised: NormalisedEcg | None = None
     rejection: str | None = None
     report: dict[str, Any] = field(default_factory=dict)
@@ -175,42 +182,57 @@ class Worker:
     # -- one batch ---------------------------------------------------------
 
     def process(self, ids: Sequence[int]) -> None:
-        items = [self._prepare(ecg_id) for ecg_id in ids]
+        items = [self._prepare(it) for it in self._load(ids)]
         ready = [it for it in items if it.normalised is not None]
         if ready:
             self._infer(ready)
-        for it in items:
-            self._finish(it)
+        self._finish(items)
 
-    def _prepare(self, ecg_id: int) -> _Item:
-        from gateway.dicomio.limits import MIB, DatasetTooLarge, check_size
-
-        item = _Item(ecg_id)
-        t0 = time.perf_counter()
+    def _load(self, ids: Sequence[int]) -> list[_Item]:
+        """The claimed rows' facts the read needs, from one session."""
+        items = [_Item(ecg_id) for ecg_id in ids]
         try:
             with self.session_factory() as session:
-                row = session.get(EcgInstance, ecg_id)
-                assert row is not None, f"ECG {ecg_id} vanished"
-                item.sop_instance_uid, item.received_at, item.attempts = (
-                    row.sop_instance_uid,
-                    row.received_at,
-                    row.attempts,
-                )
-                source_format = row.source_format
-                path = self.spool.resolve(row.spool_path)
-                # The door quarantines such versions; rows stored before it did are caught here.
-                conflict = identity_conflict(session, row) if row.version > 1 else None
-            if conflict is not None:
-                item.identity_conflict = (conflict.id, conflict.version)
-                return item
+                rows = {r.id: r for r in session.scalars(select(EcgInstance).where(EcgInstance.id.in_(ids)))}
+                for item in items:
+                    try:
+                        row = rows.get(item.ecg_id)
+                        assert row is not None, f"ECG {item.ecg_id} vanished"
+                        item.sop_instance_uid, item.received_at, item.attempts = (
+                            row.sop_instance_uid,
+                            row.received_at,
+                            row.attempts,
+                        )
+                        item.source_format, item.path = row.source_format, self.spool.resolve(row.spool_path)
+                        # The door quarantines such versions; rows stored before it did are caught here.
+                        conflict = identity_conflict(session, row) if row.version > 1 else None
+                        if conflict is not None:
+                            item.identity_conflict = (conflict.id, conflict.version)
+                    except Exception:
+                        item.error = traceback.format_exc()
+        except Exception:  # database down: each ECG goes its way as an unexpected error
+            tb = traceback.format_exc()
+            for item in items:
+                item.error = item.error or tb
+        return items
+
+    def _prepare(self, item: _Item) -> _Item:
+        """Read and normalise one loaded ECG (and read the cart's report)."""
+        from gateway.dicomio.limits import MIB, DatasetTooLarge, check_size
+
+        if item.error is not None or item.identity_conflict is not None or item.path is None:
+            return item
+        t0 = time.perf_counter()
+        path = item.path
+        try:
             max_bytes = self.cfg.dicom.max_dataset_mb * MIB
             try:  # FileNotFoundError: not a rejection, handled as before
                 check_size(path.stat().st_size, max_bytes)  # stored before the limit (or under a higher one): unread
             except DatasetTooLarge as exc:
                 raise NormaliseError(str(exc)) from None
             raw = path.read_bytes()
-            if source_format != "dicom":  # Philips XML, aECG: decoded by gateway.formats
-                result = normalise_document(raw, source_format, self.params)
+            if item.source_format != "dicom":  # Philips XML, aECG: decoded by gateway.formats
+                result = normalise_document(raw, item.source_format, self.params)
             else:
                 ds = read_dataset(raw, max_bytes, annotations=True)
                 item.cart = cart_report(ds)  # the cart's own reading, also for an ECG the model cannot read
@@ -297,28 +319,63 @@ class Worker:
             )
             return None
 
-    def _finish(self, it: _Item) -> None:
-        """Write one ECG's outcome (:func:`gateway.process.outcome.decide`) in
-        one transaction, only while our claim holds; then log and count it."""
+    def _finish(self, items: list[_Item]) -> None:
+        """Write the batch's outcomes (:func:`gateway.process.outcome.decide`)
+        in one transaction, each only while our claim holds; then log and
+        count them.  If that transaction fails, each ECG is written in its
+        own: one ECG's write alone may fail (a value the database refuses);
+        that ECG stays claimed until its lease, the others are written, and
+        the error goes to the loop, which logs it."""
         now = utcnow()
-        report_pdf = self._report_pdf(it, now)  # before the transaction: it takes ~50 ms
-        facts = Facts(
-            inferred=it.output is not None,
-            rejection=it.rejection,
-            error=it.error,
-            identity_conflict=it.identity_conflict,
-        )
-        prediction: Prediction | None = None
-        enqueued = False
-        with self.session_factory() as session, session.begin():
-            row = still_claimed(session, it.ecg_id, self.worker_id)
+        pdfs = [self._report_pdf(it, now) for it in items]  # before the transaction: ~50 ms each
+        failed: Exception | None = None
+        try:
+            with self.session_factory() as session, session.begin():
+                written = self._write(session, items, pdfs, now)
+        except Exception as exc:
+            if len(items) == 1:
+                raise
+            log.warning(
+                "writing %d outcomes in one transaction failed; writing them one by one", len(items), exc_info=True
+            )
+            written, failed = [], exc
+            for it, pdf in zip(items, pdfs, strict=True):
+                try:
+                    with self.session_factory() as session, session.begin():
+                        written += self._write(session, [it], [pdf], now)
+                except Exception as one:  # this ECG stays claimed: its lease brings it back
+                    failed = one
+        for it, decision, prediction, _ in written:
+            self._log_outcome(it, decision, prediction)
+        if self.on_outbox and any(enqueued for *_, enqueued in written):
+            self.on_outbox()
+        if failed is not None:  # to the loop, which logs it (as when one ECG's own transaction failed)
+            raise failed
+
+    def _write(
+        self, session: Session, items: list[_Item], pdfs: list[bytes | None], now: datetime
+    ) -> list[tuple[_Item, Decision, Prediction | None, bool]]:
+        """Add the outcomes of ``items`` to ``session``'s transaction (the
+        ECGs whose claim still holds); what was written, for the log."""
+        rows = still_claimed(session, [it.ecg_id for it in items], self.worker_id)
+        written = []
+        for it, report_pdf in zip(items, pdfs, strict=True):
+            row = rows.get(it.ecg_id)
             if row is None:
                 log.warning(
                     "ECG id=%s sop=%s: claim lost (lease expired?); leaving it to its new owner",
                     it.ecg_id,
                     it.sop_instance_uid,
                 )
-                return
+                continue
+            facts = Facts(
+                inferred=it.output is not None,
+                rejection=it.rejection,
+                error=it.error,
+                identity_conflict=it.identity_conflict,
+            )
+            prediction: Prediction | None = None
+            enqueued = False
             # a later version of an instance whose result went out corrects it (OBR-25 = C)
             corrects = corrected_version(session, row) if row.version > 1 else None
             decision = decide(
@@ -361,9 +418,8 @@ class Worker:
                 enqueued = enqueue_result(session, row, prediction, self.cfg.hl7, options=decision.oru) is not None
                 if prediction is not None:  # the report and the SR to PACS ([pacs] send), with the result
                     enqueue_pacs(session, row, self.cfg.pacs)
-        self._log_outcome(it, decision, prediction)
-        if enqueued and self.on_outbox:
-            self.on_outbox()
+            written.append((it, decision, prediction, enqueued))
+        return written
 
     def _prediction(self, it: _Item, row: EcgInstance, now: datetime) -> Prediction:
         """The result row of an ECG the model read (its output and model input are in ``it``)."""
