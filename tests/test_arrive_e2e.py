@@ -1,7 +1,12 @@
 """The watched folder and DICOMweb STOW-RS end to end: `ecg-gateway serve`
 (untrained demo model) takes files from its folder and instances from
 dicomweb-client, processes them and delivers each ORU to the npm MLLP
-receiver; on SQLite and PostgreSQL."""
+receiver.
+
+One database (SQLite): the watcher's and STOW's rows are written by the
+same store code as a C-STORE's, tested on both databases in-process
+(test_watch.py, test_stow.py) and through serve on PostgreSQL in
+test_e2e.py; what is proven here is the two doors of the running process."""
 
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ FINAL = (PROCESSED, REJECTED, "failed")
 
 
 @pytest.mark.slow
+@pytest.mark.one_db("sqlite")  # see the module docstring
 def test_folder_and_stow_to_ehr(db_url: str, tmp_path: Path, demo_model: Path, sample_path: Path) -> None:
     watch, done, failed = tmp_path / "in", tmp_path / "done", tmp_path / "failed"
     dicom_port, admin_port, hl7_port = free_port(), free_port(), free_port()

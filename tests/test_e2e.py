@@ -163,23 +163,21 @@ def test_cart_to_ehr(db_url, tmp_path, demo_model, sample_path):
 
 @pytest.mark.slow
 def test_two_worker_processes_share_the_queue_on_postgresql(pg_db_url, tmp_path, demo_model, sample_path):
-    """Scale-out needs PostgreSQL (skipped without ECG_GATEWAY_TEST_DATABASE_URL)."""
+    """Scale-out needs PostgreSQL (skipped without ECG_GATEWAY_TEST_DATABASE_URL).
+
+    Both workers are started (and have said so) before the first ECG is
+    stored, so they compete for every batch from the first one: a few dozen
+    ECGs show the share, where a backlog stored before the starts needed
+    hundreds to outlast the skew between the two starts."""
     from gateway.receive.spool import IncomingInstance, StoreContext, store_instance
+    from gateway.serve import STARTED_LINE
     from gateway.store.spool import Spool
 
     db_url = pg_db_url
     engine = make_engine(db_url)
     sf = make_sessionmaker(engine)
     raw_ds = dcmread(sample_path)
-    n = 200
-    for _ in range(n):
-        ds = v.new_uids(raw_ds)
-        path = v.save(ds, tmp_path / "one.dcm")
-        out = store_instance(
-            IncomingInstance.from_file(path.read_bytes(), calling_ae="BACKFILL", peer_address=None),
-            StoreContext(sf, Spool(tmp_path / "spool")),
-        )
-        assert out.status == 0
+    n = 64
     procs = []
     for i in range(2):
         env = gateway_env(
@@ -195,6 +193,17 @@ def test_two_worker_processes_share_the_queue_on_postgresql(pg_db_url, tmp_path,
         )  # outbox rows are written; no sender runs
         procs.append(start_serve(env, tmp_path / f"worker{i}.log", "--components", "worker"))
     try:
+        for i in range(2):
+            log = tmp_path / f"worker{i}.log"
+            wait_until(lambda log=log: STARTED_LINE in log.read_text(), 180, what=f"worker {i} started", procs=procs)
+        for _ in range(n):
+            ds = v.new_uids(raw_ds)
+            path = v.save(ds, tmp_path / "one.dcm")
+            out = store_instance(
+                IncomingInstance.from_file(path.read_bytes(), calling_ae="BACKFILL", peer_address=None),
+                StoreContext(sf, Spool(tmp_path / "spool")),
+            )
+            assert out.status == 0
 
         def done() -> bool:
             with sf() as s:

@@ -1,7 +1,12 @@
 """`ecg-gateway ingest` of Philips Sierra XML and HL7 aECG files end to end:
 a running `ecg-gateway serve` (untrained demo model) processes what ingest
 stored and delivers each ORU^R01 to the npm MLLP receiver, with the
-demographics each format carries; on SQLite and PostgreSQL."""
+demographics each format carries.
+
+One database (SQLite): what is proven here is the formats' way through the
+process; the rows it writes are the same code as a DICOM ECG's, which
+test_e2e.py sends through serve on PostgreSQL, and the readers' rows are
+tested on both databases in-process."""
 
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ def segment(message: str, name: str) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.one_db("sqlite")  # see the module docstring
 def test_ingest_philips_and_aecg_to_ehr(db_url: str, tmp_path: Path, demo_model: Path) -> None:
     archive = tmp_path / "archive"
     archive.mkdir()

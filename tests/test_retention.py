@@ -336,6 +336,7 @@ def test_the_running_gateway_prunes_daily(scenario, session_factory, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.one_db("sqlite")  # the hook in serve; the prune's SQL runs on both databases above
 def test_serve_prunes_when_retention_days_is_set(scenario, session_factory, db_url, tmp_path, demo_model):
     """The hook in ``serve``: with ``[storage] retention_days`` the running gateway prunes
     (at start, then daily) and says so in its log; stopping it is clean."""

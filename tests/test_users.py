@@ -458,6 +458,7 @@ def test_users_commands(db_url, session_factory, tmp_path, sample_path):
 
 
 @pytest.mark.slow  # three interpreters started
+@pytest.mark.one_db("sqlite")  # what is imported does not depend on the database kind
 def test_users_and_audit_commands_do_not_import_tensorflow(db_url, session_factory, tmp_path):
     code = (
         "import sys, runpy; sys.argv = ['ecg-gateway', *sys.argv[1:]]\n"
