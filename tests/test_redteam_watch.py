@@ -15,6 +15,8 @@ import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.receive.watch import REASON_SUFFIX, write_new_file
 from receive_helpers import ecg_bytes
@@ -305,3 +307,41 @@ def test_a_destination_the_operator_made_a_link_is_followed(tmp_path: Path, sess
     w.poll()
     [taken] = w.poll()
     assert taken.result == "refused" and sorted(os.listdir(real)) == ["a.txt", "a.txt" + REASON_SUFFIX]
+
+
+_NAMES = st.binary(min_size=1, max_size=255).filter(
+    lambda b: b"/" not in b and b"\x00" not in b and not b.startswith(b".")
+)
+
+
+@pytest.mark.parametrize(
+    "examples", [pytest.param(15, id="smoke"), pytest.param(300, id="full", marks=pytest.mark.slow)]
+)
+def test_any_name_is_refused_into_failed_dir_with_its_reason(tmp_path: Path, session_factory, examples: int) -> None:
+    """Property: whatever bytes a name holds (up to NAME_MAX; not UTF-8, controls, a
+    255-byte name), a refused file leaves the watched folder, lands in failed_dir with
+    exactly one reason file beside it whose first line names it (escaped), nothing else."""
+    from gateway.receive.watch import shown_name
+
+    runs = iter(range(10**6))
+
+    @settings(max_examples=examples, deadline=None, derandomize=True, database=None)
+    @given(name=_NAMES)
+    def check(name: bytes) -> None:
+        w = watcher(tmp_path / str(next(runs)), session_factory)
+        if name.lower().endswith(tuple(s.lower().encode() for s in w.ingest.ignored_suffixes if s)):
+            return
+        with open(os.fsencode(w.watch_dir) + b"/" + name, "wb") as f:
+            f.write(b"not an ECG " * 10)
+        w.poll()
+        [taken] = w.poll()
+        assert taken.result == "refused" and taken.moved_to is not None
+        assert os.listdir(w.watch_dir) == []
+        moved = os.fsencode(taken.moved_to)
+        with open(moved + REASON_SUFFIX.encode(), "rb") as f:
+            first = f.read().split(b"\n")[0]
+        assert first == b"file: " + shown_name(os.fsdecode(name)).encode("utf-8", "surrogateescape")
+        kept = sorted(os.listdir(os.fsencode(w.failed_dir)))
+        assert kept == sorted([os.path.basename(moved), os.path.basename(moved) + REASON_SUFFIX.encode()])
+
+    check()
