@@ -140,3 +140,28 @@ def test_a_flood_of_attributes_is_refused_before_parsing(fmt: str, limit: int) -
     assert door.problem is not None and door.problem.startswith(f"{name}: ") and door.problem.endswith(reason)
     with pytest.raises(FormatError, match=reason):
         decode(raw, fmt)
+
+
+def test_philips_leads_of_different_lengths_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """sierraecg decodes each lead's XLI chunk on its own: a crafted chunk gives one lead
+    fewer samples.  The record was cut to the shortest lead without a word (as aECG
+    refuses); now refused with the lengths."""
+    from types import SimpleNamespace
+
+    import sierraecg
+
+    raw = (Path("/work/shared/data/philips") / "ad4d3d80-d165_1-04_orig.xml").read_bytes()
+    real = sierraecg.read_file
+
+    def one_lead_short(f):  # type: ignore[no-untyped-def]
+        ecg = real(f)
+        first = ecg.leads[0]
+        ecg.leads[0] = SimpleNamespace(label=first.label, samples=first.samples[:4000])
+        return ecg
+
+    monkeypatch.setattr(sierraecg, "read_file", one_lead_short)
+    with pytest.raises(FormatError) as exc:
+        decode(raw, "philips")
+    assert str(exc.value) == "Philips XML: the decoded leads differ in length (4000 to 5500 samples)"
+    monkeypatch.setattr(sierraecg, "read_file", real)
+    assert {len(lead.counts) for lead in decode(raw, "philips").leads} == {5300}  # 5500 less the end-of-record gap

@@ -19,6 +19,9 @@ Instance UID: ``documentinfo/documentname`` is a UUID (``<uuid>.xml``) in
 every document seen: the UID is ``2.25.<that UUID as an integer>``; without
 one, ``2.25.<first 128 bits of the SHA-256 of the file>``.
 
+Leads decoded to different lengths (they are recorded together: a crafted or
+damaged XLI chunk) are refused, as aECG refuses them, not cut to the shortest.
+
 Bounded work: the XLI (LZW) decoder of sierraecg is given a cap on what it
 may output per document (:data:`MAX_DECODED_BYTES`): a crafted chunk that
 would inflate past it is refused instead of filling memory.
@@ -249,9 +252,12 @@ def decode(raw: bytes) -> EcgRecord:
     how = "Philips leadlabels" if labels_given else "Philips position (acquisitiontype)"
     if not ecg.leads:
         raise FormatError("Philips XML: no leads decoded")
-    length = min(len(lead.samples) for lead in ecg.leads)
-    if length == 0:
+    lengths = sorted({len(lead.samples) for lead in ecg.leads})
+    if lengths[0] == 0:
         raise FormatError("Philips XML: the leads hold no samples")
+    if len(lengths) > 1:  # recorded together, so equally long: a crafted or damaged XLI chunk (was cut silently)
+        raise FormatError(f"Philips XML: the decoded leads differ in length ({lengths[0]} to {lengths[-1]} samples)")
+    length = lengths[0]
     counts = np.stack([np.asarray(lead.samples[:length], dtype=np.int64) for lead in ecg.leads])
     details: dict[str, Any] = {
         "document": f"{doc_type} {doc_ver}",
