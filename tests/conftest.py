@@ -55,6 +55,7 @@ import socket
 import sqlite3
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -248,9 +249,50 @@ def _db_kind(item: pytest.Item) -> str | None:
     return "sqlite" if any(isinstance(v, str) and v == "sqlite" for v in params.values()) else None
 
 
+#: Modules run first, longest first: each holds a test of many seconds (the end-to-end
+#: test, TensorFlow in process, big transfers, CLI subprocesses), and a module runs
+#: whole in one xdist worker, so one of them started last makes its worker finish late.
+#: The other modules follow, most tests first (xdist's own order).  Measured with
+#: ``--durations``; a module that grows heavy belongs here.
+HEAVY_MODULES = (
+    "test_e2e.py",
+    "test_dicomio.py",
+    "test_bomb.py",
+    "test_cli.py",
+    "test_infer_model.py",
+    "test_admin_api.py",
+    "test_security.py",
+    "test_infer_fetch.py",
+    "test_stow.py",
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """``--dist loadscope`` hands out modules in collection order (see
+    :func:`_heavy_modules_first`), not xdist's by-test-count order: that
+    order started the one end-to-end test (one test, the longest module)
+    among the last."""
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+def _heavy_modules_first(items: list[pytest.Item]) -> None:
+    """Reorder ``items`` whole modules at a time: :data:`HEAVY_MODULES` in
+    that order, then the others by number of tests (most first); a module's
+    own order is kept."""
+    count = Counter(item.path.name for item in items)
+
+    def rank(item: pytest.Item) -> tuple[int, int]:
+        name = item.path.name
+        return (HEAVY_MODULES.index(name) if name in HEAVY_MODULES else len(HEAVY_MODULES)), -count[name]
+
+    items.sort(key=rank)  # stable: modules stay contiguous and in their own order
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Every test that needs PostgreSQL is marked ``postgresql``; ``one_db``
-    tests keep only the item of the first configured kind of the marker."""
+    tests keep only the item of the first configured kind of the marker;
+    heavy modules first (:func:`_heavy_modules_first`)."""
     configured = {"sqlite"} | ({"postgresql"} if PG_URL else set())
     keep, dropped = [], []
     for item in items:
@@ -267,6 +309,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = keep
+    _heavy_modules_first(items)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # type: ignore[no-untyped-def]
