@@ -351,6 +351,9 @@ def demo_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_ensemble(demo_model: Path):  # type: ignore[no-untyped-def]
+    """The demo model loaded, not warmed up: a batch size is traced when a
+    test first runs it (warming all four took about 2 s of CPU per worker,
+    and most tests run one or two sizes)."""
     from gateway.infer.runner import load_ensemble
 
-    return load_ensemble([str(demo_model)], batch_size=8)
+    return load_ensemble([str(demo_model)], batch_size=8, warm_up=False)
