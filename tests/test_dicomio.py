@@ -449,13 +449,27 @@ def _damaged(case: tuple) -> tuple[str, bytes]:
     return name, raw
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(case=_CASES, kept=st.sampled_from(KEPT), nested=st.booleans())
-def test_read_gives_dcmreads_values_or_both_refuse(case: tuple, kept: tuple[str, ...], nested: bool) -> None:
+#: Damaged files per tier (a ``smoke`` count in the fast tier, ``full`` under slow): ~0.1 s of CPU each.
+DAMAGED = [pytest.param(10, id="smoke"), pytest.param(40, id="full", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("examples", DAMAGED)
+def test_read_gives_dcmreads_values_or_both_refuse(examples: int) -> None:
     """Same values, or both refuse with the same message - except that
     damage inside a top-level sequence the caller did not ask for (skipped by
     its length or delimiters) may leave the file readable where dcmread
     gives up: then every element read is one of the undamaged file's."""
+
+    @settings(max_examples=examples, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(case=_CASES, kept=st.sampled_from(KEPT), nested=st.booleans())
+    def check(case: tuple, kept: tuple[str, ...], nested: bool) -> None:
+        _check_damaged(case, kept, nested)
+
+    check()
+
+
+def _check_damaged(case: tuple, kept: tuple[str, ...], nested: bool) -> None:
+    """:func:`test_read_gives_dcmreads_values_or_both_refuse` for one damaged file."""
     name, raw = _damaged(case)
     fast, slow = _read(raw, kept, nested), _dcmread(raw)
     if slow[0] == "ok" and fast[0] == "ok":
