@@ -10,7 +10,8 @@ Tiers (markers are declared in pyproject.toml; ``--strict-markers`` is on):
 - ``./dev`` runs two pytest-xdist workers, a module's tests in one worker
   (``--dist loadscope``): session fixtures (model, database templates) are
   made once per worker, module fixtures once; tests must not share files
-  or ports outside ``tmp_path`` / ``free_port()``.
+  or ports outside ``tmp_path`` / ``free_port()``.  Modules are handed out
+  heavy first (``HEAVY_MODULES``): a module that grows long belongs there.
 
 Where a new test goes:
 
