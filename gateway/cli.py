@@ -9,6 +9,7 @@ TensorFlow is loaded only by commands that run the model, so ``--help``,
 from __future__ import annotations
 
 import copy
+import gc
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -136,7 +137,12 @@ def serve(
         raise typer.Exit(2) from None
     if fetch_model and "worker" in parts:
         _fetch_missing_model(cfg)
-    raise typer.Exit(run(cfg, parts))
+    code = run(cfg, parts)
+    # Stopped (engine disposed, logs flushed at exit). The interpreter's last garbage collection
+    # would walk every object TensorFlow left: serve's SIGTERM stop took 9.7 s instead of 1.1 s
+    # (2 cores under load). Frozen objects are skipped by it; the process's end frees them.
+    gc.freeze()
+    raise typer.Exit(code)
 
 
 def _fetch_missing_model(cfg: Config) -> None:

@@ -12,6 +12,7 @@ the installation.
 
 from __future__ import annotations
 
+import gc
 import secrets
 import shutil
 import signal
@@ -282,7 +283,9 @@ def demo(
     """
     if ctx.invoked_subcommand is not None:
         return
-    raise typer.Exit(run_demo(count, dicom_port=dicom_port, admin_port=admin_port, keep=keep))
+    code = run_demo(count, dicom_port=dicom_port, admin_port=admin_port, keep=keep)
+    gc.freeze()  # as `serve` does (gateway/cli.py): no seconds-long last garbage collection after TensorFlow
+    raise typer.Exit(code)
 
 
 def run_demo(count: int = 3, *, dicom_port: int = 0, admin_port: int = 0, keep: bool = False) -> int:
