@@ -319,3 +319,42 @@ def test_a_login_name_with_control_characters_is_a_counted_failure(db_url, sessi
     assert r.status_code == 401 and "wrong user name or password" in r.text
     [row] = [a for a in audit_rows(session_factory) if a.action == "login_failed"]
     assert row.actor == printable(typed.strip(), 64) and row.actor.isprintable()
+
+
+def test_guesses_sent_together_are_counted_one_after_the_other(db_url, session_factory, tmp_path, monkeypatch):
+    """Twelve wrong passwords for one name sent at once: each was checked against the
+    same count of failures (all twelve got an argon2 check with a limit of 5).  Now the
+    checks for one name or address run one after the other: 5 checked, the rest 429."""
+    import asyncio
+
+    import httpx
+    from argon2 import PasswordHasher
+
+    from admin_helpers import audit_rows
+    from gateway.admin import users
+    from gateway.admin.auth import LOGIN_CSRF_COOKIE
+
+    # a cheap hash: the checks run one after the other now (argon2's defaults cost ~0.3 s each)
+    monkeypatch.setattr(users, "_hasher", lambda: PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
+    with session_factory() as s:
+        add_user(s, "rita", "reader", PASSWORDS["rita"], actor="test")
+        s.commit()
+    cfg = Config.model_validate(
+        {
+            "storage": {"database_url": db_url, "spool_dir": str(tmp_path / "spool")},
+            "admin": {"token": TOKEN, "login_max_failures_per_user": 5, "login_max_failures_per_address": 1000},
+        }
+    )
+    app = create_app(cfg, session_factory)
+    csrf = "c" * 43
+    form = {"username": "rita", "password": "wrong-password", "csrf_token": csrf}
+
+    async def guesses() -> list[int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            client.cookies.set(LOGIN_CSRF_COOKIE, csrf)
+            answers = await asyncio.gather(*(client.post("/login", data=form) for _ in range(12)))
+        return sorted(r.status_code for r in answers)
+
+    assert asyncio.run(guesses()) == [401] * 5 + [429] * 7
+    assert sum(a.action == "login_failed" for a in audit_rows(session_factory)) == 5

@@ -15,6 +15,9 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
@@ -47,6 +50,7 @@ __all__ = [
     "hash_password",
     "issue_token",
     "list_users",
+    "login_guard",
     "set_password",
     "token_user",
     "verify_password",
@@ -262,6 +266,31 @@ def token_user(session: Session, token: str) -> User | None:
         return None
     user = session.get(User, row.user_id)
     return user if user is not None and user.disabled_at is None else None
+
+
+#: Locks the login checks take (a fixed number: any address or name maps to one of them).
+_LOGIN_LOCKS = tuple(threading.Lock() for _ in range(64))
+
+
+@contextmanager
+def login_guard(address: str, username: str) -> Iterator[None]:
+    """Hold while a login is checked and its ``login_failed`` row committed: attempts from
+    one address or for one name run one after the other, so each sees the failures before
+    it (together, 12 guesses were all checked against a limit of 5).  In this process only:
+    the gateway serves the admin view from one.  Striped locks (bounded memory), taken in
+    index order (no deadlock)."""
+    stripes = sorted({_stripe(f"a:{address}"), _stripe(f"u:{username}")})
+    for index in stripes:
+        _LOGIN_LOCKS[index].acquire()
+    try:
+        yield
+    finally:
+        for index in reversed(stripes):
+            _LOGIN_LOCKS[index].release()
+
+
+def _stripe(key: str) -> int:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()[0] % len(_LOGIN_LOCKS)
 
 
 @dataclass(frozen=True)

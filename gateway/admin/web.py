@@ -229,7 +229,14 @@ def web_router(cfg: Config, session_factory: Callable[[], Any]) -> APIRouter:
     ) -> Response:
         """A user's name and password, or (name empty) the bootstrap token in
         ``password`` (or the older form's ``token`` field)."""
-        from gateway.admin.users import LOGIN, LOGIN_FAILED, LOGIN_THROTTLED, check_login, token_login_allowed
+        from gateway.admin.users import (
+            LOGIN,
+            LOGIN_FAILED,
+            LOGIN_THROTTLED,
+            check_login,
+            login_guard,
+            token_login_allowed,
+        )
         from gateway.store.audit import audit
 
         target = safe_next(next)
@@ -238,28 +245,34 @@ def web_router(cfg: Config, session_factory: Callable[[], Any]) -> APIRouter:
         address = client_address(request)
         username = username.strip()
         with session_factory() as db:
-            if username:
-                result = check_login(db, username, password, address=address, cfg=cfg.admin)
-                db.commit()
-                if result.throttled:
-                    return login_page(request, 429, error="too many failed logins: try again later", next=target)
-                if result.user is None or result.user.password_hash is None:
-                    return login_page(request, 401, error="wrong user name or password", next=target)
-                principal, credential, user_id = result.user.username, result.user.password_hash, result.user.id
-            else:
-                secret = password or token_given
-                if not token_login_allowed(db, address=address, cfg=cfg.admin):
-                    audit(db, TOKEN_PRINCIPAL, LOGIN_THROTTLED, address=address)
+            # one check at a time per address and name: guesses sent together were each counted
+            # against the same number of failures (12 of 12 checked with a limit of 5)
+            with login_guard(address, username or TOKEN_PRINCIPAL):
+                if username:
+                    result = check_login(db, username, password, address=address, cfg=cfg.admin)
                     db.commit()
-                    return login_page(request, 429, error="too many failed logins: try again later", next=target)
-                if not token_ok(secret, ctx_token):
-                    audit(db, TOKEN_PRINCIPAL, LOGIN_FAILED, address=address)
-                    db.commit()
-                    return login_page(
-                        request, 401, error="wrong token" if token_given else "wrong user name or password", next=target
-                    )
-                audit(db, TOKEN_PRINCIPAL, LOGIN, address=address, via="web")
-                principal, credential, user_id = TOKEN_PRINCIPAL, ctx_token, None
+                    if result.throttled:
+                        return login_page(request, 429, error="too many failed logins: try again later", next=target)
+                    if result.user is None or result.user.password_hash is None:
+                        return login_page(request, 401, error="wrong user name or password", next=target)
+                    principal, credential, user_id = result.user.username, result.user.password_hash, result.user.id
+                else:
+                    secret = password or token_given
+                    if not token_login_allowed(db, address=address, cfg=cfg.admin):
+                        audit(db, TOKEN_PRINCIPAL, LOGIN_THROTTLED, address=address)
+                        db.commit()
+                        return login_page(request, 429, error="too many failed logins: try again later", next=target)
+                    if not token_ok(secret, ctx_token):
+                        audit(db, TOKEN_PRINCIPAL, LOGIN_FAILED, address=address)
+                        db.commit()
+                        return login_page(
+                            request,
+                            401,
+                            error="wrong token" if token_given else "wrong user name or password",
+                            next=target,
+                        )
+                    audit(db, TOKEN_PRINCIPAL, LOGIN, address=address, via="web")
+                    principal, credential, user_id = TOKEN_PRINCIPAL, ctx_token, None
             session_id = open_session(
                 db,
                 principal=principal,
