@@ -49,6 +49,7 @@ your choosing: :func:`migrated_database`.
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import shutil
@@ -272,9 +273,16 @@ def pytest_configure(config: pytest.Config) -> None:
     """``--dist loadscope`` hands out modules in collection order (see
     :func:`_heavy_modules_first`), not xdist's by-test-count order: that
     order started the one end-to-end test (one test, the longest module)
-    among the last."""
+    among the last.  typer's ``CliRunner.invoke`` builds the app's click
+    command tree once per app, not on every call (about 40 ms of the 50 ms
+    an ``ecg-gateway ... --help`` invoke takes; the tree does not change
+    during a run)."""
     if hasattr(config.option, "loadscopereorder"):
         config.option.loadscopereorder = False
+    import typer.testing
+
+    if not hasattr(typer.testing._get_command, "cache_info"):
+        typer.testing._get_command = functools.cache(typer.testing._get_command)
 
 
 def _heavy_modules_first(items: list[pytest.Item]) -> None:
