@@ -345,3 +345,29 @@ def test_any_name_is_refused_into_failed_dir_with_its_reason(tmp_path: Path, ses
         assert kept == sorted([os.path.basename(moved), os.path.basename(moved) + REASON_SUFFIX.encode()])
 
     check()
+
+
+def test_a_file_that_cannot_be_opened_is_said_once_and_taken_later(
+    tmp_path: Path, session_factory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Permission denied (a copy made by another user, mode 600): the file stays and is
+    tried at every look, but the warning was logged at every look too (every 2 s,
+    forever); now once while the file is unchanged, and the file is taken once readable."""
+    real_open = os.open
+
+    def denied(path, flags, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if os.fsdecode(path).endswith("locked.dcm"):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, flags, *args, **kwargs)
+
+    w = watcher(tmp_path, session_factory)
+    (w.watch_dir / "locked.dcm").write_bytes(b"not an ECG " * 20)
+    monkeypatch.setattr(os, "open", denied)
+    with caplog.at_level(logging.WARNING, logger="gateway.receive"):
+        for _ in range(6):
+            w.poll()
+    assert caplog.text.count("cannot open a file: Permission denied") == 1 and "locked" not in caplog.text
+    assert os.listdir(w.watch_dir) == ["locked.dcm"]
+    monkeypatch.setattr(os, "open", real_open)
+    [taken] = w.poll()
+    assert taken.result == "refused" and os.listdir(w.watch_dir) == []

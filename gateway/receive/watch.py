@@ -121,6 +121,8 @@ class WatchFolder:
     on_stored: Callable[[int], None] | None = None
     #: name -> what the previous look saw
     _seen: dict[str, Look] = field(default_factory=dict, init=False, repr=False)
+    #: name -> the look at which it could not be opened (said once, not at every look)
+    _unreadable: dict[str, Look] = field(default_factory=dict, init=False, repr=False)
 
     @property
     def watch_dir(self) -> Path:
@@ -165,6 +167,7 @@ class WatchFolder:
         the previous look; returns what happened to each file taken."""
         looks = dict(self._candidates())
         self._seen = {name: look for name, look in self._seen.items() if name in looks}
+        self._unreadable = {name: look for name, look in self._unreadable.items() if name in looks}
         done: list[Taken] = []
         for name, look in looks.items():
             if stop is not None and stop.is_set():
@@ -263,7 +266,9 @@ class WatchFolder:
         except DatasetTooLarge as exc:
             return Taken(name, "refused", DATA_SET_TOO_LARGE, str(exc))
         except OSError as exc:
-            log.warning("watched folder: cannot open a file: %s; tried again later", exc.strerror or exc)
+            if self._unreadable.get(name) != look:  # once per file as it is (was at every look: 1,800 lines an hour)
+                self._unreadable[name] = look
+                log.warning("watched folder: cannot open a file: %s; tried again at every look", exc.strerror or exc)
             return Taken(name, "retry", None, f"cannot read: {exc.strerror or exc}")
         with os.fdopen(fd, "rb") as f:
             raw = f.read(max_bytes + 1)
