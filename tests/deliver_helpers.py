@@ -224,3 +224,28 @@ def self_signed_cert(folder: Path, name: str = "server") -> tuple[Path, Path]:
         capture_output=True,
     )
     return cert, key
+
+
+def joined_texts(msg, code: str) -> list[str]:  # type: ignore[no-untyped-def]
+    """The ST/TX observations of OBX-3 ``code`` in order, unescaped; the TX
+    pieces of one OBX-4 group ("k.1", "k.2", ... in that order) joined."""
+    out: list[str] = []
+    group, count = "", 0
+    for o in msg.segments("OBX"):
+        if str(o[3][0][0]) != code or str(o[2]) not in ("ST", "TX"):
+            continue
+        text = msg.unescape(str(o[5]))
+        if str(o[2]) == "ST":
+            assert str(o[4]) == ""
+            out.append(text)
+            group = ""
+            continue
+        k, i = str(o[4]).split(".")
+        if k == group:
+            count += 1
+            out[-1] += text
+        else:
+            group, count = k, 1
+            out.append(text)
+        assert int(i) == count
+    return out

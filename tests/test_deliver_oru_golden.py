@@ -246,6 +246,30 @@ CASES = {
             ),
         ),
     ),
+    # a physician's text over ST's 199 characters: TX pieces, OBX-4 "k.1", "k.2", ..., cut at blanks
+    "over_read_long_texts": (
+        ecg(),
+        prediction(),
+        Hl7Config(),
+        "C21",
+        OruOptions(
+            result_status="F",
+            over_read=OverRead(
+                findings=("SB",),
+                reader_id="D123",
+                family_name="Rossi",
+                authority="HOSP",
+                at=datetime(2024, 5, 6, 8, 0, 0, tzinfo=UTC),
+                statements=(
+                    "Sinus bradycardia at 48/min | PR 190 ms ^ QRS 96 ms & QTc 410 ms ~ "
+                    + "no acute repolarisation changes, " * 6
+                    + "compare with the prior tracing of 2024-01-02.",
+                    "Short one.",
+                ),
+                comment="Discussed with the ward. " * 30 + "Signed.",
+            ),
+        ),
+    ),
     "over_read_corrected_none_confirmed": (
         ecg(patient_name="Müller^Zoë"),
         prediction(),

@@ -24,6 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from deliver_helpers import joined_texts
 from gateway import FINDINGS
 from gateway.config import Hl7Config
 from gateway.deliver.mllp import frame_problem
@@ -34,7 +35,9 @@ from gateway.deliver.oru import (
     OruBuildError,
     build_oru,
     escape,
+    escape_pieces,
     replace_controls,
+    to_charset,
 )
 from test_deliver_oru import ecg, prediction
 
@@ -87,6 +90,13 @@ OPTIONAL = st.one_of(st.none(), VALUE)
 PATIENT_ID = st.tuples(st.sampled_from(["", "P", "12^", "\r"]), VALUE).map(lambda t: (t[0] + t[1])[:64])
 #: Reasons: the worker never stores a blank one (refused as documented when it happens).
 REASON = st.tuples(st.sampled_from(["", "channel 1 (", "12 of 12 leads unusable: "]), TEXT).map("".join)
+
+
+#: A reader's statement (at most 500 characters) or comment (2,000): long runs of any text.
+def reader_text(limit: int) -> st.SearchStrategy[str]:
+    return st.one_of(TEXT, st.lists(TEXT, min_size=10, max_size=60).map(lambda parts: "".join(parts)[:limit]))
+
+
 NAME = st.tuples(st.sampled_from(["", "Doe", "Doe^", "^Jo"]), OPTIONAL).map(lambda t: (t[0] + (t[1] or "")) or None)
 
 
@@ -273,8 +283,8 @@ def test_data_set_text_quoted_in_reasons_is_one_well_formed_message(
     ),
     family=TEXT.filter(lambda t: t.strip()),
     given=TEXT,
-    statements=st.lists(TEXT, max_size=3),
-    comment=TEXT,
+    statements=st.lists(reader_text(500), max_size=3),
+    comment=reader_text(2000),
     confirmed=st.sets(st.sampled_from(FINDINGS)),
     status=st.sampled_from(["F", "C"]),
 )
@@ -320,9 +330,28 @@ def test_an_over_read_is_one_message_naming_its_reader(
         sent_family == replace_controls(family.strip()) or sent_family.endswith(MORE) or "?" in sent_family
     )
     assert str(cnn[8]) == "HOSP"
-    impressions = [o for o in msg.segments("OBX") if str(o[3][0][0]) == "8601-7"]
+    if any(str(o[2]) == "TX" for o in msg.segments("OBX")):
+        report("over-read: split")
     kept = [t for t in statements if t.strip()]
-    assert len(impressions) == (len(confirmed) + len(kept) or 1)
+    # a text over ST's 199 characters comes in TX pieces (OBX-4 "k.1", "k.2", ...): joined, it is whole
+    texts = joined_texts(msg, "8601-7")
+    coded = [o for o in msg.segments("OBX") if str(o[3][0][0]) == "8601-7" and str(o[2]) == "CWE"]
+    assert len(coded) == len(confirmed) and len(texts) == (len(kept) or (0 if confirmed else 1))
+    sent = lambda t: to_charset(replace_controls(t.strip()), "UNICODE UTF-8", "OBX-5", replace=True)  # noqa: E731
+    if kept:
+        assert texts == [sent(t) for t in kept]
+    assert joined_texts(msg, "READER_COMMENT") == ([sent(comment)] if comment.strip() else [])
+
+
+@settings(max_examples=max(EXAMPLES // 5, 50), deadline=None, derandomize=True)
+@given(text=reader_text(2000), limit=st.integers(min_value=3, max_value=199))
+def test_escape_pieces_cut_a_text_whole_at_blanks_never_inside_an_escape(text, limit):
+    pieces = escape_pieces(text, limit)
+    assert "".join(pieces) == escape(text)
+    assert all(0 < len(p) <= limit for p in pieces)
+    assert all(p.count("\\") % 2 == 0 for p in pieces)  # escapes are \X\: never one cut in two
+    for piece, following in zip(pieces, pieces[1:], strict=False):
+        assert following[0].isspace() or not any(c.isspace() for c in piece[1:])  # a blank in reach was used
 
 
 def test_zz_example_counts():
@@ -332,3 +361,5 @@ def test_zz_example_counts():
         assert RAN["builder"] >= min(EXAMPLES, 100) and RAN.get("builder: built", 0) > RAN["builder"] // 3
     if "normalise" in RAN:
         assert RAN.get("normalise: rejected", 0) > 0
+    if "over-read" in RAN:
+        assert RAN.get("over-read: split", 0) > RAN["over-read"] // 10

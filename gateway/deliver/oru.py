@@ -33,8 +33,9 @@ accession, rejection reason, quality flags, UIDs) through :func:`escape`:
    (3 x 64 = 192).  The assigning authority (PID-3.4, IS 20) is mapped by
    ``[hl7] assigning_authorities``, else cut to 20 characters with a WARNING.
    A name component longer than 199 characters is cut (WARNING); no name at
-   all is sent as :data:`NO_NAME` (PID-5 is required).  Free text
-   is cut to fit, marked; a rejection reason is sent as a short reason of at
+   all is sent as :data:`NO_NAME` (PID-5 is required).  A physician's
+   statement or comment is sent whole, in TX pieces (:func:`escape_pieces`);
+   other free text is cut to fit, marked; a rejection reason is sent as a short reason of at
    most :data:`REASON_LIMIT` characters (its leading problems, then
    "... (full report in the admin view)"); the full reason stays in the
    database (``results show``, API, web view).
@@ -211,6 +212,28 @@ def escape_bounded(text: str, limit: int) -> tuple[str, bool]:
     return "".join(pieces).rstrip(), True
 
 
+def escape_pieces(text: str, limit: int) -> list[str]:
+    """``text`` escaped (:func:`escape`) in consecutive pieces of at most
+    ``limit`` characters each, whose concatenation is the whole escaped text.
+    A piece ends before a blank where one is in reach (the blank starts the
+    next piece: HL7 TX keeps leading blanks), never inside an escape sequence."""
+    escaped = [escape(ch) for ch in text]
+    pieces: list[str] = []
+    start = 0
+    while start < len(escaped):
+        end, used, blank = start, 0, -1
+        while end < len(escaped) and used + len(escaped[end]) <= limit:
+            if escaped[end].isspace() and end > start:
+                blank = end
+            used += len(escaped[end])
+            end += 1
+        if end < len(escaped) and blank > start:
+            end = blank
+        pieces.append("".join(escaped[start:end]))
+        start = end
+    return pieces
+
+
 def short_reason(reason: str, limit: int = REASON_LIMIT) -> str:
     """An escaped rejection reason of at most ``limit`` characters.
 
@@ -385,6 +408,11 @@ def _oru_segments(
                 notes.append(f"{field}: a text longer than {ST_MAX} characters (escaped) is sent shortened")
         return Input(out)
 
+    def text_pieces(value: str, field: str = "OBX-5") -> list[Input]:
+        # a physician's text is sent whole: in pieces that each fit ST's 199 characters
+        text = to_charset(replace_controls(value.strip()), charset, field, replace=True)
+        return [Input(piece) for piece in escape_pieces(text, ST_MAX)]
+
     ts = Input(_now_ts(now))
     demo = bool(prediction is not None and prediction.demo_model)
     status = options.result_status
@@ -477,6 +505,7 @@ def _oru_segments(
         method: str = "",
         equipment: str = "",
         responsible: str = "",
+        sub_id: str = "",
     ) -> None:
         n = sum(1 for name, _ in segments if name == "OBX") + 1
         segments.append(
@@ -486,6 +515,7 @@ def _oru_segments(
                     1: str(n),
                     2: value_type,
                     3: identifier,
+                    4: sub_id,
                     5: value,
                     6: units,
                     8: abnormal,
@@ -510,7 +540,7 @@ def _oru_segments(
             )
         obx("ST", IMPRESSION, Input(escape(REJECTED_PREFIX) + reason))
     else:
-        _prediction_observations(obx, free_text, prediction, cfg, over_read, observer)
+        _prediction_observations(obx, free_text, prediction, cfg, over_read, observer, text_pieces)
         if options.report_pdf:
             # validated with a placeholder (hl7apy checks OBX-5 as ST, at most 199 characters);
             # the base64 text, which needs no escaping, replaces it in the finished message
@@ -637,6 +667,7 @@ def _prediction_observations(
     cfg: Hl7Config,
     over_read: OverRead | None = None,
     observer: str = "",
+    text_pieces: Any = None,
 ) -> None:
     probabilities = prediction.probabilities or {}
     for code in FINDINGS:
@@ -669,9 +700,23 @@ def _prediction_observations(
                 abnormal="A",
                 responsible=observer,
             )
+        split = 0
+
+        def reader_text(identifier: str, text: str) -> None:
+            # one ST when it fits; else TX pieces with the same OBX-3 and sub-IDs
+            # "k.1", "k.2", ... (k counts the split texts), to be joined in order
+            nonlocal split
+            pieces = text_pieces(text)
+            if len(pieces) == 1:
+                obx("ST", identifier, pieces[0], responsible=observer)
+                return
+            split += 1
+            for i, piece in enumerate(pieces, 1):
+                obx("TX", identifier, piece, responsible=observer, sub_id=f"{split}.{i}")
+
         statements = [text for text in over_read.statements if text.strip()]
         for text in statements:
-            obx("ST", IMPRESSION, free_text(text), responsible=observer)
+            reader_text(IMPRESSION, text)
         if not confirmed and not statements:
             obx(
                 "ST",
@@ -681,7 +726,7 @@ def _prediction_observations(
                 responsible=observer,
             )
         if over_read.comment.strip():
-            obx("ST", f"{READER_COMMENT}^{system}", free_text(over_read.comment), responsible=observer)
+            reader_text(f"{READER_COMMENT}^{system}", over_read.comment)
     for flag in prediction.quality_flags or []:
         obx("ST", f"QUALITY^Signal quality flag^{cfg.probability_coding_system}", free_text(str(flag)))
     obx("ST", f"MODEL_SHA256^AI model SHA-256^{cfg.probability_coding_system}", Input(escape(prediction.model_sha256)))
