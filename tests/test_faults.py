@@ -140,7 +140,9 @@ def test_database_unavailable(pg_url_only, tmp_path, demo_model, sample_path):
             assert proc.poll() is None
             assert statuses_by_uid(sf) == {uid_a: PROCESSED}
             assert len(spool_files(tmp_path / "spool")) == 1 and incoming_files(tmp_path / "spool") == []
-            assert f"refused SOP Instance UID {uid_b}" in tail(log, 20000)
+            assert f"refused SOP Instance UID {uid_b}" in log.read_text(
+                errors="replace"
+            )  # the whole log: tracebacks of the database-down loops can fill any tail
 
             proxy.up()
             assert [s for _, s in storescu([b], dicom_port)[0]] == ["Success"]
@@ -232,7 +234,7 @@ def test_spool_disk_full(tmp_path, demo_model, sample_path):
             assert [s for _, s in results] == [REFUSED], text
             assert ecg_status_counts(sf) == {}
             assert spool_files(spool) == [] and incoming_files(spool) == []
-            assert expected_log in tail(log, 20000)
+            assert expected_log in log.read_text(errors="replace")
             assert proc.poll() is None
 
         refused(f"less than {extra['ECG_GATEWAY_DICOM__MIN_FREE_DISK_MB']} MB free in the spool")
