@@ -140,9 +140,8 @@ def test_database_unavailable(pg_url_only, tmp_path, demo_model, sample_path):
             assert proc.poll() is None
             assert statuses_by_uid(sf) == {uid_a: PROCESSED}
             assert len(spool_files(tmp_path / "spool")) == 1 and incoming_files(tmp_path / "spool") == []
-            assert f"refused SOP Instance UID {uid_b}" in log.read_text(
-                errors="replace"
-            )  # the whole log: tracebacks of the database-down loops can fill any tail
+            # the whole log: tracebacks of the database-down loops can fill any tail
+            assert f"refused SOP Instance UID {uid_b}" in log.read_text(errors="replace")
 
             proxy.up()
             assert [s for _, s in storescu([b], dicom_port)[0]] == ["Success"]
