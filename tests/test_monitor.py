@@ -267,6 +267,12 @@ def test_failed_message_warning_and_healthz(db_url, session_factory, tmp_path, c
                 lambda: any(w.startswith(f"hl7 message {msg_id} ") for w in deliver_warnings(caplog)),
                 what="the failure warning",
             )
+
+            def failed() -> bool:  # the warning is logged inside the transaction, before its commit
+                with session_factory() as s:
+                    return s.get(Hl7Message, msg_id).status == HL7_FAILED
+
+            wait_for(failed, what="the failure committed")
         code, comps = healthz(client)
         assert code == 503 and comps["hl7"]["failed"] == 1 and comps["hl7"]["link"] == "up"
         assert comps["hl7"]["problems"] == ["1 failed message(s): see ecg-gateway hl7 list, then hl7 resend"]

@@ -163,12 +163,13 @@ def test_stalled_peers_do_not_lock_carts_out(scp, port: int, tmp_path: Path, sam
     for sock in stalled:
         sock.sendall(_associate_rq_absurd()[:40])
     path = write(tmp_path / "in" / "cart.dcm", ecg_bytes(sample_path))
-    results = _wait_for(lambda: [r for r in storescu(port, [path])[0] if r[1] == SUCCESS])
+    # each refused storescu run costs seconds on a loaded machine: a generous bound
+    results = _wait_for(lambda: [r for r in storescu(port, [path])[0] if r[1] == SUCCESS], limit_s=60)
     assert [status for _, status in results] == [SUCCESS]
     for sock in stalled:
         _closed_by_peer(sock)
         sock.close()
-    assert _wait_for(lambda: threading.active_count() <= threads_before), threading.enumerate()
+    assert _wait_for(lambda: threading.active_count() <= threads_before, limit_s=60), threading.enumerate()
 
 
 def test_a_peer_dripping_one_pdu_is_dropped(scp, port: int) -> None:
