@@ -238,6 +238,50 @@ def extract_member(zf: zipfile.ZipFile, member: zipfile.ZipInfo | str, target: P
     return target
 
 
+def fetch_archive(
+    url: str,
+    archive: Path,
+    expected_md5: str,
+    *,
+    settings: str,
+    progress: bool = True,
+    console: Any = None,
+    attempts: int = 5,
+    timeout: float = 60.0,
+    retry_delay_s: float = 1.0,
+) -> str:
+    """Make ``archive`` the download of ``url`` and return its md5.
+
+    An archive already there is kept when it matches ``expected_md5`` (a
+    lowercase hex digest; empty: nothing to check against, kept as it is)
+    and downloaded again otherwise.  A download that does not match is
+    deleted and :class:`FetchError` names ``settings`` (e.g. "model.url and
+    model.md5") as the place to look."""
+    got = _md5(archive) if archive.exists() else ""
+    if got and expected_md5 and got != expected_md5:
+        log.info("%s does not match md5 %s; downloading again", archive, expected_md5)
+        archive.unlink()
+        got = ""
+    if not got:
+        download(
+            url,
+            archive,
+            attempts=attempts,
+            timeout=timeout,
+            progress=progress,
+            console=console,
+            retry_delay_s=retry_delay_s,
+        )
+        got = _md5(archive)
+        if expected_md5 and got != expected_md5:
+            archive.unlink()
+            raise FetchError(
+                f"checksum mismatch for {url}: md5 {got}, expected {expected_md5}; "
+                f"the download was deleted (check {settings})"
+            )
+    return got
+
+
 def fetch_model(
     url: str,
     md5: str,
@@ -267,26 +311,17 @@ def fetch_model(
     expected = md5.strip().lower()
     if not re.fullmatch(r"[0-9a-f]{32}", expected):
         raise FetchError(f"model.md5 is not an md5 digest: {md5!r}")
-    if archive.exists() and _md5(archive) != expected:
-        log.info("%s does not match md5 %s; downloading again", archive, expected)
-        archive.unlink()
-    if not archive.exists():
-        download(
-            url,
-            archive,
-            attempts=attempts,
-            timeout=timeout,
-            progress=progress,
-            console=console,
-            retry_delay_s=retry_delay_s,
-        )
-        got = _md5(archive)
-        if got != expected:
-            archive.unlink()
-            raise FetchError(
-                f"checksum mismatch for {url}: md5 {got}, expected {expected}; "
-                "the download was deleted (check model.url and model.md5)"
-            )
+    fetch_archive(
+        url,
+        archive,
+        expected,
+        settings="model.url and model.md5",
+        progress=progress,
+        console=console,
+        attempts=attempts,
+        timeout=timeout,
+        retry_delay_s=retry_delay_s,
+    )
     members = (MAIN_MEMBER, *SEED_MEMBERS) if include_seeds else (MAIN_MEMBER,)
     files = _extract(archive, members, dest)
     for (member, _), path in zip(members, files, strict=True):

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from gateway.findings import FINDINGS
-from gateway.infer.fetch import FetchError, download, extract_member
+from gateway.infer.fetch import FetchError, extract_member, fetch_archive
 
 log = logging.getLogger("gateway.validate")
 
@@ -61,11 +61,6 @@ class TestSet:
 def file_sha256(path: str | os.PathLike[str]) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def file_md5(path: str | os.PathLike[str]) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "md5").hexdigest()
 
 
 def read_gold_standard(path: str | os.PathLike[str], findings: Sequence[str] = FINDINGS) -> np.ndarray:
@@ -263,28 +258,19 @@ def fetch_test_set(
     dest.mkdir(parents=True, exist_ok=True)
     archive = dest / ARCHIVE_NAME
     expected = md5.strip().lower()
-    if archive.exists() and expected and file_md5(archive) != expected:
-        log.info("%s does not match md5 %s; downloading again", archive, expected)
-        archive.unlink()
-    if not archive.exists():
-        try:
-            download(
-                url,
-                archive,
-                attempts=attempts,
-                timeout=timeout,
-                progress=progress,
-                console=console,
-                retry_delay_s=retry_delay_s,
-            )
-        except FetchError as exc:
-            raise DatasetError(str(exc).replace("ecg-gateway model fetch", "ecg-gateway validate --fetch")) from None
-    got = file_md5(archive)
-    if expected and got != expected:
-        archive.unlink()
-        raise DatasetError(
-            f"checksum mismatch for {url}: md5 {got}, expected {expected}; "
-            "the download was deleted (check validate.url and validate.md5)"
+    try:
+        got = fetch_archive(
+            url,
+            archive,
+            expected,
+            settings="validate.url and validate.md5",
+            progress=progress,
+            console=console,
+            attempts=attempts,
+            timeout=timeout,
+            retry_delay_s=retry_delay_s,
         )
+    except FetchError as exc:
+        raise DatasetError(str(exc).replace("ecg-gateway model fetch", "ecg-gateway validate --fetch")) from None
     files = _extract_members(archive, dest)
     return FetchResult(files=files, md5=got, sha256=file_sha256(archive), verified=bool(expected))
