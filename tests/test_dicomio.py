@@ -162,6 +162,38 @@ def test_the_real_file_as_the_cart_wrote_it(sample_path):
     assert_same(outcome(fast, params), outcome(slow, params))
 
 
+def test_items_are_built_as_dcmread_builds_them(sample_path):
+    """The fast path builds sequence items without ``Dataset.__init__``
+    (gateway.dicomio.reader._item_quickly); each must carry dcmread's
+    attributes (encodings, undefined length, fresh containers), and with the
+    pinned pydicom that quick way must be the one in use."""
+    from gateway.dicomio import reader
+
+    assert reader._BLANK_ITEM is not None  # a pydicom upgrade changed Dataset: see _blank_item_state
+    raw = sample_path.read_bytes()
+    fast, slow = read(raw), pydicom.dcmread(io.BytesIO(raw))
+
+    def items(ds: Dataset) -> list[Dataset]:
+        out = []
+        for elem in ds:
+            if elem.VR == "SQ":
+                for item in elem.value:
+                    out += [item, *items(item)]
+        return out
+
+    fast_items = items(fast)
+    slow_items = items(Dataset({slow.data_element("WaveformSequence").tag: slow.data_element("WaveformSequence")}))
+    assert len(fast_items) == len(slow_items) > 50
+    skip = {"_dict", "file_tell", "seq_item_tell"}  # the elements, compared below; offsets the fast path never set
+    for f, s in zip(fast_items, slow_items, strict=True):
+        assert {k: x for k, x in vars(f).items() if k not in skip} == {
+            k: x for k, x in vars(s).items() if k not in skip
+        }
+        assert f == s
+    own = [id(x) for item in fast_items for k, x in vars(item).items() if k in reader._BLANK_ITEM and type(x) is dict]
+    assert len(own) == 3 * len(fast_items) == len(set(own))  # no two items share a dict of their own
+
+
 def test_character_sets_reach_the_waveform_items(sample):
     ds = v.new_uids(sample)
     ds.SpecificCharacterSet = "ISO_IR 192"

@@ -508,8 +508,92 @@ def _sequence(
         pos = after if undefined_item else item_end
         if not wanted:
             continue
-        item = Dataset(elements, parent_encoding=encoding)
-        item.set_original_encoding(implicit, True, item_encoding)
-        item.is_undefined_length_sequence_item = undefined_item
-        items.append(item)
+        items.append(_item(elements, encoding, implicit, item_encoding, undefined_item))
     return DataElement(BaseTag(tag), VR.SQ, Sequence(items), value_start, is_undefined_length=undefined), pos
+
+
+def _item_slowly(
+    elements: dict[BaseTag, RawDataElement | DataElement],
+    parent_encoding: str | list[str],
+    implicit: bool,
+    encoding: str | list[str],
+    undefined: bool,
+) -> Dataset:
+    """A sequence item as pydicom's reader builds it (``Dataset``'s own constructor)."""
+    item = Dataset(elements, parent_encoding=parent_encoding)
+    item.set_original_encoding(implicit, True, encoding)
+    item.is_undefined_length_sequence_item = undefined
+    return item
+
+
+def _blank_item_state() -> dict[str, object] | None:
+    """The attributes of a blank item built by :func:`_item_slowly`, when
+    :func:`_item_quickly` builds the very same object (checked here on two
+    probes, so a pydicom whose ``Dataset`` holds its state otherwise gets the
+    constructor again, never a half-built item); else None."""
+    blank = vars(_item_slowly({}, default_encoding, False, default_encoding, False))
+    state = {k: v for k, v in blank.items() if k not in _ITEM_FIELDS}
+    for probe in ((True, ["iso8859", "iso_ir_126"], True), (False, "utf_8", False)):
+        elements: dict[BaseTag, RawDataElement | DataElement] = {}
+        slow = _item_slowly(elements, "latin_1", *probe)
+        fast = _item_quickly(state, elements, "latin_1", *probe)
+        if vars(fast) != vars(slow) or any(
+            type(v) in (dict, list) and v is blank[k] for k, v in vars(fast).items() if k not in _ITEM_FIELDS
+        ):
+            return None
+    return state
+
+
+#: The attributes each item sets itself (the others come from the blank item's state).
+_ITEM_FIELDS = frozenset(
+    (
+        "_dict",
+        "_parent_encoding",
+        "_read_implicit",
+        "_read_little",
+        "_read_charset",
+        "is_undefined_length_sequence_item",
+    )
+)
+
+
+def _item_quickly(
+    state: dict[str, object],
+    elements: dict[BaseTag, RawDataElement | DataElement],
+    parent_encoding: str | list[str],
+    implicit: bool,
+    encoding: str | list[str],
+    undefined: bool,
+) -> Dataset:
+    """:func:`_item_slowly`'s object without running ``Dataset.__init__``,
+    whose ~17 attribute sets through ``Dataset.__setattr__`` cost ~20 us an
+    item (a cart's waveform has ~100 items: ~2 ms of the worker's read).
+    Mutable attributes (dicts, lists) are fresh copies for every item."""
+    item = Dataset.__new__(Dataset)
+    attributes = {k: (v.copy() if type(v) in (dict, list) else v) for k, v in state.items()}  # type: ignore[attr-defined]
+    attributes.update(
+        _dict=elements,
+        _parent_encoding=parent_encoding,
+        _read_implicit=implicit,
+        _read_little=True,
+        _read_charset=encoding,
+        is_undefined_length_sequence_item=undefined,
+    )
+    item.__dict__.update(attributes)
+    return item
+
+
+_BLANK_ITEM = _blank_item_state()
+
+
+def _item(
+    elements: dict[BaseTag, RawDataElement | DataElement],
+    parent_encoding: str | list[str],
+    implicit: bool,
+    encoding: str | list[str],
+    undefined: bool,
+) -> Dataset:
+    """One sequence item of the fast path: the object ``dcmread`` builds."""
+    if _BLANK_ITEM is None:
+        return _item_slowly(elements, parent_encoding, implicit, encoding, undefined)
+    return _item_quickly(_BLANK_ITEM, elements, parent_encoding, implicit, encoding, undefined)
