@@ -17,7 +17,9 @@ import pytest
 from sqlalchemy import select, update
 
 from gateway.process import claim as claim_mod
-from gateway.process.claim import Claimer, claim_batch, claimer_alive, release_dead_claims, this_process
+from gateway.process.claim import claim_batch, release_dead_claims
+from gateway.store import claimer as claimer_mod
+from gateway.store.claimer import Claimer, claimer_alive, this_process
 from gateway.store.models import PROCESSED, PROCESSING, RECEIVED, EcgInstance
 
 
@@ -43,7 +45,7 @@ def _dead_child() -> Claimer:
     me = this_process()
     assert me is not None
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    started = claim_mod._proc_stat(child.pid)[1]  # type: ignore[index]
+    started = claimer_mod._proc_stat(child.pid)[1]  # type: ignore[index]
     child.kill()
     child.wait()
     return Claimer(me.host, child.pid, started)
@@ -54,7 +56,7 @@ def live_child():  # type: ignore[no-untyped-def]
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     me = this_process()
     assert me is not None
-    yield Claimer(me.host, child.pid, claim_mod._proc_stat(child.pid)[1])  # type: ignore[index]
+    yield Claimer(me.host, child.pid, claimer_mod._proc_stat(child.pid)[1])  # type: ignore[index]
     child.kill()
     child.wait()
 
@@ -97,11 +99,11 @@ def test_this_process_and_liveness():
 def test_a_killed_but_unreaped_process_is_dead():
     """A zombie (killed, its parent has not waited yet) keeps its pid and start time."""
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    started = claim_mod._proc_stat(child.pid)[1]  # type: ignore[index]
+    started = claimer_mod._proc_stat(child.pid)[1]  # type: ignore[index]
     assert claimer_alive(child.pid, started)
     os.kill(child.pid, 9)
     deadline = time.monotonic() + 10
-    while claim_mod._proc_stat(child.pid)[0] != "Z" and time.monotonic() < deadline:  # type: ignore[index]
+    while claimer_mod._proc_stat(child.pid)[0] != "Z" and time.monotonic() < deadline:  # type: ignore[index]
         time.sleep(0.01)
     assert not claimer_alive(child.pid, started)
     child.wait()

@@ -11,84 +11,30 @@ it under :func:`still_claimed`, which locks the rows and checks ``claimed_by``),
 so an ECG whose lease expired and was taken over is never written twice; the
 unique ``predictions.ecg_id`` backs that up.
 
-Each claim also records who holds it (:class:`Claimer`: host, pid and the
-process's start time).  A claim whose holder is *provably* dead - same host,
-and that pid is not running or is a different process now - is released at
-once by :func:`release_dead_claims` (at start and periodically) instead of
-waiting out the lease; claims of other hosts still wait for their lease.
+Each claim also records who holds it (:class:`gateway.store.claimer.Claimer`:
+host, pid and the process's start time; the outbox claims use the same).  A
+claim whose holder is *provably* dead - same host, and that pid is not
+running or is a different process now - is released at once by
+:func:`release_dead_claims` (at start and periodically) instead of waiting
+out the lease; claims of other hosts still wait for their lease.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
 from collections.abc import Collection
-from dataclasses import dataclass
 from datetime import timedelta
-from functools import cache
-from pathlib import Path
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from gateway.store.claimer import Claimer, claimer_alive
+from gateway.store.claimer import this_process as this_process  # re-exported: the worker's claimer
 from gateway.store.models import FAILED, PROCESSING, RECEIVED, EcgInstance
 from gateway.timeutil import utcnow
 
 log = logging.getLogger("gateway.process")
-
-
-@dataclass(frozen=True)
-class Claimer:
-    """Who holds a claim, precisely enough to prove it dead later.
-
-    ``host`` is ``hostname/boot id/pid namespace``: two claimers with the same
-    ``host`` see the same process table, so a pid means the same process for
-    both.  ``started`` is the process's start time in clock ticks after boot
-    (field 22 of ``/proc/<pid>/stat``), which tells a reused pid apart.
-    """
-
-    host: str
-    pid: int
-    started: int
-
-
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state, start ticks) of a running pid from /proc; None when there is no such process."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    fields = raw[raw.rindex(")") + 2 :].split()  # after "pid (comm) ": the comm may hold spaces
-    return fields[0], int(fields[19])
-
-
-@cache
-def _host_id() -> str | None:
-    """``hostname/boot id/pid namespace``, or None off Linux (no claim is ever proven dead there)."""
-    try:
-        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        pid_ns = os.readlink("/proc/self/ns/pid")
-    except OSError:
-        return None
-    return f"{socket.gethostname()}/{boot_id}/{pid_ns}"[:200]
-
-
-def this_process() -> Claimer | None:
-    """The :class:`Claimer` of the calling process (None where it cannot be proven dead later)."""
-    host = _host_id()
-    stat = _proc_stat(os.getpid()) if host else None
-    return Claimer(host, os.getpid(), stat[1]) if host and stat else None
-
-
-def claimer_alive(pid: int, started: int | None) -> bool:
-    """False only when provably dead: no such pid, a zombie, or another
-    process under that pid (start time differs).  Call on the claimer's host."""
-    stat = _proc_stat(pid)
-    if stat is None or stat[0] in ("Z", "X"):  # a killed process its parent has not reaped yet is a zombie
-        return False
-    return started is None or stat[1] == started
 
 
 def claim_batch(
