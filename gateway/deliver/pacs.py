@@ -16,13 +16,17 @@ per ECG and kind reaches PACS, across crashes: a row is claimed with a lease
 (attempts + 1 as the owner's token; ``FOR UPDATE SKIP LOCKED`` on
 PostgreSQL), and a process killed between PACS's success and the record of
 it sends the object again under the same SOP Instance UID, which PACS stores
-once.
+once.  The claim records its claimer (host, pid, process start time; cleared
+with the outcome): the claim of a process on this host that died is due again
+at once (checked at start and every 10 s, ``deliver.claims``), one of another
+host when its lease ends.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -31,6 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 
+from gateway.deliver.claims import DEAD_CLAIM_CHECK_S, release_dead_outbox_claims
+from gateway.store.claimer import Claimer, this_process
 from gateway.store.models import (
     PACS_DELIVERED,
     PACS_FAILED,
@@ -207,7 +213,7 @@ class Claimed:
     attempts: int
 
 
-def _claim(session_factory: Callable[[], Session], cfg: PacsConfig) -> Claimed | None:
+def _claim(session_factory: Callable[[], Session], cfg: PacsConfig, claimer: Claimer | None) -> Claimed | None:
     # one attempt (association + C-STORE) and a margin; a killed sender's row is sent again after it
     lease = timedelta(seconds=2 * (cfg.connect_timeout + cfg.dimse_timeout) + 10)
     now = utcnow()
@@ -224,13 +230,17 @@ def _claim(session_factory: Callable[[], Session], cfg: PacsConfig) -> Claimed |
             return None
         row.attempts += 1
         row.last_attempt_at, row.next_attempt_at = now, now + lease
+        if claimer is not None:  # released at once if this process dies (deliver.claims)
+            row.claim_host, row.claim_pid, row.claim_started = claimer.host, claimer.pid, claimer.started
         return Claimed(row.id, row.attempts)
 
 
-def send_one(session_factory: Callable[[], Session], config: Config) -> bool:
-    """Claim, build, send and record one due object; False when none was due."""
+def send_one(session_factory: Callable[[], Session], config: Config, claimer: Claimer | None = None) -> bool:
+    """Claim, build, send and record one due object; False when none was due.
+    ``claimer`` (normally :func:`~gateway.store.claimer.this_process`) is
+    recorded with the claim."""
     cfg = config.pacs
-    claimed = _claim(session_factory, cfg)
+    claimed = _claim(session_factory, cfg, claimer)
     if claimed is None:
         return False
     from gateway.dicomio.limits import MIB
@@ -255,6 +265,7 @@ def send_one(session_factory: Callable[[], Session], config: Config) -> bool:
         if row is None or row.attempts != claimed.attempts or row.status != PACS_PENDING:
             log.warning("pacs message %s (SOP %s): claim lost; leaving it", claimed.id, uid)
             return True
+        row.claim_host = row.claim_pid = row.claim_started = None  # the claim ends with its outcome
         if error is None:
             row.status, row.delivered_at, row.last_error = PACS_DELIVERED, now, None
             log.info("pacs message %s: %s of ECG %s stored in PACS (SOP %s)", row.id, kind, ecg_id, uid)
@@ -280,6 +291,7 @@ def run_pacs_sender(
 ) -> None:
     """Send due PACS objects until ``stop`` is set; ``wake`` cuts the idle wait."""
     wake = wake or threading.Event()
+    claimer = this_process()
     log.info(
         "PACS sender started (%s@%s:%d, %s)",
         config.pacs.called_ae_title,
@@ -287,9 +299,13 @@ def run_pacs_sender(
         config.pacs.port,
         ", ".join(config.pacs.send),
     )
+    next_dead_check = 0.0  # at start, then periodically: a process on this host died mid-send
     while not stop.is_set():
         try:
-            busy = send_one(session_factory, config)
+            if time.monotonic() >= next_dead_check:
+                next_dead_check = time.monotonic() + DEAD_CLAIM_CHECK_S
+                release_dead_outbox_claims(session_factory, PacsMessage, claimer)
+            busy = send_one(session_factory, config, claimer)
         except Exception:  # database down, ...: keep the loop alive
             log.exception("PACS sender error; retrying")
             busy = False
@@ -310,6 +326,7 @@ def resend(session: Session, message_id: int, actor: str) -> PacsMessage:
         raise LookupError(f"no PACS message with id {message_id}")
     old_status = row.status
     row.status, row.attempts, row.next_attempt_at, row.last_error = PACS_PENDING, 0, utcnow(), None
+    row.claim_host = row.claim_pid = row.claim_started = None  # a send under way loses its claim (attempts changed)
     audit(
         session,
         actor,

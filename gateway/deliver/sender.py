@@ -6,8 +6,11 @@ sent with no transaction open, and their outcomes recorded in a second short
 transaction.  A crash between an AA and that record means the message is sent
 again (same MSH-10) when the lease ends: delivery is at least once.  A database
 error there does not: the outcomes are kept and recorded when it answers again.  Several gateway processes may share
-one PostgreSQL database: claims use ``FOR UPDATE SKIP LOCKED`` and a process
-that dies mid-send leaves a row that becomes due again when its lease ends.
+one PostgreSQL database: claims use ``FOR UPDATE SKIP LOCKED``.  Each claim
+records its claimer (host, pid, process start time; cleared with the
+outcome): a row claimed by a process on this host that died mid-send is due
+again at once (checked at start and every 10 s, ``deliver.claims``); one
+claimed on another host becomes due when its lease ends.
 
 Per order key (one patient) rows go out in id order: a row is eligible only
 when no earlier row of its key is still pending.  AA -> delivered (ACK
@@ -32,9 +35,11 @@ from typing import TYPE_CHECKING, Any, cast
 from sqlalchemy import ColumnElement, CursorResult, Select, bindparam, exists, func, select, update
 from sqlalchemy.orm import Session, aliased, object_session
 
+from gateway.deliver.claims import DEAD_CLAIM_CHECK_S, release_dead_outbox_claims
 from gateway.deliver.mllp import MllpClient, SendResult, make_ssl_context
 from gateway.deliver.oru import payload_codec
 from gateway.deliver.watch import Hl7Watch, outbox_snapshot
+from gateway.store.claimer import Claimer, this_process
 from gateway.store.models import HL7_DELIVERED, HL7_FAILED, HL7_PENDING, Hl7Message
 from gateway.timeutil import as_utc, utcnow
 
@@ -107,9 +112,14 @@ def _due_statement() -> Select[datetime]:
     return select(func.min(Hl7Message.next_attempt_at)).where(_eligible())
 
 
-def claim_due(session: Session, cfg: Hl7Config, now: datetime, limit: int = BATCH_SIZE) -> list[Claimed]:
+def claim_due(
+    session: Session, cfg: Hl7Config, now: datetime, limit: int = BATCH_SIZE, claimer: Claimer | None = None
+) -> list[Claimed]:
     """Claim up to ``limit`` due rows, oldest first, at most one per order key
-    (the head of each key), and commit the claim."""
+    (the head of each key), and commit the claim.  ``claimer`` (normally
+    :func:`~gateway.store.claimer.this_process`) is recorded with each claim,
+    so that the claim is released at once if this process dies."""
+    who = (claimer.host, claimer.pid, claimer.started) if claimer else (None, None, None)
     stmt = _claim_statement(session.get_bind().dialect.name)
     claimed = []
     with session.begin():
@@ -117,6 +127,7 @@ def claim_due(session: Session, cfg: Hl7Config, now: datetime, limit: int = BATC
             row.attempts += 1
             row.last_attempt_at = now
             row.next_attempt_at = now + timedelta(seconds=lease_seconds(cfg))
+            row.claim_host, row.claim_pid, row.claim_started = who
             claimed.append(Claimed(row.id, row.ecg_id, row.control_id, row.payload, row.attempts))
     return claimed
 
@@ -147,6 +158,7 @@ def record_results(
             if row.attempts != claimed.attempts:
                 log.warning("hl7 message %s: outcome dropped, the row changed meanwhile", row.id)
                 continue
+            row.claim_host = row.claim_pid = row.claim_started = None  # the claim ends with its outcome
             out[row.id] = _apply(row, result, cfg, now)
     return out
 
@@ -251,7 +263,8 @@ def release_stale_claims(session: Session, now: datetime) -> int:
     """SQLite only (one gateway process by design): rows claimed by a previous
     run that died mid-send, and rows waiting out a backoff, become due now,
     so a restart resumes at once.  On PostgreSQL another live process may
-    hold those leases, so they are left to expire."""
+    hold those leases, so they are left to expire (but the claims of a dead
+    process on this host are released: ``deliver.claims``)."""
     if session.get_bind().dialect.name != "sqlite":
         return 0
     with session.begin():
@@ -287,6 +300,7 @@ def run_sender(
         log.info("hl7 sender disabled")
         return
     client = make_client(cfg)
+    claimer = this_process()
     waiter = wake if wake is not None else stop
     link_failures = 0
     watch = Hl7Watch(cfg, session_factory)  # link state and failed messages, for the log and /healthz
@@ -295,6 +309,8 @@ def run_sender(
     watcher.start()
     log.info("hl7 sender started: %s:%s%s", cfg.host, cfg.port, " (TLS)" if cfg.tls else "")
     try:
+        # a process on this host that died mid-send (kill -9, power loss): its messages are due now
+        release_dead_outbox_claims(session_factory, Hl7Message, claimer)
         with session_factory() as session:
             if released := release_stale_claims(session, utcnow()):
                 log.info("hl7 sender: %s waiting message(s) due now (restart)", released)
@@ -313,15 +329,19 @@ def run_sender(
             failed_here.update(i for i, st in statuses.items() if st == HL7_FAILED)
         unrecorded = []
 
+    next_dead_check = time.monotonic() + DEAD_CLAIM_CHECK_S
     try:
         while not stop.is_set():
             try:
+                if time.monotonic() >= next_dead_check:  # a sibling process on this host was killed
+                    next_dead_check = time.monotonic() + DEAD_CLAIM_CHECK_S
+                    release_dead_outbox_claims(session_factory, Hl7Message, claimer)
                 if unrecorded:
                     with session_factory() as session:
                         record(session, unrecorded)
                     log.info("hl7 sender: recorded the outcomes of the batch sent before the database error")
                 with session_factory() as session:
-                    batch = claim_due(session, cfg, utcnow())
+                    batch = claim_due(session, cfg, utcnow(), claimer=claimer)
                     if not batch:
                         due = seconds_until_due(session, utcnow())
                         if due is None:

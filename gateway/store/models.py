@@ -154,7 +154,7 @@ class EcgInstance(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     claimed_by: Mapped[str | None] = mapped_column(String(128))
     lease_expires_at: Mapped[datetime | None]
-    #: Who holds the claim (process.claim.Claimer): "hostname/boot id/pid
+    #: Who holds the claim (store.claimer.Claimer): "hostname/boot id/pid
     #: namespace", pid, and the pid's start time in clock ticks after boot.
     claim_host: Mapped[str | None] = mapped_column(String(200))
     claim_pid: Mapped[int | None] = mapped_column(Integer)
@@ -229,6 +229,11 @@ class Hl7Message(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_attempt_at: Mapped[datetime | None]
     delivered_at: Mapped[datetime | None]
+    #: Who holds the claim while a send is under way (store.claimer.Claimer, as
+    #: ``ecg_instances.claim_*``); NULL when not claimed (cleared with the outcome).
+    claim_host: Mapped[str | None] = mapped_column(String(200))
+    claim_pid: Mapped[int | None] = mapped_column(Integer)
+    claim_started: Mapped[int | None] = mapped_column(BigInteger)
 
     ecg: Mapped[EcgInstance] = relationship(back_populates="messages")
 
@@ -260,6 +265,11 @@ class PacsMessage(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_attempt_at: Mapped[datetime | None]
     delivered_at: Mapped[datetime | None]
+    #: Who holds the claim while a send is under way (store.claimer.Claimer, as
+    #: ``ecg_instances.claim_*``); NULL when not claimed (cleared with the outcome).
+    claim_host: Mapped[str | None] = mapped_column(String(200))
+    claim_pid: Mapped[int | None] = mapped_column(Integer)
+    claim_started: Mapped[int | None] = mapped_column(BigInteger)
     #: The physician's over-read this object reports (``confirmations.id``); NULL = the AI's result.
     #: No foreign key: the column was added to a live table; retention deletes both together.
     confirmation_id: Mapped[int | None] = mapped_column(Integer)
