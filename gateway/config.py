@@ -192,6 +192,9 @@ class ModelConfig(_Section):
     max_wait_ms: Annotated[int, Field(ge=0, le=60000)] = 20
     #: TensorFlow intra/inter-op threads; 0 = one per core.
     threads: Annotated[int, Field(ge=0, le=256)] = 0
+    #: Trace every batch size before serving (about 2 s of CPU at start), so the
+    #: first batch of each size does not wait for it; false: at first use.
+    warm_up: bool = True
     url: str = ZENODO_MODEL_URL
     md5: str = ZENODO_MODEL_MD5
     #: Where `model fetch` extracts to.

@@ -472,7 +472,9 @@ class Serve:
 
         cfg = self.cfg
         try:
-            ensemble = load_ensemble(cfg.model.files, threads=cfg.model.threads, batch_size=cfg.model.batch_size)
+            ensemble = load_ensemble(
+                cfg.model.files, threads=cfg.model.threads, batch_size=cfg.model.batch_size, warm_up=cfg.model.warm_up
+            )
         except Exception as exc:  # a clear line, not a traceback: wrong file, wrong shape
             raise StartError(f"cannot load model: {exc}") from None
         self.model_loaded = True

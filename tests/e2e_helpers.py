@@ -95,6 +95,8 @@ def gateway_env(tmp: Path, db_url: str, model: Path, dicom_port: int, admin_port
             "ECG_GATEWAY_HL7__ENABLED": "false",
             "ECG_GATEWAY_PROCESS__POLL_INTERVAL_S": "0.2",
             "ECG_GATEWAY_LOGGING__LEVEL": "INFO",
+            # each batch size traced when first used (most tests run one or two sizes): ~2 s CPU per start
+            "ECG_GATEWAY_MODEL__WARM_UP": "false",
         }
     )
     env.update(extra)

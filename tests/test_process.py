@@ -304,3 +304,15 @@ def test_warm_up_runs_the_read_and_normalise_path(db_url, session_factory, tmp_p
     assert out.signal.shape == (4096, 12) and out.quality_flags == []
     with session_factory() as s:  # nothing is written
         assert s.scalar(select(func.count()).select_from(EcgInstance)) == 0
+
+
+@pytest.mark.parametrize("warm_up", [True, False])
+def test_serve_traces_every_batch_size_before_serving_unless_told_not_to(
+    db_url, session_factory, tmp_path, demo_model, warm_up
+):
+    from gateway.serve import Listeners, Serve
+
+    cfg = make_config(db_url, tmp_path, demo_model)
+    cfg.model.warm_up, cfg.model.batch_size = warm_up, 2
+    worker = Serve(cfg, ("worker",), Listeners())._worker(session_factory, on_outbox=lambda: None)
+    assert sorted(worker.ensemble._compiled) == ([1, 2] if warm_up else [])
