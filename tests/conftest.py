@@ -251,21 +251,43 @@ def _db_kind(item: pytest.Item) -> str | None:
     return "sqlite" if any(isinstance(v, str) and v == "sqlite" for v in params.values()) else None
 
 
-#: Modules run first, longest first: each holds a test of many seconds (the end-to-end
-#: test, TensorFlow in process, big transfers, CLI subprocesses), and a module runs
-#: whole in one xdist worker, so one of them started last makes its worker finish late.
-#: The other modules follow, most tests first (xdist's own order).  Measured with
-#: ``--durations``; a module that grows heavy belongs here.
+#: Modules run first, longest first (the others follow, most tests first): xdist
+#: runs a module whole in one worker and hands the next module to whichever
+#: worker runs out first, so starting the long ones first keeps both workers
+#: busy to the end (longest-processing-time order).  Seconds per module (setup,
+#: call, teardown; ``./dev test --all --junitxml=...``, 2026-11-30, loaded machine)
+#: in the comments; a module that grows heavy belongs here.
 HEAVY_MODULES = (
-    "test_e2e.py",
-    "test_dicomio.py",
-    "test_bomb.py",
-    "test_cli.py",
-    "test_infer_model.py",
-    "test_admin_api.py",
-    "test_security.py",
-    "test_infer_fetch.py",
-    "test_stow.py",
+    "test_faults.py",  # 156
+    "test_e2e.py",  # 133
+    "test_fuzz_receive.py",  # 110
+    "test_pacs.py",  # 106
+    "test_retention.py",  # 86
+    "test_bomb.py",  # 76
+    "test_soak.py",  # 75
+    "test_admin_browser.py",  # 67
+    "test_admin_api.py",  # 63
+    "test_overread_browser.py",  # 57
+    "test_redteam_routes.py",  # 57
+    "test_fuzz_normalise.py",  # 56
+    "test_claims.py",  # 54
+    "test_monitor.py",  # 54
+    "test_dicomio.py",  # 54
+    "test_formats_e2e.py",  # 53
+    "test_deliver_oru_properties.py",  # 46
+    "test_security.py",  # 45
+    "test_demo.py",  # 38
+    "test_deliver.py",  # 37
+    "test_identity_e2e.py",  # 37
+    "test_infer_fetch.py",  # 34
+    "test_validate_roundtrip.py",  # 32
+    "test_arrive_e2e.py",  # 31
+    "test_backup.py",  # 29
+    "test_deliver_boundary.py",  # 28
+    "test_report_pdf.py",  # 28
+    "test_db_lean.py",  # 24
+    "test_stow.py",  # 23
+    "test_receive_crash.py",  # 22
 )
 
 
