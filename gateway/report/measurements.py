@@ -131,24 +131,49 @@ def mdc_code(value: str) -> str:
     return text
 
 
+#: The elements read here, by tag: pydicom looks a keyword up three times (~5 us each value).
+_TAGS = {
+    "ConceptNameCodeSequence": 0x0040A043,
+    "MeasurementUnitsCodeSequence": 0x004008EA,
+    "ConceptCodeSequence": 0x0040A168,
+    "CodeValue": 0x00080100,
+    "LongCodeValue": 0x00080119,
+    "CodingSchemeDesignator": 0x00080102,
+    "CodeMeaning": 0x00080104,
+    "ReferencedWaveformChannels": 0x0040A0B0,
+    "NumericValue": 0x0040A30A,
+    "UnformattedTextValue": 0x00700006,
+}
+
+
+def _get(item: Any, keyword: str) -> Any:
+    """``item.get(keyword)`` by the keyword's tag (as ``get`` does, an
+    AttributeError while decoding the value gives None)."""
+    try:
+        element = item.get(_TAGS[keyword])
+        return None if element is None else element.value
+    except AttributeError:
+        return None
+
+
 def _code(item: Any, keyword: str) -> tuple[str, str, str] | None:
     """(scheme, value, meaning) of the first item of a code sequence."""
-    seq = item.get(keyword)
+    seq = _get(item, keyword)
     if not seq:
         return None
     code = seq[0]
-    value = str(code.get("CodeValue") or code.get("LongCodeValue") or "").strip()
-    scheme = str(code.get("CodingSchemeDesignator") or "").strip().upper()
+    value = str(_get(code, "CodeValue") or _get(code, "LongCodeValue") or "").strip()
+    scheme = str(_get(code, "CodingSchemeDesignator") or "").strip().upper()
     if not value:
         return None
     if scheme == "MDC":
         value = mdc_code(value)
-    return scheme, value, str(code.get("CodeMeaning") or "").strip()
+    return scheme, value, str(_get(code, "CodeMeaning") or "").strip()
 
 
 def _is_global(item: Any) -> bool:
     """No channel referenced, or channel 0 (all channels of the group) only."""
-    channels = item.get("ReferencedWaveformChannels")
+    channels = _get(item, "ReferencedWaveformChannels")
     if channels is None:
         return True
     values = list(channels) if not isinstance(channels, int) else [channels]
@@ -175,7 +200,7 @@ def _text(value: Any) -> str:
 
 def _measurement(item: Any) -> tuple[str, dict[str, Any]] | None:
     concept = _code(item, "ConceptNameCodeSequence")
-    value = _number(item.get("NumericValue"))
+    value = _number(_get(item, "NumericValue"))
     if concept is None or value is None:
         return None
     scheme, code_value, meaning = concept
@@ -228,8 +253,8 @@ def extract(ds: Any) -> CartReport:
                 continue  # a fiducial point (most items of a cart's file): nothing to read, nothing decoded
             if not _is_global(item):
                 continue
-            text = item.get("UnformattedTextValue")
-            if text is not None and "NumericValue" not in item:
+            text = _get(item, "UnformattedTextValue")
+            if text is not None and _NUMERIC_VALUE not in item:
                 if _text(text) and len(report.statements) < MAX_STATEMENTS:
                     report.statements.append(_text(text))
                 continue
