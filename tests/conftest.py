@@ -55,6 +55,7 @@ import queue
 import shutil
 import socket
 import sqlite3
+import sys
 import threading
 import uuid
 from collections import Counter
@@ -232,6 +233,16 @@ def pg_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if not PG_URL:
         pytest.skip("needs PostgreSQL (set ECG_GATEWAY_TEST_DATABASE_URL)")
     yield from migrated_database(request, "postgresql", tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def _no_serve_outlives_its_test() -> Iterator[None]:
+    """A test that failed before stopping its ``serve`` (e2e_helpers.start_serve)
+    does not leave it running past the test (nor past CI)."""
+    yield
+    helpers = sys.modules.get("e2e_helpers")  # not imported: nothing was started
+    if helpers is not None:
+        helpers.kill_leftover_serves()
 
 
 @pytest.fixture

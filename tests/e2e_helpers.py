@@ -103,6 +103,26 @@ def gateway_env(tmp: Path, db_url: str, model: Path, dicom_port: int, admin_port
     return env
 
 
+#: Every ``serve`` started by :func:`start_serve`; a test that fails before it
+#: stops its gateway leaves it here for :func:`kill_leftover_serves`.
+STARTED: list[subprocess.Popen] = []
+
+
+def kill_leftover_serves() -> list[int]:
+    """SIGKILL (the whole session) every started ``serve`` still running; their pids."""
+    killed = []
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+            killed.append(proc.pid)
+    return killed
+
+
 def start_serve(env: dict[str, str], log_path: Path, *args: str) -> subprocess.Popen:
     offset = log_path.stat().st_size if log_path.exists() else 0
     log = open(log_path, "ab")
@@ -115,6 +135,7 @@ def start_serve(env: dict[str, str], log_path: Path, *args: str) -> subprocess.P
         start_new_session=True,
     )
     proc.log_path, proc.log_offset = log_path, offset  # type: ignore[attr-defined] # for wait_for_port
+    STARTED.append(proc)
     return proc
 
 
