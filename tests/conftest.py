@@ -7,7 +7,7 @@ Tiers (markers are declared in pyproject.toml; ``--strict-markers`` is on):
   test_cart_to_ehr[sqlite]``); it must stay under 4 minutes on 2 cores.
 - ``./dev test --all`` (what CI runs, with PostgreSQL) runs everything.
   Plain ``pytest`` with no ``-m`` runs everything too.
-- ``./dev`` runs two pytest-xdist workers, a module's tests in one worker
+- ``./dev`` runs three pytest-xdist workers (2 cores; many tests wait), a module's tests in one worker
   (``--dist loadscope``): session fixtures (model, database templates) are
   made once per worker, module fixtures once; tests must not share files
   or ports outside ``tmp_path`` / ``free_port()``.  Modules are handed out
@@ -372,10 +372,22 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # ty
 # -- other shared fixtures -------------------------------------------------------------------------
 
 
+#: Ports :func:`free_port` handed out in this process.
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now and not handed out before by this process: the kernel
+    may give the same port to two binds in a row, and a test that asked for
+    two ports (DICOM and DICOM TLS) got one twice (a config error, not the
+    refusal it tested)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 @pytest.fixture
