@@ -238,9 +238,19 @@ def pg_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 @pytest.fixture(autouse=True)
 def _no_serve_outlives_its_test() -> Iterator[None]:
     """A test that failed before stopping its ``serve`` (e2e_helpers.start_serve)
-    does not leave it running past the test (nor past CI)."""
-    yield
+    does not leave it running past the test (nor past CI); a gateway started
+    before the test (by a module fixture, set up first) is left to its fixture."""
     helpers = sys.modules.get("e2e_helpers")  # not imported: nothing was started
+    before = frozenset(id(p) for p in helpers.STARTED) if helpers is not None else frozenset()
+    yield
+    helpers = sys.modules.get("e2e_helpers")
+    if helpers is not None:
+        helpers.kill_leftover_serves(keep=before)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """No gateway outlives the run (a module fixture that failed to stop its own)."""
+    helpers = sys.modules.get("e2e_helpers")
     if helpers is not None:
         helpers.kill_leftover_serves()
 

@@ -108,11 +108,12 @@ def gateway_env(tmp: Path, db_url: str, model: Path, dicom_port: int, admin_port
 STARTED: list[subprocess.Popen] = []
 
 
-def kill_leftover_serves() -> list[int]:
-    """SIGKILL (the whole session) every started ``serve`` still running; their pids."""
+def kill_leftover_serves(keep: frozenset[int] = frozenset()) -> list[int]:
+    """SIGKILL (the whole session) every started ``serve`` still running but
+    those whose ``id()`` is in ``keep`` (a module fixture's gateway); their pids."""
     killed = []
-    while STARTED:
-        proc = STARTED.pop()
+    for proc in [p for p in STARTED if id(p) not in keep]:
+        STARTED.remove(proc)
         if proc.poll() is None:
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
