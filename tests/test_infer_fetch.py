@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from gateway.infer.fetch import FetchError, fetch_model
+from gateway.infer.fetch import FetchError, fetch_archive, fetch_model
 from gateway.infer.manifest import read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -420,3 +420,20 @@ def test_serve_fetch_model_from_a_file_mirror_then_serves(tmp_path, demo_model):
     assert f"installed {tmp_path / 'models' / 'model.hdf5'} (md5-checked archive from {mirror.as_uri()})" in text
     assert (tmp_path / "models" / "model.hdf5").read_bytes() == demo_model.read_bytes()
     assert read_manifest(tmp_path / "models")["files"]["model.hdf5"]["source_url"] == mirror.as_uri()
+
+
+def test_a_cut_download_names_the_command_that_resumes_it(server, archive, tmp_path):
+    url, served = server
+    served.cut_at, served.cuts = 1000, 2
+    with pytest.raises(FetchError, match=r"interrupted 2 times.*run `ecg-gateway validate --fetch` again to resume"):
+        fetch_archive(
+            url,
+            tmp_path / "data.zip",
+            md5_of(archive),
+            settings="validate.url and validate.md5",
+            progress=False,
+            attempts=2,
+            retry_delay_s=0,
+            again="ecg-gateway validate --fetch",
+        )
+    assert (tmp_path / "data.zip.part").stat().st_size == 2000

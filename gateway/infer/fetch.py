@@ -169,11 +169,13 @@ def download(
     progress: bool = True,
     console: Any = None,
     retry_delay_s: float = 1.0,
+    again: str = "ecg-gateway model fetch",
 ) -> Path:
     """Download ``url`` to ``dest`` (via ``dest.part``), resuming after cuts.
 
     Returns ``dest``.  After ``attempts`` failed transfers the ``.part`` file
-    stays for the next run to resume and :class:`FetchError` is raised.  When
+    stays for the next run to resume and :class:`FetchError` is raised,
+    naming ``again``, the command that resumes.  When
     no connection can be made at all (offline, a wrong mirror path) it fails
     at once, naming the two ways on (a mirror, or the demo).
     """
@@ -194,7 +196,7 @@ def download(
                 if attempt == attempts:
                     raise FetchError(
                         f"download of {url} interrupted {attempts} times ({exc}); {have} bytes kept in {part}: "
-                        f"run `ecg-gateway model fetch` again to resume once it is reachable"
+                        f"run `{again}` again to resume once it is reachable"
                     ) from None
                 time.sleep(retry_delay_s)
             except (OSError, http.client.HTTPException) as exc:
@@ -203,7 +205,7 @@ def download(
                 if attempt == attempts:
                     raise FetchError(
                         f"download of {url} interrupted {attempts} times ({exc}); "
-                        f"{have} bytes kept in {part}: run `ecg-gateway model fetch` again to resume"
+                        f"{have} bytes kept in {part}: run `{again}` again to resume"
                     ) from None
                 time.sleep(retry_delay_s)
     os.replace(part, dest)
@@ -249,8 +251,10 @@ def fetch_archive(
     attempts: int = 5,
     timeout: float = 60.0,
     retry_delay_s: float = 1.0,
+    again: str = "ecg-gateway model fetch",
 ) -> str:
-    """Make ``archive`` the download of ``url`` and return its md5.
+    """Make ``archive`` the download of ``url`` and return its md5 (``again``:
+    the command that resumes a cut download, for :func:`download`'s error).
 
     An archive already there is kept when it matches ``expected_md5`` (a
     lowercase hex digest; empty: nothing to check against, kept as it is)
@@ -271,6 +275,7 @@ def fetch_archive(
             progress=progress,
             console=console,
             retry_delay_s=retry_delay_s,
+            again=again,
         )
         got = _md5(archive)
         if expected_md5 and got != expected_md5:

@@ -269,8 +269,9 @@ def fetch_test_set(
             attempts=attempts,
             timeout=timeout,
             retry_delay_s=retry_delay_s,
+            again="ecg-gateway validate --fetch",
         )
     except FetchError as exc:
-        raise DatasetError(str(exc).replace("ecg-gateway model fetch", "ecg-gateway validate --fetch")) from None
+        raise DatasetError(str(exc)) from None
     files = _extract_members(archive, dest)
     return FetchResult(files=files, md5=got, sha256=file_sha256(archive), verified=bool(expected))
