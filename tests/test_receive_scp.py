@@ -14,6 +14,7 @@ from pydicom import dcmread
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 from sqlalchemy import select
 
+from e2e_helpers import wait_until
 from gateway.config import DicomConfig, StorageConfig
 from gateway.receive.scp import ScpServer, start_scp
 from gateway.receive.spool import (
@@ -233,8 +234,12 @@ def test_max_associations_is_enforced_and_logged(scp_factory, port: int, sample_
     try:
         with caplog.at_level(logging.INFO, logger="gateway.receive"):
             results, out = storescu(port, [sample_path])
-        assert results == [] and "Local Limit Exceeded" in out, out
-        assert "max_associations (1) reached" in caplog.text
+            assert results == [] and "Local Limit Exceeded" in out, out
+            # pynetdicom sends the rejection, then fires EVT_REJECTED (our log line):
+            # storescu can be gone before the line is written
+            wait_until(
+                lambda: "max_associations (1) reached" in caplog.text, timeout=10, what="the rejection's log line"
+            )
     finally:
         held.release()
 
