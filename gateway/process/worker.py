@@ -414,7 +414,6 @@ class Worker:
             if decision.oru is not None:
                 if it.cart is not None:
                     row.measurements, row.cart_statements = it.cart.measurements, it.cart.statements
-                session.flush()
                 enqueued = enqueue_result(session, row, prediction, self.cfg.hl7, options=decision.oru) is not None
                 if prediction is not None:  # the report and the SR to PACS ([pacs] send), with the result
                     enqueue_pacs(session, row, self.cfg.pacs)
