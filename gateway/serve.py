@@ -15,7 +15,7 @@ Start-up happens in three phases, so a gateway that cannot run changes nothing:
 
 Stop order (SIGTERM/SIGINT, a crashed component, or a component that could
 not start) is the reverse: the watched folder and the SCP stop taking ECGs
-first, the web stops, the worker finishes its batch, then the senders
+first, the web stops, the worker finishes the batches it claimed, then the senders
 deliver what it queued and stop.
 
 The refusals of phases 1 and 2 are the command's one-line error on stderr

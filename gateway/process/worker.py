@@ -9,6 +9,12 @@ committed, so a crash leaves the ECGs claimed, and their leases bring them
 back.  When that transaction fails, each ECG's outcome is written in its own,
 so one ECG the database refuses does not hold back the others.
 
+The loop (:meth:`Worker.run`) overlaps consecutive batches
+(:mod:`gateway.process.pipeline`): the model call and the write run on
+threads of their own, so the model does not wait while Python reads and
+normalises the next batch or writes the previous one.  ``run_once`` and
+``process`` run one batch through every step on the caller's thread.
+
 Failure policy:
 - a later version of a SOP Instance UID with another patient identity than
   its first version (``gateway.store.versions``): quarantined, ``rejected``,
@@ -58,6 +64,7 @@ from gateway.normalise.encode import make_ecg_dataset
 from gateway.process import metrics
 from gateway.process.claim import claim_batch, release_dead_claims, still_claimed, this_process
 from gateway.process.outcome import Decision, Facts, Outcome, decide
+from gateway.process.pipeline import Pipeline
 from gateway.rebuild import normalise_document, read_dataset
 from gateway.report.measurements import CartReport
 from gateway.report.measurements import extract as cart_report
@@ -139,54 +146,83 @@ class Worker:
         self._wake.set()
 
     def run(self, stop: threading.Event) -> None:
+        """Process ECGs until ``stop`` is set, batches overlapped
+        (:mod:`gateway.process.pipeline`): while one batch is in the model,
+        this thread claims and prepares the next and another thread writes
+        the previous one.  At stop, no more is claimed; what was claimed is
+        inferred and written before this returns."""
         log.info(
             "worker %s started (batch %d, wait %d ms)",
             self.worker_id,
             self.cfg.model.batch_size,
             self.cfg.model.max_wait_ms,
         )
-        while not stop.is_set():
-            try:
-                if time.monotonic() >= self._next_dead_check:
-                    self._next_dead_check = time.monotonic() + DEAD_CLAIM_CHECK_S
-                    release_dead_claims(self.session_factory, self.claimer)
-                done = self.run_once()
-            except Exception:  # database down, etc.: keep the loop alive
-                log.exception("worker loop error; retrying")
-                done = 0
-                stop.wait(min(5.0, self.cfg.process.poll_interval_s * 4))
-            if not done:
-                self._wake.wait(self.cfg.process.poll_interval_s)
-                self._wake.clear()
+        pipe: Pipeline[list[_Item]] = Pipeline(self._model, self._finish)
+        try:
+            while True:
+                pipe.wait_for_room()  # before claiming: at most pipeline.DEPTH batches in flight
+                if stop.is_set():
+                    break
+                try:
+                    if time.monotonic() >= self._next_dead_check:
+                        self._next_dead_check = time.monotonic() + DEAD_CLAIM_CHECK_S
+                        release_dead_claims(self.session_factory, self.claimer)
+                    ids = self._claim_batch()
+                    if ids:
+                        pipe.submit(self._intake(ids))
+                except Exception:  # database down, etc.: keep the loop alive
+                    log.exception("worker loop error; retrying")
+                    ids = []
+                    stop.wait(min(5.0, self.cfg.process.poll_interval_s * 4))
+                if not ids:
+                    self._wake.wait(self.cfg.process.poll_interval_s)
+                    self._wake.clear()
+        finally:
+            pipe.close()
         log.info("worker %s stopped", self.worker_id)
 
     def _claim(self, limit: int) -> list[int]:
         p = self.cfg.process
         return claim_batch(self.session_factory, self.worker_id, limit, p.lease_seconds, p.max_attempts, self.claimer)
 
-    def run_once(self) -> int:
-        """Claim one micro-batch and finish it; returns how many ECGs were claimed."""
+    def _claim_batch(self) -> list[int]:
+        """Claim up to one micro-batch, waiting up to ``max_wait_ms`` for it to fill."""
         size, wait_s = self.cfg.model.batch_size, self.cfg.model.max_wait_ms / 1000
         ids = self._claim(size)
         if not ids:
-            return 0
+            return ids
         # ECGs that arrive together share one model call: wait briefly for more.
         deadline = time.monotonic() + wait_s
         while len(ids) < size and time.monotonic() < deadline:
             self._wake.wait(max(0.0, deadline - time.monotonic()))
             self._wake.clear()
             ids += self._claim(size - len(ids))
-        self.process(ids)
+        return ids
+
+    def run_once(self) -> int:
+        """Claim one micro-batch and finish it on this thread; returns how many ECGs were claimed."""
+        ids = self._claim_batch()
+        if ids:
+            self.process(ids)
         return len(ids)
 
     # -- one batch ---------------------------------------------------------
 
     def process(self, ids: Sequence[int]) -> None:
-        items = [self._prepare(it) for it in self._load(ids)]
+        """One claimed batch from start to end on this thread (:meth:`run` overlaps these steps)."""
+        items = self._intake(ids)
+        self._model(items)
+        self._finish(items)
+
+    def _intake(self, ids: Sequence[int]) -> list[_Item]:
+        """Load and prepare (read, normalise) the claimed ECGs."""
+        return [self._prepare(it) for it in self._load(ids)]
+
+    def _model(self, items: list[_Item]) -> None:
+        """The model call for the batch's ECGs that normalise read."""
         ready = [it for it in items if it.normalised is not None]
         if ready:
             self._infer(ready)
-        self._finish(items)
 
     def _load(self, ids: Sequence[int]) -> list[_Item]:
         """The claimed rows' facts the read needs, from one session."""
