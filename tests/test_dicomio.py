@@ -28,6 +28,7 @@ from pydicom.uid import (
 
 import ecg_variants as v
 from gateway.dicomio.reader import WAVEFORM, DicomError, file_meta_uids, read
+from gateway.dicomio.values import value
 from gateway.normalise import NormaliseError, NormaliseParams, normalise_dataset
 from gateway.report.measurements import VALUE_KEYWORDS, extract
 
@@ -406,6 +407,15 @@ def _value(ds: Dataset, tag: Any) -> tuple:
         return "error", type(exc).__name__
 
 
+def _quick_value(ds: Dataset, tag: Any) -> tuple:
+    """:func:`gateway.dicomio.values.value` of an element (what normalise and
+    the cart's report read), or the type of the error decoding it."""
+    try:
+        return "ok", value(ds, tag)
+    except Exception as exc:  # noqa: BLE001 - compared: both must fail alike
+        return "error", type(exc).__name__
+
+
 def _dcmread(raw: bytes) -> tuple:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -450,7 +460,10 @@ def _assert_same_level(fast: Dataset, slow: Dataset, kept: tuple[str, ...] = ())
         warnings.simplefilter("ignore")  # pydicom warns about the garbled values it decodes
         for tag in fast.keys():
             assert tag in slow, f"{tag} not in dcmread's data set"
+            quick = _quick_value(fast, tag)  # first: ds[tag] below stores the decoded element in place of the raw one
             f, s = _value(fast, tag), _value(slow, tag)
+            # dicomio.values.value decodes as ds[tag] does (a sequence: the very object)
+            assert quick[1] is f[1] if isinstance(f[1], Sequence) else quick == f or repr(quick) == repr(f), tag
             if f[0] == s[0] == "ok" and isinstance(f[1], Sequence) and isinstance(s[1], Sequence):
                 # item by item, not Sequence ==: that decodes every element deep down and
                 # raises on the first it cannot (a damaged VR), where each side must fail alike

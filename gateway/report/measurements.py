@@ -147,11 +147,14 @@ _TAGS = {
 
 
 def _get(item: Any, keyword: str) -> Any:
-    """``item.get(keyword)`` by the keyword's tag (as ``get`` does, an
-    AttributeError while decoding the value gives None)."""
+    """``item.get(keyword)``'s value by the keyword's tag, decoded by
+    :func:`gateway.dicomio.values.value` (as ``get`` does, an AttributeError
+    while decoding the value gives None)."""
+    # here, not at the top: the ORU builder imports this module for light commands that load no pydicom
+    from gateway.dicomio.values import value
+
     try:
-        element = item.get(_TAGS[keyword])
-        return None if element is None else element.value
+        return value(item, _TAGS[keyword])
     except AttributeError:
         return None
 
