@@ -200,7 +200,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.disable(logging.WARNING)  # the worker logs INFO per ECG; its cost is measured, not printed
 
-    from sqlalchemy import func, select
+    from sqlalchemy import event, func, select
 
     from gateway.config import Config
     from gateway.process.worker import Worker
@@ -212,7 +212,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-worker-") as tmp:
         url = f"sqlite:///{tmp}/gateway.db"
         upgrade(url)
-        factory = make_sessionmaker(make_engine(url))
+        engine = make_engine(url)
+        factory = make_sessionmaker(engine)
+        statements: list[str] = []
+        event.listen(engine, "before_cursor_execute", lambda _c, _r, sql, *_: statements.append(sql))
         cfg = Config.model_validate(
             {
                 "storage": {"database_url": url, "spool_dir": f"{tmp}/spool"},
@@ -231,6 +234,7 @@ def main() -> None:
                 )
                 assert out.status == 0 and not out.duplicate, out
             clock = Clock()
+            statements.clear()
             undo = instrument(clock)
             try:
                 with profile or contextlib.nullcontext():
@@ -241,7 +245,7 @@ def main() -> None:
             finally:
                 undo()
             assert done == args.n, f"{done} of {args.n} processed"
-            return per_ecg(clock.spent, cpu, args.n)
+            return {**per_ecg(clock.spent, cpu, args.n), "SQL statements": len(statements) / args.n}
 
         one_round()  # warm: first batches pay for imports and caches
         rounds = [one_round() for _ in range(args.rounds)]
@@ -263,6 +267,7 @@ def main() -> None:
     for stage in (*STAGES, "outside model"):
         values = [r[stage] for r in rounds]
         print(f"  {stage:16} {statistics.median(values):7.2f} ms  (min {min(values):.2f}, max {max(values):.2f})")
+    print(f"  SQL statements   {statistics.median(r['SQL statements'] for r in rounds):7.2f} per ECG")
     outside = statistics.median(r["outside model"] for r in rounds)
     print(f"worker CPU per ECG outside the model       {outside:7.2f} ms")
     print(f"naive dcmread+waveform_array+resample      {naive:7.2f} ms  (baseline, same process)")
