@@ -11,7 +11,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.tag import Tag
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from conftest import free_port
 from gateway.dicomio.reader import DicomError
@@ -302,25 +302,26 @@ def test_unreachable_database_is_a700_and_leaves_no_file(sample_path: Path, tmp_
     assert [p for p in spool.rglob("*") if p.is_file()] == []
 
 
-def test_commit_failure_removes_the_written_file(sample_path: Path, session_factory, tmp_path: Path) -> None:
+def test_commit_failure_removes_the_written_file(
+    sample_path: Path, session_factory, tmp_path: Path, monkeypatch
+) -> None:
     """A database that fails at commit (after the file was written): the
-    file goes, nothing is acknowledged."""
-    from sqlalchemy import event
-    from sqlalchemy.exc import OperationalError
-
+    file goes, nothing is acknowledged, and the refused row is not committed
+    later by the next user of that connection."""
     spool = tmp_path / "spool"
+    engine = session_factory.kw["bind"]
 
-    def fail(session) -> None:  # type: ignore[no-untyped-def]
-        raise OperationalError("COMMIT", {}, Exception("disk I/O error"))
+    def fail(dbapi_connection) -> None:  # type: ignore[no-untyped-def]
+        raise engine.dialect.loaded_dbapi.OperationalError("disk I/O error")
 
-    factory = session_factory  # sessionmaker's own Session subclass: the listener stays local
-    event.listen(factory.class_, "before_commit", fail)
-    try:
-        outcome = _store(sample_path.read_bytes(), factory, spool)
-    finally:
-        event.remove(factory.class_, "before_commit", fail)
+    monkeypatch.setattr(engine.dialect, "do_commit", fail)
+    outcome = _store(sample_path.read_bytes(), session_factory, spool)
+    monkeypatch.undo()
     assert outcome.status == OUT_OF_RESOURCES
-    assert spool_files(spool) == [] and _rows(factory) == []
+    assert spool_files(spool) == [] and _rows(session_factory) == []
+    with session_factory() as s, s.begin():  # the next commit on the pool's connections
+        s.execute(text("SELECT 1"))
+    assert _rows(session_factory) == []
 
 
 def test_write_error_is_a700_and_leaves_nothing(
