@@ -12,6 +12,7 @@ later, by the processing stage.
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
 from pydicom.valuerep import MAX_VALUE_LEN
 
 from gateway.dicomio.limits import DEFAULT_MAX_DATASET_BYTES
@@ -75,7 +77,7 @@ class EcgHeader:
 
         Lenient: identity and stored values go through :meth:`value`."""
         try:
-            return _text(self.dataset.get(keyword))
+            return _text(_get(self.dataset, keyword))
         except Exception:  # noqa: BLE001 - pydicom raises many types for bad values
             return None
 
@@ -120,6 +122,28 @@ _BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UN"})
 _FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 
 
+@functools.cache
+def _tag(keyword: str) -> BaseTag | None:
+    """The tag of a dictionary keyword (None when unknown), looked up once:
+    pydicom's keyword access (``ds.get(keyword)``) looks it up on every call,
+    which cost about as much as converting the value (~30 values per ECG)."""
+    tag = tag_for_keyword(keyword)
+    return None if tag is None else BaseTag(tag)
+
+
+@functools.cache
+def _dictionary_vr(tag: BaseTag) -> str:
+    return dictionary_VR(tag)
+
+
+def _get(ds: Dataset, keyword: str) -> Any:
+    """``ds.get(keyword)`` (the value, None when absent) by the cached tag."""
+    tag = _tag(keyword)
+    if tag is None or tag not in ds:
+        return None
+    return ds[tag].value
+
+
 def _text(value: Any) -> str | None:
     """A pydicom value as stripped text, several values joined by ``\\``
     (their DICOM encoding); None when absent or empty."""
@@ -138,7 +162,7 @@ def checked_text(ds: Dataset, keyword: str) -> str | None:
     values (backslash), longer than the VR allows (PN: per component group),
     a control or format character, bytes that could not be decoded in the
     declared character set (U+FFFD), or a binary VR.  Values are never cut."""
-    tag = tag_for_keyword(keyword)
+    tag = _tag(keyword)
     if tag is None or tag not in ds:
         return None
     try:
@@ -161,7 +185,7 @@ def checked_text(ds: Dataset, keyword: str) -> str | None:
                 raise ValueProblem("bytes not decodable in its character set")
             if unicodedata.category(ch) in _FORBIDDEN_CATEGORIES:
                 raise ValueProblem(f"control or format character U+{ord(ch):04X}")
-    vr = dictionary_VR(tag)
+    vr = _dictionary_vr(tag)
     if vr == "PN":
         groups = text.split("=")
         if len(groups) > _PN_GROUPS:
@@ -217,7 +241,7 @@ def _group(item: Dataset) -> WaveformGroup:
 
 def _number(ds: Dataset, keyword: str, convert: Callable[[Any], Any]) -> Any:
     try:
-        value = ds.get(keyword)
+        value = _get(ds, keyword)
         return convert(value) if value not in (None, "") else None
     except Exception:  # noqa: BLE001 - pydicom raises many types (unknown VR, bad length): absent
         return None
@@ -233,6 +257,6 @@ def _float(ds: Dataset, keyword: str) -> float | None:
 
 def _str(ds: Dataset, keyword: str) -> str | None:
     try:
-        return _text(ds.get(keyword))
+        return _text(_get(ds, keyword))
     except Exception:  # noqa: BLE001 - a garbled value is treated as absent
         return None
