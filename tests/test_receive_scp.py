@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from e2e_helpers import wait_until
 from gateway.config import DicomConfig, StorageConfig
-from gateway.receive.scp import ScpServer, start_scp
+from gateway.receive.scp import ScpServer, part10, start_scp
 from gateway.receive.spool import (
     CANNOT_UNDERSTAND_INVALID_UID,
     DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
@@ -327,3 +327,31 @@ def test_the_store_handler_answers_0110_when_storing_fails_unexpectedly(
         assert handler(_c_store_event(ecg_bytes(sample_path), request_uid=SAMPLE_UID)) == PROCESSING_FAILURE == 0x0110
     assert "C-STORE from 127.0.0.1 failed unexpectedly" in caplog.text
     assert woken == [] and _rows(session_factory) == []
+
+
+@pytest.mark.parametrize(
+    "class_uid, instance_uid, transfer_syntax",
+    [
+        ("1.2.840.10008.5.1.4.1.1.9.1.1", "1.2.3.45", "1.2.840.10008.1.2.1"),  # odd and even lengths
+        ("1.2.840.10008.5.1.4.1.1.9.1.2", "1.2.3.4", str(ImplicitVRLittleEndian)),
+        ("1.2.840.10008.5.1.4.1.1.9.1.3", "2.25." + "1" * 59, str(DeflatedExplicitVRLittleEndian)),  # 64 characters
+        ("1.2.840.10008.5.1.4.1.1.9.4.1", "2.25." + "9" * 58, "1.2.840.10008.1.2"),
+    ],
+)
+def test_part10_is_pynetdicoms_encoded_dataset_byte_for_byte(class_uid: str, instance_uid: str, transfer_syntax: str):
+    """The SCP writes the file meta itself (no pydicom writer per C-STORE):
+    the bytes are the ones ``Event.encoded_dataset()`` gives."""
+    from pydicom.uid import UID
+    from pynetdicom.dsutils import create_file_meta, encode_file_meta
+
+    dataset = b"\x08\x00\x16\x00UI\x02\x001\x00" * 3  # any bytes: kept as received
+    meta = create_file_meta(
+        sop_class_uid=UID(class_uid), sop_instance_uid=UID(instance_uid), transfer_syntax=UID(transfer_syntax)
+    )
+    expected = b"\x00" * 128 + b"DICM" + encode_file_meta(meta) + dataset
+    assert part10(dataset, class_uid, instance_uid, transfer_syntax) == expected
+
+
+@pytest.mark.parametrize("instance_uid", ["", "1.2.3 ", "1.2.\u00e93", "1." + "2" * 64, "1.2\x003"])
+def test_part10_leaves_unusual_uids_to_pynetdicom(instance_uid: str) -> None:
+    assert part10(b"", "1.2.840.10008.5.1.4.1.1.9.1.1", instance_uid, "1.2.840.10008.1.2.1") is None

@@ -25,8 +25,10 @@ import io
 import ipaddress
 import logging
 import os
+import re
 import socket
 import ssl
+import struct
 import tempfile
 import threading
 import time
@@ -36,7 +38,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from pydicom.uid import UID
-from pynetdicom import AE, evt
+from pynetdicom import AE, PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, evt
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import uid_to_sop_class
@@ -370,16 +372,67 @@ def bind_scp(dicom: DicomConfig) -> ScpServer:
     return scp
 
 
+#: A UID whose file meta element :func:`part10` writes itself (anything else: pynetdicom's writer).
+_PLAIN_UID = re.compile(r"[0-9.]{1,64}")
+
+
+def _meta_element(element: int, vr: bytes, value: bytes) -> bytes:
+    """One group 0002 element, explicit VR little endian, 2-byte length."""
+    return struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value
+
+
+def _ui(uid: str) -> bytes:
+    """A UI value: ASCII, padded with NUL to an even length."""
+    value = uid.encode("ascii")
+    return value + b"\0" * (len(value) % 2)
+
+
+_VERSION = PYNETDICOM_IMPLEMENTATION_VERSION.encode("ascii")
+#: (0002,0001) File Meta Information Version: OB, 4-byte length.
+_META_VERSION = struct.pack("<HH2sHI", 0x0002, 0x0001, b"OB", 0, 2) + b"\x00\x01"
+#: The file meta elements after the UIDs, the same in every file pynetdicom writes.
+_META_IMPLEMENTATION = _meta_element(0x0012, b"UI", _ui(str(PYNETDICOM_IMPLEMENTATION_UID))) + _meta_element(
+    0x0013, b"SH", _VERSION + b" " * (len(_VERSION) % 2)
+)
+
+
+def part10(dataset: bytes, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str) -> bytes | None:
+    """The Part 10 file pynetdicom's ``Event.encoded_dataset()`` returns (128-byte
+    preamble, "DICM", its file meta information, the data set as received),
+    byte for byte, without building a pydicom data set and running its writer
+    for the file meta (~0.6 ms of CPU per C-STORE, a twentieth of the receive
+    path).  None when a UID is not plain (digits and dots, 1-64 characters):
+    then pynetdicom writes the file meta, whatever the peer sent."""
+    if not all(_PLAIN_UID.fullmatch(uid) for uid in (sop_class_uid, sop_instance_uid, transfer_syntax_uid)):
+        return None
+    elements = b"".join(
+        (
+            _META_VERSION,
+            _meta_element(0x0002, b"UI", _ui(sop_class_uid)),
+            _meta_element(0x0003, b"UI", _ui(sop_instance_uid)),
+            _meta_element(0x0010, b"UI", _ui(transfer_syntax_uid)),
+            _META_IMPLEMENTATION,
+        )
+    )
+    group_length = struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(elements))
+    return b"".join((b"\0" * 128, b"DICM", group_length, elements, dataset))
+
+
 def incoming_c_store(event: evt.Event) -> IncomingInstance:
     """The record of one C-STORE request (``EVT_C_STORE``): the data set as a
     Part 10 byte string, the SOP Instance and Class UIDs the request carries,
     the negotiated transfer syntax, the calling AE and the peer's address."""
     request, requestor = cast(C_STORE, event.request), event.assoc.requestor
+    instance_uid = str(request.AffectedSOPInstanceUID or "")
+    class_uid = str(request.AffectedSOPClassUID or "")
+    transfer_syntax = str(event.context.transfer_syntax)
+    dataset = cast(io.BytesIO, request.DataSet)  # a _SpilledDataSet reads its file back
+    raw = part10(dataset.getvalue(), class_uid, instance_uid, transfer_syntax)
     return IncomingInstance(
-        event.encoded_dataset(),
-        sop_instance_uid=str(request.AffectedSOPInstanceUID or "").strip() or None,
-        sop_class_uid=str(request.AffectedSOPClassUID or "").strip() or None,
-        transfer_syntax_uid=str(event.context.transfer_syntax),
+        raw if raw is not None else event.encoded_dataset(),
+        sop_instance_uid=instance_uid.strip() or None,
+        sop_class_uid=class_uid.strip() or None,
+        transfer_syntax_uid=transfer_syntax,
         calling_ae=requestor.ae_title,
         peer_address=requestor.address,
     )
