@@ -27,6 +27,7 @@ from pydicom.valuerep import MAX_VALUE_LEN
 
 from gateway.dicomio.limits import DEFAULT_MAX_DATASET_BYTES
 from gateway.dicomio.reader import DicomError, read
+from gateway.dicomio.values import value as element_value
 from gateway.quoting import printable
 
 #: The top-level sequences the door reads: the waveform groups' shapes, and
@@ -137,11 +138,11 @@ def _dictionary_vr(tag: BaseTag) -> str:
 
 
 def _get(ds: Dataset, keyword: str) -> Any:
-    """``ds.get(keyword)`` (the value, None when absent) by the cached tag."""
+    """``ds.get(keyword)`` (the value, None when absent) by the cached tag,
+    decoded by :func:`gateway.dicomio.values.value` (pydicom's conversion
+    without ``__getitem__``'s bookkeeping)."""
     tag = _tag(keyword)
-    if tag is None or tag not in ds:
-        return None
-    return ds[tag].value
+    return None if tag is None else element_value(ds, tag)
 
 
 def _text(value: Any) -> str | None:
