@@ -77,6 +77,10 @@ def usable_cores() -> int:
 def configure_threads(threads: int) -> None:
     """Intra-op threads = ``threads`` (0 = cores), inter-op 1: this network is a
     chain of layers, so all cores are best spent inside each convolution.
+    serve overlaps the model call with the worker's Python stages; 1 instead
+    of 2 intra-op threads there on 2 cores cut serve's CPU per ECG by ~10-15 ms
+    but its burst ECG/s measured better in 3 and worse in 2 of 5 alternating
+    bench_e2e runs (load ~8), latency p50 not better: the default was kept.
     Only possible before TensorFlow starts its runtime; later calls log and go on."""
     import tensorflow as tf
 
