@@ -255,7 +255,9 @@ class SteadyProxy:
 def test_slow_but_steady_cart_is_served(scp, port: int, tmp_path: Path, sample_path: Path, session_factory) -> None:
     """A transfer that takes several times ``pdu_timeout`` (and the network
     timeout) as a whole, each PDU well within it, is stored."""
-    proxy = SteadyProxy(port, chunk=8192, pause=0.04)
+    # at least ceil(291 kB / 4 kB) = 72 pauses (2.1 s) however recv splits it; at 8 kB a loaded
+    # machine's full reads gave 36 x 0.04 s = 1.44 s, under the check below
+    proxy = SteadyProxy(port, chunk=4096, pause=0.03)
     path = write(tmp_path / "in" / "slow.dcm", ecg_bytes(sample_path))
     results, out = storescu(proxy.port, [path])
     assert [status for _, status in results] == [SUCCESS], out
