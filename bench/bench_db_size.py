@@ -77,8 +77,9 @@ def scratch_database(database_url: str) -> Iterator[str]:
         admin.dispose()
 
 
-def ecg_files(n: int) -> Iterator[bytes]:
-    """``n`` distinct instances of the sample, with per-patient values of realistic length."""
+def ecg_files(n: int, patients: int = 700) -> Iterator[bytes]:
+    """``n`` distinct instances of the sample, with per-patient values of
+    realistic length, spread over ``patients`` patients."""
     from pydicom import dcmread
     from pydicom.data import get_testdata_file
     from pydicom.uid import generate_uid
@@ -88,8 +89,8 @@ def ecg_files(n: int) -> Iterator[bytes]:
         ds = base.copy()
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
         ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-        ds.PatientID, ds.IssuerOfPatientID = f"MRN{4_000_000 + i % 700:08d}", "HOSPITAL-A"
-        ds.PatientName = f"PATIENTNAME{i % 700:04d}^FIRSTNAME^M"
+        ds.PatientID, ds.IssuerOfPatientID = f"MRN{4_000_000 + i % patients:08d}", "HOSPITAL-A"
+        ds.PatientName = f"PATIENTNAME{i % patients:04d}^FIRSTNAME^M"
         ds.AccessionNumber = f"ACC2026{i:09d}"
         buf = io.BytesIO()
         ds.save_as(buf, enforce_file_format=True)

@@ -102,22 +102,10 @@ class Clock:
 
 
 def ecg_files(n: int) -> Iterator[bytes]:
-    """``n`` distinct instances of the sample (new UIDs, per-patient values)."""
-    from pydicom import dcmread
-    from pydicom.data import get_testdata_file
-    from pydicom.uid import generate_uid
+    """``n`` distinct instances of the sample, each of its own patient."""
+    from bench_db_size import ecg_files as sample_copies
 
-    base = dcmread(get_testdata_file("waveform_ecg.dcm"))
-    for i in range(n):
-        ds = base.copy()
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-        ds.PatientID, ds.IssuerOfPatientID = f"MRN{4_000_000 + i:08d}", "HOSPITAL-A"
-        ds.PatientName = f"PATIENTNAME{i:04d}^FIRSTNAME^M"
-        ds.AccessionNumber = f"ACC2026{i:09d}"
-        buf = io.BytesIO()
-        ds.save_as(buf, enforce_file_format=True)
-        yield buf.getvalue()
+    return sample_copies(n, patients=n)
 
 
 def instrument(clock: Clock) -> Callable[[], None]:
