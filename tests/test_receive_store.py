@@ -12,6 +12,7 @@ from pydicom import dcmread
 from pydicom.tag import Tag
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian
 from sqlalchemy import select, text
+from sqlalchemy.exc import OperationalError
 
 from conftest import free_port
 from gateway.dicomio.reader import DicomError
@@ -322,6 +323,29 @@ def test_commit_failure_removes_the_written_file(
     with session_factory() as s, s.begin():  # the next commit on the pool's connections
         s.execute(text("SELECT 1"))
     assert _rows(session_factory) == []
+
+
+def test_a_failed_session_commit_is_never_kept_by_the_next_user(session_factory, monkeypatch) -> None:
+    """The same fault on the Session path every other writer uses (worker,
+    HL7 sender, admin): the refused work is not committed later by the next
+    user of that pooled connection (store.db.make_engine discards it)."""
+    engine = session_factory.kw["bind"]
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE commit_probe (x integer)"))
+
+    def fail(dbapi_connection) -> None:  # type: ignore[no-untyped-def]
+        raise engine.dialect.loaded_dbapi.OperationalError("database is locked")
+
+    monkeypatch.setattr(engine.dialect, "do_commit", fail)
+    with pytest.raises(OperationalError), session_factory() as s:
+        s.execute(text("INSERT INTO commit_probe VALUES (1)"))
+        s.commit()
+    monkeypatch.undo()
+    for _ in range(3):  # whichever pooled connection comes next
+        with session_factory() as s, s.begin():
+            s.execute(text("SELECT 1"))
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM commit_probe")).scalar() == 0
 
 
 def test_write_error_is_a700_and_leaves_nothing(

@@ -31,7 +31,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Connection, Engine, Table, bindparam, insert, select
+from sqlalchemy import Engine, Table, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -498,17 +498,6 @@ _SAME_UID = (
 )
 
 
-def _commit(conn: Connection) -> None:
-    """Commit; a connection whose COMMIT failed is discarded, not pooled: the
-    pool takes the transaction for ended and would hand the connection on
-    with the refused row still in it, for the next commit to keep."""
-    try:
-        conn.commit()
-    except BaseException:
-        conn.invalidate()
-        raise
-
-
 class _Arrival:
     """One data set on its way through :func:`store_instance`: the record,
     the context, its staged file and its time of receipt, shared by the
@@ -647,7 +636,7 @@ class _Arrival:
                 try:
                     first = {**row, "version": 1, "flags": flags}
                     ecg_id = conn.execute(_INSERT_INSTANCE, first).scalar_one()
-                    _commit(conn)
+                    conn.commit()  # a failed COMMIT discards the connection (store.db.make_engine)
                 except IntegrityError:
                     conn.rollback()  # this UID is known: look at its versions
                 else:
@@ -682,7 +671,7 @@ class _Arrival:
             staged.move_to(path)  # usually already there (placed by the writer thread)
             next_version = {**row, "version": version, "flags": flags}
             ecg_id = conn.execute(_INSERT_INSTANCE, next_version).scalar_one()
-            _commit(conn)
+            conn.commit()
         if "new_version" in flags:
             log.warning(
                 "SOP Instance UID %s received again with different bytes: stored as version %d (ecg id %d), "

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 if TYPE_CHECKING:  # Alembic is loaded by the commands that migrate
@@ -58,8 +58,20 @@ def _compact_json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
+def _discard_after_failed_commit(context: ExceptionContext) -> None:
+    """A COMMIT or ROLLBACK that failed (the errors without a statement) leaves
+    the connection's transaction in an unknown state - SQLite's COMMIT on
+    SQLITE_BUSY keeps it open - while SQLAlchemy takes it for ended and the
+    pool skips its rollback on return: the next user's commit would keep the
+    refused work.  Such a connection is discarded, not pooled."""
+    if context.statement is None and context.connection is not None:
+        context.is_disconnect = True
+        context.invalidate_pool_on_disconnect = False  # only this connection
+
+
 def make_engine(database_url: str, **kwargs: Any) -> Engine:
-    """An engine for ``database_url``; SQLite files get their folder created."""
+    """An engine for ``database_url``; SQLite files get their folder created.
+    A connection whose COMMIT failed is discarded (:func:`_discard_after_failed_commit`)."""
     url = make_url(database_url)
     kwargs.setdefault("json_serializer", _compact_json)
     if url.get_backend_name() == "sqlite":
@@ -67,9 +79,11 @@ def make_engine(database_url: str, **kwargs: Any) -> Engine:
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
-    kwargs.setdefault("pool_pre_ping", True)
-    return create_engine(url, **kwargs)
+    else:
+        kwargs.setdefault("pool_pre_ping", True)
+        engine = create_engine(url, **kwargs)
+    event.listen(engine, "handle_error", _discard_after_failed_commit)
+    return engine
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
